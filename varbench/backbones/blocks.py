@@ -1,0 +1,108 @@
+"""The AdaLN block shared by every configuration: [intra-scale attention] -> [inter-scale mixer] -> FFN.
+
+Shape legend: B batch, L tokens of all scales, l tokens of one scale, C width, D condition width.
+Each branch is pre-normed by one non-affine LayerNorm, modulated by (1 + scale) and shift from the class
+condition, multiplied by a gate gamma, and added to the residual stream (VAR / M-VAR).
+The AdaLN projection emits [gamma_1..n, scale_1..n, shift_1..n] for n branches: VAR's order with n = 2
+(gamma1, gamma2, scale1, scale2, shift1, shift2) and M-VAR's with n = 3.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from varbench.layout import ScaleLayout
+from varbench.mixers.base import State, TokenMixer
+
+
+class DropPath(nn.Module):
+    """Per-sample stochastic depth with 1/keep rescaling (timm semantics); identity outside training."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x_BLC
+        keep = 1.0 - self.drop_prob
+        mask_B11 = x_BLC.new_empty(x_BLC.shape[0], 1, 1).bernoulli_(keep)
+        return x_BLC * mask_B11 / keep
+
+
+class FFN(nn.Module):
+    """fc1 -> GELU (tanh approximation, as VAR) -> fc2."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x_BLC)))
+
+
+class AdaLNBlock(nn.Module):
+    """One backbone block.
+
+    Args:
+        dim (int): width C.
+        cond_dim (int): width D of the class condition.
+        mixer (TokenMixer): the inter-scale mixer.
+        intra (nn.Module, Optional): the intra-scale branch (`forward(x, layout)`, `step(x, layout, k)`), or None.
+        mlp_ratio (float, Optional): FFN hidden width over C. Default: 4.0.
+        drop_path (float, Optional): stochastic-depth rate of every branch. Default: 0.0.
+        norm_eps (float, Optional): LayerNorm epsilon. Default: 1e-6.
+    """
+
+    def __init__(self, dim: int, cond_dim: int, mixer: TokenMixer, intra: nn.Module | None = None,
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-6):
+        super().__init__()
+        self.dim = dim
+        self.intra = intra
+        self.mixer = mixer
+        self.ffn = FFN(dim, round(dim * mlp_ratio))
+        self.num_branches = 3 if intra is not None else 2
+        self.ln_wo_grad = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 3 * self.num_branches * dim))
+        self.drop_path = DropPath(drop_path)
+
+    def modulation(self, cond_BD: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """gammas, scales, shifts: each (B, n, 1, C), one row per branch in the order intra, mixer, ffn."""
+        ada_B3n1C = self.ada_lin(cond_BD).view(-1, 3, self.num_branches, 1, self.dim)
+        return ada_B3n1C.unbind(1)
+
+    def modulate(self, x_BLC: torch.Tensor, scale_B1C: torch.Tensor, shift_B1C: torch.Tensor) -> torch.Tensor:
+        """LN(x) * (1 + scale) + shift: the input of a branch."""
+        return self.ln_wo_grad(x_BLC).mul(scale_B1C.add(1)).add_(shift_B1C)
+
+    def residual(self, x_BLC: torch.Tensor, y_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
+        """x + DropPath(y * gamma): the gated residual update of a branch."""
+        return x_BLC + self.drop_path(y_BLC.mul(gamma_B1C))
+
+    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
+        gamma, scale, shift = self.modulation(cond_BD)
+        i = 0
+        if self.intra is not None:
+            x_BLC = self.residual(x_BLC, self.intra(self.modulate(x_BLC, scale[:, 0], shift[:, 0]), layout), gamma[:, 0])
+            i = 1
+        x_BLC = self.residual(x_BLC, self.mixer(self.modulate(x_BLC, scale[:, i], shift[:, i]), layout), gamma[:, i])
+        i += 1
+        return self.residual(x_BLC, self.ffn(self.modulate(x_BLC, scale[:, i], shift[:, i])), gamma[:, i])
+
+    def step(self, x_BlC: torch.Tensor, state: State, cond_BD: torch.Tensor, layout: ScaleLayout, k: int,
+             prefix_rerun: bool = False) -> tuple[torch.Tensor, State]:
+        """The same block over one whole scale k, carrying the mixer's state (or, with `prefix_rerun`, the
+        inputs of all earlier scales for the released M-VAR sampler, a benchmark baseline)."""
+        gamma, scale, shift = self.modulation(cond_BD)
+        i = 0
+        if self.intra is not None:
+            y_BlC = self.intra.step(self.modulate(x_BlC, scale[:, 0], shift[:, 0]), layout, k)
+            x_BlC = self.residual(x_BlC, y_BlC, gamma[:, 0])
+            i = 1
+        y_BlC, state = (self.mixer.prefix_rerun_step if prefix_rerun else self.mixer.step)(self.modulate(x_BlC, scale[:, i], shift[:, i]), state, layout, k)
+        x_BlC = self.residual(x_BlC, y_BlC, gamma[:, i])
+        i += 1
+        return self.residual(x_BlC, self.ffn(self.modulate(x_BlC, scale[:, i], shift[:, i])), gamma[:, i]), state

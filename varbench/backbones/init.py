@@ -1,0 +1,68 @@
+"""VAR's weight initialisation (`init_weights`), applied to every configuration of the backbone.
+
+One rule for every mixer, as M-VAR applied VAR's rule to Mamba2: Linear and Embedding weights are
+truncated-normal with std init_std (the bounds are the absolute values +-2, as torch's default), biases 0;
+conv kernels std 0.02; affine norms weight 1 bias 0. Parameters that are not owned by those modules (Mamba's
+A_log, dt_bias, D; the position tables) keep their own initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+_NORMS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
+          nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@torch.no_grad()
+def var_init_(model: nn.Module, *, init_std: float = -1.0, init_head: float = 0.02, init_adaln: float = 0.5,
+              init_adaln_gamma: float = 1e-5, conv_std: float = 0.02, gamma_rows: str = "official") -> None:
+    """Initialise a ScaleAR model in place with VAR's rules (var_mvar_facts.md 2.7, 4.6).
+
+    Args:
+        init_std (float, Optional): std of Linear/Embedding weights; < 0 means sqrt(1 / (3 C)). Default: -1.
+        init_head (float, Optional): multiplier of the head weight. Default: 0.02.
+        init_adaln (float, Optional): multiplier of the AdaLN scale/shift rows. Default: 0.5.
+        init_adaln_gamma (float, Optional): multiplier of the AdaLN gate rows (VAR's `--alng`). Default: 1e-5.
+        conv_std (float, Optional): std of conv kernels. Default: 0.02.
+        gamma_rows (str, Optional): "official" multiplies only the first 2C AdaLN rows by init_adaln_gamma, as the
+            official code does; with three branches (M-VAR) the FFN gate gamma3 then gets init_adaln (M-VAR's quirk).
+            "all" treats every gate row as a gate. Default: "official".
+    """
+    if gamma_rows not in ("official", "all"):
+        raise ValueError(f"gamma_rows must be 'official' or 'all', got {gamma_rows!r}")
+    C = model.width
+    std = math.sqrt(1 / C / 3) if init_std < 0 else init_std
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, nn.Embedding):
+            nn.init.trunc_normal_(m.weight, std=std)
+        elif isinstance(m, _NORMS) and m.weight is not None:
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+        elif isinstance(m, _CONVS):
+            nn.init.trunc_normal_(m.weight, std=conv_std)
+            if m.bias is not None:
+                m.bias.zero_()
+    model.head.weight.mul_(init_head)
+    model.head.bias.zero_()
+    model.head_nm.ada_lin[-1].weight.mul_(init_adaln)
+    model.head_nm.ada_lin[-1].bias.zero_()
+    depth = len(model.blocks)
+    for block in model.blocks:
+        for branch in (block.intra, block.mixer):
+            if branch is not None and branch.rescale_out_proj:
+                branch.out_proj().weight.div_(math.sqrt(2 * depth))
+        block.ffn.fc2.weight.div_(math.sqrt(2 * depth))
+        ada_w = block.ada_lin[-1].weight
+        num_gates = 2 * C if gamma_rows == "official" else block.num_branches * C
+        ada_w[num_gates:].mul_(init_adaln)
+        ada_w[:num_gates].mul_(init_adaln_gamma)
+        block.ada_lin[-1].bias.zero_()

@@ -1,0 +1,64 @@
+"""Bidirectional attention inside each scale (M-VAR's intra-scale branch): the block-diagonal mask.
+
+Shape legend: B batch, L tokens of all scales, l tokens of one scale, C width, H heads, d head dim.
+No information crosses scales here, so sampling needs no state: `step` attends over the current scale only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from varbench.layout import ScaleLayout
+from varbench.mixers.attention import ScaleAttention
+from varbench.mixers.base import cuda_and, has_module, resolve_backend
+from varbench.ops.attention.reference import masked_attention_ref
+
+
+class IntraScaleAttention(ScaleAttention):
+    """Softmax attention restricted to the tokens of the same scale.
+
+    Args:
+        dim (int): model width.
+        num_heads (int): attention heads.
+        layer_idx (int, Optional): block index (unused). Default: 0.
+        l2_norm (bool, Optional): see `ScaleAttention` (the released M-VAR d16/d20 use False). Default: False.
+        backend (str, Optional): "flex" (flex_attention BlockMask), "varlen" (flash-attn, as M-VAR), "xformers"
+            (BlockDiagonalMask), "sdpa" (dense block-diagonal mask), or "auto" (flex on CUDA, else sdpa).
+            Default: "auto".
+    """
+
+    rescale_out_proj = True  # VAR's init divides attn.proj by sqrt(2*depth), M-VAR keeps it for this branch
+
+    def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = False, backend: str = "auto"):
+        super().__init__(dim, num_heads, l2_norm)
+        self.backend = resolve_backend(backend, {
+            "flex": cuda_and(),
+            "varlen": cuda_and("flash_attn"),
+            "xformers": lambda: torch.cuda.is_available() and has_module("xformers"),
+            "sdpa": lambda: True,
+        }, "intra=full")
+
+    def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
+        q, k, v = self.qkv(x_BLC)
+        if not q.is_cuda or self.backend == "sdpa":
+            o = masked_attention_ref(q, k, v, layout.block_diag_mask(q.device), self.scale)
+        else:
+            from varbench.ops.attention import kernel
+            if self.backend == "flex":
+                o = kernel.flex_masked_attention(q, k, v, layout, "block_diag", self.scale)
+            elif self.backend == "varlen":
+                o = kernel.varlen_block_diag_attention(q, k, v, layout, self.scale)
+            else:
+                o = kernel.xformers_block_diag_attention(q, k, v, layout, self.scale)
+        return self.out(o)
+
+    def step(self, x_BlC: torch.Tensor, layout: ScaleLayout, k: int) -> torch.Tensor:
+        q, k_, v = self.qkv(x_BlC)
+        return self.out(masked_attention_ref(q, k_, v, None, self.scale))
+
+    def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
+        pairs = sum(n * n for n in layout.lengths)
+        return batch * (self.qkv_flops(layout.L) + self.score_flops(pairs, self.head_dim, self.num_heads))
+
+    def out_proj(self):
+        return self.proj

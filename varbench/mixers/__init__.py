@@ -1,0 +1,8 @@
+"""Inter-scale token mixers: one module per family, each registered by one YAML in `experiments/mixer/`.
+
+Build one without Hydra through `varbench.registry.build("mixer", name, dim=..., num_heads=..., layer_idx=...)`.
+"""
+
+from varbench.mixers.base import State, TokenMixer, resolve_backend, state_nbytes
+
+__all__ = ["State", "TokenMixer", "resolve_backend", "state_nbytes"]

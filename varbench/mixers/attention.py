@@ -1,0 +1,125 @@
+"""VAR's softmax attention: the shared projection module and the block-causal inter-scale mixer with a KV cache.
+
+Shape legend: B batch, L tokens of all scales, l tokens of the current scale, S cached tokens, C width,
+H heads, d head dim.
+Parameter names follow VAR (`mat_qkv`, `q_bias`, `zero_k_bias`, `v_bias`, `scale_mul_1H11`, `proj`), so official
+checkpoints load by renaming the module only (see `varbench.backbones.convert`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from varbench.layout import ScaleLayout
+from varbench.mixers.base import State, TokenMixer, cuda_and, resolve_backend
+from varbench.ops.attention.reference import masked_attention_ref
+
+MAX_SCALE_MUL = math.log(100.0)  # VAR clamps the learned log-temperature at ln 100
+
+
+class ScaleAttention(nn.Module):
+    """VAR's attention projections: qkv with q and v biases and a fixed zero k bias, optional L2-normalised
+    q/k with a learned per-head temperature, output projection.
+
+    Args:
+        dim (int): model width C.
+        num_heads (int): heads H (head dim C / H).
+        l2_norm (bool, Optional): VAR's `attn_l2_norm`: normalise q and k, multiply q by exp(min(scale_mul, ln 100)),
+            softmax scale 1. Without it the softmax scale is 0.25 / sqrt(d) (a quarter of the usual). Default: True.
+    """
+
+    def __init__(self, dim: int, num_heads: int, l2_norm: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim, self.l2_norm = num_heads, dim // num_heads, l2_norm
+        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("zero_k_bias", torch.zeros(dim), persistent=False)
+        if l2_norm:
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
+        self.scale = 1.0 if l2_norm else 0.25 / math.sqrt(self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def qkv(self, x_BLC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project to q, k, v of shape (B, H, L, d), normalised when `l2_norm`."""
+        B, L, C = x_BLC.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        qkv = nn.functional.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        q_BHLd, k_BHLd, v_BHLd = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.l2_norm:
+            temperature_1H11 = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
+            q_BHLd = nn.functional.normalize(q_BHLd, dim=-1).mul(temperature_1H11)
+            k_BHLd = nn.functional.normalize(k_BHLd, dim=-1)
+            # normalisation runs in fp32 under autocast; bring q, k back to v's dtype for the kernels
+            q_BHLd, k_BHLd = q_BHLd.to(v_BHLd.dtype), k_BHLd.to(v_BHLd.dtype)
+        return q_BHLd, k_BHLd, v_BHLd
+
+    def out(self, o_BHLd: torch.Tensor) -> torch.Tensor:
+        """Concatenate heads and project: (B, H, L, d) -> (B, L, C)."""
+        B, H, L, d = o_BHLd.shape
+        return self.proj(o_BHLd.transpose(1, 2).reshape(B, L, H * d))
+
+    def qkv_flops(self, tokens: int) -> int:
+        C = self.proj.in_features
+        return 2 * tokens * C * 3 * C + 2 * tokens * C * C  # qkv and output projections
+
+    @staticmethod
+    def score_flops(pairs: int, head_dim: int, num_heads: int) -> int:
+        return 2 * 2 * pairs * head_dim * num_heads  # q.k and p.v, per allowed (query, key) pair
+
+
+class BlockCausalAttention(ScaleAttention, TokenMixer):
+    """VAR's inter-scale mixer: softmax attention where a token sees its own scale and every coarser scale.
+
+    Args:
+        dim (int): model width.
+        num_heads (int): attention heads.
+        layer_idx (int, Optional): block index (unused). Default: 0.
+        l2_norm (bool, Optional): see `ScaleAttention`. Default: True (all VAR checkpoints).
+        backend (str, Optional): "flex" (flex_attention BlockMask, CUDA), "sdpa" (dense boolean mask), or "auto"
+            (flex on CUDA, else sdpa). The KV-cached `step` needs no mask and always runs SDPA. Default: "auto".
+    """
+
+    within_scale = "bidirectional"
+    rescale_out_proj = True
+
+    def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = True, backend: str = "auto"):
+        super().__init__(dim, num_heads, l2_norm)
+        self.backend = resolve_backend(backend, {"flex": cuda_and(), "sdpa": lambda: True}, "attention")
+
+    def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
+        q, k, v = self.qkv(x_BLC)
+        if self.backend == "flex" and q.is_cuda:
+            from varbench.ops.attention.kernel import flex_masked_attention
+            o = flex_masked_attention(q, k, v, layout, "block_causal", self.scale)
+        else:
+            o = masked_attention_ref(q, k, v, layout.block_causal_mask(q.device), self.scale)
+        return self.out(o)
+
+    def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
+        shape = (batch, self.num_heads, 0, self.head_dim)
+        return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype)}
+
+    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
+        q, k_new, v_new = self.qkv(x_BlC)
+        k_BHSd = torch.cat((state["k"].to(k_new.dtype), k_new), dim=2)
+        v_BHSd = torch.cat((state["v"].to(v_new.dtype), v_new), dim=2)
+        # the cache holds exactly the scales <= k, so no mask is needed (VAR's kv_caching path)
+        o = masked_attention_ref(q, k_BHSd, v_BHSd, None, self.scale)
+        return self.out(o), {"k": k_BHSd, "v": v_BHSd}
+
+    def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
+        pairs = int(layout.block_causal_mask().sum())
+        return batch * (self.qkv_flops(layout.L) + ScaleAttention.score_flops(pairs, self.head_dim, self.num_heads))
+
+    def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * batch * layout.L * self.num_heads * self.head_dim * itemsize
+
+    def out_proj(self) -> nn.Linear:
+        return self.proj

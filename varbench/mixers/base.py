@@ -1,0 +1,110 @@
+"""The contract every inter-scale token mixer implements.
+
+Shape legend: B batch (2B under classifier-free guidance), L tokens of all scales, l tokens of the
+current scale, C model width.
+
+A mixer computes one function two ways:
+- `forward(x_BLC, layout)` over the whole sequence (training, teacher forcing);
+- `step(x_BlC, state, layout, k)` over one whole scale k, continuing from the state the earlier scales left.
+States are plain dicts of tensors that pass through the call and come back; nothing is stored on the module,
+so a CFG-doubled batch or two interleaved generations can never share state by accident.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import torch
+from torch import nn
+
+from varbench.layout import ScaleLayout
+
+State = dict[str, torch.Tensor]
+
+
+def resolve_backend(requested: str, available: dict[str, Callable[[], bool]], owner: str) -> str:
+    """Pick a kernel backend explicitly; never fall back silently.
+
+    Args:
+        requested (str): a name from `available`, or "auto" (the first available one, in dict order).
+        available (dict[str, Callable[[], bool]]): backend name -> check that it can run here.
+        owner (str): the mixer's name, for error messages.
+    """
+    if requested == "auto":
+        for name, can_run in available.items():
+            if can_run():
+                return name
+        raise ValueError(f"{owner}: no backend can run here (tried {list(available)})")
+    if requested not in available:
+        raise ValueError(f"{owner}: unknown backend {requested!r}; valid: {['auto', *available]}")
+    if not available[requested]():
+        raise ValueError(f"{owner}: backend {requested!r} is not available on this machine (missing package or no GPU)")
+    return requested
+
+
+def has_module(name: str) -> bool:
+    """True when a package can be imported (without importing it)."""
+    return importlib.util.find_spec(name) is not None
+
+
+def cuda_and(*modules: str) -> Callable[[], bool]:
+    """A backend check: CUDA is present and every named package is installed."""
+    return lambda: torch.cuda.is_available() and all(has_module(m) for m in modules)
+
+
+def state_nbytes(state: State) -> int:
+    """Bytes held by an inference state."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def take_rows(state: State, index: torch.Tensor) -> State:
+    """Select batch rows of every state tensor (batch is dim 0 of every state tensor)."""
+    return {name: t.index_select(0, index) for name, t in state.items()}
+
+
+class TokenMixer(nn.Module):
+    """Base class of inter-scale mixers. Subclasses set `backend` (the kernel that runs) in `__init__`.
+
+    Class attributes:
+        within_scale (str): "bidirectional" when tokens of one scale see each other (block-causal attention),
+            "causal" when the mixer is a token-causal scan over the flattened sequence (Mamba, GLA, ...).
+        rescale_out_proj (bool): VAR's init divides this mixer's output projection by sqrt(2*depth)
+            (true for attention; M-VAR leaves Mamba2's out_proj alone).
+    """
+
+    within_scale = "causal"
+    rescale_out_proj = False
+    backend = "reference"
+
+    def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
+        """The state before scale 0."""
+        raise NotImplementedError
+
+    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
+        """Mix every token of scale k given the state after scales < k; return outputs and the new state."""
+        raise NotImplementedError
+
+    def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
+        """Analytic forward FLOPs over the whole sequence (a multiply-add counts 2)."""
+        raise NotImplementedError
+
+    def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
+        """Analytic bytes of the inference state after the last scale (the largest state `step` carries).
+        Tests check it against the real state; recurrent states are kept in fp32 whatever `dtype` is."""
+        raise NotImplementedError
+
+    def out_proj(self) -> nn.Linear | None:
+        """The output projection that VAR's init rescales (see `rescale_out_proj`)."""
+        return None
+
+    def prefix_rerun_step(self, x_BlC: torch.Tensor, cache: State, layout: ScaleLayout, k: int):
+        """The released M-VAR sampler, kept only as a benchmark baseline: carry the inputs of every earlier
+        scale and re-run `forward` over the whole prefix at every scale (1,710 positions per 256-px image
+        instead of 680). Returns the current scale's outputs and the grown input cache (start from {})."""
+        prefix_BLC = x_BlC if k == 0 else torch.cat([cache["inputs"], x_BlC], dim=1)
+        y_BLC = self.forward(prefix_BLC, ScaleLayout(layout.patch_nums[: k + 1]))
+        return y_BLC[:, -x_BlC.shape[1]:], {"inputs": prefix_BLC}

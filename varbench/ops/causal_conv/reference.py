@@ -1,0 +1,52 @@
+"""Depthwise causal conv1d that carries its left context, so a sequence can be fed in pieces (one scale at a time).
+
+Shape legend: B batch, L tokens, D channels, W kernel width.
+Layout is channel-last (B, L, D), the layout the mixers produce and the one in which causal_conv1d's CUDA kernel
+accepts initial states. The carried context ("tail") is the last W - 1 inputs, (B, W - 1, D), zeros at the start.
+Same function as mamba_ssm's `causal_conv1d_ref(x.transpose(1, 2), weight, bias, initial_states=tail.transpose(1, 2))`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from varbench.ops.ssd.reference import without_autocast
+
+
+def empty_tail(x: torch.Tensor, width: int) -> torch.Tensor:
+    """The context before the first token: W - 1 zero inputs, (B, W - 1, D)."""
+    return x.new_zeros(x.shape[0], width - 1, x.shape[2])
+
+
+def next_tail(x: torch.Tensor, tail: torch.Tensor | None, width: int) -> torch.Tensor:
+    """The last W - 1 inputs of cat(tail, x): the context the next piece needs (works when L < W - 1)."""
+    xt = torch.cat([empty_tail(x, width) if tail is None else tail.to(x.dtype), x], dim=1)
+    return xt[:, xt.shape[1] - (width - 1):]
+
+
+@without_autocast
+def causal_conv1d_ref(x, weight, bias=None, tail=None, activation=None):
+    """y_t = act(bias + sum_{i<W} weight[:, i] * x_{t-W+1+i}), where inputs before token 0 come from `tail`.
+
+    Args:
+        x (torch.Tensor): inputs of shape (B, L, D).
+        weight (torch.Tensor): depthwise kernel of shape (D, W) (an nn.Conv1d weight (D, 1, W) squeezed).
+        bias (torch.Tensor, Optional): shape (D,). Default: None.
+        tail (torch.Tensor, Optional): the W - 1 inputs before x, (B, W - 1, D). Default: zeros (sequence start).
+        activation (str, Optional): None or "silu". Default: None.
+
+    Returns:
+        y (B, L, D) in x's dtype (computed in fp32, fp64 for fp64 inputs) and the next tail (B, W - 1, D).
+    """
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+    D, W = weight.shape
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xt = torch.cat([empty_tail(x, W) if tail is None else tail.to(x.dtype), x], dim=1)
+    w = weight.to(dtype)[:, None, :]
+    b = None if bias is None else bias.to(dtype)
+    y = F.conv1d(xt.to(dtype).transpose(1, 2), w, b, groups=D).transpose(1, 2)  # (B, L, D): no padding needed
+    if activation == "silu":
+        y = F.silu(y)
+    return y.to(x.dtype), xt[:, xt.shape[1] - (W - 1):]

@@ -1,0 +1,77 @@
+"""mamba_ssm's Triton SSD kernels behind the signatures of `reference.py` (CUDA only).
+
+Shape legend: B batch, L tokens, H heads, P head dim, G groups, N state dim, E = H * P channels.
+mamba_ssm is imported inside the functions, so importing this module never needs mamba_ssm (CPU machines).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256, dt_bias=None, dt_softplus=False):
+    """`ssd_scan_ref` through `mamba_chunk_scan_combined`, always returning the final state.
+
+    Args:
+        x (torch.Tensor): inputs of shape (B, L, H, P).
+        dt (torch.Tensor): step sizes of shape (B, L, H) (raw when `dt_softplus`).
+        A (torch.Tensor): per-head decay rates of shape (H,), fp32.
+        B (torch.Tensor): input maps of shape (B, L, G, N).
+        C (torch.Tensor): output maps of shape (B, L, G, N).
+        D (torch.Tensor, Optional): skip of shape (H,) or (H, P). Default: None.
+        initial_state (torch.Tensor, Optional): fp32 state of shape (B, H, P, N) before token 0. Default: zeros.
+        chunk_size (int, Optional): the kernel's chunk length. Default: 256.
+        dt_bias (torch.Tensor, Optional): added to dt inside the kernel, shape (H,). Default: None.
+        dt_softplus (bool, Optional): dt <- softplus(dt + dt_bias) inside the kernel. Default: False.
+
+    Returns:
+        y (B, L, H, P) in x's dtype and the final state (B, H, P, N) in fp32.
+    """
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    if initial_state is not None:
+        # the kernel reads the state through its strides but accumulates in fp32; hand it fp32, contiguous
+        initial_state = initial_state.float().contiguous()
+    y, final_state = mamba_chunk_scan_combined(
+        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_states=initial_state,
+        dt_softplus=dt_softplus, return_final_states=True,
+    )
+    return y, final_state
+
+
+def gated_rmsnorm(y, weight, z=None, eps=1e-5, group_size=None, norm_before_gate=False):
+    """`gated_rmsnorm_ref` through mamba_ssm's Triton `rmsnorm_fn` (the kernel behind `RMSNormGated`)."""
+    from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+
+    return rmsnorm_fn(y, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
+
+
+def mamba2_fused_forward(zxbcdt, conv_weight, conv_bias, dt_bias, A, D, chunk_size, norm_weight, norm_eps,
+                         out_proj_weight, headdim, ngroups, norm_before_gate=False) -> torch.Tensor:
+    """The whole Mamba2 layer after in_proj in one call (`mamba_split_conv1d_scan_combined`, Mamba2's
+    `use_mem_eff_path`): conv + SiLU, SSD scan, gated RMSNorm, out_proj. Zero initial state, no final state, so it
+    serves `forward` only.
+
+    Args:
+        zxbcdt (torch.Tensor): in_proj output of shape (B, L, 2E + 2GN + H), order [z, x, B, C, dt].
+        conv_weight (torch.Tensor): depthwise conv weight of shape (E + 2GN, W).
+        conv_bias (torch.Tensor): conv bias of shape (E + 2GN,).
+        dt_bias, A, D: as in `ssd_scan` (D per head).
+        chunk_size (int): the SSD chunk length.
+        norm_weight (torch.Tensor): gated RMSNorm weight of shape (E,).
+        norm_eps (float): RMSNorm epsilon.
+        out_proj_weight (torch.Tensor): output projection of shape (C, E).
+        headdim (int): P.
+        ngroups (int): G.
+        norm_before_gate (bool, Optional): see `gated_rmsnorm_ref`. Default: False.
+
+    Returns:
+        Tensor of shape (B, L, C).
+    """
+    from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
+
+    return mamba_split_conv1d_scan_combined(
+        zxbcdt, conv_weight, conv_bias, dt_bias, A, D=D, chunk_size=chunk_size, activation="silu",
+        rmsnorm_weight=norm_weight, rmsnorm_eps=norm_eps, outproj_weight=out_proj_weight, outproj_bias=None,
+        headdim=headdim, ngroups=ngroups, norm_before_gate=norm_before_gate,
+    )

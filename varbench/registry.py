@@ -1,0 +1,53 @@
+"""The registry is the config tree: `experiments/<group>/<name>.yaml` IS the entry for component <name>.
+
+No decorator registry (it fails silently when a module was never imported): a YAML names its class with
+`_target_` and is built lazily, so only the chosen component's dependencies are imported. Tests enumerate
+`list_options(group)`, so a new mixer is covered by adding its module and its YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def list_options(group: str) -> list[str]:
+    """Names of the components of a config group (the YAML file stems)."""
+    folder = CONFIG_ROOT / group
+    if not folder.is_dir():
+        groups = sorted(p.name for p in CONFIG_ROOT.iterdir() if p.is_dir())
+        raise ValueError(f"unknown config group {group!r}; valid groups: {groups}")
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def load_option(group: str, name: str) -> DictConfig:
+    """The YAML of one component; an unknown name fails listing the valid ones."""
+    options = list_options(group)
+    if name not in options:
+        raise ValueError(f"unknown {group} {name!r}; valid {group} names: {options}")
+    return OmegaConf.load(CONFIG_ROOT / group / f"{name}.yaml")
+
+
+def factory(cfg: DictConfig | dict | None):
+    """A factory (functools.partial) from a component config, or None for a config whose `_target_` is null."""
+    if cfg is None:
+        return None
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    if cfg.get("_target_") is None:
+        return None
+    from hydra.utils import instantiate
+    return instantiate(cfg, _partial_=True)
+
+
+def build(group: str, name: str, **kwargs):
+    """Build a component by group and name without Hydra, e.g. `build("mixer", "gla", dim=64, num_heads=2)`.
+    Keyword arguments that are hyper-parameters of the YAML override it; the rest go to the constructor."""
+    cfg = load_option(group, name)
+    overrides = {k: v for k, v in kwargs.items() if k in cfg}
+    make = factory(OmegaConf.merge(cfg, overrides))
+    if make is None:
+        return None
+    return make(**{k: v for k, v in kwargs.items() if k not in cfg})

@@ -1,0 +1,115 @@
+"""Load official VAR VQ-VAE checkpoints (`vae_ch160v4096z32.pth`) into MultiScaleVQVAE.
+
+The conversion is the identity on names: MultiScaleVQVAE keeps the official module tree and attribute names
+(`encoder.down.{i}.block.{j}.conv1`, `decoder.up.{i}.upsample.conv`, `quantize.quant_resi.qresi_ls.{m}`,
+`quantize.ema_vocab_hit_SV`, ...). Keeping them means a released checkpoint, the golden state dicts and any
+state dict saved by the official code load with `strict=True` and no renaming table that could silently drift;
+a checkpoint saved by varbench also loads back into the official class. The only work done here is validation:
+a strict comparison of names and shapes with a readable error, float dtype conversion (e.g. the golden float8
+weights), and refusing files that are not a flat str -> Tensor mapping (pickles with arbitrary objects are
+rejected by `torch.load(weights_only=True)`, which never runs their code).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from varbench.tokenizers.vqvae import MultiScaleVQVAE
+
+# Constructor defaults of the official `models.vqvae.VQVAE` (used for keys missing from `args`; note official ch=128).
+OFFICIAL_VQVAE_DEFAULTS = dict(vocab_size=4096, z_channels=32, ch=128, dropout=0.0, beta=0.25, using_znorm=False,
+                               quant_conv_ks=3, quant_resi=0.5, share_quant_resi=4, default_qresi_counts=0,
+                               v_patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), test_mode=True)
+# Fixed inside the official class (not constructor arguments).
+OFFICIAL_VQVAE_FIXED = dict(ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, using_sa=True, using_mid_sa=True, in_channels=3)
+
+
+def vqvae_from_official_args(args: Mapping, **overrides) -> MultiScaleVQVAE:
+    """Build a MultiScaleVQVAE from the keyword arguments of the official `VQVAE(...)` constructor.
+
+    `v_patch_nums` becomes `patch_nums`; `test_mode` is ignored (the model is built for inference unless
+    `overrides` says otherwise); missing keys take the official defaults; unknown keys raise ValueError.
+    `overrides` are passed to MultiScaleVQVAE last (e.g. test_mode=False).
+    """
+    unknown = sorted(set(args) - set(OFFICIAL_VQVAE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown official VQVAE arguments {unknown}; known: {sorted(OFFICIAL_VQVAE_DEFAULTS)}")
+    a = {**OFFICIAL_VQVAE_DEFAULTS, **args}
+    kwargs = dict(OFFICIAL_VQVAE_FIXED)
+    kwargs.update(vocab_size=a["vocab_size"], z_channels=a["z_channels"], ch=a["ch"], dropout=a["dropout"],
+                  beta=a["beta"], using_znorm=a["using_znorm"], quant_conv_ks=a["quant_conv_ks"],
+                  quant_resi=a["quant_resi"], share_quant_resi=a["share_quant_resi"],
+                  default_qresi_counts=a["default_qresi_counts"], patch_nums=tuple(a["v_patch_nums"]))
+    kwargs.update(overrides)
+    return MultiScaleVQVAE(**kwargs)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a `.safetensors` file or a torch `.pth` (tensors only: weights_only=True) onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        raise ValueError(f"refusing to load {path}: it is not a plain tensor checkpoint (torch.load with "
+                         f"weights_only=True failed, e.g. it pickles arbitrary Python objects). Cause: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
+def check_flat_tensor_mapping(sd, origin: str) -> None:
+    """Raise ValueError unless `sd` is a mapping of str -> Tensor (no nesting, no other objects)."""
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"{origin}: expected a flat mapping of str -> Tensor, got {type(sd).__name__}")
+    bad = [(k, type(v).__name__) for k, v in sd.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        hint = " (a nested checkpoint? pass its state dict, e.g. ckpt['model'])" if any(
+            isinstance(sd[k], Mapping) for k, _ in bad if isinstance(k, str)) else ""
+        raise ValueError(f"{origin}: expected a flat mapping of str -> Tensor; offending entries: {bad[:10]}{hint}")
+
+
+def compare_keys(model_sd: Mapping, sd: Mapping) -> list[str]:
+    """Human-readable problems between a model's state dict and a checkpoint (empty when they match)."""
+    missing = sorted(set(model_sd) - set(sd))
+    unexpected = sorted(set(sd) - set(model_sd))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}"
+              for k in model_sd if k in sd and tuple(sd[k].shape) != tuple(model_sd[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if shapes:
+        problems.append(f"shape mismatches ({len(shapes)}): {shapes}")
+    return problems
+
+
+def load_official_vqvae(model: MultiScaleVQVAE, state_dict_or_path) -> MultiScaleVQVAE:
+    """Load an official VQ-VAE state dict (a mapping, or a `.pth` / `.safetensors` path) strictly into `model`.
+
+    Names are used as is (see the module docstring). Floating tensors are converted to the model's dtype.
+    Raises ValueError naming the missing and unexpected keys and any shape mismatch, or when the input is not a
+    flat str -> Tensor mapping. Returns `model`.
+    """
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        origin = str(state_dict_or_path)
+        sd = read_state_dict(state_dict_or_path)
+    else:
+        origin, sd = "state dict", state_dict_or_path
+    check_flat_tensor_mapping(sd, origin)
+    model_sd = model.state_dict()
+    problems = compare_keys(model_sd, sd)
+    if problems:
+        raise ValueError(f"{origin} does not match MultiScaleVQVAE ({model.vocab_size=}, {model.Cvae=}, "
+                         f"{model.patch_nums=}): " + "; ".join(problems))
+    converted = {k: v.to(model_sd[k].dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(converted, strict=True)
+    return model

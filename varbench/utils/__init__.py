@@ -1,0 +1,1 @@
+"""Small shared utilities: checkpoint I/O, environment records."""
