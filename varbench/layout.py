@@ -77,12 +77,15 @@ class ScaleLayout:
 
     def scale_ids(self, device=None) -> torch.Tensor:
         """(L,) int64 scale index of every token (VAR's `lvl_1L`)."""
-        return torch.repeat_interleave(torch.arange(self.num_scales, device=device), torch.tensor(self.lengths, device=device))
+        # built on the CPU explicitly (also under a meta-device context), then moved
+        ids = torch.repeat_interleave(torch.arange(self.num_scales, device="cpu"), torch.tensor(self.lengths, device="cpu"))
+        return ids if device is None else ids.to(device)
 
     def cu_seqlens(self, batch: int = 1, device=None) -> torch.Tensor:
         """int32 segment boundaries of every scale of every sample (flash varlen layout), (batch*K + 1,)."""
-        lens = torch.tensor(self.lengths * batch, device=device)
-        return torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
+        lens = torch.tensor(self.lengths * batch, device="cpu")
+        cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
+        return cu if device is None else cu.to(device)
 
     def block_causal_mask(self, device=None) -> torch.Tensor:
         """(L, L) bool, True where query i may see key j: scale(j) <= scale(i) (VAR)."""

@@ -113,7 +113,7 @@ class ScaleAR(nn.Module):
         with torch.autocast(x_BLCv_wo_first_l.device.type, enabled=False):  # embeddings in fp32, as VAR
             cond_BD = self.class_emb(label_B)
             sos_B1C = cond_BD.unsqueeze(1) + self.pos_start
-            x_BLC = torch.cat((sos_B1C, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
+            x_BLC = torch.cat((sos_B1C, self.word_embed(x_BLCv_wo_first_l.to(self.word_embed.weight.dtype))), dim=1)
             x_BLC = x_BLC + self.lvl_embed(self.lvl_1L) + self.pos_1LC
         for block in self.blocks:
             x_BLC = block(x_BLC, cond_BD, self.layout)
@@ -170,8 +170,7 @@ class ScaleAR(nn.Module):
         x_2BlC = cond_2BD.unsqueeze(1) + self.pos_start + lvl_pos_1LC[:, :1]
         dtype = x_2BlC.dtype
         states = [{} if rerun else block.mixer.init_state(2 * B, layout, x_2BlC.device, dtype) for block in self.blocks]
-        side = layout.patch_nums[-1]
-        f_hat = torch.zeros(B, self.latent_dim, side, side, device=x_2BlC.device)
+        f_hat = tokenizer.empty_fhat(B, x_2BlC.device)
         ids, all_logits = [], []
         for k in range(K):
             for i, block in enumerate(self.blocks):
@@ -192,7 +191,8 @@ class ScaleAR(nn.Module):
             ids.append(ids_Bl)
             f_hat, next_BCvhw = tokenizer.next_scale_input(k, f_hat, h_BCvhw)
             if next_BCvhw is not None:
-                x_BlC = self.word_embed(next_BCvhw.flatten(2).transpose(1, 2)) + lvl_pos_1LC[:, layout.slice(k + 1)]
+                next_BlCv = next_BCvhw.flatten(2).transpose(1, 2).to(self.word_embed.weight.dtype)
+                x_BlC = self.word_embed(next_BlCv) + lvl_pos_1LC[:, layout.slice(k + 1)]
                 x_2BlC = x_BlC.repeat(2, 1, 1)
         images = tokenizer.fhat_to_img(f_hat).add(1).mul(0.5)
         return Generation(ids=ids, images=images, logits=all_logits if return_logits else None)

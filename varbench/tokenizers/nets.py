@@ -123,7 +123,6 @@ class Encoder(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
         in_ch_mult = (1,) + tuple(ch_mult)
         self.down = nn.ModuleList()
-        block_in = ch
         for i_level in range(self.num_resolutions):
             block, attn = nn.ModuleList(), nn.ModuleList()
             block_in, block_out = ch * in_ch_mult[i_level], ch * ch_mult[i_level]

@@ -1,0 +1,45 @@
+"""Shared fixtures: the golden folder beside the checkout, small layouts, registry enumeration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from varbench.layout import ScaleLayout
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GOLDEN_A = SHARED / "golden" / "setA"
+COMPAT = SHARED / "compat"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    # a missing golden folder is a broken checkout, never a reason to skip
+    assert (GOLDEN_A / "config.json").is_file(), f"golden data not found at {GOLDEN_A} (shared/ must sit beside the checkout)"
+    return GOLDEN_A
+
+
+@pytest.fixture
+def tiny_layout() -> ScaleLayout:
+    """Four scales, 30 tokens: every contract test runs on it."""
+    return ScaleLayout((1, 2, 3, 4))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def read_tsv(name: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """key -> (shape, kind) from a shared/compat key list."""
+    rows = (COMPAT / name).read_text().splitlines()
+    header = rows[0].split("\t")
+    out = {}
+    for line in rows[1:]:
+        cols = dict(zip(header, line.split("\t")))
+        shape = tuple(int(s) for s in cols["shape"].split("x")) if cols["shape"] else ()
+        out[cols["key"]] = (shape, cols["kind"])
+    return out

@@ -1,0 +1,37 @@
+"""Builders shared by the backbone tests: a tiny tokenizer and tiny ScaleAR models of any registered mixer."""
+
+from __future__ import annotations
+
+import torch
+
+from varbench.backbones.scale_ar import ScaleAR
+from varbench.registry import factory, load_option
+from varbench.tokenizers import MultiScaleVQVAE
+
+TINY_PN = (1, 2, 3, 4)
+
+
+def tiny_tokenizer(patch_nums=TINY_PN, vocab_size=64, z_channels=8) -> MultiScaleVQVAE:
+    torch.manual_seed(0)
+    vae = MultiScaleVQVAE(vocab_size=vocab_size, z_channels=z_channels, ch=32, patch_nums=patch_nums)
+    with torch.no_grad():  # spread the codebook so that tokens are diverse
+        vae.quantize.embedding.weight.normal_(0, 0.5)
+    return vae.eval()
+
+
+def tiny_model(mixer: str, intra: str = "none", depth=2, width=64, heads=2, vae=None, **kw) -> ScaleAR:
+    vae = vae or tiny_tokenizer()
+    model = ScaleAR(mixer=factory(load_option("mixer", mixer)), intra=factory(load_option("intra", intra)),
+                    depth=depth, width=width, num_heads=heads, vocab_size=vae.vocab_size, latent_dim=vae.Cvae,
+                    num_classes=10, patch_nums=vae.patch_nums, drop_path_rate=0.0, **kw)
+    randomize_gates_(model)
+    return model.eval()
+
+
+@torch.no_grad()
+def randomize_gates_(model: ScaleAR) -> None:
+    """VAR's init makes every gate ~1e-5 (blocks are near identities), which would make a parity test blind to
+    the mixers: re-draw the AdaLN projections and the head so that every branch matters."""
+    for linear in [b.ada_lin[-1] for b in model.blocks] + [model.head_nm.ada_lin[-1], model.head]:
+        linear.weight.normal_(0, linear.in_features ** -0.5)
+        linear.bias.normal_(0, 0.1)

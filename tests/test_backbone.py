@@ -1,0 +1,117 @@
+"""The shared backbone: official key layouts and parameter counts, and sampling that reproduces teacher forcing
+for every registered mixer, with and without the intra-scale branch."""
+
+import copy
+import functools
+
+import pytest
+import torch
+
+from conftest import read_tsv
+from helpers import tiny_model, tiny_tokenizer
+from varbench.backbones.convert import varbench_to_official
+from varbench.backbones.scale_ar import ScaleAR
+from varbench.backbones.sampling import cfg_ramp
+from varbench.registry import factory, list_options, load_option
+
+MIXERS = list_options("mixer")
+
+
+def official_model(flavour: str, depth: int, l2_norm: bool) -> ScaleAR:
+    mixer = "attention" if flavour == "var" else "mamba2"
+    intra = "none" if flavour == "var" else "full"
+    mixer_cfg, intra_cfg = load_option("mixer", mixer), load_option("intra", intra)
+    if flavour == "var":
+        mixer_cfg.l2_norm = l2_norm
+    else:
+        intra_cfg.l2_norm = l2_norm
+    with torch.device("meta"):
+        return ScaleAR(mixer=factory(mixer_cfg), intra=factory(intra_cfg), depth=depth)
+
+
+@pytest.mark.parametrize("flavour,tsv,l2_norm,params", [
+    ("var", "var_d16_keys.tsv", True, 310_283_520),
+    ("mvar", "mvar_d16_keys.tsv", False, 464_157_184),
+    ("mvar", "mvar_d16_l2norm_keys.tsv", True, 464_157_440),
+])
+def test_d16_official_key_layout_and_parameter_count(flavour, tsv, l2_norm, params):
+    model = official_model(flavour, 16, l2_norm)
+    expected = read_tsv(tsv)
+    converted = varbench_to_official(model)
+    assert sorted(set(converted) - set(expected)) == [] and sorted(set(expected) - set(converted)) == []
+    wrong = {k: (tuple(converted[k].shape), expected[k][0]) for k in expected if tuple(converted[k].shape) != expected[k][0]}
+    assert wrong == {}
+    assert model.num_params() == params
+
+
+@pytest.mark.parametrize("depth,params", [(12, 133_186_960), (20, 600_917_136), (24, 1_033_399_360), (30, 2_010_020_356)])
+def test_var_parameter_counts_at_every_depth(depth, params):
+    assert official_model("var", depth, True).num_params() == params
+
+
+@pytest.mark.parametrize("depth,params", [(12, 198_435_424), (20, 900_528_736)])
+def test_mvar_parameter_counts(depth, params):
+    assert official_model("mvar", depth, False).num_params() == params
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return tiny_tokenizer()
+
+
+def teacher_forcing(vae, batch=2):
+    torch.manual_seed(1)
+    side = vae.patch_nums[-1] * 16
+    images = torch.rand(batch, 3, side, side) * 2 - 1
+    ids = vae.img_to_ids(images)
+    return ids, vae.ids_to_var_input(ids)
+
+
+@pytest.mark.parametrize("intra", ["none", "full"])
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_sampling_reproduces_teacher_forcing(mixer, intra, vae):
+    """Logits produced scale by scale through the carried state (and through the prefix re-run baseline) equal
+    the teacher-forced logits for the same tokens, with and without guidance."""
+    model = tiny_model(mixer, intra, vae=vae).double()
+    ids, _ = teacher_forcing(vae)
+    vae = copy.deepcopy(vae).double()
+    x_BLCv = vae.ids_to_var_input(ids)
+    labels = torch.tensor([3, 7])
+    cond = model(labels, x_BLCv)
+    uncond = model(torch.full_like(labels, model.num_classes), x_BLCv)
+    for cfg in (0.0, 2.0):
+        K = model.layout.num_scales
+        expected = torch.cat([(1 + cfg_ramp(cfg, k, K)) * cond[:, s] - cfg_ramp(cfg, k, K) * uncond[:, s]
+                              for k, s in enumerate(model.layout.segments())], 1)
+        for sampler in ("carry", "prefix_rerun"):
+            out = model.generate(vae, labels, cfg=cfg, forced_ids=ids, return_logits=True, sampler=sampler)
+            torch.testing.assert_close(torch.cat(out.logits, 1), expected, atol=1e-9, rtol=1e-9)
+
+
+def test_generate_is_seeded_and_returns_images(vae):
+    model = tiny_model("attention", vae=vae)
+    labels = torch.tensor([1, 2, 3])
+    run = functools.partial(model.generate, vae, labels, cfg=1.5, top_k=20, top_p=0.9)
+    a = run(generator=torch.Generator().manual_seed(5))
+    b = run(generator=torch.Generator().manual_seed(5))
+    c = run(generator=torch.Generator().manual_seed(6))
+    assert all(torch.equal(x, y) for x, y in zip(a.ids, b.ids))
+    assert not all(torch.equal(x, y) for x, y in zip(a.ids, c.ids))
+    assert [t.shape for t in a.ids] == [(3, p * p) for p in vae.patch_nums]
+    assert a.images.shape == (3, 3, 64, 64) and 0 <= a.images.min() and a.images.max() <= 1
+    smooth = run(more_smooth=True, generator=torch.Generator().manual_seed(5))
+    assert smooth.images.shape == a.images.shape
+
+
+def test_gate_init_follows_var_and_mvar_quirk():
+    """VAR: gate rows x init_adaln_gamma. M-VAR's official init multiplies only the first 2C rows, so the FFN gate
+    gamma3 gets init_adaln (0.5) like the scales: kept as the default, 'all' is the named alternative."""
+    torch.manual_seed(0)
+    kw = dict(depth=2, width=64, num_heads=2, vocab_size=16, latent_dim=8, patch_nums=(1, 2))
+    mixer, intra = factory(load_option("mixer", "attention")), factory(load_option("intra", "full"))
+    for rows, gamma3_small in (("official", False), ("all", True)):
+        model = ScaleAR(mixer=mixer, intra=intra, init=dict(gamma_rows=rows, init_adaln_gamma=1e-5), **kw)
+        w = model.blocks[0].ada_lin[-1].weight
+        assert w[:128].abs().max() < 1e-5                        # gamma1, gamma2
+        assert (w[128:192].abs().max() < 1e-5) == gamma3_small   # gamma3
+        assert w[192:].abs().max() > 1e-3                        # scales and shifts

@@ -1,0 +1,145 @@
+"""The mixer contract, checked for every registered inter-scale mixer (every file of experiments/mixer/).
+
+A new mixer is covered by adding its module and its YAML; nothing here lists mixers by name.
+All checks run the reference path on CPU in float64 unless they say otherwise.
+"""
+
+import pytest
+import torch
+
+from varbench.layout import ScaleLayout
+from varbench.mixers.base import state_nbytes, take_rows
+from varbench.registry import build, list_options
+
+MIXERS = list_options("mixer")
+DIM, HEADS = 64, 2
+
+
+def make(name, dtype=torch.float64):
+    mixer = build("mixer", name, dim=DIM, num_heads=HEADS, layer_idx=0)
+    return mixer.to(dtype).eval()
+
+
+def run_steps(mixer, x_BLC, layout, batch=None):
+    state = mixer.init_state(batch or x_BLC.shape[0], layout, device=x_BLC.device, dtype=x_BLC.dtype)
+    outs = []
+    for k, x_BlC in enumerate(layout.split(x_BLC)):
+        y_BlC, state = mixer.step(x_BlC, state, layout, k)
+        outs.append(y_BlC)
+    return torch.cat(outs, dim=1), state
+
+
+def test_registry_is_not_empty():
+    assert "attention" in MIXERS and len(MIXERS) >= 1
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_runs_reference_on_cpu(name):
+    assert make(name).backend in ("reference", "sdpa"), "on a CPU machine 'auto' must resolve to the reference path"
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_step_chain_equals_forward(name, tiny_layout):
+    mixer = make(name)
+    x_BLC = torch.randn(2, tiny_layout.L, DIM, dtype=torch.float64)
+    y_forward = mixer(x_BLC, tiny_layout)
+    y_steps, _ = run_steps(mixer, x_BLC, tiny_layout)
+    assert y_forward.shape == x_BLC.shape
+    torch.testing.assert_close(y_steps, y_forward, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_prefix_rerun_baseline_equals_carried_state(name, tiny_layout):
+    mixer = make(name)
+    x_BLC = torch.randn(2, tiny_layout.L, DIM, dtype=torch.float64)
+    y_carry, _ = run_steps(mixer, x_BLC, tiny_layout)
+    cache, outs = {}, []
+    for k, x_BlC in enumerate(tiny_layout.split(x_BLC)):
+        y_BlC, cache = mixer.prefix_rerun_step(x_BlC, cache, tiny_layout, k)
+        outs.append(y_BlC)
+    torch.testing.assert_close(torch.cat(outs, 1), y_carry, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_no_information_flows_from_later_scales(name, k, tiny_layout):
+    mixer = make(name)
+    x_BLC = torch.randn(1, tiny_layout.L, DIM, dtype=torch.float64)
+    x2_BLC = x_BLC.clone()
+    s = tiny_layout.slice(k)
+    x2_BLC[:, s] += torch.randn_like(x2_BLC[:, s])
+    y1, y2 = mixer(x_BLC, tiny_layout), mixer(x2_BLC, tiny_layout)
+    earlier = slice(0, s.start)
+    assert torch.equal(y1[:, earlier], y2[:, earlier]), "a later scale changed an earlier scale's output"
+    assert not torch.allclose(y1[:, s], y2[:, s]), "perturbing a scale changed nothing: the test would be blind"
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_within_scale_semantics(name, tiny_layout):
+    """Causal mixers: a token never sees a later token of its own scale. Bidirectional ones: it does."""
+    mixer = make(name)
+    x_BLC = torch.randn(1, tiny_layout.L, DIM, dtype=torch.float64)
+    last = tiny_layout.slice(3).stop - 1
+    x2_BLC = x_BLC.clone()
+    x2_BLC[:, last] += 1.0
+    y1, y2 = mixer(x_BLC, tiny_layout), mixer(x2_BLC, tiny_layout)
+    same_scale_before = slice(tiny_layout.slice(3).start, last)
+    unchanged = torch.equal(y1[:, same_scale_before], y2[:, same_scale_before])
+    assert mixer.within_scale in ("causal", "bidirectional")
+    assert unchanged == (mixer.within_scale == "causal")
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_doubled_cfg_batch_rows_are_independent(name, tiny_layout):
+    """Sampling doubles the batch (conditional rows, then unconditional): each row's result must not depend on
+    the others, and selecting state rows must commute with stepping."""
+    mixer = make(name)
+    x_BLC = torch.randn(4, tiny_layout.L, DIM, dtype=torch.float64)
+    y_all, state_all = run_steps(mixer, x_BLC, tiny_layout)
+    for row in range(4):
+        y_row, state_row = run_steps(mixer, x_BLC[row:row + 1], tiny_layout)
+        torch.testing.assert_close(y_all[row:row + 1], y_row, atol=1e-10, rtol=1e-10)
+        picked = take_rows(state_all, torch.tensor([row]))
+        for key in state_row:
+            torch.testing.assert_close(picked[key], state_row[key], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_state_bytes_is_the_real_state_size(name, tiny_layout):
+    mixer = make(name, torch.float32)
+    x_BLC = torch.randn(3, tiny_layout.L, DIM)
+    _, state = run_steps(mixer, x_BLC, tiny_layout)
+    assert mixer.state_bytes(tiny_layout, 3, torch.float32) == state_nbytes(state)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_every_parameter_gets_a_gradient(name, tiny_layout):
+    mixer = make(name).train()
+    x_BLC = torch.randn(2, tiny_layout.L, DIM, dtype=torch.float64, requires_grad=True)
+    mixer(x_BLC, tiny_layout).square().sum().backward()
+    for pname, p in mixer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+    assert torch.isfinite(x_BLC.grad).all()
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_flops_are_positive_and_linear_in_batch(name):
+    mixer = make(name)
+    layout = ScaleLayout((1, 2, 3, 4, 5, 6, 8, 10, 13, 16))
+    one = mixer.flops(layout, 1)
+    assert one > 0 and mixer.flops(layout, 3) == 3 * one
+    # every mixer at least runs its projections: 2 * L * C * C multiply-adds is a floor no mixer can go under
+    assert one >= 2 * layout.L * DIM * DIM
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_unknown_backend_is_an_error(name):
+    with pytest.raises(ValueError, match="valid"):
+        build("mixer", name, dim=DIM, num_heads=HEADS, backend="no-such-kernel")
+
+
+def test_unknown_mixer_lists_the_registered_names():
+    with pytest.raises(ValueError) as err:
+        build("mixer", "transformer-xl", dim=DIM, num_heads=HEADS)
+    for name in MIXERS:
+        assert name in str(err.value)

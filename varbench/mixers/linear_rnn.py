@@ -1,0 +1,221 @@
+"""Shared machinery of the linear-recurrent mixers whose kernels come from fla (GLA, RetNet, linear attention,
+DeltaNet, Gated DeltaNet, HGRN2): projections -> [short causal conv] -> recurrence -> [norm / output gate] -> o_proj.
+
+Every such mixer is a token-causal scan over the flattened sequence of all scales, coarse to fine. `forward` runs the
+scan over all L tokens from a zero state; `step` runs it over the l tokens of one scale from the carried state
+(fp32 recurrent state, plus the last W - 1 inputs of each short convolution) and returns the new state. The building
+blocks below are pure PyTorch and keep fla's parameter names and shapes (`q_conv1d.weight` [D, 1, W],
+`g_norm_swish_gate.weight` [V], ...), so an fla layer's state dict loads into the matching mixer.
+
+Shape legend: B batch, L tokens of all scales, l tokens of the current scale (L in `forward`), C width,
+H heads, K key dim per head, V value dim per head, D channels of one projection, W short-conv width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from varbench.layout import ScaleLayout
+from varbench.mixers.base import State, TokenMixer, cuda_and, resolve_backend
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Recurrent states are fp32 (fla asserts it) whatever the activations are; fp64 stays fp64 for exact tests."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def divide(total: int, parts: int, what: str) -> int:
+    """total / parts, or a ValueError that names the hyper-parameter to change."""
+    if parts < 1 or total % parts:
+        raise ValueError(f"{what}: {total} is not divisible by {parts} heads; change the head count or the expansion")
+    return total // parts
+
+
+def pick_heads(heads: int | None, num_heads: int | None, owner: str) -> int:
+    """The mixer's own head count, or the backbone's when `heads` is None."""
+    picked = num_heads if heads is None else heads
+    if picked is None or picked < 1:
+        raise ValueError(f"{owner}: set `heads` (or pass the backbone's num_heads), got heads={heads}, num_heads={num_heads}")
+    return picked
+
+
+def expand(dim: int, ratio: float, what: str) -> int:
+    """round(dim * ratio), or a ValueError when that is not an integer (fla asserts the same)."""
+    size = round(dim * ratio)
+    if abs(size - dim * ratio) > 1e-6 or size < 1:
+        raise ValueError(f"{what}: dim * ratio = {dim} * {ratio} is not a positive integer")
+    return size
+
+
+class ShortConvolution(nn.Conv1d):
+    """Depthwise causal convolution with a carried tail, parameter-compatible with fla's `ShortConvolution`.
+
+    Args:
+        hidden_size (int): channels D.
+        kernel_size (int): width W (>= 2).
+        bias (bool, Optional): channel bias. Default: `False`.
+        activation (str, Optional): `silu` or `None`. Default: `silu`.
+    """
+
+    def __init__(self, hidden_size: int, kernel_size: int, bias: bool = False, activation: str | None = "silu"):
+        if kernel_size < 2:
+            raise ValueError(f"conv_size must be >= 2, got {kernel_size}")
+        if activation not in ("silu", "swish", None):
+            raise ValueError(f"short-conv activation must be 'silu' or None, got {activation!r}")
+        super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, bias=bias)
+        self.activation = activation
+
+    def forward(self, x_BlD: torch.Tensor, tail_BDw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Convolve l new tokens after the W - 1 earlier inputs in `tail_BDw` (zeros when `None`).
+        Returns the output `[B, l, D]` and the new tail `[B, D, W - 1]`."""
+        x_BDl = x_BlD.transpose(1, 2)
+        if tail_BDw is None:
+            tail_BDw = x_BDl.new_zeros(*x_BDl.shape[:2], self.kernel_size[0] - 1)
+        x_BDl = torch.cat([tail_BDw.to(x_BDl.dtype), x_BDl], dim=-1)
+        y_BDl = F.conv1d(x_BDl, self.weight, self.bias, groups=self.groups)
+        if self.activation is not None:
+            y_BDl = F.silu(y_BDl)
+        return y_BDl.transpose(1, 2), x_BDl[..., -(self.kernel_size[0] - 1):]
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim, computed in fp32 (fla's `RMSNorm(..., dtype=torch.float32)`)."""
+
+    def __init__(self, hidden_size: int, elementwise_affine: bool = True, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+        return y if self.weight is None else y * self.weight.to(y.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._norm(x).to(x.dtype)
+
+
+class FusedRMSNormGated(RMSNorm):
+    """RMSNorm(x) * act(g), fla's `FusedRMSNormGated` in plain PyTorch (act: swish/silu or sigmoid)."""
+
+    def __init__(self, hidden_size: int, elementwise_affine: bool = True, eps: float = 1e-5, activation: str = "swish"):
+        if activation not in ("swish", "silu", "sigmoid"):
+            raise ValueError(f"gate activation must be 'swish', 'silu' or 'sigmoid', got {activation!r}")
+        super().__init__(hidden_size, elementwise_affine, eps)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        y = self._norm(x)
+        gf = g.to(y.dtype)
+        return (y * (torch.sigmoid(gf) if self.activation == "sigmoid" else F.silu(gf))).to(x.dtype)
+
+
+def rotary(x_BlHK: torch.Tensor, offset: int, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding of positions offset .. offset + l - 1, non-interleaved halves, over the whole head
+    dim (fla's `RotaryEmbedding(dim=K)` defaults); the angles are computed in fp32."""
+    K = x_BlHK.shape[-1]
+    if K % 2:
+        raise ValueError(f"rotary needs an even head dim, got {K}")
+    dtype = torch.promote_types(x_BlHK.dtype, torch.float32)
+    inv_freq = 1.0 / base ** (torch.arange(0, K, 2, device=x_BlHK.device, dtype=torch.float32) / K)
+    t = torch.arange(offset, offset + x_BlHK.shape[1], device=x_BlHK.device, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq).to(dtype)[:, None, :]  # [l, 1, K/2]
+    cos, sin = freqs.cos(), freqs.sin()
+    x1, x2 = x_BlHK.to(dtype).chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x_BlHK.dtype)
+
+
+class LinearRNNMixer(TokenMixer):
+    """Base of the fla-family mixers. A subclass builds its layers, calls `_setup`, and implements `_recurrence`
+    (gates and op call) and `_readout` (norm, output gate, o_proj); forward/step/state/FLOPs live here.
+
+    Class attributes:
+        proj_names (tuple[str, ...]): projections `<name>_proj` run on x before the recurrence, each followed by
+            `<name>_conv1d` when short convolutions are on.
+        kv_flops (int): FLOPs per token, head, key dim and value dim of the recurrence in its token-by-token form
+            (decay of the state 1, outer-product update 2, read-out 2, delta-rule retrieval 2).
+        v_flops (int): FLOPs per token, head and value dim on top (the delta rule's v - S^T k and beta scaling).
+    """
+
+    within_scale = "causal"
+    proj_names = ("q", "k", "v")
+    kv_flops = 5
+    v_flops = 0
+
+    def _setup(self, dim: int, heads: int, head_k_dim: int, head_v_dim: int, backend: str, layer_idx: int) -> None:
+        self.dim, self.heads, self.layer_idx = dim, heads, layer_idx
+        self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
+        self.backend = resolve_backend(backend, {"fla": cuda_and("fla"), "reference": lambda: True}, type(self).__name__)
+
+    def _add_short_convs(self, use_short_conv: bool, conv_size: int, conv_bias: bool, channels: dict, activations: dict):
+        """`<name>_conv1d` for each projection named in `channels` (name -> D), as fla's layers build them."""
+        self.use_short_conv, self.conv_size = use_short_conv, conv_size
+        if use_short_conv:
+            for name, size in channels.items():
+                setattr(self, f"{name}_conv1d", ShortConvolution(size, conv_size, conv_bias, activations[name]))
+
+    def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
+        y_BLC, _ = self._mix(x_BLC, None, offset=0, output_final_state=False)
+        return y_BLC
+
+    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
+        return self._mix(x_BlC, state, offset=layout.offsets[k], output_final_state=True)
+
+    def _mix(self, x_BlC, state: State | None, offset: int, output_final_state: bool):
+        h, conv_state = self._project(x_BlC, state)
+        S0 = None if state is None else state["recurrent"]
+        o_BlHV, S = self._recurrence(x_BlC, h, S0, offset, output_final_state)
+        y_BlC = self._readout(o_BlHV, x_BlC)
+        return y_BlC, ({"recurrent": S, **conv_state} if output_final_state else None)
+
+    def _project(self, x_BlC: torch.Tensor, state: State | None) -> tuple[dict, State]:
+        h, conv_state = {}, {}
+        for name in self.proj_names:
+            h[name] = getattr(self, f"{name}_proj")(x_BlC)
+            if self.use_short_conv:
+                tail = None if state is None else state[f"conv_{name}"]
+                h[name], conv_state[f"conv_{name}"] = getattr(self, f"{name}_conv1d")(h[name], tail)
+        return h, conv_state
+
+    def _recurrence(self, x_BlC, h: dict, S0, offset: int, output_final_state: bool):
+        """Gates and the op call; returns o `[B, l, H, V]` and the final state `[B, H, K, V]` (or `None`)."""
+        raise NotImplementedError
+
+    def _readout(self, o_BlHV: torch.Tensor, x_BlC: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _conv_channels(self) -> dict[str, int]:
+        if not self.use_short_conv:
+            return {}
+        return {name: getattr(self, f"{name}_conv1d").in_channels for name in self.proj_names}
+
+    def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
+        """Zero recurrent state `[B, H, K, V]` (fp32) and, with short convs, zero tails `[B, D, W - 1]` in `dtype`."""
+        state = {"recurrent": torch.zeros(batch, self.heads, self.head_k_dim, self.head_v_dim,
+                                          device=device, dtype=state_dtype(dtype))}
+        for name, size in self._conv_channels().items():
+            state[f"conv_{name}"] = torch.zeros(batch, size, self.conv_size - 1, device=device, dtype=dtype)
+        return state
+
+    def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
+        """Bytes of `init_state(batch, layout, dtype=dtype)`: constant over scales (no KV cache grows)."""
+        recurrent = batch * self.heads * self.head_k_dim * self.head_v_dim * state_dtype(dtype).itemsize
+        tails = batch * sum(self._conv_channels().values()) * (self.conv_size - 1) * dtype.itemsize
+        return recurrent + tails
+
+    def _projection_macs(self) -> int:
+        """Multiply-adds per token of every linear layer and short conv (each applied once per token)."""
+        return sum(m.weight.numel() for m in self.modules() if isinstance(m, (nn.Linear, nn.Conv1d)))
+
+    def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
+        """Analytic forward FLOPs over all L tokens (a multiply-add = 2). Counted: every projection (q/k/v/gate/o,
+        low-rank gate, feature maps), the short convolutions, and the recurrence in its token-by-token form,
+        H * (kv_flops * K * V + v_flops * V) per token. Not counted: norms, activations, rotary, gates' elementwise
+        math, and the extra arithmetic of the chunked kernels (their intra-chunk quadratic part)."""
+        per_head = self.kv_flops * self.head_k_dim * self.head_v_dim + self.v_flops * self.head_v_dim
+        return batch * layout.L * (2 * self._projection_macs() + self.heads * per_head)
+
+    def out_proj(self) -> nn.Linear:
+        return self.o_proj

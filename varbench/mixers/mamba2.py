@@ -1,0 +1,177 @@
+"""Mamba-2 (SSD) as M-VAR's inter-scale mixer: a token-causal scan over every scale, state carried across scales.
+
+Shape legend: B batch, L tokens of all scales, l tokens of the current scale, C model width, E = expand * C inner
+width, H = E / P heads, P head dim, G groups, N state dim, W conv width, F = E + 2GN conv channels.
+
+Parameter names, shapes and initialisation are those of `mamba_ssm.Mamba2(d_model=C, d_state=64, d_conv=4, expand=2)`
+as M-VAR builds it (var_mvar_facts.md 4.4), so `mamba.*` checkpoint keys load as they are. Layer per token:
+in_proj -> [z, xBC, dt]; xBC -> depthwise causal conv + SiLU -> [x, B, C]; SSD scan with dt = softplus(dt + dt_bias),
+A = -exp(A_log), skip D; gated RMSNorm(y * SiLU(z)); out_proj.
+Unlike `mamba_ssm.Mamba2.step` (one token at a time), `step` appends a whole scale: the SSD scan starts from the
+carried state and the conv from the carried tail of the last W - 1 inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from varbench.layout import ScaleLayout
+from varbench.mixers.base import State, TokenMixer, cuda_and, resolve_backend
+from varbench.ops.causal_conv import kernel as conv_kernel
+from varbench.ops.causal_conv.reference import causal_conv1d_ref
+from varbench.ops.ssd import kernel as ssd_kernel
+from varbench.ops.ssd.reference import gated_rmsnorm_ref, ssd_scan_ref
+
+BACKENDS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d"), "reference": lambda: True}
+
+
+class GatedRMSNorm(nn.Module):
+    """Holds `norm.weight` of mamba_ssm's `RMSNormGated` (eps 1e-5, norm_before_gate False, one group per G).
+
+    Args:
+        hidden_size (int): E.
+        eps (float, Optional): added to the mean square. Default: 1e-5.
+        group_size (int, Optional): channels normalised together. Default: E.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None):
+        super().__init__()
+        self.eps, self.group_size = eps, group_size
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor, kernel: bool = False) -> torch.Tensor:
+        norm = ssd_kernel.gated_rmsnorm if kernel else gated_rmsnorm_ref
+        return norm(y, self.weight, z, eps=self.eps, group_size=self.group_size, norm_before_gate=False)
+
+
+class Mamba2Mixer(TokenMixer):
+    """M-VAR's Mamba2 branch with an explicit, carried state.
+
+    Args:
+        dim (int): model width C.
+        num_heads (int, Optional): the backbone's attention heads (unused: SSD heads are E / headdim). Default: None.
+        layer_idx (int, Optional): block index (unused). Default: 0.
+        backend (str, Optional): "mamba_ssm" (causal_conv1d + Triton SSD + Triton gated RMSNorm), "reference"
+            (pure torch) or "auto" (mamba_ssm on CUDA when installed). Default: "auto".
+        d_state (int, Optional): N. Default: 64 (M-VAR).
+        d_conv (int, Optional): W. Default: 4.
+        expand (int, Optional): E / C. Default: 2.
+        headdim (int, Optional): P. Default: 64.
+        ngroups (int, Optional): G, heads sharing one B and C. Default: 1.
+        chunk_size (int, Optional): SSD chunk length (both backends). Default: 256.
+        fused (bool, Optional): `forward` through mamba_ssm's fused `mamba_split_conv1d_scan_combined` (Mamba2's
+            `use_mem_eff_path`, what M-VAR ran); `step` is always unfused. Needs backend "mamba_ssm". Default: False.
+    """
+
+    within_scale = "causal"
+    rescale_out_proj = False  # M-VAR leaves Mamba2's out_proj alone
+
+    def __init__(self, dim: int, num_heads: int | None = None, layer_idx: int = 0, backend: str = "auto",
+                 d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
+                 chunk_size: int = 256, fused: bool = False):
+        super().__init__()
+        self.backend = resolve_backend(backend, BACKENDS, "mamba2")
+        if fused and self.backend != "mamba_ssm":
+            raise ValueError(f"mamba2: fused=True needs backend 'mamba_ssm', got {self.backend!r}")
+        self.d_inner = expand * dim
+        if self.d_inner % headdim or (self.d_inner // headdim) % ngroups:
+            raise ValueError(f"mamba2: expand*dim={self.d_inner} must split into heads of {headdim}, divisible by ngroups={ngroups}")
+        self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
+        self.nheads, self.chunk_size, self.fused = self.d_inner // headdim, chunk_size, fused
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+        self.forward_impl = ("mamba_split_conv1d_scan_combined" if fused else "causal_conv1d+mamba_chunk_scan_combined") \
+            if self.backend == "mamba_ssm" else "reference"
+        # created in mamba_ssm.Mamba2's order, so a seed gives the same initial values as the library
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False)  # [z, x, B, C, dt]
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1)
+        self.dt_bias = nn.Parameter(inverse_softplus_dt(self.nheads))
+        self.A_log = nn.Parameter(torch.empty(self.nheads, dtype=torch.float32).uniform_(1, 16).log())
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True  # as mamba_ssm marks them
+        self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups)
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
+
+    def out_proj(self) -> nn.Linear:
+        # the base hook's name is also mamba_ssm's submodule name: the submodule lives in _modules, and
+        # `self.out_proj` resolves to this method, so the layer is reached through _modules
+        return self._modules["out_proj"]
+
+    def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
+        if self.fused:
+            return self._fused_forward(x_BLC)
+        return self._mix(x_BLC, None, None)[0]
+
+    def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
+        return {
+            "ssm": torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_state_dtype(dtype)),
+            "conv": torch.zeros(batch, self.d_conv - 1, self.conv_dim, device=device, dtype=dtype),
+        }
+
+    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
+        y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"])
+        # the state keeps the dtypes init_state gave it, whatever autocast produced on the way
+        return y_BlC, {"ssm": ssm.to(state["ssm"].dtype), "conv": tail.to(state["conv"].dtype)}
+
+    def _mix(self, x_BLC, conv_tail, ssm_state):
+        """in_proj, conv, SSD scan, gated norm, out_proj from the given states (None: sequence start)."""
+        kernel = self.backend == "mamba_ssm"
+        Bsz, L, _ = x_BLC.shape
+        z_BLE, xBC_BLF, dt_BLH = self.in_proj(x_BLC).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
+        xBC_BLF, tail = conv(xBC_BLF, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_tail, activation="silu")
+        x_BLE, B_BLGN, C_BLGN = xBC_BLF.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        scan = ssd_kernel.ssd_scan if kernel else ssd_scan_ref
+        y_BLHP, ssm = scan(
+            x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, -torch.exp(self.A_log.float()),
+            B_BLGN.reshape(Bsz, L, self.ngroups, self.d_state), C_BLGN.reshape(Bsz, L, self.ngroups, self.d_state),
+            D=self.D, initial_state=ssm_state, chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
+        )
+        y_BLE = self.norm(y_BLHP.reshape(Bsz, L, self.d_inner), z_BLE, kernel=kernel)
+        return self._modules["out_proj"](y_BLE), tail, ssm
+
+    def _fused_forward(self, x_BLC):
+        return ssd_kernel.mamba2_fused_forward(
+            self.in_proj(x_BLC), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
+            -torch.exp(self.A_log.float()), self.D, self.chunk_size, self.norm.weight, self.norm.eps,
+            self._modules["out_proj"].weight, self.headdim, self.ngroups,
+        )
+
+    def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
+        """Forward FLOPs (multiply-add = 2). Counted: in_proj and out_proj; the depthwise conv (2W per channel) and
+        SiLU (4); dt softplus (4 per head); the chunked SSD form the kernel runs, per chunk of t tokens: C.B^T
+        (2 t^2 N per group), its masked product with dt*x (2 t^2 P per head, the full square although the Triton
+        kernel skips some upper-triangle tiles), chunk states and their read-out (2 t P N each per head), state
+        passing (2 P N per head) and the D skip (2 per channel); gated RMSNorm (SiLU 4, gate 1, square-sum 2,
+        scale 2 per channel). Element-wise exp/softplus/SiLU count 1 per op inside them."""
+        L, C, E, H, P, N, G = layout.L, self.in_proj.in_features, self.d_inner, self.nheads, self.headdim, self.d_state, self.ngroups
+        dense = 2 * L * C * self.in_proj.out_features + 2 * L * E * C
+        conv = L * self.conv_dim * (2 * self.d_conv + 4) + 4 * L * H
+        chunks = [min(self.chunk_size, L - s) for s in range(0, L, self.chunk_size)]
+        ssd = sum(2 * t * t * N * G + H * (2 * t * t * P + 4 * t * P * N + 2 * P * N) for t in chunks) + 2 * L * E
+        norm = 9 * L * E
+        return batch * (dense + conv + ssd + norm)
+
+    def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
+        """SSM state (B, H, P, N) in fp32 plus the conv tail (B, W - 1, F) in `dtype`; constant over scales."""
+        ssm = self.nheads * self.headdim * self.d_state * itemsize(ssm_state_dtype(dtype))
+        return batch * (ssm + (self.d_conv - 1) * self.conv_dim * itemsize(dtype))
+
+
+def inverse_softplus_dt(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4) -> torch.Tensor:
+    """mamba_ssm's dt bias init: dt ~ exp(U[ln dt_min, ln dt_max]) floored, then inverse softplus (so that
+    softplus(dt_bias) = dt)."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def ssm_state_dtype(dtype: torch.dtype) -> torch.dtype:
+    # the recurrent state is fp32 whatever the activations are; fp64 runs (tests) keep fp64
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
