@@ -120,8 +120,9 @@ class ScaleAR(nn.Module):
         return self.logits(x_BLC, cond_BD)
 
     def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        """The AdaLN head, computed on fp32 activations and returned as fp32."""
-        return self.head(self.head_nm(x_BLC.float(), cond_BD).float()).float()
+        """The AdaLN head, computed on fp32 (or wider) activations and returned in that dtype, as VAR."""
+        wide = torch.promote_types(x_BLC.dtype, torch.float32)
+        return self.head(self.head_nm(x_BLC.to(wide), cond_BD).to(wide)).to(wide)
 
     def check_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> None:
         expected = (self.layout.L - 1, self.latent_dim)
