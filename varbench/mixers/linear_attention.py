@@ -86,7 +86,6 @@ class LinearAttentionMixer(LinearRNNMixer):
         self._setup(dim, heads, divide(key_dim, heads, "LinearAttention key dim"),
                     divide(value_dim, heads, "LinearAttention value dim"), backend, layer_idx)
         self.feature_map, self.norm_q, self.norm_k = feature_map, norm_q, norm_k
-        self.use_short_conv = False
 
         if feature_map == "elementwise_product":
             self.feature_map_q = HadamardFeatureMap(self.head_k_dim)

@@ -147,6 +147,7 @@ class LinearRNNMixer(TokenMixer):
     def _setup(self, dim: int, heads: int, head_k_dim: int, head_v_dim: int, backend: str, layer_idx: int) -> None:
         self.dim, self.heads, self.layer_idx = dim, heads, layer_idx
         self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
+        self.use_short_conv, self.conv_size = False, 0
         self.backend = resolve_backend(backend, {"fla": cuda_and("fla"), "reference": lambda: True}, type(self).__name__)
 
     def _add_short_convs(self, use_short_conv: bool, conv_size: int, conv_bias: bool, channels: dict, activations: dict):

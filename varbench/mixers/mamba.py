@@ -19,7 +19,7 @@ from torch import nn
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State, TokenMixer, cuda_and, resolve_backend
-from varbench.mixers.mamba2 import itemsize, ssm_state_dtype, inverse_softplus_dt
+from varbench.mixers.mamba2 import at_least_fp32, inverse_softplus_dt, itemsize, ssm_state_dtype
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.selective_scan import kernel as scan_kernel
@@ -101,9 +101,9 @@ class MambaMixer(TokenMixer):
         scan = scan_kernel.selective_scan if kernel else selective_scan_ref
         # the scan takes channels before tokens (mamba_ssm's layout)
         y_BEL, ssm = scan(
-            x_BLE.transpose(1, 2), delta_BLE.transpose(1, 2), -torch.exp(self.A_log.float()),
-            B_BLN.transpose(1, 2), C_BLN.transpose(1, 2), self.D.float(), z=z_BLE.transpose(1, 2),
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, initial_state=ssm_state,
+            x_BLE.transpose(1, 2), delta_BLE.transpose(1, 2), -torch.exp(at_least_fp32(self.A_log)),
+            B_BLN.transpose(1, 2), C_BLN.transpose(1, 2), at_least_fp32(self.D), z=z_BLE.transpose(1, 2),
+            delta_bias=at_least_fp32(self.dt_proj.bias), delta_softplus=True, initial_state=ssm_state,
         )
         return self._modules["out_proj"](y_BEL.transpose(1, 2)), tail, ssm
 

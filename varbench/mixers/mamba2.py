@@ -126,7 +126,7 @@ class Mamba2Mixer(TokenMixer):
         x_BLE, B_BLGN, C_BLGN = xBC_BLF.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         scan = ssd_kernel.ssd_scan if kernel else ssd_scan_ref
         y_BLHP, ssm = scan(
-            x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, -torch.exp(self.A_log.float()),
+            x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, -torch.exp(at_least_fp32(self.A_log)),
             B_BLGN.reshape(Bsz, L, self.ngroups, self.d_state), C_BLGN.reshape(Bsz, L, self.ngroups, self.d_state),
             D=self.D, initial_state=ssm_state, chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
         )
@@ -136,7 +136,7 @@ class Mamba2Mixer(TokenMixer):
     def _fused_forward(self, x_BLC):
         return ssd_kernel.mamba2_fused_forward(
             self.in_proj(x_BLC), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
-            -torch.exp(self.A_log.float()), self.D, self.chunk_size, self.norm.weight, self.norm.eps,
+            -torch.exp(at_least_fp32(self.A_log)), self.D, self.chunk_size, self.norm.weight, self.norm.eps,
             self._modules["out_proj"].weight, self.headdim, self.ngroups,
         )
 
@@ -171,6 +171,11 @@ def inverse_softplus_dt(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor
 def ssm_state_dtype(dtype: torch.dtype) -> torch.dtype:
     # the recurrent state is fp32 whatever the activations are; fp64 runs (tests) keep fp64
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    # kernels want A, D and the dt bias in fp32 (A_log in half precision would make A = -inf); fp64 stays fp64
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def itemsize(dtype: torch.dtype) -> int:

@@ -13,13 +13,12 @@ rejected by `torch.load(weights_only=True)`, which never runs their code).
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
 from varbench.tokenizers.vqvae import MultiScaleVQVAE
+from varbench.utils.checkpoint import load_strict, read_state_dict
 
 # Constructor defaults of the official `models.vqvae.VQVAE` (used for keys missing from `args`; note official ch=128).
 OFFICIAL_VQVAE_DEFAULTS = dict(vocab_size=4096, z_channels=32, ch=128, dropout=0.0, beta=0.25, using_znorm=False,
@@ -49,49 +48,6 @@ def vqvae_from_official_args(args: Mapping, **overrides) -> MultiScaleVQVAE:
     return MultiScaleVQVAE(**kwargs)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a `.safetensors` file or a torch `.pth` (tensors only: weights_only=True) onto the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path), device="cpu")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
-        raise ValueError(f"refusing to load {path}: it is not a plain tensor checkpoint (torch.load with "
-                         f"weights_only=True failed, e.g. it pickles arbitrary Python objects). Cause: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-
-
-def check_flat_tensor_mapping(sd, origin: str) -> None:
-    """Raise ValueError unless `sd` is a mapping of str -> Tensor (no nesting, no other objects)."""
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{origin}: expected a flat mapping of str -> Tensor, got {type(sd).__name__}")
-    bad = [(k, type(v).__name__) for k, v in sd.items() if not isinstance(k, str) or not torch.is_tensor(v)]
-    if bad:
-        hint = " (a nested checkpoint? pass its state dict, e.g. ckpt['model'])" if any(
-            isinstance(sd[k], Mapping) for k, _ in bad if isinstance(k, str)) else ""
-        raise ValueError(f"{origin}: expected a flat mapping of str -> Tensor; offending entries: {bad[:10]}{hint}")
-
-
-def compare_keys(model_sd: Mapping, sd: Mapping) -> list[str]:
-    """Human-readable problems between a model's state dict and a checkpoint (empty when they match)."""
-    missing = sorted(set(model_sd) - set(sd))
-    unexpected = sorted(set(sd) - set(model_sd))
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}"
-              for k in model_sd if k in sd and tuple(sd[k].shape) != tuple(model_sd[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): {shapes}")
-    return problems
-
-
 def load_official_vqvae(model: MultiScaleVQVAE, state_dict_or_path) -> MultiScaleVQVAE:
     """Load an official VQ-VAE state dict (a mapping, or a `.pth` / `.safetensors` path) strictly into `model`.
 
@@ -99,17 +55,7 @@ def load_official_vqvae(model: MultiScaleVQVAE, state_dict_or_path) -> MultiScal
     Raises ValueError naming the missing and unexpected keys and any shape mismatch, or when the input is not a
     flat str -> Tensor mapping. Returns `model`.
     """
-    if isinstance(state_dict_or_path, (str, os.PathLike)):
-        origin = str(state_dict_or_path)
-        sd = read_state_dict(state_dict_or_path)
-    else:
-        origin, sd = "state dict", state_dict_or_path
-    check_flat_tensor_mapping(sd, origin)
-    model_sd = model.state_dict()
-    problems = compare_keys(model_sd, sd)
-    if problems:
-        raise ValueError(f"{origin} does not match MultiScaleVQVAE ({model.vocab_size=}, {model.Cvae=}, "
-                         f"{model.patch_nums=}): " + "; ".join(problems))
-    converted = {k: v.to(model_sd[k].dtype) if v.is_floating_point() else v for k, v in sd.items()}
-    model.load_state_dict(converted, strict=True)
+    what = (f"{state_dict_or_path if isinstance(state_dict_or_path, (str, os.PathLike)) else 'state dict'} "
+            f"(MultiScaleVQVAE {model.vocab_size=}, {model.Cvae=}, {model.patch_nums=})")
+    load_strict(model, read_state_dict(state_dict_or_path), what)
     return model

@@ -1,48 +1,73 @@
-"""Safe reading of weight files: safetensors, or torch pickles restricted to tensors (weights_only=True)."""
+"""Safe reading and strict loading of weight files: safetensors, or torch pickles restricted to tensors.
+
+Nothing here unpickles arbitrary objects: `.pth` files go through `torch.load(weights_only=True)`, which refuses
+any pickle holding more than tensors and plain containers, and never runs its code.
+"""
 
 from __future__ import annotations
 
+import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 
 def read_state_dict(source) -> dict[str, torch.Tensor]:
-    """A flat str -> Tensor mapping from a dict, a `.safetensors` file or a `.pth`/`.pt` file.
-
-    A pickle holding anything but tensors and plain containers is refused (torch.load with weights_only=True).
-    A wrapped checkpoint ({"model": {...}} or VAR's {"trainer": {"var_wo_ddp": {...}}}) must be unwrapped by the caller.
-    """
-    if isinstance(source, dict):
-        sd = source
+    """A flat str -> Tensor mapping from a mapping, a `.safetensors` file or a `.pth`/`.pt` file (onto the CPU)."""
+    if isinstance(source, Mapping):
+        sd, origin = source, "state dict"
     else:
-        path = Path(source)
+        path, origin = Path(source), str(source)
         if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint at {path}")
+            raise ValueError(f"checkpoint not found: {path}")
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
-            sd = load_file(str(path))
+            sd = load_file(str(path), device="cpu")
         else:
             try:
                 sd = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as err:
-                raise ValueError(f"{path} is not a plain tensor checkpoint (refused to unpickle arbitrary objects): "
-                                 f"{str(err).splitlines()[0]}") from err
-    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+            except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+                cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ValueError(f"refusing to load {path}: it is not a plain tensor checkpoint (torch.load with "
+                                 f"weights_only=True failed, e.g. it pickles arbitrary Python objects). Cause: {cause}") from e
+    check_flat_tensor_mapping(sd, origin)
+    return dict(sd)
+
+
+def check_flat_tensor_mapping(sd, origin: str) -> None:
+    """Raise ValueError unless `sd` is a mapping of str -> Tensor (no nesting, no other objects)."""
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"{origin}: expected a flat mapping of str -> Tensor, got {type(sd).__name__}")
+    bad = [(k, type(v).__name__) for k, v in sd.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
-        raise ValueError(f"a state dict maps names to tensors; these entries are not tensors: {bad[:10]}")
-    return sd
+        nested = any(isinstance(sd[k], Mapping) for k, _ in bad if isinstance(k, str))
+        hint = " (a nested checkpoint? pass its state dict, e.g. ckpt['model'])" if nested else ""
+        raise ValueError(f"{origin}: expected a flat mapping of str -> Tensor; offending entries: {bad[:10]}{hint}")
 
 
-def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict(strict=True) with an error that names every missing, unexpected and mis-shaped key."""
+def compare_keys(model_sd: Mapping, sd: Mapping) -> list[str]:
+    """Human-readable problems between a model's state dict and a checkpoint (empty when they match)."""
+    missing = sorted(set(model_sd) - set(sd))
+    unexpected = sorted(set(sd) - set(model_sd))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}"
+              for k in model_sd if k in sd and tuple(sd[k].shape) != tuple(model_sd[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if shapes:
+        problems.append(f"shape mismatches ({len(shapes)}): {shapes}")
+    return problems
+
+
+def load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """load_state_dict(strict=True), converting floating tensors to the module's dtypes, with an error that
+    names every missing, unexpected and mis-shaped key."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    extra = sorted(set(sd) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(sd)) if sd[k].shape != own[k].shape]
-    if missing or extra or shapes:
-        raise ValueError(f"{what} does not match the model:\n  missing keys: {missing}\n  unexpected keys: {extra}\n"
-                         f"  shape mismatches: {shapes}")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+    problems = compare_keys(own, sd)
+    if problems:
+        raise ValueError(f"{what} does not match the model: " + "; ".join(problems))
+    module.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in sd.items()}, strict=True)

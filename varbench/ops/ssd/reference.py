@@ -21,9 +21,10 @@ import torch.nn.functional as F
 def without_autocast(fn):
     """Run an oracle in the precision it chooses: under autocast, einsum and conv would drop to bf16."""
     @functools.wraps(fn)
-    def wrapper(x, *args, **kwargs):
-        with torch.autocast(x.device.type, enabled=False):
-            return fn(x, *args, **kwargs)
+    def wrapper(*args, **kwargs):
+        first = next(a for a in (*args, *kwargs.values()) if torch.is_tensor(a))  # names the device
+        with torch.autocast(first.device.type, enabled=False):
+            return fn(*args, **kwargs)
     return wrapper
 
 
