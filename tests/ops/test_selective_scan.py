@@ -21,10 +21,18 @@ F64 = torch.float64
 
 def make_inputs(batch=2, E=6, L=130, N=5, gate=True, dtype=F64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
     A = -torch.empty(E, N, dtype=dtype).uniform_(0.5, 16, generator=g)
-    return dict(u=r(batch, E, L), delta=r(batch, E, L) - 2, A=A, B=r(batch, N, L), C=r(batch, N, L), D=r(E),
-                z=r(batch, E, L) if gate else None, delta_bias=r(E), delta_softplus=True)
+    return {"u": r(batch, E, L), "delta": r(batch, E, L) - 2, "A": A, "B": r(batch, N, L), "C": r(batch, N, L),
+            "D": r(E), "z": r(batch, E, L) if gate else None, "delta_bias": r(E), "delta_softplus": True}
+
+
+def correct(y_zero, h_zero, h0, inp):
+    """The kernel path's closed-form correction applied to a zero-state result."""
+    return add_initial_state(y_zero, h_zero, h0, inp["delta"], inp["A"], inp["C"], inp["z"], inp["delta_bias"], True)
 
 
 @pytest.mark.parametrize("gate", [True, False])
@@ -33,8 +41,7 @@ def test_closed_form_correction_equals_initial_state(gate):
     inp = make_inputs(gate=gate)
     h0 = torch.randn(2, 6, 5, dtype=F64)
     y_expected, h_expected = selective_scan_ref(**inp, initial_state=h0)
-    y0, h_zero = selective_scan_ref(**inp)
-    y, h = add_initial_state(y0, h_zero, h0, inp["delta"], inp["A"], inp["C"], inp["z"], inp["delta_bias"], True)
+    y, h = correct(*selective_scan_ref(**inp), h0, inp)
     torch.testing.assert_close(y, y_expected, rtol=0, atol=1e-10)
     torch.testing.assert_close(h, h_expected, rtol=0, atol=1e-10)
 
@@ -45,7 +52,7 @@ def test_correction_in_blocks(monkeypatch):
     inp = make_inputs()
     h0 = torch.randn(2, 6, 5, dtype=F64)
     y_expected, h_expected = selective_scan_ref(**inp, initial_state=h0)
-    y, h = add_initial_state(*selective_scan_ref(**inp), h0, inp["delta"], inp["A"], inp["C"], inp["z"], inp["delta_bias"], True)
+    y, h = correct(*selective_scan_ref(**inp), h0, inp)
     torch.testing.assert_close(y, y_expected, rtol=0, atol=1e-10)
     torch.testing.assert_close(h, h_expected, rtol=0, atol=1e-10)
 
@@ -55,7 +62,7 @@ def test_correction_fp32():
     inp = make_inputs(dtype=torch.float32)
     h0 = torch.randn(2, 6, 5)
     y_expected, h_expected = selective_scan_ref(**inp, initial_state=h0)
-    y, h = add_initial_state(*selective_scan_ref(**inp), h0, inp["delta"], inp["A"], inp["C"], inp["z"], inp["delta_bias"], True)
+    y, h = correct(*selective_scan_ref(**inp), h0, inp)
     assert y.dtype == torch.float32 and h.dtype == torch.float32
     assert (y - y_expected).abs().max() <= 5e-6 * y_expected.abs().max()
     assert (h - h_expected).abs().max() <= 5e-6 * h_expected.abs().max()

@@ -19,11 +19,14 @@ F64 = torch.float64
 
 def make_inputs(batch=2, L=130, H=4, P=8, G=1, N=16, D_shape="head", dtype=F64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
     D = r(H) if D_shape == "head" else r(H, P)
     A = -torch.empty(H, dtype=dtype).uniform_(1, 16, generator=g)
-    return dict(x=r(batch, L, H, P), dt=r(batch, L, H) - 2, A=A, B=r(batch, L, G, N), C=r(batch, L, G, N), D=D,
-                dt_bias=r(H), dt_softplus=True)
+    return {"x": r(batch, L, H, P), "dt": r(batch, L, H) - 2, "A": A, "B": r(batch, L, G, N),
+            "C": r(batch, L, G, N), "D": D, "dt_bias": r(H), "dt_softplus": True}
 
 
 @pytest.mark.parametrize("chunk_size", [1, 16, 37, 64, 256])

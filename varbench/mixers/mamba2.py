@@ -78,14 +78,17 @@ class Mamba2Mixer(TokenMixer):
             raise ValueError(f"mamba2: fused=True needs backend 'mamba_ssm', got {self.backend!r}")
         self.d_inner = expand * dim
         if self.d_inner % headdim or (self.d_inner // headdim) % ngroups:
-            raise ValueError(f"mamba2: expand*dim={self.d_inner} must split into heads of {headdim}, divisible by ngroups={ngroups}")
+            raise ValueError(f"mamba2: expand*dim={self.d_inner} must split into heads of {headdim}, "
+                             f"their number divisible by ngroups={ngroups}")
         self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
         self.nheads, self.chunk_size, self.fused = self.d_inner // headdim, chunk_size, fused
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
-        self.forward_impl = ("mamba_split_conv1d_scan_combined" if fused else "causal_conv1d+mamba_chunk_scan_combined") \
-            if self.backend == "mamba_ssm" else "reference"
+        unfused = "causal_conv1d+mamba_chunk_scan_combined"
+        self.forward_impl = "reference" if self.backend == "reference" else \
+            "mamba_split_conv1d_scan_combined" if fused else unfused
         # created in mamba_ssm.Mamba2's order, so a seed gives the same initial values as the library
-        self.in_proj = nn.Linear(dim, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False)  # [z, x, B, C, dt]
+        # in_proj output order [z, x, B, C, dt]
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1)
         self.dt_bias = nn.Parameter(inverse_softplus_dt(self.nheads))
         self.A_log = nn.Parameter(torch.empty(self.nheads, dtype=torch.float32).uniform_(1, 16).log())
@@ -107,7 +110,8 @@ class Mamba2Mixer(TokenMixer):
 
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
         return {
-            "ssm": torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_state_dtype(dtype)),
+            "ssm": torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device,
+                               dtype=ssm_state_dtype(dtype)),
             "conv": torch.zeros(batch, self.d_conv - 1, self.conv_dim, device=device, dtype=dtype),
         }
 
@@ -123,7 +127,8 @@ class Mamba2Mixer(TokenMixer):
         z_BLE, xBC_BLF, dt_BLH = self.in_proj(x_BLC).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
         xBC_BLF, tail = conv(xBC_BLF, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_tail, activation="silu")
-        x_BLE, B_BLGN, C_BLGN = xBC_BLF.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        GN = self.ngroups * self.d_state
+        x_BLE, B_BLGN, C_BLGN = xBC_BLF.split([self.d_inner, GN, GN], dim=-1)
         scan = ssd_kernel.ssd_scan if kernel else ssd_scan_ref
         y_BLHP, ssm = scan(
             x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, -torch.exp(at_least_fp32(self.A_log)),
@@ -147,7 +152,8 @@ class Mamba2Mixer(TokenMixer):
         kernel skips some upper-triangle tiles), chunk states and their read-out (2 t P N each per head), state
         passing (2 P N per head) and the D skip (2 per channel); gated RMSNorm (SiLU 4, gate 1, square-sum 2,
         scale 2 per channel). Element-wise exp/softplus/SiLU count 1 per op inside them."""
-        L, C, E, H, P, N, G = layout.L, self.in_proj.in_features, self.d_inner, self.nheads, self.headdim, self.d_state, self.ngroups
+        L, C, E, H = layout.L, self.in_proj.in_features, self.d_inner, self.nheads
+        P, N, G = self.headdim, self.d_state, self.ngroups
         dense = 2 * L * C * self.in_proj.out_features + 2 * L * E * C
         conv = L * self.conv_dim * (2 * self.d_conv + 4) + 4 * L * H
         chunks = [min(self.chunk_size, L - s) for s in range(0, L, self.chunk_size)]

@@ -71,3 +71,26 @@ def load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: s
     if problems:
         raise ValueError(f"{what} does not match the model: " + "; ".join(problems))
     module.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
+
+
+def save_atomic(path, *, tensors: Mapping[str, torch.Tensor] | None = None, obj=None) -> Path:
+    """Write a file so that a reader (or a run killed mid-write) never sees half of it: write to a temporary
+    file in the same folder, fsync, then rename over the target. `tensors` go to safetensors (weights);
+    `obj` goes through torch.save and must be loadable with weights_only=True (optimizer/scheduler/RNG state)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if tensors is not None:
+        from safetensors.torch import save_file
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    else:
+        torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_object(path):
+    """torch.load of a training-state file, restricted to tensors and plain containers."""
+    return torch.load(path, map_location="cpu", weights_only=True)

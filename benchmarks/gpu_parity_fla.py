@@ -1,0 +1,188 @@
+"""GPU parity of the fla kernel path of every fla-family mixer (GLA, RetNet, DeltaNet, Gated DeltaNet, linear
+attention, HGRN2) against its float64 torch reference path with the same weights: forward output, per-scale chained
+step outputs, final recurrent state and conv tails, gradients of the input and of every parameter; plus the fla
+layer itself (its state dict loaded into ours) against the same reference.
+
+Run on the GPU machine from the repo root (fla installed there from the wheels in shared/wheels):
+    PYTHONPATH=$PWD python benchmarks/gpu_parity_fla.py --out results/parity_fla.jsonl
+fp32 checks run with TF32 off everywhere (cuBLAS, cuDNN and Triton's dots, TRITON_F32_DEFAULT=ieee). fla's
+`chunk_delta_rule` refuses fp32 inputs, so DeltaNet's chunk kernel is checked only in bf16 (under autocast, against
+the float64 reference, relative RMS); its fp32 rows use `mode=fused_recurrent`. bf16 checks run under autocast with
+fp32 weights, as training and sampling do. Errors are relative RMS against the float64 reference; `ref_same` is the
+torch reference path's own error in the same precision (fp32, or bf16 autocast), the scale a correct kernel should
+land near. Patch sizes: VAR-256 (L = 680).
+Shape legend: B batch, L tokens of all scales, C width.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # read when Triton compiles, so set before fla loads it
+
+import argparse
+import copy
+import datetime
+import importlib
+import json
+import sys
+
+import torch
+
+from varbench.layout import ScaleLayout
+from varbench.mixers.base import has_module
+
+TOL = {"fp32": 1e-4, "bf16": 3e-2}  # relative RMS; fp32 kernels land near 1e-6, bf16 has 8 mantissa bits
+VAR256 = ScaleLayout.for_resolution(256)
+
+# name -> (module, class, variants [(kernel label, constructor overrides, dtypes)], fla layer (class, kwargs))
+MIXERS = {
+    "gla": ("gla", "GLAMixer", [("chunk", {}, ("fp32", "bf16"))], ("GatedLinearAttention", {})),
+    "retnet": ("retnet", "RetNetMixer", [("chunk", {}, ("fp32", "bf16"))], ("MultiScaleRetention", {})),
+    "deltanet": ("deltanet", "DeltaNetMixer",
+                 [("chunk", {"mode": "chunk"}, ("bf16",)), ("fused_recurrent", {"mode": "fused_recurrent"}, ("fp32", "bf16"))],
+                 ("DeltaNet", {"mode": "fused_recurrent"})),
+    "gated_deltanet": ("gated_deltanet", "GatedDeltaNetMixer",
+                       [("chunk", {}, ("fp32", "bf16")), ("fused_recurrent", {"mode": "fused_recurrent"}, ("fp32",))],
+                       ("GatedDeltaNet", {"head_dim": None, "num_heads": 6})),
+    "linear_attention": ("linear_attention", "LinearAttentionMixer", [("chunk", {}, ("fp32", "bf16"))],
+                         ("LinearAttention", {})),
+    "hgrn2": ("hgrn2", "HGRN2Mixer", [("chunk", {}, ("fp32", "bf16"))], ("HGRN2Attention", {})),
+}
+
+
+def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    return ((out - ref).square().mean().sqrt() / ref.square().mean().sqrt().clamp_min(1e-30)).item()
+
+
+def row(check: str, dtype: str, out, ref, ref_same=None) -> dict:
+    """One check: `out` against the float64 `ref`; `ref_same` is the torch reference path run in `dtype`."""
+    err = rel_rms(out, ref)
+    return {"check": check, "dtype": dtype, "rel_rms": err, "max_abs": (out.double() - ref.double()).abs().max().item(),
+            "ref_max_abs": ref.abs().max().item(), "ref_same_rel_rms": None if ref_same is None else rel_rms(ref_same, ref),
+            "tol": TOL[dtype], "ok": bool(err <= TOL[dtype])}
+
+
+def run_steps(mixer, x_BLC, layout, dtype):
+    state, ys = mixer.init_state(x_BLC.shape[0], layout, x_BLC.device, dtype), []
+    for k, x_BlC in enumerate(layout.split(x_BLC)):
+        y_BlC, state = mixer.step(x_BlC, state, layout, k)
+        ys.append(y_BlC)
+    return torch.cat(ys, 1), state
+
+
+def forward_backward(mixer, x_BLC, dy_BLC, layout, autocast: bool):
+    """Output, input gradient and parameter gradients of one forward/backward."""
+    mixer.zero_grad(set_to_none=True)
+    x_BLC = x_BLC.detach().requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        y_BLC = mixer(x_BLC, layout)
+    (y_BLC.to(dy_BLC.dtype) * dy_BLC).sum().backward()
+    return y_BLC.detach(), x_BLC.grad, {n: p.grad for n, p in mixer.named_parameters()}
+
+
+def worst_param_row(tag, dtype, grads, grads64, grads_same) -> dict:
+    name = max(grads64, key=lambda n: rel_rms(grads[n], grads64[n]))
+    return row(f"{tag} grad params (worst: {name})", dtype, grads[name], grads64[name], grads_same[name])
+
+
+def check_mixer(name: str, dev, layout, dim: int, batch: int) -> list[dict]:
+    module, cls_name, variants, _ = MIXERS[name]
+    cls = getattr(importlib.import_module(f"varbench.mixers.{module}"), cls_name)
+    torch.manual_seed(3)
+    ref = cls(dim, num_heads=4, backend="reference").to(dev)
+    with torch.no_grad():  # away from the init (unit norm weights, ...) so every term is exercised
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ref64 = copy.deepcopy(ref).double()
+    x, dy = torch.randn(batch, layout.L, dim, device=dev), torch.randn(batch, layout.L, dim, device=dev)
+    y64, gx64, gp64 = forward_backward(ref64, x.double(), dy.double(), layout, autocast=False)
+    # the reference path's own error in each precision: what a correct kernel should land near
+    same = {"fp32": forward_backward(ref, x, dy, layout, autocast=False),
+            "bf16": forward_backward(ref, x, dy, layout, autocast=True)}
+    with torch.no_grad():
+        ys64, state64 = run_steps(ref64, x.double(), layout, torch.float64)
+    rows = []
+    for kernel, overrides, dtypes in variants:
+        kern = cls(dim, num_heads=4, backend="fla", **overrides).to(dev)
+        kern.load_state_dict(ref.state_dict())
+        assert kern.backend == "fla"
+        for dtype in dtypes:
+            tag, autocast = f"{name} [{kernel}]", dtype == "bf16"
+            y, gx, gp = forward_backward(kern, x, dy, layout, autocast)
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                ys, state = run_steps(kern, x, layout, torch.bfloat16 if autocast else torch.float32)
+            y_same, gx_same, gp_same = same[dtype]
+            rows += [row(f"{tag} forward", dtype, y, y64, y_same), row(f"{tag} chained step", dtype, ys, y64),
+                     row(f"{tag} grad x", dtype, gx, gx64, gx_same), worst_param_row(tag, dtype, gp, gp64, gp_same)]
+            rows += [row(f"{tag} final state {key}", dtype, state[key], state64[key]) for key in state64]
+    return rows
+
+
+def check_fla_layer(name: str, dev, layout, dim: int, batch: int) -> list[dict]:
+    """fla's own layer, its state dict loaded strictly into our reference mixer: same function?"""
+    import fla.layers
+
+    module, cls_name, _, (layer_name, layer_kwargs) = MIXERS[name]
+    cls = getattr(importlib.import_module(f"varbench.mixers.{module}"), cls_name)
+    torch.manual_seed(4)
+    ours = cls(dim, num_heads=4, backend="reference")
+    if "head_dim" in layer_kwargs:  # GatedDeltaNet: fla wants the head dim ours derived from the width
+        layer_kwargs = {**layer_kwargs, "head_dim": ours.head_k_dim}
+    layer = getattr(fla.layers, layer_name)(hidden_size=dim, **layer_kwargs).to(dev)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ours.load_state_dict(layer.state_dict(), strict=True)
+    ours64 = ours.to(dev).double()
+    x = torch.randn(batch, layout.L, dim, device=dev)
+    with torch.no_grad():
+        y64 = ours64(x.double(), layout)
+        y_layer = layer(x)[0]
+    return [row(f"{name} fla.layers.{layer_name} forward (same weights)", "fp32", y_layer, y64)]
+
+
+def environment() -> dict:
+    import fla
+    import triton
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "fla": fla.__version__, "TRITON_F32_DEFAULT": os.environ.get("TRITON_F32_DEFAULT"),
+            "tf32": torch.backends.cuda.matmul.allow_tf32, "date": datetime.datetime.now().isoformat()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="JSON-lines file to append one row per check to")
+    parser.add_argument("--mixers", nargs="+", default=list(MIXERS), choices=list(MIXERS))
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_parity_fla: no CUDA device; run this on the GPU machine (see shared/GPU.md)")
+    if not has_module("fla"):
+        sys.exit("gpu_parity_fla: fla is not importable; install the wheels: python3 -m pip install --no-index "
+                 "--no-deps --target /tmp/site .whl/*.whl and add /tmp/site to PYTHONPATH")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    env = environment()
+    setup = {"dim": args.dim, "batch": args.batch, "patch_nums": list(VAR256.patch_nums)}
+    rows = []
+    for name in args.mixers:
+        rows += check_mixer(name, "cuda", VAR256, args.dim, args.batch)
+        rows += check_fla_layer(name, "cuda", VAR256, args.dim, args.batch)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "a") as f:
+        for r in rows:
+            f.write(json.dumps({**r, **setup, **env}) + "\n")
+    print(f"{'check':72s} {'dtype':5s} {'rel_rms':>9s} {'max_abs':>9s} {'ref_same':>9s} {'tol':>7s}  ok")
+    for r in rows:
+        same = "" if r["ref_same_rel_rms"] is None else f"{r['ref_same_rel_rms']:.2e}"
+        print(f"{r['check']:72s} {r['dtype']:5s} {r['rel_rms']:9.2e} {r['max_abs']:9.2e} {same:>9s} {r['tol']:7.0e}"
+              f"  {'yes' if r['ok'] else 'NO'}")
+    print(env, setup)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""One file per task; `python run.py task=<name>` calls `varbench.tasks.<name>.main(cfg)`."""
+
+from __future__ import annotations
+
+import importlib
+
+from omegaconf import DictConfig
+
+from varbench.registry import list_options
+
+
+def run_task(cfg: DictConfig):
+    """Dispatch to the task module named by `cfg.task.name` (one of the files of experiments/task)."""
+    name = cfg.task.name
+    if name not in list_options("task"):
+        raise ValueError(f"unknown task {name!r}; valid tasks: {list_options('task')}")
+    return importlib.import_module(f"varbench.tasks.{name}").main(cfg)

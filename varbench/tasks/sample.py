@@ -1,0 +1,54 @@
+"""task=sample: load a trained model and its tokenizer, draw a class-conditional grid and save it as a PNG."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from varbench.build import build_model, build_tokenizer, resolve_device
+from varbench.training import checkpoints
+from varbench.utils.checkpoint import load_strict, read_state_dict
+from varbench.utils.records import record
+
+
+def load_trained(cfg: DictConfig, device: torch.device):
+    """Tokenizer and model of the run; the model weights come from `task.checkpoint` (a model.safetensors) or
+    the latest checkpoint under `run_dir/checkpoints`."""
+    tokenizer = build_tokenizer(cfg).to(device).eval()
+    model = build_model(cfg)
+    path = cfg.task.get("checkpoint") or checkpoints.latest(Path(cfg.run_dir) / "checkpoints")
+    if path is None:
+        raise ValueError(f"no checkpoint: train first (task=train) or set task.checkpoint; looked in {cfg.run_dir}/checkpoints")
+    path = Path(path)
+    load_strict(model, read_state_dict(path / "model.safetensors" if path.is_dir() else path), f"checkpoint {path}")
+    return tokenizer, model.to(device).eval()
+
+
+def save_grid(images_N3HW: torch.Tensor, rows: int, path: Path) -> Path:
+    """Tile images in [0, 1] into a grid PNG with `rows` rows."""
+    from torchvision.utils import save_image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images_N3HW.float().cpu(), str(path), nrow=images_N3HW.shape[0] // rows, padding=2, pad_value=1.0)
+    return path
+
+
+def main(cfg: DictConfig) -> dict:
+    device = resolve_device(cfg.device)
+    tokenizer, model = load_trained(cfg, device)
+    t = cfg.task
+    classes = list(t.classes) if t.get("classes") else list(range(min(model.num_classes, 10)))
+    labels = torch.tensor(classes, device=device).repeat_interleave(t.per_class)
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    start = time.perf_counter()
+    out = model.generate(tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth,
+                         generator=generator, sampler=t.sampler)
+    seconds = time.perf_counter() - start
+    # one row per class: transpose the (class, sample) order of the batch
+    grid = out.images.view(len(classes), t.per_class, *out.images.shape[1:])
+    path = save_grid(grid.flatten(0, 1), len(classes), Path(cfg.run_dir) / "samples.png")
+    record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
+           seconds=seconds, images=len(labels), sampler=t.sampler)
+    return {"grid": str(path), "seconds": seconds, "images": len(labels)}

@@ -1,0 +1,39 @@
+"""task=train: train the scale-wise AR model of the config (tokenizer frozen) on images or on a token cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from varbench.build import build_dataset, build_model, build_tokenizer, resolve_device
+from varbench.training.loop import train_ar
+from varbench.utils.dist import init_distributed
+from varbench.utils.records import record
+
+
+def main(cfg: DictConfig) -> dict:
+    device = resolve_device(cfg.device)
+    info = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    torch.manual_seed(cfg.seed * max(info.world_size, 1) + info.rank)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    tokenizer = build_tokenizer(cfg).to(device)
+    model = build_model(cfg).to(device)
+    cache = cfg.train.get("token_cache")
+    if cache:
+        from varbench.data.token_cache import TokenCache, tokenizer_fingerprint
+        dataset = TokenCache(cache, fingerprint=tokenizer_fingerprint(tokenizer))
+    else:
+        dataset = build_dataset(cfg, "train")
+    summary = train_ar(model, tokenizer, dataset, cfg, device, info, from_ids=bool(cache))
+    summary.update(params=model.num_params(), checkpoint=str(Path(cfg.run_dir) / "checkpoints"),
+                   backends={"mixer": model.blocks[0].mixer.backend,
+                             "intra": getattr(model.blocks[0].intra, "backend", None)})
+    if info.is_main and not summary["interrupted"]:
+        record(Path(cfg.results_dir) / "train.jsonl", "train_summary", summary["final_loss"], "nats/token", config=cfg,
+               device=device, **summary)
+    return summary

@@ -1,0 +1,46 @@
+"""Training checkpoints: weights as safetensors, the rest (optimizer, scaler, RNG, data position) as a
+weights_only-loadable torch file; each written atomically, a `latest` pointer flipped last, keep-last-N."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from varbench.utils.checkpoint import load_object, load_strict, read_state_dict, save_atomic
+
+
+def rng_state() -> dict:
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(ckpt_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: int = 3) -> Path:
+    """Write checkpoint `step_<N>` and point `latest` at it; remove all but the newest `keep`."""
+    folder = Path(ckpt_dir) / f"step_{step:08d}"
+    save_atomic(folder / "model.safetensors", tensors=model.state_dict())
+    save_atomic(folder / "state.pt", obj=state)
+    save_atomic(Path(ckpt_dir) / "latest", obj={"step": step, "folder": folder.name})
+    for old in sorted(Path(ckpt_dir).glob("step_*"))[:-keep]:
+        shutil.rmtree(old)
+    return folder
+
+
+def latest(ckpt_dir: Path) -> Path | None:
+    pointer = Path(ckpt_dir) / "latest"
+    return Path(ckpt_dir) / load_object(pointer)["folder"] if pointer.is_file() else None
+
+
+def restore(folder: Path, model: torch.nn.Module) -> dict:
+    """Load the weights into `model` (strict) and return the training state."""
+    load_strict(model, read_state_dict(folder / "model.safetensors"), f"checkpoint {folder}")
+    return load_object(folder / "state.pt")
