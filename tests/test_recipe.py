@@ -1,0 +1,64 @@
+"""VAR's recipe: schedule values at chosen iterations equal the formulas, and the no-decay groups match."""
+
+import math
+
+import pytest
+import torch
+
+from varbench.training import recipe
+
+# d16's published run: 200 epochs of 1669 iterations (bs 768), warm-up ep/50 = 4 epochs, wpe 0.1
+MAX_IT, WARM = 200 * 1669, 4 * 1669
+
+
+@pytest.mark.parametrize("it,expected", [
+    (0, 0.005),                                         # warm-up starts at wp0
+    (WARM // 2, 0.005 + 0.995 * (WARM // 2) / WARM),    # linear warm-up
+    (WARM, 1.0),                                        # peak
+    (WARM + int(0.04 * (MAX_IT - 1 - WARM)), 1.0),      # lin0 holds for the first 5 % after warm-up
+    (MAX_IT - 1, 0.1),                                  # ends at wpe
+])
+def test_lin0_lr_factor(it, expected):
+    assert recipe.lr_factor(it, WARM, MAX_IT, "lin0", 0.005, 0.1) == pytest.approx(expected, rel=1e-12)
+
+
+def test_lin0_linear_part_matches_formula():
+    it = WARM + (MAX_IT - 1 - WARM) // 2
+    p = (it - WARM) / (MAX_IT - 1 - WARM)
+    assert recipe.lr_factor(it, WARM, MAX_IT, "lin0", 0.005, 0.1) == pytest.approx(0.1 + 0.9 * (1 - p) / 0.95)
+
+
+def test_cos_schedule_midpoint():
+    it = WARM + (MAX_IT - 1 - WARM) // 2
+    p = (it - WARM) / (MAX_IT - 1 - WARM)
+    assert recipe.lr_factor(it, WARM, MAX_IT, "cos", 0.005, 0.1) == pytest.approx(0.1 + 0.9 * (0.5 + 0.5 * math.cos(math.pi * p)))
+
+
+def test_unknown_schedule_names_the_valid_ones():
+    with pytest.raises(ValueError, match="lin0"):
+        recipe.lr_factor(0, 1, 10, "linear-ish")
+
+
+def test_peak_lr_and_weight_decay():
+    assert recipe.peak_lr(1e-4, 768) == pytest.approx(3e-4)      # d16
+    assert recipe.peak_lr(8e-5, 1024) == pytest.approx(3.2e-4)   # d30
+    assert recipe.weight_decay_at(123, MAX_IT, 0.05, None) == 0.05
+    assert recipe.weight_decay_at(0, 438_200, 0.05, 0.08) == pytest.approx(0.05)
+    assert recipe.weight_decay_at(438_199, 438_200, 0.05, 0.08) == pytest.approx(0.08)
+    assert recipe.weight_decay_at(219_100, 438_201, 0.05, 0.08) == pytest.approx(0.065)
+
+
+def test_no_decay_groups_follow_var():
+    from helpers import tiny_model
+    model = tiny_model("attention", intra="full")
+    groups = recipe.param_groups(model)
+    no_decay = {id(p) for p in groups[1]["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in no_decay}
+    assert {"pos_1LC", "pos_start", "lvl_embed.weight", "blocks.0.mixer.scale_mul_1H11", "blocks.0.mixer.q_bias",
+            "head.bias"} <= names
+    assert not names & {"class_emb.weight", "word_embed.weight", "head.weight", "blocks.0.ada_lin.1.weight",
+                        "blocks.0.mixer.mat_qkv.weight", "blocks.0.intra.mat_qkv.weight"}
+    assert groups[0]["wd_scale"] == 1.0 and groups[1]["wd_scale"] == 0.0
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    recipe.apply_schedule(opt, 0.5, 0.05)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0] and opt.param_groups[1]["lr"] == 0.5
