@@ -214,3 +214,36 @@ class MultiScaleQuantizer(nn.Module):
         world = tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
         margin = world * positions_per_rank / self.vocab_size * 0.08
         return [(self.ema_vocab_hit_SV[k] >= margin).float().mean().item() * 100 for k in range(len(self.patch_nums))]
+
+    # ----- training hooks (dead-code restart; never used by inference) ----------------------------------------------
+
+    @torch.no_grad()
+    def search_inputs(self, f_BChw: torch.Tensor) -> torch.Tensor:
+        """Every vector the code search sees on this latent, all scales stacked, (sum_k B*l_k, C): scale k's
+        area-downsampled residual (scale 0: the area mean of f itself), as in `forward`."""
+        B, C, H, W = f_BChw.shape
+        K = len(self.patch_nums)
+        r_BChw = f_BChw.detach().float().clone()
+        out = []
+        for k, p in enumerate(self.patch_nums):
+            z_NC = (F.interpolate(r_BChw, size=(p, p), mode="area") if k != K - 1 else r_BChw).permute(0, 2, 3, 1)
+            z_NC = z_NC.reshape(-1, C)
+            out.append(z_NC)
+            ids_N = self.nearest_ids(z_NC)
+            r_BChw.sub_(self.upsample_phi(k, self.embedding(ids_N.view(B, p, p)).permute(0, 3, 1, 2)))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def restart_codes(self, codes_D: torch.Tensor, f_BChw: torch.Tensor) -> torch.Tensor:
+        """Move codes `codes_D` (D,) onto distinct random rows of `search_inputs(f)` (with repeats only when D exceeds
+        the rows), using the global torch RNG. Their hit EMA is set to the scale's mean, so that a restarted code
+        gets the time a fresh code needs before it can be judged dead again. Returns the new vectors (D, C)."""
+        z_NC = self.search_inputs(f_BChw)
+        D, N = codes_D.numel(), z_NC.shape[0]
+        pick = torch.randperm(N, device=z_NC.device)[:D]
+        if D > N:
+            pick = torch.cat([pick, torch.randint(N, (D - N,), device=z_NC.device)])
+        new_DC = z_NC[pick].to(self.embedding.weight.dtype)
+        self.embedding.weight[codes_D] = new_DC
+        self.ema_vocab_hit_SV[:, codes_D] = self.ema_vocab_hit_SV.mean(dim=1, keepdim=True)
+        return new_DC
