@@ -22,6 +22,7 @@ import datetime
 import functools
 import json
 import sys
+import traceback
 
 import torch
 
@@ -201,10 +202,20 @@ def run_all(dev="cuda") -> list[dict]:
     """Every check; each row has check, dtype, rel_rms, max_abs, ref_max_abs, ref32_rel_rms, tol, ok."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    rows = check_ssd(dev) + check_conv(dev) + check_selective_scan(dev)
+    groups = [("ssd", check_ssd, (dev,)), ("causal_conv", check_conv, (dev,)),
+              ("selective_scan", check_selective_scan, (dev,))]
     for layout in (VAR256, VAR512):
-        rows += check_mixer("mamba2", functools.partial(Mamba2Mixer, 512), dev, layout)
-        rows += check_mixer("mamba", functools.partial(MambaMixer, 512), dev, layout)
+        for name, cls in (("mamba2", Mamba2Mixer), ("mamba", MambaMixer)):
+            groups.append((f"{name} L={layout.L}", check_mixer, (name, functools.partial(cls, 512), dev, layout)))
+    rows = []
+    for name, check, args in groups:
+        try:
+            rows += check(*args)
+        except Exception as e:  # noqa: BLE001  a kernel that raises is a failed check: report it, run the others
+            traceback.print_exc()
+            rows.append({"check": f"{name} raised", "dtype": "fp32", "rel_rms": float("nan"), "max_abs": float("nan"),
+                         "ref_max_abs": None, "ref32_rel_rms": None, "tol": TOL["fp32"], "ok": False,
+                         "error": f"{type(e).__name__}: {e}"})
     return rows
 
 

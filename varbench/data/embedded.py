@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from varbench.data import painters
-from varbench.data.painters import Canvas, Pose
+from varbench.data.drawing import Canvas, Pose, background
+from varbench.data.shape_classes import CLASSES
 
 # Default items per class when size_per_class is None.
 DEFAULT_SIZE_PER_CLASS = {"train": 500, "val": 50}
@@ -34,12 +34,12 @@ def pm1_tensor(img_HW3: np.ndarray) -> torch.Tensor:
 
 
 class EmbeddedShapes(Dataset):
-    """Procedural class-conditional shapes (see the module docstring and `painters.CLASSES`).
+    """Procedural class-conditional shapes (see the module docstring and `shape_classes.CLASSES`).
 
     Args:
         split (str): "train" or "val" (disjoint seed streams).
         image_size (int): pixels per side (any size >= 16; drawn at 2x and box-averaged).
-        num_classes (int): the first `num_classes` classes of the catalogue (2 .. len(painters.CLASSES)).
+        num_classes (int): the first `num_classes` classes of the catalogue (2 .. len(CLASSES)).
         size_per_class (int | None): items per class; None -> 500 for train, 50 for val.
         seed (int): base seed of the whole data set.
         transform (callable | None): maps the rendered uint8 (H, W, 3) array to the item image; default: a float
@@ -52,9 +52,9 @@ class EmbeddedShapes(Dataset):
                  size_per_class: int | None = None, seed: int = 0, transform=None):
         if split not in SPLIT_STREAM:
             raise ValueError(f"split must be one of {sorted(SPLIT_STREAM)}, got {split!r}")
-        if not 2 <= num_classes <= len(painters.CLASSES):
-            raise ValueError(f"EmbeddedShapes has {len(painters.CLASSES)} classes; num_classes must be in "
-                             f"[2, {len(painters.CLASSES)}], got {num_classes}")
+        if not 2 <= num_classes <= len(CLASSES):
+            raise ValueError(f"EmbeddedShapes has {len(CLASSES)} classes; num_classes must be in "
+                             f"[2, {len(CLASSES)}], got {num_classes}")
         if image_size < 16:
             raise ValueError(f"image_size must be >= 16 pixels, got {image_size}")
         size_per_class = DEFAULT_SIZE_PER_CLASS[split] if size_per_class is None else int(size_per_class)
@@ -63,7 +63,7 @@ class EmbeddedShapes(Dataset):
         self.split, self.image_size, self.num_classes = split, int(image_size), int(num_classes)
         self.size_per_class, self.seed = size_per_class, int(seed)
         self.transform = transform if transform is not None else pm1_tensor
-        self.classes = [name for name, _ in painters.CLASSES[:num_classes]]
+        self.classes = [name for name, _ in CLASSES[:num_classes]]
 
     def __len__(self) -> int:
         return self.num_classes * self.size_per_class
@@ -80,8 +80,8 @@ class EmbeddedShapes(Dataset):
         label = index % self.num_classes
         rng = np.random.default_rng([self.seed, SPLIT_STREAM[self.split], index])
         canvas = Canvas(2 * self.image_size, rng)
-        painters.background(canvas)
-        painters.CLASSES[label][1](canvas, Pose.draw(rng))
+        background(canvas)
+        CLASSES[label][1](canvas, Pose.draw(rng))
         return canvas.image(), label
 
     def __getitem__(self, index: int):

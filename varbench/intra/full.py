@@ -23,7 +23,7 @@ class IntraScaleAttention(ScaleAttention):
         layer_idx (int, Optional): block index (unused). Default: 0.
         l2_norm (bool, Optional): see `ScaleAttention` (the released M-VAR d16/d20 use False). Default: False.
         backend (str, Optional): "flex" (flex_attention BlockMask), "varlen" (flash-attn, as M-VAR), "xformers"
-            (BlockDiagonalMask), "sdpa" (dense block-diagonal mask), or "auto" (flex on CUDA, else sdpa).
+            (BlockDiagonalMask), "reference" (SDPA, dense block-diagonal mask), or "auto" (flex on CUDA, else reference).
             Default: "auto".
     """
 
@@ -35,12 +35,12 @@ class IntraScaleAttention(ScaleAttention):
             "flex": cuda_and(),
             "varlen": cuda_and("flash_attn"),
             "xformers": lambda: torch.cuda.is_available() and has_module("xformers"),
-            "sdpa": lambda: True,
+            "reference": lambda: True,
         }, "intra=full")
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
-        if not q.is_cuda or self.backend == "sdpa":
+        if not q.is_cuda or self.backend == "reference":
             o = masked_attention_ref(q, k, v, layout.block_diag_mask(q.device), self.scale)
         else:
             from varbench.ops.attention import kernel

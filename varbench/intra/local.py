@@ -40,7 +40,7 @@ class LocalScaleAttention(ScaleAttention):
         layer_idx (int, Optional): block index (unused). Default: 0.
         window (int, Optional): half-width of the square window in tokens. Default: 2.
         l2_norm (bool, Optional): see `ScaleAttention`. Default: False.
-        backend (str, Optional): "flex" (CUDA), "sdpa" (dense mask) or "auto". Default: "auto".
+        backend (str, Optional): "flex" (CUDA), "reference" (SDPA, dense mask) or "auto". Default: "auto".
     """
 
     rescale_out_proj = True
@@ -51,7 +51,7 @@ class LocalScaleAttention(ScaleAttention):
         if window < 0:
             raise ValueError(f"window must be >= 0, got {window}")
         self.window = window
-        self.backend = resolve_backend(backend, {"flex": cuda_and(), "sdpa": lambda: True}, "intra=local")
+        self.backend = resolve_backend(backend, {"flex": cuda_and(), "reference": lambda: True}, "intra=local")
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)

@@ -81,8 +81,8 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         num_heads (int): attention heads.
         layer_idx (int, Optional): block index (unused). Default: 0.
         l2_norm (bool, Optional): see `ScaleAttention`. Default: True (all VAR checkpoints).
-        backend (str, Optional): "flex" (flex_attention BlockMask, CUDA), "sdpa" (dense boolean mask), or "auto"
-            (flex on CUDA, else sdpa). The KV-cached `step` needs no mask and always runs SDPA. Default: "auto".
+        backend (str, Optional): "flex" (flex_attention BlockMask, CUDA), "reference" (SDPA, dense mask), or "auto"
+            (flex on CUDA, else reference). The KV-cached `step` needs no mask and always runs SDPA. Default: "auto".
     """
 
     within_scale = "bidirectional"
@@ -90,7 +90,7 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
 
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = True, backend: str = "auto"):
         super().__init__(dim, num_heads, l2_norm)
-        self.backend = resolve_backend(backend, {"flex": cuda_and(), "sdpa": lambda: True}, "attention")
+        self.backend = resolve_backend(backend, {"flex": cuda_and(), "reference": lambda: True}, "attention")
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)

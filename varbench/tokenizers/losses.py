@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from varbench.utils.checkpoint import load_strict, read_state_dict
 
@@ -53,6 +54,28 @@ def ssim(x_BCHW: torch.Tensor, y_BCHW: torch.Tensor, data_range: float = 1.0, si
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     map_BChw = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
     return map_BChw.flatten(1).mean(dim=1)
+
+
+@torch.no_grad()
+def evaluate_tokenizer(vae, dataset, *, batch_size: int, device) -> dict:
+    """Inference-path reconstruction (img -> ids -> image, clamped) on `dataset`, in float32: mean per-image PSNR (dB)
+    and SSIM on [0, 1] images, and per-scale codebook usage (fraction of the V codes chosen at least once)."""
+    was_training = vae.training
+    vae.eval()
+    K, V = len(vae.patch_nums), vae.vocab_size
+    hit_KV = torch.zeros(K, V, dtype=torch.bool, device=device)
+    psnr_l, ssim_l = [], []
+    for img, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        img = img.to(device)
+        ids = vae.img_to_ids(img)
+        x01, y01 = ((img + 1) / 2).clamp(0, 1), ((vae.ids_to_img(ids) + 1) / 2).clamp(0, 1)
+        psnr_l.append(psnr(y01, x01))
+        ssim_l.append(ssim(y01, x01))
+        for k, ids_Bl in enumerate(ids):
+            hit_KV[k, ids_Bl.flatten()] = True
+    vae.train(was_training)
+    return {"psnr": torch.cat(psnr_l).mean().item(), "ssim": torch.cat(ssim_l).mean().item(),
+            "usage": hit_KV.float().mean(dim=1).tolist(), "usage_total": hit_KV.any(dim=0).float().mean().item()}
 
 
 # ----- perceptual loss ----------------------------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""Kernel vs reference parity on a GPU, for every registered inter-scale mixer and intra-scale variant.
+
+For each registry entry the reference path (plain PyTorch, fp32, TF32 off) and the kernel path chosen by
+`backend: auto` get the same weights and inputs (VAR-256 layout); compared: the whole-sequence forward, the
+chained per-scale `step` (carried state) and its final state, and the gradients of the input and of every
+parameter. fp32 with TF32 off is the parity check; bf16 is reported as relative RMS error (what users run).
+One JSON line per comparison goes to --out.   Usage: PYTHONPATH=$PWD python benchmarks/gpu_parity.py --out FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # Triton's default TF32 dots are only ~1e-3 accurate
+
+import torch  # noqa: E402
+
+from varbench.layout import PATCH_NUMS, ScaleLayout  # noqa: E402
+from varbench.registry import build, list_options  # noqa: E402
+from varbench.utils.records import record  # noqa: E402
+
+
+def errors(ref: torch.Tensor, out: torch.Tensor) -> dict:
+    ref, out = ref.double(), out.double()
+    return {"max_abs": (out - ref).abs().max().item(),
+            "rel_rms": ((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()}
+
+
+def run_paths(module, x_BLC, layout, is_mixer):
+    """Forward output, chained-step output, final state, and gradients (input, parameters)."""
+    x_BLC = x_BLC.detach().requires_grad_(True)
+    y_BLC = module(x_BLC, layout)
+    y_BLC.float().square().mean().backward()
+    grads = {"x": x_BLC.grad.detach()} | {n: p.grad.detach() for n, p in module.named_parameters()}
+    module.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        outs, state = [], module.init_state(x_BLC.shape[0], layout, x_BLC.device, x_BLC.dtype) if is_mixer else None
+        for k, x_BlC in enumerate(layout.split(x_BLC.detach())):
+            if is_mixer:
+                y_BlC, state = module.step(x_BlC, state, layout, k)
+            else:
+                y_BlC = module.step(x_BlC, layout, k)
+            outs.append(y_BlC)
+    return y_BLC.detach(), torch.cat(outs, 1), state or {}, grads
+
+
+def compare(group: str, name: str, layout: ScaleLayout, dim: int, heads: int, batch: int, out_path: str) -> None:
+    ref = build(group, name, dim=dim, num_heads=heads, backend="reference").cuda()
+    kernel = build(group, name, dim=dim, num_heads=heads).cuda()
+    fields = dict(group=group, name=name, backend=kernel.backend, dim=dim, batch=batch, L=layout.L)
+    if kernel.backend == "reference":
+        record(out_path, "parity_skipped", 0, "", reason="no kernel available for this entry", **fields)
+        print(f"{group}/{name}: no kernel path here")
+        return
+    kernel.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, layout.L, dim, device="cuda")
+    want = run_paths(ref, x, layout, group == "mixer")
+    for dtype in (torch.float32, torch.bfloat16):
+        try:
+            got = run_paths(kernel.to(dtype), x.to(dtype), layout, group == "mixer")
+        except (RuntimeError, AssertionError, ValueError) as err:  # a kernel refusing a dtype is a result to record
+            record(out_path, "parity_error", 0, "", dtype=str(dtype), error=str(err)[:300], **fields)
+            print(f"{group}/{name} {dtype}: kernel refused: {str(err)[:120]}")
+            continue
+        rows = {"forward": errors(want[0], got[0]), "step_chain": errors(want[1], got[1]),
+                "step_vs_forward_kernel": errors(got[0], got[1])}
+        rows |= {f"state.{k}": errors(v, got[2][k]) for k, v in want[2].items() if k in got[2]}
+        rows |= {f"grad.{k}": errors(v, got[3][k]) for k, v in want[3].items()}
+        for what, err in rows.items():
+            record(out_path, "parity_rel_rms", err["rel_rms"], "ratio", max_abs=err["max_abs"], dtype=str(dtype),
+                   compared=what, **fields)
+        worst = max(rows.items(), key=lambda kv: kv[1]["rel_rms"])
+        print(f"{group}/{name:18s} {kernel.backend:10s} {str(dtype):15s} forward {rows['forward']['rel_rms']:.2e} "
+              f"step {rows['step_chain']['rel_rms']:.2e}  worst {worst[0]} {worst[1]['rel_rms']:.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_parity.py needs a CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    layout = ScaleLayout(PATCH_NUMS[256])
+    for group in ("mixer", "intra"):
+        for name in list_options(group):
+            if group == "intra" and name == "none":
+                continue
+            compare(group, name, layout, args.dim, args.dim // 64, args.batch, args.out)
+
+
+if __name__ == "__main__":
+    main()
