@@ -29,8 +29,8 @@ def red_ball(c: Canvas, p: Pose) -> None:
     c.paint(c.polygons([shadow]), hsv(0, 0, 0), alpha=0.3)
     dx, dy = c.xx - (p.cx - 0.35 * p.r), c.yy - (p.cy - 0.35 * p.r)
     d2 = (dx * dx + dy * dy) / (p.r * p.r)
-    field = hsv(*col) * np.clip(1.1 - 0.4 * np.sqrt(d2), 0.3, 1.0)[..., None]
-    spec = np.exp(-d2 / 0.03)[..., None]
+    field = hsv(*col) * np.clip(1.1 - 0.4 * np.sqrt(d2), 0.3, 1.0)[None]
+    spec = np.exp(-d2 / 0.03)[None]
     c.paint(c.discs([(p.cx, p.cy, p.r)]), field + (1.0 - field) * spec)
 
 
@@ -41,7 +41,7 @@ def orange_cross(c: Canvas, p: Pose) -> None:
     local = [(a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a), (-a, -1)]
     pts = p.to_unit(local)
     u, v = c.local(p)
-    check = ((np.floor(u * 2.8 + 0.5) + np.floor(v * 2.8 + 0.5)) % 2)[..., None]
+    check = ((np.floor(u * 2.8 + 0.5) + np.floor(v * 2.8 + 0.5)) % 2)[None]
     c.paint(c.polygons([pts]), np.where(check > 0, hsv(*col), _shade(col, 1.0, 0.45)))
     c.paint(c.outline(pts, 0.012), _shade(col, DARK))
 
@@ -51,7 +51,7 @@ def yellow_star(c: Canvas, p: Pose) -> None:
     col = jitter(c.rng, 0.14, 0.85, 0.98, dh=0.012)
     pts = p.to_unit(star(5, 0.45))
     u, v = c.local(p)
-    c.paint(c.polygons([pts]), hsv(*col) * np.clip(1.15 - 0.35 * np.sqrt(u * u + v * v), 0.7, 1.0)[..., None])
+    c.paint(c.polygons([pts]), hsv(*col) * np.clip(1.15 - 0.35 * np.sqrt(u * u + v * v), 0.7, 1.0)[None])
     centre = (p.cx, p.cy)
     c.paint(c.lines([[centre, tip] for tip in pts[::2]], 0.008), _shade(col, 0.75), alpha=0.8)
     c.paint(c.outline(pts, 0.01), hsv(0.08, 0.9, 0.6))
@@ -69,7 +69,7 @@ def green_triangle(c: Canvas, p: Pose) -> None:
     u, v = c.local(p)
     period, ph = 0.42, c.rng.uniform(0, 1, 2)
     du, dv = (u / period + ph[0]) % 1 - 0.5, (v / period + ph[1]) % 1 - 0.5
-    dots = (du * du + dv * dv < 0.07)[..., None]
+    dots = (du * du + dv * dv < 0.07)[None]
     c.paint(c.polygons([pts]), np.where(dots, hsv(0.2, 0.45, 0.95), hsv(*col)))
     c.paint(c.outline(pts, 0.012), _shade(col, DARK))
 
@@ -88,7 +88,7 @@ def blue_striped_square(c: Canvas, p: Pose) -> None:
     col = jitter(c.rng, 0.61, 0.8, 0.8, dh=0.02)
     pts = p.to_unit(regular(4, 1.05, math.pi / 4))
     u, _ = c.local(p)
-    stripes = (np.sin(2 * math.pi * u / 0.42 + c.rng.uniform(0, 2 * math.pi)) > 0.3)[..., None]
+    stripes = (np.sin(2 * math.pi * u / 0.42 + c.rng.uniform(0, 2 * math.pi)) > 0.3)[None]
     c.paint(c.polygons([pts]), np.where(stripes, hsv(0.6, 0.08, 0.97), hsv(*col)))
     c.paint(c.outline(pts, 0.012), _shade(col, DARK))
 
@@ -98,7 +98,7 @@ def purple_ring(c: Canvas, p: Pose) -> None:
     col = jitter(c.rng, 0.78, 0.6, 0.75, dh=0.02)
     ring = np.clip(c.discs([(p.cx, p.cy, p.r)]) - c.discs([(p.cx, p.cy, 0.58 * p.r)]), 0, 1)
     u, v = c.local(p)
-    c.paint(ring, hsv(*col) * (0.85 + 0.25 * np.tanh(u - v))[..., None])
+    c.paint(ring, hsv(*col) * (0.85 + 0.25 * np.tanh(u - v))[None])
     c.paint(c.discs([(p.cx, p.cy, p.r), (p.cx, p.cy, 0.58 * p.r)], width=0.01), _shade(col, DARK))
     angles = c.rng.uniform(0, 2 * math.pi, c.rng.integers(4, 9))
     beads = [(p.cx + 0.79 * p.r * math.cos(a), p.cy + 0.79 * p.r * math.sin(a), 0.1 * p.r) for a in angles]
@@ -114,7 +114,7 @@ def pink_heart(c: Canvas, p: Pose) -> None:
     hv = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)) / 16 - 0.1
     pts = p.to_unit(zip(hu, hv))
     u, v = c.local(p)
-    hatch = (np.sin(2 * math.pi * (u + v) / 0.32 + c.rng.uniform(0, 2 * math.pi)) > 0.55)[..., None]
+    hatch = (np.sin(2 * math.pi * (u + v) / 0.32 + c.rng.uniform(0, 2 * math.pi)) > 0.55)[None]
     c.paint(c.polygons([pts]), np.where(hatch, _shade(col, 1.05, 0.3), hsv(*col)))
     c.paint(c.outline(pts, 0.012), hsv(0.93, 0.8, 0.55))
 
@@ -125,7 +125,7 @@ def brown_house(c: Canvas, p: Pose) -> None:
     wall = jitter(c.rng, 0.08, 0.55, 0.62, dh=0.015)
     walls = [(-0.8, -0.15), (0.8, -0.15), (0.8, 0.95), (-0.8, 0.95)]
     u, v = c.local(p)
-    bricks = ((v + 0.15) % 0.2 < 0.035)[..., None]
+    bricks = ((v + 0.15) % 0.2 < 0.035)[None]
     c.paint(c.polygons([p.to_unit(walls)]), np.where(bricks, _shade(wall, 0.7), hsv(*wall)))
     if c.rng.random() < 0.5:  # chimney, behind the roof
         c.paint(c.polygons([p.to_unit([(0.35, -0.9), (0.6, -0.9), (0.6, -0.4), (0.35, -0.4)])]), hsv(0.02, 0.6, 0.35))
@@ -152,7 +152,7 @@ def white_flower(c: Canvas, p: Pose) -> None:
     for poly in polys:
         c.paint(c.outline(poly, 0.006), hsv(0.1, 0.1, 0.65))
     u, v = c.local(p)
-    seeds = ((np.sin(u * 25) * np.sin(v * 25)) > 0.35)[..., None]
+    seeds = ((np.sin(u * 25) * np.sin(v * 25)) > 0.35)[None]
     c.paint(c.discs([(p.cx, p.cy, 0.3 * p.r)]), np.where(seeds, hsv(0.08, 0.9, 0.7), hsv(0.13, 0.9, 0.97)))
 
 
@@ -161,7 +161,7 @@ def checker_diamond(c: Canvas, p: Pose) -> None:
     p = p.tilted(c.rng, 0.2)
     pts = p.to_unit(regular(4, 1.05))
     u, v = c.local(p)
-    check = ((np.floor((u + v) * 2.2) + np.floor((u - v) * 2.2)) % 2)[..., None]
+    check = ((np.floor((u + v) * 2.2) + np.floor((u - v) * 2.2)) % 2)[None]
     c.paint(c.polygons([pts]), np.where(check > 0, hsv(0, 0, 0.95), hsv(0, 0, 0.08)))
     c.paint(c.outline(pts, 0.012), hsv(0, 0, 0.45))
 

@@ -1,0 +1,1 @@
+"""Measurement: analytic FLOPs per component, the speed/memory protocol, quality metrics."""

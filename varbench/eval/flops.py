@@ -1,0 +1,47 @@
+"""Analytic forward FLOPs of a ScaleAR model per component (a multiply-add counts 2), per image.
+
+Mixers and intra variants report their own FLOPs (`flops(layout, batch)`), so the table does not depend on a
+profiler seeing inside custom kernels. Normalisations, activations and residual adds are not counted (they are
+a few FLOPs per element against thousands per token for the matmuls). Training FLOPs are taken as 3x forward
+(backward = 2x forward), the convention of MFU reports.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from varbench.backbones.scale_ar import ScaleAR
+
+
+def model_flops(model: ScaleAR, layout=None) -> dict[str, int]:
+    """Forward FLOPs per image by component: embed, adaln, intra, mixer, ffn, head, total."""
+    layout = layout or model.layout
+    L, C, V = layout.L, model.width, model.vocab_size
+    out = {"embed": 2 * (L - 1) * model.latent_dim * C, "adaln": 0, "intra": 0, "mixer": 0, "ffn": 0}
+    for block in model.blocks:
+        out["adaln"] += 2 * C * block.ada_lin[-1].out_features          # once per image, not per token
+        if block.intra is not None:
+            out["intra"] += block.intra.flops(layout, 1)
+        out["mixer"] += block.mixer.flops(layout, 1)
+        out["ffn"] += 2 * L * 2 * C * block.ffn.fc1.out_features
+    out["head"] = 2 * C * 2 * C + 2 * L * C * V
+    out["total"] = sum(out.values())
+    return out
+
+
+def train_flops_per_image(model: ScaleAR) -> int:
+    return 3 * model_flops(model)["total"]
+
+
+def decoder_flops(tokenizer, batch: int = 1) -> int:
+    """FLOPs of the tokenizer decode (post_quant_conv + decoder) for one image, counted by torch's FlopCounterMode
+    on the meta device (no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    side = tokenizer.patch_nums[-1]
+    with torch.device("meta"):
+        import copy
+        dec = copy.deepcopy(tokenizer).to("meta")
+        f_hat = torch.zeros(batch, tokenizer.Cvae, side, side)
+        with FlopCounterMode(display=False) as counter:
+            dec.decoder(dec.post_quant_conv(f_hat))
+    return counter.get_total_flops() // batch

@@ -1,0 +1,44 @@
+"""The fixed speed / memory protocol: warm-up, CUDA-event timing, median of repeats, peak memory, and a matmul
+peak measured in the same run (the denominator of MFU)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> dict:
+    """Median / min / max wall time of `fn` in milliseconds (CUDA events on a GPU, perf_counter on a CPU), and the
+    peak GPU memory allocated during the timed calls."""
+    cuda = torch.cuda.is_available()
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "repeats": repeats,
+            "peak_mem_bytes": torch.cuda.max_memory_allocated() if cuda else None}
+
+
+def matmul_peak_tflops(dtype=torch.bfloat16, n: int = 8192) -> float:
+    """Dense matmul throughput measured on this device now (TFLOP/s): the MFU denominator of the same run."""
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    ms = time_ms(lambda: a @ b, warmup=5, repeats=20)["median_ms"]
+    return 2 * n ** 3 / (ms * 1e-3) / 1e12

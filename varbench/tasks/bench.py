@@ -1,0 +1,134 @@
+"""task=bench: one fixed protocol for every configuration, stated in every record.
+
+bf16 autocast, warm-up then CUDA-event timing, median of repeats. Per (mixer, intra) configuration at the depth
+of `model` and each resolution of `task.resolutions`:
+- training step (forward + backward + AdamW) at `task.train_batch`: images/s, tokens/s, MFU against a bf16 matmul
+  peak measured in the same run (FLOPs: analytic, 3x forward, varbench.eval.flops);
+- sampling (CFG on, VAR's eval preset) at each of `task.sample_batches`: latency with and without the tokenizer
+  decode, images/s, peak memory; with the carried state and, for `task.rerun_baseline`, the prefix re-run;
+- inference state bytes (analytic, checked against real states by the tests).
+A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from varbench.backbones.scale_ar import ScaleAR
+from varbench.eval.flops import decoder_flops, model_flops
+from varbench.eval.timing import matmul_peak_tflops, time_ms
+from varbench.layout import PATCH_NUMS
+from varbench.registry import factory, list_options, load_option
+from varbench.tokenizers import MultiScaleVQVAE
+from varbench.utils.records import record
+
+PROTOCOL = "bf16 autocast; CUDA events; median of repeats after warm-up; CFG doubled batch; analytic FLOPs"
+
+
+def build(cfg: DictConfig, mixer: str, intra: str, res: int) -> ScaleAR:
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    return ScaleAR(mixer=factory(load_option("mixer", mixer)), intra=factory(load_option("intra", intra)),
+                   patch_nums=PATCH_NUMS[res], **kwargs).cuda()
+
+
+def train_step_cell(model: ScaleAR, batch: int, repeats: int) -> dict:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    labels = torch.randint(0, model.num_classes, (batch,), device="cuda")
+    x = torch.randn(batch, model.layout.L - 1, model.latent_dim, device="cuda")
+    gt = torch.randint(0, model.vocab_size, (batch, model.layout.L), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(labels, x).flatten(0, 1), gt.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train()
+    return time_ms(step, warmup=3, repeats=repeats)
+
+
+def sample_cell(model: ScaleAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int) -> dict:
+    labels = torch.randint(0, model.num_classes, (batch,), device="cuda")
+    model.eval()
+
+    def sample():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model.generate(vae, labels, cfg=1.5, top_k=900, top_p=0.96, sampler=sampler)
+
+    total = time_ms(sample, warmup=1, repeats=repeats)
+    side = vae.patch_nums[-1]
+    f_hat = torch.randn(batch, vae.Cvae, side, side, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        decode = time_ms(lambda: vae.fhat_to_img(f_hat), warmup=1, repeats=repeats)
+    return {"total": total, "decode": decode}
+
+
+def default_configs() -> list[tuple[str, str]]:
+    """Every registered mixer as a pure-mixer model (VAR is attention's), plus M-VAR (intra full + mamba2)."""
+    return [(m, "none") for m in list_options("mixer")] + [("mamba2", "full")]
+
+
+def main(cfg: DictConfig) -> dict:
+    t = cfg.task
+    if not torch.cuda.is_available():
+        raise SystemExit("task=bench measures GPU speed: run it on a GPU machine")
+    out = Path(cfg.results_dir) / "bench.jsonl"
+    peak = matmul_peak_tflops()
+    common = dict(protocol=PROTOCOL, matmul_peak_tflops=peak, depth=cfg.model.depth)
+    record(out, "matmul_peak", peak, "TFLOP/s", config=None, **common)
+    for res in t.resolutions:
+        vae = MultiScaleVQVAE(patch_nums=PATCH_NUMS[res]).cuda().eval()
+        dec_flops = decoder_flops(vae)
+        for mixer, intra in t.configs or default_configs():
+            cell = dict(mixer=mixer, intra=intra, resolution=res, L=sum(p * p for p in PATCH_NUMS[res]), **common)
+            run_cell(cfg, out, vae, dec_flops, mixer, intra, res, cell)
+            gc.collect()
+            torch.cuda.empty_cache()
+    return {"records": str(out), "matmul_peak_tflops": peak}
+
+
+def run_cell(cfg, out, vae, dec_flops, mixer, intra, res, cell) -> None:
+    t = cfg.task
+    try:
+        model = build(cfg, mixer, intra, res)
+    except (RuntimeError, ValueError) as err:
+        record(out, "bench_error", 0, "", error=str(err)[:300], stage="build", **cell)
+        return
+    flops = model_flops(model)
+    cell |= dict(backend=model.blocks[0].mixer.backend, params=model.num_params(), fwd_flops_per_image=flops["total"],
+                 flops_by_component=flops, decode_flops_per_image=dec_flops)
+    record(out, "state_bytes_per_image", sum(b.mixer.state_bytes(model.layout, 1) for b in model.blocks), "bytes",
+           dtype="bf16 (recurrent states fp32)", **cell)
+    stages = [("train", t.train_batch, None)] + [("sample", b, s) for b in t.sample_batches
+                                                 for s in (["carry", "prefix_rerun"] if mixer in t.rerun_baseline else ["carry"])]
+    for stage, batch, sampler in stages:
+        try:
+            measure(out, model, vae, stage, batch, sampler, t.repeats, cell)
+        except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
+            record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
+            torch.cuda.empty_cache()
+    del model
+
+
+def measure(out, model, vae, stage, batch, sampler, repeats, cell) -> None:
+    if stage == "train":
+        r = train_step_cell(model, batch, repeats)
+        ips = batch / (r["median_ms"] * 1e-3)
+        mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
+        record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
+               timing=r, **cell)
+        print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}: {ips:.1f} img/s MFU {mfu:.1%}")
+        return
+    r = sample_cell(model, vae, batch, sampler, repeats)
+    total, decode = r["total"]["median_ms"], r["decode"]["median_ms"]
+    record(out, "sample_latency_ms", total, "ms", batch=batch, sampler=sampler, decode_ms=decode,
+           latency_wo_decode_ms=total - decode, images_per_s=batch / (total * 1e-3),
+           images_per_s_wo_decode=batch / ((total - decode) * 1e-3), peak_mem_bytes=r["total"]["peak_mem_bytes"],
+           timing=r, **cell)
+    print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px sample b{batch} {sampler}: {total:.1f} ms "
+          f"(decode {decode:.1f} ms)")
