@@ -59,7 +59,7 @@ def var_init_(model: nn.Module, *, init_std: float = -1.0, init_head: float = 0.
     for block in model.blocks:
         for branch in (block.intra, block.mixer):
             if branch is not None and branch.rescale_out_proj:
-                branch.out_proj().weight.div_(math.sqrt(2 * depth))
+                branch.output_projection().weight.div_(math.sqrt(2 * depth))
         block.ffn.fc2.weight.div_(math.sqrt(2 * depth))
         ada_w = block.ada_lin[-1].weight
         num_gates = 2 * C if gamma_rows == "official" else block.num_branches * C

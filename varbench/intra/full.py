@@ -60,5 +60,5 @@ class IntraScaleAttention(ScaleAttention):
         pairs = sum(n * n for n in layout.lengths)
         return batch * (self.qkv_flops(layout.L) + self.score_flops(pairs, self.head_dim, self.num_heads))
 
-    def out_proj(self):
+    def output_projection(self):
         return self.proj

@@ -71,5 +71,5 @@ class LocalScaleAttention(ScaleAttention):
         pairs = int(window_mask(layout, self.window).sum())
         return batch * (self.qkv_flops(layout.L) + self.score_flops(pairs, self.head_dim, self.num_heads))
 
-    def out_proj(self):
+    def output_projection(self):
         return self.proj

@@ -121,5 +121,5 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         itemsize = torch.empty((), dtype=dtype).element_size()
         return 2 * batch * layout.L * self.num_heads * self.head_dim * itemsize
 
-    def out_proj(self) -> nn.Linear:
+    def output_projection(self) -> nn.Linear:
         return self.proj

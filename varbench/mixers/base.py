@@ -97,7 +97,7 @@ class TokenMixer(nn.Module):
         Tests check it against the real state; recurrent states are kept in fp32 whatever `dtype` is."""
         raise NotImplementedError
 
-    def out_proj(self) -> nn.Linear | None:
+    def output_projection(self) -> nn.Linear | None:
         """The output projection that VAR's init rescales (see `rescale_out_proj`)."""
         return None
 

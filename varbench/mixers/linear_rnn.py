@@ -218,5 +218,3 @@ class LinearRNNMixer(TokenMixer):
         per_head = self.kv_flops * self.head_k_dim * self.head_v_dim + self.v_flops * self.head_v_dim
         return batch * layout.L * (2 * self._projection_macs() + self.heads * per_head)
 
-    def out_proj(self) -> nn.Linear:
-        return self.o_proj

@@ -73,9 +73,6 @@ class MambaMixer(TokenMixer):
         self.A_log._no_weight_decay = self.D._no_weight_decay = True
         self.out_proj = nn.Linear(E, dim, bias=False)
 
-    def out_proj(self) -> nn.Linear:
-        # the base hook's name is also mamba_ssm's submodule name (see Mamba2Mixer.out_proj)
-        return self._modules["out_proj"]
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         return self._mix(x_BLC, None, None)[0]

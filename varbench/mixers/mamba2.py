@@ -98,10 +98,6 @@ class Mamba2Mixer(TokenMixer):
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
 
-    def out_proj(self) -> nn.Linear:
-        # the base hook's name is also mamba_ssm's submodule name: the submodule lives in _modules, and
-        # `self.out_proj` resolves to this method, so the layer is reached through _modules
-        return self._modules["out_proj"]
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         if self.fused:

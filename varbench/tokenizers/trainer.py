@@ -288,7 +288,7 @@ def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_pa
             _evaluate(p, val_set, opt, device, writer, step, results_path, config)
     bar.close()
     summary.update(step=opt.steps, checkpoint=str(out_dir / WEIGHTS), train_time_s=time.perf_counter() - t0,
-                   resumed_from=start, losses={k: float(v) for k, v in terms.items()})
+                   resumed_from=start, losses={k: float(v.detach()) for k, v in terms.items()})
     if results_path is not None and opt.steps > start:
         record(results_path, "tokenizer_train_time", summary["train_time_s"], "s", config=config, device=device,
                step=opt.steps, split="train", resumed_from=start)
@@ -301,7 +301,7 @@ def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_pa
 
 def _log(writer, bar, p: _Parts, terms: dict, step: int, batch: int) -> None:
     """Loss terms to the progress bar and TensorBoard; usage per scale by the official margin (8% of uniform)."""
-    vals = {k: float(v) for k, v in terms.items()}
+    vals = {k: float(v.detach()) for k, v in terms.items()}
     bar.set_postfix({k: f"{vals[k]:.4f}" for k in ("l1", "l2", "vq") if k in vals})
     if writer is None:
         return
