@@ -53,8 +53,7 @@ def scan(folder: Path) -> tuple[list[str], list[tuple[str, int]], list[str]]:
     samples, skipped, empty = [], [], []
     for label, name in enumerate(classes):
         found = 0
-        for dirpath, dirnames, filenames in sorted(os.walk(folder / name, followlinks=True)):
-            dirnames.sort()
+        for dirpath, _, filenames in sorted(os.walk(folder / name, followlinks=True)):
             for fname in sorted(filenames):
                 path = os.path.join(dirpath, fname)
                 if fname.lower().endswith(IMG_EXTENSIONS):
