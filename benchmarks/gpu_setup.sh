@@ -1,0 +1,7 @@
+# Source this on the lent GPU machine: installs the kernel wheels carried in .whl/ (no index) and puts the
+# travelled tree on PYTHONPATH. Usage: . benchmarks/gpu_setup.sh
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
