@@ -26,6 +26,7 @@ import datetime
 import importlib
 import json
 import sys
+import time
 
 import torch
 
@@ -40,7 +41,8 @@ MIXERS = {
     "gla": ("gla", "GLAMixer", [("chunk", {}, ("fp32", "bf16"))], ("GatedLinearAttention", {})),
     "retnet": ("retnet", "RetNetMixer", [("chunk", {}, ("fp32", "bf16"))], ("MultiScaleRetention", {})),
     "deltanet": ("deltanet", "DeltaNetMixer",
-                 [("chunk", {"mode": "chunk"}, ("bf16",)), ("fused_recurrent", {"mode": "fused_recurrent"}, ("fp32", "bf16"))],
+                 [("chunk", {"mode": "chunk"}, ("bf16",)),
+                  ("fused_recurrent", {"mode": "fused_recurrent"}, ("fp32", "bf16"))],
                  ("DeltaNet", {"mode": "fused_recurrent"})),
     "gated_deltanet": ("gated_deltanet", "GatedDeltaNetMixer",
                        [("chunk", {}, ("fp32", "bf16")), ("fused_recurrent", {"mode": "fused_recurrent"}, ("fp32",))],
@@ -60,7 +62,8 @@ def row(check: str, dtype: str, out, ref, ref_same=None) -> dict:
     """One check: `out` against the float64 `ref`; `ref_same` is the torch reference path run in `dtype`."""
     err = rel_rms(out, ref)
     return {"check": check, "dtype": dtype, "rel_rms": err, "max_abs": (out.double() - ref.double()).abs().max().item(),
-            "ref_max_abs": ref.abs().max().item(), "ref_same_rel_rms": None if ref_same is None else rel_rms(ref_same, ref),
+            "ref_max_abs": ref.abs().max().item(),
+            "ref_same_rel_rms": None if ref_same is None else rel_rms(ref_same, ref),
             "tol": TOL[dtype], "ok": bool(err <= TOL[dtype])}
 
 
@@ -103,6 +106,7 @@ def check_mixer(name: str, dev, layout, dim: int, batch: int) -> list[dict]:
             "bf16": forward_backward(ref, x, dy, layout, autocast=True)}
     with torch.no_grad():
         ys64, state64 = run_steps(ref64, x.double(), layout, torch.float64)
+    print(f"# {name}: float64/fp32/bf16 reference done", file=sys.stderr, flush=True)
     rows = []
     for kernel, overrides, dtypes in variants:
         kern = cls(dim, num_heads=4, backend="fla", **overrides).to(dev)
@@ -117,6 +121,7 @@ def check_mixer(name: str, dev, layout, dim: int, batch: int) -> list[dict]:
             rows += [row(f"{tag} forward", dtype, y, y64, y_same), row(f"{tag} chained step", dtype, ys, y64),
                      row(f"{tag} grad x", dtype, gx, gx64, gx_same), worst_param_row(tag, dtype, gp, gp64, gp_same)]
             rows += [row(f"{tag} final state {key}", dtype, state[key], state64[key]) for key in state64]
+            print(f"# {tag} {dtype} done", file=sys.stderr, flush=True)
     return rows
 
 
@@ -143,6 +148,22 @@ def check_fla_layer(name: str, dev, layout, dim: int, batch: int) -> list[dict]:
     return [row(f"{name} fla.layers.{layer_name} forward (same weights)", "fp32", y_layer, y64)]
 
 
+def first_config_only() -> None:
+    """Make every Triton autotuner take the first config that survives its own pruning, without benchmarking.
+    Numerics do not depend on the tuning; a cold machine otherwise compiles every config of every fla kernel, per
+    dtype (measured: over 280 s for one mixer on an H100)."""
+    from triton.runtime.autotuner import Autotuner
+
+    prune = Autotuner.prune_configs
+    Autotuner.prune_configs = lambda self, kwargs: prune(self, kwargs)[:1]
+
+
+def print_row(r: dict) -> None:
+    same = "" if r["ref_same_rel_rms"] is None else f"{r['ref_same_rel_rms']:.2e}"
+    print(f"{r['check']:72s} {r['dtype']:5s} {r['rel_rms']:9.2e} {r['max_abs']:9.2e} {same:>9s} {r['tol']:7.0e}"
+          f"  {'yes' if r['ok'] else 'NO'}", flush=True)
+
+
 def environment() -> dict:
     import fla
     import triton
@@ -157,6 +178,8 @@ def main() -> int:
     parser.add_argument("--mixers", nargs="+", default=list(MIXERS), choices=list(MIXERS))
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--first-config", action="store_true",
+                        help="skip Triton autotuning: take each kernel's first config (fast on a cold machine)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_parity_fla: no CUDA device; run this on the GPU machine (see shared/GPU.md)")
@@ -165,23 +188,25 @@ def main() -> int:
                  "--no-deps --target /tmp/site .whl/*.whl and add /tmp/site to PYTHONPATH")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    if args.first_config:
+        first_config_only()
     env = environment()
-    setup = {"dim": args.dim, "batch": args.batch, "patch_nums": list(VAR256.patch_nums)}
-    rows = []
-    for name in args.mixers:
-        rows += check_mixer(name, "cuda", VAR256, args.dim, args.batch)
-        rows += check_fla_layer(name, "cuda", VAR256, args.dim, args.batch)
+    setup = {"dim": args.dim, "batch": args.batch, "patch_nums": list(VAR256.patch_nums),
+             "autotune": not args.first_config}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "a") as f:
-        for r in rows:
-            f.write(json.dumps({**r, **setup, **env}) + "\n")
     print(f"{'check':72s} {'dtype':5s} {'rel_rms':>9s} {'max_abs':>9s} {'ref_same':>9s} {'tol':>7s}  ok")
-    for r in rows:
-        same = "" if r["ref_same_rel_rms"] is None else f"{r['ref_same_rel_rms']:.2e}"
-        print(f"{r['check']:72s} {r['dtype']:5s} {r['rel_rms']:9.2e} {r['max_abs']:9.2e} {same:>9s} {r['tol']:7.0e}"
-              f"  {'yes' if r['ok'] else 'NO'}")
+    ok, start = True, time.time()
+    for name in args.mixers:
+        for check in (check_mixer, check_fla_layer):
+            rows = check(name, "cuda", VAR256, args.dim, args.batch)
+            with open(args.out, "a") as f:
+                for r in rows:
+                    f.write(json.dumps({**r, **setup, **env}) + "\n")
+                    print_row(r)
+                    ok &= r["ok"]
+            print(f"# {name} {check.__name__} done at {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     print(env, setup)
-    return 0 if all(r["ok"] for r in rows) else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def background(c: Canvas) -> None:
     c.rgb_3SS[:] = c1 + (c2 - c1) * t[None]
     kind = rng.integers(4)
     if kind == 1:  # soft clouds: a 5x5 random field, bicubic-upsampled
-        field = Image.fromarray(rng.uniform(-1, 1, (5, 5)).astype(np.float32), mode="F")
+        field = Image.fromarray(rng.uniform(-1, 1, (5, 5)).astype(np.float32))  # mode "F"
         c.rgb_3SS *= 1.0 + 0.12 * np.asarray(field.resize((c.side, c.side), Image.BICUBIC))[None]
     elif kind == 2:  # faint tiles
         n = rng.integers(4, 9)

@@ -144,7 +144,8 @@ def write_token_cache(tokenizer, dataset: Dataset, out_dir, batch_size: int = 64
             summary["shards_skipped"] += 1
             continue
         t0 = time.perf_counter()
-        ids_NL, labels_N = _encode(tokenizer, Subset(dataset, range(start, end)), batch_size, device, num_workers, dtype)
+        part = Subset(dataset, range(start, end))
+        ids_NL, labels_N = _encode(tokenizer, part, batch_size, device, num_workers, dtype)
         save_atomic(shard_path(out_dir, i), tensors={"ids": ids_NL, "labels": labels_N})
         summary["seconds"] += time.perf_counter() - t0
         summary["encoded_items"] += end - start

@@ -13,7 +13,6 @@ V value dim per head.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

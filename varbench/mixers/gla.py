@@ -65,7 +65,8 @@ class GLAMixer(LinearRNNMixer):
         key_dim, value_dim = expand(dim, expand_k, "GLA expand_k"), expand(dim, expand_v, "GLA expand_v")
         self._setup(dim, heads, divide(key_dim, heads, "GLA key dim"), divide(value_dim, heads, "GLA value dim"),
                     backend, layer_idx)
-        self.gate_logit_normalizer, self.clamp_min, self.use_output_gate = gate_logit_normalizer, clamp_min, use_output_gate
+        self.gate_logit_normalizer, self.clamp_min = gate_logit_normalizer, clamp_min
+        self.use_output_gate = use_output_gate
 
         self.q_proj = nn.Linear(dim, key_dim, bias=False)
         self.k_proj = nn.Linear(dim, key_dim, bias=False)

@@ -82,7 +82,8 @@ class LinearAttentionMixer(LinearRNNMixer):
         if output_norm not in ("rmsnorm", "identity"):
             raise ValueError(f"output_norm must be 'rmsnorm' or 'identity', got {output_norm!r}")
         heads = pick_heads(heads, num_heads, "LinearAttention")
-        key_dim, value_dim = expand(dim, expand_k, "LinearAttention expand_k"), expand(dim, expand_v, "LinearAttention expand_v")
+        key_dim = expand(dim, expand_k, "LinearAttention expand_k")
+        value_dim = expand(dim, expand_v, "LinearAttention expand_v")
         self._setup(dim, heads, divide(key_dim, heads, "LinearAttention key dim"),
                     divide(value_dim, heads, "LinearAttention value dim"), backend, layer_idx)
         self.feature_map, self.norm_q, self.norm_k = feature_map, norm_q, norm_k
@@ -95,7 +96,10 @@ class LinearAttentionMixer(LinearRNNMixer):
         self.q_proj = nn.Linear(dim, key_dim, bias=False)
         self.k_proj = nn.Linear(dim, key_dim, bias=False)
         self.v_proj = nn.Linear(dim, value_dim, bias=False)
-        self.norm = RMSNorm(self.head_v_dim, elementwise_affine, norm_eps) if output_norm == "rmsnorm" else nn.Identity()
+        if output_norm == "rmsnorm":
+            self.norm = RMSNorm(self.head_v_dim, elementwise_affine, norm_eps)
+        else:
+            self.norm = nn.Identity()
         self.o_proj = nn.Linear(value_dim, dim, bias=False)
 
     def _recurrence(self, x_BlC, h, S0, offset, output_final_state):

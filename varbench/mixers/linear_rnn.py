@@ -37,7 +37,8 @@ def pick_heads(heads: int | None, num_heads: int | None, owner: str) -> int:
     """The mixer's own head count, or the backbone's when `heads` is None."""
     picked = num_heads if heads is None else heads
     if picked is None or picked < 1:
-        raise ValueError(f"{owner}: set `heads` (or pass the backbone's num_heads), got heads={heads}, num_heads={num_heads}")
+        raise ValueError(f"{owner}: set `heads` (or pass the backbone's num_heads); got heads={heads}, "
+                         f"num_heads={num_heads}")
     return picked
 
 
@@ -148,9 +149,12 @@ class LinearRNNMixer(TokenMixer):
         self.dim, self.heads, self.layer_idx = dim, heads, layer_idx
         self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
         self.use_short_conv, self.conv_size = False, 0
-        self.backend = resolve_backend(backend, {"fla": cuda_and("fla"), "reference": lambda: True}, type(self).__name__)
+        # fla's Triton kernels need a GPU; the reference runs anywhere
+        available = {"fla": cuda_and("fla"), "reference": lambda: True}
+        self.backend = resolve_backend(backend, available, type(self).__name__)
 
-    def _add_short_convs(self, use_short_conv: bool, conv_size: int, conv_bias: bool, channels: dict, activations: dict):
+    def _add_short_convs(self, use_short_conv: bool, conv_size: int, conv_bias: bool, channels: dict,
+                         activations: dict) -> None:
         """`<name>_conv1d` for each projection named in `channels` (name -> D), as fla's layers build them."""
         self.use_short_conv, self.conv_size = use_short_conv, conv_size
         if use_short_conv:

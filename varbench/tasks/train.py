@@ -18,11 +18,12 @@ def main(cfg: DictConfig) -> dict:
     info = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    torch.manual_seed(cfg.seed * max(info.world_size, 1) + info.rank)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
+    torch.manual_seed(cfg.seed)  # every process builds the same weights
     tokenizer = build_tokenizer(cfg).to(device)
     model = build_model(cfg).to(device)
+    torch.manual_seed(cfg.seed * info.world_size + info.rank)  # then each draws its own dropout / crops (VAR)
     cache = cfg.train.get("token_cache")
     if cache:
         from varbench.data.token_cache import TokenCache, tokenizer_fingerprint
@@ -33,7 +34,10 @@ def main(cfg: DictConfig) -> dict:
     summary.update(params=model.num_params(), checkpoint=str(Path(cfg.run_dir) / "checkpoints"),
                    backends={"mixer": model.blocks[0].mixer.backend,
                              "intra": getattr(model.blocks[0].intra, "backend", None)})
-    if info.is_main and not summary["interrupted"]:
+    if summary["interrupted"]:
+        raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is saved: "
+                         f"run the same command (same run_dir) to resume exactly")
+    if info.is_main:
         record(Path(cfg.results_dir) / "train.jsonl", "train_summary", summary["final_loss"], "nats/token", config=cfg,
                device=device, **summary)
     return summary

@@ -271,7 +271,9 @@ def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_pa
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=start or None)
     sampler = StepBatches(len(train_set), opt.batch_size, opt.seed, start, opt.steps)
-    loader = iter(DataLoader(train_set, batch_sampler=sampler, num_workers=opt.num_workers))
+    # its own generator: a loader draws a worker base seed when iterated, which must not consume the global RNG
+    loader = iter(DataLoader(train_set, batch_sampler=sampler, num_workers=opt.num_workers,
+                             generator=torch.Generator().manual_seed(opt.seed)))
     terms, summary, t0 = {}, {"step": start}, time.perf_counter()
     bar = tqdm(total=opt.steps, initial=start, disable=not opt.progress, desc="tokenizer")
     for step in range(start + 1, opt.steps + 1):  # `step` = the update being made (1-based)

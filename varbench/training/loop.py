@@ -119,6 +119,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             scaler.scale(loss / tcfg.grad_accum).backward()
             loss_value += loss.item() / tcfg.grad_accum
             seen += x.shape[0] * info.world_size
+        if info.world_size > 1:  # log the global-batch loss, the same number one process would see
+            loss_value = _mean_over_ranks(loss_value, device)
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite training loss {loss_value} at step {step}; the last good checkpoint "
                                      f"is {checkpoints.latest(ckpt_dir)} (lower the lr, or use bf16)")
@@ -138,7 +140,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
         if info.is_main and (step % tcfg.log_every == 0 or step == plan.max_iters):
             rate = seen / (time.perf_counter() - t0)
             record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
-                   images_per_s=rate, run_dir=str(cfg.run_dir))
+                   grad_norm=float(grad_norm), images_per_s=rate, run_dir=str(cfg.run_dir))
         if step == signal_at:
             os.kill(os.getpid(), signal.SIGTERM)
         if step % tcfg.ckpt_every == 0 or step == plan.max_iters or stop.signal:
@@ -148,6 +150,12 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     progress.close()
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
             "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.item() / torch.distributed.get_world_size()
 
 
 def _save(ckpt_dir, step, model, optimizer, scaler, keep, info: DistInfo) -> None:

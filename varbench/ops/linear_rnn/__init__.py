@@ -75,7 +75,8 @@ def delta_rule(
     backend: str = "reference",
     mode: str = "chunk",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    r"""(Gated) delta rule S_t = exp(g_t) S_{t-1} + beta_t k_t (v_t - exp(g_t) S_{t-1}^T k_t)^T, o_t = S_t^T (scale q_t).
+    r"""(Gated) delta rule S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T with a_t = exp(g_t),
+    o_t = S_t^T (scale q_t).
 
     Args:
         q, k, v (torch.Tensor): `[B, T, H, K]`, `[B, T, H, K]`, `[B, T, H, V]`.

@@ -82,8 +82,8 @@ def delta_rule_fla(
     if g is None and mode == "chunk":
         if q.dtype == torch.float32:
             raise ValueError(
-                "fla's chunk_delta_rule has no fp32 path (it asserts bf16/fp16 inputs): run DeltaNet under bf16 autocast, "
-                "or set mode='fused_recurrent', or use backend='reference'"
+                "fla's chunk_delta_rule has no fp32 path (it asserts bf16/fp16 inputs): run DeltaNet under bf16 "
+                "autocast, or set mode='fused_recurrent', or use backend='reference'"
             )
         from fla.ops.delta_rule import chunk_delta_rule
 
