@@ -11,14 +11,12 @@ def render(split):
     return TensorDataset(torch.stack([x for x, _ in xs]), torch.tensor([y for _, y in xs]))
 t = time.time(); train, val = render("train"), render("val"); print("render", time.time() - t, len(train), len(val), flush=True)
 TINY = dict(vocab_size=256, z_channels=16, ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, patch_nums=(1, 2, 3, 4))
-base = dict(steps=500, batch_size=16, lr=1e-3, warmup_steps=20, dead_code_every=50, dead_code_threshold=0.1)
-grid = [dict()] + [dict(lr=v) for v in (5e-4, 2e-3, 4e-3)] + [dict(dead_code_every=v) for v in (0, 10, 25)] + \
-       [dict(dead_code_threshold=v) for v in (0.03, 0.3)] + [dict(batch_size=32, steps=300), dict(batch_size=32, steps=300, lr=2e-3),
-       dict(batch_size=8, steps=1000), dict(batch_size=16, steps=1000), dict(batch_size=16, steps=2000), dict(l1_weight=0.0), dict(l2_weight=0.0),
-       dict(warmup_steps=0), dict(betas=(0.9, 0.99))]
+base = dict(steps=500, batch_size=16, lr=1e-3, warmup_steps=20, dead_code_every=25, dead_code_threshold=0.1)
+cands = {"A": dict(data_init_codebook=False), "B": dict(betas=(0.9, 0.99), data_init_codebook=False), "E": dict(betas=(0.9, 0.99)), "F": dict()}
+grid = [dict(name=n, seed=sd, **c) for n, c in cands.items() for sd in (0, 1, 2)]
 for g in grid:
-    o = {**base, **g}
-    torch.manual_seed(0)
+    o = {**base, **g}; o.pop('name')
+    torch.manual_seed(o['seed'])
     vae = MultiScaleVQVAE(**TINY, test_mode=False)
     t = time.time()
     s = train_tokenizer(vae, train, device=dev, out_dir=tempfile.mkdtemp(), val_set=val, progress=False, tensorboard=False, log_every=100, **o)

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--only", nargs="*", help="registry names to check (default: every mixer and intra variant)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_parity.py needs a CUDA device")
@@ -89,7 +90,7 @@ def main() -> None:
     layout = ScaleLayout(PATCH_NUMS[256])
     for group in ("mixer", "intra"):
         for name in list_options(group):
-            if group == "intra" and name == "none":
+            if (group == "intra" and name == "none") or (args.only and name not in args.only):
                 continue
             compare(group, name, layout, args.dim, args.dim // 64, args.batch, args.out)
 

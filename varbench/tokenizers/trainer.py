@@ -48,6 +48,7 @@ class TrainOptions:
     l1_weight, l2_weight, vq_weight: reconstruction (on [-1, 1] images) and VAR's vq loss.
     perceptual_weight: LPIPS(VGG16); needs `vgg_weights_path` (torchvision state dict), `lpips_weights_path` optional.
     adv_weight, adv_start, adaptive_adv, disc_ch, disc_layers: PatchGAN hinge loss from update `adv_start`.
+    data_init_codebook: before the first update, every code moves onto a random code-search vector of the first batch.
     dead_code_threshold (fraction of a uniform share 1/V), dead_code_every (updates; 0: never).
     amp: None | "bf16" | "fp16". seed: global torch RNG at a fresh start, batch order, discriminator init.
     log_every, ckpt_every, eval_every (0: only at the end), eval_batch_size, num_workers, progress, tensorboard.
@@ -69,6 +70,7 @@ class TrainOptions:
     adaptive_adv: bool = True
     disc_ch: int = 64
     disc_layers: int = 3
+    data_init_codebook: bool = True
     dead_code_threshold: float = 0.1
     dead_code_every: int = 100
     amp: str | None = None
@@ -223,6 +225,10 @@ def train_step(p: _Parts, img_B3HW: torch.Tensor, step: int, last_ckpt: str) -> 
     o = p.opt
     for group in p.optim.param_groups + (p.d_optim.param_groups if p.d_optim else []):
         group["lr"] = o.lr * min(1.0, step / max(o.warmup_steps, 1))
+    if step == 1 and o.data_init_codebook:  # a one-draw k-means init (as EnCodec): no code starts out of reach
+        with torch.no_grad():
+            V = p.vae.vocab_size
+            p.vae.quantize.restart_codes(torch.arange(V, device=img_B3HW.device), p.vae.encode_latent(img_B3HW))
     terms, recon = generator_terms(p, img_B3HW, step - 1)
     if p.disc is not None and step - 1 >= o.adv_start:
         with p.autocast():
