@@ -59,12 +59,17 @@ def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def row(check: str, dtype: str, out, ref, ref_same=None) -> dict:
-    """One check: `out` against the float64 `ref`; `ref_same` is the torch reference path run in `dtype`."""
+    """One check: `out` against the float64 `ref`; `ref_same` is the torch reference path run in `dtype`.
+
+    Passes under the tolerance of its dtype, or within 2x of the reference path's own error in that dtype: an output
+    RMSNorm makes a gradient ill-conditioned where the recurrence output is near zero (GLA's first token: o =
+    (q.k) v / sqrt(K) with q.k ~ 0), and in bf16 that one row can dominate the relative RMS of a whole gradient
+    (the torch reference itself under bf16 autocast, GLA input gradient: 1.7 over all tokens, 3e-2 without token 0)."""
     err = rel_rms(out, ref)
+    same = None if ref_same is None else rel_rms(ref_same, ref)
+    ok = err <= TOL[dtype] or (same is not None and err <= 2 * same)
     return {"check": check, "dtype": dtype, "rel_rms": err, "max_abs": (out.double() - ref.double()).abs().max().item(),
-            "ref_max_abs": ref.abs().max().item(),
-            "ref_same_rel_rms": None if ref_same is None else rel_rms(ref_same, ref),
-            "tol": TOL[dtype], "ok": bool(err <= TOL[dtype])}
+            "ref_max_abs": ref.abs().max().item(), "ref_same_rel_rms": same, "tol": TOL[dtype], "ok": bool(ok)}
 
 
 def run_steps(mixer, x_BLC, layout, dtype):

@@ -78,6 +78,15 @@ def evaluate_tokenizer(vae, dataset, *, batch_size: int, device) -> dict:
             "usage": hit_KV.float().mean(dim=1).tolist(), "usage_total": hit_KV.any(dim=0).float().mean().item()}
 
 
+def check_finite(terms: dict, step: int, last_ckpt: str) -> None:
+    """Stop (FloatingPointError) before a non-finite loss reaches the weights, naming the step and every term."""
+    vals_T = torch.stack([t.detach().float() for t in terms.values()])
+    if not bool(torch.isfinite(vals_T).all()):
+        listing = ", ".join(f"{k}={v:.6g}" for k, v in zip(terms, vals_T.tolist()))
+        raise FloatingPointError(f"non-finite tokenizer loss at update {step}: {listing}. Training stopped before "
+                                 f"this update; last good checkpoint: {last_ckpt}")
+
+
 # ----- perceptual loss ----------------------------------------------------------------------------------------------
 
 # torchvision vgg16().features: the outputs of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (LPIPS' five taps).

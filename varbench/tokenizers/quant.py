@@ -233,6 +233,13 @@ class MultiScaleQuantizer(nn.Module):
             r_BChw.sub_(self.upsample_phi(k, self.embedding(ids_N.view(B, p, p)).permute(0, 3, 1, 2)))
         return torch.cat(out)
 
+    def dead_codes(self, threshold: float) -> torch.Tensor:
+        """Codes (D,) whose hit EMA, summed over scales, is below `threshold` x a uniform share (none before any hit)."""
+        hits_V = self.ema_vocab_hit_SV.sum(dim=0)
+        if hits_V.sum() <= 0:
+            return torch.zeros(0, dtype=torch.long, device=hits_V.device)
+        return torch.nonzero(hits_V / hits_V.sum() * self.vocab_size < threshold).flatten()
+
     @torch.no_grad()
     def restart_codes(self, codes_D: torch.Tensor, f_BChw: torch.Tensor) -> torch.Tensor:
         """Move codes `codes_D` (D,) onto distinct random rows of `search_inputs(f)` (with repeats only when D exceeds

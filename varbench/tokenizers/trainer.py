@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from varbench.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_adv_weight, evaluate_tokenizer,
-                                        hinge_d_loss)
+from varbench.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_adv_weight, check_finite,
+                                        evaluate_tokenizer, hinge_d_loss)
 from varbench.utils.checkpoint import load_object, save_atomic
 from varbench.utils.records import record
 
@@ -85,6 +85,9 @@ class TrainOptions:
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
+        for name in ("vgg_weights_path", "lpips_weights_path"):  # plain str: the options are saved in train_state.pt
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"steps, batch_size and lr must be positive, got {self.steps=}, {self.batch_size=}, "
                              f"{self.lr=}")
@@ -126,19 +129,11 @@ class StepBatches:
             yield out
 
 
-def dead_codes(quantizer, threshold: float) -> torch.Tensor:
-    """Codes (D,) whose EMA hit share, summed over scales, is below `threshold` / V (none before the first hit)."""
-    hits_V = quantizer.ema_vocab_hit_SV.sum(dim=0)
-    if hits_V.sum() <= 0:
-        return torch.zeros(0, dtype=torch.long, device=hits_V.device)
-    return torch.nonzero(hits_V / hits_V.sum() * hits_V.numel() < threshold).flatten()
-
-
 @torch.no_grad()
 def restart_dead_codes(vae, img_B3HW: torch.Tensor, threshold: float, optimizer=None) -> int:
     """Apply the dead-code rule on this batch (see the module docstring); returns how many codes moved."""
     q = vae.quantize
-    codes_D = dead_codes(q, threshold)
+    codes_D = q.dead_codes(threshold)
     if codes_D.numel():
         q.restart_codes(codes_D, vae.encode_latent(img_B3HW))
         state = optimizer.state.get(q.embedding.weight, {}) if optimizer is not None else {}
@@ -182,6 +177,8 @@ class _Parts:
         if diff:
             raise ValueError(f"cannot resume: options differ from the saved run (saved, now): {diff}; "
                              f"use another out_dir or the saved options")
+        if s["step"] > self.opt.steps:
+            raise ValueError(f"cannot resume: the saved run is at update {s['step']}, beyond steps={self.opt.steps}")
         self.vae.load_state_dict(s["model"])
         self.vae.quantize.record_hit = s["record_hit"]
         self.optim.load_state_dict(s["optimizer"])
@@ -247,15 +244,6 @@ def train_step(p: _Parts, img_B3HW: torch.Tensor, step: int, last_ckpt: str) -> 
     return terms
 
 
-def check_finite(terms: dict, step: int, last_ckpt: str) -> None:
-    """Stop (FloatingPointError) before a non-finite loss reaches the weights, naming the step and every term."""
-    vals_T = torch.stack([t.detach().float() for t in terms.values()])
-    if not bool(torch.isfinite(vals_T).all()):
-        listing = ", ".join(f"{k}={v:.6g}" for k, v in zip(terms, vals_T.tolist()))
-        raise FloatingPointError(f"non-finite tokenizer loss at update {step}: {listing}. Training stopped before "
-                                 f"this update; last good checkpoint: {last_ckpt}")
-
-
 def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_path=None, config=None,
                     **options) -> dict:
     """Train `vae` (a trainable MultiScaleVQVAE) on a Dataset of (image (3, H, W) in [-1, 1], label).
@@ -282,19 +270,23 @@ def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_pa
                              generator=torch.Generator().manual_seed(opt.seed)))
     terms, summary, t0 = {}, {"step": start}, time.perf_counter()
     bar = tqdm(total=opt.steps, initial=start, disable=not opt.progress, desc="tokenizer")
-    for step in range(start + 1, opt.steps + 1):  # `step` = the update being made (1-based)
-        img = next(loader)[0].to(device, non_blocking=True)
-        terms = train_step(p, img, step, last_ckpt)
-        bar.update(1)
-        if step % opt.log_every == 0 or step == opt.steps:
-            _log(writer, bar, p, terms, step, img.shape[0])
-        if step % opt.ckpt_every == 0 or step == opt.steps:
-            save_atomic(out_dir / STATE, obj=p.state(step))  # the resume file first: it alone must be consistent
-            save_atomic(out_dir / WEIGHTS, tensors=p.vae.state_dict())
-            last_ckpt = f"{out_dir / STATE} (update {step})"
-        if val_set is not None and opt.eval_every and step % opt.eval_every == 0 and step != opt.steps:
-            _evaluate(p, val_set, opt, device, writer, step, results_path, config)
-    bar.close()
+    try:
+        for step in range(start + 1, opt.steps + 1):  # `step` = the update being made (1-based)
+            img = next(loader)[0].to(device, non_blocking=True)
+            terms = train_step(p, img, step, last_ckpt)
+            bar.update(1)
+            if step % opt.log_every == 0 or step == opt.steps:
+                _log(writer, bar, p, terms, step, img.shape[0])
+            if step % opt.ckpt_every == 0 or step == opt.steps:
+                save_atomic(out_dir / STATE, obj=p.state(step))  # the resume file first: it alone must be consistent
+                save_atomic(out_dir / WEIGHTS, tensors=p.vae.state_dict())
+                last_ckpt = f"{out_dir / STATE} (update {step})"
+            if val_set is not None and opt.eval_every and step % opt.eval_every == 0 and step != opt.steps:
+                _evaluate(p, val_set, opt, device, writer, step, results_path, config)
+    finally:  # also on the NaN guard: flush what TensorBoard has
+        bar.close()
+        if writer is not None:
+            writer.flush()
     summary.update(step=opt.steps, checkpoint=str(out_dir / WEIGHTS), train_time_s=time.perf_counter() - t0,
                    resumed_from=start, losses={k: float(v.detach()) for k, v in terms.items()})
     if results_path is not None and opt.steps > start:

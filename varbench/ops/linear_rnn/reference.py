@@ -8,16 +8,30 @@ tests and the `reference` backend of the mixers), both taking and returning a re
 - (gated) delta rule, S_t = exp(g_t) S_{t-1}, S_t = S_t + beta_t k_t (v_t - S_t^T k_t)^T, o_t = S_t^T (scale q_t),
   with g absent (DeltaNet) or one scalar per head (Gated DeltaNet).
 
-Layout follows fla's ops: [B, T, H, D] inputs, state [B, H, K, V]. Math runs in fp32 (fp64 when the inputs are fp64);
-outputs come back in the dtype of q, states in the compute dtype.
+Layout follows fla's ops: [B, T, H, D] inputs, state [B, H, K, V]. Math runs in fp32 (fp64 when the inputs are fp64),
+also inside an autocast region; outputs come back in the dtype of q, states in the compute dtype.
 
 Shape legend: B batch, T tokens, H heads, K key dim, V value dim, N chunks, C chunk size.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
+
+
+def no_autocast(fn):
+    """Run a reference in the precision it states even inside an autocast region: autocast would silently turn its
+    matmuls and einsums into bf16 ones, while the oracle (and fla's kernels, which it stands for) accumulate in fp32."""
+
+    @functools.wraps(fn)
+    def wrapper(q, *args, **kwargs):
+        with torch.autocast(q.device.type, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return wrapper
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -50,6 +64,7 @@ def l2norm_ref(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+@no_autocast
 def gla_recurrent_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -89,6 +104,7 @@ def gla_recurrent_ref(
     return o, (S if output_final_state else None)
 
 
+@no_autocast
 def gla_chunk_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -141,6 +157,7 @@ def gla_chunk_ref(
     return o.to(out_dtype), (S if output_final_state else None)
 
 
+@no_autocast
 def delta_rule_recurrent_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -186,6 +203,7 @@ def delta_rule_recurrent_ref(
     return o, (S if output_final_state else None)
 
 
+@no_autocast
 def delta_rule_chunk_ref(
     q: torch.Tensor,
     k: torch.Tensor,

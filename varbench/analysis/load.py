@@ -1,0 +1,161 @@
+"""Measurement records (varbench.utils.records) as one pandas DataFrame, and the latest record per configuration.
+
+One row per record. Columns: metric, value, unit, every extra field of the record, the configuration columns
+(mixer, intra, depth, resolution, seed, cell_id, model), commit, device, date (UTC timestamps), source (the .jsonl
+file), and `config` / `versions` kept as object columns. A configuration column is taken from the record's own
+field when it has one (task=bench writes mixer/intra/resolution/depth as fields, with config=None) and otherwise
+derived from the resolved Hydra config the record carries.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from varbench.registry import list_options, load_option
+from varbench.utils.records import read_records
+
+log = logging.getLogger(__name__)
+
+RESERVED = ("metric", "value", "unit", "config", "commit", "device", "versions", "date")
+CONFIG_COLUMNS = ("mixer", "intra", "depth", "resolution", "seed", "cell_id")
+LEADING = ("metric", "value", "unit", "model", *CONFIG_COLUMNS, "commit", "device", "date", "source")
+INT_COLUMNS = ("depth", "resolution", "seed")
+# timings and parity depend on the GPU that ran them: the device is part of their configuration
+DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
+                "bench_error"}
+# fields besides the configuration that tell two measurements of one metric apart
+IDENTITY = {
+    "train_images_per_s": ("batch",),
+    "sample_latency_ms": ("batch", "sampler"),
+    "bench_error": ("stage", "batch", "sampler"),
+    "parity_rel_rms": ("group", "name", "backend", "dtype", "compared"),
+    "parity_error": ("group", "name", "backend", "dtype"),
+    "train_loss": ("run_dir", "step"),
+    "train_summary": ("run_dir",),
+    "sample_grid": ("run_dir", "sampler"),
+}
+QUALITY_IDENTITY = ("feature_extractor", "num_samples", "preset")
+
+
+@lru_cache(maxsize=None)
+def _short_names(group: str) -> dict:
+    """`_target_` -> registry name of a config group (experiments/<group>/<name>.yaml); None -> the null option."""
+    return {load_option(group, name).get("_target_"): name for name in list_options(group)}
+
+
+def short_name(group: str, target: str | None) -> str:
+    """The registry name of a `_target_` ("varbench.mixers.gla.GLAMixer" -> "gla"; null -> "none").
+
+    A class no YAML names any more (a renamed or removed component) keeps its class name, lower-cased, so old
+    records still get a distinct label; it is logged because it will not match the current registry names.
+    """
+    names = _short_names(group)
+    if target in names:
+        return names[target]
+    if target is None:
+        raise ValueError(f"no {group} option has a null _target_; options: {sorted(names.values())}")
+    log.warning("%s _target_ %s matches no experiments/%s/*.yaml; labelled by its class name", group, target, group)
+    return target.rsplit(".", 1)[-1].lower()
+
+
+def _choices(rec: dict) -> dict:
+    """Hydra's group choices (group -> option name) when a producer recorded them."""
+    cfg = rec.get("config") or {}
+    runtime = (cfg.get("hydra") or {}).get("runtime") or {}
+    return rec.get("choices") or cfg.get("choices") or runtime.get("choices") or {}
+
+
+def _component(rec: dict, group: str):
+    """mixer / intra of a record: its own field, else Hydra's choice, else the config's `_target_`."""
+    if isinstance(rec.get(group), str):
+        return rec[group]
+    choice = _choices(rec).get(group)
+    if choice is not None:
+        return choice
+    node = (rec.get("config") or {}).get(group)
+    return short_name(group, node.get("_target_")) if isinstance(node, dict) else None
+
+
+def _resolution(cfg: dict):
+    """Pixels per side implied by the tokenizer (varbench.build.image_size), from a config dict."""
+    tok = cfg.get("tokenizer") or {}
+    if not tok.get("patch_nums") or not tok.get("ch_mult"):
+        return None
+    return tok["patch_nums"][-1] * 2 ** (len(tok["ch_mult"]) - 1)
+
+
+def model_label(mixer, intra, depth) -> str | None:
+    """Short configuration name: VAR-d16 (attention, no intra), M-VAR-d16 (mamba2 + full), else mixer[+intra]-dN."""
+    if mixer is None or pd.isna(mixer):
+        return None
+    suffix = f"-d{int(depth)}" if depth is not None and not pd.isna(depth) else ""
+    if (mixer, intra) == ("attention", "none"):
+        return f"VAR{suffix}"
+    if (mixer, intra) == ("mamba2", "full"):
+        return f"M-VAR{suffix}"
+    return f"{mixer}{'' if intra in (None, 'none') else '+' + str(intra)}{suffix}"
+
+
+def flatten(rec: dict, source: str = "") -> dict:
+    """One record as one flat row (see the module docstring)."""
+    cfg = rec.get("config") or {}
+    row = {k: v for k, v in rec.items() if k not in RESERVED}
+    row.update(metric=rec["metric"], value=rec.get("value"), unit=rec.get("unit"), config=rec.get("config"),
+               versions=rec.get("versions"), commit=rec.get("commit"), device=rec.get("device"),
+               date=rec.get("date"), source=source)
+    row["mixer"], row["intra"] = _component(rec, "mixer"), _component(rec, "intra")
+    row["depth"] = rec.get("depth", (cfg.get("model") or {}).get("depth"))
+    row["resolution"] = rec.get("resolution", _resolution(cfg))
+    row["seed"] = rec.get("seed", cfg.get("seed"))
+    row["cell_id"] = rec.get("cell_id", cfg.get("cell_id"))
+    row["model"] = model_label(row["mixer"], row["intra"], row["depth"])
+    return row
+
+
+def load_records(path) -> pd.DataFrame:
+    """Every record of a .jsonl file, or of every .jsonl file under a folder, as a DataFrame (one row each)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no records at {path} (a .jsonl file or a folder of them)")
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    rows = [flatten(rec, str(f)) for f in files for rec in read_records(f)]
+    df = pd.DataFrame(rows, columns=None if rows else list(LEADING) + ["config", "versions"])
+    for col in (*LEADING, "config", "versions"):
+        if col not in df:
+            df[col] = None
+    df["date"] = pd.to_datetime(df["date"], utc=True, format="ISO8601")
+    for col in INT_COLUMNS:
+        df[col] = pd.to_numeric(df[col]).astype("Int64")
+    extras = sorted(c for c in df.columns if c not in LEADING and c not in ("config", "versions"))
+    log.info("loaded %d records from %d files under %s", len(df), len(files), path)
+    return df[[*LEADING, *extras, "config", "versions"]]
+
+
+def identity_columns(metric: str, df: pd.DataFrame) -> list[str]:
+    """The columns whose values make one measurement of `metric` (configuration + metric-specific fields)."""
+    fields = IDENTITY.get(metric, QUALITY_IDENTITY)
+    cols = [*CONFIG_COLUMNS, *fields] + (["device"] if metric in DEVICE_BOUND else [])
+    return [c for c in cols if c in df.columns]
+
+
+def latest(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
+    """The newest record (by date) per (metric, configuration); older repeats of a measurement are dropped.
+
+    Args:
+        df: records from `load_records`.
+        metrics: a metric name or a list of them to keep (None: all).
+    """
+    if metrics is not None:
+        df = df[df["metric"].isin([metrics] if isinstance(metrics, str) else list(metrics))]
+    parts = [g.sort_values("date", kind="stable").drop_duplicates(identity_columns(m, g), keep="last")
+             for m, g in df.groupby("metric", sort=True)]
+    return pd.concat(parts) if parts else df.iloc[:0]
+
+
+def numeric(df: pd.DataFrame, column: str = "value") -> pd.Series:
+    """A column as floats; a non-numeric entry is an error (a table must never show a number it guessed)."""
+    return pd.to_numeric(df[column], errors="raise").astype(float)

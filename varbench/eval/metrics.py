@@ -1,0 +1,239 @@
+"""Quality metrics: the Frechet distance, the ADM npz layout, and the wiring to torch-fidelity.
+
+Naming rule: a number names its feature extractor. "fid" / "inception_score" / "kid" are used only for numbers
+computed with Inception-v3 (torch-fidelity's `inception-v3-compat`, a port of the TF graph behind ADM's evaluator);
+the same formulas in any other feature space are "frechet_distance", "classifier_score", "kernel_distance"
+(`fidelity_metrics` renames torch-fidelity's keys accordingly). Nothing here downloads: Inception weights come from a
+local .pth (`inception_weights_path`), torch-fidelity's dataset downloads are switched off, its disk cache too
+(a sample folder that changes must never be answered from a stale cache).
+
+ADM npz layout (openai/guided-diffusion evaluations): `arr_0` uint8 (N, H, W, 3), optional `arr_1` labels (N,);
+reference batches (VIRTUAL_imagenet256_labeled.npz) add `mu`, `sigma` (Inception pool_3 statistics of the whole
+reference set; 2048 / 2048x2048) and `mu_s`, `sigma_s` (spatial, sFID) beside 10k reference images in `arr_0`.
+
+Shape legend: N images, D feature width, H W image side, 3 RGB.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import linalg
+from torch.utils.data import Dataset
+
+INCEPTION = "inception-v3-compat"
+# torch-fidelity's keys -> the names used for a feature space that is not Inception's
+NON_INCEPTION_KEYS = {"frechet_inception_distance": "frechet_distance", "inception_score_mean": "classifier_score_mean",
+                      "inception_score_std": "classifier_score_std", "kernel_inception_distance_mean":
+                      "kernel_distance_mean", "kernel_inception_distance_std": "kernel_distance_std"}
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+# ----- Frechet distance -------------------------------------------------------------------------------------------
+def feature_statistics(features_ND) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) of features, in float64."""
+    f = np.asarray(features_ND.detach().cpu() if torch.is_tensor(features_ND) else features_ND, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need features (N >= 2, D), got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (the TTUR / ADM formula).
+
+    When S1 S2 is near singular (fewer samples than dimensions) its square root is not finite: as TTUR and ADM do,
+    retry with eps added to both diagonals, with a warning (never silently). A small imaginary part from round-off
+    is dropped; a large one is an error."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
+        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        warnings.warn(f"frechet_distance: S1 S2 is singular; adding {eps} to the diagonals of both covariances")
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"frechet_distance: imaginary component {np.max(np.abs(covmean.imag))} in sqrtm")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+# ----- ADM npz layout ----------------------------------------------------------------------------------------------
+def save_adm_npz(path, images_NHW3: np.ndarray, labels_N: np.ndarray | None = None) -> Path:
+    """Write `arr_0` (uint8 N, H, W, 3) and, when given, `arr_1` (labels) uncompressed (so it can be memory-mapped),
+    through a temporary file and a rename."""
+    images_NHW3 = np.asarray(images_NHW3)
+    if images_NHW3.dtype != np.uint8 or images_NHW3.ndim != 4 or images_NHW3.shape[-1] != 3:
+        raise ValueError(f"arr_0 must be uint8 (N, H, W, 3), got {images_NHW3.dtype} {images_NHW3.shape}")
+    arrays = {"arr_0": images_NHW3}
+    if labels_N is not None:
+        labels_N = np.asarray(labels_N, dtype=np.int64)
+        if labels_N.shape != images_NHW3.shape[:1]:
+            raise ValueError(f"arr_1 must hold one label per image: {labels_N.shape} vs {images_NHW3.shape[:1]}")
+        arrays["arr_1"] = labels_N
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def npz_member(path, key: str) -> np.ndarray:
+    """One array of an .npz; memory-mapped when the member is stored uncompressed (50k 256 px samples are 9.8 GB),
+    read into memory when it is compressed (savez_compressed)."""
+    with zipfile.ZipFile(path) as z:
+        names = {n.removesuffix(".npy"): z.getinfo(n) for n in z.namelist()}
+        if key not in names:
+            raise KeyError(f"{path} has no array {key!r}; it holds {sorted(names)}")
+        info = names[key]
+        if info.compress_type != zipfile.ZIP_STORED:
+            return np.load(path)[key]
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)  # local file header: name and extra lengths sit at bytes 26..29
+        name_len, extra_len = np.frombuffer(f.read(4), dtype="<u2")
+        f.seek(info.header_offset + 30 + int(name_len) + int(extra_len))
+        version = np.lib.format.read_magic(f)
+        if version not in NPY_HEADER_READERS:
+            raise ValueError(f"{path}:{key}: .npy format version {version} is not supported")
+        shape, fortran, dtype = NPY_HEADER_READERS[version](f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def load_adm_npz(path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images uint8 (N, H, W, 3), labels (N,) or None) of an ADM-layout npz."""
+    with zipfile.ZipFile(path) as z:
+        has_labels = "arr_1.npy" in z.namelist()
+    return npz_member(path, "arr_0"), (np.asarray(npz_member(path, "arr_1")) if has_labels else None)
+
+
+def read_adm_reference(path) -> tuple[np.ndarray, np.ndarray]:
+    """(mu (2048,), sigma (2048, 2048)) of a reference batch such as VIRTUAL_imagenet256_labeled.npz."""
+    with np.load(path) as ref:
+        if "mu" not in ref or "sigma" not in ref:
+            raise KeyError(f"{path} is not an ADM reference batch: no mu/sigma (it holds {sorted(ref.keys())})")
+        return ref["mu"].astype(np.float64), ref["sigma"].astype(np.float64)
+
+
+class NpzImages(Dataset):
+    """The `arr_0` images of an ADM npz as torch-fidelity wants them: uint8 (3, H, W) tensors."""
+
+    def __init__(self, path):
+        self.path, self.images_NHW3 = str(path), npz_member(path, "arr_0")
+
+    def __len__(self) -> int:
+        return len(self.images_NHW3)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.ascontiguousarray(self.images_NHW3[i])).permute(2, 0, 1)
+
+
+# ----- torch-fidelity wiring ----------------------------------------------------------------------------------------
+def as_fidelity_input(source):
+    """A torch-fidelity input: a Dataset of uint8 (3, H, W) tensors, a folder of PNG/JPG files, or an ADM .npz.
+    Other strings are refused (torch-fidelity would take them as names of downloadable data sets)."""
+    if isinstance(source, Dataset):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        return str(path)
+    if path.is_file() and path.suffix == ".npz":
+        return NpzImages(path)
+    raise ValueError(f"not a Dataset, an image folder or an .npz file: {source!r}")
+
+
+def count_items(source) -> int:
+    """Number of images of a torch-fidelity input (for kid_subset_size)."""
+    if isinstance(source, Dataset):
+        return len(source)
+    return sum(1 for p in Path(source).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+def check_inception_weights(path) -> str:
+    """torch-fidelity reads the weights with torch.load(weights_only=False), which would run any pickled code: check
+    first that the file is a plain tensor state dict (read_state_dict uses weights_only=True)."""
+    from varbench.utils.checkpoint import read_state_dict
+    if path is None:
+        raise ValueError("Inception weights path is null: set it to torch-fidelity's weights-inception-2015-12-05-"
+                         "6726825d.pth (nothing is downloaded)")
+    read_state_dict(path)
+    return str(path)
+
+
+def fidelity_metrics(input1, input2=None, *, feature_extractor: str = INCEPTION, weights_path=None, device="cpu",
+                     isc=False, fid=False, kid=False, prc=False, batch_size: int = 64, **kwargs) -> dict:
+    """torch-fidelity's calculate_metrics with this project's rules: local weights only, no download, no disk cache,
+    quiet, and keys renamed away from "inception" when the extractor is not Inception (see NON_INCEPTION_KEYS).
+
+    Args:
+        input1: generated images (Dataset, folder or ADM .npz); input2: real images (needed by fid/kid/prc).
+        feature_extractor (str): a registered torch-fidelity extractor; default Inception-v3 (compat).
+        weights_path: its weights (`feature_extractor_weights_path`); required.
+        device: torch device of the feature extractor (CUDA or CPU).
+        isc, fid, kid, prc (bool): the metrics to compute.
+        **kwargs: any other calculate_metrics argument (kid_subset_size, prc_neighborhood, save_cpu_ram, ...).
+    """
+    from torch_fidelity import calculate_metrics
+    if feature_extractor == INCEPTION:
+        weights_path = check_inception_weights(weights_path)
+    elif weights_path is None:
+        raise ValueError(f"feature extractor {feature_extractor!r} needs weights_path")
+    input1 = as_fidelity_input(input1)
+    input2 = None if input2 is None else as_fidelity_input(input2)
+    if kid and "kid_subset_size" not in kwargs:  # torch-fidelity's default (1000) fails on smaller sets
+        kwargs["kid_subset_size"] = min(1000, count_items(input1), count_items(input2))
+    out = calculate_metrics(input1=input1, input2=input2, cuda=torch.device(device).type == "cuda", isc=isc, fid=fid,
+                            kid=kid, prc=prc, feature_extractor=feature_extractor,
+                            feature_extractor_weights_path=str(weights_path), batch_size=batch_size, cache=False,
+                            datasets_download=False, verbose=kwargs.pop("verbose", False), **kwargs)
+    if feature_extractor != INCEPTION:
+        out = {NON_INCEPTION_KEYS.get(k, k): v for k, v in out.items()}
+    return out
+
+
+def inception_features(source, weights_path, device="cpu", batch_size: int = 64, save_cpu_ram: bool = False) -> dict:
+    """Inception-v3 (compat) pool_3 features '2048' (N, 2048) and 'logits_unbiased' (N, 1008) of an input."""
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+    from torch_fidelity.utils import prepare_input_from_descriptor
+    cuda = torch.device(device).type == "cuda"
+    extractor = create_feature_extractor(INCEPTION, ["2048", "logits_unbiased"], cuda=cuda, verbose=False,
+                                         feature_extractor_weights_path=check_inception_weights(weights_path))
+    dataset = prepare_input_from_descriptor({"input": as_fidelity_input(source)}, verbose=False)
+    return get_featuresdict_from_dataset(dataset, extractor, batch_size, cuda, save_cpu_ram, verbose=False)
+
+
+def fid_against_adm_reference(sample_npz, ref_npz, inception_weights_path, device="cpu", batch_size: int = 64) -> float:
+    """FID of an ADM-layout sample npz against the reference statistics (mu, sigma) stored in `ref_npz`
+    (VIRTUAL_imagenet256_labeled.npz: statistics of the whole ImageNet train set, as ADM's evaluator uses them)."""
+    return adm_reference_metrics(sample_npz, ref_npz, inception_weights_path, device, batch_size,
+                                 isc=False, prc=False)["fid"]
+
+
+def adm_reference_metrics(sample_npz, ref_npz, inception_weights_path, device="cpu", batch_size: int = 64,
+                          isc: bool = True, prc: bool = True, save_cpu_ram: bool = False) -> dict:
+    """ADM's evaluation on one feature pass over the samples: FID against the reference mu/sigma, Inception Score
+    (10 splits, as ADM's 5000-image splits of 50k) and precision / recall (k = 3) against the 10k reference images.
+    Keys: fid, inception_score, inception_score_std, precision, recall."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+    mu_ref, sigma_ref = read_adm_reference(ref_npz)
+    feats = inception_features(sample_npz, inception_weights_path, device, batch_size, save_cpu_ram)
+    out = {"fid": frechet_distance(*feature_statistics(feats["2048"]), mu_ref, sigma_ref)}
+    if isc:
+        scores = isc_features_to_metric(feats["logits_unbiased"], splits=10)
+        out.update(inception_score=scores["inception_score_mean"], inception_score_std=scores["inception_score_std"])
+    if prc:
+        ref = inception_features(ref_npz, inception_weights_path, device, batch_size, save_cpu_ram)["2048"]
+        pr = prc_features_to_metric(feats["2048"], ref, save_cpu_ram=save_cpu_ram, verbose=False)
+        out.update(precision=pr["precision"], recall=pr["recall"])
+    return out

@@ -1,0 +1,153 @@
+"""Evaluation-grade sampling: N images per class as PNGs, resumable, then one npz in the ADM evaluation layout.
+
+Layout on disk (`out_dir`):
+    images/{class:04d}_{i:03d}.png   one file per image (written atomically: a killed run never leaves half a PNG)
+    manifest.json                    the settings the images were drawn with; a resume with other settings is refused
+    samples.npz                      `arr_0` uint8 (N, H, W, 3) and `arr_1` int64 labels (N,), class-major order:
+                                     the layout of openai/guided-diffusion's evaluations (its evaluator reads arr_0)
+
+Determinism. Images are drawn in fixed batches of the class-major list (class 0 images 0..per_class-1, class 1 ...):
+batch b holds items [b * batch_size, (b + 1) * batch_size). Each batch has its own generator, seeded from
+(seed, class, index) of its first item, so batch b is the same whatever ran before it. A resumed run regenerates
+only the batches with a missing PNG and gets the same images as an uninterrupted run (the manifest pins
+batch_size, because a batch's composition changes its random draws).
+
+Shape legend: N images, B batch, H W image side, 3 RGB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from varbench.eval.metrics import save_adm_npz
+
+
+@dataclass(frozen=True)
+class SamplingPreset:
+    """Arguments of `ScaleAR.generate` that define a sampling setting (cfg is ramped over scales by generate)."""
+
+    cfg: float
+    top_k: int
+    top_p: float
+    more_smooth: bool
+
+
+PRESETS = {
+    # VAR's FID setting (README, M-VAR README): cfg 1.5 ramped linearly over scales, top-k 900, top-p 0.96
+    "eval": SamplingPreset(cfg=1.5, top_k=900, top_p=0.96, more_smooth=False),
+    # VAR's demo / visualisation setting: stronger guidance and Gumbel-smoothed codes; never for metrics
+    "vis": SamplingPreset(cfg=4.0, top_k=900, top_p=0.95, more_smooth=True),
+}
+
+
+def resolve_preset(preset) -> SamplingPreset:
+    """A preset name ("eval" | "vis") or a SamplingPreset."""
+    if isinstance(preset, SamplingPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown sampling preset {preset!r}; valid: {sorted(PRESETS)} (or a SamplingPreset)")
+    return PRESETS[preset]
+
+
+def image_seed(seed: int, label: int, index: int) -> int:
+    """A 63-bit seed that is a pure function of (seed, class, index) (SeedSequence mixes the three)."""
+    state = np.random.SeedSequence([int(seed), int(label), int(index)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def png_path(out_dir: Path, label: int, index: int) -> Path:
+    return Path(out_dir) / "images" / f"{label:04d}_{index:03d}.png"
+
+
+def to_uint8(images_B3HW: torch.Tensor) -> np.ndarray:
+    """[0, 1] floats -> uint8 (B, H, W, 3), rounded as torchvision's save_image and VAR's sample script do."""
+    x = images_B3HW.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_png(path: Path, img_HW3: np.ndarray) -> None:
+    """Write through a temporary name and rename, so a PNG on disk is always complete."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    Image.fromarray(img_HW3).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def check_manifest(out_dir: Path, settings: dict) -> None:
+    """Write the manifest on a fresh run; on a resume, refuse settings that differ from the stored ones."""
+    path = Path(out_dir) / "manifest.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored != settings:
+            diff = {k: (stored.get(k), settings.get(k)) for k in set(stored) | set(settings)
+                    if stored.get(k) != settings.get(k)}
+            raise ValueError(f"{out_dir} holds samples drawn with other settings (stored, asked): {diff}; "
+                             f"use another out_dir or delete it")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1))
+
+
+def batches(num_classes: int, per_class: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """The fixed batches of (class, index) pairs, class-major."""
+    items = [(c, i) for c in range(num_classes) for i in range(per_class)]
+    return [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+
+
+@torch.no_grad()
+def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int, batch_size: int = 25,
+                    preset="eval", seed: int = 0, device="cpu", *, sampler: str = "carry") -> dict:
+    """Draw `per_class` images of each of the first `num_classes` classes; skip batches already on disk.
+
+    Args:
+        model: a ScaleAR (eval mode); tokenizer: its multi-scale VQ-VAE, on `device`.
+        out_dir: folder of the run's samples (see the module docstring for its layout).
+        num_classes, per_class (int): classes 0 .. num_classes - 1, per_class images each (per_class <= 1000).
+        batch_size (int): images per generate call (pinned by the manifest: it changes the draws).
+        preset: "eval" (VAR's FID setting), "vis" or a SamplingPreset.
+        seed (int): base seed; image i of class c comes from a batch seeded by (seed, class, index) of its first item.
+        device: where to sample.
+        sampler (str): "carry" or "prefix_rerun" (see ScaleAR.generate).
+
+    Returns: {"npz": path, "images": N, "generated": images drawn by this call, "skipped": images found on disk}.
+    """
+    if not 1 <= per_class <= 1000:
+        raise ValueError(f"per_class must be in [1, 1000] (3-digit file index), got {per_class}")
+    if not 1 <= num_classes <= model.num_classes:
+        raise ValueError(f"num_classes must be in [1, {model.num_classes}] for this model, got {num_classes}")
+    out_dir, device, p = Path(out_dir), torch.device(device), resolve_preset(preset)
+    settings = {"num_classes": num_classes, "per_class": per_class, "batch_size": batch_size, "seed": seed,
+                "sampler": sampler, **asdict(p)}
+    check_manifest(out_dir, settings)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    generated = skipped = 0
+    for batch in batches(num_classes, per_class, batch_size):
+        missing = [item for item in batch if not png_path(out_dir, *item).is_file()]
+        skipped += len(batch) - len(missing)
+        if not missing:
+            continue
+        generator = torch.Generator(device).manual_seed(image_seed(seed, *batch[0]))
+        labels_B = torch.tensor([c for c, _ in batch], device=device)
+        out = model.generate(tokenizer, labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
+                             more_smooth=p.more_smooth, generator=generator, sampler=sampler)
+        for item, img_HW3 in zip(batch, to_uint8(out.images)):
+            if item in missing:  # images on disk stay untouched (they are identical anyway)
+                write_png(png_path(out_dir, *item), img_HW3)
+                generated += 1
+    npz = pack_npz(out_dir, num_classes, per_class)
+    return {"npz": str(npz), "images": num_classes * per_class, "generated": generated, "skipped": skipped}
+
+
+def pack_npz(out_dir, num_classes: int, per_class: int) -> Path:
+    """Read every PNG back (so the npz is exactly what is on disk) into `out_dir/samples.npz`."""
+    out_dir = Path(out_dir)
+    items = [(c, i) for c in range(num_classes) for i in range(per_class)]
+    images_NHW3 = np.stack([np.asarray(Image.open(png_path(out_dir, c, i)).convert("RGB")) for c, i in items])
+    labels_N = np.array([c for c, _ in items], dtype=np.int64)
+    return save_adm_npz(out_dir / "samples.npz", images_NHW3, labels_N)
