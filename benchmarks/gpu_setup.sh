@@ -1,5 +1,6 @@
 # Source this on the lent GPU machine: installs the kernel wheels carried in .whl/ (no index) and puts the
 # travelled tree on PYTHONPATH. Usage: . benchmarks/gpu_setup.sh
+# Records name the commit: before the device call run `git rev-parse HEAD > .commit` and carry [".whl", ".commit"].
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}

@@ -25,7 +25,9 @@ def git_commit() -> str:
                                text=True, check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("VARBENCH_COMMIT", "unknown")
+        # a copied tree without .git (the lent GPU machine): `git rev-parse HEAD > .commit` before copying
+        stamp = REPO / ".commit"
+        return stamp.read_text().strip() + "+copy" if stamp.is_file() else os.environ.get("VARBENCH_COMMIT", "unknown")
 
 
 def device_name(device=None) -> str:
