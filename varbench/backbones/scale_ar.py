@@ -179,12 +179,9 @@ class ScaleAR(nn.Module):
             logits_BlV = guide(self.logits(x_2BlC, cond_2BD), cfg_ramp(cfg, k, K))
             if return_logits:
                 all_logits.append(logits_BlV)
-            p = layout.patch_nums[k]
-            if forced_ids is not None:
-                ids_Bl = forced_ids[k]
-            else:
-                ids_Bl = sample_ids(logits_BlV, top_k, top_p, generator)
-            if more_smooth and forced_ids is None:
+            ids_Bl = forced_ids[k] if forced_ids is not None else sample_ids(logits_BlV, top_k, top_p, generator)
+            if more_smooth and forced_ids is None:  # VAR draws the hard ids first, then the Gumbel noise
+                p = layout.patch_nums[k]
                 h_BlCv = gumbel_soft_codes(logits_BlV, tokenizer.quantize.embedding.weight, k, K, generator)
                 h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, self.latent_dim, p, p)
             else:
