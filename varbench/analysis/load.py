@@ -1,16 +1,17 @@
 """Measurement records (varbench.utils.records) as one pandas DataFrame, and the latest record per configuration.
 
 One row per record. Columns: metric, value, unit, every extra field of the record, the configuration columns
-(mixer, intra, depth, resolution, seed, cell_id, model), commit, device, date (UTC timestamps), source (the .jsonl
-file), and `config` / `versions` kept as object columns. A configuration column is taken from the record's own
-field when it has one (task=bench writes mixer/intra/resolution/depth as fields, with config=None) and otherwise
-derived from the resolved Hydra config the record carries.
+(mixer, intra, depth, resolution, seed, cell_id, and `model`, a label such as "VAR-d16"), commit, device, date
+(UTC timestamps), source (the .jsonl file), and `config` / `versions` kept as object columns. A configuration
+column is taken from the record's own field when it has one (task=bench writes mixer/intra/resolution/depth as
+fields, with config=None), else from Hydra's choices when recorded, else from the resolved config it carries
+(mixer/intra from `_target_`, depth from model.depth, resolution from the tokenizer's schedule).
 """
 
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,11 @@ RESERVED = ("metric", "value", "unit", "config", "commit", "device", "versions",
 CONFIG_COLUMNS = ("mixer", "intra", "depth", "resolution", "seed", "cell_id")
 LEADING = ("metric", "value", "unit", "model", *CONFIG_COLUMNS, "commit", "device", "date", "source")
 INT_COLUMNS = ("depth", "resolution", "seed")
+# extra fields the tables and figures read: always present (missing values where no record has them), so that a
+# partial records folder gives a partial table instead of a KeyError
+KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "peak_mem_bytes", "feature_extractor",
+                "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
+                "stage", "synthetic")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error"}
@@ -38,10 +44,13 @@ IDENTITY = {
     "train_summary": ("run_dir",),
     "sample_grid": ("run_dir", "sampler"),
 }
-QUALITY_IDENTITY = ("feature_extractor", "num_samples", "preset")
+QUALITY_METRICS = ("fid", "embedded_fd", "inception_score", "precision", "recall", "class_accuracy")
+IDENTITY.update({m: ("feature_extractor", "num_samples", "preset") for m in QUALITY_METRICS})
+# tokenizer evaluations: the newest per split is the final one
+IDENTITY.update({m: ("split",) for m in ("psnr", "ssim", "codebook_usage", "codebook_usage_total")})
 
 
-@lru_cache(maxsize=None)
+@cache
 def _short_names(group: str) -> dict:
     """`_target_` -> registry name of a config group (experiments/<group>/<name>.yaml); None -> the null option."""
     return {load_option(group, name).get("_target_"): name for name in list_options(group)}
@@ -112,6 +121,8 @@ def flatten(rec: dict, source: str = "") -> dict:
     row["resolution"] = rec.get("resolution", _resolution(cfg))
     row["seed"] = rec.get("seed", cfg.get("seed"))
     row["cell_id"] = rec.get("cell_id", cfg.get("cell_id"))
+    if "model" in row:  # the label below owns the name; a producer's own `model` field is kept beside it
+        row["model_field"] = row.pop("model")
     row["model"] = model_label(row["mixer"], row["intra"], row["depth"])
     return row
 
@@ -124,7 +135,7 @@ def load_records(path) -> pd.DataFrame:
     files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
     rows = [flatten(rec, str(f)) for f in files for rec in read_records(f)]
     df = pd.DataFrame(rows, columns=None if rows else list(LEADING) + ["config", "versions"])
-    for col in (*LEADING, "config", "versions"):
+    for col in (*LEADING, *KNOWN_FIELDS, "config", "versions"):
         if col not in df:
             df[col] = None
     df["date"] = pd.to_datetime(df["date"], utc=True, format="ISO8601")
@@ -137,7 +148,7 @@ def load_records(path) -> pd.DataFrame:
 
 def identity_columns(metric: str, df: pd.DataFrame) -> list[str]:
     """The columns whose values make one measurement of `metric` (configuration + metric-specific fields)."""
-    fields = IDENTITY.get(metric, QUALITY_IDENTITY)
+    fields = IDENTITY.get(metric, ())
     cols = [*CONFIG_COLUMNS, *fields] + (["device"] if metric in DEVICE_BOUND else [])
     return [c for c in cols if c in df.columns]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -77,14 +78,16 @@ def batches_forever(dataset, batch_size: int, seed: int):
         yield from DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)
 
 
-def train_classifier(train_set, num_classes: int, image_size: int, steps: int = 300, batch_size: int = 64,
+def train_classifier(train_set, num_classes: int, image_size: int, steps: int = 200, batch_size: int = 32,
                      lr: float = 3e-3, width: int = 32, seed: int = 0, device="cpu") -> Classifier:
-    """AdamW with a cosine schedule, random horizontal flips (class identity of the shapes does not depend on
+    """AdamW with warm-up and a cosine schedule, random horizontal flips (class identity of the shapes does not depend on
     orientation). Items of `train_set` are (image (3, H, W) in [-1, 1], label)."""
     torch.manual_seed(seed)
     model = Classifier(num_classes, image_size, width).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then cosine to zero
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     data = batches_forever(train_set, batch_size, seed)
     for _ in range(steps):
         x_B3HW, y_B = (t.to(device) for t in next(data))

@@ -114,7 +114,7 @@ def load_adm_npz(path) -> tuple[np.ndarray, np.ndarray | None]:
     """(images uint8 (N, H, W, 3), labels (N,) or None) of an ADM-layout npz."""
     with zipfile.ZipFile(path) as z:
         has_labels = "arr_1.npy" in z.namelist()
-    return npz_member(path, "arr_0"), (np.asarray(npz_member(path, "arr_1")) if has_labels else None)
+    return npz_member(path, "arr_0"), (np.array(npz_member(path, "arr_1")) if has_labels else None)
 
 
 def read_adm_reference(path) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +135,7 @@ class NpzImages(Dataset):
         return len(self.images_NHW3)
 
     def __getitem__(self, i):
-        return torch.from_numpy(np.ascontiguousarray(self.images_NHW3[i])).permute(2, 0, 1)
+        return torch.from_numpy(np.array(self.images_NHW3[i])).permute(2, 0, 1)  # a copy: memmaps are read-only
 
 
 # ----- torch-fidelity wiring ----------------------------------------------------------------------------------------
@@ -223,10 +223,13 @@ def adm_reference_metrics(sample_npz, ref_npz, inception_weights_path, device="c
                           isc: bool = True, prc: bool = True, save_cpu_ram: bool = False) -> dict:
     """ADM's evaluation on one feature pass over the samples: FID against the reference mu/sigma, Inception Score
     (10 splits, as ADM's 5000-image splits of 50k) and precision / recall (k = 3) against the 10k reference images.
-    Keys: fid, inception_score, inception_score_std, precision, recall."""
+    Keys: fid, inception_score, inception_score_std, precision, recall. save_cpu_ram: no DataLoader workers."""
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
     mu_ref, sigma_ref = read_adm_reference(ref_npz)
+    side, ref_side = npz_member(sample_npz, "arr_0").shape[1:3], npz_member(ref_npz, "arr_0").shape[1:3]
+    if side != ref_side:  # Inception resizes anything to 299 px, so a wrong resolution would pass unnoticed
+        raise ValueError(f"samples are {side} px but the reference batch {ref_npz} is {ref_side} px")
     feats = inception_features(sample_npz, inception_weights_path, device, batch_size, save_cpu_ram)
     out = {"fid": frechet_distance(*feature_statistics(feats["2048"]), mu_ref, sigma_ref)}
     if isc:
@@ -234,6 +237,8 @@ def adm_reference_metrics(sample_npz, ref_npz, inception_weights_path, device="c
         out.update(inception_score=scores["inception_score_mean"], inception_score_std=scores["inception_score_std"])
     if prc:
         ref = inception_features(ref_npz, inception_weights_path, device, batch_size, save_cpu_ram)["2048"]
-        pr = prc_features_to_metric(feats["2048"], ref, save_cpu_ram=save_cpu_ram, verbose=False)
+        # always the chunked variant (same numbers): the full one holds an N x N distance matrix, 10 GB for 50k
+        device_feats = [f.to(device) for f in (feats["2048"], ref)]
+        pr = prc_features_to_metric(*device_feats, save_cpu_ram=True, verbose=False)
         out.update(precision=pr["precision"], recall=pr["recall"])
     return out

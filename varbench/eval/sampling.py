@@ -102,7 +102,8 @@ def batches(num_classes: int, per_class: int, batch_size: int) -> list[list[tupl
 
 @torch.no_grad()
 def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int, batch_size: int = 25,
-                    preset="eval", seed: int = 0, device="cpu", *, sampler: str = "carry") -> dict:
+                    preset="eval", seed: int = 0, device="cpu", *, sampler: str = "carry",
+                    tag: dict | None = None) -> dict:
     """Draw `per_class` images of each of the first `num_classes` classes; skip batches already on disk.
 
     Args:
@@ -114,6 +115,7 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
         seed (int): base seed; image i of class c comes from a batch seeded by (seed, class, index) of its first item.
         device: where to sample.
         sampler (str): "carry" or "prefix_rerun" (see ScaleAR.generate).
+        tag (dict, Optional): more settings the images depend on (e.g. the checkpoint), pinned by the manifest.
 
     Returns: {"npz": path, "images": N, "generated": images drawn by this call, "skipped": images found on disk}.
     """
@@ -123,7 +125,7 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
         raise ValueError(f"num_classes must be in [1, {model.num_classes}] for this model, got {num_classes}")
     out_dir, device, p = Path(out_dir), torch.device(device), resolve_preset(preset)
     settings = {"num_classes": num_classes, "per_class": per_class, "batch_size": batch_size, "seed": seed,
-                "sampler": sampler, **asdict(p)}
+                "sampler": sampler, **asdict(p), **(tag or {})}
     check_manifest(out_dir, settings)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     generated = skipped = 0

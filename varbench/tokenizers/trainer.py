@@ -2,11 +2,14 @@
 
 One update: recon, vq = vae(img) (VAR's training forward: straight-through f_hat, vq loss = mean over scales of
 beta * MSE(f_hat.detach(), f) + MSE(f_hat, f.detach())); loss = l1 * |recon - img| + l2 * (recon - img)^2
-[+ perceptual * LPIPS] + vq [+ adv * lambda * hinge generator loss]. L1 + L2 together: L2 gives PSNR, L1 keeps edges
-sharp at no cost (taming uses L1 + LPIPS; with no perceptual weights at hand the pair is the better default).
+[+ perceptual * LPIPS] + vq [+ adv * lambda * hinge generator loss]. L1 + L2 together: L2 is what PSNR measures,
+L1 weighs small errors more (less blur); in a one-seed sweep dropping either collapsed the codebook. (taming uses
+L1 + LPIPS; LPIPS needs weights on disk, so it is opt-in.)
 A PatchGAN (hinge) joins after `adv_start` updates, with taming's adaptive lambda when `adaptive_adv`.
 
-Dead-code restart: every `dead_code_every` updates, a code whose hit share (the model's hit EMA
+Codebook: before the first update every code moves onto a random vector that the code search sees on the first
+batch (`data_init_codebook`; VAR's N(0, 1) init leaves most codes far from the encoder's outputs). Dead-code
+restart: every `dead_code_every` updates, a code whose hit share (the model's hit EMA
 `ema_vocab_hit_SV`, ~100-update window, summed over scales) is below `dead_code_threshold` times the uniform share
 1/V is moved onto a random vector that the code search saw on the current batch (an area-downsampled residual of
 some scale; the encoder latent itself at scale 0), and its Adam moments are zeroed.

@@ -1,0 +1,96 @@
+"""The sweeper of `experiments/grid/*.yaml` (`hydra/sweeper: grid`): Hydra's basic sweeper (the cartesian product of
+`params`, command-line overrides win) plus
+
+- `cells`: extra cells, each a dict of overrides that replaces those keys of the product (e.g. the M-VAR cell
+  `{mixer: mamba2, intra: full}` beside a sweep of every mixer with intra none); duplicates are dropped;
+- skip: a cell whose `done.json` exists under results_dir is not launched (on Slurm: not submitted);
+- `+dry_run=true`: print every cell (index, cell id, status, overrides) and launch nothing;
+- a summary at the end, and an error after the whole sweep when a cell failed (each failure is in
+  `<results_dir>/cells/<cell_id>/failed.json`; run_cell records it without stopping the other cells).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from omegaconf import OmegaConf
+
+from varbench import grid
+
+
+class GridSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
+                 cells: Optional[List[Dict[str, Any]]] = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.cells = [] if cells is None else [dict(c) for c in cells]
+
+    def expand(self, arguments: List[str]) -> List[List[str]]:
+        """Every cell's override list: the product of params (+ arguments), then each extra cell, deduplicated."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        params = {str(k): str(v) for k, v in (self.params or {}).items()}
+        variants = [params] + [{**params, **{str(k): _as_override(v) for k, v in cell.items()}} for cell in self.cells]
+        jobs, seen = [], set()
+        for variant in variants:
+            conf = [f"{k}={v}" for k, v in variant.items()] + list(arguments)
+            for batch in self.split_arguments(parser.parse_overrides(conf), None):
+                for job in batch:
+                    cid = grid.cell_id(job)
+                    if cid not in seen:
+                        seen.add(cid)
+                        jobs.append(job)
+        return jobs
+
+    def sweep(self, arguments: List[str]) -> Any:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        results_dir = self.config.results_dir
+        jobs = self.expand(arguments)
+        plan = [(job, grid.cell_id(job)) for job in jobs]
+        states = {cid: grid.status(results_dir, cid) for _, cid in plan}
+        print(f"[grid] {len(plan)} cells, results under {results_dir}/cells/<cell_id>:")
+        for i, (job, cid) in enumerate(plan):
+            print(f"[grid] #{i:<3} {cid}  {states[cid]:<8}  {' '.join(grid.identity_overrides(job))}")
+        if self.config.get("dry_run", False):
+            print("[grid] dry run: nothing launched")
+            return []
+        todo = [job for job, cid in plan if states[cid] != "complete"]
+        print(f"[grid] launching {len(todo)} cells ({len(plan) - len(todo)} complete, skipped)")
+        returns = []
+        if todo:
+            self.overrides = list(self.split_overrides_to_chunks(todo, self.max_batch_size))
+            self.batch_index, initial_job_idx = 0, 0
+            from pathlib import Path
+            sweep_dir = Path(self.config.hydra.sweep.dir)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            while not self.is_done():
+                batch = self.get_job_batch()
+                self.validate_batch_is_legal(batch)  # a config error is the user's, not a cell's: fail before launching
+                results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+                initial_job_idx += len(batch)
+                returns.append(results)
+        self._summarise(plan, [r for batch in returns for r in batch])
+        return returns
+
+    def _summarise(self, plan: Sequence, results: Sequence) -> None:
+        results_dir = self.config.results_dir
+        crashed = [r for r in results if r.status == JobStatus.FAILED]  # raised outside run_cell's recording
+        failed = [cid for _, cid in plan if grid.status(results_dir, cid) == "failed"]
+        done = sum(grid.status(results_dir, cid) == "complete" for _, cid in plan)
+        print(f"[grid] done: {done}/{len(plan)} cells complete, {len(failed)} failed")
+        if failed or crashed:
+            lines = [f"{cid}: see {grid.cell_dir(results_dir, cid) / 'failed.json'}" for cid in failed]
+            lines += [f"job {' '.join(r.overrides)}: {r._return_value!r}" for r in crashed]
+            raise RuntimeError(f"{len(failed) + len(crashed)} of {len(plan)} grid cells failed (the others ran):\n"
+                               + "\n".join(lines))
+
+
+def _as_override(value: Any) -> str:
+    """A YAML value of an extra cell as an override value string (lists in Hydra's [a,b] syntax)."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_as_override(v) for v in value) + "]"
+    return str(value)

@@ -1,0 +1,184 @@
+"""varbench.analysis and task=report on the fixture records (tests/fixtures/records: real H100 lines copied from
+results/gpu, plus synthetic lines marked `"synthetic": true` for metrics with no real record yet).
+
+Expected numbers are read from the fixture lines themselves, never typed: a table must show the recorded value."""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from varbench.analysis import (
+    latest,
+    load_records,
+    main_table,
+    mixer_ablation,
+    parity_table,
+    quality_label,
+    quality_vs_flops,
+    resolution_scaling,
+    sample_grids,
+    speed_memory_vs_resolution,
+    training_curves,
+    write_table,
+)
+from varbench.analysis.load import LEADING, flatten, short_name
+from varbench.registry import CONFIG_ROOT
+from varbench.tasks import run_task
+from varbench.tasks.report import FIGURES, TABLES, build_report
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "records"
+NOTEBOOKS = sorted((REPO / "analysis").glob("*.py"))
+
+
+def raw(**match) -> list[dict]:
+    """The fixture lines whose fields equal `match`, in file order."""
+    lines = [json.loads(ln) for f in sorted(FIXTURE.rglob("*.jsonl")) for ln in f.read_text().splitlines() if ln]
+    return [r for r in lines if all(r.get(k) == v for k, v in match.items())]
+
+
+def real_one(**match) -> dict:
+    (rec,) = [r for r in raw(**match) if not r.get("synthetic")]
+    return rec
+
+
+@pytest.fixture(scope="module")
+def df():
+    return load_records(FIXTURE)
+
+
+def test_every_record_is_one_row_with_the_flat_columns(df):
+    assert len(df) == len(raw())
+    assert set(LEADING) <= set(df.columns) and {"config", "versions", "mfu", "batch", "cell_id"} <= set(df.columns)
+    bench = df[(df["metric"] == "train_images_per_s") & df["synthetic"].ne(True)]
+    assert set(bench["model"]) == {"VAR-d16", "deltanet-d16"} and set(bench["resolution"]) == {256}
+    # an evaluation record names its mixer only through config.mixer._target_ and its size through the config
+    (row,) = df[(df["metric"] == "fid") & (df["cell_id"] == "in256-d16-deltanet-none-s1")].itertuples()
+    assert (row.mixer, row.intra, row.depth, row.resolution, row.seed) == ("deltanet", "none", 16, 256, 1)
+    assert row.config["mixer"]["_target_"].endswith("DeltaNetMixer")
+
+
+def test_short_names_come_from_the_registry():
+    assert short_name("mixer", "varbench.mixers.gla.GLAMixer") == "gla"
+    assert short_name("intra", "varbench.intra.full.IntraScaleAttention") == "full"
+    assert short_name("intra", None) == "none"
+    config = {"mixer": {"_target_": "varbench.mixers.attention.BlockCausalAttention"}, "intra": {"_target_": None}}
+    assert (flatten({"metric": "m", "config": config})["model"]) == "VAR"
+    chosen = flatten({"metric": "m", "config": config, "choices": {"mixer": "gla"}, "model": "var_d16"})
+    assert (chosen["mixer"], chosen["intra"], chosen["model_field"]) == ("gla", "none", "var_d16")  # Hydra's choice
+
+
+def test_latest_keeps_the_newest_measurement(df):
+    train = latest(df, "train_images_per_s")
+    var = train[(train["model"] == "VAR-d16") & (train["resolution"] == 256)]
+    assert list(var["value"]) == [real_one(metric="train_images_per_s", mixer="attention")["value"]]
+    assert len(raw(metric="train_images_per_s", mixer="attention", resolution=256)) == 2  # the older one is dropped
+
+
+def test_main_table_shows_the_recorded_numbers(df, tmp_path):
+    table = main_table(df)
+    train = real_one(metric="train_images_per_s", mixer="attention")
+    b1 = real_one(metric="sample_latency_ms", mixer="attention", batch=1)
+    row = table.loc[("VAR-d16", 256)]
+    assert row["Train img/s (b32)"] == train["value"] and row["MFU (b32)"] == train["mfu"]
+    assert row["Latency b1 (ms)"] == b1["value"]
+    assert row["Params"] == train["params"] and row["Fwd GFLOPs/img"] == train["fwd_flops_per_image"] * 1e-9
+    assert row["State (bytes/img)"] == real_one(metric="state_bytes_per_image", mixer="attention")["value"]
+    fids = [r["value"] for r in raw(metric="fid") if r["cell_id"].startswith("in256-d16-attention")]
+    assert row["FID (Inception, 50k)"] == pytest.approx(statistics.mean(fids), rel=1e-12)  # a mean: round-off
+    assert table.attrs["device"] == train["device"]
+    md = write_table(table, tmp_path, "main_table", "Main")[0].read_text()
+    assert f"| {train['value']:.1f} " in md and f"| {b1['value']:.1f} " in md
+
+
+def test_an_embedded_metric_never_lands_in_a_fid_column(df):
+    table = main_table(df)
+    fid_columns = [c for c in table.columns if c.startswith("FID")]
+    assert fid_columns == ["FID (Inception, 50k)", "FID (Inception, 50k) std"]
+    embedded = [c for c in table.columns if "embedded classifier" in c]
+    assert embedded and all(c.startswith(("FD ", "Class acc. ")) for c in embedded)
+    assert table.loc[("VAR-d4", 64), fid_columns].isna().all()  # the embedded grid has FDs, never a FID
+    assert quality_label("embedded_fd", "inception-v3").startswith("FD (")
+    assert quality_label("fid", "embedded classifier (varbench)").startswith("FD (embedded classifier")
+
+
+def test_mixer_ablation_mean_and_std_over_seeds(df):
+    table = mixer_ablation(df)
+    fds = [r["value"] for r in raw(metric="embedded_fd") if r["cell_id"].startswith("emb64-d4-gla")]
+    row = table.loc[("gla", "none", 4, 64)]
+    col = "FD (embedded classifier, 1k)"
+    assert row[col] == pytest.approx(statistics.mean(fds), rel=1e-12)
+    assert row[f"{col} std"] == pytest.approx(statistics.stdev(fds), rel=1e-12)
+    assert row["Seeds"] == len(fds)
+    mvar = real_one(metric="state_bytes_per_image", mixer="mamba2")
+    assert table.loc[("mamba2", "full", 16, 256), "State (bytes/img)"] == mvar["value"]
+
+
+def test_resolution_scaling_ratio_and_errors(df):
+    table = resolution_scaling(df)
+    kv = real_one(metric="state_bytes_per_image", mixer="attention")["value"]
+    delta = real_one(metric="state_bytes_per_image", mixer="deltanet")["value"]
+    assert table.loc[("deltanet-d16", 256), "State / KV cache"] == delta / kv
+    assert table.loc[("VAR-d16", 256), "State / KV cache"] == 1.0
+    (err,) = raw(metric="bench_error")
+    assert err["error"] in table.loc[("deltanet-d16", 512), "Bench error"]
+
+
+def test_parity_table_reports_the_worst_error(df):
+    table = parity_table(df)
+    bf16 = [r for r in raw(metric="parity_rel_rms", name="attention") if r["dtype"] == "torch.bfloat16"]
+    worst = max(bf16, key=lambda r: r["value"])
+    row = table.loc[("mixer", "attention", "flex", "bf16")]
+    assert (row["Worst rel RMS"], row["Worst at"], row["Checks"]) == (worst["value"], worst["compared"], len(bf16))
+    assert "fp32" in table.loc[("mixer", "deltanet", "fla", "fp32"), "Error"]
+
+
+def test_report_regenerates_every_table_and_figure(tmp_path):
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["task=report", f"results_dir={FIXTURE}",
+                                                       f"task.out_dir={tmp_path}"])
+    paths = run_task(cfg)
+    expected = {f"{n}.{e}" for n in TABLES for e in ("md", "tex")} | {f"{n}.png" for n in FIGURES} | {"README.md"}
+    assert set(paths) == expected
+    assert all(Path(p).stat().st_size > 0 for p in paths.values())
+    readme = (tmp_path / "README.md").read_text()
+    assert f"from {len(raw())} records" in readme and "synthetic" in readme
+    assert all(name in readme for name in expected - {"README.md"})
+
+
+def test_missing_records_skip_a_figure_and_say_why(tmp_path, caplog):
+    only_parity = load_records(FIXTURE / "parity_h100_real.jsonl")
+    with caplog.at_level(logging.WARNING):
+        drawn = [f(only_parity, tmp_path / "x.png") for f in (quality_vs_flops, speed_memory_vs_resolution,
+                                                             training_curves, sample_grids)]
+    assert drawn == [None] * 4 and not (tmp_path / "x.png").exists()
+    assert "train_loss" in caplog.text and "sample_grid" in caplog.text and "state_bytes_per_image" in caplog.text
+    paths = build_report(FIXTURE / "parity_h100_real.jsonl", tmp_path / "r")
+    assert set(paths) == {"parity_table.md", "parity_table.tex", "README.md"}
+    assert "Not generated" in (tmp_path / "r" / "README.md").read_text()
+
+
+def test_empty_records_folder_gives_an_empty_report(tmp_path):
+    (tmp_path / "records").mkdir()
+    assert set(build_report(tmp_path / "records", tmp_path / "out")) == {"README.md"}
+
+
+@pytest.mark.slow  # a kernel per notebook, which imports torch (through varbench): ~10 s on 2 busy cores
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes_headless(notebook, tmp_path, monkeypatch):
+    import jupytext
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("VARBENCH_RECORDS", str(FIXTURE))
+    monkeypatch.setenv("VARBENCH_FIGURES", str(tmp_path))
+    nb = jupytext.read(notebook)
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = json.dumps([c.get("outputs", []) for c in nb.cells])
+    assert '"output_type": "error"' not in text and "records from" in text
+    assert list(tmp_path.glob("*.png")), "the notebook drew no figure from the fixture"

@@ -1,0 +1,250 @@
+"""Evaluation: the Frechet distance against closed forms, the ADM npz layout, resumable bitwise-stable sampling,
+the project classifier (accurate on real images, at chance on an untrained model's samples), the torch-fidelity
+wiring with that classifier as the feature extractor (no Inception, nothing downloaded), and task=evaluate."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from helpers import tiny_model, tiny_tokenizer
+from varbench.data.embedded import EmbeddedShapes
+from varbench.eval import classifier as clf
+from varbench.eval.metrics import (NpzImages, feature_statistics, fidelity_metrics, frechet_distance, load_adm_npz,
+                                   read_adm_reference, save_adm_npz)
+from varbench.eval.sampling import PRESETS, image_seed, sample_for_eval
+
+SIDE = 32  # the classifier tests run at 32 px: seconds on 2 cores
+
+
+# ----- Frechet distance ------------------------------------------------------------------------------------------
+def closed_form(mu1, a, mu2, b) -> float:
+    """FD of N(mu1, Q diag(a) Q^T) and N(mu2, Q diag(b) Q^T): commuting covariances, sqrt(S1 S2) = Q diag(sqrt(ab)) Q^T."""
+    return float(((mu1 - mu2) ** 2).sum() + (a + b - 2 * np.sqrt(a * b)).sum())
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_frechet_distance_matches_the_closed_form(rotate):
+    rng = np.random.default_rng(0)
+    D = 6
+    mu1, mu2, a, b = rng.normal(size=D), rng.normal(size=D), rng.uniform(0.1, 3, D), rng.uniform(0.1, 3, D)
+    Q = np.linalg.qr(rng.normal(size=(D, D)))[0] if rotate else np.eye(D)
+    s1, s2 = Q @ np.diag(a) @ Q.T, Q @ np.diag(b) @ Q.T
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(closed_form(mu1, a, mu2, b), rel=1e-8, abs=1e-10)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_of_sample_statistics():
+    features = np.random.default_rng(1).normal(size=(500, 8))
+    mu, sigma = feature_statistics(features)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(mu, sigma, mu + 1, sigma) == pytest.approx(8.0, rel=1e-9)  # |shift|^2 only
+    with pytest.raises(ValueError, match="do not match"):
+        frechet_distance(mu, sigma, mu[:4], sigma[:4, :4])
+
+
+# ----- ADM npz layout ----------------------------------------------------------------------------------------------
+def test_adm_npz_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 16, 16, 3), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5])
+    path = save_adm_npz(tmp_path / "samples.npz", images, labels)
+    with np.load(path) as raw:  # the layout ADM's evaluator reads
+        assert sorted(raw.keys()) == ["arr_0", "arr_1"] and raw["arr_0"].dtype == np.uint8
+        np.testing.assert_array_equal(raw["arr_0"], images)
+    loaded, loaded_labels = load_adm_npz(path)
+    assert isinstance(loaded, np.memmap)  # stored uncompressed: mapped, not read
+    np.testing.assert_array_equal(loaded, images)
+    np.testing.assert_array_equal(loaded_labels, labels)
+    item = NpzImages(path)[2]
+    assert item.dtype == torch.uint8 and item.shape == (3, 16, 16) and torch.equal(item.permute(1, 2, 0),
+                                                                                  torch.from_numpy(images[2]))
+    np.savez(tmp_path / "ref.npz", arr_0=images, mu=np.zeros(4), sigma=np.eye(4))
+    mu, sigma = read_adm_reference(tmp_path / "ref.npz")
+    assert mu.shape == (4,) and sigma.shape == (4, 4)
+    with pytest.raises(KeyError, match="not an ADM reference"):
+        read_adm_reference(path)
+    with pytest.raises(ValueError, match="uint8"):
+        save_adm_npz(tmp_path / "bad.npz", images.astype(np.float32))
+
+
+# ----- resumable sampling ----------------------------------------------------------------------------------------
+def test_sampling_resumes_to_the_same_images(tmp_path):
+    vae = tiny_tokenizer()
+    model = tiny_model("attention", vae=vae)
+    args = dict(num_classes=2, per_class=3, batch_size=2, preset="eval", seed=7, device="cpu")
+    first = sample_for_eval(model, vae, tmp_path, **args)
+    assert first["generated"] == 6 and first["skipped"] == 0
+    pngs = {p.name: p.read_bytes() for p in (tmp_path / "images").glob("*.png")}
+    assert sorted(pngs) == [f"{c:04d}_{i:03d}.png" for c in range(2) for i in range(3)]
+    npz_bytes = np.load(first["npz"])["arr_0"].copy()
+    for name in ("0000_001.png", "0001_002.png"):  # in two different batches (batches are pairs, class-major)
+        (tmp_path / "images" / name).unlink()
+    again = sample_for_eval(model, vae, tmp_path, **args)
+    assert again["generated"] == 2 and again["skipped"] == 4
+    assert {p.name: p.read_bytes() for p in (tmp_path / "images").glob("*.png")} == pngs
+    np.testing.assert_array_equal(np.load(again["npz"])["arr_0"], npz_bytes)
+    assert json.loads((tmp_path / "manifest.json").read_text())["top_k"] == PRESETS["eval"].top_k
+    with pytest.raises(ValueError, match="other settings"):  # a resume may not mix settings
+        sample_for_eval(model, vae, tmp_path, **{**args, "seed": 8})
+
+
+def test_image_seeds_depend_on_class_and_index():
+    seeds = {image_seed(0, c, i) for c in range(10) for i in range(50)}
+    assert len(seeds) == 500 and image_seed(0, 3, 4) == image_seed(0, 3, 4) != image_seed(1, 3, 4)
+    assert PRESETS["eval"].cfg == 1.5 and PRESETS["eval"].top_p == 0.96 and not PRESETS["eval"].more_smooth
+
+
+# ----- the project classifier ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_classifier():
+    """A classifier of the 32 px embedded set (100 steps, about 2 s) and its val split."""
+    train = EmbeddedShapes("train", image_size=SIDE)
+    model = clf.train_classifier(train, num_classes=10, image_size=SIDE, steps=100, batch_size=32, width=16)
+    return model, EmbeddedShapes("val", image_size=SIDE)
+
+
+def test_classifier_is_accurate_on_real_images(small_classifier):
+    model, val = small_classifier
+    features, logits, labels = clf.classify_dataset(model, val)
+    assert features.shape == (len(val), 64) and logits.shape == (len(val), 10)
+    assert clf.accuracy(logits, labels) > 0.95
+
+
+def test_untrained_model_samples_are_at_chance(small_classifier):
+    model, _ = small_classifier
+    vae = tiny_tokenizer()
+    labels = torch.arange(10).repeat_interleave(3)
+    images = tiny_model("attention", vae=vae).generate(vae, labels, cfg=1.5, generator=torch.Generator().manual_seed(0)).images
+    x_N3HW = F.avg_pool2d(images * 2 - 1, images.shape[-1] // SIDE)  # 64 px samples -> the classifier's 32 px
+    assert clf.accuracy(clf.classify(model, x_N3HW)[1], labels) < 0.4
+
+
+def test_classifier_file_round_trip(small_classifier, tmp_path):
+    model, val = small_classifier
+    path = clf.save_classifier(model, tmp_path / "c.safetensors", val_accuracy=0.99)
+    loaded, meta = clf.load_classifier(path)
+    assert meta == {"val_accuracy": 0.99}
+    x = torch.stack([val[i][0] for i in range(4)])
+    torch.testing.assert_close(loaded(x)[1], model(x)[1], rtol=0, atol=0)
+
+
+# ----- torch-fidelity wiring -------------------------------------------------------------------------------------
+def write_folder(folder, images_NHW3):
+    folder.mkdir()
+    for i, img in enumerate(images_NHW3):
+        Image.fromarray(img).save(folder / f"{i:04d}.png")
+    return folder
+
+
+def test_fidelity_metrics_with_the_classifier(small_classifier, tmp_path):
+    model, val = small_classifier
+    weights = clf.save_classifier(model, tmp_path / "c.safetensors")
+    real = np.stack([val.render(i)[0] for i in range(200)])
+    noise = np.random.default_rng(0).integers(0, 256, size=(100, SIDE, SIDE, 3), dtype=np.uint8)
+    a, b = write_folder(tmp_path / "a", real[:100]), write_folder(tmp_path / "b", real[100:])
+    kw = dict(feature_extractor=clf.register_with_fidelity(), weights_path=weights, isc=True, fid=True, kid=True,
+              prc=True, isc_splits=1, save_cpu_ram=True)
+    same = fidelity_metrics(a, b, **kw)
+    assert "frechet_inception_distance" not in same and "inception_score_mean" not in same  # not Inception
+    assert same["frechet_distance"] < fidelity_metrics(a, write_folder(tmp_path / "n", noise), **kw)["frechet_distance"]
+    assert same["precision"] > 0.5 and same["recall"] > 0.5
+    # the same number as our own Frechet distance on the classifier's features
+    feats = [clf.classify(model, torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1)[0] for x in (real[:100], real[100:])]
+    ours = frechet_distance(*feature_statistics(feats[0]), *feature_statistics(feats[1]))
+    assert same["frechet_distance"] == pytest.approx(ours, rel=1e-3)
+    with pytest.raises(ValueError, match="Inception weights path is null"):  # never a download
+        fidelity_metrics(a, b, fid=True)
+    with pytest.raises(ValueError, match="image folder"):  # a torch-fidelity data set name would download
+        fidelity_metrics("cifar10-train", b, **kw)
+
+
+# ----- task=evaluate -----------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 20 samples, 32-d features: a singular covariance
+def test_evaluate_task_records_every_metric(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from varbench.build import build_model
+    from varbench.registry import CONFIG_ROOT
+    from varbench.tasks.evaluate import main
+    from varbench.utils.checkpoint import save_atomic
+    from varbench.utils.records import read_records
+    overrides = ["task=evaluate", "device=cpu", "cell_id=test", f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'res'}",
+                 "model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.num_res_blocks=1",
+                 "tokenizer.vocab_size=64", "data.size_per_class=20", "task.per_class=2", "task.batch_size=10",
+                 "task.classifier_steps=10", "task.classifier_batch_size=16", "task.classifier_width=8",
+                 "task.classifier_min_val_accuracy=0"]
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    cfg.task.checkpoint = str(save_atomic(tmp_path / "model.safetensors", tensors=build_model(cfg).state_dict()))
+    out = main(cfg)
+    records = {r["metric"]: r for r in read_records(tmp_path / "res" / "evaluate.jsonl")}
+    assert set(records) == {"embedded_fd", "class_accuracy", "classifier_val_accuracy", "classifier_score",
+                            "embedded_kd", "embedded_precision", "embedded_recall"}
+    assert records["embedded_fd"]["num_samples"] == 20 and records["embedded_fd"]["preset"] == "eval"
+    assert all(r["feature_extractor"].startswith(clf.FIDELITY_NAME) for r in records.values())
+    assert out["suite"] == "project" and len(list((tmp_path / "res" / "classifiers").glob("*.safetensors"))) == 1
+    again = main(cfg)  # resumes: no image is drawn twice, the cached classifier is reused
+    assert again["samples"]["generated"] == 0 and again["embedded_fd"] == pytest.approx(out["embedded_fd"])
+    cfg.task.classifier_min_val_accuracy = 1.01
+    with pytest.raises(ValueError, match="val accuracy"):  # an inaccurate classifier stops the task
+        main(cfg)
+
+
+def test_imagenet_runs_are_not_judged_by_the_project_classifier_silently():
+    from hydra import compose, initialize_config_dir
+
+    from varbench.registry import CONFIG_ROOT
+    from varbench.tasks.evaluate import resolve_suite
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["task=evaluate", "data=imagenet"])
+    with pytest.raises(ValueError, match="adm_reference"):
+        resolve_suite(cfg)
+    cfg.task.adm_reference = "VIRTUAL_imagenet256_labeled.npz"
+    assert resolve_suite(cfg) == "adm"
+
+
+# ----- the Inception / ADM path, offline ------------------------------------------------------------------------
+@pytest.fixture
+def random_inception_weights(tmp_path, monkeypatch):
+    """A .pth with the keys and shapes of torch-fidelity's Inception-v3 but random values (the real file is not
+    downloaded in tests): the wiring, not the numbers, is under test."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    with monkeypatch.context() as m:
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+        state = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
+    torch.save(state, tmp_path / "inception.pth")
+    return tmp_path / "inception.pth"
+
+
+def test_inception_features_load_local_weights(random_inception_weights, tmp_path):
+    from varbench.eval.metrics import inception_features
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    feats = inception_features(save_adm_npz(tmp_path / "s.npz", images), random_inception_weights, save_cpu_ram=True)
+    assert feats["2048"].shape == (3, 2048) and feats["logits_unbiased"].shape == (3, 1008)
+
+
+def test_adm_reference_metrics_use_the_reference_statistics(tmp_path, monkeypatch):
+    """FID is taken against the stored mu / sigma (not against the reference images), IS on the sample logits,
+    precision / recall against the reference images; Inception itself is replaced by a fixed 4-d projection."""
+    from varbench.eval import metrics
+    proj = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+
+    def fake_features(source, weights_path, device="cpu", batch_size=64, save_cpu_ram=False):
+        x = torch.from_numpy(np.array(metrics.npz_member(source, "arr_0"))).float().mean(dim=(1, 2)) / 255
+        return {"2048": x @ proj, "logits_unbiased": x @ proj}
+    monkeypatch.setattr(metrics, "inception_features", fake_features)
+    rng = np.random.default_rng(0)
+    samples = save_adm_npz(tmp_path / "s.npz", rng.integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8))
+    mu, sigma = feature_statistics(fake_features(samples, None)["2048"])
+    np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 256, size=(30, 8, 8, 3), dtype=np.uint8), mu=mu, sigma=sigma)
+    out = metrics.adm_reference_metrics(samples, tmp_path / "ref.npz", "unused.pth", save_cpu_ram=True)
+    assert out["fid"] == pytest.approx(0.0, abs=1e-6)  # the reference statistics are the samples' own
+    assert set(out) == {"fid", "inception_score", "inception_score_std", "precision", "recall"}
+    np.savez(tmp_path / "ref.npz", arr_0=np.zeros((30, 16, 16, 3), np.uint8), mu=mu + 1, sigma=sigma)
+    with pytest.raises(ValueError, match="px"):  # samples at another resolution than the reference
+        metrics.fid_against_adm_reference(samples, tmp_path / "ref.npz", "unused.pth")

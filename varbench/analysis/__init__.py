@@ -1,0 +1,18 @@
+"""Tables and figures of the study, regenerated from the measurement records (varbench.utils.records) only.
+
+    from varbench.analysis import load_records, main_table, write_table
+    df = load_records("results")                     # one row per record, flattened
+    write_table(main_table(df), "out", "main_table", "Main results")
+
+`python run.py task=report` writes every table and figure (varbench.tasks.report); analysis/*.py are the
+notebooks (jupytext percent format) that tell the same story.
+"""
+
+from varbench.analysis.figures import quality_vs_flops, sample_grids, speed_memory_vs_resolution, training_curves
+from varbench.analysis.format import as_text, write_table
+from varbench.analysis.load import latest, load_records, model_label
+from varbench.analysis.tables import main_table, mixer_ablation, parity_table, quality_label, resolution_scaling
+
+__all__ = ["as_text", "latest", "load_records", "main_table", "mixer_ablation", "model_label", "parity_table",
+           "quality_label", "quality_vs_flops", "resolution_scaling", "sample_grids", "speed_memory_vs_resolution",
+           "training_curves", "write_table"]

@@ -1,0 +1,152 @@
+"""The figures of the study, drawn from the records only.
+
+Each function writes one PNG and returns its path. When the records a figure needs are missing it writes
+nothing, logs which records it looked for, and returns None: a report over a partial results folder still runs.
+Figures are built on `matplotlib.figure.Figure` (no pyplot), so nothing here touches the interactive backend of
+a notebook and no display is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from varbench.analysis.format import QUALITY_NAMES, STD, is_quality
+from varbench.analysis.load import latest, model_label, numeric
+from varbench.analysis.tables import GFLOPS, STATE, config_frame, speed_wide
+
+log = logging.getLogger(__name__)
+HEADLINE = ("FID", "FD", "Class acc.")  # quality_vs_flops panels; IS / precision / recall stay in the tables
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _axes(n: int, width: float = 4.2, height: float = 3.4):
+    """A Figure with n panels in one row."""
+    fig = Figure(figsize=(width * n, height))
+    return fig, [fig.add_subplot(1, n, k + 1) for k in range(n)]
+
+
+def _labels(index: pd.MultiIndex) -> list[str]:
+    """Model labels ("VAR-d16") of a (mixer, intra, depth, resolution) index."""
+    keys = index.to_frame(index=False)
+    return [model_label(m, i, d) for m, i, d in zip(keys["mixer"], keys["intra"], keys["depth"])]
+
+
+def quality_vs_flops(df: pd.DataFrame, path, device=None) -> Path | None:
+    """One panel per headline quality column (FID, FD, class accuracy; one per feature extractor / sample count):
+    mean +- std over seeds against forward GFLOPs per image."""
+    frame = config_frame(df, device)
+    labels = [c for c in frame.columns if is_quality(c) and not c.endswith(STD) and c.split(" (")[0] in HEADLINE]
+    if GFLOPS not in frame or not labels:
+        log.warning("quality_vs_flops not drawn: needs quality records (%s) and records with fwd_flops_per_image "
+                    "(task=bench); found quality columns %s, flops %s", ", ".join(QUALITY_NAMES), labels,
+                    GFLOPS in frame)
+        return None
+    panels = [(c, frame[frame[GFLOPS].notna() & frame[c].notna()]) for c in labels]
+    for c, pts in panels:
+        if pts.empty:
+            log.warning("quality_vs_flops: no configuration has both %s and a fwd_flops_per_image record", c)
+    panels = [(c, pts) for c, pts in panels if len(pts)]
+    if not panels:
+        log.warning("quality_vs_flops not drawn: no configuration has both a quality and a FLOPs record")
+        return None
+    fig, axes = _axes(len(panels))
+    for ax, (c, pts) in zip(axes, panels):
+        std = pts[c + STD].fillna(0.0) if c + STD in pts else None
+        ax.errorbar(pts[GFLOPS], pts[c], yerr=std, fmt="o", capsize=3)
+        for x, y, name in zip(pts[GFLOPS], pts[c], _labels(pts.index)):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set(xlabel="forward GFLOPs / image", ylabel=c, title=c)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def speed_memory_vs_resolution(df: pd.DataFrame, path, device=None) -> Path | None:
+    """Train img/s, batch-1 sampling latency and inference state bytes against resolution, a line per model."""
+    frame = speed_wide(df, device)
+    wanted = [next((c for c in frame.columns if c.startswith("Train img/s")), None),
+              "Latency b1 (ms)" if "Latency b1 (ms)" in frame else None, STATE if STATE in frame else None]
+    columns = [c for c in wanted if c is not None]
+    if not columns:
+        log.warning("speed_memory_vs_resolution not drawn: no train_images_per_s, sample_latency_ms (batch 1) or "
+                    "state_bytes_per_image records")
+        return None
+    fig, axes = _axes(len(columns))
+    keys = frame.index.to_frame(index=False).assign(model=_labels(frame.index))
+    for ax, c in zip(axes, columns):
+        for model, rows in keys.assign(v=frame[c].to_numpy()).dropna(subset=["v"]).groupby("model"):
+            rows = rows.sort_values("resolution")
+            ax.plot(rows["resolution"].astype(int), rows["v"], marker="o", label=model)
+        ax.set(xlabel="resolution (px)", ylabel=c, title=c)
+        if c == STATE:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"timings on {frame.attrs.get('device')}", fontsize=9)
+    return _save(fig, path)
+
+
+def training_curves(df: pd.DataFrame, path) -> Path | None:
+    """Training loss against step, one line per run (grid cell id, else the run directory)."""
+    loss = latest(df, "train_loss")
+    if loss.empty:
+        log.warning("training_curves not drawn: no train_loss records (task=train writes them)")
+        return None
+    run = loss["cell_id"].where(loss["cell_id"].notna(), loss["run_dir"])
+    loss = loss.assign(run=run.fillna(loss["source"]), v=numeric(loss))
+    fig, (ax,) = _axes(1, width=6.0, height=4.0)
+    for name, g in loss.groupby("run", sort=True):
+        g = g.sort_values("step")
+        first = g.iloc[0]
+        label = name if pd.notna(first["cell_id"]) else f"{first['model']} seed {first['seed']}: {name}"
+        ax.plot(g["step"], g["v"], label=label)
+    ax.set(xlabel="step", ylabel=f"train loss ({loss['unit'].iloc[0]})", title="training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _grid_path(value: str, source: str) -> Path:
+    """A recorded PNG path; a relative one is relative to the folder of the record file (task=sample writes
+    absolute paths under the run directory; relative ones come from copied fixtures)."""
+    p = Path(value)
+    return p if p.is_absolute() else Path(source).parent / p
+
+
+def sample_grids(df: pd.DataFrame, path, max_grids: int = 16) -> Path | None:
+    """A contact sheet of the recorded sample_grid PNGs (the newest per configuration), titled by cell/model."""
+    from matplotlib.image import imread
+
+    grids = latest(df, "sample_grid")
+    if grids.empty:
+        log.warning("sample_grids not drawn: no sample_grid records (task=sample writes them)")
+        return None
+    grids = grids.assign(png=[_grid_path(v, s) for v, s in zip(grids["value"], grids["source"])])
+    missing = grids[~grids["png"].map(Path.is_file)]
+    if len(missing):
+        log.warning("sample_grids: %d recorded PNGs are not on disk: %s", len(missing), list(map(str, missing["png"])))
+    grids = grids.drop(missing.index).sort_values(["model", "seed", "cell_id"]).head(max_grids)
+    if grids.empty:
+        log.warning("sample_grids not drawn: none of the recorded PNGs exists")
+        return None
+    cols = min(4, len(grids))
+    rows = math.ceil(len(grids) / cols)
+    fig = Figure(figsize=(3.2 * cols, 3.4 * rows))
+    for k, (_, g) in enumerate(grids.iterrows()):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(imread(g["png"]))
+        title = g["cell_id"] if pd.notna(g["cell_id"]) else f"{g['model']} seed {g['seed']}"
+        ax.set_title(f"{title}\n{g.get('sampler', '')}", fontsize=8)
+        ax.axis("off")
+    return _save(fig, path)

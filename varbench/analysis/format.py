@@ -1,0 +1,96 @@
+"""Table cells as text, and tables written as markdown + LaTeX.
+
+The DataFrames of varbench.analysis.tables hold raw numbers (the recorded values, untouched); only the files get
+rounded text. The column name decides the format, so a table never needs a per-table format list.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+QUALITY_NAMES = {"fid": "FID", "embedded_fd": "FD", "inception_score": "IS", "precision": "Precision",
+                 "recall": "Recall", "class_accuracy": "Class acc."}
+MISSING = "—"
+STD = " std"
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def is_quality(column: str) -> bool:
+    """A quality column is named "<metric name> (<feature extractor>, ...)", e.g. "FID (Inception, 50k)"."""
+    return column.split(" (", 1)[0] in QUALITY_NAMES.values()
+
+
+def _bytes(v: float) -> str:
+    return f"{v / 2 ** 30:.2f} GiB" if v >= 2 ** 30 else f"{v / 2 ** 20:.1f} MiB"
+
+
+# (test on the column name, format of one number); the first match wins
+RULES = (
+    (lambda c: c == "Params", lambda v: f"{v / 1e6:.1f}M"),
+    (lambda c: "GFLOPs" in c, lambda v: f"{v:.1f}"),
+    (lambda c: c.startswith("MFU"), lambda v: f"{v:.1%}"),
+    (lambda c: "bytes" in c, _bytes),
+    (lambda c: c in ("Seeds", "Checks", "Depth", "Resolution"), lambda v: f"{int(v)}"),
+    (lambda c: "rel RMS" in c, lambda v: f"{v:.2e}"),
+    (lambda c: "KV cache" in c, lambda v: f"{v:.3f}"),
+    (is_quality, lambda v: f"{v:.4g}"),
+    (lambda c: True, lambda v: f"{v:.1f}"),
+)
+
+
+def format_number(column: str, value) -> str:
+    """One cell as text; missing values print as a dash, text passes through."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return MISSING
+    if isinstance(value, str):
+        return value
+    fmt = next(f for test, f in RULES if test(column))
+    return fmt(float(value))
+
+
+def as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """The table as strings: index levels become columns and "X" + "X std" merge into "mean ± std"."""
+    flat = df.reset_index()
+    out = {}
+    for col in flat.columns:
+        if str(col).endswith(STD) and str(col)[: -len(STD)] in flat.columns:
+            continue  # printed beside its mean
+        cells = [format_number(str(col), v) for v in flat[col]]
+        if f"{col}{STD}" in flat.columns:
+            stds = flat[f"{col}{STD}"]
+            cells = [c if pd.isna(s) else f"{c} ± {s:.2g}" for c, s in zip(cells, stds)]
+        out[str(col)] = cells
+    return pd.DataFrame(out)
+
+
+def _tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def _tex_text(text: str) -> str:
+    """Plain text as LaTeX: special characters escaped, ± as math, the missing-value dash as an en dash."""
+    return _tex_escape(text).replace("±", r"$\pm$").replace(MISSING, "--")
+
+
+def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
+    """A booktabs table; cells are escaped here (not by pandas) so that ± can become a math symbol."""
+    text = as_text(df)
+    text = text.apply(lambda col: col.map(_tex_text))
+    text.columns = [_tex_text(c) for c in text.columns]
+    return text.to_latex(index=False, escape=False, caption=_tex_text(caption), label=label)
+
+
+def write_table(df: pd.DataFrame, out_dir, name: str, title: str, note: str = "") -> tuple[Path, Path]:
+    """`out_dir/name.md` and `out_dir/name.tex`; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, tex = out_dir / f"{name}.md", out_dir / f"{name}.tex"
+    # a | or a line break inside a cell (an error message) would end the markdown cell
+    text = as_text(df).apply(lambda col: col.map(lambda c: c.replace("|", r"\|").replace("\n", " ")))
+    md.write_text("\n\n".join(part for part in (f"# {title}", note, text.to_markdown(index=False)) if part) + "\n")
+    tex.write_text(to_latex(df, f"{title}. {note}".strip(" ."), f"tab:{name}"))
+    return md, tex

@@ -1,0 +1,251 @@
+"""The tables of the study, computed from the records only (no number is typed by hand).
+
+Every function takes the DataFrame of `load_records` and returns a DataFrame of raw recorded values (rounding
+happens only when a table is written, varbench.analysis.format). One configuration is (mixer, intra, depth,
+resolution); of repeated measurements the newest counts (`latest`). Quality columns name their feature extractor:
+"FID" is kept for Inception-v3 features, a Frechet distance in any other feature space is an "FD".
+`df.attrs` carries `device` (the GPU the timings come from) and `records` (how many records fed the table).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from varbench.analysis.format import QUALITY_NAMES, STD, is_quality
+from varbench.analysis.load import latest, model_label, numeric
+
+log = logging.getLogger(__name__)
+
+KEY = ["mixer", "intra", "depth", "resolution"]
+TIMED = ("train_images_per_s", "sample_latency_ms")
+SPEED = (*TIMED, "state_bytes_per_image")
+STATE = "State (bytes/img)"
+PARAMS, GFLOPS = "Params", "Fwd GFLOPs/img"
+
+
+def extractor_label(extractor) -> str:
+    """Short name of a recorded feature extractor ("inception-v3 (torch-fidelity)" -> "Inception")."""
+    if extractor is None or pd.isna(extractor):
+        log.warning("a quality record has no feature_extractor field; its column says so")
+        return "extractor not recorded"
+    low = str(extractor).lower()
+    if "inception" in low:
+        return "Inception"
+    if "embedded" in low or "classifier" in low:
+        return "embedded classifier"
+    return str(extractor)
+
+
+def quality_label(metric: str, extractor, num_samples=None, preset=None) -> str:
+    """Column name of a quality metric, e.g. "FID (Inception, 50k)", "FD (embedded classifier, 1k)"."""
+    ext = extractor_label(extractor)
+    name = QUALITY_NAMES[metric]
+    if name == "FID" and ext != "Inception":
+        name = "FD"  # FID means Inception-v3 features; the same distance in another feature space is an FD
+    parts = [ext]
+    if num_samples is not None and not pd.isna(num_samples):
+        n = int(num_samples)
+        parts.append(f"{n // 1000}k" if n % 1000 == 0 else str(n))
+    if preset is not None and not pd.isna(preset) and preset != "eval":
+        parts.append(str(preset))
+    return f"{name} ({', '.join(parts)})"
+
+
+def quality_long(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (configuration, seed, quality column): the newest value of each."""
+    q = latest(df, QUALITY_NAMES)
+    labels = [quality_label(*a) for a in zip(q["metric"], q["feature_extractor"], q["num_samples"], q["preset"])]
+    q = q.assign(label=labels, value=numeric(q) if len(q) else q["value"])
+    q = q.sort_values("date", kind="stable").drop_duplicates([*KEY, "label", "seed"], keep="last")
+    return q[[*KEY, "seed", "cell_id", "metric", "label", "value", "date"]]
+
+
+def quality_wide(df: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: mean and std over seeds of every quality column, and the number of seeds."""
+    long = quality_long(df)
+    if long.empty:
+        return pd.DataFrame()
+    agg = long.groupby([*KEY, "label"], dropna=False)["value"].agg(["mean", "std", "count"])
+    order = long.drop_duplicates("label").assign(rank=lambda d: d["metric"].map(list(QUALITY_NAMES).index))
+    labels = list(order.sort_values(["rank", "label"])["label"])
+    mean, std = agg["mean"].unstack("label")[labels], agg["std"].unstack("label")[labels].add_suffix(STD)
+    seeds = agg["count"].groupby(level=KEY, dropna=False).max().rename("Seeds")
+    return pd.concat([mean, std, seeds], axis=1)
+
+
+def timing_device(df: pd.DataFrame, device=None):
+    """The GPU whose timings a table shows: `device`, or the one that ran most of them (logged if several)."""
+    counts = latest(df, TIMED)["device"].value_counts()
+    if device is not None and device not in counts:
+        log.warning("no timings on device %r; recorded devices: %s", device, list(counts.index))
+    if device is not None or counts.empty:
+        return device
+    if len(counts) > 1:
+        log.warning("timings from several devices %s; tables show %s (pass device= to pick)", dict(counts),
+                    counts.index[0])
+    return counts.index[0]
+
+
+def _per_key(g: pd.DataFrame, column: str, name: str, scale: float = 1.0, quiet: bool = False) -> pd.Series:
+    """One value per configuration (the newest), as a Series named `name`; `quiet` when repeats are expected
+    (every bench record of a configuration states its params)."""
+    g = g[g[column].notna()].sort_values("date", kind="stable")
+    dup = g.duplicated(KEY, keep="last")
+    if dup.any() and not quiet:
+        log.warning("%s: %d older records of the same configuration ignored (other seeds/cells)", name, dup.sum())
+    g = g[~dup]
+    return pd.Series(numeric(g, column).to_numpy() * scale, index=pd.MultiIndex.from_frame(g[KEY]), name=name)
+
+
+def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFrame:
+    """Per configuration: params, forward GFLOPs, train img/s + MFU per batch, sample latency + peak memory per
+    batch and sampler (timings of one device), state bytes per image."""
+    device = timing_device(df, device)
+    timed = latest(df, TIMED)
+    timed = timed[timed["device"] == device]
+    parts = []
+    sized = latest(df)
+    sized = sized[sized["params"].notna()]
+    if len(sized):
+        parts += [_per_key(sized, "params", PARAMS, quiet=True),
+                  _per_key(sized, "fwd_flops_per_image", GFLOPS, 1e-9, quiet=True)]
+    for batch, g in timed[timed["metric"] == "train_images_per_s"].groupby("batch"):
+        parts += [_per_key(g, "value", f"Train img/s (b{batch:g})"), _per_key(g, "mfu", f"MFU (b{batch:g})")]
+    sample = timed[(timed["metric"] == "sample_latency_ms") & timed["sampler"].isin(samplers)]
+    for (sampler, batch), g in sample.groupby(["sampler", "batch"]):
+        tag = f"b{batch:g}" + ("" if sampler == "carry" else f" {sampler}")
+        parts += [_per_key(g, "value", f"Latency {tag} (ms)"), _per_key(g, "peak_mem_bytes", f"Peak mem {tag} (bytes)")]
+    state = latest(df, "state_bytes_per_image")
+    if len(state):
+        parts.append(_per_key(state, "value", STATE))
+    out = pd.concat(parts, axis=1) if parts else pd.DataFrame()
+    out.attrs["device"] = device
+    return out
+
+
+def config_frame(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFrame:
+    """Every recorded configuration with every number the tables draw from (index: mixer, intra, depth, res)."""
+    speed, quality = speed_wide(df, device, samplers), quality_wide(df)
+    frames = [f for f in (speed, quality) if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, axis=1).sort_index()
+    out.index.names = KEY
+    out.attrs["device"] = speed.attrs.get("device")
+    return out
+
+
+def _select(frame: pd.DataFrame, tests) -> pd.DataFrame:
+    """The columns that pass each test, in the order of the tests."""
+    cols = [c for test in tests for c in frame.columns if test(c)]
+    return frame[list(dict.fromkeys(cols))]
+
+
+def _by_model(frame: pd.DataFrame) -> pd.DataFrame:
+    """Index (Model, Resolution), e.g. ("VAR-d16", 256)."""
+    keys = frame.index.to_frame(index=False)
+    models = [model_label(m, i, d) for m, i, d in zip(keys["mixer"], keys["intra"], keys["depth"])]
+    out = frame.set_axis(pd.MultiIndex.from_arrays([models, keys["resolution"]], names=["Model", "Resolution"]))
+    return out.sort_index(level="Resolution", sort_remaining=False, kind="stable")
+
+
+def _finish(table: pd.DataFrame, df: pd.DataFrame, metrics, device) -> pd.DataFrame:
+    table.attrs.update(device=device, records=len(latest(df, metrics)))
+    return table
+
+
+def main_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
+    """Per model: params, forward GFLOPs/img, quality (mean over seeds, +- std), train img/s, MFU, sampling
+    latency per batch (carried-state sampler), inference state bytes per image."""
+    frame = config_frame(df, device)
+    if frame.empty:
+        log.warning("main_table: no speed or quality records")
+        return frame
+    table = _select(frame, [lambda c: c in (PARAMS, GFLOPS), lambda c: is_quality(c.removesuffix(STD)),
+                            lambda c: c.startswith(("Train", "MFU", "Latency")), lambda c: c == STATE])
+    return _finish(_by_model(table), df, [*SPEED, *QUALITY_NAMES], frame.attrs["device"])
+
+
+def mixer_ablation(df: pd.DataFrame, device=None) -> pd.DataFrame:
+    """Per (mixer, intra, depth, resolution): quality mean +- std over seeds and the seed count, train img/s,
+    sampling latency and peak memory, inference state bytes."""
+    frame = config_frame(df, device)
+    if frame.empty:
+        log.warning("mixer_ablation: no speed or quality records")
+        return frame
+    table = _select(frame, [lambda c: is_quality(c.removesuffix(STD)), lambda c: c == "Seeds",
+                            lambda c: c.startswith(("Train", "Latency", "Peak")), lambda c: c == STATE])
+    table.index.names = ["Mixer", "Intra", "Depth", "Resolution"]
+    return _finish(table, df, [*SPEED, *QUALITY_NAMES], frame.attrs["device"])
+
+
+def _kv_ratio(state: pd.Series) -> pd.Series:
+    """State bytes over attention's (no intra) KV cache bytes at the same depth and resolution."""
+    keys = state.index.to_frame(index=False).assign(s=state.to_numpy())
+    kv = keys[(keys["mixer"] == "attention") & (keys["intra"] == "none")].set_index(["depth", "resolution"])["s"]
+    ref = keys.join(kv.rename("kv"), on=["depth", "resolution"])["kv"]
+    if ref.isna().any():
+        log.warning("State / KV cache: no attention state_bytes_per_image record at depth/resolution %s",
+                    sorted(set(zip(keys["depth"][ref.isna()], keys["resolution"][ref.isna()]))))
+    return pd.Series(state.to_numpy() / ref.to_numpy(dtype=float), index=state.index)
+
+
+def _bench_errors(df: pd.DataFrame, device) -> pd.Series:
+    """Per configuration, the bench stages that failed (out of memory, a kernel refusing a shape) on `device`."""
+    err = latest(df, "bench_error")
+    err = err[err["device"] == device]
+    if err.empty:
+        return pd.Series(dtype=object, name="Bench error")
+    text = [f"{st} b{b:g}: {e}" if pd.notna(b) else f"{st}: {e}"
+            for st, b, e in zip(err["stage"], err["batch"], err["error"])]
+    return err.assign(t=text).groupby(KEY, dropna=False)["t"].agg("; ".join).rename("Bench error")
+
+
+def resolution_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
+    """Per model x resolution: train img/s, sampling latency (every sampler), state bytes per image and the
+    state's ratio to attention's KV cache at the same depth and resolution."""
+    frame = speed_wide(df, device, samplers=tuple(df["sampler"].dropna().unique()))
+    if frame.empty:
+        log.warning("resolution_scaling: no records of %s", ", ".join(SPEED))
+        return frame
+    frame.index.names = KEY
+    table = _select(frame, [lambda c: c.startswith(("Train", "Latency")), lambda c: c == STATE])
+    if STATE in table:
+        table = table.assign(**{"State / KV cache": _kv_ratio(table[STATE])})
+    errors = _bench_errors(df, frame.attrs["device"])
+    if len(errors):
+        table = pd.concat([table, errors], axis=1)
+        table.index.names = KEY
+    table = _by_model(table).sort_index(level=["Model", "Resolution"])
+    return _finish(table, df, SPEED, frame.attrs["device"])
+
+
+def _short_dtype(dtype) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(dtype).removeprefix("torch."), str(dtype))
+
+
+def parity_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (group, entry, backend, dtype): the worst relative RMS error of the kernel against the reference over
+    every compared tensor, which tensor it was, how many were compared, and the error of a check that could not
+    run. The device is an index level when the records come from several."""
+    rms, err = latest(df, "parity_rel_rms"), latest(df, "parity_error")
+    if rms.empty and err.empty:
+        log.warning("parity_table: no parity_rel_rms / parity_error records (the GPU parity script writes them)")
+        return pd.DataFrame()
+    keys = ["device", "group", "name", "backend", "dtype"]
+    rows = []
+    for key, g in rms.assign(v=numeric(rms) if len(rms) else None).groupby(keys, dropna=False):
+        worst = g.loc[g["v"].idxmax()]
+        rows.append(dict(zip(keys, key), **{"Worst rel RMS": worst["v"], "Worst at": worst["compared"],
+                                            "Checks": len(g)}))
+    rows += [dict(zip(keys, [r[k] for k in keys]), Error=r["error"]) for _, r in err.iterrows()]
+    table = pd.DataFrame(rows).assign(dtype=lambda d: d["dtype"].map(_short_dtype))
+    devices = list(table["device"].unique())
+    index = (["device"] if len(devices) > 1 else []) + keys[1:]
+    table = table.set_index(index).sort_index().drop(columns=[c for c in ["device"] if c not in index])
+    table.index.names = [{"device": "Device", "group": "Group", "name": "Entry", "backend": "Backend",
+                          "dtype": "Dtype"}[n] for n in index]
+    table.attrs.update(device=devices[0] if len(devices) == 1 else None, records=len(rms) + len(err))
+    return table

@@ -1,0 +1,171 @@
+"""Grids (`python run.py grid=<name>`): cell ids, completion markers, and the job wrapper that isolates a cell.
+
+A cell is one job of a sweep. Its id is a short hash of its sorted override list (the cluster it ran on and
+`dry_run` left out: they do not change what it computes), so a re-run of the grid, a requeued Slurm job and a dry
+run all name the same cell the same way. A cell's checkpoints live in its own run_dir (`runs/cells/<cell_id>`, set
+by the grid files), so a re-run resumes. Markers under `<results_dir>/cells/<cell_id>/`: `done.json` once every
+step of the cell ran (a re-run skips it), `failed.json` with the error's traceback tail (a re-run tries again);
+both are also appended to `<results_dir>/grid.jsonl` as `cell_complete` / `cell_failed` records.
+
+Importing this module registers the OmegaConf resolvers the configs use: `${varbench.mixers:}` (every registered
+mixer, comma-separated for a sweep), `${varbench.bench_configs:}`, `${varbench.cell_id:}` and
+`${varbench.slurm_profile:<name>}`. It imports no torch: the sweeper process only plans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from varbench.registry import CONFIG_ROOT, list_options
+
+REPO = CONFIG_ROOT.parent
+PROFILES = REPO / "slurm" / "profiles"
+# override keys that do not change what a cell computes (where it runs, whether it runs at all)
+NOT_IDENTITY = ("dry_run", "cluster")
+ERROR_TAIL = 4000  # characters of traceback kept in failed.json
+
+
+def identity_overrides(overrides: Iterable[str]) -> list[str]:
+    """The overrides that define a cell, normalised ('+key=v' is 'key=v') and sorted."""
+    out = []
+    for item in overrides:
+        item = str(item).lstrip("+")
+        key = item.split("=", 1)[0].lstrip("~")
+        if key.split(".", 1)[0] in NOT_IDENTITY or key.startswith("hydra."):
+            continue
+        out.append(item)
+    return sorted(out)
+
+
+def cell_id(overrides: Iterable[str]) -> str:
+    """A stable 12-hex-digit id of a cell from its override list (order and '+' prefixes do not matter)."""
+    text = "\n".join(identity_overrides(overrides))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def cell_dir(results_dir, cid: str) -> Path:
+    return Path(results_dir) / "cells" / cid
+
+
+def is_complete(results_dir, cid: str) -> bool:
+    """Whether every step of the cell ran (its `done.json` exists)."""
+    return (cell_dir(results_dir, cid) / "done.json").is_file()
+
+
+def status(results_dir, cid: str) -> str:
+    """'complete', 'failed' (the last attempt raised) or 'pending'."""
+    if is_complete(results_dir, cid):
+        return "complete"
+    return "failed" if (cell_dir(results_dir, cid) / "failed.json").is_file() else "pending"
+
+
+def _write_marker(results_dir, cid: str, name: str, payload: dict) -> Path:
+    folder = cell_dir(results_dir, cid)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.replace(folder / name)  # atomic: a reader never sees half a marker
+    return folder / name
+
+
+def mark_complete(results_dir, cid: str, overrides: Iterable[str], config=None, summary: Any = None) -> Path:
+    """Write `done.json` (and drop a `failed.json` of an earlier attempt); append a `cell_complete` record."""
+    from varbench.utils.records import record  # torch: only in the job that ran the cell
+    overrides = identity_overrides(overrides)
+    (cell_dir(results_dir, cid) / "failed.json").unlink(missing_ok=True)
+    record(Path(results_dir) / "grid.jsonl", "cell_complete", True, "bool", config=config, cell_id=cid,
+           overrides=overrides)
+    return _write_marker(results_dir, cid, "done.json", {"cell_id": cid, "overrides": overrides, "summary": summary})
+
+
+def mark_failed(results_dir, cid: str, overrides: Iterable[str], error: str, config=None) -> Path:
+    """Write `failed.json` with the error (a traceback tail); append a `cell_failed` record."""
+    from varbench.utils.records import record
+    overrides = identity_overrides(overrides)
+    record(Path(results_dir) / "grid.jsonl", "cell_failed", False, "bool", config=config, cell_id=cid,
+           overrides=overrides, error=error)
+    return _write_marker(results_dir, cid, "failed.json", {"cell_id": cid, "overrides": overrides, "error": error})
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a multi-process cell (torchrun or Slurm tasks) writes the markers; the others only run."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def run_cell(cfg: DictConfig) -> Any:
+    """The job function of run.py. A single run (`python run.py ...`) runs its task and raises as usual; a job of a
+    grid (Hydra multirun) is a cell: skipped when complete, marked complete after its task, and when its task
+    raises, the failure is recorded and the job returns so that the other cells go on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from varbench.tasks import run_task
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return run_task(cfg)
+    cid, results, overrides = cfg.cell_id, cfg.results_dir, list(hydra_cfg.overrides.task)
+    if is_complete(results, cid):  # a cell finished by another sweep while this one was queued, or a requeue
+        print(f"[grid] cell {cid} is complete: skipped")
+        return {"cell_id": cid, "status": "complete", "skipped": True}
+    print(f"[grid] cell {cid}: {' '.join(identity_overrides(overrides))} (run_dir {cfg.run_dir})")
+    from varbench.preemption import PreemptionBridge
+    try:
+        with PreemptionBridge() as bridge:
+            summary = bridge.run(run_task, cfg)
+    except Exception as err:  # broad on purpose: a cell's failure is recorded with its error and the sweep goes on
+        error = traceback.format_exc()[-ERROR_TAIL:]
+        if _is_main_process():
+            path = mark_failed(results, cid, overrides, error, config=cfg)
+            print(f"[grid] cell {cid} FAILED: {type(err).__name__}: {err} (see {path})")
+        return {"cell_id": cid, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+    if _is_main_process():
+        mark_complete(results, cid, overrides, config=cfg, summary=_small(summary))
+    print(f"[grid] cell {cid} complete")
+    return {"cell_id": cid, "status": "complete"}
+
+
+def _small(summary: Any) -> Any:
+    """The scalar parts of a task summary (for done.json): nested dicts of numbers and strings."""
+    if isinstance(summary, dict):
+        return {str(k): _small(v) for k, v in summary.items() if isinstance(v, (dict, int, float, str, bool, type(None)))}
+    return summary
+
+
+# ---------- resolvers used by the configs ----------
+
+def _mixers() -> str:
+    """Every registered mixer as a sweep string ('attention,deltanet,...')."""
+    return ",".join(list_options("mixer"))
+
+
+def _bench_configs() -> str:
+    """One `task.configs` value per bench cell: every mixer without intra, plus M-VAR (mamba2 + full)."""
+    pairs = [(m, "none") for m in list_options("mixer")] + [("mamba2", "full")]
+    return ",".join(f"[[{m},{i}]]" for m, i in pairs)
+
+
+def _cell_id() -> str:
+    from hydra.core.hydra_config import HydraConfig
+    return cell_id(HydraConfig.get().overrides.task)
+
+
+def _slurm_profile(name: str) -> DictConfig:
+    """slurm/profiles/<name>.yaml, or a path to a profile of your own (ends with .yaml)."""
+    path = Path(name) if str(name).endswith(".yaml") else PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        raise ValueError(f"unknown Slurm profile {name!r} ({path} does not exist); known profiles: {known}")
+    return OmegaConf.load(path)
+
+
+for _name, _fn in (("varbench.mixers", _mixers), ("varbench.bench_configs", _bench_configs),
+                   ("varbench.cell_id", _cell_id), ("varbench.slurm_profile", _slurm_profile)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)

@@ -1,0 +1,145 @@
+"""task=evaluate: sample per_class images per class with an evaluation preset, then compute the quality metrics.
+
+Suites (task.suite, see experiments/task/evaluate.yaml):
+- project: the feature space of the project classifier (varbench/eval/classifier.py), against the val split:
+  embedded_fd (Frechet distance), class_accuracy (fraction of samples classified as their asked class),
+  classifier_score (the Inception-Score formula on the classifier's logits), embedded_kd / embedded_precision /
+  embedded_recall (torch-fidelity with the classifier registered as a feature extractor), and the classifier's own
+  val accuracy. None of these is an FID: the feature extractor is not Inception.
+- adm: the papers' protocol on ImageNet: FID against the mu/sigma of ADM's reference batch, Inception Score,
+  precision / recall against its 10k reference images (Inception-v3 compat of torch-fidelity, local weights).
+
+The classifier: `task.classifier` when set, else trained on the run's train split and cached at
+`task.classifier_cache/<fingerprint>.safetensors` (default `${results_dir}/classifiers/`); the fingerprint covers
+the data set's describe() line and the training settings, so another data set or setting trains another one.
+
+Every metric is one JSON line in `${results_dir}/evaluate.jsonl` with fields feature_extractor, reference,
+num_samples, preset, sampler, suite, samples (the npz).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import Dataset
+
+from varbench.build import build_dataset, image_size, resolve_device
+from varbench.eval import classifier as clf
+from varbench.eval.metrics import (INCEPTION, adm_reference_metrics, feature_statistics, fidelity_metrics,
+                                   frechet_distance, load_adm_npz)
+from varbench.eval.sampling import sample_for_eval
+from varbench.tasks.sample import load_trained
+from varbench.training import checkpoints
+from varbench.utils.records import record
+
+DEFAULT_PER_CLASS = {"adm": 50, "project": 20}
+
+
+class UInt8Images(Dataset):
+    """Images of a (image in [-1, 1], label) data set as torch-fidelity wants them: uint8 (3, H, W)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i][0].add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def resolve_suite(cfg: DictConfig) -> str:
+    """"adm" or "project"; auto picks adm when a reference batch is configured and refuses to guess for 1000 classes."""
+    suite = cfg.task.suite
+    if suite not in ("auto", "adm", "project"):
+        raise ValueError(f"task.suite must be auto, adm or project, got {suite!r}")
+    if suite != "auto":
+        return suite
+    if cfg.task.get("adm_reference"):
+        return "adm"
+    if cfg.data.num_classes == 1000:
+        raise ValueError("a 1000-class run is evaluated as the papers do: set task.adm_reference=<VIRTUAL_imagenet256_"
+                         "labeled.npz> and task.inception_weights=<weights-inception-2015-12-05-6726825d.pth>, "
+                         "or ask for task.suite=project explicitly")
+    return "project"
+
+
+def project_classifier(cfg: DictConfig, device) -> tuple[clf.Classifier, dict, Path]:
+    """The configured classifier, or the cached / freshly trained one of the run's data set."""
+    t = cfg.task
+    if t.get("classifier"):
+        model, meta = clf.load_classifier(t.classifier, device)
+        return model, meta, Path(t.classifier)
+    return clf.cached_classifier(build_dataset(cfg, "train"), build_dataset(cfg, "val"), t.classifier_cache, device,
+                                 num_classes=cfg.data.num_classes, image_size=image_size(cfg),
+                                 steps=t.classifier_steps, batch_size=t.classifier_batch_size,
+                                 width=t.classifier_width, seed=cfg.seed)
+
+
+def project_metrics(cfg: DictConfig, npz, device) -> list[tuple[str, float, str, dict]]:
+    """(metric, value, unit, fields) of the project suite."""
+    model, meta, path = project_classifier(cfg, device)
+    val = build_dataset(cfg, "val")
+    f_val, logits_val, labels_val = clf.classify_dataset(model, val)
+    val_accuracy = clf.accuracy(logits_val, labels_val)
+    if val_accuracy < cfg.task.classifier_min_val_accuracy:  # its class accuracy / features would mean little
+        raise ValueError(f"the project classifier {path} reaches only {val_accuracy:.3f} val accuracy (< task."
+                         f"classifier_min_val_accuracy={cfg.task.classifier_min_val_accuracy}): train it longer "
+                         f"(task.classifier_steps) or lower the threshold knowingly")
+    images_NHW3, labels_N = load_adm_npz(npz)
+    x_N3HW = torch.from_numpy(np.array(images_NHW3)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    f_sample, logits_sample = clf.classify(model, x_N3HW)
+    extractor = f"{clf.FIDELITY_NAME}/{path.stem}"
+    fields = {"feature_extractor": extractor, "reference": val.describe(), "classifier": str(path)}
+    tf = fidelity_metrics(npz, UInt8Images(val), feature_extractor=clf.register_with_fidelity(), weights_path=path,
+                          device=device, isc=True, kid=True, prc=True, isc_splits=1, save_cpu_ram=True)
+    return [
+        ("embedded_fd", frechet_distance(*feature_statistics(f_sample), *feature_statistics(f_val)), "fd", fields),
+        ("class_accuracy", clf.accuracy(logits_sample, labels_N), "fraction", fields),
+        ("classifier_val_accuracy", val_accuracy, "fraction",
+         {**fields, "num_samples": len(val), "trained": meta.get("hparams")}),
+        ("classifier_score", tf["classifier_score_mean"], "score", {**fields, "splits": 1}),
+        ("embedded_kd", tf["kernel_distance_mean"], "kd", {**fields, "std": tf["kernel_distance_std"]}),
+        ("embedded_precision", tf["precision"], "fraction", {**fields, "neighborhood": 3}),
+        ("embedded_recall", tf["recall"], "fraction", {**fields, "neighborhood": 3}),
+    ]
+
+
+def adm_metrics(cfg: DictConfig, npz, device) -> list[tuple[str, float, str, dict]]:
+    """(metric, value, unit, fields) of the ADM / ImageNet suite."""
+    from torch_fidelity import __version__ as fidelity_version
+    t = cfg.task
+    missing = [k for k in ("adm_reference", "inception_weights") if not t.get(k)]
+    if missing:
+        raise ValueError(f"the adm suite needs task.{' and task.'.join(missing)} (local files; nothing is downloaded)")
+    m = adm_reference_metrics(npz, t.adm_reference, t.inception_weights, device, t.fidelity_batch_size)
+    fields = {"feature_extractor": f"{INCEPTION} (torch-fidelity {fidelity_version})", "reference": str(t.adm_reference)}
+    return [("fid", m["fid"], "fd", fields),
+            ("inception_score", m["inception_score"], "score", {**fields, "std": m["inception_score_std"], "splits": 10}),
+            ("precision", m["precision"], "fraction", {**fields, "neighborhood": 3}),
+            ("recall", m["recall"], "fraction", {**fields, "neighborhood": 3})]
+
+
+def main(cfg: DictConfig) -> dict:
+    device = resolve_device(cfg.device)
+    t, suite = cfg.task, resolve_suite(cfg)
+    tokenizer, model = load_trained(cfg, device)
+    checkpoint = str(t.get("checkpoint") or checkpoints.latest(Path(cfg.run_dir) / "checkpoints"))
+    num_classes = t.num_classes or model.num_classes
+    per_class = t.per_class or DEFAULT_PER_CLASS[suite]
+    start = time.perf_counter()
+    samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, t.preset, t.seed,
+                              device, sampler=t.sampler, tag={"checkpoint": checkpoint})
+    sample_seconds = time.perf_counter() - start
+    metrics = (adm_metrics if suite == "adm" else project_metrics)(cfg, samples["npz"], device)
+    common = {"num_samples": samples["images"], "preset": t.preset, "sampler": t.sampler, "suite": suite,
+              "samples": samples["npz"], "checkpoint": checkpoint}
+    out = Path(cfg.results_dir) / "evaluate.jsonl"
+    for name, value, unit, fields in metrics:
+        record(out, name, value, unit, config=cfg, device=device, **{**common, **fields})  # fields win
+    return {"suite": suite, "samples": samples, "sample_seconds": sample_seconds,
+            **{name: value for name, value, _, _ in metrics}}
