@@ -8,13 +8,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_model, tiny_tokenizer
 from PIL import Image
 
-from helpers import tiny_model, tiny_tokenizer
 from varbench.data.embedded import EmbeddedShapes
 from varbench.eval import classifier as clf
-from varbench.eval.metrics import (NpzImages, feature_statistics, fidelity_metrics, frechet_distance, load_adm_npz,
-                                   read_adm_reference, save_adm_npz)
+from varbench.eval.metrics import (
+    NpzImages,
+    feature_statistics,
+    fidelity_metrics,
+    frechet_distance,
+    load_adm_npz,
+    read_adm_reference,
+    save_adm_npz,
+)
 from varbench.eval.sampling import PRESETS, image_seed, sample_for_eval
 
 SIDE = 32  # the classifier tests run at 32 px: seconds on 2 cores
@@ -22,7 +29,8 @@ SIDE = 32  # the classifier tests run at 32 px: seconds on 2 cores
 
 # ----- Frechet distance ------------------------------------------------------------------------------------------
 def closed_form(mu1, a, mu2, b) -> float:
-    """FD of N(mu1, Q diag(a) Q^T) and N(mu2, Q diag(b) Q^T): commuting covariances, sqrt(S1 S2) = Q diag(sqrt(ab)) Q^T."""
+    """FD of N(mu1, Q diag(a) Q^T) and N(mu2, Q diag(b) Q^T): the covariances commute, so
+    sqrt(S1 S2) = Q diag(sqrt(ab)) Q^T."""
     return float(((mu1 - mu2) ** 2).sum() + (a + b - 2 * np.sqrt(a * b)).sum())
 
 
@@ -62,6 +70,8 @@ def test_adm_npz_round_trip(tmp_path):
     item = NpzImages(path)[2]
     assert item.dtype == torch.uint8 and item.shape == (3, 16, 16) and torch.equal(item.permute(1, 2, 0),
                                                                                   torch.from_numpy(images[2]))
+    np.savez_compressed(tmp_path / "c.npz", arr_0=images)  # compressed members are read, not mapped
+    np.testing.assert_array_equal(load_adm_npz(tmp_path / "c.npz")[0], images)
     np.savez(tmp_path / "ref.npz", arr_0=images, mu=np.zeros(4), sigma=np.eye(4))
     mu, sigma = read_adm_reference(tmp_path / "ref.npz")
     assert mu.shape == (4,) and sigma.shape == (4, 4)
@@ -75,7 +85,7 @@ def test_adm_npz_round_trip(tmp_path):
 def test_sampling_resumes_to_the_same_images(tmp_path):
     vae = tiny_tokenizer()
     model = tiny_model("attention", vae=vae)
-    args = dict(num_classes=2, per_class=3, batch_size=2, preset="eval", seed=7, device="cpu")
+    args = {"num_classes": 2, "per_class": 3, "batch_size": 2, "preset": "eval", "seed": 7, "device": "cpu"}
     first = sample_for_eval(model, vae, tmp_path, **args)
     assert first["generated"] == 6 and first["skipped"] == 0
     pngs = {p.name: p.read_bytes() for p in (tmp_path / "images").glob("*.png")}
@@ -102,8 +112,13 @@ def test_image_seeds_depend_on_class_and_index():
 @pytest.fixture(scope="module")
 def small_classifier():
     """A classifier of the 32 px embedded set (100 steps, about 2 s) and its val split."""
-    train = EmbeddedShapes("train", image_size=SIDE)
-    model = clf.train_classifier(train, num_classes=10, image_size=SIDE, steps=100, batch_size=32, width=16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs: one thread is as fast, and 10x faster when other jobs share the 2 cores
+    try:
+        train = EmbeddedShapes("train", image_size=SIDE)
+        model = clf.train_classifier(train, num_classes=10, image_size=SIDE, steps=100, batch_size=32, width=16)
+    finally:
+        torch.set_num_threads(threads)
     return model, EmbeddedShapes("val", image_size=SIDE)
 
 
@@ -118,7 +133,8 @@ def test_untrained_model_samples_are_at_chance(small_classifier):
     model, _ = small_classifier
     vae = tiny_tokenizer()
     labels = torch.arange(10).repeat_interleave(3)
-    images = tiny_model("attention", vae=vae).generate(vae, labels, cfg=1.5, generator=torch.Generator().manual_seed(0)).images
+    generator = torch.Generator().manual_seed(0)
+    images = tiny_model("attention", vae=vae).generate(vae, labels, cfg=1.5, generator=generator).images
     x_N3HW = F.avg_pool2d(images * 2 - 1, images.shape[-1] // SIDE)  # 64 px samples -> the classifier's 32 px
     assert clf.accuracy(clf.classify(model, x_N3HW)[1], labels) < 0.4
 
@@ -146,14 +162,15 @@ def test_fidelity_metrics_with_the_classifier(small_classifier, tmp_path):
     real = np.stack([val.render(i)[0] for i in range(200)])
     noise = np.random.default_rng(0).integers(0, 256, size=(100, SIDE, SIDE, 3), dtype=np.uint8)
     a, b = write_folder(tmp_path / "a", real[:100]), write_folder(tmp_path / "b", real[100:])
-    kw = dict(feature_extractor=clf.register_with_fidelity(), weights_path=weights, isc=True, fid=True, kid=True,
-              prc=True, isc_splits=1, save_cpu_ram=True)
+    kw = {"feature_extractor": clf.register_with_fidelity(), "weights_path": weights, "isc": True, "fid": True,
+          "kid": True, "prc": True, "isc_splits": 1, "save_cpu_ram": True}
     same = fidelity_metrics(a, b, **kw)
     assert "frechet_inception_distance" not in same and "inception_score_mean" not in same  # not Inception
     assert same["frechet_distance"] < fidelity_metrics(a, write_folder(tmp_path / "n", noise), **kw)["frechet_distance"]
     assert same["precision"] > 0.5 and same["recall"] > 0.5
     # the same number as our own Frechet distance on the classifier's features
-    feats = [clf.classify(model, torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1)[0] for x in (real[:100], real[100:])]
+    feats = [clf.classify(model, torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1)[0]
+             for x in (real[:100], real[100:])]
     ours = frechet_distance(*feature_statistics(feats[0]), *feature_statistics(feats[1]))
     assert same["frechet_distance"] == pytest.approx(ours, rel=1e-3)
     with pytest.raises(ValueError, match="Inception weights path is null"):  # never a download
@@ -172,7 +189,8 @@ def test_evaluate_task_records_every_metric(tmp_path):
     from varbench.tasks.evaluate import main
     from varbench.utils.checkpoint import save_atomic
     from varbench.utils.records import read_records
-    overrides = ["task=evaluate", "device=cpu", "cell_id=test", f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'res'}",
+    overrides = ["task=evaluate", "device=cpu", "cell_id=test", f"run_dir={tmp_path / 'run'}",
+                 f"results_dir={tmp_path / 'res'}",
                  "model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.num_res_blocks=1",
                  "tokenizer.vocab_size=64", "data.size_per_class=20", "task.per_class=2", "task.batch_size=10",
                  "task.classifier_steps=10", "task.classifier_batch_size=16", "task.classifier_width=8",
@@ -234,10 +252,11 @@ def test_adm_reference_metrics_use_the_reference_statistics(tmp_path, monkeypatc
     from varbench.eval import metrics
     proj = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
 
-    def fake_features(source, weights_path, device="cpu", batch_size=64, save_cpu_ram=False):
+    def fake_features(source, weights_path, device="cpu", batch_size=64, save_cpu_ram=False, extractor=None):
         x = torch.from_numpy(np.array(metrics.npz_member(source, "arr_0"))).float().mean(dim=(1, 2)) / 255
         return {"2048": x @ proj, "logits_unbiased": x @ proj}
     monkeypatch.setattr(metrics, "inception_features", fake_features)
+    monkeypatch.setattr(metrics, "inception_extractor", lambda weights_path, device="cpu": None)
     rng = np.random.default_rng(0)
     samples = save_adm_npz(tmp_path / "s.npz", rng.integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8))
     mu, sigma = feature_statistics(fake_features(samples, None)["2048"])

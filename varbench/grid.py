@@ -115,6 +115,8 @@ def run_cell(cfg: DictConfig) -> Any:
         print(f"[grid] cell {cid} is complete: skipped")
         return {"cell_id": cid, "status": "complete", "skipped": True}
     print(f"[grid] cell {cid}: {' '.join(identity_overrides(overrides))} (run_dir {cfg.run_dir})")
+    if _is_main_process():
+        record_resume(cfg, cid)
     from varbench.preemption import PreemptionBridge
     try:
         with PreemptionBridge() as bridge:
@@ -129,6 +131,21 @@ def run_cell(cfg: DictConfig) -> Any:
         mark_complete(results, cid, overrides, config=cfg, summary=_small(summary))
     print(f"[grid] cell {cid} complete")
     return {"cell_id": cid, "status": "complete"}
+
+
+def record_resume(cfg: DictConfig, cid: str) -> int | None:
+    """When the cell's run_dir already holds a training checkpoint (a requeued or re-run cell), append a
+    `cell_resume` record with the step the train task resumes from and Slurm's restart count; return the step."""
+    from varbench.training.checkpoints import latest
+    from varbench.utils.records import record
+    folder = latest(Path(cfg.run_dir) / "checkpoints")
+    if folder is None:
+        return None
+    step = int(folder.name.split("_")[-1])
+    record(Path(cfg.results_dir) / "grid.jsonl", "cell_resume", step, "step", config=cfg, cell_id=cid,
+           restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), checkpoint=str(folder))
+    print(f"[grid] cell {cid} resumes from {folder}")
+    return step
 
 
 def _small(summary: Any) -> Any:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -61,7 +62,6 @@ class GridSweeper(BasicSweeper):
         if todo:
             self.overrides = list(self.split_overrides_to_chunks(todo, self.max_batch_size))
             self.batch_index, initial_job_idx = 0, 0
-            from pathlib import Path
             sweep_dir = Path(self.config.hydra.sweep.dir)
             sweep_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")

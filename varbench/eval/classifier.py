@@ -80,10 +80,12 @@ def batches_forever(dataset, batch_size: int, seed: int):
 
 def train_classifier(train_set, num_classes: int, image_size: int, steps: int = 200, batch_size: int = 32,
                      lr: float = 3e-3, width: int = 32, seed: int = 0, device="cpu") -> Classifier:
-    """AdamW with warm-up and a cosine schedule, random horizontal flips (class identity of the shapes does not depend on
-    orientation). Items of `train_set` are (image (3, H, W) in [-1, 1], label)."""
-    torch.manual_seed(seed)
-    model = Classifier(num_classes, image_size, width).to(device).train()
+    """AdamW with warm-up and a cosine schedule, random horizontal flips (the class of a shape does not depend on
+    its orientation). Items of `train_set` are (image (3, H, W) in [-1, 1], label)."""
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(seed)
+        model = Classifier(num_classes, image_size, width).to(device).train()
+    flips = torch.Generator().manual_seed(seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then cosine to zero
@@ -91,7 +93,7 @@ def train_classifier(train_set, num_classes: int, image_size: int, steps: int = 
     data = batches_forever(train_set, batch_size, seed)
     for _ in range(steps):
         x_B3HW, y_B = (t.to(device) for t in next(data))
-        flip_B = torch.rand(x_B3HW.shape[0], device=device) < 0.5
+        flip_B = (torch.rand(x_B3HW.shape[0], generator=flips) < 0.5).to(device)
         x_B3HW = torch.where(flip_B[:, None, None, None], x_B3HW.flip(-1), x_B3HW)
         loss = F.cross_entropy(model(x_B3HW)[1], y_B)
         opt.zero_grad(set_to_none=True)

@@ -67,23 +67,36 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 
 # ----- ADM npz layout ----------------------------------------------------------------------------------------------
-def save_adm_npz(path, images_NHW3: np.ndarray, labels_N: np.ndarray | None = None) -> Path:
-    """Write `arr_0` (uint8 N, H, W, 3) and, when given, `arr_1` (labels) uncompressed (so it can be memory-mapped),
-    through a temporary file and a rename."""
-    images_NHW3 = np.asarray(images_NHW3)
-    if images_NHW3.dtype != np.uint8 or images_NHW3.ndim != 4 or images_NHW3.shape[-1] != 3:
-        raise ValueError(f"arr_0 must be uint8 (N, H, W, 3), got {images_NHW3.dtype} {images_NHW3.shape}")
-    arrays = {"arr_0": images_NHW3}
+def save_adm_npz(path, images, labels_N: np.ndarray | None = None) -> Path:
+    """Write `arr_0` (uint8 (N, H, W, 3)) and, when given, `arr_1` (int64 labels (N,)) as an uncompressed npz (so that
+    `npz_member` can memory-map it), through a temporary file and a rename.
+
+    `images` is a uint8 (N, H, W, 3) array or any sequence of N uint8 (H, W, 3) arrays; it is written one image at a
+    time, so a sequence that reads PNGs lazily never holds the whole set (50k 256 px samples are 9.8 GB)."""
+    n = len(images)
+    first = np.asarray(images[0]) if n else None
+    if first is None or first.dtype != np.uint8 or first.ndim != 3 or first.shape[-1] != 3:
+        raise ValueError(f"arr_0 must hold N >= 1 uint8 (H, W, 3) images, got {n} of "
+                         f"{None if first is None else (first.dtype, first.shape)}")
     if labels_N is not None:
         labels_N = np.asarray(labels_N, dtype=np.int64)
-        if labels_N.shape != images_NHW3.shape[:1]:
-            raise ValueError(f"arr_1 must hold one label per image: {labels_N.shape} vs {images_NHW3.shape[:1]}")
-        arrays["arr_1"] = labels_N
+        if labels_N.shape != (n,):
+            raise ValueError(f"arr_1 must hold one label per image: {labels_N.shape} vs ({n},)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-        np.savez(f, **arrays)
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:  # what np.savez writes
+        with z.open("arr_0.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
+                                                          "shape": (n, *first.shape)})
+            for i in range(n):
+                img_HW3 = np.asarray(images[i])
+                if img_HW3.dtype != np.uint8 or img_HW3.shape != first.shape:
+                    raise ValueError(f"image {i} is {img_HW3.dtype} {img_HW3.shape}, image 0 uint8 {first.shape}")
+                member.write(np.ascontiguousarray(img_HW3).tobytes())
+        if labels_N is not None:
+            with z.open("arr_1.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, labels_N)
     os.replace(tmp, path)
     return path
 
@@ -201,15 +214,24 @@ def fidelity_metrics(input1, input2=None, *, feature_extractor: str = INCEPTION,
     return out
 
 
-def inception_features(source, weights_path, device="cpu", batch_size: int = 64, save_cpu_ram: bool = False) -> dict:
-    """Inception-v3 (compat) pool_3 features '2048' (N, 2048) and 'logits_unbiased' (N, 1008) of an input."""
-    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
-    from torch_fidelity.utils import prepare_input_from_descriptor
-    cuda = torch.device(device).type == "cuda"
-    extractor = create_feature_extractor(INCEPTION, ["2048", "logits_unbiased"], cuda=cuda, verbose=False,
-                                         feature_extractor_weights_path=check_inception_weights(weights_path))
+def inception_extractor(weights_path, device="cpu"):
+    """torch-fidelity's Inception-v3 (compat) giving '2048' (pool_3) and 'logits_unbiased' (the 1008 logits without
+    bias, the layer of ADM's and the original Inception Score), on `device`, from a local .pth."""
+    from torch_fidelity.utils import create_feature_extractor
+    return create_feature_extractor(INCEPTION, ["2048", "logits_unbiased"], verbose=False,
+                                    cuda=torch.device(device).type == "cuda",
+                                    feature_extractor_weights_path=check_inception_weights(weights_path))
+
+
+def inception_features(source, weights_path, device="cpu", batch_size: int = 64, save_cpu_ram: bool = False,
+                       extractor=None) -> dict:
+    """{'2048': (N, 2048), 'logits_unbiased': (N, 1008)} of an input (CPU tensors); `extractor` reuses a loaded
+    network. save_cpu_ram: no DataLoader workers."""
+    from torch_fidelity.utils import get_featuresdict_from_dataset, prepare_input_from_descriptor
+    extractor = extractor or inception_extractor(weights_path, device)
     dataset = prepare_input_from_descriptor({"input": as_fidelity_input(source)}, verbose=False)
-    return get_featuresdict_from_dataset(dataset, extractor, batch_size, cuda, save_cpu_ram, verbose=False)
+    return get_featuresdict_from_dataset(dataset, extractor, batch_size, torch.device(device).type == "cuda",
+                                         save_cpu_ram, verbose=False)
 
 
 def fid_against_adm_reference(sample_npz, ref_npz, inception_weights_path, device="cpu", batch_size: int = 64) -> float:
@@ -230,13 +252,14 @@ def adm_reference_metrics(sample_npz, ref_npz, inception_weights_path, device="c
     side, ref_side = npz_member(sample_npz, "arr_0").shape[1:3], npz_member(ref_npz, "arr_0").shape[1:3]
     if side != ref_side:  # Inception resizes anything to 299 px, so a wrong resolution would pass unnoticed
         raise ValueError(f"samples are {side} px but the reference batch {ref_npz} is {ref_side} px")
-    feats = inception_features(sample_npz, inception_weights_path, device, batch_size, save_cpu_ram)
+    extractor = inception_extractor(inception_weights_path, device)
+    feats = inception_features(sample_npz, None, device, batch_size, save_cpu_ram, extractor)
     out = {"fid": frechet_distance(*feature_statistics(feats["2048"]), mu_ref, sigma_ref)}
-    if isc:
-        scores = isc_features_to_metric(feats["logits_unbiased"], splits=10)
+    if isc:  # shuffled before splitting (torch-fidelity's default): the npz is sorted by class
+        scores = isc_features_to_metric(feats["logits_unbiased"], splits=10, shuffle=True)
         out.update(inception_score=scores["inception_score_mean"], inception_score_std=scores["inception_score_std"])
     if prc:
-        ref = inception_features(ref_npz, inception_weights_path, device, batch_size, save_cpu_ram)["2048"]
+        ref = inception_features(ref_npz, None, device, batch_size, save_cpu_ram, extractor)["2048"]
         # always the chunked variant (same numbers): the full one holds an N x N distance matrix, 10 GB for 50k
         device_feats = [f.to(device) for f in (feats["2048"], ref)]
         pr = prc_features_to_metric(*device_feats, save_cpu_ram=True, verbose=False)

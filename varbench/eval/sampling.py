@@ -146,10 +146,23 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
     return {"npz": str(npz), "images": num_classes * per_class, "generated": generated, "skipped": skipped}
 
 
+class PngImages:
+    """A lazy sequence of uint8 (H, W, 3) arrays read from PNG files (for save_adm_npz)."""
+
+    def __init__(self, paths):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i) -> np.ndarray:
+        with Image.open(self.paths[i]) as img:
+            return np.asarray(img.convert("RGB"))
+
+
 def pack_npz(out_dir, num_classes: int, per_class: int) -> Path:
-    """Read every PNG back (so the npz is exactly what is on disk) into `out_dir/samples.npz`."""
+    """Read every PNG back (so the npz is exactly what is on disk) into `out_dir/samples.npz`, one at a time."""
     out_dir = Path(out_dir)
     items = [(c, i) for c in range(num_classes) for i in range(per_class)]
-    images_NHW3 = np.stack([np.asarray(Image.open(png_path(out_dir, c, i)).convert("RGB")) for c, i in items])
     labels_N = np.array([c for c, _ in items], dtype=np.int64)
-    return save_adm_npz(out_dir / "samples.npz", images_NHW3, labels_N)
+    return save_adm_npz(out_dir / "samples.npz", PngImages(png_path(out_dir, c, i) for c, i in items), labels_N)

@@ -29,8 +29,14 @@ from torch.utils.data import Dataset
 
 from varbench.build import build_dataset, image_size, resolve_device
 from varbench.eval import classifier as clf
-from varbench.eval.metrics import (INCEPTION, adm_reference_metrics, feature_statistics, fidelity_metrics,
-                                   frechet_distance, load_adm_npz)
+from varbench.eval.metrics import (
+    INCEPTION,
+    adm_reference_metrics,
+    feature_statistics,
+    fidelity_metrics,
+    frechet_distance,
+    load_adm_npz,
+)
 from varbench.eval.sampling import sample_for_eval
 from varbench.tasks.sample import load_trained
 from varbench.training import checkpoints
@@ -117,9 +123,11 @@ def adm_metrics(cfg: DictConfig, npz, device) -> list[tuple[str, float, str, dic
     if missing:
         raise ValueError(f"the adm suite needs task.{' and task.'.join(missing)} (local files; nothing is downloaded)")
     m = adm_reference_metrics(npz, t.adm_reference, t.inception_weights, device, t.fidelity_batch_size)
-    fields = {"feature_extractor": f"{INCEPTION} (torch-fidelity {fidelity_version})", "reference": str(t.adm_reference)}
+    fields = {"feature_extractor": f"{INCEPTION} (torch-fidelity {fidelity_version})",
+              "reference": str(t.adm_reference)}
     return [("fid", m["fid"], "fd", fields),
-            ("inception_score", m["inception_score"], "score", {**fields, "std": m["inception_score_std"], "splits": 10}),
+            ("inception_score", m["inception_score"], "score",
+             {**fields, "std": m["inception_score_std"], "splits": 10}),
             ("precision", m["precision"], "fraction", {**fields, "neighborhood": 3}),
             ("recall", m["recall"], "fraction", {**fields, "neighborhood": 3})]
 
