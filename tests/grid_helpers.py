@@ -20,10 +20,11 @@ TINY = ["model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.vocab
 ROW = re.compile(r"^\[grid\] #\d+\s+(?P<cid>[0-9a-f]{12})\s+(?P<status>\w+)\s+(?P<overrides>.*)$")
 
 
-def run_grid(cwd: Path, *overrides: str, grid: str = "mixers_tiny", timeout: int = 600, **popen) -> subprocess.CompletedProcess:
+def run_grid(cwd: Path, *overrides: str, grid: str = "mixers_tiny", timeout: int = 600) -> subprocess.CompletedProcess:
     """`python run.py grid=<grid> <overrides>` in `cwd` (records under cwd/results, cells under cwd/runs/cells)."""
     args = [sys.executable, str(REPO / "run.py"), f"grid={grid}", "hydra.sweep.dir=sweep", *overrides]
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ), **popen)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ),
+                          check=False)
 
 
 def cells(stdout: str) -> list[dict]:

@@ -10,7 +10,9 @@ when it is not up these tests fail, never skip.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,7 +32,7 @@ TINY_NO_STEPS = [o for o in TINY if not o.startswith("train.steps=")]
 def slurm():
     missing = [t for t in ("sbatch", "sinfo", "squeue", "scancel", "sacct") if shutil.which(t) is None]
     assert not missing, f"Slurm tools {missing} not found: start the local cluster with `bash slurm/start_local_slurm.sh`"
-    state = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%t"], capture_output=True, text=True)
+    state = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%t"], capture_output=True, text=True, check=False)
     assert state.returncode == 0 and state.stdout.split()[:1] in (["idle"], ["mix"], ["alloc"]), \
         f"the local Slurm is not up (sinfo: {state.stdout!r} {state.stderr!r}): bash slurm/start_local_slurm.sh"
 
@@ -69,23 +71,59 @@ def slurm_job_of(cwd: Path, cid: str) -> str:
     raise AssertionError(f"no submitit log names cell {cid}")
 
 
+def task_pid(job: str) -> int:
+    """The pid of task 0 of step 0 (srun's python) of a running job ('<array>_<index>' or a plain id)."""
+    raw = subprocess.run(["squeue", "-h", "-j", job, "-o", "%A"], capture_output=True, text=True, check=True).stdout
+    rows = subprocess.run(["scontrol", "listpids", raw.strip()], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    (pid,) = [int(r.split()[0]) for r in rows[1:] if r.split()[2:4] == ["0", "0"]]
+    return pid
+
+
+def preempt_frozen(job: str) -> None:
+    """Send USR2 (what Slurm sends before a time limit or at a preemption: #SBATCH --signal=USR2@...) to a job whose
+    task is frozen, so that the signal lands in the middle of training however fast the steps are."""
+    pid = task_pid(job)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        end = time.monotonic() + 30
+        while not int(_status(pid)["ShdPnd"], 16) & (1 << (signal.SIGUSR2 - 1)):  # delivered, pending while stopped
+            assert time.monotonic() < end, "USR2 never reached the frozen task"
+            time.sleep(0.05)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _status(pid: int) -> dict:
+    rows = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(r.split(":\t", 1) for r in rows if ":\t" in r)
+
+
 def final_weights(cwd: Path, cid: str, step: int) -> dict:
     return load_file(str(cwd / "runs" / "cells" / cid / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
 
 
 @pytest.mark.slow
 def test_grid_round_trip_on_slurm_and_a_preempted_cell_resumes_exactly(slurm, tmp_path):
-    steps = 30
+    steps = 40
     common = ["seed=0", "hydra.sweeper.cells=[]", *TINY_NO_STEPS, f"train.steps={steps}", "train.log_every=1",
               "train.ckpt_every=1000", "train.deterministic=true"]
     sweep = subprocess.Popen([sys.executable, str(REPO / "run.py"), "grid=mixers_tiny", "hydra.sweep.dir=sweep",
                               "cluster=slurm", "mixer=attention,gla", *common],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    cid = wait_for_training(tmp_path, "BlockCausalAttention", min_step=3, proc=sweep, timeout=300)
-    job = slurm_job_of(tmp_path, cid)
-    # what Slurm sends before a time limit or at a preemption (#SBATCH --signal=USR2@...)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    out, err = sweep.communicate(timeout=600)
+    try:
+        cid = wait_for_training(tmp_path, "BlockCausalAttention", min_step=3, proc=sweep, timeout=300)
+        job = slurm_job_of(tmp_path, cid)
+        preempt_frozen(job)
+        out, err = sweep.communicate(timeout=600)
+    finally:  # a failed test leaves neither its sweep nor its jobs behind
+        if sweep.poll() is None:
+            sweep.terminate()
+            sweep.wait(timeout=60)
+            ours = {d.name.split("_")[0] for d in (tmp_path / "sweep" / ".submitit").glob("*_*") if d.is_dir()}
+            if ours:
+                subprocess.run(["scancel", *sorted(ours)], check=False)
     assert sweep.returncode == 0, f"rc={sweep.returncode}\n{out[-3000:]}\n{err[-4000:]}"
 
     # the round trip: both cells ran on Slurm and their records came back
@@ -96,7 +134,8 @@ def test_grid_round_trip_on_slurm_and_a_preempted_cell_resumes_exactly(slurm, tm
     assert all(r["config"]["cluster"]["name"] == "slurm" for r in summaries)
 
     # the preempted cell: requeued by submitit, resumed from the checkpoint written at the signal
-    history = subprocess.run(["sacct", "-D", "-X", "-n", "-j", job, "-o", "State"], capture_output=True, text=True)
+    history = subprocess.run(["sacct", "-D", "-X", "-n", "-j", job, "-o", "State"], capture_output=True, text=True,
+                             check=True)
     # the second run's state may still read RUNNING: submitit returns once the result file is written
     assert history.stdout.split()[0] == "REQUEUED" and len(history.stdout.split()) == 2, history.stdout
     (resume,) = [r for r in records(tmp_path, "grid.jsonl", "cell_resume") if r["cell_id"] == cid]

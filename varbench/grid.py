@@ -18,8 +18,9 @@ import hashlib
 import json
 import os
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -100,28 +101,28 @@ def _is_main_process() -> bool:
 
 
 def run_cell(cfg: DictConfig) -> Any:
-    """The job function of run.py. A single run (`python run.py ...`) runs its task and raises as usual; a job of a
-    grid (Hydra multirun) is a cell: skipped when complete, marked complete after its task, and when its task
-    raises, the failure is recorded and the job returns so that the other cells go on."""
+    """The job function of run.py. A single run (`python run.py ...`) or a plain multirun (`-m`) runs its task and
+    raises as usual; a job of a grid (`grid=<name>`) is a cell: skipped when complete, marked complete after its task,
+    and when its task raises, the failure is recorded and the job returns so that the other cells go on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from varbench.tasks import run_task
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
+    if hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.runtime.choices.get("grid") is None:
         return run_task(cfg)
     cid, results, overrides = cfg.cell_id, cfg.results_dir, list(hydra_cfg.overrides.task)
     if is_complete(results, cid):  # a cell finished by another sweep while this one was queued, or a requeue
         print(f"[grid] cell {cid} is complete: skipped")
         return {"cell_id": cid, "status": "complete", "skipped": True}
     print(f"[grid] cell {cid}: {' '.join(identity_overrides(overrides))} (run_dir {cfg.run_dir})")
-    if _is_main_process():
-        record_resume(cfg, cid)
     from varbench.preemption import PreemptionBridge
     try:
+        if _is_main_process():
+            record_resume(cfg, cid)
         with PreemptionBridge() as bridge:
             summary = bridge.run(run_task, cfg)
-    except Exception as err:  # broad on purpose: a cell's failure is recorded with its error and the sweep goes on
+    except Exception as err:  # noqa: BLE001  broad on purpose: a cell's failure is recorded and the sweep goes on
         error = traceback.format_exc()[-ERROR_TAIL:]
         if _is_main_process():
             path = mark_failed(results, cid, overrides, error, config=cfg)

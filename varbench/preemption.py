@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 GRACE_S = float(os.environ.get("VARBENCH_PREEMPT_GRACE_S", "15"))  # < submitit's default signal_delay_s (120)
 
@@ -32,7 +33,7 @@ class PreemptionBridge:
         self.pending = None  # (signum, frame) of a USR2 forwarded to the training loop
         self.timer: threading.Timer | None = None
 
-    def __enter__(self) -> "PreemptionBridge":
+    def __enter__(self):
         current = signal.getsignal(signal.SIGUSR2)
         # only inside submitit's Slurm job, whose handler is installed before the job function runs
         if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or getattr(current, "__name__", "") != "checkpoint_and_try_requeue":

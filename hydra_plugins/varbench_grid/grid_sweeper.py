@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -23,12 +24,12 @@ from varbench import grid
 
 
 class GridSweeper(BasicSweeper):
-    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
-                 cells: Optional[List[Dict[str, Any]]] = None) -> None:
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None,
+                 cells: list[dict[str, Any]] | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.cells = [] if cells is None else [dict(c) for c in cells]
 
-    def expand(self, arguments: List[str]) -> List[List[str]]:
+    def expand(self, arguments: list[str]) -> list[list[str]]:
         """Every cell's override list: the product of params (+ arguments), then each extra cell, deduplicated."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         params = {str(k): str(v) for k, v in (self.params or {}).items()}
@@ -44,13 +45,13 @@ class GridSweeper(BasicSweeper):
                         jobs.append(job)
         return jobs
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         results_dir = self.config.results_dir
         jobs = self.expand(arguments)
         plan = [(job, grid.cell_id(job)) for job in jobs]
         states = {cid: grid.status(results_dir, cid) for _, cid in plan}
-        print(f"[grid] {len(plan)} cells, results under {results_dir}/cells/<cell_id>:")
+        print(f"[grid] {len(plan)} cells on {_where(self.config.hydra.launcher)}, results under {results_dir}/cells/<cell_id>:")
         for i, (job, cid) in enumerate(plan):
             print(f"[grid] #{i:<3} {cid}  {states[cid]:<8}  {' '.join(grid.identity_overrides(job))}")
         if self.config.get("dry_run", False):
@@ -85,6 +86,16 @@ class GridSweeper(BasicSweeper):
             lines += [f"job {' '.join(r.overrides)}: {r._return_value!r}" for r in crashed]
             raise RuntimeError(f"{len(failed) + len(crashed)} of {len(plan)} grid cells failed (the others ran):\n"
                                + "\n".join(lines))
+
+
+def _where(launcher) -> str:
+    """The launcher in words: 'BasicLauncher', or the Slurm resources each cell asks for."""
+    name = launcher._target_.rsplit(".", 1)[-1]
+    if "partition" not in launcher:
+        return name
+    return (f"{name} (partition {launcher.partition}, {launcher.nodes} node(s) x {launcher.tasks_per_node} task(s), "
+            f"{launcher.gpus_per_node or 0} GPU(s)/node, {launcher.timeout_min} min, "
+            f"max_num_timeout {launcher.max_num_timeout})")
 
 
 def _as_override(value: Any) -> str:

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# grid=depth_mamba2: mamba2, pure (intra none) and M-VAR (intra full), at depths 12, 16, 20, 24, 30, ImageNet 256 px.
+# One Slurm job array, one task per cell; complete cells are skipped, so rerunning this finishes a grid.
+# Add +dry_run=true to list the cells and their status without submitting; any other override is passed on.
+#   PROFILE=<name|path.yaml> DATA_ROOT=/data/imagenet VAE_CKPT=/ckpt/vae_ch160v4096z32.pth bash slurm/sweeps/depth_mamba2.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+exec python run.py grid=depth_mamba2 cluster=slurm cluster.profile="${PROFILE:?set PROFILE to a slurm/profiles name or a .yaml path}" \
+    data.root="${DATA_ROOT:?set DATA_ROOT to the ImageNet folder (train/ and val/)}" \
+    tokenizer.checkpoint="${VAE_CKPT:?set VAE_CKPT to the VAR tokenizer vae_ch160v4096z32.pth}" "$@"
