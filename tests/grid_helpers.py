@@ -11,12 +11,14 @@ from pathlib import Path
 from varbench.utils.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
-# a tiny main pipeline: 2 tokenizer updates, 2 AR steps, a 2-image grid (2 classes x 4 images per class, 32 px:
-# two scales 1 and 2 x the tokenizer's 16x downsampling)
-TINY = ["model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.vocab_size=64", "tokenizer.patch_nums=[1,2]",
-        "data.num_classes=2",
-        "data.size_per_class=4", "train.steps=2", "+task.overrides.train_tokenizer.steps=2",
-        "+task.overrides.train_tokenizer.batch_size=4", "task.overrides.sample.per_class=1", "device=cpu"]
+# a tiny main pipeline on 2 classes x 4 images: 2 tokenizer updates, 2 AR steps, a 2-image grid, and evaluate on 2
+# images per class with a 2-step classifier ('++': add or override, whatever main.yaml's overrides already hold)
+TINY = ["model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.vocab_size=64", "data.num_classes=2",
+        "data.size_per_class=4", "train.steps=2", "++task.overrides.train_tokenizer.steps=2",
+        "++task.overrides.train_tokenizer.batch_size=4", "++task.overrides.sample.per_class=1",
+        "++task.overrides.evaluate.per_class=2", "++task.overrides.evaluate.classifier_steps=2",
+        "++task.overrides.evaluate.classifier_batch_size=4", "++task.overrides.evaluate.classifier_min_val_accuracy=0.0",
+        "device=cpu"]
 ROW = re.compile(r"^\[grid\] #\d+\s+(?P<cid>[0-9a-f]{12})\s+(?P<status>\w+)\s+(?P<overrides>.*)$")
 
 

@@ -44,6 +44,16 @@ def test_every_grid_composes_with_its_cell_run_dir(name):
     assert cfg.hydra.sweeper.params and OmegaConf.to_container(cfg)["run_dir"] == "runs/cells/${cell_id}"
 
 
+def test_a_grid_overrides_groups_and_the_command_line_overrides_the_grid():
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        d16 = compose(config_name="config", overrides=["grid=mixers_d16"])
+        bench = compose(config_name="config", overrides=["grid=resolution"])
+        mine = compose(config_name="config", overrides=["grid=mixers_d16", "data=embedded", "task.steps=[train]"])
+    assert d16.data._target_.endswith("ImageFolderData") and list(d16.task.steps) == ["train", "sample"]
+    assert bench.task.name == "bench"
+    assert mine.data._target_.endswith("EmbeddedShapes") and list(mine.task.steps) == ["train"]
+
+
 def test_slurm_cluster_takes_its_resources_from_the_profile():
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
         local = compose(config_name="config", overrides=["cluster=slurm"], return_hydra_config=True)

@@ -106,7 +106,7 @@ def final_weights(cwd: Path, cid: str, step: int) -> dict:
 
 @pytest.mark.slow
 def test_grid_round_trip_on_slurm_and_a_preempted_cell_resumes_exactly(slurm, tmp_path):
-    steps = 40
+    steps = 24
     common = ["seed=0", "hydra.sweeper.cells=[]", *TINY_NO_STEPS, f"train.steps={steps}", "train.log_every=1",
               "train.ckpt_every=1000", "train.deterministic=true"]
     sweep = subprocess.Popen([sys.executable, str(REPO / "run.py"), "grid=mixers_tiny", "hydra.sweep.dir=sweep",
@@ -157,7 +157,7 @@ def test_grid_round_trip_on_slurm_and_a_preempted_cell_resumes_exactly(slurm, tm
 def test_two_task_cell_trains_with_ddp_from_the_slurm_environment(slurm, tmp_path):
     # task=train on a random tokenizer; label dropout draws from each process's own RNG stream: off
     common = ["mixer=attention", "seed=0", "hydra.sweeper.cells=[]", "task=train", "model.depth=1", "model.width=64",
-              "model.num_heads=1", "tokenizer.vocab_size=64", "tokenizer.patch_nums=[1,2]", "data.num_classes=2",
+              "model.num_heads=1", "tokenizer.vocab_size=64", "data.num_classes=2",
               "data.size_per_class=4", "train.steps=3", "train.batch_size=8", "train.log_every=1",
               "train.deterministic=true", "model.cond_drop_rate=0.0", "device=cpu"]
     (tmp_path / "two").mkdir()

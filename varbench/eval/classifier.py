@@ -73,6 +73,9 @@ def fingerprint(dataset, **hparams) -> str:
 
 def batches_forever(dataset, batch_size: int, seed: int):
     """Shuffled batches, epoch after epoch (a fixed torch generator: the same run gives the same classifier)."""
+    if len(dataset) < batch_size:  # drop_last would yield nothing and this loop would never end
+        raise ValueError(f"the classifier's training set has {len(dataset)} items, fewer than one batch of "
+                         f"{batch_size}: lower task.classifier_batch_size or use more data")
     generator = torch.Generator().manual_seed(seed)
     while True:
         yield from DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator)

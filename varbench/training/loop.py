@@ -29,11 +29,15 @@ class StopRequested:
 
     def __init__(self):
         self.signal = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        """Give the signals back to their previous handlers once training is over."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -148,6 +152,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
         if stop.signal:
             break
     progress.close()
+    stop.restore()
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
             "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
 
