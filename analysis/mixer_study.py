@@ -23,44 +23,18 @@
 # project classifier's feature space is an "FD (embedded classifier)" and is not comparable to an FID.
 
 # %%
-import logging
-import os
-import tempfile
-from pathlib import Path
+from IPython.display import display
 
-from IPython.display import Image, Markdown, display
-
-import varbench
 from varbench.analysis import (
-    as_text,
-    load_records,
     main_table,
     mixer_ablation,
     quality_vs_flops,
     sample_grids,
     training_curves,
 )
+from varbench.analysis.notebook import open_records, show_figure, show_table
 
-logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")  # missing records are logged
-REPO = Path(varbench.__file__).resolve().parents[1]
-RECORDS = os.environ.get("VARBENCH_RECORDS", "results")
-FIGURES = Path(os.environ.get("VARBENCH_FIGURES") or tempfile.mkdtemp(prefix="varbench_figures_"))
-records = Path(RECORDS) if Path(RECORDS).is_absolute() else REPO / RECORDS
-df = load_records(records)
-print(f"{len(df)} records from {df['source'].nunique()} files under {records}")
-
-
-def show_table(table):
-    """A table as markdown (rounded for reading; the DataFrame keeps the recorded values)."""
-    if table.empty:
-        print("no records for this table (see the warnings above)")
-    else:
-        display(Markdown(as_text(table).to_markdown(index=False)))
-        print(f"from {table.attrs.get('records')} records; GPU timings on {table.attrs.get('device')}")
-
-
-def show_figure(path):
-    display(Image(str(path))) if path else print("figure not drawn: its records are missing (see the warnings)")
+df, records, FIGURES = open_records()
 
 
 # %% [markdown]

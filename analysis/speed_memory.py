@@ -20,39 +20,17 @@
 # `varbench.analysis`. Records: `VARBENCH_RECORDS` (default `results/`); figures: `VARBENCH_FIGURES`.
 
 # %%
-import logging
-import os
-import tempfile
-from pathlib import Path
+from IPython.display import display
 
-from IPython.display import Image, Markdown, display
-
-import varbench
 from varbench.analysis import (
-    as_text,
     latest,
-    load_records,
     parity_table,
     resolution_scaling,
     speed_memory_vs_resolution,
 )
+from varbench.analysis.notebook import open_records, show_figure, show_table
 
-logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")  # missing records are logged
-REPO = Path(varbench.__file__).resolve().parents[1]
-RECORDS = os.environ.get("VARBENCH_RECORDS", "results")
-FIGURES = Path(os.environ.get("VARBENCH_FIGURES") or tempfile.mkdtemp(prefix="varbench_figures_"))
-records = Path(RECORDS) if Path(RECORDS).is_absolute() else REPO / RECORDS
-df = load_records(records)
-print(f"{len(df)} records from {df['source'].nunique()} files under {records}")
-
-
-def show_table(table):
-    """A table as markdown (rounded for reading; the DataFrame keeps the recorded values)."""
-    if table.empty:
-        print("no records for this table (see the warnings above)")
-    else:
-        display(Markdown(as_text(table).to_markdown(index=False)))
-        print(f"from {table.attrs.get('records')} records; GPU: {table.attrs.get('device')}")
+df, records, FIGURES = open_records()
 
 
 # %% [markdown]
@@ -75,7 +53,7 @@ show_table(resolution_scaling(df))
 
 # %%
 path = speed_memory_vs_resolution(df, FIGURES / "speed_memory_vs_resolution.png")
-display(Image(str(path))) if path else print("figure not drawn: no bench records (see the warnings)")
+show_figure(path)
 
 # %% [markdown]
 # ## Are the kernels right? Worst relative RMS error against the pure-PyTorch reference

@@ -7,32 +7,17 @@ compute in float32 whatever the input: against them 2e-5 relative to max|o| (mea
 and is far below a real mistake (a wrong scale, decay or layout moves o by > 1e-2).
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fla_reference import fla_naive
 from varbench.layout import ScaleLayout
 from varbench.mixers.retnet import retention_log_decay
 from varbench.ops.linear_rnn import gla, gla_chunk_ref, gla_recurrent_ref
 
 F64 = torch.float64
 DECAYS = ["key", "head", "none"]
-
-
-def fla_naive(op: str):
-    """fla's `ops/<op>/naive.py`, loaded by file path: it needs only torch and einops, while importing it as
-    `fla.ops.<op>.naive` runs `fla/ops/__init__.py`, which imports every Triton kernel (and needs triton)."""
-    spec = importlib.util.find_spec("fla")
-    if spec is None:
-        pytest.skip("flash-linear-attention is not installed")
-    path = Path(spec.origin).parent / "ops" / op / "naive.py"
-    module_spec = importlib.util.spec_from_file_location(f"fla_naive_{op}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
 
 
 def make_inputs(decay, B=2, T=130, H=3, K=16, V=24, dtype=F64, seed=0, strength=2.0):

@@ -140,10 +140,12 @@ def test_mamba2_parameters_match_mvar_d16():
     assert A.min() >= 1 - 1e-6 and A.max() <= 16 + 1e-5 and (m.D == 1).all()
 
 
-def test_kernel_backend_is_an_error_without_cuda():
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present")
-    with pytest.raises(ValueError, match="not available"):
-        Mamba2Mixer(dim=32, backend="mamba_ssm")
+def test_fused_needs_the_kernel_backend():
     with pytest.raises(ValueError, match="fused"):
         Mamba2Mixer(dim=32, backend="reference", fused=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised on a machine without CUDA")
+def test_kernel_backend_is_an_error_without_cuda():
+    with pytest.raises(ValueError, match="not available"):
+        Mamba2Mixer(dim=32, backend="mamba_ssm")
