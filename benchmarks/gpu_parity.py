@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 from varbench.layout import PATCH_NUMS, ScaleLayout  # noqa: E402
 from varbench.registry import build, list_options  # noqa: E402
+from varbench.utils.autotune import apply_autotune_mode  # noqa: E402
 from varbench.utils.records import record  # noqa: E402
 
 
@@ -81,7 +82,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="registry names to check (default: every mixer and intra variant)")
+    parser.add_argument("--first-config", action="store_true",
+                        help="skip Triton autotuning: take each kernel's first config (fast on a cold machine)")
     args = parser.parse_args()
+    apply_autotune_mode("first" if args.first_config else None)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_parity.py needs a CUDA device")
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -92,6 +96,7 @@ def main() -> None:
         for name in list_options(group):
             if (group == "intra" and name == "none") or (args.only and name not in args.only):
                 continue
+            print(f"# {group}/{name} ...", flush=True)
             compare(group, name, layout, args.dim, args.dim // 64, args.batch, args.out)
 
 

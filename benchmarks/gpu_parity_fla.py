@@ -32,6 +32,7 @@ import torch
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import has_module
+from varbench.utils.autotune import apply_autotune_mode
 
 TOL = {"fp32": 1e-4, "bf16": 3e-2}  # relative RMS; fp32 kernels land near 1e-6, bf16 has 8 mantissa bits
 VAR256 = ScaleLayout.for_resolution(256)
@@ -153,16 +154,6 @@ def check_fla_layer(name: str, dev, layout, dim: int, batch: int) -> list[dict]:
     return [row(f"{name} fla.layers.{layer_name} forward (same weights)", "fp32", y_layer, y64)]
 
 
-def first_config_only() -> None:
-    """Make every Triton autotuner take the first config that survives its own pruning, without benchmarking.
-    Numerics do not depend on the tuning; a cold machine otherwise compiles every config of every fla kernel, per
-    dtype (measured: over 280 s for one mixer on an H100)."""
-    from triton.runtime.autotuner import Autotuner
-
-    prune = Autotuner.prune_configs
-    Autotuner.prune_configs = lambda self, kwargs: prune(self, kwargs)[:1]
-
-
 def print_row(r: dict) -> None:
     same = "" if r["ref_same_rel_rms"] is None else f"{r['ref_same_rel_rms']:.2e}"
     print(f"{r['check']:72s} {r['dtype']:5s} {r['rel_rms']:9.2e} {r['max_abs']:9.2e} {same:>9s} {r['tol']:7.0e}"
@@ -194,7 +185,7 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     if args.first_config:
-        first_config_only()
+        apply_autotune_mode("first")
     env = environment()
     setup = {"dim": args.dim, "batch": args.batch, "patch_nums": list(VAR256.patch_nums),
              "autotune": not args.first_config}

@@ -36,6 +36,7 @@ from varbench.ops.selective_scan import kernel as scan_kernel
 from varbench.ops.selective_scan.reference import selective_scan_ref
 from varbench.ops.ssd import kernel as ssd_kernel
 from varbench.ops.ssd.reference import ssd_scan_ref
+from varbench.utils.autotune import apply_autotune_mode
 
 TOL = {"fp32": 2e-5, "bf16": 3e-2}  # relative RMS; fp32 measured ~1e-6 on the golden data, bf16 has 8 mantissa bits
 VAR256 = ScaleLayout.for_resolution(256)  # L = 680
@@ -198,8 +199,9 @@ def environment() -> dict:
             "TRITON_F32_DEFAULT": os.environ.get("TRITON_F32_DEFAULT"), "date": datetime.datetime.now().isoformat()}
 
 
-def run_all(dev="cuda") -> list[dict]:
-    """Every check; each row has check, dtype, rel_rms, max_abs, ref_max_abs, ref32_rel_rms, tol, ok."""
+def run_all(out_path: str, env: dict, dev="cuda") -> list[dict]:
+    """Every check, each group's rows appended to `out_path` as soon as it ran (a hang or a timeout keeps the rows
+    before it); each row has check, dtype, rel_rms, max_abs, ref_max_abs, ref32_rel_rms, tol, ok."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     groups = [("ssd", check_ssd, (dev,)), ("causal_conv", check_conv, (dev,)),
@@ -210,18 +212,24 @@ def run_all(dev="cuda") -> list[dict]:
     rows = []
     for name, check, args in groups:
         try:
-            rows += check(*args)
+            new = check(*args)
         except Exception as e:  # noqa: BLE001  a kernel that raises is a failed check: report it, run the others
             traceback.print_exc()
-            rows.append({"check": f"{name} raised", "dtype": "fp32", "rel_rms": float("nan"), "max_abs": float("nan"),
-                         "ref_max_abs": None, "ref32_rel_rms": None, "tol": TOL["fp32"], "ok": False,
-                         "error": f"{type(e).__name__}: {e}"})
+            new = [{"check": f"{name} raised", "dtype": "fp32", "rel_rms": float("nan"), "max_abs": float("nan"),
+                    "ref_max_abs": None, "ref32_rel_rms": None, "tol": TOL["fp32"], "ok": False,
+                    "error": f"{type(e).__name__}: {e}"}]
+        with open(out_path, "a") as f:
+            f.writelines(json.dumps({**r, **env}) + "\n" for r in new)
+        print(f"# {name} done", file=sys.stderr, flush=True)
+        rows += new
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON-lines file to append one row per check to")
+    parser.add_argument("--first-config", action="store_true",
+                        help="skip Triton autotuning: take each kernel's first config (fast on a cold machine)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_parity_mamba: no CUDA device; run this on the GPU machine (see shared/GPU.md)")
@@ -229,10 +237,10 @@ def main() -> int:
     if missing:
         sys.exit(f"gpu_parity_mamba: {missing} not importable; install the wheels: python3 -m pip install "
                  "--no-index --no-deps --target /tmp/site .whl/*.whl and add /tmp/site to PYTHONPATH")
-    env, rows = environment(), run_all()
+    autotune = apply_autotune_mode("first" if args.first_config else None)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "a") as f:
-        f.writelines(json.dumps({**r, **env}) + "\n" for r in rows)
+    env = {**environment(), "autotune": autotune}
+    rows = run_all(args.out, env)
     print(f"{'check':58s} {'dtype':5s} {'rel_rms':>9s} {'max_abs':>9s} {'ref32':>9s} {'tol':>7s}  ok")
     for r in rows:
         ref32 = "" if r["ref32_rel_rms"] is None else f"{r['ref32_rel_rms']:.2e}"

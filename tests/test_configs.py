@@ -49,3 +49,20 @@ def test_tiny_default_is_consistent():
     cfg = compose_with()
     assert cfg.task.name == "main" and OmegaConf.select(cfg, "tokenizer.checkpoint") is None
     assert build_model(cfg).layout.patch_nums == tuple(cfg.tokenizer.patch_nums)
+
+
+@pytest.mark.parametrize("mixer", list_options("mixer"))
+def test_matched_parameters_equal_the_reference_configuration(mixer):
+    """model.match_params_of sets the FFN width so every mixer's model has the M-VAR cell's parameter count."""
+    overrides = ["model.width=256", "model.num_heads=4", "model.depth=3"]
+    with torch.device("meta"):
+        target = build_model(compose_with(*overrides, "mixer=mamba2", "intra=full")).num_params()
+        net = build_model(compose_with(*overrides, f"mixer={mixer}", "model.match_params_of=[mamba2,full]"))
+    assert abs(net.num_params() - target) <= 3 * (2 * 256 + 1) / 2
+    assert net.blocks[0].ffn.fc1.out_features != 1024 or mixer == "mamba2"  # only the FFN width moved
+
+
+def test_matching_a_smaller_configuration_is_refused():
+    cfg = compose_with("mixer=mamba2", "intra=full", "model.match_params_of=[attention,none]")
+    with pytest.raises(ValueError, match="cannot match"):
+        build_model(cfg)

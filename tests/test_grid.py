@@ -92,9 +92,12 @@ def test_rerun_skips_complete_cells(tmp_path):
     assert {n: len(records(tmp_path, n)) for n in n_lines} == n_lines
 
 
-def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path):
+@pytest.mark.parametrize("cluster", [["cluster=local"], ["cluster=local_parallel", "cluster.jobs=2"]],
+                         ids=["one_after_another", "side_by_side"])
+def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, cluster):
     # mamba2's mamba_ssm backend cannot run on this CPU machine: that cell fails (first), the 'auto' one runs
-    out = run_grid(tmp_path, "mixer=mamba2", "mixer.backend=mamba_ssm,auto", "seed=0", "hydra.sweeper.cells=[]", *TINY)
+    out = run_grid(tmp_path, "mixer=mamba2", "mixer.backend=mamba_ssm,auto", "seed=0", "hydra.sweeper.cells=[]",
+                   *cluster, *TINY)
     assert out.returncode != 0 and "1 of 2 grid cells failed" in out.stderr, tail(out)
     bad, good = cells(out.stdout)
     assert bad["overrides"]["mixer.backend"] == "mamba_ssm" and good["overrides"]["mixer.backend"] == "auto"

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from varbench.backbones.scale_ar import ScaleAR
-from varbench.registry import factory
+from varbench.registry import factory, load_option
 from varbench.tokenizers import MultiScaleVQVAE, load_official_vqvae
 
 TOKENIZER_KEYS = ("vocab_size", "z_channels", "ch", "ch_mult", "num_res_blocks", "dropout", "beta", "quant_conv_ks",
@@ -40,13 +40,38 @@ def build_tokenizer(cfg: DictConfig, *, trainable: bool = False, load: bool = Tr
     return vae
 
 
-def build_model(cfg: DictConfig) -> ScaleAR:
-    """The scale-wise AR model: the `model` group's arguments, the chosen mixer and intra variant, and the
-    tokenizer's vocabulary, code width and scale schedule."""
+def build_model(cfg: DictConfig, mixer: DictConfig | None = None, intra: DictConfig | None = None,
+                patch_nums: tuple[int, ...] | None = None, num_classes: int | None = None) -> ScaleAR:
+    """The scale-wise AR model: the `model` group's arguments, the chosen mixer and intra variant (or the given
+    registry entries), the tokenizer's vocabulary, code width and scale schedule (or `patch_nums`) and the data
+    set's classes (or `num_classes`). With `model.match_params_of: [mixer, intra]` the FFN width is set so that the
+    model has that configuration's parameter count (see `matched_mlp_ratio`)."""
     model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    return ScaleAR(mixer=factory(cfg.mixer), intra=factory(cfg.intra), vocab_size=cfg.tokenizer.vocab_size,
-                   latent_dim=cfg.tokenizer.z_channels, num_classes=cfg.data.num_classes,
-                   patch_nums=tuple(cfg.tokenizer.patch_nums), **model_kwargs)
+    match = model_kwargs.pop("match_params_of", None)
+    mixer, intra = factory(cfg.mixer if mixer is None else mixer), factory(cfg.intra if intra is None else intra)
+    shared = dict(vocab_size=cfg.tokenizer.vocab_size, latent_dim=cfg.tokenizer.z_channels,
+                  num_classes=num_classes or cfg.data.num_classes,
+                  patch_nums=tuple(patch_nums or cfg.tokenizer.patch_nums))
+    if match:
+        model_kwargs["mlp_ratio"] = matched_mlp_ratio(mixer, intra, match, {**model_kwargs, **shared})
+    return ScaleAR(mixer=mixer, intra=intra, **shared, **model_kwargs)
+
+
+def matched_mlp_ratio(mixer, intra, match, kwargs: dict) -> float:
+    """The FFN width ratio that gives a model with (mixer, intra) the parameter count of the model with the
+    registry configuration `match` = [mixer name, intra name] and the same other arguments. Only the FFN hidden
+    width changes (the knob fla's and Mamba's own comparisons turn), so cells differ in how they mix tokens, not in
+    size; the count matches to within half an FFN unit per block (depth * (2C + 1) / 2 parameters)."""
+    ref_mixer, ref_intra = (factory(load_option(group, name)) for group, name in zip(("mixer", "intra"), match))
+    with torch.device("meta"):  # counting only: no memory, no init
+        target = ScaleAR(mixer=ref_mixer, intra=ref_intra, **kwargs).num_params()
+        base = ScaleAR(mixer=mixer, intra=intra, **kwargs)
+    dim, depth = base.blocks[0].dim, len(base.blocks)
+    hidden = base.blocks[0].ffn.fc1.out_features
+    hidden += round((target - base.num_params()) / (depth * (2 * dim + 1)))  # FFN: fc1 (C->H, bias) + fc2 (H->C)
+    if hidden < 1:
+        raise ValueError(f"cannot match the parameters of {list(match)}: its model is smaller than this one without FFN")
+    return hidden / dim
 
 
 def build_dataset(cfg: DictConfig, split: str):

@@ -12,6 +12,7 @@ Shape legend: B batch, H W image side, D feature width (4 x width), K classes.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -157,20 +158,24 @@ def load_classifier(path, device="cpu") -> tuple[Classifier, dict]:
 
 def cached_classifier(train_set, val_set, cache_dir, device="cpu", **hparams) -> tuple[Classifier, dict, Path]:
     """The classifier of `train_set` and these hparams: loaded from `cache_dir/<fingerprint>.safetensors` when
-    present, else trained, checked on `val_set` and saved there. Returns (model, metadata, path)."""
+    present, else trained, checked on `val_set` and saved there. Returns (model, metadata, path). Cells of a grid
+    that run at once share one: the first trains it under a file lock, the others wait and load it."""
     fp = fingerprint(train_set, **hparams)
     path = Path(cache_dir) / f"{fp}.safetensors"
-    if path.is_file():
-        model, meta = load_classifier(path, device)
-        return model, meta, path
-    start = time.perf_counter()
-    model = train_classifier(train_set, device=device, **hparams)
-    seconds = time.perf_counter() - start
-    _, logits_NK, labels_N = classify_dataset(model, val_set)
-    val_acc = accuracy(logits_NK, labels_N)
-    meta = {"fingerprint": fp, "train_data": train_set.describe(), "val_data": val_set.describe(),
-            "val_accuracy": val_acc, "train_seconds": seconds, "hparams": hparams}
-    save_classifier(model, path, **meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if path.is_file():
+            model, meta = load_classifier(path, device)
+            return model, meta, path
+        start = time.perf_counter()
+        model = train_classifier(train_set, device=device, **hparams)
+        seconds = time.perf_counter() - start
+        _, logits_NK, labels_N = classify_dataset(model, val_set)
+        val_acc = accuracy(logits_NK, labels_N)
+        meta = {"fingerprint": fp, "train_data": train_set.describe(), "val_data": val_set.describe(),
+                "val_accuracy": val_acc, "train_seconds": seconds, "hparams": hparams}
+        save_classifier(model, path, **meta)
     return model, meta, path
 
 

@@ -16,13 +16,14 @@ import gc
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.eval.flops import decoder_flops, model_flops
 from varbench.eval.timing import matmul_peak_tflops, time_ms
 from varbench.layout import PATCH_NUMS
-from varbench.registry import factory, list_options, load_option
+from varbench.build import build_model
+from varbench.registry import list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.utils.records import record
 
@@ -30,12 +31,14 @@ PROTOCOL = "bf16 autocast; CUDA events; median of repeats after warm-up; CFG dou
 
 
 def build(cfg: DictConfig, mixer: str, intra: str, res: int) -> ScaleAR:
-    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    return ScaleAR(mixer=factory(load_option("mixer", mixer)), intra=factory(load_option("intra", intra)),
-                   patch_nums=PATCH_NUMS[res], **kwargs).cuda()
+    """The model of `cfg.model` with this mixer / intra, VAR's ImageNet shapes at `res` (1000 classes)."""
+    return build_model(cfg, load_option("mixer", mixer), load_option("intra", intra), PATCH_NUMS[res],
+                       num_classes=1000).cuda()
 
 
-def train_step_cell(model: ScaleAR, batch: int, repeats: int) -> dict:
+def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Module | None = None) -> dict:
+    """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any."""
+    net = net or model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     labels = torch.randint(0, model.num_classes, (batch,), device="cuda")
     x = torch.randn(batch, model.layout.L - 1, model.latent_dim, device="cuda")
@@ -43,7 +46,7 @@ def train_step_cell(model: ScaleAR, batch: int, repeats: int) -> dict:
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(model(labels, x).flatten(0, 1), gt.flatten())
+            loss = torch.nn.functional.cross_entropy(net(labels, x).flatten(0, 1), gt.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

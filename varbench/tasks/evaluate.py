@@ -83,7 +83,7 @@ def project_classifier(cfg: DictConfig, device) -> tuple[clf.Classifier, dict, P
     return clf.cached_classifier(build_dataset(cfg, "train"), build_dataset(cfg, "val"), t.classifier_cache, device,
                                  num_classes=cfg.data.num_classes, image_size=image_size(cfg),
                                  steps=t.classifier_steps, batch_size=t.classifier_batch_size,
-                                 width=t.classifier_width, seed=cfg.seed)
+                                 width=t.classifier_width, seed=t.classifier_seed)
 
 
 def project_metrics(cfg: DictConfig, npz, device) -> list[tuple[str, float, str, dict]]:

@@ -48,6 +48,9 @@ def versions() -> dict[str, str]:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
+    if "triton" in out:  # how its kernels were tuned (varbench/utils/autotune.py)
+        from varbench.utils.autotune import autotune_mode
+        out["triton_autotune"] = autotune_mode()
     return out
 
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The mixer study (results/README.md) on one GPU machine: one tokenizer trained and frozen, one token cache, the
+# project classifier, then grid=mixers_gpu with JOBS cells side by side. Rerun it to resume: finished steps and
+# cells are skipped, interrupted cells resume from their checkpoints.
+# Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_study.sh RESULTS_DIR [JOBS] [overrides...]
+set -eu
+RES=${1:?results dir}; JOBS=${2:-8}; shift $(( $# < 2 ? $# : 2 ))
+STUDY=${STUDY:-runs/study}; TOKENIZER_STEPS=${TOKENIZER_STEPS:-3000}
+TOK=$STUDY/tokenizer/tokenizer.safetensors
+COMMON=(autotune=first "results_dir=$RES")
+if [ ! -f "$STUDY/tokenizer.done" ]; then
+  python run.py task=train_tokenizer run_dir=$STUDY task.steps=$TOKENIZER_STEPS task.batch_size=32 task.amp=bf16 \
+    task.progress=false "${COMMON[@]}"
+  touch "$STUDY/tokenizer.done"
+fi
+python run.py task=tokenize run_dir=$STUDY tokenizer.checkpoint=$TOK "${COMMON[@]}"
+python run.py grid=mixers_gpu cluster=local_parallel cluster.jobs="$JOBS" tokenizer.checkpoint=$TOK \
+  train.token_cache=$STUDY/token_cache/train "${COMMON[@]}" "$@"
