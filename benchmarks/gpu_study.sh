@@ -5,7 +5,7 @@
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_study.sh RESULTS_DIR [JOBS] [overrides...]
 set -eu
 RES=${1:?results dir}; JOBS=${2:-8}; shift $(( $# < 2 ? $# : 2 ))
-STUDY=${STUDY:-runs/study}; TOKENIZER_STEPS=${TOKENIZER_STEPS:-3000}
+STUDY=${STUDY:-runs/study}; TOKENIZER_STEPS=${TOKENIZER_STEPS:-2000}
 TOK=$STUDY/tokenizer/tokenizer.safetensors
 COMMON=(autotune=first "results_dir=$RES")
 if [ ! -f "$STUDY/tokenizer.done" ]; then

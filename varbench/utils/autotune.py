@@ -2,8 +2,9 @@
 
 - `full` (default): the kernel libraries (fla, mamba_ssm) autotune as they ship: on a cold machine every config of
   every kernel is compiled and timed once per shape key (measured: over 3 minutes per fla mixer on an H100).
-- `first`: every Triton autotuner takes the first config that survives its own pruning, without compiling or timing
-  the others. Numerics are the same kernel's; speed can be lower, so speed records say which mode ran.
+- `first`: every Triton autotuner takes the first of its configs that compiles and runs here (a config can need
+  more shared memory than the GPU has: Triton's autotuner skips it, so must we), without compiling or timing the
+  rest. Numerics are the same kernel's; speed can be lower, so speed records say which mode ran.
 Set by `autotune=first` in a run's config (or VARBENCH_AUTOTUNE=first in the environment of a script).
 """
 
@@ -31,12 +32,21 @@ def apply_autotune_mode(mode: str | None = None) -> str:
             from triton.runtime.autotuner import Autotuner
         except ImportError:  # no Triton (a CPU machine): nothing autotunes
             return mode
-        if not getattr(Autotuner.prune_configs, "_varbench_first", False):
-            prune = Autotuner.prune_configs
-
-            def first_only(self, kwargs, *args, **kw):
-                return prune(self, kwargs, *args, **kw)[:1]
-
-            first_only._varbench_first = True
-            Autotuner.prune_configs = first_only
+        if not getattr(Autotuner._bench, "_varbench_first", False):
+            Autotuner._bench = _first_working(Autotuner._bench)
     return mode
+
+
+def _first_working(bench):
+    """Wrap Autotuner._bench: the configs of one tuning call are tried in order (`self.nargs` is that call's); once
+    one ran, the others report an infinite time without being compiled, so the autotuner picks the first that ran."""
+    def first_only(self, *args, config, **meta):
+        if getattr(self, "_varbench_ran_for", None) is self.nargs:
+            return [float("inf")] * 3
+        timings = bench(self, *args, config=config, **meta)
+        if timings[0] != float("inf"):
+            self._varbench_ran_for = self.nargs
+        return timings
+
+    first_only._varbench_first = True
+    return first_only
