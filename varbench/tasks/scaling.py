@@ -35,8 +35,8 @@ def main(cfg: DictConfig) -> dict:
     torch.cuda.set_device(device)
     peak = matmul_peak_tflops()
     torch.manual_seed(cfg.seed)
-    with torch.device(device):
-        model = build_model(cfg, num_classes=1000)  # VAR's ImageNet shapes (as task=bench)
+    with torch.device(device):  # parameters made on the GPU; .to() then moves the layout's CPU-built index tensors
+        model = build_model(cfg, num_classes=1000).to(device)  # VAR's ImageNet shapes (as task=bench)
     flops = model_flops(model)["total"]
     net = wrap_parallel(model, t.parallel, info, device)
     timing = train_step_cell(model, t.batch_per_gpu, t.repeats, net=net)
