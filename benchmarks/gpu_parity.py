@@ -14,12 +14,12 @@ import os
 
 os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # Triton's default TF32 dots are only ~1e-3 accurate
 
-import torch  # noqa: E402
+import torch
 
-from varbench.layout import PATCH_NUMS, ScaleLayout  # noqa: E402
-from varbench.registry import build, list_options  # noqa: E402
-from varbench.utils.autotune import apply_autotune_mode  # noqa: E402
-from varbench.utils.records import record  # noqa: E402
+from varbench.layout import PATCH_NUMS, ScaleLayout
+from varbench.registry import build, list_options
+from varbench.utils.autotune import apply_autotune_mode
+from varbench.utils.records import record
 
 
 def errors(ref: torch.Tensor, out: torch.Tensor) -> dict:
@@ -72,7 +72,7 @@ def compare(group: str, name: str, layout: ScaleLayout, dim: int, heads: int, ba
             record(out_path, "parity_rel_rms", err["rel_rms"], "ratio", max_abs=err["max_abs"], dtype=str(dtype),
                    compared=what, **fields)
         worst = max(rows.items(), key=lambda kv: kv[1]["rel_rms"])
-        print(f"{group}/{name:18s} {kernel.backend:10s} {str(dtype):15s} forward {rows['forward']['rel_rms']:.2e} "
+        print(f"{group}/{name:18s} {kernel.backend:10s} {dtype!s:15s} forward {rows['forward']['rel_rms']:.2e} "
               f"step {rows['step_chain']['rel_rms']:.2e}  worst {worst[0]} {worst[1]['rel_rms']:.2e}")
 
 

@@ -22,9 +22,7 @@ os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # read when Triton compiles
 
 import argparse
 import copy
-import datetime
 import importlib
-import json
 import sys
 import time
 
@@ -33,6 +31,7 @@ import torch
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import has_module
 from varbench.utils.autotune import apply_autotune_mode
+from varbench.utils.records import record
 
 TOL = {"fp32": 1e-4, "bf16": 3e-2}  # relative RMS; fp32 kernels land near 1e-6, bf16 has 8 mantissa bits
 VAR256 = ScaleLayout.for_resolution(256)
@@ -160,12 +159,9 @@ def print_row(r: dict) -> None:
           f"  {'yes' if r['ok'] else 'NO'}", flush=True)
 
 
-def environment() -> dict:
-    import fla
-    import triton
-    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "fla": fla.__version__, "TRITON_F32_DEFAULT": os.environ.get("TRITON_F32_DEFAULT"),
-            "tf32": torch.backends.cuda.matmul.allow_tf32, "date": datetime.datetime.now().isoformat()}
+def settings() -> dict:
+    """What the numbers depend on besides the versions every record carries."""
+    return {"TRITON_F32_DEFAULT": os.environ.get("TRITON_F32_DEFAULT"), "tf32": torch.backends.cuda.matmul.allow_tf32}
 
 
 def main() -> int:
@@ -186,9 +182,7 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = False
     if args.first_config:
         apply_autotune_mode("first")
-    env = environment()
-    setup = {"dim": args.dim, "batch": args.batch, "patch_nums": list(VAR256.patch_nums),
-             "autotune": not args.first_config}
+    setup = {"dim": args.dim, "batch": args.batch, "patch_nums": list(VAR256.patch_nums), **settings()}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     print(f"{'check':72s} {'dtype':5s} {'rel_rms':>9s} {'max_abs':>9s} {'ref_same':>9s} {'tol':>7s}  ok")
     ok, start = True, time.time()
@@ -200,13 +194,13 @@ def main() -> int:
                 rows = [{"check": f"{name} {check.__name__} raised", "dtype": "all", "rel_rms": float("nan"),
                          "max_abs": float("nan"), "ref_same_rel_rms": None, "tol": TOL["fp32"], "ok": False,
                          "error": f"{type(e).__name__}: {e}"}]
-            with open(args.out, "a") as f:
-                for r in rows:
-                    f.write(json.dumps({**r, **setup, **env}) + "\n")
-                    print_row(r)
-                    ok &= r["ok"]
+            for r in rows:
+                record(args.out, "parity_check_rel_rms", r["rel_rms"], "ratio",
+                       **{k: v for k, v in r.items() if k != "rel_rms"}, **setup)
+                print_row(r)
+                ok &= r["ok"]
             print(f"# {name} {check.__name__} done at {time.time() - start:.0f} s", file=sys.stderr, flush=True)
-    print(env, setup)
+    print(setup)
     return 0 if ok else 1
 
 

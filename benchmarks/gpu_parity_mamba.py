@@ -18,9 +18,7 @@ os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # read when Triton compiles
 
 import argparse
 import copy
-import datetime
 import functools
-import json
 import sys
 import traceback
 
@@ -37,6 +35,7 @@ from varbench.ops.selective_scan.reference import selective_scan_ref
 from varbench.ops.ssd import kernel as ssd_kernel
 from varbench.ops.ssd.reference import ssd_scan_ref
 from varbench.utils.autotune import apply_autotune_mode
+from varbench.utils.records import record
 
 TOL = {"fp32": 2e-5, "bf16": 3e-2}  # relative RMS; fp32 measured ~1e-6 on the golden data, bf16 has 8 mantissa bits
 VAR256 = ScaleLayout.for_resolution(256)  # L = 680
@@ -190,13 +189,9 @@ def check_mixer(name, build, dev, layout) -> list[dict]:
     return rows
 
 
-def environment() -> dict:
-    import causal_conv1d
-    import mamba_ssm
-    import triton
-    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "mamba_ssm": mamba_ssm.__version__, "causal_conv1d": causal_conv1d.__version__,
-            "TRITON_F32_DEFAULT": os.environ.get("TRITON_F32_DEFAULT"), "date": datetime.datetime.now().isoformat()}
+def settings() -> dict:
+    """What the numbers depend on besides the versions every record carries."""
+    return {"TRITON_F32_DEFAULT": os.environ.get("TRITON_F32_DEFAULT"), "tf32": torch.backends.cuda.matmul.allow_tf32}
 
 
 def run_all(out_path: str, env: dict, dev="cuda") -> list[dict]:
@@ -218,8 +213,9 @@ def run_all(out_path: str, env: dict, dev="cuda") -> list[dict]:
             new = [{"check": f"{name} raised", "dtype": "fp32", "rel_rms": float("nan"), "max_abs": float("nan"),
                     "ref_max_abs": None, "ref32_rel_rms": None, "tol": TOL["fp32"], "ok": False,
                     "error": f"{type(e).__name__}: {e}"}]
-        with open(out_path, "a") as f:
-            f.writelines(json.dumps({**r, **env}) + "\n" for r in new)
+        for r in new:
+            record(out_path, "parity_check_rel_rms", r["rel_rms"], "ratio",
+                   **{k: v for k, v in r.items() if k != "rel_rms"}, **env)
         print(f"# {name} done", file=sys.stderr, flush=True)
         rows += new
     return rows
@@ -237,9 +233,9 @@ def main() -> int:
     if missing:
         sys.exit(f"gpu_parity_mamba: {missing} not importable; install the wheels: python3 -m pip install "
                  "--no-index --no-deps --target /tmp/site .whl/*.whl and add /tmp/site to PYTHONPATH")
-    autotune = apply_autotune_mode("first" if args.first_config else None)
+    apply_autotune_mode("first" if args.first_config else None)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    env = {**environment(), "autotune": autotune}
+    env = settings()
     rows = run_all(args.out, env)
     print(f"{'check':58s} {'dtype':5s} {'rel_rms':>9s} {'max_abs':>9s} {'ref32':>9s} {'tol':>7s}  ok")
     for r in rows:

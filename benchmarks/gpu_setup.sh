@@ -3,6 +3,8 @@
 # Records name the commit: before the device call run `git rev-parse HEAD > .commit` and carry [".whl", ".commit"].
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | grep -v WARNING
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# records name this commit (the copy's own .git can be stale: it named the session's first commit + dirty)
+[ -f .commit ] && export VARBENCH_COMMIT="$(cat .commit)+copy"
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"

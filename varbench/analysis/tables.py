@@ -249,3 +249,27 @@ def parity_table(df: pd.DataFrame) -> pd.DataFrame:
                           "dtype": "Dtype"}[n] for n in index]
     table.attrs.update(device=devices[0] if len(devices) == 1 else None, records=len(rms) + len(err))
     return table
+
+
+def parallel_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
+    """Training throughput on 1..N GPUs of one host (task=scaling): per model, parallelism and GPU count the
+    images/s, the speed-up and scaling efficiency against the same model on 1 GPU, MFU and peak memory per GPU."""
+    runs = df[df["metric"] == "parallel_train_images_per_s"]
+    if device is not None:
+        runs = runs[runs["device"] == device]
+    if runs.empty:
+        log.warning("parallel_scaling: no parallel_train_images_per_s records")
+        return pd.DataFrame()
+    runs = runs.sort_values("date", kind="stable").drop_duplicates(["model", "parallel", "world_size"], keep="last")
+    single = runs[runs["world_size"] == 1].set_index("model")["value"].astype(float)
+    rows = []
+    for _, r in runs.iterrows():
+        base = single.get(r["model"])
+        rows.append({"Model": r["model"], "Parallel": r["parallel"], "GPUs": int(r["world_size"]),
+                     "Batch/GPU": int(r["batch_per_gpu"]), "img/s": float(r["value"]),
+                     "Speed-up": float(r["value"]) / base if base else float("nan"),
+                     "Efficiency": float(r["value"]) / (base * r["world_size"]) if base else float("nan"),
+                     "MFU": float(r["mfu"]), "Peak mem/GPU (bytes)": max(r["peak_mem_bytes_per_gpu"])})
+    table = pd.DataFrame(rows).set_index(["Model", "Parallel", "GPUs"]).sort_index()
+    table.attrs.update(device=runs["device"].iloc[0] if runs["device"].nunique() == 1 else None, records=len(runs))
+    return table

@@ -2,7 +2,7 @@
 
 bf16 autocast, warm-up then CUDA-event timing, median of repeats. Per (mixer, intra) configuration at the depth
 of `model` and each resolution of `task.resolutions`:
-- training step (forward + backward + AdamW) at `task.train_batch`: images/s, tokens/s, MFU against a bf16 matmul
+- training step (forward + backward + AdamW) at `task.train_batch` (per resolution): images/s, tokens/s, MFU against a bf16 matmul
   peak measured in the same run (FLOPs: analytic, 3x forward, varbench.eval.flops);
 - sampling (CFG on, VAR's eval preset) at each of `task.sample_batches`: latency with and without the tokenizer
   decode, images/s, peak memory; with the carried state and, for `task.rerun_baseline`, the prefix re-run;
@@ -71,6 +71,15 @@ def sample_cell(model: ScaleAR, vae: MultiScaleVQVAE, batch: int, sampler: str, 
     return {"total": total, "decode": decode}
 
 
+def at_resolution(value, res: int):
+    """A bench setting given once (`32`) or per resolution (`{256: 32, 1024: 2}`)."""
+    if isinstance(value, (dict, DictConfig)):
+        if res not in value:
+            raise ValueError(f"no value for {res} px in {dict(value)}: give one per resolution of task.resolutions")
+        return value[res]
+    return value
+
+
 def default_configs() -> list[tuple[str, str]]:
     """Every registered mixer as a pure-mixer model (VAR is attention's), plus M-VAR (intra full + mamba2)."""
     return [(m, "none") for m in list_options("mixer")] + [("mamba2", "full")]
@@ -107,8 +116,9 @@ def run_cell(cfg, out, vae, dec_flops, mixer, intra, res, cell) -> None:
                  flops_by_component=flops, decode_flops_per_image=dec_flops)
     record(out, "state_bytes_per_image", sum(b.mixer.state_bytes(model.layout, 1) for b in model.blocks), "bytes",
            dtype="bf16 (recurrent states fp32)", **cell)
-    stages = [("train", t.train_batch, None)] + [("sample", b, s) for b in t.sample_batches
-                                                 for s in (["carry", "prefix_rerun"] if mixer in t.rerun_baseline else ["carry"])]
+    samplers = ["carry", "prefix_rerun"] if mixer in t.rerun_baseline and res in t.rerun_resolutions else ["carry"]
+    stages = [("train", at_resolution(t.train_batch, res), None)]
+    stages += [("sample", b, s) for b in at_resolution(t.sample_batches, res) for s in samplers]
     for stage, batch, sampler in stages:
         try:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell)

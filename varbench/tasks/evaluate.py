@@ -40,6 +40,7 @@ from varbench.eval.metrics import (
 from varbench.eval.sampling import sample_for_eval
 from varbench.tasks.sample import load_trained
 from varbench.training import checkpoints
+from varbench.training.loop import autocast
 from varbench.utils.records import record
 
 DEFAULT_PER_CLASS = {"adm": 50, "project": 20}
@@ -140,8 +141,9 @@ def main(cfg: DictConfig) -> dict:
     num_classes = t.num_classes or model.num_classes
     per_class = t.per_class or DEFAULT_PER_CLASS[suite]
     start = time.perf_counter()
-    samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, t.preset, t.seed,
-                              device, sampler=t.sampler, tag={"checkpoint": checkpoint})
+    with autocast(device, t.precision):
+        samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, t.preset, t.seed,
+                                  device, sampler=t.sampler, tag={"checkpoint": checkpoint, "precision": t.precision})
     sample_seconds = time.perf_counter() - start
     metrics = (adm_metrics if suite == "adm" else project_metrics)(cfg, samples["npz"], device)
     common = {"num_samples": samples["images"], "preset": t.preset, "sampler": t.sampler, "suite": suite,

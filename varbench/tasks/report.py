@@ -32,6 +32,8 @@ TABLES = {
     "resolution_scaling": (tables.resolution_scaling, "Speed and inference state vs resolution", BENCH),
     "parity_table": (lambda df, device: tables.parity_table(df), "Kernel vs reference parity (worst relative RMS)",
                      "parity_rel_rms / parity_error (the GPU parity script)"),
+    "parallel_scaling": (tables.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
+                         "parallel_train_images_per_s (task=scaling under torchrun)"),
 }
 FIGURES = {
     "quality_vs_flops": (figures.quality_vs_flops, "quality vs FLOPs",

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from varbench.build import build_model, build_tokenizer, resolve_device
 from varbench.training import checkpoints
 from varbench.utils.checkpoint import load_strict, read_state_dict
+from varbench.training.loop import autocast
 from varbench.utils.records import record
 
 
@@ -43,8 +44,9 @@ def main(cfg: DictConfig) -> dict:
     labels = torch.tensor(classes, device=device).repeat_interleave(t.per_class)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     start = time.perf_counter()
-    out = model.generate(tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth,
-                         generator=generator, sampler=t.sampler)
+    with autocast(device, t.precision):  # the kernels' dtype of training (fla's DeltaNet has no fp32 chunk path)
+        out = model.generate(tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth,
+                             generator=generator, sampler=t.sampler)
     seconds = time.perf_counter() - start
     # one row per class: transpose the (class, sample) order of the batch
     grid = out.images.view(len(classes), t.per_class, *out.images.shape[1:])

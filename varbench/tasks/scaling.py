@@ -53,8 +53,7 @@ def main(cfg: DictConfig) -> dict:
                device=device, world_size=info.world_size, parallel=summary["parallel"], batch_per_gpu=t.batch_per_gpu,
                tokens_per_s=ips * model.layout.L, mfu=mfu, matmul_peak_tflops=peak, params=model.num_params(),
                fwd_flops_per_image=flops, peak_mem_bytes_per_gpu=mems.tolist(), timing=timing, protocol=PROTOCOL,
-               mixer=cfg.mixer._target_.rsplit(".", 1)[-1], intra=(cfg.intra or {}).get("_target_"),
-               depth=cfg.model.depth)
+               depth=len(model.blocks), resolution=256)
         print(f"[scaling] {info.world_size} GPU(s) {summary['parallel']}: {ips:.1f} img/s, MFU {mfu:.1%}, "
               f"peak {max(mems.tolist()) / 2**30:.1f} GiB/GPU")
     shutdown()

@@ -76,8 +76,14 @@ def wrap_parallel(model: torch.nn.Module, parallel: str, info: DistInfo, device:
 def autocast_dtype(precision: str):
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in table:
-        raise ValueError(f"train.precision must be one of {list(table)}, got {precision!r}")
+        raise ValueError(f"precision must be one of {list(table)}, got {precision!r}")
     return table[precision]
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of `precision` (fp32: a disabled one) on `device`."""
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, info: DistInfo, from_ids: bool) -> dict:

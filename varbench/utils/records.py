@@ -18,16 +18,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The checkout's commit, with '+dirty' when tracked files differ from it ('unknown' outside git)."""
+    """The commit the code came from: $VARBENCH_COMMIT when set (a copied tree on the lent GPU machine, whose own
+    .git may be stale: benchmarks/gpu_setup.sh exports it from the `.commit` stamp written before the copy), else
+    git's HEAD with '+dirty' when tracked files differ from it, else the `.commit` stamp, else 'unknown'."""
+    if os.environ.get("VARBENCH_COMMIT"):
+        return os.environ["VARBENCH_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
                                text=True, check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        # a copied tree without .git (the lent GPU machine): `git rev-parse HEAD > .commit` before copying
         stamp = REPO / ".commit"
-        return stamp.read_text().strip() + "+copy" if stamp.is_file() else os.environ.get("VARBENCH_COMMIT", "unknown")
+        return stamp.read_text().strip() + "+copy" if stamp.is_file() else "unknown"
 
 
 def device_name(device=None) -> str:
