@@ -18,6 +18,7 @@ from varbench.analysis import (
     load_records,
     main_table,
     mixer_ablation,
+    parallel_scaling,
     parity_table,
     quality_label,
     quality_vs_flops,
@@ -137,6 +138,17 @@ def test_parity_table_reports_the_worst_error(df):
     row = table.loc[("mixer", "attention", "flex", "bf16")]
     assert (row["Worst rel RMS"], row["Worst at"], row["Checks"]) == (worst["value"], worst["compared"], len(bf16))
     assert "fp32" in table.loc[("mixer", "deltanet", "fla", "fp32"), "Error"]
+
+
+def test_parallel_scaling_efficiency_is_throughput_over_gpus_times_one_gpu(df):
+    table = parallel_scaling(df)
+    one = raw(metric="parallel_train_images_per_s", world_size=1)[0]
+    two = [r for r in raw(metric="parallel_train_images_per_s", world_size=2, parallel="ddp")
+           if r["params"] == one["params"]][-1]
+    row = table.loc[(table.index.get_level_values("GPUs") == 2) & (table.index.get_level_values("Parallel") == "ddp")
+                    & (table["img/s"] == two["value"])].iloc[0]
+    assert row["Efficiency"] == pytest.approx(two["value"] / (2 * one["value"]))
+    assert row["Peak mem/GPU (bytes)"] == max(two["peak_mem_bytes_per_gpu"])
 
 
 def test_report_regenerates_every_table_and_figure(tmp_path):

@@ -69,3 +69,23 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
         assert one["value"] == pytest.approx(two["value"], rel=1e-5, abs=1e-6)
         assert one["grad_norm"] == pytest.approx(two["grad_norm"], rel=1e-4)
     assert len(logs[0]) == 3
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_equal_one_process_and_resume(tmp_path):
+    """FSDP2 over 2 CPU processes: the same losses as 1 process; its checkpoint holds whole tensors (gathered), and a
+    longer run resumes from it on both ranks (re-sharded) and still tracks the 1-process run."""
+    common = ["train.ckpt_every=100", "train.deterministic=true", "train.batch_size=8", "model.cond_drop_rate=0.0"]
+    one = run(tmp_path, "one", *common, "train.steps=4")
+    assert one.returncode == 0, one.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534"]
+    for steps in (2, 4):  # the second run resumes from the first one's step-2 checkpoint
+        two = run(tmp_path, "fsdp", *common, f"train.steps={steps}", "train.parallel=fsdp", launcher=torchrun,
+                  env={"OMP_NUM_THREADS": "1"})
+        assert two.returncode == 0, two.stderr[-3000:]
+    logs = [[r for r in read_records(tmp_path / n / "results" / "train.jsonl") if r["metric"] == "train_loss"]
+            for n in ("one", "fsdp")]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3, 4]
+    for a, b in zip(*logs, strict=True):
+        assert a["value"] == pytest.approx(b["value"], rel=1e-5, abs=1e-6)
+    assert final_weights(tmp_path / "one").keys() == final_weights(tmp_path / "fsdp").keys()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from varbench.utils.checkpoint import load_object, load_strict, read_state_dict, save_atomic
+from varbench.utils.checkpoint import load_object, read_state_dict, save_atomic
 
 
 def rng_state() -> dict:
@@ -24,10 +24,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(ckpt_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: int = 3) -> Path:
-    """Write checkpoint `step_<N>` and point `latest` at it; remove all but the newest `keep`."""
+def save(ckpt_dir: Path, step: int, tensors: dict, state: dict, keep: int = 3) -> Path:
+    """Write checkpoint `step_<N>` (the model's whole `tensors` and the training `state`) and point `latest` at it;
+    remove all but the newest `keep`."""
     folder = Path(ckpt_dir) / f"step_{step:08d}"
-    save_atomic(folder / "model.safetensors", tensors=model.state_dict())
+    save_atomic(folder / "model.safetensors", tensors=tensors)
     save_atomic(folder / "state.pt", obj=state)
     save_atomic(Path(ckpt_dir) / "latest", obj={"step": step, "folder": folder.name})
     for old in sorted(Path(ckpt_dir).glob("step_*"))[:-keep]:
@@ -40,7 +41,7 @@ def latest(ckpt_dir: Path) -> Path | None:
     return Path(ckpt_dir) / load_object(pointer)["folder"] if pointer.is_file() else None
 
 
-def restore(folder: Path, model: torch.nn.Module) -> dict:
-    """Load the weights into `model` (strict) and return the training state."""
-    load_strict(model, read_state_dict(folder / "model.safetensors"), f"checkpoint {folder}")
-    return load_object(folder / "state.pt")
+def read(folder: Path) -> tuple[dict, dict]:
+    """The model tensors and the training state of checkpoint `folder`."""
+    return read_state_dict(folder / "model.safetensors"), load_object(folder / "state.pt")
+

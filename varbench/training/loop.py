@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from varbench.training import checkpoints, recipe
 from varbench.training.batches import GlobalBatches, collate, transformer_inputs
+from varbench.utils.checkpoint import load_strict
 from varbench.utils.dist import DistInfo
 from varbench.utils.records import record
 
@@ -102,8 +103,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, growth_interval=1000, enabled=amp == torch.float16)
     step = 0
     if (folder := checkpoints.latest(ckpt_dir)) is not None:
-        state = checkpoints.restore(folder, model)
-        optimizer.load_state_dict(state["optimizer"])
+        state = _restore(folder, model, optimizer)
         scaler.load_state_dict(state["scaler"])
         checkpoints.set_rng_state(state["rng"])
         step = state["step"]
@@ -169,13 +169,37 @@ def _mean_over_ranks(value: float, device: torch.device) -> float:
     return t.item() / torch.distributed.get_world_size()
 
 
+def _is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 holds the parameters as shards (DTensors)."""
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def _save(ckpt_dir, step, model, optimizer, scaler, keep, info: DistInfo) -> None:
+    if _is_sharded(model):  # gather whole tensors: a collective (every rank calls it), rank 0 receives them
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        tensors, optim = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                   cpu_offload=True))
+    else:
+        tensors, optim = model.state_dict(), optimizer.state_dict()
     if info.is_main:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                 "rng": checkpoints.rng_state()}
-        checkpoints.save(ckpt_dir, step, model, state, keep)
+        state = {"step": step, "optimizer": optim, "scaler": scaler.state_dict(), "rng": checkpoints.rng_state()}
+        checkpoints.save(ckpt_dir, step, tensors, state, keep)
     if info.world_size > 1:
         torch.distributed.barrier()
+
+
+def _restore(folder, model, optimizer) -> dict:
+    """Load checkpoint `folder` into the model and optimizer (whole tensors; FSDP2 re-shards them on every rank)."""
+    tensors, state = checkpoints.read(folder)
+    if _is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        set_state_dict(model, optimizer, model_state_dict=tensors, optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True))
+    else:
+        load_strict(model, tensors, f"checkpoint {folder}")
+        optimizer.load_state_dict(state["optimizer"])
+    return state
 
 
 def _tensorboard(cfg, info: DistInfo):
