@@ -29,6 +29,7 @@ from varbench.analysis import (
     write_table,
 )
 from varbench.analysis.load import LEADING, flatten, short_name
+from varbench.analysis.tables import bench_goals, costs_table, study_ranking
 from varbench.registry import CONFIG_ROOT
 from varbench.tasks import run_task
 from varbench.tasks.report import FIGURES, TABLES, build_report
@@ -149,6 +150,37 @@ def test_parallel_scaling_efficiency_is_throughput_over_gpus_times_one_gpu(df):
                     & (table["img/s"] == two["value"])].iloc[0]
     assert row["Efficiency"] == pytest.approx(two["value"] / (2 * one["value"]))
     assert row["Peak mem/GPU (bytes)"] == max(two["peak_mem_bytes_per_gpu"])
+
+
+def test_costs_table_state_ratio_is_state_over_the_kv_cache(df):
+    table = costs_table(df)
+    kv, mamba2 = (real_one(metric="analytic_cost", mixer=m, intra=i, depth=16, resolution=1024)
+                  for m, i in (("attention", "none"), ("mamba2", "full")))
+    row = table.loc[("M-VAR-d16", 1024)]
+    assert row["State / KV cache"] == pytest.approx(mamba2["state_bytes_per_image"] / kv["state_bytes_per_image"])
+    assert row["Params"] == mamba2["params"]
+
+
+def test_bench_goals_compare_the_recorded_numbers_with_the_targets(df):
+    goals = bench_goals(df)
+    mfu = goals.loc["VAR-d16 training MFU (b32, 256 px)"]
+    (rec,) = [r for r in raw(metric="train_images_per_s", mixer="attention", intra="none", batch=32)
+              if not r.get("synthetic")][-1:]
+    assert mfu["Measured"] == pytest.approx(rec["mfu"])
+    assert mfu["Met"] == ("yes" if rec["mfu"] >= 0.55 else "no")
+    if mfu["Met"] == "no":
+        assert mfu["Missed by"] == pytest.approx(1 - rec["mfu"] / 0.55)
+
+
+def test_study_ranking_orders_by_the_quality_mean_and_measures_the_gap_in_seed_stds(df):
+    table = study_ranking(df)
+    fd = table.columns[0]  # the ranking metric comes first (FID here: the fixture has Inception FID over 2+ seeds)
+    assert list(table[fd]) == sorted(table[fd])
+    best, second = table.iloc[0], table.iloc[1]
+    pooled = ((best[f"{fd} std"] ** 2 + second[f"{fd} std"] ** 2) / 2) ** 0.5
+    gap = [c for c in table.columns if c.startswith("Gap to best")][0]
+    assert second[gap] == pytest.approx((second[fd] - best[fd]) / pooled)
+    assert (table["Seeds"] >= 2).all()
 
 
 def test_report_regenerates_every_table_and_figure(tmp_path):

@@ -1,0 +1,44 @@
+"""task=costs: the analytic costs of every configuration, without a GPU. Per depth of `task.depths`, resolution of
+`task.resolutions` and (mixer, intra) configuration (default: every registered mixer without intra, plus M-VAR):
+parameters, forward FLOPs per image by component (training counts 3x), the tokenizer decode's FLOPs, and the bytes
+of the inference state per image (KV cache, or recurrent state + conv tail). Models are built on the meta device
+(no memory, no init), so VAR-d30 at 1024 px costs nothing. One `analytic_cost` record per cell in costs.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from varbench.build import build_model
+from varbench.eval.flops import decoder_flops, model_flops
+from varbench.layout import PATCH_NUMS
+from varbench.registry import load_option
+from varbench.tasks.bench import default_configs
+from varbench.tokenizers import MultiScaleVQVAE
+from varbench.utils.records import record
+
+
+def main(cfg: DictConfig) -> dict:
+    t, out = cfg.task, Path(cfg.results_dir) / "costs.jsonl"
+    cells = 0
+    for res in t.resolutions:
+        with torch.device("meta"):
+            decode = decoder_flops(MultiScaleVQVAE(patch_nums=PATCH_NUMS[res]))
+        for depth in t.depths:
+            sized = cfg.copy()
+            with open_dict(sized):
+                sized.model.depth = depth  # width and heads follow depth (VAR's rule) in the var/mvar recipes
+            for mixer, intra in t.configs or default_configs():
+                with torch.device("meta"):
+                    model = build_model(sized, load_option("mixer", mixer), load_option("intra", intra),
+                                        PATCH_NUMS[res], num_classes=1000)
+                flops = model_flops(model)
+                record(out, "analytic_cost", flops["total"], "FLOP/img (forward)", config=None, device="cpu",
+                       mixer=mixer, intra=intra, depth=depth, resolution=res, L=model.layout.L,
+                       params=model.num_params(), flops_by_component=flops, train_flops_per_image=3 * flops["total"],
+                       decode_flops_per_image=decode, dtype="bf16 (recurrent states fp32)",
+                       state_bytes_per_image=sum(b.mixer.state_bytes(model.layout, 1) for b in model.blocks))
+                cells += 1
+    return {"records": str(out), "cells": cells}
