@@ -192,14 +192,17 @@ def _kv_ratio(state: pd.Series) -> pd.Series:
     return pd.Series(state.to_numpy() / ref.to_numpy(dtype=float), index=state.index)
 
 
+ERROR_CHARS = 80
+
+
 def _bench_errors(df: pd.DataFrame, device) -> pd.Series:
     """Per configuration, the bench stages that failed (out of memory, a kernel refusing a shape) on `device`."""
     err = latest(df, "bench_error")
     err = err[err["device"] == device]
     if err.empty:
         return pd.Series(dtype=object, name="Bench error")
-    text = [f"{st} b{b:g}: {e}" if pd.notna(b) else f"{st}: {e}"
-            for st, b, e in zip(err["stage"], err["batch"], err["error"])]
+    short = [str(e).split(". ", 1)[0][:ERROR_CHARS] for e in err["error"]]  # the full text stays in the record
+    text = [f"{st} b{b:g}: {e}" if pd.notna(b) else f"{st}: {e}" for st, b, e in zip(err["stage"], err["batch"], short)]
     return err.assign(t=text).groupby(KEY, dropna=False)["t"].agg("; ".join).rename("Bench error")
 
 
@@ -218,6 +221,7 @@ def resolution_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
     if len(errors):
         table = pd.concat([table, errors], axis=1)
         table.index.names = KEY
+    table = table.dropna(how="all")  # models known only by their size (trained, never timed)
     table = _by_model(table).sort_index(level=["Model", "Resolution"])
     return _finish(table, df, SPEED, frame.attrs["device"])
 
