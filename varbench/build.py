@@ -70,7 +70,8 @@ def matched_mlp_ratio(mixer, intra, match, kwargs: dict) -> float:
     hidden = base.blocks[0].ffn.fc1.out_features
     hidden += round((target - base.num_params()) / (depth * (2 * dim + 1)))  # FFN: fc1 (C->H, bias) + fc2 (H->C)
     if hidden < 1:
-        raise ValueError(f"cannot match the parameters of {list(match)}: its model is smaller than this one without FFN")
+        raise ValueError(f"cannot match the parameters of {list(match)}: its model is smaller than this one "
+                         f"without an FFN")
     return hidden / dim
 
 

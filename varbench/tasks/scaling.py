@@ -46,7 +46,8 @@ def main(cfg: DictConfig) -> dict:
         dist.all_gather(gathered, mems)
         mems = torch.cat(gathered)
     ips = info.world_size * t.batch_per_gpu / (timing["median_ms"] * 1e-3)
-    summary = {"images_per_s": ips, "world_size": info.world_size, "parallel": t.parallel if info.world_size > 1 else "none"}
+    parallel = t.parallel if info.world_size > 1 else "none"
+    summary = {"images_per_s": ips, "world_size": info.world_size, "parallel": parallel}
     if info.is_main:
         mfu = 3 * flops * ips / (info.world_size * peak * 1e12)
         record(f"{cfg.results_dir}/scaling.jsonl", "parallel_train_images_per_s", ips, "img/s", config=cfg,

@@ -27,13 +27,15 @@ def apply_autotune_mode(mode: str | None = None) -> str:
     if mode not in MODES:
         raise ValueError(f"unknown autotune mode {mode!r}; valid modes: {list(MODES)}")
     os.environ[ENV] = mode  # child processes (DDP workers, data loaders) inherit it
-    if mode == "first":
-        try:
-            from triton.runtime.autotuner import Autotuner
-        except ImportError:  # no Triton (a CPU machine): nothing autotunes
-            return mode
-        if not getattr(Autotuner._bench, "_varbench_first", False):
-            Autotuner._bench = _first_working(Autotuner._bench)
+    try:
+        from triton.runtime.autotuner import Autotuner
+    except ImportError:  # no Triton (a CPU machine): nothing autotunes
+        return mode
+    patched = hasattr(Autotuner._bench, "__wrapped__")
+    if mode == "first" and not patched:
+        Autotuner._bench = _first_working(Autotuner._bench)
+    elif mode == "full" and patched:  # a later run of the same process asked for the libraries' own tuning
+        Autotuner._bench = Autotuner._bench.__wrapped__
     return mode
 
 
@@ -48,5 +50,5 @@ def _first_working(bench):
             self._varbench_ran_for = self.nargs
         return timings
 
-    first_only._varbench_first = True
+    first_only.__wrapped__ = bench
     return first_only
