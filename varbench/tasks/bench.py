@@ -4,10 +4,11 @@ bf16 autocast, warm-up then CUDA-event timing, median of repeats. Per (mixer, in
 of `model` and each resolution of `task.resolutions`:
 - training step (forward + backward + AdamW) at `task.train_batch` (per resolution): images/s, tokens/s, MFU
   against a bf16 matmul peak measured in the same run (FLOPs: analytic, 3x forward, varbench.eval.flops);
-- sampling (CFG on, VAR's eval preset) at each of `task.sample_batches` (per resolution): latency with and without the tokenizer
-  decode, images/s, peak memory; with the carried state and, for `task.rerun_baseline`, the prefix re-run;
+- sampling (CFG on, VAR's eval preset) at each of `task.sample_batches` (per resolution): latency with and
+  without the tokenizer decode, images/s, peak memory; with the carried state and, for `task.rerun_baseline`, the prefix re-run;
 - inference state bytes (analytic, checked against real states by the tests).
-A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on.
+A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on; each
+cell runs in a fresh process (`task.isolate_cells`), so even a CUDA error that poisons its context ends it alone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import gc
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.eval.flops import decoder_flops, model_flops
@@ -25,6 +26,7 @@ from varbench.layout import PATCH_NUMS
 from varbench.build import build_model
 from varbench.registry import list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
+from varbench.utils.processes import run_in_fresh_process
 from varbench.utils.records import record
 
 PROTOCOL = "bf16 autocast; CUDA events; median of repeats after warm-up; CFG doubled batch; analytic FLOPs"
@@ -93,19 +95,26 @@ def main(cfg: DictConfig) -> dict:
     peak = matmul_peak_tflops()
     common = dict(protocol=PROTOCOL, matmul_peak_tflops=peak, depth=cfg.model.depth)
     record(out, "matmul_peak", peak, "TFLOP/s", config=None, **common)
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what a child process can read alone
     for res in t.resolutions:
-        vae = MultiScaleVQVAE(patch_nums=PATCH_NUMS[res]).cuda().eval()
-        dec_flops = decoder_flops(vae)
         for mixer, intra in t.configs or default_configs():
             cell = dict(mixer=mixer, intra=intra, resolution=res, L=sum(p * p for p in PATCH_NUMS[res]), **common)
-            run_cell(cfg, out, vae, dec_flops, mixer, intra, res, cell)
-            gc.collect()
-            torch.cuda.empty_cache()
+            if not t.isolate_cells:
+                run_cell(plain, out, mixer, intra, res, cell)
+                continue
+            # a fresh process per cell: a CUDA error that poisons the context (a device-side assert) ends this
+            # cell only, and each cell starts from an empty allocator
+            code = run_in_fresh_process(run_cell, plain, out, mixer, intra, res, cell)
+            if code != 0:
+                record(out, "bench_error", 0, "", error=f"the cell's process exited with code {code}", stage="process",
+                       **cell)
     return {"records": str(out), "matmul_peak_tflops": peak}
 
 
-def run_cell(cfg, out, vae, dec_flops, mixer, intra, res, cell) -> None:
+def run_cell(cfg, out, mixer, intra, res, cell) -> None:
     t = cfg.task
+    vae = MultiScaleVQVAE(patch_nums=PATCH_NUMS[res]).cuda().eval()
+    cell = {**cell, "decode_flops_per_image": decoder_flops(vae)}
     try:
         model = build(cfg, mixer, intra, res)
     except (RuntimeError, ValueError) as err:
@@ -113,7 +122,7 @@ def run_cell(cfg, out, vae, dec_flops, mixer, intra, res, cell) -> None:
         return
     flops = model_flops(model)
     cell |= dict(backend=model.blocks[0].mixer.backend, params=model.num_params(), fwd_flops_per_image=flops["total"],
-                 flops_by_component=flops, decode_flops_per_image=dec_flops)
+                 flops_by_component=flops)
     record(out, "state_bytes_per_image", sum(b.mixer.state_bytes(model.layout, 1) for b in model.blocks), "bytes",
            dtype="bf16 (recurrent states fp32)", **cell)
     samplers = ["carry", "prefix_rerun"] if mixer in t.rerun_baseline and res in t.rerun_resolutions else ["carry"]
@@ -125,7 +134,9 @@ def run_cell(cfg, out, vae, dec_flops, mixer, intra, res, cell) -> None:
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             torch.cuda.empty_cache()
-    del model
+    del model, vae
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell) -> None:
