@@ -5,7 +5,8 @@ of `model` and each resolution of `task.resolutions`:
 - training step (forward + backward + AdamW) at `task.train_batch` (per resolution): images/s, tokens/s, MFU
   against a bf16 matmul peak measured in the same run (FLOPs: analytic, 3x forward, varbench.eval.flops);
 - sampling (CFG on, VAR's eval preset) at each of `task.sample_batches` (per resolution): latency with and
-  without the tokenizer decode, images/s, peak memory; with the carried state and, for `task.rerun_baseline`, the prefix re-run;
+  without the tokenizer decode, images/s, peak memory; with the carried state and, for `task.rerun_baseline`,
+  the prefix re-run;
 - inference state bytes (analytic, checked against real states by the tests).
 A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on; each
 cell runs in a fresh process (`task.isolate_cells`), so even a CUDA error that poisons its context ends it alone.
