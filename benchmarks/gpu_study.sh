@@ -16,3 +16,5 @@ fi
 python run.py task=tokenize run_dir=$STUDY tokenizer.checkpoint=$TOK "${COMMON[@]}"
 python run.py grid=mixers_gpu cluster=local_parallel cluster.jobs="$JOBS" tokenizer.checkpoint=$TOK \
   train.token_cache=$STUDY/token_cache/train "${COMMON[@]}" "$@"
+# the frozen tokenizer travels with the records: re-running a cell later (or one more mixer) needs this very one
+cp "$TOK" "$RES/study_tokenizer.safetensors"
