@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 
 from varbench.build import build_model, build_tokenizer, resolve_device
 from varbench.training import checkpoints
-from varbench.utils.checkpoint import load_strict, read_state_dict
 from varbench.training.loop import autocast
+from varbench.utils.checkpoint import load_strict, read_state_dict
 from varbench.utils.records import record
 
 
