@@ -267,3 +267,11 @@ def test_adm_reference_metrics_use_the_reference_statistics(tmp_path, monkeypatc
     np.savez(tmp_path / "ref.npz", arr_0=np.zeros((30, 16, 16, 3), np.uint8), mu=mu + 1, sigma=sigma)
     with pytest.raises(ValueError, match="px"):  # samples at another resolution than the reference
         metrics.fid_against_adm_reference(samples, tmp_path / "ref.npz", "unused.pth")
+
+
+def test_top_ops_names_the_operator_that_holds_the_time():
+    from varbench.eval.timing import top_ops
+    a, b, v = torch.randn(384, 384), torch.randn(384, 384), torch.randn(16)
+    ops = top_ops(lambda: (a @ b, v + 1), steps=3)
+    assert ops[0]["op"] == "aten::mm" and ops[0]["calls_per_step"] == 1
+    assert sum(o["share"] for o in ops) <= 1 + 1e-9 and ops[0]["share"] > 0.5

@@ -42,3 +42,21 @@ def matmul_peak_tflops(dtype=torch.bfloat16, n: int = 8192) -> float:
     b = torch.randn(n, n, device="cuda", dtype=dtype)
     ms = time_ms(lambda: a @ b, warmup=5, repeats=20)["median_ms"]
     return 2 * n ** 3 / (ms * 1e-3) / 1e12
+
+
+def top_ops(fn: Callable[[], object], steps: int = 3, limit: int = 15) -> list[dict]:
+    """The operators holding the most time over `steps` calls of `fn` (torch.profiler, self time: on the GPU its
+    kernels' time, on a CPU the CPU time): name, calls per step, ms per step, share of the total. Where an MFU falls
+    short, this says which kernels hold the time; call it after a warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(steps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1.0
+    return [{"op": e.key, "calls_per_step": e.count / steps, "ms_per_step": getattr(e, key) / steps / 1e3,
+             "share": getattr(e, key) / total} for e in events[:limit]]

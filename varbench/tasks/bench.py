@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.eval.flops import decoder_flops, model_flops
-from varbench.eval.timing import matmul_peak_tflops, time_ms
+from varbench.eval.timing import matmul_peak_tflops, time_ms, top_ops
 from varbench.layout import PATCH_NUMS
 from varbench.build import build_model
 from varbench.registry import list_options, load_option
@@ -39,8 +39,10 @@ def build(cfg: DictConfig, mixer: str, intra: str, res: int) -> ScaleAR:
                        num_classes=1000).cuda()
 
 
-def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Module | None = None) -> dict:
-    """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any."""
+def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
+                    profile_steps: int = 0) -> dict:
+    """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
+    With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`)."""
     net = net or model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     labels = torch.randint(0, model.num_classes, (batch,), device="cuda")
@@ -55,7 +57,8 @@ def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Modu
         opt.zero_grad(set_to_none=True)
 
     model.train()
-    return time_ms(step, warmup=3, repeats=repeats)
+    timing = time_ms(step, warmup=3, repeats=repeats)
+    return timing | ({"top_ops": top_ops(step, profile_steps)} if profile_steps else {})
 
 
 def sample_cell(model: ScaleAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int) -> dict:
@@ -94,7 +97,7 @@ def main(cfg: DictConfig) -> dict:
         raise SystemExit("task=bench measures GPU speed: run it on a GPU machine")
     out = Path(cfg.results_dir) / "bench.jsonl"
     peak = matmul_peak_tflops()
-    common = dict(protocol=PROTOCOL, matmul_peak_tflops=peak, depth=cfg.model.depth)
+    common = dict(protocol=PROTOCOL, matmul_peak_tflops=peak, depth=cfg.model.depth, profile_steps=t.profile_steps)
     record(out, "matmul_peak", peak, "TFLOP/s", config=None, **common)
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what a child process can read alone
     for res in t.resolutions:
@@ -142,12 +145,13 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell) -> None:
     if stage == "train":
-        r = train_step_cell(model, batch, repeats)
+        r = train_step_cell(model, batch, repeats, profile_steps=cell["profile_steps"])
         ips = batch / (r["median_ms"] * 1e-3)
         mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
         record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
                timing=r, **cell)
-        print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}: {ips:.1f} img/s MFU {mfu:.1%}")
+        print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}: {ips:.1f} img/s "
+              f"MFU {mfu:.1%}; top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
         return
     r = sample_cell(model, vae, batch, sampler, repeats)
     total, decode = r["total"]["median_ms"], r["decode"]["median_ms"]
