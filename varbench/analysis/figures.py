@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from varbench.analysis.format import QUALITY_NAMES, STD, is_quality
@@ -27,7 +28,7 @@ def _save(fig: Figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # legends placed outside the axes stay in
     return path
 
 
@@ -98,22 +99,25 @@ def speed_memory_vs_resolution(df: pd.DataFrame, path, device=None) -> Path | No
 
 
 def training_curves(df: pd.DataFrame, path) -> Path | None:
-    """Training loss against step, one line per run (grid cell id, else the run directory)."""
+    """Training loss against step: one colour per model (configuration), one line per run of it (seeds, cells)."""
     loss = latest(df, "train_loss")
     if loss.empty:
         log.warning("training_curves not drawn: no train_loss records (task=train writes them)")
         return None
     run = loss["cell_id"].where(loss["cell_id"].notna(), loss["run_dir"])
-    loss = loss.assign(run=run.fillna(loss["source"]), v=numeric(loss))
-    fig, (ax,) = _axes(1, width=6.0, height=4.0)
-    for name, g in loss.groupby("run", sort=True):
-        g = g.sort_values("step")
-        first = g.iloc[0]
-        label = name if pd.notna(first["cell_id"]) else f"{first['model']} seed {first['seed']}: {name}"
-        ax.plot(g["step"], g["v"], label=label)
+    loss = loss.assign(run=run.fillna(loss["source"]), v=numeric(loss), model=loss["model"].fillna("?"))
+    models = sorted(loss["model"].unique())
+    colours = colormaps["tab20"]
+    fig, (ax,) = _axes(1, width=8.0, height=4.5)
+    for i, model in enumerate(models):
+        runs = loss[loss["model"] == model].groupby("run", sort=True)
+        for j, (_, g) in enumerate(runs):
+            g = g.sort_values("step")
+            ax.plot(g["step"], g["v"], color=colours(i % 20), alpha=0.8, lw=1.2,
+                    label=f"{model} ({len(runs)} run{'s' if len(runs) > 1 else ''})" if j == 0 else None)
     ax.set(xlabel="step", ylabel=f"train loss ({loss['unit'].iloc[0]})", title="training loss")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)
 
 
@@ -124,8 +128,8 @@ def _grid_path(value: str, source: str) -> Path:
     return p if p.is_absolute() else Path(source).parent / p
 
 
-def sample_grids(df: pd.DataFrame, path, max_grids: int = 16) -> Path | None:
-    """A contact sheet of the recorded sample_grid PNGs (the newest per configuration), titled by cell/model."""
+def sample_grids(df: pd.DataFrame, path, max_grids: int = 24) -> Path | None:
+    """A contact sheet of the recorded sample_grid PNGs (the newest per run), titled by model, seed and cell."""
     from matplotlib.image import imread
 
     grids = latest(df, "sample_grid")
@@ -146,7 +150,7 @@ def sample_grids(df: pd.DataFrame, path, max_grids: int = 16) -> Path | None:
     for k, (_, g) in enumerate(grids.iterrows()):
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.imshow(imread(g["png"]))
-        title = g["cell_id"] if pd.notna(g["cell_id"]) else f"{g['model']} seed {g['seed']}"
-        ax.set_title(f"{title}\n{g.get('sampler', '')}", fontsize=8)
+        where = f"cell {g['cell_id']}" if pd.notna(g["cell_id"]) else Path(str(g["source"])).parent.name
+        ax.set_title(f"{g['model']} seed {g['seed']}\n{where}, {g.get('sampler', '')}", fontsize=8)
         ax.axis("off")
     return _save(fig, path)
