@@ -89,3 +89,19 @@ def test_fsdp2_two_processes_equal_one_process_and_resume(tmp_path):
     for a, b in zip(*logs, strict=True):
         assert a["value"] == pytest.approx(b["value"], rel=1e-5, abs=1e-6)
     assert final_weights(tmp_path / "one").keys() == final_weights(tmp_path / "fsdp").keys()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_scaling_task_wires_two_processes(tmp_path, parallel):
+    """task=scaling on 2 CPU processes (gloo): the trainer's wrapping, one record from rank 0 with both ranks' entries."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535"]
+    args = torchrun + [str(REPO / "run.py"), "task=scaling", f"task.parallel={parallel}", "task.batch_per_gpu=2",
+                       "task.repeats=1", "model.depth=1", "model.width=64", "model.num_heads=1", "device=cpu",
+                       f"hydra.run.dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'results'}"]
+    out = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    (rec,) = read_records(tmp_path / "results" / "scaling.jsonl")
+    assert rec["metric"] == "parallel_train_images_per_s" and rec["value"] > 0
+    assert rec["world_size"] == 2 and rec["parallel"] == parallel and rec["peak_mem_bytes_per_gpu"] == [None, None]

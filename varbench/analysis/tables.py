@@ -273,7 +273,9 @@ def parallel_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
                      "Batch/GPU": int(r["batch_per_gpu"]), "img/s": float(r["value"]),
                      "Speed-up": float(r["value"]) / base if base else float("nan"),
                      "Efficiency": float(r["value"]) / (base * r["world_size"]) if base else float("nan"),
-                     "MFU": float(r["mfu"]), "Peak mem/GPU (bytes)": max(r["peak_mem_bytes_per_gpu"])})
+                     "MFU": float(r["mfu"]),
+                     "Peak mem/GPU (bytes)": max((m for m in r["peak_mem_bytes_per_gpu"] if m is not None),
+                                                 default=float("nan"))})
     table = pd.DataFrame(rows).set_index(["Model", "Parallel", "GPUs"]).sort_index()
     table.attrs.update(device=runs["device"].iloc[0] if runs["device"].nunique() == 1 else None, records=len(runs))
     return table

@@ -36,10 +36,10 @@ def time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> dic
             "peak_mem_bytes": torch.cuda.max_memory_allocated() if cuda else None}
 
 
-def matmul_peak_tflops(dtype=torch.bfloat16, n: int = 8192) -> float:
-    """Dense matmul throughput measured on this device now (TFLOP/s): the MFU denominator of the same run."""
-    a = torch.randn(n, n, device="cuda", dtype=dtype)
-    b = torch.randn(n, n, device="cuda", dtype=dtype)
+def matmul_peak_tflops(dtype=torch.bfloat16, n: int = 8192, device="cuda") -> float:
+    """Dense matmul throughput measured on `device` now (TFLOP/s): the MFU denominator of the same run."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     ms = time_ms(lambda: a @ b, warmup=5, repeats=20)["median_ms"]
     return 2 * n ** 3 / (ms * 1e-3) / 1e12
 

@@ -43,14 +43,14 @@ def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Modu
                     profile_steps: int = 0) -> dict:
     """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
     With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`)."""
-    net = net or model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    labels = torch.randint(0, model.num_classes, (batch,), device="cuda")
-    x = torch.randn(batch, model.layout.L - 1, model.latent_dim, device="cuda")
-    gt = torch.randint(0, model.vocab_size, (batch, model.layout.L), device="cuda")
+    net, device = net or model, next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    labels = torch.randint(0, model.num_classes, (batch,), device=device)
+    x = torch.randn(batch, model.layout.L - 1, model.latent_dim, device=device)
+    gt = torch.randint(0, model.vocab_size, (batch, model.layout.L), device=device)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(net(labels, x).flatten(0, 1), gt.flatten())
         loss.backward()
         opt.step()

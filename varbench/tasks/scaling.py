@@ -7,6 +7,7 @@ autocast, fused AdamW, the trainer's own wrapping (varbench.training.loop.wrap_p
 timing, median of repeats. Rank 0 records images/s (global), tokens/s, MFU against a bf16 matmul peak measured in
 the same run on that GPU, and the peak memory of every rank. Scaling efficiency is computed by the report from
 the records of 1 and N GPUs (varbench.analysis.tables.parallel_scaling). Synthetic inputs: no data loading.
+With device=cpu it runs on CPU processes (gloo): a check of the wiring, recorded as CPU numbers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from varbench.build import build_model
+from varbench.build import build_model, resolve_device
 from varbench.eval.flops import model_flops
 from varbench.eval.timing import matmul_peak_tflops
 from varbench.tasks.bench import train_step_cell
@@ -28,34 +29,33 @@ PROTOCOL = "weak scaling: fixed per-GPU batch; bf16 autocast; fused AdamW; CUDA 
 
 def main(cfg: DictConfig) -> dict:
     t = cfg.task
-    if not torch.cuda.is_available():
-        raise SystemExit("task=scaling measures GPU throughput: run it on a GPU machine")
-    info = init_distributed(torch.device("cuda"))
-    device = torch.device("cuda", info.local_rank)
-    torch.cuda.set_device(device)
-    peak = matmul_peak_tflops()
+    device = resolve_device(cfg.device)
+    info = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    peak = matmul_peak_tflops(device=device, n=8192 if device.type == "cuda" else 512)
     torch.manual_seed(cfg.seed)
     with torch.device(device):  # parameters made on the GPU; .to() then moves the layout's CPU-built index tensors
         model = build_model(cfg, num_classes=1000).to(device)  # VAR's ImageNet shapes (as task=bench)
     flops = model_flops(model)["total"]
     net = wrap_parallel(model, t.parallel, info, device)
     timing = train_step_cell(model, t.batch_per_gpu, t.repeats, net=net)
-    mems = torch.tensor([float(timing["peak_mem_bytes"])], device=device)
+    mems = [timing["peak_mem_bytes"]]  # bytes on a GPU, None on a CPU
     if info.world_size > 1:
-        gathered = [torch.zeros_like(mems) for _ in range(info.world_size)]
-        dist.all_gather(gathered, mems)
-        mems = torch.cat(gathered)
+        mems = [None] * info.world_size
+        dist.all_gather_object(mems, timing["peak_mem_bytes"])
     ips = info.world_size * t.batch_per_gpu / (timing["median_ms"] * 1e-3)
     parallel = t.parallel if info.world_size > 1 else "none"
     summary = {"images_per_s": ips, "world_size": info.world_size, "parallel": parallel}
     if info.is_main:
         mfu = 3 * flops * ips / (info.world_size * peak * 1e12)
         record(f"{cfg.results_dir}/scaling.jsonl", "parallel_train_images_per_s", ips, "img/s", config=cfg,
-               device=device, world_size=info.world_size, parallel=summary["parallel"], batch_per_gpu=t.batch_per_gpu,
+               device=device, world_size=info.world_size, parallel=parallel, batch_per_gpu=t.batch_per_gpu,
                tokens_per_s=ips * model.layout.L, mfu=mfu, matmul_peak_tflops=peak, params=model.num_params(),
-               fwd_flops_per_image=flops, peak_mem_bytes_per_gpu=mems.tolist(), timing=timing, protocol=PROTOCOL,
+               fwd_flops_per_image=flops, peak_mem_bytes_per_gpu=mems, timing=timing, protocol=PROTOCOL,
                depth=len(model.blocks), resolution=256)
-        print(f"[scaling] {info.world_size} GPU(s) {summary['parallel']}: {ips:.1f} img/s, MFU {mfu:.1%}, "
-              f"peak {max(mems.tolist()) / 2**30:.1f} GiB/GPU")
+        print(f"[scaling] {info.world_size} process(es) {parallel}: {ips:.1f} img/s, MFU {mfu:.1%}, "
+              f"peak memory per process {mems}")
     shutdown()
     return summary
