@@ -29,7 +29,7 @@ from varbench.analysis import (
     write_table,
 )
 from varbench.analysis.load import LEADING, flatten, short_name
-from varbench.analysis.tables import bench_goals, costs_table, study_ranking
+from varbench.analysis.study import bench_goals, costs_table, study_ranking
 from varbench.registry import CONFIG_ROOT
 from varbench.tasks import run_task
 from varbench.tasks.report import FIGURES, TABLES, build_report

@@ -88,7 +88,7 @@ def timing_device(df: pd.DataFrame, device=None):
     return counts.index[0]
 
 
-def _per_key(g: pd.DataFrame, column: str, name: str, scale: float = 1.0, quiet: bool = False) -> pd.Series:
+def per_key(g: pd.DataFrame, column: str, name: str, scale: float = 1.0, quiet: bool = False) -> pd.Series:
     """One value per configuration (the newest), as a Series named `name`; `quiet` when repeats are expected
     (every bench record of a configuration states its params)."""
     g = g[g[column].notna()].sort_values("date", kind="stable")
@@ -109,17 +109,17 @@ def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFra
     sized = latest(df, [*SPEED, "train_summary"])  # the models that were timed or trained (not task=costs' grid)
     sized = sized[sized["params"].notna()]
     if len(sized):
-        parts += [_per_key(sized, "params", PARAMS, quiet=True),
-                  _per_key(sized, "fwd_flops_per_image", GFLOPS, 1e-9, quiet=True)]
+        parts += [per_key(sized, "params", PARAMS, quiet=True),
+                  per_key(sized, "fwd_flops_per_image", GFLOPS, 1e-9, quiet=True)]
     for batch, g in timed[timed["metric"] == "train_images_per_s"].groupby("batch"):
-        parts += [_per_key(g, "value", f"Train img/s (b{batch:g})"), _per_key(g, "mfu", f"MFU (b{batch:g})")]
+        parts += [per_key(g, "value", f"Train img/s (b{batch:g})"), per_key(g, "mfu", f"MFU (b{batch:g})")]
     sample = timed[(timed["metric"] == "sample_latency_ms") & timed["sampler"].isin(samplers)]
     for (sampler, batch), g in sample.groupby(["sampler", "batch"]):
         tag = f"b{batch:g}" + ("" if sampler == "carry" else f" {sampler}")
-        parts += [_per_key(g, "value", f"Latency {tag} (ms)"), _per_key(g, "peak_mem_bytes", f"Peak mem {tag} (bytes)")]
+        parts += [per_key(g, "value", f"Latency {tag} (ms)"), per_key(g, "peak_mem_bytes", f"Peak mem {tag} (bytes)")]
     state = latest(df, "state_bytes_per_image")
     if len(state):
-        parts.append(_per_key(state, "value", STATE))
+        parts.append(per_key(state, "value", STATE))
     out = pd.concat(parts, axis=1) if parts else pd.DataFrame()
     out.attrs["device"] = device
     return out
@@ -143,7 +143,7 @@ def _select(frame: pd.DataFrame, tests) -> pd.DataFrame:
     return frame[list(dict.fromkeys(cols))]
 
 
-def _by_model(frame: pd.DataFrame) -> pd.DataFrame:
+def by_model(frame: pd.DataFrame) -> pd.DataFrame:
     """Index (Model, Resolution), e.g. ("VAR-d16", 256)."""
     keys = frame.index.to_frame(index=False)
     models = [model_label(m, i, d) for m, i, d in zip(keys["mixer"], keys["intra"], keys["depth"])]
@@ -151,7 +151,8 @@ def _by_model(frame: pd.DataFrame) -> pd.DataFrame:
     return out.sort_index(level="Resolution", sort_remaining=False, kind="stable")
 
 
-def _finish(table: pd.DataFrame, df: pd.DataFrame, metrics, device) -> pd.DataFrame:
+def finish(table: pd.DataFrame, df: pd.DataFrame, metrics, device) -> pd.DataFrame:
+    """Attach what the report's note says: the timing device and how many records the table drew from."""
     table.attrs.update(device=device, records=len(latest(df, metrics)))
     return table
 
@@ -165,7 +166,7 @@ def main_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         return frame
     table = _select(frame, [lambda c: c in (PARAMS, GFLOPS), lambda c: is_quality(c.removesuffix(STD)),
                             lambda c: c.startswith(("Train", "MFU", "Latency")), lambda c: c == STATE])
-    return _finish(_by_model(table), df, [*SPEED, *QUALITY_NAMES], frame.attrs["device"])
+    return finish(by_model(table), df, [*SPEED, *QUALITY_NAMES], frame.attrs["device"])
 
 
 def mixer_ablation(df: pd.DataFrame, device=None) -> pd.DataFrame:
@@ -178,10 +179,10 @@ def mixer_ablation(df: pd.DataFrame, device=None) -> pd.DataFrame:
     table = _select(frame, [lambda c: is_quality(c.removesuffix(STD)), lambda c: c == "Seeds",
                             lambda c: c.startswith(("Train", "Latency", "Peak")), lambda c: c == STATE])
     table.index.names = ["Mixer", "Intra", "Depth", "Resolution"]
-    return _finish(table, df, [*SPEED, *QUALITY_NAMES], frame.attrs["device"])
+    return finish(table, df, [*SPEED, *QUALITY_NAMES], frame.attrs["device"])
 
 
-def _kv_ratio(state: pd.Series) -> pd.Series:
+def kv_ratio(state: pd.Series) -> pd.Series:
     """State bytes over attention's (no intra) KV cache bytes at the same depth and resolution."""
     keys = state.index.to_frame(index=False).assign(s=state.to_numpy())
     kv = keys[(keys["mixer"] == "attention") & (keys["intra"] == "none")].set_index(["depth", "resolution"])["s"]
@@ -216,14 +217,14 @@ def resolution_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
     frame.index.names = KEY
     table = _select(frame, [lambda c: c.startswith(("Train", "Latency")), lambda c: c == STATE])
     if STATE in table:
-        table = table.assign(**{"State / KV cache": _kv_ratio(table[STATE])})
+        table = table.assign(**{"State / KV cache": kv_ratio(table[STATE])})
     errors = _bench_errors(df, frame.attrs["device"])
     if len(errors):
         table = pd.concat([table, errors], axis=1)
         table.index.names = KEY
     table = table.dropna(how="all")  # models known only by their size (trained, never timed)
-    table = _by_model(table).sort_index(level=["Model", "Resolution"])
-    return _finish(table, df, SPEED, frame.attrs["device"])
+    table = by_model(table).sort_index(level=["Model", "Resolution"])
+    return finish(table, df, SPEED, frame.attrs["device"])
 
 
 def _short_dtype(dtype) -> str:
@@ -253,132 +254,3 @@ def parity_table(df: pd.DataFrame) -> pd.DataFrame:
                           "dtype": "Dtype"}[n] for n in index]
     table.attrs.update(device=devices[0] if len(devices) == 1 else None, records=len(rms) + len(err))
     return table
-
-
-def parallel_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """Training throughput on 1..N GPUs of one host (task=scaling): per model, parallelism and GPU count the
-    images/s, the speed-up and scaling efficiency against the same model on 1 GPU, MFU and peak memory per GPU."""
-    runs = df[df["metric"] == "parallel_train_images_per_s"]
-    if device is not None:
-        runs = runs[runs["device"] == device]
-    if runs.empty:
-        log.warning("parallel_scaling: no parallel_train_images_per_s records")
-        return pd.DataFrame()
-    runs = runs.sort_values("date", kind="stable").drop_duplicates(["model", "parallel", "world_size"], keep="last")
-    single = runs[runs["world_size"] == 1].set_index("model")["value"].astype(float)
-    rows = []
-    for _, r in runs.iterrows():
-        base = single.get(r["model"])
-        rows.append({"Model": r["model"], "Parallel": r["parallel"], "GPUs": int(r["world_size"]),
-                     "Batch/GPU": int(r["batch_per_gpu"]), "img/s": float(r["value"]),
-                     "Speed-up": float(r["value"]) / base if base else float("nan"),
-                     "Efficiency": float(r["value"]) / (base * r["world_size"]) if base else float("nan"),
-                     "MFU": float(r["mfu"]),
-                     "Peak mem/GPU (bytes)": max((m for m in r["peak_mem_bytes_per_gpu"] if m is not None),
-                                                 default=float("nan"))})
-    table = pd.DataFrame(rows).set_index(["Model", "Parallel", "GPUs"]).sort_index()
-    table.attrs.update(device=runs["device"].iloc[0] if runs["device"].nunique() == 1 else None, records=len(runs))
-    return table
-
-
-LOSS_TAIL = 5  # logged train_loss values averaged per run (the end of training, less noisy than one batch)
-
-
-def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """The mixer study: configurations with a quality metric over at least 2 seeds, ranked by the quality column most
-    of them share (lower FD/FID first; higher accuracy first). Columns: that metric and class accuracy (mean ± std
-    over seeds), the training loss at the end of training (mean of the last LOSS_TAIL logs of each run), params,
-    seeds, and the gap to the best mean in units of their pooled seed std (how far apart two rows are)."""
-    long = quality_long(df)
-    seeds = long.groupby([*KEY, "label"], dropna=False)["seed"].nunique()
-    multi = seeds[seeds >= 2]
-    if multi.empty:
-        log.warning("study_ranking: no quality metric with 2 or more seeds")
-        return pd.DataFrame()
-    shared = multi.groupby(level="label").size()
-    candidates = shared[shared == shared.max()].index  # of these, the first metric of QUALITY_NAMES (FID, FD, ...)
-    metric_of = long.drop_duplicates("label").set_index("label")["metric"]
-    label = min(candidates, key=lambda lab: list(QUALITY_NAMES).index(metric_of[lab]))
-    configs = multi.xs(label, level="label").index
-    long = long[pd.MultiIndex.from_frame(long[KEY]).isin(configs)]
-    per_seed = long.pivot_table(index=[*KEY, "seed"], columns="label", values="value")
-    per_seed = per_seed[[label, *(c for c in per_seed.columns if c != label)]]  # the ranking metric first
-    loss = df[df["metric"] == "train_loss"].sort_values("step", kind="stable")
-    loss = loss.assign(value=numeric(loss)).groupby([*KEY, "seed"], dropna=False)["value"]
-    loss = loss.apply(lambda v: v.tail(LOSS_TAIL).mean())
-    per_seed[f"Train loss (last {LOSS_TAIL} logs)"] = loss.reindex(per_seed.index)
-    stats = per_seed.groupby(level=KEY, dropna=False).agg(["mean", "std"])
-    table = pd.concat({c: stats[c]["mean"] for c in per_seed.columns} | {f"{c}{STD}": stats[c]["std"]
-                                                                      for c in per_seed.columns}, axis=1)
-    params = df[(df["metric"] == "train_summary") & df["params"].notna()].drop_duplicates(KEY, keep="last")
-    table[PARAMS] = params.set_index(KEY)["params"].reindex(table.index)
-    table["Seeds"] = per_seed.groupby(level=KEY, dropna=False).size()
-    higher_better = label.startswith(("Class acc.", "IS", "Precision", "Recall"))
-    table = table.sort_values(label, ascending=not higher_better)
-    best = table.iloc[0]
-    pooled = ((table[f"{label}{STD}"] ** 2 + best[f"{label}{STD}"] ** 2) / 2) ** 0.5
-    table[f"Gap to best ({label.split(' (')[0]}, seed stds)"] = (table[label] - best[label]).abs() / pooled
-    table = _by_model(table)
-    return _finish(table, df, [*QUALITY_NAMES, "train_loss"], device)
-
-
-# The speed / memory goals of the bench protocol: (goal, target, higher is better). Targets, not measurements.
-GOALS = (("VAR-d16 training MFU (b32, 256 px)", 0.55, True),
-         ("M-VAR-d16 / VAR-d16 training throughput (b32, 256 px)", 0.7, True),
-         ("M-VAR-d16 sampling: prefix re-run / carried state latency (b64, 256 px)", 1.3, True),
-         ("M-VAR-d16 / VAR-d16 sampling latency, carried state vs KV cache (b64, 256 px)", 1.2, False),
-         ("inference state / VAR's KV cache at 1024 px (worst linear mixer)", 0.25, False))
-
-
-def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """Each goal of GOALS with the measured value (from the bench records of one GPU), whether it is met, and by how
-    much it is missed, as a fraction of the target (1 - measured / target, or measured / target - 1)."""
-    frame = config_frame(df, device, samplers=("carry", "prefix_rerun"))
-    if frame.empty:
-        log.warning("bench_goals: no bench records")
-        return frame
-
-    def cell(mixer, intra, res, column):
-        key = (mixer, intra, 16, res)
-        return frame.at[key, column] if key in frame.index and column in frame.columns else float("nan")
-
-    costs = latest(df, "analytic_cost")  # analytic state bytes of every mixer (task=costs), else the bench's own
-    state = _per_key(costs, "state_bytes_per_image", STATE) if len(costs) else frame.get(STATE, pd.Series(dtype=float))
-    state = state[(state.index.get_level_values("resolution") == 1024) & (state.index.get_level_values("depth") == 16)]
-    kv = state[state.index.get_level_values("mixer") == "attention"]
-    state = state[state.index.get_level_values("mixer") != "attention"]
-    measured = [cell("attention", "none", 256, "MFU (b32)"),
-                cell("mamba2", "full", 256, "Train img/s (b32)") / cell("attention", "none", 256, "Train img/s (b32)"),
-                cell("mamba2", "full", 256, "Latency b64 prefix_rerun (ms)")
-                / cell("mamba2", "full", 256, "Latency b64 (ms)"),
-                cell("mamba2", "full", 256, "Latency b64 (ms)") / cell("attention", "none", 256, "Latency b64 (ms)"),
-                (state.max() / kv.iloc[0]) if len(state) and len(kv) else float("nan")]
-    rows = []
-    for (goal, target, higher), value in zip(GOALS, measured, strict=True):
-        met = value >= target if higher else value <= target
-        # the shortfall as a fraction of the target
-        missed = float("nan")
-        if not pd.isna(value) and not met:
-            missed = 1 - value / target if higher else value / target - 1
-        rows.append({"Goal": goal, "Target": f"{'≥' if higher else '≤'} {target:g}", "Measured": value,
-                     "Met": "—" if pd.isna(value) else ("yes" if met else "no"), "Missed by": missed})
-    table = pd.DataFrame(rows).set_index("Goal")
-    return _finish(table, df, SPEED, frame.attrs["device"])
-
-
-def costs_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """Per model x resolution (task=costs, analytic): params, forward / training / tokenizer-decode GFLOPs per image,
-    inference state bytes per image and its ratio to VAR's KV cache at the same depth and resolution."""
-    costs = latest(df, "analytic_cost")
-    if costs.empty:
-        log.warning("costs_table: no analytic_cost records (task=costs)")
-        return pd.DataFrame()
-    parts = [_per_key(costs, "params", PARAMS), _per_key(costs, "value", GFLOPS, 1e-9),
-             _per_key(costs, "train_flops_per_image", "Train GFLOPs/img", 1e-9),
-             _per_key(costs, "decode_flops_per_image", "Decode GFLOPs/img", 1e-9),
-             _per_key(costs, "state_bytes_per_image", STATE)]
-    table = pd.concat(parts, axis=1)
-    table.index.names = KEY
-    table = table.assign(**{"State / KV cache": _kv_ratio(table[STATE])})
-    table = _by_model(table).sort_index(level=["Model", "Resolution"])
-    return _finish(table, df, ["analytic_cost"], None)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from varbench.analysis import figures, tables
+from varbench.analysis import figures, study, tables
 from varbench.analysis.format import write_table
 from varbench.analysis.load import load_records
 
@@ -32,12 +32,12 @@ TABLES = {
     "resolution_scaling": (tables.resolution_scaling, "Speed and inference state vs resolution", BENCH),
     "parity_table": (lambda df, device: tables.parity_table(df), "Kernel vs reference parity (worst relative RMS)",
                      "parity_rel_rms / parity_error (the GPU parity script)"),
-    "study_ranking": (tables.study_ranking, "Mixer study: configurations ranked by quality (mean ± std over seeds)",
+    "study_ranking": (study.study_ranking, "Mixer study: configurations ranked by quality (mean ± std over seeds)",
                       f"{QUALITY} of 2 or more seeds per configuration"),
-    "costs_table": (tables.costs_table, "Analytic parameters, FLOPs and inference state per model and resolution",
+    "costs_table": (study.costs_table, "Analytic parameters, FLOPs and inference state per model and resolution",
                     "analytic_cost (task=costs)"),
-    "bench_goals": (tables.bench_goals, "Speed and memory goals of the bench protocol (targets vs measured)", BENCH),
-    "parallel_scaling": (tables.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
+    "bench_goals": (study.bench_goals, "Speed and memory goals of the bench protocol (targets vs measured)", BENCH),
+    "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
 }
 FIGURES = {

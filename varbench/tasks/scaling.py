@@ -6,7 +6,7 @@ Protocol (stated in every record): per-GPU batch `task.batch_per_gpu` (global = 
 autocast, fused AdamW, the trainer's own wrapping (varbench.training.loop.wrap_parallel), warm-up then CUDA-event
 timing, median of repeats. Rank 0 records images/s (global), tokens/s, MFU against a bf16 matmul peak measured in
 the same run on that GPU, and the peak memory of every rank. Scaling efficiency is computed by the report from
-the records of 1 and N GPUs (varbench.analysis.tables.parallel_scaling). Synthetic inputs: no data loading.
+the records of 1 and N GPUs (varbench.analysis.study.parallel_scaling). Synthetic inputs: no data loading.
 With device=cpu it runs on CPU processes (gloo): a check of the wiring, recorded as CPU numbers.
 """
 
