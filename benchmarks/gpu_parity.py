@@ -17,6 +17,7 @@ os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # Triton's default TF32 dot
 import torch
 
 from varbench.layout import PATCH_NUMS, ScaleLayout
+from varbench.mixers.base import run_steps
 from varbench.registry import build, list_options
 from varbench.utils.autotune import apply_autotune_mode
 from varbench.utils.records import record
@@ -36,14 +37,12 @@ def run_paths(module, x_BLC, layout, is_mixer):
     grads = {"x": x_BLC.grad.detach()} | {n: p.grad.detach() for n, p in module.named_parameters()}
     module.zero_grad(set_to_none=True)
     with torch.no_grad():
-        outs, state = [], module.init_state(x_BLC.shape[0], layout, x_BLC.device, x_BLC.dtype) if is_mixer else None
-        for k, x_BlC in enumerate(layout.split(x_BLC.detach())):
-            if is_mixer:
-                y_BlC, state = module.step(x_BlC, state, layout, k)
-            else:
-                y_BlC = module.step(x_BlC, layout, k)
-            outs.append(y_BlC)
-    return y_BLC.detach(), torch.cat(outs, 1), state or {}, grads
+        if is_mixer:
+            y_steps, state = run_steps(module, x_BLC.detach(), layout)
+        else:  # intra-scale attention: each scale alone, no state
+            y_steps, state = torch.cat([module.step(x_BlC, layout, k)
+                                        for k, x_BlC in enumerate(layout.split(x_BLC.detach()))], 1), {}
+    return y_BLC.detach(), y_steps, state, grads
 
 
 def compare(group: str, name: str, layout: ScaleLayout, dim: int, heads: int, batch: int, out_path: str) -> None:

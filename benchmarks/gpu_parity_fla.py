@@ -29,7 +29,7 @@ import time
 import torch
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import has_module
+from varbench.mixers.base import has_module, run_steps
 from varbench.utils.autotune import apply_autotune_mode
 from varbench.utils.records import record
 
@@ -72,14 +72,6 @@ def row(check: str, dtype: str, out, ref, ref_same=None) -> dict:
             "ref_max_abs": ref.abs().max().item(), "ref_same_rel_rms": same, "tol": TOL[dtype], "ok": bool(ok)}
 
 
-def run_steps(mixer, x_BLC, layout, dtype):
-    state, ys = mixer.init_state(x_BLC.shape[0], layout, x_BLC.device, dtype), []
-    for k, x_BlC in enumerate(layout.split(x_BLC)):
-        y_BlC, state = mixer.step(x_BlC, state, layout, k)
-        ys.append(y_BlC)
-    return torch.cat(ys, 1), state
-
-
 def forward_backward(mixer, x_BLC, dy_BLC, layout, autocast: bool):
     """Output, input gradient and parameter gradients of one forward/backward."""
     mixer.zero_grad(set_to_none=True)
@@ -110,7 +102,7 @@ def check_mixer(name: str, dev, layout, dim: int, batch: int) -> list[dict]:
     same = {"fp32": forward_backward(ref, x, dy, layout, autocast=False),
             "bf16": forward_backward(ref, x, dy, layout, autocast=True)}
     with torch.no_grad():
-        ys64, state64 = run_steps(ref64, x.double(), layout, torch.float64)
+        ys64, state64 = run_steps(ref64, x.double(), layout, dtype=torch.float64)
     print(f"# {name}: float64/fp32/bf16 reference done", file=sys.stderr, flush=True)
     rows = []
     for kernel, overrides, dtypes in variants:
@@ -121,7 +113,7 @@ def check_mixer(name: str, dev, layout, dim: int, batch: int) -> list[dict]:
             tag, autocast = f"{name} [{kernel}]", dtype == "bf16"
             y, gx, gp = forward_backward(kern, x, dy, layout, autocast)
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                ys, state = run_steps(kern, x, layout, torch.bfloat16 if autocast else torch.float32)
+                ys, state = run_steps(kern, x, layout, dtype=torch.bfloat16 if autocast else torch.float32)
             y_same, gx_same, gp_same = same[dtype]
             rows += [row(f"{tag} forward", dtype, y, y64, y_same), row(f"{tag} chained step", dtype, ys, y64),
                      row(f"{tag} grad x", dtype, gx, gx64, gx_same), worst_param_row(tag, dtype, gp, gp64, gp_same)]

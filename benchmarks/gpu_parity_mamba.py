@@ -25,7 +25,7 @@ import traceback
 import torch
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import has_module
+from varbench.mixers.base import has_module, run_steps
 from varbench.mixers.mamba import MambaMixer
 from varbench.mixers.mamba2 import Mamba2Mixer
 from varbench.ops.causal_conv import kernel as conv_kernel
@@ -154,14 +154,6 @@ def check_selective_scan(dev) -> list[dict]:
     return rows
 
 
-def run_steps(mixer, x, layout, state_dtype):
-    state, ys = mixer.init_state(x.shape[0], layout, x.device, state_dtype), []
-    for k, x_k in enumerate(layout.split(x)):
-        y_k, state = mixer.step(x_k, state, layout, k)
-        ys.append(y_k)
-    return torch.cat(ys, 1), state
-
-
 @torch.no_grad()
 def check_mixer(name, build, dev, layout) -> list[dict]:
     torch.manual_seed(3)
@@ -172,10 +164,10 @@ def check_mixer(name, build, dev, layout) -> list[dict]:
     kern = build(backend="mamba_ssm").to(dev)
     kern.load_state_dict(ref.state_dict())
     x = torch.randn(2, layout.L, ref.in_proj.in_features, device=dev)
-    y64, state64 = run_steps(ref64, x.double(), layout, torch.float64)
+    y64, state64 = run_steps(ref64, x.double(), layout, dtype=torch.float64)
     tag = f"{name} L={layout.L}"
     rows = [row(f"{tag} forward", "fp32", kern(x, layout), y64, ref(x, layout))]
-    y, state = run_steps(kern, x, layout, torch.float32)
+    y, state = run_steps(kern, x, layout, dtype=torch.float32)
     rows += [row(f"{tag} chained step", "fp32", y, y64),
              row(f"{tag} final ssm state", "fp32", state["ssm"], state64["ssm"]),
              row(f"{tag} final conv tail", "fp32", state["conv"], state64["conv"])]
@@ -185,7 +177,8 @@ def check_mixer(name, build, dev, layout) -> list[dict]:
         rows.append(row(f"{tag} fused forward", "fp32", fused(x, layout), y64))
     with torch.autocast("cuda", dtype=torch.bfloat16):
         rows.append(row(f"{tag} forward autocast", "bf16", kern(x, layout), y64))
-        rows.append(row(f"{tag} chained step autocast", "bf16", run_steps(kern, x, layout, torch.bfloat16)[0], y64))
+        y_steps = run_steps(kern, x, layout, dtype=torch.bfloat16)[0]
+        rows.append(row(f"{tag} chained step autocast", "bf16", y_steps, y64))
     return rows
 
 

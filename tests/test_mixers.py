@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import state_nbytes, take_rows
+from varbench.mixers.base import run_steps, state_nbytes, take_rows
 from varbench.registry import build, list_options
 
 MIXERS = list_options("mixer")
@@ -18,15 +18,6 @@ DIM, HEADS = 64, 2
 def make(name, dtype=torch.float64):
     mixer = build("mixer", name, dim=DIM, num_heads=HEADS, layer_idx=0)
     return mixer.to(dtype).eval()
-
-
-def run_steps(mixer, x_BLC, layout, batch=None):
-    state = mixer.init_state(batch or x_BLC.shape[0], layout, device=x_BLC.device, dtype=x_BLC.dtype)
-    outs = []
-    for k, x_BlC in enumerate(layout.split(x_BLC)):
-        y_BlC, state = mixer.step(x_BlC, state, layout, k)
-        outs.append(y_BlC)
-    return torch.cat(outs, dim=1), state
 
 
 def test_registry_is_not_empty():

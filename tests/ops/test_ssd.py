@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from varbench.layout import ScaleLayout
+from varbench.mixers.base import run_steps
 from varbench.mixers.mamba2 import Mamba2Mixer
 from varbench.ops.ssd.reference import gated_rmsnorm_ref, ssd_recurrent_ref, ssd_scan_ref
 
@@ -116,11 +117,8 @@ def test_mamba2_mixer_matches_sequential_fp64():
     u = torch.randn(2, layout.L, 32, dtype=F64)
     expected = mamba2_sequential(m, u)
     torch.testing.assert_close(m(u, layout), expected, rtol=0, atol=1e-10)
-    state, ys = m.init_state(2, layout, dtype=F64), []
-    for k, u_k in enumerate(layout.split(u)):
-        y, state = m.step(u_k, state, layout, k)
-        ys.append(y)
-    torch.testing.assert_close(torch.cat(ys, dim=1), expected, rtol=0, atol=1e-10)
+    y_steps, state = run_steps(m, u, layout)
+    torch.testing.assert_close(y_steps, expected, rtol=0, atol=1e-10)
     assert m.state_bytes(layout, 2, F64) == sum(t.nbytes for t in state.values())
 
 

@@ -63,6 +63,19 @@ def take_rows(state: State, index: torch.Tensor) -> State:
     return {name: t.index_select(0, index) for name, t in state.items()}
 
 
+def run_steps(mixer: "TokenMixer", x_BLC: torch.Tensor, layout: ScaleLayout,
+              dtype: torch.dtype | None = None) -> tuple[torch.Tensor, State]:
+    """`mixer.step` chained over every scale from `init_state` (its dtype: `dtype`, default x's), as sampling runs
+    one layer; returns the outputs of all scales `(B, L, C)` and the final state. Tests and parity scripts compare it
+    with `forward`."""
+    state = mixer.init_state(x_BLC.shape[0], layout, device=x_BLC.device, dtype=dtype or x_BLC.dtype)
+    outs = []
+    for k, x_BlC in enumerate(layout.split(x_BLC)):
+        y_BlC, state = mixer.step(x_BlC, state, layout, k)
+        outs.append(y_BlC)
+    return torch.cat(outs, dim=1), state
+
+
 class TokenMixer(nn.Module):
     """Base class of inter-scale mixers. Subclasses set `backend` (the kernel that runs) in `__init__`.
 
