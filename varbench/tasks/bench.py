@@ -3,7 +3,8 @@
 bf16 autocast, warm-up then CUDA-event timing, median of repeats. Per (mixer, intra) configuration at the depth
 of `model` and each resolution of `task.resolutions`:
 - training step (forward + backward + AdamW) at `task.train_batch` (per resolution): images/s, tokens/s, MFU
-  against a bf16 matmul peak measured in the same run (FLOPs: analytic, 3x forward, varbench.eval.flops);
+  against a bf16 matmul peak measured in the same run (FLOPs: analytic, 3x forward, varbench.eval.flops); eager,
+  or under torch.compile with `task.compile` (recorded as `compiled`);
 - sampling (CFG on, VAR's eval preset) at each of `task.sample_batches` (per resolution): latency with and
   without the tokenizer decode, images/s, peak memory; with the carried state and, for `task.rerun_baseline`,
   the prefix re-run;
@@ -134,7 +135,7 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
     stages += [("sample", b, s) for b in at_resolution(t.sample_batches, res) for s in samplers]
     for stage, batch, sampler in stages:
         try:
-            measure(out, model, vae, stage, batch, sampler, t.repeats, cell)
+            measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile))
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             torch.cuda.empty_cache()
@@ -143,14 +144,16 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
     torch.cuda.empty_cache()
 
 
-def measure(out, model, vae, stage, batch, sampler, repeats, cell) -> None:
+def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False) -> None:
     if stage == "train":
-        r = train_step_cell(model, batch, repeats, profile_steps=cell["profile_steps"])
+        net = torch.compile(model) if compiled else None
+        r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"])
         ips = batch / (r["median_ms"] * 1e-3)
         mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
         record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
-               timing=r, **cell)
-        print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}: {ips:.1f} img/s "
+               compiled=compiled, timing=r, **cell)
+        print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
+              f"{' compiled' if compiled else ''}: {ips:.1f} img/s "
               f"MFU {mfu:.1%}; top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
         return
     r = sample_cell(model, vae, batch, sampler, repeats)
