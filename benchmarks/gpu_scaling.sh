@@ -8,7 +8,7 @@ for model in $MODELS; do
   for n in $COUNTS; do
     for parallel in ddp fsdp; do
       [ "$n" = 1 ] && [ "$parallel" = fsdp ] && continue
-      timeout 300 torchrun --nproc_per_node "$n" run.py task=scaling model="$model" task.parallel="$parallel" \
+      timeout ${RUN_TIMEOUT:-300} torchrun --nproc_per_node "$n" run.py task=scaling model="$model" task.parallel="$parallel" \
         results_dir="$RES" "$@" || echo "FAILED: $model on $n GPU(s), $parallel"
     done
   done

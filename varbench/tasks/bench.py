@@ -44,7 +44,8 @@ def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Modu
                     profile_steps: int = 0) -> dict:
     """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
     With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`)."""
-    net, device = net or model, next(model.parameters()).device
+    net = model if net is None else net  # a compiled module has no truth value (it forwards len())
+    device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     labels = torch.randint(0, model.num_classes, (batch,), device=device)
     x = torch.randn(batch, model.layout.L - 1, model.latent_dim, device=device)
