@@ -83,6 +83,29 @@ def test_latest_keeps_the_newest_measurement(df):
     assert len(raw(metric="train_images_per_s", mixer="attention", resolution=256)) == 2  # the older one is dropped
 
 
+def _variants(tmp_path, base: dict, *changes: dict):
+    """Records folder with `base` and one copy per change, each dated one minute later than the one before."""
+    lines = [base] + [{**base, **c, "date": f"2099-01-01T00:0{i}:00+00:00"} for i, c in enumerate(changes)]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return load_records(tmp_path)
+
+
+def test_a_disturbed_timing_stays_a_record_but_never_the_measurement(tmp_path):
+    clean = real_one(metric="train_images_per_s", mixer="attention")
+    df = _variants(tmp_path, clean, {"value": 1.0, "disturbed": "beside a study on the host"})
+    assert len(df) == 2 and list(latest(df, "train_images_per_s")["value"]) == [clean["value"]]
+    assert main_table(df).loc[("VAR-d16", 256), "Train img/s (b32)"] == clean["value"]
+
+
+def test_a_compiled_training_step_gets_its_own_columns(tmp_path):
+    eager = real_one(metric="train_images_per_s", mixer="attention")
+    df = _variants(tmp_path, eager, {"value": 2.0, "mfu": 0.5, "compiled": True})
+    row = main_table(df).loc[("VAR-d16", 256)]
+    assert row["Train img/s (b32)"] == eager["value"] and row["MFU (b32)"] == eager["mfu"]
+    assert row["Train img/s (b32, compiled)"] == 2.0 and row["MFU (b32, compiled)"] == 0.5
+    assert bench_goals(df).loc["VAR-d16 training MFU under torch.compile (b32, 256 px)", "Measured"] == 0.5
+
+
 def test_main_table_shows_the_recorded_numbers(df, tmp_path):
     table = main_table(df)
     train = real_one(metric="train_images_per_s", mixer="attention")

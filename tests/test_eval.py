@@ -275,3 +275,4 @@ def test_top_ops_names_the_operator_that_holds_the_time():
     ops = top_ops(lambda: (a @ b, v + 1), steps=3)
     assert ops[0]["op"] == "aten::mm" and ops[0]["calls_per_step"] == 1
     assert sum(o["share"] for o in ops) <= 1 + 1e-9 and ops[0]["share"] > 0.5
+    assert len({o["op"] for o in ops}) == len(ops)  # one row per operator, none listed twice

@@ -106,5 +106,5 @@ def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, cluster):
     failure = json.loads((grid.cell_dir(results, bad["cid"]) / "failed.json").read_text())
     assert "mamba_ssm" in failure["error"] and "Traceback" in failure["error"]
     (rec,) = records(tmp_path, "grid.jsonl", "cell_failed")
-    assert rec["cell_id"] == bad["cid"] and "mamba_ssm" in rec["error"]
+    assert rec["cell_id"] == bad["cid"] and rec["value"] is True and "mamba_ssm" in rec["error"]
     assert [r["cell_id"] for r in records(tmp_path, "grid.jsonl", "cell_complete")] == [good["cid"]]

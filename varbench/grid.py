@@ -90,7 +90,7 @@ def mark_failed(results_dir, cid: str, overrides: Iterable[str], error: str, con
     """Write `failed.json` with the error (a traceback tail); append a `cell_failed` record."""
     from varbench.utils.records import record
     overrides = identity_overrides(overrides)
-    record(Path(results_dir) / "grid.jsonl", "cell_failed", False, "bool", config=config, cell_id=cid,
+    record(Path(results_dir) / "grid.jsonl", "cell_failed", True, "bool", config=config, cell_id=cid,
            overrides=overrides, error=error)
     return _write_marker(results_dir, cid, "failed.json", {"cell_id": cid, "overrides": overrides, "error": error})
 

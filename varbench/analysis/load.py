@@ -29,7 +29,7 @@ INT_COLUMNS = ("depth", "resolution", "seed")
 # partial records folder gives a partial table instead of a KeyError
 KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "peak_mem_bytes", "feature_extractor",
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
-                "stage", "synthetic", "compiled")
+                "stage", "synthetic", "compiled", "disturbed")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error"}
@@ -158,12 +158,16 @@ def identity_columns(metric: str, df: pd.DataFrame) -> list[str]:
 def latest(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
     """The newest record (by date) per (metric, configuration); older repeats of a measurement are dropped.
 
+    A record with a `disturbed` note (a timing taken under a load that a control measurement of the same run showed,
+    e.g. beside other jobs on the host) stays in the records as data but is never a table's measurement.
+
     Args:
         df: records from `load_records`.
         metrics: a metric name or a list of them to keep (None: all).
     """
     if metrics is not None:
         df = df[df["metric"].isin([metrics] if isinstance(metrics, str) else list(metrics))]
+    df = df[df["disturbed"].isna()]
     parts = [g.sort_values("date", kind="stable").drop_duplicates(identity_columns(m, g), keep="last")
              for m, g in df.groupby("metric", sort=True)]
     return pd.concat(parts) if parts else df.iloc[:0]

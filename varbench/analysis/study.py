@@ -49,7 +49,7 @@ def parallel_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
                      "MFU": float(r["mfu"]),
                      "Peak mem/GPU (bytes)": max((m for m in r["peak_mem_bytes_per_gpu"] if m is not None),
                                                  default=float("nan"))})
-    table = pd.DataFrame(rows).set_index(["Model", "Parallel", "GPUs"]).sort_index()
+    table = pd.DataFrame(rows).sort_values(["Model", "GPUs", "Parallel"]).set_index(["Model", "Parallel", "GPUs"])
     table.attrs.update(device=runs["device"].iloc[0] if runs["device"].nunique() == 1 else None, records=len(runs))
     return table
 
@@ -118,9 +118,12 @@ def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:
 
     costs = latest(df, "analytic_cost")  # analytic state bytes of every mixer (task=costs), else the bench's own
     state = per_key(costs, "state_bytes_per_image", STATE) if len(costs) else frame.get(STATE, pd.Series(dtype=float))
-    state = state[(state.index.get_level_values("resolution") == 1024) & (state.index.get_level_values("depth") == 16)]
-    kv = state[state.index.get_level_values("mixer") == "attention"]
-    state = state[state.index.get_level_values("mixer") != "attention"]
+    kv = state.iloc[:0]
+    if len(state):  # without state records there is no index to select from
+        state = state[(state.index.get_level_values("resolution") == 1024)
+                      & (state.index.get_level_values("depth") == 16)]
+        kv = state[state.index.get_level_values("mixer") == "attention"]
+        state = state[state.index.get_level_values("mixer") != "attention"]
     measured = [cell("attention", "none", 256, "MFU (b32)"), cell("attention", "none", 256, "MFU (b32, compiled)"),
                 cell("mamba2", "full", 256, "Train img/s (b32)") / cell("attention", "none", 256, "Train img/s (b32)"),
                 cell("mamba2", "full", 256, "Latency b64 prefix_rerun (ms)")

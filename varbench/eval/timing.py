@@ -48,6 +48,7 @@ def top_ops(fn: Callable[[], object], steps: int = 3, limit: int = 15) -> list[d
     """The operators holding the most time over `steps` calls of `fn` (torch.profiler, self time: on the GPU its
     kernels' time, on a CPU the CPU time): name, calls per step, ms per step, share of the total. Where an MFU falls
     short, this says which kernels hold the time; call it after a warm-up."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     cuda = torch.cuda.is_available()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
@@ -56,7 +57,10 @@ def top_ops(fn: Callable[[], object], steps: int = 3, limit: int = 15) -> list[d
         if cuda:
             torch.cuda.synchronize()
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    # operators only: an operator's self device time is the time of the kernels it launched, so the kernels' own
+    # events (also listed on a GPU) would count every kernel twice
+    ops = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]
+    events = sorted(ops, key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events) or 1.0
     return [{"op": e.key, "calls_per_step": e.count / steps, "ms_per_step": getattr(e, key) / steps / 1e3,
              "share": getattr(e, key) / total} for e in events[:limit]]
