@@ -204,6 +204,25 @@ def test_study_ranking_orders_by_the_quality_mean_and_measures_the_gap_in_seed_s
     gap = [c for c in table.columns if c.startswith("Gap to best")][0]
     assert second[gap] == pytest.approx((second[fd] - best[fd]) / pooled)
     assert (table["Seeds"] >= 2).all()
+    # each configuration's cost: the bench's timing of the same mixer / intra at depth 16, 256 px
+    train = real_one(metric="train_images_per_s", mixer="attention")
+    assert table.loc[("VAR-d16", 256), "d16 train img/s (b32, 256 px)"] == train["value"]
+
+
+def test_welch_p_is_the_two_sided_welch_t_test():
+    import pandas as pd
+    from scipy.stats import t as student_t
+
+    from varbench.analysis.study import welch_p
+    a, b = [1.0, 1.2, 0.9], [2.0, 2.5, 2.1, 2.2]
+    keys = [("x", "none", 6, 32), ("y", "none", 6, 32)]
+    index = pd.MultiIndex.from_tuples([(*k, s) for k, v in zip(keys, (a, b)) for s in range(len(v))],
+                                      names=["mixer", "intra", "depth", "resolution", "seed"])
+    p = welch_p(pd.Series(a + b, index=index), pd.MultiIndex.from_tuples(keys), keys[0])
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    t = (statistics.mean(b) - statistics.mean(a)) / (va + vb) ** 0.5
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    assert p[0] != p[0] and p[1] == pytest.approx(2 * student_t.sf(abs(t), dof), rel=1e-9)  # NaN for the reference
 
 
 def test_report_regenerates_every_table_and_figure(tmp_path):

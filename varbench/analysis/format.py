@@ -40,6 +40,7 @@ RULES = (
     (is_quality, lambda v: f"{v:.4g}"),
     (lambda c: c.startswith("Train loss"), lambda v: f"{v:.3f}"),
     (lambda c: c.startswith("Gap to best") or c in ("Speed-up", "Efficiency"), lambda v: f"{v:.2f}"),
+    (lambda c: c.startswith("p vs"), lambda v: f"{v:.2g}"),
     (lambda c: c == "Measured", lambda v: f"{v:.3g}"),
     (lambda c: c == "Missed by", lambda v: f"{v:.0%}"),
     (lambda c: True, lambda v: f"{v:.1f}"),

@@ -90,9 +90,50 @@ def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
     table = table.sort_values(label, ascending=not higher_better)
     best = table.iloc[0]
     pooled = ((table[f"{label}{STD}"] ** 2 + best[f"{label}{STD}"] ** 2) / 2) ** 0.5
-    table[f"Gap to best ({label.split(' (')[0]}, seed stds)"] = (table[label] - best[label]).abs() / pooled
+    name = label.split(" (")[0]
+    table[f"Gap to best ({name}, seed stds)"] = (table[label] - best[label]).abs() / pooled
+    table[f"p vs best ({name}, Welch t)"] = welch_p(per_seed[label], table.index, best.name)
+    loss = f"Train loss (last {LOSS_TAIL} logs)"
+    lowest = table[loss].idxmin() if table[loss].notna().any() else None
+    table["p vs lowest loss (Welch t)"] = welch_p(per_seed[loss], table.index, lowest)
+    table = pd.concat([table, bench_costs(df, table.index, device)], axis=1)
     table = by_model(table)
     return finish(table, df, [*QUALITY_NAMES, "train_loss"], device)
+
+
+def welch_p(per_seed: pd.Series, configs: pd.Index, reference) -> list[float]:
+    """Per configuration, the two-sided p-value of Welch's t-test between its per-seed values and those of
+    `reference` (NaN for the reference itself, or with fewer than 2 values on either side)."""
+    from scipy.stats import ttest_ind
+
+    def values(key):
+        return per_seed.xs(key, level=KEY, drop_level=True).dropna().to_numpy(dtype=float)
+
+    ref = values(reference) if reference is not None else []
+    out = []
+    for key in configs:
+        mine = values(key)
+        usable = key != reference and len(mine) >= 2 and len(ref) >= 2
+        out.append(float(ttest_ind(mine, ref, equal_var=False).pvalue) if usable else float("nan"))
+    return out
+
+
+# the bench columns the study's ranking shows as each configuration's cost: (bench column, name in the ranking)
+COST_COLUMNS = (("Train img/s (b32)", "d16 train img/s (b32, 256 px)"),
+                ("Latency b64 (ms)", "d16 latency b64 (ms, 256 px)"))
+
+
+def bench_costs(df: pd.DataFrame, configs: pd.Index, device=None) -> pd.DataFrame:
+    """What each (mixer, intra) of `configs` costs at the bench's shapes (depth 16, 256 px, task=bench): training
+    img/s and sampling latency, from the timings of one GPU; missing where that configuration was not benched."""
+    frame = config_frame(df, device)
+    keys = configs.to_frame(index=False)
+    at_bench = pd.MultiIndex.from_arrays([keys["mixer"], keys["intra"], [16] * len(keys), [256] * len(keys)])
+    out = pd.DataFrame(index=configs)
+    for column, name in COST_COLUMNS:
+        values = frame[column].reindex(at_bench) if column in frame.columns else [float("nan")] * len(keys)
+        out[name] = list(values)
+    return out
 
 
 # The speed / memory goals of the bench protocol: (goal, target, higher is better). Targets, not measurements.
