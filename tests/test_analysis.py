@@ -97,6 +97,13 @@ def test_a_disturbed_timing_stays_a_record_but_never_the_measurement(tmp_path):
     assert main_table(df).loc[("VAR-d16", 256), "Train img/s (b32)"] == clean["value"]
 
 
+def test_the_tables_say_under_which_autotuning_mode_their_timings_ran(tmp_path):
+    clean = real_one(metric="train_images_per_s", mixer="attention")
+    first = {**clean["versions"], "triton_autotune": "first"}
+    df = _variants(tmp_path, clean, {"mixer": "gla", "versions": first})
+    assert main_table(df).attrs["autotune"] == {"first": 1}  # the session-1 record predates the field
+
+
 def test_a_compiled_training_step_gets_its_own_columns(tmp_path):
     eager = real_one(metric="train_images_per_s", mixer="attention")
     df = _variants(tmp_path, eager, {"value": 2.0, "mfu": 0.5, "compiled": True})

@@ -16,6 +16,7 @@ from varbench.analysis.tables import (
     KEY,
     PARAMS,
     SPEED,
+    autotune_modes,
     STATE,
     by_model,
     config_frame,
@@ -50,7 +51,8 @@ def parallel_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
                      "Peak mem/GPU (bytes)": max((m for m in r["peak_mem_bytes_per_gpu"] if m is not None),
                                                  default=float("nan"))})
     table = pd.DataFrame(rows).sort_values(["Model", "GPUs", "Parallel"]).set_index(["Model", "Parallel", "GPUs"])
-    table.attrs.update(device=runs["device"].iloc[0] if runs["device"].nunique() == 1 else None, records=len(runs))
+    table.attrs.update(device=runs["device"].iloc[0] if runs["device"].nunique() == 1 else None, records=len(runs),
+                       autotune=autotune_modes(runs))
     return table
 
 

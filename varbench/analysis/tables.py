@@ -10,6 +10,7 @@ resolution); of repeated measurements the newest counts (`latest`). Quality colu
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import pandas as pd
 
@@ -152,9 +153,18 @@ def by_model(frame: pd.DataFrame) -> pd.DataFrame:
     return out.sort_index(level="Resolution", sort_remaining=False, kind="stable")
 
 
+def autotune_modes(records: pd.DataFrame) -> dict[str, int]:
+    """How many of these records' timings ran under each Triton autotuning mode (`versions.triton_autotune`)."""
+    timed = records[records["metric"].isin([*TIMED, "parallel_train_images_per_s"])]
+    return dict(Counter(m for v in timed["versions"] if (m := (v or {}).get("triton_autotune"))))
+
+
 def finish(table: pd.DataFrame, df: pd.DataFrame, metrics, device) -> pd.DataFrame:
-    """Attach what the report's note says: the timing device and how many records the table drew from."""
-    table.attrs.update(device=device, records=len(latest(df, metrics)))
+    """Attach what the report's note says: the timing device, how many records the table drew from, and under
+    which Triton autotuning modes its timings ran."""
+    records = latest(df, metrics)
+    on_device = records if device is None else records[records["device"] == device]
+    table.attrs.update(device=device, records=len(records), autotune=autotune_modes(on_device))
     return table
 
 

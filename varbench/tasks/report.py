@@ -54,6 +54,11 @@ FIGURES = {
 def _note(table: pd.DataFrame) -> str:
     device = table.attrs.get("device")
     timed = f" GPU: {device}." if device else ""
+    modes = table.attrs.get("autotune") or {}
+    if modes:
+        timed += " Triton autotuning of the timings: " + ", ".join(f"{m} ({n})" for m, n in sorted(modes.items()))
+        first = " ('first': each Triton kernel ran its first working config, not its tuned one)"
+        timed += (first if "first" in modes else "") + "."
     return f"From {table.attrs.get('records', 0)} records (the newest per configuration).{timed}"
 
 
