@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from varbench.build import build_model
+from varbench.eval.flops import model_flops
 from varbench.utils.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +38,12 @@ def test_loss_falls_on_embedded_data(tmp_path):
     assert len(losses) == 60
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.5, (first, last)
+    # the summary states the analytic forward FLOPs of the model it trained: its own config rebuilds that model
+    (summary,) = [r for r in read_records(tmp_path / "fall" / "results" / "train.jsonl") if r["metric"] == "train_summary"]
+    with torch.device("meta"):
+        model = build_model(OmegaConf.create(summary["config"]))
+    assert summary["params"] == model.num_params() and summary["fwd_flops_per_image"] == model_flops(model)["total"]
+    assert summary["peak_mem_bytes"] is None  # a CPU run has no CUDA allocator to ask
 
 
 def test_sigterm_then_resume_is_bitwise_exact(tmp_path):

@@ -198,9 +198,10 @@ def kv_ratio(state: pd.Series) -> pd.Series:
     keys = state.index.to_frame(index=False).assign(s=state.to_numpy())
     kv = keys[(keys["mixer"] == "attention") & (keys["intra"] == "none")].set_index(["depth", "resolution"])["s"]
     ref = keys.join(kv.rename("kv"), on=["depth", "resolution"])["kv"]
-    if ref.isna().any():
+    missing = ref.isna() & keys["s"].notna()  # a state with no KV cache to compare it with
+    if missing.any():
         log.warning("State / KV cache: no attention state_bytes_per_image record at depth/resolution %s",
-                    sorted(set(zip(keys["depth"][ref.isna()], keys["resolution"][ref.isna()]))))
+                    sorted(set(zip(keys["depth"][missing], keys["resolution"][missing]))))
     return pd.Series(state.to_numpy() / ref.to_numpy(dtype=float), index=state.index)
 
 

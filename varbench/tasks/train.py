@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from varbench.build import build_dataset, build_model, build_tokenizer, resolve_device
+from varbench.eval.flops import model_flops
 from varbench.training.loop import train_ar
 from varbench.utils.dist import init_distributed
 from varbench.utils.records import record
@@ -31,7 +32,9 @@ def main(cfg: DictConfig) -> dict:
     else:
         dataset = build_dataset(cfg, "train")
     summary = train_ar(model, tokenizer, dataset, cfg, device, info, from_ids=bool(cache))
-    summary.update(params=model.num_params(), checkpoint=str(Path(cfg.run_dir) / "checkpoints"),
+    summary.update(params=model.num_params(), fwd_flops_per_image=model_flops(model)["total"],
+                   peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+                   checkpoint=str(Path(cfg.run_dir) / "checkpoints"),
                    backends={"mixer": model.blocks[0].mixer.backend,
                              "intra": getattr(model.blocks[0].intra, "backend", None)})
     if summary["interrupted"]:
