@@ -1,6 +1,8 @@
-"""run_in_fresh_process: the exit code tells returned / raised / died, and the child's work is visible after it."""
+"""run_in_fresh_process: the exit code tells returned / raised / died, the child's work is visible after it, and a
+child past its timeout says where it hangs and is killed."""
 
 import os
+import time
 from pathlib import Path
 
 from varbench.utils.processes import run_in_fresh_process
@@ -14,6 +16,10 @@ def die(code: int) -> None:
     os._exit(code)  # a process that dies without unwinding (as after a CUDA device-side assert)
 
 
+def hang_here(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def raise_error() -> None:
     raise RuntimeError("a failing cell")
 
@@ -23,3 +29,11 @@ def test_returned_raised_and_died_are_told_apart(tmp_path):
     assert (tmp_path / "out.txt").read_text() == "done"
     assert run_in_fresh_process(raise_error) == 1
     assert run_in_fresh_process(die, 7) == 7
+
+
+def test_a_child_past_its_timeout_prints_its_stack_and_is_killed(capfd):
+    start = time.monotonic()
+    assert run_in_fresh_process(hang_here, 120, timeout=1) is None
+    assert time.monotonic() - start < 60  # killed, not waited for
+    assert "hang_here" in capfd.readouterr().err  # faulthandler's dump names the function it hangs in
+    assert run_in_fresh_process(write, os.devnull, "", timeout=30) == 0  # in time: its exit code as before

@@ -10,7 +10,8 @@ of `model` and each resolution of `task.resolutions`:
   the prefix re-run;
 - inference state bytes (analytic, checked against real states by the tests).
 A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on; each
-cell runs in a fresh process (`task.isolate_cells`), so even a CUDA error that poisons its context ends it alone.
+cell runs in a fresh process (`task.isolate_cells`), so even a CUDA error that poisons its context ends it alone,
+and a cell that hangs (or compiles for longer than `task.cell_timeout_s`) prints its stacks and is killed.
 """
 
 from __future__ import annotations
@@ -110,10 +111,11 @@ def main(cfg: DictConfig) -> dict:
                 continue
             # a fresh process per cell: a CUDA error that poisons the context (a device-side assert) ends this
             # cell only, and each cell starts from an empty allocator
-            code = run_in_fresh_process(run_cell, plain, out, mixer, intra, res, cell)
+            code = run_in_fresh_process(run_cell, plain, out, mixer, intra, res, cell, timeout=t.cell_timeout_s)
             if code != 0:
-                record(out, "bench_error", 0, "", error=f"the cell's process exited with code {code}", stage="process",
-                       **cell)
+                error = (f"still running after task.cell_timeout_s = {t.cell_timeout_s} s: killed (its stacks are in "
+                         "the log)" if code is None else f"the cell's process exited with code {code}")
+                record(out, "bench_error", 0, "", error=error, stage="process", **cell)
     return {"records": str(out), "matmul_peak_tflops": peak}
 
 

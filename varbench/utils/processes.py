@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing as mp
 from typing import Callable
 
+DUMP_GRACE_S = 5  # after the child printed its stacks, how long the parent waits before killing it
 
-def run_in_fresh_process(fn: Callable, *args) -> int:
+
+def run_in_fresh_process(fn: Callable, *args, timeout: float | None = None) -> int | None:
     """Call `fn(*args)` in a spawned process and wait for it. Returns its exit code: 0 when `fn` returned, 1 when it
     raised (the traceback goes to stderr), another code or a negative signal number when the process died.
-    `fn` and `args` must pickle (a module-level function, plain data)."""
-    child = mp.get_context("spawn").Process(target=fn, args=args)
+    With `timeout` (seconds), a child still running then prints every thread's stack to stderr (where it hangs) and
+    is killed: the return is None. `fn` and `args` must pickle (a module-level function, plain data)."""
+    child = mp.get_context("spawn").Process(target=_watched, args=(fn, timeout, *args))
     child.start()
+    child.join(None if timeout is None else timeout + DUMP_GRACE_S)
+    if child.exitcode is not None:
+        return child.exitcode
+    child.kill()
     child.join()
-    return child.exitcode
+    return None
+
+
+def _watched(fn: Callable, timeout: float | None, *args) -> None:
+    if timeout is not None:
+        faulthandler.dump_traceback_later(timeout)
+    fn(*args)
