@@ -43,14 +43,20 @@ def main(cfg: DictConfig) -> dict:
     classes = list(t.classes) if t.get("classes") else list(range(min(model.num_classes, 10)))
     labels = torch.tensor(classes, device=device).repeat_interleave(t.per_class)
     generator = torch.Generator(device).manual_seed(cfg.seed)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with autocast(device, t.precision):  # the kernels' dtype of training (fla's DeltaNet has no fp32 chunk path)
         out = model.generate(tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth,
                              generator=generator, sampler=t.sampler)
+    if cuda:
+        torch.cuda.synchronize(device)  # the clock stops when the GPU is done, not when the last launch returned
     seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) if cuda else None
     # one row per class: transpose the (class, sample) order of the batch
     grid = out.images.view(len(classes), t.per_class, *out.images.shape[1:])
     path = save_grid(grid.flatten(0, 1), len(classes), Path(cfg.run_dir) / "samples.png")
     record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
-           seconds=seconds, images=len(labels), sampler=t.sampler)
+           seconds=seconds, images=len(labels), sampler=t.sampler, peak_mem_bytes=peak)
     return {"grid": str(path), "seconds": seconds, "images": len(labels)}
