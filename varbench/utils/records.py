@@ -1,5 +1,6 @@
 """Results are data: every measurement is one JSON line with what was measured, the resolved config, the git
-commit, the device, software versions and the date. Tables and figures are generated from these lines only."""
+commit, the device, software versions, the host's load and the date. Tables and figures are generated from these
+lines only."""
 
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ def versions() -> dict[str, str]:
     return out
 
 
+def host_load() -> dict:
+    """The host's load when a record is written: 1-minute load average over its CPU count. A timing taken beside other
+    work (a loadavg near or above the CPUs) can be told from one taken alone; small-batch GPU timings depend on it."""
+    return {"loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
+
+
 def record(path, metric: str, value, unit: str, config=None, device=None, **fields) -> dict:
     """Append one measurement to a JSON-lines file and return it.
 
@@ -73,7 +80,7 @@ def record(path, metric: str, value, unit: str, config=None, device=None, **fiel
         from omegaconf import OmegaConf
         config = OmegaConf.to_container(config, resolve=True)
     line = {"metric": metric, "value": value, "unit": unit, **fields, "config": config, "commit": git_commit(),
-            "device": device_name(device), "versions": versions(),
+            "device": device_name(device), "versions": versions(), "host": host_load(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
