@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -73,10 +74,18 @@ def quality_vs_flops(df: pd.DataFrame, path, device=None) -> Path | None:
     return _save(fig, path)
 
 
+TRAIN_AT_BENCH_BATCH = "Train img/s (bench batch)"
+
+
 def speed_memory_vs_resolution(df: pd.DataFrame, path, device=None) -> Path | None:
     """Train img/s, batch-1 sampling latency and inference state bytes against resolution, a line per model."""
     frame = speed_wide(df, device)
-    wanted = [next((c for c in frame.columns if c.startswith("Train img/s")), None),
+    # the bench trains at a batch per resolution (32 / 8 / 2): one series of its eager steps, largest batch first
+    eager = sorted((c for c in frame.columns if re.fullmatch(r"Train img/s \(b\d+\)", c)),
+                   key=lambda c: -int(c[len("Train img/s (b"):-1]))
+    if eager:
+        frame[TRAIN_AT_BENCH_BATCH] = frame[eager].bfill(axis=1).iloc[:, 0]
+    wanted = [TRAIN_AT_BENCH_BATCH if eager else None,
               "Latency b1 (ms)" if "Latency b1 (ms)" in frame else None, STATE if STATE in frame else None]
     columns = [c for c in wanted if c is not None]
     if not columns:
@@ -85,17 +94,23 @@ def speed_memory_vs_resolution(df: pd.DataFrame, path, device=None) -> Path | No
         return None
     fig, axes = _axes(len(columns))
     keys = frame.index.to_frame(index=False).assign(model=_labels(frame.index))
+    colour = model_colours(keys["model"])  # one colour per model in every panel
     for ax, c in zip(axes, columns):
         for model, rows in keys.assign(v=frame[c].to_numpy()).dropna(subset=["v"]).groupby("model"):
             rows = rows.sort_values("resolution")
-            ax.plot(rows["resolution"].astype(int), rows["v"], marker="o", label=model)
+            ax.plot(rows["resolution"].astype(int), rows["v"], marker="o", label=model, color=colour[model])
         ax.set(xlabel="resolution (px)", ylabel=c, title=c)
-        if c == STATE:
+        if c in (STATE, TRAIN_AT_BENCH_BATCH):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"timings on {frame.attrs.get('device')}", fontsize=9)
     return _save(fig, path)
+
+
+def model_colours(models) -> dict:
+    """A fixed colour per model label (sorted, tab20), so one model looks the same in every panel."""
+    return {m: colormaps["tab20"](i % 20) for i, m in enumerate(sorted(set(models)))}
 
 
 def training_curves(df: pd.DataFrame, path) -> Path | None:
@@ -106,14 +121,13 @@ def training_curves(df: pd.DataFrame, path) -> Path | None:
         return None
     run = loss["cell_id"].where(loss["cell_id"].notna(), loss["run_dir"])
     loss = loss.assign(run=run.fillna(loss["source"]), v=numeric(loss), model=loss["model"].fillna("?"))
-    models = sorted(loss["model"].unique())
-    colours = colormaps["tab20"]
+    colour = model_colours(loss["model"])
     fig, (ax,) = _axes(1, width=8.0, height=4.5)
-    for i, model in enumerate(models):
+    for model in colour:
         runs = loss[loss["model"] == model].groupby("run", sort=True)
         for j, (_, g) in enumerate(runs):
             g = g.sort_values("step")
-            ax.plot(g["step"], g["v"], color=colours(i % 20), alpha=0.8, lw=1.2,
+            ax.plot(g["step"], g["v"], color=colour[model], alpha=0.8, lw=1.2,
                     label=f"{model} ({len(runs)} run{'s' if len(runs) > 1 else ''})" if j == 0 else None)
     ax.set(xlabel="step", ylabel=f"train loss ({loss['unit'].iloc[0]})", title="training loss")
     ax.grid(alpha=0.3)
