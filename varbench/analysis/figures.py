@@ -143,7 +143,8 @@ def _grid_path(value: str, source: str) -> Path:
 
 
 def sample_grids(df: pd.DataFrame, path, max_grids: int = 24) -> Path | None:
-    """A contact sheet of the recorded sample_grid PNGs (the newest per run), titled by model, seed and cell."""
+    """A contact sheet of the recorded sample_grid PNGs (the newest per run), titled by model, seed and cell; with
+    more than `max_grids` of them, one per model (its first seed)."""
     from matplotlib.image import imread
 
     grids = latest(df, "sample_grid")
@@ -154,7 +155,11 @@ def sample_grids(df: pd.DataFrame, path, max_grids: int = 24) -> Path | None:
     missing = grids[~grids["png"].map(Path.is_file)]
     if len(missing):
         log.warning("sample_grids: %d recorded PNGs are not on disk: %s", len(missing), list(map(str, missing["png"])))
-    grids = grids.drop(missing.index).sort_values(["model", "seed", "cell_id"]).head(max_grids)
+    grids = grids.drop(missing.index).sort_values(["model", "seed", "cell_id"])
+    if len(grids) > max_grids:  # every model before a second seed of any: one grid per model, its first seed
+        log.info("sample_grids: %d grids, showing one per model (all are under their records' folders)", len(grids))
+        grids = grids.drop_duplicates("model")
+    grids = grids.head(max_grids)
     if grids.empty:
         log.warning("sample_grids not drawn: none of the recorded PNGs exists")
         return None
