@@ -211,9 +211,25 @@ def test_study_ranking_orders_by_the_quality_mean_and_measures_the_gap_in_seed_s
     gap = [c for c in table.columns if c.startswith("Gap to best")][0]
     assert second[gap] == pytest.approx((second[fd] - best[fd]) / pooled)
     assert (table["Seeds"] >= 2).all()
+    assert "p vs lowest train loss (Welch t)" in table  # no val_nll records in the fixture: the training loss
     # each configuration's cost: the bench's timing of the same mixer / intra at depth 16, 256 px
     train = real_one(metric="train_images_per_s", mixer="attention")
     assert table.loc[("VAR-d16", 256), "d16 train img/s (b32, 256 px)"] == train["value"]
+
+
+def test_study_ranking_shows_the_held_out_nll_and_tests_against_its_lowest(df, tmp_path):
+    import pandas as pd
+
+    from varbench.analysis.study import VAL_NLL
+    fid = [r for r in raw(metric="fid") if r["cell_id"].startswith("in256-d16")]  # one per configuration and seed
+    nll = [{**r, "metric": "val_nll", "value": 3.0 + 0.1 * i, "unit": "nats/token"} for i, r in enumerate(fid)]
+    table = study_ranking(pd.concat([df, _variants(tmp_path, *nll)], ignore_index=True))
+    per_config = {}
+    for r in nll:  # cell ids are "<configuration>-s<seed>"
+        per_config.setdefault(r["cell_id"].rsplit("-s", 1)[0], []).append(r["value"])
+    assert sorted(table[VAL_NLL]) == pytest.approx(sorted(statistics.mean(v) for v in per_config.values()))
+    p = table["p vs lowest val NLL (Welch t)"]  # the objective is now the held-out one
+    assert p.isna().sum() == 1 and p[table[VAL_NLL].idxmin()] != p[table[VAL_NLL].idxmin()]
 
 
 def test_welch_p_is_the_two_sided_welch_t_test():

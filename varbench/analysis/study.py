@@ -57,13 +57,17 @@ def parallel_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
 
 
 LOSS_TAIL = 5  # logged train_loss values averaged per run (the end of training, less noisy than one batch)
+TRAIN_LOSS = f"Train loss (last {LOSS_TAIL} logs)"
+VAL_NLL = "Val NLL (nats/token)"
 
 
 def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
     """The mixer study: configurations with a quality metric over at least 2 seeds, ranked by the quality column most
     of them share (lower FD/FID first; higher accuracy first). Columns: that metric and class accuracy (mean ± std
     over seeds), the training loss at the end of training (mean of the last LOSS_TAIL logs of each run), params,
-    seeds, and the gap to the best mean in units of their pooled seed std (how far apart two rows are)."""
+    seeds, and the gap to the best mean in units of their pooled seed std (how far apart two rows are); the held-out
+    NLL (`val_nll`) where recorded; Welch t-test p-values against the best quality and against the lowest objective
+    (val NLL where recorded, else training loss); each configuration's bench cost."""
     long = quality_long(df)
     seeds = long.groupby([*KEY, "label"], dropna=False)["seed"].nunique()
     multi = seeds[seeds >= 2]
@@ -81,7 +85,10 @@ def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
     loss = df[df["metric"] == "train_loss"].sort_values("step", kind="stable")
     loss = loss.assign(value=numeric(loss)).groupby([*KEY, "seed"], dropna=False)["value"]
     loss = loss.apply(lambda v: v.tail(LOSS_TAIL).mean())
-    per_seed[f"Train loss (last {LOSS_TAIL} logs)"] = loss.reindex(per_seed.index)
+    per_seed[TRAIN_LOSS] = loss.reindex(per_seed.index)
+    val = latest(df, "val_nll")  # the objective on held-out images (task=evaluate), where recorded
+    if len(val):
+        per_seed[VAL_NLL] = val.assign(value=numeric(val)).groupby([*KEY, "seed"], dropna=False)["value"].last()
     stats = per_seed.groupby(level=KEY, dropna=False).agg(["mean", "std"])
     table = pd.concat({c: stats[c]["mean"] for c in per_seed.columns} | {f"{c}{STD}": stats[c]["std"]
                                                                       for c in per_seed.columns}, axis=1)
@@ -95,9 +102,11 @@ def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
     name = label.split(" (")[0]
     table[f"Gap to best ({name}, seed stds)"] = (table[label] - best[label]).abs() / pooled
     table[f"p vs best ({name}, Welch t)"] = welch_p(per_seed[label], table.index, best.name)
-    loss = f"Train loss (last {LOSS_TAIL} logs)"
-    lowest = table[loss].idxmin() if table[loss].notna().any() else None
-    table["p vs lowest loss (Welch t)"] = welch_p(per_seed[loss], table.index, lowest)
+    held_out = VAL_NLL in table and table[VAL_NLL].notna().any()
+    objective = VAL_NLL if held_out else TRAIN_LOSS
+    lowest = table[objective].idxmin() if table[objective].notna().any() else None
+    table[f"p vs lowest {'val NLL' if held_out else 'train loss'} (Welch t)"] = welch_p(per_seed[objective],
+                                                                                       table.index, lowest)
     table = pd.concat([table, bench_costs(df, table.index, device)], axis=1)
     table = by_model(table)
     return finish(table, df, [*QUALITY_NAMES, "train_loss"], device)
