@@ -1,0 +1,37 @@
+"""The GPU scripts' plumbing on a CPU (benchmarks/): gpu_study.sh plans every seed's cells, one grid per GPU or one
+grid for all, after training and caching the tokenizer; gpu_queues.sh runs one command line per GPU index."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # `python` is this interpreter
+
+
+def bash(*args, env=None):
+    return subprocess.run(["bash", *args], cwd=REPO, capture_output=True, text=True, env={**ENV, **(env or {})},
+                          timeout=900)
+
+
+@pytest.mark.slow  # a 2-step tokenizer and a 5,000-image token cache on 2 CPU cores: ~30 s
+def test_gpu_study_plans_every_seed_on_its_gpu_then_all_on_one(tmp_path):
+    study = {"STUDY": str(tmp_path / "study"), "TOKENIZER_STEPS": "2", "SEEDS": "0 1 2"}
+    spread = bash("benchmarks/gpu_study.sh", str(tmp_path / "r2"), "2", "+dry_run=true", env={**study, "GPUS": "0 1"})
+    assert spread.returncode == 0, spread.stderr[-2000:]
+    for seed in (0, 1, 2):
+        log = (tmp_path / "r2" / f"grid_seed{seed}.log").read_text()
+        assert "[grid] 12 cells" in log and log.count(f"seed={seed}") == 12 and "dry run: nothing launched" in log
+    assert (tmp_path / "r2" / "study_tokenizer.safetensors").is_file()  # the frozen tokenizer travels with records
+    one = bash("benchmarks/gpu_study.sh", str(tmp_path / "r1"), "2", "+dry_run=true", env={**study, "GPUS": "0"})
+    assert one.returncode == 0 and "[grid] 36 cells" in one.stdout, one.stderr[-2000:]  # tokenizer reused: resumed
+
+
+def test_gpu_queues_runs_one_command_line_per_gpu_under_one_deadline(tmp_path):
+    out = bash("benchmarks/gpu_queues.sh", str(tmp_path), 'echo "[bench] on $CUDA_VISIBLE_DEVICES"',
+               'echo "[grid] done: on $CUDA_VISIBLE_DEVICES"; sleep 60; echo "[bench] never"', env={"DEADLINE_S": "3"})
+    assert out.returncode == 0 and out.stdout.splitlines() == ["[bench] on 0", "[grid] done: on 1"], out
+    assert (tmp_path / "queue1.log").read_text().strip() == "[grid] done: on 1"  # stopped at the deadline
