@@ -43,3 +43,28 @@ def test_non_mixer_components_match_the_counter(mixer):
     mixers = sum(sum(per_module.get(f"ScaleAR.blocks.{i}.mixer", {}).values()) for i in range(len(model.blocks)))
     analytic = model_flops(model)
     assert counter.get_total_flops() - mixers == analytic["total"] - analytic["mixer"]
+
+
+def test_costs_task_records_each_configurations_params_flops_and_state(tmp_path):
+    """task=costs (CPU, meta device): one analytic_cost record per (depth, resolution, configuration), holding what
+    the model built for it states; VAR-d16 at 256 px has its published parameter count."""
+    from hydra import compose, initialize_config_dir
+
+    from varbench.build import build_model
+    from varbench.layout import PATCH_NUMS
+    from varbench.registry import CONFIG_ROOT, load_option
+    from varbench.tasks import run_task
+    from varbench.utils.records import read_records
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "task=costs", "model=var_d16", "task.depths=[16]", "task.resolutions=[256,512]",
+            "task.configs=[[attention,none],[mamba2,full]]", f"results_dir={tmp_path}"])
+    assert run_task(cfg)["cells"] == 4
+    records = {(r["mixer"], r["intra"], r["resolution"]): r for r in read_records(tmp_path / "costs.jsonl")}
+    assert records[("attention", "none", 256)]["params"] == 310_283_520
+    for (mixer, intra, res), rec in records.items():
+        with torch.device("meta"):
+            model = build_model(cfg, load_option("mixer", mixer), load_option("intra", intra), PATCH_NUMS[res],
+                                num_classes=1000)
+        assert rec["value"] == model_flops(model)["total"] and rec["params"] == model.num_params()
+        assert rec["state_bytes_per_image"] == sum(b.mixer.state_bytes(model.layout, 1) for b in model.blocks)
