@@ -115,3 +115,20 @@ def test_gate_init_follows_var_and_mvar_quirk():
         assert w[:128].abs().max() < 1e-5                        # gamma1, gamma2
         assert (w[128:192].abs().max() < 1e-5) == gamma3_small   # gamma3
         assert w[192:].abs().max() > 1e-3                        # scales and shifts
+
+
+def test_drop_path_on_the_gate_equals_timm_drop_path_on_the_branch():
+    """x + y * DropPath(gamma) must equal timm's x + drop_path(y * gamma) (x/keep * Bernoulli(keep) per sample)
+    with the same draws; identity in eval mode and at rate 0."""
+    from varbench.backbones.blocks import AdaLNBlock
+    block = AdaLNBlock(8, 8, mixer=torch.nn.Identity(), drop_path=0.4).train()
+    x, y, gamma = torch.randn(64, 5, 8), torch.randn(64, 5, 8), torch.randn(64, 1, 8)
+    torch.manual_seed(3)
+    ours = block.residual(x, y, gamma)
+    torch.manual_seed(3)
+    mask_B11 = torch.empty(64, 1, 1).bernoulli_(0.6)
+    timm = x + (y * gamma).div(0.6) * mask_B11
+    torch.testing.assert_close(ours, timm)
+    assert 0 < int(mask_B11.sum()) < 64  # some samples dropped, some kept
+    block.eval()
+    torch.testing.assert_close(block.residual(x, y, gamma), x + y * gamma, rtol=0, atol=0)
