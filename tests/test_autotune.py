@@ -35,3 +35,22 @@ def test_first_working_config_wins_and_the_rest_are_skipped():
 def test_unknown_mode_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"valid modes: \['full', 'first'\]"):
         apply_autotune_mode("fastest")
+
+
+def _autotuner_patched() -> None:
+    from triton.runtime.autotuner import Autotuner
+    if not hasattr(Autotuner._bench, "__wrapped__"):
+        raise SystemExit(3)
+
+
+def test_a_fresh_process_runs_under_the_parents_mode(monkeypatch):
+    """task=bench times each cell in a spawned process: `autotune=first` must hold there too (session 3's cells
+    tuned every config while their records said "first")."""
+    pytest.importorskip("triton", reason="needs Triton installed (no GPU needed)")
+    from varbench.utils.processes import run_in_fresh_process
+    monkeypatch.setenv("VARBENCH_AUTOTUNE", "full")
+    try:
+        apply_autotune_mode("first")
+        assert run_in_fresh_process(_autotuner_patched) == 0
+    finally:
+        apply_autotune_mode("full")

@@ -25,6 +25,10 @@ def run_in_fresh_process(fn: Callable, *args, timeout: float | None = None) -> i
 
 
 def _watched(fn: Callable, timeout: float | None, *args) -> None:
+    from varbench.utils.autotune import apply_autotune_mode
+    # a spawned child inherits the environment, not the parent's patched Triton autotuner: put the mode in force
+    # again, or `autotune=first` cells would tune every config while their records say "first"
+    apply_autotune_mode()
     if timeout is not None:
         faulthandler.dump_traceback_later(timeout)
     fn(*args)
