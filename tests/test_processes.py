@@ -2,6 +2,7 @@
 child past its timeout says where it hangs and is killed."""
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -37,3 +38,14 @@ def test_a_child_past_its_timeout_prints_its_stack_and_is_killed(capfd):
     assert time.monotonic() - start < 60  # killed, not waited for
     assert "hang_here" in capfd.readouterr().err  # faulthandler's dump names the function it hangs in
     assert run_in_fresh_process(write, os.devnull, "", timeout=30) == 0  # in time: its exit code as before
+
+
+def crash_after(seconds: float) -> None:
+    time.sleep(seconds)
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_child_that_dies_after_its_timeout_counts_as_timed_out():
+    """A child can crash while faulthandler dumps its stacks: that is the timeout, not an exit code of its own."""
+    assert run_in_fresh_process(crash_after, 2, timeout=1) is None
+    assert run_in_fresh_process(crash_after, 0, timeout=30) == -signal.SIGSEGV  # before its timeout: its own death

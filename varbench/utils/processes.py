@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faulthandler
 import multiprocessing as mp
+import time
 from typing import Callable
 
 DUMP_GRACE_S = 5  # after the child printed its stacks, how long the parent waits before killing it
@@ -13,11 +14,15 @@ def run_in_fresh_process(fn: Callable, *args, timeout: float | None = None) -> i
     """Call `fn(*args)` in a spawned process and wait for it. Returns its exit code: 0 when `fn` returned, 1 when it
     raised (the traceback goes to stderr), another code or a negative signal number when the process died.
     With `timeout` (seconds), a child still running then prints every thread's stack to stderr (where it hangs) and
-    is killed: the return is None. `fn` and `args` must pickle (a module-level function, plain data)."""
+    is killed: the return is None (also when it dies of anything after its timeout). `fn` and `args` must pickle (a module-level function, plain data)."""
     child = mp.get_context("spawn").Process(target=_watched, args=(fn, timeout, *args))
+    start = time.monotonic()
     child.start()
     child.join(None if timeout is None else timeout + DUMP_GRACE_S)
-    if child.exitcode is not None:
+    timed_out = timeout is not None and time.monotonic() - start >= timeout
+    # a child can die while faulthandler dumps its stacks (measured: SIGSEGV inside a Triton compile): that is
+    # still the timeout, not a crash of its own
+    if child.exitcode is not None and not (child.exitcode != 0 and timed_out):
         return child.exitcode
     child.kill()
     child.join()
