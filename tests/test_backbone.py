@@ -132,3 +132,58 @@ def test_drop_path_on_the_gate_equals_timm_drop_path_on_the_branch():
     assert 0 < int(mask_B11.sum()) < 64  # some samples dropped, some kept
     block.eval()
     torch.testing.assert_close(block.residual(x, y, gamma), x + y * gamma, rtol=0, atol=0)
+
+
+def test_cuda_graphs_need_a_cuda_device(vae):
+    model = tiny_model("attention", vae=vae)
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        model.generate(vae, torch.tensor([1, 2]), cuda_graphs=True)
+
+
+def graphed_and_eager(model, vae, labels, ids, **kw):
+    """One generation with per-scale CUDA graphs and the same one eager (forced ids, logits returned)."""
+    run = functools.partial(model.generate, vae, labels, cfg=2.0, forced_ids=ids, return_logits=True, **kw)
+    return run(cuda_graphs=True), run()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("intra", ["none", "full"])
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_cuda_graph_sampling_equals_eager(mixer, intra, vae):
+    """Replaying each scale as a CUDA graph gives the eager logits and images, with both samplers; a second call with
+    other labels reuses the captured graphs, and the logits the first call returned are not overwritten by it."""
+    model = tiny_model(mixer, intra, vae=vae).cuda()
+    if mixer == "deltanet":  # fla's chunk_delta_rule has no fp32 path (chunk mode runs in the autocast test)
+        for block in model.blocks:
+            block.mixer.mode = "fused_recurrent"
+    ids = [t.cuda() for t in teacher_forcing(vae)[0]]
+    gpu_vae = copy.deepcopy(vae).cuda()
+    # fla 0.6's chunk_gla (per-key decay: gla, hgrn2) hits a misaligned address on the prefix forward at this tiny
+    # width in fp32, eager too (seen on an H100): the prefix re-run is left out for them
+    samplers = ("carry",) if mixer in ("gla", "hgrn2") and model.blocks[0].mixer.backend == "fla" else (
+        "carry", "prefix_rerun")
+    for sampler in samplers:
+        runs = [graphed_and_eager(model, gpu_vae, torch.tensor(labels, device="cuda"), ids, sampler=sampler)
+                for labels in ([3, 7], [0, 10])]
+        for graphed, eager in runs:
+            torch.testing.assert_close(torch.cat(graphed.logits, 1), torch.cat(eager.logits, 1))
+            torch.testing.assert_close(graphed.images, eager.images)
+    assert len(model._graphed_scales) == len(samplers)  # one capture per sampler
+    assert copy.deepcopy(model)._graphed_scales == {} and not any("graph" in k for k in model.state_dict())
+    model.train()
+    assert model._graphed_scales == {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mixer,intra", [("attention", "local"), ("mamba2", "full"), ("deltanet", "none")])
+def test_cuda_graphs_under_autocast(mixer, intra, vae):
+    """Graphs captured under bf16 and fp16 autocast match eager sampling under the same autocast and are kept apart
+    (one capture per autocast dtype)."""
+    model = tiny_model(mixer, intra, vae=vae).cuda()
+    ids = [t.cuda() for t in teacher_forcing(vae)[0]]
+    gpu_vae, labels = copy.deepcopy(vae).cuda(), torch.tensor([3, 7], device="cuda")
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cuda", dtype=dtype):
+            graphed, eager = graphed_and_eager(model, gpu_vae, labels, ids)
+        torch.testing.assert_close(torch.cat(graphed.logits, 1), torch.cat(eager.logits, 1), atol=1e-2, rtol=1e-2)
+    assert len(model._graphed_scales) == 2

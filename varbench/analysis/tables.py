@@ -116,8 +116,8 @@ def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFra
         tag = f"b{batch:g}" + (", compiled" if compiled else "")
         parts += [per_key(g, "value", f"Train img/s ({tag})"), per_key(g, "mfu", f"MFU ({tag})")]
     sample = timed[(timed["metric"] == "sample_latency_ms") & timed["sampler"].isin(samplers)]
-    for (sampler, batch), g in sample.groupby(["sampler", "batch"]):
-        tag = f"b{batch:g}" + ("" if sampler == "carry" else f" {sampler}")
+    for (sampler, batch, graphs), g in sample.groupby(["sampler", "batch", "cuda_graphs"]):
+        tag = f"b{batch:g}" + ("" if sampler == "carry" else f" {sampler}") + (", graphs" if graphs else "")
         parts += [per_key(g, "value", f"Latency {tag} (ms)"), per_key(g, "peak_mem_bytes", f"Peak mem {tag} (bytes)")]
     state = latest(df, "state_bytes_per_image")
     if len(state):

@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from varbench.backbones.blocks import AdaLNBlock
+from varbench.backbones.graphs import GraphedScales, graph_key
 from varbench.backbones.init import var_init_
 from varbench.backbones.sampling import cfg_ramp, gumbel_soft_codes, guide, sample_ids
 from varbench.layout import ScaleLayout
+from varbench.mixers.base import State
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -73,6 +75,7 @@ class ScaleAR(nn.Module):
                  drop_path_rate: float | None = None, norm_eps: float = 1e-6, cond_drop_rate: float = 0.1,
                  cond_drop_in_eval: bool = False, init: dict | None = None):
         super().__init__()
+        self._graphed_scales: dict[tuple, GraphedScales] = {}  # plain attribute: never in the state_dict
         self.layout = ScaleLayout(tuple(patch_nums))
         self.depth, self.width = depth, width or 64 * depth
         self.num_heads = num_heads or self.width // 64
@@ -145,7 +148,7 @@ class ScaleAR(nn.Module):
     def generate(self, tokenizer, label_B: torch.Tensor, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
                  more_smooth: bool = False, generator: torch.Generator | None = None,
                  forced_ids: list[torch.Tensor] | None = None, return_logits: bool = False,
-                 sampler: str = "carry") -> Generation:
+                 sampler: str = "carry", cuda_graphs: bool = False) -> Generation:
         """Class-conditional generation, one scale at a time, with classifier-free guidance on a doubled batch.
 
         Args:
@@ -159,9 +162,16 @@ class ScaleAR(nn.Module):
             return_logits (bool, Optional): also return the guided logits of every scale. Default: False.
             sampler (str, Optional): "carry" (each mixer carries its state across scales) or "prefix_rerun"
                 (the released M-VAR sampler: re-run every mixer over all earlier scales; a benchmark baseline).
+            cuda_graphs (bool, Optional): replay the model part of each scale (blocks and head) as one CUDA graph
+                per scale (`varbench.backbones.graphs`); sampling, guidance and the tokenizer stay eager. The first
+                call per (batch, sampler, dtype, autocast dtype, device) captures them; later calls reuse them until
+                `drop_cuda_graphs` or `train()`. CUDA only. Default: False.
         """
         if sampler not in ("carry", "prefix_rerun"):
             raise ValueError(f"sampler must be 'carry' or 'prefix_rerun', got {sampler!r}")
+        if cuda_graphs and (label_B.device.type != "cuda" or self.pos_start.device.type != "cuda"):
+            raise ValueError(f"cuda_graphs=True needs a CUDA device (labels on {label_B.device}, model on "
+                             f"{self.pos_start.device})")
         if tuple(tokenizer.patch_nums) != self.layout.patch_nums:
             raise ValueError(f"tokenizer patch_nums {tuple(tokenizer.patch_nums)} != model {self.layout.patch_nums}")
         self.check_labels(label_B)
@@ -171,14 +181,17 @@ class ScaleAR(nn.Module):
         cond_2BD = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))
         lvl_pos_1LC = self.lvl_embed(self.lvl_1L) + self.pos_1LC
         x_2BlC = cond_2BD.unsqueeze(1) + self.pos_start + lvl_pos_1LC[:, :1]
-        dtype = x_2BlC.dtype
-        states = [{} if rerun else block.mixer.init_state(2 * B, layout, x_2BlC.device, dtype) for block in self.blocks]
+        graphed = self.graphed_scales(cond_2BD, sampler) if cuda_graphs else None
+        states = None if graphed is not None else self.initial_states(2 * B, x_2BlC.device, x_2BlC.dtype, rerun)
         f_hat = tokenizer.empty_fhat(B, x_2BlC.device)
         ids, all_logits = [], []
         for k in range(K):
-            for i, block in enumerate(self.blocks):
-                x_2BlC, states[i] = block.step(x_2BlC, states[i], cond_2BD, layout, k, prefix_rerun=rerun)
-            logits_BlV = guide(self.logits(x_2BlC, cond_2BD), cfg_ramp(cfg, k, K))
+            if graphed is not None:
+                # the graph's own logits, overwritten at its next replay: `guide` below returns a new tensor
+                logits_2BlV = graphed.run(k, x_2BlC)
+            else:
+                logits_2BlV, states = self.scale_logits(x_2BlC, states, cond_2BD, k, rerun)
+            logits_BlV = guide(logits_2BlV, cfg_ramp(cfg, k, K))
             if return_logits:
                 all_logits.append(logits_BlV)
             ids_Bl = forced_ids[k] if forced_ids is not None else sample_ids(logits_BlV, top_k, top_p, generator)
@@ -196,6 +209,44 @@ class ScaleAR(nn.Module):
                 x_2BlC = x_BlC.repeat(2, 1, 1)
         images = tokenizer.fhat_to_img(f_hat).add(1).mul(0.5)
         return Generation(ids=ids, images=images, logits=all_logits if return_logits else None)
+
+    def initial_states(self, batch: int, device, dtype: torch.dtype, rerun: bool = False) -> list[State]:
+        """Every block's mixer state before scale 0 ({} each for the prefix re-run, whose cache starts empty)."""
+        return [{} if rerun else block.mixer.init_state(batch, self.layout, device, dtype) for block in self.blocks]
+
+    def scale_logits(self, x_2BlC: torch.Tensor, states: list[State], cond_2BD: torch.Tensor, k: int,
+                     rerun: bool = False) -> tuple[torch.Tensor, list[State]]:
+        """The model part of scale k in `generate`: every block's `step` from `states`, then the head. Returns the
+        unguided logits (2B, l, V) and the new states (a new list; what a CUDA graph of this scale captures)."""
+        states = list(states)
+        for i, block in enumerate(self.blocks):
+            x_2BlC, states[i] = block.step(x_2BlC, states[i], cond_2BD, self.layout, k, prefix_rerun=rerun)
+        return self.logits(x_2BlC, cond_2BD), states
+
+    def graphed_scales(self, cond_2BD: torch.Tensor, sampler: str) -> GraphedScales:
+        """The captured scales for this batch, sampler, dtype, autocast, device and weights, captured now on the
+        first call of a key (that call pays the warm-up and capture), then reused; `begin` already called."""
+        key = graph_key(self, cond_2BD, sampler)
+        if key not in self._graphed_scales:
+            self._graphed_scales[key] = GraphedScales(self, cond_2BD, sampler)
+        graphed = self._graphed_scales[key]
+        graphed.begin(cond_2BD)
+        return graphed
+
+    def drop_cuda_graphs(self) -> None:
+        """Forget every captured sampling graph; their memory pools are freed with them."""
+        self._graphed_scales = {}
+
+    def train(self, mode: bool = True) -> "ScaleAR":
+        """As `nn.Module.train`; entering training also drops the sampling graphs, so their memory goes to training
+        (the next `generate(..., cuda_graphs=True)` captures again). `eval()` keeps them."""
+        if mode:
+            self.drop_cuda_graphs()
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        # captured graphs hold device addresses: a copy or a pickle of the model starts without them
+        return {**self.__dict__, "_graphed_scales": {}}
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -28,7 +28,9 @@ def window_mask(layout: ScaleLayout, window: int, device=None) -> torch.Tensor:
     """(L, L) bool: same scale and within the 2-D window."""
     row, col = window_coords(layout, device)
     near = ((row[:, None] - row[None, :]).abs() <= window) & ((col[:, None] - col[None, :]).abs() <= window)
-    return near & layout.block_diag_mask(device)
+    # one scale (sampling's `step`) is a single block: skip the scale ids, which are built on the CPU and copied,
+    # a blocking copy that a CUDA graph cannot capture
+    return near if layout.num_scales == 1 else near & layout.block_diag_mask(device)
 
 
 class LocalScaleAttention(ScaleAttention):

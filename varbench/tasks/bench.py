@@ -7,7 +7,8 @@ of `model` and each resolution of `task.resolutions`:
   or under torch.compile with `task.compile` (recorded as `compiled`);
 - sampling (CFG on, VAR's eval preset) at each of `task.sample_batches` (per resolution): latency with and
   without the tokenizer decode, images/s, peak memory; with the carried state and, for `task.rerun_baseline`,
-  the prefix re-run;
+  the prefix re-run; eager, or with each scale's blocks and head replayed as a CUDA graph with `task.cuda_graphs`
+  (recorded as `cuda_graphs`);
 - inference state bytes (analytic, checked against real states by the tests).
 A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on; each
 cell runs in a fresh process (`task.isolate_cells`), so even a CUDA error that poisons its context ends it alone,
@@ -64,15 +65,20 @@ def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Modu
     return timing | ({"top_ops": top_ops(step, profile_steps)} if profile_steps else {})
 
 
-def sample_cell(model: ScaleAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int) -> dict:
+def sample_cell(model: ScaleAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int,
+                cuda_graphs: bool = False) -> dict:
+    """Sampling latency (with the decode) and the decode alone; with `cuda_graphs`, the warm-up call captures the
+    graphs (not timed) and they are dropped afterwards, so that the next cell's memory is its own."""
     labels = torch.randint(0, model.num_classes, (batch,), device="cuda")
     model.eval()
 
     def sample():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model.generate(vae, labels, cfg=1.5, top_k=900, top_p=0.96, sampler=sampler)
+            return model.generate(vae, labels, cfg=1.5, top_k=900, top_p=0.96, sampler=sampler,
+                                  cuda_graphs=cuda_graphs)
 
     total = time_ms(sample, warmup=1, repeats=repeats)
+    model.drop_cuda_graphs()
     side = vae.patch_nums[-1]
     f_hat = torch.randn(batch, vae.Cvae, side, side, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -138,7 +144,8 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
     stages += [("sample", b, s) for b in at_resolution(t.sample_batches, res) for s in samplers]
     for stage, batch, sampler in stages:
         try:
-            measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile))
+            measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
+                    cuda_graphs=bool(t.get("cuda_graphs", False)))
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             torch.cuda.empty_cache()
@@ -147,7 +154,7 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
     torch.cuda.empty_cache()
 
 
-def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False) -> None:
+def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False) -> None:
     if stage == "train":
         net = torch.compile(model) if compiled else None
         r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"])
@@ -159,11 +166,12 @@ def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=Fals
               f"{' compiled' if compiled else ''}: {ips:.1f} img/s "
               f"MFU {mfu:.1%}; top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
         return
-    r = sample_cell(model, vae, batch, sampler, repeats)
+    r = sample_cell(model, vae, batch, sampler, repeats, cuda_graphs)
     total, decode = r["total"]["median_ms"], r["decode"]["median_ms"]
-    record(out, "sample_latency_ms", total, "ms", batch=batch, sampler=sampler, decode_ms=decode,
-           latency_wo_decode_ms=total - decode, images_per_s=batch / (total * 1e-3),
+    record(out, "sample_latency_ms", total, "ms", batch=batch, sampler=sampler, cuda_graphs=cuda_graphs,
+           decode_ms=decode, latency_wo_decode_ms=total - decode, images_per_s=batch / (total * 1e-3),
            images_per_s_wo_decode=batch / ((total - decode) * 1e-3), peak_mem_bytes=r["total"]["peak_mem_bytes"],
            timing=r, **cell)
-    print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px sample b{batch} {sampler}: {total:.1f} ms "
+    print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px sample b{batch} {sampler}"
+          f"{' graphs' if cuda_graphs else ''}: {total:.1f} ms "
           f"(decode {decode:.1f} ms)")
