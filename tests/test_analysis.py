@@ -117,6 +117,29 @@ def test_a_compiled_training_step_gets_its_own_columns(tmp_path):
     assert throughput["Missed by"] == pytest.approx(1 - 2.0 / 284)
 
 
+def test_sampling_goals_per_sampler_mode_with_and_without_the_decode(tmp_path):
+    """Graphed sampling gets its own columns (eager ones unchanged), and each sampling goal is reported eager and with
+    graphs, with the decode in the latency and without it, from the records' own fields."""
+    var = {**real_one(metric="sample_latency_ms", mixer="attention", batch=64), "latency_wo_decode_ms": 300.0}
+    mvar = {**var, "mixer": "mamba2", "intra": "full", "value": 660.0, "latency_wo_decode_ms": 480.0}
+    lines = [var, mvar, {**mvar, "sampler": "prefix_rerun", "value": 760.0, "latency_wo_decode_ms": 576.0},
+             {**var, "cuda_graphs": True, "value": 420.0, "latency_wo_decode_ms": 240.0},
+             {**mvar, "cuda_graphs": True, "value": 504.0, "latency_wo_decode_ms": 324.0},
+             {**mvar, "cuda_graphs": True, "sampler": "prefix_rerun", "value": 624.0, "latency_wo_decode_ms": 444.0}]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    df = load_records(tmp_path)
+    assert main_table(df).loc[("VAR-d16", 256), "Latency b64 (ms)"] == var["value"]
+    assert main_table(df).loc[("VAR-d16", 256), "Latency b64, graphs (ms)"] == 420.0
+    goals = bench_goals(df)["Measured"]
+    rerun = "M-VAR-d16 sampling: prefix re-run / carried state latency (b64, 256 px{})"
+    vs_var = "M-VAR-d16 / VAR-d16 sampling latency, carried state vs KV cache (b64, 256 px{})"
+    assert goals[rerun.format("")] == pytest.approx(760 / 660)
+    assert goals[rerun.format(", decode excluded")] == pytest.approx(576 / 480)
+    assert goals[rerun.format(", CUDA graphs, decode excluded")] == pytest.approx(444 / 324)
+    assert goals[vs_var.format(", CUDA graphs")] == pytest.approx(504 / 420)
+    assert goals[vs_var.format(", decode excluded")] == pytest.approx(480 / 300)
+
+
 def test_main_table_shows_the_recorded_numbers(df, tmp_path):
     table = main_table(df)
     train = real_one(metric="train_images_per_s", mixer="attention")
