@@ -189,6 +189,19 @@ def test_resolution_scaling_ratio_and_errors(df):
     assert err["error"] in table.loc[("deltanet-d16", 512), "Bench error"]
 
 
+def test_an_error_that_a_later_run_measured_after_all_leaves_the_table(tmp_path):
+    """A cell killed (stage `process`) or failing one stage, then re-run with success: the error stays a record but
+    leaves the table; a failure of another stage, or one not run again, stays in it."""
+    (err,) = raw(metric="bench_error")
+    train = {**real_one(metric="train_images_per_s", mixer="deltanet"), "resolution": err["resolution"]}
+    lines = [{**err, "stage": "process", "batch": None, "error": "killed"},
+             {**err, "stage": "sample", "batch": 64, "sampler": "carry", "error": "out of memory"},
+             {**train, "date": "2099-01-01T00:00:00+00:00"}]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    shown = resolution_scaling(load_records(tmp_path)).loc[("deltanet-d16", err["resolution"]), "Bench error"]
+    assert "killed" not in shown and "sample b64: out of memory" in shown
+
+
 def test_parity_table_reports_the_worst_error(df):
     table = parity_table(df)
     bf16 = [r for r in raw(metric="parity_rel_rms", name="attention") if r["dtype"] == "torch.bfloat16"]

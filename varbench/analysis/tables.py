@@ -212,12 +212,28 @@ ERROR_CHARS = 80
 def _bench_errors(df: pd.DataFrame, device) -> pd.Series:
     """Per configuration, the bench stages that failed (out of memory, a kernel refusing a shape) on `device`."""
     err = latest(df, "bench_error")
-    err = err[err["device"] == device]
+    err = err[(err["device"] == device) & ~_superseded(err, latest(df, TIMED))]
     if err.empty:
         return pd.Series(dtype=object, name="Bench error")
     short = [str(e).split(". ", 1)[0][:ERROR_CHARS] for e in err["error"]]  # the full text stays in the record
     text = [f"{st} b{b:g}: {e}" if pd.notna(b) else f"{st}: {e}" for st, b, e in zip(err["stage"], err["batch"], short)]
     return err.assign(t=text).groupby(KEY, dropna=False)["t"].agg("; ".join).rename("Bench error")
+
+
+def _superseded(err: pd.DataFrame, timed: pd.DataFrame) -> pd.Series:
+    """Errors that a later run of the same configuration and stage measured after all (the stage's metric with the
+    same batch and sampler; a dead cell's `process` error: any timing of it), on the same device."""
+    metric = {"train": "train_images_per_s", "sample": "sample_latency_ms"}
+
+    def later_success(e) -> bool:
+        same = timed[(timed[KEY] == e[KEY]).all(axis=1) & (timed["device"] == e["device"]) & (timed["date"] > e["date"])]
+        if e["stage"] in metric:
+            same = same[(same["metric"] == metric[e["stage"]]) & (same["batch"] == e["batch"])]
+            if e["stage"] == "sample":
+                same = same[same["sampler"] == e["sampler"]]
+        return len(same) > 0
+
+    return pd.Series([later_success(e) for _, e in err.iterrows()], index=err.index, dtype=bool)
 
 
 def resolution_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
