@@ -211,6 +211,10 @@ def test_evaluate_task_records_every_metric(tmp_path):
     cfg.task.classifier_min_val_accuracy = 1.01
     with pytest.raises(ValueError, match="val accuracy"):  # an inaccurate classifier stops the task
         main(cfg)
+    # graphed sampling reaches generate, which refuses it on a CPU
+    cfg.task.update(cuda_graphs=True, classifier_min_val_accuracy=0, out_dir=str(tmp_path / "graphed"))
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        main(cfg)
 
 
 def test_held_out_nll_of_a_model_with_uniform_logits_is_log_vocab(tmp_path):

@@ -103,7 +103,7 @@ def batches(num_classes: int, per_class: int, batch_size: int) -> list[list[tupl
 @torch.no_grad()
 def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int, batch_size: int = 25,
                     preset="eval", seed: int = 0, device="cpu", *, sampler: str = "carry",
-                    tag: dict | None = None) -> dict:
+                    tag: dict | None = None, cuda_graphs: bool = False) -> dict:
     """Draw `per_class` images of each of the first `num_classes` classes; skip batches already on disk.
 
     Args:
@@ -116,6 +116,8 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
         device: where to sample.
         sampler (str): "carry" or "prefix_rerun" (see ScaleAR.generate).
         tag (dict, Optional): more settings the images depend on (e.g. the checkpoint), pinned by the manifest.
+        cuda_graphs (bool, Optional): replay each scale as a CUDA graph (see ScaleAR.generate); the same kernels in
+            the same order, so not pinned by the manifest. Default: False.
 
     Returns: {"npz": path, "images": N, "generated": images drawn by this call, "skipped": images found on disk}.
     """
@@ -137,7 +139,7 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
         generator = torch.Generator(device).manual_seed(image_seed(seed, *batch[0]))
         labels_B = torch.tensor([c for c, _ in batch], device=device)
         out = model.generate(tokenizer, labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
-                             more_smooth=p.more_smooth, generator=generator, sampler=sampler)
+                             more_smooth=p.more_smooth, generator=generator, sampler=sampler, cuda_graphs=cuda_graphs)
         for item, img_HW3 in zip(batch, to_uint8(out.images)):
             if item in missing:  # images on disk stay untouched (they are identical anyway)
                 write_png(png_path(out_dir, *item), img_HW3)

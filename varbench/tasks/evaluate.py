@@ -147,7 +147,8 @@ def main(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     with autocast(device, t.precision):
         samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, t.preset, t.seed,
-                                  device, sampler=t.sampler, tag={"checkpoint": checkpoint, "precision": t.precision})
+                                  device, sampler=t.sampler, tag={"checkpoint": checkpoint, "precision": t.precision},
+                                  cuda_graphs=t.cuda_graphs)
     sample_seconds = time.perf_counter() - start
     metrics = (adm_metrics if suite == "adm" else project_metrics)(cfg, samples["npz"], device)
     if t.val_nll_images:

@@ -49,7 +49,7 @@ def main(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     with autocast(device, t.precision):  # the kernels' dtype of training (fla's DeltaNet has no fp32 chunk path)
         out = model.generate(tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth,
-                             generator=generator, sampler=t.sampler)
+                             generator=generator, sampler=t.sampler, cuda_graphs=t.cuda_graphs)
     if cuda:
         torch.cuda.synchronize(device)  # the clock stops when the GPU is done, not when the last launch returned
     seconds = time.perf_counter() - start
@@ -58,5 +58,5 @@ def main(cfg: DictConfig) -> dict:
     grid = out.images.view(len(classes), t.per_class, *out.images.shape[1:])
     path = save_grid(grid.flatten(0, 1), len(classes), Path(cfg.run_dir) / "samples.png")
     record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
-           seconds=seconds, images=len(labels), sampler=t.sampler, peak_mem_bytes=peak)
+           seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=t.cuda_graphs, peak_mem_bytes=peak)
     return {"grid": str(path), "seconds": seconds, "images": len(labels)}
