@@ -94,7 +94,8 @@ def speed_memory_vs_resolution(df: pd.DataFrame, path, device=None) -> Path | No
         return None
     fig, axes = _axes(len(columns))
     keys = frame.index.to_frame(index=False).assign(model=_labels(frame.index))
-    colour = model_colours(keys["model"])  # one colour per model in every panel
+    # one colour per model in every panel, over the models drawn (not the trained-only ones of the same frame)
+    colour = model_colours(keys["model"][frame[columns].notna().any(axis=1).to_numpy()])
     for ax, c in zip(axes, columns):
         for model, rows in keys.assign(v=frame[c].to_numpy()).dropna(subset=["v"]).groupby("model"):
             rows = rows.sort_values("resolution")
@@ -109,8 +110,10 @@ def speed_memory_vs_resolution(df: pd.DataFrame, path, device=None) -> Path | No
 
 
 def model_colours(models) -> dict:
-    """A fixed colour per model label (sorted, tab20), so one model looks the same in every panel."""
-    return {m: colormaps["tab20"](i % 20) for i, m in enumerate(sorted(set(models)))}
+    """A fixed colour per model label (sorted), so one model looks the same in every panel: tab20's ten dark hues
+    first, then their light twins (adjacent tab20 entries are one hue, too alike for neighbouring models)."""
+    order = [*range(0, 20, 2), *range(1, 20, 2)]
+    return {m: colormaps["tab20"](order[i % 20]) for i, m in enumerate(sorted(set(models)))}
 
 
 def training_curves(df: pd.DataFrame, path) -> Path | None:
