@@ -69,19 +69,20 @@ def sample_cell(model: ScaleAR, vae: MultiScaleVQVAE, batch: int, sampler: str, 
                 cuda_graphs: bool = False) -> dict:
     """Sampling latency (with the decode) and the decode alone; with `cuda_graphs`, the warm-up call captures the
     graphs (not timed) and they are dropped afterwards, so that the next cell's memory is its own."""
-    labels = torch.randint(0, model.num_classes, (batch,), device="cuda")
+    device = next(model.parameters()).device
+    labels = torch.randint(0, model.num_classes, (batch,), device=device)
     model.eval()
 
     def sample():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             return model.generate(vae, labels, cfg=1.5, top_k=900, top_p=0.96, sampler=sampler,
                                   cuda_graphs=cuda_graphs)
 
     total = time_ms(sample, warmup=1, repeats=repeats)
     model.drop_cuda_graphs()
     side = vae.patch_nums[-1]
-    f_hat = torch.randn(batch, vae.Cvae, side, side, device="cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    f_hat = torch.randn(batch, vae.Cvae, side, side, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         decode = time_ms(lambda: vae.fhat_to_img(f_hat), warmup=1, repeats=repeats)
     return {"total": total, "decode": decode}
 

@@ -1,0 +1,66 @@
+"""task=bench's pieces on a CPU (its `main` needs a GPU): per-resolution settings, the default configurations, the
+training step it times (it must really train), and the records `measure` writes (MFU from the record's own fields)."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from helpers import tiny_model, tiny_tokenizer
+from varbench.eval.flops import model_flops
+from varbench.registry import list_options
+from varbench.tasks.bench import at_resolution, default_configs, measure, train_step_cell
+from varbench.utils.records import read_records
+
+
+def test_a_setting_is_given_once_or_per_resolution():
+    assert at_resolution(32, 512) == 32
+    assert at_resolution(OmegaConf.create({256: 32, 1024: 2}), 1024) == 2
+    with pytest.raises(ValueError, match="no value for 512 px"):
+        at_resolution({256: 32, 1024: 2}, 512)
+
+
+def test_default_configurations_are_every_mixer_alone_plus_mvar():
+    configs = default_configs()
+    assert configs[:-1] == [(m, "none") for m in list_options("mixer")] and configs[-1] == ("mamba2", "full")
+
+
+def test_the_timed_training_step_trains():
+    torch.manual_seed(0)
+    model = tiny_model("mamba2").train()
+    before = [p.detach().clone() for p in model.parameters()]
+    timing = train_step_cell(model, batch=2, repeats=2, profile_steps=1)
+    assert timing["median_ms"] > 0 and timing["repeats"] == 2 and timing["top_ops"]
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
+    assert all(changed)  # forward + backward + AdamW reached every parameter
+
+
+@pytest.fixture()
+def cell():
+    model, vae = tiny_model("attention", "full"), tiny_tokenizer()
+    return model, vae, dict(mixer="attention", intra="full", resolution=32, L=model.layout.L, profile_steps=0,
+                            matmul_peak_tflops=1e-3, fwd_flops_per_image=model_flops(model)["total"])
+
+
+def test_measure_records_training_throughput_and_mfu(cell, tmp_path):
+    model, vae, fields = cell
+    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields)
+    (rec,) = read_records(tmp_path / "bench.jsonl")
+    assert rec["metric"] == "train_images_per_s" and rec["batch"] == 2 and rec["compiled"] is False
+    assert rec["value"] == pytest.approx(2 / (rec["timing"]["median_ms"] * 1e-3))
+    assert rec["tokens_per_s"] == pytest.approx(rec["value"] * model.layout.L)
+    # MFU: training = 3 x the analytic forward FLOPs, against the matmul peak of the same run
+    assert rec["mfu"] == pytest.approx(3 * fields["fwd_flops_per_image"] * rec["value"] / 1e9)
+
+
+@pytest.mark.parametrize("sampler", ["carry", "prefix_rerun"])
+def test_measure_records_sampling_latency_with_and_without_the_decode(cell, tmp_path, sampler):
+    model, vae, fields = cell
+    measure(tmp_path / "bench.jsonl", model, vae, "sample", 3, sampler, 2, fields)
+    (rec,) = read_records(tmp_path / "bench.jsonl")
+    assert rec["metric"] == "sample_latency_ms" and rec["sampler"] == sampler and rec["cuda_graphs"] is False
+    assert rec["value"] == rec["timing"]["total"]["median_ms"]
+    assert rec["decode_ms"] == rec["timing"]["decode"]["median_ms"]
+    assert rec["latency_wo_decode_ms"] == pytest.approx(rec["value"] - rec["decode_ms"])
+    assert rec["images_per_s"] == pytest.approx(3 / (rec["value"] * 1e-3))
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):  # never a silent eager run
+        measure(tmp_path / "bench.jsonl", model, vae, "sample", 3, sampler, 2, fields, cuda_graphs=True)
