@@ -226,7 +226,8 @@ def _superseded(err: pd.DataFrame, timed: pd.DataFrame) -> pd.Series:
     metric = {"train": "train_images_per_s", "sample": "sample_latency_ms"}
 
     def later_success(e) -> bool:
-        same = timed[(timed[KEY] == e[KEY]).all(axis=1) & (timed["device"] == e["device"]) & (timed["date"] > e["date"])]
+        same = timed[(timed[KEY] == e[KEY]).all(axis=1) & (timed["device"] == e["device"])
+                     & (timed["date"] > e["date"])]
         if e["stage"] in metric:
             same = same[(same["metric"] == metric[e["stage"]]) & (same["batch"] == e["batch"])]
             if e["stage"] == "sample":

@@ -14,7 +14,8 @@ def run_in_fresh_process(fn: Callable, *args, timeout: float | None = None) -> i
     """Call `fn(*args)` in a spawned process and wait for it. Returns its exit code: 0 when `fn` returned, 1 when it
     raised (the traceback goes to stderr), another code or a negative signal number when the process died.
     With `timeout` (seconds), a child still running then prints every thread's stack to stderr (where it hangs) and
-    is killed: the return is None (also when it dies of anything after its timeout). `fn` and `args` must pickle (a module-level function, plain data)."""
+    is killed: the return is None (also when it dies of anything after its timeout). `fn` and `args` must pickle (a
+    module-level function, plain data)."""
     child = mp.get_context("spawn").Process(target=_watched, args=(fn, timeout, *args))
     start = time.monotonic()
     child.start()
