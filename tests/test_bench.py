@@ -64,3 +64,20 @@ def test_measure_records_sampling_latency_with_and_without_the_decode(cell, tmp_
     assert rec["images_per_s"] == pytest.approx(3 / (rec["value"] * 1e-3))
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):  # never a silent eager run
         measure(tmp_path / "bench.jsonl", model, vae, "sample", 3, sampler, 2, fields, cuda_graphs=True)
+
+
+def test_mixer_options_override_a_mixers_yaml_and_name_their_own_configuration():
+    from hydra import compose, initialize_config_dir
+
+    from varbench.analysis.load import flatten
+    from varbench.registry import CONFIG_ROOT
+    from varbench.tasks.bench import mixer_options
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["task=bench", "task.mixer_options={mamba2:{fused:true}}"])
+    assert mixer_options(cfg, "mamba2") == {"fused": True} and mixer_options(cfg, "gla") == {}
+    cfg.task.mixer_options = {"mamba2": {"fusd": True}}
+    with pytest.raises(ValueError, match=r"unknown fields \['fusd'\]; valid: .*'fused'"):
+        mixer_options(cfg, "mamba2")
+    row = flatten({"metric": "train_images_per_s", "value": 1.0, "mixer": "mamba2", "intra": "full", "depth": 16,
+                   "mixer_options": {"fused": True}})
+    assert row["mixer"] == "mamba2[fused=True]" and row["model"] == "mamba2[fused=True]+full-d16"

@@ -117,6 +117,8 @@ def flatten(rec: dict, source: str = "") -> dict:
                versions=rec.get("versions"), commit=rec.get("commit"), device=rec.get("device"),
                date=rec.get("date"), source=source)
     row["mixer"], row["intra"] = _component(rec, "mixer"), _component(rec, "intra")
+    if rec.get("mixer_options"):  # a mixer with overridden fields is its own configuration: mamba2[fused=True]
+        row["mixer"] += "[" + ",".join(f"{k}={v}" for k, v in sorted(rec["mixer_options"].items())) + "]"
     row["depth"] = rec.get("depth", (cfg.get("model") or {}).get("depth"))
     row["resolution"] = rec.get("resolution", _resolution(cfg))
     row["seed"] = rec.get("seed", cfg.get("seed"))

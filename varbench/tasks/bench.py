@@ -37,9 +37,20 @@ PROTOCOL = "bf16 autocast; CUDA events; median of repeats after warm-up; CFG dou
 
 
 def build(cfg: DictConfig, mixer: str, intra: str, res: int) -> ScaleAR:
-    """The model of `cfg.model` with this mixer / intra, VAR's ImageNet shapes at `res` (1000 classes)."""
-    return build_model(cfg, load_option("mixer", mixer), load_option("intra", intra), PATCH_NUMS[res],
-                       num_classes=1000).cuda()
+    """The model of `cfg.model` with this mixer / intra (its YAML merged with `task.mixer_options[mixer]`), VAR's
+    ImageNet shapes at `res` (1000 classes)."""
+    mixer_cfg = OmegaConf.merge(load_option("mixer", mixer), mixer_options(cfg, mixer))
+    return build_model(cfg, mixer_cfg, load_option("intra", intra), PATCH_NUMS[res], num_classes=1000).cuda()
+
+
+def mixer_options(cfg: DictConfig, mixer: str) -> dict:
+    """The overrides `task.mixer_options` gives this mixer ({} for none); an unknown field is an error."""
+    options = dict((cfg.task.get("mixer_options") or {}).get(mixer) or {})
+    unknown = sorted(set(options) - set(load_option("mixer", mixer)))
+    if unknown:
+        raise ValueError(f"task.mixer_options.{mixer}: unknown fields {unknown}; "
+                         f"valid: {sorted(k for k in load_option('mixer', mixer) if not k.startswith('_'))}")
+    return options
 
 
 def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
@@ -113,6 +124,8 @@ def main(cfg: DictConfig) -> dict:
     for res in t.resolutions:
         for mixer, intra in t.configs or default_configs():
             cell = dict(mixer=mixer, intra=intra, resolution=res, L=sum(p * p for p in PATCH_NUMS[res]), **common)
+            if options := mixer_options(plain, mixer):
+                cell["mixer_options"] = options
             if not t.isolate_cells:
                 run_cell(plain, out, mixer, intra, res, cell)
                 continue
