@@ -123,13 +123,16 @@ def test_sampling_goals_per_sampler_mode_with_and_without_the_decode(tmp_path):
     var = {**real_one(metric="sample_latency_ms", mixer="attention", batch=64), "latency_wo_decode_ms": 300.0}
     mvar = {**var, "mixer": "mamba2", "intra": "full", "value": 660.0, "latency_wo_decode_ms": 480.0}
     lines = [var, mvar, {**mvar, "sampler": "prefix_rerun", "value": 760.0, "latency_wo_decode_ms": 576.0},
-             {**var, "cuda_graphs": True, "value": 420.0, "latency_wo_decode_ms": 240.0},
+             {**var, "cuda_graphs": True, "value": 420.0, "latency_wo_decode_ms": 240.0, "peak_reserved_bytes": 7e9},
              {**mvar, "cuda_graphs": True, "value": 504.0, "latency_wo_decode_ms": 324.0},
              {**mvar, "cuda_graphs": True, "sampler": "prefix_rerun", "value": 624.0, "latency_wo_decode_ms": 444.0}]
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     df = load_records(tmp_path)
     assert main_table(df).loc[("VAR-d16", 256), "Latency b64 (ms)"] == var["value"]
     assert main_table(df).loc[("VAR-d16", 256), "Latency b64, graphs (ms)"] == 420.0
+    # a replayed graph's memory is in its pool, not allocated: graphed rows show the reserved peak only
+    ablation = mixer_ablation(df).loc[("attention", "none", 16, 256)]
+    assert ablation["Peak reserved b64, graphs (bytes)"] == 7e9 and "Peak mem b64, graphs (bytes)" not in ablation
     goals = bench_goals(df)["Measured"]
     rerun = "M-VAR-d16 sampling: prefix re-run / carried state latency (b64, 256 px{})"
     vs_var = "M-VAR-d16 / VAR-d16 sampling latency, carried state vs KV cache (b64, 256 px{})"

@@ -12,7 +12,8 @@ import torch
 
 def time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> dict:
     """Median / min / max wall time of `fn` in milliseconds (CUDA events on a GPU, perf_counter on a CPU), and the
-    peak GPU memory allocated during the timed calls."""
+    peak GPU memory allocated and reserved during the timed calls. Replayed CUDA graphs write into their private
+    pool without allocating, so for them only the reserved peak counts their memory."""
     cuda = torch.cuda.is_available()
     for _ in range(warmup):
         fn()
@@ -33,7 +34,8 @@ def time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> dic
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "repeats": repeats,
-            "peak_mem_bytes": torch.cuda.max_memory_allocated() if cuda else None}
+            "peak_mem_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None}
 
 
 def matmul_peak_tflops(dtype=torch.bfloat16, n: int = 8192, device="cuda") -> float:

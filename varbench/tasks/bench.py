@@ -185,6 +185,7 @@ def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=Fals
     record(out, "sample_latency_ms", total, "ms", batch=batch, sampler=sampler, cuda_graphs=cuda_graphs,
            decode_ms=decode, latency_wo_decode_ms=total - decode, images_per_s=batch / (total * 1e-3),
            images_per_s_wo_decode=batch / ((total - decode) * 1e-3), peak_mem_bytes=r["total"]["peak_mem_bytes"],
+           peak_reserved_bytes=r["total"]["peak_reserved_bytes"],
            timing=r, **cell)
     print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px sample b{batch} {sampler}"
           f"{' graphs' if cuda_graphs else ''}: {total:.1f} ms "
