@@ -37,8 +37,8 @@ def test_the_timed_training_step_trains():
 @pytest.fixture()
 def cell():
     model, vae = tiny_model("attention", "full"), tiny_tokenizer()
-    return model, vae, dict(mixer="attention", intra="full", resolution=32, L=model.layout.L, profile_steps=0,
-                            matmul_peak_tflops=1e-3, fwd_flops_per_image=model_flops(model)["total"])
+    return model, vae, dict(mixer="attention", intra="full", depth=model.depth, resolution=32, L=model.layout.L,
+                            profile_steps=0, matmul_peak_tflops=1e-3, fwd_flops_per_image=model_flops(model)["total"])
 
 
 def test_measure_records_training_throughput_and_mfu(cell, tmp_path):
@@ -81,3 +81,18 @@ def test_mixer_options_override_a_mixers_yaml_and_name_their_own_configuration()
     row = flatten({"metric": "train_images_per_s", "value": 1.0, "mixer": "mamba2", "intra": "full", "depth": 16,
                    "mixer_options": {"fused": True}})
     assert row["mixer"] == "mamba2[fused=True]" and row["model"] == "mamba2[fused=True]+full-d16"
+
+
+def test_bf16_weights_train_a_copy_and_get_their_own_columns(cell, tmp_path):
+    from varbench.analysis.load import load_records
+    from varbench.analysis.tables import main_table
+    model, vae, fields = cell
+    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 1, fields)
+    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 1, fields, param_dtype="bf16")
+    eager, bf16 = read_records(tmp_path / "bench.jsonl")
+    assert (eager["param_dtype"], bf16["param_dtype"]) == ("fp32", "bf16")
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # sampling stages time the model as built
+    row = main_table(load_records(tmp_path)).loc[("attention+full-d2", 32)]
+    assert row["Train img/s (b2)"] == eager["value"] and row["Train img/s (b2, bf16 weights)"] == bf16["value"]
+    with pytest.raises(ValueError, match=r"task.param_dtype must be one of \['fp32', 'bf16'\]"):
+        measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 1, fields, param_dtype="fp8")

@@ -30,13 +30,13 @@ INT_COLUMNS = ("depth", "resolution", "seed")
 KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "peak_mem_bytes", "feature_extractor",
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "latency_wo_decode_ms",
-                "peak_reserved_bytes")
+                "peak_reserved_bytes", "param_dtype")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error"}
 # fields besides the configuration that tell two measurements of one metric apart
 IDENTITY = {
-    "train_images_per_s": ("batch", "compiled"),
+    "train_images_per_s": ("batch", "compiled", "param_dtype"),
     "sample_latency_ms": ("batch", "sampler", "cuda_graphs"),
     "bench_error": ("stage", "batch", "sampler"),
     "parity_rel_rms": ("group", "name", "backend", "dtype", "compared"),
@@ -124,8 +124,9 @@ def flatten(rec: dict, source: str = "") -> dict:
     row["resolution"] = rec.get("resolution", _resolution(cfg))
     row["seed"] = rec.get("seed", cfg.get("seed"))
     row["cell_id"] = rec.get("cell_id", cfg.get("cell_id"))
-    if rec["metric"] == "train_images_per_s":  # bench records before task.compile existed timed the eager step
+    if rec["metric"] == "train_images_per_s":  # bench records before task.compile / param_dtype: eager, fp32
         row["compiled"] = bool(rec.get("compiled", False))
+        row["param_dtype"] = rec.get("param_dtype", "fp32")
     if rec["metric"] == "sample_latency_ms":  # bench records before task.cuda_graphs existed sampled eagerly
         row["cuda_graphs"] = bool(rec.get("cuda_graphs", False))
     if "model" in row:  # the label below owns the name; a producer's own `model` field is kept beside it

@@ -112,8 +112,9 @@ def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFra
     if len(sized):
         parts += [per_key(sized, "params", PARAMS, quiet=True),
                   per_key(sized, "fwd_flops_per_image", GFLOPS, 1e-9, quiet=True)]
-    for (batch, compiled), g in timed[timed["metric"] == "train_images_per_s"].groupby(["batch", "compiled"]):
-        tag = f"b{batch:g}" + (", compiled" if compiled else "")
+    train = timed[timed["metric"] == "train_images_per_s"]
+    for (batch, compiled, dtype), g in train.groupby(["batch", "compiled", "param_dtype"]):
+        tag = f"b{batch:g}" + (", compiled" if compiled else "") + (f", {dtype} weights" if dtype != "fp32" else "")
         parts += [per_key(g, "value", f"Train img/s ({tag})"), per_key(g, "mfu", f"MFU ({tag})")]
     sample = timed[(timed["metric"] == "sample_latency_ms") & timed["sampler"].isin(samplers)]
     for (sampler, batch, graphs), g in sample.groupby(["sampler", "batch", "cuda_graphs"]):

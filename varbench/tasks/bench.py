@@ -17,6 +17,7 @@ and a cell that hangs (or compiles for longer than `task.cell_timeout_s`) prints
 
 from __future__ import annotations
 
+import copy
 import gc
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from varbench.utils.processes import run_in_fresh_process
 from varbench.utils.records import record
 
 PROTOCOL = "bf16 autocast; CUDA events; median of repeats after warm-up; CFG doubled batch; analytic FLOPs"
+# the training stage's weights: fp32 is VAR's recipe (fp32 master weights under bf16 autocast); bf16 is a deviation
+PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def build(cfg: DictConfig, mixer: str, intra: str, res: int) -> ScaleAR:
@@ -159,7 +162,7 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
     for stage, batch, sampler in stages:
         try:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
-                    cuda_graphs=bool(t.get("cuda_graphs", False)))
+                    cuda_graphs=bool(t.cuda_graphs), param_dtype=t.param_dtype)
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             torch.cuda.empty_cache()
@@ -168,16 +171,21 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
     torch.cuda.empty_cache()
 
 
-def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False) -> None:
+def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False,
+            param_dtype="fp32") -> None:
     if stage == "train":
+        if param_dtype not in PARAM_DTYPES:
+            raise ValueError(f"task.param_dtype must be one of {list(PARAM_DTYPES)}, got {param_dtype!r}")
+        # bf16 weights train a copy, so that the sampling stages time the model as it was built
+        model = model if param_dtype == "fp32" else copy.deepcopy(model).to(PARAM_DTYPES[param_dtype])
         net = torch.compile(model) if compiled else None
         r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"])
         ips = batch / (r["median_ms"] * 1e-3)
         mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
         record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
-               compiled=compiled, timing=r, **cell)
+               compiled=compiled, param_dtype=param_dtype, timing=r, **cell)
         print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
-              f"{' compiled' if compiled else ''}: {ips:.1f} img/s "
+              f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
               f"MFU {mfu:.1%}; top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
         return
     r = sample_cell(model, vae, batch, sampler, repeats, cuda_graphs)
