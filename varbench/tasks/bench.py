@@ -173,28 +173,35 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False,
             param_dtype="fp32") -> None:
+    """Time one stage of a cell ("train" or "sample") and append its record to `out`."""
     if stage == "train":
-        if param_dtype not in PARAM_DTYPES:
-            raise ValueError(f"task.param_dtype must be one of {list(PARAM_DTYPES)}, got {param_dtype!r}")
-        # bf16 weights train a copy, so that the sampling stages time the model as it was built
-        model = model if param_dtype == "fp32" else copy.deepcopy(model).to(PARAM_DTYPES[param_dtype])
-        net = torch.compile(model) if compiled else None
-        r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"])
-        ips = batch / (r["median_ms"] * 1e-3)
-        mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
-        record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
-               compiled=compiled, param_dtype=param_dtype, timing=r, **cell)
-        print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
-              f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
-              f"MFU {mfu:.1%}; top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
-        return
+        measure_train(out, model, batch, repeats, cell, compiled, param_dtype)
+    else:
+        measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs)
+
+
+def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> None:
+    if param_dtype not in PARAM_DTYPES:
+        raise ValueError(f"task.param_dtype must be one of {list(PARAM_DTYPES)}, got {param_dtype!r}")
+    # bf16 weights train a copy, so that the sampling stages time the model as it was built
+    model = model if param_dtype == "fp32" else copy.deepcopy(model).to(PARAM_DTYPES[param_dtype])
+    net = torch.compile(model) if compiled else None
+    r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"])
+    ips = batch / (r["median_ms"] * 1e-3)
+    mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
+    record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
+           compiled=compiled, param_dtype=param_dtype, timing=r, **cell)
+    print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
+          f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
+          f"MFU {mfu:.1%}; top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
+
+
+def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs) -> None:
     r = sample_cell(model, vae, batch, sampler, repeats, cuda_graphs)
     total, decode = r["total"]["median_ms"], r["decode"]["median_ms"]
     record(out, "sample_latency_ms", total, "ms", batch=batch, sampler=sampler, cuda_graphs=cuda_graphs,
            decode_ms=decode, latency_wo_decode_ms=total - decode, images_per_s=batch / (total * 1e-3),
            images_per_s_wo_decode=batch / ((total - decode) * 1e-3), peak_mem_bytes=r["total"]["peak_mem_bytes"],
-           peak_reserved_bytes=r["total"]["peak_reserved_bytes"],
-           timing=r, **cell)
+           peak_reserved_bytes=r["total"]["peak_reserved_bytes"], timing=r, **cell)
     print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px sample b{batch} {sampler}"
-          f"{' graphs' if cuda_graphs else ''}: {total:.1f} ms "
-          f"(decode {decode:.1f} ms)")
+          f"{' graphs' if cuda_graphs else ''}: {total:.1f} ms (decode {decode:.1f} ms)")
