@@ -134,10 +134,12 @@ def test_drop_path_on_the_gate_equals_timm_drop_path_on_the_branch():
     torch.testing.assert_close(block.residual(x, y, gamma), x + y * gamma, rtol=0, atol=0)
 
 
-def test_cuda_graphs_need_a_cuda_device(vae):
+def test_cuda_graphs_need_a_cuda_device_and_eval_mode(vae):
     model = tiny_model("attention", vae=vae)
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
         model.generate(vae, torch.tensor([1, 2]), cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs=True samples in eval mode"):
+        model.train().generate(vae, torch.tensor([1, 2]), cuda_graphs=True)
 
 
 def graphed_and_eager(model, vae, labels, ids, **kw):

@@ -169,6 +169,8 @@ class ScaleAR(nn.Module):
         """
         if sampler not in ("carry", "prefix_rerun"):
             raise ValueError(f"sampler must be 'carry' or 'prefix_rerun', got {sampler!r}")
+        if cuda_graphs and self.training:  # a graph would freeze stochastic depth's draws (and train() drops graphs)
+            raise ValueError("cuda_graphs=True samples in eval mode: call model.eval() first")
         if cuda_graphs and (label_B.device.type != "cuda" or self.pos_start.device.type != "cuda"):
             raise ValueError(f"cuda_graphs=True needs a CUDA device (labels on {label_B.device}, model on "
                              f"{self.pos_start.device})")
