@@ -83,11 +83,16 @@ def test_latest_keeps_the_newest_measurement(df):
     assert len(raw(metric="train_images_per_s", mixer="attention", resolution=256)) == 2  # the older one is dropped
 
 
-def _variants(tmp_path, base: dict, *changes: dict):
-    """Records folder with `base` and one copy per change, each dated one minute later than the one before."""
-    lines = [base] + [{**base, **c, "date": f"2099-01-01T00:0{i}:00+00:00"} for i, c in enumerate(changes)]
+def _records(tmp_path, lines: list[dict]):
+    """A records folder holding `lines`, loaded."""
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return load_records(tmp_path)
+
+
+def _variants(tmp_path, base: dict, *changes: dict):
+    """Records folder with `base` and one copy per change, each dated one minute later than the one before."""
+    return _records(tmp_path, [base] + [{**base, **c, "date": f"2099-01-01T00:0{i}:00+00:00"}
+                                        for i, c in enumerate(changes)])
 
 
 def test_a_disturbed_timing_stays_a_record_but_never_the_measurement(tmp_path):
@@ -126,8 +131,7 @@ def test_sampling_goals_per_sampler_mode_with_and_without_the_decode(tmp_path):
              {**var, "cuda_graphs": True, "value": 420.0, "latency_wo_decode_ms": 240.0, "peak_reserved_bytes": 7e9},
              {**mvar, "cuda_graphs": True, "value": 504.0, "latency_wo_decode_ms": 324.0},
              {**mvar, "cuda_graphs": True, "sampler": "prefix_rerun", "value": 624.0, "latency_wo_decode_ms": 444.0}]
-    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    df = load_records(tmp_path)
+    df = _records(tmp_path, lines)
     assert main_table(df).loc[("VAR-d16", 256), "Latency b64 (ms)"] == var["value"]
     assert main_table(df).loc[("VAR-d16", 256), "Latency b64, graphs (ms)"] == 420.0
     # a replayed graph's memory is in its pool, not allocated: graphed rows show the reserved peak only
@@ -200,8 +204,7 @@ def test_an_error_that_a_later_run_measured_after_all_leaves_the_table(tmp_path)
     lines = [{**err, "stage": "process", "batch": None, "error": "killed"},
              {**err, "stage": "sample", "batch": 64, "sampler": "carry", "error": "out of memory"},
              {**train, "date": "2099-01-01T00:00:00+00:00"}]
-    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    shown = resolution_scaling(load_records(tmp_path)).loc[("deltanet-d16", err["resolution"]), "Bench error"]
+    shown = resolution_scaling(_records(tmp_path, lines)).loc[("deltanet-d16", err["resolution"]), "Bench error"]
     assert "killed" not in shown and "sample b64: out of memory" in shown
 
 

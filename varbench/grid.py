@@ -1,8 +1,8 @@
 """Grids (`python run.py grid=<name>`): cell ids, completion markers, and the job wrapper that isolates a cell.
 
 A cell is one job of a sweep. Its id is a short hash of its sorted override list (the cluster it ran on, its
-results_dir and `dry_run` left out: they do not change what it computes), so a re-run of the grid, a requeued Slurm job and a dry
-run all name the same cell the same way. A cell's checkpoints live in its own run_dir (`runs/cells/<cell_id>`, set
+results_dir and `dry_run` left out: they do not change what it computes), so a re-run of the grid, a requeued Slurm
+job and a dry run all name the same cell the same way. A cell's checkpoints live in its own run_dir (`runs/cells/<cell_id>`, set
 by the grid files), so a re-run resumes. Markers under `<results_dir>/cells/<cell_id>/`: `done.json` once every
 step of the cell ran (a re-run skips it), `failed.json` with the error's traceback tail (a re-run tries again);
 both are also appended to `<results_dir>/grid.jsonl` as `cell_complete` / `cell_failed` records.

@@ -44,4 +44,3 @@ def latest(ckpt_dir: Path) -> Path | None:
 def read(folder: Path) -> tuple[dict, dict]:
     """The model tensors and the training state of checkpoint `folder`."""
     return read_state_dict(folder / "model.safetensors"), load_object(folder / "state.pt")
-
