@@ -1,6 +1,8 @@
 """The GPU scripts' plumbing on a CPU (benchmarks/): gpu_study.sh plans every seed's cells, one grid per GPU or one
-grid for all, after training and caching the tokenizer; gpu_queues.sh runs one command line per GPU index."""
+grid for all, after training and caching the tokenizer; gpu_queues.sh runs one command line per GPU index;
+gpu_tests.py records each selected test's outcome."""
 
+import json
 import os
 import subprocess
 import sys
@@ -35,3 +37,22 @@ def test_gpu_queues_runs_one_command_line_per_gpu_under_one_deadline(tmp_path):
                'echo "[grid] done: on $CUDA_VISIBLE_DEVICES"; sleep 60; echo "[bench] never"', env={"DEADLINE_S": "3"})
     assert out.returncode == 0 and out.stdout.splitlines() == ["[bench] on 0", "[grid] done: on 1"], out
     assert (tmp_path / "queue1.log").read_text().strip() == "[grid] done: on 1"  # stopped at the deadline
+
+
+def test_gpu_tests_records_each_outcome_and_exits_with_pytests_status(tmp_path):
+    (tmp_path / "test_three.py").write_text(
+        "import pytest\n"
+        "def test_ok(): pass\n"
+        "def test_wrong(): assert 1 == 2\n"
+        "@pytest.mark.skip(reason='needs a CUDA device')\n"
+        "def test_gpu_only(): pass\n")
+    out = tmp_path / "tests.jsonl"
+    run = subprocess.run([sys.executable, "benchmarks/gpu_tests.py", str(out), "--autotune", "first", "--",
+                          str(tmp_path / "test_three.py"), "--rootdir", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300)
+    assert run.returncode == 1, run.stdout[-2000:]  # a failed test: pytest's status
+    outcomes = {r["test"].split("::")[-1]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert {name: r["value"] for name, r in outcomes.items()} == {
+        "test_ok": "passed", "test_wrong": "failed", "test_gpu_only": "skipped"}
+    assert "assert 1 == 2" in outcomes["test_wrong"]["message"] and "needs a CUDA device" in outcomes["test_gpu_only"]["message"]
+    assert all(r["metric"] == "gpu_test" and r["commit"] and r["versions"]["torch"] for r in outcomes.values())
