@@ -28,7 +28,8 @@ class RecordOutcomes:
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            message = str(report.longrepr)[-2000:] if report.longrepr else None
+            longrepr = report.longrepr  # a skip's is (path, line, reason); a failure's ends with the error
+            message = longrepr[2] if isinstance(longrepr, tuple) else (str(longrepr)[-2000:] if longrepr else None)
             record(self.path, "gpu_test", report.outcome, "outcome", test=report.nodeid, phase=report.when,
                    duration_s=round(report.duration, 3), message=message)
 
@@ -36,7 +37,8 @@ class RecordOutcomes:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="the .jsonl file the outcomes are appended to")
-    parser.add_argument("--autotune", default="full", choices=MODES, help="Triton autotuning mode (varbench/utils/autotune.py)")
+    parser.add_argument("--autotune", default="full", choices=MODES,
+                        help="Triton autotuning mode (varbench/utils/autotune.py)")
     argv = sys.argv[1:] if argv is None else argv
     ours, pytest_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = parser.parse_args(ours)

@@ -14,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from varbench.analysis import (
+    gpu_test_table,
     latest,
     load_records,
     main_table,
@@ -215,6 +216,14 @@ def test_parity_table_reports_the_worst_error(df):
     row = table.loc[("mixer", "attention", "flex", "bf16")]
     assert (row["Worst rel RMS"], row["Worst at"], row["Checks"]) == (worst["value"], worst["compared"], len(bf16))
     assert "fp32" in table.loc[("mixer", "deltanet", "fla", "fp32"), "Error"]
+
+
+def test_gpu_test_table_shows_each_tests_newest_outcome_and_why_it_did_not_pass(df):
+    runs = raw(metric="gpu_test")
+    table = gpu_test_table(df)
+    assert list(table.index) == sorted(r["test"] for r in runs) and set(table["Outcome"]) == {"skipped"}
+    assert table["Report"].str.contains("needs a CUDA device").all()
+    assert table.attrs["device"] == runs[0]["device"] and table.attrs["records"] == len(runs)
 
 
 def test_parallel_scaling_efficiency_is_throughput_over_gpus_times_one_gpu(df):

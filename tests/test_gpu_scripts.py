@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from varbench.analysis import gpu_test_table, load_records
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # `python` is this interpreter
 
@@ -54,5 +56,9 @@ def test_gpu_tests_records_each_outcome_and_exits_with_pytests_status(tmp_path):
     outcomes = {r["test"].split("::")[-1]: r for r in map(json.loads, out.read_text().splitlines())}
     assert {name: r["value"] for name, r in outcomes.items()} == {
         "test_ok": "passed", "test_wrong": "failed", "test_gpu_only": "skipped"}
-    assert "assert 1 == 2" in outcomes["test_wrong"]["message"] and "needs a CUDA device" in outcomes["test_gpu_only"]["message"]
+    assert "assert 1 == 2" in outcomes["test_wrong"]["message"]
+    assert outcomes["test_gpu_only"]["message"] == "needs a CUDA device"
     assert all(r["metric"] == "gpu_test" and r["commit"] and r["versions"]["torch"] for r in outcomes.values())
+    table = gpu_test_table(load_records(out))  # what task=report shows of them
+    assert table.loc[outcomes["test_wrong"]["test"], "Report"] == "assert 1 == 2"
+    assert table.loc[outcomes["test_ok"]["test"], "Report"] == ""

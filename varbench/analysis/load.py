@@ -33,7 +33,7 @@ KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "pea
                 "peak_reserved_bytes", "param_dtype")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
-                "bench_error"}
+                "bench_error", "gpu_test"}
 # fields besides the configuration that tell two measurements of one metric apart
 IDENTITY = {
     "train_images_per_s": ("batch", "compiled", "param_dtype"),
@@ -41,6 +41,7 @@ IDENTITY = {
     "bench_error": ("stage", "batch", "sampler"),
     "parity_rel_rms": ("group", "name", "backend", "dtype", "compared"),
     "parity_error": ("group", "name", "backend", "dtype"),
+    "gpu_test": ("test",),
     "train_loss": ("run_dir", "step"),
     "train_summary": ("run_dir",),
     "sample_grid": ("run_dir", "sampler"),

@@ -259,32 +259,3 @@ def resolution_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
     table = table.dropna(how="all")  # models known only by their size (trained, never timed)
     table = by_model(table).sort_index(level=["Model", "Resolution"])
     return finish(table, df, SPEED, frame.attrs["device"])
-
-
-def _short_dtype(dtype) -> str:
-    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(dtype).removeprefix("torch."), str(dtype))
-
-
-def parity_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (group, entry, backend, dtype): the worst relative RMS error of the kernel against the reference over
-    every compared tensor, which tensor it was, how many were compared, and the error of a check that could not
-    run. The device is an index level when the records come from several."""
-    rms, err = latest(df, "parity_rel_rms"), latest(df, "parity_error")
-    if rms.empty and err.empty:
-        log.warning("parity_table: no parity_rel_rms / parity_error records (the GPU parity script writes them)")
-        return pd.DataFrame()
-    keys = ["device", "group", "name", "backend", "dtype"]
-    rows = []
-    for key, g in rms.assign(v=numeric(rms) if len(rms) else None).groupby(keys, dropna=False):
-        worst = g.loc[g["v"].idxmax()]
-        rows.append(dict(zip(keys, key), **{"Worst rel RMS": worst["v"], "Worst at": worst["compared"],
-                                            "Checks": len(g)}))
-    rows += [dict(zip(keys, [r[k] for k in keys]), Error=r["error"]) for _, r in err.iterrows()]
-    table = pd.DataFrame(rows).assign(dtype=lambda d: d["dtype"].map(_short_dtype))
-    devices = list(table["device"].unique())
-    index = (["device"] if len(devices) > 1 else []) + keys[1:]
-    table = table.set_index(index).sort_index().drop(columns=[c for c in ["device"] if c not in index])
-    table.index.names = [{"device": "Device", "group": "Group", "name": "Entry", "backend": "Backend",
-                          "dtype": "Dtype"}[n] for n in index]
-    table.attrs.update(device=devices[0] if len(devices) == 1 else None, records=len(rms) + len(err))
-    return table

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from varbench.analysis import figures, study, tables
+from varbench.analysis import checks, figures, study, tables
 from varbench.analysis.format import write_table
 from varbench.analysis.load import load_records
 
@@ -30,8 +30,10 @@ TABLES = {
     "mixer_ablation": (tables.mixer_ablation, "Inter-scale mixer ablation (quality mean ± std over seeds)",
                        f"{BENCH} or {QUALITY}"),
     "resolution_scaling": (tables.resolution_scaling, "Speed and inference state vs resolution", BENCH),
-    "parity_table": (lambda df, device: tables.parity_table(df), "Kernel vs reference parity (worst relative RMS)",
+    "parity_table": (lambda df, device: checks.parity_table(df), "Kernel vs reference parity (worst relative RMS)",
                      "parity_rel_rms / parity_error (the GPU parity script)"),
+    "gpu_tests": (lambda df, device: checks.gpu_test_table(df), "Tests that only a GPU runs: the newest outcome of each",
+                  "gpu_test (benchmarks/gpu_tests.py)"),
     "study_ranking": (study.study_ranking, "Mixer study: configurations ranked by quality (mean ± std over seeds)",
                       f"{QUALITY} of 2 or more seeds per configuration"),
     "costs_table": (study.costs_table, "Analytic parameters, FLOPs and inference state per model and resolution",
