@@ -28,10 +28,15 @@ class RecordOutcomes:
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            longrepr = report.longrepr  # a skip's is (path, line, reason); a failure's ends with the error
-            message = longrepr[2] if isinstance(longrepr, tuple) else (str(longrepr)[-2000:] if longrepr else None)
             record(self.path, "gpu_test", report.outcome, "outcome", test=report.nodeid, phase=report.when,
-                   duration_s=round(report.duration, 3), message=message)
+                   duration_s=round(report.duration, 3), message=_message(report.longrepr))
+
+
+def _message(longrepr) -> str | None:
+    """A skip's reason (pytest gives (path, line, "Skipped: reason")), or the end of a failure's report."""
+    if isinstance(longrepr, tuple):
+        return longrepr[2].removeprefix("Skipped: ")
+    return str(longrepr)[-2000:] if longrepr else None
 
 
 def main(argv=None) -> int:
