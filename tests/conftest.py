@@ -18,7 +18,8 @@ COMPAT = SHARED / "compat"
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     # a missing golden folder is a broken checkout, never a reason to skip
-    assert (GOLDEN_A / "config.json").is_file(), f"golden data not found at {GOLDEN_A} (shared/ must sit beside the checkout)"
+    assert (GOLDEN_A / "config.json").is_file(), \
+        f"golden data not found at {GOLDEN_A} (shared/ must sit beside the checkout)"
     return GOLDEN_A
 
 

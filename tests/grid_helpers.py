@@ -17,7 +17,8 @@ TINY = ["model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.vocab
         "data.size_per_class=4", "train.steps=2", "++task.overrides.train_tokenizer.steps=2",
         "++task.overrides.train_tokenizer.batch_size=4", "++task.overrides.sample.per_class=1",
         "++task.overrides.evaluate.per_class=2", "++task.overrides.evaluate.classifier_steps=2",
-        "++task.overrides.evaluate.classifier_batch_size=4", "++task.overrides.evaluate.classifier_min_val_accuracy=0.0",
+        "++task.overrides.evaluate.classifier_batch_size=4",
+        "++task.overrides.evaluate.classifier_min_val_accuracy=0.0",
         "device=cpu"]
 ROW = re.compile(r"^\[grid\] #\d+\s+(?P<cid>[0-9a-f]{12})\s+(?P<status>\w+)\s+(?P<overrides>.*)$")
 

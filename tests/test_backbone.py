@@ -6,12 +6,12 @@ import functools
 
 import pytest
 import torch
-
 from conftest import read_tsv
 from helpers import tiny_model, tiny_tokenizer
+
 from varbench.backbones.convert import varbench_to_official
-from varbench.backbones.scale_ar import ScaleAR
 from varbench.backbones.sampling import cfg_ramp
+from varbench.backbones.scale_ar import ScaleAR
 from varbench.registry import factory, list_options, load_option
 
 MIXERS = list_options("mixer")
@@ -39,12 +39,14 @@ def test_d16_official_key_layout_and_parameter_count(flavour, tsv, l2_norm, para
     expected = read_tsv(tsv)
     converted = varbench_to_official(model)
     assert sorted(set(converted) - set(expected)) == [] and sorted(set(expected) - set(converted)) == []
-    wrong = {k: (tuple(converted[k].shape), expected[k][0]) for k in expected if tuple(converted[k].shape) != expected[k][0]}
+    wrong = {k: (tuple(converted[k].shape), expected[k][0]) for k in expected
+             if tuple(converted[k].shape) != expected[k][0]}
     assert wrong == {}
     assert model.num_params() == params
 
 
-@pytest.mark.parametrize("depth,params", [(12, 133_186_960), (20, 600_917_136), (24, 1_033_399_360), (30, 2_010_020_356)])
+@pytest.mark.parametrize("depth,params", [(12, 133_186_960), (20, 600_917_136), (24, 1_033_399_360),
+                                          (30, 2_010_020_356)])
 def test_var_parameter_counts_at_every_depth(depth, params):
     assert official_model("var", depth, True).num_params() == params
 

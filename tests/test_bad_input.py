@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import tiny_model, tiny_tokenizer
+
 from varbench.backbones.convert import load_official, varbench_to_official
 from varbench.utils.checkpoint import read_state_dict
 

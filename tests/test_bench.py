@@ -3,9 +3,9 @@ training step it times (it must really train), and the records `measure` writes 
 
 import pytest
 import torch
+from helpers import tiny_model, tiny_tokenizer
 from omegaconf import OmegaConf
 
-from helpers import tiny_model, tiny_tokenizer
 from varbench.eval.flops import model_flops
 from varbench.registry import list_options
 from varbench.tasks.bench import at_resolution, default_configs, measure, train_step_cell

@@ -11,14 +11,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_tokenizer
 from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from helpers import tiny_tokenizer
-from varbench.data import (EmbeddedShapes, ImageFolderData, TokenCache, TorchvisionData, tokenizer_fingerprint,
-                           var_transform, write_token_cache)
+from varbench.data import (
+    EmbeddedShapes,
+    ImageFolderData,
+    TokenCache,
+    TorchvisionData,
+    tokenizer_fingerprint,
+    var_transform,
+    write_token_cache,
+)
 from varbench.data.token_cache import shard_path
 from varbench.data.transforms import mid_size
 

@@ -202,7 +202,8 @@ def test_evaluate_task_records_every_metric(tmp_path):
     records = {r["metric"]: r for r in read_records(tmp_path / "res" / "evaluate.jsonl")}
     assert set(records) == {"embedded_fd", "class_accuracy", "classifier_val_accuracy", "classifier_score",
                             "embedded_kd", "embedded_precision", "embedded_recall", "val_nll"}
-    assert records["val_nll"]["unit"] == "nats/token" and records["val_nll"]["reference"].startswith("EmbeddedShapes(split=val")
+    assert records["val_nll"]["unit"] == "nats/token" \
+        and records["val_nll"]["reference"].startswith("EmbeddedShapes(split=val")
     assert records["embedded_fd"]["num_samples"] == 20 and records["embedded_fd"]["preset"] == "eval"
     assert all(r["feature_extractor"].startswith(clf.FIDELITY_NAME) for m, r in records.items() if m != "val_nll")
     assert out["suite"] == "project" and len(list((tmp_path / "res" / "classifiers").glob("*.safetensors"))) == 1

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import tiny_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import tiny_model
 from varbench.eval.flops import model_flops
 
 
@@ -21,7 +21,7 @@ def test_attention_model_flops_match_the_counter(intra):
     """The counter sees SDPA compute every (query, key) pair; the analytic count keeps only the pairs the mask
     allows. Add the masked pairs back and the two must agree exactly for the whole model."""
     model = tiny_model("attention", intra)
-    layout, C, H = model.layout, model.width, model.num_heads
+    layout, C = model.layout, model.width
     x = torch.randn(2, layout.L - 1, model.latent_dim)
     measured = counted(lambda: model(torch.tensor([1, 2]), x)) // 2
     analytic = model_flops(model)

@@ -31,7 +31,8 @@ def test_lin0_linear_part_matches_formula():
 def test_cos_schedule_midpoint():
     it = WARM + (MAX_IT - 1 - WARM) // 2
     p = (it - WARM) / (MAX_IT - 1 - WARM)
-    assert recipe.lr_factor(it, WARM, MAX_IT, "cos", 0.005, 0.1) == pytest.approx(0.1 + 0.9 * (0.5 + 0.5 * math.cos(math.pi * p)))
+    assert recipe.lr_factor(it, WARM, MAX_IT, "cos", 0.005, 0.1) == \
+        pytest.approx(0.1 + 0.9 * (0.5 + 0.5 * math.cos(math.pi * p)))
 
 
 def test_unknown_schedule_names_the_valid_ones():

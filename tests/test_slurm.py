@@ -31,7 +31,8 @@ TINY_NO_STEPS = [o for o in TINY if not o.startswith("train.steps=")]
 @pytest.fixture(scope="module")
 def slurm():
     missing = [t for t in ("sbatch", "sinfo", "squeue", "scancel", "sacct") if shutil.which(t) is None]
-    assert not missing, f"Slurm tools {missing} not found: start the local cluster with `bash slurm/start_local_slurm.sh`"
+    assert not missing, \
+        f"Slurm tools {missing} not found: start the local cluster with `bash slurm/start_local_slurm.sh`"
     state = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%t"], capture_output=True, text=True, check=False)
     assert state.returncode == 0 and state.stdout.split()[:1] in (["idle"], ["mix"], ["alloc"]), \
         f"the local Slurm is not up (sinfo: {state.stdout!r} {state.stderr!r}): bash slurm/start_local_slurm.sh"

@@ -60,7 +60,7 @@ def golden_ids(io, model) -> list[torch.Tensor]:
     return [io[f"idx_Bl.{k}"] for k in range(len(model.patch_nums))]
 
 
-# ----- golden parity ---------------------------------------------------------------------------------------------------
+# ----- golden parity --------------------------------------------------------------------------------------------------
 
 def test_golden_data_present(golden_dir):
     for name in ("config.json", "tokenizer_state_dict.safetensors", "tokenizer_io.safetensors"):
@@ -126,7 +126,7 @@ def test_golden_incremental_sampling_update(golden):
     assert err_x <= 1e-5 and err_f <= 1e-5
 
 
-# ----- layout of the full-size model -----------------------------------------------------------------------------------
+# ----- layout of the full-size model ----------------------------------------------------------------------------------
 
 def test_full_size_key_layout_matches_official():
     with torch.device("meta"):
@@ -155,7 +155,7 @@ def test_phi_index_per_scale(num_scales, expected):
     assert phi_indices(num_scales, 4) == expected
 
 
-# ----- bad input -------------------------------------------------------------------------------------------------------
+# ----- bad input ------------------------------------------------------------------------------------------------------
 
 def tiny_model(**kw) -> MultiScaleVQVAE:
     args = dict(vocab_size=16, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, patch_nums=(1, 2, 3))
@@ -219,7 +219,7 @@ def test_official_args_validation():
         vqvae_from_official_args({"v_patch_nums": [1, 2], "not_an_arg": 1})
 
 
-# ----- training forward ------------------------------------------------------------------------------------------------
+# ----- training forward -----------------------------------------------------------------------------------------------
 
 def test_training_forward_straight_through():
     torch.manual_seed(0)

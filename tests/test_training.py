@@ -34,12 +34,14 @@ def final_weights(run_dir: Path) -> dict:
 def test_loss_falls_on_embedded_data(tmp_path):
     out = run(tmp_path, "fall", "train.steps=60", "train.base_lr=0.1", "train.ckpt_every=1000")
     assert out.returncode == 0, out.stderr[-3000:]
-    losses = [r["value"] for r in read_records(tmp_path / "fall" / "results" / "train.jsonl") if r["metric"] == "train_loss"]
+    losses = [r["value"] for r in read_records(tmp_path / "fall" / "results" / "train.jsonl")
+              if r["metric"] == "train_loss"]
     assert len(losses) == 60
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.5, (first, last)
     # the summary states the analytic forward FLOPs of the model it trained: its own config rebuilds that model
-    (summary,) = [r for r in read_records(tmp_path / "fall" / "results" / "train.jsonl") if r["metric"] == "train_summary"]
+    (summary,) = [r for r in read_records(tmp_path / "fall" / "results" / "train.jsonl")
+                  if r["metric"] == "train_summary"]
     with torch.device("meta"):
         model = build_model(OmegaConf.create(summary["config"]))
     assert summary["params"] == model.num_params() and summary["fwd_flops_per_image"] == model_flops(model)["total"]
@@ -103,7 +105,8 @@ def test_fsdp2_two_processes_equal_one_process_and_resume(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_scaling_task_wires_two_processes(tmp_path, parallel):
-    """task=scaling on 2 CPU processes (gloo): the trainer's wrapping, one record from rank 0 with both ranks' entries."""
+    """task=scaling on 2 CPU processes (gloo): the trainer's wrapping, one record from rank 0 with both ranks'
+    entries."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535"]
     args = torchrun + [str(REPO / "run.py"), "task=scaling", f"task.parallel={parallel}", "task.batch_per_gpu=2",
                        "task.repeats=1", "model.depth=1", "model.width=64", "model.num_heads=1", "device=cpu",

@@ -2,10 +2,10 @@
 
 A cell is one job of a sweep. Its id is a short hash of its sorted override list (the cluster it ran on, its
 results_dir and `dry_run` left out: they do not change what it computes), so a re-run of the grid, a requeued Slurm
-job and a dry run all name the same cell the same way. A cell's checkpoints live in its own run_dir (`runs/cells/<cell_id>`, set
-by the grid files), so a re-run resumes. Markers under `<results_dir>/cells/<cell_id>/`: `done.json` once every
-step of the cell ran (a re-run skips it), `failed.json` with the error's traceback tail (a re-run tries again);
-both are also appended to `<results_dir>/grid.jsonl` as `cell_complete` / `cell_failed` records.
+job and a dry run all name the same cell the same way. A cell's checkpoints live in its own run_dir
+(`runs/cells/<cell_id>`, set by the grid files), so a re-run resumes. Markers under `<results_dir>/cells/<cell_id>/`:
+`done.json` once every step of the cell ran (a re-run skips it), `failed.json` with the error's traceback tail (a re-run
+tries again); both are also appended to `<results_dir>/grid.jsonl` as `cell_complete` / `cell_failed` records.
 
 Importing this module registers the OmegaConf resolvers the configs use: `${varbench.mixers:}` (every registered
 mixer, comma-separated for a sweep), `${varbench.bench_configs:}`, `${varbench.cell_id:}` and
@@ -152,7 +152,8 @@ def record_resume(cfg: DictConfig, cid: str) -> int | None:
 def _small(summary: Any) -> Any:
     """The scalar parts of a task summary (for done.json): nested dicts of numbers and strings."""
     if isinstance(summary, dict):
-        return {str(k): _small(v) for k, v in summary.items() if isinstance(v, (dict, int, float, str, bool, type(None)))}
+        return {str(k): _small(v) for k, v in summary.items()
+                if isinstance(v, (dict, int, float, str, bool, type(None)))}
     return summary
 
 

@@ -78,7 +78,8 @@ class ScaleLayout:
     def scale_ids(self, device=None) -> torch.Tensor:
         """(L,) int64 scale index of every token (VAR's `lvl_1L`)."""
         # built on the CPU explicitly (also under a meta-device context), then moved
-        ids = torch.repeat_interleave(torch.arange(self.num_scales, device="cpu"), torch.tensor(self.lengths, device="cpu"))
+        ids = torch.repeat_interleave(torch.arange(self.num_scales, device="cpu"),
+                                      torch.tensor(self.lengths, device="cpu"))
         return ids if device is None else ids.to(device)
 
     def cu_seqlens(self, batch: int = 1, device=None) -> torch.Tensor:

@@ -36,7 +36,8 @@ class PreemptionBridge:
     def __enter__(self):
         current = signal.getsignal(signal.SIGUSR2)
         # only inside submitit's Slurm job, whose handler is installed before the job function runs
-        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or getattr(current, "__name__", "") != "checkpoint_and_try_requeue":
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" \
+                or getattr(current, "__name__", "") != "checkpoint_and_try_requeue":
             return self
         self.active, self.submitit_handler = True, current
         # SIGUSR1's default action kills the process: until the training loop installs its handler, ignore it

@@ -51,7 +51,8 @@ class GridSweeper(BasicSweeper):
         jobs = self.expand(arguments)
         plan = [(job, grid.cell_id(job)) for job in jobs]
         states = {cid: grid.status(results_dir, cid) for _, cid in plan}
-        print(f"[grid] {len(plan)} cells on {_where(self.config.hydra.launcher)}, results under {results_dir}/cells/<cell_id>:")
+        print(f"[grid] {len(plan)} cells on {_where(self.config.hydra.launcher)}, "
+              f"results under {results_dir}/cells/<cell_id>:")
         for i, (job, cid) in enumerate(plan):
             print(f"[grid] #{i:<3} {cid}  {states[cid]:<8}  {' '.join(grid.identity_overrides(job))}")
         if self.config.get("dry_run", False):

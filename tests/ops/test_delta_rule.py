@@ -10,8 +10,8 @@ and is far below a real mistake (a missing beta, decay or l2 norm moves o by > 1
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fla_reference import fla_naive
+
 from varbench.layout import ScaleLayout
 from varbench.ops.linear_rnn import delta_rule, delta_rule_chunk_ref, delta_rule_recurrent_ref, l2norm_ref
 

@@ -10,8 +10,8 @@ and is far below a real mistake (a wrong scale, decay or layout moves o by > 1e-
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fla_reference import fla_naive
+
 from varbench.layout import ScaleLayout
 from varbench.mixers.retnet import retention_log_decay
 from varbench.ops.linear_rnn import gla, gla_chunk_ref, gla_recurrent_ref

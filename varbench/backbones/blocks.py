@@ -90,7 +90,8 @@ class AdaLNBlock(nn.Module):
         gamma, scale, shift = self.modulation(cond_BD)
         i = 0
         if self.intra is not None:
-            x_BLC = self.residual(x_BLC, self.intra(self.modulate(x_BLC, scale[:, 0], shift[:, 0]), layout), gamma[:, 0])
+            x_BLC = self.residual(x_BLC, self.intra(self.modulate(x_BLC, scale[:, 0], shift[:, 0]), layout),
+                                  gamma[:, 0])
             i = 1
         x_BLC = self.residual(x_BLC, self.mixer(self.modulate(x_BLC, scale[:, i], shift[:, i]), layout), gamma[:, i])
         i += 1
@@ -106,7 +107,8 @@ class AdaLNBlock(nn.Module):
             y_BlC = self.intra.step(self.modulate(x_BlC, scale[:, 0], shift[:, 0]), layout, k)
             x_BlC = self.residual(x_BlC, y_BlC, gamma[:, 0])
             i = 1
-        y_BlC, state = (self.mixer.prefix_rerun_step if prefix_rerun else self.mixer.step)(self.modulate(x_BlC, scale[:, i], shift[:, i]), state, layout, k)
+        mix = self.mixer.prefix_rerun_step if prefix_rerun else self.mixer.step
+        y_BlC, state = mix(self.modulate(x_BlC, scale[:, i], shift[:, i]), state, layout, k)
         x_BlC = self.residual(x_BlC, y_BlC, gamma[:, i])
         i += 1
         return self.residual(x_BlC, self.ffn(self.modulate(x_BlC, scale[:, i], shift[:, i])), gamma[:, i]), state

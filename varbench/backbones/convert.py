@@ -82,7 +82,8 @@ def varbench_to_official(model: ScaleAR) -> dict[str, torch.Tensor]:
     """The model's weights under the official key names, with the derived buffers regenerated."""
     flavour = official_flavour(model)
     back = {"var": [(r"^blocks\.(\d+)\.mixer\.", r"blocks.\1.attn.")],
-            "mvar": [(r"^blocks\.(\d+)\.intra\.", r"blocks.\1.attn."), (r"^blocks\.(\d+)\.mixer\.", r"blocks.\1.mamba.")]}
+            "mvar": [(r"^blocks\.(\d+)\.intra\.", r"blocks.\1.attn."),
+                     (r"^blocks\.(\d+)\.mixer\.", r"blocks.\1.mamba.")]}
     out = {}
     for name, tensor in model.state_dict().items():
         for pattern, repl in back[flavour]:

@@ -18,7 +18,7 @@ from torch import nn
 from varbench.backbones.blocks import AdaLNBlock
 from varbench.backbones.graphs import GraphedScales, graph_key
 from varbench.backbones.init import var_init_
-from varbench.backbones.sampling import cfg_ramp, gumbel_soft_codes, guide, sample_ids
+from varbench.backbones.sampling import cfg_ramp, guide, gumbel_soft_codes, sample_ids
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State
 
@@ -130,7 +130,8 @@ class ScaleAR(nn.Module):
     def check_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> None:
         expected = (self.layout.L - 1, self.latent_dim)
         if x_BLCv.dim() != 3 or tuple(x_BLCv.shape[1:]) != expected:
-            raise ValueError(f"teacher-forcing input must be (B, {expected[0]}, {expected[1]}), got {tuple(x_BLCv.shape)}")
+            raise ValueError(f"teacher-forcing input must be (B, {expected[0]}, {expected[1]}), "
+                             f"got {tuple(x_BLCv.shape)}")
         if label_B.shape != (x_BLCv.shape[0],):
             raise ValueError(f"labels must be ({x_BLCv.shape[0]},), got {tuple(label_B.shape)}")
         self.check_labels(label_B)

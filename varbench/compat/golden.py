@@ -70,11 +70,14 @@ def check_tokenizer(folder: Path, config: dict) -> list[Row]:
     ids = vae.latent_to_ids(f)
     gold_ids = _golden_ids(io, len(ids))
     rows = [Row("tokenizer.f_BChw", _maxabs(f, io["f_BChw"]), TOL_LATENT)]
-    rows += [Row(f"tokenizer.idx_Bl.{k} (mismatches)", (a != b).sum().item(), 0) for k, (a, b) in enumerate(zip(ids, gold_ids))]
+    rows += [Row(f"tokenizer.idx_Bl.{k} (mismatches)", (a != b).sum().item(), 0)
+             for k, (a, b) in enumerate(zip(ids, gold_ids))]
     fhats = torch.stack(vae.latent_to_fhats(f))
     rows.append(Row("tokenizer.fhat_cumulative", _maxabs(fhats, io["fhat_cumulative"]), TOL_FHAT))
-    rows.append(Row("tokenizer.fhat_from_ids", _maxabs(torch.stack(vae.ids_to_fhats(gold_ids)), io["fhat_cumulative"]), TOL_FHAT))
-    rows.append(Row("tokenizer.x_BLCv_wo_first_l", _maxabs(vae.ids_to_var_input(gold_ids), io["x_BLCv_wo_first_l"]), TOL_FHAT))
+    rows.append(Row("tokenizer.fhat_from_ids",
+                    _maxabs(torch.stack(vae.ids_to_fhats(gold_ids)), io["fhat_cumulative"]), TOL_FHAT))
+    rows.append(Row("tokenizer.x_BLCv_wo_first_l",
+                    _maxabs(vae.ids_to_var_input(gold_ids), io["x_BLCv_wo_first_l"]), TOL_FHAT))
     rows.append(Row("tokenizer.recon", _maxabs(vae.ids_to_img(gold_ids), io["recon"]), TOL_LATENT))
     return rows
 
@@ -107,7 +110,8 @@ def check_var(folder: Path, config: dict) -> list[Row]:
         row = cached["image_index"]
         ids = [t[row:row + 1] for t in _golden_ids(tok_io, model.layout.num_scales)]
         out = model.generate(vae, io["infer_label_B"], cfg=cached["cfg"], forced_ids=ids, return_logits=True)
-        rows.append(Row("var.logits_cfg_guided_cached", _maxabs(torch.cat(out.logits, 1), io["logits_cfg_guided_cached"]), TOL_GUIDED))
+        rows.append(Row("var.logits_cfg_guided_cached",
+                        _maxabs(torch.cat(out.logits, 1), io["logits_cfg_guided_cached"]), TOL_GUIDED))
     return rows
 
 
@@ -123,7 +127,8 @@ def check_mvar(folder: Path, config: dict) -> list[Row]:
     ids = [t[:1] for t in _golden_ids(tok_io, model.layout.num_scales)]
     # the state-carrying sampler, teacher-forced with image 0, must reproduce the training forward (cfg 0: raw logits)
     out = model.generate(vae, io["label_B"][:1], cfg=0.0, forced_ids=ids, return_logits=True)
-    rows.append(Row("mvar.carried_state_logits_vs_golden_row0", _maxabs(torch.cat(out.logits, 1), io["logits"][:1]), TOL_LATENT))
+    rows.append(Row("mvar.carried_state_logits_vs_golden_row0",
+                    _maxabs(torch.cat(out.logits, 1), io["logits"][:1]), TOL_LATENT))
     return rows
 
 

@@ -23,8 +23,8 @@ class IntraScaleAttention(ScaleAttention):
         layer_idx (int, Optional): block index (unused). Default: 0.
         l2_norm (bool, Optional): see `ScaleAttention` (the released M-VAR d16/d20 use False). Default: False.
         backend (str, Optional): "flex" (flex_attention BlockMask), "varlen" (flash-attn, as M-VAR), "xformers"
-            (BlockDiagonalMask), "reference" (SDPA, dense block-diagonal mask), or "auto" (flex on CUDA, else reference).
-            Default: "auto".
+            (BlockDiagonalMask), "reference" (SDPA, dense block-diagonal mask), or "auto" (flex on CUDA, else
+            reference). Default: "auto".
     """
 
     rescale_out_proj = True  # VAR's init divides attn.proj by sqrt(2*depth), M-VAR keeps it for this branch

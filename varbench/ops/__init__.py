@@ -1,1 +1,2 @@
-"""The math of each token-mixing operation: `reference.py` (pure torch, the CPU oracle) beside `kernel.py` (GPU libraries)."""
+"""The math of each token-mixing operation: `reference.py` (pure torch, the CPU oracle) beside `kernel.py` (GPU
+libraries)."""

@@ -25,10 +25,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from varbench.backbones.scale_ar import ScaleAR
+from varbench.build import build_model
 from varbench.eval.flops import decoder_flops, model_flops
 from varbench.eval.timing import matmul_peak_tflops, time_ms, top_ops
 from varbench.layout import PATCH_NUMS
-from varbench.build import build_model
 from varbench.registry import list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.utils.processes import run_in_fresh_process

@@ -22,7 +22,8 @@ def load_trained(cfg: DictConfig, device: torch.device):
     model = build_model(cfg)
     path = cfg.task.get("checkpoint") or checkpoints.latest(Path(cfg.run_dir) / "checkpoints")
     if path is None:
-        raise ValueError(f"no checkpoint: train first (task=train) or set task.checkpoint; looked in {cfg.run_dir}/checkpoints")
+        raise ValueError("no checkpoint: train first (task=train) or set task.checkpoint; "
+                         f"looked in {cfg.run_dir}/checkpoints")
     path = Path(path)
     load_strict(model, read_state_dict(path / "model.safetensors" if path.is_dir() else path), f"checkpoint {path}")
     return tokenizer, model.to(device).eval()

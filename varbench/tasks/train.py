@@ -38,8 +38,8 @@ def main(cfg: DictConfig) -> dict:
                    backends={"mixer": model.blocks[0].mixer.backend,
                              "intra": getattr(model.blocks[0].intra, "backend", None)})
     if summary["interrupted"]:
-        raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is saved: "
-                         f"run the same command (same run_dir) to resume exactly")
+        raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
+                         f"saved: run the same command (same run_dir) to resume exactly")
     if info.is_main:
         record(Path(cfg.results_dir) / "train.jsonl", "train_summary", summary["final_loss"], "nats/token", config=cfg,
                device=device, **summary)

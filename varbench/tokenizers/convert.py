@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import torch
-
 from varbench.tokenizers.vqvae import MultiScaleVQVAE
 from varbench.utils.checkpoint import load_strict, read_state_dict
 

@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader
 
 from varbench.utils.checkpoint import load_strict, read_state_dict
 
-
 # ----- metrics (images in [0, 1]) -----------------------------------------------------------------------------------
 
 def psnr(x_BCHW: torch.Tensor, y_BCHW: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:

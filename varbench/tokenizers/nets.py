@@ -138,7 +138,8 @@ class Encoder(nn.Module):
             self.down.append(down)
         self.mid = make_mid(block_in, dropout, using_mid_sa)
         self.norm_out = group_norm(block_in)
-        self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1, padding=1)
+        self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1,
+                                  padding=1)
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x_BCHW)

@@ -131,7 +131,8 @@ class MultiScaleQuantizer(nn.Module):
         return out
 
     def ids_to_var_input(self, ids) -> torch.Tensor:
-        """Official `idxBl_to_var_input`: area-downsampled f_hat after scales 0..k as scale k+1's input, (B, L - l_0, C)."""
+        """Official `idxBl_to_var_input`: area-downsampled f_hat after scales 0..k as scale k+1's input,
+        (B, L - l_0, C)."""
         ids = self.check_ids(ids)
         f_hat, pieces = None, []
         for k in range(len(self.patch_nums) - 1):
@@ -156,7 +157,8 @@ class MultiScaleQuantizer(nn.Module):
             raise ValueError(f"scale index must be in [0, {K}), got {k}")
         p = self.patch_nums[k]
         if h_BCpp.dim() != 4 or tuple(h_BCpp.shape[1:]) != (self.Cvae, p, p):
-            raise ValueError(f"scale {k} code map must have shape (B, {self.Cvae}, {p}, {p}), got {tuple(h_BCpp.shape)}")
+            raise ValueError(f"scale {k} code map must have shape (B, {self.Cvae}, {p}, {p}), "
+                             f"got {tuple(h_BCpp.shape)}")
         f_hat_BChw = f_hat_BChw + self.upsample_phi(k, h_BCpp)
         if k == K - 1:
             return f_hat_BChw, None
@@ -234,7 +236,8 @@ class MultiScaleQuantizer(nn.Module):
         return torch.cat(out)
 
     def dead_codes(self, threshold: float) -> torch.Tensor:
-        """Codes (D,) whose hit EMA, summed over scales, is below `threshold` x a uniform share (none before any hit)."""
+        """Codes (D,) whose hit EMA, summed over scales, is below `threshold` x a uniform share (none before any
+        hit)."""
         hits_V = self.ema_vocab_hit_SV.sum(dim=0)
         if hits_V.sum() <= 0:
             return torch.zeros(0, dtype=torch.long, device=hits_V.device)

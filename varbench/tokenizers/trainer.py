@@ -31,8 +31,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from varbench.tokenizers.losses import (PatchDiscriminator, PerceptualLoss, adaptive_adv_weight, check_finite,
-                                        evaluate_tokenizer, hinge_d_loss)
+from varbench.tokenizers.losses import (
+    PatchDiscriminator,
+    PerceptualLoss,
+    adaptive_adv_weight,
+    check_finite,
+    evaluate_tokenizer,
+    hinge_d_loss,
+)
 from varbench.utils.checkpoint import load_object, save_atomic
 from varbench.utils.records import record
 

@@ -62,7 +62,8 @@ class MultiScaleVQVAE(nn.Module):
         self.patch_nums = self.layout.patch_nums
         self.image_size = self.patch_nums[-1] * self.downsample
         self.quantize = MultiScaleQuantizer(vocab_size, z_channels, self.patch_nums, beta=beta, quant_resi=quant_resi,
-                                            share_quant_resi=share_quant_resi, default_qresi_counts=default_qresi_counts,
+                                            share_quant_resi=share_quant_resi,
+                                            default_qresi_counts=default_qresi_counts,
                                             using_znorm=using_znorm)
         pad = quant_conv_ks // 2
         self.quant_conv = nn.Conv2d(z_channels, z_channels, quant_conv_ks, stride=1, padding=pad)

@@ -97,8 +97,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     net = wrap_parallel(model, tcfg.parallel, info, device)
     if tcfg.compile:
         net = torch.compile(net)
-    optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=plan.peak_lr, betas=tuple(tcfg.betas), weight_decay=0.0,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=plan.peak_lr, betas=tuple(tcfg.betas),
+                                  weight_decay=0.0, fused=device.type == "cuda")
     amp = autocast_dtype(tcfg.precision)
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, growth_interval=1000, enabled=amp == torch.float16)
     step = 0
@@ -135,7 +135,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             raise FloatingPointError(f"non-finite training loss {loss_value} at step {step}; the last good checkpoint "
                                      f"is {checkpoints.latest(ckpt_dir)} (lower the lr, or use bf16)")
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                   tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
         scaler.step(optimizer)
         scaler.update()
         if scaler.is_enabled() and scaler.get_scale() > 32768.0:

@@ -31,7 +31,8 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
             except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
                 cause = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise ValueError(f"refusing to load {path}: it is not a plain tensor checkpoint (torch.load with "
-                                 f"weights_only=True failed, e.g. it pickles arbitrary Python objects). Cause: {cause}") from e
+                                 f"weights_only=True failed, e.g. it pickles arbitrary Python objects). "
+                                 f"Cause: {cause}") from e
     check_flat_tensor_mapping(sd, origin)
     return dict(sd)
 

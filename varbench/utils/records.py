@@ -25,7 +25,8 @@ def git_commit() -> str:
     if os.environ.get("VARBENCH_COMMIT"):
         return os.environ["VARBENCH_COMMIT"]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
                                text=True, check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")

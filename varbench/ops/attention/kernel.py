@@ -60,7 +60,8 @@ def varlen_block_diag_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, sca
     pack = lambda t: t.transpose(1, 2).reshape(B * L, H, d)  # noqa: E731  (B,H,L,d) -> (T,H,d)
     cu = layout.cu_seqlens(B, q_BHLd.device)
     longest = max(layout.lengths)
-    o_THd = flash_attn_varlen_func(pack(q_BHLd), pack(k_BHLd), pack(v_BHLd), cu, cu, longest, longest, softmax_scale=scale)
+    o_THd = flash_attn_varlen_func(pack(q_BHLd), pack(k_BHLd), pack(v_BHLd), cu, cu, longest, longest,
+                                   softmax_scale=scale)
     return o_THd.view(B, L, H, d).transpose(1, 2)
 
 
