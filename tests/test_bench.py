@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from varbench.eval.flops import model_flops
 from varbench.registry import list_options
-from varbench.tasks.bench import at_resolution, default_configs, measure, train_step_cell
+from varbench.tasks.bench import at_resolution, default_configs, measure, plan_stages, train_step_cell
 from varbench.utils.records import read_records
 
 
@@ -22,6 +22,17 @@ def test_a_setting_is_given_once_or_per_resolution():
 def test_default_configurations_are_every_mixer_alone_plus_mvar():
     configs = default_configs()
     assert configs[:-1] == [(m, "none") for m in list_options("mixer")] and configs[-1] == ("mamba2", "full")
+
+
+def test_a_cell_trains_then_samples_each_batch_and_reruns_only_where_asked():
+    t = OmegaConf.create({"train_batch": {256: 32, 512: 8}, "sample_batches": {256: [1, 64], 512: [1]},
+                          "rerun_baseline": ["mamba2"], "rerun_resolutions": [256]})
+    assert plan_stages(t, "mamba2", 256) == [("train", 32, None), ("sample", 1, "carry"), ("sample", 1, "prefix_rerun"),
+                                             ("sample", 64, "carry"), ("sample", 64, "prefix_rerun")]
+    assert plan_stages(t, "mamba2", 512) == [("train", 8, None), ("sample", 1, "carry")]
+    assert plan_stages(t, "gla", 256)[1:] == [("sample", 1, "carry"), ("sample", 64, "carry")]
+    t.train_batch = {256: 32, 512: None}  # a sampling-only run at 512 px
+    assert plan_stages(t, "gla", 512) == [("sample", 1, "carry")]
 
 
 def test_the_timed_training_step_trains():

@@ -142,6 +142,16 @@ def main(cfg: DictConfig) -> dict:
     return {"records": str(out), "matmul_peak_tflops": peak}
 
 
+def plan_stages(t, mixer: str, res: int) -> list[tuple[str, int, str | None]]:
+    """A cell's measurements in order, as (stage, batch, sampler): the training step (unless `task.train_batch` is
+    null at this resolution: a sampling-only run), then each sampling batch with the carried state, and with the
+    prefix re-run too for the mixers and resolutions of `task.rerun_baseline` / `task.rerun_resolutions`."""
+    samplers = ["carry", "prefix_rerun"] if mixer in t.rerun_baseline and res in t.rerun_resolutions else ["carry"]
+    train_batch = at_resolution(t.train_batch, res)
+    stages = [] if train_batch is None else [("train", train_batch, None)]
+    return stages + [("sample", b, s) for b in at_resolution(t.sample_batches, res) for s in samplers]
+
+
 def run_cell(cfg, out, mixer, intra, res, cell) -> None:
     t = cfg.task
     vae = MultiScaleVQVAE(patch_nums=PATCH_NUMS[res]).cuda().eval()
@@ -156,10 +166,7 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
                  flops_by_component=flops)
     record(out, "state_bytes_per_image", sum(b.mixer.state_bytes(model.layout, 1) for b in model.blocks), "bytes",
            dtype="bf16 (recurrent states fp32)", **cell)
-    samplers = ["carry", "prefix_rerun"] if mixer in t.rerun_baseline and res in t.rerun_resolutions else ["carry"]
-    stages = [("train", at_resolution(t.train_batch, res), None)]
-    stages += [("sample", b, s) for b in at_resolution(t.sample_batches, res) for s in samplers]
-    for stage, batch, sampler in stages:
+    for stage, batch, sampler in plan_stages(t, mixer, res):
         try:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
                     cuda_graphs=bool(t.cuda_graphs), param_dtype=t.param_dtype)
