@@ -5,6 +5,11 @@ Shape legend: B batch, E channels, L tokens, N state dim, C model width.
 Tolerances: float64 agrees to ~1e-14 (measured), so 1e-10 is tight; see test_ssd.py for the float32 rationale.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,6 +72,49 @@ def test_correction_fp32():
     assert y.dtype == torch.float32 and h.dtype == torch.float32
     assert (y - y_expected).abs().max() <= 5e-6 * y_expected.abs().max()
     assert (h - h_expected).abs().max() <= 5e-6 * h_expected.abs().max()
+
+
+# the fused (Triton) correction against the torch form, on the same zero-state result: fp32, any tile remainder
+FUSED_SHAPES = [(2, 6, 130, 5), (3, 40, 7, 16), (1, 33, 65, 16)]
+
+
+def fused_vs_torch(device, gate, shape, dtype):
+    """Relative max differences (output, last state) of the fused correction from the torch form."""
+    from varbench.ops.selective_scan.fused_correction import add_initial_state_fused
+    B, E, L, N = shape
+    inp = {k: v.to(device) if torch.is_tensor(v) else v
+           for k, v in make_inputs(batch=B, E=E, L=L, N=N, gate=gate, dtype=torch.float32).items()}
+    y, h = selective_scan_ref(**inp)
+    low = {k: inp[k].to(dtype) for k in ("C", "delta")} | ({"z": inp["z"].to(dtype)} if gate else {})
+    args = (y.to(dtype), h, torch.randn(B, E, N, device=device), low["delta"], inp["A"], low["C"], low.get("z"),
+            inp["delta_bias"], True)
+    (y_t, h_t), (y_f, h_f) = add_initial_state(*args), add_initial_state_fused(*args)
+    assert y_f.dtype == y_t.dtype == dtype and h_f.dtype == h_t.dtype == torch.float32
+    return [float((f.float() - t.float()).abs().max() / t.float().abs().max()) for f, t in ((y_f, y_t), (h_f, h_t))]
+
+
+def test_fused_correction_equals_the_torch_form_in_tritons_interpreter():
+    pytest.importorskip("triton", reason="the fused correction is a Triton kernel (no Triton in this torch build)")
+    # TRITON_INTERPRET must be set before Triton compiles anything in the process: a fresh one
+    script = ("import torch, test_selective_scan as t\n"
+              "for gate in (True, False):\n"
+              "    for shape in t.FUSED_SHAPES:\n"
+              "        print(*t.fused_vs_torch('cpu', gate, shape, torch.float32))\n")
+    run = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, capture_output=True, text=True,
+                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).parent)},
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    errors = [float(v) for line in run.stdout.split("\n") if line for v in line.split()]
+    assert len(errors) == 2 * 2 * len(FUSED_SHAPES) and max(errors) <= 1e-6, run.stdout  # fp32 rounding only
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gate", [True, False])
+def test_fused_correction_equals_the_torch_form_on_the_gpu(gate, dtype):
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -8  # bf16: one rounding of the output
+    for shape in FUSED_SHAPES:
+        assert max(fused_vs_torch("cuda", gate, shape, dtype)) <= tol
 
 
 def test_appending_scales_equals_one_pass():

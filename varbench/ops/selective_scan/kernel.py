@@ -6,8 +6,10 @@ of 0 adds a closed-form term (dt_t = softplus(delta_t + delta_bias), cs_t = dt_1
     h_t = h_t|zero + exp(A_e * cs_t) * h0                      (the state decays by exp(dt_s A_e) at every step)
     y_t = y_t|zero + (C_t . (exp(A_e * cs_t) * h0)) * SiLU(z_t) (read out by C_t, gated like the rest; D does not
                                                                  touch the state, so it adds nothing)
-`add_initial_state` applies it; it is plain torch, so the CPU tests check it against the reference.
-mamba_ssm is imported inside `selective_scan`, so importing this module never needs it.
+`add_initial_state` applies it; it is plain torch, so the CPU tests check it against the reference. Where no
+gradient is needed (sampling), `selective_scan` runs the same formula as one Triton kernel instead
+(`fused_correction.py`: the torch form's (B, E, L, N) decay blocks are most of a carried step's memory traffic).
+mamba_ssm and Triton are imported inside `selective_scan`, so importing this module never needs them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def add_initial_state(y, last_state, initial_state, delta, A, C, z=None, delta_b
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
-    """`selective_scan_ref` through `selective_scan_fn` (zero state) plus `add_initial_state`.
+    """`selective_scan_ref` through `selective_scan_fn` (zero state) plus the initial state's correction: the fused
+    Triton form when no input needs a gradient, else `add_initial_state` (autograd).
 
     Args: as `selective_scan_ref`; A, D and delta_bias in fp32 (the kernel's requirement).
 
@@ -62,6 +65,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
     y, last = selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state=True)
-    if initial_state is not None:
-        y, last = add_initial_state(y, last, initial_state, delta, A, C, z, delta_bias, delta_softplus)
-    return y, last
+    if initial_state is None:
+        return y, last
+    correction = (y, last, initial_state, delta, A, C, z, delta_bias, delta_softplus)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, z, delta_bias,
+                                                                                     initial_state)):
+        return add_initial_state(*correction)
+    from varbench.ops.selective_scan.fused_correction import add_initial_state_fused
+    return add_initial_state_fused(*correction)
