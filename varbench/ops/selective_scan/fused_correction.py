@@ -56,8 +56,9 @@ def add_initial_state_fused(y, last_state, initial_state, delta, A, C, z=None, d
     The cumulative dt and the last state's correction (B, E, N) stay torch; y and the last state keep their dtypes.
     """
     dt = discretize_dt(delta, delta_bias, delta_softplus)
-    if dt.dtype != torch.float32:
-        raise ValueError(f"the fused correction computes in fp32; got {dt.dtype} inputs (use the torch form)")
+    if dt.dtype != torch.float32 or C.dim() != 3:
+        raise ValueError(f"the fused correction takes fp32 math and C of shape (B, N, L); got {dt.dtype} and C of "
+                         f"shape {tuple(C.shape)} (use the torch form, kernel.add_initial_state)")
     cs_BEL = dt.cumsum(dim=-1).contiguous()
     A32, h0 = A.float().contiguous(), initial_state.float().contiguous()
     Bsz, E, L = cs_BEL.shape
