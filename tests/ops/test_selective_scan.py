@@ -78,6 +78,11 @@ def test_correction_fp32():
 FUSED_SHAPES = [(2, 6, 130, 5), (3, 40, 7, 16), (1, 33, 65, 16)]
 
 
+def channels_last(x_BCL):
+    """The same values, stored (B, L, C) and viewed as (B, C, L)."""
+    return x_BCL.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def fused_vs_torch(device, gate, shape, dtype):
     """Relative max differences (output, last state) of the fused correction from the torch form."""
     from varbench.ops.selective_scan.fused_correction import add_initial_state_fused
@@ -85,7 +90,8 @@ def fused_vs_torch(device, gate, shape, dtype):
     inp = {k: v.to(device) if torch.is_tensor(v) else v
            for k, v in make_inputs(batch=B, E=E, L=L, N=N, gate=gate, dtype=torch.float32).items()}
     y, h = selective_scan_ref(**inp)
-    low = {k: inp[k].to(dtype) for k in ("C", "delta")} | ({"z": inp["z"].to(dtype)} if gate else {})
+    # C and z as the mixer passes them: transposed views of (B, L, .) tensors (strided over L)
+    low = {k: channels_last(inp[k].to(dtype)) for k in ("C", "delta") + (("z",) if gate else ())}
     args = (y.to(dtype), h, torch.randn(B, E, N, device=device), low["delta"], inp["A"], low["C"], low.get("z"),
             inp["delta_bias"], True)
     (y_t, h_t), (y_f, h_f) = add_initial_state(*args), add_initial_state_fused(*args)

@@ -22,15 +22,16 @@ BLOCK_E, BLOCK_L = 32, 64
 
 @triton.jit
 def _correct_kernel(cs_ptr, A_ptr, h0_ptr, C_ptr, y_ptr, z_ptr, out_ptr, E, L,
-                    s_cs_b, s_cs_e, s_y_b, s_y_e, s_z_b, s_z_e, s_C_b, s_C_n, s_C_l,
+                    s_y_b, s_y_e, s_y_l, s_z_b, s_z_e, s_z_l, s_C_b, s_C_n, s_C_l,
                     N: tl.constexpr, HAS_Z: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr):
-    # cs, out: contiguous (B, E, L); y, z: unit stride over L; A: contiguous (E, N); h0: contiguous (B, E, N)
+    # cs, out: contiguous (B, E, L); A: contiguous (E, N); h0: contiguous (B, E, N); y, z, C: any strides
     b = tl.program_id(0)
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     t = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
     e_in, t_in = e < E, t < L
     tile = e_in[:, None] & t_in[None, :]
-    cs = tl.load(cs_ptr + b * s_cs_b + e[:, None] * s_cs_e + t[None, :], mask=tile, other=0.0)
+    at = (b * E + e[:, None]) * L + t[None, :]  # (e, t) in the contiguous (B, E, L) tensors
+    cs = tl.load(cs_ptr + at, mask=tile, other=0.0)
     acc = tl.zeros((BLOCK_E, BLOCK_L), dtype=tl.float32)
     for n in tl.static_range(N):
         a = tl.load(A_ptr + e * N + n, mask=e_in, other=0.0)
@@ -38,15 +39,11 @@ def _correct_kernel(cs_ptr, A_ptr, h0_ptr, C_ptr, y_ptr, z_ptr, out_ptr, E, L,
         c = tl.load(C_ptr + b * s_C_b + n * s_C_n + t * s_C_l, mask=t_in, other=0.0).to(tl.float32)
         acc += tl.exp(cs * a[:, None]) * h[:, None] * c[None, :]
     if HAS_Z:
-        z = tl.load(z_ptr + b * s_z_b + e[:, None] * s_z_e + t[None, :], mask=tile, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + b * s_z_b + e[:, None] * s_z_e + t[None, :] * s_z_l, mask=tile, other=0.0)
+        z = z.to(tl.float32)
         acc = acc * z * tl.sigmoid(z)
-    y = tl.load(y_ptr + b * s_y_b + e[:, None] * s_y_e + t[None, :], mask=tile, other=0.0).to(tl.float32)
-    tl.store(out_ptr + b * s_cs_b + e[:, None] * s_cs_e + t[None, :], (y + acc).to(out_ptr.dtype.element_ty),
-             mask=tile)
-
-
-def _unit_stride_over_tokens(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
+    y = tl.load(y_ptr + b * s_y_b + e[:, None] * s_y_e + t[None, :] * s_y_l, mask=tile, other=0.0)
+    tl.store(out_ptr + at, (y.to(tl.float32) + acc).to(out_ptr.dtype.element_ty), mask=tile)
 
 
 @torch.no_grad()
@@ -62,13 +59,11 @@ def add_initial_state_fused(y, last_state, initial_state, delta, A, C, z=None, d
     cs_BEL = dt.cumsum(dim=-1).contiguous()
     A32, h0 = A.float().contiguous(), initial_state.float().contiguous()
     Bsz, E, L = cs_BEL.shape
-    y_, z_ = _unit_stride_over_tokens(y), None if z is None else _unit_stride_over_tokens(z)
     out = torch.empty(Bsz, E, L, dtype=y.dtype, device=y.device)
     grid = (Bsz, triton.cdiv(E, BLOCK_E), triton.cdiv(L, BLOCK_L))
     _correct_kernel[grid](
-        cs_BEL, A32, h0, C, y_, y_ if z_ is None else z_, out, E, L,
-        cs_BEL.stride(0), cs_BEL.stride(1), y_.stride(0), y_.stride(1),
-        0 if z_ is None else z_.stride(0), 0 if z_ is None else z_.stride(1), C.stride(0), C.stride(1), C.stride(2),
+        cs_BEL, A32, h0, C, y, y if z is None else z, out, E, L,
+        *y.stride(), *(y if z is None else z).stride(), *C.stride(),
         N=A.shape[1], HAS_Z=z is not None, BLOCK_E=BLOCK_E, BLOCK_L=BLOCK_L,
     )
     last = last_state.float() + torch.exp(cs_BEL[:, :, -1:] * A32) * h0
