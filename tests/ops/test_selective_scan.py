@@ -106,9 +106,10 @@ def test_fused_correction_equals_the_torch_form_in_tritons_interpreter():
               "for gate in (True, False):\n"
               "    for shape in t.FUSED_SHAPES:\n"
               "        print(*t.fused_vs_torch('cpu', gate, shape, torch.float32))\n")
-    run = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, capture_output=True, text=True,
-                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).parent)},
-                         timeout=300)
+    here = str(Path(__file__).parent)  # beside what PYTHONPATH has (the lent GPU's setup puts varbench there)
+    path = os.pathsep.join([here, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else here
+    run = subprocess.run([sys.executable, "-c", script], cwd=here, capture_output=True, text=True,
+                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     errors = [float(v) for line in run.stdout.split("\n") if line for v in line.split()]
     assert len(errors) == 2 * 2 * len(FUSED_SHAPES) and max(errors) <= 1e-6, run.stdout  # fp32 rounding only
