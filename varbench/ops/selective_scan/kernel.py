@@ -68,8 +68,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if initial_state is None:
         return y, last
     correction = (y, last, initial_state, delta, A, C, z, delta_bias, delta_softplus)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, z, delta_bias,
-                                                                                     initial_state)):
+    if _needs_grad(u, delta, A, B, C, z, delta_bias, initial_state):
         return add_initial_state(*correction)
     from varbench.ops.selective_scan.fused_correction import add_initial_state_fused
     return add_initial_state_fused(*correction)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
