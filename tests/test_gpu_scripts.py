@@ -1,9 +1,10 @@
 """The GPU scripts' plumbing on a CPU (benchmarks/): gpu_study.sh plans every seed's cells, one grid per GPU or one
 grid for all, after training and caching the tokenizer; gpu_queues.sh runs one command line per GPU index;
-gpu_tests.py records each selected test's outcome."""
+gpu_tests.py records each selected test's outcome; gpu_bench_rest.sh plans commands that compose."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,31 @@ def test_gpu_tests_records_each_outcome_and_exits_with_pytests_status(tmp_path):
     table = gpu_test_table(load_records(out))  # what task=report shows of them
     assert table.loc[outcomes["test_wrong"]["test"], "Report"] == "assert 1 == 2"
     assert table.loc[outcomes["test_ok"]["test"], "Report"] == ""
+
+
+def test_gpu_bench_rest_plans_commands_that_compose(tmp_path):
+    """benchmarks/gpu_bench_rest.sh with DRY=1: every run.py command it would run on the GPU composes (Hydra's
+    --cfg job for a task, the grid's dry run for a sweep, with the cells expected) and its test selection exists."""
+    commands = []
+    for mode in ("queues", "latency"):
+        out = bash("benchmarks/gpu_bench_rest.sh", mode, str(tmp_path), env={"DRY": "1"})
+        assert out.returncode == 0, out.stderr
+        commands += [shlex.split(line) for line in out.stdout.splitlines() if line and not line.startswith("#")]
+    commands = [argv[2:] if argv[0] == "timeout" else argv for argv in commands]
+    grids = {}
+    for argv in commands:
+        if argv[:2] == ["python", "run.py"]:
+            grid = any(a.startswith("grid=") for a in argv)
+            check = subprocess.run([sys.executable, *argv[1:], *(["+dry_run=true"] if grid else ["--cfg", "job"])],
+                                   cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300)
+            assert check.returncode == 0, (argv, check.stderr[-2000:])
+            if grid:
+                grids[next(a for a in argv if a.startswith("grid="))] = check.stdout
+    assert "[grid] 1 cells" in grids["grid=bench_depths"] and "model=var_d30" in grids["grid=bench_depths"]
+    assert "[grid] 12 cells" in grids["grid=resolution"]
+    (tests,) = [argv for argv in commands if argv[:2] == ["python", "benchmarks/gpu_tests.py"]]
+    selection = tests[tests.index("--") + 1:]
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                             *selection], cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300).stdout
+    assert "test_cuda_graph_sampling_equals_eager[mamba-none]" in listed
+    assert "test_fused_correction_equals_the_torch_form_on_the_gpu" in listed

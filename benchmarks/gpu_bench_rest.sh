@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The bench measurements issue 5 still lacked after session 5, as two device calls that each stand alone
+# (results/gpu/h200/README.md, "Session 5"). Records go under OUT; tar OUT into $OUT of the device call.
+#   queues   (nvidia-h200-x4): Q0 the GPU-only tests of CUDA-graph sampling with the mamba_ssm kernels and of
+#            Mamba-1's fused carried-state correction (recorded by gpu_tests.py), then Mamba-1's sampling;
+#            Q1 VAR / M-VAR at d30; Q2 M-VAR's fused Mamba2 path, eager and compiled; Q3 bf16 weights.
+#   latency  (one GPU, nothing else on the host): batch-1 sampling latencies at 512 and 1024 px, sampling only.
+# Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_bench_rest.sh queues|latency OUT
+# DRY=1 prints the commands instead of running them.
+set -eu
+MODE=${1:?queues or latency}; OUT=${2:?records dir}
+B=(python run.py task=bench model=var_d16 autotune=first)
+NO256=("task.sample_batches={256:[]}")  # training-stage knobs: no sampling
+run() { if [ -n "${DRY:-}" ]; then printf '%q ' "$@"; echo; else "$@"; fi; }
+
+q0() {
+  run python benchmarks/gpu_tests.py "$OUT/q0/gpu_tests.jsonl" --autotune first -- \
+    tests/test_backbone.py tests/ops/test_selective_scan.py -k "cuda_graph and mamba or fused_correction" \
+    || true  # a failing test is a record like a passing one: go on to the timing
+  run "${B[@]}" "task.configs=[[mamba,none]]" task.train_batch=null "results_dir=$OUT/q0"
+}
+q1() { run python run.py grid=bench_depths model=var_d30 autotune=first "results_dir=$OUT/q1"; }
+q2() {
+  local fused=("task.configs=[[mamba2,full]]" "task.mixer_options={mamba2:{fused:true}}" "${NO256[@]}")
+  run "${B[@]}" "${fused[@]}" "results_dir=$OUT/q2"
+  run "${B[@]}" "${fused[@]}" task.compile=true "results_dir=$OUT/q2"
+}
+q3() { run "${B[@]}" "task.configs=[[attention,none],[mamba2,full]]" task.param_dtype=bf16 "${NO256[@]}" "results_dir=$OUT/q3"; }
+
+case $MODE in
+  queues)
+    if [ -n "${DRY:-}" ]; then for i in 0 1 2 3; do echo "# queue $i"; q$i; done; exit 0; fi
+    mkdir -p "$OUT/logs"
+    for i in 0 1 2 3; do  # one queue per GPU, each under the call's deadline
+      CUDA_VISIBLE_DEVICES=$i timeout "${DEADLINE_S:-520}" bash -c "$(declare -f run q$i); $(declare -p B NO256 OUT); q$i" \
+        > "$OUT/logs/queue$i.log" 2>&1 &
+    done
+    wait
+    grep -h "\[bench\]\|\[grid\] done\|passed\|failed" "$OUT"/logs/queue*.log | cut -c1-200 || true ;;
+  latency)
+    run timeout "${DEADLINE_S:-540}" python run.py grid=resolution model=var_d16 autotune=first \
+      "task.resolutions=[512],[1024]" \
+      "task.configs=[[attention,none]],[[gla,none]],[[hgrn2,none]],[[retnet,none]],[[deltanet,none]],[[mamba2,full]]" \
+      task.train_batch=null "task.sample_batches={512:[1],1024:[1]}" "results_dir=$OUT" ;;
+  *) echo "unknown mode $MODE: queues or latency" >&2; exit 2 ;;
+esac
