@@ -112,12 +112,17 @@ def test_the_tables_say_under_which_autotuning_mode_their_timings_ran(tmp_path):
 
 def test_a_compiled_training_step_gets_its_own_columns(tmp_path):
     eager = real_one(metric="train_images_per_s", mixer="attention")
-    df = _variants(tmp_path, eager, {"value": 2.0, "mfu": 0.5, "compiled": True})
+    flops = {"adaln": 2.0e8, "total": 3.0e11}  # per image: AdaLN modulates once per image
+    df = _variants(tmp_path, eager, {"value": 2.0, "mfu": 0.5, "compiled": True, "flops_by_component": flops,
+                                     "L": 680})
     row = main_table(df).loc[("VAR-d16", 256)]
     assert row["Train img/s (b32)"] == eager["value"] and row["MFU (b32)"] == eager["mfu"]
     assert row["Train img/s (b32, compiled)"] == 2.0 and row["MFU (b32, compiled)"] == 0.5
     goals = bench_goals(df)
     assert goals.loc["VAR-d16 training MFU under torch.compile (b32, 256 px)", "Measured"] == 0.5
+    # the reference counts AdaLN once per token: 679 more AdaLN passes per image in the numerator
+    per_token = goals.loc["VAR-d16 training MFU under torch.compile, AdaLN FLOPs per token (b32, 256 px)", "Measured"]
+    assert per_token == pytest.approx(0.5 * (3.0e11 + 679 * 2.0e8) / 3.0e11)
     throughput = goals.loc["VAR-d16 training img/s under torch.compile (b32, 256 px; plain-stack reference on an H200)"]
     assert throughput["Measured"] == 2.0 and throughput["Met"] == "no"
     assert throughput["Missed by"] == pytest.approx(1 - 2.0 / 284)

@@ -23,6 +23,7 @@ KEY = ["mixer", "intra", "depth", "resolution"]
 TIMED = ("train_images_per_s", "sample_latency_ms")
 SPEED = (*TIMED, "state_bytes_per_image")
 STATE = "State (bytes/img)"
+TOKEN_MFU = "AdaLN-per-token MFU"  # not "MFU ...": the main table shows the project's own convention only
 PARAMS, GFLOPS = "Params", "Fwd GFLOPs/img"
 
 
@@ -100,6 +101,18 @@ def per_key(g: pd.DataFrame, column: str, name: str, scale: float = 1.0, quiet: 
     return pd.Series(numeric(g, column).to_numpy() * scale, index=pd.MultiIndex.from_frame(g[KEY]), name=name)
 
 
+def adaln_per_token_mfu(train: pd.DataFrame) -> pd.Series:
+    """Each training record's MFU with AdaLN's FLOPs counted once per token, as the issue's plain-stack reference
+    counts them, instead of once per image (what the model computes: one modulation per image, broadcast over its
+    L tokens). NaN for records without `flops_by_component` and `L`."""
+    def one(rec) -> float:
+        flops = rec["flops_by_component"]
+        if not isinstance(flops, dict) or pd.isna(rec["L"]):
+            return float("nan")
+        return float(rec["mfu"]) * (flops["total"] + (rec["L"] - 1) * flops["adaln"]) / flops["total"]
+    return train.apply(one, axis=1) if len(train) else pd.Series(dtype=float)
+
+
 def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFrame:
     """Per configuration: params, forward GFLOPs, train img/s + MFU per batch, sample latency + peak memory per
     batch and sampler (timings of one device), state bytes per image."""
@@ -115,7 +128,8 @@ def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFra
     train = timed[timed["metric"] == "train_images_per_s"]
     for (batch, compiled, dtype), g in train.groupby(["batch", "compiled", "param_dtype"]):
         tag = f"b{batch:g}" + (", compiled" if compiled else "") + (f", {dtype} weights" if dtype != "fp32" else "")
-        parts += [per_key(g, "value", f"Train img/s ({tag})"), per_key(g, "mfu", f"MFU ({tag})")]
+        parts += [per_key(g, "value", f"Train img/s ({tag})"), per_key(g, "mfu", f"MFU ({tag})"),
+                  per_key(g.assign(token_mfu=adaln_per_token_mfu(g)), "token_mfu", f"{TOKEN_MFU} ({tag})")]
     sample = timed[(timed["metric"] == "sample_latency_ms") & timed["sampler"].isin(samplers)]
     for (sampler, batch, graphs), g in sample.groupby(["sampler", "batch", "cuda_graphs"]):
         tag = f"b{batch:g}" + ("" if sampler == "carry" else f" {sampler}") + (", graphs" if graphs else "")
