@@ -3,7 +3,8 @@
 # (results/gpu/h200/README.md, "Session 5"). Records go under OUT; tar OUT into $OUT of the device call.
 #   queues   (nvidia-h200-x4): Q0 the GPU-only tests of CUDA-graph sampling with the mamba_ssm kernels and of
 #            Mamba-1's fused carried-state correction (recorded by gpu_tests.py), then Mamba-1's sampling;
-#            Q1 VAR / M-VAR at d30; Q2 M-VAR's fused Mamba2 path, eager and compiled; Q3 bf16 weights.
+#            Q1 VAR / M-VAR at d30; Q2 M-VAR's fused Mamba2 path, eager and compiled; Q3 bf16 weights, then
+#            five linear mixers' sampling with CUDA graphs (as far as the deadline allows).
 #   latency  (one GPU, nothing else on the host): batch-1 sampling latencies at 512 and 1024 px, sampling only.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_bench_rest.sh queues|latency OUT
 # DRY=1 prints the commands instead of running them.
@@ -25,7 +26,12 @@ q2() {
   run "${B[@]}" "${fused[@]}" "results_dir=$OUT/q2"
   run "${B[@]}" "${fused[@]}" task.compile=true "results_dir=$OUT/q2"
 }
-q3() { run "${B[@]}" "task.configs=[[attention,none],[mamba2,full]]" task.param_dtype=bf16 "${NO256[@]}" "results_dir=$OUT/q3"; }
+q3() {
+  run "${B[@]}" "task.configs=[[attention,none],[mamba2,full]]" task.param_dtype=bf16 "${NO256[@]}" "results_dir=$OUT/q3"
+  # the linear mixers with CUDA graphs (only VAR and M-VAR have graph timings): is batch 1 still launch-bound?
+  run "${B[@]}" "task.configs=[[gla,none],[mamba2,none],[linear_attention,none],[hgrn2,none],[retnet,none]]" \
+    task.cuda_graphs=true task.train_batch=null "results_dir=$OUT/q3"
+}
 
 case $MODE in
   queues)
