@@ -23,6 +23,7 @@
 from IPython.display import display
 
 from varbench.analysis import (
+    gpu_test_table,
     latest,
     parity_table,
     resolution_scaling,
@@ -62,3 +63,11 @@ show_figure(path)
 
 # %%
 show_table(parity_table(df))
+
+# %% [markdown]
+# ## Do the GPU-only tests pass? The newest outcome of each on the GPU
+# CUDA-graph sampling against eager sampling and the fused kernels' own checks skip on CPU machines; their GPU runs
+# (`benchmarks/gpu_tests.py`) are the record. Unless a test passed, the last column says why.
+
+# %%
+show_table(gpu_test_table(df))
