@@ -21,13 +21,14 @@ from varbench.utils.records import record
 
 
 class RecordOutcomes:
-    """pytest plugin: one record per test (its call phase, or the setup phase where that failed or skipped)."""
+    """pytest plugin: a record of each test's call, and of its setup or teardown where that did not pass (a skip in
+    setup; an error in teardown, which then is the newest record of the test)."""
 
     def __init__(self, path):
         self.path = path
 
     def pytest_runtest_logreport(self, report):
-        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        if report.when == "call" or report.outcome != "passed":
             record(self.path, "gpu_test", report.outcome, "outcome", test=report.nodeid, phase=report.when,
                    duration_s=round(report.duration, 3), message=_message(report.longrepr))
 

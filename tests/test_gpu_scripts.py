@@ -48,21 +48,29 @@ def test_gpu_tests_records_each_outcome_and_exits_with_pytests_status(tmp_path):
         "def test_ok(): pass\n"
         "def test_wrong(): assert 1 == 2\n"
         "@pytest.mark.skip(reason='needs a CUDA device')\n"
-        "def test_gpu_only(): pass\n")
+        "def test_gpu_only(): pass\n"
+        "@pytest.fixture\n"
+        "def leaky():\n"
+        "    yield\n"
+        "    raise RuntimeError('teardown broke')\n"
+        "def test_ok_but_teardown_fails(leaky): pass\n")
     out = tmp_path / "tests.jsonl"
     run = subprocess.run([sys.executable, "benchmarks/gpu_tests.py", str(out), "--autotune", "first", "--",
                           str(tmp_path / "test_three.py"), "--rootdir", str(tmp_path)],
                          cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300)
     assert run.returncode == 1, run.stdout[-2000:]  # a failed test: pytest's status
-    outcomes = {r["test"].split("::")[-1]: r for r in map(json.loads, out.read_text().splitlines())}
+    outcomes = {r["test"].split("::")[-1]: r for r in map(json.loads, out.read_text().splitlines())}  # the last one
     assert {name: r["value"] for name, r in outcomes.items()} == {
-        "test_ok": "passed", "test_wrong": "failed", "test_gpu_only": "skipped"}
+        "test_ok": "passed", "test_wrong": "failed", "test_gpu_only": "skipped", "test_ok_but_teardown_fails": "failed"}
+    assert outcomes["test_ok_but_teardown_fails"]["phase"] == "teardown"
     assert "assert 1 == 2" in outcomes["test_wrong"]["message"]
     assert outcomes["test_gpu_only"]["message"] == "needs a CUDA device"
     assert all(r["metric"] == "gpu_test" and r["commit"] and r["versions"]["torch"] for r in outcomes.values())
     table = gpu_test_table(load_records(out))  # what task=report shows of them
     assert table.loc[outcomes["test_wrong"]["test"], "Report"] == "assert 1 == 2"
     assert table.loc[outcomes["test_ok"]["test"], "Report"] == ""
+    teardown = table.loc[outcomes["test_ok_but_teardown_fails"]["test"]]  # the newest record of the test
+    assert teardown["Outcome"] == "failed" and teardown["Report"] == "RuntimeError: teardown broke"
 
 
 def test_gpu_bench_rest_plans_commands_that_compose(tmp_path):
