@@ -2,7 +2,8 @@
 # The bench measurements issue 5 still lacked after session 5, as two device calls that each stand alone
 # (results/gpu/h200/README.md, "Session 5"). Records go under OUT; tar OUT into $OUT of the device call.
 #   queues   (nvidia-h200-x4): Q0 the GPU-only tests of CUDA-graph sampling with the mamba_ssm kernels and of
-#            Mamba-1's fused carried-state correction (recorded by gpu_tests.py), then Mamba-1's sampling;
+#            Mamba-1's fused carried-state correction (recorded by gpu_tests.py), then Mamba-1's sampling and the
+#            models without an inter-scale mixer (mixer=none with intra full, and with none);
 #            Q1 VAR / M-VAR at d30; Q2 M-VAR's fused Mamba2 path, eager and compiled; Q3 bf16 weights, then
 #            five linear mixers' sampling with CUDA graphs (as far as the deadline allows).
 #   latency  (one GPU, nothing else on the host): batch-1 sampling latencies at 512 and 1024 px, sampling only.
@@ -16,9 +17,10 @@ run() { if [ -n "${DRY:-}" ]; then printf '%q ' "$@"; echo; else "$@"; fi; }
 
 q0() {
   run python benchmarks/gpu_tests.py "$OUT/q0/gpu_tests.jsonl" --autotune first -- \
-    tests/test_backbone.py tests/ops/test_selective_scan.py -k "cuda_graph and mamba or fused_correction" \
+    tests/test_backbone.py tests/ops/test_selective_scan.py -k "cuda_graph and (mamba or none-) or fused_correction" \
     || true  # a failing test is a record like a passing one: go on to the timing
   run "${B[@]}" "task.configs=[[mamba,none]]" task.train_batch=null "results_dir=$OUT/q0"
+  run "${B[@]}" "task.configs=[[none,full],[none,none]]" "results_dir=$OUT/q0"  # no inter-scale mixer (session 5)
 }
 q1() { run python run.py grid=bench_depths model=var_d30 autotune=first "results_dir=$OUT/q1"; }
 q2() {

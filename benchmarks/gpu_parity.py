@@ -93,7 +93,7 @@ def main() -> None:
     layout = ScaleLayout(PATCH_NUMS[256])
     for group in ("mixer", "intra"):
         for name in list_options(group):
-            if (group == "intra" and name == "none") or (args.only and name not in args.only):
+            if name == "none" or (args.only and name not in args.only):  # none: no branch, nothing to compare
                 continue
             print(f"# {group}/{name} ...", flush=True)
             try:

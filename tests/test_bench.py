@@ -19,9 +19,10 @@ def test_a_setting_is_given_once_or_per_resolution():
         at_resolution({256: 32, 1024: 2}, 512)
 
 
-def test_default_configurations_are_every_mixer_alone_plus_mvar():
+def test_default_configurations_are_every_mixer_alone_plus_mvar_and_its_markov_counterpart():
     configs = default_configs()
-    assert configs[:-1] == [(m, "none") for m in list_options("mixer")] and configs[-1] == ("mamba2", "full")
+    assert configs[:-2] == [(m, "none") for m in list_options("mixer")] and ("none", "none") in configs
+    assert configs[-2:] == [("mamba2", "full"), ("none", "full")]
 
 
 def test_a_cell_trains_then_samples_each_batch_and_reruns_only_where_asked():

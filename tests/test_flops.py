@@ -32,6 +32,19 @@ def test_attention_model_flops_match_the_counter(intra):
     assert measured == analytic["total"] + len(model.blocks) * hidden
 
 
+@pytest.mark.parametrize("intra", ["none", "full"])
+def test_a_model_without_an_inter_scale_mixer_is_counted_exactly(intra):
+    """mixer=none: nothing for the mixer and an AdaLN one branch smaller; the counter agrees (once the intra
+    branch's masked pairs, which SDPA computes anyway, are added back)."""
+    model = tiny_model("none", intra)
+    layout, C = model.layout, model.width
+    measured = counted(lambda: model(torch.tensor([1, 2]), torch.randn(2, layout.L - 1, model.latent_dim))) // 2
+    analytic = model_flops(model)
+    assert analytic["mixer"] == 0 and all(block.num_branches == 1 + (intra == "full") for block in model.blocks)
+    hidden = (layout.L ** 2 - int(layout.block_diag_mask().sum())) * 2 * 2 * C if intra == "full" else 0
+    assert measured == analytic["total"] + len(model.blocks) * hidden
+
+
 @pytest.mark.parametrize("mixer", ["mamba2", "gla"])
 def test_non_mixer_components_match_the_counter(mixer):
     """Whatever the mixer, everything around it (embedding, AdaLN, FFN, head) is counted exactly."""

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from varbench.analysis import gpu_test_table, load_records
+from varbench.registry import CONFIG_ROOT, list_options
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # `python` is this interpreter
@@ -25,14 +27,19 @@ def bash(*args, env=None):
 @pytest.mark.slow  # a 2-step tokenizer and a 5,000-image token cache on 2 CPU cores: ~30 s
 def test_gpu_study_plans_every_seed_on_its_gpu_then_all_on_one(tmp_path):
     study = {"STUDY": str(tmp_path / "study"), "TOKENIZER_STEPS": "2", "SEEDS": "0 1 2"}
+    # a seed's cells: every registered mixer alone, plus the grid's extra cells
+    extra = OmegaConf.load(CONFIG_ROOT / "grid" / "mixers_gpu.yaml").hydra.sweeper.cells
+    per_seed = len(list_options("mixer")) + len(extra)
     spread = bash("benchmarks/gpu_study.sh", str(tmp_path / "r2"), "2", "+dry_run=true", env={**study, "GPUS": "0 1"})
     assert spread.returncode == 0, spread.stderr[-2000:]
     for seed in (0, 1, 2):
         log = (tmp_path / "r2" / f"grid_seed{seed}.log").read_text()
-        assert "[grid] 12 cells" in log and log.count(f"seed={seed}") == 12 and "dry run: nothing launched" in log
+        assert f"[grid] {per_seed} cells" in log and log.count(f"seed={seed}") == per_seed
+        assert "dry run: nothing launched" in log
     assert (tmp_path / "r2" / "study_tokenizer.safetensors").is_file()  # the frozen tokenizer travels with records
     one = bash("benchmarks/gpu_study.sh", str(tmp_path / "r1"), "2", "+dry_run=true", env={**study, "GPUS": "0"})
-    assert one.returncode == 0 and "[grid] 36 cells" in one.stdout, one.stderr[-2000:]  # tokenizer reused: resumed
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert f"[grid] {3 * per_seed} cells" in one.stdout  # and the tokenizer was reused: resumed
 
 
 def test_gpu_queues_runs_one_command_line_per_gpu_under_one_deadline(tmp_path):
@@ -98,4 +105,5 @@ def test_gpu_bench_rest_plans_commands_that_compose(tmp_path):
     listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                              *selection], cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300).stdout
     assert "test_cuda_graph_sampling_equals_eager[mamba-none]" in listed
+    assert "test_cuda_graph_sampling_equals_eager[none-full]" in listed
     assert "test_fused_correction_equals_the_torch_form_on_the_gpu" in listed

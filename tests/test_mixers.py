@@ -1,4 +1,5 @@
-"""The mixer contract, checked for every registered inter-scale mixer (every file of experiments/mixer/).
+"""The mixer contract, checked for every registered inter-scale mixer (every file of experiments/mixer/ except
+`none`, the absence of an inter-scale branch: tests/test_backbone.py runs whole models with it).
 
 A new mixer is covered by adding its module and its YAML; nothing here lists mixers by name.
 All checks run the reference path on CPU in float64 unless they say otherwise.
@@ -11,7 +12,7 @@ from varbench.layout import ScaleLayout
 from varbench.mixers.base import run_steps, state_nbytes, take_rows
 from varbench.registry import build, list_options
 
-MIXERS = list_options("mixer")
+MIXERS = [name for name in list_options("mixer") if name != "none"]
 DIM, HEADS = 64, 2
 
 
@@ -22,6 +23,11 @@ def make(name, dtype=torch.float64):
 
 def test_registry_is_not_empty():
     assert "attention" in MIXERS and len(MIXERS) >= 1
+
+
+def test_none_means_no_inter_scale_branch():
+    assert "none" in list_options("mixer")
+    assert build("mixer", "none", dim=DIM, num_heads=HEADS) is None
 
 
 @pytest.mark.parametrize("name", MIXERS)

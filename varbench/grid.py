@@ -165,9 +165,9 @@ def _mixers() -> str:
 
 
 def _bench_configs() -> str:
-    """One `task.configs` value per bench cell: every mixer without intra, plus M-VAR (mamba2 + full)."""
-    pairs = [(m, "none") for m in list_options("mixer")] + [("mamba2", "full")]
-    return ",".join(f"[[{m},{i}]]" for m, i in pairs)
+    """One `task.configs` value per bench cell: the bench's default configurations (`bench.default_configs`)."""
+    from varbench.tasks.bench import default_configs  # torch and the models: only when a config asks
+    return ",".join(f"[[{m},{i}]]" for m, i in default_configs())
 
 
 def _cell_id() -> str:

@@ -1,4 +1,6 @@
 """The AdaLN block shared by every configuration: [intra-scale attention] -> [inter-scale mixer] -> FFN.
+Either bracketed branch can be absent: no intra branch is VAR; no inter-scale mixer is the Markov assumption over
+scales (HMAR, MVAR), where scale k sees earlier scales only through its input, the upsampled f_hat of scales < k.
 
 Shape legend: B batch, L tokens of all scales, l tokens of one scale, C width, D condition width.
 Each branch is pre-normed by one non-affine LayerNorm, modulated by (1 + scale) and shift from the class
@@ -54,21 +56,21 @@ class AdaLNBlock(nn.Module):
     Args:
         dim (int): width C.
         cond_dim (int): width D of the class condition.
-        mixer (TokenMixer): the inter-scale mixer.
+        mixer (TokenMixer, Optional): the inter-scale mixer, or None (no inter-scale branch).
         intra (nn.Module, Optional): the intra-scale branch (`forward(x, layout)`, `step(x, layout, k)`), or None.
         mlp_ratio (float, Optional): FFN hidden width over C. Default: 4.0.
         drop_path (float, Optional): stochastic-depth rate of every branch. Default: 0.0.
         norm_eps (float, Optional): LayerNorm epsilon. Default: 1e-6.
     """
 
-    def __init__(self, dim: int, cond_dim: int, mixer: TokenMixer, intra: nn.Module | None = None,
+    def __init__(self, dim: int, cond_dim: int, mixer: TokenMixer | None, intra: nn.Module | None = None,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-6):
         super().__init__()
         self.dim = dim
         self.intra = intra
         self.mixer = mixer
         self.ffn = FFN(dim, round(dim * mlp_ratio))
-        self.num_branches = 3 if intra is not None else 2
+        self.num_branches = 1 + (intra is not None) + (mixer is not None)
         self.ln_wo_grad = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 3 * self.num_branches * dim))
         self.drop_path = DropPath(drop_path)
@@ -93,8 +95,10 @@ class AdaLNBlock(nn.Module):
             x_BLC = self.residual(x_BLC, self.intra(self.modulate(x_BLC, scale[:, 0], shift[:, 0]), layout),
                                   gamma[:, 0])
             i = 1
-        x_BLC = self.residual(x_BLC, self.mixer(self.modulate(x_BLC, scale[:, i], shift[:, i]), layout), gamma[:, i])
-        i += 1
+        if self.mixer is not None:
+            x_BLC = self.residual(x_BLC, self.mixer(self.modulate(x_BLC, scale[:, i], shift[:, i]), layout),
+                                  gamma[:, i])
+            i += 1
         return self.residual(x_BLC, self.ffn(self.modulate(x_BLC, scale[:, i], shift[:, i])), gamma[:, i])
 
     def step(self, x_BlC: torch.Tensor, state: State, cond_BD: torch.Tensor, layout: ScaleLayout, k: int,
@@ -107,8 +111,9 @@ class AdaLNBlock(nn.Module):
             y_BlC = self.intra.step(self.modulate(x_BlC, scale[:, 0], shift[:, 0]), layout, k)
             x_BlC = self.residual(x_BlC, y_BlC, gamma[:, 0])
             i = 1
-        mix = self.mixer.prefix_rerun_step if prefix_rerun else self.mixer.step
-        y_BlC, state = mix(self.modulate(x_BlC, scale[:, i], shift[:, i]), state, layout, k)
-        x_BlC = self.residual(x_BlC, y_BlC, gamma[:, i])
-        i += 1
+        if self.mixer is not None:
+            mix = self.mixer.prefix_rerun_step if prefix_rerun else self.mixer.step
+            y_BlC, state = mix(self.modulate(x_BlC, scale[:, i], shift[:, i]), state, layout, k)
+            x_BlC = self.residual(x_BlC, y_BlC, gamma[:, i])
+            i += 1
         return self.residual(x_BlC, self.ffn(self.modulate(x_BlC, scale[:, i], shift[:, i])), gamma[:, i]), state

@@ -50,7 +50,8 @@ class ScaleAR(nn.Module):
     """Class-conditional next-scale prediction with a swappable inter-scale mixer and intra-scale branch.
 
     Args:
-        mixer (Callable): factory `mixer(dim=, num_heads=, layer_idx=)` of the inter-scale mixer (a registry entry).
+        mixer (Callable): factory `mixer(dim=, num_heads=, layer_idx=)` of the inter-scale mixer (a registry entry),
+            or None (mixer=none: no inter-scale branch; a scale sees earlier ones through its input only).
         intra (Callable, Optional): factory of the intra-scale branch, or None (VAR). Default: None.
         depth (int, Optional): number of blocks; width and heads follow VAR's rule (64 * depth, depth). Default: 16.
         width (int, Optional): model width C; None means 64 * depth. Default: None.
@@ -69,9 +70,9 @@ class ScaleAR(nn.Module):
         init (dict, Optional): keyword arguments of `var_init_`. Default: VAR's defaults.
     """
 
-    def __init__(self, *, mixer: Callable, intra: Callable | None = None, depth: int = 16, width: int | None = None,
-                 num_heads: int | None = None, vocab_size: int = 4096, latent_dim: int = 32, num_classes: int = 1000,
-                 patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), mlp_ratio: float = 4.0,
+    def __init__(self, *, mixer: Callable | None, intra: Callable | None = None, depth: int = 16,
+                 width: int | None = None, num_heads: int | None = None, vocab_size: int = 4096, latent_dim: int = 32,
+                 num_classes: int = 1000, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), mlp_ratio: float = 4.0,
                  drop_path_rate: float | None = None, norm_eps: float = 1e-6, cond_drop_rate: float = 0.1,
                  cond_drop_in_eval: bool = False, init: dict | None = None):
         super().__init__()
@@ -96,7 +97,7 @@ class ScaleAR(nn.Module):
         rate = 0.1 * depth / 24 if drop_path_rate is None else drop_path_rate
         drop_rates = torch.linspace(0, rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList([
-            AdaLNBlock(C, C, mixer(dim=C, num_heads=self.num_heads, layer_idx=i),
+            AdaLNBlock(C, C, mixer(dim=C, num_heads=self.num_heads, layer_idx=i) if mixer is not None else None,
                        intra(dim=C, num_heads=self.num_heads, layer_idx=i) if intra is not None else None,
                        mlp_ratio=mlp_ratio, drop_path=drop_rates[i], norm_eps=norm_eps)
             for i in range(depth)
@@ -215,7 +216,8 @@ class ScaleAR(nn.Module):
 
     def initial_states(self, batch: int, device, dtype: torch.dtype, rerun: bool = False) -> list[State]:
         """Every block's mixer state before scale 0 ({} each for the prefix re-run, whose cache starts empty)."""
-        return [{} if rerun else block.mixer.init_state(batch, self.layout, device, dtype) for block in self.blocks]
+        return [{} if rerun or block.mixer is None else block.mixer.init_state(batch, self.layout, device, dtype)
+                for block in self.blocks]
 
     def scale_logits(self, x_2BlC: torch.Tensor, states: list[State], cond_2BD: torch.Tensor, k: int,
                      rerun: bool = False) -> tuple[torch.Tensor, list[State]]:
@@ -253,3 +255,14 @@ class ScaleAR(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @property
+    def mixer_backend(self) -> str:
+        """The kernel the inter-scale mixers run ("none" without an inter-scale branch)."""
+        mixer = self.blocks[0].mixer
+        return "none" if mixer is None else mixer.backend
+
+    def state_bytes(self, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Inference state of every block's inter-scale mixer after the last scale (0 without one): VAR's KV cache,
+        a recurrent state."""
+        return sum(b.mixer.state_bytes(self.layout, batch, dtype) for b in self.blocks if b.mixer is not None)

@@ -22,7 +22,8 @@ def model_flops(model: ScaleAR, layout=None) -> dict[str, int]:
         out["adaln"] += 2 * C * block.ada_lin[-1].out_features          # once per image, not per token
         if block.intra is not None:
             out["intra"] += block.intra.flops(layout, 1)
-        out["mixer"] += block.mixer.flops(layout, 1)
+        if block.mixer is not None:
+            out["mixer"] += block.mixer.flops(layout, 1)
         out["ffn"] += 2 * L * 2 * C * block.ffn.fc1.out_features
     out["head"] = 2 * C * 2 * C + 2 * L * C * V
     out["total"] = sum(out.values())

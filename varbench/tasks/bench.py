@@ -111,8 +111,10 @@ def at_resolution(value, res: int):
 
 
 def default_configs() -> list[tuple[str, str]]:
-    """Every registered mixer as a pure-mixer model (VAR is attention's), plus M-VAR (intra full + mamba2)."""
-    return [(m, "none") for m in list_options("mixer")] + [("mamba2", "full")]
+    """Every registered mixer as a pure-mixer model (VAR is attention's; none's is a model with no token mixing at
+    all), plus M-VAR (intra full + mamba2) and its Markov counterpart without an inter-scale mixer (intra full +
+    none, HMAR-like)."""
+    return [(m, "none") for m in list_options("mixer")] + [("mamba2", "full"), ("none", "full")]
 
 
 def main(cfg: DictConfig) -> dict:
@@ -162,9 +164,9 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
         record(out, "bench_error", 0, "", error=str(err)[:300], stage="build", **cell)
         return
     flops = model_flops(model)
-    cell |= dict(backend=model.blocks[0].mixer.backend, params=model.num_params(), fwd_flops_per_image=flops["total"],
+    cell |= dict(backend=model.mixer_backend, params=model.num_params(), fwd_flops_per_image=flops["total"],
                  flops_by_component=flops)
-    record(out, "state_bytes_per_image", sum(b.mixer.state_bytes(model.layout, 1) for b in model.blocks), "bytes",
+    record(out, "state_bytes_per_image", model.state_bytes(1), "bytes",
            dtype="bf16 (recurrent states fp32)", **cell)
     for stage, batch, sampler in plan_stages(t, mixer, res):
         try:

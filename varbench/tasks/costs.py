@@ -39,6 +39,6 @@ def main(cfg: DictConfig) -> dict:
                        mixer=mixer, intra=intra, depth=depth, resolution=res, L=model.layout.L,
                        params=model.num_params(), flops_by_component=flops, train_flops_per_image=3 * flops["total"],
                        decode_flops_per_image=decode, dtype="bf16 (recurrent states fp32)",
-                       state_bytes_per_image=sum(b.mixer.state_bytes(model.layout, 1) for b in model.blocks))
+                       state_bytes_per_image=model.state_bytes(1))
                 cells += 1
     return {"records": str(out), "cells": cells}

@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> dict:
     summary.update(params=model.num_params(), fwd_flops_per_image=model_flops(model)["total"],
                    peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                    checkpoint=str(Path(cfg.run_dir) / "checkpoints"),
-                   backends={"mixer": model.blocks[0].mixer.backend,
+                   backends={"mixer": model.mixer_backend,
                              "intra": getattr(model.blocks[0].intra, "backend", None)})
     if summary["interrupted"]:
         raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
