@@ -277,19 +277,34 @@ def test_study_ranking_orders_by_the_quality_mean_and_measures_the_gap_in_seed_s
     assert table.loc[("VAR-d16", 256), "d16 train img/s (b32, 256 px)"] == train["value"]
 
 
-def test_study_ranking_shows_the_held_out_nll_and_tests_against_its_lowest(df, tmp_path):
-    import pandas as pd
-
+def test_study_ranking_shows_the_held_out_nll_and_tests_against_its_lowest(tmp_path):
     from varbench.analysis.study import VAL_NLL
     fid = [r for r in raw(metric="fid") if r["cell_id"].startswith("in256-d16")]  # one per configuration and seed
     nll = [{**r, "metric": "val_nll", "value": 3.0 + 0.1 * i, "unit": "nats/token"} for i, r in enumerate(fid)]
-    table = study_ranking(pd.concat([df, _variants(tmp_path, *nll)], ignore_index=True))
+    table = study_ranking(_records(tmp_path, raw() + nll))  # the study's own records folder
     per_config = {}
     for r in nll:  # cell ids are "<configuration>-s<seed>"
         per_config.setdefault(r["cell_id"].rsplit("-s", 1)[0], []).append(r["value"])
     assert sorted(table[VAL_NLL]) == pytest.approx(sorted(statistics.mean(v) for v in per_config.values()))
     p = table["p vs lowest val NLL (Welch t)"]  # the objective is now the held-out one
     assert p.isna().sum() == 1 and p[table[VAL_NLL].idxmin()] != p[table[VAL_NLL].idxmin()]
+
+
+def test_each_records_folder_is_its_own_study(tmp_path):
+    """Two grid runs (two folders) are ranked apart, under a Study level: their rows never share a ranking."""
+    fid = raw(metric="fid")
+    for study, shift in (("a", 0.0), ("b", 100.0)):
+        (tmp_path / study).mkdir()
+        lines = [{**r, "value": r["value"] + shift} for r in fid]
+        (tmp_path / study / "evaluate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    table = study_ranking(load_records(tmp_path))
+    assert table.index.names[0] == "Study" and set(table.index.get_level_values("Study")) == {
+        str(tmp_path / "a"), str(tmp_path / "b")}
+    a, b = table.xs(str(tmp_path / "a"), level="Study"), table.xs(str(tmp_path / "b"), level="Study")
+    fd = table.columns[0]
+    assert list(a.index) == list(b.index) and list(b[fd]) == pytest.approx(list(a[fd] + 100.0))
+    gap = [c for c in table.columns if c.startswith("Gap to best")][0]
+    assert a[gap].iloc[0] == b[gap].iloc[0] == 0  # each study has its own best
 
 
 def test_welch_p_is_the_two_sided_welch_t_test():

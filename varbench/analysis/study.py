@@ -6,6 +6,8 @@ frames they build on are in varbench.analysis.tables."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 
@@ -63,17 +65,35 @@ VAL_NLL = "Val NLL (nats/token)"
 
 
 def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """The mixer study: configurations with a quality metric over at least 2 seeds, ranked by the quality column most
+    """The mixer studies: one ranking per records folder (a study is one grid run: its own tokenizer, data and
+    training budget, so rows of two studies are never ranked together), with a leading "Study" index level (the
+    folder) when there are several. See `rank_study` for the columns."""
+    folders = df["source"].map(lambda source: str(Path(source).parent))
+    tables = {folder: table for folder, records in df.groupby(folders, sort=True)
+              if not (table := rank_study(records, df, device)).empty}
+    if not tables:
+        log.warning("study_ranking: no quality metric with 2 or more seeds")
+        return pd.DataFrame()
+    if len(tables) == 1:
+        return next(iter(tables.values()))
+    out = pd.concat(tables, names=["Study"])
+    out.attrs.update(device=device, records=sum(t.attrs["records"] for t in tables.values()),
+                     autotune=dict(sum((Counter(t.attrs.get("autotune") or {}) for t in tables.values()), Counter())))
+    return out
+
+
+def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.DataFrame:
+    """One study's configurations with a quality metric over at least 2 seeds, ranked by the quality column most
     of them share (lower FD/FID first; higher accuracy first). Columns: that metric and class accuracy (mean ± std
     over seeds), the training loss at the end of training (mean of the last LOSS_TAIL logs of each run), params,
     seeds, and the gap to the best mean in units of their pooled seed std (how far apart two rows are); the held-out
     NLL (`val_nll`) where recorded; Welch t-test p-values against the best quality and against the lowest objective
-    (val NLL where recorded, else training loss); each configuration's bench cost."""
+    (val NLL where recorded, else training loss); each configuration's bench cost (from `everything`, the bench's
+    records being outside the study's folder)."""
     long = quality_long(df)
     seeds = long.groupby([*KEY, "label"], dropna=False)["seed"].nunique()
     multi = seeds[seeds >= 2]
     if multi.empty:
-        log.warning("study_ranking: no quality metric with 2 or more seeds")
         return pd.DataFrame()
     shared = multi.groupby(level="label").size()
     candidates = shared[shared == shared.max()].index  # of these, the first metric of QUALITY_NAMES (FID, FD, ...)
@@ -108,7 +128,7 @@ def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
     lowest = table[objective].idxmin() if table[objective].notna().any() else None
     table[f"p vs lowest {'val NLL' if held_out else 'train loss'} (Welch t)"] = welch_p(per_seed[objective],
                                                                                        table.index, lowest)
-    table = pd.concat([table, bench_costs(df, table.index, device)], axis=1)
+    table = pd.concat([table, bench_costs(everything, table.index, device)], axis=1)
     table = by_model(table)
     return finish(table, df, [*QUALITY_NAMES, "train_loss"], device)
 
