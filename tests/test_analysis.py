@@ -305,6 +305,13 @@ def test_each_records_folder_is_its_own_study(tmp_path):
     assert list(a.index) == list(b.index) and list(b[fd]) == pytest.approx(list(a[fd] + 100.0))
     gap = [c for c in table.columns if c.startswith("Gap to best")][0]
     assert a[gap].iloc[0] == b[gap].iloc[0] == 0  # each study has its own best
+    # written as one section (and one LaTeX table) per study, each with only the columns it fills
+    only_b = table.assign(**{"Only b": [None] * len(a) + [1.0] * len(b)})
+    md, tex = (p.read_text() for p in write_table(only_b, tmp_path, "ranking", "Ranking"))
+    head_a, head_b = f"## Study: {tmp_path / 'a'}", f"## Study: {tmp_path / 'b'}"
+    assert md.count("## Study:") == 2 and md.index(head_a) < md.index(head_b)
+    assert "Only b" not in md[:md.index(head_b)] and "Only b" in md[md.index(head_b):]
+    assert tex.count(r"\begin{table}") == 2
 
 
 def test_welch_p_is_the_two_sided_welch_t_test():

@@ -14,6 +14,7 @@ import pandas as pd
 QUALITY_NAMES = {"fid": "FID", "embedded_fd": "FD", "inception_score": "IS", "precision": "Precision",
                  "recall": "Recall", "class_accuracy": "Class acc."}
 MISSING = "—"
+SECTION = "Study"  # a table whose first index level has this name is written one section per value
 STD = " std"
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
@@ -89,13 +90,28 @@ def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
     return text.to_latex(index=False, escape=False, caption=_tex_text(caption), label=label)
 
 
+def sections(df: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    """A table split at its SECTION level (one part per study, each with only the columns it fills), or the whole
+    table as one part (None)."""
+    if df.index.nlevels < 2 or df.index.names[0] != SECTION:
+        return [(None, df)]
+    return [(str(key), part.dropna(axis=1, how="all")) for key, part in df.groupby(level=SECTION, sort=False)]
+
+
 def write_table(df: pd.DataFrame, out_dir, name: str, title: str, note: str = "") -> tuple[Path, Path]:
-    """`out_dir/name.md` and `out_dir/name.tex`; returns both paths."""
+    """`out_dir/name.md` and `out_dir/name.tex` (a section, and a LaTeX table, per part of `sections`); returns both
+    paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, tex = out_dir / f"{name}.md", out_dir / f"{name}.tex"
-    # a | or a line break inside a cell (an error message) would end the markdown cell
-    text = as_text(df).apply(lambda col: col.map(lambda c: c.replace("|", r"\|").replace("\n", " ")))
-    md.write_text("\n\n".join(part for part in (f"# {title}", note, text.to_markdown(index=False)) if part) + "\n")
-    tex.write_text(to_latex(df, f"{title}. {note}".strip(" ."), f"tab:{name}"))
+    blocks, tables = [f"# {title}", note], []
+    for key, part in sections(df):
+        part = part if key is None else part.droplevel(SECTION)
+        # a | or a line break inside a cell (an error message) would end the markdown cell
+        text = as_text(part).apply(lambda col: col.map(lambda c: c.replace("|", r"\|").replace("\n", " ")))
+        blocks += ([] if key is None else [f"## {SECTION}: {key}"]) + [text.to_markdown(index=False)]
+        caption = f"{title}{'' if key is None else f' ({key})'}. {note}".strip(" .")
+        tables.append(to_latex(part, caption, f"tab:{name}" + ("" if key is None else f":{len(tables)}")))
+    md.write_text("\n\n".join(block for block in blocks if block) + "\n")
+    tex.write_text("\n".join(tables))
     return md, tex

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from varbench.analysis.format import QUALITY_NAMES, STD
+from varbench.analysis.format import QUALITY_NAMES, SECTION, STD
 from varbench.analysis.load import latest, numeric
 from varbench.analysis.tables import (
     GFLOPS,
@@ -76,7 +76,7 @@ def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
         return pd.DataFrame()
     if len(tables) == 1:
         return next(iter(tables.values()))
-    out = pd.concat(tables, names=["Study"])
+    out = pd.concat(tables, names=[SECTION])
     out.attrs.update(device=device, records=sum(t.attrs["records"] for t in tables.values()),
                      autotune=dict(sum((Counter(t.attrs.get("autotune") or {}) for t in tables.values()), Counter())))
     return out
