@@ -30,8 +30,9 @@ def var_init_(model: nn.Module, *, init_std: float = -1.0, init_head: float = 0.
         init_adaln_gamma (float, Optional): multiplier of the AdaLN gate rows (VAR's `--alng`). Default: 1e-5.
         conv_std (float, Optional): std of conv kernels. Default: 0.02.
         gamma_rows (str, Optional): "official" multiplies only the first 2C AdaLN rows by init_adaln_gamma, as the
-            official code does; with three branches (M-VAR) the FFN gate gamma3 then gets init_adaln (M-VAR's quirk).
-            "all" treats every gate row as a gate. Default: "official".
+            official code does; with three branches (M-VAR) the FFN gate gamma3 then gets init_adaln (M-VAR's quirk);
+            with one branch (mixer=none, intra=none) its C gate rows only. "all" treats every gate row as a gate.
+            Default: "official".
     """
     if gamma_rows not in ("official", "all"):
         raise ValueError(f"gamma_rows must be 'official' or 'all', got {gamma_rows!r}")
@@ -62,7 +63,8 @@ def var_init_(model: nn.Module, *, init_std: float = -1.0, init_head: float = 0.
                 branch.output_projection().weight.div_(math.sqrt(2 * depth))
         block.ffn.fc2.weight.div_(math.sqrt(2 * depth))
         ada_w = block.ada_lin[-1].weight
-        num_gates = 2 * C if gamma_rows == "official" else block.num_branches * C
+        gates = min(2, block.num_branches) if gamma_rows == "official" else block.num_branches
+        num_gates = gates * C
         ada_w[num_gates:].mul_(init_adaln)
         ada_w[:num_gates].mul_(init_adaln_gamma)
         block.ada_lin[-1].bias.zero_()
