@@ -119,7 +119,8 @@ def test_gate_init_follows_var_and_mvar_quirk():
         assert w[192:].abs().max() > 1e-3                        # scales and shifts
     # one branch (no mixer, no intra: the FFN's): its C gate rows are gates, its scale and shift rows are not
     w = ScaleAR(mixer=None, intra=None, init=dict(init_adaln_gamma=1e-5), **kw).blocks[0].ada_lin[-1].weight
-    assert w.shape[0] == 3 * 64 and w[:64].abs().max() < 1e-5 and w[64:].abs().max() > 1e-3
+    assert w.shape[0] == 3 * 64 and w[:64].abs().max() < 1e-5
+    assert w[64:128].abs().max() > 1e-3 and w[128:].abs().max() > 1e-3  # the scale rows, the shift rows
 
 
 def test_drop_path_on_the_gate_equals_timm_drop_path_on_the_branch():
