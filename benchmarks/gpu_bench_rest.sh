@@ -38,13 +38,9 @@ q3() {
 case $MODE in
   queues)
     if [ -n "${DRY:-}" ]; then for i in 0 1 2 3; do echo "# queue $i"; q$i; done; exit 0; fi
-    mkdir -p "$OUT/logs"
-    for i in 0 1 2 3; do  # one queue per GPU, each under the call's deadline
-      CUDA_VISIBLE_DEVICES=$i timeout "${DEADLINE_S:-520}" bash -c "$(declare -f run q$i); $(declare -p B NO256 OUT); q$i" \
-        > "$OUT/logs/queue$i.log" 2>&1 &
-    done
-    wait
-    grep -h "\[bench\]\|\[grid\] done\|passed\|failed" "$OUT"/logs/queue*.log | cut -c1-200 || true ;;
+    # one queue per GPU under the call's deadline (gpu_queues.sh); each queue's shell gets the functions above
+    defs="$(declare -f run q0 q1 q2 q3); $(declare -p B NO256 OUT)"
+    bash "$(dirname "$0")/gpu_queues.sh" "$OUT/logs" "$defs; q0" "$defs; q1" "$defs; q2" "$defs; q3" ;;
   latency)
     run timeout "${DEADLINE_S:-540}" python run.py grid=resolution model=var_d16 autotune=first \
       "task.resolutions=[512],[1024]" \

@@ -6,7 +6,6 @@ frames they build on are in varbench.analysis.tables."""
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -76,10 +75,7 @@ def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
         return pd.DataFrame()
     if len(tables) == 1:
         return next(iter(tables.values()))
-    out = pd.concat(tables, names=[SECTION])
-    out.attrs.update(device=device, records=sum(t.attrs["records"] for t in tables.values()),
-                     autotune=dict(sum((Counter(t.attrs.get("autotune") or {}) for t in tables.values()), Counter())))
-    return out
+    return finish(pd.concat(tables, names=[SECTION]), df, [*QUALITY_NAMES, "train_loss"], device)
 
 
 def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.DataFrame:
