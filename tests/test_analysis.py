@@ -278,10 +278,14 @@ def test_study_ranking_orders_by_the_quality_mean_and_measures_the_gap_in_seed_s
 
 
 def test_study_ranking_shows_the_held_out_nll_and_tests_against_its_lowest(tmp_path):
-    from varbench.analysis.study import VAL_NLL
+    from varbench.analysis.study import NLL_GAP, TRAIN_NLL, VAL_NLL
     fid = [r for r in raw(metric="fid") if r["cell_id"].startswith("in256-d16")]  # one per configuration and seed
     nll = [{**r, "metric": "val_nll", "value": 3.0 + 0.1 * i, "unit": "nats/token"} for i, r in enumerate(fid)]
-    table = study_ranking(_records(tmp_path, raw() + nll))  # the study's own records folder
+    fit = [{**r, "value": 2.0 + 0.01 * i ** 2, "metric": "train_nll"} for i, r in enumerate(nll)]
+    table = study_ranking(_records(tmp_path, raw() + nll + fit))  # the study's own records folder
+    assert (table[VAL_NLL] - table[TRAIN_NLL]).to_numpy() == pytest.approx(table[NLL_GAP].to_numpy())
+    gap_std = table[f"{NLL_GAP} std"]  # over seeds of the per-seed gap: here the train values vary, the gap with them
+    assert gap_std.notna().all() and (gap_std > 0).all()
     per_config = {}
     for r in nll:  # cell ids are "<configuration>-s<seed>"
         per_config.setdefault(r["cell_id"].rsplit("-s", 1)[0], []).append(r["value"])

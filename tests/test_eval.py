@@ -201,11 +201,13 @@ def test_evaluate_task_records_every_metric(tmp_path):
     out = main(cfg)
     records = {r["metric"]: r for r in read_records(tmp_path / "res" / "evaluate.jsonl")}
     assert set(records) == {"embedded_fd", "class_accuracy", "classifier_val_accuracy", "classifier_score",
-                            "embedded_kd", "embedded_precision", "embedded_recall", "val_nll"}
-    assert records["val_nll"]["unit"] == "nats/token" \
-        and records["val_nll"]["reference"].startswith("EmbeddedShapes(split=val")
+                            "embedded_kd", "embedded_precision", "embedded_recall", "val_nll", "train_nll"}
+    for split in ("val", "train"):  # the same teacher-forced NLL on each split: their difference is the gap
+        assert records[f"{split}_nll"]["unit"] == "nats/token" \
+            and records[f"{split}_nll"]["reference"].startswith(f"EmbeddedShapes(split={split}")
+    assert records["train_nll"]["value"] != records["val_nll"]["value"]
     assert records["embedded_fd"]["num_samples"] == 20 and records["embedded_fd"]["preset"] == "eval"
-    assert all(r["feature_extractor"].startswith(clf.FIDELITY_NAME) for m, r in records.items() if m != "val_nll")
+    assert all(r["feature_extractor"].startswith(clf.FIDELITY_NAME) for m, r in records.items() if not m.endswith("_nll"))
     assert out["suite"] == "project" and len(list((tmp_path / "res" / "classifiers").glob("*.safetensors"))) == 1
     again = main(cfg)  # resumes: no image is drawn twice, the cached classifier is reused
     assert again["samples"]["generated"] == 0 and again["embedded_fd"] == pytest.approx(out["embedded_fd"])
@@ -218,13 +220,13 @@ def test_evaluate_task_records_every_metric(tmp_path):
         main(cfg)
 
 
-def test_held_out_nll_of_a_model_with_uniform_logits_is_log_vocab(tmp_path):
+def test_teacher_forced_nll_of_a_model_with_uniform_logits_is_log_vocab(tmp_path):
     import math
 
     from hydra import compose, initialize_config_dir
 
     from varbench.build import build_dataset, build_model, build_tokenizer
-    from varbench.eval.likelihood import held_out_nll
+    from varbench.eval.likelihood import teacher_forced_nll
     from varbench.registry import CONFIG_ROOT
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["device=cpu", "model.depth=1", "model.width=64",
@@ -233,9 +235,9 @@ def test_held_out_nll_of_a_model_with_uniform_logits_is_log_vocab(tmp_path):
     model, tokenizer, val = build_model(cfg), build_tokenizer(cfg).eval(), build_dataset(cfg, "val")
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)  # every logit 0: each token costs exactly log(V) nats
-    nll, n = held_out_nll(model, tokenizer, val, torch.device("cpu"), batch_size=3, max_images=7)
+    nll, n = teacher_forced_nll(model, tokenizer, val, torch.device("cpu"), batch_size=3, max_images=7)
     assert n == 7 and nll == pytest.approx(math.log(64), rel=1e-6)
-    trained_like, _ = held_out_nll(build_model(cfg), tokenizer, val, torch.device("cpu"), batch_size=4, max_images=7)
+    trained_like, _ = teacher_forced_nll(build_model(cfg), tokenizer, val, torch.device("cpu"), batch_size=4, max_images=7)
     assert trained_like != pytest.approx(math.log(64), rel=1e-6)  # the head's output does reach the number
 
 

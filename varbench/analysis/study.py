@@ -61,6 +61,8 @@ def parallel_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
 LOSS_TAIL = 5  # logged train_loss values averaged per run (the end of training, less noisy than one batch)
 TRAIN_LOSS = f"Train loss (last {LOSS_TAIL} logs)"
 VAL_NLL = "Val NLL (nats/token)"
+TRAIN_NLL = "Train NLL (nats/token)"
+NLL_GAP = "NLL gap (val - train)"  # per seed: how much of the fit does not carry to held-out images
 
 
 def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
@@ -83,7 +85,7 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
     of them share (lower FD/FID first; higher accuracy first). Columns: that metric and class accuracy (mean ± std
     over seeds), the training loss at the end of training (mean of the last LOSS_TAIL logs of each run), params,
     seeds, and the gap to the best mean in units of their pooled seed std (how far apart two rows are); the held-out
-    NLL (`val_nll`) where recorded; Welch t-test p-values against the best quality and against the lowest objective
+    NLL (`val_nll`), the same on train images (`train_nll`) and their per-seed difference where recorded; Welch t-test p-values against the best quality and against the lowest objective
     (val NLL where recorded, else training loss); each configuration's bench cost (from `everything`, the bench's
     records being outside the study's folder)."""
     long = quality_long(df)
@@ -103,9 +105,12 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
     loss = loss.assign(value=numeric(loss)).groupby([*KEY, "seed"], dropna=False)["value"]
     loss = loss.apply(lambda v: v.tail(LOSS_TAIL).mean())
     per_seed[TRAIN_LOSS] = loss.reindex(per_seed.index)
-    val = latest(df, "val_nll")  # the objective on held-out images (task=evaluate), where recorded
-    if len(val):
-        per_seed[VAL_NLL] = val.assign(value=numeric(val)).groupby([*KEY, "seed"], dropna=False)["value"].last()
+    for metric, column in (("val_nll", VAL_NLL), ("train_nll", TRAIN_NLL)):  # task=evaluate's, where recorded
+        nll = latest(df, metric)
+        if len(nll):
+            per_seed[column] = nll.assign(value=numeric(nll)).groupby([*KEY, "seed"], dropna=False)["value"].last()
+    if {VAL_NLL, TRAIN_NLL} <= set(per_seed):
+        per_seed[NLL_GAP] = per_seed[VAL_NLL] - per_seed[TRAIN_NLL]
     stats = per_seed.groupby(level=KEY, dropna=False).agg(["mean", "std"])
     table = pd.concat({c: stats[c]["mean"] for c in per_seed.columns} | {f"{c}{STD}": stats[c]["std"]
                                                                       for c in per_seed.columns}, axis=1)

@@ -1,8 +1,10 @@
-"""Held-out likelihood: the model's teacher-forced cross-entropy on images it was not trained on.
+"""Teacher-forced likelihood of a data split: the model's cross-entropy on its images, in eval mode.
 
 The training loss of a small data set seen many times mixes fit and memorisation; the same objective on the val split
-tells them apart. Conditional (no class dropout: the model is in eval mode), in nats per token, averaged over every
-token of every scale, the tokenizer frozen and run in fp32 as in training.
+(`val_nll`) tells them apart, and on the train split (`train_nll`) it measures the fit by the very same function, so
+val_nll - train_nll is the generalisation gap (the logged training loss is not comparable: class dropout, train mode).
+Conditional (no class dropout: the model is in eval mode), in nats per token, averaged over every token of every
+scale, the tokenizer frozen and run in fp32 as in training.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from varbench.training.loop import autocast
 
 
 @torch.no_grad()
-def held_out_nll(model, tokenizer, dataset, device: torch.device, batch_size: int, max_images: int,
+def teacher_forced_nll(model, tokenizer, dataset, device: torch.device, batch_size: int, max_images: int,
                  precision: str = "fp32") -> tuple[float, int]:
     """Mean cross-entropy (nats/token) of `model` on the first `max_images` items of `dataset`; returns it and the
     number of images used.
@@ -23,7 +25,8 @@ def held_out_nll(model, tokenizer, dataset, device: torch.device, batch_size: in
     Args:
         model: a ScaleAR; put in eval mode here.
         tokenizer: its multi-scale VQ-VAE (same patch_nums).
-        dataset: (image in [-1, 1], label) items, e.g. the val split.
+        dataset: (image in [-1, 1], label) items, e.g. the val split; made deterministic where it can be (one
+            center crop, no flip: the train split as a token cache holds it).
         device: where to run.
         batch_size (int): images per forward.
         max_images (int): how many items to score (all when the data set is smaller).
@@ -31,7 +34,9 @@ def held_out_nll(model, tokenizer, dataset, device: torch.device, batch_size: in
     """
     n = min(len(dataset), max_images)
     if n == 0:
-        raise ValueError("held_out_nll needs at least one image")
+        raise ValueError("teacher_forced_nll needs at least one image")
+    if hasattr(dataset, "set_deterministic"):
+        dataset.set_deterministic()
     model.eval()
     total, tokens = 0.0, 0
     for start in range(0, n, batch_size):

@@ -13,8 +13,9 @@ The classifier: `task.classifier` when set, else trained on the run's train spli
 `task.classifier_cache/<fingerprint>.safetensors` (default `${results_dir}/classifiers/`); the fingerprint covers
 the data set's describe() line and the training settings, so another data set or setting trains another one.
 
-Both suites also record `val_nll` (varbench/eval/likelihood.py): the model's teacher-forced cross-entropy on
-`task.val_nll_images` held-out images of the val split (0: skipped).
+Both suites also record `val_nll` and `train_nll` (varbench/eval/likelihood.py): the model's teacher-forced
+cross-entropy on `task.val_nll_images` held-out images of the val split and on `task.train_nll_images` images of the
+train split (0: skipped); their difference is the generalisation gap.
 
 Every metric is one JSON line in `${results_dir}/evaluate.jsonl` with fields feature_extractor, reference,
 num_samples, preset, sampler, suite, samples (the npz).
@@ -32,7 +33,7 @@ from torch.utils.data import Dataset
 
 from varbench.build import build_dataset, image_size, resolve_device
 from varbench.eval import classifier as clf
-from varbench.eval.likelihood import held_out_nll
+from varbench.eval.likelihood import teacher_forced_nll
 from varbench.eval.metrics import (
     INCEPTION,
     adm_reference_metrics,
@@ -151,10 +152,11 @@ def main(cfg: DictConfig) -> dict:
                                   cuda_graphs=t.cuda_graphs)
     sample_seconds = time.perf_counter() - start
     metrics = (adm_metrics if suite == "adm" else project_metrics)(cfg, samples["npz"], device)
-    if t.val_nll_images:
-        val = build_dataset(cfg, "val")
-        nll, n = held_out_nll(model, tokenizer, val, device, t.batch_size, t.val_nll_images, t.precision)
-        metrics.append(("val_nll", nll, "nats/token", {"num_samples": n, "reference": val.describe()}))
+    for split in ("val", "train"):
+        if max_images := t[f"{split}_nll_images"]:
+            data = build_dataset(cfg, split)
+            nll, n = teacher_forced_nll(model, tokenizer, data, device, t.batch_size, max_images, t.precision)
+            metrics.append((f"{split}_nll", nll, "nats/token", {"num_samples": n, "reference": data.describe()}))
     common = {"num_samples": samples["images"], "preset": t.preset, "sampler": t.sampler, "suite": suite,
               "samples": samples["npz"], "checkpoint": checkpoint}
     out = Path(cfg.results_dir) / "evaluate.jsonl"
