@@ -377,3 +377,11 @@ def test_notebook_executes_headless(notebook, tmp_path, monkeypatch):
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert '"output_type": "error"' not in text and "records from" in text
     assert list(tmp_path.glob("*.png")), "the notebook drew no figure from the fixture"
+
+
+def test_studies_merged_keep_each_studys_column_order():
+    from varbench.analysis.study import merged_columns
+    # a column new to the second study sits after its own predecessor there, not at the end
+    assert merged_columns([["FD 200", "Loss", "Val NLL", "Params"], ["FD 500", "Loss", "Val NLL", "Train NLL",
+                                                                     "Params"]]) == [
+        "FD 500", "FD 200", "Loss", "Val NLL", "Train NLL", "Params"]

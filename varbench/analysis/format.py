@@ -39,7 +39,7 @@ RULES = (
     (lambda c: "rel RMS" in c, lambda v: f"{v:.2e}"),
     (lambda c: "KV cache" in c, lambda v: f"{v:.3f}"),
     (is_quality, lambda v: f"{v:.4g}"),
-    (lambda c: c.startswith(("Train loss", "Val NLL")), lambda v: f"{v:.3f}"),
+    (lambda c: c.startswith(("Train loss", "Val NLL", "Train NLL", "NLL gap")), lambda v: f"{v:.3f}"),
     (lambda c: c.startswith("Gap to best") or c in ("Speed-up", "Efficiency"), lambda v: f"{v:.2f}"),
     (lambda c: c.startswith("p vs"), lambda v: f"{v:.2g}"),
     (lambda c: c == "Measured", lambda v: f"{v:.3g}"),

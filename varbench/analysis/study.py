@@ -77,7 +77,21 @@ def study_ranking(df: pd.DataFrame, device=None) -> pd.DataFrame:
         return pd.DataFrame()
     if len(tables) == 1:
         return next(iter(tables.values()))
-    return finish(pd.concat(tables, names=[SECTION]), df, [*QUALITY_NAMES, "train_loss"], device)
+    together = pd.concat(tables, names=[SECTION])[merged_columns(t.columns for t in tables.values())]
+    return finish(together, df, [*QUALITY_NAMES, "train_loss"], device)
+
+
+def merged_columns(orders) -> list:
+    """The union of several column orders, each column placed right after its predecessor in the order that brought
+    it (pd.concat appends new ones at the end: a study's own columns would trail the others')."""
+    merged = []
+    for columns in orders:
+        previous = None
+        for column in columns:
+            if column not in merged:
+                merged.insert(merged.index(previous) + 1 if previous is not None else 0, column)
+            previous = column
+    return merged
 
 
 def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.DataFrame:
@@ -85,8 +99,9 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
     of them share (lower FD/FID first; higher accuracy first). Columns: that metric and class accuracy (mean ± std
     over seeds), the training loss at the end of training (mean of the last LOSS_TAIL logs of each run), params,
     seeds, and the gap to the best mean in units of their pooled seed std (how far apart two rows are); the held-out
-    NLL (`val_nll`), the same on train images (`train_nll`) and their per-seed difference where recorded; Welch t-test p-values against the best quality and against the lowest objective
-    (val NLL where recorded, else training loss); each configuration's bench cost (from `everything`, the bench's
+    NLL (`val_nll`), the same on train images (`train_nll`) and their per-seed difference where recorded; Welch
+    t-test p-values against the best quality and against the lowest objective (val NLL where recorded, else training
+    loss); each configuration's bench cost (from `everything`, the bench's
     records being outside the study's folder)."""
     long = quality_long(df)
     seeds = long.groupby([*KEY, "label"], dropna=False)["seed"].nunique()
