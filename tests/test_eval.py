@@ -207,7 +207,8 @@ def test_evaluate_task_records_every_metric(tmp_path):
             and records[f"{split}_nll"]["reference"].startswith(f"EmbeddedShapes(split={split}")
     assert records["train_nll"]["value"] != records["val_nll"]["value"]
     assert records["embedded_fd"]["num_samples"] == 20 and records["embedded_fd"]["preset"] == "eval"
-    assert all(r["feature_extractor"].startswith(clf.FIDELITY_NAME) for m, r in records.items() if not m.endswith("_nll"))
+    assert all(r["feature_extractor"].startswith(clf.FIDELITY_NAME)
+               for m, r in records.items() if not m.endswith("_nll"))
     assert out["suite"] == "project" and len(list((tmp_path / "res" / "classifiers").glob("*.safetensors"))) == 1
     again = main(cfg)  # resumes: no image is drawn twice, the cached classifier is reused
     assert again["samples"]["generated"] == 0 and again["embedded_fd"] == pytest.approx(out["embedded_fd"])
@@ -237,7 +238,8 @@ def test_teacher_forced_nll_of_a_model_with_uniform_logits_is_log_vocab(tmp_path
     torch.nn.init.zeros_(model.head.bias)  # every logit 0: each token costs exactly log(V) nats
     nll, n = teacher_forced_nll(model, tokenizer, val, torch.device("cpu"), batch_size=3, max_images=7)
     assert n == 7 and nll == pytest.approx(math.log(64), rel=1e-6)
-    trained_like, _ = teacher_forced_nll(build_model(cfg), tokenizer, val, torch.device("cpu"), batch_size=4, max_images=7)
+    trained_like, _ = teacher_forced_nll(build_model(cfg), tokenizer, val, torch.device("cpu"), batch_size=4,
+                                         max_images=7)
     assert trained_like != pytest.approx(math.log(64), rel=1e-6)  # the head's output does reach the number
 
 
