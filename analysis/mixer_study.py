@@ -26,10 +26,12 @@
 from IPython.display import display
 
 from varbench.analysis import (
+    generalisation_gap,
     main_table,
     mixer_ablation,
     quality_vs_flops,
     sample_grids,
+    study_ranking,
     training_curves,
 )
 from varbench.analysis.notebook import open_records, show_figure, show_table
@@ -65,6 +67,17 @@ show_table(ablation)
 
 # %%
 show_figure(quality_vs_flops(df, FIGURES / "quality_vs_flops.png"))
+
+# %% [markdown]
+# ## Fit or memorisation?
+# Each study (a records folder) ranked apart. Where `task=evaluate` recorded the teacher-forced NLL on held-out
+# images (`val_nll`) and on training images (`train_nll`), their difference is the generalisation gap: a model
+# with a low training loss and a large gap has memorised its small training set rather than fit the distribution.
+# Sample metrics (FD, FID) cannot tell the two apart: a copy of a training image is a good sample.
+
+# %%
+show_table(study_ranking(df))
+show_figure(generalisation_gap(df, FIGURES / "generalisation_gap.png"))
 
 # %% [markdown]
 # ## Training curves and samples of the grid cells

@@ -14,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from varbench.analysis import (
+    generalisation_gap,
     gpu_test_table,
     latest,
     load_records,
@@ -271,7 +272,9 @@ def test_study_ranking_orders_by_the_quality_mean_and_measures_the_gap_in_seed_s
     gap = [c for c in table.columns if c.startswith("Gap to best")][0]
     assert second[gap] == pytest.approx((second[fd] - best[fd]) / pooled)
     assert (table["Seeds"] >= 2).all()
-    assert "p vs lowest train loss (Welch t)" in table  # no val_nll records in the fixture: the training loss
+    assert "p vs lowest val NLL (Welch t)" in table  # the fixture's FID cells have val_nll: the held-out objective
+    without_nll = df[~df["metric"].str.endswith("_nll")]
+    assert "p vs lowest train loss (Welch t)" in study_ranking(without_nll)  # else the training loss
     # each configuration's cost: the bench's timing of the same mixer / intra at depth 16, 256 px
     train = real_one(metric="train_images_per_s", mixer="attention")
     assert table.loc[("VAR-d16", 256), "d16 train img/s (b32, 256 px)"] == train["value"]
@@ -282,7 +285,8 @@ def test_study_ranking_shows_the_held_out_nll_and_tests_against_its_lowest(tmp_p
     fid = [r for r in raw(metric="fid") if r["cell_id"].startswith("in256-d16")]  # one per configuration and seed
     nll = [{**r, "metric": "val_nll", "value": 3.0 + 0.1 * i, "unit": "nats/token"} for i, r in enumerate(fid)]
     fit = [{**r, "value": 2.0 + 0.01 * i ** 2, "metric": "train_nll"} for i, r in enumerate(nll)]
-    table = study_ranking(_records(tmp_path, raw() + nll + fit))  # the study's own records folder
+    others = [r for r in raw() if not r["metric"].endswith("_nll")]  # the fixture's own NLL lines replaced
+    table = study_ranking(_records(tmp_path, others + nll + fit))  # the study's own records folder
     assert (table[VAL_NLL] - table[TRAIN_NLL]).to_numpy() == pytest.approx(table[NLL_GAP].to_numpy())
     gap_std = table[f"{NLL_GAP} std"]  # over seeds of the per-seed gap: here the train values vary, the gap with them
     assert gap_std.notna().all() and (gap_std > 0).all()
@@ -351,9 +355,9 @@ def test_missing_records_skip_a_figure_and_say_why(tmp_path, caplog):
     only_parity = load_records(FIXTURE / "parity_h100_real.jsonl")
     with caplog.at_level(logging.WARNING):
         drawn = [f(only_parity, tmp_path / "x.png") for f in (quality_vs_flops, speed_memory_vs_resolution,
-                                                             training_curves, sample_grids)]
-    assert drawn == [None] * 4 and not (tmp_path / "x.png").exists()
-    assert "train_loss" in caplog.text and "sample_grid" in caplog.text and "state_bytes_per_image" in caplog.text
+                                                             training_curves, sample_grids, generalisation_gap)]
+    assert drawn == [None] * 5 and not (tmp_path / "x.png").exists()
+    assert all(needed in caplog.text for needed in ("train_nll", "train_loss", "sample_grid", "state_bytes_per_image"))
     paths = build_report(FIXTURE / "parity_h100_real.jsonl", tmp_path / "r")
     assert set(paths) == {"parity_table.md", "parity_table.tex", "README.md"}
     assert "Not generated" in (tmp_path / "r" / "README.md").read_text()
@@ -385,3 +389,21 @@ def test_studies_merged_keep_each_studys_column_order():
     assert merged_columns([["FD 200", "Loss", "Val NLL", "Params"], ["FD 500", "Loss", "Val NLL", "Train NLL",
                                                                      "Params"]]) == [
         "FD 500", "FD 200", "Loss", "Val NLL", "Train NLL", "Params"]
+
+
+def test_generalisation_gap_plots_each_configurations_train_and_val_nll(df, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from varbench.analysis.study import TRAIN_NLL, VAL_NLL
+    drawn, errorbar = {}, Axes.errorbar
+
+    def recording_errorbar(ax, x, y, *args, **kwargs):  # the points as drawn, read back per model
+        drawn[kwargs["label"]] = (x, y)
+        return errorbar(ax, x, y, *args, **kwargs)
+    monkeypatch.setattr(Axes, "errorbar", recording_errorbar)
+    path = generalisation_gap(df, tmp_path / "gap.png")
+    assert path is not None and path.stat().st_size > 0
+    table = study_ranking(df)  # one point per configuration: its mean train and val NLL over seeds
+    assert set(drawn) == set(table.index.get_level_values("Model"))
+    for (model, _), row in table.iterrows():
+        assert drawn[model] == pytest.approx((row[TRAIN_NLL], row[VAL_NLL]))

@@ -9,13 +9,19 @@ notebooks (jupytext percent format) that tell the same story.
 """
 
 from varbench.analysis.checks import gpu_test_table, parity_table
-from varbench.analysis.figures import quality_vs_flops, sample_grids, speed_memory_vs_resolution, training_curves
+from varbench.analysis.figures import (
+    generalisation_gap,
+    quality_vs_flops,
+    sample_grids,
+    speed_memory_vs_resolution,
+    training_curves,
+)
 from varbench.analysis.format import as_text, write_table
 from varbench.analysis.load import latest, load_records, model_label
 from varbench.analysis.study import bench_goals, costs_table, parallel_scaling, study_ranking
 from varbench.analysis.tables import main_table, mixer_ablation, quality_label, resolution_scaling
 
-__all__ = ["as_text", "bench_goals", "costs_table", "gpu_test_table", "latest", "load_records", "main_table",
-           "mixer_ablation", "model_label", "parallel_scaling", "parity_table", "quality_label", "quality_vs_flops",
-           "resolution_scaling", "sample_grids", "speed_memory_vs_resolution", "study_ranking", "training_curves",
-           "write_table"]
+__all__ = ["as_text", "bench_goals", "costs_table", "generalisation_gap", "gpu_test_table", "latest", "load_records",
+           "main_table", "mixer_ablation", "model_label", "parallel_scaling", "parity_table", "quality_label",
+           "quality_vs_flops", "resolution_scaling", "sample_grids", "speed_memory_vs_resolution", "study_ranking",
+           "training_curves", "write_table"]

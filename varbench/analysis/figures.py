@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from varbench.analysis.format import QUALITY_NAMES, STD, is_quality
+from varbench.analysis.format import QUALITY_NAMES, SECTION, STD, is_quality, sections
 from varbench.analysis.load import latest, model_label, numeric
 from varbench.analysis.tables import GFLOPS, STATE, config_frame, speed_wide
 
@@ -107,6 +107,45 @@ def speed_memory_vs_resolution(df: pd.DataFrame, path, device=None) -> Path | No
         ax.legend(fontsize=7)
     fig.suptitle(f"timings on {frame.attrs.get('device')}", fontsize=9)
     return _save(fig, path)
+
+
+def generalisation_gap(df: pd.DataFrame, path, device=None) -> Path | None:
+    """Held-out against training NLL (task=evaluate's val_nll and train_nll, mean +- std over seeds), one panel per
+    study, with dotted lines of equal gap (val - train): a model that memorises sits on a high one."""
+    from varbench.analysis.study import NLL_GAP, TRAIN_NLL, VAL_NLL, study_ranking
+    parts = [(key, part if key is None else part.droplevel(SECTION))
+             for key, part in sections(study_ranking(df, device)) if NLL_GAP in part]
+    if not parts:
+        log.warning("generalisation_gap not drawn: needs val_nll and train_nll records (task=evaluate) of 2 or more "
+                    "seeds per configuration")
+        return None
+    colour = model_colours(m for _, part in parts for m in part.index.get_level_values("Model"))
+    fig, axes = _axes(len(parts), width=5.0, height=4.4)
+    for ax, (key, part) in zip(axes, parts):
+        part = part[part[NLL_GAP].notna()]
+        for (model, _), row in part.iterrows():
+            ax.errorbar(row[TRAIN_NLL], row[VAL_NLL], xerr=row[f"{TRAIN_NLL}{STD}"], yerr=row[f"{VAL_NLL}{STD}"],
+                        fmt="o", ms=5, capsize=2, color=colour[model], label=model)
+        _iso_gap_lines(ax)
+        ax.set(xlabel=TRAIN_NLL, ylabel=VAL_NLL, title=f"{Path(key).name if key else 'study'}: val vs train NLL")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _save(fig, path)
+
+
+def _iso_gap_lines(ax, steps: int = 4) -> None:
+    """Dotted lines val = train + gap across the data's own limits, each labelled with its gap."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    lowest, highest = max(y0 - x1, 0.0), y1 - x0
+    step = float(f"{(highest - lowest) / steps:.1g}") or 0.1
+    gap = math.ceil(lowest / step) * step
+    while gap < highest:
+        ax.plot([x0, x1], [x0 + gap, x1 + gap], ":", color="grey", lw=0.8)
+        x = min(x1, y1 - gap)  # the label where the line leaves the axes (top or right edge)
+        ax.annotate(f"gap {gap:.2g}", (x, x + gap), xytext=(-3, -3), textcoords="offset points", fontsize=7,
+                    color="grey", ha="right", va="top")
+        gap += step
+    ax.set(xlim=(x0, x1), ylim=(y0, y1))
 
 
 def model_colours(models) -> dict:

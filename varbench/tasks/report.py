@@ -47,6 +47,8 @@ FIGURES = {
     "quality_vs_flops": (figures.quality_vs_flops, "quality vs FLOPs",
                          f"{QUALITY} and fwd_flops_per_image (task=bench) of the same configuration"),
     "speed_memory_vs_resolution": (figures.speed_memory_vs_resolution, "speed and memory vs resolution", BENCH),
+    "generalisation_gap": (figures.generalisation_gap, "held-out vs training NLL per study",
+                           "val_nll and train_nll (task=evaluate) of 2 or more seeds per configuration"),
     "training_curves": (lambda df, path, device: figures.training_curves(df, path), "training loss curves",
                         "train_loss (task=train)"),
     "sample_grids": (lambda df, path, device: figures.sample_grids(df, path), "sample grids",
