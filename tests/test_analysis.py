@@ -407,3 +407,19 @@ def test_generalisation_gap_plots_each_configurations_train_and_val_nll(df, tmp_
     assert set(drawn) == set(table.index.get_level_values("Model"))
     for (model, _), row in table.iterrows():
         assert drawn[model] == pytest.approx((row[TRAIN_NLL], row[VAL_NLL]))
+
+
+def test_a_table_with_timings_from_several_machines_says_so(tmp_path):
+    timed = [r for r in raw() if r["metric"] in ("train_images_per_s", "sample_latency_ms")]
+    stamped = [{**r, "machine": "host-a" if i % 2 else "host-b"} for i, r in enumerate(timed)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stamped))
+    build_report(tmp_path / "in", tmp_path / "out")
+    note = (tmp_path / "out" / "resolution_scaling.md").read_text()
+    table = resolution_scaling(load_records(tmp_path / "in"))
+    counts = table.attrs["machines"]  # of the timings the table drew from (the newest per configuration)
+    assert set(counts) == {"host-a", "host-b"}
+    assert f"host-a ({counts['host-a']}), host-b ({counts['host-b']})" in note and "within one machine" in note
+    one = _records(tmp_path, timed)  # unstamped records: one "machine", no note
+    assert resolution_scaling(one).attrs["machines"] == {"unstamped": len(latest(one, ["train_images_per_s",
+                                                                                      "sample_latency_ms"]))}

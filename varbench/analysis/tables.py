@@ -183,8 +183,17 @@ def finish(table: pd.DataFrame, df: pd.DataFrame, metrics, device) -> pd.DataFra
     which Triton autotuning modes its timings ran."""
     records = latest(df, metrics)
     on_device = records if device is None else records[records["device"] == device]
-    table.attrs.update(device=device, records=len(records), autotune=autotune_modes(on_device))
+    table.attrs.update(device=device, records=len(records), autotune=autotune_modes(on_device),
+                       machines=timing_machines(on_device))
     return table
+
+
+def timing_machines(records: pd.DataFrame) -> dict[str, int]:
+    """How many of these records' timings came from each machine (the `machine` field the import of a device call
+    adds; "unstamped" where none): small-batch latency is bound by the host's CPU, so it compares within one."""
+    timed = records[records["metric"].isin(TIMED)]
+    machines = timed["machine"] if "machine" in timed else pd.Series("unstamped", index=timed.index)
+    return dict(Counter(machines.fillna("unstamped")))
 
 
 def main_table(df: pd.DataFrame, device=None) -> pd.DataFrame:

@@ -64,6 +64,11 @@ def _note(table: pd.DataFrame) -> str:
         timed += " Triton autotuning of the timings: " + ", ".join(f"{m} ({n})" for m, n in sorted(modes.items()))
         first = " ('first': each Triton kernel ran its first working config, not its tuned one)"
         timed += (first if "first" in modes else "") + "."
+    machines = table.attrs.get("machines") or {}
+    if len(machines) > 1:
+        timed += (" Timings from several machines: " + ", ".join(f"{m} ({n})" for m, n in sorted(machines.items()))
+                  + "; eager batch-1 latency is bound by the host's CPU, so compare it within one machine"
+                  " (the records' `machine` field).")
     return f"From {table.attrs.get('records', 0)} records (the newest per configuration).{timed}"
 
 
