@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The bench measurements issue 5 still lacked after session 5, as two device calls that each stand alone
-# (results/gpu/h200/README.md, "Session 5"). Records go under OUT; tar OUT into $OUT of the device call.
+# The bench measurements issue 5 lacked after session 5, as two device calls that each stand alone (run in session
+# 6: results/gpu/h200/README.md, "Session 6"). Records go under OUT; tar OUT into $OUT of the device call.
 #   queues   (nvidia-h200-x4): Q0 the GPU-only tests of CUDA-graph sampling with the mamba_ssm kernels and of
 #            Mamba-1's fused carried-state correction (recorded by gpu_tests.py), then Mamba-1's sampling and the
 #            models without an inter-scale mixer (mixer=none with intra full, and with none);
