@@ -204,7 +204,8 @@ def test_evaluate_task_records_every_metric(tmp_path):
                             "embedded_kd", "embedded_precision", "embedded_recall", "val_nll", "train_nll"}
     for split in ("val", "train"):  # the same teacher-forced NLL on each split: their difference is the gap
         assert records[f"{split}_nll"]["unit"] == "nats/token" \
-            and records[f"{split}_nll"]["reference"].startswith(f"EmbeddedShapes(split={split}")
+            and records[f"{split}_nll"]["reference"].startswith(f"EmbeddedShapes(split={split}") \
+            and "scored_items" in records[f"{split}_nll"]["items"]
     assert records["train_nll"]["value"] != records["val_nll"]["value"]
     assert records["embedded_fd"]["num_samples"] == 20 and records["embedded_fd"]["preset"] == "eval"
     assert all(r["feature_extractor"].startswith(clf.FIDELITY_NAME)
@@ -307,3 +308,14 @@ def test_top_ops_names_the_operator_that_holds_the_time():
     assert ops[0]["op"] == "aten::mm" and ops[0]["calls_per_step"] == 1
     assert sum(o["share"] for o in ops) <= 1 + 1e-9 and ops[0]["share"] > 0.5
     assert len({o["op"] for o in ops}) == len(ops)  # one row per operator, none listed twice
+
+
+def test_the_scored_items_cover_the_classes_whatever_the_order_of_the_data_set():
+    from varbench.eval.likelihood import scored_items
+    items = scored_items(100_000, 1000)
+    assert items == scored_items(100_000, 1000) and items == sorted(set(items)) and len(items) == 1000
+    assert 0 <= items[0] and items[-1] < 100_000
+    by_class = {i // 100 for i in items}  # 1,000 classes of 100 images, stored class by class (an image folder)
+    cyclic = {i % 10 for i in items}      # 10 classes in turn (the embedded data set)
+    assert len(by_class) > 400 and cyclic == set(range(10))  # the first 1,000 of the folder: 10 classes only
+    assert scored_items(7, 1000) == list(range(7))  # a smaller data set: every item

@@ -101,8 +101,8 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
     seeds, and the gap to the best mean in units of their pooled seed std (how far apart two rows are); the held-out
     NLL (`val_nll`), the same on train images (`train_nll`) and their per-seed difference where recorded; Welch
     t-test p-values against the best quality and against the lowest objective (val NLL where recorded, else training
-    loss); each configuration's bench cost (from `everything`, the bench's
-    records being outside the study's folder)."""
+    loss); each configuration's bench cost (from `everything`, the bench's records being outside the study's
+    folder)."""
     long = quality_long(df)
     seeds = long.groupby([*KEY, "label"], dropna=False)["seed"].nunique()
     multi = seeds[seeds >= 2]

@@ -179,8 +179,8 @@ def autotune_modes(records: pd.DataFrame) -> dict[str, int]:
 
 
 def finish(table: pd.DataFrame, df: pd.DataFrame, metrics, device) -> pd.DataFrame:
-    """Attach what the report's note says: the timing device, how many records the table drew from, and under
-    which Triton autotuning modes its timings ran."""
+    """Attach what the report's note says: the timing device, how many records the table drew from, under which
+    Triton autotuning modes its timings ran, and on which machines."""
     records = latest(df, metrics)
     on_device = records if device is None else records[records["device"] == device]
     table.attrs.update(device=device, records=len(records), autotune=autotune_modes(on_device),

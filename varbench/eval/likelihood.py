@@ -18,9 +18,9 @@ from varbench.training.loop import autocast
 
 @torch.no_grad()
 def teacher_forced_nll(model, tokenizer, dataset, device: torch.device, batch_size: int, max_images: int,
-                 precision: str = "fp32") -> tuple[float, int]:
-    """Mean cross-entropy (nats/token) of `model` on the first `max_images` items of `dataset`; returns it and the
-    number of images used.
+                       precision: str = "fp32") -> tuple[float, int]:
+    """Mean cross-entropy (nats/token) of `model` on `max_images` items of `dataset` (`scored_items`: the same ones
+    for every model); returns it and the number of images used.
 
     Args:
         model: a ScaleAR; put in eval mode here.
@@ -32,18 +32,28 @@ def teacher_forced_nll(model, tokenizer, dataset, device: torch.device, batch_si
         max_images (int): how many items to score (all when the data set is smaller).
         precision (str, Optional): autocast of the model's forward: fp32 | bf16 | fp16. Default: fp32.
     """
-    n = min(len(dataset), max_images)
-    if n == 0:
+    items = scored_items(len(dataset), max_images)
+    if not items:
         raise ValueError("teacher_forced_nll needs at least one image")
     if hasattr(dataset, "set_deterministic"):
         dataset.set_deterministic()
     model.eval()
     total, tokens = 0.0, 0
-    for start in range(0, n, batch_size):
-        x, labels = collate(dataset, list(range(start, min(n, start + batch_size))))
+    for start in range(0, len(items), batch_size):
+        x, labels = collate(dataset, items[start:start + batch_size])
         gt_BL, x_BLCv = transformer_inputs(tokenizer, x.to(device), from_ids=False)
         with autocast(device, precision):
             logits_BLV = model(labels.to(device), x_BLCv)
         total += F.cross_entropy(logits_BLV.flatten(0, 1).float(), gt_BL.flatten(), reduction="sum").item()
         tokens += gt_BL.numel()
-    return total / tokens, n
+    return total / tokens, len(items)
+
+
+def scored_items(length: int, max_items: int, seed: int = 0) -> list[int]:
+    """`max_items` indices of a data set of `length` items (all of them when it is smaller), drawn at random with a
+    fixed seed and sorted: the same images for every model, and every class in proportion whether the data set is
+    ordered by class (an image folder: its first 1,000 ImageNet images are one class) or cycles through them."""
+    if max_items >= length:
+        return list(range(length))
+    picked = torch.randperm(length, generator=torch.Generator().manual_seed(seed))[:max_items]
+    return sorted(picked.tolist())

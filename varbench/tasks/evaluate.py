@@ -156,7 +156,9 @@ def main(cfg: DictConfig) -> dict:
         if max_images := t[f"{split}_nll_images"]:
             data = build_dataset(cfg, split)
             nll, n = teacher_forced_nll(model, tokenizer, data, device, t.batch_size, max_images, t.precision)
-            metrics.append((f"{split}_nll", nll, "nats/token", {"num_samples": n, "reference": data.describe()}))
+            metrics.append((f"{split}_nll", nll, "nats/token", {
+                "num_samples": n, "reference": data.describe(),
+                "items": f"{n} of {len(data)}, drawn with seed 0 (varbench.eval.likelihood.scored_items)"}))
     common = {"num_samples": samples["images"], "preset": t.preset, "sampler": t.sampler, "suite": suite,
               "samples": samples["npz"], "checkpoint": checkpoint}
     out = Path(cfg.results_dir) / "evaluate.jsonl"
