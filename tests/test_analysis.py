@@ -423,3 +423,22 @@ def test_a_table_with_timings_from_several_machines_says_so(tmp_path):
     one = _records(tmp_path, timed)  # unstamped records: one "machine", no note
     assert resolution_scaling(one).attrs["machines"] == {"unstamped": len(latest(one, ["train_images_per_s",
                                                                                       "sample_latency_ms"]))}
+
+
+def test_training_curves_add_the_nll_of_both_splits_when_recorded(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+    losses = raw(metric="train_loss")
+    nll = [{**r, "metric": "nll_during_training", "split": split, "value": r["value"] + (0.5 if split == "val" else 0)}
+           for r in losses for split in ("val", "train")]
+    lines, plot = [], Axes.plot
+
+    def recording_plot(ax, x, y, fmt, **kwargs):  # every line as drawn: its style and points
+        lines.append((fmt, list(y)))
+        return plot(ax, x, y, fmt, **kwargs)
+    monkeypatch.setattr(Axes, "plot", recording_plot)
+    assert training_curves(_records(tmp_path, losses + nll), tmp_path / "curves.png") is not None
+    runs = {r.get("cell_id") or r.get("run_dir") for r in losses}
+    assert len(lines) == 3 * len(runs)  # per run: its loss, its val NLL, its train NLL
+    dashed = [ys for fmt, ys in lines if fmt == "--"]  # the training split of each run, the loss values unshifted
+    assert len(dashed) == len(runs)
+    assert sorted(v for ys in dashed for v in ys) == sorted(r["value"] for r in losses)

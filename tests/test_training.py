@@ -117,3 +117,21 @@ def test_scaling_task_wires_two_processes(tmp_path, parallel):
     (rec,) = read_records(tmp_path / "results" / "scaling.jsonl")
     assert rec["metric"] == "parallel_train_images_per_s" and rec["value"] > 0
     assert rec["world_size"] == 2 and rec["parallel"] == parallel and rec["peak_mem_bytes_per_gpu"] == [None, None]
+
+
+def test_nll_during_training_is_recorded_for_both_splits_and_leaves_training_unchanged(tmp_path):
+    common = ["train.steps=4", "train.ckpt_every=100", "train.deterministic=true"]
+    plain = run(tmp_path, "plain", *common)
+    traced = run(tmp_path, "traced", *common, "train.nll_every=2", "train.nll_images=6")
+    assert plain.returncode == 0 and traced.returncode == 0, traced.stderr[-3000:]
+    curve = [r for r in read_records(tmp_path / "traced" / "results" / "train.jsonl")
+             if r["metric"] == "nll_during_training"]
+    assert sorted((r["step"], r["split"]) for r in curve) == [(2, "train"), (2, "val"), (4, "train"), (4, "val")]
+    assert all(r["unit"] == "nats/token" and r["num_samples"] == 6 and 0 < r["value"] < 10 for r in curve)
+    assert {r["reference"].split(",")[0] for r in curve} == {"EmbeddedShapes(split=val", "EmbeddedShapes(split=train"}
+    # scoring in eval mode between steps changes nothing of the training itself: same weights, same losses
+    a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "traced")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = {name: [r["value"] for r in read_records(tmp_path / name / "results" / "train.jsonl")
+                     if r["metric"] == "train_loss"] for name in ("plain", "traced")}
+    assert losses["plain"] == losses["traced"]

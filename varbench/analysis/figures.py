@@ -156,25 +156,43 @@ def model_colours(models) -> dict:
 
 
 def training_curves(df: pd.DataFrame, path) -> Path | None:
-    """Training loss against step: one colour per model (configuration), one line per run of it (seeds, cells)."""
-    loss = latest(df, "train_loss")
+    """Training loss against step: one colour per model (configuration), one line per run of it (seeds, cells).
+    Where the runs recorded `nll_during_training` (train.nll_every), a second panel: the NLL in eval mode on
+    held-out images (solid) and on training images (dashed), whose spread is the generalisation gap as it opens."""
+    loss = _runs(latest(df, "train_loss"))
     if loss.empty:
         log.warning("training_curves not drawn: no train_loss records (task=train writes them)")
         return None
-    run = loss["cell_id"].where(loss["cell_id"].notna(), loss["run_dir"])
-    loss = loss.assign(run=run.fillna(loss["source"]), v=numeric(loss), model=loss["model"].fillna("?"))
-    colour = model_colours(loss["model"])
-    fig, (ax,) = _axes(1, width=8.0, height=4.5)
-    for model in colour:
-        runs = loss[loss["model"] == model].groupby("run", sort=True)
-        for j, (_, g) in enumerate(runs):
-            g = g.sort_values("step")
-            ax.plot(g["step"], g["v"], color=colour[model], alpha=0.8, lw=1.2,
-                    label=f"{model} ({len(runs)} run{'s' if len(runs) > 1 else ''})" if j == 0 else None)
-    ax.set(xlabel="step", ylabel=f"train loss ({loss['unit'].iloc[0]})", title="training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    nll = _runs(latest(df, "nll_during_training"))
+    colour = model_colours([*loss["model"], *nll["model"]])
+    fig, axes = _axes(2 if len(nll) else 1, width=6.0, height=4.5)
+    _curves(axes[0], loss, colour, {})
+    axes[0].set(xlabel="step", ylabel=f"train loss ({loss['unit'].iloc[0]})", title="training loss")
+    if len(nll):
+        _curves(axes[1], nll, colour, {"val": "-", "train": "--"})
+        axes[1].set(xlabel="step", ylabel="NLL in eval mode (nats/token)",
+                    title="held-out (solid) and training (dashed) NLL")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, path)
+
+
+def _runs(records: pd.DataFrame) -> pd.DataFrame:
+    """Records with a `run` (cell id, else run dir, else records file), numeric `v` and a `model` label."""
+    run = records["cell_id"].where(records["cell_id"].notna(), records["run_dir"])
+    return records.assign(run=run.fillna(records["source"]), v=numeric(records), model=records["model"].fillna("?"))
+
+
+def _curves(ax, records: pd.DataFrame, colour: dict, styles: dict) -> None:
+    """One line per run and split (its line style from `styles`, solid by default), coloured by model; the legend
+    names each model once with its number of runs."""
+    for model in colour:
+        mine = records[records["model"] == model]
+        runs = mine["run"].nunique()
+        for j, ((_, split), g) in enumerate(mine.groupby(["run", mine["split"].fillna("")], sort=True)):
+            g = g.sort_values("step")
+            ax.plot(g["step"], g["v"], styles.get(split, "-"), color=colour[model], alpha=0.8, lw=1.2,
+                    label=f"{model} ({runs} run{'s' if runs > 1 else ''})" if j == 0 else None)
+    ax.grid(alpha=0.3)
 
 
 def _grid_path(value: str, source: str) -> Path:

@@ -30,7 +30,7 @@ INT_COLUMNS = ("depth", "resolution", "seed")
 KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "peak_mem_bytes", "feature_extractor",
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "latency_wo_decode_ms",
-                "peak_reserved_bytes", "param_dtype", "L", "flops_by_component")
+                "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}
@@ -43,6 +43,7 @@ IDENTITY = {
     "parity_error": ("group", "name", "backend", "dtype"),
     "gpu_test": ("test",),
     "train_loss": ("run_dir", "step"),
+    "nll_during_training": ("run_dir", "step", "split"),
     "train_summary": ("run_dir",),
     "sample_grid": ("run_dir", "sampler"),
 }

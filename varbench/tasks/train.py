@@ -31,7 +31,8 @@ def main(cfg: DictConfig) -> dict:
         dataset = TokenCache(cache, fingerprint=tokenizer_fingerprint(tokenizer))
     else:
         dataset = build_dataset(cfg, "train")
-    summary = train_ar(model, tokenizer, dataset, cfg, device, info, from_ids=bool(cache))
+    nll_sets = {split: build_dataset(cfg, split) for split in ("val", "train")} if cfg.train.nll_every else {}
+    summary = train_ar(model, tokenizer, dataset, cfg, device, info, from_ids=bool(cache), nll_sets=nll_sets)
     summary.update(params=model.num_params(), fwd_flops_per_image=model_flops(model)["total"],
                    peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                    checkpoint=str(Path(cfg.run_dir) / "checkpoints"),

@@ -87,10 +87,12 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, info: DistInfo, from_ids: bool) -> dict:
+def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, info: DistInfo, from_ids: bool,
+             nll_sets: dict | None = None) -> dict:
     """Train `model` on `dataset` (images, or cached ids when `from_ids`) for the planned iterations.
     Writes checkpoints under `cfg.run_dir/checkpoints` and records under `cfg.results_dir`; resumes when a
-    checkpoint exists. Returns a summary dict (final loss, steps, images/s, whether it was interrupted)."""
+    checkpoint exists; every `train.nll_every` steps records the NLL of each image data set of `nll_sets`
+    ({split: dataset}). Returns a summary dict (final loss, steps, images/s, whether it was interrupted)."""
     tcfg, ckpt_dir = cfg.train, Path(cfg.run_dir) / "checkpoints"
     plan = make_plan(tcfg, len(dataset))
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
@@ -152,6 +154,9 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             rate = seen / (time.perf_counter() - t0)
             record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
                    grad_norm=float(grad_norm), images_per_s=rate, run_dir=str(cfg.run_dir))
+        if tcfg.nll_every and (step % tcfg.nll_every == 0 or step == plan.max_iters):
+            _record_nll(model, tokenizer, nll_sets or {}, cfg, device, info, step)
+            model.train()
         if step == signal_at:
             os.kill(os.getpid(), signal.SIGTERM)
         if step % tcfg.ckpt_every == 0 or step == plan.max_iters or stop.signal:
@@ -162,6 +167,20 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     stop.restore()
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
             "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+
+
+def _record_nll(model, tokenizer, nll_sets: dict, cfg: DictConfig, device, info: DistInfo, step: int) -> None:
+    """The teacher-forced NLL of each split now, in eval mode (records `nll_during_training`). Every rank runs it: a
+    sharded model's forward needs them all; the global RNG is not touched, so a resumed run stays exact."""
+    from varbench.eval.likelihood import teacher_forced_nll  # here: likelihood imports this module's autocast
+    per_rank = max(1, cfg.train.batch_size // info.world_size)
+    for split, data in nll_sets.items():
+        nll, n = teacher_forced_nll(model, tokenizer, data, device, per_rank, cfg.train.nll_images,
+                                    cfg.train.precision)
+        if info.is_main:
+            record(Path(cfg.results_dir) / "train.jsonl", "nll_during_training", nll, "nats/token", config=cfg,
+                   device=device, step=step, split=split, num_samples=n, reference=data.describe(),
+                   run_dir=str(cfg.run_dir))
 
 
 def _mean_over_ranks(value: float, device: torch.device) -> float:
