@@ -1,6 +1,7 @@
 """The GPU scripts' plumbing on a CPU (benchmarks/): gpu_study.sh plans every seed's cells, one grid per GPU or one
 grid for all, after training and caching the tokenizer; gpu_queues.sh runs one command line per GPU index;
-gpu_tests.py records each selected test's outcome; gpu_bench_rest.sh plans commands that compose."""
+gpu_tests.py records each selected test's outcome; gpu_bench_rest.sh plans commands that compose; import_records.py
+stamps a call's records with their machine."""
 
 import json
 import os
@@ -107,3 +108,27 @@ def test_gpu_bench_rest_plans_commands_that_compose(tmp_path):
     assert "test_cuda_graph_sampling_equals_eager[mamba-none]" in listed
     assert "test_cuda_graph_sampling_equals_eager[none-full]" in listed
     assert "test_fused_correction_equals_the_torch_form_on_the_gpu" in listed
+
+
+def test_import_records_stamps_every_record_and_marks_only_eager_batch1_latencies(tmp_path):
+    lines = [{"metric": "sample_latency_ms", "value": 300.0, "batch": 1},
+             {"metric": "sample_latency_ms", "value": 40.0, "batch": 1, "cuda_graphs": True},
+             {"metric": "sample_latency_ms", "value": 450.0, "batch": 64},
+             {"metric": "train_images_per_s", "value": 195.0, "batch": 32}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[:2]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[2:]) + "\n")  # a blank line too
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "benchmarks/import_records.py", str(tmp_path / "dest.jsonl"),
+                               str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--machine", "kind-x",
+                               "--beside", "three queues", *extra], cwd=REPO, capture_output=True, text=True)
+    done = run("--disturbed-eager-b1", "control: 314 vs 131 ms")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(ln) for ln in (tmp_path / "dest.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k not in ("machine", "beside", "disturbed")} for r in records] == lines
+    assert all(r["machine"] == "kind-x" and r["beside"] == "three queues" for r in records)
+    assert [r.get("disturbed") for r in records] == ["control: 314 vs 131 ms", None, None, None]
+    again = run()  # an existing destination is never overwritten ...
+    assert again.returncode != 0 and "--append" in again.stderr and len(
+        (tmp_path / "dest.jsonl").read_text().splitlines()) == 4
+    assert run("--append").returncode == 0 and len((tmp_path / "dest.jsonl").read_text().splitlines()) == 8
