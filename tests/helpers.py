@@ -23,7 +23,7 @@ def tiny_model(mixer: str, intra: str = "none", depth=2, width=64, heads=2, vae=
     vae = vae or tiny_tokenizer()
     model = ScaleAR(mixer=factory(load_option("mixer", mixer)), intra=factory(load_option("intra", intra)),
                     depth=depth, width=width, num_heads=heads, vocab_size=vae.vocab_size, latent_dim=vae.Cvae,
-                    num_classes=10, patch_nums=vae.patch_nums, drop_path_rate=0.0, **kw)
+                    num_classes=10, patch_nums=vae.patch_nums, **{"drop_path_rate": 0.0, **kw})
     randomize_gates_(model)
     return model.eval()
 

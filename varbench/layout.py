@@ -77,9 +77,9 @@ class ScaleLayout:
 
     def scale_ids(self, device=None) -> torch.Tensor:
         """(L,) int64 scale index of every token (VAR's `lvl_1L`)."""
-        # built on the CPU explicitly (also under a meta-device context), then moved
-        ids = torch.repeat_interleave(torch.arange(self.num_scales, device="cpu"),
-                                      torch.tensor(self.lengths, device="cpu"))
+        # built on the CPU explicitly (also under a meta-device context), then moved; from a Python list, since
+        # repeat_interleave with tensor repeats has a data-dependent shape: a graph break under torch.compile
+        ids = torch.tensor([k for k, n in enumerate(self.lengths) for _ in range(n)], dtype=torch.int64, device="cpu")
         return ids if device is None else ids.to(device)
 
     def cu_seqlens(self, batch: int = 1, device=None) -> torch.Tensor:

@@ -31,6 +31,7 @@ from varbench.eval.timing import matmul_peak_tflops, time_ms, top_ops
 from varbench.layout import PATCH_NUMS
 from varbench.registry import list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
+from varbench.training.loop import compile_for_training
 from varbench.utils.processes import run_in_fresh_process
 from varbench.utils.records import record
 
@@ -194,7 +195,7 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> No
         raise ValueError(f"task.param_dtype must be one of {list(PARAM_DTYPES)}, got {param_dtype!r}")
     # bf16 weights train a copy, so that the sampling stages time the model as it was built
     model = model if param_dtype == "fp32" else copy.deepcopy(model).to(PARAM_DTYPES[param_dtype])
-    net = torch.compile(model) if compiled else None
+    net = compile_for_training(model, len(model.blocks)) if compiled else None
     r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"])
     ips = batch / (r["median_ms"] * 1e-3)
     mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)

@@ -74,6 +74,16 @@ def wrap_parallel(model: torch.nn.Module, parallel: str, info: DistInfo, device:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def compile_for_training(net: torch.nn.Module, depth: int, **options) -> torch.nn.Module:
+    """torch.compile(net, **options), with dynamo's recompile limit raised to cover every block. The blocks'
+    stochastic-depth rates differ, and each is a constant to the compiler: where a kernel the compiler cannot trace
+    breaks the graph inside a block, every block recompiles the code that resumes after it, and past the default
+    limit (8) the rest of the blocks would run eagerly, silently."""
+    import torch._dynamo
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * depth)
+    return torch.compile(net, **options)
+
+
 def autocast_dtype(precision: str):
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in table:
@@ -98,7 +108,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
     net = wrap_parallel(model, tcfg.parallel, info, device)
     if tcfg.compile:
-        net = torch.compile(net)
+        net = compile_for_training(net, len(model.blocks))
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=plan.peak_lr, betas=tuple(tcfg.betas),
                                   weight_decay=0.0, fused=device.type == "cuda")
     amp = autocast_dtype(tcfg.precision)
