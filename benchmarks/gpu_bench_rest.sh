@@ -7,7 +7,10 @@
 #            Q1 VAR / M-VAR at d30; Q2 M-VAR's fused Mamba2 path, eager and compiled; Q3 bf16 weights, then
 #            five linear mixers' sampling with CUDA graphs (as far as the deadline allows).
 #   latency  (one GPU, nothing else on the host): batch-1 sampling latencies at 512 and 1024 px, sampling only.
-# Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_bench_rest.sh queues|latency OUT
+#   compiled (one GPU; session 6's fix of the compiled step, not yet run): tests/test_compile.py on the GPU's kernel
+#            paths (is each model one graph there too?), then VAR-d16 and M-VAR-d16 compiled training again, with
+#            dynamo's graph breaks and recompiles logged to OUT/compile_log.txt.
+# Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_bench_rest.sh queues|latency|compiled OUT
 # DRY=1 prints the commands instead of running them.
 set -eu
 MODE=${1:?queues or latency}; OUT=${2:?records dir}
@@ -46,5 +49,11 @@ case $MODE in
       "task.resolutions=[512],[1024]" \
       "task.configs=[[attention,none]],[[gla,none]],[[hgrn2,none]],[[retnet,none]],[[deltanet,none]],[[mamba2,full]]" \
       task.train_batch=null "task.sample_batches={512:[1],1024:[1]}" "results_dir=$OUT" ;;
-  *) echo "unknown mode $MODE: queues or latency" >&2; exit 2 ;;
+  compiled)
+    mkdir -p "$OUT"
+    run python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- tests/test_compile.py || true
+    export TORCH_LOGS=graph_breaks,recompiles  # why a compiled step is not one graph, in the log
+    run "${B[@]}" "task.configs=[[attention,none],[mamba2,full]]" task.compile=true "${NO256[@]}" \
+      "results_dir=$OUT" 2> "$OUT/compile_log.txt" ;;
+  *) echo "unknown mode $MODE: queues, latency or compiled" >&2; exit 2 ;;
 esac

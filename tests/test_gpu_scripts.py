@@ -85,7 +85,7 @@ def test_gpu_bench_rest_plans_commands_that_compose(tmp_path):
     """benchmarks/gpu_bench_rest.sh with DRY=1: every run.py command it would run on the GPU composes (Hydra's
     --cfg job for a task, the grid's dry run for a sweep, with the cells expected) and its test selection exists."""
     commands = []
-    for mode in ("queues", "latency"):
+    for mode in ("queues", "latency", "compiled"):
         out = bash("benchmarks/gpu_bench_rest.sh", mode, str(tmp_path), env={"DRY": "1"})
         assert out.returncode == 0, out.stderr
         commands += [shlex.split(line) for line in out.stdout.splitlines() if line and not line.startswith("#")]
@@ -101,13 +101,15 @@ def test_gpu_bench_rest_plans_commands_that_compose(tmp_path):
                 grids[next(a for a in argv if a.startswith("grid="))] = check.stdout
     assert "[grid] 1 cells" in grids["grid=bench_depths"] and "model=var_d30" in grids["grid=bench_depths"]
     assert "[grid] 12 cells" in grids["grid=resolution"]
-    (tests,) = [argv for argv in commands if argv[:2] == ["python", "benchmarks/gpu_tests.py"]]
-    selection = tests[tests.index("--") + 1:]
-    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                             *selection], cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300).stdout
+    listed = ""
+    for tests in [argv for argv in commands if argv[:2] == ["python", "benchmarks/gpu_tests.py"]]:
+        listed += subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                                  *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
+                                 timeout=300).stdout
     assert "test_cuda_graph_sampling_equals_eager[mamba-none]" in listed
     assert "test_cuda_graph_sampling_equals_eager[none-full]" in listed
     assert "test_fused_correction_equals_the_torch_form_on_the_gpu" in listed
+    assert "test_the_compiled_training_step_is_one_graph[mamba2-full]" in listed
 
 
 def test_import_records_stamps_every_record_and_marks_only_eager_batch1_latencies(tmp_path):
