@@ -97,9 +97,10 @@ def _variants(tmp_path, base: dict, *changes: dict):
                                         for i, c in enumerate(changes)])
 
 
-def test_a_disturbed_timing_stays_a_record_but_never_the_measurement(tmp_path):
+@pytest.mark.parametrize("note", ["disturbed", "superseded"])
+def test_a_disturbed_or_superseded_timing_stays_a_record_but_never_the_measurement(tmp_path, note):
     clean = real_one(metric="train_images_per_s", mixer="attention")
-    df = _variants(tmp_path, clean, {"value": 1.0, "disturbed": "beside a study on the host"})
+    df = _variants(tmp_path, clean, {"value": 1.0, note: "beside a study on the host / a defect fixed since"})
     assert len(df) == 2 and list(latest(df, "train_images_per_s")["value"]) == [clean["value"]]
     assert main_table(df).loc[("VAR-d16", 256), "Train img/s (b32)"] == clean["value"]
 

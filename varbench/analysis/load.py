@@ -29,7 +29,7 @@ INT_COLUMNS = ("depth", "resolution", "seed")
 # partial records folder gives a partial table instead of a KeyError
 KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "peak_mem_bytes", "feature_extractor",
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
-                "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "latency_wo_decode_ms",
+                "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "superseded", "latency_wo_decode_ms",
                 "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
@@ -167,7 +167,8 @@ def latest(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
     """The newest record (by date) per (metric, configuration); older repeats of a measurement are dropped.
 
     A record with a `disturbed` note (a timing taken under a load that a control measurement of the same run showed,
-    e.g. beside other jobs on the host) stays in the records as data but is never a table's measurement.
+    e.g. beside other jobs on the host) or a `superseded` note (a measurement of code with a defect fixed since,
+    which the current code would not reproduce) stays in the records as data but is never a table's measurement.
 
     Args:
         df: records from `load_records`.
@@ -175,7 +176,7 @@ def latest(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
     """
     if metrics is not None:
         df = df[df["metric"].isin([metrics] if isinstance(metrics, str) else list(metrics))]
-    df = df[df["disturbed"].isna()]
+    df = df[df["disturbed"].isna() & df["superseded"].isna()]
     parts = [g.sort_values("date", kind="stable").drop_duplicates(identity_columns(m, g), keep="last")
              for m, g in df.groupby("metric", sort=True)]
     return pd.concat(parts) if parts else df.iloc[:0]
