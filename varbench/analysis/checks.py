@@ -35,13 +35,8 @@ def parity_table(df: pd.DataFrame) -> pd.DataFrame:
                                             "Checks": len(g)}))
     rows += [dict(zip(keys, [r[k] for k in keys]), Error=r["error"]) for _, r in err.iterrows()]
     table = pd.DataFrame(rows).assign(dtype=lambda d: d["dtype"].map(_short_dtype))
-    devices = list(table["device"].unique())
-    index = (["device"] if len(devices) > 1 else []) + keys[1:]
-    table = table.set_index(index).sort_index().drop(columns=[c for c in ["device"] if c not in index])
-    table.index.names = [{"device": "Device", "group": "Group", "name": "Entry", "backend": "Backend",
-                          "dtype": "Dtype"}[n] for n in index]
-    table.attrs.update(device=devices[0] if len(devices) == 1 else None, records=len(rms) + len(err))
-    return table
+    names = {"group": "Group", "name": "Entry", "backend": "Backend", "dtype": "Dtype"}
+    return _indexed_per_device(table, names, records=len(rms) + len(err))
 
 
 def _what_happened(message) -> str:
@@ -66,9 +61,16 @@ def gpu_test_table(df: pd.DataFrame) -> pd.DataFrame:
         "Seconds": pd.to_numeric(runs["duration_s"]), "Commit": runs["commit"].str[:12],
         "Report": [("" if v == "passed" else _what_happened(m)) for v, m in zip(runs["value"], runs["message"])],
     })
+    return _indexed_per_device(table, {"Test": "Test"}, records=len(runs))
+
+
+def _indexed_per_device(table: pd.DataFrame, names: dict, records: int) -> pd.DataFrame:
+    """`table` indexed by the columns of `names` (renamed to its values), sorted, behind a "Device" level when its
+    rows come from several devices; `attrs` name the one device (else None) and the record count."""
     devices = list(table["device"].unique())
-    index = (["device"] if len(devices) > 1 else []) + ["Test"]
-    table = table.set_index(index).sort_index().drop(columns=[c for c in ["device"] if c not in index])
-    table.index.names = ["Device" if n == "device" else n for n in index]
-    table.attrs.update(device=devices[0] if len(devices) == 1 else None, records=len(runs))
+    several = len(devices) > 1
+    table = table.set_index((["device"] if several else []) + list(names)).sort_index()
+    table = table if several else table.drop(columns="device")
+    table.index.names = (["Device"] if several else []) + list(names.values())
+    table.attrs.update(device=None if several else devices[0], records=records)
     return table

@@ -30,7 +30,7 @@ INT_COLUMNS = ("depth", "resolution", "seed")
 KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "peak_mem_bytes", "feature_extractor",
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "superseded", "latency_wo_decode_ms",
-                "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split")
+                "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}

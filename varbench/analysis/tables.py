@@ -191,9 +191,7 @@ def finish(table: pd.DataFrame, df: pd.DataFrame, metrics, device) -> pd.DataFra
 def timing_machines(records: pd.DataFrame) -> dict[str, int]:
     """How many of these records' timings came from each machine (the `machine` field the import of a device call
     adds; "unstamped" where none): small-batch latency is bound by the host's CPU, so it compares within one."""
-    timed = records[records["metric"].isin(TIMED)]
-    machines = timed["machine"] if "machine" in timed else pd.Series("unstamped", index=timed.index)
-    return dict(Counter(machines.fillna("unstamped")))
+    return dict(Counter(records.loc[records["metric"].isin(TIMED), "machine"].fillna("unstamped")))
 
 
 def main_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
