@@ -314,7 +314,6 @@ def test_the_scored_items_cover_the_classes_whatever_the_order_of_the_data_set()
     from varbench.eval.likelihood import scored_items
     items = scored_items(100_000, 1000)
     assert items == scored_items(100_000, 1000) and items == sorted(set(items)) and len(items) == 1000
-    assert 0 <= items[0] and items[-1] < 100_000
     by_class = {i // 100 for i in items}  # 1,000 classes of 100 images, stored class by class (an image folder)
     cyclic = {i % 10 for i in items}      # 10 classes in turn (the embedded data set)
     assert len(by_class) > 400 and cyclic == set(range(10))  # the first 1,000 of the folder: 10 classes only
