@@ -234,7 +234,7 @@ def test_tokenize_task_records_and_measures(tmp_path, vae):
     from varbench.tasks.tokenize import main
     from varbench.utils.checkpoint import save_atomic
     ckpt = save_atomic(tmp_path / "vae.safetensors", tensors=vae.state_dict())
-    task = OmegaConf.load(REPO / "experiments/task/tokenize.yaml")
+    task = OmegaConf.load(REPO / "varbench/configs/task/tokenize.yaml")
     task.merge_with(dict(batch_size=4, speedup_batches=2))
     tok = dict(vocab_size=64, z_channels=8, ch=32, patch_nums=[1, 2, 3, 4], ch_mult=[1, 1, 2, 2, 4],
                checkpoint=str(ckpt))

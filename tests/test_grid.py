@@ -1,4 +1,4 @@
-"""Grids (experiments/grid, varbench/grid.py, the grid sweeper): a grid expands every registered mixer x seeds without
+"""Grids (configs/grid, varbench/grid.py, the grid sweeper): a grid expands every registered mixer x seeds without
 -m, a dry run runs nothing, every grid and cluster option composes, a re-run skips complete cells, and a failing cell
 is recorded with its error while the other cells still run. Cells are tiny main pipelines on the embedded data (CPU)."""
 

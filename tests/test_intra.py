@@ -1,4 +1,4 @@
-"""The intra-scale contract for every registered intra variant (experiments/intra/*.yaml except `none`)."""
+"""The intra-scale contract for every registered intra variant (varbench/configs/intra/*.yaml except `none`)."""
 
 import pytest
 import torch

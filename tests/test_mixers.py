@@ -1,4 +1,4 @@
-"""The mixer contract, checked for every registered inter-scale mixer (every file of experiments/mixer/ except
+"""The mixer contract, checked for every registered inter-scale mixer (every file of varbench/configs/mixer/ except
 `none`, the absence of an inter-scale branch: tests/test_backbone.py runs whole models with it).
 
 A new mixer is covered by adding its module and its YAML; nothing here lists mixers by name.

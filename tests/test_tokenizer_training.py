@@ -205,7 +205,7 @@ def test_perceptual_loss_from_local_files(tmp_path):
 def test_task_trains_records_and_chains(tmp_path):
     from varbench.build import build_tokenizer
     from varbench.tasks.train_tokenizer import main
-    task = OmegaConf.load(REPO / "experiments/task/train_tokenizer.yaml")
+    task = OmegaConf.load(REPO / "varbench/configs/task/train_tokenizer.yaml")
     task.merge_with(dict(steps=2, batch_size=4, eval_batch_size=8, dead_code_every=1, **FAST))
     cfg = OmegaConf.create(dict(seed=0, device="cpu", run_dir=str(tmp_path / "run"), results_dir=str(tmp_path / "res"),
                                 tokenizer={**TINY, "dropout": 0.0, "beta": 0.25, "quant_conv_ks": 3, "quant_resi": 0.5,

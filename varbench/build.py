@@ -1,6 +1,6 @@
 """Build the objects of a run from its (Hydra) config: tokenizer, model, data sets, device.
 
-Shape of the config (experiments/config.yaml): `tokenizer` (MultiScaleVQVAE arguments + `checkpoint`),
+Shape of the config (varbench/configs/config.yaml): `tokenizer` (MultiScaleVQVAE arguments + `checkpoint`),
 `model` (ScaleAR arguments), `mixer` and `intra` (registry entries), `data` (a data set factory), `train`, `task`.
 """
 

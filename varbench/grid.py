@@ -26,8 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varbench.registry import CONFIG_ROOT, list_options
 
-REPO = CONFIG_ROOT.parent
-PROFILES = REPO / "slurm" / "profiles"
+PROFILES = CONFIG_ROOT / "slurm_profiles"  # not a config group: read by ${varbench.slurm_profile:}
 # override keys that do not change what a cell computes (where it runs, where it records, whether it runs at all)
 NOT_IDENTITY = ("dry_run", "cluster", "results_dir")
 ERROR_TAIL = 4000  # characters of traceback kept in failed.json
@@ -176,7 +175,7 @@ def _cell_id() -> str:
 
 
 def _slurm_profile(name: str) -> DictConfig:
-    """slurm/profiles/<name>.yaml, or a path to a profile of your own (ends with .yaml)."""
+    """varbench/configs/slurm_profiles/<name>.yaml, or a path to a profile of your own (ends with .yaml)."""
     path = Path(name) if str(name).endswith(".yaml") else PROFILES / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES.glob("*.yaml"))

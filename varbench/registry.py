@@ -1,4 +1,4 @@
-"""The registry is the config tree: `experiments/<group>/<name>.yaml` IS the entry for component <name>.
+"""The registry is the config tree: `varbench/configs/<group>/<name>.yaml` IS the entry for component <name>.
 
 No decorator registry (it fails silently when a module was never imported): a YAML names its class with
 `_target_` and is built lazily, so only the chosen component's dependencies are imported. Tests enumerate
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "experiments"
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 
 
 def list_options(group: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The sweeper of `experiments/grid/*.yaml` (`hydra/sweeper: grid`): Hydra's basic sweeper (the cartesian product of
+"""The sweeper of `configs/grid/*.yaml` (`hydra/sweeper: grid`): Hydra's basic sweeper (the cartesian product of
 `params`, command-line overrides win) plus
 
 - `cells`: extra cells, each a dict of overrides that replaces those keys of the product (e.g. the M-VAR cell

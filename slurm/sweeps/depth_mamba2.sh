@@ -5,6 +5,6 @@
 #   PROFILE=<name|path.yaml> DATA_ROOT=/data/imagenet VAE_CKPT=/ckpt/vae_ch160v4096z32.pth bash slurm/sweeps/depth_mamba2.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec python run.py grid=depth_mamba2 cluster=slurm cluster.profile="${PROFILE:?set PROFILE to a slurm/profiles name or a .yaml path}" \
+exec python run.py grid=depth_mamba2 cluster=slurm cluster.profile="${PROFILE:?set PROFILE to a varbench/configs/slurm_profiles name or a .yaml path}" \
     data.root="${DATA_ROOT:?set DATA_ROOT to the ImageNet folder (train/ and val/)}" \
     tokenizer.checkpoint="${VAE_CKPT:?set VAE_CKPT to the VAR tokenizer vae_ch160v4096z32.pth}" "$@"

@@ -5,4 +5,4 @@
 #   PROFILE=<name|path.yaml> bash slurm/sweeps/resolution.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec python run.py grid=resolution cluster=slurm cluster.profile="${PROFILE:?set PROFILE to a slurm/profiles name or a .yaml path}" "$@"
+exec python run.py grid=resolution cluster=slurm cluster.profile="${PROFILE:?set PROFILE to a varbench/configs/slurm_profiles name or a .yaml path}" "$@"

@@ -55,7 +55,7 @@ IDENTITY.update({m: ("split",) for m in ("psnr", "ssim", "codebook_usage", "code
 
 @cache
 def _short_names(group: str) -> dict:
-    """`_target_` -> registry name of a config group (experiments/<group>/<name>.yaml); None -> the null option."""
+    """`_target_` -> registry name of a config group (varbench/configs/<group>/<name>.yaml); None -> the null option."""
     return {load_option(group, name).get("_target_"): name for name in list_options(group)}
 
 
@@ -70,7 +70,7 @@ def short_name(group: str, target: str | None) -> str:
         return names[target]
     if target is None:
         raise ValueError(f"no {group} option has a null _target_; options: {sorted(names.values())}")
-    log.warning("%s _target_ %s matches no experiments/%s/*.yaml; labelled by its class name", group, target, group)
+    log.warning("%s _target_ %s matches no configs/%s/*.yaml; labelled by its class name", group, target, group)
     return target.rsplit(".", 1)[-1].lower()
 
 

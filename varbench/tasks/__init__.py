@@ -11,7 +11,7 @@ from varbench.utils.autotune import apply_autotune_mode
 
 
 def run_task(cfg: DictConfig):
-    """Dispatch to the task module named by `cfg.task.name` (one of the files of experiments/task)."""
+    """Dispatch to the task module named by `cfg.task.name` (one of the files of varbench/configs/task)."""
     name = cfg.task.name
     apply_autotune_mode(cfg.get("autotune"))
     if name not in list_options("task"):

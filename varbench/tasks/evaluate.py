@@ -1,6 +1,6 @@
 """task=evaluate: sample per_class images per class with an evaluation preset, then compute the quality metrics.
 
-Suites (task.suite, see experiments/task/evaluate.yaml):
+Suites (task.suite, see varbench/configs/task/evaluate.yaml):
 - project: the feature space of the project classifier (varbench/eval/classifier.py), against the val split:
   embedded_fd (Frechet distance), class_accuracy (fraction of samples classified as their asked class),
   classifier_score (the Inception-Score formula on the classifier's logits), embedded_kd / embedded_precision /

@@ -1,6 +1,6 @@
 """task=main (the default): the whole pipeline on one machine. Train a tokenizer, encode the data set once into a
 token cache, train the AR model on it, sample a class-conditional grid; every step records under results/.
-Each step runs with its own task config (experiments/task/<step>.yaml) updated by `task.overrides.<step>`."""
+Each step runs with its own task config (varbench/configs/task/<step>.yaml) updated by `task.overrides.<step>`."""
 
 from __future__ import annotations
 

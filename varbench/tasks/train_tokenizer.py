@@ -2,7 +2,7 @@
 
 Writes `${run_dir}/tokenizer/` (tokenizer.safetensors with official key names, train_state.pt for an exact resume,
 tb/ for TensorBoard) and records psnr, ssim, codebook usage and train time to `${results_dir}/train_tokenizer.jsonl`.
-The task group (experiments/task/train_tokenizer.yaml) holds `name` plus the fields of `TrainOptions`; `tokenizer`
+The task group (varbench/configs/task/train_tokenizer.yaml) holds `name` plus the fields of `TrainOptions`; `tokenizer`
 gives the architecture (its `checkpoint` is ignored: training starts from a fresh init seeded by `seed`).
 """
 

@@ -51,7 +51,7 @@ RESUMABLE = {"steps", "log_every", "ckpt_every", "eval_every", "eval_batch_size"
 
 @dataclasses.dataclass(frozen=True)
 class TrainOptions:
-    """Hyper-parameters of `train_tokenizer` (the `task` group of experiments/task/train_tokenizer.yaml).
+    """Hyper-parameters of `train_tokenizer` (the `task` group of varbench/configs/task/train_tokenizer.yaml).
 
     steps, batch_size, lr, betas, weight_decay, warmup_steps: AdamW, linear warm-up then constant lr.
     l1_weight, l2_weight, vq_weight: reconstruction (on [-1, 1] images) and VAR's vq loss.
