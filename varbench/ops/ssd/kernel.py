@@ -6,11 +6,18 @@ mamba_ssm is imported inside the functions, so importing this module never needs
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+from torch import Tensor
 
 
 def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256, dt_bias=None, dt_softplus=False):
-    """`ssd_scan_ref` through `mamba_chunk_scan_combined`, always returning the final state.
+    """`ssd_scan_ref` through mamba_ssm's chunked SSD kernels, always returning the final state.
+
+    The kernels run as the custom ops `varbench::ssd_scan_fwd` / `varbench::ssd_scan_bwd` (below), so torch.compile
+    sees one opaque node per scan: it neither traces mamba_ssm's Python and Triton launches (which broke inductor's
+    codegen for M-VAR) nor breaks the graph around them.
 
     Args:
         x (torch.Tensor): inputs of shape (B, L, H, P).
@@ -27,16 +34,65 @@ def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256, dt_bias
     Returns:
         y (B, L, H, P) in x's dtype and the final state (B, H, P, N) in fp32.
     """
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
     if initial_state is not None:
         # the kernel reads the state through its strides but accumulates in fp32; hand it fp32, contiguous
         initial_state = initial_state.float().contiguous()
-    y, final_state = mamba_chunk_scan_combined(
-        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_states=initial_state,
-        dt_softplus=dt_softplus, return_final_states=True,
-    )
-    return y, final_state
+    return torch.ops.varbench.ssd_scan_fwd(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus)
+
+
+@torch.library.custom_op("varbench::ssd_scan_fwd", mutates_args=(), device_types="cuda")
+def _ssd_scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                  dt_bias: Optional[Tensor], initial_state: Optional[Tensor], chunk_size: int,
+                  dt_softplus: bool) -> tuple[Tensor, Tensor]:
+    from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_fwd
+
+    y, _, _, _, _, final_state = _mamba_chunk_scan_combined_fwd(
+        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_states=initial_state, dt_softplus=dt_softplus)
+    # contiguous, in the dtypes the fake below promises: inductor plans the graph around the fake's layout
+    return y.to(x.dtype).contiguous(), final_state.float().contiguous()
+
+
+@_ssd_scan_fwd.register_fake
+def _(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus):
+    batch, _, heads, head_dim = x.shape
+    return x.new_empty(x.shape), x.new_empty((batch, heads, head_dim, B.shape[-1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("varbench::ssd_scan_bwd", mutates_args=(), device_types="cuda")
+def _ssd_scan_bwd(dy: Tensor, dfinal_state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                  y: Tensor, D: Optional[Tensor], dt_bias: Optional[Tensor], initial_state: Optional[Tensor],
+                  chunk_size: int, dt_softplus: bool) -> list[Tensor]:
+    from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_bwd
+
+    dx, ddt, dA, dB, dC, dD, _, ddt_bias, dinitial = _mamba_chunk_scan_combined_bwd(
+        dy, x, dt, A, B, C, y, chunk_size, D=D, dt_bias=dt_bias, initial_states=initial_state,
+        dfinal_states=dfinal_state, dt_softplus=dt_softplus)
+    inputs = (x, dt, A, B, C, D, dt_bias, initial_state)
+    grads = (dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial)
+    # a custom op returns no None and no aliases: an absent input's gradient is its own empty tensor
+    return [g.to(t.dtype).contiguous() if t is not None else dy.new_empty(0) for g, t in zip(grads, inputs)]
+
+
+@_ssd_scan_bwd.register_fake
+def _(dy, dfinal_state, x, dt, A, B, C, y, D, dt_bias, initial_state, chunk_size, dt_softplus):
+    inputs = (x, dt, A, B, C, D, dt_bias, initial_state)
+    return [t.new_empty(t.shape) if t is not None else dy.new_empty(0) for t in inputs]
+
+
+def _ssd_scan_setup_context(ctx, inputs, output):
+    x, dt, A, B, C, D, dt_bias, initial_state, ctx.chunk_size, ctx.dt_softplus = inputs
+    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, initial_state, output[0])
+
+
+def _ssd_scan_backward(ctx, dy, dfinal_state):
+    x, dt, A, B, C, D, dt_bias, initial_state, y = ctx.saved_tensors
+    grads = torch.ops.varbench.ssd_scan_bwd(dy, dfinal_state, x, dt, A, B, C, y, D, dt_bias, initial_state,
+                                            ctx.chunk_size, ctx.dt_softplus)
+    present = (True, True, True, True, True, D is not None, dt_bias is not None, initial_state is not None)
+    return (*(g if keep else None for g, keep in zip(grads, present)), None, None)
+
+
+_ssd_scan_fwd.register_autograd(_ssd_scan_backward, setup_context=_ssd_scan_setup_context)
 
 
 def gated_rmsnorm(y, weight, z=None, eps=1e-5, group_size=None, norm_before_gate=False):
