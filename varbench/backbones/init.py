@@ -3,7 +3,9 @@
 One rule for every mixer, as M-VAR applied VAR's rule to Mamba2: Linear and Embedding weights are
 truncated-normal with std init_std (the bounds are the absolute values +-2, as torch's default), biases 0;
 conv kernels std 0.02; affine norms weight 1 bias 0. Parameters that are not owned by those modules (Mamba's
-A_log, dt_bias, D; the position tables) keep their own initialisation.
+A_log, dt_bias, D; the position tables) keep their own initialisation, and so do those a mixer's library marks
+`_no_reinit` (Mamba-1's dt_proj: softplus(bias) log-uniform in [1e-3, 0.1], not softplus(0) = 0.693), unless
+`mixer_init="var"` asks for VAR's rule everywhere (the behaviour before issue 15, kept to reproduce old runs).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import math
 import torch
 from torch import nn
 
+from varbench.mixers.base import NO_REINIT, library_marked
+
+MIXER_INIT = ("library", "var")
 _NORMS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
           nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -20,7 +25,8 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2
 
 @torch.no_grad()
 def var_init_(model: nn.Module, *, init_std: float = -1.0, init_head: float = 0.02, init_adaln: float = 0.5,
-              init_adaln_gamma: float = 1e-5, conv_std: float = 0.02, gamma_rows: str = "official") -> None:
+              init_adaln_gamma: float = 1e-5, conv_std: float = 0.02, gamma_rows: str = "official",
+              mixer_init: str = "library") -> None:
     """Initialise a ScaleAR model in place with VAR's rules (var_mvar_facts.md 2.7, 4.6).
 
     Args:
@@ -33,25 +39,20 @@ def var_init_(model: nn.Module, *, init_std: float = -1.0, init_head: float = 0.
             official code does; with three branches (M-VAR) the FFN gate gamma3 then gets init_adaln (M-VAR's quirk);
             with one branch (mixer=none, intra=none) its C gate rows only. "all" treats every gate row as a gate.
             Default: "official".
+        mixer_init (str, Optional): "library" keeps the init of every parameter a mixer's library marks
+            `_no_reinit` (`varbench.mixers.base.library_marked`); "var" overwrites them with VAR's rule too.
+            Default: "library".
     """
     if gamma_rows not in ("official", "all"):
         raise ValueError(f"gamma_rows must be 'official' or 'all', got {gamma_rows!r}")
+    if mixer_init not in MIXER_INIT:
+        raise ValueError(f"model.init.mixer_init must be one of {list(MIXER_INIT)}, got {mixer_init!r}")
     C = model.width
     std = math.sqrt(1 / C / 3) if init_std < 0 else init_std
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=std)
-            if m.bias is not None:
-                m.bias.zero_()
-        elif isinstance(m, nn.Embedding):
-            nn.init.trunc_normal_(m.weight, std=std)
-        elif isinstance(m, _NORMS) and m.weight is not None:
-            m.weight.fill_(1.0)
-            m.bias.zero_()
-        elif isinstance(m, _CONVS):
-            nn.init.trunc_normal_(m.weight, std=conv_std)
-            if m.bias is not None:
-                m.bias.zero_()
+    keep = library_marked(model, NO_REINIT) if mixer_init == "library" else set()
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        _module_init_(m, std, conv_std, kept={n for n, _ in m.named_parameters(recurse=False) if prefix + n in keep})
     model.head.weight.mul_(init_head)
     model.head.bias.zero_()
     model.head_nm.ada_lin[-1].weight.mul_(init_adaln)
@@ -68,3 +69,19 @@ def var_init_(model: nn.Module, *, init_std: float = -1.0, init_head: float = 0.
         ada_w[num_gates:].mul_(init_adaln)
         ada_w[:num_gates].mul_(init_adaln_gamma)
         block.ada_lin[-1].bias.zero_()
+
+
+def _module_init_(m: nn.Module, std: float, conv_std: float, kept: set[str]) -> None:
+    """VAR's rule for one module's own `weight` and `bias`, except those named in `kept`."""
+    weight = None if "weight" in kept else getattr(m, "weight", None)
+    bias = None if "bias" in kept else getattr(m, "bias", None)
+    if isinstance(m, (nn.Linear, nn.Embedding, *_CONVS)):
+        if weight is not None:
+            nn.init.trunc_normal_(weight, std=conv_std if isinstance(m, _CONVS) else std)
+        if bias is not None:
+            bias.zero_()
+    elif isinstance(m, _NORMS):
+        if weight is not None:
+            weight.fill_(1.0)
+        if bias is not None:
+            bias.zero_()

@@ -1,27 +1,34 @@
-"""ImageFolderData: ImageNet-style class folders with VAR's preprocessing, robust to bad files.
+"""ImageFolderData: ImageNet-style class folders with VAR's preprocessing; bad files are dropped when indexed.
 
 Layout: `root/train/<class>/**/*.<image ext>` and `root/val/<class>/**/*` (class = sub-folder name, sorted, as
 torchvision's DatasetFolder). When neither `train/` nor `val/` exists but class folders sit directly under root,
 root serves every split (with a warning: train and val are then the same images).
 
-Bad files never crash a worker deep inside a run: non-image files are skipped at scan time, and an image that
-fails to decode is replaced by the next readable item and flagged in a table shared with DataLoader workers.
-`report()` counts both. Shape legend: 3 RGB, H W image side.
+Indexing (at construction) reads every image's header, never its pixels unless `verify`:
+- a file PIL cannot identify (or, with `verify`, cannot decode) is dropped: the data set's items are the readable
+  images only, so an index never shifts to another image (or another class). The dropped files are counted and
+  listed by `report()` and in `data_index_<split>.json` (in `index_dir`: the run dir under Hydra);
+- an image above `max_pixels` (default PIL's decompression-bomb limit, 89.5 Mpixel) is an error naming the path:
+  a giant image would be decoded at every use;
+- a folder reached twice (a symlink loop, or a link to a folder already indexed) and one image reachable from two
+  class folders are errors naming both paths: through a link, one class's images would carry another's label.
+An image that passed the header check but fails to decode later is an error naming the path (never replaced).
+Shape legend: 3 RGB, H W image side.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing as mp
 import os
+import warnings
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from varbench.data.transforms import var_transform
+from varbench.data.transforms import to_rgb, var_transform
 
 log = logging.getLogger(__name__)
 LAYOUT = ("expected ImageNet-style folders: root/train/<class>/<images> and root/val/<class>/<images>, "
@@ -29,7 +36,12 @@ LAYOUT = ("expected ImageNet-style folders: root/train/<class>/<images> and root
 # What PIL raises on a truncated, corrupt or hostile file (UnidentifiedImageError is an OSError; some broken
 # PNG/JPEG headers raise SyntaxError or ValueError; DecompressionBombError is its own class).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+PIL_BOMB_LIMIT = Image.MAX_IMAGE_PIXELS  # 89,478,485: above it PIL warns, above twice that it refuses to open
 MAX_EXAMPLES = 5
+
+
+class ImageTooLarge(ValueError):
+    """An image above `data.max_pixels`: refused, never dropped silently."""
 
 
 def split_folder(root: Path, split: str) -> Path:
@@ -45,28 +57,63 @@ def split_folder(root: Path, split: str) -> Path:
     return root
 
 
+def walk_class(folder: Path, seen_dirs: dict[str, str]) -> list[str]:
+    """Every file under a class folder (links followed, sorted), refusing a folder reached twice."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            raise ValueError(f"{dirpath} is {seen_dirs[real]} again (a symlink loop, or a link to a folder already "
+                             "indexed): remove the link")
+        seen_dirs[real] = dirpath
+        dirnames.sort()
+        files += [os.path.join(dirpath, f) for f in sorted(filenames)]
+    return files
+
+
 def scan(folder: Path) -> tuple[list[str], list[tuple[str, int]], list[str]]:
-    """(classes, samples [(path, label)], skipped non-image paths) of a folder of class folders."""
+    """(classes, candidate samples [(path, label)], skipped non-image paths) of a folder of class folders."""
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(f"{folder} has no class folders; {LAYOUT}")
-    samples, skipped, empty = [], [], []
+    samples, skipped, empty, seen_dirs, owner = [], [], [], {}, {}
     for label, name in enumerate(classes):
         found = 0
-        for dirpath, _, filenames in sorted(os.walk(folder / name, followlinks=True)):
-            for fname in sorted(filenames):
-                path = os.path.join(dirpath, fname)
-                if fname.lower().endswith(IMG_EXTENSIONS):
-                    samples.append((path, label))
-                    found += 1
-                else:
-                    skipped.append(path)
+        for path in walk_class(folder / name, seen_dirs):
+            if not path.lower().endswith(IMG_EXTENSIONS):
+                skipped.append(path)
+                continue
+            real = os.path.realpath(path)
+            if real in owner:
+                raise ValueError(f"{path} and {owner[real]} are one image (a link): it would be indexed twice")
+            owner[real] = path
+            samples.append((path, label))
+            found += 1
         if not found:
             empty.append(name)
     if empty:
         raise ValueError(f"{folder}: class folders without any image ({', '.join(IMG_EXTENSIONS)}): {empty[:10]}"
                          f"{' ...' if len(empty) > 10 else ''}; remove them or add images")
     return classes, samples, skipped
+
+
+def check_image(path: str, max_pixels: int, verify: bool) -> None:
+    """Read the header (and with `verify` every pixel); one of DECODE_ERRORS when unreadable, ImageTooLarge when
+    the image is above `max_pixels`."""
+    try:
+        with warnings.catch_warnings():  # PIL's warning above its limit: the check below decides, with the path
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(f"{path}: {err}; shrink or remove it") from err
+    with opened as img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageTooLarge(f"{path} is {w}x{h} = {w * h / 1e6:.1f} Mpixel, above data.max_pixels={max_pixels} "
+                             f"({max_pixels / 1e6:.1f} Mpixel): shrink it, remove it or raise data.max_pixels "
+                             f"(at most {2 * PIL_BOMB_LIMIT}, PIL's hard limit)")
+        if verify:
+            to_rgb(img)
 
 
 class ImageFolderData(Dataset):
@@ -79,25 +126,63 @@ class ImageFolderData(Dataset):
         hflip (bool): random horizontal flip for train (VAR: off).
         num_classes (int | None): the class count the model is built for; a ValueError when the folders disagree.
         crop (str | None): "random" / "center" override (None: random for train, center for val).
+        max_pixels (int, Optional): largest image (width x height) accepted, 1 .. 2 x 89,478,485.
+            Default: 89,478,485 (PIL's decompression-bomb limit).
+        verify (bool, Optional): decode every image when indexing, so that a file with a good header but broken
+            pixels is dropped too (slow on large sets). Default: False.
+        index_dir (str | Path | None, Optional): where `data_index_<split>.json` goes; None: the run dir when Hydra
+            runs the job, else nowhere (`report()` still lists everything). Default: None.
     """
 
     def __init__(self, root, split: str = "train", image_size: int = 256, hflip: bool = False,
-                 num_classes: int | None = None, crop: str | None = None):
+                 num_classes: int | None = None, crop: str | None = None, max_pixels: int = PIL_BOMB_LIMIT,
+                 verify: bool = False, index_dir=None):
+        if not isinstance(max_pixels, int) or not 1 <= max_pixels <= 2 * PIL_BOMB_LIMIT:
+            raise ValueError(f"data.max_pixels={max_pixels!r}: valid range 1 .. {2 * PIL_BOMB_LIMIT} (PIL refuses "
+                             "larger images)")
         self.root, self.split, self.image_size, self.hflip = Path(root), split, int(image_size), hflip
+        self.max_pixels, self.verify = max_pixels, bool(verify)
         self.folder = split_folder(self.root, split)
-        self.classes, self.samples, self.skipped = scan(self.folder)
+        self.classes, candidates, self.skipped = scan(self.folder)
         self.num_classes = len(self.classes)
         if num_classes is not None and int(num_classes) != self.num_classes:
             raise ValueError(f"data.num_classes={num_classes} but {self.folder} has {self.num_classes} class folders "
                              f"({self.classes[:5]}{' ...' if self.num_classes > 5 else ''}); set data.num_classes="
                              f"{self.num_classes}")
+        self.samples, self.dropped = self._index(candidates)
         self.transform = var_transform(self.image_size, split, hflip=hflip, crop=crop)
-        # one byte per sample, in shared memory so that flags set in DataLoader workers reach report()
-        self._bad = mp.RawArray("b", len(self.samples))
-        self._errors: dict[int, str] = {}  # index -> error text, this process only
-        self._warned = False
-        if self.skipped:
-            log.warning("%s: skipped %d non-image files, e.g. %s", self.folder, len(self.skipped), self.skipped[:3])
+        self._write_index(index_dir)
+
+    def _index(self, candidates: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], list[dict]]:
+        samples, dropped = [], []
+        for path, label in candidates:
+            try:
+                check_image(path, self.max_pixels, self.verify)
+            except ImageTooLarge:
+                raise
+            except DECODE_ERRORS as err:
+                dropped.append({"path": path, "label": label, "error": f"{type(err).__name__}: {err}"})
+                continue
+            samples.append((path, label))
+        if not samples:
+            raise ValueError(f"no readable image in {self.folder} ({len(candidates)} image files, all unreadable, "
+                             f"e.g. {dropped[:2]})")
+        if dropped or self.skipped:
+            log.warning("%s: dropped %d unreadable images and skipped %d non-image files, e.g. %s",
+                        self.folder, len(dropped), len(self.skipped), [d["path"] for d in dropped[:3]])
+        return samples, dropped
+
+    def _write_index(self, index_dir) -> None:
+        if index_dir is None:
+            from hydra.core.hydra_config import HydraConfig
+            if not HydraConfig.initialized():
+                return
+            index_dir = HydraConfig.get().runtime.output_dir
+        path = Path(index_dir) / f"data_index_{self.split}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"folder": str(self.folder), "split": self.split, **self.report(full=True)},
+                                   indent=1))
+        self.index_file = path
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -112,38 +197,21 @@ class ImageFolderData(Dataset):
         self.transform = var_transform(self.image_size, self.split, hflip=False, crop="center")
         return self
 
-    def _load(self, index: int) -> Image.Image:
-        path = self.samples[index][0]
-        with Image.open(path) as img:
-            return img.convert("RGB")  # convert() forces the full decode here, inside the try of the caller
-
-    def _flag(self, index: int, err: Exception) -> None:
-        self._bad[index] = 1
-        self._errors[index] = f"{type(err).__name__}: {err}"
-        if not self._warned:
-            self._warned = True
-            log.warning("unreadable image %s (%s); substituting the next readable item (further ones are counted, "
-                        "see report())", self.samples[index][0], self._errors[index])
-
     def __getitem__(self, index: int):
-        n = len(self.samples)
-        for step in range(n):
-            j = (index + step) % n
-            if self._bad[j]:
-                continue
-            try:
-                img = self._load(j)
-            except DECODE_ERRORS as err:
-                self._flag(j, err)
-                continue
-            return self.transform(img), self.samples[j][1]
-        raise RuntimeError(f"no readable image in {self.folder} ({n} files, all failed to decode): {self.report()}")
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                rgb = to_rgb(img)  # forces the full decode here
+        except DECODE_ERRORS as err:
+            raise RuntimeError(f"{path} passed the index's header check but does not decode ({type(err).__name__}: "
+                               f"{err}); remove it, or index with data.verify=true to drop such files") from err
+        return self.transform(rgb), label
 
-    def report(self) -> dict:
-        """{"skipped_non_image": n, "unreadable": n, "examples": [...]} (unreadable: distinct files seen so far,
-        in any process; error texts of files flagged in worker processes are not known here)."""
-        bad = np.flatnonzero(np.frombuffer(self._bad, dtype=np.int8))
+    def report(self, full: bool = False) -> dict:
+        """{"indexed", "unreadable", "skipped_non_image", "max_pixels", "verify", "examples"}; with `full`, also
+        "dropped" (every unreadable file: path, label, error) and "skipped" (every non-image path)."""
         examples = [f"{p}: not an image file (skipped)" for p in self.skipped[:MAX_EXAMPLES]]
-        examples += [f"{self.samples[i][0]}: unreadable ({self._errors.get(int(i), 'failed in a worker')})"
-                     for i in bad[:MAX_EXAMPLES]]
-        return {"skipped_non_image": len(self.skipped), "unreadable": int(bad.size), "examples": examples}
+        examples += [f"{d['path']}: unreadable ({d['error']}), dropped" for d in self.dropped[:MAX_EXAMPLES]]
+        out = {"indexed": len(self.samples), "unreadable": len(self.dropped), "skipped_non_image": len(self.skipped),
+               "max_pixels": self.max_pixels, "verify": self.verify, "examples": examples}
+        return {**out, "dropped": self.dropped, "skipped": self.skipped} if full else out

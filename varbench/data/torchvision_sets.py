@@ -14,16 +14,11 @@ from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from varbench.data.transforms import to_pm1
+from varbench.data.transforms import to_pm1, to_rgb
 
 # name -> (class count, how the split is passed: "train" flag or "split" string)
 SETS = {"CIFAR10": (10, "train"), "CIFAR100": (100, "train"), "MNIST": (10, "train"), "FashionMNIST": (10, "train"),
         "SVHN": (10, "split"), "STL10": (10, "split")}
-
-
-def to_rgb(img):
-    """Grayscale sets (MNIST) -> 3 channels, like every other data set of the suite."""
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def square_transform(size: int) -> T.Compose:

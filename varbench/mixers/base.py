@@ -22,6 +22,10 @@ from varbench.layout import ScaleLayout
 
 State = dict[str, torch.Tensor]
 
+# The libraries' parameter markers (mamba_ssm's and fla's names): keep the layer's own init through the model's init;
+# never apply weight decay.
+NO_REINIT, NO_WEIGHT_DECAY = "_no_reinit", "_no_weight_decay"
+
 
 def resolve_backend(requested: str, available: dict[str, Callable[[], bool]], owner: str) -> str:
     """Pick a kernel backend explicitly; never fall back silently.
@@ -76,6 +80,22 @@ def run_steps(mixer: "TokenMixer", x_BLC: torch.Tensor, layout: ScaleLayout,
     return torch.cat(outs, dim=1), state
 
 
+def library_marked(model: nn.Module, marker: str) -> set[str]:
+    """Full names of the parameters of `model` that carry `marker` (NO_REINIT or NO_WEIGHT_DECAY).
+
+    A parameter is marked either by the attribute itself, as mamba_ssm and fla mark theirs (a library module used as
+    it is), or by a module listing it, relative to itself, in `library_markers[marker]` (the mixers here). The listed
+    names are what counts for our mixers: FSDP2's `fully_shard` and `deepcopy` replace parameter objects and lose
+    their attributes, never a module's.
+    """
+    names = set()
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        names.update(prefix + rel for rel in getattr(module, "library_markers", {}).get(marker, ()))
+        names.update(prefix + n for n, p in module.named_parameters(recurse=False) if getattr(p, marker, False))
+    return names
+
+
 class TokenMixer(nn.Module):
     """Base class of inter-scale mixers. Subclasses set `backend` (the kernel that runs) in `__init__`.
 
@@ -84,11 +104,15 @@ class TokenMixer(nn.Module):
             "causal" when the mixer is a token-causal scan over the flattened sequence (Mamba, GLA, ...).
         rescale_out_proj (bool): VAR's init divides this mixer's output projection by sqrt(2*depth)
             (true for attention; M-VAR leaves Mamba2's out_proj alone).
+        library_markers (dict[str, tuple[str, ...]]): parameters (names relative to the mixer) that its library
+            marks: NO_REINIT (the backbone's init keeps the value the mixer gave them) and NO_WEIGHT_DECAY (the
+            optimizer's no-decay group); read through `library_marked`.
     """
 
     within_scale = "causal"
     rescale_out_proj = False
     backend = "reference"
+    library_markers: dict[str, tuple[str, ...]] = {}
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         raise NotImplementedError

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from varbench.mixers.base import NO_WEIGHT_DECAY
 from varbench.mixers.linear_rnn import FusedRMSNormGated, LinearRNNMixer, RMSNorm, divide, expand, pick_heads
 from varbench.ops.linear_rnn import delta_rule
 
@@ -49,6 +50,8 @@ class GatedDeltaNetMixer(LinearRNNMixer):
 
     kv_flops = 7
     v_flops = 2
+    # as fla's GatedDeltaNet marks them (they belong to no Linear/Conv: the backbone's init never touches them)
+    library_markers = {NO_WEIGHT_DECAY: ("A_log", "dt_bias")}
 
     def __init__(
         self,
@@ -87,8 +90,6 @@ class GatedDeltaNetMixer(LinearRNNMixer):
         self.A_log = nn.Parameter(torch.empty(heads).uniform_(0, 16).log())
         dt = torch.exp(torch.rand(heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log._no_weight_decay = True
-        self.dt_bias._no_weight_decay = True
         self._add_short_convs(use_short_conv, conv_size, conv_bias, {"q": key_dim, "k": key_dim, "v": value_dim},
                               dict.fromkeys("qkv", "silu"))
         if use_gate:

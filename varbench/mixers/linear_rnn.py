@@ -138,6 +138,10 @@ class LinearRNNMixer(TokenMixer):
         kv_flops (int): FLOPs per token, head, key dim and value dim of the recurrence in its token-by-token form
             (decay of the state 1, outer-product update 2, read-out 2, delta-rule retrieval 2).
         v_flops (int): FLOPs per token, head and value dim on top (the delta rule's v - S^T k and beta scaling).
+
+    Init and weight decay: fla (0.6) marks no parameter of its GLA, RetNet, HGRN2, DeltaNet or linear-attention
+    layers and initialises them by its model-wide rule (Linear/Conv normal, biases 0), which the backbone's rule
+    replaces; only Gated DeltaNet has library markers (`library_markers` there).
     """
 
     within_scale = "causal"

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import State, TokenMixer, cuda_and, resolve_backend
+from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer, cuda_and, resolve_backend
 from varbench.mixers.mamba2 import at_least_fp32, inverse_softplus_dt, itemsize, ssm_state_dtype
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
@@ -48,6 +48,9 @@ class MambaMixer(TokenMixer):
 
     within_scale = "causal"
     rescale_out_proj = False
+    # mamba_ssm marks dt_proj.bias `_no_reinit` and A_log, D `_no_weight_decay`. Its model init never touches a
+    # Linear weight, so dt_proj.weight's variance-preserving draw survives there too: the backbone keeps both.
+    library_markers = {NO_REINIT: ("dt_proj.weight", "dt_proj.bias"), NO_WEIGHT_DECAY: ("A_log", "D")}
 
     def __init__(self, dim: int, num_heads: int | None = None, layer_idx: int = 0, backend: str = "auto",
                  d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
@@ -67,13 +70,10 @@ class MambaMixer(TokenMixer):
         nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
         with torch.no_grad():
             self.dt_proj.bias.copy_(inverse_softplus_dt(E, dt_min, dt_max))
-        self.dt_proj.bias._no_reinit = True
         # S4D-real init: A[e, n] = -(n + 1)
         self.A_log = nn.Parameter(torch.arange(1, d_state + 1, dtype=torch.float32).repeat(E, 1).log())
         self.D = nn.Parameter(torch.ones(E))
-        self.A_log._no_weight_decay = self.D._no_weight_decay = True
         self.out_proj = nn.Linear(E, dim, bias=False)
-
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         return self._mix(x_BLC, None, None)[0]

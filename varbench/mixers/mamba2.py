@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import State, TokenMixer, cuda_and, resolve_backend
+from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer, cuda_and, resolve_backend
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.ssd import kernel as ssd_kernel
@@ -68,6 +68,9 @@ class Mamba2Mixer(TokenMixer):
 
     within_scale = "causal"
     rescale_out_proj = False  # M-VAR leaves Mamba2's out_proj alone
+    # as mamba_ssm.Mamba2 marks them; it marks nothing `_no_reinit` (dt_bias, A_log, D belong to no Linear/Conv, so
+    # the backbone's init never touches them)
+    library_markers = {NO_WEIGHT_DECAY: ("dt_bias", "A_log", "D")}
 
     def __init__(self, dim: int, num_heads: int | None = None, layer_idx: int = 0, backend: str = "auto",
                  d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
@@ -93,11 +96,8 @@ class Mamba2Mixer(TokenMixer):
         self.dt_bias = nn.Parameter(inverse_softplus_dt(self.nheads))
         self.A_log = nn.Parameter(torch.empty(self.nheads, dtype=torch.float32).uniform_(1, 16).log())
         self.D = nn.Parameter(torch.ones(self.nheads))
-        for p in (self.dt_bias, self.A_log, self.D):
-            p._no_weight_decay = True  # as mamba_ssm marks them
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
-
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         if self.fused:

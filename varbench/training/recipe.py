@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from varbench.mixers.base import NO_WEIGHT_DECAY, library_marked
+
 # substrings of parameter names that never decay (VAR's list; `scale_mul` is the attention log-temperature)
 NO_DECAY_KEYS = ("cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
                  "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul")
@@ -19,12 +21,20 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim == 1 or name.endswith("bias") or any(key in name for key in NO_DECAY_KEYS)
 
 
-def param_groups(model: nn.Module) -> list[dict]:
-    """Two AdamW groups; `wd_scale` 0 switches weight decay off for the no-decay group."""
+def param_groups(model: nn.Module, marked_no_decay: bool = True) -> list[dict]:
+    """Two AdamW groups; `wd_scale` 0 switches weight decay off for the no-decay group.
+
+    Args:
+        model (nn.Module): the model (not a compile wrapper: names are matched against its own).
+        marked_no_decay (bool, Optional): also keep out of decay every parameter a mixer's library marks
+            `_no_weight_decay` (Mamba's A_log and D, ...; `varbench.mixers.base.library_marked`), as the libraries
+            train them. False is VAR's rule alone (Mamba-1's 2-D A_log then decays). Default: True.
+    """
+    marked = library_marked(model, NO_WEIGHT_DECAY) if marked_no_decay else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if no_weight_decay(name, p) else decay).append(p)
+            (no_decay if name in marked or no_weight_decay(name, p) else decay).append(p)
     return [{"params": decay, "wd_scale": 1.0}, {"params": no_decay, "wd_scale": 0.0}]
 
 
