@@ -247,3 +247,21 @@ def aim_init_(model: RasterAR, std: float = 0.02) -> None:
         if hasattr(block, "ada_lin"):
             nn.init.zeros_(block.ada_lin[1].weight)
     nn.init.zeros_(model.head_nm.ada_lin[1].weight)
+
+
+def build_raster_ar(cfg, num_classes: int | None = None) -> RasterAR:
+    """The RasterAR of a composed run config with `model.backbone: raster_ar` (model=aim_b|aim_l|aim_xl): the
+    `model` group's arguments, the chosen mixer, the tokenizer's vocabulary and latent side (N = side^2 tokens) and
+    the data set's classes (or `num_classes`)."""
+    from omegaconf import OmegaConf
+
+    from varbench.registry import factory
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    if kwargs.pop("backbone", None) != "raster_ar":
+        raise ValueError(f"model.backbone must be 'raster_ar' for a RasterAR, got {cfg.model.get('backbone')!r}")
+    if cfg.tokenizer.get("kind") != "vq_f16":
+        raise ValueError(f"a raster model needs a single-scale tokenizer (tokenizer=vq_f16), got "
+                         f"kind={cfg.tokenizer.get('kind')!r}")
+    return RasterAR(mixer=factory(cfg.mixer), vocab_size=cfg.tokenizer.vocab_size,
+                    num_tokens=cfg.tokenizer.latent_side ** 2, num_classes=num_classes or cfg.data.num_classes,
+                    **kwargs)

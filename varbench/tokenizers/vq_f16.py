@@ -233,3 +233,9 @@ def load_official_vq_f16(model: VQF16, source) -> VQF16:
         source = source["model"]  # LlamaGen saves {"model": state_dict, ...}
     load_strict(model, read_state_dict(source), f"{what} (VQF16 V={model.vocab_size}, Cv={model.embed_dim})")
     return model
+
+
+def vq_f16_from_config(cfg) -> VQF16:
+    """The VQF16 of a `tokenizer=vq_f16` config (its `checkpoint` is loaded by the caller)."""
+    keys = ("vocab_size", "embed_dim", "z_channels", "ch", "ch_mult", "num_res_blocks")
+    return VQF16(**{k: tuple(cfg[k]) if k == "ch_mult" else cfg[k] for k in keys})

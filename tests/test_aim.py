@@ -1,0 +1,168 @@
+"""RasterAR (AiM's raster next-token backbone): published parameter counts, the mixer contract in raster order
+(step == forward for every mixer that can step one token), causality, generation options and bad input.
+Golden parity with the official code is in tests/test_golden.py; checkpoint layout in tests/test_aim_convert.py."""
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from varbench.backbones.raster_ar import RasterAR, build_raster_ar, raster_mixers
+from varbench.mixers.base import TokenMixer
+from varbench.registry import CONFIG_ROOT, factory, list_options, load_option
+
+V, N, K = 32, 9, 5  # tiny vocabulary, 3x3 tokens, classes
+
+
+def tiny_raster(mixer: str = "mamba2", depth: int = 2, width: int = 64, **kw) -> RasterAR:
+    """A tiny RasterAR in fp32 whose adaLN gates are random (AiM's zero init would make every block an identity
+    and a parity test blind to the mixers)."""
+    cfg = load_option("mixer", mixer)
+    if mixer == "mamba2":
+        cfg.d_state, cfg.headdim = 16, 16
+    model = RasterAR(mixer=factory(cfg), depth=depth, width=width, num_heads=2, vocab_size=V, num_classes=K,
+                     num_tokens=N, **kw)
+    with torch.no_grad():
+        linears = [b.ada_lin[1] for b in model.blocks if hasattr(b, "ada_lin")] + [model.head_nm.ada_lin[1]]
+        linears += [model.adaln_group[1]] if model.adaln_group is not None else []
+        for linear in linears:
+            linear.weight.normal_(0, linear.in_features ** -0.5)
+            linear.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def official_aim_params(C: int, depth: int, groups: int | None, V=16384, tokens=256, classes=1000, d_state=128):
+    """The parameter count of the official MambaLMHeadModel, from its module structure (aim_facts.md): Mamba2
+    (in_proj, conv, dt_bias/A_log/D, gated norm, out_proj), RMSNorm, adaLN per block or the group table, tied
+    embeddings counted once, positions (tokens + 1 rows), classes + 1 rows, final layer and norm_f."""
+    E = 2 * C
+    H = E // 64
+    mamba2 = C * (2 * E + 2 * d_state + H) + (E + 2 * d_state) * 5 + 3 * H + E + E * C
+    ada = 3 * C * C + 3 * C if groups is None else 3 * C
+    group_table = 0 if groups is None else C * groups * 3 * C + groups * 3 * C
+    final = 2 * C * C + 2 * C + C
+    return depth * (mamba2 + C + ada) + V * C + (tokens + 1) * C + (classes + 1) * C + group_table + final + C
+
+
+@pytest.mark.parametrize("name,C,depth,groups,published_m", [
+    ("aim_b", 768, 24, None, 148), ("aim_l", 1024, 48, 4, 350), ("aim_xl", 1536, 48, 4, 763)])
+def test_recipes_have_the_official_parameter_counts(name, C, depth, groups, published_m):
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model={name}", "data=imagenet"])
+    with torch.device("meta"):
+        model = build_raster_ar(cfg)
+    assert model.num_params() == official_aim_params(C, depth, groups)
+    assert round(model.num_params() / 1e6) == published_m
+    if name == "aim_b":  # the facts' count: 147.6M
+        assert round(model.num_params() / 1e5) == 1476
+
+
+def test_raster_mixers_enumerate_the_registry():
+    names = raster_mixers()
+    assert "none" not in names
+    assert set(names) == {n for n in list_options("mixer") if n != "none"}, "every registered mixer steps a token"
+
+
+@pytest.mark.parametrize("name", raster_mixers())
+def test_step_equals_forward(name):
+    """Teacher-forced generation with training positions (one `step` per token, carried state) reproduces the
+    training forward for the conditional half, and guidance combines it with the null-class forward."""
+    model = tiny_raster(name)
+    label_B, ids_BN = torch.tensor([1, 3]), torch.randint(0, V, (2, N))
+    gen = model.generate(label_B, cfg=2.5, forced_ids=ids_BN, return_logits=True, sample_positions="training")
+    with torch.no_grad():
+        cond, uncond = model(label_B, ids_BN), model(torch.full_like(label_B, K), ids_BN)
+    torch.testing.assert_close(gen.logits, uncond + (cond - uncond) * 2.5, atol=2e-5, rtol=1e-5)
+    assert torch.equal(gen.ids, ids_BN)
+
+
+@pytest.mark.parametrize("variant", [dict(adaln_group=True, num_groups=2), dict(mlp_hidden=48),
+                                     dict(adaln_group=True, num_groups=3, mlp_hidden=48)])
+def test_step_equals_forward_with_adaln_group_and_mlp(variant):
+    model = tiny_raster("mamba2", depth=3, **variant)
+    label_B, ids_BN = torch.tensor([0, 4]), torch.randint(0, V, (2, N))
+    gen = model.generate(label_B, cfg=1.0, forced_ids=ids_BN, return_logits=True, sample_positions="training")
+    with torch.no_grad():
+        torch.testing.assert_close(gen.logits, model(label_B, ids_BN), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mamba2", "attention"])
+def test_a_token_only_changes_later_predictions(name):
+    model = tiny_raster(name)
+    ids_BN = torch.randint(0, V, (1, N))
+    changed = ids_BN.clone()
+    changed[0, 4] = (changed[0, 4] + 1) % V
+    with torch.no_grad():
+        a, b = model(torch.tensor([2]), ids_BN), model(torch.tensor([2]), changed)
+    assert torch.equal(a[:, :5], b[:, :5]), "token 4 changed the prediction of a token at or before it"
+    assert not torch.allclose(a[:, 5:], b[:, 5:]), "token 4 changed nothing later: the test would be blind"
+
+
+def test_official_positions_differ_from_the_second_token_on():
+    model = tiny_raster("mamba2")
+    label_B, ids_BN = torch.tensor([1]), torch.randint(0, V, (1, N))
+    train = model.generate(label_B, forced_ids=ids_BN, return_logits=True, sample_positions="training").logits
+    official = model.generate(label_B, forced_ids=ids_BN, return_logits=True, sample_positions="official").logits
+    assert torch.equal(train[:, 0], official[:, 0])
+    assert (train[:, 1:] - official[:, 1:]).abs().amax(-1).min() > 0, "every later step must see the shift"
+
+
+def test_sampling_filters_and_temperature(monkeypatch):
+    """The distribution handed to multinomial is softmax(filtered(guided / temperature))."""
+    model = tiny_raster("mamba2")
+    seen, real = [], torch.multinomial
+
+    def spy(probs, n, generator=None):
+        seen.append(probs)
+        return real(probs, n, generator=generator)
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    gen = model.generate(torch.tensor([1, 2]), cfg=1.5, temperature=0.7, top_k=5, return_logits=True)
+    assert len(seen) == N
+    for t, probs_BV in enumerate(seen):
+        logits_BV = gen.logits[:, t] / 0.7
+        kept = logits_BV >= logits_BV.topk(5, dim=-1).values[:, -1:]
+        expected = logits_BV.masked_fill(~kept, -torch.inf).softmax(-1)
+        torch.testing.assert_close(probs_BV, expected)
+    seen.clear()
+    model.generate(torch.tensor([1]), top_p=0.5)
+    assert all((p > 0).sum() < V for p in seen), "top_p 0.5 kept the whole vocabulary"
+
+
+def test_greedy_and_seeded_sampling():
+    model = tiny_raster("mamba2")
+    greedy = model.generate(torch.tensor([1, 2]), cfg=2.0, top_k=1, return_logits=True)
+    assert torch.equal(greedy.ids, greedy.logits.argmax(-1))
+    runs = [model.generate(torch.tensor([3]), generator=torch.Generator().manual_seed(7)).ids for _ in range(2)]
+    assert torch.equal(*runs)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(temperature=0.0), "temperature"), (dict(top_p=1.5), "top_p"),
+                                          (dict(top_k=-1), "top_k"), (dict(sample_positions="shifted"), "official")])
+def test_bad_sampling_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_raster("mamba2").generate(torch.tensor([1]), **kwargs)
+
+
+def test_bad_inputs_name_the_valid_range():
+    model = tiny_raster("mamba2")
+    with pytest.raises(ValueError, match=f"vocab_size {V}"):
+        model(torch.tensor([1]), torch.full((1, N), V))
+    with pytest.raises(ValueError, match=f"num_tokens={N}"):
+        model(torch.tensor([1]), torch.zeros(1, N - 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=f"0, {K}"):
+        model(torch.tensor([K + 1]), torch.zeros(1, N, dtype=torch.long))
+    with pytest.raises(ValueError, match=f"num_tokens={N}"):
+        model.generate(torch.tensor([1]), forced_ids=torch.zeros(1, N + 1, dtype=torch.long))
+
+
+def test_a_mixer_that_cannot_step_is_refused_by_name():
+    with pytest.raises(ValueError, match="mixer 'none'.*attention"):
+        RasterAR(mixer=None, depth=1, width=64, vocab_size=V, num_tokens=N)
+
+    class ForwardOnly(TokenMixer):
+        def __init__(self, dim, num_heads=None, layer_idx=0):
+            super().__init__()
+            self.proj = torch.nn.Linear(dim, dim)
+
+    with pytest.raises(ValueError, match="ForwardOnly cannot advance one token.*mamba2"):
+        RasterAR(mixer=ForwardOnly, depth=1, width=64, vocab_size=V, num_tokens=N)
