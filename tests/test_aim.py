@@ -166,3 +166,29 @@ def test_a_mixer_that_cannot_step_is_refused_by_name():
 
     with pytest.raises(ValueError, match="ForwardOnly cannot advance one token.*mamba2"):
         RasterAR(mixer=ForwardOnly, depth=1, width=64, vocab_size=V, num_tokens=N)
+
+
+def test_cuda_graphs_need_eval_mode_and_a_cuda_device():
+    model = tiny_raster("mamba2")
+    with pytest.raises(ValueError, match="CUDA device"):
+        model.generate(torch.tensor([1]), cuda_graphs=True)
+    with pytest.raises(ValueError, match="eval mode"):
+        model.train().generate(torch.tensor([1]), cuda_graphs=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["mamba2", "attention"])
+def test_cuda_graph_token_steps_equal_eager(name):
+    """One CUDA graph per token step (AiM's cg=True) gives the eager logits and samples; a second call with other
+    labels reuses the graphs."""
+    model = tiny_raster(name, adaln_group=True, num_groups=2).cuda()
+    ids_BN = torch.randint(0, V, (2, N), device="cuda")
+    for labels in ([1, 3], [0, 4]):
+        label_B = torch.tensor(labels, device="cuda")
+        runs = [model.generate(label_B, cfg=1.75, forced_ids=ids_BN, return_logits=True, cuda_graphs=graphs)
+                for graphs in (True, False)]
+        torch.testing.assert_close(runs[0].logits, runs[1].logits)
+        sampled = [model.generate(label_B, cfg=1.75, top_k=8, cuda_graphs=graphs,
+                                  generator=torch.Generator("cuda").manual_seed(3)).ids for graphs in (True, False)]
+        assert torch.equal(*sampled)
+    assert len(model._graphed) == 1

@@ -80,6 +80,7 @@ class RasterAR(nn.Module):
                  num_groups: int = 1, mlp_hidden: int = 0, norm_eps: float = 1e-5, cond_drop_rate: float = 0.1,
                  sample_positions: str = "training", init_std: float = 0.02):
         super().__init__()
+        self._graphed: dict = {}  # graph key -> GraphedScales (one CUDA graph per token step); never in state_dict
         if mixer is None:
             raise ValueError(f"mixer 'none' cannot run in raster order (no token would see another); "
                              f"mixers that can: {raster_mixers()}")
@@ -156,14 +157,17 @@ class RasterAR(nn.Module):
         return self.logits(hidden, residual, cond_BC)
 
     # ----- generation ------------------------------------------------------------------------------------------
-    def initial_states(self, batch: int, device, dtype: torch.dtype) -> list[State]:
+    def initial_states(self, batch: int, device, dtype: torch.dtype, rerun: bool = False) -> list[State]:
         return [block.mixer.init_state(batch, self.layout, device, dtype) for block in self.blocks]
 
-    def step_logits(self, x_B1C, states: list[State], ada: list[torch.Tensor], cond_BC, t: int):
-        """Every block's `step` over input token t from `states`, then the head: logits (B, 1, V), new states."""
+    def scale_logits(self, x_B1C, states: list[State], cond_BC, t: int, rerun: bool = False):
+        """The model part of step t (ScaleAR's interface, so `GraphedScales` captures it: one CUDA graph per token):
+        every block's `step` over input token t from `states`, then the head. Returns logits (B, 1, V), new states."""
+        if rerun:
+            raise ValueError("raster order has no prefix re-run sampler")
         hidden, residual, states = x_B1C, None, list(states)
-        for i, block in enumerate(self.blocks):
-            hidden, residual, states[i] = block.step(hidden, residual, ada[i], states[i], self.layout, t)
+        for i, (block, ada) in enumerate(zip(self.blocks, self.adaln_inputs(cond_BC))):
+            hidden, residual, states[i] = block.step(hidden, residual, ada, states[i], self.layout, t)
         return self.logits(hidden, residual, cond_BC), states
 
     def step_input(self, ids_B1: torch.Tensor, t: int, positions: str) -> torch.Tensor:
@@ -175,7 +179,7 @@ class RasterAR(nn.Module):
     def generate(self, label_B: torch.Tensor, cfg: float = 1.0, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, generator: torch.Generator | None = None, tokenizer=None,
                  forced_ids: torch.Tensor | None = None, return_logits: bool = False,
-                 sample_positions: str | None = None) -> RasterGeneration:
+                 sample_positions: str | None = None, cuda_graphs: bool = False) -> RasterGeneration:
         """Class-conditional generation one token at a time, AiM's way.
 
         Args:
@@ -190,6 +194,9 @@ class RasterAR(nn.Module):
             forced_ids (Tensor, Optional): teacher-force these ids (B, N) instead of sampling (parity checks).
             return_logits (bool, Optional): also return the guided logits (B, N, V). Default: False.
             sample_positions (str, Optional): override of the model's `sample_positions`. Default: None.
+            cuda_graphs (bool, Optional): replay each token step (blocks and head) as one CUDA graph (AiM's `cg=True`;
+                `varbench.backbones.graphs`), captured on the first call per batch, dtype, autocast and device;
+                sampling stays eager. CUDA and eval mode only. Default: False.
         """
         positions = sample_positions or self.sample_positions
         if positions not in SAMPLE_POSITIONS:
@@ -201,11 +208,14 @@ class RasterAR(nn.Module):
         if forced_ids is not None:
             self.check_ids(forced_ids, B)
         cond_2BC = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))
-        ada = self.adaln_inputs(cond_2BC)
-        states = self.initial_states(2 * B, cond_2BC.device, cond_2BC.dtype)
+        graphed = self.graphed_steps(cond_2BC) if cuda_graphs else None
+        states = None if graphed else self.initial_states(2 * B, cond_2BC.device, cond_2BC.dtype)
         x_2B1C, ids, all_logits = cond_2BC.unsqueeze(1), [], []
         for t in range(self.num_tokens):
-            logits_2B1V, states = self.step_logits(x_2B1C, states, ada, cond_2BC, t)
+            if graphed is not None:
+                logits_2B1V = graphed.run(t, x_2B1C)  # overwritten at the next replay: guidance makes a new tensor
+            else:
+                logits_2B1V, states = self.scale_logits(x_2B1C, states, cond_2BC, t)
             cond_B1V, uncond_B1V = logits_2B1V.float().chunk(2)
             logits_B1V = uncond_B1V + (cond_B1V - uncond_B1V) * cfg
             if return_logits:
@@ -222,6 +232,27 @@ class RasterAR(nn.Module):
         ids_BN = torch.cat(ids, dim=1)
         images = tokenizer.decode(ids_BN).add(1).mul(0.5) if tokenizer is not None else None
         return RasterGeneration(ids_BN, images, torch.cat(all_logits, 1) if return_logits else None)
+
+    def graphed_steps(self, cond_2BC: torch.Tensor):
+        """The captured token steps for this batch, dtype, autocast, device and weights (captured on first use)."""
+        from varbench.backbones.graphs import GraphedScales, graph_key
+        if self.training or cond_2BC.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs eval mode and a CUDA device (training={self.training}, "
+                             f"device {cond_2BC.device})")
+        key = graph_key(self, cond_2BC, "carry")
+        if key not in self._graphed:
+            self._graphed[key] = GraphedScales(self, cond_2BC, "carry")
+        self._graphed[key].begin(cond_2BC)
+        return self._graphed[key]
+
+    def train(self, mode: bool = True) -> "RasterAR":
+        """As `nn.Module.train`; entering training drops the captured sampling graphs (their memory)."""
+        if mode:
+            self._graphed = {}
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_graphed": {}}  # graphs hold device addresses: copies start without them
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
