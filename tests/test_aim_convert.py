@@ -115,3 +115,24 @@ def test_vq_f16_bad_input():
         vq.decode(torch.zeros(1, 15, dtype=torch.long))
     with pytest.raises(ValueError, match="multiples of 2"):
         vq.encode(torch.zeros(1, 3, 7, 7))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_golden_on_the_gpu_with_kernels(golden):
+    """Set C on the GPU with the kernels 'auto' picks (mamba_ssm when installed), fp32 with TF32 off as the golden was
+    made (run with TRITON_F32_DEFAULT=ieee), within the README's 1e-4; eager and CUDA-graph sampling paths."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    config, official, _ = golden
+    model = raster_ar_from_official_config(config["mamba_config"], cond_drop_rate=0.0)
+    load_official_aim(model, official)
+    model = model.cuda().eval()
+    print("mixer backend:", model.blocks[0].mixer.backend)
+    io = {k: v.cuda() for k, v in load_file(str(GOLDEN_C / "aim_io.safetensors")).items()}
+    label_B = io["cond"][:, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(label_B, io["code"]), io["logits_train"], atol=1e-4, rtol=0)
+    for graphs in (False, True):
+        for cfg, name in ((1.0, "logits_steps_cond"), (config["cfg_scale"], "logits_steps_guided")):
+            out = model.generate(label_B, cfg=cfg, forced_ids=io["code"], return_logits=True,
+                                 sample_positions="official", cuda_graphs=graphs)
+            torch.testing.assert_close(out.logits, io[name], atol=1e-4, rtol=0)
