@@ -192,3 +192,29 @@ def test_cuda_graph_token_steps_equal_eager(name):
                                   generator=torch.Generator("cuda").manual_seed(3)).ids for graphs in (True, False)]
         assert torch.equal(*sampled)
     assert len(model._graphed) == 1
+
+
+def test_raster_layout_is_a_causal_single_token_layout():
+    from varbench.layout import RasterLayout
+    layout = RasterLayout(5)
+    assert layout.lengths == (1,) * 5 and layout.offsets == tuple(range(6)) and layout.L == layout.num_scales == 5
+    assert torch.equal(layout.block_causal_mask(), torch.ones(5, 5, dtype=torch.bool).tril())
+    with pytest.raises(ValueError, match="no patch_nums"):
+        layout.patch_nums
+
+
+def test_aim_init():
+    """GPT-2 init as AiM: tables N(0, 0.02), adaLN Linears zero (blocks start as identities), out_proj
+    kaiming-uniform / sqrt(depth), the group table randn / sqrt(C)."""
+    torch.manual_seed(0)
+    model = RasterAR(mixer=factory(load_option("mixer", "mamba2")), depth=4, width=256, vocab_size=512,
+                     num_classes=K, num_tokens=N)
+    assert abs(model.word_embed.weight.std().item() - 0.02) < 1e-3
+    for block in model.blocks:
+        assert not block.ada_lin[1].weight.any() and not block.ada_lin[1].bias.any()
+        bound = (1 / 512) ** 0.5 / 4 ** 0.5  # kaiming_uniform(a=sqrt(5)) bound 1/sqrt(fan_in), fan_in = 2C = 512
+        assert block.mixer.out_proj.weight.abs().max() <= bound < 1.05 * block.mixer.out_proj.weight.abs().max()
+    assert not model.head_nm.ada_lin[1].weight.any()
+    grouped = RasterAR(mixer=factory(load_option("mixer", "mamba2")), depth=2, width=256, vocab_size=512,
+                       num_classes=K, num_tokens=N, adaln_group=True, num_groups=2)
+    assert abs(grouped.blocks[0].scale_shift_table.std().item() - 256 ** -0.5) < 0.01
