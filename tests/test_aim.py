@@ -56,6 +56,17 @@ def test_recipes_have_the_official_parameter_counts(name, C, depth, groups, publ
         assert round(model.num_params() / 1e5) == 1476
 
 
+def test_aim_recipe_is_the_published_one():
+    from varbench.training.recipe import lr_factor, peak_lr
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        train = compose(config_name="config", overrides=["model=aim_b"]).train
+    assert peak_lr(train.base_lr, train.batch_size) == pytest.approx(8e-4) and train.batch_size == 2048
+    assert list(train.betas) == [0.9, 0.95] and train.weight_decay == 0.05 and train.precision == "bf16"
+    steps = 1000  # linear from the peak at the first step down to 0, no warm-up (HF's "linear")
+    assert [lr_factor(it, 0, steps, train.schedule, train.warmup_start, train.end_factor) for it in (0, steps - 1)] \
+        == [1.0, 0.0] and train.warmup_epochs == 0
+
+
 def test_raster_mixers_enumerate_the_registry():
     names = raster_mixers()
     assert "none" not in names
