@@ -70,7 +70,8 @@ class RasterAR(nn.Module):
         num_groups (int, Optional): G (adaLN-group only). Default: 1.
         mlp_hidden (int, Optional): gated MLP width per block (AiM `d_intermediate`); 0: none. Default: 0.
         norm_eps (float, Optional): RMSNorm epsilon. Default: 1e-5.
-        cond_drop_rate (float, Optional): label dropout to the null class in training. Default: 0.1.
+        cond_drop_rate (float, Optional): label dropout to the null class in training mode (AiM's forward drops
+            labels in eval mode too, e.g. for its validation loss; varbench's eval forward never). Default: 0.1.
         sample_positions (str, Optional): "training" or "official" (module docstring). Default: "training".
         init_std (float, Optional): std of the embedding tables (GPT-2 init). Default: 0.02.
     """
