@@ -229,3 +229,18 @@ def test_aim_init():
     grouped = RasterAR(mixer=factory(load_option("mixer", "mamba2")), depth=2, width=256, vocab_size=512,
                        num_classes=K, num_tokens=N, adaln_group=True, num_groups=2)
     assert abs(grouped.blocks[0].scale_shift_table.std().item() - 256 ** -0.5) < 0.01
+
+
+@pytest.mark.parametrize("name", ["mamba2", "attention"])
+def test_bf16_autocast_forward_and_steps(name):
+    """Under bf16 autocast (AiM trains in bf16) the residual stays fp32 and both paths run and agree with fp32."""
+    model = tiny_raster(name, adaln_group=True, num_groups=2, mlp_hidden=48)
+    label_B, ids_BN = torch.tensor([1, 2]), torch.randint(0, V, (2, N))
+    with torch.no_grad():
+        reference = model(label_B, ids_BN)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(label_B, ids_BN)
+            steps = model.generate(label_B, forced_ids=ids_BN, return_logits=True, sample_positions="training")
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), reference, atol=3e-2, rtol=3e-2)  # bf16: 8 mantissa bits
+    torch.testing.assert_close(steps.logits, reference, atol=3e-2, rtol=3e-2)
