@@ -104,7 +104,7 @@ def load_official_aim(model: RasterAR, source) -> dict[str, torch.Tensor]:
     """Load an official AiM checkpoint (mapping, .safetensors or .pt/.bin) strictly into `model`. Returns the
     tokenizer's state dict found beside it (empty for a bare MambaLMHeadModel file), for `load_official_vq_f16`."""
     ar, vq = split_aim_checkpoint(read_state_dict(source))
-    what = f"official AiM checkpoint {source if isinstance(source, str) else ''}".rstrip()
+    what = "official AiM checkpoint" + ("" if isinstance(source, dict) else f" {source}")
     load_strict(model, official_to_varbench(ar), f"{what} (RasterAR depth={model.depth}, width={model.width})")
     return vq
 
@@ -115,12 +115,11 @@ def raster_ar_from_official_config(config: dict, **overrides) -> RasterAR:
     from functools import partial
 
     from varbench.mixers.mamba2 import Mamba2Mixer
+    fixed = {"attn_layer_idx": [], "rms_norm": True, "tie_embeddings": True}  # AiM's; other values: not supported
     c = {"d_model": 1024, "d_intermediate": 0, "n_layer": 48, "vocab_size": 16384, "ssm_cfg": {"layer": "Mamba2"},
-         "num_classes": 1000, "num_tokens": 256, "adaln_group": False, "num_groups": 1, "attn_layer_idx": [],
-         "rms_norm": True, "tie_embeddings": True, **config}
+         "num_classes": 1000, "num_tokens": 256, "adaln_group": False, "num_groups": 1, **fixed, **config}
     ssm = dict(c["ssm_cfg"])
-    unsupported = {k: c[k] for k in ("attn_layer_idx", "rms_norm", "tie_embeddings")
-                   if c[k] != {"attn_layer_idx": [], "rms_norm": True, "tie_embeddings": True}[k]}
+    unsupported = {k: c[k] for k, v in fixed.items() if c[k] != v}
     if ssm.pop("layer", "Mamba1") != "Mamba2" or unsupported:
         raise ValueError(f"only AiM's configuration is supported (Mamba2 layers, RMSNorm, tied head, no attention "
                          f"layers); got ssm_cfg={c['ssm_cfg']}, {unsupported}")
