@@ -1,10 +1,14 @@
 """Golden parity with the official VAR / M-VAR code (shared/golden/setA), through the same command users run:
 `python -m varbench.compat check-golden DIR --only PART`. Tolerances are the golden README's; never loosen them."""
 
+import json
+import shutil
 import subprocess
 import sys
 
 import pytest
+from conftest import SHARED
+from safetensors.torch import load_file, save_file
 
 from varbench.compat.golden import check_golden
 
@@ -41,3 +45,36 @@ def test_cli_fails_when_a_tensor_is_wrong(golden_dir, tmp_path):
     rows = {r.name: r for r in check_golden(bad_dir, ["var"])}
     assert not rows["var.logits"].passed
     assert rows["var.logits_cfg_guided_cached"].passed
+
+
+GOLDEN_AIM = SHARED / "golden" / "aim_setC"
+
+
+def test_check_golden_aim_cli(tmp_path):
+    """`--only aim` on set C: VQ-f16 tensors, state dict, training forward and the official sampling path."""
+    assert (GOLDEN_AIM / "config.json").is_file(), f"golden set C not found at {GOLDEN_AIM}"
+    out = tmp_path / "aim.jsonl"
+    run = subprocess.run([sys.executable, "-m", "varbench.compat", "check-golden", str(GOLDEN_AIM), "--only", "aim",
+                          "--out", str(out)], capture_output=True, text=True)
+    print(run.stdout)
+    assert run.returncode == 0, run.stdout + run.stderr
+    names = [json.loads(line)["name"] for line in out.read_text().splitlines()]
+    for tensor in ("aim.tokenizer.recon", "aim.tokenizer.ids (mismatches)", "aim.logits_train",
+                   "aim.logits_steps_cond (official positions)", "aim.logits_steps_guided (official positions)"):
+        assert tensor in names
+
+
+def test_check_golden_aim_fails_when_a_tensor_is_wrong(tmp_path):
+    """Set C with one guided step logit changed by 1e-3 and one token id changed: exactly those rows fail."""
+    bad_dir = tmp_path / "aim"
+    shutil.copytree(GOLDEN_AIM, bad_dir)
+    io = load_file(str(bad_dir / "aim_io.safetensors"))
+    io["logits_steps_guided"][1, 3, 5] += 1e-3
+    save_file(io, str(bad_dir / "aim_io.safetensors"))
+    tok = load_file(str(bad_dir / "tokenizer_io.safetensors"))
+    tok["ids"][0, 2] = (tok["ids"][0, 2] + 1) % 256
+    save_file(tok, str(bad_dir / "tokenizer_io.safetensors"))
+    failed = {r.name for r in check_golden(bad_dir, ["aim"]) if not r.passed}
+    # the changed id also changes the decoded image and codes, which the golden computed from the right ids
+    assert failed == {"aim.logits_steps_guided (official positions)", "aim.tokenizer.ids (mismatches)",
+                      "aim.tokenizer.quant", "aim.tokenizer.recon"}

@@ -109,3 +109,71 @@ class ScaleLayout:
     def prefix_length(self, k: int) -> int:
         """Tokens of scales 0..k together."""
         return self.offsets[k + 1]
+
+
+@dataclass(frozen=True)
+class RasterLayout:
+    """Token layout of a raster-order (next-token) sequence: every token is its own "scale".
+
+    It has ScaleLayout's interface, so every mixer runs on it unchanged: `forward` over the whole sequence and
+    `step(x, state, layout, k)` over scale k = one token. Its scale ids are the token positions, so VAR's
+    block-causal mask is the ordinary causal mask.
+
+    Args:
+        num_tokens (int): sequence length L (AiM: the class token plus 255 image tokens at the input).
+    """
+
+    num_tokens: int
+
+    def __post_init__(self):
+        if int(self.num_tokens) < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {self.num_tokens}")
+
+    @property
+    def patch_nums(self) -> tuple[int, ...]:
+        # kernels that rebuild a ScaleLayout from patch_nums (flex block masks, prefix re-run) have no raster form
+        raise ValueError("a RasterLayout has no patch_nums: this path (flex attention, prefix re-run) supports "
+                         "scale layouts only; use backend=reference for raster order")
+
+    @property
+    def num_scales(self) -> int:
+        return self.num_tokens
+
+    @cached_property
+    def lengths(self) -> tuple[int, ...]:
+        return (1,) * self.num_tokens
+
+    @cached_property
+    def offsets(self) -> tuple[int, ...]:
+        return tuple(range(self.num_tokens + 1))
+
+    @property
+    def L(self) -> int:
+        return self.num_tokens
+
+    def slice(self, k: int) -> slice:
+        return slice(k, k + 1)
+
+    def scale_ids(self, device=None) -> torch.Tensor:
+        """(L,) int64: the position of every token."""
+        return torch.arange(self.num_tokens, device=device)
+
+    def cu_seqlens(self, batch: int = 1, device=None) -> torch.Tensor:
+        return torch.arange(batch * self.num_tokens + 1, dtype=torch.int32, device=device)
+
+    def block_causal_mask(self, device=None) -> torch.Tensor:
+        """(L, L) bool causal mask: query i sees keys j <= i."""
+        ids = self.scale_ids(device)
+        return ids[:, None] >= ids[None, :]
+
+    def block_diag_mask(self, device=None) -> torch.Tensor:
+        return torch.eye(self.num_tokens, dtype=torch.bool, device=device)
+
+    def segments(self) -> list[slice]:
+        return [self.slice(k) for k in range(self.num_tokens)]
+
+    def split(self, x_BLC: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.split(x_BLC, 1, dim=1))
+
+    def prefix_length(self, k: int) -> int:
+        return k + 1

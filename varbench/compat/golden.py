@@ -2,8 +2,10 @@
 
 A golden folder (like shared/golden/setA) holds `config.json` (the official constructor arguments) and
 safetensors files: `{tokenizer,var,mvar}_state_dict` (official key names) and `{tokenizer,var,mvar}_io`.
+An AiM folder (like shared/golden/aim_setC, part `aim`) holds `config.json` (`mamba_config`, `vq`, `cfg_scale`),
+`aim_state_dict` / `tokenizer_state_dict` (official keys) and `aim_io` / `tokenizer_io` (its README).
 Nothing here hard-codes a size: everything is built from config.json.
-Tolerances are those of the golden README section 6 (fp32 on CPU).
+Tolerances are those of the golden README section 6 (fp32 on CPU); AiM's those of the aim_setC README.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("tokenizer", "var", "mvar")
+PARTS = ("tokenizer", "var", "mvar")  # the default: a VAR / M-VAR folder (setA)
+ALL_PARTS = (*PARTS, "aim")           # `aim` reads an AiM folder (aim_setC) instead
 TOL_LATENT = 3e-5   # f_BChw, recon, logits: 4-10x the fp32 noise measured against float64
 TOL_FHAT = 1e-5     # fhat_cumulative, x_BLCv_wo_first_l
 TOL_GUIDED = 1e-4   # CFG-guided cached logits: guidance amplifies errors by up to 1 + 2t = 4
+TOL_AIM = 1e-4      # aim_setC README "Tolerances": logits and tokenizer tensors about 1e-4 absolute, ids exact
 
 
 @dataclass
@@ -132,6 +136,50 @@ def check_mvar(folder: Path, config: dict) -> list[Row]:
     return rows
 
 
+@torch.no_grad()
+def check_aim_tokenizer(folder: Path, config: dict) -> list[Row]:
+    from varbench.tokenizers.vq_f16 import load_official_vq_f16, vq_f16_from_official_config
+    vq = load_official_vq_f16(vq_f16_from_official_config(config["vq"]),
+                              _load(folder / "tokenizer_state_dict.safetensors")).eval()
+    io = _load(folder / "tokenizer_io.safetensors")
+    pre_quant = vq.pre_quant(io["image"])
+    return [Row("aim.tokenizer.pre_quant", _maxabs(pre_quant, io["pre_quant"]), TOL_AIM),
+            Row("aim.tokenizer.ids (mismatches)", (vq.quantize.ids(pre_quant) != io["ids"]).sum().item(), 0),
+            Row("aim.tokenizer.quant", _maxabs(vq.quant(io["ids"]), io["quant"]), TOL_AIM),
+            Row("aim.tokenizer.recon", _maxabs(vq.decode(io["ids"]), io["recon"]), TOL_AIM)]
+
+
+@torch.no_grad()
+def check_aim(folder: Path, config: dict) -> list[Row]:
+    """AiM's tokenizer, state-dict round trip, training forward, and the teacher-forced sampling path as the
+    official `decode()` computes it (`sample_positions="official"`: token t - 1 fed at step t with position id t);
+    a last row checks that varbench's default ("training" positions) reproduces the training forward."""
+    from varbench.backbones import raster_convert as convert
+    model = convert.raster_ar_from_official_config(config["mamba_config"], cond_drop_rate=0.0)
+    official = _load(folder / "aim_state_dict.safetensors")
+    convert.load_official_aim(model, official)
+    model.eval()
+    back = convert.varbench_to_official(model)
+    round_trip = max(_maxabs(back[k], official[k]) if k in back else float("inf") for k in official)
+    extra = len(set(back) - set(official))
+    io = _load(folder / "aim_io.safetensors")
+    label_B, code_BN = io["cond"][:, 0], io["code"]
+
+    def steps(cfg: float, positions: str) -> torch.Tensor:
+        return model.generate(label_B, cfg=cfg, forced_ids=code_BN, return_logits=True,
+                              sample_positions=positions).logits
+
+    return check_aim_tokenizer(folder, config) + [
+        Row(f"aim.state_dict round trip (max err; keys extra={extra})", round_trip + extra, 0),
+        Row("aim.logits_train", _maxabs(model(label_B, code_BN), io["logits_train"]), TOL_AIM),
+        Row("aim.logits_steps_cond (official positions)", _maxabs(steps(1.0, "official"), io["logits_steps_cond"]),
+            TOL_AIM),
+        Row("aim.logits_steps_guided (official positions)",
+            _maxabs(steps(config["cfg_scale"], "official"), io["logits_steps_guided"]), TOL_AIM),
+        Row("aim.steps (training positions) vs logits_train", _maxabs(steps(1.0, "training"), io["logits_train"]),
+            TOL_AIM)]
+
+
 def check_golden(directory, parts=PARTS) -> list[Row]:
     """Run the named parts of the golden check; returns one Row per compared tensor."""
     folder = Path(directory)
@@ -139,7 +187,7 @@ def check_golden(directory, parts=PARTS) -> list[Row]:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: a golden folder holds config.json and safetensors files")
     config = json.loads(config_path.read_text())
-    checks = {"tokenizer": check_tokenizer, "var": check_var, "mvar": check_mvar}
+    checks = {"tokenizer": check_tokenizer, "var": check_var, "mvar": check_mvar, "aim": check_aim}
     rows = []
     for part in parts:
         rows += checks[part](folder, config)

@@ -113,7 +113,7 @@ def ssd_scan_ref(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256, dt_
     x, dt, A, B, C, D = _prepare(x, dt, A, B, C, D, dt_bias, dt_softplus)
     batch, L, H, P = x.shape
     N = B.shape[-1]
-    T = chunk_size
+    T = min(chunk_size, max(L, 1))  # a sequence shorter than a chunk is one chunk (a one-token step pads nothing)
     pad = (-L) % T
     x_, dt_, B_, C_ = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
     c = (L + pad) // T
