@@ -5,6 +5,7 @@ dependency ranges pyproject.toml declares."""
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 try:
@@ -24,7 +26,12 @@ PACKAGED = ("pyproject.toml", "README.md", "LICENSE", "varbench", "hydra_plugins
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 
-def build_wheel(tmp: Path) -> zipfile.ZipFile:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def build_wheel(tmp: Path) -> Path:
     """A wheel of a copy of the checkout's packaged files (setuptools builds in-tree: the checkout stays clean)."""
     src = tmp / "src"
     for name in PACKAGED:
@@ -37,15 +44,15 @@ def build_wheel(tmp: Path) -> zipfile.ZipFile:
                           "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     (wheel,) = (tmp / "dist").glob("varbench-*.whl")
-    return zipfile.ZipFile(wheel)
+    return wheel
 
 
 def checkout_files(folder: str, pattern: str) -> set[str]:
     return {p.relative_to(REPO).as_posix() for p in (REPO / folder).rglob(pattern) if "__pycache__" not in p.parts}
 
 
-def test_the_wheel_ships_modules_configs_sweeper_and_the_varbench_command(tmp_path):
-    wheel = build_wheel(tmp_path)
+def test_the_wheel_ships_modules_configs_sweeper_and_the_varbench_command(wheel):
+    wheel = zipfile.ZipFile(wheel)
     names = set(wheel.namelist())
     configs = checkout_files("varbench/configs", "*.yaml")
     assert any(n.startswith("varbench/configs/slurm_profiles/") for n in configs)
@@ -58,6 +65,24 @@ def test_the_wheel_ships_modules_configs_sweeper_and_the_varbench_command(tmp_pa
     entry_points = configparser.ConfigParser()
     entry_points.read_string(wheel.read(f"{dist_info}/entry_points.txt").decode())
     assert entry_points["console_scripts"]["varbench"] == "varbench.cli:main"
+
+
+def test_the_installed_varbench_command_composes_a_grid_through_the_packaged_sweeper(wheel, tmp_path):
+    """`pip install .` without the checkout: the command finds its configs and the grid sweeper in the install."""
+    site = tmp_path / "site"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
+                          str(site), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": str(site)}  # before the editable checkout, which the install must not need
+    where = subprocess.run([sys.executable, "-c", "import varbench, hydra_plugins.varbench_grid as g; "
+                            "print(varbench.__file__); print(g.__file__)"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=300)
+    assert where.returncode == 0 and all(line.startswith(str(site)) for line in where.stdout.split()), where
+    dry = subprocess.run([sys.executable, str(site / "bin" / "varbench"), "grid=mixers_tiny", "+dry_run=true",
+                          "hydra.sweep.dir=sweep"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "[grid] dry run: nothing launched" in dry.stdout and "pending" in dry.stdout, dry.stdout[-2000:]
 
 
 def requirements(*extras: str) -> list[Requirement]:
