@@ -136,10 +136,10 @@ def test_grid_round_trip_on_slurm_and_a_preempted_cell_resumes_exactly(slurm, tm
                               "cluster=slurm", "mixer=attention,gla", *common],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        cid = wait_for_training(tmp_path, "BlockCausalAttention", min_step=3, proc=sweep, timeout=300)
+        cid = wait_for_training(tmp_path, "BlockCausalAttention", min_step=3, proc=sweep, timeout=1200)
         job = slurm_job_of(tmp_path, cid)
         preempt_frozen(job)
-        out, err = sweep.communicate(timeout=600)
+        out, err = sweep.communicate(timeout=1800)  # hang guards (here and above): far past a loaded run
     finally:  # a failed test leaves neither its sweep nor its jobs behind
         if sweep.poll() is None:
             sweep.terminate()
