@@ -1,11 +1,11 @@
-"""A REAL single-node Slurm (slurm/start_local_slurm.sh; .ci/run starts it before the tests and stops it after).
+"""A REAL single-node Slurm: the `slurm` fixture starts the local cluster (slurm/start_local_slurm.sh: root, apt) when
+none is up and stops it after these tests, so `python -m pytest` needs no set-up of its own.
 
 A tiny grid with cluster=slurm goes through hydra-submitit-launcher to sbatch, runs, and its records come back; one
 of its cells is preempted the way Slurm does it (USR2: a time limit or a preemption), saves a checkpoint, is requeued
 by submitit and resumes to the same weights as an uninterrupted run; a cell with two Slurm tasks trains with DDP set
 up from submitit's environment and takes the same steps as one process. The cluster is part of the test set-up:
-when it is not up these tests fail, never skip.
-"""
+when it cannot start these tests fail, never skip."""
 
 from __future__ import annotations
 
@@ -28,14 +28,36 @@ from varbench import grid
 TINY_NO_STEPS = [o for o in TINY if not o.startswith("train.steps=")]
 
 
+SLURM_SCRIPTS = REPO / "slurm"
+
+
+def slurm_is_up() -> bool:
+    """The Slurm tools are on PATH and the debug partition's node takes jobs."""
+    if any(shutil.which(t) is None for t in ("sbatch", "sinfo", "squeue", "scancel", "sacct")):
+        return False
+    state = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%t"], capture_output=True, text=True, check=False)
+    return state.returncode == 0 and state.stdout.split()[:1] in (["idle"], ["mix"], ["alloc"])
+
+
+def run_script(name: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SLURM_SCRIPTS / name)], capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="module")
 def slurm():
-    missing = [t for t in ("sbatch", "sinfo", "squeue", "scancel", "sacct") if shutil.which(t) is None]
-    assert not missing, \
-        f"Slurm tools {missing} not found: start the local cluster with `bash slurm/start_local_slurm.sh`"
-    state = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%t"], capture_output=True, text=True, check=False)
-    assert state.returncode == 0 and state.stdout.split()[:1] in (["idle"], ["mix"], ["alloc"]), \
-        f"the local Slurm is not up (sinfo: {state.stdout!r} {state.stderr!r}): bash slurm/start_local_slurm.sh"
+    """The local Slurm for this module: a cluster already up is used as it is (and left running); otherwise the
+    local one is started here and stopped after the last test. A cluster that cannot start fails the tests."""
+    started = not slurm_is_up()
+    if started:
+        out = run_script("start_local_slurm.sh")
+        assert out.returncode == 0, \
+            f"the local Slurm did not start (slurm/start_local_slurm.sh needs root and apt-get):\n{out.stderr[-3000:]}"
+        assert slurm_is_up(), "slurm/start_local_slurm.sh succeeded but the debug partition takes no jobs"
+    yield
+    if started:
+        out = run_script("stop_local_slurm.sh")
+        assert out.returncode == 0, f"slurm/stop_local_slurm.sh failed:\n{out.stderr[-3000:]}"
 
 
 def partial_records(path: Path) -> list[dict]:
@@ -114,10 +136,10 @@ def test_grid_round_trip_on_slurm_and_a_preempted_cell_resumes_exactly(slurm, tm
                               "cluster=slurm", "mixer=attention,gla", *common],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        cid = wait_for_training(tmp_path, "BlockCausalAttention", min_step=3, proc=sweep, timeout=300)
+        cid = wait_for_training(tmp_path, "BlockCausalAttention", min_step=3, proc=sweep, timeout=1200)
         job = slurm_job_of(tmp_path, cid)
         preempt_frozen(job)
-        out, err = sweep.communicate(timeout=600)
+        out, err = sweep.communicate(timeout=1800)  # hang guards (here and above): far past a loaded run
     finally:  # a failed test leaves neither its sweep nor its jobs behind
         if sweep.poll() is None:
             sweep.terminate()

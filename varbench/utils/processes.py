@@ -5,36 +5,65 @@ from __future__ import annotations
 import faulthandler
 import multiprocessing as mp
 import time
+from multiprocessing.connection import wait
 from typing import Callable
 
-DUMP_GRACE_S = 5  # after the child printed its stacks, how long the parent waits before killing it
+DUMP_GRACE_S = 5  # after the child's timeout, how long the parent waits for its stack dump before killing it
 
 
 def run_in_fresh_process(fn: Callable, *args, timeout: float | None = None) -> int | None:
     """Call `fn(*args)` in a spawned process and wait for it. Returns its exit code: 0 when `fn` returned, 1 when it
     raised (the traceback goes to stderr), another code or a negative signal number when the process died.
-    With `timeout` (seconds), a child still running then prints every thread's stack to stderr (where it hangs) and
-    is killed: the return is None (also when it dies of anything after its timeout). `fn` and `args` must pickle (a
+    With `timeout` (seconds of `fn`'s own run: the child's start-up and imports do not count), a child still running
+    then prints every thread's stack to stderr (where it hangs) and exits: the return is None (also when it dies of
+    anything after its timeout, or is killed because the dump never came). `fn` and `args` must pickle (a
     module-level function, plain data)."""
-    child = mp.get_context("spawn").Process(target=_watched, args=(fn, timeout, *args))
-    start = time.monotonic()
+    ctx = mp.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_watched, args=(writer, fn, timeout, *args))
     child.start()
+    writer.close()  # the child holds the only writer: its death reads as EOF
+    # the clock starts when fn starts: a spawn that imports torch on a loaded machine can take longer than a timeout
+    wait([reader, child.sentinel])
+    started = _receive(reader)
+    if started is None:  # it died before fn ran (fn or its arguments did not unpickle)
+        child.join()
+        return child.exitcode
+    start = started[1]  # the child's clock (CLOCK_MONOTONIC: one clock for every process of the machine)
     child.join(None if timeout is None else timeout + DUMP_GRACE_S)
-    timed_out = timeout is not None and time.monotonic() - start >= timeout
-    # a child can die while faulthandler dumps its stacks (measured: SIGSEGV inside a Triton compile): that is
-    # still the timeout, not a crash of its own
-    if child.exitcode is not None and not (child.exitcode != 0 and timed_out):
+    finished = _receive(reader) is not None  # fn returned or raised: its exit code is its own, whatever the time
+    if child.exitcode is not None and (child.exitcode == 0 or finished or timeout is None):
+        return child.exitcode
+    # faulthandler's exit after its dump is code 1; a child can also die while it dumps its stacks (measured: SIGSEGV
+    # inside a Triton compile): both are the timeout, not a crash of its own
+    timed_out = child.exitcode == 1 or time.monotonic() - start >= timeout
+    if child.exitcode is not None and not timed_out:
         return child.exitcode
     child.kill()
     child.join()
     return None
 
 
-def _watched(fn: Callable, timeout: float | None, *args) -> None:
+def _receive(conn) -> tuple | None:
+    """The child's next message, or None when it sent nothing more (it ended or has not started)."""
+    try:
+        return conn.recv() if conn.poll() else None
+    except EOFError:
+        return None
+
+
+def _watched(conn, fn: Callable, timeout: float | None, *args) -> None:
     from varbench.utils.autotune import apply_autotune_mode
     # a spawned child inherits the environment, not the parent's patched Triton autotuner: put the mode in force
     # again, or `autotune=first` cells would tune every config while their records say "first"
     apply_autotune_mode()
+    conn.send(("start", time.monotonic()))
     if timeout is not None:
-        faulthandler.dump_traceback_later(timeout)
-    fn(*args)
+        # a watchdog thread outside the GIL: it dumps and exits even when fn hangs inside C code
+        faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        fn(*args)
+    finally:
+        if timeout is not None:
+            faulthandler.cancel_dump_traceback_later()
+        conn.send(("end",))
