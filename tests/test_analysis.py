@@ -443,3 +443,30 @@ def test_training_curves_add_the_nll_of_both_splits_when_recorded(tmp_path, monk
     dashed = [ys for fmt, ys in lines if fmt == "--"]  # the training split of each run, the loss values unshifted
     assert len(dashed) == len(runs)
     assert sorted(v for ys in dashed for v in ys) == sorted(r["value"] for r in losses)
+
+
+def test_a_fully_tuned_timing_is_not_hidden_by_a_later_untuned_one(tmp_path):
+    tuned = real_one(metric="train_images_per_s", mixer="attention")
+    tuned = {**tuned, "machine": "host-a", "versions": {**tuned["versions"], "triton_autotune": "full"}}
+    untuned = {"value": 1.0, "machine": "host-b",
+               "versions": {**tuned["versions"], "triton_autotune": "first"}}
+    df = _variants(tmp_path, tuned, untuned)
+    assert list(latest(df, "train_images_per_s")["value"]) == [tuned["value"]]
+    row = main_table(df).loc[("VAR-d16", 256)]
+    assert row["Train img/s (b32)"] == tuned["value"] and row["Timed on (autotune)"] == "host-a, full"
+    only_untuned = _records(tmp_path, [{**tuned, **untuned}])  # no tuned timing: the untuned one, and the row says so
+    assert main_table(only_untuned).loc[("VAR-d16", 256), "Timed on (autotune)"] == "host-b, first"
+
+
+def test_a_missing_seed_is_never_filled_from_another_study(tmp_path):
+    from varbench.analysis.tables import quality_long
+    base = raw(metric="embedded_fd")[0]
+    old = [{**base, "seed": s, "cell_id": f"o{s}", "value": 10.0 + s, "date": "2099-01-01T00:00:00+00:00"}
+           for s in (0, 1, 2)]
+    new = [{**base, "seed": s, "cell_id": f"n{s}", "value": 1.0 + s, "date": "2099-02-01T00:00:00+00:00"}
+           for s in (0, 1)]
+    for name, lines in (("old", old), ("new", new)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    long = quality_long(load_records(tmp_path))
+    assert sorted(long["value"]) == [1.0, 2.0]  # the newer study's two seeds, not its two plus the old study's third
