@@ -470,3 +470,15 @@ def test_a_missing_seed_is_never_filled_from_another_study(tmp_path):
         (tmp_path / name / "evaluate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     long = quality_long(load_records(tmp_path))
     assert sorted(long["value"]) == [1.0, 2.0]  # the newer study's two seeds, not its two plus the old study's third
+
+
+def test_a_grid_cells_sample_path_relative_to_where_run_py_ran_is_found(tmp_path, monkeypatch):
+    rec = raw(metric="sample_grid")[0]
+    png = tmp_path / "runs" / "cells" / "ns" / "c1" / "samples.png"  # a cell's run_dir, relative to run.py's folder
+    png.parent.mkdir(parents=True)
+    png.write_bytes((FIXTURE / rec["value"]).read_bytes())
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "sample.jsonl").write_text(json.dumps({**rec, "value": "runs/cells/ns/c1/samples.png"})
+                                                       + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert sample_grids(load_records(tmp_path / "results"), tmp_path / "grids.png") is not None
