@@ -2,8 +2,10 @@
 
 Every function takes the DataFrame of `load_records` and returns a DataFrame of raw recorded values (rounding
 happens only when a table is written, varbench.analysis.format). One configuration is (mixer, intra, depth,
-resolution); of repeated measurements the newest counts (`latest`). Quality columns name their feature extractor:
-"FID" is kept for Inception-v3 features, a Frechet distance in any other feature space is an "FD".
+resolution); of repeated measurements the one `load.POLICY` picks counts (`latest`: never disturbed or superseded,
+fully tuned before untuned, then the newest; a table's row says which machine and autotune mode timed it). Quality
+columns name their feature extractor: "FID" is kept for Inception-v3 features, a Frechet distance in any other
+feature space is an "FD".
 `df.attrs` carries `device` (the GPU the timings come from) and `records` (how many records fed the table).
 """
 
@@ -57,7 +59,7 @@ def quality_label(metric: str, extractor, num_samples=None, preset=None) -> str:
 
 
 def quality_long(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (configuration, seed, quality column): the newest value of each."""
+    """One row per (configuration, seed, quality column): the value `latest` picks, all of one study."""
     q = latest(df, QUALITY_NAMES)
     labels = [quality_label(*a) for a in zip(q["metric"], q["feature_extractor"], q["num_samples"], q["preset"])]
     q = q.assign(label=labels, value=numeric(q) if len(q) else q["value"])

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from varbench.analysis import checks, figures, study, tables
 from varbench.analysis.format import write_table
-from varbench.analysis.load import load_records
+from varbench.analysis.load import POLICY, load_records
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _note(table: pd.DataFrame) -> str:
         timed += (" Timings from several machines: " + ", ".join(f"{m} ({n})" for m, n in sorted(machines.items()))
                   + "; eager batch-1 latency is bound by the host's CPU, so compare it within one machine"
                   " (the records' `machine` field).")
-    return f"From {table.attrs.get('records', 0)} records (the newest per configuration).{timed}"
+    return f"From {table.attrs.get('records', 0)} records. {POLICY}{timed}"
 
 
 def _clear(out_dir: Path) -> None:
