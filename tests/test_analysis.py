@@ -482,3 +482,15 @@ def test_a_grid_cells_sample_path_relative_to_where_run_py_ran_is_found(tmp_path
                                                        + "\n")
     monkeypatch.chdir(tmp_path)
     assert sample_grids(load_records(tmp_path / "results"), tmp_path / "grids.png") is not None
+
+
+def test_a_damaged_record_line_is_skipped_named_and_counted_in_the_report(tmp_path, caplog):
+    good = raw()[0]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "r.jsonl").write_text(json.dumps(good) + '\n{"metric": "cut sho\n' + json.dumps(good) + "\n")
+    with caplog.at_level(logging.WARNING):
+        df = load_records(tmp_path / "in")
+    assert len(df) == 2 and f"{tmp_path / 'in' / 'r.jsonl'}:2" in caplog.text
+    build_report(tmp_path / "in", tmp_path / "out")
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "1 damaged record lines were skipped" in readme and "r.jsonl:2" in readme

@@ -86,7 +86,8 @@ def _write_marker(results_dir, cid: str, name: str, payload: dict) -> Path:
     folder = cell_dir(results_dir, cid)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    from varbench.utils.records import finite  # torch: only in the job that ran the cell
+    tmp.write_text(json.dumps(finite(payload), indent=1, default=str, allow_nan=False))  # strict JSON, as records
     tmp.replace(folder / name)  # atomic: a reader never sees half a marker
     return folder / name
 

@@ -99,19 +99,19 @@ def record(path, metric: str, value, unit: str, config=None, device=None, **fiel
 def to_json(rec: dict) -> str:
     """A record as one line of strict JSON: NaN and infinities become null (bare `NaN` is not JSON), other
     non-JSON values their str()."""
-    return json.dumps(_finite(rec), default=str, allow_nan=False)
+    return json.dumps(finite(rec), default=str, allow_nan=False)
 
 
-def _finite(obj):
+def finite(obj):
     """`obj` with every non-finite float replaced by None (recursively through dicts, lists and tuples)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # a numpy / torch scalar
-        return _finite(obj.item())
+        return finite(obj.item())
     return obj
 
 
