@@ -151,6 +151,8 @@ def _freeze_cell_id(cfg: DictConfig) -> None:
     """Replace the `${varbench.cell_id:}` interpolation by its value: a task may edit the config later (e.g. the
     main task's per-step overrides), and every record of this run must carry the id it started with."""
     from omegaconf import open_dict
+    if "cell_id" in cfg and not OmegaConf.is_interpolation(cfg, "cell_id"):
+        return  # a value the user set
     cid = cell_id(cfg)
     with open_dict(cfg):
         cfg.cell_id = cid
