@@ -443,3 +443,54 @@ def test_training_curves_add_the_nll_of_both_splits_when_recorded(tmp_path, monk
     dashed = [ys for fmt, ys in lines if fmt == "--"]  # the training split of each run, the loss values unshifted
     assert len(dashed) == len(runs)
     assert sorted(v for ys in dashed for v in ys) == sorted(r["value"] for r in losses)
+
+
+def test_a_fully_tuned_timing_is_not_hidden_by_a_later_untuned_one(tmp_path):
+    tuned = real_one(metric="train_images_per_s", mixer="attention")
+    tuned = {**tuned, "machine": "host-a", "versions": {**tuned["versions"], "triton_autotune": "full"}}
+    untuned = {"value": 1.0, "machine": "host-b",
+               "versions": {**tuned["versions"], "triton_autotune": "first"}}
+    df = _variants(tmp_path, tuned, untuned)
+    assert list(latest(df, "train_images_per_s")["value"]) == [tuned["value"]]
+    row = main_table(df).loc[("VAR-d16", 256)]
+    assert row["Train img/s (b32)"] == tuned["value"] and row["Timed on (autotune)"] == "host-a, full"
+    only_untuned = _records(tmp_path, [{**tuned, **untuned}])  # no tuned timing: the untuned one, and the row says so
+    assert main_table(only_untuned).loc[("VAR-d16", 256), "Timed on (autotune)"] == "host-b, first"
+
+
+def test_a_missing_seed_is_never_filled_from_another_study(tmp_path):
+    from varbench.analysis.tables import quality_long
+    base = raw(metric="embedded_fd")[0]
+    old = [{**base, "seed": s, "cell_id": f"o{s}", "value": 10.0 + s, "date": "2099-01-01T00:00:00+00:00"}
+           for s in (0, 1, 2)]
+    new = [{**base, "seed": s, "cell_id": f"n{s}", "value": 1.0 + s, "date": "2099-02-01T00:00:00+00:00"}
+           for s in (0, 1)]
+    for name, lines in (("old", old), ("new", new)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    long = quality_long(load_records(tmp_path))
+    assert sorted(long["value"]) == [1.0, 2.0]  # the newer study's two seeds, not its two plus the old study's third
+
+
+def test_a_grid_cells_sample_path_relative_to_where_run_py_ran_is_found(tmp_path, monkeypatch):
+    rec = raw(metric="sample_grid")[0]
+    png = tmp_path / "runs" / "cells" / "ns" / "c1" / "samples.png"  # a cell's run_dir, relative to run.py's folder
+    png.parent.mkdir(parents=True)
+    png.write_bytes((FIXTURE / rec["value"]).read_bytes())
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "sample.jsonl").write_text(json.dumps({**rec, "value": "runs/cells/ns/c1/samples.png"})
+                                                       + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert sample_grids(load_records(tmp_path / "results"), tmp_path / "grids.png") is not None
+
+
+def test_a_damaged_record_line_is_skipped_named_and_counted_in_the_report(tmp_path, caplog):
+    good = raw()[0]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "r.jsonl").write_text(json.dumps(good) + '\n{"metric": "cut sho\n' + json.dumps(good) + "\n")
+    with caplog.at_level(logging.WARNING):
+        df = load_records(tmp_path / "in")
+    assert len(df) == 2 and f"{tmp_path / 'in' / 'r.jsonl'}:2" in caplog.text
+    build_report(tmp_path / "in", tmp_path / "out")
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "1 damaged record lines were skipped" in readme and "r.jsonl:2" in readme

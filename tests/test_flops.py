@@ -81,3 +81,5 @@ def test_costs_task_records_each_configurations_params_flops_and_state(tmp_path)
                                 num_classes=1000)
         assert rec["value"] == model_flops(model)["total"] and rec["params"] == model.num_params()
         assert rec["state_bytes_per_image"] == sum(b.mixer.state_bytes(model.layout, 1) for b in model.blocks)
+    again = run_task(cfg)  # a re-run replaces its own records: the report never counts a cell twice
+    assert again["cells"] == again["replaced"] == 4 and len(read_records(tmp_path / "costs.jsonl")) == 4

@@ -15,11 +15,31 @@ from varbench import grid
 from varbench.registry import CONFIG_ROOT, list_options
 
 
-def test_cell_id_ignores_order_plus_and_where_it_runs():
-    a = grid.cell_id(["mixer=gla", "+task.overrides.x=1", "seed=0"])
-    assert a == grid.cell_id(["seed=0", "task.overrides.x=1", "mixer=gla", "cluster=slurm", "+dry_run=true",
-                              "cluster.profile=example_a100"])
-    assert a != grid.cell_id(["mixer=gla", "task.overrides.x=1", "seed=1"]) and len(a) == 12
+def _composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_cell_id_hashes_the_composed_config_not_where_it_runs():
+    a = grid.cell_id(_composed("mixer=gla", "+task.overrides.x=1", "seed=0"))
+    assert a == grid.cell_id(_composed("seed=0", "+task.overrides.x=1", "mixer=gla", "cluster=slurm",
+                                       "+dry_run=true", "cluster.profile=example_a100", "results_dir=elsewhere"))
+    assert a != grid.cell_id(_composed("mixer=gla", "+task.overrides.x=1", "seed=1")) and len(a) == 12
+
+
+def test_editing_a_yaml_default_changes_the_cell_id():
+    cfg = _composed("mixer=gla", "seed=0")
+    before = grid.cell_id(cfg)
+    cfg.train.base_lr = cfg.train.base_lr * 2  # what an edit of train/tiny.yaml composes to: no override names it
+    assert grid.cell_id(cfg) != before
+
+
+def test_each_results_dir_has_its_own_cell_folders(tmp_path):
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        a, b = (compose(config_name="config", overrides=["grid=mixers_tiny", f"results_dir={tmp_path / r}"],
+                        return_hydra_config=True) for r in ("one", "two"))
+    assert a.hydra.sweep.dir != b.hydra.sweep.dir and a.hydra.sweep.dir.startswith("runs/cells/one-")
+    assert grid.results_namespace(tmp_path / "one") == grid.results_namespace(str(tmp_path / "x" / ".." / "one"))
 
 
 def test_mixers_tiny_expands_every_mixer_and_seed_and_dry_run_runs_nothing(tmp_path):
@@ -30,7 +50,7 @@ def test_mixers_tiny_expands_every_mixer_and_seed_and_dry_run_runs_nothing(tmp_p
     expected = {(m, "none", s) for m in list_options("mixer") for s in ("0", "1")} | {
         (m, "full", s) for m in ("mamba2", "none") for s in ("0", "1")}
     assert sorted(got) == sorted(expected)  # each cell once: the M-VAR cells are extras, not a product
-    assert all(r["status"] == "pending" and r["cid"] == grid.cell_id(r["list"]) for r in rows)
+    assert all(r["status"] == "pending" for r in rows) and len({r["cid"] for r in rows}) == len(rows)
     assert "dry run: nothing launched" in out.stdout
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
@@ -40,8 +60,9 @@ def test_every_grid_composes_with_its_cell_run_dir(name):
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"grid={name}"], return_hydra_config=True)
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper._target_.endswith("GridSweeper")
-    # unresolved: cell_id needs a running Hydra job
-    assert cfg.hydra.sweeper.params and OmegaConf.to_container(cfg)["run_dir"] == "runs/cells/${cell_id}"
+    # unresolved: the run_dir is the cell's Hydra output dir, under its results_dir's own folder
+    assert cfg.hydra.sweeper.params and OmegaConf.to_container(cfg)["run_dir"] == "${hydra:sweep.dir}/${cell_id}"
+    assert cfg.hydra.sweep.dir == f"runs/cells/{grid.results_namespace(cfg.results_dir)}"
 
 
 def test_a_grid_overrides_groups_and_the_command_line_overrides_the_grid():
@@ -80,10 +101,11 @@ def test_rerun_skips_complete_cells(tmp_path):
     ids = {r["cid"] for r in rows}
     trained = records(tmp_path, "train.jsonl", "train_summary")
     assert {r["config"]["cell_id"] for r in trained} == ids  # every record names its cell
-    assert {r["config"]["run_dir"] for r in trained} == {f"runs/cells/{c}" for c in ids}
+    assert {r["config"]["run_dir"] for r in trained} == {f"sweep/{c}" for c in ids}  # its Hydra output dir
     for c in ids:
-        assert (tmp_path / "runs" / "cells" / c / "checkpoints" / "latest").is_file()
-        assert (tmp_path / "runs" / "cells" / c / "samples.png").is_file()
+        assert (tmp_path / "sweep" / c / "checkpoints" / "latest").is_file()
+        assert (tmp_path / "sweep" / c / "samples.png").is_file()
+        assert (tmp_path / "sweep" / c / ".hydra" / "config.yaml").is_file()  # one place for everything of a cell
     n_lines = {n: len(records(tmp_path, n)) for n in ("train.jsonl", "sample.jsonl", "train_tokenizer.jsonl")}
     again = run_grid(tmp_path, *two)
     assert again.returncode == 0, tail(again)

@@ -124,7 +124,7 @@ def _status(pid: int) -> dict:
 
 
 def final_weights(cwd: Path, cid: str, step: int) -> dict:
-    return load_file(str(cwd / "runs" / "cells" / cid / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
+    return load_file(str(cwd / "sweep" / cid / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
 
 
 @pytest.mark.slow
@@ -163,7 +163,7 @@ def test_grid_round_trip_on_slurm_and_a_preempted_cell_resumes_exactly(slurm, tm
     assert history.stdout.split()[0] == "REQUEUED" and len(history.stdout.split()) == 2, history.stdout
     (resume,) = [r for r in records(tmp_path, "grid.jsonl", "cell_resume") if r["cell_id"] == cid]
     assert 3 <= resume["value"] < steps and resume["restart_count"] == 1, resume
-    assert (tmp_path / "runs" / "cells" / cid / "checkpoints" / f"step_{resume['value']:08d}").is_dir()
+    assert (tmp_path / "sweep" / cid / "checkpoints" / f"step_{resume['value']:08d}").is_dir()
     logged = [r["step"] for r in records(tmp_path, "train.jsonl", "train_loss") if r["config"]["cell_id"] == cid]
     assert logged == list(range(1, steps + 1))  # each step once: resumed, not restarted
 

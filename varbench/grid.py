@@ -1,15 +1,20 @@
-"""Grids (`python run.py grid=<name>`): cell ids, completion markers, and the job wrapper that isolates a cell.
+"""Grids (`python run.py grid=<name>`): cell ids, completion markers, locks, and the job wrapper that isolates a cell.
 
-A cell is one job of a sweep. Its id is a short hash of its sorted override list (the cluster it ran on, its
-results_dir and `dry_run` left out: they do not change what it computes), so a re-run of the grid, a requeued Slurm
-job and a dry run all name the same cell the same way. A cell's checkpoints live in its own run_dir
-(`runs/cells/<cell_id>`, set by the grid files), so a re-run resumes. Markers under `<results_dir>/cells/<cell_id>/`:
-`done.json` once every step of the cell ran (a re-run skips it), `failed.json` with the error's traceback tail (a re-run
-tries again); both are also appended to `<results_dir>/grid.jsonl` as `cell_complete` / `cell_failed` records.
+A cell is one job of a sweep. Its id is a short hash of its composed config (every default and override, before
+interpolations are resolved; `hydra`, the cluster it ran on, `results_dir`, `run_dir`, `cell_id` and `dry_run` left
+out: they do not change what it computes), so a re-run of the grid, a requeued Slurm job and a dry run all name the
+same cell the same way, and editing a YAML default gives the affected cells new ids. A cell's folder (its Hydra
+output dir and its run_dir: checkpoints, samples, logs) is `runs/cells/<results namespace>/<cell_id>` (set by the grid
+files), so a re-run resumes, and a grid recording into another results_dir never reuses these checkpoints. Markers
+under `<results_dir>/cells/<cell_id>/`: `done.json` once every step of the cell ran (a re-run skips it),
+`failed.json` with the error's traceback tail (a re-run tries again); both are also appended to
+`<results_dir>/grid.jsonl` as `cell_complete` / `cell_failed` records. A run holds a lock on its run_dir, a cell
+also one on its marker folder (varbench/utils/lock.py): a second process gets an error naming the holder.
 
 Importing this module registers the OmegaConf resolvers the configs use: `${varbench.mixers:}` (every registered
-mixer, comma-separated for a sweep), `${varbench.bench_configs:}`, `${varbench.cell_id:}` and
-`${varbench.slurm_profile:<name>}`. It imports no torch: the sweeper process only plans.
+mixer, comma-separated for a sweep), `${varbench.bench_configs:}`, `${varbench.cell_id:}`,
+`${varbench.results_namespace:<results_dir>}` and `${varbench.slurm_profile:<name>}`. It imports no torch: the
+sweeper process only plans.
 """
 
 from __future__ import annotations
@@ -27,27 +32,38 @@ from omegaconf import DictConfig, OmegaConf
 from varbench.registry import CONFIG_ROOT, list_options
 
 PROFILES = CONFIG_ROOT / "slurm_profiles"  # not a config group: read by ${varbench.slurm_profile:}
-# override keys that do not change what a cell computes (where it runs, where it records, whether it runs at all)
-NOT_IDENTITY = ("dry_run", "cluster", "results_dir")
+# top-level config keys that do not change what a cell computes (where it runs, where it records, whether it runs)
+NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydra")
 ERROR_TAIL = 4000  # characters of traceback kept in failed.json
 
 
 def identity_overrides(overrides: Iterable[str]) -> list[str]:
-    """The overrides that define a cell, normalised ('+key=v' is 'key=v') and sorted."""
+    """The overrides that matter to a cell, normalised ('+key=v' is 'key=v') and sorted (for printing)."""
     out = []
     for item in overrides:
         item = str(item).lstrip("+")
         key = item.split("=", 1)[0].lstrip("~")
-        if key.split(".", 1)[0] in NOT_IDENTITY or key.startswith("hydra."):
+        if key.split(".", 1)[0] in NOT_IDENTITY:
             continue
         out.append(item)
     return sorted(out)
 
 
-def cell_id(overrides: Iterable[str]) -> str:
-    """A stable 12-hex-digit id of a cell from its override list (order and '+' prefixes do not matter)."""
-    text = "\n".join(identity_overrides(overrides))
+def cell_id(cfg: DictConfig) -> str:
+    """A stable 12-hex-digit id of a cell from its composed config (see the module docstring). Interpolations are
+    hashed as written: the values they read are hashed too, and `run_dir` reads the id itself."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    identity = {k: v for k, v in container.items() if k not in NOT_IDENTITY}
+    text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def results_namespace(results_dir) -> str:
+    """The folder name under runs/cells/ of a results_dir's cells: its last part and a hash of its absolute path
+    ("results-1a2b3c4d"), so two grids recording into different results_dirs never share a cell's checkpoints."""
+    path = Path(str(results_dir)).expanduser().resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    return f"{path.name or 'root'}-{digest}"
 
 
 def cell_dir(results_dir, cid: str) -> Path:
@@ -70,7 +86,8 @@ def _write_marker(results_dir, cid: str, name: str, payload: dict) -> Path:
     folder = cell_dir(results_dir, cid)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    from varbench.utils.records import finite  # torch: only in the job that ran the cell
+    tmp.write_text(json.dumps(finite(payload), indent=1, default=str, allow_nan=False))  # strict JSON, as records
     tmp.replace(folder / name)  # atomic: a reader never sees half a marker
     return folder / name
 
@@ -102,19 +119,47 @@ def _is_main_process() -> bool:
 def run_cell(cfg: DictConfig) -> Any:
     """The job function of run.py. A single run (`python run.py ...`) or a plain multirun (`-m`) runs its task and
     raises as usual; a job of a grid (`grid=<name>`) is a cell: skipped when complete, marked complete after its task,
-    and when its task raises, the failure is recorded and the job returns so that the other cells go on."""
+    and when its task raises, the failure is recorded and the job returns so that the other cells go on. Either way
+    the run holds its run_dir's lock while it runs (only rank 0 of a multi-process run takes it)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from varbench.tasks import run_task
+    _freeze_cell_id(cfg)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.runtime.choices.get("grid") is None:
-        return run_task(cfg)
+        with _lock(cfg.run_dir, "run dir"):
+            return run_task(cfg)
     cid, results, overrides = cfg.cell_id, cfg.results_dir, list(hydra_cfg.overrides.task)
     if is_complete(results, cid):  # a cell finished by another sweep while this one was queued, or a requeue
         print(f"[grid] cell {cid} is complete: skipped")
         return {"cell_id": cid, "status": "complete", "skipped": True}
     print(f"[grid] cell {cid}: {' '.join(identity_overrides(overrides))} (run_dir {cfg.run_dir})")
+    with _lock(cell_dir(results, cid), "grid cell"), _lock(cfg.run_dir, "run dir"):
+        return _run_locked_cell(cfg, cid, results, overrides, run_task)
+
+
+def _lock(folder, what: str):
+    """The folder's lock in the process that writes (rank 0); nothing in the other ranks of a multi-process run."""
+    from contextlib import nullcontext
+
+    from varbench.utils.lock import FolderLock
+    return FolderLock(folder, what) if _is_main_process() else nullcontext()
+
+
+def _freeze_cell_id(cfg: DictConfig) -> None:
+    """Replace the `${varbench.cell_id:}` interpolation by its value: a task may edit the config later (e.g. the
+    main task's per-step overrides), and every record of this run must carry the id it started with."""
+    from omegaconf import open_dict
+    if "cell_id" in cfg and not OmegaConf.is_interpolation(cfg, "cell_id"):
+        return  # a value the user set
+    cid = cell_id(cfg)
+    with open_dict(cfg):
+        cfg.cell_id = cid
+
+
+def _run_locked_cell(cfg: DictConfig, cid: str, results, overrides: list, run_task) -> dict:
+    """A grid cell's task, its resume / failure / completion records (the caller holds the locks)."""
     from varbench.preemption import PreemptionBridge
     try:
         if _is_main_process():
@@ -169,9 +214,8 @@ def _bench_configs() -> str:
     return ",".join(f"[[{m},{i}]]" for m, i in default_configs())
 
 
-def _cell_id() -> str:
-    from hydra.core.hydra_config import HydraConfig
-    return cell_id(HydraConfig.get().overrides.task)
+def _cell_id(*, _root_: DictConfig) -> str:
+    return cell_id(_root_)
 
 
 def _slurm_profile(name: str) -> DictConfig:
@@ -184,6 +228,7 @@ def _slurm_profile(name: str) -> DictConfig:
 
 
 for _name, _fn in (("varbench.mixers", _mixers), ("varbench.bench_configs", _bench_configs),
-                   ("varbench.cell_id", _cell_id), ("varbench.slurm_profile", _slurm_profile)):
+                   ("varbench.cell_id", _cell_id), ("varbench.results_namespace", results_namespace),
+                   ("varbench.slurm_profile", _slurm_profile)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

@@ -3,6 +3,7 @@
 
 - `cells`: extra cells, each a dict of overrides that replaces those keys of the product (e.g. the M-VAR cell
   `{mixer: mamba2, intra: full}` beside a sweep of every mixer with intra none); duplicates are dropped;
+- cell ids from each cell's composed config (varbench.grid.cell_id), so duplicates are found by what they compute;
 - skip: a cell whose `done.json` exists under results_dir is not launched (on Slurm: not submitted);
 - `+dry_run=true`: print every cell (index, cell id, status, overrides) and launch nothing;
 - a summary at the end, and an error after the whole sweep when a cell failed (each failure is in
@@ -28,6 +29,7 @@ class GridSweeper(BasicSweeper):
                  cells: list[dict[str, Any]] | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.cells = [] if cells is None else [dict(c) for c in cells]
+        self._ids: dict[tuple, str] = {}  # job overrides -> cell id (composing a config takes a moment)
 
     def expand(self, arguments: list[str]) -> list[list[str]]:
         """Every cell's override list: the product of params (+ arguments), then each extra cell, deduplicated."""
@@ -39,20 +41,28 @@ class GridSweeper(BasicSweeper):
             conf = [f"{k}={v}" for k, v in variant.items()] + list(arguments)
             for batch in self.split_arguments(parser.parse_overrides(conf), None):
                 for job in batch:
-                    cid = grid.cell_id(job)
+                    cid = self.cell_id(job)
                     if cid not in seen:
                         seen.add(cid)
                         jobs.append(job)
         return jobs
 
+    def cell_id(self, job: Sequence[str]) -> str:
+        """The id of a job's cell: a hash of the config the job will compose (as the launcher composes it)."""
+        key = tuple(job)
+        if key not in self._ids:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+            self._ids[key] = grid.cell_id(cfg)
+        return self._ids[key]
+
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         results_dir = self.config.results_dir
         jobs = self.expand(arguments)
-        plan = [(job, grid.cell_id(job)) for job in jobs]
+        plan = [(job, self.cell_id(job)) for job in jobs]
         states = {cid: grid.status(results_dir, cid) for _, cid in plan}
         print(f"[grid] {len(plan)} cells on {_where(self.config.hydra.launcher)}, "
-              f"results under {results_dir}/cells/<cell_id>:")
+              f"run dirs under {self.config.hydra.sweep.dir}/<cell_id>, markers under {results_dir}/cells/<cell_id>:")
         for i, (job, cid) in enumerate(plan):
             print(f"[grid] #{i:<3} {cid}  {states[cid]:<8}  {' '.join(grid.identity_overrides(job))}")
         if self.config.get("dry_run", False):

@@ -196,10 +196,15 @@ def _curves(ax, records: pd.DataFrame, colour: dict, styles: dict) -> None:
 
 
 def _grid_path(value: str, source: str) -> Path:
-    """A recorded PNG path; a relative one is relative to the folder of the record file (task=sample writes
-    absolute paths under the run directory; relative ones come from copied fixtures)."""
+    """A recorded PNG path. A relative one is tried against the folder of the record file (grids copied beside
+    their records, fixtures), then against the working directory (task=sample writes the path under its run_dir,
+    which is relative to where run.py started, e.g. a grid cell's `runs/cells/...`); the first that exists, else
+    the first tried (named as missing)."""
     p = Path(value)
-    return p if p.is_absolute() else Path(source).parent / p
+    if p.is_absolute():
+        return p
+    tried = [Path(source).parent / p, Path.cwd() / p]
+    return next((c for c in tried if c.is_file()), tried[0])
 
 
 def sample_grids(df: pd.DataFrame, path, max_grids: int = 24) -> Path | None:

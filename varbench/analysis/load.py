@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from varbench.registry import list_options, load_option
-from varbench.utils.records import read_records
+from varbench.utils.records import jsonl_files, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ INT_COLUMNS = ("depth", "resolution", "seed")
 KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "peak_mem_bytes", "feature_extractor",
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "superseded", "latency_wo_decode_ms",
-                "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine")
+                "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine",
+                "autotune")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}
@@ -126,6 +127,7 @@ def flatten(rec: dict, source: str = "") -> dict:
     row["resolution"] = rec.get("resolution", _resolution(cfg))
     row["seed"] = rec.get("seed", cfg.get("seed"))
     row["cell_id"] = rec.get("cell_id", cfg.get("cell_id"))
+    row["autotune"] = (rec.get("versions") or {}).get("triton_autotune")  # how Triton kernels were tuned, if any
     if rec["metric"] == "train_images_per_s":  # bench records before task.compile / param_dtype: eager, fp32
         row["compiled"] = bool(rec.get("compiled", False))
         row["param_dtype"] = rec.get("param_dtype", "fp32")
@@ -138,12 +140,20 @@ def flatten(rec: dict, source: str = "") -> dict:
 
 
 def load_records(path) -> pd.DataFrame:
-    """Every record of a .jsonl file, or of every .jsonl file under a folder, as a DataFrame (one row each)."""
+    """Every record of a .jsonl file, or of every .jsonl file under a folder, as a DataFrame (one row each).
+
+    A damaged line (not JSON: cut short by a full disk or a kill) is skipped with a warning naming its file and line;
+    `df.attrs["damaged"]` lists them ("file:line: why")."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no records at {path} (a .jsonl file or a folder of them)")
-    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
-    rows = [flatten(rec, str(f)) for f in files for rec in read_records(f)]
+    files, rows, damaged = jsonl_files(path), [], []
+    for f in files:
+        good, bad = read_jsonl(f)
+        rows += [flatten(rec, str(f)) for rec in good]
+        damaged += bad
+    for line in damaged:
+        log.warning("skipped a damaged record line: %s", line)
     df = pd.DataFrame(rows, columns=None if rows else list(LEADING) + ["config", "versions"])
     for col in (*LEADING, *KNOWN_FIELDS, "config", "versions"):
         if col not in df:
@@ -153,7 +163,9 @@ def load_records(path) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col]).astype("Int64")
     extras = sorted(c for c in df.columns if c not in LEADING and c not in ("config", "versions"))
     log.info("loaded %d records from %d files under %s", len(df), len(files), path)
-    return df[[*LEADING, *extras, "config", "versions"]]
+    df = df[[*LEADING, *extras, "config", "versions"]]
+    df.attrs["damaged"] = [str(line) for line in damaged]  # the report says how many lines it skipped, and which
+    return df
 
 
 def identity_columns(metric: str, df: pd.DataFrame) -> list[str]:
@@ -163,12 +175,29 @@ def identity_columns(metric: str, df: pd.DataFrame) -> list[str]:
     return [c for c in cols if c in df.columns]
 
 
+# timings that depend on how Triton's kernels were tuned (varbench/utils/autotune.py)
+TUNED_METRICS = {"train_images_per_s", "sample_latency_ms", "parallel_train_images_per_s", "bench_error"}
+UNTUNED = "first"  # the autotune mode whose timings count only where no fully tuned one exists
+POLICY = ("The measurement of a configuration: never a `disturbed` or `superseded` record; of the rest, a timing "
+          "under fully tuned Triton kernels (autotune full, or no Triton) before one under first-config autotuning; "
+          "then the newest.")
+
+
+def preference_order(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` sorted so that, per measurement, the one `POLICY` picks comes last (ties keep file order)."""
+    untuned = df["metric"].isin(TUNED_METRICS) & df["autotune"].eq(UNTUNED)
+    return df.assign(_untuned=untuned).sort_values(["_untuned", "date"], ascending=[False, True],
+                                                   kind="stable").drop(columns="_untuned")
+
+
 def latest(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
-    """The newest record (by date) per (metric, configuration); older repeats of a measurement are dropped.
+    """The measurement per (metric, configuration), picked by `POLICY` (never by recency alone).
 
     A record with a `disturbed` note (a timing taken under a load that a control measurement of the same run showed,
     e.g. beside other jobs on the host) or a `superseded` note (a measurement of code with a defect fixed since,
     which the current code would not reproduce) stays in the records as data but is never a table's measurement.
+    A timing under first-config autotuning (`autotune: first`) counts only where no fully tuned one of the same
+    measurement exists; the tables say per configuration which machine and autotune mode their timings come from.
 
     Args:
         df: records from `load_records`.
@@ -177,7 +206,7 @@ def latest(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
     if metrics is not None:
         df = df[df["metric"].isin([metrics] if isinstance(metrics, str) else list(metrics))]
     df = df[df["disturbed"].isna() & df["superseded"].isna()]
-    parts = [g.sort_values("date", kind="stable").drop_duplicates(identity_columns(m, g), keep="last")
+    parts = [preference_order(g).drop_duplicates(identity_columns(m, g), keep="last")
              for m, g in df.groupby("metric", sort=True)]
     return pd.concat(parts) if parts else df.iloc[:0]
 

@@ -2,8 +2,10 @@
 
 Every function takes the DataFrame of `load_records` and returns a DataFrame of raw recorded values (rounding
 happens only when a table is written, varbench.analysis.format). One configuration is (mixer, intra, depth,
-resolution); of repeated measurements the newest counts (`latest`). Quality columns name their feature extractor:
-"FID" is kept for Inception-v3 features, a Frechet distance in any other feature space is an "FD".
+resolution); of repeated measurements the one `load.POLICY` picks counts (`latest`: never disturbed or superseded,
+fully tuned before untuned, then the newest; a table's row says which machine and autotune mode timed it). Quality
+columns name their feature extractor: "FID" is kept for Inception-v3 features, a Frechet distance in any other
+feature space is an "FD".
 `df.attrs` carries `device` (the GPU the timings come from) and `records` (how many records fed the table).
 """
 
@@ -11,11 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 
 from varbench.analysis.format import QUALITY_NAMES, STD, is_quality
-from varbench.analysis.load import latest, model_label, numeric
+from varbench.analysis.load import latest, model_label, numeric, preference_order
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,24 @@ def quality_label(metric: str, extractor, num_samples=None, preset=None) -> str:
 
 
 def quality_long(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (configuration, seed, quality column): the newest value of each."""
+    """One row per (configuration, seed, quality column): the value `latest` picks, all of one study."""
     q = latest(df, QUALITY_NAMES)
     labels = [quality_label(*a) for a in zip(q["metric"], q["feature_extractor"], q["num_samples"], q["preset"])]
     q = q.assign(label=labels, value=numeric(q) if len(q) else q["value"])
+    q = one_study(q, [*KEY, "label"])
     q = q.sort_values("date", kind="stable").drop_duplicates([*KEY, "label", "seed"], keep="last")
     return q[[*KEY, "seed", "cell_id", "metric", "label", "value", "date"]]
+
+
+def one_study(q: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per `keys`, only the records of one study (one records folder: a grid run with its own tokenizer and data),
+    the one with the newest record: seeds are never pooled across studies, nor a missing seed filled from another."""
+    if q.empty:
+        return q
+    q = q.assign(_study=q["source"].map(lambda source: str(Path(source).parent)))
+    newest = q.groupby([*keys, "_study"], dropna=False)["date"].transform("max")
+    chosen = q.assign(_newest=newest).sort_values("_newest", kind="stable").groupby(keys, dropna=False)["_study"]
+    return q[q["_study"] == chosen.transform("last").reindex(q.index)].drop(columns="_study")
 
 
 def quality_wide(df: pd.DataFrame) -> pd.DataFrame:
@@ -90,14 +105,18 @@ def timing_device(df: pd.DataFrame, device=None):
     return counts.index[0]
 
 
-def per_key(g: pd.DataFrame, column: str, name: str, scale: float = 1.0, quiet: bool = False) -> pd.Series:
-    """One value per configuration (the newest), as a Series named `name`; `quiet` when repeats are expected
-    (every bench record of a configuration states its params)."""
-    g = g[g[column].notna()].sort_values("date", kind="stable")
+def per_key(g: pd.DataFrame, column: str, name: str, scale: float = 1.0, quiet: bool = False,
+            picked: list | None = None) -> pd.Series:
+    """One value per configuration (the one `load.POLICY` picks), as a Series named `name`; `quiet` when repeats
+    are expected (every bench record of a configuration states its params). The records picked are appended to
+    `picked` (with a `column` field naming `name`) when given."""
+    g = preference_order(g[g[column].notna()])
     dup = g.duplicated(KEY, keep="last")
     if dup.any() and not quiet:
-        log.warning("%s: %d older records of the same configuration ignored (other seeds/cells)", name, dup.sum())
+        log.warning("%s: %d other records of the same configuration ignored (other seeds/cells)", name, dup.sum())
     g = g[~dup]
+    if picked is not None:
+        picked.append(g.assign(column=name))
     return pd.Series(numeric(g, column).to_numpy() * scale, index=pd.MultiIndex.from_frame(g[KEY]), name=name)
 
 
@@ -125,10 +144,10 @@ def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFra
     if len(sized):
         parts += [per_key(sized, "params", PARAMS, quiet=True),
                   per_key(sized, "fwd_flops_per_image", GFLOPS, 1e-9, quiet=True)]
-    train = timed[timed["metric"] == "train_images_per_s"]
+    train, picked = timed[timed["metric"] == "train_images_per_s"], []
     for (batch, compiled, dtype), g in train.groupby(["batch", "compiled", "param_dtype"]):
         tag = f"b{batch:g}" + (", compiled" if compiled else "") + (f", {dtype} weights" if dtype != "fp32" else "")
-        parts += [per_key(g, "value", f"Train img/s ({tag})"), per_key(g, "mfu", f"MFU ({tag})"),
+        parts += [per_key(g, "value", f"Train img/s ({tag})", picked=picked), per_key(g, "mfu", f"MFU ({tag})"),
                   per_key(g.assign(token_mfu=adaln_per_token_mfu(g)), "token_mfu", f"{TOKEN_MFU} ({tag})")]
     sample = timed[(timed["metric"] == "sample_latency_ms") & timed["sampler"].isin(samplers)]
     for (sampler, batch, graphs), g in sample.groupby(["sampler", "batch", "cuda_graphs"]):
@@ -136,14 +155,35 @@ def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFra
         # a replayed graph writes into its private pool without allocating: only the reserved peak counts it
         memory = ("peak_reserved_bytes", f"Peak reserved {tag} (bytes)") if graphs else \
             ("peak_mem_bytes", f"Peak mem {tag} (bytes)")
-        parts += [per_key(g, "value", f"Latency {tag} (ms)"), per_key(g, *memory),
+        parts += [per_key(g, "value", f"Latency {tag} (ms)", picked=picked), per_key(g, *memory),
                   per_key(g, "latency_wo_decode_ms", f"W/o decode {tag} (ms)")]
     state = latest(df, "state_bytes_per_image")
     if len(state):
         parts.append(per_key(state, "value", STATE))
+    if picked:
+        parts.append(timing_source(pd.concat(picked)))
     out = pd.concat(parts, axis=1) if parts else pd.DataFrame()
     out.attrs["device"] = device
     return out
+
+
+TIMED_ON = "Timed on (autotune)"
+
+
+def timing_source(picked: pd.DataFrame) -> pd.Series:
+    """Per configuration, the machine and Triton autotune mode of the timings its row shows, e.g.
+    "nvidia-h200-x4, full"; where they differ, each with the columns it gave ("nvidia-h200, full: Train img/s
+    (b32); nvidia-h200-x4, first: Latency b1 (ms)")."""
+    source = (picked["machine"].fillna("machine not stamped") + ", "
+              + picked["autotune"].fillna("no autotune recorded"))
+    picked = picked.assign(source=source)
+
+    def describe(g: pd.DataFrame) -> str:
+        if g["source"].nunique() == 1:
+            return g["source"].iloc[0]
+        return "; ".join(f"{src}: {', '.join(cols['column'])}" for src, cols in g.groupby("source", sort=True))
+    rows = {key: describe(g) for key, g in picked.groupby(KEY, dropna=False)}
+    return pd.Series(rows, name=TIMED_ON, dtype=object).rename_axis(KEY)
 
 
 def config_frame(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFrame:
@@ -202,7 +242,8 @@ def main_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         log.warning("main_table: no speed or quality records")
         return frame
     table = _select(frame, [lambda c: c in (PARAMS, GFLOPS), lambda c: is_quality(c.removesuffix(STD)),
-                            lambda c: c.startswith(("Train", "MFU", "Latency")), lambda c: c == STATE])
+                            lambda c: c.startswith(("Train", "MFU", "Latency")), lambda c: c == STATE,
+                            lambda c: c == TIMED_ON])
     return finish(by_model(table), df, [*SPEED, *QUALITY_NAMES], frame.attrs["device"])
 
 
@@ -214,7 +255,8 @@ def mixer_ablation(df: pd.DataFrame, device=None) -> pd.DataFrame:
         log.warning("mixer_ablation: no speed or quality records")
         return frame
     table = _select(frame, [lambda c: is_quality(c.removesuffix(STD)), lambda c: c == "Seeds",
-                            lambda c: c.startswith(("Train", "Latency", "Peak")), lambda c: c == STATE])
+                            lambda c: c.startswith(("Train", "Latency", "Peak")), lambda c: c == STATE,
+                            lambda c: c == TIMED_ON])
     table.index.names = ["Mixer", "Intra", "Depth", "Resolution"]
     return finish(table, df, [*SPEED, *QUALITY_NAMES], frame.attrs["device"])
 
@@ -273,6 +315,8 @@ def resolution_scaling(df: pd.DataFrame, device=None) -> pd.DataFrame:
     table = _select(frame, [lambda c: c.startswith(("Train", "Latency")), lambda c: c == STATE])
     if STATE in table:
         table = table.assign(**{"State / KV cache": kv_ratio(table[STATE])})
+    if TIMED_ON in frame:
+        table = table.assign(**{TIMED_ON: frame[TIMED_ON]})
     errors = _bench_errors(df, frame.attrs["device"])
     if len(errors):
         table = pd.concat([table, errors], axis=1)

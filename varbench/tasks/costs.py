@@ -2,7 +2,8 @@
 `task.resolutions` and (mixer, intra) configuration (default: every registered mixer without intra, plus M-VAR):
 parameters, forward FLOPs per image by component (training counts 3x), the tokenizer decode's FLOPs, and the bytes
 of the inference state per image (KV cache, or recurrent state + conv tail). Models are built on the meta device
-(no memory, no init), so VAR-d30 at 1024 px costs nothing. One `analytic_cost` record per cell in costs.jsonl."""
+(no memory, no init), so VAR-d30 at 1024 px costs nothing. One `analytic_cost` record per cell in costs.jsonl; a
+re-run replaces the records of the cells it computes (never appends a second copy a report would count twice)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from varbench.layout import PATCH_NUMS
 from varbench.registry import load_option
 from varbench.tasks.bench import default_configs
 from varbench.tokenizers import MultiScaleVQVAE
-from varbench.utils.records import record
+from varbench.utils.records import make_record, replace_records
+
+CELL = ("mixer", "intra", "depth", "resolution")  # what one analytic_cost record is of
 
 
 def main(cfg: DictConfig) -> dict:
     t, out = cfg.task, Path(cfg.results_dir) / "costs.jsonl"
-    cells = 0
+    lines = []
     for res in t.resolutions:
         with torch.device("meta"):
             decode = decoder_flops(MultiScaleVQVAE(patch_nums=PATCH_NUMS[res]))
@@ -35,10 +38,12 @@ def main(cfg: DictConfig) -> dict:
                     model = build_model(sized, load_option("mixer", mixer), load_option("intra", intra),
                                         PATCH_NUMS[res], num_classes=1000)
                 flops = model_flops(model)
-                record(out, "analytic_cost", flops["total"], "FLOP/img (forward)", config=None, device="cpu",
-                       mixer=mixer, intra=intra, depth=depth, resolution=res, L=model.layout.L,
-                       params=model.num_params(), flops_by_component=flops, train_flops_per_image=3 * flops["total"],
-                       decode_flops_per_image=decode, dtype="bf16 (recurrent states fp32)",
-                       state_bytes_per_image=model.state_bytes(1))
-                cells += 1
-    return {"records": str(out), "cells": cells}
+                lines.append(make_record(
+                    "analytic_cost", flops["total"], "FLOP/img (forward)", config=None, device="cpu", mixer=mixer,
+                    intra=intra, depth=depth, resolution=res, L=model.layout.L, params=model.num_params(),
+                    flops_by_component=flops, train_flops_per_image=3 * flops["total"], decode_flops_per_image=decode,
+                    dtype="bf16 (recurrent states fp32)", state_bytes_per_image=model.state_bytes(1)))
+    cells = {tuple(line[k] for k in CELL) for line in lines}
+    replaced = replace_records(out, lines, lambda old: old.get("metric") == "analytic_cost"
+                               and tuple(old.get(k) for k in CELL) in cells)
+    return {"records": str(out), "cells": len(lines), "replaced": replaced}

@@ -41,6 +41,9 @@ def main(cfg: DictConfig) -> dict:
     if summary["interrupted"]:
         raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
                          f"saved: run the same command (same run_dir) to resume exactly")
+    if summary["images_per_s"] == 0:  # resumed at its last step: this call trained nothing, so it measures nothing
+        print(f"[train] {cfg.run_dir} is already trained to step {summary['steps']}: nothing recorded")
+        return summary
     if info.is_main:
         record(Path(cfg.results_dir) / "train.jsonl", "train_summary", summary["final_loss"], "nats/token", config=cfg,
                device=device, **summary)
