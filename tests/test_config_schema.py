@@ -68,6 +68,7 @@ def test_a_value_out_of_range_names_key_value_and_range(override, message):
     (["++task.overrides.train_tokenizer.batch_size=0"],  # the main job checks each step as it will run
      "task.batch_size = 0: expected an integer >= 1 (step train_tokenizer)"),
     (["++task.overrides.sampel.per_class=2"], "task.overrides has steps ['sampel']"),
+    (["task.steps=[train,sampel]"], "task.steps = ['train', 'sampel']: expected tasks other than main"),
 ])
 def test_task_values_are_checked_by_task_and_by_main_step(overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from varbench.registry import load_option
+from varbench.registry import list_options, load_option
 
 
 class ConfigError(ValueError):
@@ -197,7 +197,11 @@ def validate(cfg: DictConfig) -> None:
         unknown = sorted(set(cfg.task.get("overrides") or {}) - set(cfg.task.steps))
         if unknown:
             problems.append(f"task.overrides has steps {unknown} that task.steps {list(cfg.task.steps)} does not run")
-        for step in cfg.task.steps:
+        steps = [s for s in cfg.task.steps if s in set(list_options("task")) - {"main"}]
+        if len(steps) < len(cfg.task.steps):
+            problems.append(f"task.steps = {list(cfg.task.steps)}: expected tasks other than main; valid: "
+                            f"{sorted(set(list_options('task')) - {'main'})}")
+        for step in steps:
             problems += [f"{p} (step {step})" for p in _problems(step_config(cfg, step)) if p.startswith("task.")]
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(problems)))
