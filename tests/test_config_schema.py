@@ -31,6 +31,11 @@ def test_every_shipped_option_passes_the_checks(group, name):
     validate(compose_with(f"{group}={name}"))
 
 
+@pytest.mark.parametrize("name", list_options("grid"))
+def test_every_grid_passes_the_checks(name):
+    validate(compose_with(f"grid={name}"))
+
+
 @pytest.mark.parametrize("override,message", [
     ("train.grad_accum=0", "train.grad_accum = 0: expected an integer >= 1"),
     ("train.steps=0", "train.steps = 0: expected an integer >= 1, or null (train for `train.epochs` instead)"),
