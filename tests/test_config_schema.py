@@ -185,3 +185,18 @@ def test_a_run_lives_in_its_run_dir_only(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert not any((tmp_path / "cwd").iterdir())
     assert (tmp_path / "run" / ".hydra" / "costs" / "config.yaml").is_file() and (tmp_path / "res").is_dir()
+
+
+@pytest.mark.parametrize("code,errors,process_records", [(0, 0, 0), (3, 1, 0), (1, 1, 1), (None, 1, 1)])
+def test_an_isolated_cell_counts_as_failed_when_it_recorded_errors_or_died(monkeypatch, code, errors,
+                                                                          process_records):
+    """Exit code 3 (CELL_RECORDED_ERRORS): the cell recorded its own bench_error records; another non-zero code or a
+    timeout (None): the process died, recorded here."""
+    import varbench.tasks.bench as bench
+    assert bench.CELL_RECORDED_ERRORS == 3
+    recorded = []
+    monkeypatch.setattr(bench, "run_in_fresh_process", lambda *args, timeout: code)
+    monkeypatch.setattr(bench, "record", lambda out, metric, *args, **kwargs: recorded.append(kwargs["stage"]))
+    plain = OmegaConf.create({"task": {"cell_timeout_s": 5}})
+    assert bench.isolated_cell(plain, "out.jsonl", "gla", "none", 256, {"mixer": "gla"}) == errors
+    assert recorded == ["process"] * process_records
