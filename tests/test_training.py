@@ -21,7 +21,7 @@ TINY = ["model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.num_r
 
 
 def run(tmp: Path, name: str, *overrides, env=None, launcher=None):
-    args = (launcher or [sys.executable]) + [str(REPO / "run.py"), "task=train", f"hydra.run.dir={tmp / name}",
+    args = (launcher or [sys.executable]) + [str(REPO / "run.py"), "task=train", f"run_dir={tmp / name}",
                                              f"results_dir={tmp / name / 'results'}", *TINY, *overrides]
     return subprocess.run(args, cwd=tmp, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
 
@@ -110,7 +110,7 @@ def test_scaling_task_wires_two_processes(tmp_path, parallel):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535"]
     args = torchrun + [str(REPO / "run.py"), "task=scaling", f"task.parallel={parallel}", "task.batch_per_gpu=2",
                        "task.repeats=1", "model.depth=1", "model.width=64", "model.num_heads=1", "device=cpu",
-                       f"hydra.run.dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'results'}"]
+                       f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'results'}"]
     out = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
