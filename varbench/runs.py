@@ -118,18 +118,26 @@ def flat(node, prefix: str) -> dict:
 
 def run_config(spec: dict, cfg: DictConfig | None = None, user_keys: list[str] | None = None) -> DictConfig:
     """The config to rebuild the run with: `cfg` (None: the run's groups alone) with the spec groups taken from the
-    run, except keys the user set. `user_keys` are the keys set on the command line (None: a config given whole
-    in Python, every key of it counts as set). A set key that contradicts the run raises, naming both values."""
+    run, except the free keys the user set.
+
+    `user_keys` are the keys set on the command line (None: a config given whole in Python, every key of it counts
+    as set). Every checked key (`is_checked`) under a set key must agree with the run, else ValueError naming both
+    values. A free key takes the user's value only when set by name (`mixer.backend=reference`, not by choosing the
+    group `mixer=attention`, which asserts the architecture and keeps the run's knobs)."""
     run = OmegaConf.create(spec["config"])
     if cfg is None:
         return run
     mine = {k: v for g in SPEC_GROUPS if g in cfg
             for k, v in flat(OmegaConf.to_container(cfg[g], resolve=True), g).items()}
     theirs = {k: v for g in SPEC_GROUPS for k, v in flat(spec["config"][g], g).items()}
-    set_keys = [k for k in {**theirs, **mine} if user_keys is None or any(
-        k == u or k.startswith(u + ".") for u in user_keys)]
+
+    def set_by_user(key: str, by_name: bool) -> bool:
+        return user_keys is None or any(key == u or key.startswith(u + ".") for u in user_keys
+                                        if "." in u or not by_name)
+
     conflicts = [f"{k}: the run has {theirs.get(k, ABSENT)!r}, the command line {mine.get(k, ABSENT)!r}"
-                 for k in set_keys if is_checked(k) and mine.get(k, ABSENT) != theirs.get(k, ABSENT)]
+                 for k in {**theirs, **mine} if is_checked(k) and set_by_user(k, by_name=False)
+                 and mine.get(k, ABSENT) != theirs.get(k, ABSENT)]
     if conflicts:
         raise ValueError("the command line contradicts the run it evaluates (leave these keys out to use the run's "
                          "values):\n  " + "\n  ".join(conflicts[:20]))
@@ -137,9 +145,9 @@ def run_config(spec: dict, cfg: DictConfig | None = None, user_keys: list[str] |
     with open_dict(merged):
         for group in SPEC_GROUPS:
             merged[group] = run[group]
-        for k in set_keys:
-            if k in mine:  # a free key the user set: theirs
-                OmegaConf.update(merged, k, mine[k], merge=False)
+        for k, value in mine.items():
+            if value != "???" and set_by_user(k, by_name=True):  # a free key the user set (checked ones agree)
+                OmegaConf.update(merged, k, value, merge=False)
     return merged
 
 
