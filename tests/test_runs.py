@@ -112,10 +112,14 @@ def test_a_value_that_contradicts_the_run_is_an_error_naming_both(fake_run):
     # keys the user did not set come from the run, whatever the command line's defaults are
     merged = run_config(spec, other, ["task.seed"])
     assert merged.model.depth == 1 and merged.mixer._target_.endswith("BlockCausalAttention")
-    # a kernel choice set by name is the user's; choosing the run's own group keeps the run's knobs
-    kernel = config("task=evaluate", *TINY, "mixer.backend=reference", "data.size_per_class=9")
+    # a kernel choice set by name is the user's; choosing the run's own option keeps the run's fields
+    kernel = config("task=evaluate", *TINY, "mixer.backend=reference", "data.size_per_class=9", "mixer.l2_norm=false")
     merged = run_config(spec, kernel, ["mixer", "mixer.backend", "data.size_per_class"])
-    assert merged.mixer.backend == "reference" and merged.data.size_per_class == 9
+    assert merged.mixer.backend == "reference" and merged.data.size_per_class == 9 and merged.mixer.l2_norm is True
+    with pytest.raises(ValueError, match="mixer.l2_norm: the run has True, the command line False"):
+        run_config(spec, kernel, ["mixer.l2_norm"])
+    with pytest.raises(ValueError, match="model.depth: the run has 1, the command line 16"):  # a recipe is its values
+        run_config(spec, config("task=evaluate", "model=var_d16"), keys_set_by("model", "var_d16"))
     with pytest.raises(ValueError, match="data.num_classes: the run has 10, the command line 5"):
         run_config(spec, config("task=evaluate", *TINY, "data.num_classes=5"), ["data.num_classes"])
     # a config given whole in Python (no command line known): every key must agree

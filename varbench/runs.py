@@ -121,9 +121,10 @@ def run_config(spec: dict, cfg: DictConfig | None = None, user_keys: list[str] |
     run, except the free keys the user set.
 
     `user_keys` are the keys set on the command line (None: a config given whole in Python, every key of it counts
-    as set). Every checked key (`is_checked`) under a set key must agree with the run, else ValueError naming both
-    values. A free key takes the user's value only when set by name (`mixer.backend=reference`, not by choosing the
-    group `mixer=attention`, which asserts the architecture and keeps the run's knobs)."""
+    as set). A checked key (`is_checked`) set by name, or the identity of a chosen group option (its `_target_`, or
+    every field of a group without one: a `model` recipe, a `tokenizer`), must agree with the run, else ValueError
+    naming both values. A free key takes the user's value only when set by name (`mixer.backend=reference`);
+    choosing the run's own option (`mixer=gla`) keeps the run's fields (its `heads`, its `backend`)."""
     run = OmegaConf.create(spec["config"])
     if cfg is None:
         return run
@@ -131,12 +132,20 @@ def run_config(spec: dict, cfg: DictConfig | None = None, user_keys: list[str] |
             for k, v in flat(OmegaConf.to_container(cfg[g], resolve=True), g).items()}
     theirs = {k: v for g in SPEC_GROUPS for k, v in flat(spec["config"][g], g).items()}
 
-    def set_by_user(key: str, by_name: bool) -> bool:
-        return user_keys is None or any(key == u or key.startswith(u + ".") for u in user_keys
-                                        if "." in u or not by_name)
+    def compared(key: str) -> bool:  # set by name, or the identity of a chosen group option
+        if user_keys is None:
+            return True
+        for u in user_keys:
+            if key == u or key.startswith(u + "."):
+                target = f"{u}._target_"
+                return "." in u or target not in {**mine, **theirs} or key == target
+        return False
+
+    def set_by_name(key: str) -> bool:
+        return user_keys is None or any(key == u or key.startswith(u + ".") for u in user_keys if "." in u)
 
     conflicts = [f"{k}: the run has {theirs.get(k, ABSENT)!r}, the command line {mine.get(k, ABSENT)!r}"
-                 for k in {**theirs, **mine} if is_checked(k) and set_by_user(k, by_name=False)
+                 for k in {**theirs, **mine} if is_checked(k) and compared(k)
                  and mine.get(k, ABSENT) != theirs.get(k, ABSENT)]
     if conflicts:
         raise ValueError("the command line contradicts the run it evaluates (leave these keys out to use the run's "
@@ -146,7 +155,7 @@ def run_config(spec: dict, cfg: DictConfig | None = None, user_keys: list[str] |
         for group in SPEC_GROUPS:
             merged[group] = run[group]
         for k, value in mine.items():
-            if value != "???" and set_by_user(k, by_name=True):  # a free key the user set (checked ones agree)
+            if value != "???" and set_by_name(k):  # a free key the user set (checked ones agree)
                 OmegaConf.update(merged, k, value, merge=False)
     return merged
 
@@ -198,6 +207,13 @@ def load_run(source, cfg: DictConfig | None = None, user_keys: list[str] | None 
                       config=config, checkpoint=weights, checkpoint_sha256=file_sha256(weights),
                       tokenizer_file=tokenizer_file, tokenizer_sha256=file_sha256(tokenizer_file),
                       run_spec=spec is not None)
+
+
+def load_for_task(cfg: DictConfig, device) -> TrainedRun:
+    """The run a task (sample, evaluate) works on: `task.checkpoint` (a model.safetensors or a checkpoint folder) or
+    the latest checkpoint under `run_dir`, rebuilt from its spec with the command line checked against it."""
+    return load_run(cfg.task.get("checkpoint") or cfg.run_dir, cfg, command_line_keys(), device,
+                    architecture_from_command_line=bool(cfg.task.get("architecture_from_command_line")))
 
 
 def checked_tokenizer_file(spec: dict, folder: Path, given) -> Path:

@@ -48,7 +48,7 @@ from varbench.eval.metrics import (
     load_adm_npz,
 )
 from varbench.eval.sampling import sample_for_eval
-from varbench.tasks.sample import load_trained
+from varbench.runs import load_for_task
 from varbench.training.loop import autocast
 from varbench.utils.records import record
 
@@ -144,7 +144,7 @@ def adm_metrics(cfg: DictConfig, npz, device) -> list[tuple[str, float, str, dic
 
 def main(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
-    run = load_trained(cfg, device)  # the run's model, tokenizer and config (its data set, its precision)
+    run = load_for_task(cfg, device)  # the run's model, tokenizer and config (its data set, its precision)
     cfg, tokenizer, model = run.config, run.tokenizer, run.model
     t, suite = cfg.task, resolve_suite(cfg)
     num_classes = t.num_classes or model.num_classes

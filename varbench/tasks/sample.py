@@ -12,17 +12,9 @@ import torch
 from omegaconf import DictConfig
 
 from varbench.build import resolve_device
-from varbench.runs import TrainedRun, command_line_keys, load_run
+from varbench.runs import load_for_task
 from varbench.training.loop import autocast
 from varbench.utils.records import record
-
-
-def load_trained(cfg: DictConfig, device: torch.device) -> TrainedRun:
-    """The trained model and tokenizer of the run, rebuilt from the run spec of `task.checkpoint` (a model.safetensors
-    or a checkpoint folder) or of the latest checkpoint under `run_dir` (varbench/runs.py: the run decides the
-    architecture and the tokenizer; a command-line value that contradicts it is an error)."""
-    return load_run(cfg.task.get("checkpoint") or cfg.run_dir, cfg, command_line_keys(), device,
-                    architecture_from_command_line=bool(cfg.task.get("architecture_from_command_line")))
 
 
 def save_grid(images_N3HW: torch.Tensor, rows: int, path: Path) -> Path:
@@ -35,7 +27,7 @@ def save_grid(images_N3HW: torch.Tensor, rows: int, path: Path) -> Path:
 
 def main(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
-    run = load_trained(cfg, device)
+    run = load_for_task(cfg, device)
     cfg, tokenizer, model = run.config, run.tokenizer, run.model  # the run's config: task.precision follows it
     t = cfg.task
     classes = list(t.classes) if t.get("classes") else list(range(min(model.num_classes, 10)))
