@@ -90,6 +90,7 @@ def test_a_retrained_run_never_reuses_the_old_samples(trained_run):
     assert second["samples"]["generated"] == 4 and second["samples"]["npz"] != first["samples"]["npz"]
     old, new = (r for r in read_records(tmp_path / "res" / "evaluate.jsonl") if r["metric"] == "embedded_fd")
     assert old["checkpoint"] == new["checkpoint"] and old["checkpoint_sha256"] != new["checkpoint_sha256"]
+    assert old["tokenizer_sha256"] == new["tokenizer_sha256"] == file_sha256(tokenizer_file)  # the run's, unasked
 
 
 @pytest.fixture

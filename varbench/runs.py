@@ -196,16 +196,18 @@ def load_run(source, cfg: DictConfig | None = None, user_keys: list[str] | None 
     spec = read_spec(weights.parent)
     if spec is not None:
         config = run_config(spec, cfg, user_keys)
-        tokenizer_file = checked_tokenizer_file(spec, weights.parent, config.tokenizer.get("checkpoint"))
+        tokenizer_file, tokenizer_sha256 = checked_tokenizer_file(spec, weights.parent,
+                                                                  config.tokenizer.get("checkpoint"))
     else:
         config, tokenizer_file = without_spec(weights, cfg, architecture_from_command_line)
+        tokenizer_sha256 = file_sha256(tokenizer_file)
     with open_dict(config):
         config.tokenizer.checkpoint = str(tokenizer_file)
     model = build_model(config)
     load_strict(model, read_state_dict(weights), f"checkpoint {weights}")
     return TrainedRun(model=model.to(device).eval(), tokenizer=build_tokenizer(config).to(device).eval(),
                       config=config, checkpoint=weights, checkpoint_sha256=file_sha256(weights),
-                      tokenizer_file=tokenizer_file, tokenizer_sha256=file_sha256(tokenizer_file),
+                      tokenizer_file=tokenizer_file, tokenizer_sha256=tokenizer_sha256,
                       run_spec=spec is not None)
 
 
@@ -216,8 +218,9 @@ def load_for_task(cfg: DictConfig, device) -> TrainedRun:
                     architecture_from_command_line=bool(cfg.task.get("architecture_from_command_line")))
 
 
-def checked_tokenizer_file(spec: dict, folder: Path, given) -> Path:
-    """The tokenizer file to load: `given` (the user's) or the recorded one; its sha256 must be the recorded one."""
+def checked_tokenizer_file(spec: dict, folder: Path, given) -> tuple[Path, str]:
+    """The tokenizer file to load, `given` (the user's) or the recorded one, and its sha256, which must be the
+    recorded one."""
     recorded, want = tokenizer_path(folder, spec), spec["tokenizer"]["sha256"]
     path = Path(given) if given else recorded
     if not path.is_file():
@@ -226,7 +229,7 @@ def checked_tokenizer_file(spec: dict, folder: Path, given) -> Path:
     if (sha := file_sha256(path)) != want:
         raise ValueError(f"tokenizer {path} has sha256 {sha}, but the run was trained with {recorded} "
                          f"(sha256 {want}): give the run's tokenizer")
-    return path
+    return path, sha
 
 
 def without_spec(weights: Path, cfg: DictConfig | None, from_command_line: bool) -> tuple[DictConfig, Path]:
