@@ -3,12 +3,13 @@ the project classifier (accurate on real images, at chance on an untrained model
 wiring with that classifier as the feature extractor (no Inception, nothing downloaded), and task=evaluate."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_model, tiny_tokenizer
+from helpers import tiny_model, tiny_tokenizer, write_run
 from PIL import Image
 
 from varbench.data.embedded import EmbeddedShapes
@@ -87,19 +88,40 @@ def test_sampling_resumes_to_the_same_images(tmp_path):
     model = tiny_model("attention", vae=vae)
     args = {"num_classes": 2, "per_class": 3, "batch_size": 2, "preset": "eval", "seed": 7, "device": "cpu"}
     first = sample_for_eval(model, vae, tmp_path, **args)
-    assert first["generated"] == 6 and first["skipped"] == 0
-    pngs = {p.name: p.read_bytes() for p in (tmp_path / "images").glob("*.png")}
+    folder = Path(first["folder"])
+    assert first["generated"] == 6 and first["skipped"] == 0 and folder.parent == tmp_path
+    pngs = {p.name: p.read_bytes() for p in (folder / "images").glob("*.png")}
     assert sorted(pngs) == [f"{c:04d}_{i:03d}.png" for c in range(2) for i in range(3)]
     npz_bytes = np.load(first["npz"])["arr_0"].copy()
     for name in ("0000_001.png", "0001_002.png"):  # in two different batches (batches are pairs, class-major)
-        (tmp_path / "images" / name).unlink()
+        (folder / "images" / name).unlink()
     again = sample_for_eval(model, vae, tmp_path, **args)
-    assert again["generated"] == 2 and again["skipped"] == 4
-    assert {p.name: p.read_bytes() for p in (tmp_path / "images").glob("*.png")} == pngs
+    assert again["generated"] == 2 and again["skipped"] == 4 and again["folder"] == first["folder"]
+    assert {p.name: p.read_bytes() for p in (folder / "images").glob("*.png")} == pngs
     np.testing.assert_array_equal(np.load(again["npz"])["arr_0"], npz_bytes)
-    assert json.loads((tmp_path / "manifest.json").read_text())["top_k"] == PRESETS["eval"].top_k
-    with pytest.raises(ValueError, match="other settings"):  # a resume may not mix settings
-        sample_for_eval(model, vae, tmp_path, **{**args, "seed": 8})
+    assert json.loads((folder / "manifest.json").read_text())["top_k"] == PRESETS["eval"].top_k
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "seed": 8}))
+    with pytest.raises(ValueError, match="other settings"):  # a folder whose manifest disagrees is never mixed into
+        sample_for_eval(model, vae, tmp_path, **args)
+
+
+def test_samples_of_other_weights_or_settings_are_never_reused(tmp_path):
+    """Samples are keyed by content: other weights (a run retrained into the same folder), another seed or another
+    tokenizer draw new images into another folder, never reusing the ones on disk."""
+    vae = tiny_tokenizer()
+    model = tiny_model("attention", vae=vae)
+    args = {"num_classes": 2, "per_class": 1, "batch_size": 2, "preset": "eval", "seed": 7, "device": "cpu"}
+    first = sample_for_eval(model, vae, tmp_path, **args)
+    other_vae = tiny_tokenizer()
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # the same module, other weights
+        other_vae.quantize.embedding.weight.add_(0.1)
+    for out in (sample_for_eval(model, vae, tmp_path, **args),
+                sample_for_eval(tiny_model("attention", vae=vae), vae, tmp_path, **{**args, "seed": 8}),
+                sample_for_eval(tiny_model("attention", vae=vae), other_vae, tmp_path, **args)):
+        assert out["generated"] == 2 and out["folder"] != first["folder"]
+    assert len(list(tmp_path.iterdir())) == 4
 
 
 def test_image_seeds_depend_on_class_and_index():
@@ -184,11 +206,10 @@ def test_fidelity_metrics_with_the_classifier(small_classifier, tmp_path):
 def test_evaluate_task_records_every_metric(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from varbench.build import build_model
     from varbench.registry import CONFIG_ROOT
     from varbench.tasks.evaluate import main
-    from varbench.utils.checkpoint import save_atomic
     from varbench.utils.records import read_records
+    from varbench.utils.run_spec import file_sha256
     overrides = ["task=evaluate", "device=cpu", "cell_id=test", f"run_dir={tmp_path / 'run'}",
                  f"results_dir={tmp_path / 'res'}",
                  "model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.num_res_blocks=1",
@@ -197,9 +218,11 @@ def test_evaluate_task_records_every_metric(tmp_path):
                  "task.classifier_min_val_accuracy=0"]
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    cfg.task.checkpoint = str(save_atomic(tmp_path / "model.safetensors", tensors=build_model(cfg).state_dict()))
-    out = main(cfg)
+    folder, tokenizer_file = write_run(cfg)
+    out = main(cfg)  # the run decides the model and the tokenizer (tests/test_runs.py)
     records = {r["metric"]: r for r in read_records(tmp_path / "res" / "evaluate.jsonl")}
+    assert all(r["checkpoint_sha256"] == file_sha256(folder / "model.safetensors")
+               and r["tokenizer_sha256"] == file_sha256(tokenizer_file) for r in records.values())
     assert set(records) == {"embedded_fd", "class_accuracy", "classifier_val_accuracy", "classifier_score",
                             "embedded_kd", "embedded_precision", "embedded_recall", "val_nll", "train_nll"}
     for split in ("val", "train"):  # the same teacher-forced NLL on each split: their difference is the gap

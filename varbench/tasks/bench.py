@@ -10,6 +10,8 @@ of `model` and each resolution of `task.resolutions`:
   the prefix re-run; eager, or with each scale's blocks and head replayed as a CUDA graph with `task.cuda_graphs`
   (recorded as `cuda_graphs`);
 - inference state bytes (analytic, checked against real states by the tests).
+Models and tokenizers have random weights (speed and memory do not depend on their values): the config says so by
+name (`task.random_weights: true`, the only value accepted) and every record carries `random_weights: true`.
 A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on; each
 cell runs in a fresh process (`task.isolate_cells`), so even a CUDA error that poisons its context ends it alone,
 and a cell that hangs (or compiles for longer than `task.cell_timeout_s`) prints its stacks and is killed. After
@@ -151,11 +153,16 @@ def check_config(cfg: DictConfig) -> None:
 
 def main(cfg: DictConfig) -> dict:
     t = cfg.task
+    if t.get("random_weights") is not True:
+        raise ValueError(f"task.random_weights={t.get('random_weights')!r}: task=bench times models with random "
+                         f"weights (speed and memory do not depend on them) and has no trained-model mode; set "
+                         f"task.random_weights=true (task=sample / task=evaluate use trained runs)")
     if not torch.cuda.is_available():
         raise SystemExit("task=bench measures GPU speed: run it on a GPU machine")
     out = Path(cfg.results_dir) / "bench.jsonl"
     peak = matmul_peak_tflops()
-    common = dict(protocol=PROTOCOL, matmul_peak_tflops=peak, depth=cfg.model.depth, profile_steps=t.profile_steps)
+    common = dict(protocol=PROTOCOL, matmul_peak_tflops=peak, depth=cfg.model.depth, profile_steps=t.profile_steps,
+                  random_weights=True)
     record(out, "matmul_peak", peak, "TFLOP/s", config=None, **common)
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what a child process can read alone
     failed = []

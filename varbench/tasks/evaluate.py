@@ -17,8 +17,13 @@ Both suites also record `val_nll` and `train_nll` (varbench/eval/likelihood.py):
 cross-entropy on `task.val_nll_images` held-out images of the val split and on `task.train_nll_images` images of the
 train split (0: skipped); their difference is the generalisation gap.
 
+The model, its tokenizer and the config groups they and the data set come from are the run's (varbench/runs.py):
+`python run.py task=evaluate run_dir=<the training run>` needs nothing else. Samples live under
+`task.out_dir/<key>`, the key a hash of everything they depend on (varbench/eval/sampling.py): a rerun resumes, a
+retrained model never reuses them.
+
 Every metric is one JSON line in `${results_dir}/evaluate.jsonl` with fields feature_extractor, reference,
-num_samples, preset, sampler, suite, samples (the npz).
+num_samples, preset, sampler, suite, samples (the npz), checkpoint and tokenizer_checkpoint with their sha256.
 """
 
 from __future__ import annotations
@@ -43,8 +48,7 @@ from varbench.eval.metrics import (
     load_adm_npz,
 )
 from varbench.eval.sampling import sample_for_eval
-from varbench.tasks.sample import load_trained
-from varbench.training import checkpoints
+from varbench.runs import load_for_task
 from varbench.training.loop import autocast
 from varbench.utils.records import record
 
@@ -140,16 +144,17 @@ def adm_metrics(cfg: DictConfig, npz, device) -> list[tuple[str, float, str, dic
 
 def main(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
+    run = load_for_task(cfg, device)  # the run's model, tokenizer and config (its data set, its precision)
+    cfg, tokenizer, model = run.config, run.tokenizer, run.model
     t, suite = cfg.task, resolve_suite(cfg)
-    tokenizer, model = load_trained(cfg, device)
-    checkpoint = str(t.get("checkpoint") or checkpoints.latest(Path(cfg.run_dir) / "checkpoints"))
     num_classes = t.num_classes or model.num_classes
     per_class = t.per_class or DEFAULT_PER_CLASS[suite]
     start = time.perf_counter()
     with autocast(device, t.precision):
         samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, t.preset, t.seed,
-                                  device, sampler=t.sampler, tag={"checkpoint": checkpoint, "precision": t.precision},
-                                  cuda_graphs=t.cuda_graphs)
+                                  device, sampler=t.sampler, cuda_graphs=t.cuda_graphs,
+                                  tag={"checkpoint_sha256": run.checkpoint_sha256,
+                                       "tokenizer_sha256": run.tokenizer_sha256, "precision": t.precision})
     sample_seconds = time.perf_counter() - start
     metrics = (adm_metrics if suite == "adm" else project_metrics)(cfg, samples["npz"], device)
     for split in ("val", "train"):
@@ -160,7 +165,7 @@ def main(cfg: DictConfig) -> dict:
                 "num_samples": n, "reference": data.describe(),
                 "items": f"{n} of {len(data)}, drawn with seed 0 (varbench.eval.likelihood.scored_items)"}))
     common = {"num_samples": samples["images"], "preset": t.preset, "sampler": t.sampler, "suite": suite,
-              "samples": samples["npz"], "checkpoint": checkpoint}
+              "samples": samples["npz"], **run.identity()}
     out = Path(cfg.results_dir) / "evaluate.jsonl"
     for name, value, unit, fields in metrics:
         record(out, name, value, unit, config=cfg, device=device, **{**common, **fields})  # fields win

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from varbench.utils.checkpoint import load_object, read_state_dict, save_atomic
+from varbench.utils.run_spec import write_spec
 
 
 def rng_state() -> dict:
@@ -24,12 +25,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(ckpt_dir: Path, step: int, tensors: dict, state: dict, keep: int = 3) -> Path:
-    """Write checkpoint `step_<N>` (the model's whole `tensors` and the training `state`) and point `latest` at it;
-    remove all but the newest `keep`."""
+def save(ckpt_dir: Path, step: int, tensors: dict, state: dict, keep: int = 3, meta: dict | None = None) -> Path:
+    """Write checkpoint `step_<N>` (the model's whole `tensors`, the training `state` and the run spec `meta`, see
+    varbench.utils.run_spec) and point `latest` at it; remove all but the newest `keep`."""
     folder = Path(ckpt_dir) / f"step_{step:08d}"
     save_atomic(folder / "model.safetensors", tensors=tensors)
     save_atomic(folder / "state.pt", obj=state)
+    if meta is not None:
+        write_spec(folder, meta)
     save_atomic(Path(ckpt_dir) / "latest", obj={"step": step, "folder": folder.name})
     for old in sorted(Path(ckpt_dir).glob("step_*"))[:-keep]:
         shutil.rmtree(old)

@@ -98,11 +98,12 @@ def autocast(device: torch.device, precision: str):
 
 
 def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, info: DistInfo, from_ids: bool,
-             nll_sets: dict | None = None) -> dict:
+             nll_sets: dict | None = None, spec: dict | None = None) -> dict:
     """Train `model` on `dataset` (images, or cached ids when `from_ids`) for the planned iterations.
     Writes checkpoints under `cfg.run_dir/checkpoints` and records under `cfg.results_dir`; resumes when a
     checkpoint exists; every `train.nll_every` steps records the NLL of each image data set of `nll_sets`
-    ({split: dataset}). Returns a summary dict (final loss, steps, images/s, whether it was interrupted)."""
+    ({split: dataset}); writes `spec` (varbench.runs.describe_run) into every checkpoint. Returns a summary dict
+    (final loss, steps, images/s, whether it was interrupted)."""
     tcfg, ckpt_dir = cfg.train, Path(cfg.run_dir) / "checkpoints"
     plan = make_plan(tcfg, len(dataset))
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
@@ -170,7 +171,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
         if step == signal_at:
             os.kill(os.getpid(), signal.SIGTERM)
         if step % tcfg.ckpt_every == 0 or step == plan.max_iters or stop.signal:
-            _save(ckpt_dir, step, model, optimizer, scaler, tcfg.keep_last, info)
+            _save(ckpt_dir, step, model, optimizer, scaler, tcfg.keep_last, info, spec)
         if stop.signal:
             break
     progress.close()
@@ -205,7 +206,7 @@ def _is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def _save(ckpt_dir, step, model, optimizer, scaler, keep, info: DistInfo) -> None:
+def _save(ckpt_dir, step, model, optimizer, scaler, keep, info: DistInfo, spec: dict | None = None) -> None:
     if _is_sharded(model):  # gather whole tensors: a collective (every rank calls it), rank 0 receives them
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
         tensors, optim = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
@@ -214,7 +215,7 @@ def _save(ckpt_dir, step, model, optimizer, scaler, keep, info: DistInfo) -> Non
         tensors, optim = model.state_dict(), optimizer.state_dict()
     if info.is_main:
         state = {"step": step, "optimizer": optim, "scaler": scaler.state_dict(), "rng": checkpoints.rng_state()}
-        checkpoints.save(ckpt_dir, step, tensors, state, keep)
+        checkpoints.save(ckpt_dir, step, tensors, state, keep, meta=spec)
     if info.world_size > 1:
         torch.distributed.barrier()
 
