@@ -1,0 +1,125 @@
+"""The AR training loop in this process (no subprocess): resume refuses changed settings but allows more steps, the
+NaN guard names a checkpoint whose weights gave a finite loss, signal handlers come back however training ends, and a
+real SIGTERM mid-run saves a checkpoint from which the run resumes to the bitwise-same weights."""
+
+import math
+import os
+import signal
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from varbench.build import build_dataset, build_model, build_tokenizer
+from varbench.registry import CONFIG_ROOT
+from varbench.training import checkpoints
+from varbench.training.loop import train_ar
+from varbench.utils.dist import DistInfo
+
+TINY = ["model.depth=1", "model.width=32", "model.num_heads=1", "tokenizer.num_res_blocks=1", "tokenizer.ch=32",
+        "tokenizer.vocab_size=32", "tokenizer.patch_nums=[1,2,4,8]", "data.size_per_class=2", "data.num_classes=2",
+        "train.batch_size=2", "train.warmup_iters=1", "train.log_every=1", "train.ckpt_every=1", "train.keep_last=3",
+        "device=cpu", "cell_id=test", "model.cond_drop_rate=0.0"]
+ONE = DistInfo()
+
+
+def config(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        return compose(config_name="config", overrides=[*TINY, f"run_dir={tmp_path / 'run'}",
+                                                        f"results_dir={tmp_path / 'results'}", *overrides])
+
+
+class Watched(torch.utils.data.Dataset):
+    """The run's data set; `at(step, fn)` calls fn() when the first item of `step` (0-based) is read."""
+
+    def __init__(self, data, batch_size: int):
+        self.data, self.batch_size, self.reads, self.actions = data, batch_size, 0, {}
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        step, first = divmod(self.reads, self.batch_size)
+        self.reads += 1
+        if first == 0 and step in self.actions:
+            self.actions.pop(step)()
+        return self.data[i]
+
+
+def train(cfg, actions=lambda model: {}) -> dict:
+    """What task=train does, with a data set that acts at some steps (`actions(model)`: {step: fn}); the summary."""
+    torch.manual_seed(cfg.seed)
+    tokenizer, model = build_tokenizer(cfg), build_model(cfg)
+    data = Watched(build_dataset(cfg, "train"), cfg.train.batch_size)
+    data.actions = actions(model)
+    torch.manual_seed(cfg.seed)
+    return train_ar(model, tokenizer, data, cfg, torch.device("cpu"), ONE, from_ids=False)
+
+
+# ----- resume --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override,key", [("train.batch_size=4", "train.batch_size"), ("seed=1", "seed"),
+                                          ("train.base_lr=0.1", "train.base_lr"),
+                                          ("data.size_per_class=3", "data.size_per_class")])
+def test_resume_refuses_a_changed_setting_and_names_it(tmp_path, override, key):
+    train(config(tmp_path, "train.steps=2"))
+    new = override.split("=")[1]
+    with pytest.raises(ValueError, match=rf"cannot resume .*step_00000002.*{key}: saved [^,]+, now {new}\b"):
+        train(config(tmp_path, "train.steps=2", override))
+
+
+def test_resume_with_more_steps_continues(tmp_path):
+    train(config(tmp_path, "train.steps=2", "train.log_every=2"))
+    summary = train(config(tmp_path, "train.steps=3", "train.log_every=1"))
+    assert summary["steps"] == 3 and checkpoints.latest(tmp_path / "run" / "checkpoints").name == "step_00000003"
+
+
+def test_keep_last_is_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.keep_last must be an integer >= 1.*got 0"):
+        train(config(tmp_path, "train.steps=2", "train.keep_last=0"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ----- NaN guard and signals -----------------------------------------------------------------------------------------
+def poison_gradients(model):
+    """From now on every gradient is NaN while the loss stays finite: the update writes diverged weights."""
+    def hook(grad):
+        return grad * float("nan")
+    return lambda: [p.register_hook(hook) for p in model.parameters() if p.requires_grad]
+
+
+def test_nan_guard_names_a_checkpoint_whose_weights_gave_a_finite_loss(tmp_path):
+    """Update 3 writes NaN weights into step_3's checkpoint (ckpt_every=1); the loss at step 3 is the first NaN."""
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at step 3; the last good checkpoint "
+                                                 r"is \S+step_00000002 "):
+        train(config(tmp_path, "train.steps=6"), lambda model: {2: poison_gradients(model)})
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert all(t.isfinite().all() for t in load_file(ckpt_dir / "step_00000002" / "model.safetensors").values())
+    diverged = load_file(checkpoints.latest(ckpt_dir) / "model.safetensors")
+    assert not all(t.isfinite().all() for t in diverged.values())  # what `latest` names: the diverged weights
+
+
+def test_signal_handlers_are_restored_after_a_nan_stop(tmp_path):
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with pytest.raises(FloatingPointError):
+            train(config(tmp_path, "train.steps=4"), lambda model: {1: poison_gradients(model)})
+        os.kill(os.getpid(), signal.SIGTERM)  # the next grid cell's SIGTERM reaches its handler, not the dead loop's
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_mid_run_saves_and_resumes_bitwise_exactly(tmp_path):
+    train(config(tmp_path / "a", "train.steps=5", "train.ckpt_every=100"))
+    before = signal.getsignal(signal.SIGTERM)
+    cut = train(config(tmp_path / "b", "train.steps=5", "train.ckpt_every=100"),
+                lambda model: {2: lambda: os.kill(os.getpid(), signal.SIGTERM)})  # a real signal, during update 3
+    assert cut["interrupted"] == "SIGTERM" and cut["steps"] == 3 and signal.getsignal(signal.SIGTERM) == before
+    assert checkpoints.latest(tmp_path / "b" / "run" / "checkpoints").name == "step_00000003"
+    resumed = train(config(tmp_path / "b", "train.steps=5", "train.ckpt_every=100"))
+    assert resumed["steps"] == 5 and math.isfinite(resumed["final_loss"])
+    a, b = (load_file(p / "run" / "checkpoints" / "step_00000005" / "model.safetensors")
+            for p in (tmp_path / "a", tmp_path / "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
