@@ -151,7 +151,7 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):
     assert not stale.exists() and live.exists()
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=oct)
 def test_written_files_respect_the_umask(tmp_path, umask):
     previous = os.umask(umask)
     try:

@@ -123,3 +123,15 @@ def test_sigterm_mid_run_saves_and_resumes_bitwise_exactly(tmp_path):
     a, b = (load_file(p / "run" / "checkpoints" / "step_00000005" / "model.safetensors")
             for p in (tmp_path / "a", tmp_path / "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_file_a_training_run_writes_follows_the_umask(tmp_path):
+    previous = os.umask(0o002)  # a shared group folder
+    try:
+        train(config(tmp_path, "train.steps=1"))
+    finally:
+        os.umask(previous)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in written) and any(p.name == "state.pt" for p in written)
+    assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written} \
+        == {str(p.relative_to(tmp_path)): oct(0o664) for p in written}
