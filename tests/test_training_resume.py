@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from varbench.build import build_dataset, build_model, build_tokenizer
 from varbench.registry import CONFIG_ROOT
-from varbench.training import checkpoints
+from varbench.training import checkpoints, loop
 from varbench.training.loop import train_ar
 from varbench.utils.dist import DistInfo
 
@@ -88,13 +88,32 @@ def poison_gradients(model):
     return lambda: [p.register_hook(hook) for p in model.parameters() if p.requires_grad]
 
 
-def test_nan_guard_names_a_checkpoint_whose_weights_gave_a_finite_loss(tmp_path):
-    """Update 3 writes NaN weights into step_3's checkpoint (ckpt_every=1); the loss at step 3 is the first NaN."""
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at step 3; the last good checkpoint "
-                                                 r"is \S+step_00000002 "):
+def test_nan_gradients_stop_the_run_before_they_reach_the_weights(tmp_path):
+    """The loss of update 3 is finite, its gradients are NaN: without a loss scaler the step would write NaN weights."""
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient norm nan at step 2; the last good checkpoint "
+                                                 r"is \S+step_00000001 "):
         train(config(tmp_path, "train.steps=6"), lambda model: {2: poison_gradients(model)})
+    for folder in checkpoints.step_folders(tmp_path / "run" / "checkpoints"):
+        assert all(t.isfinite().all() for t in load_file(folder / "model.safetensors").values()), folder
+
+
+def test_nan_guard_names_a_checkpoint_whose_weights_gave_a_finite_loss(tmp_path, monkeypatch):
+    """Update 2 leaves weights that give a NaN loss (ckpt_every=1: step_2's checkpoint holds them); the loss at step 2
+    is the first NaN, so the last good checkpoint is step_1."""
+    def diverge_after_update_2(path, metric, value, *args, step, **kw):  # called between the update and the save
+        if step == 2:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(float("inf"))
+    monkeypatch.setattr(loop, "record", diverge_after_update_2)
+    cfg = config(tmp_path, "train.steps=6")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at step 2; the last good checkpoint "
+                                                 r"is \S+step_00000001 "):
+        train_ar(model, build_tokenizer(cfg), build_dataset(cfg, "train"), cfg, torch.device("cpu"), ONE, False)
     ckpt_dir = tmp_path / "run" / "checkpoints"
-    assert all(t.isfinite().all() for t in load_file(ckpt_dir / "step_00000002" / "model.safetensors").values())
+    assert all(t.isfinite().all() for t in load_file(ckpt_dir / "step_00000001" / "model.safetensors").values())
     diverged = load_file(checkpoints.latest(ckpt_dir) / "model.safetensors")
     assert not all(t.isfinite().all() for t in diverged.values())  # what `latest` names: the diverged weights
 

@@ -58,6 +58,11 @@ def step_of(folder: Path) -> int:
     return int(folder.name.removeprefix("step_"))
 
 
+def step_folders(ckpt_dir: Path) -> list[Path]:
+    """The `step_<N>` folders of `ckpt_dir` (anything else there is not a checkpoint and is left alone)."""
+    return [f for f in Path(ckpt_dir).glob("step_*") if f.is_dir() and f.name.removeprefix("step_").isdigit()]
+
+
 def is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in FILES)
 
@@ -70,7 +75,7 @@ def prune(ckpt_dir: Path, keep: int) -> list[Path]:
     current = latest(ckpt_dir)
     if current is None:
         return []
-    folders = [f for f in Path(ckpt_dir).glob("step_*") if f.is_dir()]
+    folders = step_folders(ckpt_dir)
     older = sorted((f for f in folders if step_of(f) < step_of(current) and is_complete(f)), key=step_of)
     kept = {current, *(older[-(keep - 1):] if keep > 1 else [])}
     removed = [f for f in folders if f not in kept]
@@ -94,7 +99,7 @@ def latest(ckpt_dir: Path) -> Path | None:
 def last_good(ckpt_dir: Path, bad_step: int) -> Path | None:
     """The newest complete checkpoint written before step `bad_step`, whose weights gave a finite loss (the one at
     `bad_step` holds the weights that gave the non-finite one)."""
-    folders = [f for f in Path(ckpt_dir).glob("step_*") if f.is_dir() and is_complete(f) and step_of(f) < bad_step]
+    folders = [f for f in step_folders(ckpt_dir) if is_complete(f) and step_of(f) < bad_step]
     return max(folders, key=step_of, default=None)
 
 

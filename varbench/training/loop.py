@@ -1,6 +1,7 @@
 """The AR training loop with VAR's recipe: AdamW (0.9, 0.95) with no-decay groups, lr = tblr * bs / 256,
 warm-up then `lin0`, cosine weight decay, grad clip, fp16 with a loss scaler or bf16, gradient accumulation,
-label smoothing, DDP / FSDP2, exact resume, SIGTERM / SIGUSR1 (Slurm pre-emption) handling, a NaN guard.
+label smoothing, DDP / FSDP2, exact resume (under the settings the run started with), SIGTERM / SIGUSR1 (Slurm
+pre-emption) handling, a NaN guard (a non-finite loss, or gradient norm without a loss scaler, stops the run).
 
 Shape legend: B batch, L tokens of all scales, V vocabulary.
 """
@@ -154,12 +155,12 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             if info.world_size > 1:  # log the global-batch loss, the same number one process would see
                 loss_value = _mean_over_ranks(loss_value, device)
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"non-finite training loss {loss_value} at step {step}; the last good "
-                                         f"checkpoint is {checkpoints.last_good(ckpt_dir, step)} (the newest written "
-                                         f"before step {step}; lower the lr, or use bf16, in a new run_dir)")
+                raise _diverged("training loss", loss_value, step, ckpt_dir)
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                        tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
+            if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):  # fp16's scaler skips such a step
+                raise _diverged("gradient norm", float(grad_norm), step, ckpt_dir)  # before it writes NaN weights
             scaler.step(optimizer)
             scaler.update()
             if scaler.is_enabled() and scaler.get_scale() > 32768.0:
@@ -185,6 +186,16 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     progress.close()
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
             "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+
+
+def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> FloatingPointError:
+    """The NaN guard's error. The checkpoint of `step` holds the weights that gave `value`: the last good one is the
+    newest written before it."""
+    good = checkpoints.last_good(ckpt_dir, step)
+    where = (f"the last good checkpoint is {good} (the newest written before step {step})" if good is not None
+             else f"no checkpoint written before step {step} is kept")
+    return FloatingPointError(f"non-finite {what} {value} at step {step}; {where}. Lower the lr, or use bf16, "
+                              f"in a new run_dir")
 
 
 def _record_nll(model, tokenizer, nll_sets: dict, cfg: DictConfig, device, info: DistInfo, step: int) -> None:
