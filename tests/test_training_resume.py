@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from varbench.build import build_dataset, build_model, build_tokenizer
+from varbench.preemption import PreemptionBridge
 from varbench.registry import CONFIG_ROOT
 from varbench.training import checkpoints, loop
 from varbench.training.loop import train_ar
@@ -128,6 +129,29 @@ def test_signal_handlers_are_restored_after_a_nan_stop(tmp_path):
         assert received == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_slurm_preemption_after_a_nan_stop_goes_straight_to_submitit(tmp_path, monkeypatch):
+    """Inside a submitit job a USR2 is forwarded to a running training loop; once the loop has stopped (here on a NaN)
+    none listens, so the bridge must call submitit's handler at once instead of waiting for a dead loop."""
+    calls = []
+
+    def checkpoint_and_try_requeue(signum, frame):  # the name the bridge recognises as submitit's handler
+        calls.append(signum)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    previous = signal.signal(signal.SIGUSR2, checkpoint_and_try_requeue)
+
+    def cell():
+        with pytest.raises(FloatingPointError):
+            train(config(tmp_path, "train.steps=4"), lambda model: {1: poison_gradients(model)})
+        os.kill(os.getpid(), signal.SIGUSR2)  # preempted after training, while the cell does something else
+    try:
+        with PreemptionBridge(grace_s=60) as bridge:
+            bridge.run(cell)
+            assert calls == [signal.SIGUSR2] and bridge.pending is None
+        assert signal.getsignal(signal.SIGUSR2) is checkpoint_and_try_requeue
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_sigterm_mid_run_saves_and_resumes_bitwise_exactly(tmp_path):
