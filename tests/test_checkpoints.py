@@ -76,6 +76,16 @@ def test_complete_checkpoints_below_latest_are_kept_before_any_past_it(tmp_path)
     assert steps_on_disk(tmp_path) == [2, 3, 4]
 
 
+def test_a_checkpoint_that_fails_to_write_leaves_no_folder_and_latest_unchanged(tmp_path, monkeypatch):
+    write(tmp_path, 1, keep=2)
+    monkeypatch.setattr(torch, "save", _torch_save_then(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(OSError, match=r"no space left on device while writing \S+step_00000002/state\.pt"):
+        write(tmp_path, 2, keep=2)
+    monkeypatch.undo()
+    assert steps_on_disk(tmp_path) == [1] and checkpoints.latest(tmp_path).name == "step_00000001"
+    assert temps(tmp_path) == []
+
+
 def test_latest_pointing_to_an_incomplete_folder_is_an_error(tmp_path):
     folder = write(tmp_path, 1, keep=1)
     (folder / "state.pt").unlink()

@@ -41,8 +41,13 @@ def save(ckpt_dir: Path, step: int, tensors: dict, state: dict, keep: int = 3) -
     then keep `keep` checkpoints (see `prune`)."""
     check_keep_last(keep)
     folder = Path(ckpt_dir) / f"step_{step:08d}"
-    save_atomic(folder / "model.safetensors", tensors=tensors)
-    save_atomic(folder / "state.pt", obj=state)
+    try:
+        save_atomic(folder / "model.safetensors", tensors=tensors)
+        save_atomic(folder / "state.pt", obj=state)
+    except BaseException:
+        if folder != _pointed(ckpt_dir):  # a full disk: no model-sized half checkpoint stays behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     save_atomic(Path(ckpt_dir) / "latest", obj={"step": step, "folder": folder.name})
     prune(ckpt_dir, keep)
     return folder
@@ -86,14 +91,16 @@ def prune(ckpt_dir: Path, keep: int) -> list[Path]:
 
 def latest(ckpt_dir: Path) -> Path | None:
     """The checkpoint folder `latest` points to (None when there is no pointer)."""
-    pointer = Path(ckpt_dir) / "latest"
-    if not pointer.is_file():
-        return None
-    folder = Path(ckpt_dir) / load_object(pointer)["folder"]
-    if not is_complete(folder):
-        raise ValueError(f"{pointer} points to {folder}, which lacks some of {list(FILES)}: the checkpoints were "
-                         f"changed by hand; restore the folder or remove the pointer")
+    folder = _pointed(ckpt_dir)
+    if folder is not None and not is_complete(folder):
+        raise ValueError(f"{Path(ckpt_dir) / 'latest'} points to {folder}, which lacks some of {list(FILES)}: the "
+                         f"checkpoints were changed by hand; restore the folder or remove the pointer")
     return folder
+
+
+def _pointed(ckpt_dir: Path) -> Path | None:
+    pointer = Path(ckpt_dir) / "latest"
+    return Path(ckpt_dir) / load_object(pointer)["folder"] if pointer.is_file() else None
 
 
 def last_good(ckpt_dir: Path, bad_step: int) -> Path | None:

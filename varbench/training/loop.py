@@ -120,15 +120,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                                   weight_decay=0.0, fused=device.type == "cuda")
     amp = autocast_dtype(tcfg.precision)
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, growth_interval=1000, enabled=amp == torch.float16)
-    checkpoints.check_keep_last(tcfg.keep_last)  # before training, not at the first save
-    if info.is_main:
-        remove_stale_temps(ckpt_dir)  # a killed run's half-written files, as large as the model
-    step = 0
-    if (folder := checkpoints.latest(ckpt_dir)) is not None:
-        state = _restore(folder, model, optimizer, cfg)
-        scaler.load_state_dict(state["scaler"])
-        checkpoints.set_rng_state(state["rng"])
-        step = state["step"]
+    step = _resume(ckpt_dir, model, optimizer, scaler, cfg, info)
     results = Path(cfg.results_dir) / "train.jsonl"
     writer = _tensorboard(cfg, info)
     progress = _progress(info, step, plan.max_iters)
@@ -237,6 +229,21 @@ def _save(ckpt_dir, step, model, optimizer, scaler, cfg: DictConfig, info: DistI
         checkpoints.save(ckpt_dir, step, tensors, state, cfg.train.keep_last)
     if info.world_size > 1:
         torch.distributed.barrier()
+
+
+def _resume(ckpt_dir: Path, model, optimizer, scaler, cfg: DictConfig, info: DistInfo) -> int:
+    """The step to start from: 0 in a fresh run dir, else that of the checkpoint `latest` names, restored into the
+    model, optimizer, scaler and RNG. First checks keep_last (before training, not at the first save) and removes
+    the temporary files a killed run left (as large as the model)."""
+    checkpoints.check_keep_last(cfg.train.keep_last)
+    if info.is_main:
+        remove_stale_temps(ckpt_dir)
+    if (folder := checkpoints.latest(ckpt_dir)) is None:
+        return 0
+    state = _restore(folder, model, optimizer, cfg)
+    scaler.load_state_dict(state["scaler"])
+    checkpoints.set_rng_state(state["rng"])
+    return state["step"]
 
 
 def _restore(folder, model, optimizer, cfg: DictConfig) -> dict:
