@@ -129,8 +129,8 @@ def accuracy(logits_NK: torch.Tensor, labels_N) -> float:
 
 # ----- files -------------------------------------------------------------------------------------------------------
 def save_classifier(model: Classifier, path, **metadata) -> Path:
-    """safetensors with the architecture (and anything in `metadata`, e.g. val accuracy) in the header; written
-    written by save_atomic (a temporary file and a rename)."""
+    """safetensors with the architecture (and anything in `metadata`, e.g. val accuracy) in the header, written by
+    save_atomic (a temporary file and a rename; the umask's mode)."""
     from varbench.utils.checkpoint import save_atomic
     meta = {"config": json.dumps(model.config()), **{k: json.dumps(v) for k, v in metadata.items()}}
     return save_atomic(path, tensors=model.state_dict(), metadata=meta)
