@@ -17,6 +17,7 @@ from varbench.registry import CONFIG_ROOT
 from varbench.training import checkpoints, loop
 from varbench.training.loop import train_ar
 from varbench.utils.dist import DistInfo
+from varbench.utils.records import read_records
 
 TINY = ["model.depth=1", "model.width=32", "model.num_heads=1", "tokenizer.num_res_blocks=1", "tokenizer.ch=32",
         "tokenizer.vocab_size=32", "tokenizer.patch_nums=[1,2,4,8]", "data.size_per_class=2", "data.num_classes=2",
@@ -32,7 +33,7 @@ def config(tmp_path, *overrides):
 
 
 class Watched(torch.utils.data.Dataset):
-    """The run's data set; `at(step, fn)` calls fn() when the first item of `step` (0-based) is read."""
+    """The run's data set; calls `actions[step]()` when the first item of `step` (0-based) is read."""
 
     def __init__(self, data, batch_size: int):
         self.data, self.batch_size, self.reads, self.actions = data, batch_size, 0, {}
@@ -71,8 +72,10 @@ def test_resume_refuses_a_changed_setting_and_names_it(tmp_path, override, key):
 
 def test_resume_with_more_steps_continues(tmp_path):
     train(config(tmp_path, "train.steps=2", "train.log_every=2"))
-    summary = train(config(tmp_path, "train.steps=3", "train.log_every=1"))
+    summary = train(config(tmp_path, "train.steps=3", "train.log_every=1"))  # log intervals may change too
     assert summary["steps"] == 3 and checkpoints.latest(tmp_path / "run" / "checkpoints").name == "step_00000003"
+    logged = [r["step"] for r in read_records(tmp_path / "results" / "train.jsonl") if r["metric"] == "train_loss"]
+    assert logged == [2, 3]  # resumed at step 2, not restarted
 
 
 def test_keep_last_is_checked_before_training(tmp_path):
