@@ -123,3 +123,70 @@ def test_inception_is_never_handed_to_torch_fidelity_as_a_path(tmp_path):
     with pytest.raises(ValueError, match="never through a path"):
         metrics.fidelity_metrics(tmp_path, tmp_path, feature_extractor=metrics.INCEPTION, weights_path="w.pth",
                                  fid=True)
+
+
+# ----- the rows an evaluation records --------------------------------------------------------------------------------
+class Images(torch.utils.data.Dataset):
+    """(image in [-1, 1], label) items, as the project's data sets give them."""
+
+    def __init__(self, seed: int, n: int = 12):
+        self.x = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], 0
+
+    def describe(self):
+        return f"Images(n={len(self.x)})"
+
+
+class Tokenizer:
+    """Reconstructs perfectly (lossless) or returns grey images (lossy)."""
+
+    def __init__(self, lossless: bool):
+        self.lossless = lossless
+
+    def img_to_ids(self, x):
+        return x
+
+    def ids_to_img(self, ids):
+        return ids if self.lossless else torch.zeros_like(ids)
+
+
+@pytest.fixture
+def cheap_inception(monkeypatch):
+    """Inception replaced by a 4-d projection of each image's mean colour (torch-fidelity's extractor contract)."""
+    from torch_fidelity import FeatureExtractorBase
+
+    class Cheap(FeatureExtractorBase):
+        def __init__(self):
+            super().__init__("cheap", ["2048"])
+            self.proj = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("2048",)
+
+        def forward(self, x_B3HW):
+            return (x_B3HW.float().mean(dim=(2, 3)) @ self.proj,)
+    monkeypatch.setattr(metrics, "inception_extractor", lambda weights=None, device="cpu": (Cheap(), "abc123"))
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # grey reconstructions: a singular covariance
+@pytest.mark.parametrize("lossless", [True, False])
+def test_inception_rows_carry_the_floor_the_reconstruction_and_the_weights_hash(cheap_inception, tmp_path, lossless):
+    from varbench.eval.references import inception_rows
+    from varbench.tasks.evaluate import UInt8Images
+    samples = metrics.save_adm_npz(tmp_path / "s.npz", metrics.to_uint8(Images(0).x).permute(0, 2, 3, 1).numpy())
+    rows = {name: (value, fields) for name, value, _, fields in
+            inception_rows(samples, UInt8Images(Images(1)), Images(2), Tokenizer(lossless), device="cpu")}
+    assert set(rows) == {"fid", "kid", "precision", "recall", "fid_floor", "fid_recon"}
+    assert all(f["feature_extractor_sha256"] == "abc123" and f["feature_extractor"].startswith(inception.EXTRACTOR)
+               for _, f in rows.values())
+    assert rows["fid_floor"][1]["num_samples"] == 12 and rows["fid_floor"][1]["floor_split"] == "Images(n=12)"
+    if lossless:  # perfect tokens: the reconstruction row is the floor row
+        assert rows["fid_recon"][0] == pytest.approx(rows["fid_floor"][0], rel=1e-6)
+    else:
+        assert rows["fid_recon"][0] > rows["fid_floor"][0] + 1e-3
