@@ -86,6 +86,16 @@ def test_the_mapped_extractor_gives_the_torchscript_originals_features(mapped_we
 
 
 @needs_source
+def test_loading_the_weights_never_unpickles(mapped_weights, monkeypatch):
+    """The module torch-fidelity gets is built from safetensors: no torch.load (which torch-fidelity would call
+    with weights_only=False on a path), no TorchScript."""
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called"))
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load called"))
+    extractor, _ = metrics.inception_extractor(mapped_weights)
+    assert extractor.fc.weight.isnan().all() and extractor.Mixed_7c.branch_pool.bn.weight.eq(1).all()
+
+
+@needs_source
 def test_float16_storage_loads_as_float32(mapped_weights, tmp_path):
     from safetensors.torch import load_file
     half = inception.set_up(out=tmp_path / "h.safetensors", dtype="float16")
