@@ -200,3 +200,10 @@ def test_inception_rows_carry_the_floor_the_reconstruction_and_the_weights_hash(
         assert rows["fid_recon"][0] == pytest.approx(rows["fid_floor"][0], rel=1e-6)
     else:
         assert rows["fid_recon"][0] > rows["fid_floor"][0] + 1e-3
+
+
+def test_a_floor_of_fewer_than_two_images_is_refused():
+    from varbench.eval.references import real_and_reconstructed_features
+    for n in (1, -3):  # -3 would otherwise slice off the last 3 of a random permutation
+        with pytest.raises(ValueError, match="floor_images >= 2"):
+            real_and_reconstructed_features(Images(0), Tokenizer(True), lambda x: x.mean(dim=(2, 3)), n, 4, "cpu")

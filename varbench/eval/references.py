@@ -36,9 +36,10 @@ def real_and_reconstructed_features(dataset, tokenizer, features: Callable[[torc
         features: images (B, 3, H, W) in [-1, 1] on `device` -> features (B, D).
         num_images (int): how many items (all when the data set is smaller); at least 2.
     """
-    items = scored_items(len(dataset), num_images)
-    if len(items) < 2:
-        raise ValueError(f"the floor / reconstruction rows need at least 2 images, got {len(items)} of {dataset}")
+    items = scored_items(len(dataset), num_images) if num_images >= 2 else []
+    if len(items) < 2:  # task.floor_images: null (as many as the samples), 0 (no rows) or >= 2
+        raise ValueError(f"the floor / reconstruction rows need at least 2 images (task.floor_images >= 2), asked "
+                         f"for {num_images} of a data set of {len(dataset)}")
     if hasattr(dataset, "set_deterministic"):
         dataset.set_deterministic()
     real, recon = [], []
