@@ -86,6 +86,15 @@ def test_the_mapped_extractor_gives_the_torchscript_originals_features(mapped_we
 
 
 @needs_source
+def test_the_weights_are_set_up_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("VARBENCH_CACHE", str(tmp_path))
+    assert not inception.default_weights_path().exists()
+    _, sha256 = metrics.inception_extractor()
+    assert inception.default_weights_path().parent == tmp_path and sha256 == inception.file_sha256(
+        inception.default_weights_path())
+
+
+@needs_source
 def test_loading_the_weights_never_unpickles(mapped_weights, monkeypatch):
     """The module torch-fidelity gets is built from safetensors: no torch.load (which torch-fidelity would call
     with weights_only=False on a path), no TorchScript."""
