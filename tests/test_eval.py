@@ -259,30 +259,6 @@ def test_imagenet_runs_are_not_judged_by_the_project_classifier_silently():
     assert resolve_suite(cfg) == "adm"
 
 
-# ----- the Inception / ADM path, offline ------------------------------------------------------------------------
-def test_adm_reference_metrics_use_the_reference_statistics(tmp_path, monkeypatch):
-    """FID is taken against the stored mu / sigma (not against the reference images), precision / recall against
-    the reference images; Inception itself is replaced by a fixed 4-d projection."""
-    from varbench.eval import metrics
-    proj = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
-
-    def fake_features(source, extractor, device="cpu", batch_size=64, save_cpu_ram=False):
-        x = torch.from_numpy(np.array(metrics.npz_member(source, "arr_0"))).float().mean(dim=(1, 2)) / 255
-        return x @ proj
-    monkeypatch.setattr(metrics, "inception_features", fake_features)
-    monkeypatch.setattr(metrics, "inception_extractor", lambda weights_path, device="cpu": (None, "sha"))
-    rng = np.random.default_rng(0)
-    samples = save_adm_npz(tmp_path / "s.npz", rng.integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8))
-    mu, sigma = feature_statistics(fake_features(samples, None))
-    np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 256, size=(30, 8, 8, 3), dtype=np.uint8), mu=mu, sigma=sigma)
-    out = metrics.adm_reference_metrics(samples, tmp_path / "ref.npz", "unused.safetensors", save_cpu_ram=True)
-    assert out["fid"] == pytest.approx(0.0, abs=1e-6)  # the reference statistics are the samples' own
-    assert set(out) == {"fid", "precision", "recall", "weights_sha256"}
-    np.savez(tmp_path / "ref.npz", arr_0=np.zeros((30, 16, 16, 3), np.uint8), mu=mu + 1, sigma=sigma)
-    with pytest.raises(ValueError, match="px"):  # samples at another resolution than the reference
-        metrics.fid_against_adm_reference(samples, tmp_path / "ref.npz", "unused.safetensors")
-
-
 def test_top_ops_names_the_operator_that_holds_the_time():
     from varbench.eval.timing import top_ops
     a, b, v = torch.randn(384, 384), torch.randn(384, 384), torch.randn(16)

@@ -135,7 +135,9 @@ def test_an_old_torch_fidelity_is_refused(monkeypatch):
 
 def test_the_inception_score_is_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="classification layer"):
-        metrics.adm_reference_metrics(tmp_path / "s.npz", tmp_path / "ref.npz", isc=True)
+        metrics.inception_score(tmp_path)
+    with pytest.raises(ValueError, match="classification layer"):
+        metrics.fidelity_metrics(tmp_path, feature_extractor=metrics.INCEPTION, isc=True)
 
 
 def test_inception_is_never_handed_to_torch_fidelity_as_a_path(tmp_path):
@@ -216,3 +218,23 @@ def test_a_floor_of_fewer_than_two_images_is_refused():
     for n in (1, -3):  # -3 would otherwise slice off the last 3 of a random permutation
         with pytest.raises(ValueError, match="floor_images >= 2"):
             real_and_reconstructed_features(Images(0), Tokenizer(True), lambda x: x.mean(dim=(2, 3)), n, 4, "cpu")
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_against_an_adm_batch_fid_uses_its_statistics_and_precision_its_images(cheap_inception, tmp_path):
+    """FID against the stored mu / sigma (not the reference images), precision / recall against the images."""
+    import numpy as np
+
+    from varbench.eval.references import inception_rows
+    images = metrics.to_uint8(Images(0).x).permute(0, 2, 3, 1).numpy()
+    samples = metrics.save_adm_npz(tmp_path / "s.npz", images)
+    extractor, _ = metrics.inception_extractor()
+    mu, sigma = metrics.feature_statistics(metrics.inception_features(samples, extractor))
+    other = metrics.to_uint8(Images(5).x).permute(0, 2, 3, 1).numpy()
+    np.savez(tmp_path / "ref.npz", arr_0=other, mu=mu, sigma=sigma)  # the samples' own statistics
+    rows = {name: value for name, value, _, _ in inception_rows(samples, str(tmp_path / "ref.npz"), None, None,
+                                                                device="cpu", floor_images=0)}
+    assert set(rows) == {"fid", "precision", "recall"} and abs(rows["fid"]) < 1e-6 * np.trace(sigma)
+    np.savez(tmp_path / "ref.npz", arr_0=np.zeros((4, 16, 16, 3), np.uint8), mu=mu, sigma=sigma)
+    with pytest.raises(ValueError, match="px"):  # samples at another resolution than the reference
+        inception_rows(samples, str(tmp_path / "ref.npz"), None, None, device="cpu", floor_images=0)

@@ -197,6 +197,8 @@ def fidelity_metrics(input1, input2=None, *, feature_extractor: str, weights_pat
     """
     from torch_fidelity import calculate_metrics
     require_fidelity_04()
+    if feature_extractor == INCEPTION and isc:
+        inception_score()
     if feature_extractor == INCEPTION:  # torch-fidelity would torch.load(weights_only=False) the path, or download
         raise ValueError("Inception goes through inception_features / distribution_metrics (weights loaded by "
                          "varbench.eval.inception), never through a path handed to torch-fidelity")
@@ -287,28 +289,14 @@ def inception_record_fields(weights_sha256: str) -> dict:
             "feature_extractor_sha256": weights_sha256}
 
 
-def fid_against_adm_reference(sample_npz, ref_npz, inception_weights_path=None, device="cpu",
-                              batch_size: int = 64) -> float:
-    """FID of an ADM-layout sample npz against the reference statistics (mu, sigma) stored in `ref_npz`
-    (VIRTUAL_imagenet256_labeled.npz: statistics of the whole ImageNet train set, as ADM's evaluator uses them)."""
-    return adm_reference_metrics(sample_npz, ref_npz, inception_weights_path, device, batch_size, prc=False)["fid"]
+def inception_score(*args, **kwargs):
+    """Refused, always: see INCEPTION_SCORE_REFUSED (an IS from NaN or made-up logits would be a wrong number)."""
+    raise ValueError(INCEPTION_SCORE_REFUSED)
 
 
-def adm_reference_metrics(sample_npz, ref_npz, inception_weights_path=None, device="cpu", batch_size: int = 64,
-                          isc: bool = False, prc: bool = True, save_cpu_ram: bool = False) -> dict:
-    """ADM's evaluation on one feature pass over the samples: FID against the reference mu/sigma and precision /
-    recall (k = 3) against the 10k reference images. Keys: fid, precision, recall, weights_sha256 (the Inception
-    weights file's). isc=True is refused (INCEPTION_SCORE_REFUSED). save_cpu_ram: no DataLoader workers."""
-    if isc:
-        raise ValueError(INCEPTION_SCORE_REFUSED)
-    mu_ref, sigma_ref = read_adm_reference(ref_npz)
+def check_same_side(sample_npz, ref_npz) -> None:
+    """Samples and an ADM reference batch at one resolution: Inception resizes anything to 299 px, so a wrong
+    resolution would pass unnoticed."""
     side, ref_side = npz_member(sample_npz, "arr_0").shape[1:3], npz_member(ref_npz, "arr_0").shape[1:3]
-    if side != ref_side:  # Inception resizes anything to 299 px, so a wrong resolution would pass unnoticed
+    if side != ref_side:
         raise ValueError(f"samples are {side} px but the reference batch {ref_npz} is {ref_side} px")
-    extractor, sha256 = inception_extractor(inception_weights_path, device)
-    feats = inception_features(sample_npz, extractor, device, batch_size, save_cpu_ram)
-    out = {"fid": frechet_distance(*feature_statistics(feats), mu_ref, sigma_ref), "weights_sha256": sha256}
-    if prc:
-        ref = inception_features(ref_npz, extractor, device, batch_size, save_cpu_ram)
-        out.update(precision_recall(feats, ref, device=device))
-    return out

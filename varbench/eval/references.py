@@ -77,6 +77,7 @@ def inception_rows(samples_npz, reference, floor_set, tokenizer, *, weights=None
     fields = m.inception_record_fields(sha256)
     gen_ND = m.inception_features(samples_npz, extractor, device, batch_size, save_cpu_ram=True)
     if isinstance(reference, (str, Path)):
+        m.check_same_side(samples_npz, reference)
         mu_ref, sigma_ref = m.read_adm_reference(reference)
         fields["reference"] = str(reference)
         pr = m.precision_recall(gen_ND, m.inception_features(reference, extractor, device, batch_size, True),
