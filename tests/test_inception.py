@@ -105,6 +105,21 @@ def test_loading_the_weights_never_unpickles(mapped_weights, monkeypatch):
 
 
 @needs_source
+def test_sharded_weights_load_exactly_and_need_every_part(mapped_weights, tmp_path):
+    first = inception.set_up(out=tmp_path / "w.safetensors", shards=2)
+    parts = inception.shard_paths(first)
+    assert [p.name for p in parts] == ["w.part1of2.safetensors", "w.part2of2.safetensors"]
+    assert max(p.stat().st_size for p in parts) < 64 * 2 ** 20 - 8 * 2 ** 20  # each travels with a tree of 8 MiB
+    whole, _ = inception.load_extractor(mapped_weights)
+    sharded, sha256 = inception.load_extractor(first)
+    assert sha256 == "+".join(inception.file_sha256(p) for p in parts)
+    torch.testing.assert_close(sharded.state_dict(), whole.state_dict(), rtol=0, atol=0, equal_nan=True)  # fc: NaN
+    parts[1].unlink()
+    with pytest.raises(FileNotFoundError, match="part2of2"):
+        inception.load_extractor(first)
+
+
+@needs_source
 def test_float16_storage_loads_as_float32(mapped_weights, tmp_path):
     from safetensors.torch import load_file
     half = inception.set_up(out=tmp_path / "h.safetensors", dtype="float16")

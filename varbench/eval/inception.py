@@ -10,10 +10,11 @@ Inception Score can never come out silently) and writes a safetensors file. `loa
 it: torch-fidelity never receives a path it would `torch.load(weights_only=False)`.
 Facts and evidence: ../shared/reference/inception_weights.md.
 
-    python -m varbench.eval.inception setup [--source default_1.pt] [--out FILE] [--dtype float16]
+    python -m varbench.eval.inception setup [--source default_1.pt] [--out FILE] [--dtype float16] [--shards 2]
 
-float16 storage (48 MB) is for transport only (the GPU machine takes 64 MiB per call); features are always computed
-in float32, and the file's own sha256 is recorded with every number.
+For transport to a machine that takes 64 MiB per call, either `--shards 2` (two exact float32 files of ~48 MB, one
+per call while the machine stays warm) or `--dtype float16` (one 48 MB file; features still computed in float32,
+FID shifted slightly: benchmarks/inception_check.py measures it). Records carry the weights' own sha256.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -166,46 +168,80 @@ def map_state_dict(source: dict, template: dict) -> dict[str, torch.Tensor]:
     return {k: mapped[k] for k in template}
 
 
-def set_up(source=None, out=None, dtype: str = "float32") -> Path:
+def set_up(source=None, out=None, dtype: str = "float32", shards: int = 1) -> Path:
     """Map the archive (installed package or `source`) and write the safetensors file (default in cache_dir()),
-    readable by the group as the umask allows; returns its path."""
-    from safetensors.torch import save_file
+    readable by the group as the umask allows; returns its path. shards > 1: that many files of about equal size,
+    `<out stem>.part<i>of<n>.safetensors` (each small enough to travel alone); the path of part 1 loads them all."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    source = find_source(source)
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
     mapped = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v
-              for k, v in map_state_dict(read_source(source), fidelity_template()).items()}
+              for k, v in map_state_dict(read_source(find_source(source)), fidelity_template()).items()}
     out = Path(out) if out else default_weights_path(dtype)
+    metadata = {"extractor": EXTRACTOR, "source": f"{SOURCE_PIN} {SOURCE_FILE}", "source_sha256": SOURCE_SHA256,
+                "dtype": dtype, "fc": "NaN (absent from the source: no Inception Score)"}
+    if shards == 1:
+        return write_group_readable(mapped, out, metadata)
+    total, parts, size = sum(v.nbytes for v in mapped.values()), [{} for _ in range(shards)], 0
+    for key, value in mapped.items():  # consecutive keys, cut where the running size passes i / shards of the total
+        parts[min(shards - 1, size * shards // total)][key] = value
+        size += value.nbytes
+    paths = [write_group_readable(part, shard_path(out, i + 1, shards), {**metadata, "part": f"{i + 1}/{shards}"})
+             for i, part in enumerate(parts)]
+    return paths[0]
+
+
+def shard_path(out: Path, i: int, n: int) -> Path:
+    return out.with_name(f"{out.name.removesuffix('.safetensors')}.part{i}of{n}.safetensors")
+
+
+def shard_paths(path: Path) -> list[Path]:
+    """Every part of a sharded file given its part 1 (an error naming a missing one); [path] otherwise."""
+    match = re.fullmatch(r"(.*)\.part1of(\d+)\.safetensors", path.name)
+    if not match:
+        return [path]
+    whole, n = path.with_name(match[1] + ".safetensors"), int(match[2])
+    parts = [shard_path(whole, i, n) for i in range(1, n + 1)]
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} is part 1 of {match[2]}; missing {missing}")
+    return parts
+
+
+def write_group_readable(tensors: dict, out: Path, metadata: dict) -> Path:
+    """safetensors through a temporary file and a rename, with the umask's permissions (safetensors writes 0600)."""
+    from safetensors.torch import save_file
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    save_file(mapped, str(tmp), metadata={"extractor": EXTRACTOR, "source": f"{SOURCE_PIN} {SOURCE_FILE}",
-                                          "source_sha256": SOURCE_SHA256, "dtype": dtype,
-                                          "fc": "NaN (absent from the source: no Inception Score)"})
+    save_file(tensors, str(tmp), metadata=metadata)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, out)
     return out
 
 
 # ----- loading -------------------------------------------------------------------------------------------------------
 def load_extractor(path=None, device="cpu", features=("2048",)):
-    """(torch-fidelity's Inception module in float32 on `device`, the weights file's sha256). path None: the
-    default float32 file, set up from the installed package on first use. A file whose tensors are not exactly the
-    mapping (content digest) is refused."""
+    """(torch-fidelity's Inception module in float32 on `device`, the weights file's sha256; of a sharded file,
+    its parts' sha256 joined by "+"). path None: the default float32 file, set up from the installed package on
+    first use; the path of a part 1 loads every part. Weights that are not exactly the mapping (content digest)
+    are refused."""
     from safetensors.torch import load_file
     if path is None:
         path = default_weights_path()
         if not path.is_file():
             set_up(out=path)
-    state = load_file(str(path))
+    parts = shard_paths(Path(path))
+    state = {k: v for part in parts for k, v in load_file(str(part)).items()}
     if content_digest(state) not in CONTENT_DIGESTS.values():
         raise ValueError(f"{path} does not hold {EXTRACTOR} as mapped by `python -m varbench.eval.inception setup` "
                          f"(content digest differs); run the set-up again")
     with torch.device("meta"):
         module = fidelity_class()(features)
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, assign=True)
-    return module.requires_grad_(False).eval().to(device), file_sha256(path)
+    return module.requires_grad_(False).eval().to(device), "+".join(file_sha256(p) for p in parts)
 
 
 def main(argv=None) -> None:
@@ -215,9 +251,10 @@ def main(argv=None) -> None:
     setup.add_argument("--source", help=f"{SOURCE_FILE} (default: the installed {SOURCE_PIN})")
     setup.add_argument("--out", help="output .safetensors (default: under $VARBENCH_CACHE or ~/.cache/varbench)")
     setup.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage dtype (compute: float32)")
+    setup.add_argument("--shards", type=int, default=1, help="write that many files (each travels alone)")
     args = parser.parse_args(argv)
-    out = set_up(args.source, args.out, args.dtype)
-    print(f"{out}\tsha256 {file_sha256(out)}")
+    for part in shard_paths(set_up(args.source, args.out, args.dtype, args.shards)):
+        print(f"{part}\t{part.stat().st_size} bytes\tsha256 {file_sha256(part)}")
 
 
 if __name__ == "__main__":
