@@ -69,8 +69,7 @@ def guided_teacher_forcing(model, vae, labels, ids, cfg):
                       for k, s in enumerate(model.layout.segments())], 1)
 
 
-@pytest.mark.parametrize("intra", ["none", "full"])
-@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("mixer,intra", [(m, i) for m in MIXERS for i in ("none", "full")] + [("attention", "local")])
 def test_every_mixer_keeps_the_image_outside_the_edit_and_carries_the_blended_state(mixer, intra, vae):
     """At every scale the kept tokens are the image's own, some generated ones differ from it, and the logits of
     every scale equal teacher forcing on the blended sequence: the carried state (and the prefix re-run) saw the
@@ -113,10 +112,14 @@ def test_an_edit_that_keeps_everything_reconstructs_the_image(mixer, intra, more
 
 def test_edit_refuses_ids_of_another_tokenizer(vae):
     model = tiny_model("attention", vae=vae)
-    other = tiny_tokenizer(patch_nums=(1, 2, 4))
-    edit = Edit(image_ids(other), torch.ones(4, 4))
-    with pytest.raises(ValueError, match="ids at scale 2 must be"):
-        model.generate(vae, torch.tensor([1]), edit=edit)
+    ids = image_ids(vae)
+    for other in (image_ids(tiny_tokenizer(patch_nums=(1, 2, 4))), ids[:1] + ids):  # 3 scales, 5 scales
+        edit = Edit(other, torch.ones(4, 4))
+        with pytest.raises(ValueError, match=r"ids must be 4 scales of \(1 or 1, p_k\^2\) as the tokenizer's"):
+            model.generate(vae, torch.tensor([1]), edit=edit)
+    edit = Edit(image_ids(vae, batch=2), torch.ones(4, 4))
+    with pytest.raises(ValueError, match=r"ids must be 4 scales of \(1 or 3, p_k\^2\)"):
+        model.generate(vae, torch.tensor([1, 2, 3]), edit=edit)
     with pytest.raises(ValueError, match="keep mask must be"):
         Edit(image_ids(vae), torch.ones(3, 3))
 
@@ -237,6 +240,7 @@ def test_cli_edit_writes_the_grid_and_a_record_naming_its_inputs(tiny_run):
     assert rec["image_sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
     assert rec["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert rec["checkpoint"] == str(ckpt.resolve()) and rec["image"] == str(image.resolve())
+    assert rec["tokenizer_checkpoint_sha256"] is None  # this run's tokenizer is untrained (no checkpoint)
     assert (rec["box"], rec["mode"], rec["label"], rec["samples"]) == ([0.25, 0.25, 0.75, 0.75], "outpaint", 3, 2)
 
 

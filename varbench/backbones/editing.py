@@ -98,10 +98,10 @@ class Edit:
     def blend(self, k: int, ids_Bl: torch.Tensor, h_BCvpp: torch.Tensor, tokenizer) -> tuple[torch.Tensor,
                                                                                              torch.Tensor]:
         """Scale k's sampled ids and code map with the image's own where the edit keeps them: (ids, h)."""
-        B, p = ids_Bl.shape[0], h_BCvpp.shape[-1]
-        if k >= len(self.ids) or tuple(self.ids[k].shape[1:]) != (p * p,) or self.ids[k].shape[0] not in (1, B):
-            got = tuple(self.ids[k].shape) if k < len(self.ids) else "nothing"
-            raise ValueError(f"the edited image's ids at scale {k} must be (1 or {B}, {p * p}), got {got} "
+        B, p, K = ids_Bl.shape[0], h_BCvpp.shape[-1], len(tokenizer.patch_nums)
+        if len(self.ids) != K or tuple(self.ids[k].shape[1:]) != (p * p,) or self.ids[k].shape[0] not in (1, B):
+            raise ValueError(f"the edited image's ids must be {K} scales of (1 or {B}, p_k^2) as the tokenizer's "
+                             f"{tuple(tokenizer.patch_nums)}, got {[tuple(t.shape) for t in self.ids]} "
                              "(tokenize the image with the model's tokenizer)")
         image_Bl = self.ids[k].to(ids_Bl.device).expand(B, -1)
         keep_pp = self.keep(k).to(h_BCvpp.device)

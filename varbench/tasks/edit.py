@@ -4,7 +4,7 @@
 `python run.py task=edit task.image=PATH task.box=[y0,x0,y1,x1] task.mode=inpaint|outpaint [task.label=N]` writes
 `edit.png` in the run folder (one row: the input, its reconstruction by the tokenizer, the input with the generated
 region greyed out, then `task.samples` edits drawn from `seed`) and one record in results/edit.jsonl naming the
-inputs (image path and sha256, box, mode, label, checkpoint path and sha256).
+inputs (image path and sha256, box, mode, label, model checkpoint path and sha256, tokenizer checkpoint sha256).
 """
 
 from __future__ import annotations
@@ -77,31 +77,34 @@ def check_task(t: DictConfig) -> None:
         raise ValueError(f"task.samples = {t.samples!r} must be an integer >= 1")
 
 
+def image_edit(t: DictConfig, tokenizer, device: torch.device) -> tuple[torch.Tensor, Edit]:
+    """The image to edit (1, 3, H, W) in [-1, 1] and the `Edit` that keeps its tokens outside `task.box`'s edit."""
+    keep_HH = box_keep_mask(t.box, tokenizer.patch_nums[-1], t.mode, name="task.box").to(device)
+    image_13HW = load_image(t.image, tokenizer.image_size).to(device)
+    return image_13HW, Edit(tokenizer.img_to_ids(image_13HW), keep_HH)
+
+
 def main(cfg: DictConfig) -> dict:
     t = cfg.task
     check_task(t)
     device = resolve_device(cfg.device)
     tokenizer, model = load_trained(cfg, device)
     label = edit_label(t.get("label"), model.num_classes)
-    keep_HH = box_keep_mask(t.box, tokenizer.patch_nums[-1], t.mode, name="task.box")
-    image_13HW = load_image(t.image, tokenizer.image_size).to(device)
-    image_ids = tokenizer.img_to_ids(image_13HW)
-    edit = Edit(image_ids, keep_HH.to(device))
-    labels = torch.full((t.samples,), label, device=device)
+    image_13HW, edit = image_edit(t, tokenizer, device)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     start = time.perf_counter()
     with autocast(device, t.precision):
-        out = model.generate(tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth,
-                             generator=generator, sampler=t.sampler, edit=edit)
+        out = model.generate(tokenizer, torch.full((t.samples,), label, device=device), cfg=t.cfg, top_k=t.top_k,
+                             top_p=t.top_p, more_smooth=t.more_smooth, generator=generator, sampler=t.sampler,
+                             edit=edit)
     seconds = time.perf_counter() - start
-    recon_13HW = tokenizer.ids_to_img(image_ids).add(1).mul(0.5)
-    row = torch.cat([image_13HW.add(1).mul(0.5), recon_13HW, preview(image_13HW, keep_HH.to(device)),
-                     out.images.float()])
+    recon_13HW = tokenizer.ids_to_img(edit.ids).add(1).mul(0.5)
+    row = torch.cat([image_13HW.add(1).mul(0.5), recon_13HW, preview(image_13HW, edit.keep_HH), out.images.float()])
     path = save_grid(row, 1, Path(cfg.run_dir) / "edit.png")
-    ckpt = checkpoint_path(cfg)
+    ckpt, tok = checkpoint_path(cfg), cfg.tokenizer.get("checkpoint")
     record(Path(cfg.results_dir) / "edit.jsonl", "edit_grid", str(path), "png", config=cfg, device=device,
            seconds=seconds, image=str(Path(t.image).resolve()), image_sha256=file_sha256(t.image), box=list(t.box),
            mode=t.mode, label=label, null_class=model.num_classes, samples=t.samples, checkpoint=str(ckpt.resolve()),
-           checkpoint_sha256=file_sha256(ckpt), grid_columns=["input", "reconstruction", "kept region"] +
-           [f"edit {i}" for i in range(t.samples)])
+           checkpoint_sha256=file_sha256(ckpt), tokenizer_checkpoint_sha256=file_sha256(tok) if tok else None,
+           grid_columns=["input", "reconstruction", "kept region"] + [f"edit {i}" for i in range(t.samples)])
     return {"grid": str(path), "seconds": seconds, "samples": t.samples}
