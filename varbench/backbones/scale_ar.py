@@ -150,7 +150,7 @@ class ScaleAR(nn.Module):
     def generate(self, tokenizer, label_B: torch.Tensor, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
                  more_smooth: bool = False, generator: torch.Generator | None = None,
                  forced_ids: list[torch.Tensor] | None = None, return_logits: bool = False,
-                 sampler: str = "carry", cuda_graphs: bool = False) -> Generation:
+                 sampler: str = "carry", cuda_graphs: bool = False, edit=None) -> Generation:
         """Class-conditional generation, one scale at a time, with classifier-free guidance on a doubled batch.
 
         Args:
@@ -168,6 +168,8 @@ class ScaleAR(nn.Module):
                 per scale (`varbench.backbones.graphs`); sampling, guidance and the tokenizer stay eager. The first
                 call per (batch, sampler, dtype, autocast dtype, device) captures them; later calls reuse them until
                 `drop_cuda_graphs` or `train()`. CUDA only. Default: False.
+            edit (Edit, Optional): zero-shot editing (`varbench.backbones.editing`): each scale's ids and codes are
+                the image's own where the edit keeps them, before they update f_hat and the next input. Default: None.
         """
         if sampler not in ("carry", "prefix_rerun"):
             raise ValueError(f"sampler must be 'carry' or 'prefix_rerun', got {sampler!r}")
@@ -205,6 +207,8 @@ class ScaleAR(nn.Module):
                 h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, self.latent_dim, p, p)
             else:
                 h_BCvhw = tokenizer.embed_ids(ids_Bl, k)
+            if edit is not None:  # the blended scale is what f_hat, the next input and so every mixer state see
+                ids_Bl, h_BCvhw = edit.blend(k, ids_Bl, h_BCvhw, tokenizer)
             ids.append(ids_Bl)
             f_hat, next_BCvhw = tokenizer.next_scale_input(k, f_hat, h_BCvhw)
             if next_BCvhw is not None:
