@@ -197,17 +197,18 @@ TINY = ["model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.num_r
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A tiny model's weights (untrained: editing needs only a model of the run's shape) and a 40x50 image."""
+    """A tiny run (untrained weights with their run spec: editing needs only a model of the run's shape) and a 40x50
+    image."""
+    from helpers import write_run
     from PIL import Image
-    from safetensors.torch import save_file
-
-    from varbench.build import build_model
     tmp = tmp_path_factory.mktemp("edit")
-    cfg = compose_edit(tmp, [])
-    save_file(build_model(cfg).state_dict(), str(tmp / "model.safetensors"))
+    write_run(compose_edit(tmp, []))
     torch.manual_seed(0)
     Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy()).save(tmp / "photo.png")
     return tmp
+
+
+CHECKPOINT = "checkpoints/step_00000001/model.safetensors"
 
 
 def compose_edit(tmp, overrides):
@@ -216,7 +217,7 @@ def compose_edit(tmp, overrides):
     from varbench.registry import CONFIG_ROOT
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
         return compose(config_name="config", overrides=[
-            "task=edit", f"task.checkpoint={tmp / 'model.safetensors'}", f"task.image={tmp / 'photo.png'}",
+            "task=edit", f"task.checkpoint={tmp / 'run' / CHECKPOINT}", f"task.image={tmp / 'photo.png'}",
             "task.box=[0.25,0.25,0.75,0.75]", f"run_dir={tmp / 'run'}", f"results_dir={tmp / 'results'}", *TINY,
             *overrides])
 
@@ -225,10 +226,10 @@ def test_cli_edit_writes_the_grid_and_a_record_naming_its_inputs(tiny_run):
     from PIL import Image
 
     from varbench.utils.records import read_records
-    ckpt, image, out = tiny_run / "model.safetensors", tiny_run / "photo.png", tiny_run / "cli"
+    ckpt, image, out = tiny_run / "run" / CHECKPOINT, tiny_run / "photo.png", tiny_run / "cli"
     args = [sys.executable, str(REPO / "run.py"), "task=edit", f"task.checkpoint={ckpt}", f"task.image={image}",
             "task.box=[0.25,0.25,0.75,0.75]", "task.mode=outpaint", "task.label=3", "task.samples=2",
-            f"hydra.run.dir={out}", f"results_dir={out / 'results'}", *TINY]
+            f"run_dir={out}", f"results_dir={out / 'results'}", *TINY]
     run = subprocess.run(args, cwd=tiny_run, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr[-3000:]
@@ -240,7 +241,8 @@ def test_cli_edit_writes_the_grid_and_a_record_naming_its_inputs(tiny_run):
     assert rec["image_sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
     assert rec["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert rec["checkpoint"] == str(ckpt.resolve()) and rec["image"] == str(image.resolve())
-    assert rec["tokenizer_checkpoint_sha256"] is None  # this run's tokenizer is untrained (no checkpoint)
+    tokenizer_file = tiny_run / "tokenizer_run.safetensors"  # write_run's, named in the run spec
+    assert rec["tokenizer_sha256"] == hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()
     assert (rec["box"], rec["mode"], rec["label"], rec["samples"]) == ([0.25, 0.25, 0.75, 0.75], "outpaint", 3, 2)
 
 

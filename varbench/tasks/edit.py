@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 from varbench.backbones.editing import MODES, Edit, box_keep_mask, check_box
 from varbench.build import resolve_device
 from varbench.data.token_cache import file_sha256
-from varbench.tasks.sample import load_trained, save_grid
-from varbench.training import checkpoints
+from varbench.runs import load_for_task
+from varbench.tasks.sample import save_grid
 from varbench.training.loop import autocast
 from varbench.utils.records import record
 
@@ -50,12 +50,6 @@ def edit_label(label, num_classes: int) -> int:
         raise ValueError(f"task.label = {label!r} must be an integer class in [0, {num_classes}] "
                          f"({num_classes} = the null class: unconditional in-painting), or null")
     return label
-
-
-def checkpoint_path(cfg: DictConfig) -> Path:
-    """The model weights `load_trained` reads: `task.checkpoint` or the latest checkpoint of the run."""
-    path = Path(cfg.task.get("checkpoint") or checkpoints.latest(Path(cfg.run_dir) / "checkpoints"))
-    return path / "model.safetensors" if path.is_dir() else path
 
 
 def preview(image_13HW: torch.Tensor, keep_HH: torch.Tensor) -> torch.Tensor:
@@ -88,7 +82,8 @@ def main(cfg: DictConfig) -> dict:
     t = cfg.task
     check_task(t)
     device = resolve_device(cfg.device)
-    tokenizer, model = load_trained(cfg, device)
+    run = load_for_task(cfg, device)  # model and tokenizer rebuilt from the run's spec, the command line checked
+    tokenizer, model = run.tokenizer, run.model
     label = edit_label(t.get("label"), model.num_classes)
     image_13HW, edit = image_edit(t, tokenizer, device)
     generator = torch.Generator(device).manual_seed(cfg.seed)
@@ -101,10 +96,8 @@ def main(cfg: DictConfig) -> dict:
     recon_13HW = tokenizer.ids_to_img(edit.ids).add(1).mul(0.5)
     row = torch.cat([image_13HW.add(1).mul(0.5), recon_13HW, preview(image_13HW, edit.keep_HH), out.images.float()])
     path = save_grid(row, 1, Path(cfg.run_dir) / "edit.png")
-    ckpt, tok = checkpoint_path(cfg), cfg.tokenizer.get("checkpoint")
-    record(Path(cfg.results_dir) / "edit.jsonl", "edit_grid", str(path), "png", config=cfg, device=device,
+    record(Path(cfg.results_dir) / "edit.jsonl", "edit_grid", str(path), "png", config=run.config, device=device,
            seconds=seconds, image=str(Path(t.image).resolve()), image_sha256=file_sha256(t.image), box=list(t.box),
-           mode=t.mode, label=label, null_class=model.num_classes, samples=t.samples, checkpoint=str(ckpt.resolve()),
-           checkpoint_sha256=file_sha256(ckpt), tokenizer_checkpoint_sha256=file_sha256(tok) if tok else None,
+           mode=t.mode, label=label, null_class=model.num_classes, samples=t.samples, **run.identity(),
            grid_columns=["input", "reconstruction", "kept region"] + [f"edit {i}" for i in range(t.samples)])
     return {"grid": str(path), "seconds": seconds, "samples": t.samples}
