@@ -141,3 +141,19 @@ def test_ada_gss_never_decays_and_the_shared_projection_does():
 def test_shared_aln_is_a_command_line_option():
     cfg = compose_with("model.shared_aln=true")
     assert build_model(cfg).shared_ada_lin is not None and build_model(compose_with()).shared_ada_lin is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_shared_aln_cuda_graph_sampling_equals_eager(autocast):
+    """The shared projection is part of each captured scale: replayed graphs give the eager logits (fp32 and bf16)."""
+    vae = tiny_tokenizer()
+    model = tiny_model("attention", vae=vae, shared_aln=True).cuda()
+    torch.manual_seed(1)
+    ids = [t.cuda() for t in vae.img_to_ids(torch.rand(2, 3, 64, 64) * 2 - 1)]
+    vae, labels = vae.cuda(), torch.tensor([3, 7], device="cuda")
+    with torch.autocast("cuda", dtype=autocast or torch.float32, enabled=autocast is not None):
+        runs = [model.generate(vae, labels, cfg=2.0, forced_ids=ids, return_logits=True, cuda_graphs=graphs)
+                for graphs in (True, False)]
+    tol = {} if autocast is None else dict(atol=1e-2, rtol=1e-2)  # bf16: one ulp of the logits, as test_backbone
+    torch.testing.assert_close(torch.cat(runs[0].logits, 1), torch.cat(runs[1].logits, 1), **tol)
