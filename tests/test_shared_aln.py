@@ -127,6 +127,8 @@ def test_official_args_with_shared_aln():
     assert scale_ar_from_official_args("var", args, 16, 8).shared_ada_lin is not None
     with pytest.raises(ValueError, match="M-VAR"):
         scale_ar_from_official_args("mvar", {**args, "attn_l2_norm": False}, 16, 8)
+    with pytest.raises(ValueError, match="M-VAR with shared_aln"):  # no official layout to export to either
+        varbench_to_official(tiny_model("mamba2", "full", shared_aln=True))
 
 
 def test_ada_gss_never_decays_and_the_shared_projection_does():

@@ -64,8 +64,9 @@ class SharedAdaLin(nn.Sequential):
         return super().forward(cond_BD).view(-1, 1, self.num_rows, self.dim)
 
 
-def num_branches(mixer: nn.Module | None, intra: nn.Module | None) -> int:
-    """Residual branches of a block: the FFN, plus the intra-scale branch and the inter-scale mixer when present."""
+def num_branches(mixer: object | None, intra: object | None) -> int:
+    """Residual branches of a block: the FFN, plus the intra-scale branch and the inter-scale mixer when present
+    (given as modules or as their factories)."""
     return 1 + (intra is not None) + (mixer is not None)
 
 

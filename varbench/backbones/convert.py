@@ -37,6 +37,8 @@ def official_flavour(model: ScaleAR) -> str:
     if block.intra is None and isinstance(block.mixer, BlockCausalAttention):
         return "var"
     if isinstance(block.intra, IntraScaleAttention) and type(block.mixer).__name__ == "Mamba2Mixer":
+        if block.shared_aln:
+            raise ValueError("no official checkpoint layout for M-VAR with shared_aln=True (broken upstream)")
         return "mvar"
     raise ValueError(f"no official checkpoint layout for intra={type(block.intra).__name__}, "
                      f"mixer={type(block.mixer).__name__}; only VAR and M-VAR configurations have one")

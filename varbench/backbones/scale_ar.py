@@ -97,8 +97,7 @@ class ScaleAR(nn.Module):
             nn.init.trunc_normal_(table, std=init_std)
         self.register_buffer("lvl_1L", self.layout.scale_ids().view(1, L), persistent=False)
 
-        branches = num_branches(mixer, intra)
-        self.shared_ada_lin = SharedAdaLin(C, C, branches) if shared_aln else None
+        self.shared_ada_lin = SharedAdaLin(C, C, num_branches(mixer, intra)) if shared_aln else None
         rate = 0.1 * depth / 24 if drop_path_rate is None else drop_path_rate
         drop_rates = torch.linspace(0, rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList([
