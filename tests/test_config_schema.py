@@ -13,7 +13,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from varbench.config_schema import ConfigError, validate
-from varbench.grid import cell_id
 from varbench.registry import CONFIG_ROOT, list_options
 from varbench.tasks import register_resolvers, run_task
 
@@ -144,7 +143,7 @@ def test_run_dir_is_hydras_folder_named_by_the_command(hydra_resolved):
     another folder; Hydra's output folder is the run dir; records default outside the repository's results/."""
     cfg = hydra_resolved("mixer=gla", "seed=1")  # values resolve against the Hydra config set last: read them now
     run_dir = cfg.run_dir
-    assert run_dir == f"runs/main/{cell_id(['mixer=gla', 'seed=1'])}" == cfg.hydra.run.dir
+    assert run_dir == f"runs/main/{cfg.cell_id}" == cfg.hydra.run.dir  # the cell id hashes the composed config
     assert cfg.results_dir == "runs/results" and cfg.hydra.output_subdir == ".hydra/main"
     assert hydra_resolved("seed=1", "mixer=gla").run_dir == run_dir
     assert hydra_resolved("mixer=gla", "seed=2").run_dir != run_dir
