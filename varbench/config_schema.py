@@ -136,7 +136,8 @@ TRAIN = {
     "log_every": count(), "nll_every": count(0), "nll_images": count(), "ckpt_every": count(), "keep_last": count(),
 }
 MODEL = {
-    "num_classes": count(null="the data set's"), "depth": count(), "width": count(null="64 * depth"), "num_heads": count(null="depth"), "mlp_ratio": positive(),
+    "num_classes": count(null="the data set's"), "depth": count(), "width": count(null="64 * depth"),
+    "num_heads": count(null="depth"), "mlp_ratio": positive(),
     "drop_path_rate": fraction(open_high=True, null="0.1 * depth / 24"), "norm_eps": positive(),
     "cond_drop_rate": fraction(), "init.init_adaln": non_negative(), "init.init_adaln_gamma": non_negative(),
     "init.init_head": non_negative(), "init.init_std": Number(),

@@ -57,10 +57,19 @@ def to_varbench(model: nn.Module, state_dict, kind: str) -> dict[str, torch.Tens
     """`state_dict` (official, of `kind`) under `model`'s names, derived buffers checked and dropped (AiM: the AR
     model's tensors only; its tokenizer's `vqvae.*` are `aim_tokenizer_tensors`)."""
     if kind == "aim":
-        from varbench.backbones import raster_convert
-        return raster_convert.official_to_varbench(raster_convert.split_aim_checkpoint(state_dict)[0])
+        return renamed(state_dict, kind)
     from varbench.backbones.convert import official_to_varbench
     return official_to_varbench(model, state_dict)
+
+
+def renamed(state_dict, kind: str) -> dict[str, torch.Tensor]:
+    """`state_dict` (official, of `kind`) under varbench names, derived buffers dropped, checked against no model:
+    for a partial load into a model of any mixer (`train.init_from`, varbench/init_from.py)."""
+    if kind == "aim":
+        from varbench.backbones import raster_convert
+        return raster_convert.official_to_varbench(raster_convert.split_aim_checkpoint(state_dict)[0])
+    from varbench.backbones.convert import renamed_official
+    return renamed_official(state_dict, kind)
 
 
 def aim_tokenizer_tensors(state_dict) -> dict[str, torch.Tensor]:

@@ -88,8 +88,9 @@ def generate_images(model, tokenizer, labels_B: torch.Tensor, p: SamplingPreset,
     if p.more_smooth or sampler != "carry":
         raise ValueError(f"a raster model samples with sampler=carry and more_smooth=false only, got sampler="
                          f"{sampler!r}, more_smooth={p.more_smooth}")
-    return model.generate(labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p, generator=generator,
-                          tokenizer=tokenizer, cuda_graphs=cuda_graphs).images
+    images = model.generate(labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p, generator=generator,
+                            tokenizer=tokenizer, cuda_graphs=cuda_graphs).images
+    return images.clamp(0, 1)  # VQ-F16 decodes unclamped (as LlamaGen's decode_code); pixels are saved clamped
 
 
 def image_seed(seed: int, label: int, index: int) -> int:
