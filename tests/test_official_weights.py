@@ -67,7 +67,8 @@ def official_files(tmp_path_factory):
     for name in ("var", "mvar", "tokenizer"):
         torch.save(load_file(str(SET_A / f"{name}_state_dict.safetensors")), root / f"{name}.pth")
     ar, vq = (load_file(str(SET_C / f"{n}_state_dict.safetensors")) for n in ("aim", "tokenizer"))
-    hf = {**{f"mamba.{k}": v for k, v in ar.items() if k != "lm_head.weight"}, **{f"vqvae.{k}": v for k, v in vq.items()}}
+    hf = {**{f"mamba.{k}": v for k, v in ar.items() if k != "lm_head.weight"},  # safetensors keeps one of tied tensors
+          **{f"vqvae.{k}": v for k, v in vq.items()}}
     save_file(hf, str(root / "model.safetensors"))
     torch.save({"model": vq}, root / "vq_f16.pt")
     return root

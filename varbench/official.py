@@ -3,11 +3,11 @@
 A released weight file carries no architecture, only tensors under the official code's names, so it is recognised by
 those names (never by the file's name) and built from the recipe the command line names:
 
-| kind | recognised by                                          | recipes                        | converter                    |
-|------|--------------------------------------------------------|--------------------------------|------------------------------|
-| var  | `attn_bias_for_masking`, `blocks.{i}.attn.*`           | model=var_d16 .. var_d30       | backbones/convert.py         |
-| mvar | `blocks.{i}.mamba.*`                                   | model=mvar_d12 .. mvar_d32     | backbones/convert.py         |
-| aim  | `mamba.*` + `vqvae.*` (Hugging Face) or `backbone.*`   | model=aim_b, aim_l, aim_xl     | backbones/raster_convert.py  |
+| kind | recognised by                                        | recipes                    | converter (backbones/) |
+|------|------------------------------------------------------|----------------------------|------------------------|
+| var  | `attn_bias_for_masking`, `blocks.{i}.attn.*`         | model=var_d16 .. var_d30   | convert.py             |
+| mvar | `blocks.{i}.mamba.*`                                 | model=mvar_d12 .. mvar_d32 | convert.py             |
+| aim  | `mamba.*` + `vqvae.*` (Hugging Face) or `backbone.*` | model=aim_b, aim_l, aim_xl | raster_convert.py      |
 
 varbench's own checkpoints use none of these names (`blocks.{i}.mixer`, `blocks.{i}.intra`, no `backbone.`), so the two
 never mix. Loading is strict: the converter checks the derived buffers against the recipe's scale schedule, and every

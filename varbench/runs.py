@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
-
 from torch import nn
 
 from varbench import official
