@@ -176,3 +176,29 @@ def test_a_recipe_and_a_data_set_with_other_classes_is_an_error_naming_both():
     with torch.device("meta"):  # the recipe's architecture for the data set, asked for by name; tiny keeps its data's
         assert build_model(config("model=var_d16", "data=embedded", "model.num_classes=10")).num_classes == 10
         assert build_model(config()).num_classes == 10
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # a handful of samples: a singular covariance
+def test_evaluate_measures_an_official_aim_checkpoint_and_records_its_sha256(official_files, tmp_path):
+    """task=evaluate with an official checkpoint (AiM's, 10 classes at golden size: the embedded set fits it)."""
+    from varbench.tasks.evaluate import main as evaluate
+    overrides = [*aim_overrides(), "data=embedded", "data.size_per_class=4",
+                 f"task.checkpoint={official_files / 'model.safetensors'}",
+                 f"tokenizer.checkpoint={official_files / 'vq_f16.pt'}", "device=cpu", "task.precision=fp32",
+                 "task.suite=project", "task.preset=aim", "task.num_classes=2", "task.per_class=2",
+                 "task.batch_size=4", "task.classifier_steps=2", "task.classifier_batch_size=8",
+                 "task.classifier_width=8", "task.classifier_min_val_accuracy=0", f"run_dir={tmp_path / 'run'}",
+                 f"results_dir={tmp_path / 'res'}"]
+    with pytest.raises(ValueError, match="set task.val_nll_images=0 task.train_nll_images=0"):
+        evaluate(config("task=evaluate", *overrides))
+    with pytest.raises(ValueError, match=r"unknown sampling preset 'eval' for a raster model \('eval' is for "
+                                         r"scale-wise models\); valid: \['aim', 'aim_b'\]"):
+        evaluate(config("task=evaluate", *overrides, "task.val_nll_images=0", "task.train_nll_images=0",
+                        "task.preset=eval"))
+    evaluate(config("task=evaluate", *overrides, "task.val_nll_images=0", "task.train_nll_images=0"))
+    records = read_records(tmp_path / "res" / "evaluate.jsonl")
+    assert {r["metric"] for r in records} >= {"embedded_fd", "class_accuracy"}
+    assert all(r["checkpoint_sha256"] == file_sha256(official_files / "model.safetensors")
+               and r["tokenizer_sha256"] == file_sha256(official_files / "vq_f16.pt")
+               and r["checkpoint_format"] == "official_aim" for r in records)
+    assert next(r for r in records if r["metric"] == "embedded_fd")["num_samples"] == 4

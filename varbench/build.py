@@ -32,8 +32,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def image_size(cfg: DictConfig) -> int:
-    """Pixels per side implied by the tokenizer: last scale side x 2^(levels - 1)."""
-    return cfg.tokenizer.patch_nums[-1] * 2 ** (len(cfg.tokenizer.ch_mult) - 1)
+    """Pixels per side implied by the tokenizer: latent side (the last scale's, or VQ-F16's `latent_side`) x
+    2^(levels - 1)."""
+    tok = cfg.tokenizer
+    side = tok.latent_side if tok.get("kind") == "vq_f16" else tok.patch_nums[-1]
+    return side * 2 ** (len(tok.ch_mult) - 1)
 
 
 def build_tokenizer(cfg: DictConfig, *, trainable: bool = False, load: bool = True):
