@@ -203,3 +203,23 @@ def test_evaluate_measures_an_official_aim_checkpoint_and_records_its_sha256(off
                and r["tokenizer_sha256"] == file_sha256(official_files / "vq_f16.pt")
                and r["checkpoint_format"] == "official_aim" for r in records)
     assert next(r for r in records if r["metric"] == "embedded_fd")["num_samples"] == 4
+
+
+def test_a_run_spec_older_than_the_recipes_class_count_still_agrees_with_its_recipe(tmp_path):
+    """Specs written before model.num_classes existed built the data set's classes: `model=var_d16` on the command
+    line agrees with such a run trained on ImageNet, and still contradicts one trained with other classes."""
+    from helpers import write_run
+
+    from varbench.runs import keys_set_by, run_config
+    from varbench.utils.run_spec import SPEC_FILE, read_spec
+    recipe = ["model=var_d16", "model.depth=1", "tokenizer.vocab_size=64", "tokenizer.patch_nums=[1,2]",
+              "tokenizer.ch=32", "tokenizer.checkpoint=null"]
+    folder, _ = write_run(config("task=evaluate", *recipe, f"run_dir={tmp_path / 'run'}"))
+    spec = read_spec(folder)
+    del spec["config"]["model"]["num_classes"]  # as written before the key existed
+    (folder / SPEC_FILE).write_text(json.dumps(spec))
+    keys = [*keys_set_by("model", "var_d16"), "model.depth"]
+    assert run_config(spec, config("task=evaluate", *recipe), keys).data.num_classes == 1000
+    spec["config"]["data"]["num_classes"] = 10
+    with pytest.raises(ValueError, match="model.num_classes: the run has 10, the command line 1000"):
+        run_config(spec, config("task=evaluate", *recipe), keys)

@@ -135,6 +135,9 @@ def run_config(spec: dict, cfg: DictConfig | None = None, user_keys: list[str] |
     mine = {k: v for g in SPEC_GROUPS if g in cfg
             for k, v in flat(OmegaConf.to_container(cfg[g], resolve=True), g).items()}
     theirs = {k: v for g in SPEC_GROUPS for k, v in flat(spec["config"][g], g).items()}
+    for side in (mine, theirs):  # the class count built: null (and a spec older than the key) means the data's
+        if side.get("model.num_classes") is None and "data.num_classes" in side:
+            side["model.num_classes"] = side["data.num_classes"]
 
     def compared(key: str) -> bool:  # set by name, or the identity of a chosen group option
         if user_keys is None:
