@@ -101,3 +101,19 @@ def test_train_init_from_logs_records_and_specs_both_lists_and_resume_wins(var_p
     assert "resume wins" in caplog.text and len(read_records(tmp_path / "res" / "init_from.jsonl")) == 1
     second = checkpoints.latest(tmp_path / "run" / "checkpoints")
     assert second != first and read_spec(second)["init_from"] == read_spec(first)["init_from"]
+
+
+def test_official_aim_starts_a_raster_model_with_attention(tmp_path):
+    """AiM's Mamba2 weights start a LlamaGen-style raster transformer: all but the mixers load."""
+    if not SET_C.is_dir():
+        pytest.skip("no aim_setC")
+    from test_official_weights import aim_overrides
+    # the aim recipes set mixer.d_state (Mamba2's) for whichever mixer is chosen: removed by name here
+    fresh, got, report = fresh_and_initialised(config(*aim_overrides(), "mixer=attention", "~mixer.d_state"),
+                                               SET_C / "aim_state_dict.safetensors")
+    official = renamed(load_file(str(SET_C / "aim_state_dict.safetensors")), "aim")
+    assert report.format == "official_aim"
+    assert {"word_embed.weight", "pos_embed.weight", "class_emb.weight", "blocks.3.norm.weight"} <= set(report.loaded)
+    assert all(torch.equal(got[n], official[n]) for n in report.loaded)
+    assert all(n.startswith("blocks.") and ".mixer." in n for n in report.initialised + report.unused)
+    assert all(torch.equal(got[n], fresh[n]) for n in report.initialised)
