@@ -123,6 +123,7 @@ BETAS = Items(fraction(open_high=True), length=2)
 TOP = {
     "seed": count(0),
     "autotune": Choice(("full", "first")),
+    "progress": Choice(("auto", True, False)),
 }
 TRAIN = {
     "batch_size": count(), "grad_accum": count(),
@@ -177,7 +178,9 @@ TASKS = {
     "costs": {"depths": Items(count()), "resolutions": Items(count())},
     "scaling": {"parallel": Choice(("ddp", "fsdp")), "batch_per_gpu": count(), "repeats": count()},
 }
-GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA}
+LOGGER = {"name": Choice(("tensorboard", "wandb", "none")), "sample_every": count(0),
+          "mode": Choice(("offline", "online", "disabled"))}
+GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA, "logger": LOGGER}
 
 
 def step_config(cfg: DictConfig, step: str) -> DictConfig:

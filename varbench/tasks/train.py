@@ -15,7 +15,10 @@ from varbench.eval.flops import model_flops
 from varbench.runs import describe_run, training_tokenizer_file
 from varbench.training.loop import train_ar
 from varbench.utils.dist import init_distributed
+from varbench.utils.log import get_logger
 from varbench.utils.records import record
+
+log = get_logger(__name__)
 
 
 def main(cfg: DictConfig) -> dict:
@@ -49,7 +52,7 @@ def main(cfg: DictConfig) -> dict:
         raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
                          f"saved: run the same command (same run_dir) to resume exactly")
     if summary["images_per_s"] == 0:  # resumed at its last step: this call trained nothing, so it measures nothing
-        print(f"[train] {cfg.run_dir} is already trained to step {summary['steps']}: nothing recorded")
+        log.info("%s is already trained to step %d: nothing recorded", cfg.run_dir, summary["steps"])
         return summary
     if info.is_main:
         record(Path(cfg.results_dir) / "train.jsonl", "train_summary", summary["final_loss"], "nats/token", config=cfg,
