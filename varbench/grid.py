@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from varbench.registry import CONFIG_ROOT, list_options
-from varbench.utils.log import get_logger, job_logging
+from varbench.utils.log import get_logger, is_rank_zero, job_logging
 
 log = get_logger(__name__)
 
@@ -115,11 +115,6 @@ def mark_failed(results_dir, cid: str, overrides: Iterable[str], error: str, con
     return _write_marker(results_dir, cid, "failed.json", {"cell_id": cid, "overrides": overrides, "error": error})
 
 
-def _is_main_process() -> bool:
-    """Rank 0 of a multi-process cell (torchrun or Slurm tasks) writes the markers; the others only run."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
-
-
 def run_cell(cfg: DictConfig) -> Any:
     """The job function of run.py. A single run (`python run.py ...`) or a plain multirun (`-m`) runs its task and
     raises as usual; a job of a grid (`grid=<name>`) is a cell: skipped when complete, marked complete after its task,
@@ -154,7 +149,7 @@ def _lock(folder, what: str):
     from contextlib import nullcontext
 
     from varbench.utils.lock import FolderLock
-    return FolderLock(folder, what) if _is_main_process() else nullcontext()
+    return FolderLock(folder, what) if is_rank_zero() else nullcontext()
 
 
 def _freeze_cell_id(cfg: DictConfig) -> None:
@@ -172,17 +167,17 @@ def _run_locked_cell(cfg: DictConfig, cid: str, results, overrides: list, run_ta
     """A grid cell's task, its resume / failure / completion records (the caller holds the locks)."""
     from varbench.preemption import PreemptionBridge
     try:
-        if _is_main_process():
+        if is_rank_zero():
             record_resume(cfg, cid)
         with PreemptionBridge() as bridge:
             summary = bridge.run(run_task, cfg)
     except Exception as err:  # noqa: BLE001  broad on purpose: a cell's failure is recorded and the sweep goes on
         error = traceback.format_exc()[-ERROR_TAIL:]
-        if _is_main_process():
+        if is_rank_zero():
             path = mark_failed(results, cid, overrides, error, config=cfg)
             log.error("cell %s FAILED: %s: %s (see %s)", cid, type(err).__name__, err, path)
         return {"cell_id": cid, "status": "failed", "error": f"{type(err).__name__}: {err}"}
-    if _is_main_process():
+    if is_rank_zero():
         mark_complete(results, cid, overrides, config=cfg, summary=_small(summary))
     log.info("cell %s complete", cid)
     return {"cell_id": cid, "status": "complete"}

@@ -269,11 +269,14 @@ def inception_extractor(weights_path=None, device="cpu"):
 
 def inception_features(source, extractor, device="cpu", batch_size: int = 64, save_cpu_ram: bool = False):
     """Pool features (N, 2048) (CPU) of a Dataset of uint8 (3, H, W), an image folder or an ADM .npz, through a
-    module from inception_extractor. save_cpu_ram: no DataLoader workers."""
+    module from inception_extractor. save_cpu_ram: no DataLoader workers. torch-fidelity draws the progress bar
+    (where varbench's bars show: varbench.utils.log)."""
     from torch_fidelity.utils import get_featuresdict_from_dataset, prepare_input_from_descriptor
+
+    from varbench.utils.log import bars_shown
     dataset = prepare_input_from_descriptor({"input": as_fidelity_input(source)}, verbose=False)
     return get_featuresdict_from_dataset(dataset, extractor, batch_size, torch.device(device).type == "cuda",
-                                         save_cpu_ram, verbose=False)["2048"]
+                                         save_cpu_ram, verbose=bars_shown())["2048"]
 
 
 @torch.no_grad()
