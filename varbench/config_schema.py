@@ -6,8 +6,8 @@ is a `ConfigError` naming the key, the value and the valid range, raised before 
 that compose configs themselves). Keys not listed here are not checked (a mixer's own fields are checked by its
 constructor); a mandatory value left `???` is reported by the task that reads it.
 
-The rules are per config group (`train`, `model`, `tokenizer`, `data`) and per task (`task.<field>` by `task.name`);
-for the main job (`task=main`) every step's own task config is checked as it will run (`step_config`).
+The rules are per config group (`train`, `model`, `tokenizer`, `data`, `logger`) and per task (`task.<field>` by
+`task.name`); for the main job (`task=main`) every step's own task config is checked as it will run (`step_config`).
 """
 
 from __future__ import annotations
