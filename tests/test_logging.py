@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -146,6 +147,16 @@ def test_other_ranks_log_nothing_but_sample_alike(tmp_path):
     cfg = config(tmp_path, "logger=tensorboard", "logger.sample_every=5")
     logger = open_logger(cfg, "train", is_main=False)
     assert type(logger) is ExperimentLogger and logger.sample_every == 5 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["logger.sample_every=-1"], "logger.sample_every = -1: expected an integer >= 0"),
+    (["logger=wandb", "logger.mode=cloud"], "logger.mode = 'cloud': expected one of ['offline', 'online', 'disabled']"),
+    (["progress=sometimes"], "progress = 'sometimes': expected one of ['auto', True, False]")])
+def test_logging_settings_outside_their_range_stop_the_run(tmp_path, overrides, message):
+    from varbench.config_schema import ConfigError, validate
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(config(tmp_path, *overrides))
 
 
 def test_an_unknown_logger_is_an_error_naming_the_valid_ones(tmp_path):
