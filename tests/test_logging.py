@@ -254,7 +254,8 @@ def test_the_debug_main_job_tells_every_step_in_its_run_log(tmp_path):
     TensorBoard holds the tokenizer's and the model's scalars and the sample step's grid. ~1-3 min on 2 cores."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(REPO / "run.py"), "debug=true", f"run_dir={tmp_path / 'run'}",
-                          "device=cpu"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
+                          "device=cpu", "progress=true"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = (tmp_path / "run" / "varbench.log").read_text()
     for step in ("train_tokenizer", "tokenize", "train", "sample", "evaluate"):
@@ -262,7 +263,9 @@ def test_the_debug_main_job_tells_every_step_in_its_run_log(tmp_path):
     for module in ("tokenizers.trainer", "data.token_cache", "training.loop", "tasks.sample", "eval.sampling",
                    "eval.classifier", "eval.likelihood"):  # each step's own status, not only the main job's
         assert f"[varbench.{module}][INFO]" in text, module
-    assert "it/s" not in text and "s/it" not in text  # no progress bar in the log
+    for bar in ("tokenizer", "tokenize", "train", "sample", "classifier", "nll"):  # progress=true: bars on stderr
+        assert f"{bar}: 100%" in out.stderr, bar
+    assert "100%" not in text and "it/s" not in text  # ... and never in the log
     tb = tmp_path / "run" / "tb"
     assert tensorboard_events(tb / "train_tokenizer").Scalars("val/psnr")
     assert len(tensorboard_events(tb / "train").Scalars("train/loss")) == 30
