@@ -6,8 +6,8 @@ is a `ConfigError` naming the key, the value and the valid range, raised before 
 that compose configs themselves). Keys not listed here are not checked (a mixer's own fields are checked by its
 constructor); a mandatory value left `???` is reported by the task that reads it.
 
-The rules are per config group (`train`, `model`, `tokenizer`, `data`) and per task (`task.<field>` by `task.name`);
-for the main job (`task=main`) every step's own task config is checked as it will run (`step_config`).
+The rules are per config group (`train`, `model`, `tokenizer`, `data`, `logger`) and per task (`task.<field>` by
+`task.name`); for the main job (`task=main`) every step's own task config is checked as it will run (`step_config`).
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ BETAS = Items(fraction(open_high=True), length=2)
 TOP = {
     "seed": count(0),
     "autotune": Choice(("full", "first")),
+    "progress": Choice(("auto", True, False)),
 }
 TRAIN = {
     "batch_size": count(), "grad_accum": count(),
@@ -179,7 +180,9 @@ TASKS = {
     "costs": {"depths": Items(count()), "resolutions": Items(count())},
     "scaling": {"parallel": Choice(("ddp", "fsdp")), "batch_per_gpu": count(), "repeats": count()},
 }
-GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA}
+LOGGER = {"name": Choice(("tensorboard", "wandb", "none")), "sample_every": count(0),
+          "mode": Choice(("offline", "online", "disabled"))}
+GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA, "logger": LOGGER}
 
 
 def step_config(cfg: DictConfig, step: str) -> DictConfig:

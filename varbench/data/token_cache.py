@@ -28,7 +28,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from varbench.data.transforms import is_deterministic
 from varbench.utils.checkpoint import save_atomic
+from varbench.utils.log import get_logger, progress_bar
 from varbench.utils.run_spec import file_sha256
+
+log = get_logger(__name__)
 
 FORMAT = 1
 META = "meta.json"
@@ -94,11 +97,12 @@ def _check_same_cache(out_dir: Path, meta: dict) -> None:
 
 
 @torch.no_grad()
-def _encode(tokenizer, dataset: Dataset, batch_size: int, device, num_workers: int, dtype):
-    """(ids (n, L) dtype, labels (n,) int64) of a whole (sub)data set, in order."""
+def _encode(tokenizer, dataset: Dataset, batch_size: int, device, num_workers: int, dtype, bar):
+    """(ids (n, L) dtype, labels (n,) int64) of a whole (sub)data set, in order; `bar` counts the images."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False)
     ids, labels = [], []
     for img_B3HW, label_B in loader:
+        bar.update(img_B3HW.shape[0])
         ids_per_scale = tokenizer.img_to_ids(img_B3HW.to(device, non_blocking=True))
         ids.append(torch.cat(ids_per_scale, dim=1).to("cpu", dtype))
         labels.append(torch.as_tensor(label_B, dtype=torch.int64))
@@ -130,18 +134,23 @@ def write_token_cache(tokenizer, dataset: Dataset, out_dir, batch_size: int = 64
     dtype, n = ids_dtype(tokenizer.vocab_size), len(dataset)
     summary = {"num_items": n, "encoded_items": 0, "seconds": 0.0, "shards_written": 0, "shards_skipped": 0,
                "out_dir": str(out_dir)}
+    bar = progress_bar(desc="tokenize", total=n, unit="img")
     for i in range(math.ceil(n / shard_size)):
         start, end = i * shard_size, min((i + 1) * shard_size, n)
         if _shard_rows(shard_path(out_dir, i)) == end - start:
             summary["shards_skipped"] += 1
+            bar.update(end - start)
             continue
         t0 = time.perf_counter()
         part = Subset(dataset, range(start, end))
-        ids_NL, labels_N = _encode(tokenizer, part, batch_size, device, num_workers, dtype)
+        ids_NL, labels_N = _encode(tokenizer, part, batch_size, device, num_workers, dtype, bar)
         save_atomic(shard_path(out_dir, i), tensors={"ids": ids_NL, "labels": labels_N})
         summary["seconds"] += time.perf_counter() - t0
         summary["encoded_items"] += end - start
         summary["shards_written"] += 1
+    bar.close()
+    log.info("token cache %s: %d of %d images encoded in %.1f s (%d shards written, %d already there)", out_dir,
+             summary["encoded_items"], n, summary["seconds"], summary["shards_written"], summary["shards_skipped"])
     return summary
 
 

@@ -38,9 +38,11 @@ from varbench.layout import PATCH_NUMS
 from varbench.registry import list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.training.loop import compile_for_training
+from varbench.utils.log import get_logger
 from varbench.utils.processes import run_in_fresh_process
 from varbench.utils.records import record
 
+log = get_logger(__name__)
 PROTOCOL = "bf16 autocast; CUDA events; median of repeats after warm-up; CFG doubled batch; analytic FLOPs"
 # the training stage's weights: fp32 is VAR's recipe (fp32 master weights under bf16 autocast); bf16 is a deviation
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -264,7 +266,7 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> No
     mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
     record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
            compiled=compiled, param_dtype=param_dtype, timing=r, **cell)
-    print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
+    log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
           f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
           f"MFU {mfu:.1%}; top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
 
@@ -276,5 +278,5 @@ def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs) 
            decode_ms=decode, latency_wo_decode_ms=total - decode, images_per_s=batch / (total * 1e-3),
            images_per_s_wo_decode=batch / ((total - decode) * 1e-3), peak_mem_bytes=r["total"]["peak_mem_bytes"],
            peak_reserved_bytes=r["total"]["peak_reserved_bytes"], timing=r, **cell)
-    print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px sample b{batch} {sampler}"
+    log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px sample b{batch} {sampler}"
           f"{' graphs' if cuda_graphs else ''}: {total:.1f} ms (decode {decode:.1f} ms)")

@@ -17,8 +17,13 @@ from omegaconf import DictConfig
 from varbench.build import resolve_device
 from varbench.eval.sampling import SamplingPreset, generate_images
 from varbench.runs import load_for_task
+from varbench.training.checkpoints import step_of_weights
 from varbench.training.loop import autocast
+from varbench.utils.log import get_logger
+from varbench.utils.loggers import open_logger
 from varbench.utils.records import record
+
+log = get_logger(__name__)
 
 
 def save_grid(images_N3HW: torch.Tensor, rows: int, path: Path) -> Path:
@@ -51,6 +56,9 @@ def main(cfg: DictConfig) -> dict:
     # one row per class: transpose the (class, sample) order of the batch
     grid = images.view(len(classes), t.per_class, *images.shape[1:])
     path = save_grid(grid.flatten(0, 1), len(classes), Path(cfg.run_dir) / "samples.png")
+    log.info("sample grid %s: %d classes x %d in %.1f s", path, len(classes), t.per_class, seconds)
+    with open_logger(cfg, "sample") as logger:  # at the checkpoint's training step (0: a file outside a run)
+        logger.log_images("samples", grid.flatten(0, 1), step_of_weights(run.checkpoint) or 0, nrow=t.per_class)
     record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
            seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=t.cuda_graphs, peak_mem_bytes=peak,
            **run.identity())

@@ -66,6 +66,13 @@ def step_of(folder: Path) -> int:
     return int(folder.name.removeprefix("step_"))
 
 
+def step_of_weights(weights) -> int | None:
+    """The training step of a checkpoint's model.safetensors (from its `step_<N>` folder); None for a file kept
+    elsewhere."""
+    folder = Path(weights).parent.name
+    return int(folder.removeprefix("step_")) if folder.startswith("step_") and folder[5:].isdigit() else None
+
+
 def step_folders(ckpt_dir: Path) -> list[Path]:
     """The `step_<N>` folders of `ckpt_dir` (anything else there is not a checkpoint and is left alone)."""
     return [f for f in Path(ckpt_dir).glob("step_*") if f.is_dir() and f.name.removeprefix("step_").isdigit()]

@@ -20,9 +20,14 @@ from omegaconf import DictConfig
 
 from varbench.training import checkpoints, recipe
 from varbench.training.batches import GlobalBatches, collate, transformer_inputs
+from varbench.training.previews import log_sample_grid
 from varbench.utils.checkpoint import load_strict, remove_stale_temps
 from varbench.utils.dist import DistInfo
+from varbench.utils.log import get_logger, progress_bar
+from varbench.utils.loggers import open_logger
 from varbench.utils.records import record
+
+log = get_logger(__name__)
 
 
 class StopRequested:
@@ -123,11 +128,14 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, growth_interval=1000, enabled=amp == torch.float16)
     step = _resume(ckpt_dir, model, optimizer, scaler, cfg, info)
     results = Path(cfg.results_dir) / "train.jsonl"
-    writer = _tensorboard(cfg, info)
-    progress = _progress(info, step, plan.max_iters)
+    logger = open_logger(cfg, "train", info.is_main, purge_step=step)  # logs the config as hyper-parameters
+    progress = progress_bar(desc="train", total=plan.max_iters, initial=step, enabled=info.is_main)
+    if info.is_main:
+        log.info("training %s parameters from step %d to %d (peak lr %.2e)", f"{model.num_params():,}", step,
+                 plan.max_iters, plan.peak_lr)
     model.train()
     loss_value, t0, seen = float("nan"), time.perf_counter(), 0
-    with StopRequested() as stop:
+    with StopRequested() as stop, logger:
         while step < plan.max_iters:
             lr = plan.peak_lr * recipe.lr_factor(step, plan.warmup_iters, plan.max_iters, tcfg.schedule,
                                                  tcfg.warmup_start, tcfg.end_factor)
@@ -162,13 +170,18 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            if writer is not None:
-                for name, value in (("loss", loss_value), ("lr", lr), ("wd", wd), ("grad_norm", float(grad_norm))):
-                    writer.add_scalar(f"train/{name}", value, step)
+            logger.log_scalars(step, {"train/loss": loss_value, "train/lr": lr, "train/wd": wd,
+                                      "train/grad_norm": float(grad_norm)})
             if info.is_main and (step % tcfg.log_every == 0 or step == plan.max_iters):
                 rate = seen / (time.perf_counter() - t0)
+                log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f %.1f img/s", step, plan.max_iters, loss_value,
+                         lr, float(grad_norm), rate)
                 record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
                        grad_norm=float(grad_norm), images_per_s=rate, run_dir=str(cfg.run_dir))
+            if logger.sample_every and step % logger.sample_every == 0:
+                with autocast(device, tcfg.precision):
+                    t0 += log_sample_grid(logger, model, tokenizer, step, device)  # not training time: off the rate
+                model.train()
             if tcfg.nll_every and (step % tcfg.nll_every == 0 or step == plan.max_iters):
                 _record_nll(model, tokenizer, nll_sets or {}, cfg, device, info, step)
                 model.train()
@@ -262,13 +275,3 @@ def _restore(folder, model, optimizer, cfg: DictConfig) -> dict:
     return state
 
 
-def _tensorboard(cfg, info: DistInfo):
-    if not info.is_main:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(Path(cfg.run_dir) / "tb"))
-
-
-def _progress(info: DistInfo, start: int, total: int):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=start, disable=not info.is_main, desc="train", dynamic_ncols=True)
