@@ -78,4 +78,6 @@ def matched_mlp_ratio(mixer, intra, match, kwargs: dict) -> float:
 def build_dataset(cfg: DictConfig, split: str):
     """The image data set of the run for `split` ("train" or "val"): items are (image in [-1, 1], label)."""
     from hydra.utils import instantiate
-    return instantiate(cfg.data, split=split, image_size=image_size(cfg))
+
+    from varbench.data.loading import dataset_config
+    return instantiate(dataset_config(cfg), split=split, image_size=image_size(cfg))

@@ -1,13 +1,32 @@
-"""The fixed speed / memory protocol: warm-up, CUDA-event timing, median of repeats, peak memory, and a matmul
-peak measured in the same run (the denominator of MFU)."""
+"""The fixed speed / memory protocol: warm-up, CUDA-event timing, median of repeats, peak memory, a matmul peak
+measured in the same run (the denominator of MFU), and the fields that say how and where a speed was measured."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+
+def machine(device=None) -> dict:
+    """Where a speed was measured: the accelerator's name and how many this process sees (none on a CPU), and the
+    CPU cores it may use (data loading and Python overhead depend on them)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if device.type != "cuda":
+        return {"accelerator": None, "accelerators": 0, "cpus": cpus}
+    return {"accelerator": torch.cuda.get_device_name(device), "accelerators": torch.cuda.device_count(), "cpus": cpus}
+
+
+def speed_mode(compiled: bool, cuda_graphs: bool, device=None) -> dict:
+    """The fields every speed record carries (issue 18 item 5): `compiled` (torch.compile), `cuda_graphs` (replayed
+    graphs), `autotune` (the Triton autotuning mode, varbench/utils/autotune.py) and `machine`."""
+    from varbench.utils.autotune import autotune_mode
+    return {"compiled": bool(compiled), "cuda_graphs": bool(cuda_graphs), "autotune": autotune_mode(),
+            "machine": machine(device)}
 
 
 def time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> dict:

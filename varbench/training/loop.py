@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from varbench.data.loading import loader_options
 from varbench.training import checkpoints, recipe
-from varbench.training.batches import GlobalBatches, collate, transformer_inputs
+from varbench.training.batches import GlobalBatches, batch_loader, transformer_inputs
 from varbench.utils.checkpoint import load_strict
 from varbench.utils.dist import DistInfo
 from varbench.utils.records import record
@@ -119,6 +120,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
         scaler.load_state_dict(state["scaler"])
         checkpoints.set_rng_state(state["rng"])
         step = state["step"]
+    loader = iter(batch_loader(dataset, batches, step * tcfg.grad_accum, plan.max_iters * tcfg.grad_accum,
+                               loader_options(cfg.data, device)))
     stop, results = StopRequested(), Path(cfg.results_dir) / "train.jsonl"
     signal_at = int(os.environ.get("VARBENCH_SIGNAL_AT_STEP", "-1"))  # tests deliver a real SIGTERM here
     writer = _tensorboard(cfg, info)
@@ -131,9 +134,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
         wd = recipe.weight_decay_at(step, plan.max_iters, tcfg.weight_decay, tcfg.weight_decay_end)
         recipe.apply_schedule(optimizer, lr, wd)
         loss_value = 0.0
-        for micro in range(tcfg.grad_accum):
-            index = step * tcfg.grad_accum + micro
-            x, labels = collate(dataset, batches.indices(index // batches.per_epoch, index % batches.per_epoch))
+        for _ in range(tcfg.grad_accum):
+            x, labels = next(loader)
             gt_BL, x_BLCv = transformer_inputs(tokenizer, x.to(device), from_ids)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits_BLV = net(labels.to(device), x_BLCv)

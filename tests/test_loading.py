@@ -1,0 +1,111 @@
+"""Training batches read through a DataLoader with workers and prefetch (issue 18 item 3): the batches are a function of
+(seed, batch index, rank share) alone, so workers, a resume and the number of processes change nothing; the loader
+settings (`data.num_workers`, `data.prefetch_factor`) are checked and kept out of the data set's constructor."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from varbench.data.folders import ImageFolderData
+from varbench.data.loading import GPU_WORKERS, LoaderOptions, dataset_config, loader_options
+from varbench.training.batches import GlobalBatches, batch_loader
+
+BATCH, STEPS = 4, 6  # 10 images: 3 batches per epoch, so STEPS covers two epochs
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Two classes of JPEGs of different sizes; train split: random crop and flip, the draws a resume must repeat."""
+    root = tmp_path_factory.mktemp("images")
+    for c, name in enumerate(("cat", "dog")):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(5):
+            rgb = np.random.default_rng(10 * c + i).integers(0, 256, (30 + 2 * i, 40, 3), dtype=np.uint8)
+            Image.fromarray(rgb).save(root / "train" / name / f"{i}.jpg")
+    return ImageFolderData(root, "train", image_size=16, hflip=True)
+
+
+def read(dataset, start, stop, workers, rank=0, world_size=1, global_batch=BATCH):
+    batches = GlobalBatches(len(dataset), global_batch, seed=3, rank=rank, world_size=world_size)
+    return list(batch_loader(dataset, batches, start, stop, LoaderOptions(workers, prefetch_factor=2)))
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for (x1, y1), (x2, y2) in zip(a, b):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_resume_with_workers_gives_the_batches_of_an_uninterrupted_run(folder):
+    straight = read(folder, 0, STEPS, workers=2)
+    resumed = read(folder, 3, STEPS, workers=2)
+    assert_same(resumed, straight[3:])
+    assert_same(read(folder, 0, STEPS, workers=0), straight)  # in-process: the same batches
+
+
+def test_crops_are_random_but_fixed_by_the_seed(folder):
+    """Batch 3 (epoch 1) holds the images of batch 0 (epoch 0) in another order with other crops: the test above
+    would be blind if the transform drew nothing."""
+    batches = GlobalBatches(len(folder), len(folder), seed=3)
+    (x0, y0), (x1, y1) = read(folder, 0, 2, workers=0, global_batch=len(folder))
+    order0, order1 = batches.indices(0, 0), batches.indices(1, 0)
+    crops0 = {i: x for i, x in zip(order0, x0)}
+    assert any(not torch.equal(crops0[i], x) for i, x in zip(order1, x1))
+
+
+def test_two_processes_read_the_batch_of_one(folder):
+    one = read(folder, 0, STEPS, workers=0)
+    halves = [read(folder, 0, STEPS, workers=0, rank=r, world_size=2) for r in (0, 1)]
+    for b, (x, y) in enumerate(one):
+        assert torch.equal(torch.cat([halves[0][b][0], halves[1][b][0]]), x)
+        assert torch.equal(torch.cat([halves[0][b][1], halves[1][b][1]]), y)
+
+
+def test_reading_leaves_the_global_rng_alone(folder):
+    """The global RNG is checkpointed for exact resume: neither making the loader (its workers' base seed) nor the
+    crops drawn in-process may advance it."""
+    before = torch.get_rng_state()
+    read(folder, 0, 2, workers=0)
+    read(folder, 0, 2, workers=1)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_loader_options_resolve_per_device():
+    data = OmegaConf.create({"num_workers": "auto", "prefetch_factor": 3})
+    assert loader_options(data, "cpu") == LoaderOptions(0, 3, pin_memory=False)
+    cuda = loader_options(data, torch.device("cuda"))
+    assert cuda.pin_memory and 0 <= cuda.num_workers <= GPU_WORKERS
+    assert loader_options(OmegaConf.create({"num_workers": 5}), "cpu") == LoaderOptions(5, 2)
+    assert LoaderOptions(0, 4).kwargs()["prefetch_factor"] is None  # DataLoader refuses it without workers
+
+
+@pytest.mark.parametrize("key,value", [("num_workers", -1), ("num_workers", "eight"), ("num_workers", 1.5),
+                                       ("prefetch_factor", 0), ("prefetch_factor", True), ("num_workers", 10 ** 6)])
+def test_bad_loader_options_name_key_value_and_range(key, value):
+    with pytest.raises(ValueError, match=rf"data\.{key}=.*{value!r}.*valid"):
+        loader_options(OmegaConf.create({key: value}), "cpu")
+
+
+def test_loader_keys_stay_out_of_the_data_set_constructor():
+    cfg = OmegaConf.create({"run_dir": "/tmp/x", "data": {"_target_": "X", "index_dir": "${run_dir}",
+                                                          "num_workers": 2, "prefetch_factor": 2}})
+    data = dataset_config(cfg)
+    assert set(data) == {"_target_", "index_dir"} and data.index_dir == "/tmp/x"
+    assert cfg.data.num_workers == 2  # the run's config is left as it was
+
+
+@pytest.mark.slow
+def test_training_resumed_with_workers_equals_an_in_process_run(tmp_path):
+    """End to end (task=train, SIGTERM at step 3, resume): 2 workers give the weights of in-process reading."""
+    from test_training import final_weights, run
+    common = ["train.steps=6", "train.ckpt_every=100", "train.deterministic=true"]
+    straight = run(tmp_path, "straight", *common, "data.num_workers=0")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    cut = run(tmp_path, "resumed", *common, "data.num_workers=2", env={"VARBENCH_SIGNAL_AT_STEP": "3"})
+    assert cut.returncode != 0 and (tmp_path / "resumed" / "checkpoints" / "step_00000003").is_dir()
+    resumed = run(tmp_path, "resumed", *common, "data.num_workers=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
