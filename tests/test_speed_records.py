@@ -1,5 +1,6 @@
 """Every speed record says how and where it was measured (issue 18 item 5): compiled, cuda_graphs, autotune mode and
-machine, on task=bench's training and sampling records (measured here on a CPU)."""
+machine (a string, as the analysis tables show it), on task=bench's training and sampling records (measured here on a
+CPU)."""
 
 import os
 
@@ -19,8 +20,7 @@ def test_speed_mode_names_how_and_where(monkeypatch):
     monkeypatch.setenv(ENV, "first")
     mode = speed_mode(compiled=True, cuda_graphs=False, device="cpu")
     assert mode == {"compiled": True, "cuda_graphs": False, "autotune": "first",
-                    "machine": {"accelerator": None, "accelerators": 0, "cpus": len(os.sched_getaffinity(0))}}
-    assert machine("cpu")["cpus"] >= 1
+                    "machine": f"no accelerator, {len(os.sched_getaffinity(0))} CPUs"}
 
 
 @pytest.mark.parametrize("stage,sampler", [("train", None), ("sample", "carry")])

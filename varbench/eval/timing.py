@@ -11,14 +11,15 @@ from typing import Callable
 import torch
 
 
-def machine(device=None) -> dict:
-    """Where a speed was measured: the accelerator's name and how many this process sees (none on a CPU), and the
-    CPU cores it may use (data loading and Python overhead depend on them)."""
+def machine(device=None) -> str:
+    """Where a speed was measured, as the analysis tables show it: the accelerators this process sees and the CPU
+    cores it may use (data loading and Python overhead depend on them), e.g. "1x NVIDIA H200, 16 CPUs".
+    `benchmarks/import_records.py` replaces it with the lent machine's kind (e.g. nvidia-h200-x4) when it imports."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if device.type != "cuda":
-        return {"accelerator": None, "accelerators": 0, "cpus": cpus}
-    return {"accelerator": torch.cuda.get_device_name(device), "accelerators": torch.cuda.device_count(), "cpus": cpus}
+        return f"no accelerator, {cpus} CPUs"
+    return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(device)}, {cpus} CPUs"
 
 
 def speed_mode(compiled: bool, cuda_graphs: bool, device=None) -> dict:
