@@ -109,3 +109,8 @@ def test_training_resumed_with_workers_equals_an_in_process_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_negative_seed_is_refused():
+    with pytest.raises(ValueError, match="seed=-1: valid range"):
+        GlobalBatches(10, 2, seed=-1)

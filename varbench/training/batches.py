@@ -38,6 +38,8 @@ class GlobalBatches:
             raise ValueError(f"global batch {global_batch} must be divisible by the {world_size} processes")
         if num_items == 0:
             raise ValueError("the data set is empty")
+        if seed < 0:  # the transform seeds mix it through numpy's SeedSequence, which takes non-negative entropy
+            raise ValueError(f"seed={seed}: valid range 0 .. 2**63 - 1")
         self.num_items, self.global_batch, self.seed = num_items, global_batch, seed
         self.rank, self.world_size = rank, world_size
         self.per_epoch = math.ceil(num_items / global_batch)
