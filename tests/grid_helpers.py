@@ -19,7 +19,7 @@ TINY = ["model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.vocab
         "++task.overrides.evaluate.per_class=2", "++task.overrides.evaluate.classifier_steps=2",
         "++task.overrides.evaluate.classifier_batch_size=4",
         "++task.overrides.evaluate.classifier_min_val_accuracy=0.0",
-        "device=cpu"]
+        "device=cpu", "results_dir=results"]  # records under cwd/results (not part of a cell's id)
 ROW = re.compile(r"^\[grid\] #\d+\s+(?P<cid>[0-9a-f]{12})\s+(?P<status>\w+)\s+(?P<overrides>.*)$")
 
 

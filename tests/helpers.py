@@ -32,6 +32,26 @@ def tiny_model(mixer: str, intra: str = "none", depth=2, width=64, heads=2, vae=
 def randomize_gates_(model: ScaleAR) -> None:
     """VAR's init makes every gate ~1e-5 (blocks are near identities), which would make a parity test blind to
     the mixers: re-draw the AdaLN projections and the head so that every branch matters."""
-    for linear in [b.ada_lin[-1] for b in model.blocks] + [model.head_nm.ada_lin[-1], model.head]:
+    shared = model.shared_ada_lin is not None  # shared AdaLN: one projection, plus an offset per block
+    ada_lins = [model.shared_ada_lin[-1]] if shared else [b.ada_lin[-1] for b in model.blocks]
+    for linear in ada_lins + [model.head_nm.ada_lin[-1], model.head]:
         linear.weight.normal_(0, linear.in_features ** -0.5)
         linear.bias.normal_(0, 0.1)
+    for block in model.blocks if shared else ():
+        block.ada_gss.normal_(0, 0.25)
+
+
+def write_run(cfg, step: int = 1):
+    """A run directory at `cfg.run_dir` as task=train leaves it, without training: a tokenizer file (outside the run)
+    and one checkpoint of freshly built weights with its run spec. Returns (checkpoint folder, tokenizer file)."""
+    from pathlib import Path
+
+    from varbench.build import build_model, build_tokenizer
+    from varbench.runs import describe_run
+    from varbench.training import checkpoints
+    from varbench.utils.checkpoint import save_atomic
+    tokenizer_file = save_atomic(Path(cfg.run_dir).parent / f"tokenizer_{Path(cfg.run_dir).name}.safetensors",
+                                 tensors=build_tokenizer(cfg, load=False).state_dict())
+    folder = checkpoints.save(Path(cfg.run_dir) / "checkpoints", step, build_model(cfg).state_dict(), {},
+                              meta=describe_run(cfg, tokenizer_file))
+    return folder, tokenizer_file

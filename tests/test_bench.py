@@ -108,3 +108,13 @@ def test_bf16_weights_train_a_copy_and_get_their_own_columns(cell, tmp_path):
     assert row["Train img/s (b2)"] == eager["value"] and row["Train img/s (b2, bf16 weights)"] == bf16["value"]
     with pytest.raises(ValueError, match=r"task.param_dtype must be one of \['fp32', 'bf16'\]"):
         measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 1, fields, param_dtype="fp8")
+
+
+def test_the_bench_states_by_name_that_its_weights_are_random():
+    """No evaluation path builds random weights unless asked by name: the speed protocol asks (task.random_weights)."""
+    from varbench.registry import compose
+    from varbench.tasks.bench import main
+    cfg = compose(["task=bench", "task.random_weights=false"])
+    with pytest.raises(ValueError, match="task.random_weights=False: task=bench times models with random weights"):
+        main(cfg)
+    assert compose(["task=bench"]).task.random_weights is True

@@ -3,12 +3,13 @@ the project classifier (accurate on real images, at chance on an untrained model
 wiring with that classifier as the feature extractor (no Inception, nothing downloaded), and task=evaluate."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_model, tiny_tokenizer
+from helpers import tiny_model, tiny_tokenizer, write_run
 from PIL import Image
 
 from varbench.data.embedded import EmbeddedShapes
@@ -87,19 +88,40 @@ def test_sampling_resumes_to_the_same_images(tmp_path):
     model = tiny_model("attention", vae=vae)
     args = {"num_classes": 2, "per_class": 3, "batch_size": 2, "preset": "eval", "seed": 7, "device": "cpu"}
     first = sample_for_eval(model, vae, tmp_path, **args)
-    assert first["generated"] == 6 and first["skipped"] == 0
-    pngs = {p.name: p.read_bytes() for p in (tmp_path / "images").glob("*.png")}
+    folder = Path(first["folder"])
+    assert first["generated"] == 6 and first["skipped"] == 0 and folder.parent == tmp_path
+    pngs = {p.name: p.read_bytes() for p in (folder / "images").glob("*.png")}
     assert sorted(pngs) == [f"{c:04d}_{i:03d}.png" for c in range(2) for i in range(3)]
     npz_bytes = np.load(first["npz"])["arr_0"].copy()
     for name in ("0000_001.png", "0001_002.png"):  # in two different batches (batches are pairs, class-major)
-        (tmp_path / "images" / name).unlink()
+        (folder / "images" / name).unlink()
     again = sample_for_eval(model, vae, tmp_path, **args)
-    assert again["generated"] == 2 and again["skipped"] == 4
-    assert {p.name: p.read_bytes() for p in (tmp_path / "images").glob("*.png")} == pngs
+    assert again["generated"] == 2 and again["skipped"] == 4 and again["folder"] == first["folder"]
+    assert {p.name: p.read_bytes() for p in (folder / "images").glob("*.png")} == pngs
     np.testing.assert_array_equal(np.load(again["npz"])["arr_0"], npz_bytes)
-    assert json.loads((tmp_path / "manifest.json").read_text())["top_k"] == PRESETS["eval"].top_k
-    with pytest.raises(ValueError, match="other settings"):  # a resume may not mix settings
-        sample_for_eval(model, vae, tmp_path, **{**args, "seed": 8})
+    assert json.loads((folder / "manifest.json").read_text())["top_k"] == PRESETS["eval"].top_k
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "seed": 8}))
+    with pytest.raises(ValueError, match="other settings"):  # a folder whose manifest disagrees is never mixed into
+        sample_for_eval(model, vae, tmp_path, **args)
+
+
+def test_samples_of_other_weights_or_settings_are_never_reused(tmp_path):
+    """Samples are keyed by content: other weights (a run retrained into the same folder), another seed or another
+    tokenizer draw new images into another folder, never reusing the ones on disk."""
+    vae = tiny_tokenizer()
+    model = tiny_model("attention", vae=vae)
+    args = {"num_classes": 2, "per_class": 1, "batch_size": 2, "preset": "eval", "seed": 7, "device": "cpu"}
+    first = sample_for_eval(model, vae, tmp_path, **args)
+    other_vae = tiny_tokenizer()
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # the same module, other weights
+        other_vae.quantize.embedding.weight.add_(0.1)
+    for out in (sample_for_eval(model, vae, tmp_path, **args),
+                sample_for_eval(tiny_model("attention", vae=vae), vae, tmp_path, **{**args, "seed": 8}),
+                sample_for_eval(tiny_model("attention", vae=vae), other_vae, tmp_path, **args)):
+        assert out["generated"] == 2 and out["folder"] != first["folder"]
+    assert len(list(tmp_path.iterdir())) == 4
 
 
 def test_image_seeds_depend_on_class_and_index():
@@ -173,8 +195,6 @@ def test_fidelity_metrics_with_the_classifier(small_classifier, tmp_path):
              for x in (real[:100], real[100:])]
     ours = frechet_distance(*feature_statistics(feats[0]), *feature_statistics(feats[1]))
     assert same["frechet_distance"] == pytest.approx(ours, rel=1e-3)
-    with pytest.raises(ValueError, match="Inception weights path is null"):  # never a download
-        fidelity_metrics(a, b, fid=True)
     with pytest.raises(ValueError, match="image folder"):  # a torch-fidelity data set name would download
         fidelity_metrics("cifar10-train", b, **kw)
 
@@ -184,11 +204,10 @@ def test_fidelity_metrics_with_the_classifier(small_classifier, tmp_path):
 def test_evaluate_task_records_every_metric(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from varbench.build import build_model
     from varbench.registry import CONFIG_ROOT
     from varbench.tasks.evaluate import main
-    from varbench.utils.checkpoint import save_atomic
     from varbench.utils.records import read_records
+    from varbench.utils.run_spec import file_sha256
     overrides = ["task=evaluate", "device=cpu", "cell_id=test", f"run_dir={tmp_path / 'run'}",
                  f"results_dir={tmp_path / 'res'}",
                  "model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.num_res_blocks=1",
@@ -197,11 +216,17 @@ def test_evaluate_task_records_every_metric(tmp_path):
                  "task.classifier_min_val_accuracy=0"]
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    cfg.task.checkpoint = str(save_atomic(tmp_path / "model.safetensors", tensors=build_model(cfg).state_dict()))
-    out = main(cfg)
+    folder, tokenizer_file = write_run(cfg)
+    out = main(cfg)  # the run decides the model and the tokenizer (tests/test_runs.py)
     records = {r["metric"]: r for r in read_records(tmp_path / "res" / "evaluate.jsonl")}
+    assert all(r["checkpoint_sha256"] == file_sha256(folder / "model.safetensors")
+               and r["tokenizer_sha256"] == file_sha256(tokenizer_file) for r in records.values())
     assert set(records) == {"embedded_fd", "class_accuracy", "classifier_val_accuracy", "classifier_score",
-                            "embedded_kd", "embedded_precision", "embedded_recall", "val_nll", "train_nll"}
+                            "embedded_kd", "embedded_precision", "embedded_recall", "val_nll", "train_nll",
+                            "embedded_fd_floor", "embedded_fd_recon"}
+    # train images vs val: the floor; an untrained tokenizer's reconstructions of them are far worse
+    assert records["embedded_fd_recon"]["value"] > records["embedded_fd_floor"]["value"]
+    assert records["embedded_fd_floor"]["floor_split"].startswith("EmbeddedShapes(split=train")
     for split in ("val", "train"):  # the same teacher-forced NLL on each split: their difference is the gap
         assert records[f"{split}_nll"]["unit"] == "nats/token" \
             and records[f"{split}_nll"]["reference"].startswith(f"EmbeddedShapes(split={split}") \
@@ -255,50 +280,6 @@ def test_imagenet_runs_are_not_judged_by_the_project_classifier_silently():
         resolve_suite(cfg)
     cfg.task.adm_reference = "VIRTUAL_imagenet256_labeled.npz"
     assert resolve_suite(cfg) == "adm"
-
-
-# ----- the Inception / ADM path, offline ------------------------------------------------------------------------
-@pytest.fixture
-def random_inception_weights(tmp_path, monkeypatch):
-    """A .pth with the keys and shapes of torch-fidelity's Inception-v3 but random values (the real file is not
-    downloaded in tests): the wiring, not the numbers, is under test."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-    with monkeypatch.context() as m:
-        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
-        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
-        state = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
-    torch.save(state, tmp_path / "inception.pth")
-    return tmp_path / "inception.pth"
-
-
-def test_inception_features_load_local_weights(random_inception_weights, tmp_path):
-    from varbench.eval.metrics import inception_features
-    images = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
-    feats = inception_features(save_adm_npz(tmp_path / "s.npz", images), random_inception_weights, save_cpu_ram=True)
-    assert feats["2048"].shape == (3, 2048) and feats["logits_unbiased"].shape == (3, 1008)
-
-
-def test_adm_reference_metrics_use_the_reference_statistics(tmp_path, monkeypatch):
-    """FID is taken against the stored mu / sigma (not against the reference images), IS on the sample logits,
-    precision / recall against the reference images; Inception itself is replaced by a fixed 4-d projection."""
-    from varbench.eval import metrics
-    proj = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
-
-    def fake_features(source, weights_path, device="cpu", batch_size=64, save_cpu_ram=False, extractor=None):
-        x = torch.from_numpy(np.array(metrics.npz_member(source, "arr_0"))).float().mean(dim=(1, 2)) / 255
-        return {"2048": x @ proj, "logits_unbiased": x @ proj}
-    monkeypatch.setattr(metrics, "inception_features", fake_features)
-    monkeypatch.setattr(metrics, "inception_extractor", lambda weights_path, device="cpu": None)
-    rng = np.random.default_rng(0)
-    samples = save_adm_npz(tmp_path / "s.npz", rng.integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8))
-    mu, sigma = feature_statistics(fake_features(samples, None)["2048"])
-    np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 256, size=(30, 8, 8, 3), dtype=np.uint8), mu=mu, sigma=sigma)
-    out = metrics.adm_reference_metrics(samples, tmp_path / "ref.npz", "unused.pth", save_cpu_ram=True)
-    assert out["fid"] == pytest.approx(0.0, abs=1e-6)  # the reference statistics are the samples' own
-    assert set(out) == {"fid", "inception_score", "inception_score_std", "precision", "recall"}
-    np.savez(tmp_path / "ref.npz", arr_0=np.zeros((30, 16, 16, 3), np.uint8), mu=mu + 1, sigma=sigma)
-    with pytest.raises(ValueError, match="px"):  # samples at another resolution than the reference
-        metrics.fid_against_adm_reference(samples, tmp_path / "ref.npz", "unused.pth")
 
 
 def test_top_ops_names_the_operator_that_holds_the_time():

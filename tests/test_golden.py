@@ -1,10 +1,12 @@
-"""Golden parity with the official VAR / M-VAR code (shared/golden/setA), through the same command users run:
-`python -m varbench.compat check-golden DIR --only PART`. Tolerances are the golden README's; never loosen them."""
+"""Golden parity with the official VAR / M-VAR code (shared/golden/setA; VAR with shared AdaLN: tests/golden/setB_saln),
+through the same command users run: `python -m varbench.compat check-golden DIR --only PART`. Tolerances are the
+golden README's; never loosen them."""
 
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import SHARED
@@ -78,3 +80,28 @@ def test_check_golden_aim_fails_when_a_tensor_is_wrong(tmp_path):
     # the changed id also changes the decoded image and codes, which the golden computed from the right ids
     assert failed == {"aim.logits_steps_guided (official positions)", "aim.tokenizer.ids (mismatches)",
                       "aim.tokenizer.quant", "aim.tokenizer.recon"}
+
+
+GOLDEN_B_SALN = Path(__file__).resolve().parent / "golden" / "setB_saln"
+
+
+def test_check_golden_shared_aln():
+    """Set B (official VAR with shared AdaLN, tests/golden/setB_saln): the converted model reproduces its logits,
+    through the same command users run, and its state dict round-trips under the official key names."""
+    ok = subprocess.run([sys.executable, "-m", "varbench.compat", "check-golden", str(GOLDEN_B_SALN), "--only", "var"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rows = {r.name: r for r in check_golden(GOLDEN_B_SALN, ["var"])}
+    assert rows["var.logits"].passed and rows["var.logits"].tolerance == 3e-5, rows
+    assert any(name.startswith("var.state_dict round trip") and r.passed for name, r in rows.items()), rows
+
+
+def test_shared_aln_golden_files_match_their_sha256():
+    """config.json names every file of set B with its sha256: the data checked is the data generated."""
+    import hashlib
+    import json
+    files = json.loads((GOLDEN_B_SALN / "config.json").read_text())["files"]
+    assert set(files) == {p.name for p in GOLDEN_B_SALN.glob("*.safetensors")}
+    for name, meta in files.items():
+        data = (GOLDEN_B_SALN / name).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (meta["bytes"], meta["sha256"]), name

@@ -15,7 +15,8 @@ def make(name):
 
 def test_none_means_no_branch():
     assert "none" in list_options("intra")
-    assert build("intra", "none", dim=DIM, num_heads=HEADS) is None
+    with pytest.raises(ValueError, match="absence of a component"):  # never None: nothing to build
+        build("intra", "none", dim=DIM, num_heads=HEADS)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

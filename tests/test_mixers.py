@@ -27,7 +27,8 @@ def test_registry_is_not_empty():
 
 def test_none_means_no_inter_scale_branch():
     assert "none" in list_options("mixer")
-    assert build("mixer", "none", dim=DIM, num_heads=HEADS) is None
+    with pytest.raises(ValueError, match="absence of a component"):  # never None: nothing to build
+        build("mixer", "none", dim=DIM, num_heads=HEADS)
 
 
 @pytest.mark.parametrize("name", MIXERS)

@@ -8,6 +8,8 @@ Shape legend: B batch, 3 RGB, H W image side, C latent channels, N search vector
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from torch.utils.data import TensorDataset
 from varbench.tokenizers import MultiScaleVQVAE, load_official_vqvae
 from varbench.tokenizers.losses import PerceptualLoss, gaussian_window, psnr, ssim
 from varbench.tokenizers.trainer import STATE, WEIGHTS, StepBatches, restart_dead_codes, train_tokenizer
-from varbench.utils.checkpoint import load_object, save_atomic
+from varbench.utils.checkpoint import TEMP_MARK, load_object, save_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, patch_nums=(1, 2, 4))
@@ -160,8 +162,16 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     sa, sb = load_object(tmp_path / "a" / STATE), load_object(tmp_path / "b" / STATE)
     assert all(torch.equal(sa["disc"][k], sb["disc"][k]) for k in sa["disc"])
-    with pytest.raises(ValueError, match="cannot resume"):
+    with pytest.raises(ValueError, match=r"cannot resume .*train_state\.pt.* 1 key\(s\): lr: saved 0\.001, now 0\.002"):
         train_tokenizer(tiny_vae(), data, device="cpu", out_dir=tmp_path / "b", steps=8, **{**opts, "lr": 2e-3})
+
+
+def test_a_killed_runs_temporary_files_are_removed_at_start(tmp_path):
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".{STATE}{TEMP_MARK}{int(child.stdout)}"  # its writer is gone
+    stale.write_bytes(b"x" * 1024)
+    train_tokenizer(tiny_vae(), image_set(4), device="cpu", out_dir=tmp_path, steps=1, batch_size=2, lr=1e-3, **FAST)
+    assert not stale.exists() and {p.name for p in tmp_path.iterdir()} == {STATE, WEIGHTS}
 
 
 def test_nan_guard_names_step_and_terms_and_keeps_checkpoint(tmp_path):

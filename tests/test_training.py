@@ -1,9 +1,11 @@
-"""Training: the loss of a tiny model falls on the embedded data, a SIGTERM'd run resumes to the bitwise-same
-weights, and DDP over 2 CPU processes (gloo) takes the same step as 1 process with the same global batch."""
+"""Training: the loss of a tiny model falls on the embedded data, a SIGTERM'd run saves a checkpoint and exits, and
+DDP over 2 CPU processes (gloo) takes the same step as 1 process with the same global batch."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from safetensors.torch import load_file
 
 from varbench.build import build_model
 from varbench.eval.flops import model_flops
+from varbench.training.checkpoints import latest
 from varbench.utils.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +24,7 @@ TINY = ["model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.num_r
 
 
 def run(tmp: Path, name: str, *overrides, env=None, launcher=None):
-    args = (launcher or [sys.executable]) + [str(REPO / "run.py"), "task=train", f"hydra.run.dir={tmp / name}",
+    args = (launcher or [sys.executable]) + [str(REPO / "run.py"), "task=train", f"run_dir={tmp / name}",
                                              f"results_dir={tmp / name / 'results'}", *TINY, *overrides]
     return subprocess.run(args, cwd=tmp, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
 
@@ -48,17 +51,21 @@ def test_loss_falls_on_embedded_data(tmp_path):
     assert summary["peak_mem_bytes"] is None  # a CPU run has no CUDA allocator to ask
 
 
-def test_sigterm_then_resume_is_bitwise_exact(tmp_path):
-    common = ["train.steps=8", "train.ckpt_every=100", "train.deterministic=true"]
-    straight = run(tmp_path, "straight", *common)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    cut = run(tmp_path, "resumed", *common, env={"VARBENCH_SIGNAL_AT_STEP": "3"})
-    assert cut.returncode != 0 and "SIGTERM" in cut.stderr + cut.stdout
-    assert (tmp_path / "resumed" / "checkpoints" / "step_00000003").is_dir()
-    resumed = run(tmp_path, "resumed", *common)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+def test_sigterm_from_outside_saves_and_says_how_to_resume(tmp_path):
+    """A real SIGTERM (what `scontrol requeue` sends) to a running `task=train`: the step ends, a checkpoint is saved,
+    the process exits non-zero. (The resumed run's exactness: tests/test_training_resume.py.)"""
+    args = [sys.executable, str(REPO / "run.py"), "task=train", f"hydra.run.dir={tmp_path / 'run'}",
+            f"results_dir={tmp_path / 'results'}", *TINY, "train.steps=100000", "train.ckpt_every=100000"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log, deadline = tmp_path / "results" / "train.jsonl", time.monotonic() + 300
+    while not (log.is_file() and log.read_text().count("\n") >= 1):  # the loop runs: its handler is installed
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0 and "interrupted by SIGTERM at step " in output, output[-3000:]
+    step = int(output.split("interrupted by SIGTERM at step ")[1].split(";")[0])
+    assert latest(tmp_path / "run" / "checkpoints").name == f"step_{step:08d}" and 1 <= step < 100000
 
 
 @pytest.mark.slow
@@ -110,7 +117,7 @@ def test_scaling_task_wires_two_processes(tmp_path, parallel):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535"]
     args = torchrun + [str(REPO / "run.py"), "task=scaling", f"task.parallel={parallel}", "task.batch_per_gpu=2",
                        "task.repeats=1", "model.depth=1", "model.width=64", "model.num_heads=1", "device=cpu",
-                       f"hydra.run.dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'results'}"]
+                       f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'results'}"]
     out = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""Build the objects of a run from its (Hydra) config: tokenizer, model, data sets, device.
+"""Build the objects of a run from its (Hydra) config: tokenizer, model, data sets, device; and any registry entry
+by group and name: `varbench.build(group, name, **overrides)` (this module is callable, see `build`).
 
 Shape of the config (varbench/configs/config.yaml): `tokenizer` (MultiScaleVQVAE arguments + `checkpoint`),
 `model` (ScaleAR arguments), `mixer` and `intra` (registry entries), `data` (a data set factory), `train`, `task`.
@@ -6,9 +7,13 @@ Shape of the config (varbench/configs/config.yaml): `tokenizer` (MultiScaleVQVAE
 
 from __future__ import annotations
 
+import sys
+import types
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from varbench import registry
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.registry import factory, load_option
 from varbench.tokenizers import MultiScaleVQVAE, load_official_vqvae
@@ -81,3 +86,71 @@ def build_dataset(cfg: DictConfig, split: str):
 
     from varbench.data.loading import dataset_config
     return instantiate(dataset_config(cfg), split=split, image_size=image_size(cfg))
+
+
+MODEL_GROUPS = ("mixer", "intra", "tokenizer", "data")  # the groups a model is built from besides `model`
+
+
+def build(group: str, name: str, **overrides):
+    """Build any registry entry (a file `varbench/configs/<group>/<name>.yaml`) by group and name, without Hydra.
+
+    - model: a ScaleAR of the entry's recipe, randomly initialised (trained weights: `varbench.load`). A recipe such
+      as var_d16 also picks its mixer, intra and tokenizer; the classes come from the data group (default: the
+      embedded set's 10; `data="imagenet"` for VAR's 1000). Overrides: fields of the entry (`depth=12`), another
+      option of a group (`mixer="gla"`) or fields of a group (`mixer={"heads": 2}`, `data={"num_classes": 100}`).
+    - tokenizer: a MultiScaleVQVAE in eval mode. `checkpoint=<file>` loads its weights (an official .pth or a
+      varbench .safetensors); `checkpoint=None` keeps the random init. An entry that requires a file (var) says so.
+    - mixer, intra, data: the component of the entry (`varbench.registry.build`): `build("mixer", "gla", dim=64,
+      num_heads=2)`; fields of the YAML are overridden, other keywords go to the constructor.
+
+    Unknown groups, names or fields raise ValueError listing the valid ones; nothing returns None.
+    """
+    if group == "model":
+        return build_model(model_config(name, **overrides))
+    if group == "tokenizer":
+        return build_tokenizer(OmegaConf.create({"tokenizer": tokenizer_config(name, **overrides)}))
+    return registry.build(group, name, **overrides)
+
+
+def model_config(name: str, **overrides) -> DictConfig:
+    """The config of model entry `name` with `build`'s overrides (group options, group fields, model fields)."""
+    choices = {g: v for g, v in overrides.items() if g in MODEL_GROUPS and isinstance(v, str)}
+    for group, option in {"model": name, **choices}.items():
+        load_option(group, option)  # an unknown name fails here, listing the valid ones
+    cfg = registry.compose([f"model={name}", *(f"{g}={option}" for g, option in choices.items())])
+    for key, value in overrides.items():
+        if key in choices:
+            continue
+        node, fields = (cfg[key], dict(value)) if key in MODEL_GROUPS else (cfg.model, {key: value})
+        unknown = sorted(set(fields) - set(node))
+        if unknown:
+            where = key if key in MODEL_GROUPS else "model"
+            raise ValueError(f"unknown {where} fields {unknown} for model {name!r}; valid: {sorted(node)}, or a "
+                             f"group: {list(MODEL_GROUPS)}")
+        for field, v in fields.items():
+            node[field] = v
+    return cfg
+
+
+def tokenizer_config(name: str, **overrides) -> DictConfig:
+    """Tokenizer entry `name` with `overrides` (its fields); a required `checkpoint` left unset is an error."""
+    node = load_option("tokenizer", name)
+    unknown = sorted(set(overrides) - set(node))
+    if unknown:
+        raise ValueError(f"unknown tokenizer fields {unknown}; valid: {sorted(node)}")
+    node = OmegaConf.merge(node, overrides)
+    if OmegaConf.is_missing(node, "checkpoint"):
+        raise ValueError(f"tokenizer {name!r} needs checkpoint=<its weight file> (e.g. VAR's vae_ch160v4096z32.pth), "
+                         f"or checkpoint=None for a randomly initialised one")
+    return node
+
+
+class _CallableModule(types.ModuleType):
+    """`varbench.build(group, name, ...)`: importing this submodule makes the package attribute `varbench.build` this
+    module (Python sets it on every submodule import), so the module itself is the callable."""
+
+    def __call__(self, group: str, name: str, **overrides):
+        return build(group, name, **overrides)
+
+
+sys.modules[__name__].__class__ = _CallableModule

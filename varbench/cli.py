@@ -1,21 +1,35 @@
 """The `varbench` command (and `python run.py`): Hydra over the configs shipped in `varbench/configs/`.
 
-`varbench` runs the main job on the embedded data set; `task=<name>` runs one step. Every option is a file under
-varbench/configs/ (the Hydra config root): `varbench task=train model=mvar_d16 data=imagenet data.root=/path`,
-`varbench mixer=gla intra=local`. A grid of cells (a multirun without -m): `varbench grid=mixers_tiny
-[cluster=slurm] [+dry_run=true]` (varbench/configs/grid, slurm/README.md).
+`varbench` runs the main job on the embedded data set; `task=<name>` runs one step; `debug=true` a one-minute smoke
+run of the main job (varbench/configs/debug/smoke.yaml). Every option is a file under varbench/configs/ (the Hydra
+config root): `varbench task=train model=mvar_d16 data=imagenet data.root=/path`, `varbench mixer=gla intra=local`.
+A grid of cells (a multirun without -m): `varbench grid=mixers_tiny [cluster=slurm] [+dry_run=true]`
+(varbench/configs/grid, slurm/README.md). A config value outside its range stops the command before it writes
+anything (varbench/config_schema.py).
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 import varbench.grid  # noqa: F401  registers the resolvers the configs use (${varbench.mixers:}, ...) before Hydra composes
 from varbench.grid import run_cell
+from varbench.tasks import register_resolvers
+
+# Hydra takes `debug=true` as a boolean, and a boolean cannot name a config group's option: the flag names the preset
+FLAGS = {"debug=true": "debug=smoke", "debug=false": "debug=null"}
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig):
+def _main(cfg: DictConfig):
     return run_cell(cfg)
+
+
+def main():
+    register_resolvers()
+    sys.argv = [FLAGS.get(arg.lower(), arg) for arg in sys.argv]
+    _main()
 
 
 if __name__ == "__main__":

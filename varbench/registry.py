@@ -42,12 +42,30 @@ def factory(cfg: DictConfig | dict | None):
     return instantiate(cfg, _partial_=True)
 
 
+def compose(overrides: list[str] = ()) -> DictConfig:
+    """The whole config as the `varbench` command composes it with these command-line `overrides` (Hydra's
+    compose API; inside a running varbench command its own config root is the same)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name="config", overrides=list(overrides))
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
 def build(group: str, name: str, **kwargs):
-    """Build a component by group and name without Hydra, e.g. `build("mixer", "gla", dim=64, num_heads=2)`.
-    Keyword arguments that are hyper-parameters of the YAML override it; the rest go to the constructor."""
+    """Build a component (an entry with a `_target_`: mixer, intra, data) by group and name without Hydra, e.g.
+    `build("mixer", "gla", dim=64, num_heads=2)`. Keyword arguments that are hyper-parameters of the YAML override
+    it; the rest go to the constructor. Models and tokenizers need more than their own entry: `varbench.build`.
+    Never returns None: an entry that is the absence of a component (`mixer=none`) raises, naming the group."""
     cfg = load_option(group, name)
+    if "_target_" not in cfg:
+        raise ValueError(f"{group} {name!r} is not a component with a _target_ (the {group} group holds settings); "
+                         f"varbench.build builds models and tokenizers, this builds mixer, intra and data entries")
+    if cfg._target_ is None:
+        raise ValueError(f"{group} {name!r} is the absence of a component (a block without this branch): there is "
+                         f"nothing to build; a model built with {group}={name} has no {group} branch")
     overrides = {k: v for k, v in kwargs.items() if k in cfg}
     make = factory(OmegaConf.merge(cfg, overrides))
-    if make is None:
-        return None
     return make(**{k: v for k, v in kwargs.items() if k not in cfg})

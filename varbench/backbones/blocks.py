@@ -6,7 +6,9 @@ Shape legend: B batch, L tokens of all scales, l tokens of one scale, C width, D
 Each branch is pre-normed by one non-affine LayerNorm, modulated by (1 + scale) and shift from the class
 condition, multiplied by a gate gamma, and added to the residual stream (VAR / M-VAR).
 The AdaLN projection emits [gamma_1..n, scale_1..n, shift_1..n] for n branches: VAR's order with n = 2
-(gamma1, gamma2, scale1, scale2, shift1, shift2) and M-VAR's with n = 3.
+(gamma1, gamma2, scale1, scale2, shift1, shift2) and M-VAR's with n = 3. It is either the block's own
+`ada_lin` = SiLU -> Linear(D, 3nC) of the condition, or, with VAR's shared AdaLN (`shared_aln`, VAR-d36-s), one
+`SharedAdaLin` for the whole model whose output every block offsets by its own learned `ada_gss` (1, 1, 3n, C).
 """
 
 from __future__ import annotations
@@ -50,6 +52,24 @@ class FFN(nn.Module):
         return self.fc2(self.act(self.fc1(x_BLC)))
 
 
+class SharedAdaLin(nn.Sequential):
+    """VAR's shared AdaLN projection (`shared_ada_lin`): SiLU -> Linear(D, 3nC), its output viewed (B, 1, 3n, C)
+    (n branches per block), computed once per forward and read by every block. Keys `1.weight` / `1.bias` as VAR."""
+
+    def __init__(self, cond_dim: int, dim: int, num_branches: int):
+        super().__init__(nn.SiLU(), nn.Linear(cond_dim, 3 * num_branches * dim))
+        self.dim, self.num_rows = dim, 3 * num_branches
+
+    def forward(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        return super().forward(cond_BD).view(-1, 1, self.num_rows, self.dim)
+
+
+def num_branches(mixer: object | None, intra: object | None) -> int:
+    """Residual branches of a block: the FFN, plus the intra-scale branch and the inter-scale mixer when present
+    (given as modules or as their factories)."""
+    return 1 + (intra is not None) + (mixer is not None)
+
+
 class AdaLNBlock(nn.Module):
     """One backbone block.
 
@@ -61,24 +81,38 @@ class AdaLNBlock(nn.Module):
         mlp_ratio (float, Optional): FFN hidden width over C. Default: 4.0.
         drop_path (float, Optional): stochastic-depth rate of every branch. Default: 0.0.
         norm_eps (float, Optional): LayerNorm epsilon. Default: 1e-6.
+        shared_aln (bool, Optional): VAR's shared AdaLN: no `ada_lin`; the block reads the model's `SharedAdaLin`
+            output (B, 1, 3n, C) instead of the condition and adds its learned `ada_gss` (1, 1, 3n, C) (initialised
+            randn / sqrt(C), as VAR). Default: False.
     """
 
     def __init__(self, dim: int, cond_dim: int, mixer: TokenMixer | None, intra: nn.Module | None = None,
-                 mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-6):
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-6, shared_aln: bool = False):
         super().__init__()
         self.dim = dim
         self.intra = intra
         self.mixer = mixer
         self.ffn = FFN(dim, round(dim * mlp_ratio))
-        self.num_branches = 1 + (intra is not None) + (mixer is not None)
+        self.num_branches = num_branches(mixer, intra)
+        self.shared_aln = shared_aln
         self.ln_wo_grad = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 3 * self.num_branches * dim))
+        if shared_aln:
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 3 * self.num_branches, dim) / dim ** 0.5)
+        else:
+            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 3 * self.num_branches * dim))
         self.drop_path = DropPath(drop_path)
 
-    def modulation(self, cond_BD: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """gammas, scales, shifts: each (B, n, 1, C), one row per branch in the order intra, mixer, ffn."""
-        ada_B3n1C = self.ada_lin(cond_BD).view(-1, 3, self.num_branches, 1, self.dim)
-        return ada_B3n1C.unbind(1)
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """gammas, scales, shifts: each (B, n, 1, C), one row per branch in the order intra, mixer, ffn.
+        `cond` is the class condition (B, D), or with shared_aln the model's shared projection (B, 1, 3n, C)."""
+        if self.shared_aln:
+            if cond.dim() != 4:  # a (B, D) condition would broadcast against ada_gss without an error
+                raise ValueError(f"a shared-AdaLN block reads the SharedAdaLin output (B, 1, {3 * self.num_branches}, "
+                                 f"{self.dim}), got a tensor of shape {tuple(cond.shape)}")
+            ada = self.ada_gss + cond
+        else:
+            ada = self.ada_lin(cond)
+        return ada.view(-1, 3, self.num_branches, 1, self.dim).unbind(1)
 
     def modulate(self, x_BLC: torch.Tensor, scale_B1C: torch.Tensor, shift_B1C: torch.Tensor) -> torch.Tensor:
         """LN(x) * (1 + scale) + shift: the input of a branch."""
@@ -88,8 +122,9 @@ class AdaLNBlock(nn.Module):
         """x + DropPath(y * gamma): the gated residual update of a branch (DropPath acts on the gate)."""
         return x_BLC + y_BLC.mul(self.drop_path(gamma_B1C))
 
-    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
-        gamma, scale, shift = self.modulation(cond_BD)
+    def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
+        """The block over the whole sequence; `cond` as in `modulation`."""
+        gamma, scale, shift = self.modulation(cond)
         i = 0
         if self.intra is not None:
             x_BLC = self.residual(x_BLC, self.intra(self.modulate(x_BLC, scale[:, 0], shift[:, 0]), layout),
@@ -101,11 +136,11 @@ class AdaLNBlock(nn.Module):
             i += 1
         return self.residual(x_BLC, self.ffn(self.modulate(x_BLC, scale[:, i], shift[:, i])), gamma[:, i])
 
-    def step(self, x_BlC: torch.Tensor, state: State, cond_BD: torch.Tensor, layout: ScaleLayout, k: int,
+    def step(self, x_BlC: torch.Tensor, state: State, cond: torch.Tensor, layout: ScaleLayout, k: int,
              prefix_rerun: bool = False) -> tuple[torch.Tensor, State]:
         """The same block over one whole scale k, carrying the mixer's state (or, with `prefix_rerun`, the
         inputs of all earlier scales for the released M-VAR sampler, a benchmark baseline)."""
-        gamma, scale, shift = self.modulation(cond_BD)
+        gamma, scale, shift = self.modulation(cond)
         i = 0
         if self.intra is not None:
             y_BlC = self.intra.step(self.modulate(x_BlC, scale[:, 0], shift[:, 0]), layout, k)

@@ -8,6 +8,9 @@ The key mapping (everything else keeps its official name):
 | -                            | blocks.{i}.attn.*             | blocks.{i}.intra.*          |
 | -                            | blocks.{i}.mamba.*            | blocks.{i}.mixer.*          |
 
+VAR's shared AdaLN (`shared_aln=True`, VAR-d36-s) keeps its names: `shared_ada_lin.1.*` and `blocks.{i}.ada_gss`
+(no `blocks.{i}.ada_lin.*`); it exists for VAR only (M-VAR's is broken upstream: 6 chunks made, 9 unpacked).
+
 Buffers the official models store but that are derived from the configuration are dropped on load after
 checking that they hold what the configuration implies (a checkpoint for other patch_nums fails here), and
 regenerated on export: `lvl_1L`, `attn_bias_for_masking` (VAR block-causal, M-VAR block-diagonal, 0 / -inf),
@@ -34,6 +37,8 @@ def official_flavour(model: ScaleAR) -> str:
     if block.intra is None and isinstance(block.mixer, BlockCausalAttention):
         return "var"
     if isinstance(block.intra, IntraScaleAttention) and type(block.mixer).__name__ == "Mamba2Mixer":
+        if block.shared_aln:
+            raise ValueError("no official checkpoint layout for M-VAR with shared_aln=True (broken upstream)")
         return "mvar"
     raise ValueError(f"no official checkpoint layout for intra={type(block.intra).__name__}, "
                      f"mixer={type(block.mixer).__name__}; only VAR and M-VAR configurations have one")
@@ -105,8 +110,10 @@ def scale_ar_from_official_args(flavour: str, args: dict, vocab_size: int, laten
     """The varbench model equivalent to an official `VAR(...)` / `MVAR(...)` constructor call (its keyword
     arguments as a dict, e.g. golden config.json), with the tokenizer's vocab size and code width."""
     from functools import partial
-    if args.get("shared_aln", False):
-        raise ValueError("shared_aln=True is not supported (only VAR-d36-s uses it; M-VAR's is broken)")
+    shared_aln = bool(args.get("shared_aln", False))
+    if shared_aln and flavour == "mvar":
+        raise ValueError("shared_aln=True is not supported for M-VAR (broken upstream: its blocks unpack 9 chunks "
+                         "from the 6 the shared AdaLN makes); only VAR's (d36-s) is")
     if args.get("drop_rate", 0.0) or args.get("attn_drop_rate", 0.0):
         raise ValueError("drop_rate / attn_drop_rate > 0 are not supported (every published recipe uses 0)")
     l2_norm = bool(args.get("attn_l2_norm", True))
@@ -125,4 +132,5 @@ def scale_ar_from_official_args(flavour: str, args: dict, vocab_size: int, laten
                    num_heads=args.get("num_heads", 16), vocab_size=vocab_size, latent_dim=latent_dim,
                    num_classes=args.get("num_classes", 1000), patch_nums=tuple(args["patch_nums"]),
                    mlp_ratio=args.get("mlp_ratio", 4.0), drop_path_rate=args.get("drop_path_rate", 0.0),
-                   norm_eps=args.get("norm_eps", 1e-6), cond_drop_rate=args.get("cond_drop_rate", 0.1))
+                   norm_eps=args.get("norm_eps", 1e-6), cond_drop_rate=args.get("cond_drop_rate", 0.1),
+                   shared_aln=shared_aln)

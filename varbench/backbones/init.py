@@ -63,12 +63,15 @@ def var_init_(model: nn.Module, *, init_std: float = -1.0, init_head: float = 0.
             if branch is not None and branch.rescale_out_proj:
                 branch.output_projection().weight.div_(math.sqrt(2 * depth))
         block.ffn.fc2.weight.div_(math.sqrt(2 * depth))
-        ada_w = block.ada_lin[-1].weight
         gates = min(2, block.num_branches) if gamma_rows == "official" else block.num_branches
-        num_gates = gates * C
-        ada_w[num_gates:].mul_(init_adaln)
-        ada_w[:num_gates].mul_(init_adaln_gamma)
-        block.ada_lin[-1].bias.zero_()
+        if block.shared_aln:  # rows of the block's own offset; the shared projection keeps the Linear rule (as VAR)
+            block.ada_gss[:, :, gates:].mul_(init_adaln)
+            block.ada_gss[:, :, :gates].mul_(init_adaln_gamma)
+        else:
+            ada_w = block.ada_lin[-1].weight
+            ada_w[gates * C:].mul_(init_adaln)
+            ada_w[:gates * C].mul_(init_adaln_gamma)
+            block.ada_lin[-1].bias.zero_()
 
 
 def _module_init_(m: nn.Module, std: float, conv_std: float, kept: set[str]) -> None:

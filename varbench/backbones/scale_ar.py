@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from varbench.backbones.blocks import AdaLNBlock
+from varbench.backbones.blocks import AdaLNBlock, SharedAdaLin, num_branches
 from varbench.backbones.graphs import GraphedScales, graph_key
 from varbench.backbones.init import var_init_
 from varbench.backbones.sampling import cfg_ramp, guide, gumbel_soft_codes, sample_ids
@@ -68,13 +68,16 @@ class ScaleAR(nn.Module):
         cond_drop_in_eval (bool, Optional): also drop labels in eval mode, as the official forward does (it
             affects VAR's reported validation loss). Default: False.
         init (dict, Optional): keyword arguments of `var_init_`. Default: VAR's defaults.
+        shared_aln (bool, Optional): VAR's shared AdaLN (VAR-d36-s): one `shared_ada_lin` projection of the condition
+            for the whole model plus a learned `ada_gss` offset per block, instead of an `ada_lin` per block.
+            Default: False.
     """
 
     def __init__(self, *, mixer: Callable | None, intra: Callable | None = None, depth: int = 16,
                  width: int | None = None, num_heads: int | None = None, vocab_size: int = 4096, latent_dim: int = 32,
                  num_classes: int = 1000, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), mlp_ratio: float = 4.0,
                  drop_path_rate: float | None = None, norm_eps: float = 1e-6, cond_drop_rate: float = 0.1,
-                 cond_drop_in_eval: bool = False, init: dict | None = None):
+                 cond_drop_in_eval: bool = False, init: dict | None = None, shared_aln: bool = False):
         super().__init__()
         self._graphed_scales: dict[tuple, GraphedScales] = {}  # plain attribute: never in the state_dict
         self.layout = ScaleLayout(tuple(patch_nums))
@@ -94,12 +97,13 @@ class ScaleAR(nn.Module):
             nn.init.trunc_normal_(table, std=init_std)
         self.register_buffer("lvl_1L", self.layout.scale_ids().view(1, L), persistent=False)
 
+        self.shared_ada_lin = SharedAdaLin(C, C, num_branches(mixer, intra)) if shared_aln else None
         rate = 0.1 * depth / 24 if drop_path_rate is None else drop_path_rate
         drop_rates = torch.linspace(0, rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList([
             AdaLNBlock(C, C, mixer(dim=C, num_heads=self.num_heads, layer_idx=i) if mixer is not None else None,
                        intra(dim=C, num_heads=self.num_heads, layer_idx=i) if intra is not None else None,
-                       mlp_ratio=mlp_ratio, drop_path=drop_rates[i], norm_eps=norm_eps)
+                       mlp_ratio=mlp_ratio, drop_path=drop_rates[i], norm_eps=norm_eps, shared_aln=shared_aln)
             for i in range(depth)
         ])
         self.head_nm = AdaLNBeforeHead(C, C, norm_eps)
@@ -119,9 +123,15 @@ class ScaleAR(nn.Module):
             sos_B1C = cond_BD.unsqueeze(1) + self.pos_start
             x_BLC = torch.cat((sos_B1C, self.word_embed(x_BLCv_wo_first_l.to(self.word_embed.weight.dtype))), dim=1)
             x_BLC = x_BLC + self.lvl_embed(self.lvl_1L) + self.pos_1LC
+        block_cond = self.block_condition(cond_BD)
         for block in self.blocks:
-            x_BLC = block(x_BLC, cond_BD, self.layout)
+            x_BLC = block(x_BLC, block_cond, self.layout)
         return self.logits(x_BLC, cond_BD)
+
+    def block_condition(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """What every block's AdaLN reads: the class condition (B, D), or with shared_aln its one shared projection
+        (B, 1, 3n, C), computed outside the fp32 embedding region as VAR does (the head always reads `cond_BD`)."""
+        return cond_BD if self.shared_ada_lin is None else self.shared_ada_lin(cond_BD)
 
     def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """The AdaLN head, computed on fp32 (or wider) activations and returned in that dtype, as VAR."""
@@ -150,7 +160,7 @@ class ScaleAR(nn.Module):
     def generate(self, tokenizer, label_B: torch.Tensor, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
                  more_smooth: bool = False, generator: torch.Generator | None = None,
                  forced_ids: list[torch.Tensor] | None = None, return_logits: bool = False,
-                 sampler: str = "carry", cuda_graphs: bool = False) -> Generation:
+                 sampler: str = "carry", cuda_graphs: bool = False, edit=None) -> Generation:
         """Class-conditional generation, one scale at a time, with classifier-free guidance on a doubled batch.
 
         Args:
@@ -168,6 +178,8 @@ class ScaleAR(nn.Module):
                 per scale (`varbench.backbones.graphs`); sampling, guidance and the tokenizer stay eager. The first
                 call per (batch, sampler, dtype, autocast dtype, device) captures them; later calls reuse them until
                 `drop_cuda_graphs` or `train()`. CUDA only. Default: False.
+            edit (Edit, Optional): zero-shot editing (`varbench.backbones.editing`): each scale's ids and codes are
+                the image's own where the edit keeps them, before they update f_hat and the next input. Default: None.
         """
         if sampler not in ("carry", "prefix_rerun"):
             raise ValueError(f"sampler must be 'carry' or 'prefix_rerun', got {sampler!r}")
@@ -205,6 +217,8 @@ class ScaleAR(nn.Module):
                 h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, self.latent_dim, p, p)
             else:
                 h_BCvhw = tokenizer.embed_ids(ids_Bl, k)
+            if edit is not None:  # the blended scale is what f_hat, the next input and so every mixer state see
+                ids_Bl, h_BCvhw = edit.blend(k, ids_Bl, h_BCvhw, tokenizer)
             ids.append(ids_Bl)
             f_hat, next_BCvhw = tokenizer.next_scale_input(k, f_hat, h_BCvhw)
             if next_BCvhw is not None:
@@ -224,8 +238,9 @@ class ScaleAR(nn.Module):
         """The model part of scale k in `generate`: every block's `step` from `states`, then the head. Returns the
         unguided logits (2B, l, V) and the new states (a new list; what a CUDA graph of this scale captures)."""
         states = list(states)
+        block_cond = self.block_condition(cond_2BD)  # per scale, as VAR's sampler (same values every scale)
         for i, block in enumerate(self.blocks):
-            x_2BlC, states[i] = block.step(x_2BlC, states[i], cond_2BD, self.layout, k, prefix_rerun=rerun)
+            x_2BlC, states[i] = block.step(x_2BlC, states[i], block_cond, self.layout, k, prefix_rerun=rerun)
         return self.logits(x_2BlC, cond_2BD), states
 
     def graphed_scales(self, cond_2BD: torch.Tensor, sampler: str) -> GraphedScales:

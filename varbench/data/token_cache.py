@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from varbench.data.loading import LoaderOptions
 from varbench.data.transforms import is_deterministic
 from varbench.utils.checkpoint import save_atomic
+from varbench.utils.run_spec import file_sha256
 
 FORMAT = 1
 META = "meta.json"
@@ -49,15 +50,6 @@ def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file's bytes (the tokenizer checkpoint), read in 16 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def ids_dtype(vocab_size: int) -> torch.dtype:

@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -130,16 +129,11 @@ def accuracy(logits_NK: torch.Tensor, labels_N) -> float:
 
 # ----- files -------------------------------------------------------------------------------------------------------
 def save_classifier(model: Classifier, path, **metadata) -> Path:
-    """safetensors with the architecture (and anything in `metadata`, e.g. val accuracy) in the header; written
-    through a temporary file and a rename."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """safetensors with the architecture (and anything in `metadata`, e.g. val accuracy) in the header, written by
+    save_atomic (a temporary file and a rename; the umask's mode)."""
+    from varbench.utils.checkpoint import save_atomic
     meta = {"config": json.dumps(model.config()), **{k: json.dumps(v) for k, v in metadata.items()}}
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return save_atomic(path, tensors=model.state_dict(), metadata=meta)
 
 
 def load_classifier(path, device="cpu") -> tuple[Classifier, dict]:

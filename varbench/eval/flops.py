@@ -18,8 +18,10 @@ def model_flops(model: ScaleAR, layout=None) -> dict[str, int]:
     layout = layout or model.layout
     L, C, V = layout.L, model.width, model.vocab_size
     out = {"embed": 2 * (L - 1) * model.latent_dim * C, "adaln": 0, "intra": 0, "mixer": 0, "ffn": 0}
+    # AdaLN projections run once per image, not per token: one per block, or one shared (shared_aln)
+    ada_lins = [model.shared_ada_lin[-1]] if model.shared_ada_lin is not None else [b.ada_lin[-1] for b in model.blocks]
+    out["adaln"] = sum(2 * C * lin.out_features for lin in ada_lins)
     for block in model.blocks:
-        out["adaln"] += 2 * C * block.ada_lin[-1].out_features          # once per image, not per token
         if block.intra is not None:
             out["intra"] += block.intra.flops(layout, 1)
         if block.mixer is not None:

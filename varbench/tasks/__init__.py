@@ -1,19 +1,64 @@
-"""One file per task; `python run.py task=<name>` calls `varbench.tasks.<name>.main(cfg)`."""
+"""One file per task; `python run.py task=<name>` calls `varbench.tasks.<name>.main(cfg)` after checking the config.
+
+The check (`check_config`) is the config schema of every group (varbench.config_schema) plus, where a task module
+defines one, its own `check_config(cfg)` (e.g. the bench's configurations and mixer options): a config error is
+raised before the task writes anything, and for the main job before its first step runs.
+"""
 
 from __future__ import annotations
 
 import importlib
 
-from omegaconf import DictConfig
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
+from varbench.config_schema import step_config, validate
 from varbench.registry import list_options
 from varbench.utils.autotune import apply_autotune_mode
 
+CHECKED_RESOLVER = "varbench.checked"
 
-def run_task(cfg: DictConfig):
-    """Dispatch to the task module named by `cfg.task.name` (one of the files of varbench/configs/task)."""
-    name = cfg.task.name
-    apply_autotune_mode(cfg.get("autotune"))
+
+def task_module(name: str):
+    """The module of task `name` (one of the files of varbench/configs/task)."""
     if name not in list_options("task"):
         raise ValueError(f"unknown task {name!r}; valid tasks: {list_options('task')}")
-    return importlib.import_module(f"varbench.tasks.{name}").main(cfg)
+    return importlib.import_module(f"varbench.tasks.{name}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise a ConfigError (or a ValueError of the task's own check) for an invalid config; for the main job, check
+    every step's config as it will run."""
+    validate(cfg)
+    steps = list(cfg.task.steps) if cfg.task.name == "main" else [cfg.task.name]
+    for step in steps:
+        own_check = getattr(task_module(step), "check_config", None)
+        if own_check is not None:
+            own_check(step_config(cfg, step) if cfg.task.name == "main" else cfg)
+
+
+def run_task(cfg: DictConfig):
+    """Check the config, then dispatch to the task module named by `cfg.task.name`."""
+    check_config(cfg)
+    apply_autotune_mode(cfg.get("autotune"))
+    return task_module(cfg.task.name).main(cfg)
+
+
+class ConfigCheckFailed(InterpolationResolutionError, CompactHydraException):
+    """A failed check while Hydra resolves the run folder: Hydra prints its message alone (no traceback)."""
+
+
+def _checked(path: str, *, _root_: DictConfig) -> str:
+    try:
+        check_config(_root_)
+    except ValueError as err:  # ConfigError, or a task's own check
+        raise ConfigCheckFailed(str(err)) from None
+    return path
+
+
+def register_resolvers() -> None:
+    """`${varbench.checked:<path>}`: the path, once the whole config passed `check_config`. config.yaml wraps Hydra's
+    run folder in it, so that Hydra creates no folder (and writes no .hydra/) for a config that cannot run."""
+    if not OmegaConf.has_resolver(CHECKED_RESOLVER):
+        OmegaConf.register_new_resolver(CHECKED_RESOLVER, _checked)

@@ -10,15 +10,21 @@ of `model` and each resolution of `task.resolutions`:
   the prefix re-run; eager, or with each scale's blocks and head replayed as a CUDA graph with `task.cuda_graphs`
   (recorded as `cuda_graphs`);
 - inference state bytes (analytic, checked against real states by the tests).
+Models and tokenizers have random weights (speed and memory do not depend on their values): the config says so by
+name (`task.random_weights: true`, the only value accepted) and every record carries `random_weights: true`.
 A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on; each
 cell runs in a fresh process (`task.isolate_cells`), so even a CUDA error that poisons its context ends it alone,
-and a cell that hangs (or compiles for longer than `task.cell_timeout_s`) prints its stacks and is killed.
+and a cell that hangs (or compiles for longer than `task.cell_timeout_s`) prints its stacks and is killed. After
+the last cell the task raises (a non-zero exit) if any cell recorded an error, unless `task.allow_failed_cells`.
+A config error (an unknown mixer, a resolution without a batch size) is raised by `check_config` before anything
+runs, never recorded as a result.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import sys
 from pathlib import Path
 
 import torch
@@ -38,6 +44,11 @@ from varbench.utils.records import record
 PROTOCOL = "bf16 autocast; CUDA events; median of repeats after warm-up; CFG doubled batch; analytic FLOPs"
 # the training stage's weights: fp32 is VAR's recipe (fp32 master weights under bf16 autocast); bf16 is a deviation
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CELL_RECORDED_ERRORS = 3  # exit code of an isolated cell that recorded bench_error records itself
+
+
+class BenchCellsFailed(RuntimeError):
+    """Some cells recorded errors (their `bench_error` records say which and why)."""
 
 
 def build(cfg: DictConfig, mixer: str, intra: str, res: int) -> ScaleAR:
@@ -118,31 +129,78 @@ def default_configs() -> list[tuple[str, str]]:
     return [(m, "none") for m in list_options("mixer")] + [("mamba2", "full"), ("none", "full")]
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Raise ValueError for a bench config that cannot run as asked: an unregistered mixer or intra variant in
+    `task.configs` or `task.rerun_baseline`, an unknown field in `task.mixer_options`, a resolution without VAR's
+    scales or without a batch size."""
+    t = cfg.task
+    mixers, intras = list_options("mixer"), list_options("intra")
+    for entry in t.configs or []:
+        if len(entry) != 2 or entry[0] not in mixers or entry[1] not in intras:
+            raise ValueError(f"task.configs: {list(entry)} is not [mixer, intra]; mixers: {mixers}, intra: {intras}")
+    for mixer in list(t.get("mixer_options") or {}) + list(t.rerun_baseline or []):
+        if mixer not in mixers:
+            raise ValueError(f"task.mixer_options / task.rerun_baseline: unknown mixer {mixer!r}; mixers: {mixers}")
+        mixer_options(cfg, mixer)
+    for res in t.resolutions:
+        if res not in PATCH_NUMS:
+            raise ValueError(f"task.resolutions: {res} px has no scale schedule; valid: {sorted(PATCH_NUMS)}")
+        for batch in [at_resolution(t.train_batch, res)] + list(at_resolution(t.sample_batches, res)):
+            if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+                raise ValueError(f"task.train_batch / task.sample_batches at {res} px: {batch!r} is not an integer "
+                                 ">= 1 (train_batch may be null: no training stage)")
+
+
 def main(cfg: DictConfig) -> dict:
     t = cfg.task
+    if t.get("random_weights") is not True:
+        raise ValueError(f"task.random_weights={t.get('random_weights')!r}: task=bench times models with random "
+                         f"weights (speed and memory do not depend on them) and has no trained-model mode; set "
+                         f"task.random_weights=true (task=sample / task=evaluate use trained runs)")
     if not torch.cuda.is_available():
         raise SystemExit("task=bench measures GPU speed: run it on a GPU machine")
     out = Path(cfg.results_dir) / "bench.jsonl"
     peak = matmul_peak_tflops()
-    common = dict(protocol=PROTOCOL, matmul_peak_tflops=peak, depth=cfg.model.depth, profile_steps=t.profile_steps)
+    common = dict(protocol=PROTOCOL, matmul_peak_tflops=peak, depth=cfg.model.depth, profile_steps=t.profile_steps,
+                  random_weights=True)
     record(out, "matmul_peak", peak, "TFLOP/s", config=None, **common)
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what a child process can read alone
+    failed = []
     for res in t.resolutions:
         for mixer, intra in t.configs or default_configs():
             cell = dict(mixer=mixer, intra=intra, resolution=res, L=sum(p * p for p in PATCH_NUMS[res]), **common)
             if options := mixer_options(plain, mixer):
                 cell["mixer_options"] = options
             if not t.isolate_cells:
-                run_cell(plain, out, mixer, intra, res, cell)
-                continue
-            # a fresh process per cell: a CUDA error that poisons the context (a device-side assert) ends this
-            # cell only, and each cell starts from an empty allocator
-            code = run_in_fresh_process(run_cell, plain, out, mixer, intra, res, cell, timeout=t.cell_timeout_s)
-            if code != 0:
-                error = (f"still running after task.cell_timeout_s = {t.cell_timeout_s} s: killed (its stacks are in "
-                         "the log)" if code is None else f"the cell's process exited with code {code}")
-                record(out, "bench_error", 0, "", error=error, stage="process", **cell)
-    return {"records": str(out), "matmul_peak_tflops": peak}
+                errors = run_cell(plain, out, mixer, intra, res, cell)
+            else:  # a fresh process per cell: a CUDA error that poisons the context (a device-side assert) ends
+                # this cell only, and each cell starts from an empty allocator
+                errors = isolated_cell(plain, out, mixer, intra, res, cell)
+            if errors:
+                failed.append(f"{mixer}+{intra} {res}px")
+    if failed and not t.allow_failed_cells:
+        raise BenchCellsFailed(f"{len(failed)} bench cells recorded errors ({failed}): see the bench_error records in "
+                               f"{out}; task.allow_failed_cells=true exits 0 after failed cells")
+    return {"records": str(out), "matmul_peak_tflops": peak, "failed_cells": failed}
+
+
+def isolated_cell(plain, out, mixer, intra, res, cell) -> int:
+    """run_cell in a fresh process; the number of errors recorded (a process that died is recorded here)."""
+    t = plain.task
+    code = run_in_fresh_process(cell_process, plain, out, mixer, intra, res, cell, timeout=t.cell_timeout_s)
+    if code == 0:
+        return 0
+    if code != CELL_RECORDED_ERRORS:
+        error = (f"still running after task.cell_timeout_s = {t.cell_timeout_s} s: killed (its stacks are in "
+                 "the log)" if code is None else f"the cell's process exited with code {code}")
+        record(out, "bench_error", 0, "", error=error, stage="process", **cell)
+    return 1
+
+
+def cell_process(*args) -> None:
+    """The body of an isolated cell: its exit code says whether it recorded errors (CELL_RECORDED_ERRORS)."""
+    if run_cell(*args):
+        sys.exit(CELL_RECORDED_ERRORS)
 
 
 def plan_stages(t, mixer: str, res: int) -> list[tuple[str, int, str | None]]:
@@ -155,7 +213,9 @@ def plan_stages(t, mixer: str, res: int) -> list[tuple[str, int, str | None]]:
     return stages + [("sample", b, s) for b in at_resolution(t.sample_batches, res) for s in samplers]
 
 
-def run_cell(cfg, out, mixer, intra, res, cell) -> None:
+def run_cell(cfg, out, mixer, intra, res, cell) -> int:
+    """Build the model of one (configuration, resolution) and measure each stage; return the number of errors it
+    recorded (out of memory, a kernel refusing a shape: results, the other stages go on)."""
     t = cfg.task
     vae = MultiScaleVQVAE(patch_nums=PATCH_NUMS[res]).cuda().eval()
     cell = {**cell, "decode_flops_per_image": decoder_flops(vae)}
@@ -163,22 +223,25 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> None:
         model = build(cfg, mixer, intra, res)
     except (RuntimeError, ValueError) as err:
         record(out, "bench_error", 0, "", error=str(err)[:300], stage="build", **cell)
-        return
+        return 1
     flops = model_flops(model)
     cell |= dict(backend=model.mixer_backend, params=model.num_params(), fwd_flops_per_image=flops["total"],
                  flops_by_component=flops)
     record(out, "state_bytes_per_image", model.state_bytes(1), "bytes",
            dtype="bf16 (recurrent states fp32)", **cell)
+    errors = 0
     for stage, batch, sampler in plan_stages(t, mixer, res):
         try:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
                     cuda_graphs=bool(t.cuda_graphs), param_dtype=t.param_dtype)
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
+            errors += 1
             torch.cuda.empty_cache()
     del model, vae
     gc.collect()
     torch.cuda.empty_cache()
+    return errors
 
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False,

@@ -6,8 +6,13 @@ Suites (task.suite, see varbench/configs/task/evaluate.yaml):
   classifier_score (the Inception-Score formula on the classifier's logits), embedded_kd / embedded_precision /
   embedded_recall (torch-fidelity with the classifier registered as a feature extractor), and the classifier's own
   val accuracy. None of these is an FID: the feature extractor is not Inception.
-- adm: the papers' protocol on ImageNet: FID against the mu/sigma of ADM's reference batch, Inception Score,
-  precision / recall against its 10k reference images (Inception-v3 compat of torch-fidelity, local weights).
+- adm: the papers' protocol on ImageNet: FID against the mu/sigma of ADM's reference batch, precision / recall
+  against its 10k reference images (the FID Inception, varbench/eval/inception.py; no Inception Score: the offline
+  weights have no classification layer).
+`task.inception_fid=true` adds Inception fid / kid / precision / recall against the val split to the project suite
+(natural images such as CIFAR-10). Every suite also records its floor and tokenizer rows (varbench/eval/
+references.py): `<fd metric>_floor` (real images of another split) and `<fd metric>_recon` (the tokenizer's
+reconstructions of them), `task.floor_images` of them (null: as many as the samples; 0: none).
 
 The classifier: `task.classifier` when set, else trained on the run's train split and cached at
 `task.classifier_cache/<fingerprint>.safetensors` (default `${results_dir}/classifiers/`); the fingerprint covers
@@ -17,8 +22,13 @@ Both suites also record `val_nll` and `train_nll` (varbench/eval/likelihood.py):
 cross-entropy on `task.val_nll_images` held-out images of the val split and on `task.train_nll_images` images of the
 train split (0: skipped); their difference is the generalisation gap.
 
+The model, its tokenizer and the config groups they and the data set come from are the run's (varbench/runs.py):
+`python run.py task=evaluate run_dir=<the training run>` needs nothing else. Samples live under
+`task.out_dir/<key>`, the key a hash of everything they depend on (varbench/eval/sampling.py): a rerun resumes, a
+retrained model never reuses them.
+
 Every metric is one JSON line in `${results_dir}/evaluate.jsonl` with fields feature_extractor, reference,
-num_samples, preset, sampler, suite, samples (the npz).
+num_samples, preset, sampler, suite, samples (the npz), checkpoint and tokenizer_checkpoint with their sha256.
 """
 
 from __future__ import annotations
@@ -34,17 +44,10 @@ from torch.utils.data import Dataset
 from varbench.build import build_dataset, image_size, resolve_device
 from varbench.eval import classifier as clf
 from varbench.eval.likelihood import teacher_forced_nll
-from varbench.eval.metrics import (
-    INCEPTION,
-    adm_reference_metrics,
-    feature_statistics,
-    fidelity_metrics,
-    frechet_distance,
-    load_adm_npz,
-)
+from varbench.eval.metrics import feature_statistics, fidelity_metrics, frechet_distance, load_adm_npz
+from varbench.eval.references import floor_and_recon_rows, inception_rows, real_and_reconstructed_features
 from varbench.eval.sampling import sample_for_eval
-from varbench.tasks.sample import load_trained
-from varbench.training import checkpoints
+from varbench.runs import load_for_task
 from varbench.training.loop import autocast
 from varbench.utils.records import record
 
@@ -75,8 +78,7 @@ def resolve_suite(cfg: DictConfig) -> str:
         return "adm"
     if cfg.data.num_classes == 1000:
         raise ValueError("a 1000-class run is evaluated as the papers do: set task.adm_reference=<VIRTUAL_imagenet256_"
-                         "labeled.npz> and task.inception_weights=<weights-inception-2015-12-05-6726825d.pth>, "
-                         "or ask for task.suite=project explicitly")
+                         "labeled.npz>, or ask for task.suite=project explicitly")
     return "project"
 
 
@@ -92,8 +94,9 @@ def project_classifier(cfg: DictConfig, device) -> tuple[clf.Classifier, dict, P
                                  width=t.classifier_width, seed=t.classifier_seed)
 
 
-def project_metrics(cfg: DictConfig, npz, device) -> list[tuple[str, float, str, dict]]:
-    """(metric, value, unit, fields) of the project suite."""
+def project_metrics(cfg: DictConfig, npz, device, tokenizer) -> list[tuple[str, float, str, dict]]:
+    """(metric, value, unit, fields) of the project suite, its floor / tokenizer rows (train images vs val), and
+    Inception's rows when task.inception_fid."""
     model, meta, path = project_classifier(cfg, device)
     val = build_dataset(cfg, "val")
     f_val, logits_val, labels_val = clf.classify_dataset(model, val)
@@ -109,7 +112,16 @@ def project_metrics(cfg: DictConfig, npz, device) -> list[tuple[str, float, str,
     fields = {"feature_extractor": extractor, "reference": val.describe(), "classifier": str(path)}
     tf = fidelity_metrics(npz, UInt8Images(val), feature_extractor=clf.register_with_fidelity(), weights_path=path,
                           device=device, isc=True, kid=True, prc=True, isc_splits=1, save_cpu_ram=True)
-    return [
+    train, floor_images = build_dataset(cfg, "train"), cfg.task.floor_images
+    rows = inception_rows(npz, UInt8Images(val), train, tokenizer, weights=cfg.task.inception_weights, device=device,
+                          batch_size=cfg.task.fidelity_batch_size, floor_images=floor_images) \
+        if cfg.task.inception_fid else []
+    if floor_images != 0:
+        real, recon = real_and_reconstructed_features(train, tokenizer, lambda x: clf.classify(model, x)[0],
+                                                      floor_images or len(images_NHW3), cfg.task.batch_size, device)
+        rows += floor_and_recon_rows("embedded_fd", real, recon, *feature_statistics(f_val),
+                                     {**fields, "floor_split": train.describe()})
+    return rows + [
         ("embedded_fd", frechet_distance(*feature_statistics(f_sample), *feature_statistics(f_val)), "fd", fields),
         ("class_accuracy", clf.accuracy(logits_sample, labels_N), "fraction", fields),
         ("classifier_val_accuracy", val_accuracy, "fraction",
@@ -121,37 +133,32 @@ def project_metrics(cfg: DictConfig, npz, device) -> list[tuple[str, float, str,
     ]
 
 
-def adm_metrics(cfg: DictConfig, npz, device) -> list[tuple[str, float, str, dict]]:
-    """(metric, value, unit, fields) of the ADM / ImageNet suite."""
-    from torch_fidelity import __version__ as fidelity_version
+def adm_metrics(cfg: DictConfig, npz, device, tokenizer) -> list[tuple[str, float, str, dict]]:
+    """(metric, value, unit, fields) of the ADM / ImageNet suite: Inception FID against the reference batch's
+    mu / sigma, precision / recall against its images, and the floor / tokenizer rows of val images."""
     t = cfg.task
-    missing = [k for k in ("adm_reference", "inception_weights") if not t.get(k)]
-    if missing:
-        raise ValueError(f"the adm suite needs task.{' and task.'.join(missing)} (local files; nothing is downloaded)")
-    m = adm_reference_metrics(npz, t.adm_reference, t.inception_weights, device, t.fidelity_batch_size)
-    fields = {"feature_extractor": f"{INCEPTION} (torch-fidelity {fidelity_version})",
-              "reference": str(t.adm_reference)}
-    return [("fid", m["fid"], "fd", fields),
-            ("inception_score", m["inception_score"], "score",
-             {**fields, "std": m["inception_score_std"], "splits": 10}),
-            ("precision", m["precision"], "fraction", {**fields, "neighborhood": 3}),
-            ("recall", m["recall"], "fraction", {**fields, "neighborhood": 3})]
+    if not t.get("adm_reference"):
+        raise ValueError("the adm suite needs task.adm_reference (a local file; nothing is downloaded)")
+    floor_set = build_dataset(cfg, "val") if t.floor_images != 0 else None
+    return inception_rows(npz, str(t.adm_reference), floor_set, tokenizer, weights=t.inception_weights,
+                          device=device, batch_size=t.fidelity_batch_size, floor_images=t.floor_images)
 
 
 def main(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
+    run = load_for_task(cfg, device)  # the run's model, tokenizer and config (its data set, its precision)
+    cfg, tokenizer, model = run.config, run.tokenizer, run.model
     t, suite = cfg.task, resolve_suite(cfg)
-    tokenizer, model = load_trained(cfg, device)
-    checkpoint = str(t.get("checkpoint") or checkpoints.latest(Path(cfg.run_dir) / "checkpoints"))
     num_classes = t.num_classes or model.num_classes
     per_class = t.per_class or DEFAULT_PER_CLASS[suite]
     start = time.perf_counter()
     with autocast(device, t.precision):
         samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, t.preset, t.seed,
-                                  device, sampler=t.sampler, tag={"checkpoint": checkpoint, "precision": t.precision},
-                                  cuda_graphs=t.cuda_graphs)
+                                  device, sampler=t.sampler, cuda_graphs=t.cuda_graphs,
+                                  tag={"checkpoint_sha256": run.checkpoint_sha256,
+                                       "tokenizer_sha256": run.tokenizer_sha256, "precision": t.precision})
     sample_seconds = time.perf_counter() - start
-    metrics = (adm_metrics if suite == "adm" else project_metrics)(cfg, samples["npz"], device)
+    metrics = (adm_metrics if suite == "adm" else project_metrics)(cfg, samples["npz"], device, tokenizer)
     for split in ("val", "train"):
         if max_images := t[f"{split}_nll_images"]:
             data = build_dataset(cfg, split)
@@ -160,7 +167,7 @@ def main(cfg: DictConfig) -> dict:
                 "num_samples": n, "reference": data.describe(),
                 "items": f"{n} of {len(data)}, drawn with seed 0 (varbench.eval.likelihood.scored_items)"}))
     common = {"num_samples": samples["images"], "preset": t.preset, "sampler": t.sampler, "suite": suite,
-              "samples": samples["npz"], "checkpoint": checkpoint}
+              "samples": samples["npz"], **run.identity()}
     out = Path(cfg.results_dir) / "evaluate.jsonl"
     for name, value, unit, fields in metrics:
         record(out, name, value, unit, config=cfg, device=device, **{**common, **fields})  # fields win

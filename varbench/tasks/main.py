@@ -1,20 +1,13 @@
 """task=main (the default): the whole pipeline on one machine. Train a tokenizer, encode the data set once into a
-token cache, train the AR model on it, sample a class-conditional grid; every step records under results/.
-Each step runs with its own task config (varbench/configs/task/<step>.yaml) updated by `task.overrides.<step>`."""
+token cache, train the AR model on it, sample a class-conditional grid, evaluate; every step records under
+results_dir. Each step runs with its own task config (varbench/configs/task/<step>.yaml) updated by
+`task.overrides.<step>` (varbench.config_schema.step_config); every step's config is checked before the first runs."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from varbench.registry import load_option
-
-
-def step_config(cfg: DictConfig, step: str) -> DictConfig:
-    """The run's config with `task` replaced by the step's own task config (plus the main job's overrides)."""
-    step_cfg = cfg.copy()
-    with open_dict(step_cfg):
-        step_cfg.task = OmegaConf.merge(load_option("task", step), cfg.task.overrides.get(step) or {})
-    return step_cfg
+from varbench.config_schema import step_config
 
 
 def main(cfg: DictConfig) -> dict:

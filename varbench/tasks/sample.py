@@ -1,4 +1,7 @@
-"""task=sample: load a trained model and its tokenizer, draw a class-conditional grid and save it as a PNG."""
+"""task=sample: load a trained model and its tokenizer, draw a class-conditional grid and save it as a PNG.
+
+`python run.py task=sample run_dir=<the training run>`: model and tokenizer come from the run (varbench/runs.py);
+the record names the checkpoint and the tokenizer with their sha256."""
 
 from __future__ import annotations
 
@@ -8,25 +11,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from varbench.build import build_model, build_tokenizer, resolve_device
-from varbench.training import checkpoints
+from varbench.build import resolve_device
+from varbench.runs import load_for_task
 from varbench.training.loop import autocast
-from varbench.utils.checkpoint import load_strict, read_state_dict
 from varbench.utils.records import record
-
-
-def load_trained(cfg: DictConfig, device: torch.device):
-    """Tokenizer and model of the run; the model weights come from `task.checkpoint` (a model.safetensors) or
-    the latest checkpoint under `run_dir/checkpoints`."""
-    tokenizer = build_tokenizer(cfg).to(device).eval()
-    model = build_model(cfg)
-    path = cfg.task.get("checkpoint") or checkpoints.latest(Path(cfg.run_dir) / "checkpoints")
-    if path is None:
-        raise ValueError("no checkpoint: train first (task=train) or set task.checkpoint; "
-                         f"looked in {cfg.run_dir}/checkpoints")
-    path = Path(path)
-    load_strict(model, read_state_dict(path / "model.safetensors" if path.is_dir() else path), f"checkpoint {path}")
-    return tokenizer, model.to(device).eval()
 
 
 def save_grid(images_N3HW: torch.Tensor, rows: int, path: Path) -> Path:
@@ -39,7 +27,8 @@ def save_grid(images_N3HW: torch.Tensor, rows: int, path: Path) -> Path:
 
 def main(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
-    tokenizer, model = load_trained(cfg, device)
+    run = load_for_task(cfg, device)
+    cfg, tokenizer, model = run.config, run.tokenizer, run.model  # the run's config: task.precision follows it
     t = cfg.task
     classes = list(t.classes) if t.get("classes") else list(range(min(model.num_classes, 10)))
     labels = torch.tensor(classes, device=device).repeat_interleave(t.per_class)
@@ -59,5 +48,6 @@ def main(cfg: DictConfig) -> dict:
     grid = out.images.view(len(classes), t.per_class, *out.images.shape[1:])
     path = save_grid(grid.flatten(0, 1), len(classes), Path(cfg.run_dir) / "samples.png")
     record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
-           seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=t.cuda_graphs, peak_mem_bytes=peak)
+           seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=t.cuda_graphs, peak_mem_bytes=peak,
+           **run.identity())
     return {"grid": str(path), "seconds": seconds, "images": len(labels)}

@@ -39,8 +39,9 @@ from varbench.tokenizers.losses import (
     evaluate_tokenizer,
     hinge_d_loss,
 )
-from varbench.utils.checkpoint import load_object, save_atomic
+from varbench.utils.checkpoint import load_object, remove_stale_temps, save_atomic
 from varbench.utils.records import record
+from varbench.utils.resume import refuse_changed_config
 
 WEIGHTS, STATE = "tokenizer.safetensors", "train_state.pt"
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -180,12 +181,9 @@ class _Parts:
             s.update(disc=self.disc.state_dict(), disc_optimizer=self.d_optim.state_dict())
         return s
 
-    def load(self, s: dict) -> int:
-        now = dataclasses.asdict(self.opt)
-        diff = {k: (s["hparams"].get(k), v) for k, v in now.items() if k not in RESUMABLE and s["hparams"].get(k) != v}
-        if diff:
-            raise ValueError(f"cannot resume: options differ from the saved run (saved, now): {diff}; "
-                             f"use another out_dir or the saved options")
+    def load(self, s: dict, where) -> int:
+        """Restore state `s` (read from `where`); returns its step."""
+        refuse_changed_config(s["hparams"], dataclasses.asdict(self.opt), RESUMABLE, where)
         if s["step"] > self.opt.steps:
             raise ValueError(f"cannot resume: the saved run is at update {s['step']}, beyond steps={self.opt.steps}")
         self.vae.load_state_dict(s["model"])
@@ -265,7 +263,8 @@ def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_pa
     if (out_dir / WEIGHTS).exists() and not (out_dir / STATE).exists():
         raise ValueError(f"{out_dir} holds {WEIGHTS} but no {STATE}: cannot resume it; use an empty out_dir")
     p = _Parts(vae, opt, device)
-    start = p.load(load_object(out_dir / STATE)) if (out_dir / STATE).exists() else 0
+    remove_stale_temps(out_dir)  # a killed run's half-written state files
+    start = p.load(load_object(out_dir / STATE), out_dir / STATE) if (out_dir / STATE).exists() else 0
     if start == 0:
         torch.manual_seed(opt.seed)
     last_ckpt = f"{out_dir / STATE} (update {start})" if start else "none written yet"

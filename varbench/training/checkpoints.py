@@ -1,5 +1,9 @@
-"""Training checkpoints: weights as safetensors, the rest (optimizer, scaler, RNG, data position) as a
-weights_only-loadable torch file; each written atomically, a `latest` pointer flipped last, keep-last-N."""
+"""Training checkpoints: weights as safetensors, the rest (optimizer, scaler, RNG, data position, the run's config) as
+a weights_only-loadable torch file; each written atomically, a `latest` pointer flipped last, keep-last-N.
+
+A checkpoint folder `step_<N>` is complete when all of FILES are in it (each is renamed into place whole, the state
+last). Retention never removes the checkpoint `latest` points to, nor a complete checkpoint while keeping an
+incomplete one (a folder a killed run left half-written)."""
 
 from __future__ import annotations
 
@@ -7,8 +11,17 @@ import shutil
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from varbench.utils.checkpoint import load_object, read_state_dict, save_atomic
+from varbench.utils.resume import refuse_changed_config
+from varbench.utils.run_spec import write_spec
+
+FILES = ("model.safetensors", "state.pt")  # written in this order; all present = complete
+# the config groups that decide what training computes; compared on resume, except the keys of RESUMABLE
+COMPARED = ("seed", "model", "mixer", "intra", "tokenizer", "data", "train")
+RESUMABLE = ("train.steps", "train.log_every", "train.nll_every", "train.nll_images", "train.ckpt_every",
+             "train.keep_last", "data.num_workers", "data.prefetch_factor")  # the loader's: same batches (batches.py)
 
 
 def rng_state() -> dict:
@@ -24,21 +37,94 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(ckpt_dir: Path, step: int, tensors: dict, state: dict, keep: int = 3) -> Path:
-    """Write checkpoint `step_<N>` (the model's whole `tensors` and the training `state`) and point `latest` at it;
-    remove all but the newest `keep`."""
+def save(ckpt_dir: Path, step: int, tensors: dict, state: dict, keep: int = 3, meta: dict | None = None) -> Path:
+    """Write checkpoint `step_<N>` (the model's whole `tensors`, the training `state` and the run spec `meta`, see
+    varbench.utils.run_spec) and point `latest` at it; then keep `keep` checkpoints (see `prune`)."""
+    check_keep_last(keep)
     folder = Path(ckpt_dir) / f"step_{step:08d}"
-    save_atomic(folder / "model.safetensors", tensors=tensors)
-    save_atomic(folder / "state.pt", obj=state)
+    try:
+        save_atomic(folder / "model.safetensors", tensors=tensors)
+        save_atomic(folder / "state.pt", obj=state)
+        if meta is not None:
+            write_spec(folder, meta)
+    except BaseException:
+        if folder != _pointed(ckpt_dir):  # a full disk: no model-sized half checkpoint stays behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     save_atomic(Path(ckpt_dir) / "latest", obj={"step": step, "folder": folder.name})
-    for old in sorted(Path(ckpt_dir).glob("step_*"))[:-keep]:
-        shutil.rmtree(old)
+    prune(ckpt_dir, keep)
     return folder
 
 
+def check_keep_last(keep) -> None:
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"train.keep_last must be an integer >= 1 (the checkpoints kept, the newest included), "
+                         f"got {keep!r}")
+
+
+def step_of(folder: Path) -> int:
+    return int(folder.name.removeprefix("step_"))
+
+
+def step_folders(ckpt_dir: Path) -> list[Path]:
+    """The `step_<N>` folders of `ckpt_dir` (anything else there is not a checkpoint and is left alone)."""
+    return [f for f in Path(ckpt_dir).glob("step_*") if f.is_dir() and f.name.removeprefix("step_").isdigit()]
+
+
+def is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in FILES)
+
+
+def prune(ckpt_dir: Path, keep: int) -> list[Path]:
+    """Keep the checkpoint `latest` points to and the newest `keep - 1` complete ones below its step; remove every
+    other `step_*` folder (incomplete ones, and those past `latest` that a run killed before flipping the pointer
+    left: the resumed run writes them again). Returns the removed folders."""
+    check_keep_last(keep)
+    current = latest(ckpt_dir)
+    if current is None:
+        return []
+    folders = step_folders(ckpt_dir)
+    older = sorted((f for f in folders if step_of(f) < step_of(current) and is_complete(f)), key=step_of)
+    kept = {current, *(older[-(keep - 1):] if keep > 1 else [])}
+    removed = [f for f in folders if f not in kept]
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
+
+
 def latest(ckpt_dir: Path) -> Path | None:
+    """The checkpoint folder `latest` points to (None when there is no pointer)."""
+    folder = _pointed(ckpt_dir)
+    if folder is not None and not is_complete(folder):
+        raise ValueError(f"{Path(ckpt_dir) / 'latest'} points to {folder}, which lacks some of {list(FILES)}: the "
+                         f"checkpoints were changed by hand; restore the folder or remove the pointer")
+    return folder
+
+
+def _pointed(ckpt_dir: Path) -> Path | None:
     pointer = Path(ckpt_dir) / "latest"
     return Path(ckpt_dir) / load_object(pointer)["folder"] if pointer.is_file() else None
+
+
+def last_good(ckpt_dir: Path, bad_step: int) -> Path | None:
+    """The newest complete checkpoint written before step `bad_step`, whose weights gave a finite loss (the one at
+    `bad_step` holds the weights that gave the non-finite one)."""
+    folders = [f for f in step_folders(ckpt_dir) if is_complete(f) and step_of(f) < bad_step]
+    return max(folders, key=step_of, default=None)
+
+
+def run_config(cfg: DictConfig) -> dict:
+    """The resolved groups of `cfg` that decide what training computes (stored in every checkpoint's state)."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in COMPARED if key in cfg}
+
+
+def check_resumable(state: dict, cfg: DictConfig, folder: Path) -> None:
+    """Refuse to resume checkpoint `folder` under a config that differs from its own outside RESUMABLE."""
+    if "config" not in state:
+        raise ValueError(f"cannot resume {folder}: its state records no config (written by an older varbench), so "
+                         f"a changed setting could not be detected; start a new run_dir")
+    refuse_changed_config(state["config"], run_config(cfg), RESUMABLE, folder)
 
 
 def read(folder: Path) -> tuple[dict, dict]:

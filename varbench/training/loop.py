@@ -1,6 +1,7 @@
 """The AR training loop with VAR's recipe: AdamW (0.9, 0.95) with no-decay groups, lr = tblr * bs / 256,
 warm-up then `lin0`, cosine weight decay, grad clip, fp16 with a loss scaler or bf16, gradient accumulation,
-label smoothing, DDP / FSDP2, exact resume, SIGTERM / SIGUSR1 (Slurm pre-emption) handling, a NaN guard.
+label smoothing, DDP / FSDP2, exact resume (under the settings the run started with), SIGTERM / SIGUSR1 (Slurm
+pre-emption) handling, a NaN guard (a non-finite loss, or gradient norm without a loss scaler, stops the run).
 
 Shape legend: B batch, L tokens of all scales, V vocabulary.
 """
@@ -8,7 +9,6 @@ Shape legend: B batch, L tokens of all scales, V vocabulary.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -21,25 +21,32 @@ from omegaconf import DictConfig
 from varbench.data.loading import loader_options
 from varbench.training import checkpoints, recipe
 from varbench.training.batches import GlobalBatches, batch_loader, transformer_inputs
-from varbench.utils.checkpoint import load_strict
+from varbench.utils.checkpoint import load_strict, remove_stale_temps
 from varbench.utils.dist import DistInfo
 from varbench.utils.records import record
 
 
 class StopRequested:
-    """Set by SIGTERM / SIGUSR1: the loop saves a checkpoint at the end of the current step and returns."""
+    """Context manager: inside it SIGTERM / SIGUSR1 set `signal` (the loop saves a checkpoint at the end of the
+    current step and returns); on leaving, however training ended (a NaN stop included), the previous handlers are
+    back, so that the next cell of a grid, or the caller, receives the signals again."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self):
         self.signal = None
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        self.previous = {}
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        """Give the signals back to their previous handlers once training is over."""
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 @dataclass
@@ -99,11 +106,12 @@ def autocast(device: torch.device, precision: str):
 
 
 def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, info: DistInfo, from_ids: bool,
-             nll_sets: dict | None = None) -> dict:
+             nll_sets: dict | None = None, spec: dict | None = None) -> dict:
     """Train `model` on `dataset` (images, or cached ids when `from_ids`) for the planned iterations.
     Writes checkpoints under `cfg.run_dir/checkpoints` and records under `cfg.results_dir`; resumes when a
     checkpoint exists; every `train.nll_every` steps records the NLL of each image data set of `nll_sets`
-    ({split: dataset}). Returns a summary dict (final loss, steps, images/s, whether it was interrupted)."""
+    ({split: dataset}); writes `spec` (varbench.runs.describe_run) into every checkpoint. Returns a summary dict
+    (final loss, steps, images/s, whether it was interrupted)."""
     tcfg, ckpt_dir = cfg.train, Path(cfg.run_dir) / "checkpoints"
     plan = make_plan(tcfg, len(dataset))
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
@@ -114,71 +122,75 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                                   weight_decay=0.0, fused=device.type == "cuda")
     amp = autocast_dtype(tcfg.precision)
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, growth_interval=1000, enabled=amp == torch.float16)
-    step = 0
-    if (folder := checkpoints.latest(ckpt_dir)) is not None:
-        state = _restore(folder, model, optimizer)
-        scaler.load_state_dict(state["scaler"])
-        checkpoints.set_rng_state(state["rng"])
-        step = state["step"]
+    step = _resume(ckpt_dir, model, optimizer, scaler, cfg, info)
     loader = iter(batch_loader(dataset, batches, step * tcfg.grad_accum, plan.max_iters * tcfg.grad_accum,
                                loader_options(cfg.data, device)))
-    stop, results = StopRequested(), Path(cfg.results_dir) / "train.jsonl"
-    signal_at = int(os.environ.get("VARBENCH_SIGNAL_AT_STEP", "-1"))  # tests deliver a real SIGTERM here
+    results = Path(cfg.results_dir) / "train.jsonl"
     writer = _tensorboard(cfg, info)
     progress = _progress(info, step, plan.max_iters)
     model.train()
     loss_value, t0, seen = float("nan"), time.perf_counter(), 0
-    while step < plan.max_iters:
-        lr = plan.peak_lr * recipe.lr_factor(step, plan.warmup_iters, plan.max_iters, tcfg.schedule,
-                                             tcfg.warmup_start, tcfg.end_factor)
-        wd = recipe.weight_decay_at(step, plan.max_iters, tcfg.weight_decay, tcfg.weight_decay_end)
-        recipe.apply_schedule(optimizer, lr, wd)
-        loss_value = 0.0
-        for _ in range(tcfg.grad_accum):
-            x, labels = next(loader)
-            gt_BL, x_BLCv = transformer_inputs(tokenizer, x.to(device), from_ids)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits_BLV = net(labels.to(device), x_BLCv)
-                loss = F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten(), label_smoothing=tcfg.label_smoothing)
-            scaler.scale(loss / tcfg.grad_accum).backward()
-            loss_value += loss.item() / tcfg.grad_accum
-            seen += x.shape[0] * info.world_size
-        if info.world_size > 1:  # log the global-batch loss, the same number one process would see
-            loss_value = _mean_over_ranks(loss_value, device)
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"non-finite training loss {loss_value} at step {step}; the last good checkpoint "
-                                     f"is {checkpoints.latest(ckpt_dir)} (lower the lr, or use bf16)")
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                   tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
-        scaler.step(optimizer)
-        scaler.update()
-        if scaler.is_enabled() and scaler.get_scale() > 32768.0:
-            scaler.update(32768.0)  # VAR caps the fp16 loss scale
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        if writer is not None:
-            for name, value in (("loss", loss_value), ("lr", lr), ("wd", wd), ("grad_norm", float(grad_norm))):
-                writer.add_scalar(f"train/{name}", value, step)
-        if info.is_main and (step % tcfg.log_every == 0 or step == plan.max_iters):
-            rate = seen / (time.perf_counter() - t0)
-            record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
-                   grad_norm=float(grad_norm), images_per_s=rate, run_dir=str(cfg.run_dir))
-        if tcfg.nll_every and (step % tcfg.nll_every == 0 or step == plan.max_iters):
-            _record_nll(model, tokenizer, nll_sets or {}, cfg, device, info, step)
-            model.train()
-        if step == signal_at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        if step % tcfg.ckpt_every == 0 or step == plan.max_iters or stop.signal:
-            _save(ckpt_dir, step, model, optimizer, scaler, tcfg.keep_last, info)
-        if stop.signal:
-            break
+    with StopRequested() as stop:
+        while step < plan.max_iters:
+            lr = plan.peak_lr * recipe.lr_factor(step, plan.warmup_iters, plan.max_iters, tcfg.schedule,
+                                                 tcfg.warmup_start, tcfg.end_factor)
+            wd = recipe.weight_decay_at(step, plan.max_iters, tcfg.weight_decay, tcfg.weight_decay_end)
+            recipe.apply_schedule(optimizer, lr, wd)
+            loss_value = 0.0
+            for _ in range(tcfg.grad_accum):
+                x, labels = next(loader)
+                gt_BL, x_BLCv = transformer_inputs(tokenizer, x.to(device), from_ids)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits_BLV = net(labels.to(device), x_BLCv)
+                    loss = F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten(),
+                                           label_smoothing=tcfg.label_smoothing)
+                scaler.scale(loss / tcfg.grad_accum).backward()
+                loss_value += loss.item() / tcfg.grad_accum
+                seen += x.shape[0] * info.world_size
+            if info.world_size > 1:  # log the global-batch loss, the same number one process would see
+                loss_value = _mean_over_ranks(loss_value, device)
+            if not math.isfinite(loss_value):
+                raise _diverged("training loss", loss_value, step, ckpt_dir)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                       tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
+            if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):  # fp16's scaler skips such a step
+                raise _diverged("gradient norm", float(grad_norm), step, ckpt_dir)  # before it writes NaN weights
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.is_enabled() and scaler.get_scale() > 32768.0:
+                scaler.update(32768.0)  # VAR caps the fp16 loss scale
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            if writer is not None:
+                for name, value in (("loss", loss_value), ("lr", lr), ("wd", wd), ("grad_norm", float(grad_norm))):
+                    writer.add_scalar(f"train/{name}", value, step)
+            if info.is_main and (step % tcfg.log_every == 0 or step == plan.max_iters):
+                rate = seen / (time.perf_counter() - t0)
+                record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
+                       grad_norm=float(grad_norm), images_per_s=rate, run_dir=str(cfg.run_dir))
+            if tcfg.nll_every and (step % tcfg.nll_every == 0 or step == plan.max_iters):
+                _record_nll(model, tokenizer, nll_sets or {}, cfg, device, info, step)
+                model.train()
+            if step % tcfg.ckpt_every == 0 or step == plan.max_iters or stop.signal:
+                _save(ckpt_dir, step, model, optimizer, scaler, cfg, info, spec)
+            if stop.signal:
+                break
     progress.close()
-    stop.restore()
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
             "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+
+
+def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> FloatingPointError:
+    """The NaN guard's error. The checkpoint of `step` holds the weights that gave `value`: the last good one is the
+    newest written before it."""
+    good = checkpoints.last_good(ckpt_dir, step)
+    where = (f"the last good checkpoint is {good} (the newest written before step {step})" if good is not None
+             else f"no checkpoint written before step {step} is kept")
+    return FloatingPointError(f"non-finite {what} {value} at step {step}; {where}. Lower the lr, or use bf16, "
+                              f"in a new run_dir")
 
 
 def _record_nll(model, tokenizer, nll_sets: dict, cfg: DictConfig, device, info: DistInfo, step: int) -> None:
@@ -207,7 +219,7 @@ def _is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def _save(ckpt_dir, step, model, optimizer, scaler, keep, info: DistInfo) -> None:
+def _save(ckpt_dir, step, model, optimizer, scaler, cfg: DictConfig, info: DistInfo, spec: dict | None = None) -> None:
     if _is_sharded(model):  # gather whole tensors: a collective (every rank calls it), rank 0 receives them
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
         tensors, optim = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
@@ -215,15 +227,33 @@ def _save(ckpt_dir, step, model, optimizer, scaler, keep, info: DistInfo) -> Non
     else:
         tensors, optim = model.state_dict(), optimizer.state_dict()
     if info.is_main:
-        state = {"step": step, "optimizer": optim, "scaler": scaler.state_dict(), "rng": checkpoints.rng_state()}
-        checkpoints.save(ckpt_dir, step, tensors, state, keep)
+        state = {"step": step, "optimizer": optim, "scaler": scaler.state_dict(), "rng": checkpoints.rng_state(),
+                 "config": checkpoints.run_config(cfg)}
+        checkpoints.save(ckpt_dir, step, tensors, state, cfg.train.keep_last, meta=spec)
     if info.world_size > 1:
         torch.distributed.barrier()
 
 
-def _restore(folder, model, optimizer) -> dict:
-    """Load checkpoint `folder` into the model and optimizer (whole tensors; FSDP2 re-shards them on every rank)."""
+def _resume(ckpt_dir: Path, model, optimizer, scaler, cfg: DictConfig, info: DistInfo) -> int:
+    """The step to start from: 0 in a fresh run dir, else that of the checkpoint `latest` names, restored into the
+    model, optimizer, scaler and RNG. First checks keep_last (before training, not at the first save) and removes
+    the temporary files a killed run left (as large as the model)."""
+    checkpoints.check_keep_last(cfg.train.keep_last)
+    if info.is_main:
+        remove_stale_temps(ckpt_dir)
+    if (folder := checkpoints.latest(ckpt_dir)) is None:
+        return 0
+    state = _restore(folder, model, optimizer, cfg)
+    scaler.load_state_dict(state["scaler"])
+    checkpoints.set_rng_state(state["rng"])
+    return state["step"]
+
+
+def _restore(folder, model, optimizer, cfg: DictConfig) -> dict:
+    """Load checkpoint `folder` into the model and optimizer (whole tensors; FSDP2 re-shards them on every rank),
+    after checking that it was trained under the settings of `cfg` (checkpoints.RESUMABLE may differ)."""
     tensors, state = checkpoints.read(folder)
+    checkpoints.check_resumable(state, cfg, folder)
     if _is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
         set_state_dict(model, optimizer, model_state_dict=tensors, optim_state_dict=state["optimizer"],

@@ -1,0 +1,201 @@
+"""Config values are checked before a task runs: a value outside its range is an error naming the key, the value and
+the valid range, raised before any file is written; runs live where the user says (one folder per command, stable,
+no stray folders), the default records go outside the repository's results/; `debug=true` is a smoke preset."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from varbench.config_schema import ConfigError, validate
+from varbench.registry import CONFIG_ROOT, list_options
+from varbench.tasks import register_resolvers, run_task
+
+REPO = Path(__file__).resolve().parents[1]
+GROUPS = ["mixer", "intra", "model", "tokenizer", "data", "train", "task"]
+
+
+def compose_with(*overrides, hydra=False):
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.mark.parametrize("group,name", [(g, n) for g in GROUPS for n in list_options(g)])
+def test_every_shipped_option_passes_the_checks(group, name):
+    validate(compose_with(f"{group}={name}"))
+
+
+@pytest.mark.parametrize("name", list_options("grid"))
+def test_every_grid_passes_the_checks(name):
+    validate(compose_with(f"grid={name}"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.grad_accum=0", "train.grad_accum = 0: expected an integer >= 1"),
+    ("train.steps=0", "train.steps = 0: expected an integer >= 1, or null (train for `train.epochs` instead)"),
+    ("model.depth=0", "model.depth = 0: expected an integer >= 1"),
+    ("train.ckpt_every=0", "train.ckpt_every = 0: expected an integer >= 1"),
+    ("train.log_every=0", "train.log_every = 0: expected an integer >= 1"),
+    ("train.batch_size=0", "train.batch_size = 0: expected an integer >= 1"),
+    ("model.width=abc", "model.width = 'abc': expected an integer >= 1, or null (64 * depth)"),
+    ("model.width=2.5", "model.width = 2.5: expected an integer"),
+    ("train.base_lr=0", "train.base_lr = 0: expected a number > 0"),
+    ("train.weight_decay=-0.1", "train.weight_decay = -0.1: expected a number >= 0"),
+    ("train.label_smoothing=1.0", "train.label_smoothing = 1.0: expected a number in [0, 1)"),
+    ("model.cond_drop_rate=1.5", "model.cond_drop_rate = 1.5: expected a number in [0, 1]"),
+    ("train.betas=[0.9]", "train.betas = [0.9]: expected 2 items"),
+    ("train.precision=fp8", "train.precision = 'fp8': expected one of ['fp32', 'bf16', 'fp16']"),
+    ("train.keep_last=-1", "train.keep_last = -1: expected an integer >= 1"),
+    ("train.compile=1", "train.compile = 1: expected one of [True, False]"),
+    ("tokenizer.vocab_size=1", "tokenizer.vocab_size = 1: expected an integer >= 2"),
+    ("tokenizer.patch_nums=[1,3,2]", "tokenizer.patch_nums = [1, 3, 2]: expected a non-empty list of items"),
+    ("data.size_per_class=0", "data.size_per_class = 0: expected an integer >= 1"),
+    ("seed=-1", "seed = -1: expected an integer >= 0"),
+    ("model.num_heads=3", "model.width = 128 is not a multiple of model.num_heads = 3"),
+])
+def test_a_value_out_of_range_names_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_with(override))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["task=train_tokenizer", "task.ckpt_every=0"], "task.ckpt_every = 0: expected an integer >= 1"),
+    (["task=sample", "task.top_p=0"], "task.top_p = 0: expected a number in (0, 1]"),
+    (["task=evaluate", "task.classifier_min_val_accuracy=2"], "task.classifier_min_val_accuracy = 2"),
+    (["task=tokenize", "task.batch_size=0"], "task.batch_size = 0: expected an integer >= 1"),
+    (["++task.overrides.train_tokenizer.batch_size=0"],  # the main job checks each step as it will run
+     "task.batch_size = 0: expected an integer >= 1 (step train_tokenizer)"),
+    (["++task.overrides.sampel.per_class=2"], "task.overrides has steps ['sampel']"),
+    (["task.steps=[train,sampel]"], "task.steps = ['train', 'sampel']: expected tasks other than main"),
+])
+def test_task_values_are_checked_by_task_and_by_main_step(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_with(*overrides))
+    assert message in str(err.value)
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(ConfigError) as err:
+        validate(compose_with("train.grad_accum=0", "model.depth=0"))
+    assert "train.grad_accum = 0" in str(err.value) and "model.depth = 0" in str(err.value)
+
+
+def test_steps_null_means_epochs():
+    validate(compose_with("train.steps=null", "train.epochs=2"))  # no error: the plan counts epochs
+
+
+@pytest.mark.parametrize("override,message", [
+    ("task.configs=[[mamba3,none]]", "task.configs: ['mamba3', 'none'] is not [mixer, intra]"),
+    ("task.resolutions=[300]", "task.resolutions: 300 px has no scale schedule"),
+    ("task.mixer_options={mamba2:{fusd:true}}", "task.mixer_options.mamba2: unknown fields ['fusd']"),
+    ("task.rerun_baseline=[mamba3]", "unknown mixer 'mamba3'"),
+    ("task.train_batch={256:0}", "task.train_batch / task.sample_batches at 256 px: 0 is not an integer >= 1"),
+])
+def test_bench_config_errors_raise_before_anything_runs(tmp_path, override, message):
+    """A typo in a bench config used to become bench_error records with exit code 0; now run_task raises (on a CPU
+    machine too, before the GPU check) and writes nothing."""
+    cfg = compose_with("task=bench", override, f"results_dir={tmp_path / 'res'}", f"run_dir={tmp_path / 'run'}")
+    with pytest.raises(ValueError) as err:
+        run_task(cfg)
+    assert message in str(err.value) and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_bench_exits_non_zero_when_a_cell_recorded_an_error(tmp_path, monkeypatch, allow):
+    """Cells that recorded bench_error (an OOM is a result) make the task raise after the last cell, unless
+    task.allow_failed_cells."""
+    import varbench.tasks.bench as bench
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench, "matmul_peak_tflops", lambda: 1.0)
+    monkeypatch.setattr(bench, "record", lambda *args, **kwargs: None)  # records read the GPU's name
+    monkeypatch.setattr(bench, "run_cell", lambda cfg, out, mixer, intra, res, cell: int(mixer == "gla"))
+    cfg = compose_with("task=bench", "task.configs=[[attention,none],[gla,none]]", "task.isolate_cells=false",
+                       f"task.allow_failed_cells={str(allow).lower()}", f"results_dir={tmp_path}", "cell_id=t",
+                       f"run_dir={tmp_path / 'run'}")
+    if allow:
+        assert run_task(cfg)["failed_cells"] == ["gla+none 256px"]
+    else:
+        with pytest.raises(bench.BenchCellsFailed, match=r"1 bench cells recorded errors \(\['gla\+none 256px'\]\)"):
+            run_task(cfg)
+
+
+@pytest.fixture
+def hydra_resolved():
+    """Compose as the command does (Hydra's own config set, the resolvers registered); reset afterwards."""
+    register_resolvers()
+
+    def resolve(*overrides):
+        cfg = compose_with(*overrides, hydra=True)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+    yield resolve
+    HydraConfig.instance().cfg = None
+
+
+def test_run_dir_is_hydras_folder_named_by_the_command(hydra_resolved):
+    """The same command names the same folder (so it resumes), whatever the order of its overrides; another command
+    another folder; Hydra's output folder is the run dir; records default outside the repository's results/."""
+    cfg = hydra_resolved("mixer=gla", "seed=1")  # values resolve against the Hydra config set last: read them now
+    run_dir = cfg.run_dir
+    assert run_dir == f"runs/main/{cfg.cell_id}" == cfg.hydra.run.dir  # the cell id hashes the composed config
+    assert cfg.results_dir == "runs/results" and cfg.hydra.output_subdir == ".hydra/main"
+    assert hydra_resolved("seed=1", "mixer=gla").run_dir == run_dir
+    assert hydra_resolved("mixer=gla", "seed=2").run_dir != run_dir
+    assert hydra_resolved("task=train").run_dir.startswith("runs/train/")
+
+
+def test_hydra_run_dir_refuses_an_invalid_config(hydra_resolved):
+    cfg = hydra_resolved("train.grad_accum=0")
+    with pytest.raises(Exception, match=r"train.grad_accum = 0: expected an integer >= 1"):
+        OmegaConf.select(cfg, "hydra.run.dir")
+
+
+def test_debug_preset_is_a_small_main_job_recording_in_its_run(hydra_resolved):
+    cfg = hydra_resolved("debug=smoke")
+    assert cfg.task.name == "main" and cfg.train.steps <= 50 and cfg.data.size_per_class <= 20
+    assert cfg.task.overrides.train_tokenizer.steps <= 50 and cfg.results_dir == f"{cfg.run_dir}/results"
+    validate(cfg)
+
+
+def run_cli(cwd: Path, *overrides) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *overrides], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_the_command_refuses_a_bad_value_before_writing_anything(tmp_path):
+    out = run_cli(tmp_path, "task=train", "train.grad_accum=0", "train.steps=2", "data.size_per_class=2",
+                  "debug=true", f"run_dir={tmp_path / 'run'}")
+    assert out.returncode != 0 and "train.grad_accum = 0: expected an integer >= 1" in out.stderr
+    assert not any(tmp_path.iterdir())  # no run folder, no .hydra, no records, no runs/
+
+
+def test_a_run_lives_in_its_run_dir_only(tmp_path):
+    """run_dir=<elsewhere>: Hydra's .hydra and log go there too, nothing appears under the working folder's runs/."""
+    (tmp_path / "cwd").mkdir()
+    out = run_cli(tmp_path / "cwd", "task=costs", "model=var_d16", "task.depths=[16]", "task.resolutions=[256]",
+                  "task.configs=[[attention,none]]", f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'res'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not any((tmp_path / "cwd").iterdir())
+    assert (tmp_path / "run" / ".hydra" / "costs" / "config.yaml").is_file() and (tmp_path / "res").is_dir()
+
+
+@pytest.mark.parametrize("code,errors,process_records", [(0, 0, 0), (3, 1, 0), (1, 1, 1), (None, 1, 1)])
+def test_an_isolated_cell_counts_as_failed_when_it_recorded_errors_or_died(monkeypatch, code, errors,
+                                                                          process_records):
+    """Exit code 3 (CELL_RECORDED_ERRORS): the cell recorded its own bench_error records; another non-zero code or a
+    timeout (None): the process died, recorded here."""
+    import varbench.tasks.bench as bench
+    assert bench.CELL_RECORDED_ERRORS == 3
+    recorded = []
+    monkeypatch.setattr(bench, "run_in_fresh_process", lambda *args, timeout: code)
+    monkeypatch.setattr(bench, "record", lambda out, metric, *args, **kwargs: recorded.append(kwargs["stage"]))
+    plain = OmegaConf.create({"task": {"cell_timeout_s": 5}})
+    assert bench.isolated_cell(plain, "out.jsonl", "gla", "none", 256, {"mixer": "gla"}) == errors
+    assert recorded == ["process"] * process_records

@@ -1,0 +1,252 @@
+"""The valid range of every numeric knob of the configs, checked once before a task runs.
+
+A config value outside its range (`train.grad_accum=0`, `model.depth=0`, `train.batch_size=0`, `model.width=abc`)
+is a `ConfigError` naming the key, the value and the valid range, raised before any file is written (the
+`varbench` command checks while Hydra resolves the run folder; `varbench.tasks.run_task` checks again for callers
+that compose configs themselves). Keys not listed here are not checked (a mixer's own fields are checked by its
+constructor); a mandatory value left `???` is reported by the task that reads it.
+
+The rules are per config group (`train`, `model`, `tokenizer`, `data`) and per task (`task.<field>` by `task.name`);
+for the main job (`task=main`) every step's own task config is checked as it will run (`step_config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from varbench.data.loading import MAX_PREFETCH, MAX_WORKERS
+from varbench.registry import list_options, load_option
+
+
+class ConfigError(ValueError):
+    """One or more config values outside their valid range; the message lists each as `key = value: expected ...`."""
+
+
+@dataclass(frozen=True)
+class Number:
+    """An int (`integer=True`) or a real number in [low, high] (an open end when `open_low` / `open_high`);
+    `null` says what null means when null is allowed."""
+
+    integer: bool = False
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    null: str | None = None
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.null is not None
+        kinds = int if self.integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+    def describe(self) -> str:
+        text = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            text += f" in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+        elif self.low is not None:
+            text += f" {'>' if self.open_low else '>='} {self.low}"
+        elif self.high is not None:
+            text += f" {'<' if self.open_high else '<='} {self.high}"
+        return text + (f", or null ({self.null})" if self.null is not None else "")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed set of values."""
+
+    values: tuple
+
+    def accepts(self, value: Any) -> bool:
+        return any(value == v and type(value) is type(v) for v in self.values)
+
+    def describe(self) -> str:
+        return f"one of {list(self.values)}"
+
+
+@dataclass(frozen=True)
+class Items:
+    """A list whose items each satisfy `item`, of length `length` (any when None), strictly increasing if asked;
+    `null` says what null means when null is allowed."""
+
+    item: Number
+    length: int | None = None
+    increasing: bool = False
+    null: str | None = None
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.null is not None
+        if not isinstance(value, (list, tuple, ListConfig)) or not value:
+            return False
+        items = list(value)
+        return ((self.length is None or len(items) == self.length) and all(self.item.accepts(v) for v in items)
+                and (not self.increasing or all(a < b for a, b in zip(items, items[1:]))))
+
+    def describe(self) -> str:
+        size = f"{self.length} " if self.length else "a non-empty list of "
+        order = ", strictly increasing" if self.increasing else ""
+        return f"{size}items, each {self.item.describe()}{order}" + (f", or null ({self.null})" if self.null else "")
+
+
+@dataclass(frozen=True)
+class Either:
+    """A value that one of `rules` accepts."""
+
+    rules: tuple
+
+    def accepts(self, value: Any) -> bool:
+        return any(rule.accepts(value) for rule in self.rules)
+
+    def describe(self) -> str:
+        return " or ".join(rule.describe() for rule in self.rules)
+
+
+def count(low: int = 1, null: str | None = None) -> Number:
+    """An integer >= low (1 by default): sizes, steps, intervals."""
+    return Number(integer=True, low=low, null=null)
+
+
+def positive(null: str | None = None) -> Number:
+    """A real number > 0: learning rates, epsilons, ratios."""
+    return Number(low=0, open_low=True, null=null)
+
+
+def non_negative(null: str | None = None) -> Number:
+    """A real number >= 0: weights of losses, weight decay."""
+    return Number(low=0, null=null)
+
+
+def fraction(open_high: bool = False, null: str | None = None) -> Number:
+    """A probability or a factor in [0, 1] (or [0, 1))."""
+    return Number(low=0, high=1, open_high=open_high, null=null)
+
+
+FLAG = Choice((True, False))
+PRECISION = Choice(("fp32", "bf16", "fp16"))
+SAMPLER = Choice(("carry", "prefix_rerun"))
+BETAS = Items(fraction(open_high=True), length=2)
+
+TOP = {
+    "seed": count(0),
+    "autotune": Choice(("full", "first")),
+}
+TRAIN = {
+    "batch_size": count(), "grad_accum": count(),
+    "steps": count(null="train for `train.epochs` instead"), "epochs": positive(),
+    "warmup_epochs": non_negative(null="epochs / 50"), "warmup_iters": count(0, null="from warmup_epochs"),
+    "warmup_start": fraction(), "base_lr": positive(),
+    "schedule": Choice(("lin0", "lin", "lin00", "cos", "exp")), "end_factor": fraction(),
+    "weight_decay": non_negative(), "weight_decay_end": non_negative(null="constant"), "betas": BETAS,
+    "grad_clip": non_negative(), "label_smoothing": fraction(open_high=True), "precision": PRECISION,
+    "compile": FLAG, "parallel": Choice(("ddp", "fsdp")), "deterministic": FLAG,
+    "log_every": count(), "nll_every": count(0), "nll_images": count(), "ckpt_every": count(), "keep_last": count(),
+}
+MODEL = {
+    "depth": count(), "width": count(null="64 * depth"), "num_heads": count(null="depth"), "mlp_ratio": positive(),
+    "drop_path_rate": fraction(open_high=True, null="0.1 * depth / 24"), "norm_eps": positive(),
+    "cond_drop_rate": fraction(), "init.init_adaln": non_negative(), "init.init_adaln_gamma": non_negative(),
+    "init.init_head": non_negative(), "init.init_std": Number(),
+}
+TOKENIZER = {
+    "vocab_size": count(2), "z_channels": count(), "ch": count(), "ch_mult": Items(count()),
+    "num_res_blocks": count(), "dropout": fraction(open_high=True), "beta": non_negative(),
+    "quant_conv_ks": count(), "quant_resi": Number(low=-1, high=1), "share_quant_resi": count(0),
+    "patch_nums": Items(count(), increasing=True), "using_sa": FLAG, "using_mid_sa": FLAG,
+}
+DATA = {"num_classes": count(), "size_per_class": count(null="the data set's default"), "seed": count(0),
+        "num_workers": Either((Choice(("auto",)), Number(integer=True, low=0, high=MAX_WORKERS))),
+        "prefetch_factor": Number(integer=True, low=1, high=MAX_PREFETCH)}
+TASKS = {
+    "train_tokenizer": {
+        "steps": count(), "batch_size": count(), "lr": positive(), "betas": BETAS, "weight_decay": non_negative(),
+        "warmup_steps": count(0), "l1_weight": non_negative(), "l2_weight": non_negative(),
+        "vq_weight": non_negative(), "perceptual_weight": non_negative(), "adv_weight": non_negative(),
+        "adv_start": count(0), "disc_ch": count(), "disc_layers": count(), "dead_code_threshold": non_negative(),
+        "dead_code_every": count(), "amp": Choice((None, "bf16", "fp16")), "log_every": count(),
+        "ckpt_every": count(), "eval_every": count(0), "eval_batch_size": count(), "num_workers": count(0),
+    },
+    "tokenize": {"split": Choice(("train", "val")), "batch_size": count(), "shard_size": count(),
+                 "speedup_batches": count(0)},
+    "sample": {"classes": Items(count(0), null="the first 10 classes"), "per_class": count(), "cfg": non_negative(),
+               "top_k": count(0), "top_p": Number(low=0, high=1, open_low=True), "more_smooth": FLAG,
+               "sampler": SAMPLER, "cuda_graphs": FLAG, "precision": PRECISION},
+    "evaluate": {
+        "suite": Choice(("auto", "project", "adm")), "num_classes": count(null="every class of the model"),
+        "per_class": count(null="50 for adm, 20 for project"), "batch_size": count(),
+        "preset": Choice(("eval", "vis")), "sampler": SAMPLER, "cuda_graphs": FLAG, "precision": PRECISION,
+        "val_nll_images": count(0), "train_nll_images": count(0), "fidelity_batch_size": count(),
+        "classifier_steps": count(), "classifier_batch_size": count(), "classifier_width": count(),
+        "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(),
+    },
+    "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": FLAG,
+              "param_dtype": Choice(("fp32", "bf16")), "profile_steps": count(0), "isolate_cells": FLAG,
+              "cell_timeout_s": positive(null="no time limit"), "rerun_resolutions": Items(count()),
+              "allow_failed_cells": FLAG},
+    "costs": {"depths": Items(count()), "resolutions": Items(count())},
+    "scaling": {"parallel": Choice(("ddp", "fsdp")), "batch_per_gpu": count(), "repeats": count()},
+}
+GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA}
+
+
+def step_config(cfg: DictConfig, step: str) -> DictConfig:
+    """The main job's config for one step: `task` replaced by the step's own task config (varbench/configs/task/
+    <step>.yaml) updated by `task.overrides.<step>`."""
+    step_cfg = cfg.copy()
+    with open_dict(step_cfg):
+        step_cfg.task = OmegaConf.merge(load_option("task", step), cfg.task.overrides.get(step) or {})
+    return step_cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise `ConfigError` listing every value of `cfg` outside its valid range (for the main job, of every step
+    too); return None when all are valid."""
+    problems = _problems(cfg)
+    if cfg.task.name == "main":
+        unknown = sorted(set(cfg.task.get("overrides") or {}) - set(cfg.task.steps))
+        if unknown:
+            problems.append(f"task.overrides has steps {unknown} that task.steps {list(cfg.task.steps)} does not run")
+        steps = [s for s in cfg.task.steps if s in set(list_options("task")) - {"main"}]
+        if len(steps) < len(cfg.task.steps):
+            problems.append(f"task.steps = {list(cfg.task.steps)}: expected tasks other than main; valid: "
+                            f"{sorted(set(list_options('task')) - {'main'})}")
+        for step in steps:
+            problems += [f"{p} (step {step})" for p in _problems(step_config(cfg, step)) if p.startswith("task.")]
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(problems)))
+
+
+def _problems(cfg: DictConfig) -> list[str]:
+    rules = {f"{group}.{key}" if group else key: rule for group, table in GROUPS.items() for key, rule in table.items()}
+    rules |= {f"task.{key}": rule for key, rule in TASKS.get(cfg.task.name, {}).items()}
+    problems = []
+    for key, rule in rules.items():
+        if _is_set(cfg, key) and not rule.accepts(value := OmegaConf.select(cfg, key)):
+            problems.append(f"{key} = {value!r}: expected {rule.describe()}")
+    return problems + _relations(cfg)
+
+
+def _is_set(cfg: DictConfig, key: str) -> bool:
+    """Whether `key` exists with a value (a `???` left for the task to report counts as not set)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node and not OmegaConf.is_missing(node, leaf)
+
+
+def _relations(cfg: DictConfig) -> list[str]:
+    """Checks across keys."""
+    out = []
+    width, heads = OmegaConf.select(cfg, "model.width"), OmegaConf.select(cfg, "model.num_heads")
+    if isinstance(width, int) and isinstance(heads, int) and heads > 0 and width % heads:
+        out.append(f"model.width = {width} is not a multiple of model.num_heads = {heads}")
+    ks = OmegaConf.select(cfg, "tokenizer.quant_conv_ks")
+    if isinstance(ks, int) and ks % 2 == 0:
+        out.append(f"tokenizer.quant_conv_ks = {ks}: expected an odd integer (the convolution keeps the size)")
+    return out

@@ -1,0 +1,104 @@
+"""What a generator's Frechet distance reads against: the real-vs-real floor and the tokenizer's reconstruction.
+
+A Frechet distance of N images against a reference is not 0 even for a perfect generator (finite N, another split),
+and an AR model over a tokenizer cannot beat the tokenizer. So every evaluation records, through the same feature
+extractor and against the same reference as its samples:
+- `<metric>_floor`: N real images of another split (what a perfect generator would score at this N);
+- `<metric>_recon`: the tokenizer's reconstructions of those same N images (the model given perfect tokens).
+A sample's number reads between them; recon - floor is what the tokenizer costs.
+
+Shape legend: N images, D feature width, B batch, 3 RGB, H W image side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from varbench.eval import metrics as m
+from varbench.eval.likelihood import scored_items
+from varbench.eval.metrics import feature_statistics, frechet_distance
+from varbench.training.batches import collate
+
+
+@torch.no_grad()
+def real_and_reconstructed_features(dataset, tokenizer, features: Callable[[torch.Tensor], torch.Tensor],
+                                    num_images: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (N, D) of `num_images` items of `dataset` (scored_items: the same ones for every run) and of the
+    tokenizer's reconstructions of them (ids of every scale -> image, in fp32 as in training).
+
+    Args:
+        dataset: (image in [-1, 1], label) items; made deterministic where it can be (one crop, no flip).
+        tokenizer: the run's multi-scale VQ-VAE, on `device`.
+        features: images (B, 3, H, W) in [-1, 1] on `device` -> features (B, D).
+        num_images (int): how many items (all when the data set is smaller); at least 2.
+    """
+    items = scored_items(len(dataset), num_images) if num_images >= 2 else []
+    if len(items) < 2:  # task.floor_images: null (as many as the samples), 0 (no rows) or >= 2
+        raise ValueError(f"the floor / reconstruction rows need at least 2 images (task.floor_images >= 2), asked "
+                         f"for {num_images} of a data set of {len(dataset)}")
+    if hasattr(dataset, "set_deterministic"):
+        dataset.set_deterministic()
+    real, recon = [], []
+    for start in range(0, len(items), batch_size):
+        x_B3HW = collate(dataset, items[start:start + batch_size])[0].to(device)
+        with torch.autocast(device.type, enabled=False):
+            recon_B3HW = tokenizer.ids_to_img(tokenizer.img_to_ids(x_B3HW))
+        real.append(features(x_B3HW).float().cpu())
+        recon.append(features(recon_B3HW).float().cpu())
+    return torch.cat(real), torch.cat(recon)
+
+
+def floor_and_recon_rows(metric: str, real_ND, recon_ND, mu_ref: np.ndarray, sigma_ref: np.ndarray,
+                         fields: dict) -> list[tuple[str, float, str, dict]]:
+    """(metric, value, unit, fields) rows `<metric>_floor` and `<metric>_recon`: the Frechet distance of the real
+    and of the reconstructed features against the reference statistics."""
+    n = len(real_ND)
+    return [(f"{metric}_floor", frechet_distance(*feature_statistics(real_ND), mu_ref, sigma_ref), "fd",
+             {**fields, "num_samples": n, "compared": "real images of another split vs the reference"}),
+            (f"{metric}_recon", frechet_distance(*feature_statistics(recon_ND), mu_ref, sigma_ref), "fd",
+             {**fields, "num_samples": n, "compared": "the tokenizer's reconstructions of those images vs the "
+                                                      "reference"})]
+
+
+def inception_rows(samples_npz, reference, floor_set, tokenizer, *, weights=None, device, batch_size: int = 64,
+                   floor_images: int | None = None) -> list[tuple[str, float, str, dict]]:
+    """Inception rows of an evaluation, every one naming the extractor and its weights' sha256.
+
+    Against an ADM reference batch (`reference` an .npz path): fid (its stored mu / sigma), precision / recall (its
+    10k images). Against real images (`reference` a Dataset of uint8 (3, H, W), e.g. the val split): fid, kid,
+    precision / recall. Then fid_floor / fid_recon of `floor_images` images of `floor_set` (default: as many as the
+    samples; 0: none) against the same statistics.
+    """
+    extractor, sha256 = m.inception_extractor(weights, device)
+    fields = m.inception_record_fields(sha256)
+    gen_ND = m.inception_features(samples_npz, extractor, device, batch_size, save_cpu_ram=True)
+    if isinstance(reference, (str, Path)):
+        m.check_same_side(samples_npz, reference)
+        mu_ref, sigma_ref = m.read_adm_reference(reference)
+        fields["reference"] = str(reference)
+        pr = m.precision_recall(gen_ND, m.inception_features(reference, extractor, device, batch_size, True),
+                                device=device)
+        rows = [("fid", frechet_distance(*feature_statistics(gen_ND), mu_ref, sigma_ref), "fd", fields)]
+    else:
+        real_ND = m.inception_features(reference, extractor, device, batch_size, save_cpu_ram=True)
+        mu_ref, sigma_ref = feature_statistics(real_ND)
+        fields["reference"] = describe(getattr(reference, "dataset", reference))
+        pr = m.distribution_metrics(gen_ND, real_ND, device=device)
+        rows = [("fid", pr["fd"], "fd", fields), ("kid", pr["kd"], "kd", {**fields, "std": pr["kd_std"]})]
+    rows += [(k, pr[k], "fraction", {**fields, "neighborhood": 3}) for k in ("precision", "recall")]
+    num_floor = len(gen_ND) if floor_images is None else floor_images
+    if num_floor:
+        real, recon = real_and_reconstructed_features(floor_set, tokenizer,
+                                                      lambda x: m.inception_batch_features(extractor, x),
+                                                      num_floor, batch_size, torch.device(device))
+        rows += floor_and_recon_rows("fid", real, recon, mu_ref, sigma_ref,
+                                     {**fields, "floor_split": describe(floor_set)})
+    return rows
+
+
+def describe(dataset) -> str:
+    return dataset.describe() if hasattr(dataset, "describe") else type(dataset).__name__
