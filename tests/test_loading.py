@@ -91,9 +91,14 @@ def test_bad_loader_options_name_key_value_and_range(key, value):
 def test_loader_keys_stay_out_of_the_data_set_constructor():
     cfg = OmegaConf.create({"run_dir": "/tmp/x", "data": {"_target_": "X", "index_dir": "${run_dir}",
                                                           "num_workers": 2, "prefetch_factor": 2}})
-    data = dataset_config(cfg)
+    data = dataset_config(cfg.data)
     assert set(data) == {"_target_", "index_dir"} and data.index_dir == "/tmp/x"
     assert cfg.data.num_workers == 2  # the run's config is left as it was
+
+
+def test_a_data_entry_builds_without_hydra():
+    from varbench.registry import build
+    assert len(build("data", "embedded", split="val", image_size=16, size_per_class=1)) == 10
 
 
 def test_training_resumed_with_workers_equals_an_in_process_run(tmp_path):

@@ -85,7 +85,7 @@ def build_dataset(cfg: DictConfig, split: str):
     from hydra.utils import instantiate
 
     from varbench.data.loading import dataset_config
-    return instantiate(dataset_config(cfg), split=split, image_size=image_size(cfg))
+    return instantiate(dataset_config(cfg.data), split=split, image_size=image_size(cfg))
 
 
 MODEL_GROUPS = ("mixer", "intra", "tokenizer", "data")  # the groups a model is built from besides `model`

@@ -65,11 +65,11 @@ def loader_options(data_cfg: DictConfig, device) -> LoaderOptions:
     return LoaderOptions(workers, data_cfg.get("prefetch_factor", 2), pin_memory=device.type == "cuda")
 
 
-def dataset_config(cfg: DictConfig) -> DictConfig:
-    """`cfg.data` without the loader keys: what the data set's constructor takes (in a copy of the whole config, so
-    that interpolations into the rest of it still resolve)."""
-    cfg = copy.deepcopy(cfg)
-    with open_dict(cfg.data):
+def dataset_config(data_cfg: DictConfig) -> DictConfig:
+    """A copy of the data entry `data_cfg` without the loader keys: what the data set's constructor takes (the copy
+    keeps its parent, so interpolations into the rest of the config still resolve)."""
+    data_cfg = copy.deepcopy(data_cfg)
+    with open_dict(data_cfg):
         for key in LOADER_KEYS:
-            cfg.data.pop(key, None)
-    return cfg.data
+            data_cfg.pop(key, None)
+    return data_cfg
