@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from varbench.data.loading import MAX_PREFETCH, MAX_WORKERS
 from varbench.registry import list_options, load_option
 
 
@@ -95,6 +96,19 @@ class Items:
         return f"{size}items, each {self.item.describe()}{order}" + (f", or null ({self.null})" if self.null else "")
 
 
+@dataclass(frozen=True)
+class Either:
+    """A value that one of `rules` accepts."""
+
+    rules: tuple
+
+    def accepts(self, value: Any) -> bool:
+        return any(rule.accepts(value) for rule in self.rules)
+
+    def describe(self) -> str:
+        return " or ".join(rule.describe() for rule in self.rules)
+
+
 def count(low: int = 1, null: str | None = None) -> Number:
     """An integer >= low (1 by default): sizes, steps, intervals."""
     return Number(integer=True, low=low, null=null)
@@ -149,7 +163,9 @@ TOKENIZER = {
     "quant_conv_ks": count(), "quant_resi": Number(low=-1, high=1), "share_quant_resi": count(0),
     "patch_nums": Items(count(), increasing=True), "using_sa": FLAG, "using_mid_sa": FLAG,
 }
-DATA = {"num_classes": count(), "size_per_class": count(null="the data set's default"), "seed": count(0)}
+DATA = {"num_classes": count(), "size_per_class": count(null="the data set's default"), "seed": count(0),
+        "num_workers": Either((Choice(("auto",)), Number(integer=True, low=0, high=MAX_WORKERS))),
+        "prefetch_factor": Number(integer=True, low=1, high=MAX_PREFETCH)}
 TASKS = {
     "train_tokenizer": {
         "steps": count(), "batch_size": count(), "lr": positive(), "betas": BETAS, "weight_decay": non_negative(),
@@ -160,7 +176,7 @@ TASKS = {
         "ckpt_every": count(), "eval_every": count(0), "eval_batch_size": count(), "num_workers": count(0),
     },
     "tokenize": {"split": Choice(("train", "val")), "batch_size": count(), "shard_size": count(),
-                 "num_workers": count(0), "speedup_batches": count(0)},
+                 "speedup_batches": count(0)},
     "sample": {"classes": Items(count(0), null="the first 10 classes"), "per_class": count(), "cfg": non_negative(),
                "top_k": count(0), "top_p": Number(low=0, high=1, open_low=True), "more_smooth": FLAG,
                "sampler": SAMPLER, "cuda_graphs": FLAG, "precision": PRECISION},

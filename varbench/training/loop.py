@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from varbench.data.loading import loader_options
 from varbench.training import checkpoints, recipe
-from varbench.training.batches import GlobalBatches, collate, transformer_inputs
+from varbench.training.batches import GlobalBatches, batch_loader, transformer_inputs
 from varbench.training.previews import log_sample_grid
 from varbench.utils.checkpoint import load_strict, remove_stale_temps
 from varbench.utils.dist import DistInfo
@@ -127,6 +128,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     amp = autocast_dtype(tcfg.precision)
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, growth_interval=1000, enabled=amp == torch.float16)
     step = _resume(ckpt_dir, model, optimizer, scaler, cfg, info)
+    loader = iter(batch_loader(dataset, batches, step * tcfg.grad_accum, plan.max_iters * tcfg.grad_accum,
+                               loader_options(cfg.data, device)))
     results = Path(cfg.results_dir) / "train.jsonl"
     logger = open_logger(cfg, "train", info.is_main, purge_step=step)  # logs the config as hyper-parameters
     progress = progress_bar(desc="train", total=plan.max_iters, initial=step, enabled=info.is_main)
@@ -142,9 +145,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             wd = recipe.weight_decay_at(step, plan.max_iters, tcfg.weight_decay, tcfg.weight_decay_end)
             recipe.apply_schedule(optimizer, lr, wd)
             loss_value = 0.0
-            for micro in range(tcfg.grad_accum):
-                index = step * tcfg.grad_accum + micro
-                x, labels = collate(dataset, batches.indices(index // batches.per_epoch, index % batches.per_epoch))
+            for _ in range(tcfg.grad_accum):
+                x, labels = next(loader)
                 gt_BL, x_BLCv = transformer_inputs(tokenizer, x.to(device), from_ids)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits_BLV = net(labels.to(device), x_BLCv)
