@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
+# metric -> column name; the feature extractor goes in the label, so the classifier's precision ("embedded_precision")
+# and Inception's ("precision") are both "Precision (<extractor>, ...)" columns. Order: the ranking's preference.
 QUALITY_NAMES = {"fid": "FID", "embedded_fd": "FD", "inception_score": "IS", "precision": "Precision",
-                 "recall": "Recall", "class_accuracy": "Class acc."}
+                 "recall": "Recall", "embedded_precision": "Precision", "embedded_recall": "Recall",
+                 "kid": "KID", "embedded_kd": "KD", "class_accuracy": "Class acc.", "nn_distance_ratio": "NN ratio"}
 MISSING = "—"
 SECTION = "Study"  # a table whose first index level has this name is written one section per value
 STD = " std"

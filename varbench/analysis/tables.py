@@ -47,8 +47,8 @@ def quality_label(metric: str, extractor, num_samples=None, preset=None) -> str:
     """Column name of a quality metric, e.g. "FID (Inception, 50k)", "FD (embedded classifier, 1k)"."""
     ext = extractor_label(extractor)
     name = QUALITY_NAMES[metric]
-    if name == "FID" and ext != "Inception":
-        name = "FD"  # FID means Inception-v3 features; the same distance in another feature space is an FD
+    if name in ("FID", "KID") and ext != "Inception":
+        name = name.replace("I", "", 1)  # FID / KID mean Inception-v3 features; the same distance in another feature space: FD / KD
     parts = [ext]
     if num_samples is not None and not pd.isna(num_samples):
         n = int(num_samples)
@@ -58,14 +58,32 @@ def quality_label(metric: str, extractor, num_samples=None, preset=None) -> str:
     return f"{name} ({', '.join(parts)})"
 
 
-def quality_long(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (configuration, seed, quality column): the value `latest` picks, all of one study."""
+def quality_long(df: pd.DataFrame, every_tokenizer: bool = False) -> pd.DataFrame:
+    """One row per (configuration, seed, quality column): the value `latest` picks, all of one study, on the
+    study's main tokenizer (`main_tokenizer`); with `every_tokenizer`, one row per tokenizer too."""
     q = latest(df, QUALITY_NAMES)
     labels = [quality_label(*a) for a in zip(q["metric"], q["feature_extractor"], q["num_samples"], q["preset"])]
     q = q.assign(label=labels, value=numeric(q) if len(q) else q["value"])
     q = one_study(q, [*KEY, "label"])
-    q = q.sort_values("date", kind="stable").drop_duplicates([*KEY, "label", "seed"], keep="last")
-    return q[[*KEY, "seed", "cell_id", "metric", "label", "value", "date"]]
+    q = q if every_tokenizer else main_tokenizer(q)
+    unique = [*KEY, "label", "seed"] + (["tokenizer_id"] if every_tokenizer else [])
+    q = q.sort_values("date", kind="stable").drop_duplicates(unique, keep="last")
+    return q[[*KEY, "seed", "cell_id", "tokenizer_id", "source", "metric", "label", "value", "date"]]
+
+
+def main_tokenizer(records: pd.DataFrame) -> pd.DataFrame:
+    """The records of each configuration on its study's main tokenizer: where a configuration was trained on
+    several (the tokenizer-variance cells), the one most of the study's records use (ties: the first in sort
+    order); a configuration with one tokenizer keeps it (a grid that trains one tokenizer per cell)."""
+    if records.empty:
+        return records
+    frame = records[KEY].astype(object).fillna("").assign(
+        study=records["source"].map(lambda source: str(Path(source).parent)), tok=records["tokenizer_id"].fillna(""))
+    frame["uses"] = frame.groupby("study")["tok"].transform(lambda t: t.map(t.value_counts()))
+    chosen = frame.sort_values(["uses", "tok"], ascending=[False, True], kind="stable")
+    chosen = chosen.drop_duplicates(["study", *KEY]).set_index(["study", *KEY])["tok"]
+    picked = chosen.reindex(pd.MultiIndex.from_frame(frame[["study", *KEY]])).to_numpy()
+    return records[frame["tok"].to_numpy() == picked]
 
 
 def one_study(q: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
