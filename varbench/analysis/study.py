@@ -24,6 +24,7 @@ from varbench.analysis.tables import (
     config_frame,
     finish,
     kv_ratio,
+    main_tokenizer,
     per_key,
     quality_long,
 )
@@ -103,29 +104,9 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
     t-test p-values against the best quality and against the lowest objective (val NLL where recorded, else training
     loss); each configuration's bench cost (from `everything`, the bench's records being outside the study's
     folder)."""
-    long = quality_long(df)
-    seeds = long.groupby([*KEY, "label"], dropna=False)["seed"].nunique()
-    multi = seeds[seeds >= 2]
-    if multi.empty:
+    per_seed, label = study_per_seed(df)
+    if per_seed.empty:
         return pd.DataFrame()
-    shared = multi.groupby(level="label").size()
-    candidates = shared[shared == shared.max()].index  # of these, the first metric of QUALITY_NAMES (FID, FD, ...)
-    metric_of = long.drop_duplicates("label").set_index("label")["metric"]
-    label = min(candidates, key=lambda lab: list(QUALITY_NAMES).index(metric_of[lab]))
-    configs = multi.xs(label, level="label").index
-    long = long[pd.MultiIndex.from_frame(long[KEY]).isin(configs)]
-    per_seed = long.pivot_table(index=[*KEY, "seed"], columns="label", values="value")
-    per_seed = per_seed[[label, *(c for c in per_seed.columns if c != label)]]  # the ranking metric first
-    loss = df[df["metric"] == "train_loss"].sort_values("step", kind="stable")
-    loss = loss.assign(value=numeric(loss)).groupby([*KEY, "seed"], dropna=False)["value"]
-    loss = loss.apply(lambda v: v.tail(LOSS_TAIL).mean())
-    per_seed[TRAIN_LOSS] = loss.reindex(per_seed.index)
-    for metric, column in (("val_nll", VAL_NLL), ("train_nll", TRAIN_NLL)):  # task=evaluate's, where recorded
-        nll = latest(df, metric)
-        if len(nll):
-            per_seed[column] = nll.assign(value=numeric(nll)).groupby([*KEY, "seed"], dropna=False)["value"].last()
-    if {VAL_NLL, TRAIN_NLL} <= set(per_seed):
-        per_seed[NLL_GAP] = per_seed[VAL_NLL] - per_seed[TRAIN_NLL]
     stats = per_seed.groupby(level=KEY, dropna=False).agg(["mean", "std"])
     table = pd.concat({c: stats[c]["mean"] for c in per_seed.columns} | {f"{c}{STD}": stats[c]["std"]
                                                                       for c in per_seed.columns}, axis=1)
@@ -147,6 +128,37 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
     table = pd.concat([table, bench_costs(everything, table.index, device)], axis=1)
     table = by_model(table)
     return finish(table, df, [*QUALITY_NAMES, "train_loss"], device)
+
+
+def study_per_seed(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """One study's per-seed values (index: configuration + seed) on its main tokenizer: every quality column of
+    the configurations with the ranking metric over >= 2 seeds (the quality column most of them share, first of
+    QUALITY_NAMES: FID before FD), the mean of the last LOSS_TAIL training losses, and held-out / training NLL with
+    their difference where recorded. Returns the frame and the ranking metric's column name."""
+    long = quality_long(df)
+    seeds = long.groupby([*KEY, "label"], dropna=False)["seed"].nunique()
+    multi = seeds[seeds >= 2]
+    if multi.empty:
+        return pd.DataFrame(), None
+    shared = multi.groupby(level="label").size()
+    candidates = shared[shared == shared.max()].index  # of these, the first metric of QUALITY_NAMES (FID, FD, ...)
+    metric_of = long.drop_duplicates("label").set_index("label")["metric"]
+    label = min(candidates, key=lambda lab: list(QUALITY_NAMES).index(metric_of[lab]))
+    configs = multi.xs(label, level="label").index
+    long = long[pd.MultiIndex.from_frame(long[KEY]).isin(configs)]
+    per_seed = long.pivot_table(index=[*KEY, "seed"], columns="label", values="value")
+    per_seed = per_seed[[label, *(c for c in per_seed.columns if c != label)]]  # the ranking metric first
+    loss = df[df["metric"] == "train_loss"].sort_values("step", kind="stable")
+    loss = loss.assign(value=numeric(loss)).groupby([*KEY, "seed"], dropna=False)["value"]
+    loss = loss.apply(lambda v: v.tail(LOSS_TAIL).mean())
+    per_seed[TRAIN_LOSS] = loss.reindex(per_seed.index)
+    for metric, column in (("val_nll", VAL_NLL), ("train_nll", TRAIN_NLL)):  # task=evaluate's, where recorded
+        nll = main_tokenizer(latest(df, metric))
+        if len(nll):
+            per_seed[column] = nll.assign(value=numeric(nll)).groupby([*KEY, "seed"], dropna=False)["value"].last()
+    if {VAL_NLL, TRAIN_NLL} <= set(per_seed):
+        per_seed[NLL_GAP] = per_seed[VAL_NLL] - per_seed[TRAIN_NLL]
+    return per_seed, label
 
 
 def welch_p(per_seed: pd.Series, configs: pd.Index, reference) -> list[float]:

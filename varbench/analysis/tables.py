@@ -48,7 +48,8 @@ def quality_label(metric: str, extractor, num_samples=None, preset=None) -> str:
     ext = extractor_label(extractor)
     name = QUALITY_NAMES[metric]
     if name in ("FID", "KID") and ext != "Inception":
-        name = name.replace("I", "", 1)  # FID / KID mean Inception-v3 features; the same distance in another feature space: FD / KD
+        # FID / KID mean Inception-v3 features; the same distance in another feature space is an FD / KD
+        name = name.replace("I", "", 1)
     parts = [ext]
     if num_samples is not None and not pd.isna(num_samples):
         n = int(num_samples)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from varbench.analysis import checks, figures, study, tables
+from varbench.analysis import checks, figures, study, tables, versus
 from varbench.analysis.format import write_table
 from varbench.analysis.load import POLICY, load_records
 
@@ -37,6 +37,10 @@ TABLES = {
                   "gpu_test (benchmarks/gpu_tests.py)"),
     "study_ranking": (study.study_ranking, "Mixer study: configurations ranked by quality (mean ± std over seeds)",
                       f"{QUALITY} of 2 or more seeds per configuration"),
+    "versus_var": (versus.versus_var, "Each configuration against VAR (difference of means over seeds, bootstrap 95% "
+                   "interval, Welch t, Holm-corrected over the study)", f"{QUALITY} or val_nll of 2 or more seeds"),
+    "tokenizer_variance": (versus.tokenizer_variance, "Tokenizer and seed variance components (one-way "
+                           "random-effects ANOVA per configuration)", f"{QUALITY} or val_nll on 2 or more tokenizers"),
     "costs_table": (study.costs_table, "Analytic parameters, FLOPs and inference state per model and resolution",
                     "analytic_cost (task=costs)"),
     "bench_goals": (study.bench_goals, "Speed and memory goals of the bench protocol (targets vs measured)", BENCH),
