@@ -127,7 +127,7 @@ def build_report(records, out_dir, device=None) -> dict[str, str]:
         if table.empty:
             skipped[name] = f"needs {needs}"
             continue
-        for path in write_table(table, out_dir, name, title, _note(table)):
+        for path in write_table(table, out_dir, name, title, _note(table), data=f"records under {records}"):
             made[path.name], paths[path.name] = f"{title} ({table.attrs.get('records')} records)", str(path)
     for name, (draw, what, needs) in FIGURES.items():
         path = draw(df, out_dir / f"{name}.png", device)
