@@ -164,7 +164,8 @@ def test_main_table_shows_the_recorded_numbers(df, tmp_path):
     assert row["Latency b1 (ms)"] == b1["value"]
     assert row["Params"] == train["params"] and row["Fwd GFLOPs/img"] == train["fwd_flops_per_image"] * 1e-9
     assert row["State (bytes/img)"] == real_one(metric="state_bytes_per_image", mixer="attention")["value"]
-    fids = [r["value"] for r in raw(metric="fid") if r["cell_id"].startswith("in256-d16-attention")]
+    fids = [r["value"] for r in raw(metric="fid", tokenizer_id=None)  # the main tokenizer's (not the second's)
+            if r["cell_id"].startswith("in256-d16-attention")]
     assert row["FID (Inception, 50k)"] == pytest.approx(statistics.mean(fids), rel=1e-12)  # a mean: round-off
     assert table.attrs["device"] == train["device"]
     md = write_table(table, tmp_path, "main_table", "Main")[0].read_text()
@@ -283,7 +284,8 @@ def test_study_ranking_orders_by_the_quality_mean_and_measures_the_gap_in_seed_s
 
 def test_study_ranking_shows_the_held_out_nll_and_tests_against_its_lowest(tmp_path):
     from varbench.analysis.study import NLL_GAP, TRAIN_NLL, VAL_NLL
-    fid = [r for r in raw(metric="fid") if r["cell_id"].startswith("in256-d16")]  # one per configuration and seed
+    fid = [r for r in raw(metric="fid", tokenizer_id=None)  # one per configuration and seed, on the main tokenizer
+           if r["cell_id"].startswith("in256-d16")]
     nll = [{**r, "metric": "val_nll", "value": 3.0 + 0.1 * i, "unit": "nats/token"} for i, r in enumerate(fid)]
     fit = [{**r, "value": 2.0 + 0.01 * i ** 2, "metric": "train_nll"} for i, r in enumerate(nll)]
     others = [r for r in raw() if not r["metric"].endswith("_nll")]  # the fixture's own NLL lines replaced
@@ -344,7 +346,8 @@ def test_report_regenerates_every_table_and_figure(tmp_path):
         cfg = compose(config_name="config", overrides=["task=report", f"results_dir={FIXTURE}",
                                                        f"task.out_dir={tmp_path}"])
     paths = run_task(cfg)
-    expected = {f"{n}.{e}" for n in TABLES for e in ("md", "tex")} | {f"{n}.png" for n in FIGURES} | {"README.md"}
+    expected = ({f"{n}.{e}" for n in TABLES for e in ("md", "tex")}
+                | {f"{n}.{e}" for n in FIGURES for e in ("png", "pdf")} | {"README.md"})
     assert set(paths) == expected
     assert all(Path(p).stat().st_size > 0 for p in paths.values())
     readme = (tmp_path / "README.md").read_text()

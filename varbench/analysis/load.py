@@ -109,7 +109,8 @@ def tokenizer_id(rec: dict):
     if rec.get("tokenizer_id") is not None:
         return str(rec["tokenizer_id"])
     tok = (rec.get("config") or {}).get("tokenizer") or {}
-    return tok.get("checkpoint") if isinstance(tok, dict) else None
+    checkpoint = tok.get("checkpoint") if isinstance(tok, dict) else None
+    return None if checkpoint in (None, "???") else str(checkpoint)  # "???": Hydra's unset value
 
 
 def model_label(mixer, intra, depth) -> str | None:

@@ -82,7 +82,8 @@ def _clear(out_dir: Path) -> None:
         for ext in ("md", "tex"):
             (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
     for name in FIGURES:
-        (out_dir / f"{name}.png").unlink(missing_ok=True)
+        for ext in ("png", "pdf"):
+            (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
 
 
 def _readme(df: pd.DataFrame, records, made: dict, skipped: dict) -> str:
@@ -134,7 +135,8 @@ def build_report(records, out_dir, device=None) -> dict[str, str]:
         if path is None:
             skipped[f"{name}.png"] = f"{what}: needs {needs} (the log says what was found)"
             continue
-        made[path.name], paths[path.name] = what, str(path)
+        for drawn in (path, path.with_suffix(".pdf")):  # the PNG to look at, the PDF for a paper
+            made[drawn.name], paths[drawn.name] = what, str(drawn)
     readme = out_dir / "README.md"
     readme.write_text(_readme(df, records, made, skipped))
     paths["README.md"] = str(readme)
