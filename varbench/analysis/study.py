@@ -148,7 +148,7 @@ def study_per_seed(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     long = long[pd.MultiIndex.from_frame(long[KEY]).isin(configs)]
     per_seed = long.pivot_table(index=[*KEY, "seed"], columns="label", values="value")
     per_seed = per_seed[[label, *(c for c in per_seed.columns if c != label)]]  # the ranking metric first
-    loss = df[df["metric"] == "train_loss"].sort_values("step", kind="stable")
+    loss = main_tokenizer(df[df["metric"] == "train_loss"]).sort_values("step", kind="stable")
     loss = loss.assign(value=numeric(loss)).groupby([*KEY, "seed"], dropna=False)["value"]
     loss = loss.apply(lambda v: v.tail(LOSS_TAIL).mean())
     per_seed[TRAIN_LOSS] = loss.reindex(per_seed.index)
