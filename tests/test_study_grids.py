@@ -76,3 +76,20 @@ def test_flops_grid_arms_train_within_three_percent_of_var_s_budget():
     assert spread(budgets) <= TOLERANCE, budgets
     # matched parameters alone would not do it: at equal steps the arms differ by more than the tolerance
     assert spread(per_image) > TOLERANCE
+
+
+def test_best_lr_picks_the_lowest_held_out_nll_per_arm_and_prints_the_grid_overrides(tmp_path):
+    import json
+
+    from varbench.analysis.best_lr import best_learning_rates, overrides
+    from varbench.analysis.load import load_records
+    nll = {("gla", "none"): {2e-3: 3.1, 4e-3: 3.0, 8e-3: 2.9}, ("mamba2", "full"): {2e-3: 3.0, 4e-3: 2.8, 8e-3: 3.3}}
+    lines = [{"metric": "val_nll", "value": v, "unit": "nats/token", "mixer": m, "intra": i, "depth": 6,
+              "resolution": 64, "seed": 0, "cell_id": f"{m}{i}{lr}", "date": "2099-01-01T00:00:00+00:00",
+              "config": {"train": {"base_lr": lr}}} for (m, i), points in nll.items() for lr, v in points.items()]
+    (tmp_path / "lr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    best = best_learning_rates(load_records(tmp_path))
+    assert best.loc["gla-none", "best_lr"] == 8e-3 and best.loc["mamba2-full", "best_lr"] == 4e-3
+    assert overrides(best) == "study.lr.gla-none=8.0e-03 study.lr.mamba2-full=4.0e-03"
+    cfg = _compose("study_main", "mixer=gla", "study.arm=gla-none", *overrides(best).split())
+    assert cfg.train.base_lr == 8e-3  # the printed overrides are valid for the grid
