@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from varbench.analysis import checks, figures, study, tables, versus
+from varbench.analysis import checks, figures, stats, study, tables, versus
 from varbench.analysis.format import write_table
 from varbench.analysis.load import POLICY, load_records
 
@@ -37,8 +37,11 @@ TABLES = {
                   "gpu_test (benchmarks/gpu_tests.py)"),
     "study_ranking": (study.study_ranking, "Mixer study: configurations ranked by quality (mean ± std over seeds)",
                       f"{QUALITY} of 2 or more seeds per configuration"),
-    "versus_var": (versus.versus_var, "Each configuration against VAR (difference of means over seeds, bootstrap 95% "
-                   "interval, Welch t, Holm-corrected over the study)", f"{QUALITY} or val_nll of 2 or more seeds"),
+    "versus_var": (versus.versus_var, "Each configuration against VAR at the same depth and resolution: difference "
+                   f"of means over seeds (n: the Seeds column) with a percentile bootstrap {stats.LEVEL:.0%} interval "
+                   f"({stats.N_RESAMPLES:,} resamples of the seeds, generator seed {stats.BOOTSTRAP_SEED}), Welch's "
+                   f"two-sided t-test, p Holm-corrected over every comparison of the study (significant: p < "
+                   f"{stats.ALPHA})", f"{QUALITY} or val_nll of 2 or more seeds"),
     "tokenizer_variance": (versus.tokenizer_variance, "Tokenizer and seed variance components (one-way "
                            "random-effects ANOVA per configuration)", f"{QUALITY} or val_nll on 2 or more tokenizers"),
     "costs_table": (study.costs_table, "Analytic parameters, FLOPs and inference state per model and resolution",
