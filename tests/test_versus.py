@@ -71,3 +71,13 @@ def test_tokenizer_variance_uses_the_second_tokenizer_and_the_ranking_uses_the_m
 def _frame(values, tokenizers):
     import pandas as pd
     return pd.DataFrame({"config": "VAR", "tokenizer": tokenizers, "value": values})
+
+
+def test_a_tokenizer_per_cell_is_no_second_tokenizer_and_drops_no_seed(tmp_path):
+    from varbench.analysis.tables import quality_long
+    lines = [{**r, "tokenizer_id": f"runs/cells/{r['cell_id']}/tokenizer.safetensors"} for r in _lines()]
+    df = _study(tmp_path, lines)  # a grid that trains one tokenizer per cell (each path used by one cell)
+    assert tokenizer_variance(df).empty
+    long = quality_long(df)
+    assert len(long) == sum(len(fd) for fd, _ in VALUES.values())  # every seed of every configuration kept
+    assert versus_var(df).loc[(FD, "M-VAR-d6", 32), "Seeds (config / VAR)"] == "3 / 5"

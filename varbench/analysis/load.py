@@ -2,10 +2,11 @@
 
 One row per record. Columns: metric, value, unit, every extra field of the record, the configuration columns
 (mixer, intra, depth, resolution, seed, cell_id, and `model`, a label such as "VAR-d16"), commit, device, date
-(UTC timestamps), source (the .jsonl file), and `config` / `versions` kept as object columns. A configuration
-column is taken from the record's own field when it has one (task=bench writes mixer/intra/resolution/depth as
-fields, with config=None), else from Hydra's choices when recorded, else from the resolved config it carries
-(mixer/intra from `_target_`, depth from model.depth, resolution from the tokenizer's schedule).
+(UTC timestamps), source (the .jsonl file), `tokenizer_id` (which frozen tokenizer: see `tokenizer_id`), and
+`config` / `versions` kept as object columns. A configuration column is taken from the record's own field when it has
+one (task=bench writes mixer/intra/resolution/depth as fields, with config=None), else from Hydra's choices when
+recorded, else from the resolved config it carries (mixer/intra from `_target_`, depth from model.depth, resolution
+from the tokenizer's schedule).
 """
 
 from __future__ import annotations

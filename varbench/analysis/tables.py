@@ -72,6 +72,17 @@ def quality_long(df: pd.DataFrame, every_tokenizer: bool = False) -> pd.DataFram
     return q[[*KEY, "seed", "cell_id", "tokenizer_id", "source", "metric", "label", "value", "date"]]
 
 
+def shared_tokenizer(records: pd.DataFrame) -> pd.Series:
+    """Per record, the frozen tokenizer it shares with other cells of its study (`tokenizer_id`), or "" for a
+    tokenizer of its own: a grid that trains one tokenizer per cell has no second tokenizer on any configuration,
+    just one per seed (their spread is part of the seed variance)."""
+    study = records["source"].map(lambda source: str(Path(source).parent))
+    tok = records["tokenizer_id"].fillna("")
+    cells = records["cell_id"].fillna(records.index.to_series().astype(str))
+    shared = cells.groupby([study, tok]).transform("nunique") > 1
+    return tok.where(shared, "")
+
+
 def main_tokenizer(records: pd.DataFrame) -> pd.DataFrame:
     """The records of each configuration on its study's main tokenizer: where a configuration was trained on
     several (the tokenizer-variance cells), the one most of the study's records use (ties: the first in sort
@@ -79,7 +90,7 @@ def main_tokenizer(records: pd.DataFrame) -> pd.DataFrame:
     if records.empty:
         return records
     frame = records[KEY].astype(object).fillna("").assign(
-        study=records["source"].map(lambda source: str(Path(source).parent)), tok=records["tokenizer_id"].fillna(""))
+        study=records["source"].map(lambda source: str(Path(source).parent)), tok=shared_tokenizer(records))
     frame["uses"] = frame.groupby("study")["tok"].transform(lambda t: t.map(t.value_counts()))
     chosen = frame.sort_values(["uses", "tok"], ascending=[False, True], kind="stable")
     chosen = chosen.drop_duplicates(["study", *KEY]).set_index(["study", *KEY])["tok"]

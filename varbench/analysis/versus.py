@@ -12,7 +12,7 @@ from varbench.analysis import stats
 from varbench.analysis.format import QUALITY_NAMES, SECTION
 from varbench.analysis.load import latest, model_label, numeric
 from varbench.analysis.study import VAL_NLL, study_per_seed
-from varbench.analysis.tables import KEY, finish, quality_long
+from varbench.analysis.tables import KEY, finish, quality_long, shared_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _tokenizer_variance_one(records: pd.DataFrame) -> pd.DataFrame:
     tables = {}
     for metric, values in parts.items():
         values = values.assign(config=[model_label(m, i, d) for m, i, d in zip(*(values[k] for k in KEY[:3]))],
-                               tokenizer=values["tokenizer_id"].fillna("not recorded"))
+                               tokenizer=shared_tokenizer(values).replace("", "own or not recorded"))
         components = stats.variance_components(values[["config", "tokenizer", "value"]])
         if len(components):
             tables[metric] = components.set_index("Group")
