@@ -274,9 +274,9 @@ def test_study_ranking_orders_by_the_quality_mean_and_measures_the_gap_in_seed_s
     gap = [c for c in table.columns if c.startswith("Gap to best")][0]
     assert second[gap] == pytest.approx((second[fd] - best[fd]) / pooled)
     assert (table["Seeds"] >= 2).all()
-    assert "p vs lowest val NLL (Welch t)" in table  # the fixture's FID cells have val_nll: the held-out objective
-    without_nll = df[~df["metric"].str.endswith("_nll")]
-    assert "p vs lowest train loss (Welch t)" in study_ranking(without_nll)  # else the training loss
+    assert {"p vs VAR (FID, Welch t, Holm)", "p vs VAR (val NLL, Welch t, Holm)"} <= set(table)  # never vs the best
+    without_nll = study_ranking(df[~df["metric"].str.endswith("_nll")])
+    assert "p vs VAR (FID, Welch t, Holm)" in without_nll and "p vs VAR (val NLL, Welch t, Holm)" not in without_nll
     # each configuration's cost: the bench's timing of the same mixer / intra at depth 16, 256 px
     train = real_one(metric="train_images_per_s", mixer="attention")
     assert table.loc[("VAR-d16", 256), "d16 train img/s (b32, 256 px)"] == train["value"]
@@ -297,8 +297,11 @@ def test_study_ranking_shows_the_held_out_nll_and_tests_against_its_lowest(tmp_p
     for r in nll:  # cell ids are "<configuration>-s<seed>"
         per_config.setdefault(r["cell_id"].rsplit("-s", 1)[0], []).append(r["value"])
     assert sorted(table[VAL_NLL]) == pytest.approx(sorted(statistics.mean(v) for v in per_config.values()))
-    p = table["p vs lowest val NLL (Welch t)"]  # the objective is now the held-out one
-    assert p.isna().sum() == 1 and p[table[VAL_NLL].idxmin()] != p[table[VAL_NLL].idxmin()]
+    p = table["p vs VAR (val NLL, Welch t, Holm)"]  # VAR is the reference: no p of its own
+    assert p.isna().sum() == 1 and p[("VAR-d16", 256)] != p[("VAR-d16", 256)]
+    from varbench.analysis.versus import versus_var
+    same = versus_var(_records(tmp_path, others + nll + fit)).xs(VAL_NLL, level="Metric")["p (Holm)"]
+    assert p.drop(("VAR-d16", 256)).to_numpy() == pytest.approx(same.reindex(p.drop(("VAR-d16", 256)).index))
 
 
 def test_each_records_folder_is_its_own_study(tmp_path):
@@ -323,22 +326,6 @@ def test_each_records_folder_is_its_own_study(tmp_path):
     assert md.count("## Study:") == 2 and md.index(head_a) < md.index(head_b)
     assert "Only b" not in md[:md.index(head_b)] and "Only b" in md[md.index(head_b):]
     assert tex.count(r"\begin{table}") == 2
-
-
-def test_welch_p_is_the_two_sided_welch_t_test():
-    import pandas as pd
-    from scipy.stats import t as student_t
-
-    from varbench.analysis.study import welch_p
-    a, b = [1.0, 1.2, 0.9], [2.0, 2.5, 2.1, 2.2]
-    keys = [("x", "none", 6, 32), ("y", "none", 6, 32)]
-    index = pd.MultiIndex.from_tuples([(*k, s) for k, v in zip(keys, (a, b)) for s in range(len(v))],
-                                      names=["mixer", "intra", "depth", "resolution", "seed"])
-    p = welch_p(pd.Series(a + b, index=index), pd.MultiIndex.from_tuples(keys), keys[0])
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    t = (statistics.mean(b) - statistics.mean(a)) / (va + vb) ** 0.5
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    assert p[0] != p[0] and p[1] == pytest.approx(2 * student_t.sf(abs(t), dof), rel=1e-9)  # NaN for the reference
 
 
 def test_report_regenerates_every_table_and_figure(tmp_path):

@@ -11,18 +11,12 @@ import pandas as pd
 from varbench.analysis import stats
 from varbench.analysis.format import QUALITY_NAMES, SECTION
 from varbench.analysis.load import latest, model_label, numeric
-from varbench.analysis.study import VAL_NLL, study_per_seed
+from varbench.analysis.study import VAL_NLL, study_per_seed, var_key
 from varbench.analysis.tables import KEY, finish, quality_long, shared_tokenizer
 
 log = logging.getLogger(__name__)
 
-REFERENCE = ("attention", "none")  # VAR: the study's fixed reference
 SEEDS = "Seeds (config / VAR)"
-
-
-def _var_at_same_shape(key):
-    """VAR's configuration key at the depth and resolution of `key`."""
-    return (*REFERENCE, *key[2:])
 
 
 def _study(source: str) -> str:
@@ -54,7 +48,7 @@ def _versus_var_one(records: pd.DataFrame) -> pd.DataFrame:
     if per_seed.empty:
         return pd.DataFrame()
     metrics = [label] + ([VAL_NLL] if VAL_NLL in per_seed and per_seed[VAL_NLL].notna().any() else [])
-    out = stats.against_reference(per_seed, metrics, _var_at_same_shape)
+    out = stats.against_reference(per_seed, metrics, var_key)
     if out.empty:
         return out
     out.insert(0, "Model", [model_label(m, i, d) for m, i, d in zip(out["mixer"], out["intra"], out["depth"])])
