@@ -163,8 +163,9 @@ def _iso_gap_lines(ax, steps: int = 4) -> None:
     ax.set(xlim=(x0, x1), ylim=(y0, y1))
 
 
-# Okabe & Ito's colour-blind-safe palette (black last); beyond 8 models the colours repeat with another marker
-OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
+# Okabe & Ito's colour-blind-safe palette (its yellow last: weakest on white); beyond 8 models the colours repeat
+# with another marker
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
