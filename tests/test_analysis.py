@@ -449,7 +449,7 @@ def test_a_fully_tuned_timing_is_not_hidden_by_a_later_untuned_one(tmp_path):
 
 
 def test_a_missing_seed_is_never_filled_from_another_study(tmp_path):
-    from varbench.analysis.tables import quality_long
+    from varbench.analysis.quality import quality_long
     base = raw(metric="embedded_fd")[0]
     old = [{**base, "seed": s, "cell_id": f"o{s}", "value": 10.0 + s, "date": "2099-01-01T00:00:00+00:00"}
            for s in (0, 1, 2)]

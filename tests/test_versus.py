@@ -74,7 +74,7 @@ def _frame(values, tokenizers):
 
 
 def test_a_tokenizer_per_cell_is_no_second_tokenizer_and_drops_no_seed(tmp_path):
-    from varbench.analysis.tables import quality_long
+    from varbench.analysis.quality import quality_long
     lines = [{**r, "tokenizer_id": f"runs/cells/{r['cell_id']}/tokenizer.safetensors"} for r in _lines()]
     df = _study(tmp_path, lines)  # a grid that trains one tokenizer per cell (each path used by one cell)
     assert tokenizer_variance(df).empty

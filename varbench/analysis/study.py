@@ -13,9 +13,9 @@ import pandas as pd
 from varbench.analysis import stats
 from varbench.analysis.format import QUALITY_NAMES, SECTION, STD
 from varbench.analysis.load import latest, numeric
+from varbench.analysis.quality import KEY, main_tokenizer, quality_long
 from varbench.analysis.tables import (
     GFLOPS,
-    KEY,
     PARAMS,
     SPEED,
     STATE,
@@ -25,9 +25,7 @@ from varbench.analysis.tables import (
     config_frame,
     finish,
     kv_ratio,
-    main_tokenizer,
     per_key,
-    quality_long,
 )
 
 log = logging.getLogger(__name__)

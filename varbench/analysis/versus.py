@@ -11,8 +11,9 @@ import pandas as pd
 from varbench.analysis import stats
 from varbench.analysis.format import QUALITY_NAMES, SECTION
 from varbench.analysis.load import latest, model_label, numeric
+from varbench.analysis.quality import KEY, quality_long, shared_tokenizer
 from varbench.analysis.study import VAL_NLL, study_per_seed, var_key
-from varbench.analysis.tables import KEY, finish, quality_long, shared_tokenizer
+from varbench.analysis.tables import finish
 
 log = logging.getLogger(__name__)
 
