@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from varbench.build import resolve_device
 from varbench.runs import load_for_task
 from varbench.training.loop import autocast
+from varbench.utils.auto import resolve_auto
 from varbench.utils.records import record
 
 
@@ -34,12 +35,13 @@ def main(cfg: DictConfig) -> dict:
     labels = torch.tensor(classes, device=device).repeat_interleave(t.per_class)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     cuda = device.type == "cuda"
+    graphs = resolve_auto(t.cuda_graphs, "task.cuda_graphs", device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with autocast(device, t.precision):  # the kernels' dtype of training (fla's DeltaNet has no fp32 chunk path)
         out = model.generate(tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth,
-                             generator=generator, sampler=t.sampler, cuda_graphs=t.cuda_graphs)
+                             generator=generator, sampler=t.sampler, cuda_graphs=graphs)
     if cuda:
         torch.cuda.synchronize(device)  # the clock stops when the GPU is done, not when the last launch returned
     seconds = time.perf_counter() - start
@@ -48,6 +50,6 @@ def main(cfg: DictConfig) -> dict:
     grid = out.images.view(len(classes), t.per_class, *out.images.shape[1:])
     path = save_grid(grid.flatten(0, 1), len(classes), Path(cfg.run_dir) / "samples.png")
     record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
-           seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=t.cuda_graphs, peak_mem_bytes=peak,
+           seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=graphs, peak_mem_bytes=peak,
            **run.identity())
     return {"grid": str(path), "seconds": seconds, "images": len(labels)}

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from varbench.training import checkpoints, recipe
 from varbench.training.batches import GlobalBatches, collate, transformer_inputs
+from varbench.utils.auto import resolve_auto
 from varbench.utils.checkpoint import load_strict, remove_stale_temps
 from varbench.utils.dist import DistInfo
 from varbench.utils.records import record
@@ -88,6 +89,8 @@ def compile_for_training(net: torch.nn.Module, depth: int, **options) -> torch.n
     limit (8) the rest of the blocks would run eagerly, silently."""
     import torch._dynamo
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * depth)
+    from varbench.ops.attention.kernel import prepare_model_masks
+    prepare_model_masks(net)  # flex BlockMasks built here, not traced into the graph at every step
     return torch.compile(net, **options)
 
 
@@ -115,7 +118,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     plan = make_plan(tcfg, len(dataset))
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
     net = wrap_parallel(model, tcfg.parallel, info, device)
-    if tcfg.compile:
+    compiled = resolve_auto(tcfg.compile, "train.compile", device)
+    if compiled:
         net = compile_for_training(net, len(model.blocks))
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=plan.peak_lr, betas=tuple(tcfg.betas),
                                   weight_decay=0.0, fused=device.type == "cuda")
@@ -168,7 +172,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             if info.is_main and (step % tcfg.log_every == 0 or step == plan.max_iters):
                 rate = seen / (time.perf_counter() - t0)
                 record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
-                       grad_norm=float(grad_norm), images_per_s=rate, run_dir=str(cfg.run_dir))
+                       grad_norm=float(grad_norm), images_per_s=rate, compiled=compiled, run_dir=str(cfg.run_dir))
             if tcfg.nll_every and (step % tcfg.nll_every == 0 or step == plan.max_iters):
                 _record_nll(model, tokenizer, nll_sets or {}, cfg, device, info, step)
                 model.train()
@@ -178,7 +182,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                 break
     progress.close()
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
-            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "compiled": compiled}
 
 
 def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> FloatingPointError:
