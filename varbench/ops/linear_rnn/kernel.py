@@ -5,13 +5,18 @@ initial state and return the final one, which is what appending a whole scale to
 that the state is fp32; its state layout is [B, H, K, V] (we never ask for `state_v_first`).
 
 Each kernel runs as the custom ops `varbench::fla_fwd` / `varbench::fla_bwd`, so torch.compile sees one opaque node
-per call (fla's public functions are `torch.compiler.disable`d: dynamo would break the graph around each). The ops
-drive fla's own `torch.autograd.Function` (forward, then backward) by hand with a stand-in ctx, so they run exactly
-fla's code. They RECOMPUTE: `fla_fwd` keeps only the inputs, and `fla_bwd` runs the Function's forward again before its
-backward. A fwd/bwd pair that hands fla's saved tensors across would need a fake for each kernel's private
-intermediates (the WY matrices, l2-norm rstd, cumulated gates, each in its own shape and dtype, changing between fla
-releases); the recompute costs one kernel forward per backward. Since the Function is called directly, fla's public
-wrapper and its backend `dispatch` (FlashQLA for Gated DeltaNet when installed) are bypassed: the Triton kernels run.
+per call (fla's public functions are `torch.compiler.disable`d: dynamo would break the graph around each). `fla_fwd`
+drives fla's own `torch.autograd.Function.forward` by hand with a stand-in ctx, so it runs exactly fla's code, and
+keeps only the inputs. `fla_bwd` computes the gradients from the inputs:
+- `chunk_simple_gla` (RetNet, linear attention, per-head decays) and `chunk_gla` (GLA, HGRN2) call fla's backward
+  functions directly, as their Functions' backward does: simple GLA's backward needs nothing the forward computed
+  (it recomputes the chunk states itself), GLA's needs the intra-chunk scores A, which it recomputes (fla's cheap
+  intra-chunk kernel) instead of saving. No recompute of the forward: the compiled step costs what fla's costs.
+- the (gated) delta rules RECOMPUTE: `fla_bwd` runs the Function's forward again, then its backward. Their Functions
+  save private intermediates (the WY matrices, l2-norm rstd, cumulated gates, in shapes and dtypes that change
+  between fla releases) that a fake would have to promise; the recompute costs one kernel forward per backward.
+Since the Functions are called directly, fla's public wrappers and their backend `dispatch` (FlashQLA for Gated
+DeltaNet when installed) are bypassed: the Triton kernels run.
 
 Shape legend: B batch, T tokens, H heads, K key dim, V value dim.
 """
@@ -102,13 +107,55 @@ def _(kernel, q, k, v, g, g_gamma, beta, initial_state, scale, output_final_stat
     return q.new_empty(v.shape), q.new_empty(final_shape, dtype=torch.float32)
 
 
+def _simple_gla_backward(q, k, v, g, g_gamma, initial_state, scale, do, dht) -> dict:
+    """`ChunkSimpleGLAFunction.backward` from the inputs, prepared as its forward prepares them (64-token chunks,
+    gates cumulated per chunk and, as g_gamma, scaled to base 2)."""
+    from fla.ops.simple_gla.chunk import chunk_simple_gla_bwd
+    from fla.ops.utils import chunk_local_cumsum
+    from fla.ops.utils.constant import RCP_LN2
+
+    chunk = 64
+    g_cum = None if g is None else chunk_local_cumsum(g, chunk_size=chunk, scale=RCP_LN2)
+    g_gamma = None if g_gamma is None else g_gamma * RCP_LN2
+    dq, dk, dv, dg, dh0 = chunk_simple_gla_bwd(q=q, k=k, v=v, g=g_cum, g_gamma=g_gamma, initial_state=initial_state,
+                                               do=do, dht=dht, scale=scale, chunk_size=chunk)
+    dg = None if g is None else chunk_local_cumsum(dg, chunk_size=chunk, reverse=True)
+    return dict(q=dq, k=dk, v=dv, g=dg, initial_state=dh0)
+
+
+def _gla_backward(q, k, v, g, g_gamma, initial_state, scale, do, dht) -> dict:
+    """`ChunkGLAFunction.backward` from the inputs: the chunk length its forward picks, the cumulated gates it
+    recomputes itself for low-precision gates, and the intra-chunk scores A its forward would have saved."""
+    import triton
+    from fla.ops.gla.chunk import chunk_gla_bwd, chunk_gla_fwd_intra_gk
+    from fla.ops.utils import chunk_local_cumsum
+    from fla.ops.utils.constant import RCP_LN2
+
+    chunk = min(64, max(16, triton.next_power_of_2(q.shape[1])))
+    g_cum = chunk_local_cumsum(g, chunk, scale=RCP_LN2)
+    A = chunk_gla_fwd_intra_gk(q=q, k=k, g=g_cum, scale=scale, chunk_size=chunk)
+    dq, dk, dv, dg, dh0 = chunk_gla_bwd(q=q, k=k, v=v, g=None, g_cumsum=g_cum, scale=scale,
+                                        initial_state=initial_state, h=None, A=A, do=do, dht=dht, chunk_size=chunk)
+    return dict(q=dq, k=dk, v=dv, g=dg, initial_state=dh0)
+
+
+# kernels whose backward runs from the inputs without recomputing the forward
+DIRECT_BACKWARDS = {"chunk_simple_gla": _simple_gla_backward, "chunk_gla": _gla_backward}
+
+
 @torch.library.custom_op("varbench::fla_bwd", mutates_args=(), device_types="cuda")
 def _fla_bwd(kernel: str, do: Tensor, dfinal: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor],
              g_gamma: Optional[Tensor], beta: Optional[Tensor], initial_state: Optional[Tensor], scale: float,
              output_final_state: bool, use_qk_l2norm: bool) -> list[Tensor]:
-    fn, ctx, names, _, _ = _run_forward(kernel, q, k, v, g, g_gamma, beta, initial_state, scale, output_final_state,
-                                        use_qk_l2norm)
-    grads = dict(zip(names, fn.backward(ctx, do, dfinal if output_final_state else None)))
+    dht = dfinal if output_final_state else None
+    if kernel in DIRECT_BACKWARDS:
+        from fla.utils import input_guard  # contiguous inputs on the inputs' device, as for fla's own backward
+
+        grads = input_guard(DIRECT_BACKWARDS[kernel])(q, k, v, g, g_gamma, initial_state, scale, do, dht)
+    else:
+        fn, ctx, names, _, _ = _run_forward(kernel, q, k, v, g, g_gamma, beta, initial_state, scale,
+                                            output_final_state, use_qk_l2norm)
+        grads = dict(zip(names, fn.backward(ctx, do, dht)))
     return op_grads([grads.get(name) for name in DIFFERENTIABLE], (q, k, v, g, g_gamma, beta, initial_state), do)
 
 
