@@ -134,9 +134,8 @@ def fla_library_call(case, inputs, state):
     if name == "chunk_simple_gla":
         return ops.simple_gla.chunk_simple_gla(i["q"], i["k"], i["v"], g=i.get("g"), g_gamma=i.get("g_gamma"),
                                                **common)
-    fn = getattr(ops, name)
-    args = (i["q"], i["k"], i["v"], i["g"], i["beta"]) if "g" in i else (i["q"], i["k"], i["v"], i["beta"])
-    return fn(*args, use_qk_l2norm_in_kernel=True, **common)
+    gate = {"g": i["g"]} if "g" in i else {}  # by name: fused_recurrent_gated_delta_rule's 5th argument is gk
+    return getattr(ops, name)(i["q"], i["k"], i["v"], beta=i["beta"], use_qk_l2norm_in_kernel=True, **gate, **common)
 
 
 def cuda_leaves(case, with_state):
