@@ -120,6 +120,30 @@ def test_an_option_the_function_does_not_take_is_refused():
         kernel._forward_kwargs(kernel._function("chunk_gla"), use_qk_l2norm_in_kernel=True)
 
 
+
+class ShuffledFunction(torch.autograd.Function):
+    """A library Function whose forward takes its inputs in another order than ours, one of them left at a default:
+    its backward's i-th gradient belongs to its forward's i-th parameter."""
+
+    @staticmethod
+    def forward(ctx, v, scale, q, output_final_state, initial_state, k, chunk_size=64, g=None):
+        ctx.save_for_backward(q)
+        return v, initial_state
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        return "dv", None, "dq", None, "dh0", "dk", None, "dg"
+
+
+def test_the_library_gradients_are_named_by_the_forwards_signature_order():
+    ctx = kernel._Ctx()
+    kwargs = kernel._forward_kwargs(ShuffledFunction, q=1, k=2, v=3, g=4, initial_state=5, scale=0.5,
+                                    output_final_state=True)
+    ShuffledFunction.forward(ctx, **kwargs)
+    grads = kernel._library_backward(ShuffledFunction, ctx, None, None)
+    assert {name: grads[name] for name in ("q", "k", "v", "g", "initial_state")} == {
+        "q": "dq", "k": "dk", "v": "dv", "g": "dg", "initial_state": "dh0"}
+
 def fla_library_call(case, inputs, state):
     """fla's public function for the case, as a user of fla would call it."""
     import fla.ops as ops

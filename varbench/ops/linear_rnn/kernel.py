@@ -87,7 +87,14 @@ def _run_forward(kernel, q, k, v, g, g_gamma, beta, initial_state, scale, output
                              scale=scale, output_final_state=output_final_state,
                              use_qk_l2norm_in_kernel=use_qk_l2norm)
     o, final = fn.forward(ctx, **kwargs)
-    return fn, ctx, list(kwargs), o, final
+    return fn, ctx, o, final
+
+
+def _library_backward(fn, ctx, do, dht) -> dict:
+    """`fn.backward` after `_run_forward`, its gradients by input name: a Function's backward returns one per
+    parameter of its forward, in the signature's order (those we left at their defaults included)."""
+    names = list(inspect.signature(fn.forward).parameters)[1:]  # after ctx
+    return dict(zip(names, fn.backward(ctx, do, dht)))
 
 
 @torch.library.custom_op("varbench::fla_fwd", mutates_args=(), device_types="cuda")
@@ -153,9 +160,9 @@ def _fla_bwd(kernel: str, do: Tensor, dfinal: Optional[Tensor], q: Tensor, k: Te
 
         grads = input_guard(DIRECT_BACKWARDS[kernel])(q, k, v, g, g_gamma, initial_state, scale, do, dht)
     else:
-        fn, ctx, names, _, _ = _run_forward(kernel, q, k, v, g, g_gamma, beta, initial_state, scale,
-                                            output_final_state, use_qk_l2norm)
-        grads = dict(zip(names, fn.backward(ctx, do, dht)))
+        fn, ctx, _, _ = _run_forward(kernel, q, k, v, g, g_gamma, beta, initial_state, scale, output_final_state,
+                                     use_qk_l2norm)
+        grads = _library_backward(fn, ctx, do, dht)
     return op_grads([grads.get(name) for name in DIFFERENTIABLE], (q, k, v, g, g_gamma, beta, initial_state), do)
 
 
