@@ -130,6 +130,7 @@ def fraction(open_high: bool = False, null: str | None = None) -> Number:
 
 
 FLAG = Choice((True, False))
+AUTO_FLAG = Choice((True, False, "auto"))  # auto: on where the device is CUDA (varbench.utils.auto)
 PRECISION = Choice(("fp32", "bf16", "fp16"))
 SAMPLER = Choice(("carry", "prefix_rerun"))
 BETAS = Items(fraction(open_high=True), length=2)
@@ -147,7 +148,7 @@ TRAIN = {
     "schedule": Choice(("lin0", "lin", "lin00", "cos", "exp")), "end_factor": fraction(),
     "weight_decay": non_negative(), "weight_decay_end": non_negative(null="constant"), "betas": BETAS,
     "grad_clip": non_negative(), "label_smoothing": fraction(open_high=True), "precision": PRECISION,
-    "compile": FLAG, "parallel": Choice(("ddp", "fsdp")), "deterministic": FLAG,
+    "compile": AUTO_FLAG, "parallel": Choice(("ddp", "fsdp")), "deterministic": FLAG,
     "log_every": count(), "nll_every": count(0), "nll_images": count(), "ckpt_every": count(), "keep_last": count(),
 }
 MODEL = {
@@ -179,17 +180,17 @@ TASKS = {
                  "speedup_batches": count(0)},
     "sample": {"classes": Items(count(0), null="the first 10 classes"), "per_class": count(), "cfg": non_negative(),
                "top_k": count(0), "top_p": Number(low=0, high=1, open_low=True), "more_smooth": FLAG,
-               "sampler": SAMPLER, "cuda_graphs": FLAG, "precision": PRECISION},
+               "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "precision": PRECISION},
     "evaluate": {
         "suite": Choice(("auto", "project", "adm")), "num_classes": count(null="every class of the model"),
         "per_class": count(null="50 for adm, 20 for project"), "batch_size": count(),
         "preset": Choice(("eval", "vis", "aim_b", "aim")),  # aim_*: raster models (varbench/eval/sampling.py)
-        "sampler": SAMPLER, "cuda_graphs": FLAG, "precision": PRECISION,
+        "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "precision": PRECISION,
         "val_nll_images": count(0), "train_nll_images": count(0), "fidelity_batch_size": count(),
         "classifier_steps": count(), "classifier_batch_size": count(), "classifier_width": count(),
         "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(),
     },
-    "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": FLAG,
+    "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
               "param_dtype": Choice(("fp32", "bf16")), "profile_steps": count(0), "isolate_cells": FLAG,
               "cell_timeout_s": positive(null="no time limit"), "rerun_resolutions": Items(count()),
               "allow_failed_cells": FLAG},

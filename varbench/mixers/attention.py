@@ -99,6 +99,10 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         super().__init__(dim, num_heads, l2_norm)
         self.backend = resolve_backend(backend, {"flex": cuda_and(), "reference": lambda: True}, "attention")
 
+    def flex_mask(self) -> tuple[str, int] | None:
+        """The flex BlockMask (kind, window) this module attends with, built before compiling; None without flex."""
+        return ("block_causal", 0) if self.backend == "flex" else None
+
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
         if self.backend == "flex" and q.is_cuda:

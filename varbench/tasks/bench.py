@@ -38,6 +38,7 @@ from varbench.layout import PATCH_NUMS
 from varbench.registry import list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.training.loop import compile_for_training
+from varbench.utils.auto import resolve_auto
 from varbench.utils.log import get_logger
 from varbench.utils.processes import run_in_fresh_process
 from varbench.utils.records import record
@@ -235,7 +236,8 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
     for stage, batch, sampler in plan_stages(t, mixer, res):
         try:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
-                    cuda_graphs=bool(t.cuda_graphs), param_dtype=t.param_dtype)
+                    cuda_graphs=resolve_auto(t.cuda_graphs, "task.cuda_graphs", "cuda"),  # bench runs on CUDA only
+                    param_dtype=t.param_dtype)
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             errors += 1

@@ -22,6 +22,7 @@ from varbench.data.loading import loader_options
 from varbench.training import checkpoints, recipe
 from varbench.training.batches import GlobalBatches, batch_loader, transformer_inputs
 from varbench.training.previews import log_sample_grid
+from varbench.utils.auto import resolve_auto
 from varbench.utils.checkpoint import load_strict, remove_stale_temps
 from varbench.utils.dist import DistInfo
 from varbench.utils.log import get_logger, progress_bar
@@ -94,6 +95,8 @@ def compile_for_training(net: torch.nn.Module, depth: int, **options) -> torch.n
     limit (8) the rest of the blocks would run eagerly, silently."""
     import torch._dynamo
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * depth)
+    from varbench.ops.attention.kernel import prepare_model_masks
+    prepare_model_masks(net)  # flex BlockMasks built here, not traced into the graph at every step
     return torch.compile(net, **options)
 
 
@@ -121,7 +124,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     plan = make_plan(tcfg, len(dataset))
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
     net = wrap_parallel(model, tcfg.parallel, info, device)
-    if tcfg.compile:
+    compiled = resolve_auto(tcfg.compile, "train.compile", device)
+    if compiled:
         net = compile_for_training(net, len(model.blocks))
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=plan.peak_lr, betas=tuple(tcfg.betas),
                                   weight_decay=0.0, fused=device.type == "cuda")
@@ -179,7 +183,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                 log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f %.1f img/s", step, plan.max_iters, loss_value,
                          lr, float(grad_norm), rate)
                 record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
-                       grad_norm=float(grad_norm), images_per_s=rate, run_dir=str(cfg.run_dir))
+                       grad_norm=float(grad_norm), images_per_s=rate, compiled=compiled, run_dir=str(cfg.run_dir))
             if logger.sample_every and step % logger.sample_every == 0:
                 with autocast(device, tcfg.precision):
                     t0 += log_sample_grid(logger, model, tokenizer, step, device)  # not training time: off the rate
@@ -193,7 +197,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                 break
     progress.close()
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
-            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "compiled": compiled}
 
 
 def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> FloatingPointError:
