@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Session 7's GPU check of issue 18 (items 1-2) in one device call of at most 9 minutes on one H200:
-#   tests  the GPU-only tests of the custom ops (mamba_ssm's SSD scan, fla's kernels: equal to the library in values
+#   tests  the GPU-only tests of the custom ops, the preallocated KV cache's peak memory, shared AdaLN's CUDA graphs (mamba_ssm's SSD scan, fla's kernels: equal to the library in values
 #          and gradients, opcheck, fullgraph compile), AiM's CUDA tests, and tests/test_compile.py (reference models on
 #          CPU tensors; flex BlockMasks built before compiling; the training step on the GPU kernels is one graph), as
 #          gpu_test records (first-config autotuning: correctness, not speed);
@@ -19,7 +19,8 @@ BENCH=(python run.py task=bench model=var_d16 "task.configs=[[attention,none],[m
        task.allow_failed_cells=true "results_dir=$OUT" "task.sample_batches={256:[1,64]}" "task.rerun_baseline=[]")
 TESTS=(tests/ops/test_ssd_custom_op.py tests/ops/test_fla_custom_ops.py
        tests/test_aim.py::test_cuda_graph_token_steps_equal_eager tests/test_aim_convert.py::test_golden_on_the_gpu_with_kernels
-       tests/test_compile.py)
+       tests/test_kv_cache.py::test_peak_memory_of_a_step_is_one_scale_not_the_cache
+       tests/test_shared_aln.py::test_shared_aln_cuda_graph_sampling_equals_eager tests/test_compile.py)
 FAILED=0
 
 step() {  # step NAME SECONDS COMMAND...: COMMAND under a timeout, tee'd to OUT/NAME.log, its status a JSON line
