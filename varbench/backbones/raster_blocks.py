@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from varbench.mixers.base import State, TokenMixer
+from varbench.utils.precision import upcast
 
 
 class RMSNorm(nn.Module):
@@ -31,7 +32,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x_BLC: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-        x = x_BLC.float() if x_BLC.dtype in (torch.float16, torch.bfloat16) else x_BLC
+        x = upcast(x_BLC)
         y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(x.dtype)
         return y.to(out_dtype or x_BLC.dtype)
 
@@ -96,7 +97,7 @@ class AiMBlock(nn.Module):
 
     def _run(self, hidden, residual, ada, mix):
         residual = hidden if residual is None else hidden + residual
-        residual = residual.float() if residual.dtype in (torch.float16, torch.bfloat16) else residual  # fp32 residual
+        residual = upcast(residual)  # fp32 residual
         rows = self.modulation(ada)
         shift, scale, gate = rows if self.rows == 3 else rows[0::2]
         y, state = mix(modulate(self.norm(residual, hidden.dtype), shift, scale))

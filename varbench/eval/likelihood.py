@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from varbench.training.batches import collate, transformer_inputs
-from varbench.training.loop import autocast
+from varbench.utils.precision import autocast
 
 
 @torch.no_grad()

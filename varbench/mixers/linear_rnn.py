@@ -19,11 +19,7 @@ from torch import nn
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State, TokenMixer, cuda_and, resolve_backend
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Recurrent states are fp32 (fla asserts it) whatever the activations are; fp64 stays fp64 for exact tests."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from varbench.utils.precision import at_least_fp32, upcast
 
 
 def divide(total: int, parts: int, what: str) -> int:
@@ -90,7 +86,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        xf = upcast(x)
         y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
         return y if self.weight is None else y * self.weight.to(y.dtype)
 
@@ -119,7 +115,7 @@ def rotary(x_BlHK: torch.Tensor, offset: int, base: float = 10000.0) -> torch.Te
     K = x_BlHK.shape[-1]
     if K % 2:
         raise ValueError(f"rotary needs an even head dim, got {K}")
-    dtype = torch.promote_types(x_BlHK.dtype, torch.float32)
+    dtype = at_least_fp32(x_BlHK.dtype)
     inv_freq = 1.0 / base ** (torch.arange(0, K, 2, device=x_BlHK.device, dtype=torch.float32) / K)
     t = torch.arange(offset, offset + x_BlHK.shape[1], device=x_BlHK.device, dtype=torch.float32)
     freqs = torch.outer(t, inv_freq).to(dtype)[:, None, :]  # [l, 1, K/2]
@@ -203,14 +199,14 @@ class LinearRNNMixer(TokenMixer):
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
         """Zero recurrent state `[B, H, K, V]` (fp32) and, with short convs, zero tails `[B, D, W - 1]` in `dtype`."""
         state = {"recurrent": torch.zeros(batch, self.heads, self.head_k_dim, self.head_v_dim,
-                                          device=device, dtype=state_dtype(dtype))}
+                                          device=device, dtype=at_least_fp32(dtype))}
         for name, size in self._conv_channels().items():
             state[f"conv_{name}"] = torch.zeros(batch, size, self.conv_size - 1, device=device, dtype=dtype)
         return state
 
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
         """Bytes of `init_state(batch, layout, dtype=dtype)`: constant over scales (no KV cache grows)."""
-        recurrent = batch * self.heads * self.head_k_dim * self.head_v_dim * state_dtype(dtype).itemsize
+        recurrent = batch * self.heads * self.head_k_dim * self.head_v_dim * at_least_fp32(dtype).itemsize
         tails = batch * sum(self._conv_channels().values()) * (self.conv_size - 1) * dtype.itemsize
         return recurrent + tails
 

@@ -19,11 +19,12 @@ from torch import nn
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer, cuda_and, resolve_backend
-from varbench.mixers.mamba2 import at_least_fp32, inverse_softplus_dt, itemsize, ssm_state_dtype
+from varbench.mixers.mamba2 import inverse_softplus_dt, itemsize
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.selective_scan import kernel as scan_kernel
 from varbench.ops.selective_scan.reference import selective_scan_ref
+from varbench.utils.precision import at_least_fp32, upcast
 
 BACKENDS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d"), "reference": lambda: True}
 
@@ -80,7 +81,7 @@ class MambaMixer(TokenMixer):
 
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
         return {
-            "ssm": torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=ssm_state_dtype(dtype)),
+            "ssm": torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=at_least_fp32(dtype)),
             "conv": torch.zeros(batch, self.d_conv - 1, self.d_inner, device=device, dtype=dtype),
         }
 
@@ -99,9 +100,9 @@ class MambaMixer(TokenMixer):
         scan = scan_kernel.selective_scan if kernel else selective_scan_ref
         # the scan takes channels before tokens (mamba_ssm's layout)
         y_BEL, ssm = scan(
-            x_BLE.transpose(1, 2), delta_BLE.transpose(1, 2), -torch.exp(at_least_fp32(self.A_log)),
-            B_BLN.transpose(1, 2), C_BLN.transpose(1, 2), at_least_fp32(self.D), z=z_BLE.transpose(1, 2),
-            delta_bias=at_least_fp32(self.dt_proj.bias), delta_softplus=True, initial_state=ssm_state,
+            x_BLE.transpose(1, 2), delta_BLE.transpose(1, 2), -torch.exp(upcast(self.A_log)),
+            B_BLN.transpose(1, 2), C_BLN.transpose(1, 2), upcast(self.D), z=z_BLE.transpose(1, 2),
+            delta_bias=upcast(self.dt_proj.bias), delta_softplus=True, initial_state=ssm_state,
         )
         return self._modules["out_proj"](y_BEL.transpose(1, 2)), tail, ssm
 
@@ -119,4 +120,4 @@ class MambaMixer(TokenMixer):
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
         """SSM state (B, E, N) in fp32 plus the conv tail (B, W - 1, E) in `dtype`; constant over scales."""
         E = self.d_inner
-        return batch * (E * self.d_state * itemsize(ssm_state_dtype(dtype)) + (self.d_conv - 1) * E * itemsize(dtype))
+        return batch * (E * self.d_state * itemsize(at_least_fp32(dtype)) + (self.d_conv - 1) * E * itemsize(dtype))

@@ -24,6 +24,7 @@ from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.ssd import kernel as ssd_kernel
 from varbench.ops.ssd.reference import gated_rmsnorm_ref, ssd_scan_ref
+from varbench.utils.precision import at_least_fp32, upcast
 
 BACKENDS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d"), "reference": lambda: True}
 
@@ -107,7 +108,7 @@ class Mamba2Mixer(TokenMixer):
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
         return {
             "ssm": torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device,
-                               dtype=ssm_state_dtype(dtype)),
+                               dtype=at_least_fp32(dtype)),
             "conv": torch.zeros(batch, self.d_conv - 1, self.conv_dim, device=device, dtype=dtype),
         }
 
@@ -127,7 +128,7 @@ class Mamba2Mixer(TokenMixer):
         x_BLE, B_BLGN, C_BLGN = xBC_BLF.split([self.d_inner, GN, GN], dim=-1)
         scan = ssd_kernel.ssd_scan if kernel else ssd_scan_ref
         y_BLHP, ssm = scan(
-            x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, -torch.exp(at_least_fp32(self.A_log)),
+            x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, -torch.exp(upcast(self.A_log)),
             B_BLGN.reshape(Bsz, L, self.ngroups, self.d_state), C_BLGN.reshape(Bsz, L, self.ngroups, self.d_state),
             D=self.D, initial_state=ssm_state, chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
         )
@@ -137,7 +138,7 @@ class Mamba2Mixer(TokenMixer):
     def _fused_forward(self, x_BLC):
         return ssd_kernel.mamba2_fused_forward(
             self.in_proj(x_BLC), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
-            -torch.exp(at_least_fp32(self.A_log)), self.D, self.chunk_size, self.norm.weight, self.norm.eps,
+            -torch.exp(upcast(self.A_log)), self.D, self.chunk_size, self.norm.weight, self.norm.eps,
             self._modules["out_proj"].weight, self.headdim, self.ngroups,
         )
 
@@ -159,7 +160,7 @@ class Mamba2Mixer(TokenMixer):
 
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
         """SSM state (B, H, P, N) in fp32 plus the conv tail (B, W - 1, F) in `dtype`; constant over scales."""
-        ssm = self.nheads * self.headdim * self.d_state * itemsize(ssm_state_dtype(dtype))
+        ssm = self.nheads * self.headdim * self.d_state * itemsize(at_least_fp32(dtype))
         return batch * (ssm + (self.d_conv - 1) * self.conv_dim * itemsize(dtype))
 
 
@@ -168,16 +169,6 @@ def inverse_softplus_dt(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor
     softplus(dt_bias) = dt)."""
     dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
     return dt + torch.log(-torch.expm1(-dt))
-
-
-def ssm_state_dtype(dtype: torch.dtype) -> torch.dtype:
-    # the recurrent state is fp32 whatever the activations are; fp64 runs (tests) keep fp64
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    # kernels want A, D and the dt bias in fp32 (A_log in half precision would make A = -inf); fp64 stays fp64
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def itemsize(dtype: torch.dtype) -> int:
