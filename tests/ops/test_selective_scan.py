@@ -165,7 +165,7 @@ def mamba_sequential(m: MambaMixer, u_BLC: torch.Tensor) -> torch.Tensor:
         h = torch.exp(dt[..., None] * A) * h + (dt * xc)[..., None] * B[:, None, :]
         y = (h @ C[..., None]).squeeze(-1) + m.D * xc
         ys.append(y * F.silu(z[:, t]))
-    return torch.stack(ys, dim=1) @ m._modules["out_proj"].weight.T
+    return torch.stack(ys, dim=1) @ m.out_proj.weight.T
 
 
 @torch.no_grad()

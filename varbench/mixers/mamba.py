@@ -58,7 +58,6 @@ class MambaMixer(TokenMixer):
                  dt_min: float = 1e-3, dt_max: float = 0.1):
         super().__init__()
         self.backend = resolve_backend(backend, BACKENDS, "mamba")
-        self.forward_impl = "causal_conv1d+selective_scan_fn" if self.backend == "mamba_ssm" else "reference"
         self.d_inner, self.d_state, self.d_conv = expand * dim, d_state, d_conv
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
         E = self.d_inner
@@ -104,7 +103,7 @@ class MambaMixer(TokenMixer):
             B_BLN.transpose(1, 2), C_BLN.transpose(1, 2), upcast(self.D), z=z_BLE.transpose(1, 2),
             delta_bias=upcast(self.dt_proj.bias), delta_softplus=True, initial_state=ssm_state,
         )
-        return self._modules["out_proj"](y_BEL.transpose(1, 2)), tail, ssm
+        return self.out_proj(y_BEL.transpose(1, 2)), tail, ssm
 
     def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
         """Forward FLOPs (multiply-add = 2). Counted: in_proj, x_proj, dt_proj, out_proj; the depthwise conv

@@ -87,9 +87,6 @@ class Mamba2Mixer(TokenMixer):
         self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
         self.nheads, self.chunk_size, self.fused = self.d_inner // headdim, chunk_size, fused
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
-        unfused = "causal_conv1d+mamba_chunk_scan_combined"
-        self.forward_impl = "reference" if self.backend == "reference" else \
-            "mamba_split_conv1d_scan_combined" if fused else unfused
         # created in mamba_ssm.Mamba2's order, so a seed gives the same initial values as the library
         # in_proj output order [z, x, B, C, dt]
         self.in_proj = nn.Linear(dim, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False)
@@ -133,13 +130,13 @@ class Mamba2Mixer(TokenMixer):
             D=self.D, initial_state=ssm_state, chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
         )
         y_BLE = self.norm(y_BLHP.reshape(Bsz, L, self.d_inner), z_BLE, kernel=kernel)
-        return self._modules["out_proj"](y_BLE), tail, ssm
+        return self.out_proj(y_BLE), tail, ssm
 
     def _fused_forward(self, x_BLC):
         return ssd_kernel.mamba2_fused_forward(
             self.in_proj(x_BLC), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
             -torch.exp(upcast(self.A_log)), self.D, self.chunk_size, self.norm.weight, self.norm.eps,
-            self._modules["out_proj"].weight, self.headdim, self.ngroups,
+            self.out_proj.weight, self.headdim, self.ngroups,
         )
 
     def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
