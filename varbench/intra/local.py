@@ -10,11 +10,11 @@ import torch
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.attention import ScaleAttention
-from varbench.mixers.base import cuda_and, resolve_backend
 from varbench.ops.attention.reference import masked_attention_ref
+from varbench.ops.backend import KernelChoice, cuda_and
 
 
-class LocalScaleAttention(ScaleAttention):
+class LocalScaleAttention(ScaleAttention, KernelChoice):
     """Softmax attention inside a (2*window+1)^2 neighbourhood of the same scale.
 
     Args:
@@ -34,11 +34,11 @@ class LocalScaleAttention(ScaleAttention):
         if window < 0:
             raise ValueError(f"window must be >= 0, got {window}")
         self.window = window
-        self.backend = resolve_backend(backend, {"flex": cuda_and(), "reference": lambda: True}, "intra=local")
+        self.choose_backend(backend, {"flex": cuda_and()}, "intra=local")
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
-        if self.backend == "flex" and q.is_cuda:
+        if self.run_backend(q) == "flex":
             from varbench.ops.attention.kernel import flex_masked_attention
             o = flex_masked_attention(q, k, v, layout, "window", self.scale, self.window)
         else:

@@ -118,7 +118,7 @@ class DeltaNetMixer(LinearRNNMixer):
         if self.allow_neg_eigval:
             beta = beta * 2.0
         return delta_rule(q, k, v, beta, initial_state=S0, output_final_state=output_final_state,
-                          use_qk_l2norm=self.qk_norm == "l2", backend=self.backend, mode=self.mode)
+                          use_qk_l2norm=self.qk_norm == "l2", backend=self.run_backend(x_BlC), mode=self.mode)
 
     def _readout(self, o_BlHV, x_BlC):
         if self.use_gate:

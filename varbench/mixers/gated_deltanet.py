@@ -114,7 +114,7 @@ class GatedDeltaNetMixer(LinearRNNMixer):
         if self.allow_neg_eigval:
             beta = beta * 2.0
         return delta_rule(q, k, v, beta, g, initial_state=S0, output_final_state=output_final_state,
-                          use_qk_l2norm=True, backend=self.backend, mode=self.mode)
+                          use_qk_l2norm=True, backend=self.run_backend(x_BlC), mode=self.mode)
 
     def _readout(self, o_BlHV, x_BlC):
         if self.use_gate:

@@ -93,7 +93,8 @@ class GLAMixer(LinearRNNMixer):
         if self.clamp_min is not None:
             gk = gk.clamp_min(self.clamp_min)
         gk = gk.view(B, l, self.heads, self.head_k_dim)
-        return gla(q, k, v, g=gk, initial_state=S0, output_final_state=output_final_state, backend=self.backend)
+        return gla(q, k, v, g=gk, initial_state=S0, output_final_state=output_final_state,
+                   backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):
         if self.use_output_gate:

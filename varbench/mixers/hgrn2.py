@@ -82,7 +82,7 @@ class HGRN2Mixer(LinearRNNMixer):
         k = (1 - g.exp()).to(h["i"].dtype).view(B, l, self.heads, self.head_k_dim)
         v = h["i"].view(B, l, self.heads, self.head_v_dim)
         return gla(q, k, v, g=g.view(B, l, self.heads, self.head_k_dim), initial_state=S0,
-                   output_final_state=output_final_state, backend=self.backend)
+                   output_final_state=output_final_state, backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):
         return self.o_proj(self.g_norm(o_BlHV.flatten(2)))

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import State, TokenMixer, cuda_and, resolve_backend
+from varbench.mixers.base import State, TokenMixer
+from varbench.ops.backend import cuda_and
 from varbench.utils.precision import at_least_fp32, upcast
 
 
@@ -150,8 +151,7 @@ class LinearRNNMixer(TokenMixer):
         self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
         self.use_short_conv, self.conv_size = False, 0
         # fla's Triton kernels need a GPU; the reference runs anywhere
-        available = {"fla": cuda_and("fla"), "reference": lambda: True}
-        self.backend = resolve_backend(backend, available, type(self).__name__)
+        self.choose_backend(backend, {"fla": cuda_and("fla")}, type(self).__name__)
 
     def _add_short_convs(self, use_short_conv: bool, conv_size: int, conv_bias: bool, channels: dict,
                          activations: dict) -> None:

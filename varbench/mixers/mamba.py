@@ -18,15 +18,16 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer, cuda_and, resolve_backend
+from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer
 from varbench.mixers.mamba2 import inverse_softplus_dt, itemsize
+from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.selective_scan import kernel as scan_kernel
 from varbench.ops.selective_scan.reference import selective_scan_ref
 from varbench.utils.precision import at_least_fp32, upcast
 
-BACKENDS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d"), "reference": lambda: True}
+KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
 
 
 class MambaMixer(TokenMixer):
@@ -57,7 +58,7 @@ class MambaMixer(TokenMixer):
                  d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
                  dt_min: float = 1e-3, dt_max: float = 0.1):
         super().__init__()
-        self.backend = resolve_backend(backend, BACKENDS, "mamba")
+        self.choose_backend(backend, KERNELS, "mamba")
         self.d_inner, self.d_state, self.d_conv = expand * dim, d_state, d_conv
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
         E = self.d_inner
@@ -90,7 +91,7 @@ class MambaMixer(TokenMixer):
 
     def _mix(self, x_BLC, conv_tail, ssm_state):
         """in_proj, conv, x_proj/dt_proj, selective scan, out_proj from the given states (None: sequence start)."""
-        kernel = self.backend == "mamba_ssm"
+        kernel = self.run_backend(x_BLC) == "mamba_ssm"
         x_BLE, z_BLE = self.in_proj(x_BLC).chunk(2, dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
         x_BLE, tail = conv(x_BLE, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_tail, activation="silu")

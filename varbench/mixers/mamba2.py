@@ -19,14 +19,15 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer, cuda_and, resolve_backend
+from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer
+from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.ssd import kernel as ssd_kernel
 from varbench.ops.ssd.reference import gated_rmsnorm_ref, ssd_scan_ref
 from varbench.utils.precision import at_least_fp32, upcast
 
-BACKENDS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d"), "reference": lambda: True}
+KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
 
 
 class GatedRMSNorm(nn.Module):
@@ -77,7 +78,7 @@ class Mamba2Mixer(TokenMixer):
                  d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
                  chunk_size: int = 256, fused: bool = False):
         super().__init__()
-        self.backend = resolve_backend(backend, BACKENDS, "mamba2")
+        self.choose_backend(backend, KERNELS, "mamba2")
         if fused and self.backend != "mamba_ssm":
             raise ValueError(f"mamba2: fused=True needs backend 'mamba_ssm', got {self.backend!r}")
         self.d_inner = expand * dim
@@ -116,7 +117,7 @@ class Mamba2Mixer(TokenMixer):
 
     def _mix(self, x_BLC, conv_tail, ssm_state):
         """in_proj, conv, SSD scan, gated norm, out_proj from the given states (None: sequence start)."""
-        kernel = self.backend == "mamba_ssm"
+        kernel = self.run_backend(x_BLC) == "mamba_ssm"
         Bsz, L, _ = x_BLC.shape
         z_BLE, xBC_BLF, dt_BLH = self.in_proj(x_BLC).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
