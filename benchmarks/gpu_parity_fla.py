@@ -29,7 +29,8 @@ import time
 import torch
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import has_module, run_steps
+from varbench.mixers.base import run_steps
+from varbench.ops.backend import has_module
 from varbench.utils.autotune import apply_autotune_mode
 from varbench.utils.records import record
 

@@ -25,9 +25,10 @@ import traceback
 import torch
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import has_module, run_steps
+from varbench.mixers.base import run_steps
 from varbench.mixers.mamba import MambaMixer
 from varbench.mixers.mamba2 import Mamba2Mixer
+from varbench.ops.backend import has_module
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.selective_scan import kernel as scan_kernel
