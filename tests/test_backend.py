@@ -81,3 +81,11 @@ def test_mamba_built_for_its_kernel_refuses_cpu_tensors(monkeypatch):
     m = build("mixer", "mamba", dim=DIM, num_heads=HEADS, backend="mamba_ssm")
     with pytest.raises(ValueError, match="'mamba_ssm' runs on CUDA tensors"):
         m(torch.randn(1, LAYOUT.L, DIM), LAYOUT)
+
+
+def test_mamba2_fused_under_auto_refuses_cpu_tensors(monkeypatch):
+    import varbench.mixers.mamba2
+    monkeypatch.setitem(varbench.mixers.mamba2.KERNELS, "mamba_ssm", lambda: True)
+    m = build("mixer", "mamba2", dim=DIM, num_heads=HEADS, headdim=16, fused=True)
+    with pytest.raises(ValueError, match="fused kernel, on CUDA only"):
+        m(torch.randn(1, LAYOUT.L, DIM), LAYOUT)

@@ -79,8 +79,9 @@ class Mamba2Mixer(TokenMixer):
                  chunk_size: int = 256, fused: bool = False):
         super().__init__()
         self.choose_backend(backend, KERNELS, "mamba2")
-        if fused and self.backend != "mamba_ssm":
-            raise ValueError(f"mamba2: fused=True needs backend 'mamba_ssm', got {self.backend!r}")
+        if fused and (self.backend == "reference" or not KERNELS["mamba_ssm"]()):
+            raise ValueError(f"mamba2: fused=True needs backend 'mamba_ssm' (or auto, with it installed and a GPU), "
+                             f"got {self.backend!r}")
         self.d_inner = expand * dim
         if self.d_inner % headdim or (self.d_inner // headdim) % ngroups:
             raise ValueError(f"mamba2: expand*dim={self.d_inner} must split into heads of {headdim}, "
@@ -100,6 +101,8 @@ class Mamba2Mixer(TokenMixer):
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         if self.fused:
+            if self.run_backend(x_BLC) != "mamba_ssm":  # auto on CPU tensors: the fused kernel cannot run, say so
+                raise ValueError(f"mamba2: fused=True runs mamba_ssm's fused kernel, on CUDA only; got {x_BLC.device}")
             return self._fused_forward(x_BLC)
         return self._mix(x_BLC, None, None)[0]
 
