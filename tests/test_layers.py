@@ -42,10 +42,6 @@ ALLOWED = {
         "moves with ScaleAttention into varbench/modules (after the KV-cache change lands)",
     ("varbench.intra.local", "varbench.mixers.attention"):
         "moves with ScaleAttention into varbench/modules (after the KV-cache change lands)",
-    ("varbench.intra.full", "varbench.mixers.base"):
-        "the mixer contract (TokenMixer, State, resolve_backend) moves with ScaleAttention into varbench/modules",
-    ("varbench.intra.local", "varbench.mixers.base"):
-        "the mixer contract (TokenMixer, State, resolve_backend) moves with ScaleAttention into varbench/modules",
     ("varbench.eval.likelihood", "varbench.training.batches"):
         "collate / transformer_inputs move to data/ once training/batches.py is free (being edited in parallel)",
     ("varbench.eval.references", "varbench.training.batches"):
