@@ -20,13 +20,12 @@ from varbench.layout import PATCH_NUMS, ScaleLayout
 from varbench.mixers.base import run_steps
 from varbench.registry import build, list_options
 from varbench.utils.autotune import apply_autotune_mode
+from varbench.utils.compare import rel_rms
 from varbench.utils.records import record
 
 
 def errors(ref: torch.Tensor, out: torch.Tensor) -> dict:
-    ref, out = ref.double(), out.double()
-    return {"max_abs": (out - ref).abs().max().item(),
-            "rel_rms": ((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()}
+    return {"max_abs": (out.double() - ref.double()).abs().max().item(), "rel_rms": rel_rms(out, ref)}
 
 
 def run_paths(module, x_BLC, layout, is_mixer):

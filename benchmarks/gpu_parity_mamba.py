@@ -36,16 +36,12 @@ from varbench.ops.selective_scan.reference import selective_scan_ref
 from varbench.ops.ssd import kernel as ssd_kernel
 from varbench.ops.ssd.reference import ssd_scan_ref
 from varbench.utils.autotune import apply_autotune_mode
+from varbench.utils.compare import rel_rms
 from varbench.utils.records import record
 
 TOL = {"fp32": 2e-5, "bf16": 3e-2}  # relative RMS; fp32 measured ~1e-6 on the golden data, bf16 has 8 mantissa bits
 VAR256 = ScaleLayout.for_resolution(256)  # L = 680
 VAR512 = ScaleLayout.for_resolution(512)  # L = 2240: several 256-token SSD chunks, a carried state inside a scale
-
-
-def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    return ((out - ref).square().mean().sqrt() / ref.square().mean().sqrt().clamp_min(1e-30)).item()
 
 
 def row(check: str, dtype: str, out, ref, ref32=None) -> dict:
