@@ -20,6 +20,7 @@ from torch import nn
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State, TokenMixer
 from varbench.ops.backend import cuda_and
+from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.utils.precision import at_least_fp32, upcast
 
 
@@ -65,17 +66,12 @@ class ShortConvolution(nn.Conv1d):
         super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, bias=bias)
         self.activation = activation
 
-    def forward(self, x_BlD: torch.Tensor, tail_BDw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Convolve l new tokens after the W - 1 earlier inputs in `tail_BDw` (zeros when `None`).
-        Returns the output `[B, l, D]` and the new tail `[B, D, W - 1]`."""
-        x_BDl = x_BlD.transpose(1, 2)
-        if tail_BDw is None:
-            tail_BDw = x_BDl.new_zeros(*x_BDl.shape[:2], self.kernel_size[0] - 1)
-        x_BDl = torch.cat([tail_BDw.to(x_BDl.dtype), x_BDl], dim=-1)
-        y_BDl = F.conv1d(x_BDl, self.weight, self.bias, groups=self.groups)
-        if self.activation is not None:
-            y_BDl = F.silu(y_BDl)
-        return y_BDl.transpose(1, 2), x_BDl[..., -(self.kernel_size[0] - 1):]
+    def forward(self, x_BlD: torch.Tensor, tail_BwD: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Convolve l new tokens after the W - 1 earlier inputs in `tail_BwD` (zeros when `None`): the causal conv of
+        varbench/ops/causal_conv, the tail in its layout (the one Mamba's conv carries too).
+        Returns the output `[B, l, D]` and the new tail `[B, W - 1, D]`."""
+        activation = None if self.activation is None else "silu"
+        return causal_conv1d_ref(x_BlD, self.weight.squeeze(1), self.bias, tail_BwD, activation=activation)
 
 
 class RMSNorm(nn.Module):
@@ -197,11 +193,11 @@ class LinearRNNMixer(TokenMixer):
         return {name: getattr(self, f"{name}_conv1d").in_channels for name in self.proj_names}
 
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
-        """Zero recurrent state `[B, H, K, V]` (fp32) and, with short convs, zero tails `[B, D, W - 1]` in `dtype`."""
+        """Zero recurrent state `[B, H, K, V]` (fp32) and, with short convs, zero tails `[B, W - 1, D]` in `dtype`."""
         state = {"recurrent": torch.zeros(batch, self.heads, self.head_k_dim, self.head_v_dim,
                                           device=device, dtype=at_least_fp32(dtype))}
         for name, size in self._conv_channels().items():
-            state[f"conv_{name}"] = torch.zeros(batch, size, self.conv_size - 1, device=device, dtype=dtype)
+            state[f"conv_{name}"] = torch.zeros(batch, self.conv_size - 1, size, device=device, dtype=dtype)
         return state
 
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
