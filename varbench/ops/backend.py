@@ -5,8 +5,9 @@ A module is built with `backend`: "reference" (plain PyTorch, any device, the or
 
 - a named kernel must be installed (and a GPU present) when the module is built, and every call must give it CUDA
   tensors: a CPU tensor is an error, not a quiet switch to the reference;
-- "auto" decides per call from the input's device: the first kernel that is installed when the tensor is on CUDA,
-  else the reference;
+- "auto" decides per call from the input's device: the first kernel that can run here when the tensor is on CUDA,
+  else the reference (what can run here is checked once, when the module is built: no import machinery inside a
+  compiled forward);
 - whichever ran is recorded on the module as `backend_ran` (outside torch.compile tracing), and `backend_on(device)`
   answers the same question without a call, for records of compiled models.
 """
@@ -51,9 +52,10 @@ def resolve_backend(requested: str, kernels: dict[str, Callable[[], bool]], owne
     return requested
 
 
-def pick_backend(requested: str, kernels: dict[str, Callable[[], bool]], device: torch.device, owner: str) -> str:
+def pick_backend(requested: str, available: tuple[str, ...], device: torch.device, owner: str) -> str:
     """The backend that runs on tensors of `device`: the named one (a kernel only on CUDA, else a ValueError), or for
-    "auto" the first available kernel on CUDA, else the reference."""
+    "auto" the first of the `available` kernels (those that can run on this machine, preferred first) on CUDA, else
+    the reference."""
     if requested == REFERENCE:
         return REFERENCE
     if requested != "auto":
@@ -61,11 +63,7 @@ def pick_backend(requested: str, kernels: dict[str, Callable[[], bool]], device:
             raise ValueError(f"{owner}: backend {requested!r} runs on CUDA tensors, got tensors on {device}; use "
                              f"backend=auto (the reference off the GPU) or backend={REFERENCE}")
         return requested
-    if device.type == "cuda":
-        for name, can_run in kernels.items():
-            if can_run():
-                return name
-    return REFERENCE
+    return available[0] if device.type == "cuda" and available else REFERENCE
 
 
 class KernelChoice:
@@ -78,15 +76,16 @@ class KernelChoice:
 
     backend: str = REFERENCE
     backend_ran: str | None = None
-    kernels: dict[str, Callable[[], bool]] = {}
+    kernels_here: tuple[str, ...] = ()
 
     def choose_backend(self, requested: str, kernels: dict[str, Callable[[], bool]], owner: str) -> None:
-        """Check `requested` (see `resolve_backend`) and keep what a call needs to pick."""
-        self.backend, self.kernels, self._backend_owner = resolve_backend(requested, kernels, owner), kernels, owner
+        """Check `requested` (see `resolve_backend`); keep what a call needs to pick: the kernels that can run here."""
+        self.backend, self._backend_owner = resolve_backend(requested, kernels, owner), owner
+        self.kernels_here = tuple(name for name, can_run in kernels.items() if can_run())
 
     def backend_on(self, device) -> str:
         """The backend a call on tensors of `device` runs."""
-        return pick_backend(self.backend, self.kernels, torch.device(device), self._backend_owner)
+        return pick_backend(self.backend, self.kernels_here, torch.device(device), self._backend_owner)
 
     def run_backend(self, x: torch.Tensor) -> str:
         """The backend this call runs on `x`, recorded as `backend_ran`."""
