@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1] / "varbench"
 # peers that do not import each other. "varbench" is the package's own __init__ (the notebook facade).
 LAYERS = [
     ("utils", "layout", "registry", "preemption"),  # foundations: no model code
-    ("modules",),                                     # shared layers (norms, short convolution, rotary, ...)
     ("ops",),                                         # the math of each op: reference beside kernel adapters
+    ("modules",),                                     # shared layers: RMS norms, short convolution, rotary
     ("mixers", "intra"),                              # inter-scale mixers, intra-scale variants
     ("backbones", "tokenizers"),                      # the models
     ("build", "compat"),                              # models built from the registry; golden parity

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from varbench.mixers.base import NO_WEIGHT_DECAY
-from varbench.mixers.linear_rnn import FusedRMSNormGated, LinearRNNMixer, RMSNorm, divide, expand, pick_heads
+from varbench.mixers.linear_rnn import LinearRNNMixer, divide, expand, pick_heads
+from varbench.modules import FusedRMSNormGated, RMSNorm
 from varbench.ops.linear_rnn import delta_rule
 from varbench.utils.precision import at_least_fp32
 

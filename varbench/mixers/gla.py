@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from varbench.mixers.linear_rnn import FusedRMSNormGated, LinearRNNMixer, RMSNorm, divide, expand, pick_heads
+from varbench.mixers.linear_rnn import LinearRNNMixer, divide, expand, pick_heads
+from varbench.modules import FusedRMSNormGated, RMSNorm
 from varbench.ops.linear_rnn import gla
 from varbench.utils.precision import upcast
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from varbench.mixers.linear_rnn import LinearRNNMixer, RMSNorm, divide
+from varbench.mixers.linear_rnn import LinearRNNMixer, divide
+from varbench.modules import RMSNorm
 from varbench.ops.linear_rnn import gla
 from varbench.utils.precision import upcast
 

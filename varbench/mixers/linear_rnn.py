@@ -14,14 +14,13 @@ H heads, K key dim per head, V value dim per head, D channels of one projection,
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State, TokenMixer
+from varbench.modules import ShortConvolution
 from varbench.ops.backend import cuda_and
-from varbench.ops.causal_conv.reference import causal_conv1d_ref
-from varbench.utils.precision import at_least_fp32, upcast
+from varbench.utils.precision import at_least_fp32
 
 
 def divide(total: int, parts: int, what: str) -> int:
@@ -46,79 +45,6 @@ def expand(dim: int, ratio: float, what: str) -> int:
     if abs(size - dim * ratio) > 1e-6 or size < 1:
         raise ValueError(f"{what}: dim * ratio = {dim} * {ratio} is not a positive integer")
     return size
-
-
-class ShortConvolution(nn.Conv1d):
-    """Depthwise causal convolution with a carried tail, parameter-compatible with fla's `ShortConvolution`.
-
-    Args:
-        hidden_size (int): channels D.
-        kernel_size (int): width W (>= 2).
-        bias (bool, Optional): channel bias. Default: `False`.
-        activation (str, Optional): `silu` or `None`. Default: `silu`.
-    """
-
-    def __init__(self, hidden_size: int, kernel_size: int, bias: bool = False, activation: str | None = "silu"):
-        if kernel_size < 2:
-            raise ValueError(f"conv_size must be >= 2, got {kernel_size}")
-        if activation not in ("silu", "swish", None):
-            raise ValueError(f"short-conv activation must be 'silu' or None, got {activation!r}")
-        super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, bias=bias)
-        self.activation = activation
-
-    def forward(self, x_BlD: torch.Tensor, tail_BwD: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Convolve l new tokens after the W - 1 earlier inputs in `tail_BwD` (zeros when `None`): the causal conv of
-        varbench/ops/causal_conv, the tail in its layout (the one Mamba's conv carries too).
-        Returns the output `[B, l, D]` and the new tail `[B, W - 1, D]`."""
-        activation = None if self.activation is None else "silu"
-        return causal_conv1d_ref(x_BlD, self.weight.squeeze(1), self.bias, tail_BwD, activation=activation)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm over the last dim, computed in fp32 (fla's `RMSNorm(..., dtype=torch.float32)`)."""
-
-    def __init__(self, hidden_size: int, elementwise_affine: bool = True, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
-
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        xf = upcast(x)
-        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return y if self.weight is None else y * self.weight.to(y.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._norm(x).to(x.dtype)
-
-
-class FusedRMSNormGated(RMSNorm):
-    """RMSNorm(x) * act(g), fla's `FusedRMSNormGated` in plain PyTorch (act: swish/silu or sigmoid)."""
-
-    def __init__(self, hidden_size: int, elementwise_affine: bool = True, eps: float = 1e-5, activation: str = "swish"):
-        if activation not in ("swish", "silu", "sigmoid"):
-            raise ValueError(f"gate activation must be 'swish', 'silu' or 'sigmoid', got {activation!r}")
-        super().__init__(hidden_size, elementwise_affine, eps)
-        self.activation = activation
-
-    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        y = self._norm(x)
-        gf = g.to(y.dtype)
-        return (y * (torch.sigmoid(gf) if self.activation == "sigmoid" else F.silu(gf))).to(x.dtype)
-
-
-def rotary(x_BlHK: torch.Tensor, offset: int, base: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding of positions offset .. offset + l - 1, non-interleaved halves, over the whole head
-    dim (fla's `RotaryEmbedding(dim=K)` defaults); the angles are computed in fp32."""
-    K = x_BlHK.shape[-1]
-    if K % 2:
-        raise ValueError(f"rotary needs an even head dim, got {K}")
-    dtype = at_least_fp32(x_BlHK.dtype)
-    inv_freq = 1.0 / base ** (torch.arange(0, K, 2, device=x_BlHK.device, dtype=torch.float32) / K)
-    t = torch.arange(offset, offset + x_BlHK.shape[1], device=x_BlHK.device, dtype=torch.float32)
-    freqs = torch.outer(t, inv_freq).to(dtype)[:, None, :]  # [l, 1, K/2]
-    cos, sin = freqs.cos(), freqs.sin()
-    x1, x2 = x_BlHK.to(dtype).chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x_BlHK.dtype)
 
 
 class LinearRNNMixer(TokenMixer):

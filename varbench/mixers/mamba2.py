@@ -20,33 +20,15 @@ from torch import nn
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer
+from varbench.modules import GatedRMSNorm
 from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.ssd import kernel as ssd_kernel
-from varbench.ops.ssd.reference import gated_rmsnorm_ref, ssd_scan_ref
+from varbench.ops.ssd.reference import ssd_scan_ref
 from varbench.utils.precision import at_least_fp32, upcast
 
 KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
-
-
-class GatedRMSNorm(nn.Module):
-    """Holds `norm.weight` of mamba_ssm's `RMSNormGated` (eps 1e-5, norm_before_gate False, one group per G).
-
-    Args:
-        hidden_size (int): E.
-        eps (float, Optional): added to the mean square. Default: 1e-5.
-        group_size (int, Optional): channels normalised together. Default: E.
-    """
-
-    def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None):
-        super().__init__()
-        self.eps, self.group_size = eps, group_size
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-
-    def forward(self, y: torch.Tensor, z: torch.Tensor, kernel: bool = False) -> torch.Tensor:
-        norm = ssd_kernel.gated_rmsnorm if kernel else gated_rmsnorm_ref
-        return norm(y, self.weight, z, eps=self.eps, group_size=self.group_size, norm_before_gate=False)
 
 
 class Mamba2Mixer(TokenMixer):

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from varbench.mixers.linear_rnn import FusedRMSNormGated, LinearRNNMixer, RMSNorm, divide, expand, pick_heads, rotary
+from varbench.mixers.linear_rnn import LinearRNNMixer, divide, expand, pick_heads
+from varbench.modules import FusedRMSNormGated, RMSNorm, rotary
 from varbench.ops.linear_rnn import gla
 
 
