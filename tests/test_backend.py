@@ -98,3 +98,13 @@ def test_the_fla_ops_refuse_cpu_tensors(op):
     extra = {"beta": torch.rand(1, 4, 2)} if op == "delta_rule" else {}
     with pytest.raises(ValueError, match="'fla' runs on CUDA tensors"):
         getattr(linear_rnn, op)(q, k, v, backend="fla", **extra)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_runs_the_kernel_on_cuda_tensors_and_the_reference_on_cpu_ones():
+    m = build("mixer", "attention", dim=DIM, num_heads=HEADS)  # flex attention: torch alone
+    x = torch.randn(1, LAYOUT.L, DIM)
+    m.cuda()(x.cuda(), LAYOUT)
+    assert m.backend_ran == "flex"
+    m.cpu()(x, LAYOUT)
+    assert m.backend_ran == "reference"
