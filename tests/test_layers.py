@@ -173,3 +173,11 @@ def test_every_allowed_edge_still_exists():
     # an allow-list entry whose import is gone must be deleted, so the list shows only what is left to move
     gone = sorted(f"{a} -> {b}" for a, b in ALLOWED if (a, b) not in edges(module_level_only=False))
     assert gone == [], "these imports are gone; delete them from ALLOWED:\n" + "\n".join(gone)
+
+
+def test_tasks_do_not_import_other_tasks():
+    # one dispatch (varbench/tasks/__init__.py) calls the tasks; what two tasks share lives below tasks
+    tasks = {m for m in MODULES if m.startswith("varbench.tasks.")}
+    crossing = sorted(f"{a} -> {b}" for a, b in edges(module_level_only=False)
+                      if a in tasks and b in tasks and (a, b) not in ALLOWED)
+    assert crossing == [], "tasks importing tasks:\n" + "\n".join(crossing)
