@@ -20,13 +20,12 @@ from varbench.layout import PATCH_NUMS, ScaleLayout
 from varbench.mixers.base import run_steps
 from varbench.registry import build, list_options
 from varbench.utils.autotune import apply_autotune_mode
+from varbench.utils.compare import rel_rms
 from varbench.utils.records import record
 
 
 def errors(ref: torch.Tensor, out: torch.Tensor) -> dict:
-    ref, out = ref.double(), out.double()
-    return {"max_abs": (out - ref).abs().max().item(),
-            "rel_rms": ((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()}
+    return {"max_abs": (out.double() - ref.double()).abs().max().item(), "rel_rms": rel_rms(out, ref)}
 
 
 def run_paths(module, x_BLC, layout, is_mixer):
@@ -48,8 +47,9 @@ def run_paths(module, x_BLC, layout, is_mixer):
 def compare(group: str, name: str, layout: ScaleLayout, dim: int, heads: int, batch: int, out_path: str) -> None:
     ref = build(group, name, dim=dim, num_heads=heads, backend="reference").cuda()
     kernel = build(group, name, dim=dim, num_heads=heads).cuda()
-    fields = dict(group=group, name=name, backend=kernel.backend, dim=dim, batch=batch, L=layout.L)
-    if kernel.backend == "reference":
+    ran = kernel.backend_on("cuda")  # what `auto` runs on CUDA tensors
+    fields = dict(group=group, name=name, backend=ran, dim=dim, batch=batch, L=layout.L)
+    if ran == "reference":
         record(out_path, "parity_skipped", 0, "", reason="no kernel available for this entry", **fields)
         print(f"{group}/{name}: no kernel path here")
         return
@@ -71,7 +71,7 @@ def compare(group: str, name: str, layout: ScaleLayout, dim: int, heads: int, ba
             record(out_path, "parity_rel_rms", err["rel_rms"], "ratio", max_abs=err["max_abs"], dtype=str(dtype),
                    compared=what, **fields)
         worst = max(rows.items(), key=lambda kv: kv[1]["rel_rms"])
-        print(f"{group}/{name:18s} {kernel.backend:10s} {dtype!s:15s} forward {rows['forward']['rel_rms']:.2e} "
+        print(f"{group}/{name:18s} {ran:10s} {dtype!s:15s} forward {rows['forward']['rel_rms']:.2e} "
               f"step {rows['step_chain']['rel_rms']:.2e}  worst {worst[0]} {worst[1]['rel_rms']:.2e}")
 
 

@@ -29,8 +29,10 @@ import time
 import torch
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import has_module, run_steps
+from varbench.mixers.base import run_steps
+from varbench.ops.backend import has_module
 from varbench.utils.autotune import apply_autotune_mode
+from varbench.utils.compare import rel_rms
 from varbench.utils.records import record
 
 TOL = {"fp32": 1e-4, "bf16": 3e-2}  # relative RMS; fp32 kernels land near 1e-6, bf16 has 8 mantissa bits
@@ -51,11 +53,6 @@ MIXERS = {
                          ("LinearAttention", {})),
     "hgrn2": ("hgrn2", "HGRN2Mixer", [("chunk", {}, ("fp32", "bf16"))], ("HGRN2Attention", {})),
 }
-
-
-def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    return ((out - ref).square().mean().sqrt() / ref.square().mean().sqrt().clamp_min(1e-30)).item()
 
 
 def row(check: str, dtype: str, out, ref, ref_same=None) -> dict:

@@ -25,9 +25,10 @@ import traceback
 import torch
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import has_module, run_steps
+from varbench.mixers.base import run_steps
 from varbench.mixers.mamba import MambaMixer
 from varbench.mixers.mamba2 import Mamba2Mixer
+from varbench.ops.backend import has_module
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.selective_scan import kernel as scan_kernel
@@ -35,16 +36,12 @@ from varbench.ops.selective_scan.reference import selective_scan_ref
 from varbench.ops.ssd import kernel as ssd_kernel
 from varbench.ops.ssd.reference import ssd_scan_ref
 from varbench.utils.autotune import apply_autotune_mode
+from varbench.utils.compare import rel_rms
 from varbench.utils.records import record
 
 TOL = {"fp32": 2e-5, "bf16": 3e-2}  # relative RMS; fp32 measured ~1e-6 on the golden data, bf16 has 8 mantissa bits
 VAR256 = ScaleLayout.for_resolution(256)  # L = 680
 VAR512 = ScaleLayout.for_resolution(512)  # L = 2240: several 256-token SSD chunks, a carried state inside a scale
-
-
-def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    return ((out - ref).square().mean().sqrt() / ref.square().mean().sqrt().clamp_min(1e-30)).item()
 
 
 def row(check: str, dtype: str, out, ref, ref32=None) -> dict:

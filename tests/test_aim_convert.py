@@ -126,7 +126,7 @@ def test_golden_on_the_gpu_with_kernels(golden):
     model = raster_ar_from_official_config(config["mamba_config"], cond_drop_rate=0.0)
     load_official_aim(model, official)
     model = model.cuda().eval()
-    print("mixer backend:", model.blocks[0].mixer.backend)
+    print("mixer backend:", model.blocks[0].mixer.backend_on("cuda"))
     io = {k: v.cuda() for k, v in load_file(str(GOLDEN_C / "aim_io.safetensors")).items()}
     label_B = io["cond"][:, 0]
     with torch.no_grad():

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from varbench.config_schema import ConfigError, validate
 from varbench.registry import CONFIG_ROOT, list_options
-from varbench.tasks import register_resolvers, run_task
+from varbench.resolvers import register_resolvers
+from varbench.tasks import run_task
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ["mixer", "intra", "model", "tokenizer", "data", "train", "task"]

@@ -13,6 +13,12 @@ from omegaconf import OmegaConf
 
 from varbench import grid
 from varbench.registry import CONFIG_ROOT, list_options
+from varbench.resolvers import register_resolvers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _resolvers():
+    register_resolvers()  # the grid files read ${varbench.cell_id:}, ... as the varbench command registers them
 
 
 def _composed(*overrides: str):

@@ -48,8 +48,7 @@ def test_flops_positive(name, tiny_layout):
 
 
 def test_local_window_is_narrower_than_full(tiny_layout):
-    from varbench.intra.local import window_mask
     full = tiny_layout.block_diag_mask()
-    local = window_mask(tiny_layout, 0, None)
+    local = tiny_layout.window_mask(0)
     assert torch.equal(local, torch.eye(tiny_layout.L, dtype=torch.bool))
-    assert torch.equal(window_mask(tiny_layout, 3, None), full)   # a window wider than every scale is the full scale
+    assert torch.equal(tiny_layout.window_mask(3), full)   # a window wider than every scale is the full scale

@@ -32,8 +32,10 @@ def test_none_means_no_inter_scale_branch():
 
 
 @pytest.mark.parametrize("name", MIXERS)
-def test_runs_reference_on_cpu(name):
-    assert make(name).backend == "reference", "on a CPU machine 'auto' must resolve to the reference path"
+def test_auto_runs_the_reference_on_cpu_tensors_and_records_it(name, tiny_layout):
+    mixer = make(name)
+    mixer(torch.randn(1, tiny_layout.L, DIM, dtype=torch.float64), tiny_layout)
+    assert mixer.backend == "auto" and mixer.backend_ran == "reference"
 
 
 @pytest.mark.parametrize("name", MIXERS)

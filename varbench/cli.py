@@ -13,9 +13,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import varbench.grid  # noqa: F401  registers the resolvers the configs use (${varbench.mixers:}, ...) before Hydra composes
 from varbench.grid import run_cell
-from varbench.tasks import register_resolvers
+from varbench.resolvers import register_resolvers
+
+# here, at import: a Slurm job unpickles `_main` (importing this module) and never calls `main`, yet Hydra resolves the
+# job's folder, which reads the resolvers, before it calls `_main`
+register_resolvers()
 
 # Hydra takes `debug=true` as a boolean, and a boolean cannot name a config group's option: the flag names the preset
 FLAGS = {"debug=true": "debug=smoke", "debug=false": "debug=null"}
@@ -27,7 +30,6 @@ def _main(cfg: DictConfig):
 
 
 def main():
-    register_resolvers()
     sys.argv = [FLAGS.get(arg.lower(), arg) for arg in sys.argv]
     _main()
 

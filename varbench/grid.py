@@ -11,10 +11,9 @@ under `<results_dir>/cells/<cell_id>/`: `done.json` once every step of the cell 
 `<results_dir>/grid.jsonl` as `cell_complete` / `cell_failed` records. A run holds a lock on its run_dir, a cell
 also one on its marker folder (varbench/utils/lock.py): a second process gets an error naming the holder.
 
-Importing this module registers the OmegaConf resolvers the configs use: `${varbench.mixers:}` (every registered
-mixer, comma-separated for a sweep), `${varbench.bench_configs:}`, `${varbench.cell_id:}`,
-`${varbench.results_namespace:<results_dir>}` and `${varbench.slurm_profile:<name>}`. It imports no torch: the
-sweeper process only plans.
+The configs read a cell's id and results folder through resolvers (`${varbench.cell_id:}`,
+`${varbench.results_namespace:<results_dir>}`), registered by varbench.resolvers.register_resolvers. This module imports
+no torch at import: the sweeper process only plans.
 """
 
 from __future__ import annotations
@@ -29,12 +28,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from varbench.registry import CONFIG_ROOT, list_options
 from varbench.utils.log import get_logger, is_rank_zero, job_logging
 
 log = get_logger(__name__)
 
-PROFILES = CONFIG_ROOT / "slurm_profiles"  # not a config group: read by ${varbench.slurm_profile:}
 # top-level config keys that do not change what a cell computes (where it runs, where it records, whether it runs,
 # what it shows while it runs)
 NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydra", "logger", "progress")
@@ -204,36 +201,3 @@ def _small(summary: Any) -> Any:
         return {str(k): _small(v) for k, v in summary.items()
                 if isinstance(v, (dict, int, float, str, bool, type(None)))}
     return summary
-
-
-# ---------- resolvers used by the configs ----------
-
-def _mixers() -> str:
-    """Every registered mixer as a sweep string ('attention,deltanet,...')."""
-    return ",".join(list_options("mixer"))
-
-
-def _bench_configs() -> str:
-    """One `task.configs` value per bench cell: the bench's default configurations (`bench.default_configs`)."""
-    from varbench.tasks.bench import default_configs  # torch and the models: only when a config asks
-    return ",".join(f"[[{m},{i}]]" for m, i in default_configs())
-
-
-def _cell_id(*, _root_: DictConfig) -> str:
-    return cell_id(_root_)
-
-
-def _slurm_profile(name: str) -> DictConfig:
-    """varbench/configs/slurm_profiles/<name>.yaml, or a path to a profile of your own (ends with .yaml)."""
-    path = Path(name) if str(name).endswith(".yaml") else PROFILES / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
-        raise ValueError(f"unknown Slurm profile {name!r} ({path} does not exist); known profiles: {known}")
-    return OmegaConf.load(path)
-
-
-for _name, _fn in (("varbench.mixers", _mixers), ("varbench.bench_configs", _bench_configs),
-                   ("varbench.cell_id", _cell_id), ("varbench.results_namespace", results_namespace),
-                   ("varbench.slurm_profile", _slurm_profile)):
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _fn)

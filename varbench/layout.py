@@ -98,6 +98,24 @@ class ScaleLayout:
         ids = self.scale_ids(device)
         return ids[:, None] == ids[None, :]
 
+    def positions_in_scale(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L,) row and (L,) column of every token inside its own scale (raster order)."""
+        rows, cols = [], []
+        for p in self.patch_nums:
+            r, c = torch.meshgrid(torch.arange(p, device=device), torch.arange(p, device=device), indexing="ij")
+            rows.append(r.flatten())
+            cols.append(c.flatten())
+        return torch.cat(rows), torch.cat(cols)
+
+    def window_mask(self, window: int, device=None) -> torch.Tensor:
+        """(L, L) bool, True where query i and key j are in the same scale and within the 2-D window: |row_i - row_j|
+        <= window and |col_i - col_j| <= window (intra=local)."""
+        row, col = self.positions_in_scale(device)
+        near = ((row[:, None] - row[None, :]).abs() <= window) & ((col[:, None] - col[None, :]).abs() <= window)
+        # one scale (sampling's `step`) is a single block: skip the scale ids, which are built on the CPU and copied,
+        # a blocking copy that a CUDA graph cannot capture
+        return near if self.num_scales == 1 else near & self.block_diag_mask(device)
+
     def segments(self) -> list[slice]:
         """One slice per scale: the block-diagonal segments."""
         return [self.slice(k) for k in range(self.num_scales)]
@@ -106,9 +124,6 @@ class ScaleLayout:
         """Split a full sequence into per-scale pieces along dim 1."""
         return list(torch.split(x_BLC, self.lengths, dim=1))
 
-    def prefix_length(self, k: int) -> int:
-        """Tokens of scales 0..k together."""
-        return self.offsets[k + 1]
 
 
 @dataclass(frozen=True)
@@ -175,5 +190,3 @@ class RasterLayout:
     def split(self, x_BLC: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(x_BLC, 1, dim=1))
 
-    def prefix_length(self, k: int) -> int:
-        return k + 1

@@ -104,7 +104,7 @@ def mamba2_sequential(m: Mamba2Mixer, u_BLC: torch.Tensor) -> torch.Tensor:
         y = (S @ C[:, None, :, None]).squeeze(-1) + m.D[:, None] * x
         g = y.reshape(-1, E) * F.silu(z[:, t])
         ys.append(g / torch.sqrt(g.square().mean(-1, keepdim=True) + 1e-5) * m.norm.weight)
-    return torch.stack(ys, dim=1) @ m._modules["out_proj"].weight.T
+    return torch.stack(ys, dim=1) @ m.out_proj.weight.T
 
 
 @torch.no_grad()

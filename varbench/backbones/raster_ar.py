@@ -25,10 +25,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from varbench.backbones.raster_blocks import AiMBlock, FinalLayer, RMSNorm
+from varbench.backbones.raster_blocks import AiMBlock, FinalLayer
 from varbench.backbones.sampling import top_k_top_p_filter
 from varbench.layout import RasterLayout
 from varbench.mixers.base import State, TokenMixer
+from varbench.modules import RMSNorm
 
 SAMPLE_POSITIONS = ("training", "official")
 
@@ -107,7 +108,7 @@ class RasterAR(nn.Module):
             if type(block.mixer).step is TokenMixer.step:
                 raise ValueError(f"mixer {type(block.mixer).__name__} cannot advance one token at a time (no step); "
                                  f"mixers that can: {raster_mixers()}")
-        self.norm_f = RMSNorm(C, norm_eps)
+        self.norm_f = RMSNorm(C, eps=norm_eps)
         self.head_nm = FinalLayer(C, norm_eps)
         aim_init_(self, init_std)
 

@@ -20,20 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from varbench.mixers.base import State, TokenMixer
-
-
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 (mamba_ssm's RMSNorm), returned in `out_dtype` or x's."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x_BLC: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-        x = x_BLC.float() if x_BLC.dtype in (torch.float16, torch.bfloat16) else x_BLC
-        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(x.dtype)
-        return y.to(out_dtype or x_BLC.dtype)
+from varbench.modules import RMSNorm
+from varbench.utils.precision import upcast
 
 
 def modulate(x_BLC: torch.Tensor, shift_BC: torch.Tensor, scale_BC: torch.Tensor) -> torch.Tensor:
@@ -69,11 +57,11 @@ class AiMBlock(nn.Module):
                  norm_eps: float = 1e-5):
         super().__init__()
         self.dim, self.adaln_group = dim, adaln_group
-        self.norm = RMSNorm(dim, norm_eps)
+        self.norm = RMSNorm(dim, eps=norm_eps)
         self.mixer = mixer
         self.rows = 3 if mlp_hidden == 0 else 6
         if mlp_hidden:
-            self.norm2 = RMSNorm(dim, norm_eps)
+            self.norm2 = RMSNorm(dim, eps=norm_eps)
             self.mlp = GatedMLP(dim, mlp_hidden)
         if adaln_group:
             self.scale_shift_table = nn.Parameter(torch.randn(1, self.rows, dim) / dim ** 0.5)
@@ -96,7 +84,7 @@ class AiMBlock(nn.Module):
 
     def _run(self, hidden, residual, ada, mix):
         residual = hidden if residual is None else hidden + residual
-        residual = residual.float() if residual.dtype in (torch.float16, torch.bfloat16) else residual  # fp32 residual
+        residual = upcast(residual)  # fp32 residual
         rows = self.modulation(ada)
         shift, scale, gate = rows if self.rows == 3 else rows[0::2]
         y, state = mix(modulate(self.norm(residual, hidden.dtype), shift, scale))
@@ -114,7 +102,7 @@ class FinalLayer(nn.Module):
 
     def __init__(self, dim: int, norm_eps: float = 1e-5):
         super().__init__()
-        self.norm = RMSNorm(dim, norm_eps)
+        self.norm = RMSNorm(dim, eps=norm_eps)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from varbench.training.batches import collate, transformer_inputs
-from varbench.training.loop import autocast
 from varbench.utils.log import get_logger, progress_bar
+from varbench.utils.precision import autocast
 
 log = get_logger(__name__)
 

@@ -10,11 +10,11 @@ import torch
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.attention import ScaleAttention
-from varbench.mixers.base import cuda_and, has_module, resolve_backend
 from varbench.ops.attention.reference import masked_attention_ref
+from varbench.ops.backend import REFERENCE, KernelChoice, cuda_and
 
 
-class IntraScaleAttention(ScaleAttention):
+class IntraScaleAttention(ScaleAttention, KernelChoice):
     """Softmax attention restricted to the tokens of the same scale.
 
     Args:
@@ -31,12 +31,8 @@ class IntraScaleAttention(ScaleAttention):
 
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = False, backend: str = "auto"):
         super().__init__(dim, num_heads, l2_norm)
-        self.backend = resolve_backend(backend, {
-            "flex": cuda_and(),
-            "varlen": cuda_and("flash_attn"),
-            "xformers": lambda: torch.cuda.is_available() and has_module("xformers"),
-            "reference": lambda: True,
-        }, "intra=full")
+        self.choose_backend(backend, {"flex": cuda_and(), "varlen": cuda_and("flash_attn"),
+                                      "xformers": cuda_and("xformers")}, "intra=full")
 
     def flex_mask(self) -> tuple[str, int] | None:
         """The flex BlockMask (kind, window) this module attends with, built before compiling; None without flex."""
@@ -44,13 +40,14 @@ class IntraScaleAttention(ScaleAttention):
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
-        if not q.is_cuda or self.backend == "reference":
+        backend = self.run_backend(q)
+        if backend == REFERENCE:
             o = masked_attention_ref(q, k, v, layout.block_diag_mask(q.device), self.scale)
         else:
             from varbench.ops.attention import kernel
-            if self.backend == "flex":
+            if backend == "flex":
                 o = kernel.flex_masked_attention(q, k, v, layout, "block_diag", self.scale)
-            elif self.backend == "varlen":
+            elif backend == "varlen":
                 o = kernel.varlen_block_diag_attention(q, k, v, layout, self.scale)
             else:
                 o = kernel.xformers_block_diag_attention(q, k, v, layout, self.scale)

@@ -4,6 +4,7 @@
 Build one without Hydra through `varbench.registry.build("mixer", name, dim=..., num_heads=..., layer_idx=...)`.
 """
 
-from varbench.mixers.base import State, TokenMixer, resolve_backend, state_nbytes
+from varbench.mixers.base import State, TokenMixer, state_nbytes
+from varbench.ops.backend import resolve_backend
 
 __all__ = ["State", "TokenMixer", "resolve_backend", "state_nbytes"]

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import State, TokenMixer, cuda_and, resolve_backend
+from varbench.mixers.base import State, TokenMixer
 from varbench.ops.attention.reference import masked_attention_ref
+from varbench.ops.backend import cuda_and
 
 MAX_SCALE_MUL = math.log(100.0)  # VAR clamps the learned log-temperature at ln 100
 
@@ -97,7 +98,7 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
 
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = True, backend: str = "auto"):
         super().__init__(dim, num_heads, l2_norm)
-        self.backend = resolve_backend(backend, {"flex": cuda_and(), "reference": lambda: True}, "attention")
+        self.choose_backend(backend, {"flex": cuda_and()}, "attention")
 
     def flex_mask(self) -> tuple[str, int] | None:
         """The flex BlockMask (kind, window) this module attends with, built before compiling; None without flex."""
@@ -105,7 +106,7 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
-        if self.backend == "flex" and q.is_cuda:
+        if self.run_backend(q) == "flex":
             from varbench.ops.attention.kernel import flex_masked_attention
             o = flex_masked_attention(q, k, v, layout, "block_causal", self.scale)
         else:

@@ -12,49 +12,17 @@ so a CFG-doubled batch or two interleaved generations can never share state by a
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Callable
-
 import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
+from varbench.ops.backend import KernelChoice
 
 State = dict[str, torch.Tensor]
 
 # The libraries' parameter markers (mamba_ssm's and fla's names): keep the layer's own init through the model's init;
 # never apply weight decay.
 NO_REINIT, NO_WEIGHT_DECAY = "_no_reinit", "_no_weight_decay"
-
-
-def resolve_backend(requested: str, available: dict[str, Callable[[], bool]], owner: str) -> str:
-    """Pick a kernel backend explicitly; never fall back silently.
-
-    Args:
-        requested (str): a name from `available`, or "auto" (the first available one, in dict order).
-        available (dict[str, Callable[[], bool]]): backend name -> check that it can run here.
-        owner (str): the mixer's name, for error messages.
-    """
-    if requested == "auto":
-        for name, can_run in available.items():
-            if can_run():
-                return name
-        raise ValueError(f"{owner}: no backend can run here (tried {list(available)})")
-    if requested not in available:
-        raise ValueError(f"{owner}: unknown backend {requested!r}; valid: {['auto', *available]}")
-    if not available[requested]():
-        raise ValueError(f"{owner}: backend {requested!r} is not available on this machine (missing package or no GPU)")
-    return requested
-
-
-def has_module(name: str) -> bool:
-    """True when a package can be imported (without importing it)."""
-    return importlib.util.find_spec(name) is not None
-
-
-def cuda_and(*modules: str) -> Callable[[], bool]:
-    """A backend check: CUDA is present and every named package is installed."""
-    return lambda: torch.cuda.is_available() and all(has_module(m) for m in modules)
 
 
 def state_nbytes(state: State) -> int:
@@ -96,8 +64,9 @@ def library_marked(model: nn.Module, marker: str) -> set[str]:
     return names
 
 
-class TokenMixer(nn.Module):
-    """Base class of inter-scale mixers. Subclasses set `backend` (the kernel that runs) in `__init__`.
+class TokenMixer(KernelChoice, nn.Module):
+    """Base class of inter-scale mixers. Subclasses call `choose_backend` in `__init__` and `run_backend(x)` in each
+    call (varbench/ops/backend.py: the one kernel-dispatch convention).
 
     Class attributes:
         within_scale (str): "bidirectional" when tokens of one scale see each other (block-causal attention),
@@ -111,7 +80,6 @@ class TokenMixer(nn.Module):
 
     within_scale = "causal"
     rescale_out_proj = False
-    backend = "reference"
     library_markers: dict[str, tuple[str, ...]] = {}
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:

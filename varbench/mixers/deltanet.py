@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from varbench.mixers.linear_rnn import FusedRMSNormGated, LinearRNNMixer, RMSNorm, divide, expand, pick_heads
+from varbench.mixers.linear_rnn import LinearRNNMixer, divide, expand, pick_heads
+from varbench.modules import FusedRMSNormGated, RMSNorm
 from varbench.ops.linear_rnn import delta_rule
 
 QK_ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "elu": lambda x: F.elu(x) + 1.0, "identity": lambda x: x}
@@ -118,7 +119,7 @@ class DeltaNetMixer(LinearRNNMixer):
         if self.allow_neg_eigval:
             beta = beta * 2.0
         return delta_rule(q, k, v, beta, initial_state=S0, output_final_state=output_final_state,
-                          use_qk_l2norm=self.qk_norm == "l2", backend=self.backend, mode=self.mode)
+                          use_qk_l2norm=self.qk_norm == "l2", backend=self.run_backend(x_BlC), mode=self.mode)
 
     def _readout(self, o_BlHV, x_BlC):
         if self.use_gate:

@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from varbench.mixers.base import NO_WEIGHT_DECAY
-from varbench.mixers.linear_rnn import FusedRMSNormGated, LinearRNNMixer, RMSNorm, divide, expand, pick_heads
+from varbench.mixers.linear_rnn import LinearRNNMixer, divide, expand, pick_heads
+from varbench.modules import FusedRMSNormGated, RMSNorm
 from varbench.ops.linear_rnn import delta_rule
+from varbench.utils.precision import at_least_fp32
 
 
 class GatedDeltaNetMixer(LinearRNNMixer):
@@ -107,13 +109,13 @@ class GatedDeltaNetMixer(LinearRNNMixer):
         q, k = (t.view(B, l, self.heads, self.head_k_dim) for t in (q, k))
         v = v.view(B, l, self.heads, self.head_v_dim)
         # log-decay in fp32 (fla's layer computed it so before moving it into the kernel)
-        dtype = torch.promote_types(x_BlC.dtype, torch.float32)
+        dtype = at_least_fp32(x_BlC.dtype)
         g = -self.A_log.to(dtype).exp() * F.softplus(self.a_proj(x_BlC).to(dtype) + self.dt_bias.to(dtype))
         beta = self.b_proj(x_BlC).sigmoid()
         if self.allow_neg_eigval:
             beta = beta * 2.0
         return delta_rule(q, k, v, beta, g, initial_state=S0, output_final_state=output_final_state,
-                          use_qk_l2norm=True, backend=self.backend, mode=self.mode)
+                          use_qk_l2norm=True, backend=self.run_backend(x_BlC), mode=self.mode)
 
     def _readout(self, o_BlHV, x_BlC):
         if self.use_gate:

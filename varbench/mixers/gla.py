@@ -11,12 +11,13 @@ V value dim per head.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from varbench.mixers.linear_rnn import FusedRMSNormGated, LinearRNNMixer, RMSNorm, divide, expand, pick_heads
+from varbench.mixers.linear_rnn import LinearRNNMixer, divide, expand, pick_heads
+from varbench.modules import FusedRMSNormGated, RMSNorm
 from varbench.ops.linear_rnn import gla
+from varbench.utils.precision import upcast
 
 
 class GLAMixer(LinearRNNMixer):
@@ -88,12 +89,13 @@ class GLAMixer(LinearRNNMixer):
         q, k = (h[n].view(B, l, self.heads, self.head_k_dim) for n in "qk")
         v = h["v"].view(B, l, self.heads, self.head_v_dim)
         # log-decay in fp32: it is summed over up to a chunk of tokens before exp
-        gk = F.logsigmoid(self.gk_proj(x_BlC).to(torch.promote_types(x_BlC.dtype, torch.float32)))
+        gk = F.logsigmoid(upcast(self.gk_proj(x_BlC)))
         gk = gk / self.gate_logit_normalizer
         if self.clamp_min is not None:
             gk = gk.clamp_min(self.clamp_min)
         gk = gk.view(B, l, self.heads, self.head_k_dim)
-        return gla(q, k, v, g=gk, initial_state=S0, output_final_state=output_final_state, backend=self.backend)
+        return gla(q, k, v, g=gk, initial_state=S0, output_final_state=output_final_state,
+                   backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):
         if self.use_output_gate:

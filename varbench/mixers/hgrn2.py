@@ -12,12 +12,13 @@ per head, V value dim per head.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from varbench.mixers.linear_rnn import LinearRNNMixer, RMSNorm, divide
+from varbench.mixers.linear_rnn import LinearRNNMixer, divide
+from varbench.modules import RMSNorm
 from varbench.ops.linear_rnn import gla
+from varbench.utils.precision import upcast
 
 
 class HGRN2Mixer(LinearRNNMixer):
@@ -78,11 +79,11 @@ class HGRN2Mixer(LinearRNNMixer):
         B, l, _ = x_BlC.shape
         q = F.silu(h["q"]).view(B, l, self.heads, self.head_k_dim)
         # log forget gate in fp32: it is summed over a chunk of tokens before exp
-        g = F.logsigmoid(h["f"].to(torch.promote_types(h["f"].dtype, torch.float32)))
+        g = F.logsigmoid(upcast(h["f"]))
         k = (1 - g.exp()).to(h["i"].dtype).view(B, l, self.heads, self.head_k_dim)
         v = h["i"].view(B, l, self.heads, self.head_v_dim)
         return gla(q, k, v, g=g.view(B, l, self.heads, self.head_k_dim), initial_state=S0,
-                   output_final_state=output_final_state, backend=self.backend)
+                   output_final_state=output_final_state, backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):
         return self.o_proj(self.g_norm(o_BlHV.flatten(2)))

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from varbench.mixers.linear_rnn import LinearRNNMixer, RMSNorm, divide, expand, pick_heads
+from varbench.mixers.linear_rnn import LinearRNNMixer, divide, expand, pick_heads
+from varbench.modules import RMSNorm
 from varbench.ops.linear_rnn import gla
 
 
@@ -111,7 +112,7 @@ class LinearAttentionMixer(LinearRNNMixer):
         if self.norm_k:
             k = k / (k.sum(-1, keepdim=True) + 1e-4)
         v = h["v"].view(B, l, self.heads, self.head_v_dim)
-        return gla(q, k, v, initial_state=S0, output_final_state=output_final_state, backend=self.backend)
+        return gla(q, k, v, initial_state=S0, output_final_state=output_final_state, backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):
         return self.o_proj(self.norm(o_BlHV).flatten(2))

@@ -14,16 +14,13 @@ H heads, K key dim per head, V value dim per head, D channels of one projection,
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import State, TokenMixer, cuda_and, resolve_backend
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Recurrent states are fp32 (fla asserts it) whatever the activations are; fp64 stays fp64 for exact tests."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from varbench.mixers.base import State, TokenMixer
+from varbench.modules import ShortConvolution
+from varbench.ops.backend import cuda_and
+from varbench.utils.precision import at_least_fp32
 
 
 def divide(total: int, parts: int, what: str) -> int:
@@ -48,84 +45,6 @@ def expand(dim: int, ratio: float, what: str) -> int:
     if abs(size - dim * ratio) > 1e-6 or size < 1:
         raise ValueError(f"{what}: dim * ratio = {dim} * {ratio} is not a positive integer")
     return size
-
-
-class ShortConvolution(nn.Conv1d):
-    """Depthwise causal convolution with a carried tail, parameter-compatible with fla's `ShortConvolution`.
-
-    Args:
-        hidden_size (int): channels D.
-        kernel_size (int): width W (>= 2).
-        bias (bool, Optional): channel bias. Default: `False`.
-        activation (str, Optional): `silu` or `None`. Default: `silu`.
-    """
-
-    def __init__(self, hidden_size: int, kernel_size: int, bias: bool = False, activation: str | None = "silu"):
-        if kernel_size < 2:
-            raise ValueError(f"conv_size must be >= 2, got {kernel_size}")
-        if activation not in ("silu", "swish", None):
-            raise ValueError(f"short-conv activation must be 'silu' or None, got {activation!r}")
-        super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, bias=bias)
-        self.activation = activation
-
-    def forward(self, x_BlD: torch.Tensor, tail_BDw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Convolve l new tokens after the W - 1 earlier inputs in `tail_BDw` (zeros when `None`).
-        Returns the output `[B, l, D]` and the new tail `[B, D, W - 1]`."""
-        x_BDl = x_BlD.transpose(1, 2)
-        if tail_BDw is None:
-            tail_BDw = x_BDl.new_zeros(*x_BDl.shape[:2], self.kernel_size[0] - 1)
-        x_BDl = torch.cat([tail_BDw.to(x_BDl.dtype), x_BDl], dim=-1)
-        y_BDl = F.conv1d(x_BDl, self.weight, self.bias, groups=self.groups)
-        if self.activation is not None:
-            y_BDl = F.silu(y_BDl)
-        return y_BDl.transpose(1, 2), x_BDl[..., -(self.kernel_size[0] - 1):]
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm over the last dim, computed in fp32 (fla's `RMSNorm(..., dtype=torch.float32)`)."""
-
-    def __init__(self, hidden_size: int, elementwise_affine: bool = True, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
-
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return y if self.weight is None else y * self.weight.to(y.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._norm(x).to(x.dtype)
-
-
-class FusedRMSNormGated(RMSNorm):
-    """RMSNorm(x) * act(g), fla's `FusedRMSNormGated` in plain PyTorch (act: swish/silu or sigmoid)."""
-
-    def __init__(self, hidden_size: int, elementwise_affine: bool = True, eps: float = 1e-5, activation: str = "swish"):
-        if activation not in ("swish", "silu", "sigmoid"):
-            raise ValueError(f"gate activation must be 'swish', 'silu' or 'sigmoid', got {activation!r}")
-        super().__init__(hidden_size, elementwise_affine, eps)
-        self.activation = activation
-
-    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        y = self._norm(x)
-        gf = g.to(y.dtype)
-        return (y * (torch.sigmoid(gf) if self.activation == "sigmoid" else F.silu(gf))).to(x.dtype)
-
-
-def rotary(x_BlHK: torch.Tensor, offset: int, base: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding of positions offset .. offset + l - 1, non-interleaved halves, over the whole head
-    dim (fla's `RotaryEmbedding(dim=K)` defaults); the angles are computed in fp32."""
-    K = x_BlHK.shape[-1]
-    if K % 2:
-        raise ValueError(f"rotary needs an even head dim, got {K}")
-    dtype = torch.promote_types(x_BlHK.dtype, torch.float32)
-    inv_freq = 1.0 / base ** (torch.arange(0, K, 2, device=x_BlHK.device, dtype=torch.float32) / K)
-    t = torch.arange(offset, offset + x_BlHK.shape[1], device=x_BlHK.device, dtype=torch.float32)
-    freqs = torch.outer(t, inv_freq).to(dtype)[:, None, :]  # [l, 1, K/2]
-    cos, sin = freqs.cos(), freqs.sin()
-    x1, x2 = x_BlHK.to(dtype).chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x_BlHK.dtype)
 
 
 class LinearRNNMixer(TokenMixer):
@@ -154,8 +73,7 @@ class LinearRNNMixer(TokenMixer):
         self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
         self.use_short_conv, self.conv_size = False, 0
         # fla's Triton kernels need a GPU; the reference runs anywhere
-        available = {"fla": cuda_and("fla"), "reference": lambda: True}
-        self.backend = resolve_backend(backend, available, type(self).__name__)
+        self.choose_backend(backend, {"fla": cuda_and("fla")}, type(self).__name__)
 
     def _add_short_convs(self, use_short_conv: bool, conv_size: int, conv_bias: bool, channels: dict,
                          activations: dict) -> None:
@@ -201,16 +119,16 @@ class LinearRNNMixer(TokenMixer):
         return {name: getattr(self, f"{name}_conv1d").in_channels for name in self.proj_names}
 
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
-        """Zero recurrent state `[B, H, K, V]` (fp32) and, with short convs, zero tails `[B, D, W - 1]` in `dtype`."""
+        """Zero recurrent state `[B, H, K, V]` (fp32) and, with short convs, zero tails `[B, W - 1, D]` in `dtype`."""
         state = {"recurrent": torch.zeros(batch, self.heads, self.head_k_dim, self.head_v_dim,
-                                          device=device, dtype=state_dtype(dtype))}
+                                          device=device, dtype=at_least_fp32(dtype))}
         for name, size in self._conv_channels().items():
-            state[f"conv_{name}"] = torch.zeros(batch, size, self.conv_size - 1, device=device, dtype=dtype)
+            state[f"conv_{name}"] = torch.zeros(batch, self.conv_size - 1, size, device=device, dtype=dtype)
         return state
 
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
         """Bytes of `init_state(batch, layout, dtype=dtype)`: constant over scales (no KV cache grows)."""
-        recurrent = batch * self.heads * self.head_k_dim * self.head_v_dim * state_dtype(dtype).itemsize
+        recurrent = batch * self.heads * self.head_k_dim * self.head_v_dim * at_least_fp32(dtype).itemsize
         tails = batch * sum(self._conv_channels().values()) * (self.conv_size - 1) * dtype.itemsize
         return recurrent + tails
 

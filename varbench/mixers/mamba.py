@@ -18,14 +18,16 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer, cuda_and, resolve_backend
-from varbench.mixers.mamba2 import at_least_fp32, inverse_softplus_dt, itemsize, ssm_state_dtype
+from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer
+from varbench.mixers.mamba2 import inverse_softplus_dt, itemsize
+from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.selective_scan import kernel as scan_kernel
 from varbench.ops.selective_scan.reference import selective_scan_ref
+from varbench.utils.precision import at_least_fp32, upcast
 
-BACKENDS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d"), "reference": lambda: True}
+KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
 
 
 class MambaMixer(TokenMixer):
@@ -56,8 +58,7 @@ class MambaMixer(TokenMixer):
                  d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
                  dt_min: float = 1e-3, dt_max: float = 0.1):
         super().__init__()
-        self.backend = resolve_backend(backend, BACKENDS, "mamba")
-        self.forward_impl = "causal_conv1d+selective_scan_fn" if self.backend == "mamba_ssm" else "reference"
+        self.choose_backend(backend, KERNELS, "mamba")
         self.d_inner, self.d_state, self.d_conv = expand * dim, d_state, d_conv
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
         E = self.d_inner
@@ -80,7 +81,7 @@ class MambaMixer(TokenMixer):
 
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
         return {
-            "ssm": torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=ssm_state_dtype(dtype)),
+            "ssm": torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=at_least_fp32(dtype)),
             "conv": torch.zeros(batch, self.d_conv - 1, self.d_inner, device=device, dtype=dtype),
         }
 
@@ -90,7 +91,7 @@ class MambaMixer(TokenMixer):
 
     def _mix(self, x_BLC, conv_tail, ssm_state):
         """in_proj, conv, x_proj/dt_proj, selective scan, out_proj from the given states (None: sequence start)."""
-        kernel = self.backend == "mamba_ssm"
+        kernel = self.run_backend(x_BLC) == "mamba_ssm"
         x_BLE, z_BLE = self.in_proj(x_BLC).chunk(2, dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
         x_BLE, tail = conv(x_BLE, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_tail, activation="silu")
@@ -99,11 +100,11 @@ class MambaMixer(TokenMixer):
         scan = scan_kernel.selective_scan if kernel else selective_scan_ref
         # the scan takes channels before tokens (mamba_ssm's layout)
         y_BEL, ssm = scan(
-            x_BLE.transpose(1, 2), delta_BLE.transpose(1, 2), -torch.exp(at_least_fp32(self.A_log)),
-            B_BLN.transpose(1, 2), C_BLN.transpose(1, 2), at_least_fp32(self.D), z=z_BLE.transpose(1, 2),
-            delta_bias=at_least_fp32(self.dt_proj.bias), delta_softplus=True, initial_state=ssm_state,
+            x_BLE.transpose(1, 2), delta_BLE.transpose(1, 2), -torch.exp(upcast(self.A_log)),
+            B_BLN.transpose(1, 2), C_BLN.transpose(1, 2), upcast(self.D), z=z_BLE.transpose(1, 2),
+            delta_bias=upcast(self.dt_proj.bias), delta_softplus=True, initial_state=ssm_state,
         )
-        return self._modules["out_proj"](y_BEL.transpose(1, 2)), tail, ssm
+        return self.out_proj(y_BEL.transpose(1, 2)), tail, ssm
 
     def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
         """Forward FLOPs (multiply-add = 2). Counted: in_proj, x_proj, dt_proj, out_proj; the depthwise conv
@@ -119,4 +120,4 @@ class MambaMixer(TokenMixer):
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
         """SSM state (B, E, N) in fp32 plus the conv tail (B, W - 1, E) in `dtype`; constant over scales."""
         E = self.d_inner
-        return batch * (E * self.d_state * itemsize(ssm_state_dtype(dtype)) + (self.d_conv - 1) * E * itemsize(dtype))
+        return batch * (E * self.d_state * itemsize(at_least_fp32(dtype)) + (self.d_conv - 1) * E * itemsize(dtype))

@@ -19,32 +19,16 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer, cuda_and, resolve_backend
+from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer
+from varbench.modules import GatedRMSNorm
+from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.ssd import kernel as ssd_kernel
-from varbench.ops.ssd.reference import gated_rmsnorm_ref, ssd_scan_ref
+from varbench.ops.ssd.reference import ssd_scan_ref
+from varbench.utils.precision import at_least_fp32, upcast
 
-BACKENDS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d"), "reference": lambda: True}
-
-
-class GatedRMSNorm(nn.Module):
-    """Holds `norm.weight` of mamba_ssm's `RMSNormGated` (eps 1e-5, norm_before_gate False, one group per G).
-
-    Args:
-        hidden_size (int): E.
-        eps (float, Optional): added to the mean square. Default: 1e-5.
-        group_size (int, Optional): channels normalised together. Default: E.
-    """
-
-    def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None):
-        super().__init__()
-        self.eps, self.group_size = eps, group_size
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-
-    def forward(self, y: torch.Tensor, z: torch.Tensor, kernel: bool = False) -> torch.Tensor:
-        norm = ssd_kernel.gated_rmsnorm if kernel else gated_rmsnorm_ref
-        return norm(y, self.weight, z, eps=self.eps, group_size=self.group_size, norm_before_gate=False)
+KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
 
 
 class Mamba2Mixer(TokenMixer):
@@ -76,9 +60,10 @@ class Mamba2Mixer(TokenMixer):
                  d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
                  chunk_size: int = 256, fused: bool = False):
         super().__init__()
-        self.backend = resolve_backend(backend, BACKENDS, "mamba2")
-        if fused and self.backend != "mamba_ssm":
-            raise ValueError(f"mamba2: fused=True needs backend 'mamba_ssm', got {self.backend!r}")
+        self.choose_backend(backend, KERNELS, "mamba2")
+        if fused and (self.backend == "reference" or not KERNELS["mamba_ssm"]()):
+            raise ValueError(f"mamba2: fused=True needs backend 'mamba_ssm' (or auto, with it installed and a GPU), "
+                             f"got {self.backend!r}")
         self.d_inner = expand * dim
         if self.d_inner % headdim or (self.d_inner // headdim) % ngroups:
             raise ValueError(f"mamba2: expand*dim={self.d_inner} must split into heads of {headdim}, "
@@ -86,9 +71,6 @@ class Mamba2Mixer(TokenMixer):
         self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
         self.nheads, self.chunk_size, self.fused = self.d_inner // headdim, chunk_size, fused
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
-        unfused = "causal_conv1d+mamba_chunk_scan_combined"
-        self.forward_impl = "reference" if self.backend == "reference" else \
-            "mamba_split_conv1d_scan_combined" if fused else unfused
         # created in mamba_ssm.Mamba2's order, so a seed gives the same initial values as the library
         # in_proj output order [z, x, B, C, dt]
         self.in_proj = nn.Linear(dim, 2 * self.d_inner + 2 * ngroups * d_state + self.nheads, bias=False)
@@ -101,13 +83,15 @@ class Mamba2Mixer(TokenMixer):
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         if self.fused:
+            if self.run_backend(x_BLC) != "mamba_ssm":  # auto on CPU tensors: the fused kernel cannot run, say so
+                raise ValueError(f"mamba2: fused=True runs mamba_ssm's fused kernel, on CUDA only; got {x_BLC.device}")
             return self._fused_forward(x_BLC)
         return self._mix(x_BLC, None, None)[0]
 
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
         return {
             "ssm": torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device,
-                               dtype=ssm_state_dtype(dtype)),
+                               dtype=at_least_fp32(dtype)),
             "conv": torch.zeros(batch, self.d_conv - 1, self.conv_dim, device=device, dtype=dtype),
         }
 
@@ -118,7 +102,7 @@ class Mamba2Mixer(TokenMixer):
 
     def _mix(self, x_BLC, conv_tail, ssm_state):
         """in_proj, conv, SSD scan, gated norm, out_proj from the given states (None: sequence start)."""
-        kernel = self.backend == "mamba_ssm"
+        kernel = self.run_backend(x_BLC) == "mamba_ssm"
         Bsz, L, _ = x_BLC.shape
         z_BLE, xBC_BLF, dt_BLH = self.in_proj(x_BLC).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
@@ -127,18 +111,18 @@ class Mamba2Mixer(TokenMixer):
         x_BLE, B_BLGN, C_BLGN = xBC_BLF.split([self.d_inner, GN, GN], dim=-1)
         scan = ssd_kernel.ssd_scan if kernel else ssd_scan_ref
         y_BLHP, ssm = scan(
-            x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, -torch.exp(at_least_fp32(self.A_log)),
+            x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, -torch.exp(upcast(self.A_log)),
             B_BLGN.reshape(Bsz, L, self.ngroups, self.d_state), C_BLGN.reshape(Bsz, L, self.ngroups, self.d_state),
             D=self.D, initial_state=ssm_state, chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
         )
         y_BLE = self.norm(y_BLHP.reshape(Bsz, L, self.d_inner), z_BLE, kernel=kernel)
-        return self._modules["out_proj"](y_BLE), tail, ssm
+        return self.out_proj(y_BLE), tail, ssm
 
     def _fused_forward(self, x_BLC):
         return ssd_kernel.mamba2_fused_forward(
             self.in_proj(x_BLC), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
-            -torch.exp(at_least_fp32(self.A_log)), self.D, self.chunk_size, self.norm.weight, self.norm.eps,
-            self._modules["out_proj"].weight, self.headdim, self.ngroups,
+            -torch.exp(upcast(self.A_log)), self.D, self.chunk_size, self.norm.weight, self.norm.eps,
+            self.out_proj.weight, self.headdim, self.ngroups,
         )
 
     def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
@@ -159,7 +143,7 @@ class Mamba2Mixer(TokenMixer):
 
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
         """SSM state (B, H, P, N) in fp32 plus the conv tail (B, W - 1, F) in `dtype`; constant over scales."""
-        ssm = self.nheads * self.headdim * self.d_state * itemsize(ssm_state_dtype(dtype))
+        ssm = self.nheads * self.headdim * self.d_state * itemsize(at_least_fp32(dtype))
         return batch * (ssm + (self.d_conv - 1) * self.conv_dim * itemsize(dtype))
 
 
@@ -168,16 +152,6 @@ def inverse_softplus_dt(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor
     softplus(dt_bias) = dt)."""
     dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
     return dt + torch.log(-torch.expm1(-dt))
-
-
-def ssm_state_dtype(dtype: torch.dtype) -> torch.dtype:
-    # the recurrent state is fp32 whatever the activations are; fp64 runs (tests) keep fp64
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    # kernels want A, D and the dt bias in fp32 (A_log in half precision would make A = -inf); fp64 stays fp64
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def itemsize(dtype: torch.dtype) -> int:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from varbench.mixers.linear_rnn import FusedRMSNormGated, LinearRNNMixer, RMSNorm, divide, expand, pick_heads, rotary
+from varbench.mixers.linear_rnn import LinearRNNMixer, divide, expand, pick_heads
+from varbench.modules import FusedRMSNormGated, RMSNorm, rotary
 from varbench.ops.linear_rnn import gla
 
 
@@ -90,7 +91,7 @@ class RetNetMixer(LinearRNNMixer):
         q, k = (rotary(h[n].view(B, l, self.heads, self.head_k_dim), offset, self.rotary_base) for n in "qk")
         v = h["v"].view(B, l, self.heads, self.head_v_dim)
         return gla(q, k, v, g_gamma=retention_log_decay(self.heads, x_BlC.device), initial_state=S0,
-                   output_final_state=output_final_state, backend=self.backend)
+                   output_final_state=output_final_state, backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):
         if self.use_output_gate:

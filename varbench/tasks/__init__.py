@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import importlib
 
-from hydra.errors import CompactHydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf import DictConfig
 
 from varbench.config_schema import step_config, validate
 from varbench.registry import list_options
 from varbench.utils.autotune import apply_autotune_mode
-
-CHECKED_RESOLVER = "varbench.checked"
 
 
 def task_module(name: str):
@@ -43,22 +39,3 @@ def run_task(cfg: DictConfig):
     check_config(cfg)
     apply_autotune_mode(cfg.get("autotune"))
     return task_module(cfg.task.name).main(cfg)
-
-
-class ConfigCheckFailed(InterpolationResolutionError, CompactHydraException):
-    """A failed check while Hydra resolves the run folder: Hydra prints its message alone (no traceback)."""
-
-
-def _checked(path: str, *, _root_: DictConfig) -> str:
-    try:
-        check_config(_root_)
-    except ValueError as err:  # ConfigError, or a task's own check
-        raise ConfigCheckFailed(str(err)) from None
-    return path
-
-
-def register_resolvers() -> None:
-    """`${varbench.checked:<path>}`: the path, once the whole config passed `check_config`. config.yaml wraps Hydra's
-    run folder in it, so that Hydra creates no folder (and writes no .hydra/) for a config that cannot run."""
-    if not OmegaConf.has_resolver(CHECKED_RESOLVER):
-        OmegaConf.register_new_resolver(CHECKED_RESOLVER, _checked)

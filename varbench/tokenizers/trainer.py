@@ -44,13 +44,14 @@ from varbench.tokenizers.losses import (
 from varbench.utils.checkpoint import load_object, remove_stale_temps, save_atomic
 from varbench.utils.log import get_logger, progress_bar
 from varbench.utils.loggers import ExperimentLogger
+from varbench.utils.precision import autocast
 from varbench.utils.records import record
 from varbench.utils.resume import refuse_changed_config
 
 log = get_logger(__name__)
 
 WEIGHTS, STATE = "tokenizer.safetensors", "train_state.pt"
-AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP = (None, "bf16", "fp16")  # `amp` words; None is fp32 (the autocast itself: varbench/utils/precision.py)
 # Options that may change when a run is resumed (they do not change what the updates compute); `tensorboard` was
 # an option of older versions (now the experiment logger's business): their train_state.pt still resumes.
 RESUMABLE = {"steps", "log_every", "ckpt_every", "eval_every", "eval_batch_size", "num_workers", "progress",
@@ -108,8 +109,8 @@ class TrainOptions:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"steps, batch_size and lr must be positive, got {self.steps=}, {self.batch_size=}, "
                              f"{self.lr=}")
-        if self.amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {self.amp!r}")
+        if self.amp not in AMP:
+            raise ValueError(f"amp must be one of {list(AMP)}, got {self.amp!r}")
         if self.perceptual_weight > 0 and not self.vgg_weights_path:
             raise ValueError("perceptual_weight > 0 needs VGG16 weights on disk: set vgg_weights_path to a torchvision "
                              "vgg16 state dict (e.g. vgg16-397923af.pth) and optionally lpips_weights_path to LPIPS' "
@@ -176,8 +177,7 @@ class _Parts:
                 self.disc = PatchDiscriminator(vae.in_channels, opt.disc_ch, opt.disc_layers).to(device)
             self.d_optim = torch.optim.AdamW(self.disc.parameters(), **adamw)
         self.scaler = torch.amp.GradScaler(device.type, enabled=opt.amp == "fp16")
-        self.autocast = lambda: torch.autocast(device.type, dtype=AMP_DTYPES[opt.amp] or torch.float32,
-                                               enabled=opt.amp is not None)
+        self.autocast = lambda: autocast(device, opt.amp or "fp32")
 
     def state(self, step: int) -> dict:
         s = {"step": step, "model": self.vae.state_dict(), "record_hit": self.vae.quantize.record_hit,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from varbench.data.loading import loader_options
+from varbench.eval.likelihood import teacher_forced_nll
 from varbench.training import checkpoints, recipe
 from varbench.training.batches import GlobalBatches, batch_loader, transformer_inputs
 from varbench.training.previews import log_sample_grid
@@ -27,6 +28,7 @@ from varbench.utils.checkpoint import load_strict, remove_stale_temps
 from varbench.utils.dist import DistInfo
 from varbench.utils.log import get_logger, progress_bar
 from varbench.utils.loggers import open_logger
+from varbench.utils.precision import autocast, autocast_dtype  # noqa: F401 (autocast: tasks/sample, evaluate read it here)
 from varbench.utils.records import record
 
 log = get_logger(__name__)
@@ -98,19 +100,6 @@ def compile_for_training(net: torch.nn.Module, depth: int, **options) -> torch.n
     from varbench.ops.attention.kernel import prepare_model_masks
     prepare_model_masks(net)  # flex BlockMasks built here, not traced into the graph at every step
     return torch.compile(net, **options)
-
-
-def autocast_dtype(precision: str):
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in table:
-        raise ValueError(f"precision must be one of {list(table)}, got {precision!r}")
-    return table[precision]
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context of `precision` (fp32: a disabled one) on `device`."""
-    dtype = autocast_dtype(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, info: DistInfo, from_ids: bool,
@@ -213,7 +202,6 @@ def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> FloatingPoi
 def _record_nll(model, tokenizer, nll_sets: dict, cfg: DictConfig, device, info: DistInfo, step: int) -> None:
     """The teacher-forced NLL of each split now, in eval mode (records `nll_during_training`). Every rank runs it: a
     sharded model's forward needs them all; the global RNG is not touched, so a resumed run stays exact."""
-    from varbench.eval.likelihood import teacher_forced_nll  # here: likelihood imports this module's autocast
     per_rank = max(1, cfg.train.batch_size // info.world_size)
     for split, data in nll_sets.items():
         nll, n = teacher_forced_nll(model, tokenizer, data, device, per_rank, cfg.train.nll_images,

@@ -37,8 +37,7 @@ def _build_block_mask(patch_nums: tuple[int, ...], kind: str, window: int, devic
         def mask_mod(b, h, q, kv):
             return ids[q] == ids[kv]
     elif kind == "window":
-        from varbench.intra.local import window_coords
-        row, col = window_coords(layout, device)
+        row, col = layout.positions_in_scale(device)
 
         def mask_mod(b, h, q, kv):
             near = ((row[q] - row[kv]).abs() <= window) & ((col[q] - col[kv]).abs() <= window)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from varbench.ops.ssd.reference import without_autocast
+from varbench.utils.precision import at_least_fp32, no_autocast
 
 
 def empty_tail(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -25,7 +25,7 @@ def next_tail(x: torch.Tensor, tail: torch.Tensor | None, width: int) -> torch.T
     return xt[:, xt.shape[1] - (width - 1):]
 
 
-@without_autocast
+@no_autocast
 def causal_conv1d_ref(x, weight, bias=None, tail=None, activation=None):
     """y_t = act(bias + sum_{i<W} weight[:, i] * x_{t-W+1+i}), where inputs before token 0 come from `tail`.
 
@@ -42,7 +42,7 @@ def causal_conv1d_ref(x, weight, bias=None, tail=None, activation=None):
     if activation not in (None, "silu"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     D, W = weight.shape
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dtype = at_least_fp32(x.dtype)
     xt = torch.cat([empty_tail(x, W) if tail is None else tail.to(x.dtype), x], dim=1)
     w = weight.to(dtype)[:, None, :]
     b = None if bias is None else bias.to(dtype)

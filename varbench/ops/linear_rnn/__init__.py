@@ -23,6 +23,12 @@ from varbench.ops.linear_rnn.reference import (
 BACKENDS = ("reference", "fla")
 
 
+def _on_cuda(q: torch.Tensor, backend: str) -> None:
+    if not q.is_cuda:  # fla's Triton kernels would fail on a CPU pointer with a message naming none of this
+        raise ValueError(f"backend {backend!r} runs on CUDA tensors, got tensors on {q.device}; "
+                         f"use backend='reference'")
+
+
 def gla(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -46,6 +52,7 @@ def gla(
         backend (str, Optional): `reference` or `fla`. Default: `reference`.
     """
     if backend == "fla":
+        _on_cuda(q, backend)
         from varbench.ops.linear_rnn.kernel import gla_fla
 
         return gla_fla(q, k, v, g=g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
@@ -91,6 +98,7 @@ def delta_rule(
     kwargs = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                   use_qk_l2norm=use_qk_l2norm)
     if backend == "fla":
+        _on_cuda(q, backend)
         from varbench.ops.linear_rnn.kernel import delta_rule_fla
 
         return delta_rule_fla(q, k, v, beta, g, mode=mode, **kwargs)

@@ -16,26 +16,10 @@ Shape legend: B batch, T tokens, H heads, K key dim, V value dim, N chunks, C ch
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-
-def no_autocast(fn):
-    """Run a reference in the precision it states even inside an autocast region: autocast would silently turn its
-    matmuls and einsums into bf16 ones, while the oracle (and fla's kernels, which it stands for) accumulate in fp32."""
-
-    @functools.wraps(fn)
-    def wrapper(q, *args, **kwargs):
-        with torch.autocast(q.device.type, enabled=False):
-            return fn(q, *args, **kwargs)
-
-    return wrapper
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
+from varbench.utils.precision import at_least_fp32, no_autocast
 
 
 def _initial_state(q, v, initial_state, dtype):
@@ -60,7 +44,7 @@ def _to_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
 
 def l2norm_ref(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x / sqrt(sum(x^2) + eps) over the last dim, as fla's `l2norm` (computed in fp32, returned in x's dtype)."""
-    xf = x.to(_compute_dtype(x))
+    xf = x.to(at_least_fp32(x.dtype))
     return (xf * torch.rsqrt(xf.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
@@ -89,7 +73,7 @@ def gla_recurrent_ref(
     Returns:
         o `[B, T, H, V]` in q's dtype, and the final state `[B, H, K, V]` (or `None`).
     """
-    dtype = _compute_dtype(q)
+    dtype = at_least_fp32(q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     S = _initial_state(q, v, initial_state, dtype)
     gs = [None] * q.shape[1] if g is None else g.to(dtype).unbind(1)
@@ -122,7 +106,7 @@ def gla_chunk_ref(
     overflows however strong the decay (fla's kernels use a secondary chunking for the same reason). With a decay
     per key dim this materialises a `[B, H, N, C, C, K]` tensor: keep `chunk_size` small (16-32) there.
     """
-    dtype, out_dtype = _compute_dtype(q), q.dtype
+    dtype, out_dtype = at_least_fp32(q.dtype), q.dtype
     T, K = q.shape[1], q.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     S = _initial_state(q, v, initial_state, dtype)
@@ -185,7 +169,7 @@ def delta_rule_recurrent_ref(
     Returns:
         o `[B, T, H, V]` in q's dtype, and the final state `[B, H, K, V]` (or `None`).
     """
-    dtype, out_dtype = _compute_dtype(q), q.dtype
+    dtype, out_dtype = at_least_fp32(q.dtype), q.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if use_qk_l2norm:
         q, k = l2norm_ref(q.to(dtype)), l2norm_ref(k.to(dtype))
@@ -223,7 +207,7 @@ def delta_rule_chunk_ref(
     (a unit lower-triangular solve, exact, instead of fla's row-by-row forward substitution); across chunks the
     state is carried as in gated linear attention.
     """
-    dtype, out_dtype = _compute_dtype(q), q.dtype
+    dtype, out_dtype = at_least_fp32(q.dtype), q.dtype
     T_len, K = q.shape[1], q.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     if use_qk_l2norm:

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from varbench.ops.selective_scan.reference import discretize_dt
-from varbench.ops.ssd.reference import without_autocast
+from varbench.utils.precision import no_autocast
 
 # elements of the (B, E, l, N) decay block built at once: bounds the correction's memory at 256 MiB in fp32
 _BLOCK_ELEMENTS = 1 << 26
 
 
-@without_autocast  # the correction is fp32 math; under autocast its einsum would run in bf16
+@no_autocast  # the correction is fp32 math; under autocast its einsum would run in bf16
 def add_initial_state(y, last_state, initial_state, delta, A, C, z=None, delta_bias=None, delta_softplus=False):
     """Turn a zero-initial-state scan result into the result from `initial_state` (closed form, see the module doc).
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from varbench.ops.ssd.reference import without_autocast
+from varbench.utils.precision import at_least_fp32, no_autocast
 
 
 def discretize_dt(delta, delta_bias=None, delta_softplus=False) -> torch.Tensor:
     """dt in fp32 (fp64 for fp64 inputs), as the CUDA kernel forms it: softplus(delta + delta_bias)."""
-    dtype = torch.float64 if delta.dtype == torch.float64 else torch.float32
+    dtype = at_least_fp32(delta.dtype)
     dt = delta.to(dtype)
     if delta_bias is not None:
         dt = dt + delta_bias.to(dtype)[:, None]
     return F.softplus(dt) if delta_softplus else dt
 
 
-@without_autocast
+@no_autocast
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
     """The selective scan, one token at a time.
 

@@ -12,30 +12,15 @@ Signatures follow `mamba_chunk_scan_combined`, so `kernel.ssd_scan` is a drop-in
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-
-def without_autocast(fn):
-    """Run an oracle in the precision it chooses: under autocast, einsum and conv would drop to bf16."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        first = next(a for a in (*args, *kwargs.values()) if torch.is_tensor(a))  # names the device
-        with torch.autocast(first.device.type, enabled=False):
-            return fn(*args, **kwargs)
-    return wrapper
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    # fp32 internally whatever the input; float64 stays float64 so tests can check to ~1e-14
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from varbench.utils.precision import at_least_fp32, no_autocast
 
 
 def _prepare(x, dt, A, B, C, D, dt_bias, dt_softplus):
     """Upcast, apply dt's bias and softplus, expand B and C from G groups to H heads, D to (H, P)."""
-    dtype = _compute_dtype(x)
+    dtype = at_least_fp32(x.dtype)
     H, P = x.shape[2], x.shape[3]
     dt = dt.to(dtype)
     if dt_bias is not None:
@@ -49,7 +34,7 @@ def _prepare(x, dt, A, B, C, D, dt_bias, dt_softplus):
     return x.to(dtype), dt, A.to(dtype), B, C, D
 
 
-@without_autocast
+@no_autocast
 def ssd_recurrent_ref(x, dt, A, B, C, D=None, initial_state=None, dt_bias=None, dt_softplus=False):
     """The SSD recurrence, one token at a time.
 
@@ -94,7 +79,7 @@ def _segsum(a: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=a.device).tril(0), float("-inf"))
 
 
-@without_autocast
+@no_autocast
 def ssd_scan_ref(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256, dt_bias=None, dt_softplus=False):
     """The chunked SSD scan (mamba_ssm's `ssd_minimal_discrete` plus D, dt handling and an initial state).
 
@@ -146,7 +131,7 @@ def ssd_scan_ref(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256, dt_
     return y.to(dtype_in), S
 
 
-@without_autocast
+@no_autocast
 def gated_rmsnorm_ref(y, weight, z=None, eps=1e-5, group_size=None, norm_before_gate=False):
     """Mamba2's gated RMSNorm (mamba_ssm `rms_norm_ref`, without bias), computed in fp32.
 
@@ -163,7 +148,7 @@ def gated_rmsnorm_ref(y, weight, z=None, eps=1e-5, group_size=None, norm_before_
         Tensor of y's shape and dtype.
     """
     dtype_in = y.dtype
-    y = y.to(_compute_dtype(y))
+    y = y.to(at_least_fp32(y.dtype))
     z = None if z is None else z.to(y.dtype)
     if z is not None and not norm_before_gate:
         y = y * F.silu(z)

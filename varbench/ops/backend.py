@@ -1,0 +1,95 @@
+"""Kernel dispatch, one convention for every module that has kernels (mixers, intra variants).
+
+A module is built with `backend`: "reference" (plain PyTorch, any device, the oracle), a kernel's name ("flex",
+"fla", "mamba_ssm", ...), or "auto". Never a silent fallback:
+
+- a named kernel must be installed (and a GPU present) when the module is built, and every call must give it CUDA
+  tensors: a CPU tensor is an error, not a quiet switch to the reference;
+- "auto" decides per call from the input's device: the first kernel that can run here when the tensor is on CUDA,
+  else the reference (what can run here is checked once, when the module is built: no import machinery inside a
+  compiled forward);
+- whichever ran is recorded on the module as `backend_ran` (outside torch.compile tracing), and `backend_on(device)`
+  answers the same question without a call, for records of compiled models.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import torch
+
+REFERENCE = "reference"
+
+
+def has_module(name: str) -> bool:
+    """True when a package can be imported (without importing it)."""
+    return importlib.util.find_spec(name) is not None
+
+
+def cuda_and(*modules: str) -> Callable[[], bool]:
+    """A kernel's check: CUDA is present and every named package is installed."""
+    return lambda: torch.cuda.is_available() and all(has_module(m) for m in modules)
+
+
+def resolve_backend(requested: str, kernels: dict[str, Callable[[], bool]], owner: str) -> str:
+    """Check a requested backend when a module is built; return it unchanged ("auto" stays "auto": it is decided per
+    call by `pick_backend`).
+
+    Args:
+        requested (str): "auto", "reference" or a name from `kernels`.
+        kernels (dict[str, Callable[[], bool]]): kernel name -> check that it can run on this machine, in the order
+            "auto" prefers them. The reference is always available and is not listed.
+        owner (str): the module's name, for error messages.
+    """
+    if requested in ("auto", REFERENCE):
+        return requested
+    if requested not in kernels:
+        raise ValueError(f"{owner}: unknown backend {requested!r}; valid: {['auto', REFERENCE, *kernels]}")
+    if not kernels[requested]():
+        raise ValueError(f"{owner}: backend {requested!r} is not available on this machine (missing package or no "
+                         f"GPU); use backend=auto or backend={REFERENCE}")
+    return requested
+
+
+def pick_backend(requested: str, available: tuple[str, ...], device: torch.device, owner: str) -> str:
+    """The backend that runs on tensors of `device`: the named one (a kernel only on CUDA, else a ValueError), or for
+    "auto" the first of the `available` kernels (those that can run on this machine, preferred first) on CUDA, else
+    the reference."""
+    if requested == REFERENCE:
+        return REFERENCE
+    if requested != "auto":
+        if device.type != "cuda":
+            raise ValueError(f"{owner}: backend {requested!r} runs on CUDA tensors, got tensors on {device}; use "
+                             f"backend=auto (the reference off the GPU) or backend={REFERENCE}")
+        return requested
+    return available[0] if device.type == "cuda" and available else REFERENCE
+
+
+class KernelChoice:
+    """Mixin of a module with kernels: `choose_backend(...)` in `__init__`, `run_backend(x)` at the top of each call.
+
+    Attributes:
+        backend (str): what was asked ("auto", "reference" or a kernel name).
+        backend_ran (str | None): the backend of the latest call (None before the first).
+    """
+
+    backend: str = REFERENCE
+    backend_ran: str | None = None
+    kernels_here: tuple[str, ...] = ()
+
+    def choose_backend(self, requested: str, kernels: dict[str, Callable[[], bool]], owner: str) -> None:
+        """Check `requested` (see `resolve_backend`); keep what a call needs to pick: the kernels that can run here."""
+        self.backend, self._backend_owner = resolve_backend(requested, kernels, owner), owner
+        self.kernels_here = tuple(name for name, can_run in kernels.items() if can_run())
+
+    def backend_on(self, device) -> str:
+        """The backend a call on tensors of `device` runs."""
+        return pick_backend(self.backend, self.kernels_here, torch.device(device), self._backend_owner)
+
+    def run_backend(self, x: torch.Tensor) -> str:
+        """The backend this call runs on `x`, recorded as `backend_ran`."""
+        name = self.backend_on(x.device)
+        if not torch.compiler.is_compiling():  # a traced attribute write would be a side effect of the graph
+            self.backend_ran = name
+        return name

@@ -1,0 +1,47 @@
+"""Precision words in one place: the compute dtype "fp32 at least", the autocast-off decorator of the oracles, and the
+autocast context of a run's `precision` setting (fp32 | bf16 | fp16).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half, bf16, fp32 (and integers); fp64 stays fp64, so the oracles can be checked to ~1e-14."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """`t` in `at_least_fp32(t.dtype)` (a no-op when it already is)."""
+    return t.to(at_least_fp32(t.dtype))
+
+
+def no_autocast(fn):
+    """Run `fn` in the precision it states even inside an autocast region: autocast would silently turn the matmuls,
+    einsums and convolutions of an oracle into bf16 ones. The first tensor argument names the device."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        first = next(a for a in (*args, *kwargs.values()) if torch.is_tensor(a))
+        with torch.autocast(first.device.type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a `precision` setting (None for fp32)."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision must be one of {list(AUTOCAST_DTYPES)}, got {precision!r}")
+    return AUTOCAST_DTYPES[precision]
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of `precision` (fp32: a disabled one) on `device`."""
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
