@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from varbench.eval.metrics import save_adm_npz
+from varbench.eval.samplers import make_sampler
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,12 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
         preset: "eval" (VAR's FID setting), "vis" or a SamplingPreset.
         seed (int): base seed; image i of class c comes from a batch seeded by (seed, class, index) of its first item.
         device: where to sample.
-        sampler (str): "carry" or "prefix_rerun" (see ScaleAR.generate).
+        sampler (str): "carry" or "prefix_rerun" (see `varbench.eval.samplers`).
         tag (dict, Optional): more settings the images depend on (e.g. the checkpoint's sha256, the autocast
             precision): part of the key and of the manifest.
-        cuda_graphs (bool, Optional): replay each scale as a CUDA graph (see ScaleAR.generate); the same kernels in
-            the same order, so not pinned by the manifest. Default: False.
+        cuda_graphs (bool, Optional): replay each scale as a CUDA graph (see `ScaleSampler`; captured once, replayed
+            for every batch of that size); the same kernels in the same order, so not pinned by the manifest.
+            Default: False.
 
     Returns: {"npz": path, "folder": the sample folder, "key": its name, "images": N, "generated": images drawn by
     this call, "skipped": images found on disk}.
@@ -158,6 +160,8 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
     out_dir = Path(out_dir) / key
     check_manifest(out_dir, settings)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    draw = make_sampler(sampler, model, tokenizer, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
+                        more_smooth=p.more_smooth, cuda_graphs=cuda_graphs)
     generated = skipped = 0
     for batch in batches(num_classes, per_class, batch_size):
         missing = [item for item in batch if not png_path(out_dir, *item).is_file()]
@@ -166,8 +170,7 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
             continue
         generator = torch.Generator(device).manual_seed(image_seed(seed, *batch[0]))
         labels_B = torch.tensor([c for c, _ in batch], device=device)
-        out = model.generate(tokenizer, labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
-                             more_smooth=p.more_smooth, generator=generator, sampler=sampler, cuda_graphs=cuda_graphs)
+        out = draw(labels_B, generator=generator)
         for item, img_HW3 in zip(batch, to_uint8(out.images)):
             if item in missing:  # images on disk stay untouched (they are identical anyway)
                 write_png(png_path(out_dir, *item), img_HW3)

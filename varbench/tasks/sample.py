@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from varbench.build import resolve_device
+from varbench.eval.samplers import make_sampler
 from varbench.runs import load_for_task
 from varbench.training.loop import autocast
 from varbench.utils.records import record
@@ -38,8 +39,9 @@ def main(cfg: DictConfig) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with autocast(device, t.precision):  # the kernels' dtype of training (fla's DeltaNet has no fp32 chunk path)
-        out = model.generate(tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth,
-                             generator=generator, sampler=t.sampler, cuda_graphs=t.cuda_graphs)
+        sampler = make_sampler(t.sampler, model, tokenizer, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p,
+                               more_smooth=t.more_smooth, cuda_graphs=t.cuda_graphs)
+        out = sampler(labels, generator=generator)
     if cuda:
         torch.cuda.synchronize(device)  # the clock stops when the GPU is done, not when the last launch returned
     seconds = time.perf_counter() - start
