@@ -38,7 +38,7 @@ from varbench.eval.samplers import make_sampler
 
 @dataclass(frozen=True)
 class SamplingPreset:
-    """Arguments of `ScaleAR.generate` that define a sampling setting (cfg is ramped over scales by generate)."""
+    """Settings of a `ScaleSampler` that define a sampling setting (cfg is ramped over scales by the sampler)."""
 
     cfg: float
     top_k: int
