@@ -24,7 +24,8 @@ ROW = re.compile(r"^\[grid\] #\d+\s+(?P<cid>[0-9a-f]{12})\s+(?P<status>\w+)\s+(?
 
 
 def run_grid(cwd: Path, *overrides: str, grid: str = "mixers_tiny", timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python run.py grid=<grid> <overrides>` in `cwd` (records under cwd/results, each cell in cwd/sweep/<cell_id>)."""
+    """`python run.py grid=<grid> <overrides>` in `cwd` (records under cwd/results, each cell in
+    cwd/sweep/<cell_id>)."""
     args = [sys.executable, str(REPO / "run.py"), f"grid={grid}", "hydra.sweep.dir=sweep", *overrides]
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ),
                           check=False)

@@ -105,7 +105,7 @@ def test_rerun_skips_complete_cells(tmp_path):
     for c in ids:
         assert (tmp_path / "sweep" / c / "checkpoints" / "latest").is_file()
         assert (tmp_path / "sweep" / c / "samples.png").is_file()
-        assert (tmp_path / "sweep" / c / ".hydra" / "main" / "config.yaml").is_file()  # one place for everything of a cell
+        assert (tmp_path / "sweep" / c / ".hydra" / "main" / "config.yaml").is_file()  # one place for all of a cell
     n_lines = {n: len(records(tmp_path, n)) for n in ("train.jsonl", "sample.jsonl", "train_tokenizer.jsonl")}
     again = run_grid(tmp_path, *two)
     assert again.returncode == 0, tail(again)

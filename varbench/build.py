@@ -32,12 +32,22 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def image_size(cfg: DictConfig) -> int:
-    """Pixels per side implied by the tokenizer: last scale side x 2^(levels - 1)."""
-    return cfg.tokenizer.patch_nums[-1] * 2 ** (len(cfg.tokenizer.ch_mult) - 1)
+    """Pixels per side implied by the tokenizer: latent side (the last scale's, or VQ-F16's `latent_side`) x
+    2^(levels - 1)."""
+    tok = cfg.tokenizer
+    side = tok.latent_side if tok.get("kind") == "vq_f16" else tok.patch_nums[-1]
+    return side * 2 ** (len(tok.ch_mult) - 1)
 
 
-def build_tokenizer(cfg: DictConfig, *, trainable: bool = False, load: bool = True) -> MultiScaleVQVAE:
-    """The VQ-VAE of the run; loads `tokenizer.checkpoint` when set (official .pth or varbench .safetensors)."""
+def build_tokenizer(cfg: DictConfig, *, trainable: bool = False, load: bool = True):
+    """The tokenizer of the run, loading `tokenizer.checkpoint` when set: VAR's multi-scale VQ-VAE (official .pth or
+    varbench .safetensors), or for `tokenizer.kind: vq_f16` AiM's single-scale VQ-F16 (LlamaGen's vq_f16.pt)."""
+    if cfg.tokenizer.get("kind") == "vq_f16":
+        from varbench.tokenizers.vq_f16 import load_official_vq_f16, vq_f16_from_config
+        vq = vq_f16_from_config(cfg.tokenizer)
+        if load and cfg.tokenizer.get("checkpoint"):
+            load_official_vq_f16(vq, cfg.tokenizer.checkpoint)
+        return vq if trainable else vq.eval()
     kwargs = {k: (tuple(v) if OmegaConf.is_list(v) else v) for k, v in cfg.tokenizer.items() if k in TOKENIZER_KEYS}
     vae = MultiScaleVQVAE(**kwargs, test_mode=not trainable)
     if load and cfg.tokenizer.get("checkpoint"):
@@ -45,17 +55,36 @@ def build_tokenizer(cfg: DictConfig, *, trainable: bool = False, load: bool = Tr
     return vae
 
 
+def class_count(cfg: DictConfig) -> int:
+    """The classes of the model of `cfg`: the recipe's `model.num_classes` (a published recipe states ImageNet's
+    1000, the class count of its released weights), or with `model.num_classes: null` (tiny) the data set's. A recipe
+    and a data set that disagree are an error naming both: a class-conditional model is built for its data."""
+    recipe, data = cfg.model.get("num_classes"), cfg.data.num_classes
+    if recipe is not None and recipe != data:
+        raise ValueError(f"model.num_classes={recipe} (the recipe's) contradicts data.num_classes={data} (the data "
+                         f"set's): use data with {recipe} classes, or set model.num_classes={data} to build the "
+                         f"recipe's architecture for this data set")
+    return data
+
+
 def build_model(cfg: DictConfig, mixer: DictConfig | None = None, intra: DictConfig | None = None,
-                patch_nums: tuple[int, ...] | None = None, num_classes: int | None = None) -> ScaleAR:
-    """The scale-wise AR model: the `model` group's arguments, the chosen mixer and intra variant (or the given
-    registry entries), the tokenizer's vocabulary, code width and scale schedule (or `patch_nums`) and the data
-    set's classes (or `num_classes`). With `model.match_params_of: [mixer, intra]` the FFN width is set so that the
+                patch_nums: tuple[int, ...] | None = None, num_classes: int | None = None):
+    """The AR model of `cfg`: a scale-wise ScaleAR, or a raster-order RasterAR for `model.backbone: raster_ar`
+    (model=aim_b|aim_l|aim_xl; `varbench.backbones.raster_ar.build_raster_ar`).
+
+    A ScaleAR gets the `model` group's arguments, the chosen mixer and intra variant (or the given registry
+    entries), the tokenizer's vocabulary, code width and scale schedule (or `patch_nums`) and the classes of
+    `class_count` (or `num_classes`). With `model.match_params_of: [mixer, intra]` the FFN width is set so that the
     model has that configuration's parameter count (see `matched_mlp_ratio`)."""
+    num_classes = num_classes or class_count(cfg)
+    if cfg.model.get("backbone") == "raster_ar":
+        from varbench.backbones.raster_ar import build_raster_ar
+        return build_raster_ar(cfg, num_classes=num_classes)
     model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     match = model_kwargs.pop("match_params_of", None)
+    model_kwargs.pop("num_classes", None)  # resolved above
     mixer, intra = factory(cfg.mixer if mixer is None else mixer), factory(cfg.intra if intra is None else intra)
-    shared = dict(vocab_size=cfg.tokenizer.vocab_size, latent_dim=cfg.tokenizer.z_channels,
-                  num_classes=num_classes or cfg.data.num_classes,
+    shared = dict(vocab_size=cfg.tokenizer.vocab_size, latent_dim=cfg.tokenizer.z_channels, num_classes=num_classes,
                   patch_nums=tuple(patch_nums or cfg.tokenizer.patch_nums))
     if match:
         model_kwargs["mlp_ratio"] = matched_mlp_ratio(mixer, intra, match, {**model_kwargs, **shared})
@@ -92,10 +121,11 @@ MODEL_GROUPS = ("mixer", "intra", "tokenizer", "data")  # the groups a model is 
 def build(group: str, name: str, **overrides):
     """Build any registry entry (a file `varbench/configs/<group>/<name>.yaml`) by group and name, without Hydra.
 
-    - model: a ScaleAR of the entry's recipe, randomly initialised (trained weights: `varbench.load`). A recipe such
-      as var_d16 also picks its mixer, intra and tokenizer; the classes come from the data group (default: the
-      embedded set's 10; `data="imagenet"` for VAR's 1000). Overrides: fields of the entry (`depth=12`), another
-      option of a group (`mixer="gla"`) or fields of a group (`mixer={"heads": 2}`, `data={"num_classes": 100}`).
+    - model: a ScaleAR (RasterAR for aim_*) of the entry's recipe, randomly initialised (trained weights:
+      `varbench.load`). A recipe such as var_d16 also picks its mixer, intra, tokenizer and data (ImageNet's 1000
+      classes, `num_classes=1000`); tiny takes the data group's (default: the embedded set's 10). Overrides: fields
+      of the entry (`depth=12`), another option of a group (`mixer="gla"`) or fields of a group (`mixer={"heads":
+      2}`, `data={"num_classes": 100}`).
     - tokenizer: a MultiScaleVQVAE in eval mode. `checkpoint=<file>` loads its weights (an official .pth or a
       varbench .safetensors); `checkpoint=None` keeps the random init. An entry that requires a file (var) says so.
     - mixer, intra, data: the component of the entry (`varbench.registry.build`): `build("mixer", "gla", dim=64,

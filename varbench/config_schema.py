@@ -136,7 +136,8 @@ TRAIN = {
     "log_every": count(), "nll_every": count(0), "nll_images": count(), "ckpt_every": count(), "keep_last": count(),
 }
 MODEL = {
-    "depth": count(), "width": count(null="64 * depth"), "num_heads": count(null="depth"), "mlp_ratio": positive(),
+    "num_classes": count(null="the data set's"), "depth": count(), "width": count(null="64 * depth"),
+    "num_heads": count(null="depth"), "mlp_ratio": positive(),
     "drop_path_rate": fraction(open_high=True, null="0.1 * depth / 24"), "norm_eps": positive(),
     "cond_drop_rate": fraction(), "init.init_adaln": non_negative(), "init.init_adaln_gamma": non_negative(),
     "init.init_head": non_negative(), "init.init_std": Number(),
@@ -165,7 +166,8 @@ TASKS = {
     "evaluate": {
         "suite": Choice(("auto", "project", "adm")), "num_classes": count(null="every class of the model"),
         "per_class": count(null="50 for adm, 20 for project"), "batch_size": count(),
-        "preset": Choice(("eval", "vis")), "sampler": SAMPLER, "cuda_graphs": FLAG, "precision": PRECISION,
+        "preset": Choice(("eval", "vis", "aim_b", "aim")),  # aim_*: raster models (varbench/eval/sampling.py)
+        "sampler": SAMPLER, "cuda_graphs": FLAG, "precision": PRECISION,
         "val_nll_images": count(0), "train_nll_images": count(0), "fidelity_batch_size": count(),
         "classifier_steps": count(), "classifier_batch_size": count(), "classifier_width": count(),
         "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(),

@@ -13,6 +13,9 @@ The rules (issue 15):
 - Nothing is built with random weights. A checkpoint without a spec (written before specs existed) is refused
   unless the caller asks by name for the command line's architecture (`task.architecture_from_command_line=true`),
   and then `tokenizer.checkpoint` is required.
+- An official checkpoint (VAR, M-VAR, AiM: recognised by its keys, varbench/official.py) carries no spec: it is built
+  from the command line's recipe (`model=var_d16`, ...) and its `tokenizer.checkpoint` (required), and loaded
+  strictly through the official converter.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
-from varbench.backbones.scale_ar import ScaleAR
+from varbench import official
 from varbench.build import build_model, build_tokenizer
 from varbench.registry import CONFIG_ROOT
-from varbench.tokenizers import MultiScaleVQVAE, load_official_vqvae
+from varbench.tokenizers import load_official_vqvae
 from varbench.training import checkpoints
 from varbench.utils.checkpoint import load_strict, read_state_dict, save_atomic
 from varbench.utils.run_spec import FORMAT, file_sha256, read_spec, relative_if_inside, tokenizer_path
@@ -131,6 +135,9 @@ def run_config(spec: dict, cfg: DictConfig | None = None, user_keys: list[str] |
     mine = {k: v for g in SPEC_GROUPS if g in cfg
             for k, v in flat(OmegaConf.to_container(cfg[g], resolve=True), g).items()}
     theirs = {k: v for g in SPEC_GROUPS for k, v in flat(spec["config"][g], g).items()}
+    for side in (mine, theirs):  # the class count built: null (and a spec older than the key) means the data's
+        if side.get("model.num_classes") is None and "data.num_classes" in side:
+            side["model.num_classes"] = side["data.num_classes"]
 
     def compared(key: str) -> bool:  # set by name, or the identity of a chosen group option
         if user_keys is None:
@@ -164,20 +171,23 @@ def run_config(spec: dict, cfg: DictConfig | None = None, user_keys: list[str] |
 class TrainedRun:
     """A trained model and its tokenizer, rebuilt from a checkpoint, with what identifies them."""
 
-    model: ScaleAR
-    tokenizer: MultiScaleVQVAE
+    model: nn.Module              # a ScaleAR, or a RasterAR (model=aim_*)
+    tokenizer: nn.Module          # its MultiScaleVQVAE, or VQF16
     config: DictConfig            # the spec groups the two were built from (with the caller's other keys)
-    checkpoint: Path              # the model.safetensors loaded
+    checkpoint: Path              # the weight file loaded
     checkpoint_sha256: str
     tokenizer_file: Path
     tokenizer_sha256: str
-    run_spec: bool                # False: a checkpoint without a spec, built from the command line on request
+    run_spec: bool                # False: a checkpoint without a spec, built from the command line
+    official: str | None = None   # 'var' | 'mvar' | 'aim': an official checkpoint, loaded through its converter
 
     def identity(self) -> dict:
-        """Record fields naming the weights: paths and sha256 of the checkpoint and of the tokenizer."""
+        """Record fields naming the weights: paths and sha256 of the checkpoint and of the tokenizer, and the
+        checkpoint's format (varbench, or official_<kind>)."""
         return {"checkpoint": str(self.checkpoint), "checkpoint_sha256": self.checkpoint_sha256,
                 "tokenizer_checkpoint": str(self.tokenizer_file), "tokenizer_sha256": self.tokenizer_sha256,
-                "run_spec": self.run_spec}
+                "run_spec": self.run_spec,
+                "checkpoint_format": f"official_{self.official}" if self.official else "varbench"}
 
 
 def load_run(source, cfg: DictConfig | None = None, user_keys: list[str] | None = None, device="cpu",
@@ -194,21 +204,29 @@ def load_run(source, cfg: DictConfig | None = None, user_keys: list[str] | None 
     """
     weights = find_checkpoint(source)
     spec = read_spec(weights.parent)
+    state = read_state_dict(weights)
+    kind = None if spec is not None else official.official_kind(state)
     if spec is not None:
         config = run_config(spec, cfg, user_keys)
         tokenizer_file, tokenizer_sha256 = checked_tokenizer_file(spec, weights.parent,
                                                                   config.tokenizer.get("checkpoint"))
     else:
-        config, tokenizer_file = without_spec(weights, cfg, architecture_from_command_line)
+        config, tokenizer_file = (official_config(weights, kind, cfg) if kind else
+                                  without_spec(weights, cfg, architecture_from_command_line))
         tokenizer_sha256 = file_sha256(tokenizer_file)
     with open_dict(config):
         config.tokenizer.checkpoint = str(tokenizer_file)
-    model = build_model(config)
-    load_strict(model, read_state_dict(weights), f"checkpoint {weights}")
-    return TrainedRun(model=model.to(device).eval(), tokenizer=build_tokenizer(config).to(device).eval(),
+    model, tokenizer = build_model(config), build_tokenizer(config)
+    if kind:
+        official.load_official_weights(model, state, kind, str(weights))
+        if kind == "aim":
+            official.check_aim_tokenizer(state, tokenizer, tokenizer_file)
+    else:
+        load_strict(model, state, f"checkpoint {weights}")
+    return TrainedRun(model=model.to(device).eval(), tokenizer=tokenizer.to(device).eval(),
                       config=config, checkpoint=weights, checkpoint_sha256=file_sha256(weights),
                       tokenizer_file=tokenizer_file, tokenizer_sha256=tokenizer_sha256,
-                      run_spec=spec is not None)
+                      run_spec=spec is not None, official=kind)
 
 
 def load_for_task(cfg: DictConfig, device) -> TrainedRun:
@@ -241,6 +259,19 @@ def without_spec(weights: Path, cfg: DictConfig | None, from_command_line: bool)
     if not cfg.tokenizer.get("checkpoint"):
         raise ValueError(f"{weights.parent} has no run spec: with task.architecture_from_command_line=true set "
                          f"tokenizer.checkpoint to the tokenizer the model was trained with (never a random one)")
+    return cfg.copy(), Path(cfg.tokenizer.checkpoint)
+
+
+def official_config(weights: Path, kind: str, cfg: DictConfig | None) -> tuple[DictConfig, Path]:
+    """The config and tokenizer of an official checkpoint: the caller's recipe and `tokenizer.checkpoint`."""
+    example = (f"python run.py task=sample {official.RECIPES[kind].split('|')[0]} task.checkpoint={weights} "
+               f"tokenizer.checkpoint=<{'vq_f16.pt' if kind == 'aim' else 'vae_ch160v4096z32.pth'}>")
+    if cfg is None:
+        raise ValueError(f"{weights} is an official {official.KINDS[kind]} checkpoint: it holds no architecture, so "
+                         f"name its recipe and tokenizer, e.g. {example}")
+    if not cfg.tokenizer.get("checkpoint"):
+        raise ValueError(f"{weights} is an official {official.KINDS[kind]} checkpoint: set tokenizer.checkpoint to "
+                         f"the official tokenizer it was trained with, e.g. {example}")
     return cfg.copy(), Path(cfg.tokenizer.checkpoint)
 
 

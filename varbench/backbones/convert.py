@@ -74,13 +74,7 @@ def official_to_varbench(model: ScaleAR, official_sd: dict[str, torch.Tensor]) -
             if tensor.shape != expected[name].shape or not torch.equal(tensor.float(), expected[name].float()):
                 raise ValueError(f"buffer {name!r} differs from what patch_nums {model.layout.patch_nums} implies: "
                                  f"the checkpoint was made for another configuration")
-    out = {}
-    for name, tensor in official_sd.items():
-        if not _DERIVED.match(name):
-            for pattern, repl in _renames(flavour):
-                name = re.sub(pattern, repl, name)
-            out[name] = tensor
-    return out
+    return renamed_official(official_sd, flavour)
 
 
 def varbench_to_official(model: ScaleAR) -> dict[str, torch.Tensor]:
@@ -134,3 +128,16 @@ def scale_ar_from_official_args(flavour: str, args: dict, vocab_size: int, laten
                    mlp_ratio=args.get("mlp_ratio", 4.0), drop_path_rate=args.get("drop_path_rate", 0.0),
                    norm_eps=args.get("norm_eps", 1e-6), cond_drop_rate=args.get("cond_drop_rate", 0.1),
                    shared_aln=shared_aln)
+
+
+def renamed_official(official_sd: dict[str, torch.Tensor], flavour: str) -> dict[str, torch.Tensor]:
+    """The tensors of an official `flavour` ('var' | 'mvar') checkpoint under varbench names, the configuration-derived
+    buffers left out, for a partial load into any model (`train.init_from`); nothing is checked against a model
+    (a strict load of the same architecture goes through `official_to_varbench`)."""
+    out = {}
+    for name, tensor in official_sd.items():
+        if not _DERIVED.match(name):
+            for pattern, repl in _renames(flavour):
+                name = re.sub(pattern, repl, name)
+            out[name] = tensor
+    return out

@@ -283,11 +283,12 @@ def build_raster_ar(cfg, num_classes: int | None = None) -> RasterAR:
 
     from varbench.registry import factory
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    recipe_classes = kwargs.pop("num_classes", None)  # varbench.build.class_count checks it against the data's
     if kwargs.pop("backbone", None) != "raster_ar":
         raise ValueError(f"model.backbone must be 'raster_ar' for a RasterAR, got {cfg.model.get('backbone')!r}")
     if cfg.tokenizer.get("kind") != "vq_f16":
         raise ValueError(f"a raster model needs a single-scale tokenizer (tokenizer=vq_f16), got "
                          f"kind={cfg.tokenizer.get('kind')!r}")
     return RasterAR(mixer=factory(cfg.mixer), vocab_size=cfg.tokenizer.vocab_size,
-                    num_tokens=cfg.tokenizer.latent_side ** 2, num_classes=num_classes or cfg.data.num_classes,
-                    **kwargs)
+                    num_tokens=cfg.tokenizer.latent_side ** 2,
+                    num_classes=num_classes or recipe_classes or cfg.data.num_classes, **kwargs)

@@ -27,6 +27,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from varbench.eval.samplers import make_sampler
 
 @dataclass(frozen=True)
 class SamplingPreset:
-    """Settings of a `ScaleSampler` that define a sampling setting (cfg is ramped over scales by the sampler)."""
+    """The settings that define a sampling setting (a `ScaleSampler`'s, or a RasterAR generate's)."""
 
     cfg: float
     top_k: int
@@ -54,13 +55,56 @@ PRESETS = {
 }
 
 
-def resolve_preset(preset) -> SamplingPreset:
-    """A preset name ("eval" | "vis") or a SamplingPreset."""
+RASTER_PRESETS = {
+    # AiM's FID settings (README): constant guidance, temperature 1, no top-k / top-p; cfg 2.0 for AiM-B, 1.75 for L, XL
+    "aim_b": SamplingPreset(cfg=2.0, top_k=0, top_p=1.0, more_smooth=False),
+    "aim": SamplingPreset(cfg=1.75, top_k=0, top_p=1.0, more_smooth=False),
+}
+
+
+def is_raster(model) -> bool:
+    """Whether `model` generates token by token in raster order (a RasterAR) rather than scale by scale."""
+    from varbench.backbones.raster_ar import RasterAR
+    return isinstance(model, RasterAR)
+
+
+def resolve_preset(preset, raster: bool = False) -> SamplingPreset:
+    """A preset name or a SamplingPreset: "eval" | "vis" for scale-wise models, "aim_b" | "aim" for raster ones."""
     if isinstance(preset, SamplingPreset):
         return preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown sampling preset {preset!r}; valid: {sorted(PRESETS)} (or a SamplingPreset)")
-    return PRESETS[preset]
+    own, other = (RASTER_PRESETS, PRESETS) if raster else (PRESETS, RASTER_PRESETS)
+    if preset not in own:
+        hint = f" ({preset!r} is for {'scale-wise' if raster else 'raster'} models)" if preset in other else ""
+        raise ValueError(f"unknown sampling preset {preset!r} for a {'raster' if raster else 'scale-wise'} "
+                         f"model{hint}; valid: {sorted(own)} (or a SamplingPreset)")
+    return own[preset]
+
+
+def image_sampler(model, tokenizer, p: SamplingPreset, sampler: str = "carry",
+                  cuda_graphs: bool = False) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]:
+    """A function (labels_B, generator) -> images (B, 3, H, W) in [0, 1] drawing with the setting `p`: for a ScaleAR
+    the sampler named `sampler` (`varbench.eval.samplers`: cfg ramped over scales; its CUDA graphs, captured on the
+    first call, are replayed by the later ones), for a RasterAR its generate (constant cfg, one token at a time;
+    only the carried-state sampler, no Gumbel smoothing)."""
+    if not is_raster(model):
+        draw = make_sampler(sampler, model, tokenizer, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
+                            more_smooth=p.more_smooth, cuda_graphs=cuda_graphs)
+        return lambda labels_B, generator: draw(labels_B, generator=generator).images
+    if p.more_smooth or sampler != "carry":
+        raise ValueError(f"a raster model samples with sampler=carry and more_smooth=false only, got sampler="
+                         f"{sampler!r}, more_smooth={p.more_smooth}")
+
+    def draw_raster(labels_B: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        images = model.generate(labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p, generator=generator,
+                                tokenizer=tokenizer, cuda_graphs=cuda_graphs).images
+        return images.clamp(0, 1)  # VQ-F16 decodes unclamped (as LlamaGen's decode_code); pixels are saved clamped
+    return draw_raster
+
+
+def generate_images(model, tokenizer, labels_B: torch.Tensor, p: SamplingPreset, generator, sampler: str = "carry",
+                    cuda_graphs: bool = False) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] of `labels_B` drawn with the setting `p`: one call of `image_sampler`."""
+    return image_sampler(model, tokenizer, p, sampler, cuda_graphs)(labels_B, generator)
 
 
 def image_seed(seed: int, label: int, index: int) -> int:
@@ -132,19 +176,19 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
     """Draw `per_class` images of each of the first `num_classes` classes; skip batches already on disk.
 
     Args:
-        model: a ScaleAR (eval mode); tokenizer: its multi-scale VQ-VAE, on `device`.
+        model: a ScaleAR or a RasterAR (eval mode); tokenizer: its VQ-VAE (multi-scale, or VQ-F16), on `device`.
         out_dir: root of the run's samples; they go to `out_dir/<key>` (see the module docstring).
         num_classes, per_class (int): classes 0 .. num_classes - 1, per_class images each (per_class <= 1000).
         batch_size (int): images per generate call (pinned by the manifest: it changes the draws).
-        preset: "eval" (VAR's FID setting), "vis" or a SamplingPreset.
+        preset: "eval" (VAR's FID setting), "vis"; for a raster model "aim_b" | "aim" (AiM's); or a SamplingPreset.
         seed (int): base seed; image i of class c comes from a batch seeded by (seed, class, index) of its first item.
         device: where to sample.
         sampler (str): "carry" or "prefix_rerun" (see `varbench.eval.samplers`).
         tag (dict, Optional): more settings the images depend on (e.g. the checkpoint's sha256, the autocast
             precision): part of the key and of the manifest.
-        cuda_graphs (bool, Optional): replay each scale as a CUDA graph (see `ScaleSampler`; captured once, replayed
-            for every batch of that size); the same kernels in the same order, so not pinned by the manifest.
-            Default: False.
+        cuda_graphs (bool, Optional): replay each scale (token step) as a CUDA graph, captured once and replayed for
+            every batch of that size (see `ScaleSampler`); the same kernels in the same order, so not pinned by the
+            manifest. Default: False.
 
     Returns: {"npz": path, "folder": the sample folder, "key": its name, "images": N, "generated": images drawn by
     this call, "skipped": images found on disk}.
@@ -153,15 +197,14 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
         raise ValueError(f"per_class must be in [1, 1000] (3-digit file index), got {per_class}")
     if not 1 <= num_classes <= model.num_classes:
         raise ValueError(f"num_classes must be in [1, {model.num_classes}] for this model, got {num_classes}")
-    device, p = torch.device(device), resolve_preset(preset)
+    device, p = torch.device(device), resolve_preset(preset, raster=is_raster(model))
     settings = {"num_classes": num_classes, "per_class": per_class, "batch_size": batch_size, "seed": seed,
                 "sampler": sampler, **asdict(p), "weights_sha256": weights_sha256(model, tokenizer), **(tag or {})}
     key = content_key(settings)
     out_dir = Path(out_dir) / key
     check_manifest(out_dir, settings)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    draw = make_sampler(sampler, model, tokenizer, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
-                        more_smooth=p.more_smooth, cuda_graphs=cuda_graphs)
+    draw = image_sampler(model, tokenizer, p, sampler, cuda_graphs)
     generated = skipped = 0
     for batch in batches(num_classes, per_class, batch_size):
         missing = [item for item in batch if not png_path(out_dir, *item).is_file()]
@@ -170,8 +213,8 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
             continue
         generator = torch.Generator(device).manual_seed(image_seed(seed, *batch[0]))
         labels_B = torch.tensor([c for c, _ in batch], device=device)
-        out = draw(labels_B, generator=generator)
-        for item, img_HW3 in zip(batch, to_uint8(out.images)):
+        images = draw(labels_B, generator)
+        for item, img_HW3 in zip(batch, to_uint8(images)):
             if item in missing:  # images on disk stay untouched (they are identical anyway)
                 write_png(png_path(out_dir, *item), img_HW3)
                 generated += 1

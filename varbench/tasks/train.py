@@ -1,10 +1,13 @@
 """task=train: train the scale-wise AR model of the config (tokenizer frozen) on images or on a token cache.
 
 Every checkpoint carries the run spec (varbench/runs.py): the architecture and the tokenizer's path and sha256, so
-task=sample / task=evaluate / varbench.load rebuild exactly this model from the run directory alone."""
+task=sample / task=evaluate / varbench.load rebuild exactly this model from the run directory alone.
+`train.init_from=PATH` starts from another model's weights (official or varbench, any mixer; varbench/init_from.py):
+what loaded and what the recipe initialised is logged, recorded (results_dir/init_from.jsonl) and kept in the spec."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -12,10 +15,34 @@ from omegaconf import DictConfig
 
 from varbench.build import build_dataset, build_model, build_tokenizer, resolve_device
 from varbench.eval.flops import model_flops
+from varbench.init_from import check_tokenizer, init_from
 from varbench.runs import describe_run, training_tokenizer_file
+from varbench.training import checkpoints
 from varbench.training.loop import train_ar
 from varbench.utils.dist import init_distributed
 from varbench.utils.records import record
+from varbench.utils.run_spec import read_spec
+
+log = logging.getLogger(__name__)
+
+
+def start_from(cfg: DictConfig, model, tokenizer_file, device, is_main: bool) -> dict | None:
+    """Apply `train.init_from` to the freshly built `model` (every process, so all start alike); returns the report
+    for the run spec. A run that already has a checkpoint resumes from it instead (resume wins) and keeps the report
+    its first start recorded."""
+    source = cfg.train.get("init_from")
+    if not source:
+        return None
+    if (folder := checkpoints.latest(Path(cfg.run_dir) / "checkpoints")) is not None:
+        log.info(f"[train] resuming from {folder}: resume wins, train.init_from={source} is not applied again")
+        return (read_spec(folder) or {}).get("init_from")
+    report = init_from(model, source)
+    check_tokenizer(report, tokenizer_file)
+    log.info("[train] " + report.summary())
+    if is_main:
+        record(Path(cfg.results_dir) / "init_from.jsonl", "init_from_loaded_tensors", len(report.loaded), "tensors",
+               config=cfg, device=device, **report.as_dict())
+    return report.as_dict()
 
 
 def main(cfg: DictConfig) -> dict:
@@ -29,7 +56,10 @@ def main(cfg: DictConfig) -> dict:
     tokenizer = build_tokenizer(cfg).to(device)
     model = build_model(cfg).to(device)
     tokenizer_file = training_tokenizer_file(cfg, tokenizer, write=info.is_main)
+    started_from = start_from(cfg, model, tokenizer_file, device, info.is_main)
     spec = describe_run(cfg, tokenizer_file) if info.is_main else None  # written into every checkpoint
+    if spec is not None and started_from is not None:
+        spec["init_from"] = started_from
     torch.manual_seed(cfg.seed * info.world_size + info.rank)  # then each draws its own dropout / crops (VAR)
     cache = cfg.train.get("token_cache")
     if cache:
