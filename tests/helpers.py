@@ -19,9 +19,15 @@ def tiny_tokenizer(patch_nums=TINY_PN, vocab_size=64, z_channels=8) -> MultiScal
     return vae.eval()
 
 
-def tiny_model(mixer: str, intra: str = "none", depth=2, width=64, heads=2, vae=None, **kw) -> ScaleAR:
+def tiny_model(mixer: str, intra: str = "none", depth=2, width=64, heads=2, vae=None, backend=None,
+               **kw) -> ScaleAR:
+    """A small ScaleAR; `backend` (e.g. "reference") replaces the configs' kernel choice of the mixer and intra."""
     vae = vae or tiny_tokenizer()
-    model = ScaleAR(mixer=factory(load_option("mixer", mixer)), intra=factory(load_option("intra", intra)),
+    options = [load_option(group, name) for group, name in (("mixer", mixer), ("intra", intra))]
+    for option in options:
+        if backend is not None and option is not None and "backend" in option:
+            option.backend = backend
+    model = ScaleAR(mixer=factory(options[0]), intra=factory(options[1]),
                     depth=depth, width=width, num_heads=heads, vocab_size=vae.vocab_size, latent_dim=vae.Cvae,
                     num_classes=10, patch_nums=vae.patch_nums, **{"drop_path_rate": 0.0, **kw})
     randomize_gates_(model)

@@ -1,16 +1,23 @@
 """The compiled training step (task.compile, train.compile) on the CPU reference paths: every registered mixer's
 model is one graph, so torch.compile sees all of it; and where a kernel does break the graph inside each block (as
-an opaque GPU kernel may), every block is still compiled rather than left to run eagerly."""
+an opaque GPU kernel may), every block is still compiled rather than left to run eagerly. Also: `auto` compiles on
+CUDA only, and flex BlockMasks are built before compiling, never traced into the graph. The models of the CPU tests
+run their reference kernels (backend="reference"), whatever the machine, since their tensors are on the CPU."""
 
 import pytest
 import torch
 import torch._dynamo
 from helpers import tiny_model, tiny_tokenizer
+from test_training import run
 from torch._dynamo.utils import counters
 
 from varbench.backbones import blocks
+from varbench.layout import ScaleLayout
+from varbench.ops.attention import kernel as attention_kernel
 from varbench.registry import list_options
 from varbench.training.loop import compile_for_training
+from varbench.utils.auto import resolve_auto
+from varbench.utils.records import read_records
 
 CONFIGS = [(m, "none") for m in list_options("mixer") if m != "none"] + [("mamba2", "full"), ("none", "full"),
                                                                          ("attention", "local")]
@@ -36,12 +43,12 @@ def captured_training_step(model) -> dict:
 
 @pytest.mark.parametrize("mixer,intra", CONFIGS, ids=[f"{m}-{i}" for m, i in CONFIGS])
 def test_the_compiled_training_step_is_one_graph(mixer, intra, vae):
-    seen = captured_training_step(tiny_model(mixer, intra, vae=vae, depth=2, drop_path_rate=0.1))
+    seen = captured_training_step(tiny_model(mixer, intra, vae=vae, depth=2, drop_path_rate=0.1, backend="reference"))
     assert seen["frames"] == 1 and seen["breaks"] == 0, seen
 
 
 def test_a_graph_break_in_every_block_leaves_no_block_uncompiled(vae, monkeypatch):
-    model = tiny_model("attention", vae=vae, depth=12, drop_path_rate=0.1)  # 12 blocks, 12 different rates
+    model = tiny_model("attention", vae=vae, depth=12, drop_path_rate=0.1, backend="reference")  # 12 different rates
     whole = captured_training_step(model)["ops"]
     ffn = blocks.FFN.forward
 
@@ -51,3 +58,105 @@ def test_a_graph_break_in_every_block_leaves_no_block_uncompiled(vae, monkeypatc
     monkeypatch.setattr(blocks.FFN, "forward", ffn_behind_a_break)
     broken = captured_training_step(model)
     assert broken["breaks"] >= 12 and broken["ops"] >= 0.98 * whole, (broken, whole)
+
+
+@pytest.mark.parametrize("value,device,expected", [("auto", "cpu", False), ("auto", "cuda", True), (True, "cpu", True),
+                                                   (False, "cuda", False)])
+def test_auto_compiles_on_cuda_only_and_an_explicit_choice_stands(value, device, expected):
+    assert resolve_auto(value, "train.compile", device) is expected
+
+
+def test_a_value_other_than_true_false_auto_is_an_error_naming_the_key():
+    with pytest.raises(ValueError, match="train.compile must be true, false or 'auto', got 'yes'"):
+        resolve_auto("yes", "train.compile", "cpu")
+
+
+def spy_on_mask_building(monkeypatch) -> list:
+    """Replace the BlockMask builder by a stand-in (a tensor: flex needs no CUDA then) that logs each build, and
+    flex_attention by a function of it, so that the mask's lifetime is visible on the CPU."""
+    built = []
+
+    def build(patch_nums, kind, window, device):
+        built.append((patch_nums, kind, window, device))
+        return torch.full((1,), float(len(patch_nums)))
+    monkeypatch.setattr(attention_kernel, "_build_block_mask", build)
+    monkeypatch.setattr(attention_kernel, "_BLOCK_MASKS", {})
+    monkeypatch.setattr(attention_kernel, "_flex", lambda: lambda q, k, v, block_mask, scale: q * scale + block_mask)
+    return built
+
+
+def test_a_prepared_block_mask_is_not_built_inside_the_compiled_graph(monkeypatch):
+    built = spy_on_mask_building(monkeypatch)
+    layout, q = ScaleLayout((1, 2, 3)), torch.randn(1, 2, 14, 4)
+    attention_kernel.prepare_block_masks(layout, "cpu", [("block_causal", 0)])
+    assert len(built) == 1
+    torch._dynamo.reset()
+    counters.clear()
+    attend = torch.compile(lambda q: attention_kernel.flex_masked_attention(q, q, q, layout, "block_causal", 0.5),
+                           backend="eager", fullgraph=True)
+    torch.testing.assert_close(attend(q), q * 0.5 + 3)
+    attend(q)
+    assert len(built) == 1 and counters["stats"]["unique_graphs"] == 1  # no build in the graph, no recompile
+
+
+def test_an_unprepared_mask_traced_into_a_graph_is_not_stored_as_if_built_outside(monkeypatch):
+    built = spy_on_mask_building(monkeypatch)
+    layout, q = ScaleLayout((1, 2)), torch.randn(1, 2, 5, 4)
+    torch._dynamo.reset()
+    attend = torch.compile(lambda q: attention_kernel.flex_masked_attention(q, q, q, layout, "block_diag", 0.5),
+                           backend="eager", fullgraph=True)
+    attend(q)
+    assert len(built) == 1 and attention_kernel._BLOCK_MASKS == {}
+    attention_kernel.flex_masked_attention(q, q, q, layout, "block_diag", 0.5)  # eager: built once, kept
+    attention_kernel.flex_masked_attention(q, q, q, layout, "block_diag", 0.5)
+    assert len(built) == 2 and list(attention_kernel._BLOCK_MASKS) == [((1, 2), "block_diag", 0, "cpu")]
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (flex attention, fla, mamba_ssm)")
+
+
+@CUDA
+@pytest.mark.parametrize("mixer,intra", [("attention", "none"), ("none", "full"), ("none", "local")])
+def test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph(mixer, intra, vae, monkeypatch):
+    model = tiny_model(mixer, intra, vae=vae, depth=2, backend="flex").cuda()
+    monkeypatch.setattr(attention_kernel, "_BLOCK_MASKS", {})
+    build = attention_kernel._build_block_mask
+    built = []
+    monkeypatch.setattr(attention_kernel, "_build_block_mask", lambda *key: built.append(key) or build(*key))
+    torch._dynamo.reset()
+    counters.clear()
+    net = compile_for_training(model.train(), len(model.blocks), backend="eager")
+    assert built and all(key[3].startswith("cuda") for key in built)  # built by compile_for_training
+    before = len(built)
+    x_BLCv = torch.randn(2, model.layout.L - 1, model.latent_dim, device="cuda")
+    net(torch.tensor([1, 2], device="cuda"), x_BLCv).float().pow(2).mean().backward()
+    assert len(built) == before and counters["frames"]["total"] == 1
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+
+
+GPU_KERNEL_MIXERS = ["gla", "retnet", "linear_attention", "hgrn2", "deltanet", "gated_deltanet", "mamba2"]
+
+
+@CUDA
+@pytest.mark.parametrize("mixer", GPU_KERNEL_MIXERS)
+def test_on_cuda_the_training_step_on_the_gpu_kernels_is_one_graph(mixer, vae):
+    # the kernels run as custom ops (varbench::fla_fwd / ssd_scan_fwd): dynamo neither breaks nor retraces at them
+    model = tiny_model(mixer, vae=vae, depth=2, drop_path_rate=0.1).cuda().train()
+    assert model.mixer_backend != "reference", model.mixer_backend
+    torch._dynamo.reset()
+    counters.clear()
+    net = compile_for_training(model, len(model.blocks), backend="eager")
+    x_BLCv = torch.randn(2, model.layout.L - 1, model.latent_dim, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = net(torch.tensor([1, 2], device="cuda"), x_BLCv).float().pow(2).mean()
+    loss.backward()
+    assert counters["frames"]["total"] == 1, dict(counters["frames"])
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+
+
+def test_a_cpu_training_run_with_compile_auto_runs_eagerly_and_says_so(tmp_path):
+    out = run(tmp_path, "auto", "train.steps=2", "train.ckpt_every=1000")  # train.compile: auto, the default
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = read_records(tmp_path / "auto" / "results" / "train.jsonl")
+    assert {r["metric"] for r in records} == {"train_loss", "train_summary"}
+    assert all(r["compiled"] is False for r in records) and records[-1]["config"]["train"]["compile"] == "auto"

@@ -51,7 +51,7 @@ def test_every_grid_passes_the_checks(name):
     ("train.betas=[0.9]", "train.betas = [0.9]: expected 2 items"),
     ("train.precision=fp8", "train.precision = 'fp8': expected one of ['fp32', 'bf16', 'fp16']"),
     ("train.keep_last=-1", "train.keep_last = -1: expected an integer >= 1"),
-    ("train.compile=1", "train.compile = 1: expected one of [True, False]"),
+    ("train.compile=1", "train.compile = 1: expected one of [True, False, 'auto']"),
     ("tokenizer.vocab_size=1", "tokenizer.vocab_size = 1: expected an integer >= 2"),
     ("tokenizer.patch_nums=[1,3,2]", "tokenizer.patch_nums = [1, 3, 2]: expected a non-empty list of items"),
     ("data.size_per_class=0", "data.size_per_class = 0: expected an integer >= 1"),

@@ -233,6 +233,7 @@ def test_evaluate_task_records_every_metric(tmp_path):
             and "scored_items" in records[f"{split}_nll"]["items"]
     assert records["train_nll"]["value"] != records["val_nll"]["value"]
     assert records["embedded_fd"]["num_samples"] == 20 and records["embedded_fd"]["preset"] == "eval"
+    assert all(r["cuda_graphs"] is False for r in records.values())  # task.cuda_graphs: auto samples eagerly on a CPU
     assert all(r["feature_extractor"].startswith(clf.FIDELITY_NAME)
                for m, r in records.items() if not m.endswith("_nll"))
     assert out["suite"] == "project" and len(list((tmp_path / "res" / "classifiers").glob("*.safetensors"))) == 1

@@ -112,6 +112,47 @@ def test_gpu_bench_rest_plans_commands_that_compose(tmp_path):
     assert "test_the_compiled_training_step_is_one_graph[mamba2-full]" in listed
 
 
+
+def test_gpu_check_s7_plans_commands_that_compose_and_tests_that_exist(tmp_path):
+    """benchmarks/gpu_check_s7.sh with DRY=1: its bench commands compose (Hydra's --cfg job) with compiled training,
+    graphs by default then eager sampling, and its test selection collects the GPU tests it names."""
+    out = bash("benchmarks/gpu_check_s7.sh", str(tmp_path), env={"DRY": "1"})
+    assert out.returncode == 0, out.stderr
+    commands = [shlex.split(line) for line in out.stdout.splitlines()]
+    assert all(argv[0] == "timeout" for argv in commands) and sum(int(argv[1]) for argv in commands) <= 540
+    commands = [argv[2:] for argv in commands]
+    benches = [argv for argv in commands if argv[:3] == ["python", "run.py", "task=bench"]]
+    modes = [("task.compile=true" in b, "task.cuda_graphs=false" in b) for b in benches]
+    assert modes == [(True, False), (False, True)]
+    for argv in benches:
+        check = subprocess.run([sys.executable, *argv[1:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
+                               env=ENV, timeout=300)
+        assert check.returncode == 0, (argv, check.stderr[-2000:])
+        assert "sample_batches:\n    256:\n    - 1\n    - 64" in check.stdout
+    (tests,) = [argv for argv in commands if argv[:2] == ["python", "benchmarks/gpu_tests.py"]]
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                             *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
+                            timeout=300).stdout
+    for name in ("test_ssd_custom_op.py::test_opcheck", "test_fla_custom_ops.py::test_opcheck[gla]",
+                 "test_cuda_graph_token_steps_equal_eager", "test_golden_on_the_gpu_with_kernels",
+                 "test_on_cuda_the_training_step_on_the_gpu_kernels_is_one_graph[mamba2]"):
+        assert name in listed, name
+
+
+def test_gpu_check_s7_records_each_step_and_goes_on_after_a_failure(tmp_path):
+    # a stand-in `python`: the compiled bench fails, everything else passes
+    (tmp_path / "bin").mkdir()
+    stub = '#!/bin/sh\necho "ran $*"\ncase "$*" in *task.compile=true*) exit 3;; esac\n'
+    (tmp_path / "bin" / "python").write_text(stub)
+    (tmp_path / "bin" / "python").chmod(0o755)
+    out = bash("benchmarks/gpu_check_s7.sh", str(tmp_path / "out"), env={"PATH": f"{tmp_path / 'bin'}:{ENV['PATH']}"})
+    assert out.returncode == 1, out.stderr  # one failed step
+    steps = [json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["rc"], s["timed_out"]) for s in steps] == [
+        ("tests", 0, False), ("bench_compiled", 3, False), ("bench_eager_sampling", 0, False)]
+    assert "task.cuda_graphs=false" in (tmp_path / "out" / "bench_eager_sampling.log").read_text()
+
+
 def test_import_records_stamps_every_record_and_marks_only_eager_batch1_latencies(tmp_path):
     lines = [{"metric": "sample_latency_ms", "value": 300.0, "batch": 1},
              {"metric": "sample_latency_ms", "value": 40.0, "batch": 1, "cuda_graphs": True},

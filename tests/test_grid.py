@@ -97,6 +97,7 @@ def test_rerun_skips_complete_cells(tmp_path):
     first = run_grid(tmp_path, *two)
     assert first.returncode == 0, tail(first)
     rows = cells(first.stdout)
+    assert "[varbench.tasks.main][INFO] - step 1/" in first.stdout  # the main job's log line that `again` lacks
     assert len(rows) == 2 and all(grid.is_complete(tmp_path / "results", r["cid"]) for r in rows)
     ids = {r["cid"] for r in rows}
     trained = records(tmp_path, "train.jsonl", "train_summary")
@@ -109,7 +110,7 @@ def test_rerun_skips_complete_cells(tmp_path):
     n_lines = {n: len(records(tmp_path, n)) for n in ("train.jsonl", "sample.jsonl", "train_tokenizer.jsonl")}
     again = run_grid(tmp_path, *two)
     assert again.returncode == 0, tail(again)
-    assert "launching 0 cells (2 complete, skipped)" in again.stdout and "[main]" not in again.stdout
+    assert "launching 0 cells (2 complete, skipped)" in again.stdout and "varbench.tasks.main" not in again.stdout
     assert all(r["status"] == "complete" for r in cells(again.stdout))
     assert {n: len(records(tmp_path, n)) for n in n_lines} == n_lines
 

@@ -4,6 +4,7 @@ and a finished training re-run records nothing new (no NaN summary at 0 img/s)."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -65,12 +66,13 @@ def _train(tmp_path):
     return run_cell(cfg)
 
 
-def test_a_run_dir_in_use_is_refused_and_a_finished_training_is_not_recorded_again(tmp_path, capsys):
+def test_a_run_dir_in_use_is_refused_and_a_finished_training_is_not_recorded_again(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="varbench")
     _train(tmp_path)
     _train(tmp_path)  # resumes at its last step: nothing to train, nothing to record
     summaries = [r for r in read_records(tmp_path / "results" / "train.jsonl") if r["metric"] == "train_summary"]
     assert len(summaries) == 1 and summaries[0]["value"] is not None and summaries[0]["images_per_s"] > 0
-    assert "already trained" in capsys.readouterr().out
+    assert "already trained" in caplog.text
     (tmp_path / "run" / NAME).write_text(json.dumps({"host": os.uname().nodename, "pid": os.getppid(),
                                                      "since": "then"}))  # another live process holds the run dir
     with pytest.raises(LockHeld, match=f"run dir {tmp_path / 'run'} is in use by pid {os.getppid()}"):

@@ -89,7 +89,7 @@ def wait_for_training(cwd: Path, mixer_class: str, min_step: int, proc: subproce
 def slurm_job_of(cwd: Path, cid: str) -> str:
     """The Slurm job id (array form '<job>_<index>') that runs cell `cid`, from submitit's task logs."""
     for log in (cwd / "sweep" / ".submitit").glob("*/*_0_log.out"):
-        if f"[grid] cell {cid}:" in log.read_text():
+        if f" - cell {cid}: " in log.read_text():  # the varbench.grid logger's line (Hydra's format)
             return log.parent.name
     raise AssertionError(f"no submitit log names cell {cid}")
 

@@ -27,7 +27,7 @@ from varbench.utils.checkpoint import TEMP_MARK, load_object, save_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, patch_nums=(1, 2, 4))
-FAST = dict(progress=False, tensorboard=False, log_every=1)
+FAST = dict(progress=False, log_every=1)
 
 
 def tiny_vae(seed: int = 0) -> MultiScaleVQVAE:
@@ -222,7 +222,7 @@ def test_task_trains_records_and_chains(tmp_path):
                                            "share_quant_resi": 4, "using_sa": True, "using_mid_sa": True,
                                            "checkpoint": None},
                                 data={"_target_": "varbench.data.embedded.EmbeddedShapes", "num_classes": 2,
-                                      "size_per_class": 4}, task=task))
+                                      "size_per_class": 4}, task=task, logger={"name": "none"}))
     summary = main(cfg)
     assert Path(summary["checkpoint"]) == tmp_path / "run" / "tokenizer" / WEIGHTS
     assert (tmp_path / "res" / "train_tokenizer.jsonl").is_file()

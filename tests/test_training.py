@@ -54,7 +54,7 @@ def test_loss_falls_on_embedded_data(tmp_path):
 def test_sigterm_from_outside_saves_and_says_how_to_resume(tmp_path):
     """A real SIGTERM (what `scontrol requeue` sends) to a running `task=train`: the step ends, a checkpoint is saved,
     the process exits non-zero. (The resumed run's exactness: tests/test_training_resume.py.)"""
-    args = [sys.executable, str(REPO / "run.py"), "task=train", f"hydra.run.dir={tmp_path / 'run'}",
+    args = [sys.executable, str(REPO / "run.py"), "task=train", f"run_dir={tmp_path / 'run'}",
             f"results_dir={tmp_path / 'results'}", *TINY, "train.steps=100000", "train.ckpt_every=100000"]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log, deadline = tmp_path / "results" / "train.jsonl", time.monotonic() + 300

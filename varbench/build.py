@@ -112,7 +112,9 @@ def matched_mlp_ratio(mixer, intra, match, kwargs: dict) -> float:
 def build_dataset(cfg: DictConfig, split: str):
     """The image data set of the run for `split` ("train" or "val"): items are (image in [-1, 1], label)."""
     from hydra.utils import instantiate
-    return instantiate(cfg.data, split=split, image_size=image_size(cfg))
+
+    from varbench.data.loading import dataset_config
+    return instantiate(dataset_config(cfg.data), split=split, image_size=image_size(cfg))
 
 
 MODEL_GROUPS = ("mixer", "intra", "tokenizer", "data")  # the groups a model is built from besides `model`

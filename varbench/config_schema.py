@@ -6,8 +6,8 @@ is a `ConfigError` naming the key, the value and the valid range, raised before 
 that compose configs themselves). Keys not listed here are not checked (a mixer's own fields are checked by its
 constructor); a mandatory value left `???` is reported by the task that reads it.
 
-The rules are per config group (`train`, `model`, `tokenizer`, `data`) and per task (`task.<field>` by `task.name`);
-for the main job (`task=main`) every step's own task config is checked as it will run (`step_config`).
+The rules are per config group (`train`, `model`, `tokenizer`, `data`, `logger`) and per task (`task.<field>` by
+`task.name`); for the main job (`task=main`) every step's own task config is checked as it will run (`step_config`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from varbench.data.loading import MAX_PREFETCH, MAX_WORKERS
 from varbench.registry import list_options, load_option
 
 
@@ -95,6 +96,19 @@ class Items:
         return f"{size}items, each {self.item.describe()}{order}" + (f", or null ({self.null})" if self.null else "")
 
 
+@dataclass(frozen=True)
+class Either:
+    """A value that one of `rules` accepts."""
+
+    rules: tuple
+
+    def accepts(self, value: Any) -> bool:
+        return any(rule.accepts(value) for rule in self.rules)
+
+    def describe(self) -> str:
+        return " or ".join(rule.describe() for rule in self.rules)
+
+
 def count(low: int = 1, null: str | None = None) -> Number:
     """An integer >= low (1 by default): sizes, steps, intervals."""
     return Number(integer=True, low=low, null=null)
@@ -116,6 +130,7 @@ def fraction(open_high: bool = False, null: str | None = None) -> Number:
 
 
 FLAG = Choice((True, False))
+AUTO_FLAG = Choice((True, False, "auto"))  # auto: on where the device is CUDA (varbench.utils.auto)
 PRECISION = Choice(("fp32", "bf16", "fp16"))
 SAMPLER = Choice(("carry", "prefix_rerun"))
 BETAS = Items(fraction(open_high=True), length=2)
@@ -123,6 +138,7 @@ BETAS = Items(fraction(open_high=True), length=2)
 TOP = {
     "seed": count(0),
     "autotune": Choice(("full", "first")),
+    "progress": Choice(("auto", True, False)),
 }
 TRAIN = {
     "batch_size": count(), "grad_accum": count(),
@@ -132,7 +148,7 @@ TRAIN = {
     "schedule": Choice(("lin0", "lin", "lin00", "cos", "exp")), "end_factor": fraction(),
     "weight_decay": non_negative(), "weight_decay_end": non_negative(null="constant"), "betas": BETAS,
     "grad_clip": non_negative(), "label_smoothing": fraction(open_high=True), "precision": PRECISION,
-    "compile": FLAG, "parallel": Choice(("ddp", "fsdp")), "deterministic": FLAG,
+    "compile": AUTO_FLAG, "parallel": Choice(("ddp", "fsdp")), "deterministic": FLAG,
     "log_every": count(), "nll_every": count(0), "nll_images": count(), "ckpt_every": count(), "keep_last": count(),
 }
 MODEL = {
@@ -148,7 +164,9 @@ TOKENIZER = {
     "quant_conv_ks": count(), "quant_resi": Number(low=-1, high=1), "share_quant_resi": count(0),
     "patch_nums": Items(count(), increasing=True), "using_sa": FLAG, "using_mid_sa": FLAG,
 }
-DATA = {"num_classes": count(), "size_per_class": count(null="the data set's default"), "seed": count(0)}
+DATA = {"num_classes": count(), "size_per_class": count(null="the data set's default"), "seed": count(0),
+        "num_workers": Either((Choice(("auto",)), Number(integer=True, low=0, high=MAX_WORKERS))),
+        "prefetch_factor": Number(integer=True, low=1, high=MAX_PREFETCH)}
 TASKS = {
     "train_tokenizer": {
         "steps": count(), "batch_size": count(), "lr": positive(), "betas": BETAS, "weight_decay": non_negative(),
@@ -159,27 +177,29 @@ TASKS = {
         "ckpt_every": count(), "eval_every": count(0), "eval_batch_size": count(), "num_workers": count(0),
     },
     "tokenize": {"split": Choice(("train", "val")), "batch_size": count(), "shard_size": count(),
-                 "num_workers": count(0), "speedup_batches": count(0)},
+                 "speedup_batches": count(0)},
     "sample": {"classes": Items(count(0), null="the first 10 classes"), "per_class": count(), "cfg": non_negative(),
                "top_k": count(0), "top_p": Number(low=0, high=1, open_low=True), "more_smooth": FLAG,
-               "sampler": SAMPLER, "cuda_graphs": FLAG, "precision": PRECISION},
+               "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "precision": PRECISION},
     "evaluate": {
         "suite": Choice(("auto", "project", "adm")), "num_classes": count(null="every class of the model"),
         "per_class": count(null="50 for adm, 20 for project"), "batch_size": count(),
         "preset": Choice(("eval", "vis", "aim_b", "aim")),  # aim_*: raster models (varbench/eval/sampling.py)
-        "sampler": SAMPLER, "cuda_graphs": FLAG, "precision": PRECISION,
+        "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "precision": PRECISION,
         "val_nll_images": count(0), "train_nll_images": count(0), "fidelity_batch_size": count(),
         "classifier_steps": count(), "classifier_batch_size": count(), "classifier_width": count(),
         "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(),
     },
-    "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": FLAG,
+    "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
               "param_dtype": Choice(("fp32", "bf16")), "profile_steps": count(0), "isolate_cells": FLAG,
               "cell_timeout_s": positive(null="no time limit"), "rerun_resolutions": Items(count()),
               "allow_failed_cells": FLAG},
     "costs": {"depths": Items(count()), "resolutions": Items(count())},
     "scaling": {"parallel": Choice(("ddp", "fsdp")), "batch_per_gpu": count(), "repeats": count()},
 }
-GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA}
+LOGGER = {"name": Choice(("tensorboard", "wandb", "none")), "sample_every": count(0),
+          "mode": Choice(("offline", "online", "disabled"))}
+GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA, "logger": LOGGER}
 
 
 def step_config(cfg: DictConfig, step: str) -> DictConfig:

@@ -30,10 +30,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from varbench.registry import CONFIG_ROOT, list_options
+from varbench.utils.log import get_logger, is_rank_zero, job_logging
+
+log = get_logger(__name__)
 
 PROFILES = CONFIG_ROOT / "slurm_profiles"  # not a config group: read by ${varbench.slurm_profile:}
-# top-level config keys that do not change what a cell computes (where it runs, where it records, whether it runs)
-NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydra")
+# top-level config keys that do not change what a cell computes (where it runs, where it records, whether it runs,
+# what it shows while it runs)
+NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydra", "logger", "progress")
 ERROR_TAIL = 4000  # characters of traceback kept in failed.json
 
 
@@ -111,16 +115,17 @@ def mark_failed(results_dir, cid: str, overrides: Iterable[str], error: str, con
     return _write_marker(results_dir, cid, "failed.json", {"cell_id": cid, "overrides": overrides, "error": error})
 
 
-def _is_main_process() -> bool:
-    """Rank 0 of a multi-process cell (torchrun or Slurm tasks) writes the markers; the others only run."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
-
-
 def run_cell(cfg: DictConfig) -> Any:
     """The job function of run.py. A single run (`python run.py ...`) or a plain multirun (`-m`) runs its task and
     raises as usual; a job of a grid (`grid=<name>`) is a cell: skipped when complete, marked complete after its task,
     and when its task raises, the failure is recorded and the job returns so that the other cells go on. Either way
-    the run holds its run_dir's lock while it runs (only rank 0 of a multi-process run takes it)."""
+    the run holds its run_dir's lock while it runs (only rank 0 of a multi-process run takes it), and logs as
+    `cfg.progress` says (varbench/utils/log.py)."""
+    with job_logging(cfg.get("progress", "auto")):
+        return _run_job(cfg)
+
+
+def _run_job(cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -132,9 +137,9 @@ def run_cell(cfg: DictConfig) -> Any:
             return run_task(cfg)
     cid, results, overrides = cfg.cell_id, cfg.results_dir, list(hydra_cfg.overrides.task)
     if is_complete(results, cid):  # a cell finished by another sweep while this one was queued, or a requeue
-        print(f"[grid] cell {cid} is complete: skipped")
+        log.info("cell %s is complete: skipped", cid)
         return {"cell_id": cid, "status": "complete", "skipped": True}
-    print(f"[grid] cell {cid}: {' '.join(identity_overrides(overrides))} (run_dir {cfg.run_dir})")
+    log.info("cell %s: %s (run_dir %s)", cid, " ".join(identity_overrides(overrides)), cfg.run_dir)
     with _lock(cell_dir(results, cid), "grid cell"), _lock(cfg.run_dir, "run dir"):
         return _run_locked_cell(cfg, cid, results, overrides, run_task)
 
@@ -144,7 +149,7 @@ def _lock(folder, what: str):
     from contextlib import nullcontext
 
     from varbench.utils.lock import FolderLock
-    return FolderLock(folder, what) if _is_main_process() else nullcontext()
+    return FolderLock(folder, what) if is_rank_zero() else nullcontext()
 
 
 def _freeze_cell_id(cfg: DictConfig) -> None:
@@ -162,19 +167,19 @@ def _run_locked_cell(cfg: DictConfig, cid: str, results, overrides: list, run_ta
     """A grid cell's task, its resume / failure / completion records (the caller holds the locks)."""
     from varbench.preemption import PreemptionBridge
     try:
-        if _is_main_process():
+        if is_rank_zero():
             record_resume(cfg, cid)
         with PreemptionBridge() as bridge:
             summary = bridge.run(run_task, cfg)
     except Exception as err:  # noqa: BLE001  broad on purpose: a cell's failure is recorded and the sweep goes on
         error = traceback.format_exc()[-ERROR_TAIL:]
-        if _is_main_process():
+        if is_rank_zero():
             path = mark_failed(results, cid, overrides, error, config=cfg)
-            print(f"[grid] cell {cid} FAILED: {type(err).__name__}: {err} (see {path})")
+            log.error("cell %s FAILED: %s: %s (see %s)", cid, type(err).__name__, err, path)
         return {"cell_id": cid, "status": "failed", "error": f"{type(err).__name__}: {err}"}
-    if _is_main_process():
+    if is_rank_zero():
         mark_complete(results, cid, overrides, config=cfg, summary=_small(summary))
-    print(f"[grid] cell {cid} complete")
+    log.info("cell %s complete", cid)
     return {"cell_id": cid, "status": "complete"}
 
 
@@ -189,7 +194,7 @@ def record_resume(cfg: DictConfig, cid: str) -> int | None:
     step = int(folder.name.split("_")[-1])
     record(Path(cfg.results_dir) / "grid.jsonl", "cell_resume", step, "step", config=cfg, cell_id=cid,
            restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), checkpoint=str(folder))
-    print(f"[grid] cell {cid} resumes from {folder}")
+    log.info("cell %s resumes from %s", cid, folder)
     return step
 
 

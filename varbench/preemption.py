@@ -21,6 +21,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from varbench.utils.log import get_logger
+
+log = get_logger(__name__)
+
 GRACE_S = float(os.environ.get("VARBENCH_PREEMPT_GRACE_S", "15"))  # < submitit's default signal_delay_s (120)
 
 
@@ -60,7 +64,7 @@ class PreemptionBridge:
             # a second USR2 (the loop did not stop within grace_s), or no loop to save: submitit's way, now
             self.submitit_handler(signum, frame)
             return
-        print(f"[grid] {signal.Signals(signum).name}: preempted or near the time limit; saving a checkpoint first")
+        log.warning("%s: preempted or near the time limit; saving a checkpoint first", signal.Signals(signum).name)
         self.pending = (signum, frame)
         os.kill(os.getpid(), signal.SIGUSR1)
         self.timer = threading.Timer(self.grace_s, os.kill, (os.getpid(), signal.SIGUSR2))

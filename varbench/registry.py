@@ -60,6 +60,9 @@ def build(group: str, name: str, **kwargs):
     it; the rest go to the constructor. Models and tokenizers need more than their own entry: `varbench.build`.
     Never returns None: an entry that is the absence of a component (`mixer=none`) raises, naming the group."""
     cfg = load_option(group, name)
+    if group == "data":  # the DataLoader's keys are no argument of the data set
+        from varbench.data.loading import dataset_config
+        cfg = dataset_config(cfg)
     if "_target_" not in cfg:
         raise ValueError(f"{group} {name!r} is not a component with a _target_ (the {group} group holds settings); "
                          f"varbench.build builds models and tokenizers, this builds mixer, intra and data entries")

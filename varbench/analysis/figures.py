@@ -1,7 +1,8 @@
 """The figures of the study, drawn from the records only.
 
-Each function writes one PNG and returns its path. When the records a figure needs are missing it writes
-nothing, logs which records it looked for, and returns None: a report over a partial results folder still runs.
+Each function writes one PNG and a vector PDF beside it (same name), and returns the PNG's path. When the records
+a figure needs are missing it writes nothing, logs which records it looked for, and returns None: a report over a
+partial results folder still runs. Colours are Okabe-Ito's colour-blind-safe palette, each model with its marker.
 Figures are built on `matplotlib.figure.Figure` (no pyplot), so nothing here touches the interactive backend of
 a notebook and no display is needed.
 """
@@ -14,7 +15,6 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from varbench.analysis.format import QUALITY_NAMES, SECTION, STD, is_quality, sections
@@ -26,10 +26,12 @@ HEADLINE = ("FID", "FD", "Class acc.")  # quality_vs_flops panels; IS / precisio
 
 
 def _save(fig: Figure, path) -> Path:
+    """The PNG at `path` and a vector PDF beside it (for a paper)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # legends placed outside the axes stay in
+    fig.savefig(path, dpi=150, bbox_inches="tight")  # legends placed outside the axes stay in
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
     return path
 
 
@@ -64,14 +66,24 @@ def quality_vs_flops(df: pd.DataFrame, path, device=None) -> Path | None:
         log.warning("quality_vs_flops not drawn: no configuration has both a quality and a FLOPs record")
         return None
     fig, axes = _axes(len(panels))
+    models = [m for _, pts in panels for m in _labels(pts.index)]
+    colour, marker = model_colours(models), model_markers(models)
     for ax, (c, pts) in zip(axes, panels):
-        std = pts[c + STD].fillna(0.0) if c + STD in pts else None
-        ax.errorbar(pts[GFLOPS], pts[c], yerr=std, fmt="o", capsize=3)
-        for x, y, name in zip(pts[GFLOPS], pts[c], _labels(pts.index)):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        std = pts[c + STD].fillna(0.0) if c + STD in pts else pd.Series(0.0, index=pts.index)
+        for (x, y, err), name in zip(zip(pts[GFLOPS], pts[c], std), _labels(pts.index)):
+            ax.errorbar(x, y, yerr=err, fmt=marker[name], color=colour[name], capsize=3, label=name)
         ax.set(xlabel="forward GFLOPs / image", ylabel=c, title=c)
         ax.grid(alpha=0.3)
+    _legend_outside(axes[-1])  # a legend, not point labels: labels of nearby points overlap
     return _save(fig, path)
+
+
+def _legend_outside(ax) -> None:
+    """The axes' legend (one entry per label) to the right of it, where it cannot cover data."""
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False, ncol=1 + len(unique) // 25)
 
 
 TRAIN_AT_BENCH_BATCH = "Train img/s (bench batch)"
@@ -95,16 +107,18 @@ def speed_memory_vs_resolution(df: pd.DataFrame, path, device=None) -> Path | No
     fig, axes = _axes(len(columns))
     keys = frame.index.to_frame(index=False).assign(model=_labels(frame.index))
     # one colour per model in every panel, over the models drawn (not the trained-only ones of the same frame)
-    colour = model_colours(keys["model"][frame[columns].notna().any(axis=1).to_numpy()])
+    drawn = keys["model"][frame[columns].notna().any(axis=1).to_numpy()]
+    colour, marker = model_colours(drawn), model_markers(drawn)
     for ax, c in zip(axes, columns):
         for model, rows in keys.assign(v=frame[c].to_numpy()).dropna(subset=["v"]).groupby("model"):
             rows = rows.sort_values("resolution")
-            ax.plot(rows["resolution"].astype(int), rows["v"], marker="o", label=model, color=colour[model])
+            ax.plot(rows["resolution"].astype(int), rows["v"], marker=marker[model], label=model,
+                    color=colour[model])
         ax.set(xlabel="resolution (px)", ylabel=c, title=c)
         if c in (STATE, TRAIN_AT_BENCH_BATCH):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    _legend_outside(axes[-1])
     fig.suptitle(f"timings on {frame.attrs.get('device')}", fontsize=9)
     return _save(fig, path)
 
@@ -119,17 +133,18 @@ def generalisation_gap(df: pd.DataFrame, path, device=None) -> Path | None:
         log.warning("generalisation_gap not drawn: needs val_nll and train_nll records (task=evaluate) of 2 or more "
                     "seeds per configuration")
         return None
-    colour = model_colours(m for _, part in parts for m in part.index.get_level_values("Model"))
+    models = [m for _, part in parts for m in part.index.get_level_values("Model")]
+    colour, marker = model_colours(models), model_markers(models)
     fig, axes = _axes(len(parts), width=5.0, height=4.4)
     for ax, (key, part) in zip(axes, parts):
         part = part[part[NLL_GAP].notna()]
         for (model, _), row in part.iterrows():
             ax.errorbar(row[TRAIN_NLL], row[VAL_NLL], xerr=row[f"{TRAIN_NLL}{STD}"], yerr=row[f"{VAL_NLL}{STD}"],
-                        fmt="o", ms=5, capsize=2, color=colour[model], label=model)
+                        fmt=marker[model], ms=5, capsize=2, color=colour[model], label=model)
         _iso_gap_lines(ax)
         ax.set(xlabel=TRAIN_NLL, ylabel=VAL_NLL, title=f"{Path(key).name if key else 'study'}: val vs train NLL")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -148,11 +163,20 @@ def _iso_gap_lines(ax, steps: int = 4) -> None:
     ax.set(xlim=(x0, x1), ylim=(y0, y1))
 
 
+# Okabe & Ito's colour-blind-safe palette (its yellow last: weakest on white); beyond 8 models the colours repeat
+# with another marker
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#000000", "#F0E442")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
 def model_colours(models) -> dict:
-    """A fixed colour per model label (sorted), so one model looks the same in every panel: tab20's ten dark hues
-    first, then their light twins (adjacent tab20 entries are one hue, too alike for neighbouring models)."""
-    order = [*range(0, 20, 2), *range(1, 20, 2)]
-    return {m: colormaps["tab20"](order[i % 20]) for i, m in enumerate(sorted(set(models)))}
+    """A fixed Okabe-Ito colour per model label (sorted), so one model looks the same in every panel."""
+    return {m: OKABE_ITO[i % len(OKABE_ITO)] for i, m in enumerate(sorted(set(models)))}
+
+
+def model_markers(models) -> dict:
+    """A marker per model label (sorted): the colours repeat every 8 models, the (colour, marker) pair does not."""
+    return {m: MARKERS[(i // len(OKABE_ITO)) % len(MARKERS)] for i, m in enumerate(sorted(set(models)))}
 
 
 def training_curves(df: pd.DataFrame, path) -> Path | None:
@@ -172,7 +196,7 @@ def training_curves(df: pd.DataFrame, path) -> Path | None:
         _curves(axes[1], nll, colour, {"val": "-", "train": "--"})
         axes[1].set(xlabel="step", ylabel="NLL in eval mode (nats/token)",
                     title="held-out (solid) and training (dashed) NLL")
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _legend_outside(axes[-1])
     return _save(fig, path)
 
 
@@ -185,12 +209,14 @@ def _runs(records: pd.DataFrame) -> pd.DataFrame:
 def _curves(ax, records: pd.DataFrame, colour: dict, styles: dict) -> None:
     """One line per run and split (its line style from `styles`, solid by default), coloured by model; the legend
     names each model once with its number of runs."""
+    marker = model_markers(colour)
     for model in colour:
         mine = records[records["model"] == model]
         runs = mine["run"].nunique()
         for j, ((_, split), g) in enumerate(mine.groupby(["run", mine["split"].fillna("")], sort=True)):
             g = g.sort_values("step")
             ax.plot(g["step"], g["v"], styles.get(split, "-"), color=colour[model], alpha=0.8, lw=1.2,
+                    marker=marker[model], markevery=max(1, len(g) // 6), ms=3,
                     label=f"{model} ({runs} run{'s' if runs > 1 else ''})" if j == 0 else None)
     ax.grid(alpha=0.3)
 
@@ -207,34 +233,44 @@ def _grid_path(value: str, source: str) -> Path:
     return next((c for c in tried if c.is_file()), tried[0])
 
 
-def sample_grids(df: pd.DataFrame, path, max_grids: int = 24) -> Path | None:
-    """A contact sheet of the recorded sample_grid PNGs (the newest per run), titled by model, seed and cell; with
-    more than `max_grids` of them, one per model (its first seed)."""
+def sample_grids(df: pd.DataFrame, path, columns: int = 6) -> Path | None:
+    """A contact sheet with every configuration: per model, the recorded sample_grid PNG of its first seed (the
+    newest record of that run), titled by model, seed count and cell. A configuration whose PNG is not on disk
+    (not copied back from the machine that sampled it) keeps its panel, saying so, so no model silently drops out."""
     from matplotlib.image import imread
 
     grids = latest(df, "sample_grid")
     if grids.empty:
         log.warning("sample_grids not drawn: no sample_grid records (task=sample writes them)")
         return None
-    grids = grids.assign(png=[_grid_path(v, s) for v, s in zip(grids["value"], grids["source"])])
-    missing = grids[~grids["png"].map(Path.is_file)]
+    grids = grids.assign(png=[_grid_path(v, s) for v, s in zip(grids["value"], grids["source"])],
+                         model=grids["model"].fillna("?"))
+    grids = grids.assign(on_disk=grids["png"].map(Path.is_file))
+    seeds = grids.groupby("model")["seed"].nunique()
+    # per model the first seed whose PNG exists, else its first seed (a panel that names the missing file)
+    grids = grids.sort_values(["model", "on_disk", "seed", "cell_id"], ascending=[True, False, True, True])
+    grids = grids.drop_duplicates("model")
+    missing = grids[~grids["on_disk"]]
     if len(missing):
-        log.warning("sample_grids: %d recorded PNGs are not on disk: %s", len(missing), list(map(str, missing["png"])))
-    grids = grids.drop(missing.index).sort_values(["model", "seed", "cell_id"])
-    if len(grids) > max_grids:  # every model before a second seed of any: one grid per model, its first seed
-        log.info("sample_grids: %d grids, showing one per model (all are under their records' folders)", len(grids))
-        grids = grids.drop_duplicates("model")
-    grids = grids.head(max_grids)
-    if grids.empty:
+        log.warning("sample_grids: %d of %d models have no PNG on disk: %s", len(missing), len(grids),
+                    list(map(str, missing["png"])))
+    if not grids["on_disk"].any():
         log.warning("sample_grids not drawn: none of the recorded PNGs exists")
         return None
-    cols = min(4, len(grids))
+    cols = min(columns, len(grids))
     rows = math.ceil(len(grids) / cols)
-    fig = Figure(figsize=(3.2 * cols, 3.4 * rows))
+    fig = Figure(figsize=(2.6 * cols, 2.9 * rows))
     for k, (_, g) in enumerate(grids.iterrows()):
         ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(imread(g["png"]))
+        if g["on_disk"]:
+            ax.imshow(imread(g["png"]))
+        else:
+            ax.text(0.5, 0.5, f"PNG not on disk:\n{Path(g['png']).name}", ha="center", va="center", fontsize=7,
+                    wrap=True, transform=ax.transAxes)
         where = f"cell {g['cell_id']}" if pd.notna(g["cell_id"]) else Path(str(g["source"])).parent.name
-        ax.set_title(f"{g['model']} seed {g['seed']}\n{where}, {g.get('sampler', '')}", fontsize=8)
+        n = seeds.get(g["model"], 0)
+        ax.set_title(f"{g['model']} (seed {g['seed']} of {n})\n{where}", fontsize=7)
         ax.axis("off")
+    fig.suptitle(f"Samples of every configuration ({len(grids)} models; {len(missing)} without a PNG on disk)",
+                 fontsize=9)
     return _save(fig, path)

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
+# metric -> column name; the feature extractor goes in the label, so the classifier's precision ("embedded_precision")
+# and Inception's ("precision") are both "Precision (<extractor>, ...)" columns. Order: the ranking's preference.
 QUALITY_NAMES = {"fid": "FID", "embedded_fd": "FD", "inception_score": "IS", "precision": "Precision",
-                 "recall": "Recall", "class_accuracy": "Class acc."}
+                 "recall": "Recall", "embedded_precision": "Precision", "embedded_recall": "Recall",
+                 "kid": "KID", "embedded_kd": "KD", "class_accuracy": "Class acc.", "nn_distance_ratio": "NN ratio"}
 MISSING = "—"
 SECTION = "Study"  # a table whose first index level has this name is written one section per value
 STD = " std"
@@ -41,7 +44,11 @@ RULES = (
     (is_quality, lambda v: f"{v:.4g}"),
     (lambda c: c.startswith(("Train loss", "Val NLL", "Train NLL", "NLL gap")), lambda v: f"{v:.3f}"),
     (lambda c: c.startswith("Gap to best") or c in ("Speed-up", "Efficiency"), lambda v: f"{v:.2f}"),
-    (lambda c: c.startswith("p vs"), lambda v: f"{v:.2g}"),
+    (lambda c: c.startswith(("p vs", "p (")), lambda v: f"{v:.2g}"),
+    (lambda c: c.startswith(("Difference", "95% CI")), lambda v: f"{v:.3g}"),
+    (lambda c: "variance" in c, lambda v: f"{v:.3g}"),
+    (lambda c: c.endswith("share"), lambda v: f"{v:.0%}"),
+    (lambda c: c in ("Levels", "Values"), lambda v: f"{int(v)}"),
     (lambda c: c == "Measured", lambda v: f"{v:.3g}"),
     (lambda c: c == "Missed by", lambda v: f"{v:.0%}"),
     (lambda c: True, lambda v: f"{v:.1f}"),
@@ -73,21 +80,51 @@ def as_text(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _tex_escape(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in text)
+# characters LaTeX's default fonts lack, as math; a raw < or > would print as an inverted mark in OT1
+_TEX_SYMBOLS = {">=": r"$\geq$", "<=": r"$\leq$", "≥": r"$\geq$", "≤": r"$\leq$", "<": r"$<$", ">": r"$>$",
+                "±": r"$\pm$", "×": r"$\times$", "Δ": r"$\Delta$", "→": r"$\rightarrow$", "µ": r"$\mu$",
+                "·": r"$\cdot$", MISSING: "--", "–": "--", "’": "'", "é": r"\'e"}
+MAX_COLUMNS = 10  # a LaTeX table wider than this is split into parts that repeat the index columns
 
 
 def _tex_text(text: str) -> str:
-    """Plain text as LaTeX: special characters escaped, ± as math, the missing-value dash as an en dash."""
-    return _tex_escape(text).replace("±", r"$\pm$").replace(MISSING, "--")
+    """Plain text as LaTeX: special characters escaped, symbols as math, the missing-value dash as an en dash.
+    A character with no rule here is an error (pdflatex would stop on it, or print it wrong)."""
+    out, k = [], 0
+    while k < len(text):
+        pair = text[k:k + 2]
+        if pair in _TEX_SYMBOLS:
+            out.append(_TEX_SYMBOLS[pair])
+            k += 2
+            continue
+        ch = text[k]
+        if ch in _TEX_SYMBOLS or ch in _TEX:
+            out.append(_TEX_SYMBOLS.get(ch) or _TEX[ch])
+        elif ord(ch) > 127:
+            raise ValueError(f"LaTeX: no rule for the character {ch!r} (U+{ord(ch):04X}) in {text!r}; "
+                             "add one to format._TEX_SYMBOLS")
+        else:
+            out.append(ch)
+        k += 1
+    return "".join(out)
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs table; cells are escaped here (not by pandas) so that ± can become a math symbol."""
+    """Booktabs tables; cells are escaped here (not by pandas) so that symbols become math. A table of more than
+    MAX_COLUMNS columns is split into several, each repeating the index columns and saying which part it is."""
     text = as_text(df)
     text = text.apply(lambda col: col.map(_tex_text))
     text.columns = [_tex_text(c) for c in text.columns]
-    return text.to_latex(index=False, escape=False, caption=_tex_text(caption), label=label)
+    keys = min(df.index.nlevels, MAX_COLUMNS - 1) if not isinstance(df.index, pd.RangeIndex) else 0
+    values = list(text.columns[keys:])
+    width = MAX_COLUMNS - keys
+    chunks = [values[i:i + width] for i in range(0, len(values), width)] or [[]]
+    parts = []
+    for n, chunk in enumerate(chunks):
+        part = f" (part {n + 1} of {len(chunks)})" if len(chunks) > 1 else ""
+        parts.append(text[[*text.columns[:keys], *chunk]].to_latex(
+            index=False, escape=False, caption=_tex_text(caption) + part, label=label + (f":{n + 1}" if part else "")))
+    return "\n".join(parts)
 
 
 def sections(df: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
@@ -98,9 +135,18 @@ def sections(df: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
     return [(str(key), part.dropna(axis=1, how="all")) for key, part in df.groupby(level=SECTION, sort=False)]
 
 
-def write_table(df: pd.DataFrame, out_dir, name: str, title: str, note: str = "") -> tuple[Path, Path]:
+def spread_note(df: pd.DataFrame) -> str:
+    """What the caption must say about n and the ± of a table: seeds per row and what the spread is."""
+    if not any(str(c).endswith(STD) for c in df.columns):
+        return ""
+    n = "n per row: the Seeds column" if "Seeds" in df.columns else "n: the seeds of each row"
+    return f"Mean ± one standard deviation over seeds ({n})."
+
+
+def write_table(df: pd.DataFrame, out_dir, name: str, title: str, note: str = "", data: str = "") -> tuple[Path, Path]:
     """`out_dir/name.md` and `out_dir/name.tex` (a section, and a LaTeX table, per part of `sections`); returns both
-    paths."""
+    paths. The caption says what (`title`), on what data (`data`, and the section's study), n and ± (`spread_note`)
+    and how the records were picked (`note`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, tex = out_dir / f"{name}.md", out_dir / f"{name}.tex"
@@ -110,7 +156,9 @@ def write_table(df: pd.DataFrame, out_dir, name: str, title: str, note: str = ""
         # a | or a line break inside a cell (an error message) would end the markdown cell
         text = as_text(part).apply(lambda col: col.map(lambda c: c.replace("|", r"\|").replace("\n", " ")))
         blocks += ([] if key is None else [f"## {SECTION}: {key}"]) + [text.to_markdown(index=False)]
-        caption = f"{title}{'' if key is None else f' ({key})'}. {note}".strip(" .")
+        on = f"Data: {data}" if data else ""
+        on += (", " if on else "Data: ") + f"study {key}" if key is not None else ""
+        caption = ". ".join(t.strip(" .") for t in (title, on, spread_note(part), note) if t)
         tables.append(to_latex(part, caption, f"tab:{name}" + ("" if key is None else f":{len(tables)}")))
     md.write_text("\n\n".join(block for block in blocks if block) + "\n")
     tex.write_text("\n".join(tables))

@@ -2,10 +2,11 @@
 
 One row per record. Columns: metric, value, unit, every extra field of the record, the configuration columns
 (mixer, intra, depth, resolution, seed, cell_id, and `model`, a label such as "VAR-d16"), commit, device, date
-(UTC timestamps), source (the .jsonl file), and `config` / `versions` kept as object columns. A configuration
-column is taken from the record's own field when it has one (task=bench writes mixer/intra/resolution/depth as
-fields, with config=None), else from Hydra's choices when recorded, else from the resolved config it carries
-(mixer/intra from `_target_`, depth from model.depth, resolution from the tokenizer's schedule).
+(UTC timestamps), source (the .jsonl file), `tokenizer_id` (which frozen tokenizer: see `tokenizer_id`), and
+`config` / `versions` kept as object columns. A configuration column is taken from the record's own field when it has
+one (task=bench writes mixer/intra/resolution/depth as fields, with config=None), else from Hydra's choices when
+recorded, else from the resolved config it carries (mixer/intra from `_target_`, depth from model.depth, resolution
+from the tokenizer's schedule).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "pea
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "superseded", "latency_wo_decode_ms",
                 "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine",
-                "autotune")
+                "autotune", "tokenizer_id")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}
@@ -48,8 +49,9 @@ IDENTITY = {
     "train_summary": ("run_dir",),
     "sample_grid": ("run_dir", "sampler"),
 }
-QUALITY_METRICS = ("fid", "embedded_fd", "inception_score", "precision", "recall", "class_accuracy")
-IDENTITY.update({m: ("feature_extractor", "num_samples", "preset") for m in QUALITY_METRICS})
+QUALITY_METRICS = ("fid", "embedded_fd", "inception_score", "precision", "recall", "class_accuracy",
+                   "embedded_precision", "embedded_recall", "embedded_kd", "kid", "nn_distance_ratio")
+IDENTITY.update({m: ("feature_extractor", "num_samples", "preset", "tokenizer_id") for m in QUALITY_METRICS})
 # tokenizer evaluations: the newest per split is the final one
 IDENTITY.update({m: ("split",) for m in ("psnr", "ssim", "codebook_usage", "codebook_usage_total")})
 
@@ -101,6 +103,17 @@ def _resolution(cfg: dict):
     return tok["patch_nums"][-1] * 2 ** (len(tok["ch_mult"]) - 1)
 
 
+def tokenizer_id(rec: dict):
+    """Which frozen tokenizer a record's model was trained on: the record's own `tokenizer_id` field, else the
+    tokenizer checkpoint its config names (None where neither is recorded). Two tokenizers on one configuration
+    are two measurements of it (the study reports the tokenizer's share of the variance)."""
+    if rec.get("tokenizer_id") is not None:
+        return str(rec["tokenizer_id"])
+    tok = (rec.get("config") or {}).get("tokenizer") or {}
+    checkpoint = tok.get("checkpoint") if isinstance(tok, dict) else None
+    return None if checkpoint in (None, "???") else str(checkpoint)  # "???": Hydra's unset value
+
+
 def model_label(mixer, intra, depth) -> str | None:
     """Short configuration name: VAR-d16 (attention, no intra), M-VAR-d16 (mamba2 + full), else mixer[+intra]-dN."""
     if mixer is None or pd.isna(mixer):
@@ -127,6 +140,7 @@ def flatten(rec: dict, source: str = "") -> dict:
     row["resolution"] = rec.get("resolution", _resolution(cfg))
     row["seed"] = rec.get("seed", cfg.get("seed"))
     row["cell_id"] = rec.get("cell_id", cfg.get("cell_id"))
+    row["tokenizer_id"] = tokenizer_id(rec)
     row["autotune"] = (rec.get("versions") or {}).get("triton_autotune")  # how Triton kernels were tuned, if any
     if rec["metric"] == "train_images_per_s":  # bench records before task.compile / param_dtype: eager, fp32
         row["compiled"] = bool(rec.get("compiled", False))

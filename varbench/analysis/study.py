@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from varbench.analysis import stats
 from varbench.analysis.format import QUALITY_NAMES, SECTION, STD
 from varbench.analysis.load import latest, numeric
+from varbench.analysis.quality import KEY, main_tokenizer, quality_long
 from varbench.analysis.tables import (
     GFLOPS,
-    KEY,
     PARAMS,
     SPEED,
     STATE,
@@ -25,7 +26,6 @@ from varbench.analysis.tables import (
     finish,
     kv_ratio,
     per_key,
-    quality_long,
 )
 
 log = logging.getLogger(__name__)
@@ -99,36 +99,16 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
     of them share (lower FD/FID first; higher accuracy first). Columns: that metric and class accuracy (mean ± std
     over seeds), the training loss at the end of training (mean of the last LOSS_TAIL logs of each run), params,
     seeds, and the gap to the best mean in units of their pooled seed std (how far apart two rows are); the held-out
-    NLL (`val_nll`), the same on train images (`train_nll`) and their per-seed difference where recorded; Welch
-    t-test p-values against the best quality and against the lowest objective (val NLL where recorded, else training
-    loss); each configuration's bench cost (from `everything`, the bench's records being outside the study's
-    folder)."""
-    long = quality_long(df)
-    seeds = long.groupby([*KEY, "label"], dropna=False)["seed"].nunique()
-    multi = seeds[seeds >= 2]
-    if multi.empty:
+    NLL (`val_nll`), the same on train images (`train_nll`) and their per-seed difference where recorded; the
+    Holm-corrected Welch p-values against VAR on the ranking metric and val NLL (the same family and numbers as
+    varbench.analysis.versus.versus_var); each configuration's bench cost (from `everything`, the bench's records
+    being outside the study's folder)."""
+    per_seed, label = study_per_seed(df)
+    if per_seed.empty:
         return pd.DataFrame()
-    shared = multi.groupby(level="label").size()
-    candidates = shared[shared == shared.max()].index  # of these, the first metric of QUALITY_NAMES (FID, FD, ...)
-    metric_of = long.drop_duplicates("label").set_index("label")["metric"]
-    label = min(candidates, key=lambda lab: list(QUALITY_NAMES).index(metric_of[lab]))
-    configs = multi.xs(label, level="label").index
-    long = long[pd.MultiIndex.from_frame(long[KEY]).isin(configs)]
-    per_seed = long.pivot_table(index=[*KEY, "seed"], columns="label", values="value")
-    per_seed = per_seed[[label, *(c for c in per_seed.columns if c != label)]]  # the ranking metric first
-    loss = df[df["metric"] == "train_loss"].sort_values("step", kind="stable")
-    loss = loss.assign(value=numeric(loss)).groupby([*KEY, "seed"], dropna=False)["value"]
-    loss = loss.apply(lambda v: v.tail(LOSS_TAIL).mean())
-    per_seed[TRAIN_LOSS] = loss.reindex(per_seed.index)
-    for metric, column in (("val_nll", VAL_NLL), ("train_nll", TRAIN_NLL)):  # task=evaluate's, where recorded
-        nll = latest(df, metric)
-        if len(nll):
-            per_seed[column] = nll.assign(value=numeric(nll)).groupby([*KEY, "seed"], dropna=False)["value"].last()
-    if {VAL_NLL, TRAIN_NLL} <= set(per_seed):
-        per_seed[NLL_GAP] = per_seed[VAL_NLL] - per_seed[TRAIN_NLL]
-    stats = per_seed.groupby(level=KEY, dropna=False).agg(["mean", "std"])
-    table = pd.concat({c: stats[c]["mean"] for c in per_seed.columns} | {f"{c}{STD}": stats[c]["std"]
-                                                                      for c in per_seed.columns}, axis=1)
+    summary = per_seed.groupby(level=KEY, dropna=False).agg(["mean", "std"])
+    table = pd.concat({c: summary[c]["mean"] for c in per_seed.columns} | {f"{c}{STD}": summary[c]["std"]
+                                                                        for c in per_seed.columns}, axis=1)
     params = df[(df["metric"] == "train_summary") & df["params"].notna()].drop_duplicates(KEY, keep="last")
     table[PARAMS] = params.set_index(KEY)["params"].reindex(table.index)
     table["Seeds"] = per_seed.groupby(level=KEY, dropna=False).size()
@@ -138,33 +118,53 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
     pooled = ((table[f"{label}{STD}"] ** 2 + best[f"{label}{STD}"] ** 2) / 2) ** 0.5
     name = label.split(" (")[0]
     table[f"Gap to best ({name}, seed stds)"] = (table[label] - best[label]).abs() / pooled
-    table[f"p vs best ({name}, Welch t)"] = welch_p(per_seed[label], table.index, best.name)
-    held_out = VAL_NLL in table and table[VAL_NLL].notna().any()
-    objective = VAL_NLL if held_out else TRAIN_LOSS
-    lowest = table[objective].idxmin() if table[objective].notna().any() else None
-    table[f"p vs lowest {'val NLL' if held_out else 'train loss'} (Welch t)"] = welch_p(per_seed[objective],
-                                                                                       table.index, lowest)
+    # the fixed tests (varbench.analysis.stats): against VAR, never against the best row picked after the fact
+    metrics = [label] + ([VAL_NLL] if VAL_NLL in table and table[VAL_NLL].notna().any() else [])
+    versus = stats.against_reference(per_seed, metrics, var_key)
+    for metric in metrics:
+        rows = versus[versus["Metric"] == metric].set_index(KEY)["p (Holm)"] if len(versus) else pd.Series()
+        short = "val NLL" if metric == VAL_NLL else name
+        table[f"p vs VAR ({short}, Welch t, Holm)"] = rows.reindex(table.index)
     table = pd.concat([table, bench_costs(everything, table.index, device)], axis=1)
     table = by_model(table)
     return finish(table, df, [*QUALITY_NAMES, "train_loss"], device)
 
 
-def welch_p(per_seed: pd.Series, configs: pd.Index, reference) -> list[float]:
-    """Per configuration, the two-sided p-value of Welch's t-test between its per-seed values and those of
-    `reference` (NaN for the reference itself, or with fewer than 2 values on either side)."""
-    from scipy.stats import ttest_ind
+def study_per_seed(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """One study's per-seed values (index: configuration + seed) on its main tokenizer: every quality column of
+    the configurations with the ranking metric over >= 2 seeds (the quality column most of them share, first of
+    QUALITY_NAMES: FID before FD), the mean of the last LOSS_TAIL training losses, and held-out / training NLL with
+    their difference where recorded. Returns the frame and the ranking metric's column name."""
+    long = quality_long(df)
+    seeds = long.groupby([*KEY, "label"], dropna=False)["seed"].nunique()
+    multi = seeds[seeds >= 2]
+    if multi.empty:
+        return pd.DataFrame(), None
+    shared = multi.groupby(level="label").size()
+    candidates = shared[shared == shared.max()].index  # of these, the first metric of QUALITY_NAMES (FID, FD, ...)
+    metric_of = long.drop_duplicates("label").set_index("label")["metric"]
+    label = min(candidates, key=lambda lab: list(QUALITY_NAMES).index(metric_of[lab]))
+    configs = multi.xs(label, level="label").index
+    long = long[pd.MultiIndex.from_frame(long[KEY]).isin(configs)]
+    per_seed = long.pivot_table(index=[*KEY, "seed"], columns="label", values="value")
+    per_seed = per_seed[[label, *(c for c in per_seed.columns if c != label)]]  # the ranking metric first
+    loss = main_tokenizer(df[df["metric"] == "train_loss"]).sort_values("step", kind="stable")
+    loss = loss.assign(value=numeric(loss)).groupby([*KEY, "seed"], dropna=False)["value"]
+    loss = loss.apply(lambda v: v.tail(LOSS_TAIL).mean())
+    per_seed[TRAIN_LOSS] = loss.reindex(per_seed.index)
+    for metric, column in (("val_nll", VAL_NLL), ("train_nll", TRAIN_NLL)):  # task=evaluate's, where recorded
+        nll = main_tokenizer(latest(df, metric))
+        if len(nll):
+            per_seed[column] = nll.assign(value=numeric(nll)).groupby([*KEY, "seed"], dropna=False)["value"].last()
+    if {VAL_NLL, TRAIN_NLL} <= set(per_seed):
+        per_seed[NLL_GAP] = per_seed[VAL_NLL] - per_seed[TRAIN_NLL]
+    return per_seed, label
 
-    def values(key):
-        return per_seed.xs(key, level=KEY, drop_level=True).dropna().to_numpy(dtype=float)
 
-    ref = values(reference) if reference is not None else []
-    out = []
-    for key in configs:
-        mine = values(key)
-        usable = key != reference and len(mine) >= 2 and len(ref) >= 2
-        out.append(float(ttest_ind(mine, ref, equal_var=False).pvalue) if usable else float("nan"))
-    return out
 
+def var_key(key) -> tuple:
+    """VAR's configuration key (attention, no intra) at the depth and resolution of `key`: the study's reference."""
+    return ("attention", "none", *key[2:])
 
 # the bench columns the study's ranking shows as each configuration's cost: (bench column, name in the ranking)
 COST_COLUMNS = (("Train img/s (b32)", "d16 train img/s (b32, 256 px)"),

@@ -3,9 +3,8 @@
 Every function takes the DataFrame of `load_records` and returns a DataFrame of raw recorded values (rounding
 happens only when a table is written, varbench.analysis.format). One configuration is (mixer, intra, depth,
 resolution); of repeated measurements the one `load.POLICY` picks counts (`latest`: never disturbed or superseded,
-fully tuned before untuned, then the newest; a table's row says which machine and autotune mode timed it). Quality
-columns name their feature extractor: "FID" is kept for Inception-v3 features, a Frechet distance in any other
-feature space is an "FD".
+fully tuned before untuned, then the newest; a table's row says which machine and autotune mode timed it). The
+quality rows they draw from (one per configuration, seed and quality column) are varbench.analysis.quality's.
 `df.attrs` carries `device` (the GPU the timings come from) and `records` (how many records fed the table).
 """
 
@@ -13,70 +12,20 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 
 from varbench.analysis.format import QUALITY_NAMES, STD, is_quality
 from varbench.analysis.load import latest, model_label, numeric, preference_order
+from varbench.analysis.quality import KEY, quality_long
 
 log = logging.getLogger(__name__)
 
-KEY = ["mixer", "intra", "depth", "resolution"]
 TIMED = ("train_images_per_s", "sample_latency_ms")
 SPEED = (*TIMED, "state_bytes_per_image")
 STATE = "State (bytes/img)"
 TOKEN_MFU = "AdaLN-per-token MFU"  # not "MFU ...": the main table shows the project's own convention only
 PARAMS, GFLOPS = "Params", "Fwd GFLOPs/img"
-
-
-def extractor_label(extractor) -> str:
-    """Short name of a recorded feature extractor ("inception-v3 (torch-fidelity)" -> "Inception")."""
-    if extractor is None or pd.isna(extractor):
-        log.warning("a quality record has no feature_extractor field; its column says so")
-        return "extractor not recorded"
-    low = str(extractor).lower()
-    if "inception" in low:
-        return "Inception"
-    if "embedded" in low or "classifier" in low:
-        return "embedded classifier"
-    return str(extractor)
-
-
-def quality_label(metric: str, extractor, num_samples=None, preset=None) -> str:
-    """Column name of a quality metric, e.g. "FID (Inception, 50k)", "FD (embedded classifier, 1k)"."""
-    ext = extractor_label(extractor)
-    name = QUALITY_NAMES[metric]
-    if name == "FID" and ext != "Inception":
-        name = "FD"  # FID means Inception-v3 features; the same distance in another feature space is an FD
-    parts = [ext]
-    if num_samples is not None and not pd.isna(num_samples):
-        n = int(num_samples)
-        parts.append(f"{n // 1000}k" if n % 1000 == 0 else str(n))
-    if preset is not None and not pd.isna(preset) and preset != "eval":
-        parts.append(str(preset))
-    return f"{name} ({', '.join(parts)})"
-
-
-def quality_long(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (configuration, seed, quality column): the value `latest` picks, all of one study."""
-    q = latest(df, QUALITY_NAMES)
-    labels = [quality_label(*a) for a in zip(q["metric"], q["feature_extractor"], q["num_samples"], q["preset"])]
-    q = q.assign(label=labels, value=numeric(q) if len(q) else q["value"])
-    q = one_study(q, [*KEY, "label"])
-    q = q.sort_values("date", kind="stable").drop_duplicates([*KEY, "label", "seed"], keep="last")
-    return q[[*KEY, "seed", "cell_id", "metric", "label", "value", "date"]]
-
-
-def one_study(q: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Per `keys`, only the records of one study (one records folder: a grid run with its own tokenizer and data),
-    the one with the newest record: seeds are never pooled across studies, nor a missing seed filled from another."""
-    if q.empty:
-        return q
-    q = q.assign(_study=q["source"].map(lambda source: str(Path(source).parent)))
-    newest = q.groupby([*keys, "_study"], dropna=False)["date"].transform("max")
-    chosen = q.assign(_newest=newest).sort_values("_newest", kind="stable").groupby(keys, dropna=False)["_study"]
-    return q[q["_study"] == chosen.transform("last").reindex(q.index)].drop(columns="_study")
 
 
 def quality_wide(df: pd.DataFrame) -> pd.DataFrame:

@@ -24,11 +24,15 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
+from varbench.data.loading import LoaderOptions
 from varbench.data.transforms import is_deterministic
 from varbench.utils.checkpoint import save_atomic
+from varbench.utils.log import get_logger, progress_bar
 from varbench.utils.run_spec import file_sha256
+
+log = get_logger(__name__)
 
 FORMAT = 1
 META = "meta.json"
@@ -93,12 +97,19 @@ def _check_same_cache(out_dir: Path, meta: dict) -> None:
                          f"delete it or pick another cache_dir")
 
 
+def shard_batches(shard: range, batch_size: int) -> list[list[int]]:
+    """The item indices of one shard in batches of `batch_size` (the last one shorter); a batch never spans shards."""
+    return [list(shard[i:i + batch_size]) for i in range(0, len(shard), batch_size)]
+
+
 @torch.no_grad()
-def _encode(tokenizer, dataset: Dataset, batch_size: int, device, num_workers: int, dtype):
-    """(ids (n, L) dtype, labels (n,) int64) of a whole (sub)data set, in order."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False)
+def _encode(tokenizer, batches, count: int, device, dtype, bar) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (n, L) dtype, labels (n,) int64) of the next `count` batches of the loader iterator `batches`; `bar`
+    counts the images."""
     ids, labels = [], []
-    for img_B3HW, label_B in loader:
+    for _ in range(count):
+        img_B3HW, label_B = next(batches)
+        bar.update(img_B3HW.shape[0])
         ids_per_scale = tokenizer.img_to_ids(img_B3HW.to(device, non_blocking=True))
         ids.append(torch.cat(ids_per_scale, dim=1).to("cpu", dtype))
         labels.append(torch.as_tensor(label_B, dtype=torch.int64))
@@ -106,13 +117,14 @@ def _encode(tokenizer, dataset: Dataset, batch_size: int, device, num_workers: i
 
 
 def write_token_cache(tokenizer, dataset: Dataset, out_dir, batch_size: int = 64, shard_size: int = 4096,
-                      device="cpu", num_workers: int = 0, *, split: str | None = None,
+                      device="cpu", loader: LoaderOptions | None = None, *, split: str | None = None,
                       description: str | None = None, checkpoint=None) -> dict:
     """Encode `dataset` with the frozen `tokenizer` into shards under `out_dir` (resumable; see module docstring).
 
-    The tokenizer is moved to `device` and must be in eval mode. `checkpoint` (its weight file, optional) is
-    hashed into meta.json. Returns {"num_items", "encoded_items", "seconds", "shards_written", "shards_skipped",
-    "out_dir"}; seconds covers loading + encoding of the shards written by this call.
+    The tokenizer is moved to `device` and must be in eval mode. Images are read by one DataLoader over every shard
+    still to write, with `loader`'s workers and prefetch (None: in-process). `checkpoint` (its weight file,
+    optional) is hashed into meta.json. Returns {"num_items", "encoded_items", "seconds", "shards_written",
+    "shards_skipped", "out_dir"}; seconds covers loading + encoding of the shards written by this call.
     """
     transform = getattr(dataset, "transform", None)
     if transform is not None and not is_deterministic(transform):
@@ -128,20 +140,26 @@ def write_token_cache(tokenizer, dataset: Dataset, out_dir, batch_size: int = 64
     _write_json_atomic(out_dir / META, meta)
     tokenizer.to(device)
     dtype, n = ids_dtype(tokenizer.vocab_size), len(dataset)
-    summary = {"num_items": n, "encoded_items": 0, "seconds": 0.0, "shards_written": 0, "shards_skipped": 0,
-               "out_dir": str(out_dir)}
-    for i in range(math.ceil(n / shard_size)):
-        start, end = i * shard_size, min((i + 1) * shard_size, n)
-        if _shard_rows(shard_path(out_dir, i)) == end - start:
-            summary["shards_skipped"] += 1
-            continue
-        t0 = time.perf_counter()
-        part = Subset(dataset, range(start, end))
-        ids_NL, labels_N = _encode(tokenizer, part, batch_size, device, num_workers, dtype)
+    shards = [(i, range(i * shard_size, min((i + 1) * shard_size, n))) for i in range(math.ceil(n / shard_size))]
+    todo = [(i, shard) for i, shard in shards if _shard_rows(shard_path(out_dir, i)) != len(shard)]
+    summary = {"num_items": n, "encoded_items": 0, "seconds": 0.0, "shards_written": 0,
+               "shards_skipped": len(shards) - len(todo), "out_dir": str(out_dir)}
+    if not todo:
+        return summary
+    plan = [shard_batches(shard, batch_size) for _, shard in todo]
+    bar = progress_bar(desc="tokenize", total=n, initial=n - sum(len(shard) for _, shard in todo), unit="img")
+    t0 = time.perf_counter()
+    batches = iter(DataLoader(dataset, batch_sampler=[b for shard in plan for b in shard],
+                              **(loader or LoaderOptions()).kwargs()))
+    for (i, shard), shard_plan in zip(todo, plan):
+        ids_NL, labels_N = _encode(tokenizer, batches, len(shard_plan), device, dtype, bar)
         save_atomic(shard_path(out_dir, i), tensors={"ids": ids_NL, "labels": labels_N})
-        summary["seconds"] += time.perf_counter() - t0
-        summary["encoded_items"] += end - start
+        summary["encoded_items"] += len(shard)
         summary["shards_written"] += 1
+    bar.close()
+    summary["seconds"] = time.perf_counter() - t0
+    log.info("token cache %s: %d of %d images encoded in %.1f s (%d shards written, %d already there)", out_dir,
+             summary["encoded_items"], n, summary["seconds"], summary["shards_written"], summary["shards_skipped"])
     return summary
 
 

@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from varbench.utils.log import get_logger, progress_bar
+
+log = get_logger(__name__)
 FIDELITY_NAME = "varbench-classifier"
 
 
@@ -94,7 +97,7 @@ def train_classifier(train_set, num_classes: int, image_size: int, steps: int = 
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up over 10% of the steps, then cosine to zero
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     data = batches_forever(train_set, batch_size, seed)
-    for _ in range(steps):
+    for _ in progress_bar(range(steps), desc="classifier"):
         x_B3HW, y_B = (t.to(device) for t in next(data))
         flip_B = (torch.rand(x_B3HW.shape[0], generator=flips) < 0.5).to(device)
         x_B3HW = torch.where(flip_B[:, None, None, None], x_B3HW.flip(-1), x_B3HW)
@@ -117,7 +120,8 @@ def classify(model: Classifier, images_N3HW: torch.Tensor, batch_size: int = 256
 @torch.no_grad()
 def classify_dataset(model: Classifier, dataset, batch_size: int = 256) -> tuple[torch.Tensor, ...]:
     """(features (N, D), logits (N, K), labels (N,)) of a data set of (image in [-1, 1], label) items."""
-    parts = [(*classify(model, x, batch_size), y) for x, y in DataLoader(dataset, batch_size=batch_size)]
+    loader = progress_bar(DataLoader(dataset, batch_size=batch_size), desc="features", unit="batch")
+    parts = [(*classify(model, x, batch_size), y) for x, y in loader]
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
@@ -161,7 +165,9 @@ def cached_classifier(train_set, val_set, cache_dir, device="cpu", **hparams) ->
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if path.is_file():
             model, meta = load_classifier(path, device)
+            log.info("project classifier %s (val accuracy %.3f)", path, meta.get("val_accuracy", float("nan")))
             return model, meta, path
+        log.info("training the project classifier %s (%d steps)", path, hparams.get("steps", 200))
         start = time.perf_counter()
         model = train_classifier(train_set, device=device, **hparams)
         seconds = time.perf_counter() - start
@@ -170,6 +176,7 @@ def cached_classifier(train_set, val_set, cache_dir, device="cpu", **hparams) ->
         meta = {"fingerprint": fp, "train_data": train_set.describe(), "val_data": val_set.describe(),
                 "val_accuracy": val_acc, "train_seconds": seconds, "hparams": hparams}
         save_classifier(model, path, **meta)
+    log.info("project classifier trained in %.1f s: val accuracy %.3f", seconds, val_acc)
     return model, meta, path
 
 

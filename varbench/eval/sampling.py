@@ -35,6 +35,9 @@ from PIL import Image
 
 from varbench.eval.metrics import save_adm_npz
 from varbench.eval.samplers import make_sampler
+from varbench.utils.log import get_logger, progress_bar
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     draw = image_sampler(model, tokenizer, p, sampler, cuda_graphs)
     generated = skipped = 0
-    for batch in batches(num_classes, per_class, batch_size):
+    for batch in progress_bar(batches(num_classes, per_class, batch_size), desc="sample", unit="batch"):
         missing = [item for item in batch if not png_path(out_dir, *item).is_file()]
         skipped += len(batch) - len(missing)
         if not missing:
@@ -219,6 +222,8 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
                 write_png(png_path(out_dir, *item), img_HW3)
                 generated += 1
     npz = pack_npz(out_dir, num_classes, per_class)
+    log.info("%d images (%d classes x %d) in %s: %d drawn now, %d found on disk", num_classes * per_class,
+             num_classes, per_class, out_dir, generated, skipped)
     return {"npz": str(npz), "folder": str(out_dir), "key": key, "images": num_classes * per_class,
             "generated": generated, "skipped": skipped}
 

@@ -1,13 +1,33 @@
-"""The fixed speed / memory protocol: warm-up, CUDA-event timing, median of repeats, peak memory, and a matmul
-peak measured in the same run (the denominator of MFU)."""
+"""The fixed speed / memory protocol: warm-up, CUDA-event timing, median of repeats, peak memory, a matmul peak
+measured in the same run (the denominator of MFU), and the fields that say how and where a speed was measured."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+
+def machine(device=None) -> str:
+    """Where a speed was measured, as the analysis tables show it: the accelerators this process sees and the CPU
+    cores it may use (data loading and Python overhead depend on them), e.g. "1x NVIDIA H200, 16 CPUs".
+    `benchmarks/import_records.py` replaces it with the lent machine's kind (e.g. nvidia-h200-x4) when it imports."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if device.type != "cuda":
+        return f"no accelerator, {cpus} CPUs"
+    return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(device)}, {cpus} CPUs"
+
+
+def speed_mode(compiled: bool, cuda_graphs: bool, device=None) -> dict:
+    """The fields every speed record carries (issue 18 item 5): `compiled` (torch.compile), `cuda_graphs` (replayed
+    graphs), `autotune` (the Triton autotuning mode, varbench/utils/autotune.py) and `machine`."""
+    from varbench.utils.autotune import autotune_mode
+    return {"compiled": bool(compiled), "cuda_graphs": bool(cuda_graphs), "autotune": autotune_mode(),
+            "machine": machine(device)}
 
 
 def time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> dict:

@@ -38,6 +38,10 @@ class IntraScaleAttention(ScaleAttention):
             "reference": lambda: True,
         }, "intra=full")
 
+    def flex_mask(self) -> tuple[str, int] | None:
+        """The flex BlockMask (kind, window) this module attends with, built before compiling; None without flex."""
+        return ("block_diag", 0) if self.backend == "flex" else None
+
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
         if not q.is_cuda or self.backend == "reference":

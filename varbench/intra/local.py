@@ -55,6 +55,10 @@ class LocalScaleAttention(ScaleAttention):
         self.window = window
         self.backend = resolve_backend(backend, {"flex": cuda_and(), "reference": lambda: True}, "intra=local")
 
+    def flex_mask(self) -> tuple[str, int] | None:
+        """The flex BlockMask (kind, window) this module attends with, built before compiling; None without flex."""
+        return ("window", self.window) if self.backend == "flex" else None
+
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
         if self.backend == "flex" and q.is_cuda:

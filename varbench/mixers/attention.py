@@ -20,6 +20,13 @@ from varbench.ops.attention.reference import masked_attention_ref
 MAX_SCALE_MUL = math.log(100.0)  # VAR clamps the learned log-temperature at ln 100
 
 
+def empty_kv_cache(k_BHld: torch.Tensor, length: int) -> State:
+    """Uninitialised key and value buffers (B, H, length, d) in the dtype and on the device of `k_BHld`; `step` reads
+    only the part it has written."""
+    B, H, _, d = k_BHld.shape
+    return {name: k_BHld.new_empty((B, H, length, d)) for name in ("k", "v")}
+
+
 class ScaleAttention(nn.Module):
     """VAR's attention projections: qkv with q and v biases and a fixed zero k bias, optional L2-normalised
     q/k with a learned per-head temperature, output projection.
@@ -92,6 +99,10 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         super().__init__(dim, num_heads, l2_norm)
         self.backend = resolve_backend(backend, {"flex": cuda_and(), "reference": lambda: True}, "attention")
 
+    def flex_mask(self) -> tuple[str, int] | None:
+        """The flex BlockMask (kind, window) this module attends with, built before compiling; None without flex."""
+        return ("block_causal", 0) if self.backend == "flex" else None
+
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
         if self.backend == "flex" and q.is_cuda:
@@ -102,17 +113,29 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         return self.out(o)
 
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
+        """The empty KV cache (B, H, 0, d). `step` at scale 0 allocates the buffers for all L tokens, once, in the
+        dtype the projections produce: under autocast that is not `dtype`, which is only known at the first step.
+        Allocating here would also make `GraphedScales` keep a pristine copy of the whole cache."""
         shape = (batch, self.num_heads, 0, self.head_dim)
-        return {"k": torch.zeros(shape, device=device, dtype=dtype),
-                "v": torch.zeros(shape, device=device, dtype=dtype)}
+        return {"k": torch.empty(shape, device=device, dtype=dtype),
+                "v": torch.empty(shape, device=device, dtype=dtype)}
 
     def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
+        """Write scale k's keys and values into their slice of the preallocated cache (in place) and attend over the
+        filled prefix, a view: nothing of the cache's size is copied or allocated after scale 0."""
         q, k_new, v_new = self.qkv(x_BlC)
-        k_BHSd = torch.cat((state["k"].to(k_new.dtype), k_new), dim=2)
-        v_BHSd = torch.cat((state["v"].to(v_new.dtype), v_new), dim=2)
-        # the cache holds exactly the scales <= k, so no mask is needed (VAR's kv_caching path)
-        o = masked_attention_ref(q, k_BHSd, v_BHSd, None, self.scale)
-        return self.out(o), {"k": k_BHSd, "v": v_BHSd}
+        if k == 0:
+            state = empty_kv_cache(k_new, layout.L)
+        elif state["k"].shape[2] != layout.L:
+            raise ValueError(f"scale {k}: the KV cache holds {state['k'].shape[2]} tokens, not the layout's "
+                             f"{layout.L}: pass the state that step returned at scale {k - 1}")
+        scale_k = layout.slice(k)
+        state["k"][:, :, scale_k] = k_new
+        state["v"][:, :, scale_k] = v_new
+        end = scale_k.stop
+        # the prefix holds exactly the scales <= k, so no mask is needed (VAR's kv_caching path)
+        o = masked_attention_ref(q, state["k"][:, :, :end], state["v"][:, :, :end], None, self.scale)
+        return self.out(o), state
 
     def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
         pairs = int(layout.block_causal_mask().sum())

@@ -122,7 +122,9 @@ class TokenMixer(nn.Module):
         raise NotImplementedError
 
     def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
-        """Mix every token of scale k given the state after scales < k; return outputs and the new state."""
+        """Mix every token of scale k given the state after scales < k; return outputs and the new state. A step may
+        write into the tensors of the state it is given (attention fills its preallocated KV cache in place): a
+        caller that needs a state again after stepping from it keeps a copy."""
         raise NotImplementedError
 
     def flops(self, layout: ScaleLayout, batch: int = 1) -> int:

@@ -34,14 +34,17 @@ from varbench.backbones.scale_ar import ScaleAR
 from varbench.build import build_model
 from varbench.eval.flops import decoder_flops, model_flops
 from varbench.eval.samplers import make_sampler
-from varbench.eval.timing import matmul_peak_tflops, time_ms, top_ops
+from varbench.eval.timing import matmul_peak_tflops, speed_mode, time_ms, top_ops
 from varbench.layout import PATCH_NUMS
 from varbench.registry import list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.training.loop import compile_for_training
+from varbench.utils.auto import resolve_auto
+from varbench.utils.log import get_logger
 from varbench.utils.processes import run_in_fresh_process
 from varbench.utils.records import record
 
+log = get_logger(__name__)
 PROTOCOL = "bf16 autocast; CUDA events; median of repeats after warm-up; CFG doubled batch; analytic FLOPs"
 # the training stage's weights: fp32 is VAR's recipe (fp32 master weights under bf16 autocast); bf16 is a deviation
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -235,7 +238,8 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
     for stage, batch, sampler in plan_stages(t, mixer, res):
         try:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
-                    cuda_graphs=bool(t.cuda_graphs), param_dtype=t.param_dtype)
+                    cuda_graphs=resolve_auto(t.cuda_graphs, "task.cuda_graphs", "cuda"),  # bench runs on CUDA only
+                    param_dtype=t.param_dtype)
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             errors += 1
@@ -265,8 +269,8 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> No
     ips = batch / (r["median_ms"] * 1e-3)
     mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
     record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
-           compiled=compiled, param_dtype=param_dtype, timing=r, **cell)
-    print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
+           param_dtype=param_dtype, timing=r, **speed_mode(compiled, cuda_graphs=False), **cell)
+    log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
           f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
           f"MFU {mfu:.1%}; top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
 
@@ -274,9 +278,9 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> No
 def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs) -> None:
     r = sample_cell(model, vae, batch, sampler, repeats, cuda_graphs)
     total, decode = r["total"]["median_ms"], r["decode"]["median_ms"]
-    record(out, "sample_latency_ms", total, "ms", batch=batch, sampler=sampler, cuda_graphs=cuda_graphs,
+    record(out, "sample_latency_ms", total, "ms", batch=batch, sampler=sampler, **speed_mode(False, cuda_graphs),
            decode_ms=decode, latency_wo_decode_ms=total - decode, images_per_s=batch / (total * 1e-3),
            images_per_s_wo_decode=batch / ((total - decode) * 1e-3), peak_mem_bytes=r["total"]["peak_mem_bytes"],
            peak_reserved_bytes=r["total"]["peak_reserved_bytes"], timing=r, **cell)
-    print(f"[bench] {cell['mixer']}+{cell['intra']} {cell['resolution']}px sample b{batch} {sampler}"
+    log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px sample b{batch} {sampler}"
           f"{' graphs' if cuda_graphs else ''}: {total:.1f} ms (decode {decode:.1f} ms)")

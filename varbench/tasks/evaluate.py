@@ -49,6 +49,7 @@ from varbench.eval.references import floor_and_recon_rows, inception_rows, real_
 from varbench.eval.sampling import is_raster, sample_for_eval
 from varbench.runs import load_for_task
 from varbench.training.loop import autocast
+from varbench.utils.auto import resolve_auto
 from varbench.utils.records import record
 
 DEFAULT_PER_CLASS = {"adm": 50, "project": 20}
@@ -154,10 +155,11 @@ def main(cfg: DictConfig) -> dict:
                          "(model=aim_*) set task.val_nll_images=0 task.train_nll_images=0")
     num_classes = t.num_classes or model.num_classes
     per_class = t.per_class or DEFAULT_PER_CLASS[suite]
+    graphs = resolve_auto(t.cuda_graphs, "task.cuda_graphs", device)
     start = time.perf_counter()
     with autocast(device, t.precision):
         samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, t.preset, t.seed,
-                                  device, sampler=t.sampler, cuda_graphs=t.cuda_graphs,
+                                  device, sampler=t.sampler, cuda_graphs=graphs,
                                   tag={"checkpoint_sha256": run.checkpoint_sha256,
                                        "tokenizer_sha256": run.tokenizer_sha256, "precision": t.precision})
     sample_seconds = time.perf_counter() - start
@@ -169,7 +171,8 @@ def main(cfg: DictConfig) -> dict:
             metrics.append((f"{split}_nll", nll, "nats/token", {
                 "num_samples": n, "reference": data.describe(),
                 "items": f"{n} of {len(data)}, drawn with seed 0 (varbench.eval.likelihood.scored_items)"}))
-    common = {"num_samples": samples["images"], "preset": t.preset, "sampler": t.sampler, "suite": suite,
+    common = {"num_samples": samples["images"], "preset": t.preset, "sampler": t.sampler, "cuda_graphs": graphs,
+              "suite": suite,
               "samples": samples["npz"], **run.identity()}
     out = Path(cfg.results_dir) / "evaluate.jsonl"
     for name, value, unit, fields in metrics:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from varbench.analysis import checks, figures, study, tables
+from varbench.analysis import checks, figures, stats, study, tables, versus
 from varbench.analysis.format import write_table
 from varbench.analysis.load import POLICY, load_records
 
@@ -37,6 +37,13 @@ TABLES = {
                   "gpu_test (benchmarks/gpu_tests.py)"),
     "study_ranking": (study.study_ranking, "Mixer study: configurations ranked by quality (mean ± std over seeds)",
                       f"{QUALITY} of 2 or more seeds per configuration"),
+    "versus_var": (versus.versus_var, "Each configuration against VAR at the same depth and resolution: difference "
+                   f"of means over seeds (n: the Seeds column) with a percentile bootstrap {stats.LEVEL:.0%} interval "
+                   f"({stats.N_RESAMPLES:,} resamples of the seeds, generator seed {stats.BOOTSTRAP_SEED}), Welch's "
+                   f"two-sided t-test, p Holm-corrected over every comparison of the study (significant: p < "
+                   f"{stats.ALPHA})", f"{QUALITY} or val_nll of 2 or more seeds"),
+    "tokenizer_variance": (versus.tokenizer_variance, "Tokenizer and seed variance components (one-way "
+                           "random-effects ANOVA per configuration)", f"{QUALITY} or val_nll on 2 or more tokenizers"),
     "costs_table": (study.costs_table, "Analytic parameters, FLOPs and inference state per model and resolution",
                     "analytic_cost (task=costs)"),
     "bench_goals": (study.bench_goals, "Speed and memory goals of the bench protocol (targets vs measured)", BENCH),
@@ -78,7 +85,8 @@ def _clear(out_dir: Path) -> None:
         for ext in ("md", "tex"):
             (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
     for name in FIGURES:
-        (out_dir / f"{name}.png").unlink(missing_ok=True)
+        for ext in ("png", "pdf"):
+            (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
 
 
 def _readme(df: pd.DataFrame, records, made: dict, skipped: dict) -> str:
@@ -123,14 +131,15 @@ def build_report(records, out_dir, device=None) -> dict[str, str]:
         if table.empty:
             skipped[name] = f"needs {needs}"
             continue
-        for path in write_table(table, out_dir, name, title, _note(table)):
+        for path in write_table(table, out_dir, name, title, _note(table), data=f"records under {records}"):
             made[path.name], paths[path.name] = f"{title} ({table.attrs.get('records')} records)", str(path)
     for name, (draw, what, needs) in FIGURES.items():
         path = draw(df, out_dir / f"{name}.png", device)
         if path is None:
             skipped[f"{name}.png"] = f"{what}: needs {needs} (the log says what was found)"
             continue
-        made[path.name], paths[path.name] = what, str(path)
+        for drawn in (path, path.with_suffix(".pdf")):  # the PNG to look at, the PDF for a paper
+            made[drawn.name], paths[drawn.name] = what, str(drawn)
     readme = out_dir / "README.md"
     readme.write_text(_readme(df, records, made, skipped))
     paths["README.md"] = str(readme)

@@ -17,8 +17,14 @@ from omegaconf import DictConfig
 from varbench.build import resolve_device
 from varbench.eval.sampling import SamplingPreset, generate_images
 from varbench.runs import load_for_task
+from varbench.training.checkpoints import step_of_weights
 from varbench.training.loop import autocast
+from varbench.utils.auto import resolve_auto
+from varbench.utils.log import get_logger
+from varbench.utils.loggers import open_logger
 from varbench.utils.records import record
+
+log = get_logger(__name__)
 
 
 def save_grid(images_N3HW: torch.Tensor, rows: int, path: Path) -> Path:
@@ -38,12 +44,13 @@ def main(cfg: DictConfig) -> dict:
     labels = torch.tensor(classes, device=device).repeat_interleave(t.per_class)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     cuda = device.type == "cuda"
+    graphs = resolve_auto(t.cuda_graphs, "task.cuda_graphs", device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with autocast(device, t.precision):  # the kernels' dtype of training (fla's DeltaNet has no fp32 chunk path)
         setting = SamplingPreset(cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth)
-        images = generate_images(model, tokenizer, labels, setting, generator, t.sampler, t.cuda_graphs)
+        images = generate_images(model, tokenizer, labels, setting, generator, t.sampler, graphs)
     if cuda:
         torch.cuda.synchronize(device)  # the clock stops when the GPU is done, not when the last launch returned
     seconds = time.perf_counter() - start
@@ -51,7 +58,10 @@ def main(cfg: DictConfig) -> dict:
     # one row per class: transpose the (class, sample) order of the batch
     grid = images.view(len(classes), t.per_class, *images.shape[1:])
     path = save_grid(grid.flatten(0, 1), len(classes), Path(cfg.run_dir) / "samples.png")
+    log.info("sample grid %s: %d classes x %d in %.1f s", path, len(classes), t.per_class, seconds)
+    with open_logger(cfg, "sample") as logger:  # at the checkpoint's training step (0: a file outside a run)
+        logger.log_images("samples", grid.flatten(0, 1), step_of_weights(run.checkpoint) or 0, nrow=t.per_class)
     record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
-           seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=t.cuda_graphs, peak_mem_bytes=peak,
+           seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=graphs, peak_mem_bytes=peak,
            **run.identity())
     return {"grid": str(path), "seconds": seconds, "images": len(labels)}

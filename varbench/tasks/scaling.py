@@ -18,11 +18,14 @@ from omegaconf import DictConfig
 
 from varbench.build import build_model, image_size, resolve_device
 from varbench.eval.flops import model_flops
-from varbench.eval.timing import matmul_peak_tflops
+from varbench.eval.timing import matmul_peak_tflops, speed_mode
 from varbench.tasks.bench import train_step_cell
 from varbench.training.loop import wrap_parallel
 from varbench.utils.dist import init_distributed, shutdown
+from varbench.utils.log import get_logger
 from varbench.utils.records import record
+
+log = get_logger(__name__)
 
 PROTOCOL = "weak scaling: fixed per-GPU batch; bf16 autocast; fused AdamW; CUDA events; median of repeats"
 
@@ -54,8 +57,8 @@ def main(cfg: DictConfig) -> dict:
                device=device, world_size=info.world_size, parallel=parallel, batch_per_gpu=t.batch_per_gpu,
                tokens_per_s=ips * model.layout.L, mfu=mfu, matmul_peak_tflops=peak, params=model.num_params(),
                fwd_flops_per_image=flops, peak_mem_bytes_per_gpu=mems, timing=timing, protocol=PROTOCOL,
-               depth=len(model.blocks), resolution=image_size(cfg))
-        print(f"[scaling] {info.world_size} process(es) {parallel}: {ips:.1f} img/s, MFU {mfu:.1%}, "
-              f"peak memory per process {mems}")
+               depth=len(model.blocks), resolution=image_size(cfg), **speed_mode(False, False, device))
+        log.info("%d process(es) %s: %.1f img/s, MFU %.1f%%, peak memory per process %s", info.world_size, parallel,
+                 ips, 100 * mfu, mems)
     shutdown()
     return summary

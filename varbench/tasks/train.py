@@ -20,6 +20,7 @@ from varbench.runs import describe_run, training_tokenizer_file
 from varbench.training import checkpoints
 from varbench.training.loop import train_ar
 from varbench.utils.dist import init_distributed
+from varbench.utils.log import get_logger
 from varbench.utils.records import record
 from varbench.utils.run_spec import read_spec
 
@@ -43,6 +44,8 @@ def start_from(cfg: DictConfig, model, tokenizer_file, device, is_main: bool) ->
         record(Path(cfg.results_dir) / "init_from.jsonl", "init_from_loaded_tensors", len(report.loaded), "tensors",
                config=cfg, device=device, **report.as_dict())
     return report.as_dict()
+
+log = get_logger(__name__)
 
 
 def main(cfg: DictConfig) -> dict:
@@ -79,7 +82,7 @@ def main(cfg: DictConfig) -> dict:
         raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
                          f"saved: run the same command (same run_dir) to resume exactly")
     if summary["images_per_s"] == 0:  # resumed at its last step: this call trained nothing, so it measures nothing
-        print(f"[train] {cfg.run_dir} is already trained to step {summary['steps']}: nothing recorded")
+        log.info("%s is already trained to step %d: nothing recorded", cfg.run_dir, summary["steps"])
         return summary
     if info.is_main:
         record(Path(cfg.results_dir) / "train.jsonl", "train_summary", summary["final_loss"], "nats/token", config=cfg,

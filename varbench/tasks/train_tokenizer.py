@@ -1,7 +1,8 @@
 """task=train_tokenizer: train the `tokenizer` VQ-VAE of the config from scratch on the run's data set.
 
-Writes `${run_dir}/tokenizer/` (tokenizer.safetensors with official key names, train_state.pt for an exact resume,
-tb/ for TensorBoard) and records psnr, ssim, codebook usage and train time to `${results_dir}/train_tokenizer.jsonl`.
+Writes `${run_dir}/tokenizer/` (tokenizer.safetensors with official key names, train_state.pt for an exact resume)
+and records psnr, ssim, codebook usage and train time to `${results_dir}/train_tokenizer.jsonl`; losses and val
+metrics also go to the experiment logger (`logger=`, phase train_tokenizer: varbench/utils/loggers.py).
 The task group (varbench/configs/task/train_tokenizer.yaml) holds `name` plus the fields of `TrainOptions`; `tokenizer`
 gives the architecture (its `checkpoint` is ignored: training starts from a fresh init seeded by `seed`).
 """
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varbench.build import build_dataset, build_tokenizer, resolve_device
 from varbench.tokenizers.trainer import TrainOptions, train_tokenizer
+from varbench.utils.loggers import open_logger
 
 
 def task_options(cfg: DictConfig) -> dict:
@@ -37,4 +39,5 @@ def main(cfg: DictConfig) -> dict:
     vae = build_tokenizer(cfg, trainable=True, load=False)
     return train_tokenizer(vae, build_dataset(cfg, "train"), device=device, out_dir=Path(cfg.run_dir) / "tokenizer",
                            val_set=build_dataset(cfg, "val"),
-                           results_path=Path(cfg.results_dir) / "train_tokenizer.jsonl", config=cfg, **options)
+                           results_path=Path(cfg.results_dir) / "train_tokenizer.jsonl", config=cfg,
+                           open_logger=lambda start: open_logger(cfg, "train_tokenizer", purge_step=start), **options)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from varbench.utils.checkpoint import load_strict, read_state_dict
+from varbench.utils.log import progress_bar
 
 # ----- metrics (images in [0, 1]) -----------------------------------------------------------------------------------
 
@@ -64,7 +65,8 @@ def evaluate_tokenizer(vae, dataset, *, batch_size: int, device) -> dict:
     K, V = len(vae.patch_nums), vae.vocab_size
     hit_KV = torch.zeros(K, V, dtype=torch.bool, device=device)
     psnr_l, ssim_l = [], []
-    for img, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for img, _ in progress_bar(DataLoader(dataset, batch_size=batch_size, shuffle=False), desc="tokenizer eval",
+                               unit="batch"):
         img = img.to(device)
         ids = vae.img_to_ids(img)
         x01, y01 = ((img + 1) / 2).clamp(0, 1), ((vae.ids_to_img(ids) + 1) / 2).clamp(0, 1)

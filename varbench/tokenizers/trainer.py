@@ -15,7 +15,9 @@ restart: every `dead_code_every` updates, a code whose hit share (the model's hi
 some scale; the encoder latent itself at scale 0), and its Adam moments are zeroed.
 
 Files in `out_dir`: `tokenizer.safetensors` (official key names: `load_official_vqvae` reads it), `train_state.pt`
-(weights + optimizer + step + RNG, loadable with weights_only=True; a run finding it resumes exactly), `tb/`.
+(weights + optimizer + step + RNG, loadable with weights_only=True; a run finding it resumes exactly). Losses,
+learning rate, codebook usage and val PSNR / SSIM go to the experiment logger the caller opens (varbench/utils/
+loggers.py), status lines to the log (`varbench.tokenizers.trainer`).
 
 Shape legend: B batch, 3 RGB, H W image side, C latent channels, K scales, V vocabulary size, D restarted codes.
 """
@@ -24,12 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from varbench.tokenizers.losses import (
     PatchDiscriminator,
@@ -40,12 +42,17 @@ from varbench.tokenizers.losses import (
     hinge_d_loss,
 )
 from varbench.utils.checkpoint import load_object, remove_stale_temps, save_atomic
+from varbench.utils.log import get_logger, progress_bar
+from varbench.utils.loggers import ExperimentLogger
 from varbench.utils.records import record
 from varbench.utils.resume import refuse_changed_config
 
+log = get_logger(__name__)
+
 WEIGHTS, STATE = "tokenizer.safetensors", "train_state.pt"
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Options that may change when a run is resumed (they do not change what the updates compute).
+# Options that may change when a run is resumed (they do not change what the updates compute); `tensorboard` was
+# an option of older versions (now the experiment logger's business): their train_state.pt still resumes.
 RESUMABLE = {"steps", "log_every", "ckpt_every", "eval_every", "eval_batch_size", "num_workers", "progress",
              "tensorboard"}
 
@@ -61,7 +68,8 @@ class TrainOptions:
     data_init_codebook: before the first update, every code moves onto a random code-search vector of the first batch.
     dead_code_threshold (fraction of a uniform share 1/V), dead_code_every (updates; 0: never).
     amp: None | "bf16" | "fp16". seed: global torch RNG at a fresh start, batch order, discriminator init.
-    log_every, ckpt_every, eval_every (0: only at the end), eval_batch_size, num_workers, progress, tensorboard.
+    log_every, ckpt_every, eval_every (0: only at the end), eval_batch_size, num_workers.
+    progress: a progress bar (where varbench.utils.log shows bars).
     """
     steps: int
     batch_size: int
@@ -91,7 +99,6 @@ class TrainOptions:
     eval_batch_size: int = 64
     num_workers: int = 0
     progress: bool = True
-    tensorboard: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -252,11 +259,13 @@ def train_step(p: _Parts, img_B3HW: torch.Tensor, step: int, last_ckpt: str) -> 
 
 
 def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_path=None, config=None,
-                    **options) -> dict:
+                    open_logger: Callable[[int], ExperimentLogger] | None = None, **options) -> dict:
     """Train `vae` (a trainable MultiScaleVQVAE) on a Dataset of (image (3, H, W) in [-1, 1], label).
 
     `options` are TrainOptions fields. Resumes from `out_dir/train_state.pt` when present. Evaluates on `val_set`
     (every `eval_every` updates and at the end) and records psnr/ssim/codebook usage to `results_path`.
+    `open_logger(first_update)` gives the experiment logger (e.g. varbench.utils.loggers.open_logger for the
+    phase; the first update is that of a resumed run); None: no experiment logger.
     Returns a summary: step, psnr, ssim, usage, usage_total, checkpoint, train_time_s, losses.
     """
     opt, device, out_dir = TrainOptions(**options), torch.device(device), Path(out_dir)
@@ -267,18 +276,34 @@ def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_pa
     start = p.load(load_object(out_dir / STATE), out_dir / STATE) if (out_dir / STATE).exists() else 0
     if start == 0:
         torch.manual_seed(opt.seed)
+    writer = open_logger(start) if open_logger is not None else ExperimentLogger()
+    log.info("training the tokenizer (%s parameters) from update %d to %d",
+             f"{sum(t.numel() for t in vae.parameters()):,}", start, opt.steps)
+    with writer:  # closed (what it has flushed) however training ends, the NaN guard included
+        t0 = time.perf_counter()
+        terms = _updates(p, train_set, device, out_dir, start, writer, val_set, results_path, config)
+        summary = {"step": opt.steps, "checkpoint": str(out_dir / WEIGHTS), "train_time_s": time.perf_counter() - t0,
+                   "resumed_from": start, "losses": {k: float(v.detach()) for k, v in terms.items()}}
+        if results_path is not None and opt.steps > start:
+            record(results_path, "tokenizer_train_time", summary["train_time_s"], "s", config=config, device=device,
+                   step=opt.steps, split="train", resumed_from=start)
+        if val_set is not None:
+            summary.update(_evaluate(p, val_set, opt, device, writer, opt.steps, results_path, config))
+    log.info("tokenizer trained to update %d in %.1f s: %s", opt.steps, summary["train_time_s"], summary["checkpoint"])
+    return summary
+
+
+def _updates(p: _Parts, train_set, device, out_dir: Path, start: int, writer: ExperimentLogger, val_set,
+             results_path, config) -> dict:
+    """Updates start+1 .. steps with their logging, checkpoints and periodic evaluations; the last update's terms."""
+    opt = p.opt
     last_ckpt = f"{out_dir / STATE} (update {start})" if start else "none written yet"
-    writer = None
-    if opt.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start or None)
     sampler = StepBatches(len(train_set), opt.batch_size, opt.seed, start, opt.steps)
     # its own generator: a loader draws a worker base seed when iterated, which must not consume the global RNG
     loader = iter(DataLoader(train_set, batch_sampler=sampler, num_workers=opt.num_workers,
                              generator=torch.Generator().manual_seed(opt.seed)))
-    terms, summary, t0 = {}, {"step": start}, time.perf_counter()
-    bar = tqdm(total=opt.steps, initial=start, disable=not opt.progress, desc="tokenizer")
-    try:
+    terms = {}
+    with progress_bar(desc="tokenizer", total=opt.steps, initial=start, enabled=opt.progress) as bar:
         for step in range(start + 1, opt.steps + 1):  # `step` = the update being made (1-based)
             img = next(loader)[0].to(device, non_blocking=True)
             terms = train_step(p, img, step, last_ckpt)
@@ -291,44 +316,30 @@ def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_pa
                 last_ckpt = f"{out_dir / STATE} (update {step})"
             if val_set is not None and opt.eval_every and step % opt.eval_every == 0 and step != opt.steps:
                 _evaluate(p, val_set, opt, device, writer, step, results_path, config)
-    finally:  # also on the NaN guard: flush what TensorBoard has
-        bar.close()
-        if writer is not None:
-            writer.flush()
-    summary.update(step=opt.steps, checkpoint=str(out_dir / WEIGHTS), train_time_s=time.perf_counter() - t0,
-                   resumed_from=start, losses={k: float(v.detach()) for k, v in terms.items()})
-    if results_path is not None and opt.steps > start:
-        record(results_path, "tokenizer_train_time", summary["train_time_s"], "s", config=config, device=device,
-               step=opt.steps, split="train", resumed_from=start)
-    if val_set is not None:
-        summary.update(_evaluate(p, val_set, opt, device, writer, opt.steps, results_path, config))
-    if writer is not None:
-        writer.close()
-    return summary
+    return terms
 
 
-def _log(writer, bar, p: _Parts, terms: dict, step: int, batch: int) -> None:
-    """Loss terms to the progress bar and TensorBoard; usage per scale by the official margin (8% of uniform)."""
+def _log(writer: ExperimentLogger, bar, p: _Parts, terms: dict, step: int, batch: int) -> None:
+    """Loss terms to the progress bar, the log and the experiment logger; usage per scale by the official margin
+    (8% of uniform)."""
     vals = {k: float(v.detach()) for k, v in terms.items()}
-    bar.set_postfix({k: f"{vals[k]:.4f}" for k in ("l1", "l2", "vq") if k in vals})
-    if writer is None:
-        return
-    for k, v in vals.items():
-        writer.add_scalar(f"train/{k}", v, step)
+    shown = {k: f"{vals[k]:.4f}" for k in ("l1", "l2", "vq") if k in vals}
+    bar.set_postfix(shown)
+    log.info("update %d/%d %s", step, p.opt.steps, " ".join(f"{k} {v}" for k, v in shown.items()))
     side = p.vae.patch_nums[-1]
-    for k, u in enumerate(p.vae.quantize.usages(batch * side * side)):
-        writer.add_scalar(f"usage_train/scale{k}", u / 100, step)
-    writer.add_scalar("train/lr", p.optim.param_groups[0]["lr"], step)
+    usage = {f"usage_train/scale{k}": u / 100 for k, u in enumerate(p.vae.quantize.usages(batch * side * side))}
+    writer.log_scalars(step, {**{f"train/{k}": v for k, v in vals.items()}, **usage,
+                              "train/lr": p.optim.param_groups[0]["lr"]})
 
 
-def _evaluate(p: _Parts, val_set, opt: TrainOptions, device, writer, step: int, results_path, config) -> dict:
-    """evaluate_tokenizer + TensorBoard + one record per metric."""
+def _evaluate(p: _Parts, val_set, opt: TrainOptions, device, writer: ExperimentLogger, step: int, results_path,
+              config) -> dict:
+    """evaluate_tokenizer + the log + the experiment logger + one record per metric."""
     ev = evaluate_tokenizer(p.vae, val_set, batch_size=opt.eval_batch_size, device=device)
-    if writer is not None:
-        writer.add_scalar("val/psnr", ev["psnr"], step)
-        writer.add_scalar("val/ssim", ev["ssim"], step)
-        for k, u in enumerate(ev["usage"]):
-            writer.add_scalar(f"usage_val/scale{k}", u, step)
+    log.info("update %d: val psnr %.2f dB, ssim %.3f, codebook usage %.1f%%", step, ev["psnr"], ev["ssim"],
+             100 * ev["usage_total"])
+    writer.log_scalars(step, {"val/psnr": ev["psnr"], "val/ssim": ev["ssim"],
+                              **{f"usage_val/scale{k}": u for k, u in enumerate(ev["usage"])}})
     if results_path is not None:
         rows = (("psnr", ev["psnr"], "dB", {}), ("ssim", ev["ssim"], "1", {}),
                 ("codebook_usage", ev["usage"], "fraction", {"patch_nums": list(p.vae.patch_nums)}),

@@ -196,6 +196,15 @@ class VQF16(nn.Module):
         """Images (B, 3, H, W) in about [-1, 1] (not clamped, as official `decode_code`) from row-major ids."""
         return self.decoder(self.post_quant_conv(self.quant(ids_BN)))
 
+    # the tokenizer interface the evaluation shares with the multi-scale VQ-VAE (reconstruction rows)
+    def img_to_ids(self, image_B3HW: torch.Tensor) -> torch.Tensor:
+        """Row-major token ids (B, h*w) of images in [-1, 1] (`encode`)."""
+        return self.encode(image_B3HW)
+
+    def ids_to_img(self, ids_BN: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) clamped to [-1, 1] from row-major ids, as the multi-scale VQ-VAE's `ids_to_img`."""
+        return self.decode(ids_BN).clamp(-1, 1)
+
     def check_ids(self, ids_BN: torch.Tensor) -> torch.Tensor:
         side = round(ids_BN.shape[-1] ** 0.5) if ids_BN.dim() == 2 else 0
         if ids_BN.dim() != 2 or side * side != ids_BN.shape[1] or ids_BN.dtype not in (torch.int32, torch.int64):

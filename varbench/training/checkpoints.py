@@ -21,7 +21,7 @@ FILES = ("model.safetensors", "state.pt")  # written in this order; all present 
 # the config groups that decide what training computes; compared on resume, except the keys of RESUMABLE
 COMPARED = ("seed", "model", "mixer", "intra", "tokenizer", "data", "train")
 RESUMABLE = ("train.steps", "train.log_every", "train.nll_every", "train.nll_images", "train.ckpt_every",
-             "train.keep_last")
+             "train.keep_last", "data.num_workers", "data.prefetch_factor")  # the loader's: same batches (batches.py)
 
 
 def rng_state() -> dict:
@@ -64,6 +64,13 @@ def check_keep_last(keep) -> None:
 
 def step_of(folder: Path) -> int:
     return int(folder.name.removeprefix("step_"))
+
+
+def step_of_weights(weights) -> int | None:
+    """The training step of a checkpoint's model.safetensors (from its `step_<N>` folder); None for a file kept
+    elsewhere."""
+    folder = Path(weights).parent.name
+    return int(folder.removeprefix("step_")) if folder.startswith("step_") and folder[5:].isdigit() else None
 
 
 def step_folders(ckpt_dir: Path) -> list[Path]:

@@ -18,11 +18,18 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from varbench.data.loading import loader_options
 from varbench.training import checkpoints, recipe
-from varbench.training.batches import GlobalBatches, collate, transformer_inputs
+from varbench.training.batches import GlobalBatches, batch_loader, transformer_inputs
+from varbench.training.previews import log_sample_grid
+from varbench.utils.auto import resolve_auto
 from varbench.utils.checkpoint import load_strict, remove_stale_temps
 from varbench.utils.dist import DistInfo
+from varbench.utils.log import get_logger, progress_bar
+from varbench.utils.loggers import open_logger
 from varbench.utils.records import record
+
+log = get_logger(__name__)
 
 
 class StopRequested:
@@ -88,6 +95,8 @@ def compile_for_training(net: torch.nn.Module, depth: int, **options) -> torch.n
     limit (8) the rest of the blocks would run eagerly, silently."""
     import torch._dynamo
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * depth)
+    from varbench.ops.attention.kernel import prepare_model_masks
+    prepare_model_masks(net)  # flex BlockMasks built here, not traced into the graph at every step
     return torch.compile(net, **options)
 
 
@@ -115,28 +124,33 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     plan = make_plan(tcfg, len(dataset))
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
     net = wrap_parallel(model, tcfg.parallel, info, device)
-    if tcfg.compile:
+    compiled = resolve_auto(tcfg.compile, "train.compile", device)
+    if compiled:
         net = compile_for_training(net, len(model.blocks))
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=plan.peak_lr, betas=tuple(tcfg.betas),
                                   weight_decay=0.0, fused=device.type == "cuda")
     amp = autocast_dtype(tcfg.precision)
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, growth_interval=1000, enabled=amp == torch.float16)
     step = _resume(ckpt_dir, model, optimizer, scaler, cfg, info)
+    loader = iter(batch_loader(dataset, batches, step * tcfg.grad_accum, plan.max_iters * tcfg.grad_accum,
+                               loader_options(cfg.data, device)))
     results = Path(cfg.results_dir) / "train.jsonl"
-    writer = _tensorboard(cfg, info)
-    progress = _progress(info, step, plan.max_iters)
+    logger = open_logger(cfg, "train", info.is_main, purge_step=step)  # logs the config as hyper-parameters
+    progress = progress_bar(desc="train", total=plan.max_iters, initial=step, enabled=info.is_main)
+    if info.is_main:
+        log.info("training %s parameters from step %d to %d (peak lr %.2e)", f"{model.num_params():,}", step,
+                 plan.max_iters, plan.peak_lr)
     model.train()
     loss_value, t0, seen = float("nan"), time.perf_counter(), 0
-    with StopRequested() as stop:
+    with StopRequested() as stop, logger:
         while step < plan.max_iters:
             lr = plan.peak_lr * recipe.lr_factor(step, plan.warmup_iters, plan.max_iters, tcfg.schedule,
                                                  tcfg.warmup_start, tcfg.end_factor)
             wd = recipe.weight_decay_at(step, plan.max_iters, tcfg.weight_decay, tcfg.weight_decay_end)
             recipe.apply_schedule(optimizer, lr, wd)
             loss_value = 0.0
-            for micro in range(tcfg.grad_accum):
-                index = step * tcfg.grad_accum + micro
-                x, labels = collate(dataset, batches.indices(index // batches.per_epoch, index % batches.per_epoch))
+            for _ in range(tcfg.grad_accum):
+                x, labels = next(loader)
                 gt_BL, x_BLCv = transformer_inputs(tokenizer, x.to(device), from_ids)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits_BLV = net(labels.to(device), x_BLCv)
@@ -162,13 +176,18 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            if writer is not None:
-                for name, value in (("loss", loss_value), ("lr", lr), ("wd", wd), ("grad_norm", float(grad_norm))):
-                    writer.add_scalar(f"train/{name}", value, step)
+            logger.log_scalars(step, {"train/loss": loss_value, "train/lr": lr, "train/wd": wd,
+                                      "train/grad_norm": float(grad_norm)})
             if info.is_main and (step % tcfg.log_every == 0 or step == plan.max_iters):
                 rate = seen / (time.perf_counter() - t0)
+                log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f %.1f img/s", step, plan.max_iters, loss_value,
+                         lr, float(grad_norm), rate)
                 record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
-                       grad_norm=float(grad_norm), images_per_s=rate, run_dir=str(cfg.run_dir))
+                       grad_norm=float(grad_norm), images_per_s=rate, compiled=compiled, run_dir=str(cfg.run_dir))
+            if logger.sample_every and step % logger.sample_every == 0:
+                with autocast(device, tcfg.precision):
+                    t0 += log_sample_grid(logger, model, tokenizer, step, device)  # not training time: off the rate
+                model.train()
             if tcfg.nll_every and (step % tcfg.nll_every == 0 or step == plan.max_iters):
                 _record_nll(model, tokenizer, nll_sets or {}, cfg, device, info, step)
                 model.train()
@@ -178,7 +197,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                 break
     progress.close()
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
-            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "compiled": compiled}
 
 
 def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> FloatingPointError:
@@ -262,13 +281,3 @@ def _restore(folder, model, optimizer, cfg: DictConfig) -> dict:
     return state
 
 
-def _tensorboard(cfg, info: DistInfo):
-    if not info.is_main:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(Path(cfg.run_dir) / "tb"))
-
-
-def _progress(info: DistInfo, start: int, total: int):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=start, disable=not info.is_main, desc="train", dynamic_ncols=True)

@@ -6,8 +6,6 @@ Each backend computes exactly `masked_attention_ref` with the mask of its `kind`
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from varbench.layout import ScaleLayout
@@ -24,8 +22,11 @@ def _flex():
     return _compiled_flex
 
 
-@lru_cache(maxsize=32)
-def _block_mask(patch_nums: tuple[int, ...], kind: str, window: int, device: str):
+# (patch_nums, kind, window, device) -> BlockMask, built eagerly by `prepare_block_masks` / the first eager call
+_BLOCK_MASKS: dict = {}
+
+
+def _build_block_mask(patch_nums: tuple[int, ...], kind: str, window: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
     layout = ScaleLayout(patch_nums)
     ids = layout.scale_ids(device)
@@ -47,9 +48,44 @@ def _block_mask(patch_nums: tuple[int, ...], kind: str, window: int, device: str
     return create_block_mask(mask_mod, B=None, H=None, Q_LEN=layout.L, KV_LEN=layout.L, device=device)
 
 
+def _device_key(device) -> str:
+    """'cuda' and 'cuda:0' name one device: key masks by the indexed name, as a tensor's `.device` gives it."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
+def prepare_block_masks(layout: ScaleLayout, device, masks) -> None:
+    """Build the BlockMasks `masks` ((kind, window) pairs) of `layout` on `device` now, outside any compiled region.
+
+    A compiled forward then finds each in a plain dict (a guarded constant) instead of tracing `create_block_mask`
+    into its graph at every step. `compile_for_training` calls this for every module that names its `flex_mask`."""
+    for kind, window in masks:
+        key = (tuple(layout.patch_nums), kind, int(window), _device_key(device))
+        if key not in _BLOCK_MASKS:
+            _BLOCK_MASKS[key] = _build_block_mask(*key)
+
+
+def prepare_model_masks(model: torch.nn.Module) -> None:
+    """`prepare_block_masks` for every module of `model` whose `flex_mask()` names a (kind, window) (None: it runs no
+    flex attention), on the model's scale layout and device. A model without a scale layout needs none."""
+    layout = next((m.layout for m in model.modules() if isinstance(getattr(m, "layout", None), ScaleLayout)), None)
+    masks = {m.flex_mask() for m in model.modules() if hasattr(m, "flex_mask")} - {None}
+    device = next(model.parameters()).device
+    if layout is not None and masks and device.type == "cuda":  # the modules attend with flex on CUDA tensors only
+        prepare_block_masks(layout, device, sorted(masks))
+
+
 def flex_masked_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, kind: str, scale: float, window: int = 0):
-    """Attention with a flex BlockMask built from the layout's scale ids (cached per layout and device)."""
-    block_mask = _block_mask(layout.patch_nums, kind, window, str(q_BHLd.device))
+    """Attention with a flex BlockMask built from the layout's scale ids (cached per layout, kind and device;
+    build it with `prepare_block_masks` before compiling, or a compiled graph traces its construction)."""
+    key = (tuple(layout.patch_nums), kind, int(window), _device_key(q_BHLd.device))
+    block_mask = _BLOCK_MASKS.get(key)
+    if block_mask is None:
+        block_mask = _build_block_mask(*key)
+        if not torch.compiler.is_compiling():  # a mask traced into a graph is the graph's own, never stored
+            _BLOCK_MASKS[key] = block_mask
     return _flex()(q_BHLd, k_BHLd, v_BHLd, block_mask=block_mask, scale=scale)
 
 

@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from varbench.ops.custom import as_promised, autograd_grads, fake_grads, op_grads
+
 
 def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size=256, dt_bias=None, dt_softplus=False):
     """`ssd_scan_ref` through mamba_ssm's chunked SSD kernels, always returning the final state.
@@ -48,8 +50,7 @@ def _ssd_scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opt
 
     y, _, _, _, _, final_state = _mamba_chunk_scan_combined_fwd(
         x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, initial_states=initial_state, dt_softplus=dt_softplus)
-    # contiguous, in the dtypes the fake below promises: inductor plans the graph around the fake's layout
-    return y.to(x.dtype).contiguous(), final_state.float().contiguous()
+    return as_promised(y, x), final_state.float().contiguous()  # what the fake below promises
 
 
 @_ssd_scan_fwd.register_fake
@@ -67,16 +68,12 @@ def _ssd_scan_bwd(dy: Tensor, dfinal_state: Tensor, x: Tensor, dt: Tensor, A: Te
     dx, ddt, dA, dB, dC, dD, _, ddt_bias, dinitial = _mamba_chunk_scan_combined_bwd(
         dy, x, dt, A, B, C, y, chunk_size, D=D, dt_bias=dt_bias, initial_states=initial_state,
         dfinal_states=dfinal_state, dt_softplus=dt_softplus)
-    inputs = (x, dt, A, B, C, D, dt_bias, initial_state)
-    grads = (dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial)
-    # a custom op returns no None and no aliases: an absent input's gradient is its own empty tensor
-    return [g.to(t.dtype).contiguous() if t is not None else dy.new_empty(0) for g, t in zip(grads, inputs)]
+    return op_grads((dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial), (x, dt, A, B, C, D, dt_bias, initial_state), dy)
 
 
 @_ssd_scan_bwd.register_fake
 def _(dy, dfinal_state, x, dt, A, B, C, y, D, dt_bias, initial_state, chunk_size, dt_softplus):
-    inputs = (x, dt, A, B, C, D, dt_bias, initial_state)
-    return [t.new_empty(t.shape) if t is not None else dy.new_empty(0) for t in inputs]
+    return fake_grads((x, dt, A, B, C, D, dt_bias, initial_state), dy)
 
 
 def _ssd_scan_setup_context(ctx, inputs, output):
@@ -88,8 +85,7 @@ def _ssd_scan_backward(ctx, dy, dfinal_state):
     x, dt, A, B, C, D, dt_bias, initial_state, y = ctx.saved_tensors
     grads = torch.ops.varbench.ssd_scan_bwd(dy, dfinal_state, x, dt, A, B, C, y, D, dt_bias, initial_state,
                                             ctx.chunk_size, ctx.dt_softplus)
-    present = (True, True, True, True, True, D is not None, dt_bias is not None, initial_state is not None)
-    return (*(g if keep else None for g, keep in zip(grads, present)), None, None)
+    return (*autograd_grads(grads, (x, dt, A, B, C, D, dt_bias, initial_state)), None, None)
 
 
 _ssd_scan_fwd.register_autograd(_ssd_scan_backward, setup_context=_ssd_scan_setup_context)

@@ -1,0 +1,95 @@
+"""The issue-19 study grids (varbench/configs/grid/study_*.yaml): VAR's 10-scale schedule, every arm, the seeds the
+issue asks for, a 3-point learning-rate sweep, and arms at matched training FLOPs within 3% of VAR's budget."""
+
+from collections import Counter
+from itertools import product
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import varbench.grid  # noqa: F401  (registers the resolvers the grids use)
+from varbench.analysis.budget import TOLERANCE, budget_flops, spread, train_flops_per_image
+from varbench.registry import CONFIG_ROOT, list_options
+
+ARMS = {(m, "none") for m in list_options("mixer")} | {("mamba2", "full"), ("none", "full"), ("attention", "local")}
+FIVE_SEEDS = {("attention", "none"), ("mamba2", "full"), ("mamba2", "none")}  # + two linear mixers
+
+
+def _compose(grid, *overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"grid={grid}", *overrides], return_hydra_config=True)
+
+
+def _cells(grid) -> list[dict]:
+    """Every cell of a grid as {key: value} (the params product, then each extra cell's product), as the sweeper
+    expands them (comma-separated values are sweeps)."""
+    sweeper = OmegaConf.to_container(_compose(grid).hydra.sweeper, resolve=False)
+    params = {k: str(v) for k, v in sweeper["params"].items()}
+    out = []
+    for variant in [params] + [{**params, **{k: str(v) for k, v in c.items()}} for c in sweeper["cells"]]:
+        if variant["mixer"].startswith("${"):
+            variant["mixer"] = ",".join(list_options("mixer"))
+        keys = list(variant)
+        for values in product(*(variant[k].split(",") for k in keys)):
+            out.append(dict(zip(keys, values)))
+    return out
+
+
+@pytest.mark.parametrize("grid", ["study_lr", "study_main", "study_flops", "study_tokenizer"])
+def test_every_study_grid_has_var_s_ten_scale_schedule(grid):
+    cfg = _compose(grid)
+    assert list(cfg.tokenizer.patch_nums) == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
+    assert sum(p * p for p in cfg.tokenizer.patch_nums) == 680
+    # no image seen more than ~3 times: draws / images
+    assert cfg.train.steps * cfg.train.batch_size / (cfg.data.size_per_class * cfg.data.num_classes) <= 3.0
+
+
+def test_main_grid_has_every_arm_with_five_or_three_seeds_and_its_own_learning_rate():
+    cells = _cells("study_main")
+    seeds = Counter((c["mixer"], c["intra"]) for c in cells)
+    assert set(seeds) == ARMS
+    five = {arm for arm, n in seeds.items() if n >= 5}
+    linear = five - FIVE_SEEDS
+    assert FIVE_SEEDS <= five and len(linear) == 2 and all(n >= 3 for n in seeds.values())
+    assert all(c["study.arm"] == f"{c['mixer']}-{c['intra']}" for c in cells)  # the key of its learning rate
+    cfg = _compose("study_main", "mixer=gla", "study.arm=gla-none", "study.lr.gla-none=8.0e-3")
+    assert cfg.train.base_lr == 8.0e-3
+
+
+def test_lr_grid_sweeps_three_learning_rates_on_one_seed_for_every_arm():
+    cells = _cells("study_lr")
+    per_arm = Counter((c["mixer"], c["intra"]) for c in cells if c.get("mixer.backend") is None)
+    assert set(per_arm) == ARMS and set(per_arm.values()) == {3}
+    assert {c["seed"] for c in cells} == {"0"} and len({c["train.base_lr"] for c in cells}) == 3
+
+
+def test_flops_grid_arms_train_within_three_percent_of_var_s_budget():
+    cells = [c for c in _cells("study_flops") if c["seed"] == "0"]
+    assert {(c["mixer"], c["intra"]) for c in cells} == ARMS
+    cfg = _compose("study_flops")  # the arm's model is built from its registry entries: one composition serves all
+    per_image = {arm: train_flops_per_image(cfg, *arm) for arm in ARMS}
+    batch = cfg.train.batch_size * cfg.train.grad_accum
+    budgets = {(c["mixer"], c["intra"]): int(c.get("train.steps", cfg.train.steps)) * batch
+               * per_image[(c["mixer"], c["intra"])] for c in cells}
+    assert budgets[("attention", "none")] == budget_flops(cfg, cfg.train.steps)  # VAR's steps set the budget
+    assert spread(budgets) <= TOLERANCE, budgets
+    # matched parameters alone would not do it: at equal steps the arms differ by more than the tolerance
+    assert spread(per_image) > TOLERANCE
+
+
+def test_best_lr_picks_the_lowest_held_out_nll_per_arm_and_prints_the_grid_overrides(tmp_path):
+    import json
+
+    from varbench.analysis.best_lr import best_learning_rates, overrides
+    from varbench.analysis.load import load_records
+    nll = {("gla", "none"): {2e-3: 3.1, 4e-3: 3.0, 8e-3: 2.9}, ("mamba2", "full"): {2e-3: 3.0, 4e-3: 2.8, 8e-3: 3.3}}
+    lines = [{"metric": "val_nll", "value": v, "unit": "nats/token", "mixer": m, "intra": i, "depth": 6,
+              "resolution": 64, "seed": 0, "cell_id": f"{m}{i}{lr}", "date": "2099-01-01T00:00:00+00:00",
+              "config": {"train": {"base_lr": lr}}} for (m, i), points in nll.items() for lr, v in points.items()]
+    (tmp_path / "lr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    best = best_learning_rates(load_records(tmp_path))
+    assert best.loc["gla-none", "best_lr"] == 8e-3 and best.loc["mamba2-full", "best_lr"] == 4e-3
+    assert overrides(best) == "study.lr.gla-none=8.0e-03 study.lr.mamba2-full=4.0e-03"
+    cfg = _compose("study_main", "mixer=gla", "study.arm=gla-none", *overrides(best).split())
+    assert cfg.train.base_lr == 8e-3  # the printed overrides are valid for the grid

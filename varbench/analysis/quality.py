@@ -1,0 +1,96 @@
+"""The quality records of a study as rows: one per (configuration, seed, quality column), on the study's main
+tokenizer. Quality columns name their feature extractor: "FID" is kept for Inception-v3 features, a Frechet distance
+in any other feature space is an "FD" (likewise KID / KD)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from varbench.analysis.format import QUALITY_NAMES
+from varbench.analysis.load import latest, numeric
+
+log = logging.getLogger(__name__)
+
+KEY = ["mixer", "intra", "depth", "resolution"]  # one configuration
+
+
+def extractor_label(extractor) -> str:
+    """Short name of a recorded feature extractor ("inception-v3 (torch-fidelity)" -> "Inception")."""
+    if extractor is None or pd.isna(extractor):
+        log.warning("a quality record has no feature_extractor field; its column says so")
+        return "extractor not recorded"
+    low = str(extractor).lower()
+    if "inception" in low:
+        return "Inception"
+    if "embedded" in low or "classifier" in low:
+        return "embedded classifier"
+    return str(extractor)
+
+
+def quality_label(metric: str, extractor, num_samples=None, preset=None) -> str:
+    """Column name of a quality metric, e.g. "FID (Inception, 50k)", "FD (embedded classifier, 1k)"."""
+    ext = extractor_label(extractor)
+    name = QUALITY_NAMES[metric]
+    if name in ("FID", "KID") and ext != "Inception":
+        # FID / KID mean Inception-v3 features; the same distance in another feature space is an FD / KD
+        name = name.replace("I", "", 1)
+    parts = [ext]
+    if num_samples is not None and not pd.isna(num_samples):
+        n = int(num_samples)
+        parts.append(f"{n // 1000}k" if n % 1000 == 0 else str(n))
+    if preset is not None and not pd.isna(preset) and preset != "eval":
+        parts.append(str(preset))
+    return f"{name} ({', '.join(parts)})"
+
+
+def quality_long(df: pd.DataFrame, every_tokenizer: bool = False) -> pd.DataFrame:
+    """One row per (configuration, seed, quality column): the value `latest` picks, all of one study, on the
+    study's main tokenizer (`main_tokenizer`); with `every_tokenizer`, one row per tokenizer too."""
+    q = latest(df, QUALITY_NAMES)
+    labels = [quality_label(*a) for a in zip(q["metric"], q["feature_extractor"], q["num_samples"], q["preset"])]
+    q = q.assign(label=labels, value=numeric(q) if len(q) else q["value"])
+    q = one_study(q, [*KEY, "label"])
+    q = q if every_tokenizer else main_tokenizer(q)
+    unique = [*KEY, "label", "seed"] + (["tokenizer_id"] if every_tokenizer else [])
+    q = q.sort_values("date", kind="stable").drop_duplicates(unique, keep="last")
+    return q[[*KEY, "seed", "cell_id", "tokenizer_id", "source", "metric", "label", "value", "date"]]
+
+
+def shared_tokenizer(records: pd.DataFrame) -> pd.Series:
+    """Per record, the frozen tokenizer it shares with other cells of its study (`tokenizer_id`), or "" for a
+    tokenizer of its own: a grid that trains one tokenizer per cell has no second tokenizer on any configuration,
+    just one per seed (their spread is part of the seed variance)."""
+    study = records["source"].map(lambda source: str(Path(source).parent))
+    tok = records["tokenizer_id"].fillna("")
+    cells = records["cell_id"].fillna(records.index.to_series().astype(str))
+    shared = cells.groupby([study, tok]).transform("nunique") > 1
+    return tok.where(shared, "")
+
+
+def main_tokenizer(records: pd.DataFrame) -> pd.DataFrame:
+    """The records of each configuration on its study's main tokenizer: where a configuration was trained on
+    several (the tokenizer-variance cells), the one most of the study's records use (ties: the first in sort
+    order); a configuration with one tokenizer keeps it (a grid that trains one tokenizer per cell)."""
+    if records.empty:
+        return records
+    frame = records[KEY].astype(object).fillna("").assign(
+        study=records["source"].map(lambda source: str(Path(source).parent)), tok=shared_tokenizer(records))
+    frame["uses"] = frame.groupby("study")["tok"].transform(lambda t: t.map(t.value_counts()))
+    chosen = frame.sort_values(["uses", "tok"], ascending=[False, True], kind="stable")
+    chosen = chosen.drop_duplicates(["study", *KEY]).set_index(["study", *KEY])["tok"]
+    picked = chosen.reindex(pd.MultiIndex.from_frame(frame[["study", *KEY]])).to_numpy()
+    return records[frame["tok"].to_numpy() == picked]
+
+
+def one_study(q: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per `keys`, only the records of one study (one records folder: a grid run with its own tokenizer and data),
+    the one with the newest record: seeds are never pooled across studies, nor a missing seed filled from another."""
+    if q.empty:
+        return q
+    q = q.assign(_study=q["source"].map(lambda source: str(Path(source).parent)))
+    newest = q.groupby([*keys, "_study"], dropna=False)["date"].transform("max")
+    chosen = q.assign(_newest=newest).sort_values("_newest", kind="stable").groupby(keys, dropna=False)["_study"]
+    return q[q["_study"] == chosen.transform("last").reindex(q.index)].drop(columns="_study")
