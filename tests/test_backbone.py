@@ -12,6 +12,7 @@ from helpers import tiny_model, tiny_tokenizer
 from varbench.backbones.convert import varbench_to_official
 from varbench.backbones.sampling import cfg_ramp
 from varbench.backbones.scale_ar import ScaleAR
+from varbench.eval.samplers import make_sampler
 from varbench.registry import factory, list_options, load_option
 
 MIXERS = list_options("mixer")
@@ -72,8 +73,8 @@ def teacher_forcing(vae, batch=2):
 @pytest.mark.parametrize("intra", ["none", "full"])
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_sampling_reproduces_teacher_forcing(mixer, intra, vae):
-    """Logits produced scale by scale through the carried state (and through the prefix re-run baseline) equal
-    the teacher-forced logits for the same tokens, with and without guidance."""
+    """Logits produced scale by scale through the carried state equal the teacher-forced logits for the same tokens,
+    with and without guidance (the prefix re-run baseline: tests/test_samplers.py)."""
     model = tiny_model(mixer, intra, vae=vae).double()
     ids, _ = teacher_forcing(vae)
     vae = copy.deepcopy(vae).double()
@@ -85,9 +86,8 @@ def test_sampling_reproduces_teacher_forcing(mixer, intra, vae):
         K = model.layout.num_scales
         expected = torch.cat([(1 + cfg_ramp(cfg, k, K)) * cond[:, s] - cfg_ramp(cfg, k, K) * uncond[:, s]
                               for k, s in enumerate(model.layout.segments())], 1)
-        for sampler in ("carry", "prefix_rerun"):
-            out = model.generate(vae, labels, cfg=cfg, forced_ids=ids, return_logits=True, sampler=sampler)
-            torch.testing.assert_close(torch.cat(out.logits, 1), expected, atol=1e-9, rtol=1e-9)
+        out = model.generate(vae, labels, cfg=cfg, forced_ids=ids, return_logits=True)
+        torch.testing.assert_close(torch.cat(out.logits, 1), expected, atol=1e-9, rtol=1e-9)
 
 
 def test_generate_is_seeded_and_returns_images(vae):
@@ -148,10 +148,14 @@ def test_cuda_graphs_need_a_cuda_device_and_eval_mode(vae):
         model.train().generate(vae, torch.tensor([1, 2]), cuda_graphs=True)
 
 
-def graphed_and_eager(model, vae, labels, ids, **kw):
-    """One generation with per-scale CUDA graphs and the same one eager (forced ids, logits returned)."""
-    run = functools.partial(model.generate, vae, labels, cfg=2.0, forced_ids=ids, return_logits=True, **kw)
-    return run(cuda_graphs=True), run()
+def graphed_and_eager(name, model, vae):
+    """Two samplers `name` of the same settings (cfg 2): one replaying per-scale CUDA graphs, one eager."""
+    return [make_sampler(name, model, vae, cfg=2.0, cuda_graphs=graphs) for graphs in (True, False)]
+
+
+def generations(samplers, labels, ids):
+    """One generation of each sampler (forced ids, logits returned)."""
+    return [sampler(labels, forced_ids=ids, return_logits=True) for sampler in samplers]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -159,7 +163,8 @@ def graphed_and_eager(model, vae, labels, ids, **kw):
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_cuda_graph_sampling_equals_eager(mixer, intra, vae):
     """Replaying each scale as a CUDA graph gives the eager logits and images, with both samplers; a second call with
-    other labels reuses the captured graphs, and the logits the first call returned are not overwritten by it."""
+    other labels reuses the graphs the sampler captured, and the logits the first call returned are not overwritten
+    by it. The graphs are the sampler's: nothing of them is on the model."""
     model = tiny_model(mixer, intra, vae=vae).cuda()
     if mixer == "deltanet":  # fla's chunk_delta_rule has no fp32 path (chunk mode runs in the autocast test)
         for block in model.blocks:
@@ -170,16 +175,16 @@ def test_cuda_graph_sampling_equals_eager(mixer, intra, vae):
     # width in fp32, eager too (seen on an H100): the prefix re-run is left out for them
     samplers = ("carry",) if mixer in ("gla", "hgrn2") and model.blocks[0].mixer.backend_on("cuda") == "fla" else (
         "carry", "prefix_rerun")
-    for sampler in samplers:
-        runs = [graphed_and_eager(model, gpu_vae, torch.tensor(labels, device="cuda"), ids, sampler=sampler)
-                for labels in ([3, 7], [0, 10])]
+    for name in samplers:
+        pair = graphed_and_eager(name, model, gpu_vae)
+        runs = [generations(pair, torch.tensor(labels, device="cuda"), ids) for labels in ([3, 7], [0, 10])]
         for graphed, eager in runs:
             torch.testing.assert_close(torch.cat(graphed.logits, 1), torch.cat(eager.logits, 1))
             torch.testing.assert_close(graphed.images, eager.images)
-    assert len(model._graphed_scales) == len(samplers)  # one capture per sampler
-    assert copy.deepcopy(model)._graphed_scales == {} and not any("graph" in k for k in model.state_dict())
-    model.train()
-    assert model._graphed_scales == {}
+        assert len(pair[0].graphs) == 1  # one capture, replayed by the second call
+        pair[0].drop_cuda_graphs()
+        assert len(pair[0].graphs) == 0
+    assert not any("graph" in k for k in [*vars(model), *model.state_dict()])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -190,10 +195,11 @@ def test_cuda_graphs_under_autocast(mixer, intra, vae):
     model = tiny_model(mixer, intra, vae=vae).cuda()
     ids = [t.cuda() for t in teacher_forcing(vae)[0]]
     gpu_vae, labels = copy.deepcopy(vae).cuda(), torch.tensor([3, 7], device="cuda")
+    samplers = graphed_and_eager("carry", model, gpu_vae)
     for dtype in (torch.bfloat16, torch.float16):
         with torch.autocast("cuda", dtype=dtype):
-            graphed, eager = graphed_and_eager(model, gpu_vae, labels, ids)
+            graphed, eager = generations(samplers, labels, ids)
         # bf16 / fp16 keep 8 / 11 mantissa bits (bf16 eps 7.8e-3): a GEMM algorithm chosen differently under capture
         # rounds differently, so 1e-2 is about one bf16 ulp of the logits (the fp32 test above uses the defaults)
         torch.testing.assert_close(torch.cat(graphed.logits, 1), torch.cat(eager.logits, 1), atol=1e-2, rtol=1e-2)
-    assert len(model._graphed_scales) == 2
+    assert len(samplers[0].graphs) == 2

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from varbench.backbones.editing import Edit, box_keep_mask
 from varbench.backbones.sampling import cfg_ramp
+from varbench.eval.samplers import make_sampler
 from varbench.registry import list_options
 
 MIXERS = list_options("mixer")
@@ -80,8 +81,8 @@ def test_every_mixer_keeps_the_image_outside_the_edit_and_carries_the_blended_st
     edit = Edit(image, box_keep_mask([0.25, 0.25, 0.75, 0.75], vae.patch_nums[-1], "inpaint"))
     labels = torch.tensor([3, 7, 10])
     for sampler in ("carry", "prefix_rerun"):
-        out = model.generate(vae, labels, cfg=2.0, top_k=0, top_p=0.0, generator=torch.Generator().manual_seed(0),
-                             return_logits=True, sampler=sampler, edit=edit)
+        draw = make_sampler(sampler, model, vae, cfg=2.0, top_k=0, top_p=0.0)
+        out = draw(labels, generator=torch.Generator().manual_seed(0), return_logits=True, edit=edit)
         generated = 0
         for k, ids_Bl in enumerate(out.ids):
             keep_l = edit.keep(k).flatten()

@@ -136,10 +136,9 @@ class AdaLNBlock(nn.Module):
             i += 1
         return self.residual(x_BLC, self.ffn(self.modulate(x_BLC, scale[:, i], shift[:, i])), gamma[:, i])
 
-    def step(self, x_BlC: torch.Tensor, state: State, cond: torch.Tensor, layout: ScaleLayout, k: int,
-             prefix_rerun: bool = False) -> tuple[torch.Tensor, State]:
-        """The same block over one whole scale k, carrying the mixer's state (or, with `prefix_rerun`, the
-        inputs of all earlier scales for the released M-VAR sampler, a benchmark baseline)."""
+    def step(self, x_BlC: torch.Tensor, state: State, cond: torch.Tensor, layout: ScaleLayout,
+             k: int) -> tuple[torch.Tensor, State]:
+        """The same block over one whole scale k, carrying the mixer's state."""
         gamma, scale, shift = self.modulation(cond)
         i = 0
         if self.intra is not None:
@@ -147,8 +146,7 @@ class AdaLNBlock(nn.Module):
             x_BlC = self.residual(x_BlC, y_BlC, gamma[:, 0])
             i = 1
         if self.mixer is not None:
-            mix = self.mixer.prefix_rerun_step if prefix_rerun else self.mixer.step
-            y_BlC, state = mix(self.modulate(x_BlC, scale[:, i], shift[:, i]), state, layout, k)
+            y_BlC, state = self.mixer.step(self.modulate(x_BlC, scale[:, i], shift[:, i]), state, layout, k)
             x_BlC = self.residual(x_BlC, y_BlC, gamma[:, i])
             i += 1
         return self.residual(x_BlC, self.ffn(self.modulate(x_BlC, scale[:, i], shift[:, i])), gamma[:, i]), state

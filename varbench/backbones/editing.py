@@ -5,8 +5,9 @@ At scale k (side p_k), after the sampler has drawn the ids and embedded them, th
 sampled ones where the keep mask, resized to p_k x p_k (bilinear, align_corners False) and thresholded > 0.5, is 1;
 scales of at most 3 tokens keep the image's codes everywhere. The blended code map then updates f_hat and the next
 scale's input, so every mixer's carried state (KV cache, recurrent state) is the state of the blended sequence.
-`ScaleAR.generate(..., edit=Edit(...))` calls `Edit.blend` at each scale. Class-conditional editing is in-painting
-with a class label; the null class (num_classes) gives unconditional in-painting.
+A `ScaleSampler` call (or `ScaleAR.generate`) with `edit=Edit(...)` calls `Edit.blend` at each scale.
+Class-conditional editing is in-painting with a class label; the null class (num_classes) gives unconditional
+in-painting.
 
 Shape legend: B batch, l tokens of one scale, Cv code width, p side of one scale, H side of the last scale.
 """
@@ -69,7 +70,7 @@ def scale_keep(keep_HH: torch.Tensor, p: int) -> torch.Tensor:
 
 @dataclass
 class Edit:
-    """What `ScaleAR.generate` needs to edit an image: its ids per scale and where to keep them.
+    """What a `ScaleSampler` needs to edit an image: its ids per scale and where to keep them.
 
     Args:
         ids (list[Tensor]): the image's token ids per scale, [(1 or B, p_k^2)] (the tokenizer's `img_to_ids`).

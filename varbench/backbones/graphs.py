@@ -1,15 +1,16 @@
-"""CUDA-graph replay of the model part of each scale of `ScaleAR.generate`.
+"""CUDA-graph replay of the model part of each scale (or token step) of a generation.
 
 Shape legend: 2B CFG-doubled batch, l tokens of one scale, C width, D condition width, V vocabulary, K scales.
 At small batch, sampling is bound by Python and kernel launches, not by the GPU: VAR-d16 launches tens of kernels
 per block, 16 blocks, 10 scales. `GraphedScales` captures one `torch.cuda.CUDAGraph` per scale k of
-`ScaleAR.scale_logits` (every block's `step`, then the head) and replays it with one launch. Sampling the ids,
-guidance, the tokenizer and the next scale's input stay eager, as without graphs.
+`model.scale_logits` (every block's `step`, then the head) and replays it with one launch. Sampling the ids,
+guidance, the tokenizer and the next scale's input stay eager, as without graphs. A `GraphCache` keeps the captures
+of one sampler (`varbench.backbones.sampling.ScaleSampler`), never the model: they live as long as the sampler.
 
 A captured graph reads its inputs, its states and the weights at the addresses they had at capture, so it is valid
-for one `graph_key` only: batch, sampler, activation dtype, autocast dtype, device, and the weights' addresses
+for one `graph_key` only: batch, activation dtype, autocast dtype, device, and the weights' addresses
 (`model.half()` or `.to()` moves them; an in-place update such as `load_state_dict` does not, and the graphs see it).
-Every mixer's `step` (or `prefix_rerun_step`) must be capturable: no host syncs, no CPU -> GPU copies.
+Every mixer's `step` must be capturable: no host syncs, no CPU -> GPU copies.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ def caller_autocast() -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
 
 
-def graph_key(model: nn.Module, cond_2BD: torch.Tensor, sampler: str) -> tuple:
+def graph_key(model: nn.Module, cond_2BD: torch.Tensor) -> tuple:
     """What one set of graphs is valid for (see the module docstring)."""
     autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
     weights = tuple(t.data_ptr() for t in itertools.chain(model.parameters(), model.buffers()))
-    return cond_2BD.shape, sampler, cond_2BD.dtype, autocast, cond_2BD.device, weights
+    return cond_2BD.shape, cond_2BD.dtype, autocast, cond_2BD.device, weights
 
 
 class GraphedScales:
@@ -48,15 +49,13 @@ class GraphedScales:
     Args:
         model (ScaleAR): the model; it is not kept (the graphs hold its weights by address).
         cond_2BD (Tensor): the class embeddings (conditional half first) of the generation that captures.
-        sampler (str): "carry" or "prefix_rerun" (see `ScaleAR.generate`).
     """
 
-    def __init__(self, model: nn.Module, cond_2BD: torch.Tensor, sampler: str):
-        self.rerun = sampler == "prefix_rerun"
+    def __init__(self, model: nn.Module, cond_2BD: torch.Tensor):
         batch, device, dtype = cond_2BD.shape[0], cond_2BD.device, cond_2BD.dtype
         self.cond_2BD = cond_2BD.clone()
         self.x_2BlC = [torch.zeros(batch, l, model.width, device=device, dtype=dtype) for l in model.layout.lengths]
-        self.states = model.initial_states(batch, device, dtype, self.rerun)
+        self.states = model.initial_states(batch, device, dtype)
         # a pristine copy: `begin` restores it, since a mixer may update its state in place
         self.fresh = [{name: t.clone() for name, t in state.items()} for state in self.states]
         self.warm_up(model)
@@ -70,7 +69,7 @@ class GraphedScales:
         with torch.cuda.stream(side), caller_autocast():
             states = self.states
             for k, x_2BlC in enumerate(self.x_2BlC):
-                _, states = model.scale_logits(x_2BlC, states, self.cond_2BD, k, self.rerun)
+                _, states = model.scale_logits(x_2BlC, states, self.cond_2BD, k)
         main.wait_stream(side)
         self.reset_states()
 
@@ -82,7 +81,7 @@ class GraphedScales:
             graph = torch.cuda.CUDAGraph()
             # the inner autocast is entered inside the capture, so its casts are recorded into this graph
             with torch.cuda.graph(graph, pool=pool), caller_autocast():
-                logits_2BlV, states = model.scale_logits(x_2BlC, states, self.cond_2BD, k, self.rerun)
+                logits_2BlV, states = model.scale_logits(x_2BlC, states, self.cond_2BD, k)
             graphs.append(graph)
             logits.append(logits_2BlV)
         return graphs, logits
@@ -109,3 +108,28 @@ class GraphedScales:
         static_2BlC.copy_(x_2BlC)
         self.graphs[k].replay()
         return self.logits_2BlV[k]
+
+
+class GraphCache:
+    """The `GraphedScales` of one sampler, one per `graph_key`, captured on first use. A sampler owns it (not the
+    model): the graphs hold device addresses and memory pools, so they go with the sampler, never into a model's
+    copy, pickle or state_dict."""
+
+    def __init__(self):
+        self.graphed: dict[tuple, GraphedScales] = {}
+
+    def __len__(self) -> int:
+        return len(self.graphed)
+
+    def begin(self, model: nn.Module, cond_2BD: torch.Tensor) -> GraphedScales:
+        """The graphs for this model, batch, dtype, autocast and device (captured now if new; this call then pays
+        the warm-up and the capture), started for a generation with this condition (`GraphedScales.begin`)."""
+        key = graph_key(model, cond_2BD)
+        if key not in self.graphed:
+            self.graphed[key] = GraphedScales(model, cond_2BD)
+        self.graphed[key].begin(cond_2BD)
+        return self.graphed[key]
+
+    def clear(self) -> None:
+        """Forget every capture; their memory pools are freed with them."""
+        self.graphed = {}

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from varbench.backbones.graphs import GraphCache
 from varbench.backbones.raster_blocks import AiMBlock, FinalLayer
 from varbench.backbones.sampling import top_k_top_p_filter
 from varbench.layout import RasterLayout
@@ -82,7 +83,7 @@ class RasterAR(nn.Module):
                  num_groups: int = 1, mlp_hidden: int = 0, norm_eps: float = 1e-5, cond_drop_rate: float = 0.1,
                  sample_positions: str = "training", init_std: float = 0.02):
         super().__init__()
-        self._graphed: dict = {}  # graph key -> GraphedScales (one CUDA graph per token step); never in state_dict
+        self._graphed = GraphCache()  # one CUDA graph per token step, per graph key; never in the state_dict
         if mixer is None:
             raise ValueError(f"mixer 'none' cannot run in raster order (no token would see another); "
                              f"mixers that can: {raster_mixers()}")
@@ -159,14 +160,12 @@ class RasterAR(nn.Module):
         return self.logits(hidden, residual, cond_BC)
 
     # ----- generation ------------------------------------------------------------------------------------------
-    def initial_states(self, batch: int, device, dtype: torch.dtype, rerun: bool = False) -> list[State]:
+    def initial_states(self, batch: int, device, dtype: torch.dtype) -> list[State]:
         return [block.mixer.init_state(batch, self.layout, device, dtype) for block in self.blocks]
 
-    def scale_logits(self, x_B1C, states: list[State], cond_BC, t: int, rerun: bool = False):
+    def scale_logits(self, x_B1C, states: list[State], cond_BC, t: int):
         """The model part of step t (ScaleAR's interface, so `GraphedScales` captures it: one CUDA graph per token):
         every block's `step` over input token t from `states`, then the head. Returns logits (B, 1, V), new states."""
-        if rerun:
-            raise ValueError("raster order has no prefix re-run sampler")
         hidden, residual, states = x_B1C, None, list(states)
         for i, (block, ada) in enumerate(zip(self.blocks, self.adaln_inputs(cond_BC))):
             hidden, residual, states[i] = block.step(hidden, residual, ada, states[i], self.layout, t)
@@ -237,24 +236,19 @@ class RasterAR(nn.Module):
 
     def graphed_steps(self, cond_2BC: torch.Tensor):
         """The captured token steps for this batch, dtype, autocast, device and weights (captured on first use)."""
-        from varbench.backbones.graphs import GraphedScales, graph_key
         if self.training or cond_2BC.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs eval mode and a CUDA device (training={self.training}, "
                              f"device {cond_2BC.device})")
-        key = graph_key(self, cond_2BC, "carry")
-        if key not in self._graphed:
-            self._graphed[key] = GraphedScales(self, cond_2BC, "carry")
-        self._graphed[key].begin(cond_2BC)
-        return self._graphed[key]
+        return self._graphed.begin(self, cond_2BC)
 
     def train(self, mode: bool = True) -> "RasterAR":
         """As `nn.Module.train`; entering training drops the captured sampling graphs (their memory)."""
         if mode:
-            self._graphed = {}
+            self._graphed.clear()
         return super().train(mode)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_graphed": {}}  # graphs hold device addresses: copies start without them
+        return {**self.__dict__, "_graphed": GraphCache()}  # graphs hold device addresses: copies start without them
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -2,23 +2,22 @@
 
 Shape legend: B batch, L tokens of all scales, l tokens of one scale, C width, D condition width (= C),
 Cv tokenizer code width, V vocabulary, K number of scales.
-Teacher forcing (`forward`) and generation (`generate`) are kept apart, as DiT keeps `forward` and
-`forward_with_cfg`; both call the same blocks, `forward` over the whole sequence and `generate` one scale at a
-time through each mixer's `step`.
+Teacher forcing (`forward`) and generation are kept apart, as DiT keeps `forward` and `forward_with_cfg`; both call
+the same blocks, `forward` over the whole sequence and generation one scale at a time through each mixer's `step`
+(`scale_logits`). The scale loop itself (guidance, drawing, the tokenizer) is
+`varbench.backbones.sampling.ScaleSampler`; `generate` is its one-call shortcut.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
 from varbench.backbones.blocks import AdaLNBlock, SharedAdaLin, num_branches
-from varbench.backbones.graphs import GraphedScales, graph_key
 from varbench.backbones.init import var_init_
-from varbench.backbones.sampling import cfg_ramp, guide, gumbel_soft_codes, sample_ids
+from varbench.backbones.sampling import Generation, ScaleSampler
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State
 
@@ -35,15 +34,6 @@ class AdaLNBeforeHead(nn.Module):
     def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         scale_B1C, shift_B1C = self.ada_lin(cond_BD).view(-1, 1, 2, self.dim).unbind(2)
         return self.ln_wo_grad(x_BLC).mul(scale_B1C.add(1)).add_(shift_B1C)
-
-
-@dataclass
-class Generation:
-    """What `generate` returns: ids per scale, images in [0, 1], and (optionally) guided logits per scale."""
-
-    ids: list[torch.Tensor]
-    images: torch.Tensor
-    logits: list[torch.Tensor] | None = None
 
 
 class ScaleAR(nn.Module):
@@ -79,7 +69,6 @@ class ScaleAR(nn.Module):
                  drop_path_rate: float | None = None, norm_eps: float = 1e-6, cond_drop_rate: float = 0.1,
                  cond_drop_in_eval: bool = False, init: dict | None = None, shared_aln: bool = False):
         super().__init__()
-        self._graphed_scales: dict[tuple, GraphedScales] = {}  # plain attribute: never in the state_dict
         self.layout = ScaleLayout(tuple(patch_nums))
         self.depth, self.width = depth, width or 64 * depth
         self.num_heads = num_heads or self.width // 64
@@ -156,117 +145,30 @@ class ScaleAR(nn.Module):
                              f"got {label_B.tolist()[:8]} ({label_B.dtype})")
 
     # ----- generation ----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, tokenizer, label_B: torch.Tensor, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0,
-                 more_smooth: bool = False, generator: torch.Generator | None = None,
-                 forced_ids: list[torch.Tensor] | None = None, return_logits: bool = False,
-                 sampler: str = "carry", cuda_graphs: bool = False, edit=None) -> Generation:
-        """Class-conditional generation, one scale at a time, with classifier-free guidance on a doubled batch.
+    def generate(self, tokenizer, label_B: torch.Tensor, *, generator: torch.Generator | None = None,
+                 forced_ids: list[torch.Tensor] | None = None, return_logits: bool = False, edit=None,
+                 **settings) -> Generation:
+        """Class-conditional generation, one scale at a time: `ScaleSampler(self, tokenizer, **settings)(label_B,
+        generator=, forced_ids=, return_logits=, edit=)`. `settings` are the sampler's: cfg, top_k, top_p,
+        more_smooth, cuda_graphs (see `varbench.backbones.sampling.ScaleSampler`). A new sampler per call, so CUDA
+        graphs are captured for this call only: to replay them across calls, keep one `ScaleSampler`."""
+        return ScaleSampler(self, tokenizer, **settings)(label_B, generator=generator, forced_ids=forced_ids,
+                                                         return_logits=return_logits, edit=edit)
 
-        Args:
-            tokenizer: the multi-scale VQ-VAE (same patch_nums and code width as the model).
-            label_B (Tensor): class labels (B,).
-            cfg (float, Optional): guidance strength, ramped linearly over scales (zero at the first). Default: 1.5.
-            top_k, top_p (Optional): filters applied to the guided logits (0 disables). Default: 0, 0.0.
-            more_smooth (bool, Optional): Gumbel-softmax code mixtures instead of hard tokens (visualisation).
-            generator (torch.Generator, Optional): the only source of randomness, for seeded sampling.
-            forced_ids (list, Optional): teacher-force these ids per scale instead of sampling (parity checks).
-            return_logits (bool, Optional): also return the guided logits of every scale. Default: False.
-            sampler (str, Optional): "carry" (each mixer carries its state across scales) or "prefix_rerun"
-                (the released M-VAR sampler: re-run every mixer over all earlier scales; a benchmark baseline).
-            cuda_graphs (bool, Optional): replay the model part of each scale (blocks and head) as one CUDA graph
-                per scale (`varbench.backbones.graphs`); sampling, guidance and the tokenizer stay eager. The first
-                call per (batch, sampler, dtype, autocast dtype, device) captures them; later calls reuse them until
-                `drop_cuda_graphs` or `train()`. CUDA only. Default: False.
-            edit (Edit, Optional): zero-shot editing (`varbench.backbones.editing`): each scale's ids and codes are
-                the image's own where the edit keeps them, before they update f_hat and the next input. Default: None.
-        """
-        if sampler not in ("carry", "prefix_rerun"):
-            raise ValueError(f"sampler must be 'carry' or 'prefix_rerun', got {sampler!r}")
-        if cuda_graphs and self.training:  # a graph would freeze stochastic depth's draws (and train() drops graphs)
-            raise ValueError("cuda_graphs=True samples in eval mode: call model.eval() first")
-        if cuda_graphs and (label_B.device.type != "cuda" or self.pos_start.device.type != "cuda"):
-            raise ValueError(f"cuda_graphs=True needs a CUDA device (labels on {label_B.device}, model on "
-                             f"{self.pos_start.device})")
-        if tuple(tokenizer.patch_nums) != self.layout.patch_nums:
-            raise ValueError(f"tokenizer patch_nums {tuple(tokenizer.patch_nums)} != model {self.layout.patch_nums}")
-        self.check_labels(label_B)
-        B, K, layout = label_B.shape[0], self.layout.num_scales, self.layout
-        rerun = sampler == "prefix_rerun"
-
-        cond_2BD = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))
-        lvl_pos_1LC = self.lvl_embed(self.lvl_1L) + self.pos_1LC
-        x_2BlC = cond_2BD.unsqueeze(1) + self.pos_start + lvl_pos_1LC[:, :1]
-        graphed = self.graphed_scales(cond_2BD, sampler) if cuda_graphs else None
-        states = None if graphed is not None else self.initial_states(2 * B, x_2BlC.device, x_2BlC.dtype, rerun)
-        f_hat = tokenizer.empty_fhat(B, x_2BlC.device)
-        ids, all_logits = [], []
-        for k in range(K):
-            if graphed is not None:
-                # the graph's own logits, overwritten at its next replay: `guide` below returns a new tensor
-                logits_2BlV = graphed.run(k, x_2BlC)
-            else:
-                logits_2BlV, states = self.scale_logits(x_2BlC, states, cond_2BD, k, rerun)
-            logits_BlV = guide(logits_2BlV, cfg_ramp(cfg, k, K))
-            if return_logits:
-                all_logits.append(logits_BlV)
-            ids_Bl = forced_ids[k] if forced_ids is not None else sample_ids(logits_BlV, top_k, top_p, generator)
-            if more_smooth and forced_ids is None:  # VAR draws the hard ids first, then the Gumbel noise
-                p = layout.patch_nums[k]
-                h_BlCv = gumbel_soft_codes(logits_BlV, tokenizer.quantize.embedding.weight, k, K, generator)
-                h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, self.latent_dim, p, p)
-            else:
-                h_BCvhw = tokenizer.embed_ids(ids_Bl, k)
-            if edit is not None:  # the blended scale is what f_hat, the next input and so every mixer state see
-                ids_Bl, h_BCvhw = edit.blend(k, ids_Bl, h_BCvhw, tokenizer)
-            ids.append(ids_Bl)
-            f_hat, next_BCvhw = tokenizer.next_scale_input(k, f_hat, h_BCvhw)
-            if next_BCvhw is not None:
-                next_BlCv = next_BCvhw.flatten(2).transpose(1, 2).to(self.word_embed.weight.dtype)
-                x_BlC = self.word_embed(next_BlCv) + lvl_pos_1LC[:, layout.slice(k + 1)]
-                x_2BlC = x_BlC.repeat(2, 1, 1)
-        images = tokenizer.fhat_to_img(f_hat).add(1).mul(0.5)
-        return Generation(ids=ids, images=images, logits=all_logits if return_logits else None)
-
-    def initial_states(self, batch: int, device, dtype: torch.dtype, rerun: bool = False) -> list[State]:
-        """Every block's mixer state before scale 0 ({} each for the prefix re-run, whose cache starts empty)."""
-        return [{} if rerun or block.mixer is None else block.mixer.init_state(batch, self.layout, device, dtype)
+    def initial_states(self, batch: int, device, dtype: torch.dtype) -> list[State]:
+        """Every block's mixer state before scale 0 ({} for a block without an inter-scale mixer)."""
+        return [{} if block.mixer is None else block.mixer.init_state(batch, self.layout, device, dtype)
                 for block in self.blocks]
 
-    def scale_logits(self, x_2BlC: torch.Tensor, states: list[State], cond_2BD: torch.Tensor, k: int,
-                     rerun: bool = False) -> tuple[torch.Tensor, list[State]]:
-        """The model part of scale k in `generate`: every block's `step` from `states`, then the head. Returns the
+    def scale_logits(self, x_2BlC: torch.Tensor, states: list[State], cond_2BD: torch.Tensor,
+                     k: int) -> tuple[torch.Tensor, list[State]]:
+        """The model part of scale k of a generation: every block's `step` from `states`, then the head. Returns the
         unguided logits (2B, l, V) and the new states (a new list; what a CUDA graph of this scale captures)."""
         states = list(states)
         block_cond = self.block_condition(cond_2BD)  # per scale, as VAR's sampler (same values every scale)
         for i, block in enumerate(self.blocks):
-            x_2BlC, states[i] = block.step(x_2BlC, states[i], block_cond, self.layout, k, prefix_rerun=rerun)
+            x_2BlC, states[i] = block.step(x_2BlC, states[i], block_cond, self.layout, k)
         return self.logits(x_2BlC, cond_2BD), states
-
-    def graphed_scales(self, cond_2BD: torch.Tensor, sampler: str) -> GraphedScales:
-        """The captured scales for this batch, sampler, dtype, autocast, device and weights, captured now on the
-        first call of a key (that call pays the warm-up and capture), then reused; `begin` already called."""
-        key = graph_key(self, cond_2BD, sampler)
-        if key not in self._graphed_scales:
-            self._graphed_scales[key] = GraphedScales(self, cond_2BD, sampler)
-        graphed = self._graphed_scales[key]
-        graphed.begin(cond_2BD)
-        return graphed
-
-    def drop_cuda_graphs(self) -> None:
-        """Forget every captured sampling graph; their memory pools are freed with them."""
-        self._graphed_scales = {}
-
-    def train(self, mode: bool = True) -> "ScaleAR":
-        """As `nn.Module.train`; entering training also drops the sampling graphs, so their memory goes to training
-        (the next `generate(..., cuda_graphs=True)` captures again). `eval()` keeps them."""
-        if mode:
-            self.drop_cuda_graphs()
-        return super().train(mode)
-
-    def __getstate__(self) -> dict:
-        # captured graphs hold device addresses: a copy or a pickle of the model starts without them
-        return {**self.__dict__, "_graphed_scales": {}}
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

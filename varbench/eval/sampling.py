@@ -27,12 +27,14 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
 from varbench.eval.metrics import save_adm_npz
+from varbench.eval.samplers import make_sampler
 from varbench.utils.log import get_logger, progress_bar
 
 log = get_logger(__name__)
@@ -40,7 +42,7 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class SamplingPreset:
-    """Arguments of `ScaleAR.generate` that define a sampling setting (cfg is ramped over scales by generate)."""
+    """The settings that define a sampling setting (a `ScaleSampler`'s, or a RasterAR generate's)."""
 
     cfg: float
     top_k: int
@@ -81,19 +83,31 @@ def resolve_preset(preset, raster: bool = False) -> SamplingPreset:
     return own[preset]
 
 
-def generate_images(model, tokenizer, labels_B: torch.Tensor, p: SamplingPreset, generator, sampler: str = "carry",
-                    cuda_graphs: bool = False) -> torch.Tensor:
-    """Images (B, 3, H, W) in [0, 1] of `labels_B` drawn with the setting `p`: ScaleAR's generate (cfg ramped over
-    scales) or RasterAR's (constant cfg, one token at a time; only the carried-state sampler, no Gumbel smoothing)."""
+def image_sampler(model, tokenizer, p: SamplingPreset, sampler: str = "carry",
+                  cuda_graphs: bool = False) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]:
+    """A function (labels_B, generator) -> images (B, 3, H, W) in [0, 1] drawing with the setting `p`: for a ScaleAR
+    the sampler named `sampler` (`varbench.eval.samplers`: cfg ramped over scales; its CUDA graphs, captured on the
+    first call, are replayed by the later ones), for a RasterAR its generate (constant cfg, one token at a time;
+    only the carried-state sampler, no Gumbel smoothing)."""
     if not is_raster(model):
-        return model.generate(tokenizer, labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p, more_smooth=p.more_smooth,
-                              generator=generator, sampler=sampler, cuda_graphs=cuda_graphs).images
+        draw = make_sampler(sampler, model, tokenizer, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
+                            more_smooth=p.more_smooth, cuda_graphs=cuda_graphs)
+        return lambda labels_B, generator: draw(labels_B, generator=generator).images
     if p.more_smooth or sampler != "carry":
         raise ValueError(f"a raster model samples with sampler=carry and more_smooth=false only, got sampler="
                          f"{sampler!r}, more_smooth={p.more_smooth}")
-    images = model.generate(labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p, generator=generator,
-                            tokenizer=tokenizer, cuda_graphs=cuda_graphs).images
-    return images.clamp(0, 1)  # VQ-F16 decodes unclamped (as LlamaGen's decode_code); pixels are saved clamped
+
+    def draw_raster(labels_B: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        images = model.generate(labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p, generator=generator,
+                                tokenizer=tokenizer, cuda_graphs=cuda_graphs).images
+        return images.clamp(0, 1)  # VQ-F16 decodes unclamped (as LlamaGen's decode_code); pixels are saved clamped
+    return draw_raster
+
+
+def generate_images(model, tokenizer, labels_B: torch.Tensor, p: SamplingPreset, generator, sampler: str = "carry",
+                    cuda_graphs: bool = False) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] of `labels_B` drawn with the setting `p`: one call of `image_sampler`."""
+    return image_sampler(model, tokenizer, p, sampler, cuda_graphs)(labels_B, generator)
 
 
 def image_seed(seed: int, label: int, index: int) -> int:
@@ -172,11 +186,12 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
         preset: "eval" (VAR's FID setting), "vis"; for a raster model "aim_b" | "aim" (AiM's); or a SamplingPreset.
         seed (int): base seed; image i of class c comes from a batch seeded by (seed, class, index) of its first item.
         device: where to sample.
-        sampler (str): "carry" or "prefix_rerun" (see ScaleAR.generate).
+        sampler (str): "carry" or "prefix_rerun" (see `varbench.eval.samplers`).
         tag (dict, Optional): more settings the images depend on (e.g. the checkpoint's sha256, the autocast
             precision): part of the key and of the manifest.
-        cuda_graphs (bool, Optional): replay each scale as a CUDA graph (see ScaleAR.generate); the same kernels in
-            the same order, so not pinned by the manifest. Default: False.
+        cuda_graphs (bool, Optional): replay each scale (token step) as a CUDA graph, captured once and replayed for
+            every batch of that size (see `ScaleSampler`); the same kernels in the same order, so not pinned by the
+            manifest. Default: False.
 
     Returns: {"npz": path, "folder": the sample folder, "key": its name, "images": N, "generated": images drawn by
     this call, "skipped": images found on disk}.
@@ -192,6 +207,7 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
     out_dir = Path(out_dir) / key
     check_manifest(out_dir, settings)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    draw = image_sampler(model, tokenizer, p, sampler, cuda_graphs)
     generated = skipped = 0
     for batch in progress_bar(batches(num_classes, per_class, batch_size), desc="sample", unit="batch"):
         missing = [item for item in batch if not png_path(out_dir, *item).is_file()]
@@ -200,7 +216,7 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
             continue
         generator = torch.Generator(device).manual_seed(image_seed(seed, *batch[0]))
         labels_B = torch.tensor([c for c, _ in batch], device=device)
-        images = generate_images(model, tokenizer, labels_B, p, generator, sampler, cuda_graphs)
+        images = draw(labels_B, generator)
         for item, img_HW3 in zip(batch, to_uint8(images)):
             if item in missing:  # images on disk stay untouched (they are identical anyway)
                 write_png(png_path(out_dir, *item), img_HW3)

@@ -107,11 +107,3 @@ class TokenMixer(KernelChoice, nn.Module):
     def output_projection(self) -> nn.Linear | None:
         """The output projection that VAR's init rescales (see `rescale_out_proj`)."""
         return None
-
-    def prefix_rerun_step(self, x_BlC: torch.Tensor, cache: State, layout: ScaleLayout, k: int):
-        """The released M-VAR sampler, kept only as a benchmark baseline: carry the inputs of every earlier
-        scale and re-run `forward` over the whole prefix at every scale (1,710 positions per 256-px image
-        instead of 680). Returns the current scale's outputs and the grown input cache (start from {})."""
-        prefix_BLC = x_BlC if k == 0 else torch.cat([cache["inputs"], x_BlC], dim=1)
-        y_BLC = self.forward(prefix_BLC, ScaleLayout(layout.patch_nums[: k + 1]))
-        return y_BLC[:, -x_BlC.shape[1]:], {"inputs": prefix_BLC}

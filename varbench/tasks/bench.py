@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.build import build_model
 from varbench.eval.flops import decoder_flops, model_flops
+from varbench.eval.samplers import make_sampler
 from varbench.eval.timing import matmul_peak_tflops, speed_mode, time_ms, top_ops
 from varbench.layout import PATCH_NUMS
 from varbench.registry import list_options, load_option
@@ -97,18 +98,19 @@ def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Modu
 def sample_cell(model: ScaleAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int,
                 cuda_graphs: bool = False) -> dict:
     """Sampling latency (with the decode) and the decode alone; with `cuda_graphs`, the warm-up call captures the
-    graphs (not timed) and they are dropped afterwards, so that the next cell's memory is its own."""
+    graphs (not timed) and they are dropped afterwards, so that the next cell's memory is its own. `sampler` names
+    the sampler (`varbench.eval.samplers`: "carry", or "prefix_rerun", the released M-VAR baseline)."""
     device = next(model.parameters()).device
     labels = torch.randint(0, model.num_classes, (batch,), device=device)
     model.eval()
+    draw = make_sampler(sampler, model, vae, cfg=1.5, top_k=900, top_p=0.96, cuda_graphs=cuda_graphs)
 
     def sample():
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            return model.generate(vae, labels, cfg=1.5, top_k=900, top_p=0.96, sampler=sampler,
-                                  cuda_graphs=cuda_graphs)
+            return draw(labels)
 
     total = time_ms(sample, warmup=1, repeats=repeats)
-    model.drop_cuda_graphs()
+    draw.drop_cuda_graphs()
     side = vae.patch_nums[-1]
     f_hat = torch.randn(batch, vae.Cvae, side, side, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from varbench.backbones.editing import MODES, Edit, box_keep_mask, check_box
 from varbench.build import resolve_device
 from varbench.data.token_cache import file_sha256
+from varbench.eval.samplers import make_sampler
 from varbench.runs import load_for_task
 from varbench.tasks.sample import save_grid
 from varbench.training.loop import autocast
@@ -89,9 +90,9 @@ def main(cfg: DictConfig) -> dict:
     generator = torch.Generator(device).manual_seed(cfg.seed)
     start = time.perf_counter()
     with autocast(device, t.precision):
-        out = model.generate(tokenizer, torch.full((t.samples,), label, device=device), cfg=t.cfg, top_k=t.top_k,
-                             top_p=t.top_p, more_smooth=t.more_smooth, generator=generator, sampler=t.sampler,
-                             edit=edit)
+        sampler = make_sampler(t.sampler, model, tokenizer, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p,
+                               more_smooth=t.more_smooth)
+        out = sampler(torch.full((t.samples,), label, device=device), generator=generator, edit=edit)
     seconds = time.perf_counter() - start
     recon_13HW = tokenizer.ids_to_img(edit.ids).add(1).mul(0.5)
     row = torch.cat([image_13HW.add(1).mul(0.5), recon_13HW, preview(image_13HW, edit.keep_HH), out.images.float()])

@@ -1,0 +1,107 @@
+"""The sampler objects: `ScaleSampler` (the model's, carrying each mixer's state) and the benchmark's prefix re-run
+(`varbench.eval.samplers`, the released M-VAR sampler), which lives outside the model and the mixer contract."""
+
+import copy
+import inspect
+
+import pytest
+import torch
+from helpers import tiny_model, tiny_tokenizer
+
+from varbench.backbones.blocks import AdaLNBlock
+from varbench.backbones.sampling import ScaleSampler, cfg_ramp
+from varbench.backbones.scale_ar import ScaleAR
+from varbench.eval.samplers import PrefixRerun, PrefixRerunSampler, make_sampler, prefix_rerun_installed
+from varbench.mixers.base import TokenMixer, run_steps
+from varbench.registry import build, list_options
+
+MIXERS = [name for name in list_options("mixer") if name != "none"]
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return tiny_tokenizer()
+
+
+def test_the_model_and_the_mixer_contract_carry_no_benchmark_only_machinery(vae):
+    """No prefix re-run in the mixer contract, no re-run flag through the block or the model's scale step, no
+    CUDA-graph cache on the model, no sampler choice in `generate`."""
+    assert not hasattr(TokenMixer, "prefix_rerun_step")
+    for name in MIXERS:
+        assert not hasattr(build("mixer", name, dim=64, num_heads=2), "prefix_rerun_step"), name
+    assert list(inspect.signature(AdaLNBlock.step).parameters) == ["self", "x_BlC", "state", "cond", "layout", "k"]
+    assert list(inspect.signature(ScaleAR.scale_logits).parameters) == ["self", "x_2BlC", "states", "cond_2BD", "k"]
+    assert "rerun" not in inspect.signature(ScaleAR.initial_states).parameters
+    assert "sampler" not in inspect.signature(ScaleAR.generate).parameters
+    model = tiny_model("mamba2", vae=vae)
+    assert not any("graph" in name for name in [*vars(model), *dir(ScaleAR), *model.state_dict()])
+
+
+@pytest.mark.parametrize("intra", ["none", "full"])
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_prefix_rerun_sampler_reproduces_teacher_forcing(mixer, intra, vae):
+    """The released M-VAR sampler's logits, scale by scale, equal the teacher-forced logits for the same tokens
+    (float64, with and without guidance), as the carried state's do (tests/test_backbone.py)."""
+    model = tiny_model(mixer, intra, vae=vae).double()
+    torch.manual_seed(1)
+    ids = vae.img_to_ids(torch.rand(2, 3, 64, 64) * 2 - 1)
+    vae = copy.deepcopy(vae).double()
+    x_BLCv, labels = vae.ids_to_var_input(ids), torch.tensor([3, 7])
+    cond, uncond = model(labels, x_BLCv), model(torch.full_like(labels, model.num_classes), x_BLCv)
+    K = model.layout.num_scales
+    for cfg in (0.0, 2.0):
+        expected = torch.cat([(1 + cfg_ramp(cfg, k, K)) * cond[:, s] - cfg_ramp(cfg, k, K) * uncond[:, s]
+                              for k, s in enumerate(model.layout.segments())], 1)
+        out = make_sampler("prefix_rerun", model, vae, cfg=cfg)(labels, forced_ids=ids, return_logits=True)
+        torch.testing.assert_close(torch.cat(out.logits, 1), expected, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_prefix_rerun_step_equals_carried_state(name, tiny_layout):
+    """A mixer wrapped in `PrefixRerun` and stepped scale by scale gives the outputs of its own carried `step`."""
+    mixer = build("mixer", name, dim=64, num_heads=2, layer_idx=0).double().eval()
+    x_BLC = torch.randn(2, tiny_layout.L, 64, dtype=torch.float64)
+    y_carry, _ = run_steps(mixer, x_BLC, tiny_layout)
+    y_rerun, cache = run_steps(PrefixRerun(mixer), x_BLC, tiny_layout)
+    torch.testing.assert_close(y_rerun, y_carry, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(cache["inputs"], x_BLC, atol=0, rtol=0)  # the state is the whole prefix's inputs
+
+
+@pytest.mark.parametrize("mixer", ["attention", "mamba2"])
+def test_prefix_rerun_draws_the_carry_samplers_ids_in_fp32(mixer, vae):
+    """Seeded alike, the two samplers draw the same ids and images (fp32, CPU, top-k/top-p and guidance on)."""
+    model = tiny_model(mixer, "full", vae=vae)
+    labels, settings = torch.tensor([1, 4, 9]), dict(cfg=2.0, top_k=20, top_p=0.9)
+    outs = [make_sampler(name, model, vae, **settings)(labels, generator=torch.Generator().manual_seed(3))
+            for name in ("carry", "prefix_rerun")]
+    assert all(torch.equal(a, b) for a, b in zip(outs[0].ids, outs[1].ids))
+    torch.testing.assert_close(outs[0].images, outs[1].images)
+
+
+def test_prefix_rerun_sampler_reruns_every_mixer_over_the_prefix_and_restores_the_model(vae):
+    """Each mixer's `forward` runs once per scale over all scales so far (what the baseline times); afterwards the
+    model's own mixers are back, also after an error inside the call."""
+    model = tiny_model("mamba2", vae=vae)
+    mixers = [block.mixer for block in model.blocks]
+    lengths = []
+    hook = mixers[0].register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
+    make_sampler("prefix_rerun", model, vae)(torch.tensor([1, 2]))
+    hook.remove()
+    assert lengths == [sum(p * p for p in vae.patch_nums[:k + 1]) for k in range(len(vae.patch_nums))]
+    assert [block.mixer for block in model.blocks] == mixers
+    with pytest.raises(RuntimeError, match="inside"), prefix_rerun_installed(model):
+        assert all(isinstance(block.mixer, PrefixRerun) for block in model.blocks)
+        raise RuntimeError("inside")
+    assert [block.mixer for block in model.blocks] == mixers
+
+
+def test_make_sampler_names_the_valid_samplers_and_refuses_other_models(vae):
+    model = tiny_model("attention", vae=vae)
+    assert type(make_sampler("carry", model, vae)) is ScaleSampler
+    assert type(make_sampler("prefix_rerun", model, vae, cfg=1.0)) is PrefixRerunSampler
+    with pytest.raises(ValueError, match=r"sampler must be one of \['carry', 'prefix_rerun'\], got 'rerun'"):
+        make_sampler("rerun", model, vae)
+    with pytest.raises(ValueError, match="draws from a scale-wise model"):
+        make_sampler("carry", torch.nn.Linear(2, 2), vae)
+    with pytest.raises(ValueError, match=r"tokenizer patch_nums \(1, 2, 4\) != model \(1, 2, 3, 4\)"):
+        ScaleSampler(model, tiny_tokenizer(patch_nums=(1, 2, 4)))
