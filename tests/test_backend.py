@@ -108,3 +108,12 @@ def test_auto_runs_the_kernel_on_cuda_tensors_and_the_reference_on_cpu_ones():
     assert m.backend_ran == "flex"
     m.cpu()(x, LAYOUT)
     assert m.backend_ran == "reference"
+
+
+def test_a_model_names_the_backend_its_mixers_run_never_auto():
+    """Records (bench, train) take `mixer_backend`: "auto" there would hide which code was timed."""
+    from helpers import tiny_model
+    model = tiny_model("gla")  # backend auto, on the CPU: the reference before and after a call
+    assert model.blocks[0].mixer.backend == "auto" and model.mixer_backend == "reference"
+    model(torch.tensor([1, 2]), torch.randn(2, model.layout.L - 1, model.latent_dim))
+    assert model.blocks[0].mixer.backend_ran == "reference" == model.mixer_backend

@@ -175,9 +175,12 @@ class ScaleAR(nn.Module):
 
     @property
     def mixer_backend(self) -> str:
-        """The kernel the inter-scale mixers run ("none" without an inter-scale branch)."""
+        """The kernel the inter-scale mixers run ("none" without an inter-scale branch): the one the latest call ran,
+        else the one a call on the model's device would run (never "auto")."""
         mixer = self.blocks[0].mixer
-        return "none" if mixer is None else mixer.backend
+        if mixer is None:
+            return "none"
+        return mixer.backend_ran or mixer.backend_on(next(self.parameters()).device)
 
     def state_bytes(self, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> int:
         """Inference state of every block's inter-scale mixer after the last scale (0 without one): VAR's KV cache,
