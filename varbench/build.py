@@ -50,7 +50,10 @@ def build_model(cfg: DictConfig, mixer: DictConfig | None = None, intra: DictCon
     """The scale-wise AR model: the `model` group's arguments, the chosen mixer and intra variant (or the given
     registry entries), the tokenizer's vocabulary, code width and scale schedule (or `patch_nums`) and the data
     set's classes (or `num_classes`). With `model.match_params_of: [mixer, intra]` the FFN width is set so that the
-    model has that configuration's parameter count (see `matched_mlp_ratio`)."""
+    model has that configuration's parameter count (see `matched_mlp_ratio`).
+    A model with `backbone: raster_ar` is the raster next-token RasterAR instead (`build_raster`)."""
+    if cfg.model.get("backbone") == "raster_ar":
+        return build_raster(cfg, mixer, num_classes)
     model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     match = model_kwargs.pop("match_params_of", None)
     mixer, intra = factory(cfg.mixer if mixer is None else mixer), factory(cfg.intra if intra is None else intra)
@@ -78,6 +81,25 @@ def matched_mlp_ratio(mixer, intra, match, kwargs: dict) -> float:
         raise ValueError(f"cannot match the parameters of {list(match)}: its model is smaller than this one "
                          f"without an FFN")
     return hidden / dim
+
+
+def build_raster(cfg: DictConfig, mixer: DictConfig | None = None, num_classes: int | None = None):
+    """The raster next-token model (varbench.backbones.raster_ar) of `cfg`, with the given mixer entry and classes.
+    `model.match_params_of: {model, mixer, intra, tokenizer}` (options of those groups) sets the gated MLP's width so
+    that it has the parameter count of the model those options build with this run's classes: a scale-wise model
+    (VAR / M-VAR) of the same data, for a comparison at matched parameters (grid=scale_vs_token)."""
+    from varbench.backbones.raster_ar import build_raster_ar
+    match = cfg.model.get("match_params_of")
+    target = None
+    if match:
+        unknown = sorted(set(match) - {"model", "mixer", "intra", "tokenizer"})
+        if unknown:
+            raise ValueError(f"model.match_params_of: unknown groups {unknown}; give options of model, mixer, intra, "
+                             f"tokenizer (e.g. {{model: tiny, mixer: attention, intra: none, tokenizer: tiny}})")
+        reference = registry.compose([f"{group}={option}" for group, option in match.items()])
+        with torch.device("meta"):  # counting only: no memory, no init
+            target = build_model(reference, num_classes=num_classes or cfg.data.num_classes).num_params()
+    return build_raster_ar(cfg, num_classes, mixer, num_params=target)
 
 
 def build_dataset(cfg: DictConfig, split: str):

@@ -1,4 +1,5 @@
-"""task=train: train the scale-wise AR model of the config (tokenizer frozen) on images or on a token cache.
+"""task=train: train the AR model of the config (scale-wise, or raster next-token with `model.backbone: raster_ar`;
+tokenizer frozen) on images or on a token cache.
 
 Every checkpoint carries the run spec (varbench/runs.py): the architecture and the tokenizer's path and sha256, so
 task=sample / task=evaluate / varbench.load rebuild exactly this model from the run directory alone."""
@@ -44,7 +45,7 @@ def main(cfg: DictConfig) -> dict:
                    peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                    checkpoint=str(Path(cfg.run_dir) / "checkpoints"),
                    backends={"mixer": model.mixer_backend,
-                             "intra": getattr(model.blocks[0].intra, "backend", None)})
+                             "intra": getattr(getattr(model.blocks[0], "intra", None), "backend", None)})
     if summary["interrupted"]:
         raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
                          f"saved: run the same command (same run_dir) to resume exactly")

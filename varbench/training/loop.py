@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from varbench.training import checkpoints, recipe
-from varbench.training.batches import GlobalBatches, collate, transformer_inputs
+from varbench.training.batches import GlobalBatches, collate
+from varbench.training.teacher_forcing import teacher_forcing_inputs
 from varbench.utils.checkpoint import load_strict
 from varbench.utils.dist import DistInfo
 from varbench.utils.records import record
@@ -135,9 +136,9 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
         for micro in range(tcfg.grad_accum):
             index = step * tcfg.grad_accum + micro
             x, labels = collate(dataset, batches.indices(index // batches.per_epoch, index % batches.per_epoch))
-            gt_BL, x_BLCv = transformer_inputs(tokenizer, x.to(device), from_ids)
+            gt_BL, inputs = teacher_forcing_inputs(model, tokenizer, x.to(device), from_ids)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits_BLV = net(labels.to(device), x_BLCv)
+                logits_BLV = net(labels.to(device), inputs)
                 loss = F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten(), label_smoothing=tcfg.label_smoothing)
             scaler.scale(loss / tcfg.grad_accum).backward()
             loss_value += loss.item() / tcfg.grad_accum
