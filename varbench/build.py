@@ -85,21 +85,33 @@ def matched_mlp_ratio(mixer, intra, match, kwargs: dict) -> float:
 
 def build_raster(cfg: DictConfig, mixer: DictConfig | None = None, num_classes: int | None = None):
     """The raster next-token model (varbench.backbones.raster_ar) of `cfg`, with the given mixer entry and classes.
-    `model.match_params_of: {model, mixer, intra, tokenizer}` (options of those groups) sets the gated MLP's width so
-    that it has the parameter count of the model those options build with this run's classes: a scale-wise model
-    (VAR / M-VAR) of the same data, for a comparison at matched parameters (grid=scale_vs_token)."""
+    With `model.match_params_of` the gated MLP's width is set so that it has the parameters of that reference model
+    (`reference_params`), for a comparison at matched parameters (grid=scale_vs_token)."""
     from varbench.backbones.raster_ar import build_raster_ar
+    classes = num_classes or cfg.data.num_classes
     match = cfg.model.get("match_params_of")
-    target = None
-    if match:
-        unknown = sorted(set(match) - {"model", "mixer", "intra", "tokenizer"})
-        if unknown:
-            raise ValueError(f"model.match_params_of: unknown groups {unknown}; give options of model, mixer, intra, "
-                             f"tokenizer (e.g. {{model: tiny, mixer: attention, intra: none, tokenizer: tiny}})")
-        reference = registry.compose([f"{group}={option}" for group, option in match.items()])
-        with torch.device("meta"):  # counting only: no memory, no init
-            target = build_model(reference, num_classes=num_classes or cfg.data.num_classes).num_params()
-    return build_raster_ar(cfg, num_classes, mixer, num_params=target)
+    target = reference_params(cfg, match, classes) if match else None
+    return build_raster_ar(cfg, classes, mixer, num_params=target)
+
+
+SHARED_WITH_REFERENCE = ("model.depth", "model.width", "model.num_heads", "tokenizer.vocab_size",
+                         "tokenizer.z_channels")
+
+
+def reference_params(cfg: DictConfig, match, num_classes: int) -> int:
+    """Parameters of the reference of `model.match_params_of: {model, mixer, intra, tokenizer}` (options of those
+    groups, e.g. VAR-tiny: {model: tiny, mixer: attention, intra: none, tokenizer: tiny}) built with this run's
+    depth, width, heads, vocabulary, code width and classes: a scale-wise model of the same size and data, which
+    the raster model then equals in parameters (its MLP makes up the difference)."""
+    unknown = sorted(set(match) - {"model", "mixer", "intra", "tokenizer"})
+    if unknown:
+        raise ValueError(f"model.match_params_of: unknown groups {unknown}; give options of model, mixer, intra, "
+                         f"tokenizer (e.g. {{model: tiny, mixer: attention, intra: none, tokenizer: tiny}})")
+    shared = [f"{key}={OmegaConf.select(cfg, key)}" for key in SHARED_WITH_REFERENCE
+              if OmegaConf.select(cfg, key) is not None]
+    reference = registry.compose([f"{group}={option}" for group, option in match.items()] + shared)
+    with torch.device("meta"):  # counting only: no memory, no init
+        return build_model(reference, num_classes=num_classes).num_params()
 
 
 def build_dataset(cfg: DictConfig, split: str):

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from varbench.backbones.generate import generate_images
 from varbench.eval.metrics import save_adm_npz
 
 
@@ -166,8 +167,8 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
             continue
         generator = torch.Generator(device).manual_seed(image_seed(seed, *batch[0]))
         labels_B = torch.tensor([c for c, _ in batch], device=device)
-        out = model.generate(tokenizer, labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
-                             more_smooth=p.more_smooth, generator=generator, sampler=sampler, cuda_graphs=cuda_graphs)
+        out = generate_images(model, tokenizer, labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
+                              more_smooth=p.more_smooth, generator=generator, sampler=sampler, cuda_graphs=cuda_graphs)
         for item, img_HW3 in zip(batch, to_uint8(out.images)):
             if item in missing:  # images on disk stay untouched (they are identical anyway)
                 write_png(png_path(out_dir, *item), img_HW3)

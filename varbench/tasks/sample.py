@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from varbench.backbones.generate import generate_images
 from varbench.build import resolve_device
 from varbench.runs import load_for_task
 from varbench.training.loop import autocast
@@ -38,8 +39,9 @@ def main(cfg: DictConfig) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with autocast(device, t.precision):  # the kernels' dtype of training (fla's DeltaNet has no fp32 chunk path)
-        out = model.generate(tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth,
-                             generator=generator, sampler=t.sampler, cuda_graphs=t.cuda_graphs)
+        out = generate_images(model, tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p,
+                              more_smooth=t.more_smooth, generator=generator, sampler=t.sampler,
+                              cuda_graphs=t.cuda_graphs)
     if cuda:
         torch.cuda.synchronize(device)  # the clock stops when the GPU is done, not when the last launch returned
     seconds = time.perf_counter() - start
