@@ -14,7 +14,7 @@ from varbench.backbones.scale_ar import ScaleAR
 
 
 def model_flops(model: ScaleAR, layout=None) -> dict[str, int]:
-    """Forward FLOPs per image by component: embed, adaln, intra, mixer, ffn, head, total (a RasterAR: `raster_flops`)."""
+    """Forward FLOPs per image by component: embed, adaln, intra, mixer, ffn, head, total (RasterAR: `raster_flops`)."""
     if not isinstance(model, ScaleAR):
         return raster_flops(model)
     layout = layout or model.layout
