@@ -196,10 +196,9 @@ def test_a_raster_cell_of_the_grid_runs_end_to_end(tmp_path):
             "++task.overrides.evaluate.per_class=2", "++task.overrides.evaluate.classifier_steps=2",
             "++task.overrides.evaluate.classifier_batch_size=4",
             "++task.overrides.evaluate.classifier_min_val_accuracy=0.0", "device=cpu", "results_dir=results"]
-    only_raster_mamba2 = ["hydra.sweeper.params.model=raster_tiny", "hydra.sweeper.params.tokenizer=tiny_single",
-                          "hydra.sweeper.params.mixer=mamba2",
-                          "hydra.sweeper.params.model.match_params_of="
-                          "{model:tiny,mixer:mamba2,intra:full,tokenizer:tiny}",
+    # the raster AiM cell alone: the command line wins over the grid's params, and the extra cells are dropped
+    only_raster_mamba2 = ["model=raster_tiny", "tokenizer=tiny_single", "mixer=mamba2",
+                          "model.match_params_of={model:tiny,mixer:mamba2,intra:full,tokenizer:tiny}",
                           "hydra.sweeper.cells=[]"]
     out = run_grid(tmp_path, *tiny, *only_raster_mamba2, grid="scale_vs_token")
     assert out.returncode == 0, tail(out)
