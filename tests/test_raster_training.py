@@ -14,11 +14,11 @@ from grid_helpers import cells, records, run_grid, tail
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from varbench.backbones.generate import generate_images
 from varbench.backbones.raster_ar import RasterAR, build_raster_ar, raster_tokens
 from varbench.build import build_model, build_tokenizer
 from varbench.data.token_cache import TokenCache, write_token_cache
 from varbench.eval.flops import model_flops
+from varbench.eval.sampling import SamplingPreset, generate_images
 from varbench.registry import compose, factory, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.training.teacher_forcing import teacher_forcing_inputs
@@ -112,11 +112,11 @@ def test_a_raster_model_is_taught_on_its_tokenizer_ids_from_images_or_a_cache(tm
 def test_raster_generation_refuses_scale_wise_sampling_options():
     vae = single_scale_tokenizer()
     model, labels = tiny_raster(vae), torch.tensor([0, 3])
-    out = generate_images(model, vae, labels, cfg=1.5, top_k=900, top_p=0.0, generator=torch.Generator().manual_seed(0))
-    assert out.ids.shape == (2, 16) and out.images.shape == (2, 3, 16, 16) and 0 <= out.images.min() <= 1
-    for bad in ({"more_smooth": True}, {"sampler": "prefix_rerun"}):
-        with pytest.raises(ValueError, match="raster model samples token by token"):
-            generate_images(model, vae, labels, cfg=1.5, **bad)
+    setting = SamplingPreset(cfg=1.5, top_k=900, top_p=1.0, more_smooth=False)
+    images = generate_images(model, vae, labels, setting, torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 16, 16) and 0 <= images.min() and images.max() <= 1
+    with pytest.raises(ValueError, match="a raster model samples with sampler=carry and more_smooth=false only"):
+        generate_images(model, vae, labels, setting, None, sampler="prefix_rerun")
 
 
 # ----- training, resume, sampling -------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from varbench.backbones.generate import generate_images
 from varbench.eval.metrics import save_adm_npz
 
 
@@ -54,13 +53,44 @@ PRESETS = {
 }
 
 
-def resolve_preset(preset) -> SamplingPreset:
-    """A preset name ("eval" | "vis") or a SamplingPreset."""
+RASTER_PRESETS = {
+    # AiM's FID settings (README): constant guidance, temperature 1, no top-k / top-p; cfg 2.0 for AiM-B, 1.75 for L, XL
+    "aim_b": SamplingPreset(cfg=2.0, top_k=0, top_p=1.0, more_smooth=False),
+    "aim": SamplingPreset(cfg=1.75, top_k=0, top_p=1.0, more_smooth=False),
+}
+
+
+def is_raster(model) -> bool:
+    """Whether `model` generates token by token in raster order (a RasterAR) rather than scale by scale."""
+    from varbench.backbones.raster_ar import RasterAR
+    return isinstance(model, RasterAR)
+
+
+def resolve_preset(preset, raster: bool = False) -> SamplingPreset:
+    """A preset name or a SamplingPreset: "eval" | "vis" for scale-wise models, "aim_b" | "aim" for raster ones."""
     if isinstance(preset, SamplingPreset):
         return preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown sampling preset {preset!r}; valid: {sorted(PRESETS)} (or a SamplingPreset)")
-    return PRESETS[preset]
+    own, other = (RASTER_PRESETS, PRESETS) if raster else (PRESETS, RASTER_PRESETS)
+    if preset not in own:
+        hint = f" ({preset!r} is for {'scale-wise' if raster else 'raster'} models)" if preset in other else ""
+        raise ValueError(f"unknown sampling preset {preset!r} for a {'raster' if raster else 'scale-wise'} "
+                         f"model{hint}; valid: {sorted(own)} (or a SamplingPreset)")
+    return own[preset]
+
+
+def generate_images(model, tokenizer, labels_B: torch.Tensor, p: SamplingPreset, generator, sampler: str = "carry",
+                    cuda_graphs: bool = False) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] of `labels_B` drawn with the setting `p`: ScaleAR's generate (cfg ramped over
+    scales) or RasterAR's (constant cfg, one token at a time; only the carried-state sampler, no Gumbel smoothing)."""
+    if not is_raster(model):
+        return model.generate(tokenizer, labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p, more_smooth=p.more_smooth,
+                              generator=generator, sampler=sampler, cuda_graphs=cuda_graphs).images
+    if p.more_smooth or sampler != "carry":
+        raise ValueError(f"a raster model samples with sampler=carry and more_smooth=false only, got sampler="
+                         f"{sampler!r}, more_smooth={p.more_smooth}")
+    images = model.generate(labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p, generator=generator,
+                            tokenizer=tokenizer, cuda_graphs=cuda_graphs).images
+    return images.clamp(0, 1)  # VQ-F16 decodes unclamped (as LlamaGen's decode_code); pixels are saved clamped
 
 
 def image_seed(seed: int, label: int, index: int) -> int:
@@ -132,11 +162,11 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
     """Draw `per_class` images of each of the first `num_classes` classes; skip batches already on disk.
 
     Args:
-        model: a ScaleAR (eval mode); tokenizer: its multi-scale VQ-VAE, on `device`.
+        model: a ScaleAR or a RasterAR (eval mode); tokenizer: its VQ-VAE (multi-scale, or VQ-F16), on `device`.
         out_dir: root of the run's samples; they go to `out_dir/<key>` (see the module docstring).
         num_classes, per_class (int): classes 0 .. num_classes - 1, per_class images each (per_class <= 1000).
         batch_size (int): images per generate call (pinned by the manifest: it changes the draws).
-        preset: "eval" (VAR's FID setting), "vis" or a SamplingPreset.
+        preset: "eval" (VAR's FID setting), "vis"; for a raster model "aim_b" | "aim" (AiM's); or a SamplingPreset.
         seed (int): base seed; image i of class c comes from a batch seeded by (seed, class, index) of its first item.
         device: where to sample.
         sampler (str): "carry" or "prefix_rerun" (see ScaleAR.generate).
@@ -152,7 +182,7 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
         raise ValueError(f"per_class must be in [1, 1000] (3-digit file index), got {per_class}")
     if not 1 <= num_classes <= model.num_classes:
         raise ValueError(f"num_classes must be in [1, {model.num_classes}] for this model, got {num_classes}")
-    device, p = torch.device(device), resolve_preset(preset)
+    device, p = torch.device(device), resolve_preset(preset, raster=is_raster(model))
     settings = {"num_classes": num_classes, "per_class": per_class, "batch_size": batch_size, "seed": seed,
                 "sampler": sampler, **asdict(p), "weights_sha256": weights_sha256(model, tokenizer), **(tag or {})}
     key = content_key(settings)
@@ -167,9 +197,8 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
             continue
         generator = torch.Generator(device).manual_seed(image_seed(seed, *batch[0]))
         labels_B = torch.tensor([c for c, _ in batch], device=device)
-        out = generate_images(model, tokenizer, labels_B, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
-                              more_smooth=p.more_smooth, generator=generator, sampler=sampler, cuda_graphs=cuda_graphs)
-        for item, img_HW3 in zip(batch, to_uint8(out.images)):
+        images = generate_images(model, tokenizer, labels_B, p, generator, sampler, cuda_graphs)
+        for item, img_HW3 in zip(batch, to_uint8(images)):
             if item in missing:  # images on disk stay untouched (they are identical anyway)
                 write_png(png_path(out_dir, *item), img_HW3)
                 generated += 1

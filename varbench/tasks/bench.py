@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from varbench.backbones.generate import generate_images
 from varbench.backbones.raster_ar import RasterAR, matched_mlp_hidden, raster_mixers
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.build import build_model
 from varbench.eval.flops import decoder_flops, model_flops
+from varbench.eval.sampling import PRESETS, generate_images
 from varbench.eval.timing import matmul_peak_tflops, time_ms, top_ops
 from varbench.layout import PATCH_NUMS
 from varbench.registry import list_options, load_option
@@ -135,8 +135,7 @@ def sample_cell(model: ScaleAR | RasterAR, vae: MultiScaleVQVAE, batch: int, sam
 
     def sample():
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            return generate_images(model, vae, labels, cfg=1.5, top_k=900, top_p=0.96, sampler=sampler,
-                                   cuda_graphs=cuda_graphs)
+            return generate_images(model, vae, labels, PRESETS["eval"], None, sampler, cuda_graphs)
 
     total = time_ms(sample, warmup=1, repeats=repeats)
     model.drop_cuda_graphs()

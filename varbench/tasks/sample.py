@@ -1,7 +1,10 @@
 """task=sample: load a trained model and its tokenizer, draw a class-conditional grid and save it as a PNG.
 
 `python run.py task=sample run_dir=<the training run>`: model and tokenizer come from the run (varbench/runs.py);
-the record names the checkpoint and the tokenizer with their sha256."""
+the record names the checkpoint and the tokenizer with their sha256. An official checkpoint is built from the named
+recipe: `python run.py task=sample model=var_d16 task.checkpoint=var_d16.pth tokenizer.checkpoint=vae_ch160v4096z32.pth`
+(M-VAR: model=mvar_dN; AiM: model=aim_b|aim_l|aim_xl with its model.safetensors and vq_f16.pt; varbench/official.py).
+A raster model (AiM) guides with a constant `task.cfg` (VAR's ramps it over scales)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from varbench.backbones.generate import generate_images
 from varbench.build import resolve_device
+from varbench.eval.sampling import SamplingPreset, generate_images
 from varbench.runs import load_for_task
 from varbench.training.loop import autocast
 from varbench.utils.records import record
@@ -39,15 +42,14 @@ def main(cfg: DictConfig) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with autocast(device, t.precision):  # the kernels' dtype of training (fla's DeltaNet has no fp32 chunk path)
-        out = generate_images(model, tokenizer, labels, cfg=t.cfg, top_k=t.top_k, top_p=t.top_p,
-                              more_smooth=t.more_smooth, generator=generator, sampler=t.sampler,
-                              cuda_graphs=t.cuda_graphs)
+        setting = SamplingPreset(cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth)
+        images = generate_images(model, tokenizer, labels, setting, generator, t.sampler, t.cuda_graphs)
     if cuda:
         torch.cuda.synchronize(device)  # the clock stops when the GPU is done, not when the last launch returned
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if cuda else None
     # one row per class: transpose the (class, sample) order of the batch
-    grid = out.images.view(len(classes), t.per_class, *out.images.shape[1:])
+    grid = images.view(len(classes), t.per_class, *images.shape[1:])
     path = save_grid(grid.flatten(0, 1), len(classes), Path(cfg.run_dir) / "samples.png")
     record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
            seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=t.cuda_graphs, peak_mem_bytes=peak,
