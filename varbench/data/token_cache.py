@@ -120,6 +120,10 @@ def write_token_cache(tokenizer, dataset: Dataset, out_dir, batch_size: int = 64
                          "call dataset.set_deterministic() first (center crop, no flip)")
     if tokenizer.training:
         raise ValueError("the tokenizer is in training mode; a cache must be written with a frozen, eval() tokenizer")
+    if not hasattr(tokenizer, "patch_nums"):
+        raise ValueError(f"a token cache is written by a VAR-style VQ-VAE (multi-scale, or single-scale for raster "
+                         f"models: tokenizer=tiny_single|var_single), not {type(tokenizer).__name__}: train from "
+                         f"images instead (train.token_cache=null)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = build_meta(tokenizer, dataset, shard_size, split, description, checkpoint)

@@ -1,5 +1,4 @@
-"""task=train: train the AR model of the config (scale-wise, or raster next-token with `model.backbone: raster_ar`;
-tokenizer frozen) on images or on a token cache.
+"""task=train: train the scale-wise AR model of the config (tokenizer frozen) on images or on a token cache.
 
 Every checkpoint carries the run spec (varbench/runs.py): the architecture and the tokenizer's path and sha256, so
 task=sample / task=evaluate / varbench.load rebuild exactly this model from the run directory alone."""
