@@ -199,14 +199,14 @@ def test_a_raster_cell_of_the_grid_runs_end_to_end(tmp_path):
     # the raster AiM cell alone: the command line wins over the grid's params, and the extra cells are dropped
     only_raster_mamba2 = ["model=raster_tiny", "tokenizer=tiny_single", "mixer=mamba2",
                           "model.match_params_of={model:tiny,mixer:mamba2,intra:full,tokenizer:tiny}",
-                          "hydra.sweeper.cells=[]"]
+                          "++task.overrides.evaluate.preset=aim_b", "hydra.sweeper.cells=[]"]
     out = run_grid(tmp_path, *tiny, *only_raster_mamba2, grid="scale_vs_token")
     assert out.returncode == 0, tail(out)
     (row,) = cells(out.stdout)
     assert row["overrides"]["model"] == "raster_tiny" and row["overrides"]["mixer"] == "mamba2"
     (summary,) = records(tmp_path, "train.jsonl", "train_summary")
     assert summary["steps"] == 2 and summary["backends"]["intra"] is None
-    assert records(tmp_path, "sample.jsonl", "sample_grid")
+    assert records(tmp_path, "sample.jsonl", "sample_grid") and records(tmp_path, "evaluate.jsonl")
     assert (tmp_path / "sweep" / row["cid"] / "samples.png").is_file()
 
 
