@@ -109,6 +109,21 @@ def test_a_raster_model_is_taught_on_its_tokenizer_ids_from_images_or_a_cache(tm
     assert logits.shape == (1, 16, vae.vocab_size)
 
 
+def test_teacher_forced_nll_of_a_raster_model_is_its_cross_entropy_on_its_ids():
+    from varbench.data.embedded import EmbeddedShapes
+    from varbench.eval.likelihood import teacher_forced_nll
+    vae = single_scale_tokenizer()
+    model = tiny_raster(vae)
+    data = EmbeddedShapes(split="val", image_size=16, size_per_class=2, num_classes=2)
+    nll, n = teacher_forced_nll(model, vae, data, torch.device("cpu"), batch_size=3, max_images=4)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    labels = torch.tensor([data[i][1] for i in range(len(data))])
+    with torch.no_grad():
+        ids = vae.encode(x)
+        ce = torch.nn.functional.cross_entropy(model.eval()(labels, ids).flatten(0, 1), ids.flatten())
+    assert n == 4 == len(data) and nll == pytest.approx(ce.item(), rel=1e-5)
+
+
 def test_raster_generation_refuses_scale_wise_sampling_options():
     vae = single_scale_tokenizer()
     model, labels = tiny_raster(vae), torch.tensor([0, 3])
@@ -238,3 +253,14 @@ def test_bench_checks_raster_configs_and_times_a_raster_cell_on_cpu():
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it really trained
     timing = sample_cell(model, vae, 2, "carry", repeats=1)
     assert timing["total"]["median_ms"] > 0 and timing["decode"]["median_ms"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mixer", ["attention", "mamba2"])
+def test_bench_raster_cell_trains_and_samples_with_cuda_graphs_on_gpu(mixer):
+    from varbench.tasks.bench import build, cell_tokenizer, sample_cell, train_step_cell
+    cfg = compose(["model=var_d16", "model.depth=2", "task=bench"])
+    model, vae = build(cfg, mixer, "raster", 256), cell_tokenizer("raster", 256).cuda()
+    assert model.num_tokens == 256 and train_step_cell(model, 2, repeats=1)["median_ms"] > 0
+    for graphs in (False, True):
+        assert sample_cell(model, vae, 2, "carry", repeats=1, cuda_graphs=graphs)["total"]["median_ms"] > 0
