@@ -156,21 +156,33 @@ def test_task_sample_draws_from_the_trained_raster_run(trained):
     assert rec["images"] == 2 and Path(rec["value"]).is_file() and rec["checkpoint"].endswith("model.safetensors")
 
 
+def train_in_process(cfg) -> dict:
+    """What task=train does, in this process (seeded alike every time): the summary."""
+    from varbench.build import build_dataset
+    from varbench.training.loop import train_ar
+    from varbench.utils.dist import DistInfo
+    torch.manual_seed(cfg.seed)
+    tokenizer, model = build_tokenizer(cfg), build_model(cfg)
+    torch.manual_seed(cfg.seed)
+    return train_ar(model, tokenizer, build_dataset(cfg, "train"), cfg, torch.device("cpu"), DistInfo(), from_ids=False)
+
+
 def test_raster_resume_is_exact(tmp_path):
-    common = ["mixer=mamba2", "train.steps=6", "train.ckpt_every=3", "train.keep_last=5", "train.deterministic=true"]
-    straight = run(tmp_path, "straight", "train", *common)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    # the same run stopped after step 3: its folder as it was then (checkpoint step 3 is the latest)
-    shutil.copytree(tmp_path / "straight", tmp_path / "resumed", ignore=shutil.ignore_patterns("results", "tb"))
-    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_00000006")
-    save_atomic(tmp_path / "resumed" / "checkpoints" / "latest", obj={"step": 3, "folder": "step_00000003"})
-    resumed = run(tmp_path, "resumed", "train", *common)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    steps = [r["step"] for r in read_records(tmp_path / "resumed" / "results" / "train.jsonl")
-             if r["metric"] == "train_loss"]
-    assert steps == [4, 5, 6]  # it resumed, not restarted
-    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    """A run cut after step 3 (its checkpoint then the latest) resumes to the bitwise-same weights at step 6: the
+    optimizer, the data order and the RNG of AiM's class dropout all continue."""
+    cfg = compose([*TINY, "mixer=mamba2", "train.steps=6", "train.ckpt_every=3", "train.keep_last=5",
+                   f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'results'}", "cell_id=test"])
+    assert cfg.model.cond_drop_rate > 0
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert train_in_process(cfg)["steps"] == 6
+    straight = final_weights(tmp_path / "run")
+    shutil.rmtree(ckpt / "step_00000006")  # the run as it was after step 3
+    save_atomic(ckpt / "latest", obj={"step": 3, "folder": "step_00000003"})
+    assert train_in_process(cfg)["steps"] == 6
+    steps = [r["step"] for r in read_records(tmp_path / "results" / "train.jsonl") if r["metric"] == "train_loss"]
+    assert steps == [1, 2, 3, 4, 5, 6, 4, 5, 6]  # it resumed, not restarted
+    resumed = final_weights(tmp_path / "run")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
 # ----- matched parameters, the grid and the bench ---------------------------------------------------------------------
