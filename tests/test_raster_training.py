@@ -109,6 +109,19 @@ def test_a_raster_model_is_taught_on_its_tokenizer_ids_from_images_or_a_cache(tm
     assert logits.shape == (1, 16, vae.vocab_size)
 
 
+def test_a_token_cache_of_aims_vq_f16_holds_its_raster_ids(tmp_path):
+    from varbench.data.embedded import EmbeddedShapes
+    from varbench.tokenizers.vq_f16 import VQF16
+    torch.manual_seed(0)
+    vq = VQF16(vocab_size=32, embed_dim=4, z_channels=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1).eval()
+    data = EmbeddedShapes(split="train", image_size=16, size_per_class=2, num_classes=2)
+    write_token_cache(vq, data, tmp_path / "cache", batch_size=3)
+    cache = TokenCache(tmp_path / "cache", tokenizer=vq)
+    assert cache.patch_nums == (4,) and len(cache) == len(data)
+    for i in range(len(data)):
+        assert torch.equal(cache[i][0], vq.encode(data[i][0][None])[0]) and cache[i][1] == data[i][1]
+
+
 def test_teacher_forced_nll_of_a_raster_model_is_its_cross_entropy_on_its_ids():
     from varbench.data.embedded import EmbeddedShapes
     from varbench.eval.likelihood import teacher_forced_nll
