@@ -78,8 +78,7 @@ def build_model(cfg: DictConfig, mixer: DictConfig | None = None, intra: DictCon
     model has that configuration's parameter count (see `matched_mlp_ratio`)."""
     num_classes = num_classes or class_count(cfg)
     if cfg.model.get("backbone") == "raster_ar":
-        from varbench.backbones.raster_ar import build_raster_ar
-        return build_raster_ar(cfg, num_classes=num_classes)
+        return build_raster(cfg, mixer, num_classes)
     model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     match = model_kwargs.pop("match_params_of", None)
     model_kwargs.pop("num_classes", None)  # resolved above
@@ -107,6 +106,37 @@ def matched_mlp_ratio(mixer, intra, match, kwargs: dict) -> float:
         raise ValueError(f"cannot match the parameters of {list(match)}: its model is smaller than this one "
                          f"without an FFN")
     return hidden / dim
+
+
+def build_raster(cfg: DictConfig, mixer: DictConfig | None = None, num_classes: int | None = None):
+    """The raster next-token model (varbench.backbones.raster_ar) of `cfg`, with the given mixer entry and classes.
+    With `model.match_params_of` the gated MLP's width is set so that it has the parameters of that reference model
+    (`reference_params`), for a comparison at matched parameters (grid=scale_vs_token)."""
+    from varbench.backbones.raster_ar import build_raster_ar
+    classes = num_classes or cfg.data.num_classes
+    match = cfg.model.get("match_params_of")
+    target = reference_params(cfg, match, classes) if match else None
+    return build_raster_ar(cfg, classes, mixer, num_params=target)
+
+
+SHARED_WITH_REFERENCE = ("model.depth", "model.width", "model.num_heads", "tokenizer.vocab_size",
+                         "tokenizer.z_channels")
+
+
+def reference_params(cfg: DictConfig, match, num_classes: int) -> int:
+    """Parameters of the reference of `model.match_params_of: {model, mixer, intra, tokenizer}` (options of those
+    groups, e.g. VAR-tiny: {model: tiny, mixer: attention, intra: none, tokenizer: tiny}) built with this run's
+    depth, width, heads, vocabulary, code width and classes: a scale-wise model of the same size and data, which
+    the raster model then equals in parameters (its MLP makes up the difference)."""
+    unknown = sorted(set(match) - {"model", "mixer", "intra", "tokenizer"})
+    if unknown:
+        raise ValueError(f"model.match_params_of: unknown groups {unknown}; give options of model, mixer, intra, "
+                         f"tokenizer (e.g. {{model: tiny, mixer: attention, intra: none, tokenizer: tiny}})")
+    shared = [f"{key}={OmegaConf.select(cfg, key)}" for key in SHARED_WITH_REFERENCE
+              if OmegaConf.select(cfg, key) is not None]
+    reference = registry.compose([f"{group}={option}" for group, option in match.items()] + shared)
+    with torch.device("meta"):  # counting only: no memory, no init
+        return build_model(reference, num_classes=num_classes).num_params()
 
 
 def build_dataset(cfg: DictConfig, split: str):

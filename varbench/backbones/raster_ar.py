@@ -253,6 +253,19 @@ class RasterAR(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def mixer_backend(self) -> str:
+        """The kernel the token mixers run (as ScaleAR's)."""
+        return self.blocks[0].mixer.backend
+
+    def state_bytes(self, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Inference state of every block's mixer after the last token: a KV cache, a recurrent state."""
+        return sum(b.mixer.state_bytes(self.layout, batch, dtype) for b in self.blocks)
+
+    def drop_cuda_graphs(self) -> None:
+        """Release the captured token-step graphs (their memory pool), as ScaleAR's."""
+        self._graphed = {}
+
 
 def aim_init_(model: RasterAR, std: float = 0.02) -> None:
     """AiM's GPT-2 style init (`_init_weights`): embedding tables N(0, std); every Linear bias zero; each block's
@@ -276,20 +289,51 @@ def aim_init_(model: RasterAR, std: float = 0.02) -> None:
     nn.init.zeros_(model.head_nm.ada_lin[1].weight)
 
 
-def build_raster_ar(cfg, num_classes: int | None = None) -> RasterAR:
-    """The RasterAR of a composed run config with `model.backbone: raster_ar` (model=aim_b|aim_l|aim_xl): the
-    `model` group's arguments, the chosen mixer, the tokenizer's vocabulary and latent side (N = side^2 tokens) and
-    the data set's classes (or `num_classes`)."""
+def raster_tokens(tokenizer_cfg) -> int:
+    """N, the tokens a raster model reads from the single-scale tokenizer of `tokenizer_cfg`: VQ-f16's latent side
+    squared, or the one scale of a scale-wise VQ-VAE config with `patch_nums: [h]` (tokenizer=tiny_single|var_single,
+    the same VQ-VAE as the scale-wise arm quantizing its latent as one scale)."""
+    if tokenizer_cfg.get("kind") == "vq_f16":
+        return tokenizer_cfg.latent_side ** 2
+    patch_nums = list(tokenizer_cfg.get("patch_nums") or [])
+    if len(patch_nums) != 1:
+        raise ValueError(f"a raster model needs a single-scale tokenizer (tokenizer=vq_f16, tiny_single or "
+                         f"var_single), got tokenizer.patch_nums={patch_nums}: give it one scale, e.g. "
+                         f"[{patch_nums[-1] if patch_nums else 16}]")
+    return patch_nums[0] ** 2
+
+
+def build_raster_ar(cfg, num_classes: int | None = None, mixer=None, num_params: int | None = None) -> RasterAR:
+    """The RasterAR of a composed run config with `model.backbone: raster_ar` (model=aim_b|aim_l|aim_xl|raster_tiny):
+    the `model` group's arguments, the chosen mixer (or the registry entry `mixer`), the tokenizer's vocabulary and
+    token count (`raster_tokens`) and the data set's classes (or `num_classes`). With `num_params` the gated MLP's
+    width is set so that the model has that many parameters (`matched_mlp_hidden`; `model.match_params_of`)."""
     from omegaconf import OmegaConf
 
     from varbench.registry import factory
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs.pop("match_params_of", None)  # resolved by the caller into num_params (varbench.build)
     recipe_classes = kwargs.pop("num_classes", None)  # varbench.build.class_count checks it against the data's
     if kwargs.pop("backbone", None) != "raster_ar":
         raise ValueError(f"model.backbone must be 'raster_ar' for a RasterAR, got {cfg.model.get('backbone')!r}")
-    if cfg.tokenizer.get("kind") != "vq_f16":
-        raise ValueError(f"a raster model needs a single-scale tokenizer (tokenizer=vq_f16), got "
-                         f"kind={cfg.tokenizer.get('kind')!r}")
-    return RasterAR(mixer=factory(cfg.mixer), vocab_size=cfg.tokenizer.vocab_size,
-                    num_tokens=cfg.tokenizer.latent_side ** 2,
-                    num_classes=num_classes or recipe_classes or cfg.data.num_classes, **kwargs)
+    kwargs.update(mixer=factory(cfg.mixer if mixer is None else mixer), vocab_size=cfg.tokenizer.vocab_size,
+                  num_tokens=raster_tokens(cfg.tokenizer),
+                  num_classes=num_classes or recipe_classes or cfg.data.num_classes)
+    if num_params is not None:
+        kwargs["mlp_hidden"] = matched_mlp_hidden(kwargs, num_params)
+    return RasterAR(**kwargs)
+
+
+def matched_mlp_hidden(kwargs: dict, num_params: int) -> int:
+    """The gated-MLP width H that gives RasterAR(**kwargs) `num_params` parameters (to within half an MLP unit per
+    block, depth * 3C / 2): the knob a matched-parameter comparison turns, as the scale-wise `matched_mlp_ratio`.
+    An MLP adds 3 C H per block (fc1 C -> 2H, fc2 H -> C, no bias) on top of its fixed cost (a second norm, three
+    more adaLN rows)."""
+    with torch.device("meta"):  # counting only
+        one = RasterAR(**{**kwargs, "mlp_hidden": 1}).num_params()
+    depth, width = kwargs.get("depth", 24), kwargs.get("width", 768)
+    hidden = 1 + round((num_params - one) / (depth * 3 * width))
+    if hidden < 1:
+        raise ValueError(f"cannot match {num_params} parameters with a raster model of depth {depth}, width {width}: "
+                         f"with the smallest MLP it already has {one}; lower its depth or width")
+    return hidden

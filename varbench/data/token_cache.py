@@ -3,7 +3,9 @@
 VAR encodes every batch on the fly with the frozen VQ-VAE (the encoder costs about as much as a small AR model).
 A cache removes that cost, at a price the user opts into: it stores ONE deterministic crop per image (center crop,
 no flip), whereas VAR re-draws a random crop every epoch. The writer refuses data sets with random transforms;
-call `dataset.set_deterministic()` first (task=tokenize does).
+call `dataset.set_deterministic()` first (task=tokenize does). Any tokenizer with `encode(images) -> ids (B, L)`
+writes one: VAR's VQ-VAE (every scale in sequence order; one scale for raster models) or AiM's VQ-F16 (its row-major
+ids; `patch_nums` is then [latent side]).
 
 On disk, `out_dir/`:
   meta.json                    patch_nums, vocab_size, seq_len, num_items, shard_size, ids dtype, tokenizer
@@ -75,11 +77,20 @@ def _shard_rows(path: Path) -> int | None:
         return f.get_slice("ids").get_shape()[0]
 
 
+def token_patch_nums(tokenizer, dataset) -> list[int]:
+    """The scale sides of the ids `tokenizer` writes for `dataset`: a VQ-VAE's `patch_nums` (one for a single-scale
+    one), or for a tokenizer without scales (VQ-F16, resolution-free) the one side its images' latent has."""
+    if hasattr(tokenizer, "patch_nums"):
+        return list(tokenizer.patch_nums)
+    return [int(torch.as_tensor(dataset[0][0]).shape[-1]) // tokenizer.downsample]
+
+
 def build_meta(tokenizer, dataset, shard_size: int, split, description, checkpoint) -> dict:
     """The meta.json of a cache of `dataset` encoded by `tokenizer`."""
     describe = getattr(dataset, "describe", None)
-    return {"format": FORMAT, "patch_nums": list(tokenizer.patch_nums), "vocab_size": int(tokenizer.vocab_size),
-            "seq_len": int(sum(p * p for p in tokenizer.patch_nums)), "num_items": len(dataset),
+    patch_nums = token_patch_nums(tokenizer, dataset)
+    return {"format": FORMAT, "patch_nums": patch_nums, "vocab_size": int(tokenizer.vocab_size),
+            "seq_len": int(sum(p * p for p in patch_nums)), "num_items": len(dataset),
             "shard_size": int(shard_size), "ids_dtype": str(ids_dtype(tokenizer.vocab_size)).replace("torch.", ""),
             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
             "tokenizer_checkpoint": str(checkpoint) if checkpoint else None,
@@ -110,8 +121,8 @@ def _encode(tokenizer, batches, count: int, device, dtype, bar) -> tuple[torch.T
     for _ in range(count):
         img_B3HW, label_B = next(batches)
         bar.update(img_B3HW.shape[0])
-        ids_per_scale = tokenizer.img_to_ids(img_B3HW.to(device, non_blocking=True))
-        ids.append(torch.cat(ids_per_scale, dim=1).to("cpu", dtype))
+        ids_BL = tokenizer.encode(img_B3HW.to(device, non_blocking=True))  # every scale in sequence order
+        ids.append(ids_BL.to("cpu", dtype))
         labels.append(torch.as_tensor(label_B, dtype=torch.int64))
     return torch.cat(ids), torch.cat(labels)
 
@@ -180,7 +191,7 @@ class TokenCache(Dataset):
         self.meta = json.loads((self.out_dir / META).read_text())
         if tokenizer is not None:
             fingerprint = tokenizer_fingerprint(tokenizer)
-            if list(tokenizer.patch_nums) != self.meta["patch_nums"]:
+            if hasattr(tokenizer, "patch_nums") and list(tokenizer.patch_nums) != self.meta["patch_nums"]:
                 raise ValueError(f"token cache {self.out_dir} has patch_nums {self.meta['patch_nums']}, the "
                                  f"tokenizer {list(tokenizer.patch_nums)}")
         if fingerprint is not None and fingerprint != self.meta["tokenizer_fingerprint"]:

@@ -14,7 +14,9 @@ from varbench.backbones.scale_ar import ScaleAR
 
 
 def model_flops(model: ScaleAR, layout=None) -> dict[str, int]:
-    """Forward FLOPs per image by component: embed, adaln, intra, mixer, ffn, head, total."""
+    """Forward FLOPs per image by component: embed, adaln, intra, mixer, ffn, head, total (RasterAR: `raster_flops`)."""
+    if not isinstance(model, ScaleAR):
+        return raster_flops(model)
     layout = layout or model.layout
     L, C, V = layout.L, model.width, model.vocab_size
     out = {"embed": 2 * (L - 1) * model.latent_dim * C, "adaln": 0, "intra": 0, "mixer": 0, "ffn": 0}
@@ -27,6 +29,25 @@ def model_flops(model: ScaleAR, layout=None) -> dict[str, int]:
         if block.mixer is not None:
             out["mixer"] += block.mixer.flops(layout, 1)
         out["ffn"] += 2 * L * 2 * C * block.ffn.fc1.out_features
+    out["head"] = 2 * C * 2 * C + 2 * L * C * V
+    out["total"] = sum(out.values())
+    return out
+
+
+def raster_flops(model) -> dict[str, int]:
+    """A RasterAR's forward FLOPs per image, in ScaleAR's components: embed (table look-ups: 0), adaln (per block or
+    the group table, once per image), intra (none: 0), mixer, ffn (the gated MLP, if any), head (final adaLN and the
+    tied V x C projection at every position)."""
+    L, C, V = model.layout.L, model.width, model.vocab_size
+    out = {"embed": 0, "adaln": 0, "intra": 0, "mixer": 0, "ffn": 0}
+    if model.adaln_group is not None:
+        out["adaln"] += 2 * C * model.adaln_group[-1].out_features
+    for block in model.blocks:
+        if hasattr(block, "ada_lin"):
+            out["adaln"] += 2 * C * block.ada_lin[-1].out_features
+        out["mixer"] += block.mixer.flops(model.layout, 1)
+        if hasattr(block, "mlp"):
+            out["ffn"] += 2 * L * C * (block.mlp.fc1.out_features + block.mlp.fc2.in_features)
     out["head"] = 2 * C * 2 * C + 2 * L * C * V
     out["total"] = sum(out.values())
     return out

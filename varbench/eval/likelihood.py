@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from varbench.training.batches import collate, transformer_inputs
+from varbench.training.batches import collate
+from varbench.training.teacher_forcing import teacher_forcing_inputs
 from varbench.utils.log import get_logger, progress_bar
 from varbench.utils.precision import autocast
 
@@ -26,8 +27,8 @@ def teacher_forced_nll(model, tokenizer, dataset, device: torch.device, batch_si
     for every model); returns it and the number of images used.
 
     Args:
-        model: a ScaleAR; put in eval mode here.
-        tokenizer: its multi-scale VQ-VAE (same patch_nums).
+        model: a ScaleAR or a RasterAR; put in eval mode here.
+        tokenizer: its VQ-VAE (the same patch_nums; a single-scale one for a RasterAR).
         dataset: (image in [-1, 1], label) items, e.g. the val split; made deterministic where it can be (one
             center crop, no flip: the train split as a token cache holds it).
         device: where to run.
@@ -44,9 +45,9 @@ def teacher_forced_nll(model, tokenizer, dataset, device: torch.device, batch_si
     total, tokens = 0.0, 0
     for start in progress_bar(range(0, len(items), batch_size), desc="nll", unit="batch"):
         x, labels = collate(dataset, items[start:start + batch_size])
-        gt_BL, x_BLCv = transformer_inputs(tokenizer, x.to(device), from_ids=False)
+        gt_BL, inputs = teacher_forcing_inputs(model, tokenizer, x.to(device), from_ids=False)
         with autocast(device, precision):
-            logits_BLV = model(labels.to(device), x_BLCv)
+            logits_BLV = model(labels.to(device), inputs)
         total += F.cross_entropy(logits_BLV.flatten(0, 1).float(), gt_BL.flatten(), reduction="sum").item()
         tokens += gt_BL.numel()
     describe = getattr(dataset, "describe", None)

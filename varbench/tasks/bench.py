@@ -10,6 +10,8 @@ of `model` and each resolution of `task.resolutions`:
   the prefix re-run; eager, or with each scale's blocks and head replayed as a CUDA graph with `task.cuda_graphs`
   (recorded as `cuda_graphs`);
 - inference state bytes (analytic, checked against real states by the tests).
+A configuration `[mixer, raster]` is the raster next-token model (AiM's backbone) with that mixer, at the parameters
+of VAR-dN (`raster_cell_model`): next-token vs next-scale cost side by side (256 vs 680 tokens at 256 px).
 Models and tokenizers have random weights (speed and memory do not depend on their values): the config says so by
 name (`task.random_weights: true`, the only value accepted) and every record carries `random_weights: true`.
 A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on; each
@@ -30,6 +32,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from varbench.backbones.raster_ar import RasterAR, matched_mlp_hidden, raster_mixers
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.build import build_model
 from varbench.eval.flops import decoder_flops, model_flops
@@ -39,6 +42,7 @@ from varbench.layout import PATCH_NUMS
 from varbench.registry import list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.training.loop import compile_for_training
+from varbench.training.teacher_forcing import is_raster
 from varbench.utils.auto import resolve_auto
 from varbench.utils.log import get_logger
 from varbench.utils.processes import run_in_fresh_process
@@ -49,17 +53,45 @@ PROTOCOL = "bf16 autocast; CUDA events; median of repeats after warm-up; CFG dou
 # the training stage's weights: fp32 is VAR's recipe (fp32 master weights under bf16 autocast); bf16 is a deviation
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CELL_RECORDED_ERRORS = 3  # exit code of an isolated cell that recorded bench_error records itself
+RASTER = "raster"  # in task.configs, [mixer, raster]: the raster next-token model (AiM's backbone) with that mixer
 
 
 class BenchCellsFailed(RuntimeError):
     """Some cells recorded errors (their `bench_error` records say which and why)."""
 
 
-def build(cfg: DictConfig, mixer: str, intra: str, res: int) -> ScaleAR:
+def build(cfg: DictConfig, mixer: str, intra: str, res: int) -> ScaleAR | RasterAR:
     """The model of `cfg.model` with this mixer / intra (its YAML merged with `task.mixer_options[mixer]`), VAR's
-    ImageNet shapes at `res` (1000 classes)."""
+    ImageNet shapes at `res` (1000 classes); with intra `raster` the raster model of `raster_cell_model`."""
     mixer_cfg = OmegaConf.merge(load_option("mixer", mixer), mixer_options(cfg, mixer))
+    if intra == RASTER:
+        return raster_cell_model(cfg, mixer_cfg, res).cuda()
     return build_model(cfg, mixer_cfg, load_option("intra", intra), PATCH_NUMS[res], num_classes=1000).cuda()
+
+
+def raster_cell_model(cfg: DictConfig, mixer_cfg: DictConfig, res: int) -> RasterAR:
+    """The raster next-token counterpart of `cfg.model` (VAR-dN) at `res`: the same depth, width, heads, vocabulary
+    and classes, (res / 16)^2 tokens (the single-scale twin of VAR's tokenizer: 256 at 256 px, against 680 scale
+    tokens), and the parameters of the scale-wise model with attention and no intra (VAR-dN itself): its gated MLP
+    makes up the difference (`matched_mlp_hidden`), so the cells differ in order and mixer, not in size."""
+    from varbench.registry import factory
+    with torch.device("meta"):  # counting only
+        var = build_model(cfg, load_option("mixer", "attention"), load_option("intra", "none"), PATCH_NUMS[res],
+                          num_classes=1000)
+    kwargs = dict(mixer=factory(mixer_cfg), depth=var.depth, width=var.width, num_heads=var.num_heads,
+                  vocab_size=var.vocab_size, num_classes=1000, num_tokens=PATCH_NUMS[res][-1] ** 2)
+    return RasterAR(**kwargs, mlp_hidden=matched_mlp_hidden(kwargs, var.num_params()))
+
+
+def cell_tokenizer(intra: str, res: int) -> MultiScaleVQVAE:
+    """VAR's VQ-VAE at `res` (random weights), single-scale for a raster cell (its decode costs the same)."""
+    patch_nums = PATCH_NUMS[res][-1:] if intra == RASTER else PATCH_NUMS[res]
+    return MultiScaleVQVAE(patch_nums=patch_nums).eval()
+
+
+def sequence_length(intra: str, res: int) -> int:
+    """Tokens per image of a cell: every scale's (680 at 256 px), or the raster tokens (256)."""
+    return PATCH_NUMS[res][-1] ** 2 if intra == RASTER else sum(p * p for p in PATCH_NUMS[res])
 
 
 def mixer_options(cfg: DictConfig, mixer: str) -> dict:
@@ -72,7 +104,7 @@ def mixer_options(cfg: DictConfig, mixer: str) -> dict:
     return options
 
 
-def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
+def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
                     profile_steps: int = 0) -> dict:
     """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
     With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`)."""
@@ -80,8 +112,9 @@ def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Modu
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     labels = torch.randint(0, model.num_classes, (batch,), device=device)
-    x = torch.randn(batch, model.layout.L - 1, model.latent_dim, device=device)
     gt = torch.randint(0, model.vocab_size, (batch, model.layout.L), device=device)
+    # a raster model reads its ids (teacher forcing behind the class token); a scale-wise one the code maps
+    x = gt if is_raster(model) else torch.randn(batch, model.layout.L - 1, model.latent_dim, device=device)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -95,7 +128,7 @@ def train_step_cell(model: ScaleAR, batch: int, repeats: int, net: torch.nn.Modu
     return timing | ({"top_ops": top_ops(step, profile_steps)} if profile_steps else {})
 
 
-def sample_cell(model: ScaleAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int,
+def sample_cell(model: ScaleAR | RasterAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int,
                 cuda_graphs: bool = False) -> dict:
     """Sampling latency (with the decode) and the decode alone; with `cuda_graphs`, the warm-up call captures the
     graphs (not timed) and they are dropped afterwards, so that the next cell's memory is its own. `sampler` names
@@ -103,14 +136,20 @@ def sample_cell(model: ScaleAR, vae: MultiScaleVQVAE, batch: int, sampler: str, 
     device = next(model.parameters()).device
     labels = torch.randint(0, model.num_classes, (batch,), device=device)
     model.eval()
-    draw = make_sampler(sampler, model, vae, cfg=1.5, top_k=900, top_p=0.96, cuda_graphs=cuda_graphs)
+    if is_raster(model):  # one token at a time: its generate keeps its own CUDA graphs
+        def draw(labels_B):
+            return model.generate(labels_B, cfg=1.5, top_k=900, top_p=0.96, tokenizer=vae, cuda_graphs=cuda_graphs)
+        release = model.drop_cuda_graphs
+    else:
+        draw = make_sampler(sampler, model, vae, cfg=1.5, top_k=900, top_p=0.96, cuda_graphs=cuda_graphs)
+        release = draw.drop_cuda_graphs
 
     def sample():
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return draw(labels)
 
     total = time_ms(sample, warmup=1, repeats=repeats)
-    draw.drop_cuda_graphs()
+    release()
     side = vae.patch_nums[-1]
     f_hat = torch.randn(batch, vae.Cvae, side, side, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -136,13 +175,17 @@ def default_configs() -> list[tuple[str, str]]:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ValueError for a bench config that cannot run as asked: an unregistered mixer or intra variant in
-    `task.configs` or `task.rerun_baseline`, an unknown field in `task.mixer_options`, a resolution without VAR's
-    scales or without a batch size."""
+    `task.configs` (or a raster entry whose mixer cannot step one token) or `task.rerun_baseline`, an unknown field
+    in `task.mixer_options`, a resolution without VAR's scales or without a batch size."""
     t = cfg.task
     mixers, intras = list_options("mixer"), list_options("intra")
     for entry in t.configs or []:
-        if len(entry) != 2 or entry[0] not in mixers or entry[1] not in intras:
-            raise ValueError(f"task.configs: {list(entry)} is not [mixer, intra]; mixers: {mixers}, intra: {intras}")
+        if len(entry) != 2 or entry[0] not in mixers or entry[1] not in intras + [RASTER]:
+            raise ValueError(f"task.configs: {list(entry)} is not [mixer, intra] or [mixer, {RASTER}]; mixers: "
+                             f"{mixers}, intra: {intras}")
+        if entry[1] == RASTER and entry[0] not in raster_mixers():
+            raise ValueError(f"task.configs: {list(entry)}: mixer {entry[0]!r} cannot run in raster order; mixers "
+                             f"that can: {raster_mixers()}")
     for mixer in list(t.get("mixer_options") or {}) + list(t.rerun_baseline or []):
         if mixer not in mixers:
             raise ValueError(f"task.mixer_options / task.rerun_baseline: unknown mixer {mixer!r}; mixers: {mixers}")
@@ -173,7 +216,7 @@ def main(cfg: DictConfig) -> dict:
     failed = []
     for res in t.resolutions:
         for mixer, intra in t.configs or default_configs():
-            cell = dict(mixer=mixer, intra=intra, resolution=res, L=sum(p * p for p in PATCH_NUMS[res]), **common)
+            cell = dict(mixer=mixer, intra=intra, resolution=res, L=sequence_length(intra, res), **common)
             if options := mixer_options(plain, mixer):
                 cell["mixer_options"] = options
             if not t.isolate_cells:
@@ -208,11 +251,13 @@ def cell_process(*args) -> None:
         sys.exit(CELL_RECORDED_ERRORS)
 
 
-def plan_stages(t, mixer: str, res: int) -> list[tuple[str, int, str | None]]:
+def plan_stages(t, mixer: str, res: int, raster: bool = False) -> list[tuple[str, int, str | None]]:
     """A cell's measurements in order, as (stage, batch, sampler): the training step (unless `task.train_batch` is
     null at this resolution: a sampling-only run), then each sampling batch with the carried state, and with the
-    prefix re-run too for the mixers and resolutions of `task.rerun_baseline` / `task.rerun_resolutions`."""
-    samplers = ["carry", "prefix_rerun"] if mixer in t.rerun_baseline and res in t.rerun_resolutions else ["carry"]
+    prefix re-run too for the mixers and resolutions of `task.rerun_baseline` / `task.rerun_resolutions` (scale-wise
+    cells only: a `raster` cell has no prefix re-run sampler)."""
+    rerun = not raster and mixer in t.rerun_baseline and res in t.rerun_resolutions
+    samplers = ["carry", "prefix_rerun"] if rerun else ["carry"]
     train_batch = at_resolution(t.train_batch, res)
     stages = [] if train_batch is None else [("train", train_batch, None)]
     return stages + [("sample", b, s) for b in at_resolution(t.sample_batches, res) for s in samplers]
@@ -222,7 +267,7 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
     """Build the model of one (configuration, resolution) and measure each stage; return the number of errors it
     recorded (out of memory, a kernel refusing a shape: results, the other stages go on)."""
     t = cfg.task
-    vae = MultiScaleVQVAE(patch_nums=PATCH_NUMS[res]).cuda().eval()
+    vae = cell_tokenizer(intra, res).cuda()
     cell = {**cell, "decode_flops_per_image": decoder_flops(vae)}
     try:
         model = build(cfg, mixer, intra, res)
@@ -235,7 +280,7 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
     record(out, "state_bytes_per_image", model.state_bytes(1), "bytes",
            dtype="bf16 (recurrent states fp32)", **cell)
     errors = 0
-    for stage, batch, sampler in plan_stages(t, mixer, res):
+    for stage, batch, sampler in plan_stages(t, mixer, res, raster=intra == RASTER):
         try:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
                     cuda_graphs=resolve_auto(t.cuda_graphs, "task.cuda_graphs", "cuda"),  # bench runs on CUDA only

@@ -46,7 +46,7 @@ from varbench.eval import classifier as clf
 from varbench.eval.likelihood import teacher_forced_nll
 from varbench.eval.metrics import feature_statistics, fidelity_metrics, frechet_distance, load_adm_npz
 from varbench.eval.references import floor_and_recon_rows, inception_rows, real_and_reconstructed_features
-from varbench.eval.sampling import is_raster, sample_for_eval
+from varbench.eval.sampling import sample_for_eval
 from varbench.runs import load_for_task
 from varbench.training.loop import autocast
 from varbench.utils.auto import resolve_auto
@@ -150,9 +150,6 @@ def main(cfg: DictConfig) -> dict:
     run = load_for_task(cfg, device)  # the run's model, tokenizer and config (its data set, its precision)
     cfg, tokenizer, model = run.config, run.tokenizer, run.model
     t, suite = cfg.task, resolve_suite(cfg)
-    if is_raster(model) and (t.val_nll_images or t.train_nll_images):
-        raise ValueError("val_nll / train_nll are measured for scale-wise models only so far: for a raster model "
-                         "(model=aim_*) set task.val_nll_images=0 task.train_nll_images=0")
     num_classes = t.num_classes or model.num_classes
     per_class = t.per_class or DEFAULT_PER_CLASS[suite]
     graphs = resolve_auto(t.cuda_graphs, "task.cuda_graphs", device)

@@ -60,7 +60,7 @@ def measure_cache_speedup(tokenizer, dataset, cache: TokenCache, batches: int = 
     tokenizer.to(device)
 
     def encode(batch):
-        torch.cat(tokenizer.img_to_ids(batch[0].to(device, non_blocking=True)), dim=1)
+        tokenizer.encode(batch[0].to(device, non_blocking=True))
 
     def read(batch):
         batch[0].to(device, non_blocking=True)

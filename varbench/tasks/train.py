@@ -77,7 +77,7 @@ def main(cfg: DictConfig) -> dict:
                    peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                    checkpoint=str(Path(cfg.run_dir) / "checkpoints"),
                    backends={"mixer": model.mixer_backend,
-                             "intra": getattr(model.blocks[0].intra, "backend", None)})
+                             "intra": getattr(getattr(model.blocks[0], "intra", None), "backend", None)})
     if summary["interrupted"]:
         raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
                          f"saved: run the same command (same run_dir) to resume exactly")

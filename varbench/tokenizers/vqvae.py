@@ -122,6 +122,18 @@ class MultiScaleVQVAE(nn.Module):
         """Official `img_to_idxBl`: image in [-1, 1] -> [(B, p_k^2) int64] per scale."""
         return self.latent_to_ids(self.encode_latent(img_B3HW))
 
+    # ----- the sequence interface (shared with VQF16: what a raster model and a token cache use) --------------------
+
+    @torch.no_grad()
+    def encode(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        """Token ids of all scales in sequence order, (B, L) int64; with one scale (a single-scale tokenizer,
+        `patch_nums = (h,)`) the row-major ids of the latent, as VQF16.encode."""
+        return torch.cat(self.img_to_ids(img_B3HW), dim=1)
+
+    def decode(self, ids_BL: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] from the ids of all scales in sequence order (B, L), as VQF16.decode."""
+        return self.ids_to_img(ids_BL)
+
     # ----- ids -> latent / transformer input / image ---------------------------------------------------------------
 
     def embed_ids(self, ids_Bl: torch.Tensor, k: int) -> torch.Tensor:

@@ -21,8 +21,9 @@ from omegaconf import DictConfig
 from varbench.data.loading import loader_options
 from varbench.eval.likelihood import teacher_forced_nll
 from varbench.training import checkpoints, recipe
-from varbench.training.batches import GlobalBatches, batch_loader, transformer_inputs
+from varbench.training.batches import GlobalBatches, batch_loader
 from varbench.training.previews import log_sample_grid
+from varbench.training.teacher_forcing import teacher_forcing_inputs
 from varbench.utils.auto import resolve_auto
 from varbench.utils.checkpoint import load_strict, remove_stale_temps
 from varbench.utils.dist import DistInfo
@@ -140,9 +141,9 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             loss_value = 0.0
             for _ in range(tcfg.grad_accum):
                 x, labels = next(loader)
-                gt_BL, x_BLCv = transformer_inputs(tokenizer, x.to(device), from_ids)
+                gt_BL, inputs = teacher_forcing_inputs(model, tokenizer, x.to(device), from_ids)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits_BLV = net(labels.to(device), x_BLCv)
+                    logits_BLV = net(labels.to(device), inputs)
                     loss = F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten(),
                                            label_smoothing=tcfg.label_smoothing)
                 scaler.scale(loss / tcfg.grad_accum).backward()
