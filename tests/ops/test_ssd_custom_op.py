@@ -67,7 +67,9 @@ def test_the_op_equals_mamba_ssm_in_values_and_gradients(with_state):
     ours = torch.autograd.grad((y * dy).sum() + (final * dfinal).sum(), leaves)
     theirs = torch.autograd.grad((y_lib * dy).sum() + (final_lib * dfinal).sum(), leaves)
     for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        # the backward reduces dA (and dt_bias, D) over chunks with atomic adds, so two runs of the library itself
+        # differ in the last bits: measured on an H200, 1.9e-7 relative (1.4e-6 absolute on dA ~ 7); 10x headroom
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-6)
 
 
 @CUDA
