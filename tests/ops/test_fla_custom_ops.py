@@ -60,6 +60,11 @@ def run(case, inputs, state, output_final_state, backend):
     return gla(**inputs, initial_state=state, output_final_state=output_final_state, backend=backend)
 
 
+def on_cuda(mode, t):
+    """A fake CUDA tensor like `t` (no GPU needed): the kernel path refuses CPU tensors, as on a real machine."""
+    return mode.from_tensor(t).to("cuda")
+
+
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("output_final_state", [False, True])
 @pytest.mark.parametrize("case", list(CASES))
@@ -68,8 +73,8 @@ def test_the_fakes_promise_what_the_reference_returns(case, with_state, output_f
     state = state if with_state else None
     o_ref, final_ref = run(case, inputs, state, output_final_state, "reference")
     with FakeTensorMode() as mode:
-        fake = {name: mode.from_tensor(t) for name, t in inputs.items()}
-        o, final = run(case, fake, mode.from_tensor(state) if with_state else None, output_final_state, "fla")
+        fake = {name: on_cuda(mode, t) for name, t in inputs.items()}
+        o, final = run(case, fake, on_cuda(mode, state) if with_state else None, output_final_state, "fla")
     assert (o.shape, o.dtype) == (o_ref.shape, o_ref.dtype)
     if output_final_state:
         assert (final.shape, final.dtype) == (final_ref.shape, final_ref.dtype) == ((B, H, K, V), torch.float32)
@@ -79,7 +84,11 @@ def test_the_fakes_promise_what_the_reference_returns(case, with_state, output_f
 
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("case", TRAINABLE)
-def test_autograd_reaches_the_backward_op_with_a_gradient_per_input(case, with_state):
+def test_autograd_reaches_the_backward_op_with_a_gradient_per_input(case, with_state, monkeypatch):
+    # autograd's engine needs a real device for fake CUDA tensors: fake CPU ones here, past the guard that refuses
+    # CPU tensors on the kernel path (the guard itself: tests/test_backend.py::test_the_fla_ops_refuse_cpu_tensors)
+    import varbench.ops.linear_rnn as linear_rnn
+    monkeypatch.setattr(linear_rnn, "_on_cuda", lambda q, backend: None)
     inputs, state = make_inputs(case)
     with FakeTensorMode() as mode:
         fake = {name: mode.from_tensor(t).requires_grad_(name != "g_gamma") for name, t in inputs.items()}
