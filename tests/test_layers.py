@@ -20,16 +20,18 @@ ROOT = Path(__file__).resolve().parents[1] / "varbench"
 # Lowest first. A package may import its own modules and any package of a lower layer; packages of one layer are
 # peers that do not import each other. "varbench" is the package's own __init__ (the notebook facade).
 LAYERS = [
-    ("utils", "layout", "registry", "preemption"),  # foundations: no model code
+    ("utils", "layout", "registry"),                 # foundations: no model code
+    ("preemption",),                                  # the signals a Slurm job gets (logs through utils)
     ("ops",),                                         # the math of each op: reference beside kernel adapters
     ("modules",),                                     # shared layers: RMS norms, short convolution, rotary
     ("mixers", "intra"),                              # inter-scale mixers, intra-scale variants
     ("backbones", "tokenizers"),                      # the models
-    ("build", "compat"),                              # models built from the registry; golden parity
+    ("build", "compat", "official"),                  # models built from the registry; golden parity; official files
     ("data",),                                        # data sets
     ("eval",),                                        # measurement: FLOPs, timing, metrics, likelihood
     ("training",),                                    # the training loop (records eval's NLL while it trains)
     ("runs", "analysis", "config_schema"),            # run folders and loading; records -> tables; config ranges
+    ("init_from",),                                   # a training start from another run or an official file
     ("tasks",),                                       # one file per `task=`, one dispatch
     ("grid",),                                        # grid cells around a task
     ("resolvers",),                                   # the OmegaConf resolvers the configs use
@@ -48,8 +50,8 @@ ALLOWED = {
         "collate moves to data/ once training/batches.py is free (being edited in parallel)",
     ("varbench.analysis.notebook", "varbench"):
         "reads varbench.__file__ only (the repository root); analysis/ is being edited in parallel",
-    ("varbench.tasks.costs", "varbench.tasks.bench"):
-        "default_configs moves below tasks once tasks/bench.py is free (being edited in parallel)",
+    ("varbench.eval.likelihood", "varbench.training.teacher_forcing"):
+        "teacher_forcing_inputs moves to data/ with collate (what a batch teaches each backbone)",
     ("varbench.tasks.scaling", "varbench.tasks.bench"):
         "train_step_cell moves to eval/timing once tasks/bench.py is free (being edited in parallel)",
 }

@@ -24,7 +24,8 @@ from varbench.utils.loggers import ExperimentLogger, TensorBoardLogger, open_log
 
 REPO = Path(__file__).resolve().parents[1]
 # command-line programs whose report IS their stdout (a table, file listing), and notebook display helpers
-PRINT_ALLOWED = {"varbench/compat/__main__.py", "varbench/eval/inception.py", "varbench/analysis/notebook.py"}
+PRINT_ALLOWED = {"varbench/compat/__main__.py", "varbench/eval/inception.py", "varbench/analysis/notebook.py",
+                 "varbench/analysis/best_lr.py", "varbench/analysis/budget.py"}  # command-line reports on stdout
 
 
 def config(tmp_path, *overrides):

@@ -17,13 +17,24 @@ __all__ = ["ScaleLayout", "build", "load"]
 __version__ = "0.1.0"
 
 
+def load(source, device="cpu"):
+    """`(model, tokenizer)` of a trained run, in eval mode on `device`, rebuilt from what the run recorded.
+
+    Args:
+        source: a run directory, its checkpoints folder, one checkpoint folder or a model.safetensors file.
+        device: where the model and tokenizer go. Default: "cpu".
+
+    See `varbench.runs.load` (the rules: the architecture from the run spec, the tokenizer checked by sha256).
+    """
+    from varbench.runs import load as load_run  # torch and the models: imported on first use
+
+    return load_run(source, device)
+
+
 def __getattr__(name: str):
     # `build` is the module varbench.build, made callable: importing a submodule sets the package attribute of its
     # name to the module, so a function of that name here would be replaced by the module on the first import
     if name == "build":
         import varbench.build
         return varbench.build
-    if name == "load":
-        from varbench.runs import load
-        return load
     raise AttributeError(f"module 'varbench' has no attribute {name!r}")

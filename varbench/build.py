@@ -143,7 +143,7 @@ def build_dataset(cfg: DictConfig, split: str):
     """The image data set of the run for `split` ("train" or "val"): items are (image in [-1, 1], label)."""
     from hydra.utils import instantiate
 
-    from varbench.data.loading import dataset_config
+    from varbench.registry import dataset_config
     return instantiate(dataset_config(cfg.data), split=split, image_size=image_size(cfg))
 
 

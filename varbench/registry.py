@@ -7,11 +7,13 @@ No decorator registry (it fails silently when a module was never imported): a YA
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+LOADER_KEYS = ("num_workers", "prefetch_factor")  # keys of a data entry read by the DataLoader (varbench.data.loading)
 
 
 def list_options(group: str) -> list[str]:
@@ -61,7 +63,6 @@ def build(group: str, name: str, **kwargs):
     Never returns None: an entry that is the absence of a component (`mixer=none`) raises, naming the group."""
     cfg = load_option(group, name)
     if group == "data":  # the DataLoader's keys are no argument of the data set
-        from varbench.data.loading import dataset_config
         cfg = dataset_config(cfg)
     if "_target_" not in cfg:
         raise ValueError(f"{group} {name!r} is not a component with a _target_ (the {group} group holds settings); "
@@ -72,3 +73,20 @@ def build(group: str, name: str, **kwargs):
     overrides = {k: v for k, v in kwargs.items() if k in cfg}
     make = factory(OmegaConf.merge(cfg, overrides))
     return make(**{k: v for k, v in kwargs.items() if k not in cfg})
+
+
+def default_configs() -> list[tuple[str, str]]:
+    """The (mixer, intra) configurations a bench or a cost table covers by default: every registered mixer as a
+    pure-mixer model (VAR is attention's; none's is a model with no token mixing at all), plus M-VAR (intra full +
+    mamba2) and its Markov counterpart without an inter-scale mixer (intra full + none, HMAR-like)."""
+    return [(m, "none") for m in list_options("mixer")] + [("mamba2", "full"), ("none", "full")]
+
+
+def dataset_config(data_cfg: DictConfig) -> DictConfig:
+    """A copy of the data entry `data_cfg` without the loader keys: what the data set's constructor takes (the copy
+    keeps its parent, so interpolations into the rest of the config still resolve)."""
+    data_cfg = copy.deepcopy(data_cfg)
+    with open_dict(data_cfg):
+        for key in LOADER_KEYS:
+            data_cfg.pop(key, None)
+    return data_cfg

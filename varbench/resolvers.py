@@ -42,8 +42,8 @@ def _mixers() -> str:
 
 
 def _bench_configs() -> str:
-    """One `task.configs` value per bench cell: the bench's default configurations (`bench.default_configs`)."""
-    from varbench.tasks.bench import default_configs  # torch and the models: only when a config asks
+    """One `task.configs` value per bench cell: the bench's default configurations (`registry.default_configs`)."""
+    from varbench.registry import default_configs
     return ",".join(f"[[{m},{i}]]" for m, i in default_configs())
 
 

@@ -55,8 +55,7 @@ def main(overrides: list[str]) -> None:
     the reference's budget (the reference trains `train.steps`)."""
     from hydra import compose, initialize_config_dir
 
-    from varbench.registry import CONFIG_ROOT
-    from varbench.tasks.bench import default_configs
+    from varbench.registry import CONFIG_ROOT, default_configs
 
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)

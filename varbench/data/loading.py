@@ -1,7 +1,8 @@
 """How the run's images are read: DataLoader workers and prefetch (`data.num_workers`, `data.prefetch_factor`).
 
 The two keys sit in the data group because they belong to reading the data, but they configure the loader, not the
-data set: `dataset_config` strips them before the data set is built, `loader_options` resolves them for a device.
+data set: `varbench.registry.dataset_config` strips them before the data set is built, `loader_options`
+resolves them for a device.
 
 - `data.num_workers`: "auto" (0 on CPU, where tests and small runs decode in-process; `GPU_WORKERS` capped by the
   cores this process may use, minus one for the training process, on CUDA) or an int in 0 .. `MAX_WORKERS`.
@@ -10,14 +11,12 @@ data set: `dataset_config` strips them before the data set is built, `loader_opt
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-LOADER_KEYS = ("num_workers", "prefetch_factor")
 GPU_WORKERS = 8  # decodes VAR's 256-px JPEGs faster than one H200 trains on them (benchmarks/data_throughput.py)
 MAX_WORKERS, MAX_PREFETCH = 256, 64
 
@@ -63,13 +62,3 @@ def loader_options(data_cfg: DictConfig, device) -> LoaderOptions:
     elif isinstance(workers, str):
         raise ValueError(f"data.num_workers={workers!r}: valid values 'auto' or an integer 0 .. {MAX_WORKERS}")
     return LoaderOptions(workers, data_cfg.get("prefetch_factor", 2), pin_memory=device.type == "cuda")
-
-
-def dataset_config(data_cfg: DictConfig) -> DictConfig:
-    """A copy of the data entry `data_cfg` without the loader keys: what the data set's constructor takes (the copy
-    keeps its parent, so interpolations into the rest of the config still resolve)."""
-    data_cfg = copy.deepcopy(data_cfg)
-    with open_dict(data_cfg):
-        for key in LOADER_KEYS:
-            data_cfg.pop(key, None)
-    return data_cfg

@@ -39,7 +39,7 @@ from varbench.eval.flops import decoder_flops, model_flops
 from varbench.eval.samplers import make_sampler
 from varbench.eval.timing import matmul_peak_tflops, speed_mode, time_ms, top_ops
 from varbench.layout import PATCH_NUMS
-from varbench.registry import list_options, load_option
+from varbench.registry import default_configs, list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.training.loop import compile_for_training
 from varbench.training.teacher_forcing import is_raster
@@ -164,13 +164,6 @@ def at_resolution(value, res: int):
             raise ValueError(f"no value for {res} px in {dict(value)}: give one per resolution of task.resolutions")
         return value[res]
     return value
-
-
-def default_configs() -> list[tuple[str, str]]:
-    """Every registered mixer as a pure-mixer model (VAR is attention's; none's is a model with no token mixing at
-    all), plus M-VAR (intra full + mamba2) and its Markov counterpart without an inter-scale mixer (intra full +
-    none, HMAR-like)."""
-    return [(m, "none") for m in list_options("mixer")] + [("mamba2", "full"), ("none", "full")]
 
 
 def check_config(cfg: DictConfig) -> None:

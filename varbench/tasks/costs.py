@@ -15,8 +15,7 @@ from omegaconf import DictConfig, open_dict
 from varbench.build import build_model
 from varbench.eval.flops import decoder_flops, model_flops
 from varbench.layout import PATCH_NUMS
-from varbench.registry import load_option
-from varbench.tasks.bench import default_configs
+from varbench.registry import default_configs, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.utils.records import make_record, replace_records
 

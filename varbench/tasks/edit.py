@@ -21,8 +21,8 @@ from varbench.build import resolve_device
 from varbench.data.token_cache import file_sha256
 from varbench.eval.samplers import make_sampler
 from varbench.runs import load_for_task
-from varbench.tasks.sample import save_grid
 from varbench.training.loop import autocast
+from varbench.utils.images import save_grid
 from varbench.utils.records import record
 
 

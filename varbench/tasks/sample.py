@@ -20,19 +20,12 @@ from varbench.runs import load_for_task
 from varbench.training.checkpoints import step_of_weights
 from varbench.training.loop import autocast
 from varbench.utils.auto import resolve_auto
+from varbench.utils.images import save_grid
 from varbench.utils.log import get_logger
 from varbench.utils.loggers import open_logger
 from varbench.utils.records import record
 
 log = get_logger(__name__)
-
-
-def save_grid(images_N3HW: torch.Tensor, rows: int, path: Path) -> Path:
-    """Tile images in [0, 1] into a grid PNG with `rows` rows."""
-    from torchvision.utils import save_image
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images_N3HW.float().cpu(), str(path), nrow=images_N3HW.shape[0] // rows, padding=2, pad_value=1.0)
-    return path
 
 
 def main(cfg: DictConfig) -> dict:
