@@ -182,7 +182,8 @@ def test_two_task_cell_trains_with_ddp_from_the_slurm_environment(slurm, tmp_pat
     common = ["mixer=attention", "seed=0", "hydra.sweeper.cells=[]", "task=train", "model.depth=1", "model.width=64",
               "model.num_heads=1", "tokenizer.vocab_size=64", "data.num_classes=2",
               "data.size_per_class=4", "train.steps=3", "train.batch_size=8", "train.log_every=1",
-              "train.deterministic=true", "model.cond_drop_rate=0.0", "device=cpu"]
+              "train.deterministic=true", "model.cond_drop_rate=0.0", "device=cpu",
+              "results_dir=results"]
     (tmp_path / "two").mkdir()
     (tmp_path / "one").mkdir()
     two = run_grid(tmp_path / "two", *common, "cluster=slurm", "hydra.launcher.tasks_per_node=2")
