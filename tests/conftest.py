@@ -8,6 +8,11 @@ import pytest
 import torch
 
 from varbench.layout import ScaleLayout
+from varbench.resolvers import register_resolvers
+
+# every test that composes the configs needs the resolvers they read, whatever ran before it (the command registers
+# them in varbench/cli.py; a test composing in-process does not go through it)
+register_resolvers()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -40,10 +40,6 @@ LAYERS = [
 
 # Known upward or peer edges, each with the reason it stays for now: (importing module, imported module) -> reason.
 ALLOWED = {
-    ("varbench.intra.full", "varbench.mixers.attention"):
-        "moves with ScaleAttention into varbench/modules (after the KV-cache change lands)",
-    ("varbench.intra.local", "varbench.mixers.attention"):
-        "moves with ScaleAttention into varbench/modules (after the KV-cache change lands)",
     ("varbench.eval.likelihood", "varbench.training.batches"):
         "collate / transformer_inputs move to data/ once training/batches.py is free (being edited in parallel)",
     ("varbench.eval.references", "varbench.training.batches"):

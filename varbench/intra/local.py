@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.attention import ScaleAttention
+from varbench.modules.attention import ScaleAttention
 from varbench.ops.attention.reference import masked_attention_ref
 from varbench.ops.backend import KernelChoice, cuda_and
 

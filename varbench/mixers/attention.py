@@ -8,17 +8,14 @@ checkpoints load by renaming the module only (see `varbench.backbones.convert`).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State, TokenMixer
+from varbench.modules.attention import ScaleAttention
 from varbench.ops.attention.reference import masked_attention_ref
 from varbench.ops.backend import cuda_and
-
-MAX_SCALE_MUL = math.log(100.0)  # VAR clamps the learned log-temperature at ln 100
 
 
 def empty_kv_cache(k_BHld: torch.Tensor, length: int) -> State:
@@ -26,59 +23,6 @@ def empty_kv_cache(k_BHld: torch.Tensor, length: int) -> State:
     only the part it has written."""
     B, H, _, d = k_BHld.shape
     return {name: k_BHld.new_empty((B, H, length, d)) for name in ("k", "v")}
-
-
-class ScaleAttention(nn.Module):
-    """VAR's attention projections: qkv with q and v biases and a fixed zero k bias, optional L2-normalised
-    q/k with a learned per-head temperature, output projection.
-
-    Args:
-        dim (int): model width C.
-        num_heads (int): heads H (head dim C / H).
-        l2_norm (bool, Optional): VAR's `attn_l2_norm`: normalise q and k, multiply q by exp(min(scale_mul, ln 100)),
-            softmax scale 1. Without it the softmax scale is 0.25 / sqrt(d) (a quarter of the usual). Default: True.
-    """
-
-    def __init__(self, dim: int, num_heads: int, l2_norm: bool = True):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads, self.head_dim, self.l2_norm = num_heads, dim // num_heads, l2_norm
-        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.q_bias = nn.Parameter(torch.zeros(dim))
-        self.v_bias = nn.Parameter(torch.zeros(dim))
-        self.register_buffer("zero_k_bias", torch.zeros(dim), persistent=False)
-        if l2_norm:
-            self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
-        self.scale = 1.0 if l2_norm else 0.25 / math.sqrt(self.head_dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def qkv(self, x_BLC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project to q, k, v of shape (B, H, L, d), normalised when `l2_norm`."""
-        B, L, C = x_BLC.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = nn.functional.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
-        q_BHLd, k_BHLd, v_BHLd = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.l2_norm:
-            temperature_1H11 = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
-            q_BHLd = nn.functional.normalize(q_BHLd, dim=-1).mul(temperature_1H11)
-            k_BHLd = nn.functional.normalize(k_BHLd, dim=-1)
-            # normalisation runs in fp32 under autocast; bring q, k back to v's dtype for the kernels
-            q_BHLd, k_BHLd = q_BHLd.to(v_BHLd.dtype), k_BHLd.to(v_BHLd.dtype)
-        return q_BHLd, k_BHLd, v_BHLd
-
-    def out(self, o_BHLd: torch.Tensor) -> torch.Tensor:
-        """Concatenate heads and project: (B, H, L, d) -> (B, L, C)."""
-        B, H, L, d = o_BHLd.shape
-        return self.proj(o_BHLd.transpose(1, 2).reshape(B, L, H * d))
-
-    def qkv_flops(self, tokens: int) -> int:
-        C = self.proj.in_features
-        return 2 * tokens * C * 3 * C + 2 * tokens * C * C  # qkv and output projections
-
-    @staticmethod
-    def score_flops(pairs: int, head_dim: int, num_heads: int) -> int:
-        return 2 * 2 * pairs * head_dim * num_heads  # q.k and p.v, per allowed (query, key) pair
 
 
 class BlockCausalAttention(ScaleAttention, TokenMixer):

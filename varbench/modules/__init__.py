@@ -1,8 +1,9 @@
-"""Shared layers below the mixers and the intra variants: RMS norms, the short convolution, rotary embeddings.
-(ScaleAttention joins them once the KV-cache change of mixers/attention.py has landed.)"""
+"""Shared layers below the mixers and the intra variants: VAR's attention projections, RMS norms, the short
+convolution, rotary embeddings."""
 
+from varbench.modules.attention import ScaleAttention
 from varbench.modules.norms import FusedRMSNormGated, GatedRMSNorm, RMSNorm
 from varbench.modules.rotary import rotary
 from varbench.modules.short_conv import ShortConvolution
 
-__all__ = ["FusedRMSNormGated", "GatedRMSNorm", "RMSNorm", "ShortConvolution", "rotary"]
+__all__ = ["FusedRMSNormGated", "GatedRMSNorm", "RMSNorm", "ScaleAttention", "ShortConvolution", "rotary"]
