@@ -20,8 +20,6 @@ from varbench.training import checkpoints
 from varbench.utils.records import read_records
 from varbench.utils.run_spec import read_spec
 
-pytestmark = pytest.mark.skipif(not SET_A.is_dir(), reason="../shared/golden is not beside the checkout")
-
 
 @pytest.fixture
 def var_pth(tmp_path) -> Path:
@@ -73,8 +71,7 @@ def test_a_varbench_checkpoint_starts_a_model_with_another_mixer(tmp_path):
 
 
 def test_a_source_that_matches_nothing_is_an_error(tmp_path):
-    if not SET_C.is_dir():
-        pytest.skip("no aim_setC")
+    assert SET_C.is_dir(), f"golden set C not found at {SET_C} (shared/ must sit beside the checkout)"
     cfg = config("model.depth=1", "model.width=64", "model.num_heads=1")
     with pytest.raises(ValueError, match=r"no tensor of .*official_aim.* has a name and shape of this model"):
         init_from(build_model(cfg), SET_C / "aim_state_dict.safetensors")
@@ -105,8 +102,7 @@ def test_train_init_from_logs_records_and_specs_both_lists_and_resume_wins(var_p
 
 def test_official_aim_starts_a_raster_model_with_attention(tmp_path):
     """AiM's Mamba2 weights start a LlamaGen-style raster transformer: all but the mixers load."""
-    if not SET_C.is_dir():
-        pytest.skip("no aim_setC")
+    assert SET_C.is_dir(), f"golden set C not found at {SET_C} (shared/ must sit beside the checkout)"
     from test_official_weights import aim_overrides
     # the aim recipes set mixer.d_state (Mamba2's) for whichever mixer is chosen: removed by name here
     fresh, got, report = fresh_and_initialised(config(*aim_overrides(), "mixer=attention", "~mixer.d_state"),
