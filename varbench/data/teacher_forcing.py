@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from varbench.training.batches import transformer_inputs
+from varbench.data.batches import transformer_inputs
 
 
 def is_raster(model: torch.nn.Module) -> bool:
