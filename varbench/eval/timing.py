@@ -98,7 +98,7 @@ def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: to
     """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
     With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`). The training
     stage of task=bench and the per-GPU step of task=scaling: one protocol for both."""
-    from varbench.data.teacher_forcing import is_raster  # here: importing timing stays free of the data sets
+    from varbench.backbones.raster_ar import is_raster  # here: importing timing stays free of model code
     net = model if net is None else net  # a compiled module has no truth value (it forwards len())
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
