@@ -1,6 +1,6 @@
 """Decode throughput of the image-folder training path against what the GPU's training step consumes (issue 18 item 3).
 
-Reads VAR's global batch (768 images, 256 px) through the training loader (`varbench.training.batches.batch_loader`:
+Reads VAR's global batch (768 images, 256 px) through the training loader (`varbench.data.batches.batch_loader`:
 ImageFolderData with VAR's train transform, LANCZOS resize to 288 then a random crop, whole batches built in
 DataLoader workers) and appends one JSON line to OUT: images/s with the given workers, images/s per worker, images
 per CPU second (workers included), and the latest VAR-d16 256-px `train_images_per_s` record under results/gpu/h200/
@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from PIL import Image  # noqa: E402
 
+from varbench.data.batches import GlobalBatches, batch_loader  # noqa: E402
 from varbench.data.folders import ImageFolderData  # noqa: E402
 from varbench.data.loading import LoaderOptions  # noqa: E402
-from varbench.training.batches import GlobalBatches, batch_loader  # noqa: E402
 from varbench.utils.records import read_records, record  # noqa: E402
 
 CIFAR = REPO.parent / "shared" / "data" / "cifar10_jpg.tar.gz"

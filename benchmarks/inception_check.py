@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from varbench.data.batches import collate  # noqa: E402
 from varbench.eval import metrics as m  # noqa: E402
 from varbench.eval.likelihood import scored_items  # noqa: E402
 from varbench.eval.references import real_and_reconstructed_features  # noqa: E402
-from varbench.training.batches import collate  # noqa: E402
 from varbench.utils.records import record  # noqa: E402
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpg.tar.gz"

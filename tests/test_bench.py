@@ -7,8 +7,9 @@ from helpers import tiny_model, tiny_tokenizer
 from omegaconf import OmegaConf
 
 from varbench.eval.flops import model_flops
+from varbench.eval.timing import train_step_cell
 from varbench.registry import default_configs, list_options
-from varbench.tasks.bench import at_resolution, measure, plan_stages, train_step_cell
+from varbench.tasks.bench import at_resolution, measure, plan_stages
 from varbench.utils.records import read_records
 
 

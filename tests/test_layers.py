@@ -6,6 +6,8 @@ Read statically (`ast`, nothing imported or executed). Two checks:
 - no cycle between packages and no upward import, counting every import statement, function-local ones included:
   a local import defers the cost of a dependency, not the dependency itself.
 
+There is no allow-list: an import that breaks a layer is fixed by moving code down, never excused here.
+
 ARCHITECTURE.md draws the same layers and says why each sits where it does.
 """
 
@@ -37,21 +39,6 @@ LAYERS = [
     ("resolvers",),                                   # the OmegaConf resolvers the configs use
     ("cli", "varbench"),                              # the command and the Python API
 ]
-
-# Known upward or peer edges, each with the reason it stays for now: (importing module, imported module) -> reason.
-ALLOWED = {
-    ("varbench.eval.likelihood", "varbench.training.batches"):
-        "collate / transformer_inputs move to data/ once training/batches.py is free (being edited in parallel)",
-    ("varbench.eval.references", "varbench.training.batches"):
-        "collate moves to data/ once training/batches.py is free (being edited in parallel)",
-    ("varbench.analysis.notebook", "varbench"):
-        "reads varbench.__file__ only (the repository root); analysis/ is being edited in parallel",
-    ("varbench.eval.likelihood", "varbench.training.teacher_forcing"):
-        "teacher_forcing_inputs moves to data/ with collate (what a batch teaches each backbone)",
-    ("varbench.tasks.scaling", "varbench.tasks.bench"):
-        "train_step_cell moves to eval/timing once tasks/bench.py is free (being edited in parallel)",
-}
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
@@ -150,9 +137,7 @@ def test_no_import_cycle_between_modules():
 
 
 def test_no_import_cycle_between_packages():
-    # the allowed edges are left out: each is a known upward import, listed with its reason
-    pairs = {(package(a), package(b)) for a, b in edges(module_level_only=False)
-             if package(a) != package(b) and (a, b) not in ALLOWED}
+    pairs = {(package(a), package(b)) for a, b in edges(module_level_only=False) if package(a) != package(b)}
     assert cycles(as_graph(pairs)) == []
 
 
@@ -163,19 +148,12 @@ def test_every_package_is_in_a_layer():
 
 def test_imports_go_down_the_layers():
     upward = sorted(f"{a} -> {b}" for a, b in edges(module_level_only=False)
-                    if package(a) != package(b) and rank(package(b)) >= rank(package(a)) and (a, b) not in ALLOWED)
+                    if package(a) != package(b) and rank(package(b)) >= rank(package(a)))
     assert upward == [], "upward or peer imports (see LAYERS):\n" + "\n".join(upward)
-
-
-def test_every_allowed_edge_still_exists():
-    # an allow-list entry whose import is gone must be deleted, so the list shows only what is left to move
-    gone = sorted(f"{a} -> {b}" for a, b in ALLOWED if (a, b) not in edges(module_level_only=False))
-    assert gone == [], "these imports are gone; delete them from ALLOWED:\n" + "\n".join(gone)
 
 
 def test_tasks_do_not_import_other_tasks():
     # one dispatch (varbench/tasks/__init__.py) calls the tasks; what two tasks share lives below tasks
     tasks = {m for m in MODULES if m.startswith("varbench.tasks.")}
-    crossing = sorted(f"{a} -> {b}" for a, b in edges(module_level_only=False)
-                      if a in tasks and b in tasks and (a, b) not in ALLOWED)
+    crossing = sorted(f"{a} -> {b}" for a, b in edges(module_level_only=False) if a in tasks and b in tasks)
     assert crossing == [], "tasks importing tasks:\n" + "\n".join(crossing)

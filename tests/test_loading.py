@@ -8,10 +8,10 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from varbench.data.batches import GlobalBatches, batch_loader
 from varbench.data.folders import ImageFolderData
 from varbench.data.loading import GPU_WORKERS, LoaderOptions, loader_options
 from varbench.registry import dataset_config
-from varbench.training.batches import GlobalBatches, batch_loader
 
 BATCH, STEPS = 4, 6  # 10 images: 3 batches per epoch, so STEPS covers two epochs
 

@@ -3,10 +3,12 @@
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
 from varbench.utils import records
+from varbench.utils.paths import REPO
 
 
 def test_a_record_carries_its_provenance_and_reads_back(tmp_path, monkeypatch):
@@ -57,3 +59,8 @@ def test_replace_records_swaps_only_the_matching_records(tmp_path):
     assert records.replace_records(path, [new], lambda r: r["metric"] == "cost" and r["cell"] == 1) == 1
     back = [(r["metric"], r["cell"], r["value"]) for r in records.read_records(path)]
     assert sorted(back) == [("cost", 1, 5.0), ("cost", 2, 0.0), ("other", 1, 0.0)]
+
+
+def test_the_repository_root_is_the_checkout_above_the_package():
+    # records cite this folder's git commit and the notebooks read results/ under it: the checkout these tests are in
+    assert REPO == Path(__file__).resolve().parents[1] and (REPO / "varbench" / "__init__.py").is_file()

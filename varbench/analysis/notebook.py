@@ -7,11 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
-import varbench
 from varbench.analysis.format import as_text
 from varbench.analysis.load import load_records
-
-REPO = Path(varbench.__file__).resolve().parents[1]
+from varbench.utils.paths import REPO
 
 
 def open_records():

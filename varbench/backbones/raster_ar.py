@@ -267,6 +267,12 @@ class RasterAR(nn.Module):
         self._graphed = {}
 
 
+def is_raster(model: nn.Module) -> bool:
+    """Whether `model` (not a parallel or compile wrapper) is a RasterAR: it predicts and generates token by token in
+    raster order, rather than scale by scale as a ScaleAR."""
+    return isinstance(model, RasterAR)
+
+
 def aim_init_(model: RasterAR, std: float = 0.02) -> None:
     """AiM's GPT-2 style init (`_init_weights`): embedding tables N(0, std); every Linear bias zero; each block's
     output projection (`out_proj`, `fc2`, or the mixer's `output_projection()`) kaiming-uniform / sqrt(depth);

@@ -1,5 +1,7 @@
-"""Data layer: the embedded procedural data set, ImageNet-style folders, torchvision sets, VAR's preprocessing and
-the token cache. Every data set yields (img_3HW float in [-1, 1], label int) and has `num_classes` and `classes`."""
+"""Data layer: the embedded procedural data set, ImageNet-style folders, torchvision sets, VAR's preprocessing, the
+token cache, the deterministic batches (`batches.py`) and what a batch teaches each backbone (`teacher_forcing.py`):
+below eval and training, which both read them. Every data set yields (img_3HW float in [-1, 1], label int) and has
+`num_classes` and `classes`."""
 
 from varbench.data.embedded import EmbeddedShapes
 from varbench.data.folders import ImageFolderData

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from varbench.training.batches import collate
-from varbench.training.teacher_forcing import teacher_forcing_inputs
+from varbench.data.batches import collate
+from varbench.data.teacher_forcing import teacher_forcing_inputs
 from varbench.utils.log import get_logger, progress_bar
 from varbench.utils.precision import autocast
 

@@ -18,10 +18,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from varbench.data.batches import collate
 from varbench.eval import metrics as m
 from varbench.eval.likelihood import scored_items
 from varbench.eval.metrics import feature_statistics, frechet_distance
-from varbench.training.batches import collate
 from varbench.utils.log import progress_bar
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from varbench.backbones.raster_ar import is_raster
 from varbench.eval.metrics import save_adm_npz
 from varbench.eval.samplers import make_sampler
 from varbench.utils.log import get_logger, progress_bar
@@ -63,12 +64,6 @@ RASTER_PRESETS = {
     "aim_b": SamplingPreset(cfg=2.0, top_k=0, top_p=1.0, more_smooth=False),
     "aim": SamplingPreset(cfg=1.75, top_k=0, top_p=1.0, more_smooth=False),
 }
-
-
-def is_raster(model) -> bool:
-    """Whether `model` generates token by token in raster order (a RasterAR) rather than scale by scale."""
-    from varbench.backbones.raster_ar import RasterAR
-    return isinstance(model, RasterAR)
 
 
 def resolve_preset(preset, raster: bool = False) -> SamplingPreset:

@@ -1,14 +1,19 @@
 """The fixed speed / memory protocol: warm-up, CUDA-event timing, median of repeats, peak memory, a matmul peak
-measured in the same run (the denominator of MFU), and the fields that say how and where a speed was measured."""
+measured in the same run (the denominator of MFU), the fields that say how and where a speed was measured, and the
+timed training step (forward + backward + AdamW on synthetic inputs) that task=bench and task=scaling share."""
 
 from __future__ import annotations
 
 import os
 import statistics
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from varbench.backbones.raster_ar import RasterAR
+    from varbench.backbones.scale_ar import ScaleAR
 
 
 def machine(device=None) -> str:
@@ -86,3 +91,29 @@ def top_ops(fn: Callable[[], object], steps: int = 3, limit: int = 15) -> list[d
     total = sum(getattr(e, key) for e in events) or 1.0
     return [{"op": e.key, "calls_per_step": e.count / steps, "ms_per_step": getattr(e, key) / steps / 1e3,
              "share": getattr(e, key) / total} for e in events[:limit]]
+
+
+def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
+                    profile_steps: int = 0) -> dict:
+    """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
+    With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`). The training
+    stage of task=bench and the per-GPU step of task=scaling: one protocol for both."""
+    from varbench.backbones.raster_ar import is_raster  # here: importing timing stays free of model code
+    net = model if net is None else net  # a compiled module has no truth value (it forwards len())
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    labels = torch.randint(0, model.num_classes, (batch,), device=device)
+    gt = torch.randint(0, model.vocab_size, (batch, model.layout.L), device=device)
+    # a raster model reads its ids (teacher forcing behind the class token); a scale-wise one the code maps
+    x = gt if is_raster(model) else torch.randn(batch, model.layout.L - 1, model.latent_dim, device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(net(labels, x).flatten(0, 1), gt.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train()
+    timing = time_ms(step, warmup=3, repeats=repeats)
+    return timing | ({"top_ops": top_ops(step, profile_steps)} if profile_steps else {})

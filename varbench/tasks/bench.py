@@ -32,17 +32,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from varbench.backbones.raster_ar import RasterAR, matched_mlp_hidden, raster_mixers
+from varbench.backbones.raster_ar import RasterAR, is_raster, matched_mlp_hidden, raster_mixers
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.build import build_model
 from varbench.eval.flops import decoder_flops, model_flops
 from varbench.eval.samplers import make_sampler
-from varbench.eval.timing import matmul_peak_tflops, speed_mode, time_ms, top_ops
+from varbench.eval.timing import matmul_peak_tflops, speed_mode, time_ms, train_step_cell
 from varbench.layout import PATCH_NUMS
 from varbench.registry import default_configs, list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.training.loop import compile_for_training
-from varbench.training.teacher_forcing import is_raster
 from varbench.utils.auto import resolve_auto
 from varbench.utils.log import get_logger
 from varbench.utils.processes import run_in_fresh_process
@@ -102,30 +101,6 @@ def mixer_options(cfg: DictConfig, mixer: str) -> dict:
         raise ValueError(f"task.mixer_options.{mixer}: unknown fields {unknown}; "
                          f"valid: {sorted(k for k in load_option('mixer', mixer) if not k.startswith('_'))}")
     return options
-
-
-def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
-                    profile_steps: int = 0) -> dict:
-    """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
-    With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`)."""
-    net = model if net is None else net  # a compiled module has no truth value (it forwards len())
-    device = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    labels = torch.randint(0, model.num_classes, (batch,), device=device)
-    gt = torch.randint(0, model.vocab_size, (batch, model.layout.L), device=device)
-    # a raster model reads its ids (teacher forcing behind the class token); a scale-wise one the code maps
-    x = gt if is_raster(model) else torch.randn(batch, model.layout.L - 1, model.latent_dim, device=device)
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(net(labels, x).flatten(0, 1), gt.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    model.train()
-    timing = time_ms(step, warmup=3, repeats=repeats)
-    return timing | ({"top_ops": top_ops(step, profile_steps)} if profile_steps else {})
 
 
 def sample_cell(model: ScaleAR | RasterAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int,

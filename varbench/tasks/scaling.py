@@ -18,8 +18,7 @@ from omegaconf import DictConfig
 
 from varbench.build import build_model, image_size, resolve_device
 from varbench.eval.flops import model_flops
-from varbench.eval.timing import matmul_peak_tflops, speed_mode
-from varbench.tasks.bench import train_step_cell
+from varbench.eval.timing import matmul_peak_tflops, speed_mode, train_step_cell
 from varbench.training.loop import wrap_parallel
 from varbench.utils.dist import init_distributed, shutdown
 from varbench.utils.log import get_logger

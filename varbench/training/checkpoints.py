@@ -21,7 +21,7 @@ FILES = ("model.safetensors", "state.pt")  # written in this order; all present 
 # the config groups that decide what training computes; compared on resume, except the keys of RESUMABLE
 COMPARED = ("seed", "model", "mixer", "intra", "tokenizer", "data", "train")
 RESUMABLE = ("train.steps", "train.log_every", "train.nll_every", "train.nll_images", "train.ckpt_every",
-             "train.keep_last", "data.num_workers", "data.prefetch_factor")  # the loader's: same batches (batches.py)
+             "train.keep_last", "data.num_workers", "data.prefetch_factor")  # the loader's: same batches (data/batches)
 
 
 def rng_state() -> dict:

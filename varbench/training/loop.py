@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from varbench.data.batches import GlobalBatches, batch_loader
 from varbench.data.loading import loader_options
+from varbench.data.teacher_forcing import teacher_forcing_inputs
 from varbench.eval.likelihood import teacher_forced_nll
 from varbench.training import checkpoints, recipe
-from varbench.training.batches import GlobalBatches, batch_loader
 from varbench.training.previews import log_sample_grid
-from varbench.training.teacher_forcing import teacher_forcing_inputs
 from varbench.utils.auto import resolve_auto
 from varbench.utils.checkpoint import load_strict, remove_stale_temps
 from varbench.utils.dist import DistInfo

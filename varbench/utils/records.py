@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from varbench.utils.paths import REPO
+
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
 
 
 @lru_cache(maxsize=1)

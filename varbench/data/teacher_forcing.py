@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from varbench.training.batches import transformer_inputs
-
-
-def is_raster(model: torch.nn.Module) -> bool:
-    """Whether `model` (not a parallel or compile wrapper) predicts raster tokens (RasterAR)."""
-    from varbench.backbones.raster_ar import RasterAR
-    return isinstance(model, RasterAR)
+from varbench.backbones.raster_ar import is_raster
+from varbench.data.batches import transformer_inputs
 
 
 @torch.no_grad()
