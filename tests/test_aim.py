@@ -244,3 +244,25 @@ def test_bf16_autocast_forward_and_steps(name):
     assert logits.dtype == torch.bfloat16
     torch.testing.assert_close(logits.float(), reference, atol=3e-2, rtol=3e-2)  # bf16: 8 mantissa bits
     torch.testing.assert_close(steps.logits, reference, atol=3e-2, rtol=3e-2)
+
+
+def test_the_token_states_are_freed_before_the_tokenizer_decodes(monkeypatch):
+    """The KV cache / recurrent states of a raster generation are dead when the tokenizer decodes (peak memory)."""
+    import weakref
+    model = tiny_raster("attention").eval()
+    refs, alive_at_decode = [], []
+    scale_logits = model.scale_logits
+
+    def recording_scale_logits(*args):
+        logits, states = scale_logits(*args)
+        refs.extend(weakref.ref(t) for s in states for t in s.values() if isinstance(t, torch.Tensor))
+        return logits, states
+
+    class Decoder:
+        def decode(self, ids_BN):
+            alive_at_decode.extend(r for r in refs if r() is not None)
+            return torch.zeros(ids_BN.shape[0], 3, 4, 4)
+
+    monkeypatch.setattr(model, "scale_logits", recording_scale_logits)
+    model.generate(torch.tensor([1, 2]), tokenizer=Decoder())
+    assert refs and alive_at_decode == []

@@ -105,3 +105,31 @@ def test_make_sampler_names_the_valid_samplers_and_refuses_other_models(vae):
         make_sampler("carry", torch.nn.Linear(2, 2), vae)
     with pytest.raises(ValueError, match=r"tokenizer patch_nums \(1, 2, 4\) != model \(1, 2, 3, 4\)"):
         ScaleSampler(model, tiny_tokenizer(patch_nums=(1, 2, 4)))
+
+
+def weak_leaves(states) -> list:
+    import weakref
+    return [weakref.ref(t) for state in states for t in state.values() if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("mixer", ["attention", "mamba2"])
+def test_the_mixer_states_are_freed_before_the_tokenizer_decodes(mixer, vae, monkeypatch):
+    """VAR's KV cache (a mixer's carried state) is dead when the decoder runs, so the decoder's activations never
+    stack on it (the official sampler drops its cache before decoding too): the peak memory of sampling."""
+    model = tiny_model(mixer, vae=vae).eval()
+    refs, alive_at_decode = [], []
+    scale_logits, decode = model.scale_logits, vae.fhat_to_img
+
+    def recording_scale_logits(*args):
+        logits, states = scale_logits(*args)
+        refs.extend(weak_leaves(states))
+        return logits, states
+
+    def checking_decode(f_hat):
+        alive_at_decode.extend(r for r in refs if r() is not None)
+        return decode(f_hat)
+
+    monkeypatch.setattr(model, "scale_logits", recording_scale_logits)
+    monkeypatch.setattr(vae, "fhat_to_img", checking_decode)
+    ScaleSampler(model, vae, cfg=1.5)(torch.tensor([1, 2]))
+    assert refs and alive_at_decode == []

@@ -231,6 +231,7 @@ class RasterAR(nn.Module):
             if t + 1 < self.num_tokens:
                 x_2B1C = self.step_input(ids_B1, t + 1, positions).repeat(2, 1, 1)
         ids_BN = torch.cat(ids, dim=1)
+        states = logits_2B1V = None  # freed before the decode: its activations do not stack on the KV cache
         images = tokenizer.decode(ids_BN).add(1).mul(0.5) if tokenizer is not None else None
         return RasterGeneration(ids_BN, images, torch.cat(all_logits, 1) if return_logits else None)
 

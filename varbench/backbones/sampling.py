@@ -111,9 +111,19 @@ class ScaleSampler:
             edit (Edit, Optional): zero-shot editing (`varbench.backbones.editing`): each scale's ids and codes are
                 the image's own where the edit keeps them, before they update f_hat and the next input. Default: None.
         """
-        model, tokenizer, layout = self.model, self.tokenizer, self.model.layout
         self.check_device(label_B)
-        model.check_labels(label_B)
+        self.model.check_labels(label_B)
+        ids, f_hat, all_logits = self.scales(label_B, generator, forced_ids, return_logits, edit)
+        # decoded after `scales` returned: its mixer states (VAR's KV cache) and last logits are freed by then, so
+        # the decoder's activations do not stack on them (the official sampler, too, drops its cache first)
+        images = self.tokenizer.fhat_to_img(f_hat).add(1).mul(0.5)
+        return Generation(ids=ids, images=images, logits=all_logits if return_logits else None)
+
+    def scales(self, label_B: torch.Tensor, generator: torch.Generator | None, forced_ids: list[torch.Tensor] | None,
+               return_logits: bool, edit) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        """The scale loop: ids per scale, the final f_hat (B, Cv, h, w) and, with `return_logits`, the guided logits
+        per scale. The mixer states live only inside this call."""
+        model, tokenizer, layout = self.model, self.tokenizer, self.model.layout
         B, K = label_B.shape[0], layout.num_scales
         cond_2BD = model.class_emb(torch.cat((label_B, torch.full_like(label_B, model.num_classes))))
         lvl_pos_1LC = model.lvl_embed(model.lvl_1L) + model.pos_1LC
@@ -140,8 +150,7 @@ class ScaleSampler:
                 next_BlCv = next_BCvhw.flatten(2).transpose(1, 2).to(model.word_embed.weight.dtype)
                 x_BlC = model.word_embed(next_BlCv) + lvl_pos_1LC[:, layout.slice(k + 1)]
                 x_2BlC = x_BlC.repeat(2, 1, 1)
-        images = tokenizer.fhat_to_img(f_hat).add(1).mul(0.5)
-        return Generation(ids=ids, images=images, logits=all_logits if return_logits else None)
+        return ids, f_hat, all_logits
 
     def draw(self, logits_BlV: torch.Tensor, k: int, forced_ids: list[torch.Tensor] | None,
              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
