@@ -127,7 +127,7 @@ def project_metrics(cfg: DictConfig, npz, device, tokenizer) -> list[tuple[str, 
     floor_images, train_images = t.floor_images, t.memorisation_train_images
     rows = inception_rows(npz, UInt8Images(val), train, tokenizer, weights=t.inception_weights, device=device,
                           batch_size=t.fidelity_batch_size, floor_images=floor_images, train_set=train,
-                          train_images=train_images) if t.inception_fid else []
+                          train_images=train_images, train_cache=t.memorisation_cache) if t.inception_fid else []
     rows += memorisation_rows(f_sample, f_val, train, lambda x: clf.classify(model, x)[0], train_images,
                               t.fidelity_batch_size, device, fields)
     if floor_images != 0:
