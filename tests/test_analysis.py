@@ -32,6 +32,7 @@ from varbench.analysis import (
 )
 from varbench.analysis.load import LEADING, flatten, short_name
 from varbench.analysis.study import bench_goals, costs_table, study_ranking
+from varbench.analysis.tables import quality_wide
 from varbench.registry import CONFIG_ROOT
 from varbench.tasks import run_task
 from varbench.tasks.report import FIGURES, TABLES, build_report
@@ -484,3 +485,42 @@ def test_a_damaged_record_line_is_skipped_named_and_counted_in_the_report(tmp_pa
     build_report(tmp_path / "in", tmp_path / "out")
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "1 damaged record lines were skipped" in readme and "r.jsonl:2" in readme
+
+
+def _fd_line(mixer: str, seed: int, cfg, value: float, minute: int) -> dict:
+    """An embedded FD record of task=evaluate at guidance `cfg` (None: a record from before the cfg field)."""
+    line = {"metric": "embedded_fd", "value": value, "unit": "fd", "feature_extractor": "varbench-classifier/x",
+            "num_samples": 1000, "preset": "eval", "mixer": mixer, "intra": "none", "depth": 2, "resolution": 32,
+            "seed": seed, "cell_id": f"{mixer}-s{seed}", "date": f"2099-01-01T00:{minute:02d}:00+00:00"}
+    return line if cfg is None else {**line, "cfg": cfg}
+
+
+def test_the_quality_tables_never_average_two_guidance_scales(tmp_path):
+    """A cell re-evaluated at another guidance (task.cfg, newer) neither replaces nor joins its grid's evaluation:
+    the tables show the study's fixed scale, named in the column."""
+    grid = [_fd_line("attention", s, 1.5, 0.4 + 0.01 * s, s) for s in range(3)]
+    again = [_fd_line("attention", 0, cfg, value, 10 + i) for i, (cfg, value) in enumerate(((1.0, 0.9), (3.0, 0.7)))]
+    table = quality_wide(_records(tmp_path, grid + again))
+    assert [c for c in table.columns if c.startswith("FD")] == ["FD (embedded classifier, 1k, cfg 1.5)",
+                                                                 "FD (embedded classifier, 1k, cfg 1.5) std"]
+    row = table.loc[("attention", "none", 2, 32)]
+    assert row["FD (embedded classifier, 1k, cfg 1.5)"] == pytest.approx(statistics.mean(r["value"] for r in grid))
+    assert row["Seeds"] == 3
+    old = [_fd_line("attention", s, None, 0.3 + s, s) for s in range(2)]  # records that state no scale keep their
+    assert list(quality_wide(_records(tmp_path, old)).columns[:1]) == ["FD (embedded classifier, 1k)"]  # label
+
+
+def test_guidance_table_shows_each_models_best_scale_beside_the_fixed_one(df):
+    from varbench.analysis.guidance import BEST, FIXED, SEEDS, guidance_table
+    table = guidance_table(df)
+    lines = [r for r in raw(metric="embedded_fd") if r.get("cfg") is not None]
+    family = "FD (embedded classifier, 1k)"
+    for mixer, intra, model in (("attention", "none", "VAR-d2"), ("mamba2", "full", "M-VAR-d2")):
+        seed0 = {r["cfg"]: r["value"] for r in lines if (r["mixer"], r["intra"], r["seed"]) == (mixer, intra, 0)}
+        row = table.loc[(model, 32)]
+        assert {c: row[f"{family} at cfg {c:g}"] for c in seed0} == seed0  # seed 0: the only one at every scale
+        best = min(seed0, key=seed0.get)
+        assert row[BEST] == best and row[f"{family} at best cfg"] == seed0[best] and row[SEEDS] == 1
+        assert row[FIXED] == 1.5 and row[f"{family} at fixed cfg"] == seed0[1.5]  # on the same seeds, not all three
+    assert ("gla-d2", 32) not in table.index  # evaluated at one scale only
+    assert table.loc[("M-VAR-d2", 32), BEST] != table.loc[("VAR-d2", 32), BEST]  # the fixture's two differ

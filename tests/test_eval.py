@@ -170,6 +170,32 @@ def test_classifier_file_round_trip(small_classifier, tmp_path):
     torch.testing.assert_close(loaded(x)[1], model(x)[1], rtol=0, atol=0)
 
 
+def test_copies_of_training_images_as_samples_give_a_ratio_far_below_fresh_samples(small_classifier):
+    """The memorisation row in the classifier's feature space, on the embedded data set: training images handed in
+    as "samples" sit on their nearest training image; fresh images of the same distribution are as far from the
+    training set as the held-out (val) images are."""
+    from varbench.eval.memorisation import memorisation_rows
+    model, val = small_classifier
+    train = EmbeddedShapes("train", image_size=SIDE, size_per_class=20)
+    fresh = EmbeddedShapes("train", image_size=SIDE, size_per_class=10, seed=1)  # another draw: never trained on
+
+    def features(x_N3HW):
+        return clf.classify(model, x_N3HW)[0]
+    heldout = clf.classify_dataset(model, val)[0]
+    fields = {"feature_extractor": f"{clf.FIDELITY_NAME}/test", "reference": val.describe()}
+    rows = {}
+    for name, images in (("copies", [train[i][0] for i in range(0, 200, 2)]),
+                         ("fresh", [fresh[i][0] for i in range(100)])):
+        (rows[name],) = memorisation_rows(features(torch.stack(images)), heldout, train, features, 200, 64, "cpu",
+                                          fields)
+    (metric, copied, unit, rec), (_, new, _, fresh_rec) = rows["copies"], rows["fresh"]
+    assert metric == "nn_distance_ratio" and unit == "ratio" and rec["feature_extractor"] == fields["feature_extractor"]
+    assert copied < 0.1 * new and rec["copy_fraction"] == 1.0
+    assert 0.7 < new < 1.4 and fresh_rec["copy_fraction"] < 0.1
+    assert rec["num_train"] == 200 and rec["train_items"].startswith("200 of 200")
+    assert memorisation_rows(heldout, heldout, train, features, 0, 64, "cpu", fields) == []  # 0: no row
+
+
 # ----- torch-fidelity wiring -------------------------------------------------------------------------------------
 def write_folder(folder, images_NHW3):
     folder.mkdir()
@@ -200,30 +226,36 @@ def test_fidelity_metrics_with_the_classifier(small_classifier, tmp_path):
 
 
 # ----- task=evaluate -----------------------------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 20 samples, 32-d features: a singular covariance
-def test_evaluate_task_records_every_metric(tmp_path):
+def evaluate_config(tmp_path, *overrides):
+    """The config of task=evaluate on a tiny run written at tmp_path/run (no training: fresh weights), results in
+    tmp_path/res; returns (config, checkpoint folder, tokenizer file)."""
     from hydra import compose, initialize_config_dir
 
     from varbench.registry import CONFIG_ROOT
+    base = ["task=evaluate", "device=cpu", "cell_id=test", f"run_dir={tmp_path / 'run'}",
+            f"results_dir={tmp_path / 'res'}",
+            "model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.num_res_blocks=1",
+            "tokenizer.vocab_size=64", "data.size_per_class=20", "task.per_class=2", "task.batch_size=10",
+            "task.classifier_steps=10", "task.classifier_batch_size=16", "task.classifier_width=8",
+            "task.classifier_min_val_accuracy=0"]
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*base, *overrides])
+    return (cfg, *write_run(cfg))
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 20 samples, 32-d features: a singular covariance
+def test_evaluate_task_records_every_metric(tmp_path):
     from varbench.tasks.evaluate import main
     from varbench.utils.records import read_records
     from varbench.utils.run_spec import file_sha256
-    overrides = ["task=evaluate", "device=cpu", "cell_id=test", f"run_dir={tmp_path / 'run'}",
-                 f"results_dir={tmp_path / 'res'}",
-                 "model.depth=1", "model.width=64", "model.num_heads=1", "tokenizer.num_res_blocks=1",
-                 "tokenizer.vocab_size=64", "data.size_per_class=20", "task.per_class=2", "task.batch_size=10",
-                 "task.classifier_steps=10", "task.classifier_batch_size=16", "task.classifier_width=8",
-                 "task.classifier_min_val_accuracy=0"]
-    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    folder, tokenizer_file = write_run(cfg)
+    cfg, folder, tokenizer_file = evaluate_config(tmp_path)
     out = main(cfg)  # the run decides the model and the tokenizer (tests/test_runs.py)
     records = {r["metric"]: r for r in read_records(tmp_path / "res" / "evaluate.jsonl")}
     assert all(r["checkpoint_sha256"] == file_sha256(folder / "model.safetensors")
                and r["tokenizer_sha256"] == file_sha256(tokenizer_file) for r in records.values())
     assert set(records) == {"embedded_fd", "class_accuracy", "classifier_val_accuracy", "classifier_score",
                             "embedded_kd", "embedded_precision", "embedded_recall", "val_nll", "train_nll",
-                            "embedded_fd_floor", "embedded_fd_recon"}
+                            "embedded_fd_floor", "embedded_fd_recon", "nn_distance_ratio"}
     # train images vs val: the floor; an untrained tokenizer's reconstructions of them are far worse
     assert records["embedded_fd_recon"]["value"] > records["embedded_fd_floor"]["value"]
     assert records["embedded_fd_floor"]["floor_split"].startswith("EmbeddedShapes(split=train")
@@ -233,9 +265,16 @@ def test_evaluate_task_records_every_metric(tmp_path):
             and "scored_items" in records[f"{split}_nll"]["items"]
     assert records["train_nll"]["value"] != records["val_nll"]["value"]
     assert records["embedded_fd"]["num_samples"] == 20 and records["embedded_fd"]["preset"] == "eval"
+    assert all(r["cfg"] == PRESETS["eval"].cfg for r in records.values())  # the guidance each record was sampled at
     assert all(r["cuda_graphs"] is False for r in records.values())  # task.cuda_graphs: auto samples eagerly on a CPU
     assert all(r["feature_extractor"].startswith(clf.FIDELITY_NAME)
                for m, r in records.items() if not m.endswith("_nll"))
+    # memorisation: the samples and the val images against every train image (200 < memorisation_train_images)
+    nn = records["nn_distance_ratio"]
+    assert nn["unit"] == "ratio" and nn["value"] == pytest.approx(nn["sample_nn_median"] / nn["heldout_nn_median"])
+    assert (nn["num_samples"], nn["num_heldout"], nn["num_train"]) == (20, 200, 200) and 0 <= nn["copy_fraction"] <= 1
+    assert nn["train_reference"].startswith("EmbeddedShapes(split=train") and nn["train_items"].startswith("200 of 200")
+    assert nn["reference"].startswith("EmbeddedShapes(split=val") and out["nn_distance_ratio"] == nn["value"]
     assert out["suite"] == "project" and len(list((tmp_path / "res" / "classifiers").glob("*.safetensors"))) == 1
     again = main(cfg)  # resumes: no image is drawn twice, the cached classifier is reused
     assert again["samples"]["generated"] == 0 and again["embedded_fd"] == pytest.approx(out["embedded_fd"])
@@ -246,6 +285,63 @@ def test_evaluate_task_records_every_metric(tmp_path):
     cfg.task.update(cuda_graphs=True, classifier_min_val_accuracy=0, out_dir=str(tmp_path / "graphed"))
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
         main(cfg)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_evaluate_names_match_the_quality_table_columns(tmp_path):
+    """What task=evaluate records is what the quality tables show: precision / recall / KD of the classifier and the
+    NN ratio each get their column (issue 19: they were recorded under names no column matched)."""
+    from varbench.analysis.load import load_records
+    from varbench.analysis.tables import quality_wide
+    from varbench.tasks.evaluate import main
+    cfg, _, _ = evaluate_config(tmp_path, "task.val_nll_images=0", "task.train_nll_images=0", "task.floor_images=0")
+    out = main(cfg)
+    row = quality_wide(load_records(tmp_path / "res")).iloc[0]
+    for name, metric in (("FD", "embedded_fd"), ("Precision", "embedded_precision"), ("Recall", "embedded_recall"),
+                         ("KD", "embedded_kd"), ("Class acc.", "class_accuracy"), ("NN ratio", "nn_distance_ratio")):
+        assert row[f"{name} (embedded classifier, 20, cfg 1.5)"] == pytest.approx(out[metric])
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_evaluate_at_another_guidance_samples_anew_and_says_so(tmp_path):
+    """task.cfg re-evaluates a trained run at another guidance scale: its own samples (the scale is in their key and
+    manifest), every record stating the scale; the preset's own scale spelt out draws the preset's samples."""
+    from varbench.tasks.evaluate import main
+    from varbench.utils.records import read_records
+    cheap = ("task.val_nll_images=0", "task.train_nll_images=0", "task.floor_images=0",
+             "task.memorisation_train_images=0")
+    cfg, _, _ = evaluate_config(tmp_path, *cheap)
+    preset = main(cfg)
+    cfg.task.cfg = 3  # as Hydra gives task.cfg=3: an int
+    guided = main(cfg)
+    assert guided["samples"]["key"] != preset["samples"]["key"] and guided["samples"]["generated"] == 20
+    assert json.loads((Path(guided["samples"]["folder"]) / "manifest.json").read_text())["cfg"] == 3.0
+    assert guided["embedded_fd"] != preset["embedded_fd"]  # other images
+    cfg.task.cfg = PRESETS["eval"].cfg
+    assert main(cfg)["samples"] == {**preset["samples"], "generated": 0, "skipped": 20}
+    records = read_records(tmp_path / "res" / "evaluate.jsonl")
+    assert "nn_distance_ratio" not in {r["metric"] for r in records}  # task.memorisation_train_images=0: skipped
+    by_key = {}
+    for r in records:
+        by_key.setdefault(r["samples"], set()).add(r["cfg"])
+    assert by_key == {preset["samples"]["npz"]: {1.5}, guided["samples"]["npz"]: {3.0}}
+
+
+def test_an_invalid_guidance_scale_is_an_error_naming_key_value_and_range(tmp_path):
+    from varbench.config_schema import ConfigError, validate
+    from varbench.eval.sampling import with_guidance
+    from varbench.tasks.evaluate import main
+    cfg, _, _ = evaluate_config(tmp_path, "task.cfg=-0.5")
+    with pytest.raises(ConfigError, match=r"task\.cfg = -0\.5: expected a number >= 0, or null \(the preset's"):
+        validate(cfg)
+    with pytest.raises(ValueError, match=r"task\.cfg = -0\.5: expected a finite number >= 0"):
+        main(cfg)  # a caller that skips validation is stopped before any image is drawn
+    assert not (tmp_path / "run" / "eval").exists()
+    for bad in (float("nan"), float("inf"), "high", True):
+        with pytest.raises(ValueError, match=f"task.cfg = {bad!r}"):
+            with_guidance(PRESETS["eval"], bad)
+    assert with_guidance(PRESETS["eval"], None) == PRESETS["eval"]
+    assert with_guidance(PRESETS["eval"], 0).cfg == 0.0  # no guidance is a valid scale
 
 
 def test_teacher_forced_nll_of_a_model_with_uniform_logits_is_log_vocab(tmp_path):

@@ -228,6 +228,27 @@ def test_inception_rows_carry_the_floor_the_reconstruction_and_the_weights_hash(
         assert rows["fid_recon"][0] > rows["fid_floor"][0] + 1e-3
 
 
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_inception_rows_check_memorisation_against_the_training_images(cheap_inception, tmp_path):
+    """With train_images, the samples and the reference (held-out) images against the training set in Inception's
+    space: samples that are the training images sit at distance 0, fresh ones as far as the held-out images."""
+    from varbench.eval.references import inception_rows
+    from varbench.tasks.evaluate import UInt8Images
+
+    def nn_row(sample_seed: int, train_images: int = 12, cache=None):
+        samples = metrics.save_adm_npz(tmp_path / f"s{sample_seed}.npz",
+                                       metrics.to_uint8(Images(sample_seed, 40).x).permute(0, 2, 3, 1).numpy())
+        return [r for r in inception_rows(samples, UInt8Images(Images(1, 40)), Images(2), Tokenizer(True),
+                                          device="cpu", floor_images=0, train_set=Images(0, 40),
+                                          train_images=train_images, train_cache=cache) if r[0] == "nn_distance_ratio"]
+    ((_, copied, unit, fields),), ((_, fresh, _, _),) = nn_row(0, 40, tmp_path / "cache"), nn_row(3, 40)
+    assert unit == "ratio" and fields["feature_extractor"].startswith(inception.EXTRACTOR)
+    assert fields["feature_extractor_sha256"] == "abc123" and fields["num_train"] == 40
+    assert copied < 1e-6 and fields["copy_fraction"] == 1 and 0.5 < fresh < 2
+    assert fields["train_features"].startswith(str(tmp_path / "cache"))  # kept for the next evaluation
+    assert nn_row(0, 0) == []  # task.memorisation_train_images=0
+
+
 def test_a_floor_of_fewer_than_two_images_is_refused():
     from varbench.eval.references import real_and_reconstructed_features
     for n in (1, -3):  # -3 would otherwise slice off the last 3 of a random permutation

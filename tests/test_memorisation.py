@@ -57,3 +57,31 @@ def test_the_ratio_is_a_column_of_the_quality_tables(tmp_path):
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     table = quality_wide(load_records(tmp_path))
     assert table["NN ratio (synthetic features, 200)"].iloc[0] == pytest.approx(rec["value"])
+
+
+def test_training_features_are_computed_once_per_extractor_data_set_and_count(tmp_path):
+    """memorisation_rows with a cache: the training images' features are loaded, not recomputed, by the next
+    evaluation with the same extractor weights, data set and count; anything else computes its own."""
+    from pathlib import Path
+
+    from varbench.data.embedded import EmbeddedShapes
+    from varbench.eval.memorisation import memorisation_rows
+    train, val = (EmbeddedShapes(split, image_size=16, size_per_class=n) for split, n in (("train", 5), ("val", 2)))
+
+    def pixels(x_B3HW):
+        return x_B3HW.flatten(1)
+
+    def recomputed(x_B3HW):
+        raise AssertionError("recomputed")
+    samples = torch.stack([train[i][0] for i in range(10)]).flatten(1)  # training images: distance 0
+    heldout = torch.stack([val[i][0] for i in range(len(val))]).flatten(1)
+    fields = {"feature_extractor": "pixels", "feature_extractor_sha256": "v1"}
+    (first,) = memorisation_rows(samples, heldout, train, pixels, 50, 16, "cpu", fields, tmp_path)
+    (again,) = memorisation_rows(samples, heldout, train, recomputed, 50, 16, "cpu", fields, tmp_path)
+    assert again == first and first[1] < 1e-6 and Path(first[3]["train_features"]).parent == tmp_path
+    for other_fields, count in (({**fields, "feature_extractor_sha256": "v2"}, 50), (fields, 40)):
+        with pytest.raises(AssertionError, match="recomputed"):  # other weights, another count
+            memorisation_rows(samples, heldout, train, recomputed, count, 16, "cpu", other_fields, tmp_path)
+    other_data = EmbeddedShapes("train", image_size=16, size_per_class=5, seed=1)
+    with pytest.raises(AssertionError, match="recomputed"):
+        memorisation_rows(samples, heldout, other_data, recomputed, 50, 16, "cpu", fields, tmp_path)

@@ -186,6 +186,7 @@ TASKS = {
         "per_class": count(null="50 for adm, 20 for project"), "batch_size": count(),
         "preset": Choice(("eval", "vis", "aim_b", "aim")),  # aim_*: raster models (varbench/eval/sampling.py)
         "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "precision": PRECISION,
+        "cfg": non_negative(null="the preset's guidance"), "memorisation_train_images": count(0),
         "val_nll_images": count(0), "train_nll_images": count(0), "fidelity_batch_size": count(),
         "classifier_steps": count(), "classifier_batch_size": count(), "classifier_width": count(),
         "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(),

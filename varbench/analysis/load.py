@@ -32,7 +32,7 @@ KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "pea
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "superseded", "latency_wo_decode_ms",
                 "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine",
-                "autotune", "tokenizer_id")
+                "autotune", "tokenizer_id", "cfg")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}
@@ -51,7 +51,8 @@ IDENTITY = {
 }
 QUALITY_METRICS = ("fid", "embedded_fd", "inception_score", "precision", "recall", "class_accuracy",
                    "embedded_precision", "embedded_recall", "embedded_kd", "kid", "nn_distance_ratio")
-IDENTITY.update({m: ("feature_extractor", "num_samples", "preset", "tokenizer_id") for m in QUALITY_METRICS})
+# cfg: the guidance scale (task=evaluate's task.cfg re-evaluates a trained model at another one)
+IDENTITY.update({m: ("feature_extractor", "num_samples", "preset", "cfg", "tokenizer_id") for m in QUALITY_METRICS})
 # tokenizer evaluations: the newest per split is the final one
 IDENTITY.update({m: ("split",) for m in ("psnr", "ssim", "codebook_usage", "codebook_usage_total")})
 

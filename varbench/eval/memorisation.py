@@ -5,11 +5,27 @@ varbench.eval.classifier.classify, or Inception-v3 pool features) to its nearest
 held-out images of the same distribution. The ratio of the medians is ~1 for a model that generates new images and
 << 1 for one that reproduces training images. Medians, not means: a few copies among many new images should show in
 `copy_fraction`, not move the ratio much.
+
+task=evaluate records one `nn_distance_ratio` per feature space it has (`memorisation_row`): the samples against the
+val split's images (held out) and `task.memorisation_train_images` training images (`dataset_features`: a fixed
+subset, the same for every run). A copy of a training image outside that subset is not found (its nearest image in
+the subset is as far as a fresh image's): with a subset of a fraction f of the training set, a model that only copies
+shows a copy_fraction near f, not near 1. Use the whole training set where the features are affordable.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
 import torch
+from safetensors.torch import load_file
+
+from varbench.eval.likelihood import scored_items
+from varbench.utils.checkpoint import save_atomic
 
 # a sample counts as a copy when it is nearer to a training image than this fraction of the fresh images' median
 COPY_THRESHOLD = 0.1
@@ -56,3 +72,75 @@ def memorisation_check(samples_ND: torch.Tensor, heldout_ND: torch.Tensor, train
             "heldout_nn_median": fresh_median,
             "copy_fraction": float((samples < COPY_THRESHOLD * fresh_median).double().mean()),
             "num_samples": len(samples_ND), "num_heldout": len(heldout_ND), "num_train": len(train_MD)}
+
+
+@torch.no_grad()
+def dataset_features(dataset, features: Callable[[torch.Tensor], torch.Tensor], num_images: int, batch_size: int,
+                     device) -> tuple[torch.Tensor, list[int]]:
+    """Features (M, D) of `num_images` training images and their indices: `scored_items` with seed 0 (the same
+    images for every run of a data set, every class in proportion; all when the set is smaller), each image as
+    the model saw it without augmentation (the data set made deterministic where it can be: one crop, no flip).
+
+    Args:
+        dataset: (image in [-1, 1], label) items.
+        features: images (B, 3, H, W) in [-1, 1] on `device` -> features (B, D).
+        num_images (int): how many (>= 1).
+        batch_size (int): images per `features` call.
+    """
+    if num_images < 1:
+        raise ValueError(f"dataset_features: num_images must be >= 1, got {num_images}")
+    if hasattr(dataset, "set_deterministic"):
+        dataset.set_deterministic()
+    items = scored_items(len(dataset), num_images)
+    parts = [features(torch.stack([torch.as_tensor(dataset[i][0]) for i in chunk]).to(device)).float().cpu()
+             for chunk in (items[s:s + batch_size] for s in range(0, len(items), batch_size))]
+    return torch.cat(parts), items
+
+
+def cached_dataset_features(dataset, features: Callable[[torch.Tensor], torch.Tensor], num_images: int,
+                            batch_size: int, device, cache_dir,
+                            extractor_id: str) -> tuple[torch.Tensor, list[int], Path]:
+    """`dataset_features`, computed once per (extractor, data set, count) and kept at `cache_dir/<key>.safetensors`
+    (key: a hash of `extractor_id`, which must pin the weights, the data set's describe() and the count): every cell
+    of a grid measures against the same training images, so the first computes them (under a file lock: cells
+    running at once wait for it) and the others load them. Returns (features, indices, the cache file)."""
+    if not hasattr(dataset, "describe") or not extractor_id:
+        raise ValueError("cached_dataset_features: the cache key needs the data set's describe() and an extractor id")
+    key = {"extractor": extractor_id, "data": dataset.describe(), "length": len(dataset), "images": num_images}
+    path = Path(cache_dir) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not path.is_file():
+            train_MD, items = dataset_features(dataset, features, num_images, batch_size, device)
+            save_atomic(path, tensors={"features": train_MD.contiguous(), "items": torch.tensor(items)},
+                        metadata={k: str(v) for k, v in key.items()})
+    tensors = load_file(path)
+    return tensors["features"], tensors["items"].tolist(), path
+
+
+def memorisation_rows(samples_ND: torch.Tensor, heldout_ND: torch.Tensor, train_set,
+                      features: Callable[[torch.Tensor], torch.Tensor], num_images: int, batch_size: int, device,
+                      fields: dict, cache_dir=None) -> list[tuple[str, float, str, dict]]:
+    """task=evaluate's memorisation row in one feature space: `memorisation_check` of the samples and held-out
+    features against `num_images` images of `train_set` (`dataset_features`; with `cache_dir`,
+    `cached_dataset_features`) as [(metric, value, unit, fields)], `fields` (naming the feature_extractor, its
+    weights' sha256 where known, and the held-out `reference`) updated with the check's medians, copy fraction, set
+    sizes and which training images; [] when num_images is 0 (task.memorisation_train_images=0). The distances are
+    computed on `device` (10k samples x 50k training images x 2048 Inception features is slow on a CPU)."""
+    if num_images == 0:
+        return []
+    extractor = fields.get("feature_extractor", "")
+    if cache_dir is None:
+        (train_MD, items), cached = dataset_features(train_set, features, num_images, batch_size, device), {}
+    else:
+        extractor_id = f"{extractor} {fields.get('feature_extractor_sha256', '')}".strip()
+        train_MD, items, path = cached_dataset_features(train_set, features, num_images, batch_size, device,
+                                                        cache_dir, extractor_id)
+        cached = {"train_features": str(path)}
+    check = memorisation_check(*(x.to(device) for x in (samples_ND, heldout_ND, train_MD)), extractor)
+    metric, value, unit = check.pop("metric"), check.pop("value"), check.pop("unit")
+    describe = train_set.describe() if hasattr(train_set, "describe") else type(train_set).__name__
+    return [(metric, value, unit, {**fields, **check, **cached, "train_reference": describe,
+                                   "train_items": f"{len(items)} of {len(train_set)}, drawn with seed 0 "
+                                                  f"(varbench.eval.likelihood.scored_items)"})]

@@ -21,6 +21,7 @@ import torch
 from varbench.data.batches import collate
 from varbench.eval import metrics as m
 from varbench.eval.likelihood import scored_items
+from varbench.eval.memorisation import memorisation_rows
 from varbench.eval.metrics import feature_statistics, frechet_distance
 from varbench.utils.log import progress_bar
 
@@ -66,13 +67,17 @@ def floor_and_recon_rows(metric: str, real_ND, recon_ND, mu_ref: np.ndarray, sig
 
 
 def inception_rows(samples_npz, reference, floor_set, tokenizer, *, weights=None, device, batch_size: int = 64,
-                   floor_images: int | None = None) -> list[tuple[str, float, str, dict]]:
+                   floor_images: int | None = None, train_set=None, train_images: int = 0,
+                   train_cache=None) -> list[tuple[str, float, str, dict]]:
     """Inception rows of an evaluation, every one naming the extractor and its weights' sha256.
 
     Against an ADM reference batch (`reference` an .npz path): fid (its stored mu / sigma), precision / recall (its
     10k images). Against real images (`reference` a Dataset of uint8 (3, H, W), e.g. the val split): fid, kid,
-    precision / recall. Then fid_floor / fid_recon of `floor_images` images of `floor_set` (default: as many as the
-    samples; 0: none) against the same statistics.
+    precision / recall, and with `train_images` > 0 the memorisation row nn_distance_ratio (samples and reference
+    images against that many images of `train_set`: varbench.eval.memorisation; ADM's reference batch is drawn from
+    ImageNet's training images, so it is not held out and gets no such row; the training images' features are kept
+    in `train_cache` for the next evaluation of the data set, when given). Then fid_floor / fid_recon of
+    `floor_images` images of `floor_set` (default: as many as the samples; 0: none) against the same statistics.
     """
     extractor, sha256 = m.inception_extractor(weights, device)
     fields = m.inception_record_fields(sha256)
@@ -90,6 +95,8 @@ def inception_rows(samples_npz, reference, floor_set, tokenizer, *, weights=None
         fields["reference"] = describe(getattr(reference, "dataset", reference))
         pr = m.distribution_metrics(gen_ND, real_ND, device=device)
         rows = [("fid", pr["fd"], "fd", fields), ("kid", pr["kd"], "kd", {**fields, "std": pr["kd_std"]})]
+        rows += memorisation_rows(gen_ND, real_ND, train_set, lambda x: m.inception_batch_features(extractor, x),
+                                  train_images, batch_size, torch.device(device), fields, train_cache)
     rows += [(k, pr[k], "fraction", {**fields, "neighborhood": 3}) for k in ("precision", "recall")]
     num_floor = len(gen_ND) if floor_images is None else floor_images
     if num_floor:

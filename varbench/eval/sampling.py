@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -76,6 +77,19 @@ def resolve_preset(preset, raster: bool = False) -> SamplingPreset:
         raise ValueError(f"unknown sampling preset {preset!r} for a {'raster' if raster else 'scale-wise'} "
                          f"model{hint}; valid: {sorted(own)} (or a SamplingPreset)")
     return own[preset]
+
+
+def with_guidance(preset: SamplingPreset, cfg) -> SamplingPreset:
+    """`preset` with the guidance scale `cfg` instead of its own (task=evaluate's `task.cfg`: a trained model
+    evaluated at another guidance without retraining); None keeps the preset's. A scale-wise model's cfg 0 is no
+    guidance (its ramp t: (1 + t) cond - t uncond), a raster model's cfg 1 is (uncond + s (cond - uncond)); a
+    negative or non-finite scale is refused."""
+    if cfg is None:
+        return preset
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
+        raise ValueError(f"task.cfg = {cfg!r}: expected a finite number >= 0 (the guidance scale), or null (the "
+                         f"preset's own, {preset.cfg})")
+    return replace(preset, cfg=float(cfg))
 
 
 def image_sampler(model, tokenizer, p: SamplingPreset, sampler: str = "carry",

@@ -22,13 +22,22 @@ Both suites also record `val_nll` and `train_nll` (varbench/eval/likelihood.py):
 cross-entropy on `task.val_nll_images` held-out images of the val split and on `task.train_nll_images` images of the
 train split (0: skipped); their difference is the generalisation gap.
 
+Memorisation (varbench/eval/memorisation.py): `nn_distance_ratio`, the median distance of the samples to their
+nearest training image over that of the val images, against `task.memorisation_train_images` training images (a
+fixed subset; 0: skipped), in the classifier's feature space and, with `task.inception_fid`, in Inception's (~1: new
+images; << 1: copies). Its records name the feature_extractor and carry the medians and `copy_fraction`.
+
+Guidance: `task.cfg=<scale>` samples with that guidance instead of the preset's (a trained run at another guidance,
+without retraining); the scale is part of the samples' key and every record's `cfg` field (the preset's when unset).
+
 The model, its tokenizer and the config groups they and the data set come from are the run's (varbench/runs.py):
 `python run.py task=evaluate run_dir=<the training run>` needs nothing else. Samples live under
 `task.out_dir/<key>`, the key a hash of everything they depend on (varbench/eval/sampling.py): a rerun resumes, a
 retrained model never reuses them.
 
 Every metric is one JSON line in `${results_dir}/evaluate.jsonl` with fields feature_extractor, reference,
-num_samples, preset, sampler, suite, samples (the npz), checkpoint and tokenizer_checkpoint with their sha256.
+num_samples, preset, cfg (the guidance scale sampled with), sampler, suite, samples (the npz), checkpoint and
+tokenizer_checkpoint with their sha256.
 """
 
 from __future__ import annotations
@@ -44,9 +53,10 @@ from torch.utils.data import Dataset
 from varbench.build import build_dataset, image_size, resolve_device
 from varbench.eval import classifier as clf
 from varbench.eval.likelihood import teacher_forced_nll
+from varbench.eval.memorisation import memorisation_rows
 from varbench.eval.metrics import feature_statistics, fidelity_metrics, frechet_distance, load_adm_npz
 from varbench.eval.references import floor_and_recon_rows, inception_rows, real_and_reconstructed_features
-from varbench.eval.sampling import sample_for_eval
+from varbench.eval.sampling import is_raster, resolve_preset, sample_for_eval, with_guidance
 from varbench.runs import load_for_task
 from varbench.training.loop import autocast
 from varbench.utils.auto import resolve_auto
@@ -113,10 +123,13 @@ def project_metrics(cfg: DictConfig, npz, device, tokenizer) -> list[tuple[str, 
     fields = {"feature_extractor": extractor, "reference": val.describe(), "classifier": str(path)}
     tf = fidelity_metrics(npz, UInt8Images(val), feature_extractor=clf.register_with_fidelity(), weights_path=path,
                           device=device, isc=True, kid=True, prc=True, isc_splits=1, save_cpu_ram=True)
-    train, floor_images = build_dataset(cfg, "train"), cfg.task.floor_images
-    rows = inception_rows(npz, UInt8Images(val), train, tokenizer, weights=cfg.task.inception_weights, device=device,
-                          batch_size=cfg.task.fidelity_batch_size, floor_images=floor_images) \
-        if cfg.task.inception_fid else []
+    t, train = cfg.task, build_dataset(cfg, "train")
+    floor_images, train_images = t.floor_images, t.memorisation_train_images
+    rows = inception_rows(npz, UInt8Images(val), train, tokenizer, weights=t.inception_weights, device=device,
+                          batch_size=t.fidelity_batch_size, floor_images=floor_images, train_set=train,
+                          train_images=train_images, train_cache=t.memorisation_cache) if t.inception_fid else []
+    rows += memorisation_rows(f_sample, f_val, train, lambda x: clf.classify(model, x)[0], train_images,
+                              t.fidelity_batch_size, device, fields)
     if floor_images != 0:
         real, recon = real_and_reconstructed_features(train, tokenizer, lambda x: clf.classify(model, x)[0],
                                                       floor_images or len(images_NHW3), cfg.task.batch_size, device)
@@ -153,9 +166,10 @@ def main(cfg: DictConfig) -> dict:
     num_classes = t.num_classes or model.num_classes
     per_class = t.per_class or DEFAULT_PER_CLASS[suite]
     graphs = resolve_auto(t.cuda_graphs, "task.cuda_graphs", device)
+    preset = with_guidance(resolve_preset(t.preset, raster=is_raster(model)), t.get("cfg"))  # task.cfg: another scale
     start = time.perf_counter()
     with autocast(device, t.precision):
-        samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, t.preset, t.seed,
+        samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, preset, t.seed,
                                   device, sampler=t.sampler, cuda_graphs=graphs,
                                   tag={"checkpoint_sha256": run.checkpoint_sha256,
                                        "tokenizer_sha256": run.tokenizer_sha256, "precision": t.precision})
@@ -168,11 +182,11 @@ def main(cfg: DictConfig) -> dict:
             metrics.append((f"{split}_nll", nll, "nats/token", {
                 "num_samples": n, "reference": data.describe(),
                 "items": f"{n} of {len(data)}, drawn with seed 0 (varbench.eval.likelihood.scored_items)"}))
-    common = {"num_samples": samples["images"], "preset": t.preset, "sampler": t.sampler, "cuda_graphs": graphs,
-              "suite": suite,
+    common = {"num_samples": samples["images"], "preset": t.preset, "cfg": preset.cfg, "sampler": t.sampler,
+              "cuda_graphs": graphs, "suite": suite,
               "samples": samples["npz"], **run.identity()}
     out = Path(cfg.results_dir) / "evaluate.jsonl"
     for name, value, unit, fields in metrics:
         record(out, name, value, unit, config=cfg, device=device, **{**common, **fields})  # fields win
-    return {"suite": suite, "samples": samples, "sample_seconds": sample_seconds,
+    return {"suite": suite, "samples": samples, "sample_seconds": sample_seconds, "cfg": preset.cfg,
             **{name: value for name, value, _, _ in metrics}}

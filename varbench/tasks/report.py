@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from varbench.analysis import checks, figures, stats, study, tables, versus
+from varbench.analysis import checks, figures, guidance, stats, study, tables, versus
 from varbench.analysis.format import write_table
 from varbench.analysis.load import POLICY, load_records
 
@@ -44,6 +44,9 @@ TABLES = {
                    f"{stats.ALPHA})", f"{QUALITY} or val_nll of 2 or more seeds"),
     "tokenizer_variance": (versus.tokenizer_variance, "Tokenizer and seed variance components (one-way "
                            "random-effects ANOVA per configuration)", f"{QUALITY} or val_nll on 2 or more tokenizers"),
+    "guidance": (guidance.guidance_table, "Quality against the guidance scale: the ranking quality column, mean over "
+                 "the seeds evaluated at every scale; each model's best scale (picked after the fact) beside the "
+                 "study's fixed one", f"{QUALITY} at 2 or more guidance scales (task=evaluate task.cfg=<scale>)"),
     "costs_table": (study.costs_table, "Analytic parameters, FLOPs and inference state per model and resolution",
                     "analytic_cost (task=costs)"),
     "bench_goals": (study.bench_goals, "Speed and memory goals of the bench protocol (targets vs measured)", BENCH),
