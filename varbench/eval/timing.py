@@ -30,6 +30,16 @@ def speed_mode(compiled: bool, cuda_graphs: bool, device=None) -> dict:
             "machine": machine(device)}
 
 
+def first_call_s(fn: Callable[[], object]) -> float:
+    """Wall seconds of `fn`'s first call, until the device is done: for a compiled step, what compiling it costs
+    (dynamo, Inductor, Triton autotuning) plus one step."""
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> dict:
     """Median / min / max wall time of `fn` in milliseconds (CUDA events on a GPU, perf_counter on a CPU), and the
     peak GPU memory allocated and reserved during the timed calls. Replayed CUDA graphs write into their private

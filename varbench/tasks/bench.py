@@ -37,7 +37,7 @@ from varbench.backbones.scale_ar import ScaleAR
 from varbench.build import build_model
 from varbench.eval.flops import decoder_flops, model_flops
 from varbench.eval.samplers import make_sampler
-from varbench.eval.timing import matmul_peak_tflops, speed_mode, time_ms, top_ops
+from varbench.eval.timing import first_call_s, matmul_peak_tflops, speed_mode, time_ms, top_ops
 from varbench.layout import PATCH_NUMS
 from varbench.registry import default_configs, list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
@@ -107,7 +107,8 @@ def mixer_options(cfg: DictConfig, mixer: str) -> dict:
 def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
                     profile_steps: int = 0) -> dict:
     """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
-    With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`)."""
+    The first step's wall time is `first_step_s` (a compiled `net` compiles in it); two more warm up, then `repeats`
+    are timed. With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`)."""
     net = model if net is None else net  # a compiled module has no truth value (it forwards len())
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
@@ -124,7 +125,8 @@ def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: to
         opt.zero_grad(set_to_none=True)
 
     model.train()
-    timing = time_ms(step, warmup=3, repeats=repeats)
+    first_step_s = first_call_s(step)  # a compiled step compiles here: the record's compile time (plus one step)
+    timing = {"first_step_s": first_step_s} | time_ms(step, warmup=2, repeats=repeats)
     return timing | ({"top_ops": top_ops(step, profile_steps)} if profile_steps else {})
 
 
@@ -310,7 +312,8 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> No
            param_dtype=param_dtype, timing=r, **speed_mode(compiled, cuda_graphs=False), **cell)
     log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
           f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
-          f"MFU {mfu:.1%}; top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
+          f"MFU {mfu:.1%}, first step {r['first_step_s']:.1f} s; "
+          f"top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
 
 
 def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs) -> None:
