@@ -4,7 +4,9 @@
 On CPU: the fakes promise the shapes, dtypes and strides that the reference conv (the oracle) returns, on fake CUDA
 tensors, with and without a tail, through both ways the tail enters; autograd reaches the backward op with a gradient
 per input; the op bodies hand the package its channel-last layout and return contiguous tensors equal to the
-reference's (the package stood in for by a torch emulation that checks the layout rules of its C++ entry points).
+reference's (the package stood in for by a torch emulation that checks the layout rules of its C++ entry points);
+with those bodies registered for CPU in one test, dynamo and AOT autograd trace the conv on a sliced input into one
+graph (fullgraph=True) whose gradients are the reference's.
 On a GPU: the op equals the package's own `causal_conv1d_fn`, and the reference in float64 in values and gradients
 within the GPU parity tolerance (benchmarks/gpu_parity_mamba.py), also fed one scale at a time; it passes
 torch.library.opcheck; a Mamba2 mixer on its kernels compiles into one graph (fullgraph=True), forward and backward
@@ -17,6 +19,7 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from varbench.layout import ScaleLayout
@@ -117,16 +120,20 @@ def package_forward(x, weight, bias, seq_idx, initial_states, final_states_out, 
 
 
 def package_backward(x, weight, bias, dout, seq_idx, initial_states, dfinal_states, dx, return_dinitial, silu):
-    """`causal_conv1d_bwd_function` emulated: dx like x, dweight / dbias in their inputs' dtypes, dinitial_states
-    channel-last (B, D, W - 1), or None."""
-    leaves = [t.detach().requires_grad_(True) if t is not None else None for t in (x, weight, bias, initial_states)]
-    out = package_forward(*leaves[:3], None, leaves[3], None, silu)
-    present = [t for t in leaves if t is not None]
-    grads = iter(torch.autograd.grad(out, present, channel_last_checked(dout, "dout").transpose(1, 2)))
-    dx_, dweight, dbias, dinit = (next(grads) if t is not None else None for t in leaves)
-    dinit_BDw = None if dinit is None else torch.empty_like(dinit.transpose(1, 2).contiguous()).transpose(1, 2)
-    return (torch.empty_like(x).copy_(dx_), dweight, dbias,
-            None if not return_dinitial else dinit_BDw.copy_(dinit))
+    """`causal_conv1d_bwd_function` emulated in closed form (an op's body runs below autograd): dx like x, dweight
+    and dbias in their inputs' dtypes, dinitial_states channel-last (B, D, W - 1), or None."""
+    x_BLD, dy_BLD = channel_last_checked(x, "x"), channel_last_checked(dout, "dout")
+    W = weight.shape[1]
+    init = x_BLD.new_zeros(B, W - 1, D) if initial_states is None else channel_last_checked(initial_states, "init")
+    xt_BDT = torch.cat([init, x_BLD], dim=1).transpose(1, 2)  # T = W - 1 + L
+    z_BDL = F.conv1d(xt_BDT, weight[:, None], bias, groups=D)
+    s = torch.sigmoid(z_BDL)
+    dz_BDL = dy_BLD.transpose(1, 2) * (s * (1 + z_BDL * (1 - s)) if silu else 1)  # SiLU' = s (1 + z (1 - s))
+    dxt_BDT = F.conv_transpose1d(dz_BDL, weight[:, None], groups=D)  # the adjoint of the depthwise conv
+    dweight = torch.einsum("bdl,bdlw->dw", dz_BDL, xt_BDT.unfold(-1, W, 1))
+    dinit = torch.empty(B, W - 1, D, dtype=x.dtype).transpose(1, 2).copy_(dxt_BDT[..., :W - 1])
+    return (torch.empty_like(x).copy_(dxt_BDT[..., W - 1:]), dweight, None if bias is None else dz_BDL.sum((0, 2)),
+            dinit if return_dinitial else None)
 
 
 @pytest.fixture
@@ -278,3 +285,35 @@ def test_a_mamba2_sampling_step_on_its_kernels_compiles_into_one_graph():
     y, new_state = torch.compile(step, fullgraph=True)(x, state)
     for a, b in ((y, y_eager), (new_state["conv"], state_eager["conv"]), (new_state["ssm"], state_eager["ssm"])):
         assert rel_rms(a, b) <= TOL[torch.bfloat16]  # bf16 in_proj output; inductor fuses the elementwise work
+
+
+@pytest.fixture
+def cpu_bodies(package):
+    """The ops' bodies registered for CPU tensors for one test (the package emulated), so that dynamo and AOT autograd
+    trace the ops on CPU as they do on a GPU, and the bodies run."""
+    lib = torch.library.Library("varbench", "IMPL")
+    lib.impl("causal_conv1d_fwd", kernel.conv_forward, "CPU")
+    lib.impl("causal_conv1d_bwd", kernel.conv_backward, "CPU")
+    yield
+    lib._destroy()
+
+
+def test_dynamo_and_aot_autograd_trace_the_op_into_one_graph(cpu_bodies):
+    from torch._dynamo.utils import counters
+
+    x, w, b, tail = (t.double() for t in make_inputs())
+    leaves = [torch.cat([x, x], dim=-1), w, b, tail]
+    for t in leaves:
+        t.requires_grad_(True)
+
+    def loss(conv, x_wide, w, b, tail):
+        y, new_tail = conv(x_wide[..., D:], w, b, tail, activation="silu")  # a slice, as in_proj's split hands it
+        return y.square().mean() + new_tail.square().mean()
+
+    expected = torch.autograd.grad(loss(causal_conv1d_ref, *leaves), leaves)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(lambda *t: loss(kernel.causal_conv1d, *t), backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(compiled(*leaves), leaves)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
