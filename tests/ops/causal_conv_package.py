@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
+from varbench.utils.precision import at_least_fp32
 
 
 def channel_last_checked(t, name):
@@ -33,12 +34,13 @@ def package_backward(x, weight, bias, dout, seq_idx, initial_states, dfinal_stat
     x_BLD, dy_BLD = channel_last_checked(x, "x"), channel_last_checked(dout, "dout")
     (B, _, D), W = x_BLD.shape, weight.shape[1]
     init = x_BLD.new_zeros(B, W - 1, D) if initial_states is None else channel_last_checked(initial_states, "init")
-    xt_BDT = torch.cat([init, x_BLD], dim=1).transpose(1, 2)  # T = W - 1 + L
-    z_BDL = F.conv1d(xt_BDT, weight[:, None], bias, groups=D)
+    f = at_least_fp32(x.dtype)  # the kernel computes in fp32 whatever the inputs' dtypes
+    xt_BDT = torch.cat([init, x_BLD], dim=1).transpose(1, 2).to(f)  # T = W - 1 + L
+    z_BDL = F.conv1d(xt_BDT, weight[:, None].to(f), None if bias is None else bias.to(f), groups=D)
     s = torch.sigmoid(z_BDL)
-    dz_BDL = dy_BLD.transpose(1, 2) * (s * (1 + z_BDL * (1 - s)) if silu else 1)  # SiLU' = s (1 + z (1 - s))
-    dxt_BDT = F.conv_transpose1d(dz_BDL, weight[:, None], groups=D)  # the adjoint of the depthwise conv
-    dweight = torch.einsum("bdl,bdlw->dw", dz_BDL, xt_BDT.unfold(-1, W, 1))
+    dz_BDL = dy_BLD.transpose(1, 2).to(f) * (s * (1 + z_BDL * (1 - s)) if silu else 1)  # SiLU' = s (1 + z (1 - s))
+    dxt_BDT = F.conv_transpose1d(dz_BDL, weight[:, None].to(f), groups=D)  # the adjoint of the depthwise conv
+    dweight = torch.einsum("bdl,bdlw->dw", dz_BDL, xt_BDT.unfold(-1, W, 1)).to(weight.dtype)
+    dbias = None if bias is None else dz_BDL.sum((0, 2)).to(bias.dtype)
     dinit = torch.empty(B, W - 1, D, dtype=x.dtype).transpose(1, 2).copy_(dxt_BDT[..., :W - 1])
-    return (torch.empty_like(x).copy_(dxt_BDT[..., W - 1:]), dweight, None if bias is None else dz_BDL.sum((0, 2)),
-            dinit if return_dinitial else None)
+    return torch.empty_like(x).copy_(dxt_BDT[..., W - 1:]), dweight, dbias, dinit if return_dinitial else None

@@ -5,8 +5,8 @@ On CPU: the fakes promise the shapes, dtypes and strides that the reference conv
 tensors, with and without a tail, through both ways the tail enters; autograd reaches the backward op with a gradient
 per input; the op bodies hand the package its channel-last layout and return contiguous tensors equal to the
 reference's (the package stood in for by a torch emulation that checks the layout rules of its C++ entry points);
-with those bodies registered for CPU in one test, dynamo and AOT autograd trace the conv on a sliced input into one
-graph (fullgraph=True) whose gradients are the reference's.
+with those bodies registered for CPU, torch.library.opcheck passes and dynamo and AOT autograd trace the conv on a
+sliced input into one graph (fullgraph=True) whose gradients are the reference's.
 On a GPU: the op equals the package's own `causal_conv1d_fn`, and the reference in float64 in values and gradients
 within the GPU parity tolerance (benchmarks/gpu_parity_mamba.py), also fed one scale at a time; it passes
 torch.library.opcheck; a Mamba2 mixer on its kernels compiles into one graph (fullgraph=True), forward and backward
@@ -138,6 +138,16 @@ def test_the_op_bodies_hand_the_package_its_layout_and_return_the_references_res
         torch.testing.assert_close(dtail, expected[3], rtol=0, atol=1e-12)
     else:
         assert dtail.numel() == 0  # an empty stand-in, None again for autograd
+
+
+@pytest.mark.parametrize("with_tail", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_on_cpu_with_the_package_emulated(cpu_bodies, dtype, with_tail):
+    # the fakes against what the bodies return (shapes, dtypes, strides), the schema, the autograd registration, and
+    # AOT autograd with dynamic shapes; on the GPU with the package itself: test_opcheck below
+    x, w, b, tail = make_inputs(dtype=dtype)
+    leaves = [t.requires_grad_(True) for t in (x, w, b, tail)]
+    torch.library.opcheck(torch.ops.varbench.causal_conv1d_fwd, (*leaves[:3], leaves[3] if with_tail else None, True))
 
 
 # ---- on a GPU ----
