@@ -35,6 +35,16 @@ def speed_mode(compiled: bool, cuda_graphs: bool, device=None) -> dict:
             "machine": machine(device)}
 
 
+def first_call_s(fn: Callable[[], object]) -> float:
+    """Wall seconds of `fn`'s first call, until the device is done: for a compiled step, what compiling it costs
+    (dynamo, Inductor, Triton autotuning) plus one step."""
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> dict:
     """Median / min / max wall time of `fn` in milliseconds (CUDA events on a GPU, perf_counter on a CPU), and the
     peak GPU memory allocated and reserved during the timed calls. Replayed CUDA graphs write into their private
@@ -96,8 +106,9 @@ def top_ops(fn: Callable[[], object], steps: int = 3, limit: int = 15) -> list[d
 def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
                     profile_steps: int = 0) -> dict:
     """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
-    With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`). The training
-    stage of task=bench and the per-GPU step of task=scaling: one protocol for both."""
+    The first step's wall time is `first_step_s` (a compiled `net` compiles in it); two more warm up, then `repeats`
+    are timed. With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`).
+    The training stage of task=bench and the per-GPU step of task=scaling: one protocol for both."""
     from varbench.backbones.raster_ar import is_raster  # here: importing timing stays free of model code
     net = model if net is None else net  # a compiled module has no truth value (it forwards len())
     device = next(model.parameters()).device
@@ -115,5 +126,6 @@ def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: to
         opt.zero_grad(set_to_none=True)
 
     model.train()
-    timing = time_ms(step, warmup=3, repeats=repeats)
+    first_step_s = first_call_s(step)  # a compiled step compiles here: the record's compile time (plus one step)
+    timing = {"first_step_s": first_step_s} | time_ms(step, warmup=2, repeats=repeats)
     return timing | ({"top_ops": top_ops(step, profile_steps)} if profile_steps else {})

@@ -285,7 +285,8 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> No
            param_dtype=param_dtype, timing=r, **speed_mode(compiled, cuda_graphs=False), **cell)
     log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
           f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
-          f"MFU {mfu:.1%}; top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
+          f"MFU {mfu:.1%}, first step {r['first_step_s']:.1f} s; "
+          f"top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
 
 
 def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs) -> None:

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Session 8's GPU check of issue 18 item 1 (compiling M-VAR) in one device call of at most 9 minutes on one H200:
+#   tests         the GPU-only tests of the causal_conv1d custom ops (equal to the package and to the float64
+#                 reference in values and gradients, opcheck, a Mamba2 mixer compiled with fullgraph=True forward +
+#                 backward and its sampling step) and tests/test_compile.py's training step of a Mamba2 model on the
+#                 GPU kernels (one graph, no break), as gpu_test records (first-config autotuning);
+#   bench_eager   M-VAR-d16 ([mamba2, full] at depth 16, 256 px) eager training at batch 32, bf16 autocast, fully
+#                 autotuned: img/s, MFU, top operators, and `timing.first_step_s` (the first step: autotuning plus
+#                 one step); it runs first, so Triton's kernel cache is warm for the compiled cell;
+#   bench_compiled the same step under torch.compile: img/s and `timing.first_step_s`, the first step, in which it
+#                 compiles (minus the eager cell's first step: the compile time; goal < 90 s, 5.5 min before the
+#                 conv became a custom op); dynamo's graph breaks and recompiles in bench_compiled.log, their count
+#                 a JSON line in OUT/graph_breaks.jsonl (goal 0).
+# No sampling stage (task.sample_batches {256: []}). Each step runs under its own `timeout` (a bench cell is killed by
+# the bench itself 20 s before, so its error is a record and no orphan holds the GPU); its output is tee'd to
+# OUT/<step>.log and its exit status, limit and duration are a JSON line in OUT/steps.jsonl. Measurement records
+# (JSON lines) go under OUT. The script goes on after a failed step and exits with the number of failed steps.
+# Expected on a cold H200: tests ~2 min, eager ~1-1.5 min, compiled ~2-3 min (~6 min in all; limits 530 s).
+# Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s8.sh OUT     DRY=1 prints the commands.
+# The steps' limits (seconds) can be moved: TESTS_S=170 EAGER_S=120 COMPILED_S=240.
+set -u -o pipefail
+OUT=${1:?records dir}
+TESTS_S=${TESTS_S:-170} EAGER_S=${EAGER_S:-120} COMPILED_S=${COMPILED_S:-240}
+BENCH=(python run.py task=bench model=var_d16 "task.configs=[[mamba2,full]]" autotune=full "results_dir=$OUT"
+       "task.train_batch={256:32}" "task.sample_batches={256:[]}" "task.rerun_baseline=[]" task.allow_failed_cells=true)
+TESTS=(tests/ops/test_causal_conv_custom_op.py
+       "tests/test_compile.py::test_on_cuda_the_training_step_on_the_gpu_kernels_is_one_graph[mamba2]")
+FAILED=0
+
+step() {  # step NAME SECONDS COMMAND...: COMMAND under a timeout, tee'd to OUT/NAME.log, its status a JSON line
+  local name=$1 limit=$2; shift 2
+  if [ -n "${DRY:-}" ]; then printf '%q ' timeout "$limit" "$@"; echo; return 0; fi
+  local start=$SECONDS rc=0
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" || rc=$?
+  printf '{"metric": "gpu_check_step", "step": "%s", "rc": %d, "timed_out": %s, "limit_s": %d, "seconds": %d}\n' \
+    "$name" "$rc" "$([ "$rc" = 124 ] && echo true || echo false)" "$limit" "$((SECONDS - start))" >> "$OUT/steps.jsonl"
+  [ "$rc" = 0 ] || FAILED=$((FAILED + 1))
+}
+
+[ -n "${DRY:-}" ] || mkdir -p "$OUT"
+step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- "${TESTS[@]}"
+step bench_eager "$EAGER_S" "${BENCH[@]}" "task.cell_timeout_s=$((EAGER_S - 20))"
+TORCH_LOGS=graph_breaks,recompiles step bench_compiled "$COMPILED_S" "${BENCH[@]}" task.compile=true \
+  "task.cell_timeout_s=$((COMPILED_S - 20))"
+if [ -z "${DRY:-}" ]; then
+  printf '{"metric": "graph_breaks", "value": %d, "unit": "count", "log": "bench_compiled.log"}\n' \
+    "$(grep -c '\[__graph_breaks\] Graph break' "$OUT/bench_compiled.log")" >> "$OUT/graph_breaks.jsonl"
+fi
+exit "$FAILED"
