@@ -155,22 +155,28 @@ def test_gpu_check_s7_records_each_step_and_goes_on_after_a_failure(tmp_path):
 
 def test_gpu_check_s8_plans_commands_that_compose_and_tests_that_exist(tmp_path):
     """benchmarks/gpu_check_s8.sh with DRY=1: M-VAR-d16's training step eagerly, then compiled, at batch 32 with no
-    sampling stage, each cell killed by the bench before the step's own timeout; its test selection collects the
-    causal_conv1d custom op's GPU tests and the compiled Mamba2 training step."""
+    sampling stage, then VAR-d16's eager sampling at batch 1 and 64 with no training stage, each cell killed by the
+    bench before the step's own timeout; its test selection collects the causal_conv1d custom op's GPU tests and the
+    compiled Mamba2 training step."""
     out = bash("benchmarks/gpu_check_s8.sh", str(tmp_path), env={"DRY": "1"})
     assert out.returncode == 0, out.stderr
     commands = [shlex.split(line) for line in out.stdout.splitlines()]
     assert all(argv[0] == "timeout" for argv in commands) and sum(int(argv[1]) for argv in commands) <= 540
     benches = [argv for argv in commands if argv[2:5] == ["python", "run.py", "task=bench"]]
-    assert [("task.compile=true" in b) for b in benches] == [False, True]
-    for argv in benches:
+    assert [("task.compile=true" in b) for b in benches] == [False, True, False]
+    for argv, stage in zip(benches, ["train", "train", "sample"]):
         cell_timeout = next(int(a.split("=")[1]) for a in argv if a.startswith("task.cell_timeout_s="))
         assert cell_timeout < int(argv[1])  # the bench kills a hung cell itself: a record, no orphan on the GPU
         check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
                                env=ENV, timeout=300)
         assert check.returncode == 0, (argv, check.stderr[-2000:])
-        assert "configs:\n  - - mamba2\n    - full" in check.stdout and "    256: 32\n" in check.stdout
-        assert "sample_batches:\n    256: []" in check.stdout
+        if stage == "train":
+            assert "configs:\n  - - mamba2\n    - full" in check.stdout and "    256: 32\n" in check.stdout
+            assert "sample_batches:\n    256: []" in check.stdout
+        else:
+            assert "configs:\n  - - attention\n    - none" in check.stdout and "train_batch: null" in check.stdout
+            assert "sample_batches:\n    256:\n    - 1\n    - 64" in check.stdout
+            assert "cuda_graphs: false" in check.stdout
     (tests,) = [argv[2:] for argv in commands if argv[2:4] == ["python", "benchmarks/gpu_tests.py"]]
     listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                              *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
@@ -189,14 +195,14 @@ def test_gpu_check_s8_records_each_step_counts_graph_breaks_and_goes_on_after_a_
     stub = ('#!/bin/sh\necho "ran $*"\ncase "$*" in *task.compile=true*) '
             'echo "V1203 [0/0] [__graph_breaks] Graph break in user code"; '
             'echo "V1203 [3/0] [__graph_breaks] Graph break (user stack suppressed)";; '
-            '*task=bench*) exit 3;; esac\n')
+            '*mamba2,full*) exit 3;; esac\n')
     (tmp_path / "bin" / "python").write_text(stub)
     (tmp_path / "bin" / "python").chmod(0o755)
     out = bash("benchmarks/gpu_check_s8.sh", str(tmp_path / "out"), env={"PATH": f"{tmp_path / 'bin'}:{ENV['PATH']}"})
     assert out.returncode == 1, out.stderr  # one failed step
     steps = [json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
     assert [(s["step"], s["rc"], s["timed_out"]) for s in steps] == [
-        ("tests", 0, False), ("bench_eager", 3, False), ("bench_compiled", 0, False)]
+        ("tests", 0, False), ("bench_eager", 3, False), ("bench_compiled", 0, False), ("sample_var", 0, False)]
     (breaks,) = [json.loads(line) for line in (tmp_path / "out" / "graph_breaks.jsonl").read_text().splitlines()]
     assert breaks["metric"] == "graph_breaks" and breaks["value"] == 2
 
