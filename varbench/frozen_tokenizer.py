@@ -54,7 +54,8 @@ def steps_to_share(cfg: DictConfig) -> list[str]:
     """The tokenizer steps of `task.steps` this run must produce: train_tokenizer unless `tokenizer.checkpoint` is
     given, tokenize unless `train.token_cache` is given. A token cache without its tokenizer is an error."""
     steps = [s for s in cfg.task.steps if s in SHARED_STEPS]
-    checkpoint, cache = cfg.tokenizer.get("checkpoint"), cfg.train.get("token_cache")
+    # select: a `???` checkpoint (tokenizer=var's) reads as not given
+    checkpoint, cache = OmegaConf.select(cfg, "tokenizer.checkpoint"), OmegaConf.select(cfg, "train.token_cache")
     if cache and not checkpoint and "train_tokenizer" in steps:
         raise ValueError(f"train.token_cache = {cache} is given but tokenizer.checkpoint is not: a new tokenizer would "
                          f"not match the cache; give the checkpoint that encoded it")
