@@ -87,6 +87,22 @@ def test_every_problem_is_listed_at_once():
     assert "train.grad_accum = 0" in str(err.value) and "model.depth = 0" in str(err.value)
 
 
+def test_the_study_node_of_the_study_grids_is_accepted_and_checked():
+    validate(compose_with("grid=study_main", "study.arm=gla-none", "study.lr.gla-none=8.0e-3"))
+    for override, message in [("study.lr.gla-none=-1", "study.lr.gla-none = -1: expected a number > 0"),
+                              ("+study.arms=x", "study.arms: unknown key; valid: ['arm', 'lr']")]:
+        with pytest.raises(ConfigError) as err:
+            validate(compose_with("grid=study_main", override))
+        assert message in str(err.value)
+
+
+@pytest.mark.parametrize("override,key", [("+sed=1", "sed"), ("+studdy.arm=x", "studdy"),
+                                          ("+tokenizer_dri=/tmp", "tokenizer_dri")])
+def test_a_misspelt_top_level_key_is_an_error(override, key):
+    with pytest.raises(ConfigError, match=rf"{key}: unknown top-level key; valid: \[.*'seed'"):
+        validate(compose_with(override))
+
+
 def test_steps_null_means_epochs():
     validate(compose_with("train.steps=null", "train.epochs=2"))  # no error: the plan counts epochs
 

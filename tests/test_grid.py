@@ -4,6 +4,7 @@ is recorded with its error while the other cells still run. Cells are tiny main 
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -113,6 +114,13 @@ def test_rerun_skips_complete_cells(tmp_path):
         assert (tmp_path / "sweep" / c / "checkpoints" / "latest").is_file()
         assert (tmp_path / "sweep" / c / "samples.png").is_file()
         assert (tmp_path / "sweep" / c / ".hydra" / "main" / "config.yaml").is_file()  # one place for all of a cell
+    # one frozen tokenizer for both cells: trained once (its records once), named by the same id in every record
+    assert len(records(tmp_path, "train_tokenizer.jsonl", "tokenizer_train_time")) == 1
+    assert len(records(tmp_path, "tokenize.jsonl", "tokenize_throughput")) == 1
+    ids_of_tokenizer = {r["tokenizer_id"] for n in ("train.jsonl", "sample.jsonl", "evaluate.jsonl")
+                        for r in records(tmp_path, n)}
+    (shared,) = (tmp_path / "runs" / "tokenizers").glob("*/tokenizer/tokenizer.safetensors")
+    assert ids_of_tokenizer == {hashlib.sha256(shared.read_bytes()).hexdigest()[:12]}
     n_lines = {n: len(records(tmp_path, n)) for n in ("train.jsonl", "sample.jsonl", "train_tokenizer.jsonl")}
     again = run_grid(tmp_path, *two)
     assert again.returncode == 0, tail(again)

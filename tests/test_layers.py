@@ -34,6 +34,7 @@ LAYERS = [
     ("training",),                                    # the training loop (records eval's NLL while it trains)
     ("runs", "analysis", "config_schema"),            # run folders and loading; records -> tables; config ranges
     ("init_from",),                                   # a training start from another run or an official file
+    ("frozen_tokenizer",),                            # task=main's tokenizer steps in their shared folder
     ("tasks",),                                       # one file per `task=`, one dispatch
     ("grid",),                                        # grid cells around a task
     ("resolvers",),                                   # the OmegaConf resolvers the configs use

@@ -272,6 +272,7 @@ def test_the_debug_main_job_tells_every_step_in_its_run_log(tmp_path):
         assert f"{bar}: 100%" in out.stderr, bar
     assert "100%" not in text and "it/s" not in text  # ... and never in the log
     tb = tmp_path / "run" / "tb"
-    assert tensorboard_events(tb / "train_tokenizer").Scalars("val/psnr")
+    (shared,) = (tmp_path / "run" / "tokenizers").glob("*/tb")  # the tokenizer's curves: in its own folder
+    assert tensorboard_events(shared / "train_tokenizer").Scalars("val/psnr")
     assert len(tensorboard_events(tb / "train").Scalars("train/loss")) == 30
     assert tensorboard_events(tb / "sample").Images("samples")[0].step == 30

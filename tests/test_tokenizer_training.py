@@ -7,6 +7,7 @@ Shape legend: B batch, 3 RGB, H W image side, C latent channels, N search vector
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from varbench.tokenizers import MultiScaleVQVAE, load_official_vqvae
 from varbench.tokenizers.losses import PerceptualLoss, gaussian_window, psnr, ssim
 from varbench.tokenizers.trainer import STATE, WEIGHTS, StepBatches, restart_dead_codes, train_tokenizer
 from varbench.utils.checkpoint import TEMP_MARK, load_object, save_atomic
+from varbench.utils.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(vocab_size=32, z_channels=4, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, patch_nums=(1, 2, 4))
@@ -217,7 +219,8 @@ def test_task_trains_records_and_chains(tmp_path):
     from varbench.tasks.train_tokenizer import main
     task = OmegaConf.load(REPO / "varbench/configs/task/train_tokenizer.yaml")
     task.merge_with(dict(steps=2, batch_size=4, eval_batch_size=8, dead_code_every=1, **FAST))
-    cfg = OmegaConf.create(dict(seed=0, device="cpu", run_dir=str(tmp_path / "run"), results_dir=str(tmp_path / "res"),
+    cfg = OmegaConf.create(dict(seed=0, tokenizer_seed=0, device="cpu", run_dir=str(tmp_path / "run"),
+                                results_dir=str(tmp_path / "res"),
                                 tokenizer={**TINY, "dropout": 0.0, "beta": 0.25, "quant_conv_ks": 3, "quant_resi": 0.5,
                                            "share_quant_resi": 4, "using_sa": True, "using_mid_sa": True,
                                            "checkpoint": None},
@@ -225,7 +228,9 @@ def test_task_trains_records_and_chains(tmp_path):
                                       "size_per_class": 4}, task=task, logger={"name": "none"}))
     summary = main(cfg)
     assert Path(summary["checkpoint"]) == tmp_path / "run" / "tokenizer" / WEIGHTS
-    assert (tmp_path / "res" / "train_tokenizer.jsonl").is_file()
+    lines = read_records(tmp_path / "res" / "train_tokenizer.jsonl")
+    digest = hashlib.sha256(Path(summary["checkpoint"]).read_bytes()).hexdigest()[:12]
+    assert {r["tokenizer_id"] for r in lines if r["metric"] in ("psnr", "tokenizer_train_time")} == {digest}
     cfg.tokenizer.checkpoint = summary["checkpoint"]
     build_tokenizer(cfg)  # the main job's next step loads it
     cfg.task.bogus = 1

@@ -8,17 +8,20 @@ constructor); a mandatory value left `???` is reported by the task that reads it
 
 The rules are per config group (`train`, `model`, `tokenizer`, `data`, `logger`) and per task (`task.<field>` by
 `task.name`); for the main job (`task=main`) every step's own task config is checked as it will run (`step_config`).
+A key at the top of the config that is neither config.yaml's own, nor a config group's, nor one of EXTRA_TOP (the
+study grids' `study` node, checked by STUDY) is a misspelling: an error.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from varbench.data.loading import MAX_PREFETCH, MAX_WORKERS
-from varbench.registry import list_options, load_option
+from varbench.registry import CONFIG_ROOT, list_options, load_option
 
 
 class ConfigError(ValueError):
@@ -136,7 +139,7 @@ SAMPLER = Choice(("carry", "prefix_rerun"))
 BETAS = Items(fraction(open_high=True), length=2)
 
 TOP = {
-    "seed": count(0),
+    "seed": count(0), "tokenizer_seed": count(0),
     "autotune": Choice(("full", "first")),
     "progress": Choice(("auto", True, False)),
 }
@@ -200,6 +203,11 @@ TASKS = {
 }
 LOGGER = {"name": Choice(("tensorboard", "wandb", "none")), "sample_every": count(0),
           "mode": Choice(("offline", "online", "disabled"))}
+# top-level keys that neither config.yaml nor a config group defines
+EXTRA_TOP = {"study": "the study grids' arm and learning rates (varbench/configs/grid/study_base.yaml)",
+             "dry_run": "+dry_run=true: a grid prints its cells and runs none", "hydra": "Hydra's own settings"}
+STUDY = {"arm": "the cell's arm, the key of its learning rate (`train.base_lr: ${study.lr.${study.arm}}`)",
+         "lr": "a learning rate per arm name, each a number > 0"}
 GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA, "logger": LOGGER}
 
 
@@ -215,7 +223,7 @@ def step_config(cfg: DictConfig, step: str) -> DictConfig:
 def validate(cfg: DictConfig) -> None:
     """Raise `ConfigError` listing every value of `cfg` outside its valid range (for the main job, of every step
     too); return None when all are valid."""
-    problems = _problems(cfg)
+    problems = _unknown_keys(cfg) + _problems(cfg)
     if cfg.task.name == "main":
         unknown = sorted(set(cfg.task.get("overrides") or {}) - set(cfg.task.steps))
         if unknown:
@@ -228,6 +236,34 @@ def validate(cfg: DictConfig) -> None:
             problems += [f"{p} (step {step})" for p in _problems(step_config(cfg, step)) if p.startswith("task.")]
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(problems)))
+
+
+@lru_cache(maxsize=1)
+def top_level_keys() -> tuple[str, ...]:
+    """The keys a composed config may have at its top: config.yaml's own, each config group its defaults list
+    names, and EXTRA_TOP."""
+    root = OmegaConf.load(CONFIG_ROOT / "config.yaml")
+    groups = [next(iter(entry)) for entry in root.defaults if isinstance(entry, DictConfig)]
+    return tuple(sorted({*root.keys(), *groups, *EXTRA_TOP} - {"defaults"}))
+
+
+def _unknown_keys(cfg: DictConfig) -> list[str]:
+    """Misspelt top-level keys, and what is wrong in the `study` node."""
+    known = top_level_keys()
+    out = [f"{key}: unknown top-level key; valid: {list(known)}" for key in cfg if key not in known]
+    study = cfg.get("study")
+    if study is None:
+        return out
+    if not isinstance(study, DictConfig):
+        return out + [f"study = {study!r}: expected a mapping with the keys {sorted(STUDY)}"]
+    out += [f"study.{key}: unknown key; valid: {sorted(STUDY)}" for key in study if key not in STUDY]
+    lr = study.get("lr")
+    if lr is not None and not isinstance(lr, DictConfig):
+        out.append(f"study.lr = {lr!r}: expected {STUDY['lr']}")
+    for arm, value in (lr.items() if isinstance(lr, DictConfig) else ()):
+        if not positive().accepts(value):
+            out.append(f"study.lr.{arm} = {value!r}: expected {positive().describe()}")
+    return out
 
 
 def _problems(cfg: DictConfig) -> list[str]:

@@ -33,8 +33,9 @@ from varbench.utils.log import get_logger, is_rank_zero, job_logging
 log = get_logger(__name__)
 
 # top-level config keys that do not change what a cell computes (where it runs, where it records, whether it runs,
-# what it shows while it runs)
-NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydra", "logger", "progress")
+# what it shows while it runs, where its shared tokenizer lives: that folder's own key says what it holds)
+NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydra", "logger", "progress",
+                "tokenizer_dir")
 ERROR_TAIL = 4000  # characters of traceback kept in failed.json
 
 

@@ -2,7 +2,12 @@
 token cache, train the AR model on it, sample a class-conditional grid, evaluate; every step records under
 results_dir. Each step runs with its own task config (varbench/configs/task/<step>.yaml) updated by
 `task.overrides.<step>` (varbench.config_schema.step_config); every step's config is checked before the first runs.
-Each step's start and summary go to the run's log (run_dir/varbench.log)."""
+Each step's start and summary go to the run's log (run_dir/varbench.log).
+
+The tokenizer steps (train_tokenizer, tokenize) run once per tokenizer, not once per run: into a folder under
+`tokenizer_dir` keyed by what determines them, which every run and grid cell with the same tokenizer, data and step
+settings reuses (varbench/frozen_tokenizer.py). Their records go to the results_dir of the run that ran them. With
+`tokenizer.checkpoint` given, train_tokenizer is skipped; with `train.token_cache` given, tokenize is."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import time
 
 from omegaconf import DictConfig, open_dict
 
+from varbench import frozen_tokenizer
 from varbench.config_schema import step_config
 from varbench.utils.log import get_logger
 
@@ -17,17 +23,34 @@ log = get_logger(__name__)
 
 
 def main(cfg: DictConfig) -> dict:
-    from varbench.tasks import run_task
+    """Run `task.steps` in order, the tokenizer steps through their shared folder; return {step: summary}."""
     summaries, steps = {}, list(cfg.task.steps)
+    shared = frozen_tokenizer.steps_to_share(cfg)
     for i, step in enumerate(steps, 1):
         log.info("step %d/%d: %s", i, len(steps), step)
-        start = time.perf_counter()
-        summaries[step] = out = run_task(step_config(cfg, step))
-        with open_dict(cfg):
-            if step == "train_tokenizer":
-                cfg.tokenizer.checkpoint = out["checkpoint"]
-            elif step == "tokenize":
-                cfg.train.token_cache = out["cache_dir"]
-        log.info("step %s done in %.1f s: %s", step, time.perf_counter() - start,
-                 {k: v for k, v in out.items() if not isinstance(v, dict)})
+        if step in frozen_tokenizer.SHARED_STEPS and step not in shared:
+            given = cfg.tokenizer.checkpoint if step == "train_tokenizer" else cfg.train.token_cache
+            log.info("step %s skipped: its output is given (%s)", step, given)
+            summaries[step] = {"skipped": True, "given": str(given)}
+        elif step in frozen_tokenizer.SHARED_STEPS:
+            if step == shared[0]:  # the first shared step produces them all (the folder's steps run together)
+                summaries |= frozen_tokenizer.prepare(cfg, shared, run_step)
+        else:
+            summaries[step] = run_step(cfg, step)
     return summaries
+
+
+def run_step(cfg: DictConfig, step: str) -> dict:
+    """Run one step on `cfg` (its task config from `step_config`); pass the tokenizer steps' outputs on to the next
+    steps (`tokenizer.checkpoint`, `train.token_cache`); return the step's summary."""
+    from varbench.tasks import run_task
+    start = time.perf_counter()
+    out = run_task(step_config(cfg, step))
+    with open_dict(cfg):
+        if step == "train_tokenizer":
+            cfg.tokenizer.checkpoint = out["checkpoint"]
+        elif step == "tokenize":
+            cfg.train.token_cache = out["cache_dir"]
+    log.info("step %s done in %.1f s: %s", step, time.perf_counter() - start,
+             {k: v for k, v in out.items() if not isinstance(v, dict)})
+    return out

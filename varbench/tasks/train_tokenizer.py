@@ -4,7 +4,8 @@ Writes `${run_dir}/tokenizer/` (tokenizer.safetensors with official key names, t
 and records psnr, ssim, codebook usage and train time to `${results_dir}/train_tokenizer.jsonl`; losses and val
 metrics also go to the experiment logger (`logger=`, phase train_tokenizer: varbench/utils/loggers.py).
 The task group (varbench/configs/task/train_tokenizer.yaml) holds `name` plus the fields of `TrainOptions`; `tokenizer`
-gives the architecture (its `checkpoint` is ignored: training starts from a fresh init seeded by `seed`).
+gives the architecture (its `checkpoint` is ignored: training starts from a fresh init seeded by `task.seed`, the
+top-level `tokenizer_seed` unless set).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main(cfg: DictConfig) -> dict:
     """Train, evaluate on the val split, return the summary (psnr, ssim, usage, usage_total, checkpoint, ...)."""
     options = task_options(cfg)
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)  # the tokenizer's initial weights
+    torch.manual_seed(cfg.task.seed)  # the tokenizer's initial weights: its own seed (tokenizer_seed by default)
     vae = build_tokenizer(cfg, trainable=True, load=False)
     return train_tokenizer(vae, build_dataset(cfg, "train"), device=device, out_dir=Path(cfg.run_dir) / "tokenizer",
                            val_set=build_dataset(cfg, "val"),

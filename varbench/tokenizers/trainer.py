@@ -47,6 +47,7 @@ from varbench.utils.loggers import ExperimentLogger
 from varbench.utils.precision import autocast
 from varbench.utils.records import record
 from varbench.utils.resume import refuse_changed_config
+from varbench.utils.run_spec import file_id
 
 log = get_logger(__name__)
 
@@ -284,11 +285,12 @@ def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_pa
         terms = _updates(p, train_set, device, out_dir, start, writer, val_set, results_path, config)
         summary = {"step": opt.steps, "checkpoint": str(out_dir / WEIGHTS), "train_time_s": time.perf_counter() - t0,
                    "resumed_from": start, "losses": {k: float(v.detach()) for k, v in terms.items()}}
+        final = {"tokenizer_id": file_id(out_dir / WEIGHTS)}  # the weights written last: what the cells will use
         if results_path is not None and opt.steps > start:
             record(results_path, "tokenizer_train_time", summary["train_time_s"], "s", config=config, device=device,
-                   step=opt.steps, split="train", resumed_from=start)
+                   step=opt.steps, split="train", resumed_from=start, **final)
         if val_set is not None:
-            summary.update(_evaluate(p, val_set, opt, device, writer, opt.steps, results_path, config))
+            summary.update(_evaluate(p, val_set, opt, device, writer, opt.steps, results_path, config, **final))
     log.info("tokenizer trained to update %d in %.1f s: %s", opt.steps, summary["train_time_s"], summary["checkpoint"])
     return summary
 
@@ -333,8 +335,8 @@ def _log(writer: ExperimentLogger, bar, p: _Parts, terms: dict, step: int, batch
 
 
 def _evaluate(p: _Parts, val_set, opt: TrainOptions, device, writer: ExperimentLogger, step: int, results_path,
-              config) -> dict:
-    """evaluate_tokenizer + the log + the experiment logger + one record per metric."""
+              config, **fields) -> dict:
+    """evaluate_tokenizer + the log + the experiment logger + one record per metric (with `fields`)."""
     ev = evaluate_tokenizer(p.vae, val_set, batch_size=opt.eval_batch_size, device=device)
     log.info("update %d: val psnr %.2f dB, ssim %.3f, codebook usage %.1f%%", step, ev["psnr"], ev["ssim"],
              100 * ev["usage_total"])
@@ -345,5 +347,6 @@ def _evaluate(p: _Parts, val_set, opt: TrainOptions, device, writer: ExperimentL
                 ("codebook_usage", ev["usage"], "fraction", {"patch_nums": list(p.vae.patch_nums)}),
                 ("codebook_usage_total", ev["usage_total"], "fraction", {}))
         for metric, value, unit, extra in rows:
-            record(results_path, metric, value, unit, config=config, device=device, step=step, split="val", **extra)
+            record(results_path, metric, value, unit, config=config, device=device, step=step, split="val", **extra,
+                   **fields)
     return ev

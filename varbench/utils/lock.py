@@ -5,6 +5,10 @@ held lock gets `LockHeld`, naming the holder. A lock whose holder is gone is tak
 this host, or the same Slurm job (array task) requeued after a time-out or a preemption (on any node). A lock of
 another host that is not the same Slurm job cannot be checked from here: it stays held, and the error says how to
 remove it when its holder is known to be dead.
+
+A process that would rather wait for the holder than fail (cells side by side sharing one frozen tokenizer,
+varbench/frozen_tokenizer.py) asks with `wait_s`: it retries every `poll_s` seconds until the lock is free, then takes
+it; `LockHeld` only when `wait_s` runs out.
 """
 
 from __future__ import annotations
@@ -13,7 +17,12 @@ import datetime as _dt
 import json
 import os
 import socket
+import time
 from pathlib import Path
+
+from varbench.utils.log import get_logger
+
+log = get_logger(__name__)
 
 NAME = ".varbench.lock"
 
@@ -60,12 +69,26 @@ def _describe(holder: dict) -> str:
 
 class FolderLock:
     """`with FolderLock(folder, what): ...` holds `folder`'s lock for the block (created atomically; removed on
-    exit, also when the block raises)."""
+    exit, also when the block raises). `wait_s` > 0: wait up to that many seconds (`math.inf`: as long as it takes)
+    for a live holder to let go, checking every `poll_s` seconds; 0: `LockHeld` at once."""
 
-    def __init__(self, folder, what: str = "run dir") -> None:
-        self.path, self.what = Path(folder) / NAME, what
+    def __init__(self, folder, what: str = "run dir", wait_s: float = 0.0, poll_s: float = 1.0) -> None:
+        self.path, self.what, self.wait_s, self.poll_s = Path(folder) / NAME, what, wait_s, poll_s
 
     def __enter__(self) -> FolderLock:
+        deadline, told = time.monotonic() + self.wait_s, False
+        while True:
+            try:
+                return self._take()
+            except LockHeld as held:
+                if time.monotonic() + self.poll_s > deadline:
+                    raise
+                if not told:  # once: the log says why this process stands still
+                    log.info("waiting for %s", held)
+                    told = True
+                time.sleep(self.poll_s)
+
+    def _take(self) -> FolderLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):  # a second try after taking over a stale lock
             tmp = self.path.with_name(f"{NAME}.{socket.gethostname()}.{os.getpid()}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from varbench.utils.paths import REPO
+from varbench.utils.run_spec import ID_HEX, file_id
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,25 @@ def host_load() -> dict:
     return {"loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
 
 
+def tokenizer_id(config: dict | None, fields: dict) -> str | None:
+    """Which tokenizer weights a record's numbers came from: the first 12 hex digits of the sha256 of the file
+    `config.tokenizer.checkpoint` names (varbench.utils.run_spec.file_id), else of a `tokenizer_sha256` field; None
+    when neither names an existing file (a run on a random tokenizer, or a config without one)."""
+    checkpoint = ((config or {}).get("tokenizer") or {}).get("checkpoint")
+    if isinstance(checkpoint, str) and Path(checkpoint).is_file():
+        return file_id(checkpoint)
+    sha = fields.get("tokenizer_sha256")
+    return sha[:ID_HEX] if isinstance(sha, str) else None
+
+
 def make_record(metric: str, value, unit: str, config=None, device=None, **fields) -> dict:
-    """One measurement as a record (not written): what `record` appends. Arguments as for `record`."""
+    """One measurement as a record (not written): what `record` appends. Arguments as for `record`; a config with a
+    tokenizer adds `tokenizer_id` (`tokenizer_id`) unless the caller gives one."""
     if config is not None and not isinstance(config, dict):
         from omegaconf import OmegaConf
         config = OmegaConf.to_container(config, resolve=True)
+    if "tokenizer_id" not in fields and isinstance(config, dict) and "tokenizer" in config:
+        fields["tokenizer_id"] = tokenizer_id(config, fields)
     return {"metric": metric, "value": value, "unit": unit, **fields, "config": config, "commit": git_commit(),
             "device": device_name(device), "versions": versions(), "host": host_load(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
