@@ -55,6 +55,7 @@ def test_channels_last_decodes_the_eager_images(name):
     assert tokenizer.decoder.conv_in.weight.is_contiguous()
 
 
+@pytest.mark.slow  # Inductor on a CPU: about 10 s with its kernel cache warm, over a minute cold
 @pytest.mark.parametrize("name", TOKENIZERS)
 def test_compiled_decodes_the_eager_images_and_adds_no_weights(name):
     tokenizer = TOKENIZERS[name]()
@@ -103,3 +104,18 @@ def test_fast_decodes_equal_eager_under_bf16_autocast(name, mode):
     # other conv algorithms (NHWC) and, compiled, fused casts: about one bf16 ulp (eps 7.8e-3), the bf16 tolerance
     # of tests/test_backbone.py's autocast comparison
     torch.testing.assert_close(fast, eager, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("task", ["bench", "sample", "evaluate"])
+def test_a_bad_task_decode_mode_is_a_config_error_naming_key_value_and_the_valid_values(task):
+    from hydra import compose, initialize_config_dir
+
+    from varbench.config_schema import ConfigError, validate
+    from varbench.registry import CONFIG_ROOT
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"task={task}", "task.decode_mode=nhwc"])
+    with pytest.raises(ConfigError, match=r"task.decode_mode = 'nhwc': expected one of \['eager', 'channels_last', "
+                                          r"'compiled', 'auto'\]"):
+        validate(cfg)
+    cfg.task.decode_mode = "auto"
+    validate(cfg)  # the shipped default passes
