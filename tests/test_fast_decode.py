@@ -1,8 +1,8 @@
 """Decode modes of the tokenizers (varbench/tokenizers/fast_decode.py): channels_last and compiled decode the images
-eager decodes (fp32 round-off on a CPU; bf16 round-off under autocast on a GPU), the mode is reversible and leaves
-the weights' names and bytes alone, `auto` is eager on a CPU, and a bad mode is an error naming key, value and the
-valid values. The decoders are small (two or three levels): a deeper random decoder accumulates more fp32 round-off
-than assert_close's fp32 default allows in either layout (against a float64 decode, eager and channels_last err alike).
+eager decodes (to fp32 round-off; under bf16 autocast as close to the fp32 images as eager's), the mode is reversible
+and leaves the weights' names and bytes alone, `auto` is eager on a CPU, and a bad mode is an error naming key, value
+and the valid values. The decoders are small (two or three levels): a deeper random decoder accumulates more fp32
+round-off than assert_close's fp32 default allows in either layout (against a float64 decode, both err alike).
 """
 
 import copy
@@ -93,17 +93,26 @@ def test_a_bad_decode_mode_is_an_error_naming_key_value_and_the_valid_values():
         small_vqvae().set_decode_mode(True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
 @pytest.mark.parametrize("name", TOKENIZERS)
-@pytest.mark.parametrize("mode", ["channels_last", "compiled"])
-def test_fast_decodes_equal_eager_under_bf16_autocast(name, mode):
-    tokenizer = TOKENIZERS[name]().cuda()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        eager = decode(tokenizer, "eager")
-        fast = decode(tokenizer, mode)
-    # other conv algorithms (NHWC) and, compiled, fused casts: about one bf16 ulp (eps 7.8e-3), the bf16 tolerance
-    # of tests/test_backbone.py's autocast comparison
-    torch.testing.assert_close(fast, eager, atol=1e-2, rtol=1e-2)
+@pytest.mark.parametrize("device,mode", [("cpu", "channels_last"), pytest.param("cuda", "channels_last", marks=CUDA),
+                                         pytest.param("cuda", "compiled", marks=CUDA)])
+def test_fast_decodes_under_bf16_autocast_are_as_accurate_as_eager(name, device, mode):
+    """Under bf16 autocast every conv output is rounded to 8 mantissa bits, and other kernels round other elements:
+    eager's own bf16 images differ from its fp32 images by up to ~0.045 (on a CPU, these decoders), so elementwise
+    bf16 tolerances (1e-2, tests/test_backbone.py) cannot hold between two bf16 decodes. What must hold: the fast
+    mode's bf16 images are as close to the fp32 images as eager's bf16 images are."""
+    tokenizer = TOKENIZERS[name]().to(device)
+    reference = decode(tokenizer, "eager")
+    with torch.autocast(device, dtype=torch.bfloat16):
+        eager = decode(tokenizer, "eager").float()
+        fast = decode(tokenizer, mode).float()
+    assert tokenizer.decode_mode == mode and not torch.equal(fast, eager)  # another kernel ran
+    err_eager, err_fast = (eager - reference).abs(), (fast - reference).abs()
+    assert err_fast.mean() <= 1.1 * err_eager.mean() and err_fast.max() <= 1.5 * err_eager.max()
+    assert err_eager.max() < 0.1  # bf16 round-off, not a broken decode: images are in [-1, 1]
 
 
 @pytest.mark.parametrize("task", ["bench", "sample", "evaluate"])
