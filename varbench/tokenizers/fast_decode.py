@@ -3,9 +3,13 @@
 - "eager": the decoder as it is trained, NCHW (the reference; the only mode training ever uses).
 - "channels_last": the decoder's weights and activations in `torch.channels_last` (NHWC) memory format. The same
   arithmetic; cuDNN picks its NHWC convolutions, much faster in bf16 on Hopper than NCHW. Other algorithms, so the
-  images may differ from eager in the last bits (fp32 round-off; about one bf16 ulp under bf16 autocast).
+  images may differ from eager in the last bits (fp32 round-off; bf16 round-off under bf16 autocast). Caveat: the
+  CUDA GroupNorm of torch 2.14 has no NHWC kernel (it copies a channels_last input to NCHW, and the next convolution
+  copies back), so whether the faster convolutions pay for those copies is measured, not assumed:
+  benchmarks/decode_modes.py.
 - "compiled": channels_last plus `torch.compile` of the decoder at fixed shapes (one compile per latent shape,
-  dtype and autocast, cached on the tokenizer), which fuses GroupNorm, SiLU and the casts around them.
+  dtype and autocast, cached on the tokenizer): Inductor lowers GroupNorm itself (no layout copies) and fuses it with
+  SiLU and the casts around it.
 
 `auto` (the tasks' default, `resolve_decode_mode`) is channels_last on CUDA and eager elsewhere; compiled only when
 asked. A tokenizer starts eager; `tokenizer.set_decode_mode(mode)` switches it (the tasks do, and record the mode).
@@ -70,8 +74,8 @@ class LatentDecoder:
             return self.forward(z_BChw)
         z_BChw = z_BChw.contiguous(memory_format=torch.channels_last)
         if self.mode == "compiled":
-            if self.compiled is None:  # dynamic=False: one specialised graph per shape (a new batch recompiles)
-                self.compiled = torch.compile(self.forward, dynamic=False)
+            if self.compiled is None:  # one graph (a break is an error), specialised per shape: a new batch recompiles
+                self.compiled = torch.compile(self.forward, dynamic=False, fullgraph=True)
             return self.compiled(z_BChw).contiguous()
         return self.forward(z_BChw).contiguous()
 
