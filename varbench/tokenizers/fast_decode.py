@@ -55,9 +55,11 @@ class LatentDecoder:
     def set_mode(self, mode: str) -> None:
         """Switch to `mode` (one of DECODE_MODES): lays the stages' weights out as that mode runs them (channels_last,
         or back to contiguous for eager, whose NCHW kernels a channels_last weight would change) and forgets any
-        compiled function."""
+        compiled function. The mode it is in already is kept as it is (with its compiled shapes)."""
         if mode not in DECODE_MODES:
             raise ValueError(f"decode mode must be one of {list(DECODE_MODES)}, got {mode!r}")
+        if mode == self.mode:
+            return
         layout = torch.contiguous_format if mode == "eager" else torch.channels_last
         for stage in self.stages:
             stage.to(memory_format=layout)
