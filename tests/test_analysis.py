@@ -156,6 +156,16 @@ def test_sampling_goals_per_sampler_mode_with_and_without_the_decode(tmp_path):
     assert goals[vs_var.format(", decode excluded")] == pytest.approx(480 / 300)
 
 
+def test_a_faster_decode_mode_gets_its_own_columns(tmp_path):
+    """Sampling with the tokenizer decoding channels_last (task.decode_mode) is another measurement than the eager
+    decode's: its own columns, never the newest of one cell; records before task.decode_mode decoded eagerly."""
+    old = {**real_one(metric="sample_latency_ms", mixer="attention", batch=64), "latency_wo_decode_ms": 300.0}
+    old.pop("decode_mode", None)
+    fast = {**old, "decode_mode": "channels_last", "value": 390.0, "date": "2099-01-01T00:00:00"}
+    row = main_table(_records(tmp_path, [old, fast])).loc[("VAR-d16", 256)]
+    assert row["Latency b64 (ms)"] == old["value"] and row["Latency b64, channels_last decode (ms)"] == 390.0
+
+
 def test_main_table_shows_the_recorded_numbers(df, tmp_path):
     table = main_table(df)
     train = real_one(metric="train_images_per_s", mixer="attention")

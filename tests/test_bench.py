@@ -72,12 +72,22 @@ def test_measure_records_sampling_latency_with_and_without_the_decode(cell, tmp_
     measure(tmp_path / "bench.jsonl", model, vae, "sample", 3, sampler, 2, fields)
     (rec,) = read_records(tmp_path / "bench.jsonl")
     assert rec["metric"] == "sample_latency_ms" and rec["sampler"] == sampler and rec["cuda_graphs"] is False
+    assert rec["decode_mode"] == "eager"
     assert rec["value"] == rec["timing"]["total"]["median_ms"]
     assert rec["decode_ms"] == rec["timing"]["decode"]["median_ms"]
     assert rec["latency_wo_decode_ms"] == pytest.approx(rec["value"] - rec["decode_ms"])
     assert rec["images_per_s"] == pytest.approx(3 / (rec["value"] * 1e-3))
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):  # never a silent eager run
         measure(tmp_path / "bench.jsonl", model, vae, "sample", 3, sampler, 2, fields, cuda_graphs=True)
+
+
+@pytest.mark.parametrize("decode_mode", ["channels_last", "eager"])
+def test_the_sampling_record_names_the_decode_mode_that_ran(cell, tmp_path, decode_mode):
+    model, vae, fields = cell
+    vae.set_decode_mode("channels_last" if decode_mode == "eager" else "eager")  # the cell sets its own mode
+    measure(tmp_path / "bench.jsonl", model, vae, "sample", 2, "carry", 1, fields, decode_mode=decode_mode)
+    (rec,) = read_records(tmp_path / "bench.jsonl")
+    assert rec["decode_mode"] == decode_mode == vae.decode_mode
 
 
 def test_mixer_options_override_a_mixers_yaml_and_name_their_own_configuration():

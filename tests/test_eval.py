@@ -124,6 +124,21 @@ def test_samples_of_other_weights_or_settings_are_never_reused(tmp_path):
     assert len(list(tmp_path.iterdir())) == 4
 
 
+def test_samples_decoded_in_another_mode_get_their_own_folder(tmp_path):
+    """A decode mode other than eager rounds differently: its samples are keyed (and their manifest says so) apart
+    from eager's, whose key is the one it had before decode modes existed (no decode_mode in its settings)."""
+    vae = tiny_tokenizer()
+    model = tiny_model("attention", vae=vae)
+    args = {"num_classes": 2, "per_class": 1, "batch_size": 2, "preset": "eval", "seed": 7, "device": "cpu"}
+    eager = sample_for_eval(model, vae, tmp_path, **args)
+    assert "decode_mode" not in json.loads((Path(eager["folder"]) / "manifest.json").read_text())
+    fast = sample_for_eval(model, vae, tmp_path, **args, decode_mode="channels_last")
+    assert fast["generated"] == 2 and fast["folder"] != eager["folder"] and vae.decode_mode == "channels_last"
+    assert json.loads((Path(fast["folder"]) / "manifest.json").read_text())["decode_mode"] == "channels_last"
+    again = sample_for_eval(model, vae, tmp_path, **args, decode_mode="eager")
+    assert again == {**eager, "generated": 0, "skipped": 2} and vae.decode_mode == "eager"
+
+
 def test_image_seeds_depend_on_class_and_index():
     seeds = {image_seed(0, c, i) for c in range(10) for i in range(50)}
     assert len(seeds) == 500 and image_seed(0, 3, 4) == image_seed(0, 3, 4) != image_seed(1, 3, 4)
@@ -267,6 +282,7 @@ def test_evaluate_task_records_every_metric(tmp_path):
     assert records["embedded_fd"]["num_samples"] == 20 and records["embedded_fd"]["preset"] == "eval"
     assert all(r["cfg"] == PRESETS["eval"].cfg for r in records.values())  # the guidance each record was sampled at
     assert all(r["cuda_graphs"] is False for r in records.values())  # task.cuda_graphs: auto samples eagerly on a CPU
+    assert all(r["decode_mode"] == "eager" for r in records.values())  # task.decode_mode: auto decodes eagerly there
     assert all(r["feature_extractor"].startswith(clf.FIDELITY_NAME)
                for m, r in records.items() if not m.endswith("_nll"))
     # memorisation: the samples and the val images against every train image (200 < memorisation_train_images)

@@ -155,9 +155,9 @@ def test_gpu_check_s7_records_each_step_and_goes_on_after_a_failure(tmp_path):
 
 def test_gpu_check_s8_plans_commands_that_compose_and_tests_that_exist(tmp_path):
     """benchmarks/gpu_check_s8.sh with DRY=1: M-VAR-d16's training step eagerly, then compiled, at batch 32 with no
-    sampling stage, then VAR-d16's eager sampling at batch 1 and 64 with no training stage, each cell killed by the
-    bench before the step's own timeout; its test selection collects the causal_conv1d custom op's GPU tests and the
-    compiled Mamba2 training step."""
+    sampling stage, then VAR-d16's eager sampling (eager decode too) at batch 1 and 64 with no training stage, each
+    cell killed by the bench before the step's own timeout; its test selection collects the causal_conv1d custom op's
+    GPU tests and the compiled Mamba2 training step. The decode modes step runs only when given seconds."""
     out = bash("benchmarks/gpu_check_s8.sh", str(tmp_path), env={"DRY": "1"})
     assert out.returncode == 0, out.stderr
     commands = [shlex.split(line) for line in out.stdout.splitlines()]
@@ -176,11 +176,15 @@ def test_gpu_check_s8_plans_commands_that_compose_and_tests_that_exist(tmp_path)
         else:
             assert "configs:\n  - - attention\n    - none" in check.stdout and "train_batch: null" in check.stdout
             assert "sample_batches:\n    256:\n    - 1\n    - 64" in check.stdout
-            assert "cuda_graphs: false" in check.stdout
+            assert "cuda_graphs: false" in check.stdout and "decode_mode: eager" in check.stdout
     (tests,) = [argv[2:] for argv in commands if argv[2:4] == ["python", "benchmarks/gpu_tests.py"]]
     listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                              *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
                             timeout=300).stdout
+    assert not any("benchmarks/decode_modes.py" in argv for argv in commands)
+    with_decode = bash("benchmarks/gpu_check_s8.sh", str(tmp_path), env={"DRY": "1", "DECODE_S": "90"})
+    assert shlex.split(with_decode.stdout.splitlines()[-1]) == [
+        "timeout", "90", "python", "benchmarks/decode_modes.py", f"{tmp_path}/decode_modes.jsonl"]
     for name in ("test_causal_conv_custom_op.py::test_opcheck",
                  "test_the_op_equals_the_float64_reference_in_values_and_gradients",
                  "test_a_mamba2_mixer_on_its_kernels_compiles_into_one_graph_forward_and_backward",
@@ -205,6 +209,21 @@ def test_gpu_check_s8_records_each_step_counts_graph_breaks_and_goes_on_after_a_
         ("tests", 0, False), ("bench_eager", 3, False), ("bench_compiled", 0, False), ("sample_var", 0, False)]
     (breaks,) = [json.loads(line) for line in (tmp_path / "out" / "graph_breaks.jsonl").read_text().splitlines()]
     assert breaks["metric"] == "graph_breaks" and breaks["value"] == 2
+
+
+def test_decode_modes_records_each_mode_and_batch(tmp_path):
+    """benchmarks/decode_modes.py on a CPU (a small VQ-VAE, fp32): one record per (mode, batch) naming the mode, its
+    latency and its distance from the eager images (zero for eager itself, round-off for channels_last)."""
+    out = subprocess.run([sys.executable, "benchmarks/decode_modes.py", str(tmp_path / "d.jsonl"), "--tiny",
+                          "--modes", "eager", "channels_last", "--batches", "1", "2", "--repeats", "1"],
+                         cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert [(r["decode_mode"], r["batch"]) for r in records] == [
+        ("eager", 1), ("channels_last", 1), ("eager", 2), ("channels_last", 2)]
+    assert all(r["metric"] == "decode_latency_ms" and r["value"] == r["timing"]["median_ms"] > 0 for r in records)
+    assert [r["max_abs_diff_vs_eager"] == 0 for r in records] == [True, False, True, False]
+    assert all(r["max_abs_diff_vs_eager"] < 1e-5 for r in records)
 
 
 def test_import_records_stamps_every_record_and_marks_only_eager_batch1_latencies(tmp_path):

@@ -167,6 +167,7 @@ def test_task_sample_draws_from_the_trained_raster_run(trained):
     assert out.returncode == 0, out.stderr[-3000:]
     (rec,) = read_records(trained / "results" / "sample.jsonl")
     assert rec["images"] == 2 and Path(rec["value"]).is_file() and rec["checkpoint"].endswith("model.safetensors")
+    assert rec["decode_mode"] == "eager"  # task.decode_mode: auto decodes eagerly on a CPU
 
 
 def train_in_process(cfg) -> dict:

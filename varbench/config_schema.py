@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from varbench.data.loading import MAX_PREFETCH, MAX_WORKERS
 from varbench.registry import CONFIG_ROOT, list_options, load_option
+from varbench.tokenizers.fast_decode import AUTO, DECODE_MODES
 
 
 class ConfigError(ValueError):
@@ -136,6 +137,7 @@ FLAG = Choice((True, False))
 AUTO_FLAG = Choice((True, False, "auto"))  # auto: on where the device is CUDA (varbench.utils.auto)
 PRECISION = Choice(("fp32", "bf16", "fp16"))
 SAMPLER = Choice(("carry", "prefix_rerun"))
+DECODE_MODE = Choice((*DECODE_MODES, AUTO))  # the tokenizer decode (varbench/tokenizers/fast_decode.py)
 BETAS = Items(fraction(open_high=True), length=2)
 
 TOP = {
@@ -183,18 +185,19 @@ TASKS = {
                  "speedup_batches": count(0)},
     "sample": {"classes": Items(count(0), null="the first 10 classes"), "per_class": count(), "cfg": non_negative(),
                "top_k": count(0), "top_p": Number(low=0, high=1, open_low=True), "more_smooth": FLAG,
-               "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "precision": PRECISION},
+               "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "decode_mode": DECODE_MODE, "precision": PRECISION},
     "evaluate": {
         "suite": Choice(("auto", "project", "adm")), "num_classes": count(null="every class of the model"),
         "per_class": count(null="50 for adm, 20 for project"), "batch_size": count(),
         "preset": Choice(("eval", "vis", "aim_b", "aim")),  # aim_*: raster models (varbench/eval/sampling.py)
-        "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "precision": PRECISION,
+        "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "decode_mode": DECODE_MODE, "precision": PRECISION,
         "cfg": non_negative(null="the preset's guidance"), "memorisation_train_images": count(0),
         "val_nll_images": count(0), "train_nll_images": count(0), "fidelity_batch_size": count(),
         "classifier_steps": count(), "classifier_batch_size": count(), "classifier_width": count(),
         "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(),
     },
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
+              "decode_mode": DECODE_MODE,
               "param_dtype": Choice(("fp32", "bf16")), "profile_steps": count(0), "isolate_cells": FLAG,
               "cell_timeout_s": positive(null="no time limit"), "rerun_resolutions": Items(count()),
               "allow_failed_cells": FLAG},

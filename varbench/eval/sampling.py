@@ -92,12 +92,14 @@ def with_guidance(preset: SamplingPreset, cfg) -> SamplingPreset:
     return replace(preset, cfg=float(cfg))
 
 
-def image_sampler(model, tokenizer, p: SamplingPreset, sampler: str = "carry",
-                  cuda_graphs: bool = False) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]:
+def image_sampler(model, tokenizer, p: SamplingPreset, sampler: str = "carry", cuda_graphs: bool = False,
+                  decode_mode: str = "eager") -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]:
     """A function (labels_B, generator) -> images (B, 3, H, W) in [0, 1] drawing with the setting `p`: for a ScaleAR
     the sampler named `sampler` (`varbench.eval.samplers`: cfg ramped over scales; its CUDA graphs, captured on the
     first call, are replayed by the later ones), for a RasterAR its generate (constant cfg, one token at a time;
-    only the carried-state sampler, no Gumbel smoothing)."""
+    only the carried-state sampler, no Gumbel smoothing). The tokenizer is switched to `decode_mode`
+    (`varbench.tokenizers.fast_decode`) and stays in it."""
+    tokenizer.set_decode_mode(decode_mode)
     if not is_raster(model):
         draw = make_sampler(sampler, model, tokenizer, cfg=p.cfg, top_k=p.top_k, top_p=p.top_p,
                             more_smooth=p.more_smooth, cuda_graphs=cuda_graphs)
@@ -114,9 +116,9 @@ def image_sampler(model, tokenizer, p: SamplingPreset, sampler: str = "carry",
 
 
 def generate_images(model, tokenizer, labels_B: torch.Tensor, p: SamplingPreset, generator, sampler: str = "carry",
-                    cuda_graphs: bool = False) -> torch.Tensor:
+                    cuda_graphs: bool = False, decode_mode: str = "eager") -> torch.Tensor:
     """Images (B, 3, H, W) in [0, 1] of `labels_B` drawn with the setting `p`: one call of `image_sampler`."""
-    return image_sampler(model, tokenizer, p, sampler, cuda_graphs)(labels_B, generator)
+    return image_sampler(model, tokenizer, p, sampler, cuda_graphs, decode_mode)(labels_B, generator)
 
 
 def image_seed(seed: int, label: int, index: int) -> int:
@@ -184,7 +186,7 @@ def batches(num_classes: int, per_class: int, batch_size: int) -> list[list[tupl
 @torch.no_grad()
 def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int, batch_size: int = 25,
                     preset="eval", seed: int = 0, device="cpu", *, sampler: str = "carry",
-                    tag: dict | None = None, cuda_graphs: bool = False) -> dict:
+                    tag: dict | None = None, cuda_graphs: bool = False, decode_mode: str = "eager") -> dict:
     """Draw `per_class` images of each of the first `num_classes` classes; skip batches already on disk.
 
     Args:
@@ -201,6 +203,10 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
         cuda_graphs (bool, Optional): replay each scale (token step) as a CUDA graph, captured once and replayed for
             every batch of that size (see `ScaleSampler`); the same kernels in the same order, so not pinned by the
             manifest. Default: False.
+        decode_mode (str, Optional): how the tokenizer decodes ("eager", "channels_last", "compiled":
+            `varbench.tokenizers.fast_decode`). Other kernels round differently, so a mode other than eager is part of
+            the key and the manifest (eager is left out of both: folders drawn before the option keep their key).
+            Default: "eager".
 
     Returns: {"npz": path, "folder": the sample folder, "key": its name, "images": N, "generated": images drawn by
     this call, "skipped": images found on disk}.
@@ -212,11 +218,13 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
     device, p = torch.device(device), resolve_preset(preset, raster=is_raster(model))
     settings = {"num_classes": num_classes, "per_class": per_class, "batch_size": batch_size, "seed": seed,
                 "sampler": sampler, **asdict(p), "weights_sha256": weights_sha256(model, tokenizer), **(tag or {})}
+    if decode_mode != "eager":
+        settings["decode_mode"] = decode_mode
     key = content_key(settings)
     out_dir = Path(out_dir) / key
     check_manifest(out_dir, settings)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    draw = image_sampler(model, tokenizer, p, sampler, cuda_graphs)
+    draw = image_sampler(model, tokenizer, p, sampler, cuda_graphs, decode_mode)
     generated = skipped = 0
     for batch in progress_bar(batches(num_classes, per_class, batch_size), desc="sample", unit="batch"):
         missing = [item for item in batch if not png_path(out_dir, *item).is_file()]

@@ -8,7 +8,8 @@ of `model` and each resolution of `task.resolutions`:
 - sampling (CFG on, VAR's eval preset) at each of `task.sample_batches` (per resolution): latency with and
   without the tokenizer decode, images/s, peak memory; with the carried state and, for `task.rerun_baseline`,
   the prefix re-run; eager, or with each scale's blocks and head replayed as a CUDA graph with `task.cuda_graphs`
-  (recorded as `cuda_graphs`);
+  (recorded as `cuda_graphs`); the tokenizer decodes in `task.decode_mode` (eager NCHW, channels_last, compiled;
+  recorded as `decode_mode`);
 - inference state bytes (analytic, checked against real states by the tests).
 A configuration `[mixer, raster]` is the raster next-token model (AiM's backbone) with that mixer, at the parameters
 of VAR-dN (`raster_cell_model`): next-token vs next-scale cost side by side (256 vs 680 tokens at 256 px).
@@ -41,6 +42,7 @@ from varbench.eval.timing import matmul_peak_tflops, speed_mode, time_ms, train_
 from varbench.layout import PATCH_NUMS
 from varbench.registry import default_configs, list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
+from varbench.tokenizers.fast_decode import resolve_decode_mode
 from varbench.training.loop import compile_for_training
 from varbench.utils.auto import resolve_auto
 from varbench.utils.log import get_logger
@@ -104,11 +106,13 @@ def mixer_options(cfg: DictConfig, mixer: str) -> dict:
 
 
 def sample_cell(model: ScaleAR | RasterAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int,
-                cuda_graphs: bool = False) -> dict:
+                cuda_graphs: bool = False, decode_mode: str = "eager") -> dict:
     """Sampling latency (with the decode) and the decode alone; with `cuda_graphs`, the warm-up call captures the
     graphs (not timed) and they are dropped afterwards, so that the next cell's memory is its own. `sampler` names
-    the sampler (`varbench.eval.samplers`: "carry", or "prefix_rerun", the released M-VAR baseline)."""
+    the sampler (`varbench.eval.samplers`: "carry", or "prefix_rerun", the released M-VAR baseline); the tokenizer
+    decodes in `decode_mode` (`varbench.tokenizers.fast_decode`; "compiled" compiles in the untimed warm-up)."""
     device = next(model.parameters()).device
+    vae.set_decode_mode(decode_mode)
     labels = torch.randint(0, model.num_classes, (batch,), device=device)
     model.eval()
     if is_raster(model):  # one token at a time: its generate keeps its own CUDA graphs
@@ -158,6 +162,7 @@ def check_config(cfg: DictConfig) -> None:
         if mixer not in mixers:
             raise ValueError(f"task.mixer_options / task.rerun_baseline: unknown mixer {mixer!r}; mixers: {mixers}")
         mixer_options(cfg, mixer)
+    resolve_decode_mode(t.get("decode_mode"), "task.decode_mode", "cuda")
     for res in t.resolutions:
         if res not in PATCH_NUMS:
             raise ValueError(f"task.resolutions: {res} px has no scale schedule; valid: {sorted(PATCH_NUMS)}")
@@ -247,12 +252,12 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
                  flops_by_component=flops)
     record(out, "state_bytes_per_image", model.state_bytes(1), "bytes",
            dtype="bf16 (recurrent states fp32)", **cell)
-    errors = 0
+    errors, decode_mode = 0, resolve_decode_mode(t.decode_mode, "task.decode_mode", "cuda")
     for stage, batch, sampler in plan_stages(t, mixer, res, raster=intra == RASTER):
         try:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
                     cuda_graphs=resolve_auto(t.cuda_graphs, "task.cuda_graphs", "cuda"),  # bench runs on CUDA only
-                    param_dtype=t.param_dtype)
+                    param_dtype=t.param_dtype, decode_mode=decode_mode)
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             errors += 1
@@ -264,12 +269,12 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
 
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False,
-            param_dtype="fp32") -> None:
+            param_dtype="fp32", decode_mode="eager") -> None:
     """Time one stage of a cell ("train" or "sample") and append its record to `out`."""
     if stage == "train":
         measure_train(out, model, batch, repeats, cell, compiled, param_dtype)
     else:
-        measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs)
+        measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode)
 
 
 def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> None:
@@ -289,12 +294,13 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> No
           f"top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
 
 
-def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs) -> None:
-    r = sample_cell(model, vae, batch, sampler, repeats, cuda_graphs)
+def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode) -> None:
+    r = sample_cell(model, vae, batch, sampler, repeats, cuda_graphs, decode_mode)
     total, decode = r["total"]["median_ms"], r["decode"]["median_ms"]
     record(out, "sample_latency_ms", total, "ms", batch=batch, sampler=sampler, **speed_mode(False, cuda_graphs),
-           decode_ms=decode, latency_wo_decode_ms=total - decode, images_per_s=batch / (total * 1e-3),
-           images_per_s_wo_decode=batch / ((total - decode) * 1e-3), peak_mem_bytes=r["total"]["peak_mem_bytes"],
-           peak_reserved_bytes=r["total"]["peak_reserved_bytes"], timing=r, **cell)
+           decode_mode=decode_mode, decode_ms=decode, latency_wo_decode_ms=total - decode,
+           images_per_s=batch / (total * 1e-3), images_per_s_wo_decode=batch / ((total - decode) * 1e-3),
+           peak_mem_bytes=r["total"]["peak_mem_bytes"], peak_reserved_bytes=r["total"]["peak_reserved_bytes"],
+           timing=r, **cell)
     log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px sample b{batch} {sampler}"
-          f"{' graphs' if cuda_graphs else ''}: {total:.1f} ms (decode {decode:.1f} ms)")
+          f"{' graphs' if cuda_graphs else ''}: {total:.1f} ms (decode {decode:.1f} ms, {decode_mode})")

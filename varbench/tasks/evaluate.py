@@ -58,6 +58,7 @@ from varbench.eval.metrics import feature_statistics, fidelity_metrics, frechet_
 from varbench.eval.references import floor_and_recon_rows, inception_rows, real_and_reconstructed_features
 from varbench.eval.sampling import is_raster, resolve_preset, sample_for_eval, with_guidance
 from varbench.runs import load_for_task
+from varbench.tokenizers.fast_decode import resolve_decode_mode
 from varbench.training.loop import autocast
 from varbench.utils.auto import resolve_auto
 from varbench.utils.records import record
@@ -166,11 +167,12 @@ def main(cfg: DictConfig) -> dict:
     num_classes = t.num_classes or model.num_classes
     per_class = t.per_class or DEFAULT_PER_CLASS[suite]
     graphs = resolve_auto(t.cuda_graphs, "task.cuda_graphs", device)
+    decode_mode = resolve_decode_mode(t.decode_mode, "task.decode_mode", device)  # the recon rows decode in it too
     preset = with_guidance(resolve_preset(t.preset, raster=is_raster(model)), t.get("cfg"))  # task.cfg: another scale
     start = time.perf_counter()
     with autocast(device, t.precision):
         samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, preset, t.seed,
-                                  device, sampler=t.sampler, cuda_graphs=graphs,
+                                  device, sampler=t.sampler, cuda_graphs=graphs, decode_mode=decode_mode,
                                   tag={"checkpoint_sha256": run.checkpoint_sha256,
                                        "tokenizer_sha256": run.tokenizer_sha256, "precision": t.precision})
     sample_seconds = time.perf_counter() - start
@@ -183,7 +185,7 @@ def main(cfg: DictConfig) -> dict:
                 "num_samples": n, "reference": data.describe(),
                 "items": f"{n} of {len(data)}, drawn with seed 0 (varbench.eval.likelihood.scored_items)"}))
     common = {"num_samples": samples["images"], "preset": t.preset, "cfg": preset.cfg, "sampler": t.sampler,
-              "cuda_graphs": graphs, "suite": suite,
+              "cuda_graphs": graphs, "decode_mode": decode_mode, "suite": suite,
               "samples": samples["npz"], **run.identity()}
     out = Path(cfg.results_dir) / "evaluate.jsonl"
     for name, value, unit, fields in metrics:

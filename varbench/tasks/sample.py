@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from varbench.build import resolve_device
 from varbench.eval.sampling import SamplingPreset, generate_images
 from varbench.runs import load_for_task
+from varbench.tokenizers.fast_decode import resolve_decode_mode
 from varbench.training.checkpoints import step_of_weights
 from varbench.training.loop import autocast
 from varbench.utils.auto import resolve_auto
@@ -38,12 +39,13 @@ def main(cfg: DictConfig) -> dict:
     generator = torch.Generator(device).manual_seed(cfg.seed)
     cuda = device.type == "cuda"
     graphs = resolve_auto(t.cuda_graphs, "task.cuda_graphs", device)
+    decode_mode = resolve_decode_mode(t.decode_mode, "task.decode_mode", device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with autocast(device, t.precision):  # the kernels' dtype of training (fla's DeltaNet has no fp32 chunk path)
         setting = SamplingPreset(cfg=t.cfg, top_k=t.top_k, top_p=t.top_p, more_smooth=t.more_smooth)
-        images = generate_images(model, tokenizer, labels, setting, generator, t.sampler, graphs)
+        images = generate_images(model, tokenizer, labels, setting, generator, t.sampler, graphs, decode_mode)
     if cuda:
         torch.cuda.synchronize(device)  # the clock stops when the GPU is done, not when the last launch returned
     seconds = time.perf_counter() - start
@@ -55,6 +57,6 @@ def main(cfg: DictConfig) -> dict:
     with open_logger(cfg, "sample") as logger:  # at the checkpoint's training step (0: a file outside a run)
         logger.log_images("samples", grid.flatten(0, 1), step_of_weights(run.checkpoint) or 0, nrow=t.per_class)
     record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
-           seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=graphs, peak_mem_bytes=peak,
-           **run.identity())
+           seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=graphs, decode_mode=decode_mode,
+           peak_mem_bytes=peak, **run.identity())
     return {"grid": str(path), "seconds": seconds, "images": len(labels)}

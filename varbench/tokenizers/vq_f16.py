@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from varbench.tokenizers.fast_decode import DecodeModes, LatentDecoder
 from varbench.tokenizers.nets import Downsample2x, ResnetBlock, Upsample2x, group_norm
 
 
@@ -153,7 +154,7 @@ class L2Quantizer(nn.Module):
         return self.codebook()[ids_BN].view(B, side, side, -1).permute(0, 3, 1, 2).contiguous()
 
 
-class VQF16(nn.Module):
+class VQF16(DecodeModes, nn.Module):
     """AiM's tokenizer. Defaults build the released `vq_f16.pt` (16x downsampling, 16384 codes of width 8).
 
     Args:
@@ -176,6 +177,7 @@ class VQF16(nn.Module):
         self.quantize = L2Quantizer(vocab_size, embed_dim)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
+        self.latent_decoder = LatentDecoder(self.post_quant_conv, self.decoder)  # inference decodes, in a decode mode
 
     def pre_quant(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """quant_conv(encoder(image)): (B, Cv, h, w), before normalisation."""
@@ -193,8 +195,9 @@ class VQF16(nn.Module):
         return self.quantize.lookup(self.check_ids(ids_BN), side=round(ids_BN.shape[1] ** 0.5))
 
     def decode(self, ids_BN: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in about [-1, 1] (not clamped, as official `decode_code`) from row-major ids."""
-        return self.decoder(self.post_quant_conv(self.quant(ids_BN)))
+        """Images (B, 3, H, W) in about [-1, 1] (not clamped, as official `decode_code`) from row-major ids, in the
+        tokenizer's decode mode (`set_decode_mode`)."""
+        return self.latent_decoder(self.quant(ids_BN))
 
     # the tokenizer interface the evaluation shares with the multi-scale VQ-VAE (reconstruction rows)
     def img_to_ids(self, image_B3HW: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
+from varbench.tokenizers.fast_decode import DecodeModes, LatentDecoder
 from varbench.tokenizers.nets import Decoder, Encoder
 from varbench.tokenizers.quant import MultiScaleQuantizer
 
 
-class MultiScaleVQVAE(nn.Module):
+class MultiScaleVQVAE(DecodeModes, nn.Module):
     """VAR's VQ-VAE. Defaults build the released `vae_ch160v4096z32.pth` (108,948,355 parameters, 256 px).
 
     Args:
@@ -68,6 +69,7 @@ class MultiScaleVQVAE(nn.Module):
         pad = quant_conv_ks // 2
         self.quant_conv = nn.Conv2d(z_channels, z_channels, quant_conv_ks, stride=1, padding=pad)
         self.post_quant_conv = nn.Conv2d(z_channels, z_channels, quant_conv_ks, stride=1, padding=pad)
+        self.latent_decoder = LatentDecoder(self.post_quant_conv, self.decoder)  # inference decodes, in a decode mode
         self.test_mode = test_mode
         if test_mode:
             self.eval()
@@ -101,9 +103,10 @@ class MultiScaleVQVAE(nn.Module):
         return self.quant_conv(self.encoder(img_B3HW))
 
     def fhat_to_img(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        """Decode a reconstruction latent: (B, C, h, w) -> image (B, 3, H, W) clamped to [-1, 1]."""
+        """Decode a reconstruction latent: (B, C, h, w) -> image (B, 3, H, W) clamped to [-1, 1], in the tokenizer's
+        decode mode (`set_decode_mode`)."""
         self._check_latent(f_hat_BChw)
-        return self.decoder(self.post_quant_conv(f_hat_BChw)).clamp_(-1, 1)
+        return self.latent_decoder(f_hat_BChw).clamp_(-1, 1)
 
     # ----- latent / image -> ids -----------------------------------------------------------------------------------
 

@@ -1,0 +1,134 @@
+"""Decode modes of the tokenizers (varbench/tokenizers/fast_decode.py): channels_last and compiled decode the images
+eager decodes (to fp32 round-off; under bf16 autocast as close to the fp32 images as eager's), the mode is reversible
+and leaves the weights' names and bytes alone, `auto` is eager on a CPU, and a bad mode is an error naming key, value
+and the valid values. The decoders are small (two or three levels): a deeper random decoder accumulates more fp32
+round-off than assert_close's fp32 default allows in either layout (against a float64 decode, both err alike).
+"""
+
+import copy
+
+import pytest
+import torch
+from helpers import tiny_model
+
+from varbench.backbones.sampling import ScaleSampler
+from varbench.eval.sampling import weights_sha256
+from varbench.tokenizers import MultiScaleVQVAE
+from varbench.tokenizers.fast_decode import DECODE_MODES, resolve_decode_mode
+from varbench.tokenizers.vq_f16 import VQF16
+
+
+def small_vqvae() -> MultiScaleVQVAE:
+    torch.manual_seed(0)
+    return MultiScaleVQVAE(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                           patch_nums=(1, 2, 4)).eval()
+
+
+def small_vq_f16() -> VQF16:
+    torch.manual_seed(0)
+    return VQF16(vocab_size=64, embed_dim=4, z_channels=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1).eval()
+
+
+def decode(tokenizer, mode: str, seed: int = 1) -> torch.Tensor:
+    """The images of 2 random latents (multi-scale VQ-VAE) or 2 random id maps (VQ-f16) decoded in `mode`."""
+    tokenizer.set_decode_mode(mode)
+    gen, device = torch.Generator().manual_seed(seed), tokenizer.post_quant_conv.weight.device
+    with torch.no_grad():
+        if isinstance(tokenizer, VQF16):
+            return tokenizer.decode(torch.randint(0, tokenizer.vocab_size, (2, 16), generator=gen).to(device))
+        side = tokenizer.patch_nums[-1]
+        return tokenizer.fhat_to_img(torch.randn(2, tokenizer.Cvae, side, side, generator=gen).to(device))
+
+
+TOKENIZERS = {"vqvae": small_vqvae, "vq_f16": small_vq_f16}
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_channels_last_decodes_the_eager_images(name):
+    tokenizer = TOKENIZERS[name]()
+    eager = decode(tokenizer, "eager")
+    fast = decode(tokenizer, "channels_last")
+    assert tokenizer.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)  # the mode did switch
+    assert fast.is_contiguous()  # callers get NCHW images whatever ran
+    torch.testing.assert_close(fast, eager)
+    assert torch.equal(decode(tokenizer, "eager"), eager)  # back to eager: today's bits again
+    assert tokenizer.decoder.conv_in.weight.is_contiguous()
+
+
+@pytest.mark.slow  # Inductor on a CPU: about 10 s with its kernel cache warm, over a minute cold
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_compiled_decodes_the_eager_images_and_adds_no_weights(name):
+    tokenizer = TOKENIZERS[name]()
+    eager, keys, sha = decode(tokenizer, "eager"), list(tokenizer.state_dict()), weights_sha256(tokenizer)
+    torch.testing.assert_close(decode(tokenizer, "compiled"), eager)
+    compiled = tokenizer.latent_decoder.compiled
+    assert tokenizer.decode_mode == "compiled" and compiled is not None  # cached
+    tokenizer.set_decode_mode("compiled")  # asked again (each bench stage does): its compiled shapes are kept
+    assert tokenizer.latent_decoder.compiled is compiled
+    assert list(tokenizer.state_dict()) == keys and weights_sha256(tokenizer) == sha  # names and bytes kept
+    twin = copy.deepcopy(tokenizer)  # e.g. moved to another device: it decodes with its own modules, compiles its own
+    assert twin.latent_decoder.stages == (twin.post_quant_conv, twin.decoder) and twin.latent_decoder.compiled is None
+
+
+def test_a_sampler_decodes_in_the_tokenizers_mode():
+    """ScaleSampler's decode (fhat_to_img after its scale loop) follows the tokenizer's mode: the eager images."""
+    vae = small_vqvae()
+    model, labels = tiny_model("attention", vae=vae), torch.tensor([1, 2])
+    images = {}
+    for mode in ("eager", "channels_last"):
+        vae.set_decode_mode(mode)
+        images[mode] = ScaleSampler(model, vae)(labels, generator=torch.Generator().manual_seed(0)).images
+    assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(images["channels_last"], images["eager"])
+    assert not torch.equal(images["channels_last"], images["eager"])  # another algorithm ran: round-off differs
+
+
+def test_auto_is_eager_until_a_gpu_measurement_picks_a_faster_mode():
+    assert resolve_decode_mode("auto", "task.decode_mode", "cpu") == "eager"
+    assert resolve_decode_mode("auto", "task.decode_mode", "cuda") == "eager"
+    assert [resolve_decode_mode(m, "task.decode_mode", "cpu") for m in DECODE_MODES] == list(DECODE_MODES)
+
+
+def test_a_bad_decode_mode_is_an_error_naming_key_value_and_the_valid_values():
+    with pytest.raises(ValueError, match=r"task.decode_mode must be one of \['eager', 'channels_last', 'compiled', "
+                                         r"'auto'\], got 'nhwc'"):
+        resolve_decode_mode("nhwc", "task.decode_mode", "cpu")
+    with pytest.raises(ValueError, match=r"decode mode must be one of .*got True"):
+        small_vqvae().set_decode_mode(True)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+@pytest.mark.parametrize("device,mode", [("cpu", "channels_last"), pytest.param("cuda", "channels_last", marks=CUDA),
+                                         pytest.param("cuda", "compiled", marks=CUDA)])
+def test_fast_decodes_under_bf16_autocast_are_as_accurate_as_eager(name, device, mode):
+    """Under bf16 autocast every conv output is rounded to 8 mantissa bits, and other kernels round other elements:
+    eager's own bf16 images differ from its fp32 images by up to ~0.045 (on a CPU, these decoders), so elementwise
+    bf16 tolerances (1e-2, tests/test_backbone.py) cannot hold between two bf16 decodes. What must hold: the fast
+    mode's bf16 images are as close to the fp32 images as eager's bf16 images are."""
+    tokenizer = TOKENIZERS[name]().to(device)
+    reference = decode(tokenizer, "eager")
+    with torch.autocast(device, dtype=torch.bfloat16):
+        eager = decode(tokenizer, "eager").float()
+        fast = decode(tokenizer, mode).float()
+    assert tokenizer.decode_mode == mode and not torch.equal(fast, eager)  # another kernel ran
+    err_eager, err_fast = (eager - reference).abs(), (fast - reference).abs()
+    assert err_fast.mean() <= 1.1 * err_eager.mean() and err_fast.max() <= 1.5 * err_eager.max()
+    assert err_eager.max() < 0.1  # bf16 round-off, not a broken decode: images are in [-1, 1]
+
+
+@pytest.mark.parametrize("task", ["bench", "sample", "evaluate"])
+def test_a_bad_task_decode_mode_is_a_config_error_naming_key_value_and_the_valid_values(task):
+    from hydra import compose, initialize_config_dir
+
+    from varbench.config_schema import ConfigError, validate
+    from varbench.registry import CONFIG_ROOT
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"task={task}", "task.decode_mode=nhwc"])
+    with pytest.raises(ConfigError, match=r"task.decode_mode = 'nhwc': expected one of \['eager', 'channels_last', "
+                                          r"'compiled', 'auto'\]"):
+        validate(cfg)
+    cfg.task.decode_mode = "auto"
+    validate(cfg)  # the shipped default passes

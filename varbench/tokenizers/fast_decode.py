@@ -1,0 +1,103 @@
+"""Decode modes: how a tokenizer runs its latent -> image decoder at inference (sampling, evaluation, bench).
+
+- "eager": the decoder as it is trained, NCHW (the reference; the only mode training ever uses).
+- "channels_last": the decoder's weights and activations in `torch.channels_last` (NHWC) memory format. The same
+  arithmetic; cuDNN picks its NHWC convolutions, much faster in bf16 on Hopper than NCHW. Other algorithms, so the
+  images may differ from eager in the last bits (fp32 round-off; bf16 round-off under bf16 autocast). Caveat: the
+  CUDA GroupNorm of torch 2.14 has no NHWC kernel (it copies a channels_last input to NCHW, and the next convolution
+  copies back), so whether the faster convolutions pay for those copies is measured, not assumed:
+  benchmarks/decode_modes.py.
+- "compiled": channels_last plus `torch.compile` of the decoder at fixed shapes (one compile per latent shape,
+  dtype and autocast, cached on the tokenizer): Inductor lowers GroupNorm itself (no layout copies) and fuses it with
+  SiLU and the casts around it.
+
+`auto` (the tasks' default, `resolve_decode_mode`) is eager until benchmarks/decode_modes.py has measured the modes on a
+GPU; the others only when asked. A tokenizer starts eager; `tokenizer.set_decode_mode(mode)` switches it (the tasks
+do, and record the mode). The mode changes how the weights are laid out in memory, never their values: state-dict names and bytes (as
+`weights_sha256` hashes them) are the same in every mode.
+
+Shape legend: B batch, C latent channels, h w latent side, 3 RGB, H W image side.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+AUTO = "auto"
+DECODE_MODES = ("eager", "channels_last", "compiled")
+
+
+def resolve_decode_mode(value, key: str, device: torch.device | str) -> str:
+    """`value` of config key `key` (a decode mode or "auto") as the mode to run on `device`. auto is eager on every
+    device until a GPU measurement shows a faster mode (benchmarks/decode_modes.py, not yet run): channels_last may lose
+    on CUDA, where this torch has no NHWC GroupNorm kernel (each norm would copy to NCHW and back)."""
+    if value == AUTO:
+        return "eager"
+    if value in DECODE_MODES:
+        return value
+    raise ValueError(f"{key} must be one of {[*DECODE_MODES, AUTO]}, got {value!r}")
+
+
+class LatentDecoder:
+    """A tokenizer's latent -> image path (its modules applied in order, e.g. post_quant_conv then decoder) run in one
+    decode mode. Deliberately not an nn.Module: held by the tokenizer as a plain attribute, it adds no state-dict keys,
+    and the compiled function it caches stays out of `modules()` and copies (`__getstate__`).
+
+    Args:
+        *modules (nn.Module): the stages, each a (B, C, h, w) -> (B, C', H', W') map; the tokenizer's own submodules.
+    """
+
+    def __init__(self, *modules: nn.Module):
+        self.stages = modules
+        self.mode = "eager"
+        self.compiled = None  # torch.compile of `forward`, built on the first compiled call
+
+    def set_mode(self, mode: str) -> None:
+        """Switch to `mode` (one of DECODE_MODES): lays the stages' weights out as that mode runs them (channels_last,
+        or back to contiguous for eager, whose NCHW kernels a channels_last weight would change) and forgets any
+        compiled function. The mode it is in already is kept as it is (with its compiled shapes)."""
+        if mode not in DECODE_MODES:
+            raise ValueError(f"decode mode must be one of {list(DECODE_MODES)}, got {mode!r}")
+        if mode == self.mode:
+            return
+        layout = torch.contiguous_format if mode == "eager" else torch.channels_last
+        for stage in self.stages:
+            stage.to(memory_format=layout)
+        self.mode, self.compiled = mode, None
+
+    def forward(self, z_BChw: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            z_BChw = stage(z_BChw)
+        return z_BChw
+
+    def __call__(self, z_BChw: torch.Tensor) -> torch.Tensor:
+        """The image (B, 3, H, W) of a latent, contiguous (NCHW) in every mode."""
+        if self.mode == "eager":
+            return self.forward(z_BChw)
+        z_BChw = z_BChw.contiguous(memory_format=torch.channels_last)
+        if self.mode == "compiled":
+            if self.compiled is None:  # one graph (a break is an error), specialised per shape: a new batch recompiles
+                self.compiled = torch.compile(self.forward, dynamic=False, fullgraph=True)
+            return self.compiled(z_BChw).contiguous()
+        return self.forward(z_BChw).contiguous()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "compiled": None}  # a copy compiles its own (a compiled function is not copyable)
+
+
+class DecodeModes:
+    """What a tokenizer (an nn.Module with a `latent_decoder`) exposes of its decode mode; mixed into
+    MultiScaleVQVAE and VQF16."""
+
+    latent_decoder: LatentDecoder
+
+    @property
+    def decode_mode(self) -> str:
+        """The decode mode its inference decodes run in ("eager" until `set_decode_mode`)."""
+        return self.latent_decoder.mode
+
+    def set_decode_mode(self, mode: str) -> None:
+        """Run the inference decodes (`fhat_to_img`, `decode`, `ids_to_img`) in `mode`: "eager", "channels_last" or
+        "compiled" (see `varbench.tokenizers.fast_decode`). Training's forward always runs eager."""
+        self.latent_decoder.set_mode(mode)
