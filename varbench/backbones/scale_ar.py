@@ -124,7 +124,7 @@ class ScaleAR(nn.Module):
 
     def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """The AdaLN head, computed on fp32 (or wider) activations and returned in that dtype, as VAR."""
-        wide = torch.promote_types(x_BLC.dtype, torch.float32)
+        wide = torch.float64 if x_BLC.dtype == torch.float64 else torch.float32  # promote_types would be an op
         return self.head(self.head_nm(x_BLC.to(wide), cond_BD).to(wide)).to(wide)
 
     def check_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> None:
