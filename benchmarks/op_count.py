@@ -11,7 +11,7 @@ counts the non-view ops, roughly what launches a kernel on a GPU) under a label 
 - once: `setup` (before the first block), `decode` (the tokenizer decode).
 The counts do not depend on the width, so a narrow depth-16 model counts what VAR-d16 (width 1024) dispatches.
 
-    python benchmarks/op_count.py results/cpu_opcount/varbench.jsonl [--autocast bf16]
+    python benchmarks/op_count.py results/cpu_opcount/varbench.jsonl [--precision bf16-autocast-cpu]
 
 Writes one JSON line per part (replacing this system's and precision's earlier lines in OUT). `instrument` and
 `part_records` are what a harness for another system's sampler reuses (the official VAR's counts were taken so).
@@ -102,17 +102,23 @@ def hook(counter: OpCounter, module: torch.nn.Module, label: str) -> None:
     module.register_forward_hook(leave)
 
 
-def instrument(counter: OpCounter, model: ScaleAR, tokenizer) -> None:
-    """Label varbench's scale loop (`ScaleSampler.scales` and the decode) for `counter`; patches `sampling.sample_ids`
-    until the process ends."""
+@contextlib.contextmanager
+def instrument(counter: OpCounter, model: ScaleAR, tokenizer):
+    """Label varbench's scale loop (`ScaleSampler.scales` and the decode) for `counter` inside this context
+    (`sampling.sample_ids` is patched until it exits; the model and tokenizer stay labelled)."""
     for i, block in enumerate(model.blocks):
         wrap(counter, block, "step", "block.other", before=counter.next_scale if i == 0 else None)
         hook(counter, block.ada_lin, "block.ada_lin")
         wrap(counter, block.mixer, "step", "block.attention")
         hook(counter, block.ffn, "block.ffn")
     wrap(counter, model, "logits", "head", after="guide")
-    wrap(counter, sampling, "sample_ids", "sample", after="next_input")
     wrap(counter, tokenizer, "fhat_to_img", "decode", before=lambda: counter.enter_phase("decode"))
+    sample_ids = sampling.sample_ids
+    wrap(counter, sampling, "sample_ids", "sample", after="next_input")
+    try:
+        yield counter
+    finally:
+        sampling.sample_ids = sample_ids
 
 
 def part_records(counter: OpCounter, system: str, depth: int, num_scales: int, **fields) -> list[dict]:
@@ -132,26 +138,30 @@ def part_records(counter: OpCounter, system: str, depth: int, num_scales: int, *
     return records
 
 
+PRECISIONS = {"fp32": "cpu", "bf16-autocast-cpu": "cpu", "bf16-autocast-cuda": "cuda"}  # -> device
+
+
 def autocast_context(precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(PRECISIONS[precision], dtype=torch.bfloat16)
 
 
 def count_varbench(width: int, ch: int, precision: str) -> list[dict]:
     """Count one batch-1 generation of a depth-16 VAR (width `width`, tokenizer base channels `ch`) with VAR's
-    sampling settings (CFG 1.5, top-k 900, top-p 0.96)."""
+    sampling settings (CFG 1.5, top-k 900, top-p 0.96), on the device `precision` names (CUDA autocast casts other
+    ops than the CPU's: bf16-autocast-cuda is the GPU benchmark's setting)."""
+    device = torch.device(PRECISIONS[precision])
     torch.manual_seed(0)
-    tokenizer = MultiScaleVQVAE(ch=ch).eval()
+    tokenizer = MultiScaleVQVAE(ch=ch).eval().to(device)
     model = ScaleAR(mixer=functools.partial(BlockCausalAttention, l2_norm=True), depth=16, width=width,
-                    num_heads=width // 64, drop_path_rate=0.0).eval()
+                    num_heads=width // 64, drop_path_rate=0.0).eval().to(device)
     counter = OpCounter()
-    instrument(counter, model, tokenizer)
     sampler = sampling.ScaleSampler(model, tokenizer, **SETTINGS)
-    with torch.no_grad(), autocast_context(precision), counter:
-        sampler(torch.tensor([207]), generator=torch.Generator().manual_seed(0))
+    with instrument(counter, model, tokenizer), torch.no_grad(), autocast_context(precision), counter:
+        sampler(torch.tensor([207], device=device), generator=torch.Generator(device).manual_seed(0))
     return part_records(counter, "varbench", 16, model.layout.num_scales, precision=precision, width=width,
-                        tokenizer_ch=ch, device="cpu")
+                        tokenizer_ch=ch, device=device)
 
 
 def main(argv=None) -> None:
@@ -159,7 +169,7 @@ def main(argv=None) -> None:
     parser.add_argument("out", help="JSON-lines file to write the records into")
     parser.add_argument("--width", type=int, default=128, help="model width (the counts do not depend on it)")
     parser.add_argument("--ch", type=int, default=32, help="tokenizer base channels (the counts do not depend on it)")
-    parser.add_argument("--precision", choices=("fp32", "bf16-autocast-cpu"), default="fp32")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     records = count_varbench(args.width, args.ch, args.precision)

@@ -5,13 +5,17 @@ bound by kernel launches and host dispatch, so every op per block and scale is p
 
 from __future__ import annotations
 
+import importlib.util
 from collections import Counter
+from pathlib import Path
 
 import torch
 from helpers import tiny_model, tiny_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from varbench.backbones.sampling import top_k_top_p_filter
+from varbench.backbones.sampling import ScaleSampler, top_k_top_p_filter
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class CountOps(TorchDispatchMode):
@@ -72,3 +76,22 @@ def test_top_k_top_p_filter_masks_out_of_place_without_a_copy():
     with CountOps() as counter:  # nothing to mask: still a new tensor, as documented
         same = top_k_top_p_filter(logits_BlV)
     assert same.data_ptr() != logits_BlV.data_ptr() and torch.equal(same, logits_BlV)
+
+
+def test_op_count_script_attributes_every_op_to_one_part():
+    """benchmarks/op_count.py's labelled count of a generation adds up to every op the generation dispatches, with
+    each per-block part counted at every scale, so its per-part records are a partition of the total."""
+    spec = importlib.util.spec_from_file_location("op_count", REPO / "benchmarks" / "op_count.py")
+    op_count = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(op_count)
+    vae = tiny_tokenizer()
+    model = tiny_model("attention", depth=2, vae=vae)
+    counter, everything = op_count.OpCounter(), CountOps()
+    sampler = ScaleSampler(model, vae, cfg=1.5, top_k=10, top_p=0.9)
+    with op_count.instrument(counter, model, vae), torch.no_grad(), everything, counter:
+        sampler(torch.tensor([3]), generator=torch.Generator().manual_seed(0))
+    records = {r["part"]: r for r in op_count.part_records(counter, "varbench", 2, model.layout.num_scales)}
+    assert sum(r["value"] for r in records.values()) == sum(everything.ops.values())
+    for part in op_count.BLOCK_PARTS[1:] + op_count.SCALE_PARTS:  # block.ada_lin runs at scale 0 only
+        assert len(records[part]["per_scale"]) == model.layout.num_scales and records[part]["value"] > 0, part
+    assert records["decode"]["value"] > 0 and records["block.ada_lin"]["per_scale"] == [2 * 3]  # SiLU, t, addmm
