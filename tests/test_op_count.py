@@ -9,6 +9,7 @@ import importlib.util
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import tiny_model, tiny_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -95,3 +96,16 @@ def test_op_count_script_attributes_every_op_to_one_part():
     for part in op_count.BLOCK_PARTS[1:] + op_count.SCALE_PARTS:  # block.ada_lin runs at scale 0 only
         assert len(records[part]["per_scale"]) == model.layout.num_scales and records[part]["value"] > 0, part
     assert records["decode"]["value"] > 0 and records["block.ada_lin"]["per_scale"] == [2 * 3]  # SiLU, t, addmm
+
+
+def test_scale_logits_names_states_that_are_not_its_own():
+    """The AdaLN rows travel in the states from scale 0 on: a state list without the model's own entry, or a later
+    scale without the rows, is an error that says what to pass (never silently recomputed or misread)."""
+    model = tiny_model("attention", depth=2, vae=tiny_tokenizer())
+    cond_2BD = model.class_emb(torch.tensor([1, model.num_classes]))
+    states = model.initial_states(2, cond_2BD.device, cond_2BD.dtype)
+    x_2BlC = torch.randn(2, 1, model.width)
+    with pytest.raises(ValueError, match="3 \\(one per block, then the model's\\)"):
+        model.scale_logits(x_2BlC, states[:-1], cond_2BD, 0)
+    with pytest.raises(ValueError, match="no AdaLN rows"):
+        model.scale_logits(torch.randn(2, 4, model.width), states, cond_2BD, 1)

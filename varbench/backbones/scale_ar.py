@@ -170,6 +170,9 @@ class ScaleAR(nn.Module):
         later scales in the last state (VAR's sampler recomputes them at every scale: at batch 1, where sampling
         is bound by kernel launches, that is 4 kernels more per block and scale). A CUDA graph of scale 0 computes
         them from its static condition; the later graphs read them as they read the mixers' states."""
+        if len(states) != len(self.blocks) + 1:
+            raise ValueError(f"scale {k}: {len(states)} states, expected {len(self.blocks) + 1} (one per block, then "
+                             f"the model's): start from initial_states")
         *mixer_states, adaln = states
         if k == 0:
             block_cond = self.block_condition(cond_2BD)
