@@ -102,9 +102,11 @@ class AdaLNBlock(nn.Module):
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 3 * self.num_branches * dim))
         self.drop_path = DropPath(drop_path)
 
-    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """gammas, scales, shifts: each (B, n, 1, C), one row per branch in the order intra, mixer, ffn.
-        `cond` is the class condition (B, D), or with shared_aln the model's shared projection (B, 1, 3n, C)."""
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """The AdaLN rows (B, 3n, 1, C): gamma_1..n, 1 + scale_1..n, shift_1..n, one per branch in the order intra,
+        mixer, ffn. `cond` is the class condition (B, D), or with shared_aln the model's shared projection
+        (B, 1, 3n, C). They depend on the condition alone: sampling computes them once per generation
+        (`ScaleAR.scale_logits`) and passes them to the `step` of every scale."""
         if self.shared_aln:
             if cond.dim() != 4:  # a (B, D) condition would broadcast against ada_gss without an error
                 raise ValueError(f"a shared-AdaLN block reads the SharedAdaLin output (B, 1, {3 * self.num_branches}, "
@@ -112,11 +114,18 @@ class AdaLNBlock(nn.Module):
             ada = self.ada_gss + cond
         else:
             ada = self.ada_lin(cond)
-        return ada.view(-1, 3, self.num_branches, 1, self.dim).unbind(1)
+        gamma_Bn1C, scale_Bn1C, shift_Bn1C = ada.view(-1, 3, self.num_branches, 1, self.dim).unbind(1)
+        return torch.cat((gamma_Bn1C, scale_Bn1C.add(1), shift_Bn1C), dim=1)
 
-    def modulate(self, x_BLC: torch.Tensor, scale_B1C: torch.Tensor, shift_B1C: torch.Tensor) -> torch.Tensor:
-        """LN(x) * (1 + scale) + shift: the input of a branch."""
-        return self.ln_wo_grad(x_BLC).mul(scale_B1C.add(1)).add_(shift_B1C)
+    def rows(self, ada_B3n1C: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], ...]:
+        """`modulation`'s rows as gammas, (1 + scale)s, shifts: tuples of n (B, 1, C), one op (no per-branch
+        indexing: each index would be one more op at every scale of sampling)."""
+        rows, n = ada_B3n1C.unbind(1), self.num_branches
+        return rows[:n], rows[n:2 * n], rows[2 * n:]
+
+    def modulate(self, x_BLC: torch.Tensor, scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor) -> torch.Tensor:
+        """LN(x) * (1 + scale) + shift: the input of a branch (`scale1p_B1C` is 1 + scale, as `modulation` gives it)."""
+        return self.ln_wo_grad(x_BLC).mul(scale1p_B1C).add_(shift_B1C)
 
     def residual(self, x_BLC: torch.Tensor, y_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
         """x + DropPath(y * gamma): the gated residual update of a branch (DropPath acts on the gate)."""
@@ -124,29 +133,30 @@ class AdaLNBlock(nn.Module):
 
     def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         """The block over the whole sequence; `cond` as in `modulation`."""
-        gamma, scale, shift = self.modulation(cond)
+        gammas, scales, shifts = self.rows(self.modulation(cond))
         i = 0
         if self.intra is not None:
-            x_BLC = self.residual(x_BLC, self.intra(self.modulate(x_BLC, scale[:, 0], shift[:, 0]), layout),
-                                  gamma[:, 0])
+            x_BLC = self.residual(x_BLC, self.intra(self.modulate(x_BLC, scales[0], shifts[0]), layout),
+                                  gammas[0])
             i = 1
         if self.mixer is not None:
-            x_BLC = self.residual(x_BLC, self.mixer(self.modulate(x_BLC, scale[:, i], shift[:, i]), layout),
-                                  gamma[:, i])
+            x_BLC = self.residual(x_BLC, self.mixer(self.modulate(x_BLC, scales[i], shifts[i]), layout),
+                                  gammas[i])
             i += 1
-        return self.residual(x_BLC, self.ffn(self.modulate(x_BLC, scale[:, i], shift[:, i])), gamma[:, i])
+        return self.residual(x_BLC, self.ffn(self.modulate(x_BLC, scales[i], shifts[i])), gammas[i])
 
     def step(self, x_BlC: torch.Tensor, state: State, cond: torch.Tensor, layout: ScaleLayout,
              k: int) -> tuple[torch.Tensor, State]:
-        """The same block over one whole scale k, carrying the mixer's state."""
-        gamma, scale, shift = self.modulation(cond)
+        """The same block over one whole scale k, carrying the mixer's state. `cond` is this block's AdaLN rows,
+        `modulation(condition)`, the same at every scale: the caller computes them once per generation."""
+        gammas, scales, shifts = self.rows(cond)
         i = 0
         if self.intra is not None:
-            y_BlC = self.intra.step(self.modulate(x_BlC, scale[:, 0], shift[:, 0]), layout, k)
-            x_BlC = self.residual(x_BlC, y_BlC, gamma[:, 0])
+            y_BlC = self.intra.step(self.modulate(x_BlC, scales[0], shifts[0]), layout, k)
+            x_BlC = self.residual(x_BlC, y_BlC, gammas[0])
             i = 1
         if self.mixer is not None:
-            y_BlC, state = self.mixer.step(self.modulate(x_BlC, scale[:, i], shift[:, i]), state, layout, k)
-            x_BlC = self.residual(x_BlC, y_BlC, gamma[:, i])
+            y_BlC, state = self.mixer.step(self.modulate(x_BlC, scales[i], shifts[i]), state, layout, k)
+            x_BlC = self.residual(x_BlC, y_BlC, gammas[i])
             i += 1
-        return self.residual(x_BlC, self.ffn(self.modulate(x_BlC, scale[:, i], shift[:, i])), gamma[:, i]), state
+        return self.residual(x_BlC, self.ffn(self.modulate(x_BlC, scales[i], shifts[i])), gammas[i]), state

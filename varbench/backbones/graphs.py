@@ -43,8 +43,10 @@ class GraphedScales:
     """One CUDA graph per scale of `model.scale_logits` for a fixed `graph_key`, all in one memory pool.
 
     Graph k reads the static scale input `x_2BlC[k]`, the static condition and the states graph k - 1 wrote (graph 0:
-    the static initial states), and writes static logits and states. The graphs share their pool, which is safe
-    because they always replay in the order they were captured (0..K-1) and never concurrently.
+    the static initial states), and writes static logits and states (graph 0 also the blocks' AdaLN rows, computed
+    from the static condition and carried to the later graphs in the states, see `ScaleAR.scale_logits`). The graphs
+    share their pool, which is safe because they always replay in the order they were captured (0..K-1) and never
+    concurrently.
 
     Args:
         model (ScaleAR): the model; it is not kept (the graphs hold its weights by address).

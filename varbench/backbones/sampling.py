@@ -27,18 +27,18 @@ def guide(logits_2BlV: torch.Tensor, t: float) -> torch.Tensor:
 
 def top_k_top_p_filter(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
     """Mask logits to -inf outside the top-k, then outside the nucleus of mass `top_p` (the most likely token is
-    always kept). Returns a new tensor."""
-    logits_BlV = logits_BlV.clone()
+    always kept). Returns a new tensor (out-of-place masking: no copy of the input first, one op fewer per scale)."""
     V = logits_BlV.shape[-1]
+    kept_BlV = logits_BlV
     if 0 < top_k < V:
-        kth_Bl1 = logits_BlV.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-        logits_BlV.masked_fill_(logits_BlV < kth_Bl1, -torch.inf)
+        kth_Bl1 = kept_BlV.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        kept_BlV = kept_BlV.masked_fill(kept_BlV < kth_Bl1, -torch.inf)
     if top_p > 0:
-        sorted_BlV, order_BlV = logits_BlV.sort(dim=-1, descending=False)
+        sorted_BlV, order_BlV = kept_BlV.sort(dim=-1, descending=False)
         drop_sorted = sorted_BlV.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
         drop_sorted[..., -1:] = False
-        logits_BlV.masked_fill_(drop_sorted.scatter(-1, order_BlV, drop_sorted), -torch.inf)
-    return logits_BlV
+        kept_BlV = kept_BlV.masked_fill(drop_sorted.scatter(-1, order_BlV, drop_sorted), -torch.inf)
+    return kept_BlV.clone() if kept_BlV is logits_BlV else kept_BlV
 
 
 def sample_ids(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,

@@ -124,7 +124,7 @@ class ScaleAR(nn.Module):
 
     def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """The AdaLN head, computed on fp32 (or wider) activations and returned in that dtype, as VAR."""
-        wide = torch.promote_types(x_BLC.dtype, torch.float32)
+        wide = torch.float64 if x_BLC.dtype == torch.float64 else torch.float32  # promote_types would be an op
         return self.head(self.head_nm(x_BLC.to(wide), cond_BD).to(wide)).to(wide)
 
     def check_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> None:
@@ -156,19 +156,33 @@ class ScaleAR(nn.Module):
                                                          return_logits=return_logits, edit=edit)
 
     def initial_states(self, batch: int, device, dtype: torch.dtype) -> list[State]:
-        """Every block's mixer state before scale 0 ({} for a block without an inter-scale mixer)."""
+        """The states before scale 0: every block's mixer state ({} for a block without an inter-scale mixer), then
+        the model's own, the blocks' AdaLN rows ({} until `scale_logits` computes them at scale 0)."""
         return [{} if block.mixer is None else block.mixer.init_state(batch, self.layout, device, dtype)
-                for block in self.blocks]
+                for block in self.blocks] + [{}]
 
     def scale_logits(self, x_2BlC: torch.Tensor, states: list[State], cond_2BD: torch.Tensor,
                      k: int) -> tuple[torch.Tensor, list[State]]:
         """The model part of scale k of a generation: every block's `step` from `states`, then the head. Returns the
-        unguided logits (2B, l, V) and the new states (a new list; what a CUDA graph of this scale captures)."""
-        states = list(states)
-        block_cond = self.block_condition(cond_2BD)  # per scale, as VAR's sampler (same values every scale)
+        unguided logits (2B, l, V) and the new states (a new list; what a CUDA graph of this scale captures).
+
+        The blocks' AdaLN rows depend on the condition alone: they are computed at scale 0 and carried to the
+        later scales in the last state (VAR's sampler recomputes them at every scale: at batch 1, where sampling
+        is bound by kernel launches, that is 4 kernels more per block and scale). A CUDA graph of scale 0 computes
+        them from its static condition; the later graphs read them as they read the mixers' states."""
+        if len(states) != len(self.blocks) + 1:
+            raise ValueError(f"scale {k}: {len(states)} states, expected {len(self.blocks) + 1} (one per block, then "
+                             f"the model's): start from initial_states")
+        *mixer_states, adaln = states
+        if k == 0:
+            block_cond = self.block_condition(cond_2BD)
+            adaln = {f"block{i}": block.modulation(block_cond) for i, block in enumerate(self.blocks)}
+        elif len(adaln) != len(self.blocks):
+            raise ValueError(f"scale {k}: the states hold no AdaLN rows: pass the states scale_logits returned at "
+                             f"scale {k - 1}")
         for i, block in enumerate(self.blocks):
-            x_2BlC, states[i] = block.step(x_2BlC, states[i], block_cond, self.layout, k)
-        return self.logits(x_2BlC, cond_2BD), states
+            x_2BlC, mixer_states[i] = block.step(x_2BlC, mixer_states[i], adaln[f"block{i}"], self.layout, k)
+        return self.logits(x_2BlC, cond_2BD), [*mixer_states, adaln]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,111 @@
+"""Regression guards on the aten ops eager sampling dispatches (issue 18 goal 2): at batch 1 a VAR generation is
+bound by kernel launches and host dispatch, so every op per block and scale is paid 16 x 10 times per image.
+`benchmarks/op_count.py` counts a whole VAR-d16 generation by part against the official code
+(results/cpu_opcount/); these tests pin the parts this code removed ops from."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_model, tiny_tokenizer
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from varbench.backbones.sampling import ScaleSampler, top_k_top_p_filter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def scale_ops(k: int, depth: int = 2) -> Counter:
+    """Ops `scale_logits` dispatches at scale k of a VAR of `depth` blocks (CFG-doubled batch 1), from the states
+    and condition sampling passes it."""
+    model = tiny_model("attention", depth=depth, vae=tiny_tokenizer())
+    cond_2BD = model.class_emb(torch.tensor([1, model.num_classes]))
+    states = model.initial_states(2, cond_2BD.device, cond_2BD.dtype)
+    for scale in range(k):
+        _, states = model.scale_logits(torch.randn(2, model.layout.lengths[scale], model.width), states, cond_2BD,
+                                       scale)
+    x_2BlC = torch.randn(2, model.layout.lengths[k], model.width)
+    with CountOps() as counter:
+        model.scale_logits(x_2BlC, states, cond_2BD, k)
+    return counter.ops
+
+
+def test_sampling_computes_the_adaln_rows_once_per_generation():
+    """After scale 0 no block runs its AdaLN projection (SiLU + linear) or adds 1 to its scales again: the only SiLU
+    of a later scale is the head's. The code before recomputed them at every scale, as VAR's sampler does."""
+    ops = scale_ops(k=2, depth=3)
+    assert ops["aten.silu"] == 1, ops
+    assert ops["aten.addmm"] == 3 * 4 + 2, ops  # per block qkv, proj, fc1, fc2; the head's AdaLN and its linear
+
+
+def test_one_sampling_scale_of_a_var_block_dispatches_at_most_52_ops():
+    """Per block and scale, 52 = one unbind of the precomputed AdaLN rows + 2 x (LayerNorm, x (1 + scale),
+    + shift) + 2 x gated residual (mul, add) + attention step 32 (qkv projection and normalisation, two KV-cache
+    slice writes, SDPA on the cached prefix, output projection) + FFN 9; the head adds 13 per scale. The code before
+    ran the AdaLN projection (3) and indexed the (B, 3, n, 1, C) modulation per branch (view, unbind, 6 selects,
+    2 adds): 64 per block and scale (VAR's own block: 58)."""
+    ops = scale_ops(k=2, depth=2)
+    assert ops["aten.select"] == 0, ops
+    assert sum(ops.values()) <= 2 * 52 + 13, ops
+
+
+def test_top_k_top_p_filter_masks_out_of_place_without_a_copy():
+    """Filtering builds its result with out-of-place masked_fill: no clone of the logits first (the code before
+    cloned, one more kernel per scale than VAR's in-place filter); the input is left as it was."""
+    logits_BlV = torch.randn(2, 5, 64)
+    before = logits_BlV.clone()
+    with CountOps() as counter:
+        out = top_k_top_p_filter(logits_BlV, top_k=10, top_p=0.9)
+    assert counter.ops["aten.clone"] == 0, counter.ops
+    torch.testing.assert_close(logits_BlV, before, rtol=0, atol=0)
+    assert out.isfinite().sum(-1).le(10).all() and out.isfinite().sum(-1).ge(1).all()
+    with CountOps() as counter:  # nothing to mask: still a new tensor, as documented
+        same = top_k_top_p_filter(logits_BlV)
+    assert same.data_ptr() != logits_BlV.data_ptr() and torch.equal(same, logits_BlV)
+
+
+def test_op_count_script_attributes_every_op_to_one_part():
+    """benchmarks/op_count.py's labelled count of a generation adds up to every op the generation dispatches, with
+    each per-block part counted at every scale, so its per-part records are a partition of the total."""
+    spec = importlib.util.spec_from_file_location("op_count", REPO / "benchmarks" / "op_count.py")
+    op_count = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(op_count)
+    vae = tiny_tokenizer()
+    model = tiny_model("attention", depth=2, vae=vae)
+    counter, everything = op_count.OpCounter(), CountOps()
+    sampler = ScaleSampler(model, vae, cfg=1.5, top_k=10, top_p=0.9)
+    with op_count.instrument(counter, model, vae), torch.no_grad(), everything, counter:
+        sampler(torch.tensor([3]), generator=torch.Generator().manual_seed(0))
+    records = {r["part"]: r for r in op_count.part_records(counter, "varbench", 2, model.layout.num_scales)}
+    assert sum(r["value"] for r in records.values()) == sum(everything.ops.values())
+    for part in op_count.BLOCK_PARTS[1:] + op_count.SCALE_PARTS:  # block.ada_lin runs at scale 0 only
+        assert len(records[part]["per_scale"]) == model.layout.num_scales and records[part]["value"] > 0, part
+    assert records["decode"]["value"] > 0 and records["block.ada_lin"]["per_scale"] == [2 * 3]  # SiLU, t, addmm
+
+
+def test_scale_logits_names_states_that_are_not_its_own():
+    """The AdaLN rows travel in the states from scale 0 on: a state list without the model's own entry, or a later
+    scale without the rows, is an error that says what to pass (never silently recomputed or misread)."""
+    model = tiny_model("attention", depth=2, vae=tiny_tokenizer())
+    cond_2BD = model.class_emb(torch.tensor([1, model.num_classes]))
+    states = model.initial_states(2, cond_2BD.device, cond_2BD.dtype)
+    x_2BlC = torch.randn(2, 1, model.width)
+    with pytest.raises(ValueError, match="3 \\(one per block, then the model's\\)"):
+        model.scale_logits(x_2BlC, states[:-1], cond_2BD, 0)
+    with pytest.raises(ValueError, match="no AdaLN rows"):
+        model.scale_logits(torch.randn(2, 4, model.width), states, cond_2BD, 1)
