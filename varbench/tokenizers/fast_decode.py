@@ -11,10 +11,10 @@
   dtype and autocast, cached on the tokenizer): Inductor lowers GroupNorm itself (no layout copies) and fuses it with
   SiLU and the casts around it.
 
-`auto` (the tasks' default, `resolve_decode_mode`) is eager until benchmarks/decode_modes.py has measured the modes on a
-GPU; the others only when asked. A tokenizer starts eager; `tokenizer.set_decode_mode(mode)` switches it (the tasks
-do, and record the mode). The mode changes how the weights are laid out in memory, never their values: state-dict names and bytes (as
-`weights_sha256` hashes them) are the same in every mode.
+`auto` (the tasks' default, `resolve_decode_mode`) is eager until benchmarks/decode_modes.py has measured the modes
+on a GPU; the others only when asked. A tokenizer starts eager; `tokenizer.set_decode_mode(mode)` switches it (the
+tasks do, and record the mode). The mode changes how the weights are laid out in memory, never their values:
+state-dict names and bytes (as `weights_sha256` hashes them) are the same in every mode.
 
 Shape legend: B batch, C latent channels, h w latent side, 3 RGB, H W image side.
 """
