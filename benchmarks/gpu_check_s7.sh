@@ -23,15 +23,7 @@ TESTS=(tests/ops/test_ssd_custom_op.py tests/ops/test_fla_custom_ops.py
        tests/test_shared_aln.py::test_shared_aln_cuda_graph_sampling_equals_eager tests/test_compile.py)
 FAILED=0
 
-step() {  # step NAME SECONDS COMMAND...: COMMAND under a timeout, tee'd to OUT/NAME.log, its status a JSON line
-  local name=$1 limit=$2; shift 2
-  if [ -n "${DRY:-}" ]; then printf '%q ' timeout "$limit" "$@"; echo; return 0; fi
-  local start=$SECONDS rc=0
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" || rc=$?
-  printf '{"metric": "gpu_check_step", "step": "%s", "rc": %d, "timed_out": %s, "limit_s": %d, "seconds": %d}\n' \
-    "$name" "$rc" "$([ "$rc" = 124 ] && echo true || echo false)" "$limit" "$((SECONDS - start))" >> "$OUT/steps.jsonl"
-  [ "$rc" = 0 ] || FAILED=$((FAILED + 1))
-}
+. "$(dirname "$0")/gpu_step.sh"  # step NAME SECONDS COMMAND...
 
 [ -n "${DRY:-}" ] || mkdir -p "$OUT"
 step tests "${TESTS_S:-250}" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- "${TESTS[@]}"

@@ -139,13 +139,18 @@ def test_gpu_check_s7_plans_commands_that_compose_and_tests_that_exist(tmp_path)
         assert name in listed, name
 
 
+def run_with_stub_python(tmp_path, script: str, cases: str):
+    """`bash script tmp_path/out` with a stand-in `python` first on PATH: it echoes its arguments and then runs the
+    shell `case "$*" in <cases> esac` (exit codes, printed logs) instead of any real command."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text(f'#!/bin/sh\necho "ran $*"\ncase "$*" in {cases} esac\n')
+    (tmp_path / "bin" / "python").chmod(0o755)
+    return bash(script, str(tmp_path / "out"), env={"PATH": f"{tmp_path / 'bin'}:{ENV['PATH']}"})
+
+
 def test_gpu_check_s7_records_each_step_and_goes_on_after_a_failure(tmp_path):
     # a stand-in `python`: the compiled bench fails, everything else passes
-    (tmp_path / "bin").mkdir()
-    stub = '#!/bin/sh\necho "ran $*"\ncase "$*" in *task.compile=true*) exit 3;; esac\n'
-    (tmp_path / "bin" / "python").write_text(stub)
-    (tmp_path / "bin" / "python").chmod(0o755)
-    out = bash("benchmarks/gpu_check_s7.sh", str(tmp_path / "out"), env={"PATH": f"{tmp_path / 'bin'}:{ENV['PATH']}"})
+    out = run_with_stub_python(tmp_path, "benchmarks/gpu_check_s7.sh", "*task.compile=true*) exit 3;;")
     assert out.returncode == 1, out.stderr  # one failed step
     steps = [json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
     assert [(s["step"], s["rc"], s["timed_out"]) for s in steps] == [
@@ -195,14 +200,9 @@ def test_gpu_check_s8_plans_commands_that_compose_and_tests_that_exist(tmp_path)
 
 def test_gpu_check_s8_records_each_step_counts_graph_breaks_and_goes_on_after_a_failure(tmp_path):
     # a stand-in `python`: the eager bench fails, the compiled one logs two graph breaks as dynamo does
-    (tmp_path / "bin").mkdir()
-    stub = ('#!/bin/sh\necho "ran $*"\ncase "$*" in *task.compile=true*) '
-            'echo "V1203 [0/0] [__graph_breaks] Graph break in user code"; '
-            'echo "V1203 [3/0] [__graph_breaks] Graph break (user stack suppressed)";; '
-            '*mamba2,full*) exit 3;; esac\n')
-    (tmp_path / "bin" / "python").write_text(stub)
-    (tmp_path / "bin" / "python").chmod(0o755)
-    out = bash("benchmarks/gpu_check_s8.sh", str(tmp_path / "out"), env={"PATH": f"{tmp_path / 'bin'}:{ENV['PATH']}"})
+    out = run_with_stub_python(tmp_path, "benchmarks/gpu_check_s8.sh", (
+        '*task.compile=true*) echo "V1203 [0/0] [__graph_breaks] Graph break in user code"; '
+        'echo "V1203 [3/0] [__graph_breaks] Graph break (user stack suppressed)";; *mamba2,full*) exit 3;;'))
     assert out.returncode == 1, out.stderr  # one failed step
     steps = [json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
     assert [(s["step"], s["rc"], s["timed_out"]) for s in steps] == [

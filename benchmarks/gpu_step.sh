@@ -1,0 +1,12 @@
+# Sourced by the gpu_check_s*.sh scripts: `step NAME SECONDS COMMAND...` runs COMMAND under a timeout, tee'd to
+# OUT/NAME.log, and appends its exit status, limit and duration as a JSON line to OUT/steps.jsonl; a failed step adds
+# one to FAILED. With DRY set it prints the command instead. Needs OUT and FAILED set by the caller.
+step() {
+  local name=$1 limit=$2; shift 2
+  if [ -n "${DRY:-}" ]; then printf '%q ' timeout "$limit" "$@"; echo; return 0; fi
+  local start=$SECONDS rc=0
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" || rc=$?
+  printf '{"metric": "gpu_check_step", "step": "%s", "rc": %d, "timed_out": %s, "limit_s": %d, "seconds": %d}\n' \
+    "$name" "$rc" "$([ "$rc" = 124 ] && echo true || echo false)" "$limit" "$((SECONDS - start))" >> "$OUT/steps.jsonl"
+  [ "$rc" = 0 ] || FAILED=$((FAILED + 1))
+}
