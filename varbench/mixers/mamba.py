@@ -6,8 +6,9 @@ width, R dt rank, N state dim, W conv width.
 Parameter names, shapes and initialisation are those of `mamba_ssm.Mamba(d_model=C)` (d_state 16, d_conv 4, expand 2,
 dt_rank ceil(C / 16)): in_proj -> [x, z]; x -> depthwise causal conv + SiLU; x_proj -> [dt (R), B (N), C (N)];
 dt_proj (with the dt bias); scan with A = -exp(A_log) (E, N), skip D, gate SiLU(z); out_proj.
-The kernel path runs `selective_scan_fn` from a zero state and adds the carried state's contribution in closed form
-(`varbench.ops.selective_scan.kernel`; one Triton kernel when sampling), because the kernel takes no initial state.
+The kernel path runs mamba_ssm's selective-scan kernel from a zero state (a custom op, so torch.compile keeps one graph)
+and adds the carried state's contribution in closed form (`varbench.ops.selective_scan.kernel`; one Triton kernel when
+sampling), because the kernel takes no initial state.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class MambaMixer(TokenMixer):
         dim (int): model width C.
         num_heads (int, Optional): the backbone's attention heads (unused). Default: None.
         layer_idx (int, Optional): block index (unused). Default: 0.
-        backend (str, Optional): "mamba_ssm" (causal_conv1d + selective_scan_fn with the carried-state correction,
+        backend (str, Optional): "mamba_ssm" (causal_conv1d + mamba_ssm's selective scan, with the carried-state correction
             fused in Triton where no gradient is needed),
             "reference" (pure torch) or "auto" (mamba_ssm on CUDA when installed). Default: "auto".
         d_state (int, Optional): N. Default: 16.

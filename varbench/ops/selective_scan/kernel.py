@@ -1,15 +1,16 @@
 """mamba_ssm's selective-scan CUDA kernel with a carried state, behind the signature of `selective_scan_ref`.
 
 Shape legend: B batch, E channels, L tokens, l tokens of one block, N state dim.
-`selective_scan_fn` has no initial-state input. The recurrence is linear in the state, so starting from h0 instead
-of 0 adds a closed-form term (dt_t = softplus(delta_t + delta_bias), cs_t = dt_1 + ... + dt_t, per channel e):
+The kernel (a custom op, `zero_state_op.py`) has no initial-state input. The recurrence is linear in the state, so
+starting from h0 instead of 0 adds a closed-form term (dt_t = softplus(delta_t + delta_bias), cs_t = dt_1 + ... + dt_t,
+per channel e):
     h_t = h_t|zero + exp(A_e * cs_t) * h0                      (the state decays by exp(dt_s A_e) at every step)
     y_t = y_t|zero + (C_t . (exp(A_e * cs_t) * h0)) * SiLU(z_t) (read out by C_t, gated like the rest; D does not
                                                                  touch the state, so it adds nothing)
 `add_initial_state` applies it; it is plain torch, so the CPU tests check it against the reference. Where no
 gradient is needed (sampling), `selective_scan` runs the same formula as one Triton kernel instead
 (`fused_correction.py`: the torch form's (B, E, L, N) decay blocks are most of a carried step's memory traffic).
-mamba_ssm and Triton are imported inside `selective_scan`, so importing this module never needs them.
+The kernel's package and Triton are imported only where they run, so importing this module never needs them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from varbench.ops.selective_scan.reference import discretize_dt
+from varbench.ops.selective_scan.zero_state_op import selective_scan_zero_state
 from varbench.utils.precision import no_autocast
 
 # elements of the (B, E, l, N) decay block built at once: bounds the correction's memory at 256 MiB in fp32
@@ -54,17 +56,15 @@ def add_initial_state(y, last_state, initial_state, delta, A, C, z=None, delta_b
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
-    """`selective_scan_ref` through `selective_scan_fn` (zero state) plus the initial state's correction: the fused
-    Triton form when no input needs a gradient, else `add_initial_state` (autograd).
+    """`selective_scan_ref` through mamba_ssm's kernel from a zero state (`selective_scan_zero_state`) plus the initial
+    state's correction: the fused Triton form when no input needs a gradient, else `add_initial_state` (autograd).
 
     Args: as `selective_scan_ref`; A, D and delta_bias in fp32 (the kernel's requirement).
 
     Returns:
         y (B, E, L) in u's dtype and the last state (B, E, N) in fp32.
     """
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-
-    y, last = selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state=True)
+    y, last = selective_scan_zero_state(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if initial_state is None:
         return y, last
     correction = (y, last, initial_state, delta, A, C, z, delta_bias, delta_softplus)
