@@ -38,8 +38,8 @@ class MambaMixer(TokenMixer):
         dim (int): model width C.
         num_heads (int, Optional): the backbone's attention heads (unused). Default: None.
         layer_idx (int, Optional): block index (unused). Default: 0.
-        backend (str, Optional): "mamba_ssm" (causal_conv1d + mamba_ssm's selective scan, with the carried-state correction
-            fused in Triton where no gradient is needed),
+        backend (str, Optional): "mamba_ssm" (causal_conv1d + mamba_ssm's selective scan, with the carried-state
+            correction fused in Triton where no gradient is needed),
             "reference" (pure torch) or "auto" (mamba_ssm on CUDA when installed). Default: "auto".
         d_state (int, Optional): N. Default: 16.
         d_conv (int, Optional): W. Default: 4.
