@@ -128,6 +128,8 @@ class RasterAR(nn.Module):
         return nn.functional.linear(h, self.word_embed.weight)
 
     def check_labels(self, label_B: torch.Tensor) -> None:
+        """A ValueError unless the labels are integers (B,) in [0, num_classes]; reads their values (on a device
+        tensor, two host syncs: check host tensors where a step repeats it, as the training loop does)."""
         if label_B.dim() != 1 or label_B.dtype not in (torch.int32, torch.int64) or label_B.numel() and not (
                 0 <= int(label_B.min()) and int(label_B.max()) <= self.num_classes):
             raise ValueError(f"labels must be integers (B,) in [0, {self.num_classes}] ({self.num_classes} = null "
@@ -143,10 +145,12 @@ class RasterAR(nn.Module):
                              f"range [{int(ids_BN.min())}, {int(ids_BN.max())}]")
 
     # ----- teacher forcing -------------------------------------------------------------------------------------
-    def forward(self, label_B: torch.Tensor, ids_BN: torch.Tensor) -> torch.Tensor:
+    def forward(self, label_B: torch.Tensor, ids_BN: torch.Tensor, *, labels_checked: bool = False) -> torch.Tensor:
         """Logits (B, N, V) of every token given the class and the ground-truth tokens (the loss target is ids_BN):
-        input = [class embedding, tokens 0..N-2 + positions 0..N-2] (AiM's training forward)."""
-        self.check_labels(label_B)
+        input = [class embedding, tokens 0..N-2 + positions 0..N-2] (AiM's training forward).
+        `labels_checked`: the caller ran `check_labels` (see `ScaleAR.forward`); the forward does not read them."""
+        if not labels_checked:
+            self.check_labels(label_B)
         self.check_ids(ids_BN, label_B.shape[0])
         if self.training and self.cond_drop_rate > 0:
             dropped = torch.rand(label_B.shape, device=label_B.device) < self.cond_drop_rate

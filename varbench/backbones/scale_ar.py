@@ -100,10 +100,13 @@ class ScaleAR(nn.Module):
         var_init_(self, **(init or {}))
 
     # ----- teacher forcing -----------------------------------------------------------------------------------
-    def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
+    def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor, *,
+                labels_checked: bool = False) -> torch.Tensor:
         """Logits (B, L, V) of every scale given the ground-truth inputs of scales 1..K-1
-        (the tokenizer's teacher-forcing input, (B, L - 1, Cv)) and the class labels (num_classes = null)."""
-        self.check_inputs(label_B, x_BLCv_wo_first_l)
+        (the tokenizer's teacher-forcing input, (B, L - 1, Cv)) and the class labels (num_classes = null).
+        `labels_checked`: the caller ran `check_labels` where the labels are cheap to read (the training loop, on
+        the host before the move), so the forward does not read them back from the device (2 host syncs)."""
+        self.check_inputs(label_B, x_BLCv_wo_first_l, labels_checked)
         if self.cond_drop_rate > 0 and (self.training or self.cond_drop_in_eval):
             dropped = torch.rand(label_B.shape, device=label_B.device) < self.cond_drop_rate
             label_B = torch.where(dropped, self.num_classes, label_B)
@@ -127,16 +130,19 @@ class ScaleAR(nn.Module):
         wide = torch.float64 if x_BLC.dtype == torch.float64 else torch.float32  # promote_types would be an op
         return self.head(self.head_nm(x_BLC.to(wide), cond_BD).to(wide)).to(wide)
 
-    def check_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> None:
+    def check_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor, labels_checked: bool = False) -> None:
         expected = (self.layout.L - 1, self.latent_dim)
         if x_BLCv.dim() != 3 or tuple(x_BLCv.shape[1:]) != expected:
             raise ValueError(f"teacher-forcing input must be (B, {expected[0]}, {expected[1]}), "
                              f"got {tuple(x_BLCv.shape)}")
         if label_B.shape != (x_BLCv.shape[0],):
             raise ValueError(f"labels must be ({x_BLCv.shape[0]},), got {tuple(label_B.shape)}")
-        self.check_labels(label_B)
+        if not labels_checked:
+            self.check_labels(label_B)
 
     def check_labels(self, label_B: torch.Tensor) -> None:
+        """A ValueError unless the labels are integers in [0, num_classes]; reads their values (on a device tensor,
+        two host syncs: check host tensors where a step repeats it, as the training loop does)."""
         if torch.compiler.is_compiling():  # reading the values would break the graph and sync the host every step
             return
         if label_B.dtype not in (torch.int32, torch.int64) or label_B.numel() and not (

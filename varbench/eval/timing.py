@@ -114,13 +114,14 @@ def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: to
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     labels = torch.randint(0, model.num_classes, (batch,), device=device)
+    model.check_labels(labels)  # once: the timed steps skip it, as training does (its device reads sync the host)
     gt = torch.randint(0, model.vocab_size, (batch, model.layout.L), device=device)
     # a raster model reads its ids (teacher forcing behind the class token); a scale-wise one the code maps
     x = gt if is_raster(model) else torch.randn(batch, model.layout.L - 1, model.latent_dim, device=device)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(net(labels, x).flatten(0, 1), gt.flatten())
+            loss = torch.nn.functional.cross_entropy(net(labels, x, labels_checked=True).flatten(0, 1), gt.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -103,6 +103,17 @@ def compile_for_training(net: torch.nn.Module, depth: int, **options) -> torch.n
     return torch.compile(net, **options)
 
 
+def micro_batch_loss(net, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                     from_ids: bool, amp: torch.dtype | None, label_smoothing: float) -> torch.Tensor:
+    """The loss of one micro-batch (x, labels) as the loader gives it, on the host. The labels are checked there,
+    before the move: the forward would read them back from the device, two host syncs every step."""
+    model.check_labels(labels)
+    gt_BL, inputs = teacher_forcing_inputs(model, tokenizer, x.to(device), from_ids)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        logits_BLV = net(labels.to(device), inputs, labels_checked=True)
+        return F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten(), label_smoothing=label_smoothing)
+
+
 def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, info: DistInfo, from_ids: bool,
              nll_sets: dict | None = None, spec: dict | None = None) -> dict:
     """Train `model` on `dataset` (images, or cached ids when `from_ids`) for the planned iterations.
@@ -141,11 +152,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             loss_value = 0.0
             for _ in range(tcfg.grad_accum):
                 x, labels = next(loader)
-                gt_BL, inputs = teacher_forcing_inputs(model, tokenizer, x.to(device), from_ids)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits_BLV = net(labels.to(device), inputs)
-                    loss = F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten(),
-                                           label_smoothing=tcfg.label_smoothing)
+                loss = micro_batch_loss(net, model, tokenizer, x, labels, device, from_ids, amp, tcfg.label_smoothing)
                 scaler.scale(loss / tcfg.grad_accum).backward()
                 loss_value += loss.item() / tcfg.grad_accum
                 seen += x.shape[0] * info.world_size
