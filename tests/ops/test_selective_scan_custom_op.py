@@ -73,8 +73,9 @@ def test_the_fake_promises_what_the_reference_returns(dtype, gate, length):
     assert (y_ref.shape, y_ref.dtype) == ((B, E, length), dtype) and last_ref.dtype == torch.float32
     assert meta(y) == (y_ref.shape, dtype, (E * length, length, 1))  # contiguous, whatever the input's layout
     assert (last.shape, last.dtype) == (last_ref.shape, last_ref.dtype)
-    assert meta(chunk_states) == ((B, E, 1 + (length > 2048), 2 * N), torch.float32, chunk_states.stride())
-    assert chunk_states.is_contiguous() and ungated.shape == ((B, E, length) if gate else (0,))
+    assert (chunk_states.shape, chunk_states.dtype) == ((B, E, 1 + (length > 2048), 2 * N), torch.float32)
+    assert chunk_states.is_contiguous() and ungated.is_contiguous()
+    assert (ungated.shape, ungated.dtype) == ((B, E, length) if gate else (0,), dtype)
 
 
 @pytest.mark.parametrize("gate", [True, False])
