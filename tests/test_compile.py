@@ -134,14 +134,14 @@ def test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 
 
-GPU_KERNEL_MIXERS = ["gla", "retnet", "linear_attention", "hgrn2", "deltanet", "gated_deltanet", "mamba2"]
+GPU_KERNEL_MIXERS = ["gla", "retnet", "linear_attention", "hgrn2", "deltanet", "gated_deltanet", "mamba2", "mamba"]
 
 
 @CUDA
 @pytest.mark.parametrize("mixer", GPU_KERNEL_MIXERS)
 def test_on_cuda_the_training_step_on_the_gpu_kernels_is_one_graph(mixer, vae):
-    # the kernels run as custom ops (varbench::fla_fwd / ssd_scan_fwd / causal_conv1d_fwd): dynamo neither breaks nor
-    # retraces at them
+    # the kernels run as custom ops (varbench::fla_fwd / ssd_scan_fwd / selective_scan_fwd / causal_conv1d_fwd): dynamo
+    # neither breaks nor retraces at them
     model = tiny_model(mixer, vae=vae, depth=2, drop_path_rate=0.1).cuda().train()
     assert model.mixer_backend != "reference", model.mixer_backend
     torch._dynamo.reset()
