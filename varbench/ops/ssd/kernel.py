@@ -102,7 +102,9 @@ def mamba2_fused_forward(zxbcdt, conv_weight, conv_bias, dt_bias, A, D, chunk_si
                          out_proj_weight, headdim, ngroups, norm_before_gate=False) -> torch.Tensor:
     """The whole Mamba2 layer after in_proj in one call (`mamba_split_conv1d_scan_combined`, Mamba2's
     `use_mem_eff_path`): conv + SiLU, SSD scan, gated RMSNorm, out_proj. Zero initial state, no final state, so it
-    serves `forward` only.
+    serves `forward` only. Not a custom op: the package's autograd.Function calls causal_conv1d's entry point that
+    dynamo refuses (causal_conv/kernel.py), so a compiled model presumably breaks its graph here in every block
+    (not yet measured on a GPU).
 
     Args:
         zxbcdt (torch.Tensor): in_proj output of shape (B, L, 2E + 2GN + H), order [z, x, B, C, dt].
