@@ -24,6 +24,7 @@ from varbench.modules import GatedRMSNorm
 from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
+from varbench.ops.ssd import fused_op
 from varbench.ops.ssd import kernel as ssd_kernel
 from varbench.ops.ssd.reference import ssd_scan_ref
 from varbench.utils.precision import at_least_fp32, upcast
@@ -119,7 +120,7 @@ class Mamba2Mixer(TokenMixer):
         return self.out_proj(y_BLE), tail, ssm
 
     def _fused_forward(self, x_BLC):
-        return ssd_kernel.mamba2_fused_forward(
+        return fused_op.mamba2_fused_forward(
             self.in_proj(x_BLC), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
             -torch.exp(upcast(self.A_log)), self.D, self.chunk_size, self.norm.weight, self.norm.eps,
             self.out_proj.weight, self.headdim, self.ngroups,

@@ -96,36 +96,3 @@ def gated_rmsnorm(y, weight, z=None, eps=1e-5, group_size=None, norm_before_gate
     from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
 
     return rmsnorm_fn(y, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
-
-
-def mamba2_fused_forward(zxbcdt, conv_weight, conv_bias, dt_bias, A, D, chunk_size, norm_weight, norm_eps,
-                         out_proj_weight, headdim, ngroups, norm_before_gate=False) -> torch.Tensor:
-    """The whole Mamba2 layer after in_proj in one call (`mamba_split_conv1d_scan_combined`, Mamba2's
-    `use_mem_eff_path`): conv + SiLU, SSD scan, gated RMSNorm, out_proj. Zero initial state, no final state, so it
-    serves `forward` only. Not a custom op: the package's autograd.Function calls causal_conv1d's entry point that
-    dynamo refuses (causal_conv/kernel.py), so a compiled model presumably breaks its graph here in every block
-    (not yet measured on a GPU).
-
-    Args:
-        zxbcdt (torch.Tensor): in_proj output of shape (B, L, 2E + 2GN + H), order [z, x, B, C, dt].
-        conv_weight (torch.Tensor): depthwise conv weight of shape (E + 2GN, W).
-        conv_bias (torch.Tensor): conv bias of shape (E + 2GN,).
-        dt_bias, A, D: as in `ssd_scan` (D per head).
-        chunk_size (int): the SSD chunk length.
-        norm_weight (torch.Tensor): gated RMSNorm weight of shape (E,).
-        norm_eps (float): RMSNorm epsilon.
-        out_proj_weight (torch.Tensor): output projection of shape (C, E).
-        headdim (int): P.
-        ngroups (int): G.
-        norm_before_gate (bool, Optional): see `gated_rmsnorm_ref`. Default: False.
-
-    Returns:
-        Tensor of shape (B, L, C).
-    """
-    from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
-
-    return mamba_split_conv1d_scan_combined(
-        zxbcdt, conv_weight, conv_bias, dt_bias, A, D=D, chunk_size=chunk_size, activation="silu",
-        rmsnorm_weight=norm_weight, rmsnorm_eps=norm_eps, outproj_weight=out_proj_weight, outproj_bias=None,
-        headdim=headdim, ngroups=ngroups, norm_before_gate=norm_before_gate,
-    )
