@@ -6,8 +6,8 @@ tensors; the op has no CPU kernel; with the package's Function stood in for by a
 references and checks what the bodies hand it (tests/ops/mamba2_fused_package.py), a fused Mamba2 mixer through the
 ops equals the reference mixer in float64, values and gradients, torch.library.opcheck passes, and dynamo and AOT
 autograd trace the mixer, forward and backward, into one graph (fullgraph=True) with the reference's gradients.
-On a GPU: the op equals the package's own function and the float64 reference mixer in values and gradients; it passes
-torch.library.opcheck; a fused Mamba2 mixer compiles into one graph (fullgraph=True), forward and backward.
+On a GPU: the op equals the package's own function in values and gradients; it passes torch.library.opcheck; a fused
+Mamba2 mixer compiles into one graph (fullgraph=True), forward and backward.
 Shape legend: B batch, L tokens, C model width, Z in_proj outputs, H heads, P head dim, G groups.
 """
 
@@ -144,41 +144,40 @@ def test_dynamo_and_aot_autograd_trace_a_fused_mixer_into_one_graph(cpu_bodies):
 
 
 def fused_on_its_kernels():
-    mixer = make_mixer(torch.float32, "cuda")
+    """A fused Mamba2 mixer on its kernels, with make_mixer's parameters."""
     fused = Mamba2Mixer(DIM, backend="mamba_ssm", d_state=16, headdim=16, ngroups=2, chunk_size=CHUNK,
                         fused=True).cuda()
-    fused.load_state_dict(mixer.state_dict())
-    return mixer, fused
+    fused.load_state_dict(make_mixer(torch.float32, "cuda").state_dict())
+    return fused
 
 
 @CUDA
-def test_the_op_equals_the_package_and_the_float64_reference_in_values_and_gradients():
+def test_the_op_equals_the_package_in_values_and_gradients():
+    # against the float64 reference: the CPU tests (the plumbing) and benchmarks/gpu_parity_mamba.py (the package,
+    # with Triton's TF32 dots off: on here, they are only ~1e-3 accurate)
     from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
 
-    mixer, fused = fused_on_its_kernels()
+    fused = fused_on_its_kernels()
     x = torch.randn(2, LAYOUT.L, DIM, device="cuda", requires_grad=True)
     leaves = [x, *fused.parameters()]
-
-    def package_loss(x):
-        args = op_args(fused, x)
-        y = mamba_split_conv1d_scan_combined(*args[:6], CHUNK, activation="silu", rmsnorm_weight=args[6],
+    args = op_args(fused, x)
+    y_lib = mamba_split_conv1d_scan_combined(*args[:6], CHUNK, activation="silu", rmsnorm_weight=args[6],
                                              rmsnorm_eps=args[9], outproj_weight=args[7], headdim=16, ngroups=2,
                                              norm_before_gate=False)
-        return y.square().mean()
-
-    ours = torch.autograd.grad(fused(x, LAYOUT).square().mean(), leaves)
-    theirs = torch.autograd.grad(package_loss(x), leaves)
-    x64 = x.detach().double().requires_grad_(True)
-    mixer64 = mixer.double()
-    ref = torch.autograd.grad(mixer64(x64, LAYOUT).square().mean(), [x64, *mixer64.parameters()])
-    for a, b, r in zip(ours, theirs, ref):
-        assert rel_rms(a, b) <= TOL[torch.float32] and rel_rms(a, r) <= TOL[torch.float32]
+    y = fused(x, LAYOUT)
+    torch.testing.assert_close(y, y_lib, rtol=0, atol=0)  # the same kernels on the same inputs
+    dy = torch.randn_like(y)
+    ours, theirs = torch.autograd.grad(y, leaves, dy), torch.autograd.grad(y_lib, leaves, dy)
+    for a, b in zip(ours, theirs):
+        # the backward reduces over chunks and channels with atomic adds: the package differs from itself in the
+        # last bits (test_ssd_custom_op.py measured 1.9e-7 relative for the SSD scan's)
+        assert rel_rms(a, b) <= TOL[torch.float32], rel_rms(a, b)
 
 
 @CUDA
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(dtype):
-    _, fused = fused_on_its_kernels()
+    fused = fused_on_its_kernels()
     with torch.no_grad():
         args = [a.to(dtype) if i in (0, 7) else a for i, a in enumerate(op_args(fused, torch.randn(2, 30, DIM,
                                                                                                  device="cuda")))]
@@ -188,7 +187,7 @@ def test_opcheck(dtype):
 
 @CUDA
 def test_a_fused_mamba2_mixer_compiles_into_one_graph_forward_and_backward():
-    _, fused = fused_on_its_kernels()
+    fused = fused_on_its_kernels()
     x = torch.randn(2, LAYOUT.L, DIM, device="cuda", requires_grad=True)
     leaves = [x, *fused.parameters()]
 
