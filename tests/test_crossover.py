@@ -64,14 +64,13 @@ def statuses(*names: str) -> list[Point]:
 @pytest.mark.parametrize("names, resolution, exact, text", [
     ((LOSS, WIN, WIN), 512, True, "512 px, b1: 2.00x"),
     ((WIN, WIN, WIN), 256, True, "256 px, b1: 2.00x"),
-    ((MISSING, WIN, WIN), 512, False, "≤ 512 px, b1: 2.00x; 256 px missing"),
-    ((LOSS, NOT_COMPARABLE, WIN), 1024, False, "≤ 1024 px, b1: 2.00x; 512 px n/c"),
+    ((MISSING, WIN, WIN), 512, False, "≤ 512 px, b1: 2.00x; missing at 256"),
+    ((LOSS, NOT_COMPARABLE, WIN), 1024, False, "≤ 1024 px, b1: 2.00x; n/c at 512"),
     ((WIN, LOSS, WIN), 1024, True, "1024 px, b1: 2.00x; also won at 256 px"),
-    ((WIN, MISSING, WIN), 256, True, "256 px, b1: 2.00x; 512 px missing"),
-    ((LOSS, LOSS, MISSING), None, True, "none to 512 px (512 px, b1: 0.50x); 1024 px missing"),
+    ((WIN, MISSING, WIN), 256, True, "256 px, b1: 2.00x; missing at 512"),
+    ((LOSS, LOSS, MISSING), None, True, "none to 512 px (512 px, b1: 0.50x); missing at 1024"),
     ((WIN, WIN, LOSS), None, True, "none to 1024 px (1024 px, b1: 0.50x); also won at 256 px, 512 px"),
-    ((MISSING, NOT_COMPARABLE, MISSING), None, False, "no comparable pair: 256 px missing, 512 px n/c, 1024 px "
-                                                      "missing"),
+    ((MISSING, NOT_COMPARABLE, MISSING), None, False, "no comparable pair (missing at 256, 1024; n/c at 512)"),
 ])
 def test_the_crossover_is_the_first_resolution_of_the_last_run_of_wins(names, resolution, exact, text):
     result = crossover(statuses(*names))
@@ -107,7 +106,7 @@ def test_records_of_another_machine_autotune_mode_or_mode_are_not_comparable(tmp
         lines[4] |= change  # GLA at 512 px, measured otherwise
         df = load(tmp_path, lines)
         assert points(crossover_long(df)) == [(256, LOSS), (512, NOT_COMPARABLE), (1024, WIN)], change
-        assert crossover_table(df).loc["gla-d16", "Train img/s"].startswith("≤ 1024 px, b2: 2.00x; 512 px n/c [")
+        assert crossover_table(df).loc["gla-d16", "Train img/s"].startswith("≤ 1024 px, b2: 2.00x; n/c at 512 [")
 
 
 @pytest.mark.parametrize("untimed", [dict(versions={"triton_autotune": "first"}), dict(machine=None)])
@@ -116,7 +115,7 @@ def test_both_sides_untuned_or_unstamped_are_not_comparable(tmp_path, untimed):
     df = load(tmp_path, lines)
     assert points(crossover_long(df)) == [(256, NOT_COMPARABLE), (512, NOT_COMPARABLE), (1024, NOT_COMPARABLE)]
     cell = crossover_table(df).loc["gla-d16", "Train img/s"]
-    assert cell == "no comparable pair: 256 px n/c, 512 px n/c, 1024 px n/c"
+    assert cell == "no comparable pair (n/c at 256, 512, 1024)"
     assert crossover_figure(df, tmp_path / "none.png") is None
 
 
@@ -169,6 +168,19 @@ def test_the_state_is_compared_without_a_protocol_and_no_state_wins(tmp_path):
     assert "A: analytic (no timing)" in table.attrs["legend"]
 
 
-def test_the_figure_is_drawn_from_comparable_points_only(tmp_path):
-    path = crossover_figure(load(tmp_path, train_pair({256: 0.8, 1024: 2.0})), tmp_path / "atlas.png")
+def test_the_figure_draws_comparable_points_only_and_never_bridges_an_unknown_resolution(tmp_path, monkeypatch):
+    import math
+
+    from matplotlib.axes import Axes
+    drawn, plot = {}, Axes.plot
+
+    def recording_plot(ax, x, y, *args, **kwargs):  # each line as drawn, per model (one panel: training only)
+        drawn[kwargs.get("label")] = (list(x), list(y))
+        return plot(ax, x, y, *args, **kwargs)
+    monkeypatch.setattr(Axes, "plot", recording_plot)
+    lines = train_pair({256: 0.8, 512: 1.0, 1024: 2.0})
+    lines[4]["machine"] = "another"  # GLA's 512 px step: not comparable
+    path = crossover_figure(load(tmp_path, lines), tmp_path / "atlas.png")
     assert path.is_file() and path.with_suffix(".pdf").is_file()
+    x, y = drawn["gla-d16"]
+    assert x == [256, 512, 1024] and y[0] == pytest.approx(0.8) and math.isnan(y[1]) and y[2] == pytest.approx(2.0)

@@ -110,10 +110,11 @@ def crossover(points: list[Point]) -> Crossover:
 
 def cell_text(result: Crossover, tag: str) -> str:
     """One table cell: "512 px, b8: 1.15x", "≤ 512 px, ...", "none to 1024 px (...: 0.85x)", each followed by the
-    unknown resolutions and the protocol's letter; "no comparable pair: ..." with each resolution's status."""
-    unknown = ", ".join(f"{u.resolution} px {u.status}" for u in result.unknown)
+    unknown resolutions by status ("n/c at 512, 1024") and the protocol's letter; "no comparable pair (...)"."""
+    unknown = "; ".join(f"{status} at " + ", ".join(str(u.resolution) for u in result.unknown if u.status == status)
+                        for status in dict.fromkeys(u.status for u in result.unknown))
     if result.point is None:
-        return f"no comparable pair: {unknown}"
+        return f"no comparable pair ({unknown})"
     p = result.point
     times = f"{p.advantage:.2f}x" if math.isfinite(p.advantage) else "none of its own"
     at = f"{p.resolution} px" + (f", b{p.batch}" if p.batch is not None else "") + f": {times}"
@@ -199,7 +200,7 @@ def crossover_long(df: pd.DataFrame, device=None) -> pd.DataFrame:
     """Every configuration x cost x resolution of the atlas: status, batch, advantage and protocol (one row each);
     the baseline is attention without intra at the configuration's depth."""
     if device is not None:
-        df = df[df["device"].eq(device) | df["metric"].eq(STATE_METRIC)]
+        df = df[df["device"].eq(device) | df["metric"].isin(STATE_SOURCES)]  # analytic: any device
     timed = df[df["metric"].isin([f.metric for f in FAMILIES if f.batch is not None])
                & df["resolution"].isin(RESOLUTIONS)]
     configurations = set(zip(timed["mixer"], timed["intra"], timed["depth"]))  # the analytic costs of every depth
