@@ -15,10 +15,10 @@ from varbench.analysis.crossover import (
     Point,
     cell_text,
     crossover,
-    crossover_figure,
     crossover_long,
     crossover_table,
 )
+from varbench.analysis.figures import crossover_atlas as crossover_figure
 from varbench.analysis.load import load_records
 
 ATTENTION = 100.0  # attention's number at every resolution; a configuration's is this times its factor
@@ -66,10 +66,10 @@ def statuses(*names: str) -> list[Point]:
     ((WIN, WIN, WIN), 256, True, "256 px, b1: 2.00x"),
     ((MISSING, WIN, WIN), 512, False, "≤ 512 px, b1: 2.00x; missing at 256"),
     ((LOSS, NOT_COMPARABLE, WIN), 1024, False, "≤ 1024 px, b1: 2.00x; n/c at 512"),
-    ((WIN, LOSS, WIN), 1024, True, "1024 px, b1: 2.00x; also won at 256 px"),
+    ((WIN, LOSS, WIN), 1024, True, "1024 px, b1: 2.00x; also won at 256"),
     ((WIN, MISSING, WIN), 256, True, "256 px, b1: 2.00x; missing at 512"),
-    ((LOSS, LOSS, MISSING), None, True, "none to 512 px (512 px, b1: 0.50x); missing at 1024"),
-    ((WIN, WIN, LOSS), None, True, "none to 1024 px (1024 px, b1: 0.50x); also won at 256 px, 512 px"),
+    ((LOSS, LOSS, MISSING), None, True, "none to 512 px (b1: 0.50x); missing at 1024"),
+    ((WIN, WIN, LOSS), None, True, "none to 1024 px (b1: 0.50x); also won at 256, 512"),
     ((MISSING, NOT_COMPARABLE, MISSING), None, False, "no comparable pair (missing at 256, 1024; n/c at 512)"),
 ])
 def test_the_crossover_is_the_first_resolution_of_the_last_run_of_wins(names, resolution, exact, text):

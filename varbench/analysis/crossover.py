@@ -55,13 +55,15 @@ class Family:
     mode: tuple[str, ...]  # fields besides machine / device / autotune that a protocol fixes
     batch: str | None  # "largest", "one", "largest_above_one"; None: per image (no batch)
     higher_is_better: bool = False
+    peak_memory: bool = False  # the number: the stage's peak memory instead of the record's value
 
 
 FAMILIES = (
     Family("Train img/s", "train_images_per_s", ("compiled", "param_dtype"), "largest", higher_is_better=True),
     Family("Latency b1", "sample_latency_ms", ("cuda_graphs", "decode_mode"), "one"),
     Family("Latency, large batch", "sample_latency_ms", ("cuda_graphs", "decode_mode"), "largest_above_one"),
-    Family("Peak mem, large batch", "sample_latency_ms", ("cuda_graphs", "decode_mode"), "largest_above_one"),
+    Family("Peak mem, large batch", "sample_latency_ms", ("cuda_graphs", "decode_mode"), "largest_above_one",
+           peak_memory=True),
     Family("State bytes/img", STATE_METRIC, (), None),
 )
 PLACE = ("machine", "device", "autotune")
@@ -80,12 +82,12 @@ class Point:
 
 @dataclass(frozen=True)
 class Crossover:
-    """Where a configuration overtakes attention: `resolution` (None: it does not, up to `last`), `exact` (False:
-    at most `resolution`), the winning batch and advantage there, the unknown resolutions of the atlas and the
-    resolutions it won below a later loss (`also_won`); `point` is None when no resolution was comparable."""
+    """Where a configuration overtakes attention: `resolution` (None: not up to the largest comparable one), `exact`
+    (False: at most `resolution`), its `point` (the crossover's, else the largest comparable one; None when none is),
+    the unknown resolutions of the atlas and those it won below a later loss (`also_won`)."""
     resolution: int | None
     exact: bool
-    point: Point | None  # the crossover's point, or the largest comparable one where it does not overtake
+    point: Point | None
     unknown: tuple[Point, ...] = ()
     also_won: tuple[int, ...] = field(default=())
 
@@ -103,9 +105,8 @@ def crossover(points: list[Point]) -> Crossover:
     wins_after = [i for i, p in enumerate(points) if i > last_loss and p.status == WIN]
     if not wins_after:
         return Crossover(None, True, known[-1], unknown, also_won)
-    first = wins_after[0]
-    exact = all(p.status in (WIN, LOSS) for p in points[last_loss + 1:first])
-    return Crossover(points[first].resolution, exact, points[first], unknown, also_won)
+    first = wins_after[0]  # exact when the resolution just below is a loss, or there is none below
+    return Crossover(points[first].resolution, first == last_loss + 1, points[first], unknown, also_won)
 
 
 def cell_text(result: Crossover, tag: str) -> str:
@@ -117,13 +118,13 @@ def cell_text(result: Crossover, tag: str) -> str:
         return f"no comparable pair ({unknown})"
     p = result.point
     times = f"{p.advantage:.2f}x" if math.isfinite(p.advantage) else "none of its own"
-    at = f"{p.resolution} px" + (f", b{p.batch}" if p.batch is not None else "") + f": {times}"
+    batch = f"b{p.batch}: " if p.batch is not None else ""
     if result.resolution is None:
-        text = f"none to {p.resolution} px ({at})"
+        text = f"none to {p.resolution} px ({batch}{times})"
     else:
-        text = ("" if result.exact else "≤ ") + at
+        text = ("" if result.exact else "≤ ") + f"{p.resolution} px" + (f", {batch}" if batch else ": ") + times
     if result.also_won:
-        text += "; also won at " + ", ".join(f"{r} px" for r in result.also_won)
+        text += "; also won at " + ", ".join(map(str, result.also_won))
     if unknown:
         text += f"; {unknown}"
     return f"{text} [{tag}]" if tag else text
@@ -144,10 +145,8 @@ def family_records(df: pd.DataFrame, family: Family) -> pd.DataFrame:
     fields = [*PLACE, *family.mode]
     protocol = [tuple("unstamped" if pd.isna(v) else v for v in row) for row in r[fields].itertuples(index=False)]
     r = r.assign(protocol=protocol, admissible=r["autotune"].eq(FULL) & r["machine"].notna())
-    if family.column.startswith("Peak mem"):
-        value = r["peak_reserved_bytes"].where(r["cuda_graphs"].eq(True), r["peak_mem_bytes"])
-    else:
-        value = r["value"]
+    value = r["peak_reserved_bytes"].where(r["cuda_graphs"].eq(True), r["peak_mem_bytes"]) if family.peak_memory \
+        else r["value"]
     r = r.assign(v=pd.to_numeric(value, errors="raise").astype(float)).dropna(subset=["v"])
     return preference_order(r).drop_duplicates([*KEY, "batch", "protocol"], keep="last")
 
@@ -275,41 +274,3 @@ def provenance(df: pd.DataFrame, long: pd.DataFrame, device) -> dict:
     used = used[used["admissible"]]
     return dict(device=device, records=len(used), autotune=autotune_modes(used), machines=timing_machines(used))
 
-
-def crossover_figure(df: pd.DataFrame, path, device=None):
-    """One panel per cost: the advantage over attention (log scale; above 1 the configuration is ahead) against
-    resolution, a line per configuration under its table protocol. Only comparable points are drawn, and a line
-    breaks at an unknown resolution instead of bridging it. None (nothing drawn) without a comparable point."""
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter, NullLocator
-
-    from varbench.analysis.figures import _axes, _legend_outside, _save, model_colours, model_markers
-    long = crossover_long(df, device)
-    known = long[long["status"].isin([WIN, LOSS])] if len(long) else long
-    if known.empty:
-        log.warning("crossover figure not drawn: no configuration is comparable with attention (same depth, one "
-                    "fully autotuned protocol) at any of %s px", RESOLUTIONS)
-        return None
-    costs = [f.column for f in FAMILIES if f.column in set(known["cost"])]
-    fig, axes = _axes(len(costs), width=3.6, height=3.4)
-    colour, marker = model_colours(known["model"]), model_markers(known["model"])
-    for ax, cost in zip(axes, costs):
-        for model, g in long[long["cost"] == cost].groupby("model"):
-            if not g["status"].isin([WIN, LOSS]).any():
-                continue
-            y = g["advantage"].where(g["status"].isin([WIN, LOSS])).astype(float)  # NaN: the line breaks there
-            ax.plot(g["resolution"], y, marker=marker[model], color=colour[model], label=model)
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set(xlabel="resolution (px)", ylabel="advantage over attention (x)", title=cost)
-        ax.set_xticks(RESOLUTIONS, [str(r) for r in RESOLUTIONS])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlim(RESOLUTIONS[0] / 1.25, RESOLUTIONS[-1] * 1.25)
-        low, high = ax.get_ylim()  # label minor ticks only where there is room (a span under a decade)
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if high / low < 10 else NullFormatter())
-        ax.grid(alpha=0.3)
-    _legend_outside(axes[-1])
-    fig.suptitle("above 1: ahead of attention (same depth, one protocol per line; table crossover_atlas names it)",
-                 fontsize=9)
-    return _save(fig, path)

@@ -60,7 +60,7 @@ FIGURES = {
     "quality_vs_flops": (figures.quality_vs_flops, "quality vs FLOPs",
                          f"{QUALITY} and fwd_flops_per_image (task=bench) of the same configuration"),
     "speed_memory_vs_resolution": (figures.speed_memory_vs_resolution, "speed and memory vs resolution", BENCH),
-    "crossover_atlas": (crossover.crossover_figure, "advantage over attention vs resolution per cost",
+    "crossover_atlas": (figures.crossover_atlas, "advantage over attention vs resolution per cost",
                         f"{BENCH} of attention and another configuration, comparable at some resolution"),
     "generalisation_gap": (figures.generalisation_gap, "held-out vs training NLL per study",
                            "val_nll and train_nll (task=evaluate) of 2 or more seeds per configuration"),
