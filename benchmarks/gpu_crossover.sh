@@ -11,18 +11,25 @@
 # host, the 256 px ones from other commits and eager sampling (report/crossover_atlas.md says which cells are n/c).
 # Each step is one task=bench over its configurations (resolution-major: 256 px of each, then 512, then 1024), with
 # task.isolate_cells=false so that the kernels a configuration autotuned serve its other resolutions and the
-# configurations of its family (fla's and mamba_ssm's autotuning keys do not include the sequence length); a cell
-# that hangs is stopped by the step's `timeout`, an out-of-memory stage is a bench_error record and the rest goes on.
+# configurations of its family within the process (fla 0.6's chunk kernels key their autotuning on block sizes and
+# head dims, not the sequence length; mamba_ssm's keys are not checked here); Triton's compile cache on disk
+# (TRITON_CACHE_DIR, gpu_setup.sh) serves later steps. A cell that hangs is stopped by the step's `timeout` (with
+# isolate_cells=false the bench's own cell timeout does not apply); an out-of-memory stage is a bench_error record
+# and the rest goes on; a CUDA error that poisons the context fails the rest of that step only.
 #
 # Plans, one device call each (limits in seconds; each plan's sum <= 540). Estimates on a cold H200 from earlier
 # records (results/gpu/h200/, gaps between a cell's records): run.py start + matmul peak ~15 s; a cell's
 # measurements 15-30 s (more at 1024 px); cold autotuning: attention none (flex compiles ~10 s per shape), M-VAR's
 # mamba_ssm kernels ~80-100 s (session 2: 82 s at 256 px; x4: 96 s at 1024), GLA's chunk kernels ~40 s to train and
-# ~135 s in its first sampling (session 2; HGRN2 after it 3 s to train, ~100 s to sample; linear attention 8 s), and
-# per fresh process at 512 / 1024 px over 200 s (session 4: killed at its 200 s cell timeout; hence one process).
-#   1  baseline  VAR (attention) + Mamba-1                      ~230 s  limit 210
-#      ssd       M-VAR (mamba2 + full) + Mamba2                 ~300 s  limit 320
-#   2  gla       GLA + HGRN2 + linear attention (chunk_gla)     ~480 s  limit 530
+# ~135 s in its first sampling (session 2; HGRN2 after it 3 s to train, ~100 s to sample; linear attention ~10 s for
+# its whole cell), and per fresh process at 512 / 1024 px over 200 s (session 4, four queues compiling at once:
+# killed at its 200 s cell timeout; hence one process per family). These are guesses from other protocols (eager
+# sampling, other commits): a step cut by its limit loses its last cells (1024 px of the last configurations).
+#   1  baseline  VAR (attention) + Mamba-1: 15 + ~110 + ~60                         ~185 s  limit 210
+#      ssd       M-VAR (mamba2 + full) + Mamba2: 15 + ~150 + ~60                    ~225 s  limit 320
+#   2  gla       GLA + HGRN2 + linear attention: 15 + ~190 + ~105 (their 256 px
+#                cells, cold) + 6 x ~25 (512 / 1024 px) + 3 x ~15 (linear)         ~505 s  limit 530
+#                (the tightest: a cut loses linear attention's 1024 px first, whose training crossover is answered)
 #   3  (cut: does not fit two calls) RetNet; DeltaNet + Gated DeltaNet (the delta rule; Gated DeltaNet cannot train
 #      on fla's kernels on Hopper, fla #640: its training stage is a bench_error, sampling runs); mixer none with and
 #      without intra full (no inter-scale mixer). DeltaNet's training crossover is already answered (x4, full).
