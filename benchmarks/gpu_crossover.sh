@@ -29,7 +29,7 @@
 #      ssd       M-VAR (mamba2 + full) + Mamba2: 15 + ~150 + ~60                    ~225 s  limit 320
 #   2  gla       GLA + HGRN2 + linear attention: 15 + ~190 + ~105 (their 256 px
 #                cells, cold) + 6 x ~25 (512 / 1024 px) + 3 x ~15 (linear)         ~505 s  limit 530
-#                (the tightest: a cut loses linear attention's 1024 px first, whose training crossover is answered)
+#                (the tightest: a cut loses linear attention's 1024 px first; its training crossover is <= 512 px (x4))
 #   3  (cut: does not fit two calls) RetNet; DeltaNet + Gated DeltaNet (the delta rule; Gated DeltaNet cannot train
 #      on fla's kernels on Hopper, fla #640: its training stage is a bench_error, sampling runs); mixer none with and
 #      without intra full (no inter-scale mixer). DeltaNet's training crossover is already answered (x4, full).
