@@ -92,8 +92,10 @@ def test_a_configuration_overtakes_where_its_throughput_passes_attentions(tmp_pa
 def test_a_lower_latency_is_the_advantage(tmp_path):
     lines = [rec("sample_latency_ms", "attention", r, ATTENTION) for r in (256, 512, 1024)]
     lines += [rec("sample_latency_ms", "gla", r, ATTENTION / f) for r, f in ((256, 0.5), (512, 0.8), (1024, 4.0))]
-    long = crossover_long(load(tmp_path, lines))
+    df = load(tmp_path, lines)
+    long = crossover_long(df)
     assert points(long, "Latency b1") == [(256, LOSS), (512, LOSS), (1024, WIN)]
+    assert crossover_table(df).attrs["records"] == len(lines)  # each feeds three costs, counted once
     row = long[(long["cost"] == "Latency b1") & (long["resolution"] == 1024)].iloc[0]
     assert row["advantage"] == pytest.approx(4.0) and row["batch"] == 1
 
