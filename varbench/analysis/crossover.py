@@ -1,5 +1,6 @@
 """The crossover atlas (issue 18 item 4): per configuration and cost, the smallest resolution (and the batch) from
-which it beats VAR's attention (mixer attention, no intra, same depth), as one table and one figure.
+which it beats VAR's attention (mixer attention, no intra, same depth): the table here, the figure in
+varbench.analysis.figures.crossover_atlas (both in `task=report` as crossover_atlas.*).
 
 Costs, one table column and one figure panel each (`FAMILIES`):
 - training throughput at the largest batch both sides trained at that resolution (higher is better);
