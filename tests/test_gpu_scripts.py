@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from varbench.analysis import gpu_test_table, load_records
-from varbench.registry import CONFIG_ROOT, list_options
+from varbench.registry import CONFIG_ROOT, default_configs, list_options
+from varbench.tasks.bench import check_config
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # `python` is this interpreter
@@ -209,6 +211,31 @@ def test_gpu_check_s8_records_each_step_counts_graph_breaks_and_goes_on_after_a_
         ("tests", 0, False), ("bench_eager", 3, False), ("bench_compiled", 0, False), ("sample_var", 0, False)]
     (breaks,) = [json.loads(line) for line in (tmp_path / "out" / "graph_breaks.jsonl").read_text().splitlines()]
     assert breaks["metric"] == "graph_breaks" and breaks["value"] == 2
+
+
+def test_gpu_crossover_plans_every_default_configuration_once_under_one_protocol(tmp_path):
+    """benchmarks/gpu_crossover.sh with DRY=1: its plans (1 and 2: the two device calls; 3: the cells cut to fit)
+    bench every default configuration (each registered mixer, M-VAR, none + full) exactly once, each plan's limits
+    sum to <= 540 s, and every command passes the bench's check_config under one protocol: fully autotuned, the
+    atlas's three resolutions, CUDA-graph sampling, eager fp32 training. A new mixer fails this until a plan holds it.
+    Composed in this process (no run.py start per command: the file's tests are the suite's slowest)."""
+    planned = []
+    for plan in ("1", "2", "3"):
+        out = bash("benchmarks/gpu_crossover.sh", str(tmp_path), plan, env={"DRY": "1"})
+        assert out.returncode == 0, out.stderr
+        commands = [shlex.split(line) for line in out.stdout.splitlines()]
+        assert all(argv[0] == "timeout" for argv in commands) and sum(int(argv[1]) for argv in commands) <= 540
+        for argv in commands:
+            assert argv[2:5] == ["python", "run.py", "task=bench"], argv
+            with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+                cfg = compose(config_name="config", overrides=argv[4:])
+            check_config(cfg)
+            t = cfg.task
+            assert (cfg.autotune, list(t.resolutions), t.cuda_graphs, t.compile, t.param_dtype) == (
+                "full", [256, 512, 1024], True, False, "fp32")
+            planned += [tuple(entry) for entry in t.configs]
+    assert sorted(planned) == sorted(default_configs())
+    assert bash("benchmarks/gpu_crossover.sh", str(tmp_path), "4", env={"DRY": "1"}).returncode == 2
 
 
 def test_decode_modes_records_each_mode_and_batch(tmp_path):

@@ -9,7 +9,9 @@ notebooks (jupytext percent format) that tell the same story.
 """
 
 from varbench.analysis.checks import gpu_test_table, parity_table
+from varbench.analysis.crossover import crossover_table
 from varbench.analysis.figures import (
+    crossover_atlas,
     generalisation_gap,
     quality_vs_flops,
     sample_grids,
@@ -24,7 +26,8 @@ from varbench.analysis.study import bench_goals, costs_table, parallel_scaling, 
 from varbench.analysis.tables import main_table, mixer_ablation, resolution_scaling
 from varbench.analysis.versus import tokenizer_variance, versus_var
 
-__all__ = ["as_text", "bench_goals", "costs_table", "generalisation_gap", "gpu_test_table", "guidance_table", "latest",
-           "load_records", "main_table", "mixer_ablation", "model_label", "parallel_scaling", "parity_table",
-           "quality_label", "quality_vs_flops", "resolution_scaling", "sample_grids", "speed_memory_vs_resolution",
-           "study_ranking", "tokenizer_variance", "training_curves", "versus_var", "write_table"]
+__all__ = ["as_text", "bench_goals", "costs_table", "crossover_atlas", "crossover_table", "generalisation_gap",
+           "gpu_test_table", "guidance_table", "latest", "load_records", "main_table", "mixer_ablation",
+           "model_label", "parallel_scaling", "parity_table", "quality_label", "quality_vs_flops",
+           "resolution_scaling", "sample_grids", "speed_memory_vs_resolution", "study_ranking", "tokenizer_variance",
+           "training_curves", "versus_var", "write_table"]

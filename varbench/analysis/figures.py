@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, NullFormatter, NullLocator
 
+from varbench.analysis import crossover
 from varbench.analysis.format import QUALITY_NAMES, SECTION, STD, is_quality, sections
 from varbench.analysis.load import latest, model_label, numeric
 from varbench.analysis.tables import GFLOPS, STATE, config_frame, speed_wide
@@ -122,6 +124,46 @@ def speed_memory_vs_resolution(df: pd.DataFrame, path, device=None) -> Path | No
     fig.suptitle(f"timings on {frame.attrs.get('device')}", fontsize=9)
     return _save(fig, path)
 
+
+def crossover_atlas(df: pd.DataFrame, path, device=None) -> Path | None:
+    """The crossover atlas (varbench.analysis.crossover): one panel per cost, the advantage over attention (log
+    scale; above 1 the configuration is ahead) against resolution, a line per configuration under its table
+    protocol. Only comparable points are drawn; a line breaks at an unknown resolution instead of bridging it."""
+    long, measured = crossover.crossover_long(df, device), [crossover.WIN, crossover.LOSS]
+    known = long[long["status"].isin(measured)]
+    if known.empty:
+        log.warning("crossover_atlas not drawn: no configuration is comparable with attention (same depth, one "
+                    "fully autotuned protocol) at any of %s px", crossover.RESOLUTIONS)
+        return None
+    costs = [f.column for f in crossover.FAMILIES if f.column in set(known["cost"])]
+    fig, axes = _axes(len(costs), width=3.6, height=3.4)
+    colour, marker = model_colours(known["model"]), model_markers(known["model"])
+    for ax, cost in zip(axes, costs):
+        for model, g in long[(long["cost"] == cost) & long["model"].isin(known["model"])].groupby("model"):
+            y = g["advantage"].where(g["status"].isin(measured)).astype(float)  # NaN: the line breaks there
+            ax.plot(g["resolution"], y, marker=marker[model], color=colour[model], label=model)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        _resolution_axis(ax, crossover.RESOLUTIONS)
+        ax.set(ylabel="advantage over attention (x)", title=cost)
+    _legend_outside(axes[-1])
+    fig.suptitle("above 1: ahead of attention (same depth; one protocol per line, named in crossover_atlas.md)",
+                 fontsize=9)
+    return _save(fig, path)
+
+
+def _resolution_axis(ax, resolutions) -> None:
+    """Resolutions on a log-2 x axis with their own ticks; a log y axis in plain numbers (minor ticks labelled
+    only where there is room: a span under a decade)."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(resolutions, [str(r) for r in resolutions])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(resolutions[0] / 1.25, resolutions[-1] * 1.25)
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if high / low < 10 else NullFormatter())
+    ax.set(xlabel="resolution (px)")
+    ax.grid(alpha=0.3)
 
 def generalisation_gap(df: pd.DataFrame, path, device=None) -> Path | None:
     """Held-out against training NLL (task=evaluate's val_nll and train_nll, mean +- std over seeds), one panel per

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from varbench.analysis import checks, figures, guidance, stats, study, tables, versus
+from varbench.analysis import checks, crossover, figures, guidance, stats, study, tables, versus
 from varbench.analysis.format import write_table
 from varbench.analysis.load import POLICY, load_records
 
@@ -49,6 +49,9 @@ TABLES = {
                  "study's fixed one", f"{QUALITY} at 2 or more guidance scales (task=evaluate task.cfg=<scale>)"),
     "costs_table": (study.costs_table, "Analytic parameters, FLOPs and inference state per model and resolution",
                     "analytic_cost (task=costs)"),
+    "crossover_atlas": (crossover.crossover_table, "Crossover atlas: where each configuration overtakes attention "
+                        "in training throughput, sampling latency and memory", f"{BENCH} of attention and another "
+                        "configuration at one depth"),
     "bench_goals": (study.bench_goals, "Speed and memory goals of the bench protocol (targets vs measured)", BENCH),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
@@ -57,6 +60,8 @@ FIGURES = {
     "quality_vs_flops": (figures.quality_vs_flops, "quality vs FLOPs",
                          f"{QUALITY} and fwd_flops_per_image (task=bench) of the same configuration"),
     "speed_memory_vs_resolution": (figures.speed_memory_vs_resolution, "speed and memory vs resolution", BENCH),
+    "crossover_atlas": (figures.crossover_atlas, "advantage over attention vs resolution per cost",
+                        f"{BENCH} of attention and another configuration, comparable at some resolution"),
     "generalisation_gap": (figures.generalisation_gap, "held-out vs training NLL per study",
                            "val_nll and train_nll (task=evaluate) of 2 or more seeds per configuration"),
     "training_curves": (lambda df, path, device: figures.training_curves(df, path), "training loss curves",
@@ -74,6 +79,8 @@ def _note(table: pd.DataFrame) -> str:
         timed += " Triton autotuning of the timings: " + ", ".join(f"{m} ({n})" for m, n in sorted(modes.items()))
         first = " ('first': each Triton kernel ran its first working config, not its tuned one)"
         timed += (first if "first" in modes else "") + "."
+    if table.attrs.get("legend"):  # a table whose cells need a key (crossover_atlas's protocol letters)
+        timed += " " + table.attrs["legend"]
     machines = table.attrs.get("machines") or {}
     if len(machines) > 1:
         timed += (" Timings from several machines: " + ", ".join(f"{m} ({n})" for m, n in sorted(machines.items()))
