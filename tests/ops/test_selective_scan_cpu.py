@@ -3,8 +3,8 @@ values, final state and the gradients of every input, and the Mamba mixer that r
 
 Shape legend: B batch, E channels, L tokens, N state dim, C model width.
 Tolerances: both run the same recurrence in float64, summing in another order (the backward is hand-written), so
-they agree to ~1e-15 (measured, max over 11 tensors); 1e-10 leaves rounding room and still fails any wrong term.
-float32 at the tiny model's shape: 1e-5 of the largest value (the two orders round differently over 130 tokens).
+they agree to 4e-16 (measured, max over the 11 tensors); 1e-10 leaves rounding room and still fails any wrong term.
+float32 at the tiny model's shape (130 tokens, N 16): at most 2e-7 of the largest value (measured); bound 1e-6.
 """
 
 import pytest
@@ -44,7 +44,7 @@ def test_cpu_scan_in_float32_at_the_tiny_models_shape():
     inp = make_inputs(batch=2, E=64, L=130, N=16, dtype=torch.float32)
     inp["initial_state"] = torch.randn(2, 64, 16)
     for g, e in zip(values_and_grads(selective_scan_cpu, inp), values_and_grads(selective_scan_ref, inp)):
-        assert g.dtype == torch.float32 and rel_max(g, e) < 1e-5
+        assert g.dtype == torch.float32 and rel_max(g, e) < 1e-6
 
 
 def test_mamba_runs_cpu_scan_under_auto_and_equals_its_reference_backend():
