@@ -9,7 +9,10 @@ loaded wall times are recorded beside them.
 The cells differ by mixer: each one's training step is timed here (forward + backward + AdamW, fp32, batch
 `train.batch_size`, one thread, random ids) and the cell's train + sample + evaluate time is the measured attention
 cell's, scaled by its step time over attention's (an estimate: sampling and evaluation are assumed to scale like the
-training step). The grid: the shared tokenizer steps once, then the cells two at a time
+training step), times `--recurrent-factor` for the other mixers (how much longer than that their cells measured). The
+grid's own training settings (its `train.steps` and `train.batch_size`, when it sets them) scale the measured job's
+train step by images trained on; its evaluate step is taken as measured (an upper bound when the grid scores fewer
+images). The grid: the shared tokenizer steps once, then the cells two at a time
 (`cluster=local_parallel cluster.jobs=2`), each with the measured start-up.
 
     OMP_NUM_THREADS=1 python benchmarks/cpu_grid_time.py --log RUN/varbench.log --cpu-log CPU.log \
@@ -99,6 +102,17 @@ def grid_cells() -> list[tuple[str, str]]:
     return [cell for cell in base + [(c.mixer, c.intra) for c in sweeper.cells] for _ in range(seeds)]
 
 
+def grid_train_scale() -> float:
+    """Images a cell of grid=mixers_tiny trains on over those of the measured main job (train/tiny.yaml), steps x
+    batch: a step's time is close to proportional to its batch at the tiny model (measured: 0.50-0.56 at 16 vs 32)."""
+    from omegaconf import OmegaConf
+
+    from varbench.registry import CONFIG_ROOT
+    tiny = OmegaConf.load(CONFIG_ROOT / "train" / "tiny.yaml")
+    grid = OmegaConf.load(CONFIG_ROOT / "grid" / "mixers_tiny.yaml").get("train") or {}
+    return grid.get("steps", tiny.steps) * grid.get("batch_size", tiny.batch_size) / (tiny.steps * tiny.batch_size)
+
+
 def quiet_attention_train_s(path: Path, steps: int, batch: int) -> float:
     """Seconds of `steps` attention training steps on a quieter machine: the median images/s of the attention cells
     (intra none, the same tiny model) in an earlier grid's train_summary records."""
@@ -137,6 +151,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quiet-records", type=Path, help="train.jsonl of an earlier, quieter mixers_tiny run")
     parser.add_argument("--step-ms-from", type=Path, help="reuse the step times of an earlier record (this file)")
+    parser.add_argument("--recurrent-factor", type=float, default=1.0,
+                        help="measured / predicted cell time of the non-attention mixers (grid_run.jsonl: 1.18)")
     parser.add_argument("--leave-out", nargs="*", default=["mamba"], help="mixers of a second estimate without them")
     args = parser.parse_args()
     from varbench.utils.records import record
@@ -148,15 +164,18 @@ def main() -> None:
     cells = grid_cells()
     t0 = time.perf_counter()
     step_ms = train_step_ms(sorted(set(cells))) if args.step_ms_from is None else _step_ms_from(args.step_ms_from)
-    cell_s = quiet["train"] + quiet["sample"] + quiet["evaluate"]
+    train_scale = grid_train_scale()
+    cell_s = quiet["train"] * train_scale + quiet["sample"] + quiet["evaluate"]
     per_cell = {c: walls["startup"] + cell_s * step_ms[f"{c[0]}+{c[1]}"] / step_ms["attention+none"]
+                * (1.0 if c == ("attention", "none") else args.recurrent_factor)
                 for c in set(cells)}  # one configuration's cells (its seeds) cost the same
     shared_s = walls["startup"] + quiet["train_tokenizer"] + quiet["tokenize"]
     total_s = shared_s + lanes_s([per_cell[c] for c in cells])
     fields = dict(command=args.command, grid="mixers_tiny", cells=len(cells), jobs=JOBS, step_wall_s_loaded=walls,
                   step_cpu_s=cpu, loadavg_during=loads, quiet_step_s=quiet, train_step_ms=step_ms,
                   train_step_ms_from=str(args.step_ms_from) if args.step_ms_from else "timed in this call",
-                  cell_s_estimate={f"{m}+{i}": s for (m, i), s in per_cell.items()},
+                  cell_s_estimate={f"{m}+{i}": s for (m, i), s in per_cell.items()}, train_scale=train_scale,
+                  recurrent_factor=args.recurrent_factor,
                   timing_script_s=time.perf_counter() - t0)
     without = [per_cell[c] for c in cells if c[0] not in args.leave_out]
     fields.update(left_out=args.leave_out, min_without_left_out=(shared_s + lanes_s(without)) / 60)

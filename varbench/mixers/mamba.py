@@ -25,10 +25,14 @@ from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.selective_scan import kernel as scan_kernel
+from varbench.ops.selective_scan.cpu import selective_scan_cpu
 from varbench.ops.selective_scan.reference import selective_scan_ref
 from varbench.utils.precision import at_least_fp32, upcast
 
-KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
+# cpu_scan: the same scan in plain PyTorch with a hand-written backward (varbench/ops/selective_scan/cpu.py), ~2-3x
+# the reference's speed on a CPU; "auto" runs it on CPU tensors, mamba_ssm on CUDA ones
+KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d"), "cpu_scan": lambda: True}
+CPU_KERNELS = ("cpu_scan",)
 
 
 class MambaMixer(TokenMixer):
@@ -40,7 +44,9 @@ class MambaMixer(TokenMixer):
         layer_idx (int, Optional): block index (unused). Default: 0.
         backend (str, Optional): "mamba_ssm" (causal_conv1d + mamba_ssm's selective scan, with the carried-state
             correction fused in Triton where no gradient is needed),
-            "reference" (pure torch) or "auto" (mamba_ssm on CUDA when installed). Default: "auto".
+            "cpu_scan" (pure torch, CPU tensors: the reference's scan with a hand-written backward, faster),
+            "reference" (pure torch, the oracle) or "auto" (mamba_ssm on CUDA when installed, cpu_scan on the CPU).
+            Default: "auto".
         d_state (int, Optional): N. Default: 16.
         d_conv (int, Optional): W. Default: 4.
         expand (int, Optional): E / C. Default: 2.
@@ -59,7 +65,7 @@ class MambaMixer(TokenMixer):
                  d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
                  dt_min: float = 1e-3, dt_max: float = 0.1):
         super().__init__()
-        self.choose_backend(backend, KERNELS, "mamba")
+        self.choose_backend(backend, KERNELS, "mamba", CPU_KERNELS)
         self.d_inner, self.d_state, self.d_conv = expand * dim, d_state, d_conv
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
         E = self.d_inner
@@ -92,13 +98,15 @@ class MambaMixer(TokenMixer):
 
     def _mix(self, x_BLC, conv_tail, ssm_state):
         """in_proj, conv, x_proj/dt_proj, selective scan, out_proj from the given states (None: sequence start)."""
-        kernel = self.run_backend(x_BLC) == "mamba_ssm"
+        backend = self.run_backend(x_BLC)
+        kernel = backend == "mamba_ssm"
         x_BLE, z_BLE = self.in_proj(x_BLC).chunk(2, dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
         x_BLE, tail = conv(x_BLE, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_tail, activation="silu")
         dt_BLR, B_BLN, C_BLN = self.x_proj(x_BLE).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta_BLE = nn.functional.linear(dt_BLR, self.dt_proj.weight)  # the bias is added inside the scan, in fp32
         scan = scan_kernel.selective_scan if kernel else selective_scan_ref
+        scan = selective_scan_cpu if backend == "cpu_scan" else scan
         # the scan takes channels before tokens (mamba_ssm's layout)
         y_BEL, ssm = scan(
             x_BLE.transpose(1, 2), delta_BLE.transpose(1, 2), -torch.exp(upcast(self.A_log)),

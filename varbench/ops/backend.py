@@ -8,6 +8,8 @@ A module is built with `backend`: "reference" (plain PyTorch, any device, the or
 - "auto" decides per call from the input's device: the first kernel that can run here when the tensor is on CUDA,
   else the reference (what can run here is checked once, when the module is built: no import machinery inside a
   compiled forward);
+- a CPU kernel (a faster plain-PyTorch form of the same math, checked against the reference by its tests) is the
+  mirror image: it runs on CPU tensors only, and "auto" takes it off the GPU instead of the reference;
 - whichever ran is recorded on the module as `backend_ran` (outside torch.compile tracing), and `backend_on(device)`
   answers the same question without a call, for records of compiled models.
 """
@@ -52,18 +54,22 @@ def resolve_backend(requested: str, kernels: dict[str, Callable[[], bool]], owne
     return requested
 
 
-def pick_backend(requested: str, available: tuple[str, ...], device: torch.device, owner: str) -> str:
-    """The backend that runs on tensors of `device`: the named one (a kernel only on CUDA, else a ValueError), or for
-    "auto" the first of the `available` kernels (those that can run on this machine, preferred first) on CUDA, else
-    the reference."""
+def pick_backend(requested: str, available: tuple[str, ...], device: torch.device, owner: str,
+                 cpu_kernels: tuple[str, ...] = ()) -> str:
+    """The backend that runs on tensors of `device`: the named one (a CUDA kernel only on CUDA, a CPU kernel, one of
+    `cpu_kernels`, only on the CPU, else a ValueError), or for "auto" the first of the `available` kernels (those that
+    can run on this machine, preferred first) that runs on this device, else the reference."""
     if requested == REFERENCE:
         return REFERENCE
     if requested != "auto":
-        if device.type != "cuda":
-            raise ValueError(f"{owner}: backend {requested!r} runs on CUDA tensors, got tensors on {device}; use "
-                             f"backend=auto (the reference off the GPU) or backend={REFERENCE}")
+        where = "cpu" if requested in cpu_kernels else "cuda"
+        if device.type != where:
+            raise ValueError(f"{owner}: backend {requested!r} runs on {where.upper()} tensors, got tensors on "
+                             f"{device}; use backend=auto (the device's kernel, else the reference) or "
+                             f"backend={REFERENCE}")
         return requested
-    return available[0] if device.type == "cuda" and available else REFERENCE
+    runs_here = [name for name in available if device.type == ("cpu" if name in cpu_kernels else "cuda")]
+    return runs_here[0] if runs_here else REFERENCE
 
 
 class KernelChoice:
@@ -77,15 +83,20 @@ class KernelChoice:
     backend: str = REFERENCE
     backend_ran: str | None = None
     kernels_here: tuple[str, ...] = ()
+    cpu_kernels: tuple[str, ...] = ()
 
-    def choose_backend(self, requested: str, kernels: dict[str, Callable[[], bool]], owner: str) -> None:
-        """Check `requested` (see `resolve_backend`); keep what a call needs to pick: the kernels that can run here."""
+    def choose_backend(self, requested: str, kernels: dict[str, Callable[[], bool]], owner: str,
+                       cpu_kernels: tuple[str, ...] = ()) -> None:
+        """Check `requested` (see `resolve_backend`); keep what a call needs to pick: the kernels that can run here
+        and which of them run on CPU tensors (`cpu_kernels`, names in `kernels`; the others run on CUDA ones)."""
         self.backend, self._backend_owner = resolve_backend(requested, kernels, owner), owner
         self.kernels_here = tuple(name for name, can_run in kernels.items() if can_run())
+        self.cpu_kernels = cpu_kernels
 
     def backend_on(self, device) -> str:
         """The backend a call on tensors of `device` runs."""
-        return pick_backend(self.backend, self.kernels_here, torch.device(device), self._backend_owner)
+        return pick_backend(self.backend, self.kernels_here, torch.device(device), self._backend_owner,
+                            self.cpu_kernels)
 
     def run_backend(self, x: torch.Tensor) -> str:
         """The backend this call runs on `x`, recorded as `backend_ran`."""
