@@ -81,8 +81,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--archive", default=str(ARCHIVE))
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides after --: the tokenizer of fid_recon")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)  # argparse cannot take a trailing positional list here
+    args = parser.parse_args(argv[:cut])
+    args.overrides = argv[cut + 1:]  # Hydra overrides after --: the tokenizer of fid_recon
     device = torch.device(args.device)
     from varbench.build import build_dataset, build_tokenizer
     with tempfile.TemporaryDirectory() as tmp:
