@@ -117,3 +117,15 @@ def test_a_model_names_the_backend_its_mixers_run_never_auto():
     assert model.blocks[0].mixer.backend == "auto" and model.mixer_backend == "reference"
     model(torch.tensor([1, 2]), torch.randn(2, model.layout.L - 1, model.latent_dim))
     assert model.blocks[0].mixer.backend_ran == "reference" == model.mixer_backend
+
+
+def test_a_kernel_check_on_a_cuda_machine_accepts_a_stand_in_package_without_a_spec(monkeypatch):
+    """The CPU emulations of mamba_ssm / causal_conv1d sit in sys.modules without a __spec__; on a CUDA machine the
+    kernel check reaches `has_module`, where importlib's find_spec raised ValueError (GPU run of session 9)."""
+    import types
+
+    from varbench.ops.backend import cuda_and
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(__import__("sys").modules, "stand_in_kernel_pkg", types.ModuleType("stand_in_kernel_pkg"))
+    assert cuda_and("stand_in_kernel_pkg")()
+    assert not cuda_and("no_such_kernel_pkg_installed")()

@@ -113,7 +113,9 @@ def test_fast_decodes_under_bf16_autocast_are_as_accurate_as_eager(name, device,
     with torch.autocast(device, dtype=torch.bfloat16):
         eager = decode(tokenizer, "eager").float()
         fast = decode(tokenizer, mode).float()
-    assert tokenizer.decode_mode == mode and not torch.equal(fast, eager)  # another kernel ran
+    assert tokenizer.decode_mode == mode
+    if device == "cpu":  # another kernel ran (on CUDA, cuDNN may pick NHWC kernels whose bf16 images equal eager's)
+        assert not torch.equal(fast, eager)
     err_eager, err_fast = (eager - reference).abs(), (fast - reference).abs()
     assert err_fast.mean() <= 1.1 * err_eager.mean() and err_fast.max() <= 1.5 * err_eager.max()
     assert err_eager.max() < 0.1  # bf16 round-off, not a broken decode: images are in [-1, 1]
