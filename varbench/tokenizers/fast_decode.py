@@ -11,8 +11,10 @@
   dtype and autocast, cached on the tokenizer): Inductor lowers GroupNorm itself (no layout copies) and fuses it with
   SiLU and the casts around it.
 
-`auto` (the tasks' default, `resolve_decode_mode`) is eager until benchmarks/decode_modes.py has measured the modes
-on a GPU; the others only when asked. A tokenizer starts eager; `tokenizer.set_decode_mode(mode)` switches it (the
+`auto` (the tasks' default, `resolve_decode_mode`) is eager, as measured (benchmarks/decode_modes.py on an H200,
+results/gpu/h200/bench_s9.jsonl, VAR's VQ-VAE at 256 px, bf16): channels_last is slower at batch 1 and 64;
+compiled is faster but compiles for 19-37 s per batch shape, more than it saves in a 10k-sample evaluation. The
+others run only when asked. A tokenizer starts eager; `tokenizer.set_decode_mode(mode)` switches it (the
 tasks do, and record the mode). The mode changes how the weights are laid out in memory, never their values:
 state-dict names and bytes (as `weights_sha256` hashes them) are the same in every mode.
 
@@ -30,8 +32,7 @@ DECODE_MODES = ("eager", "channels_last", "compiled")
 
 def resolve_decode_mode(value, key: str, device: torch.device | str) -> str:
     """`value` of config key `key` (a decode mode or "auto") as the mode to run on `device`. auto is eager on every
-    device until a GPU measurement shows a faster mode (benchmarks/decode_modes.py, not yet run): channels_last may lose
-    on CUDA, where this torch has no NHWC GroupNorm kernel (each norm would copy to NCHW and back)."""
+    device: on an H200 channels_last lost and compiled paid off only past a few hundred batches (module docstring)."""
     if value == AUTO:
         return "eager"
     if value in DECODE_MODES:
