@@ -20,6 +20,7 @@ import types
 import pytest
 import torch
 from causal_conv_package import package_backward, package_forward
+from compile_checks import assert_sampling_step_compiles_into_one_graph, assert_training_compiles_into_one_graph
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from varbench.layout import ScaleLayout
@@ -232,19 +233,7 @@ def mamba2_on_its_kernels():
 
 @CUDA
 def test_a_mamba2_mixer_on_its_kernels_compiles_into_one_graph_forward_and_backward():
-    mixer, layout = mamba2_on_its_kernels()
-    x = torch.randn(2, layout.L, 64, device="cuda", requires_grad=True)
-    leaves = [x, *mixer.parameters()]
-
-    def loss(x):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return mixer(x, layout).float().square().mean()
-
-    eager = torch.autograd.grad(loss(x), leaves)
-    torch._dynamo.reset()
-    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x), leaves)  # a graph break raises
-    for a, b in zip(compiled, eager):
-        assert rel_rms(a, b) <= TOL[torch.bfloat16]  # bf16; inductor fuses the elementwise work differently
+    assert_training_compiles_into_one_graph(*mamba2_on_its_kernels(), 64, TOL[torch.bfloat16])
 
 
 @CUDA
@@ -252,17 +241,7 @@ def test_a_mamba2_sampling_step_on_its_kernels_compiles_into_one_graph():
     mixer, layout = mamba2_on_its_kernels()
     state = mixer.init_state(2, layout, device="cuda")
     state["conv"].normal_()  # a carried tail: the kernel's initial_states path
-    x = torch.randn(2, layout.patch_nums[2] ** 2, 64, device="cuda")
-
-    def step(x, state):
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            return mixer.step(x, state, layout, 2)
-
-    y_eager, state_eager = step(x, state)
-    torch._dynamo.reset()
-    y, new_state = torch.compile(step, fullgraph=True)(x, state)
-    for a, b in ((y, y_eager), (new_state["conv"], state_eager["conv"]), (new_state["ssm"], state_eager["ssm"])):
-        assert rel_rms(a, b) <= TOL[torch.bfloat16]  # bf16 in_proj output; inductor fuses the elementwise work
+    assert_sampling_step_compiles_into_one_graph(mixer, layout, state, 64, TOL[torch.bfloat16])
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import types
 
 import pytest
 import torch
+from compile_checks import assert_training_compiles_into_one_graph
 from mamba2_fused_package import MambaSplitConv1dScanCombinedFn, layer
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -187,16 +188,4 @@ def test_opcheck(dtype):
 
 @CUDA
 def test_a_fused_mamba2_mixer_compiles_into_one_graph_forward_and_backward():
-    fused = fused_on_its_kernels()
-    x = torch.randn(2, LAYOUT.L, DIM, device="cuda", requires_grad=True)
-    leaves = [x, *fused.parameters()]
-
-    def loss(x):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return fused(x, LAYOUT).float().square().mean()
-
-    eager = torch.autograd.grad(loss(x), leaves)
-    torch._dynamo.reset()
-    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x), leaves)  # a graph break raises
-    for a, b in zip(compiled, eager):
-        assert rel_rms(a, b) <= TOL[torch.bfloat16]  # bf16; inductor fuses the elementwise work differently
+    assert_training_compiles_into_one_graph(fused_on_its_kernels(), LAYOUT, DIM, TOL[torch.bfloat16])

@@ -20,6 +20,7 @@ import types
 import pytest
 import torch
 from causal_conv_package import package_backward, package_forward
+from compile_checks import assert_sampling_step_compiles_into_one_graph, assert_training_compiles_into_one_graph
 from selective_scan_package import package_bwd, package_fwd
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -274,19 +275,7 @@ def mamba_on_its_kernels():
 
 @CUDA
 def test_a_mamba1_mixer_on_its_kernels_compiles_into_one_graph_forward_and_backward():
-    mixer, layout = mamba_on_its_kernels()
-    x = torch.randn(2, layout.L, 64, device="cuda", requires_grad=True)
-    leaves = [x, *mixer.parameters()]
-
-    def loss(x):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return mixer(x, layout).float().square().mean()
-
-    eager = torch.autograd.grad(loss(x), leaves)
-    torch._dynamo.reset()
-    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x), leaves)  # a graph break raises
-    for a, b in zip(compiled, eager):
-        assert rel_rms(a, b) <= TOL[torch.bfloat16]  # bf16; inductor fuses the elementwise work differently
+    assert_training_compiles_into_one_graph(*mamba_on_its_kernels(), 64, TOL[torch.bfloat16])
 
 
 @CUDA
@@ -295,14 +284,4 @@ def test_a_mamba1_sampling_step_on_its_kernels_compiles_into_one_graph():
     state = mixer.init_state(2, layout, device="cuda")
     state["ssm"].normal_()  # a carried state: the closed-form correction (fused in Triton without gradients)
     state["conv"].normal_()
-    x = torch.randn(2, layout.patch_nums[2] ** 2, 64, device="cuda")
-
-    def step(x, state):
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            return mixer.step(x, state, layout, 2)
-
-    y_eager, state_eager = step(x, state)
-    torch._dynamo.reset()
-    y, new_state = torch.compile(step, fullgraph=True)(x, state)
-    for a, b in ((y, y_eager), (new_state["conv"], state_eager["conv"]), (new_state["ssm"], state_eager["ssm"])):
-        assert rel_rms(a, b) <= TOL[torch.bfloat16]  # bf16 in_proj output; inductor fuses the elementwise work
+    assert_sampling_step_compiles_into_one_graph(mixer, layout, state, 64, TOL[torch.bfloat16])
