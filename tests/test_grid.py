@@ -61,6 +61,16 @@ def test_mixers_tiny_expands_every_mixer_and_seed_and_dry_run_runs_nothing(tmp_p
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
 
+def test_cells_run_seed_major_so_a_grid_cut_short_holds_whole_replicates(tmp_path):
+    out = run_grid(tmp_path, "+dry_run=true", "seed=2,0,1")
+    assert out.returncode == 0, tail(out)
+    rows = [(r["overrides"]["seed"], r["overrides"]["mixer"], r["overrides"]["intra"]) for r in cells(out.stdout)]
+    seeds = [seed for seed, *_ in rows]
+    assert seeds == sorted(seeds, key=int) and set(seeds) == {"0", "1", "2"}
+    variants = [[v for seed, *v in rows if seed == s] for s in ("0", "1", "2")]
+    assert variants[0] == variants[1] == variants[2]  # the same variants in the YAML's order within every seed
+
+
 def test_mixers_tiny_cuts_only_its_cells_and_shares_the_main_jobs_tokenizer():
     from varbench.config_schema import step_config
     from varbench.frozen_tokenizer import identity

@@ -5,6 +5,8 @@
   `{mixer: mamba2, intra: full}` beside a sweep of every mixer with intra none); duplicates are dropped;
 - cell ids from each cell's composed config (varbench.grid.cell_id), so duplicates are found by what they compute;
 - skip: a cell whose `done.json` exists under results_dir is not launched (on Slurm: not submitted);
+- order: seed-major (every variant's seed 0, then seed 1, ...), so a grid cut short, or a launcher that runs cells
+  in order, leaves whole replicates of every variant rather than every seed of the first few;
 - `+dry_run=true`: print every cell (index, cell id, status, overrides) and launch nothing;
 - a summary at the end, and an error after the whole sweep when a cell failed (each failure is in
   `<results_dir>/cells/<cell_id>/failed.json`; run_cell records it without stopping the other cells).
@@ -32,7 +34,8 @@ class GridSweeper(BasicSweeper):
         self._ids: dict[tuple, str] = {}  # job overrides -> cell id (composing a config takes a moment)
 
     def expand(self, arguments: list[str]) -> list[list[str]]:
-        """Every cell's override list: the product of params (+ arguments), then each extra cell, deduplicated."""
+        """Every cell's override list: the product of params (+ arguments), then each extra cell, deduplicated, in
+        seed-major order (stable: within one seed, the order of the YAML)."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         params = {str(k): str(v) for k, v in (self.params or {}).items()}
         variants = [params] + [{**params, **{str(k): _as_override(v) for k, v in cell.items()}} for cell in self.cells]
@@ -45,7 +48,7 @@ class GridSweeper(BasicSweeper):
                     if cid not in seen:
                         seen.add(cid)
                         jobs.append(job)
-        return jobs
+        return sorted(jobs, key=_seed)
 
     def cell_id(self, job: Sequence[str]) -> str:
         """The id of a job's cell: a hash of the config the job will compose (as the launcher composes it)."""
@@ -97,6 +100,11 @@ class GridSweeper(BasicSweeper):
             lines += [f"job {' '.join(r.overrides)}: {r._return_value!r}" for r in crashed]
             raise RuntimeError(f"{len(failed) + len(crashed)} of {len(plan)} grid cells failed (the others ran):\n"
                                + "\n".join(lines))
+
+
+def _seed(job: Sequence[str]) -> int:
+    """A job's `seed=` override as a number (0 when it sets none: the config's default seed is 0)."""
+    return next((int(o.split("=", 1)[1]) for o in job if o.split("=", 1)[0].lstrip("+~") == "seed"), 0)
 
 
 def _where(launcher) -> str:
