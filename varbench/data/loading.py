@@ -11,6 +11,7 @@ resolves them for a device.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from omegaconf import DictConfig
 
 GPU_WORKERS = 8  # decodes VAR's 256-px JPEGs faster than one H200 trains on them (benchmarks/data_throughput.py)
 MAX_WORKERS, MAX_PREFETCH = 256, 64
+# the platform's own default (fork on Linux up to Python 3.13), whatever a launcher set as the process default
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,13 @@ class LoaderOptions:
         check_int("data.prefetch_factor", self.prefetch_factor, 1, MAX_PREFETCH)
 
     def kwargs(self) -> dict:
-        """Keyword arguments of `torch.utils.data.DataLoader` (prefetch_factor only with workers, as it requires)."""
+        """Keyword arguments of `torch.utils.data.DataLoader` (prefetch_factor only with workers, as it requires).
+        The workers' start method is named, not inherited: inside a joblib (loky) worker, as `cluster=local_parallel`
+        runs cells, the inherited default context is loky's, whose processes DataLoader cannot start."""
+        workers = bool(self.num_workers)
         return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                "prefetch_factor": self.prefetch_factor if self.num_workers else None}
+                "prefetch_factor": self.prefetch_factor if workers else None,
+                "multiprocessing_context": multiprocessing.get_context(START_METHOD) if workers else None}
 
 
 def check_int(key: str, value, low: int, high: int) -> None:
