@@ -73,6 +73,19 @@ def test_reading_leaves_the_global_rng_alone(folder):
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def _read_with_workers(folder):
+    return read(folder, 0, 2, workers=1)
+
+
+def test_workers_start_inside_a_joblib_worker_as_cluster_local_parallel_runs_cells(folder):
+    """hydra-joblib-launcher runs each cell in a loky process, whose default multiprocessing context is loky's: a
+    DataLoader inheriting it cannot start its workers (every GPU cell of session 10's lr sweep failed so)."""
+    joblib = pytest.importorskip("joblib")
+    batches = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(_read_with_workers)(folder) for _ in range(2))
+    for got in batches:
+        assert_same(got, read(folder, 0, 2, workers=0))
+
+
 def test_loader_options_resolve_per_device():
     data = OmegaConf.create({"num_workers": "auto", "prefetch_factor": 3})
     assert loader_options(data, "cpu") == LoaderOptions(0, 3, pin_memory=False)
