@@ -5,10 +5,13 @@
 # grid skips its finished cells. Stages, in order:
 #   tests     GPU tests that did not run (or were fixed) in session 9, each group under its own timeout (beside the rest);
 #   tokenize  token caches of the frozen tokenizers `proc` and `proc_b` (session 9's, staged in /tmp/stage/study19);
-#   lr        grid=study_lr, then `best_lr` picks each arm's learning rate (runs/s10/results/best_lr.txt);
-#   main      grid=study_main at those rates, 13 cells at a time in seed-major order (every arm's seed 0 first), with
+#   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped), then `best_lr` picks each arm's learning rate (runs/s10/results/best_lr.txt);
+#   main      grid=study_main at those rates, 12 cells at a time in seed-major order (every arm's seed 0 first), with
 #             Inception FID-10k (weights staged in /tmp/stage/inception), then grid=study_tokenizer on `proc_b`.
+# 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10).
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_study19.sh SECONDS      (OUT set by the device tool)
+# Staging: the tokenizers and Inception weights do not fit in one call with the wheels, and a machine is warm for 30 s
+# after a call: make the two staging calls of benchmarks/gpu_study_plan.md back to back right before each work call.
 set -u -o pipefail
 END=$((SECONDS + ${1:?seconds}))
 S=runs/study19; R=runs/s10/results; L=runs/s10/logs; mkdir -p $S $R $L
@@ -50,10 +53,12 @@ lane_tests() {
 }
 lane_study() {
   stage_tokenizers || { log "tokenize failed"; return 1; }
-  grid_until_deadline lr grid=study_lr cluster=local_parallel cluster.jobs=15 $(frozen proc) results_dir=$R/lr || return 1
+  # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
+  for g in lr main_proc; do d=results/gpu/h200/study19/$g/cells; [ -d $d ] && mkdir -p $R/$g && cp -rn $d $R/$g/; done
+  grid_until_deadline lr grid=study_lr cluster=local_parallel cluster.jobs=12 $(frozen proc) results_dir=$R/lr || return 1
   [ -s $R/best_lr.txt ] || python -m varbench.analysis.best_lr $R/lr > $R/best_lr.txt || return 1
   log "best lr: $(cat $R/best_lr.txt)"
-  local M=(grid=study_main cluster=local_parallel cluster.jobs=13 $(frozen proc) $(cat $R/best_lr.txt)
+  local M=(grid=study_main cluster=local_parallel cluster.jobs=12 $(frozen proc) $(cat $R/best_lr.txt)
            "${FID[@]}" results_dir=$R/main_proc)
   grid_until_deadline main "${M[@]}" || return 1
   grid_until_deadline tokenizer_b grid=study_tokenizer cluster=local_parallel cluster.jobs=6 $(frozen proc_b) \

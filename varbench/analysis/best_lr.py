@@ -3,6 +3,9 @@
 the study grids read (varbench/configs/grid/study_base.yaml).
 
     python -m varbench.analysis.best_lr RESULTS/lr       # prints: study.lr.gla-none=8.0e-03 study.lr....
+
+An arm whose best point is the largest or smallest one swept has no located optimum (`at_edge`): its loss may fall
+further beyond the sweep. It is named on stderr, so that the sweep is extended before the rate is used as "its best".
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ def base_lr(config) -> float | None:
 
 
 def best_learning_rates(df: pd.DataFrame) -> pd.DataFrame:
-    """Per arm (mixer, intra): the swept base_lr values with their val NLL, and the best one. An arm with a point
-    missing (a failed cell) is reported with the points it has and logged, never silently filled."""
+    """Per arm (mixer, intra): the swept base_lr values with their val NLL, the best one, and whether it lies at the
+    sweep's edge. An arm with a point missing (a failed cell) is reported with the points it has and logged, never
+    silently filled."""
     nll = latest(df, "val_nll")
     if nll.empty:
         raise ValueError("best_learning_rates: no val_nll records (task=evaluate writes them) in these records")
@@ -37,8 +41,9 @@ def best_learning_rates(df: pd.DataFrame) -> pd.DataFrame:
         points = g.groupby("base_lr")["value"].mean()
         if len(points) < 3:
             log.warning("best_learning_rates: %s-%s has %d of 3 points: %s", mixer, intra, len(points), dict(points))
-        rows.append({"arm": f"{mixer}-{intra}", "points": dict(points), "best_lr": float(points.idxmin()),
-                     "val_nll": float(points.min())})
+        best = float(points.idxmin())
+        rows.append({"arm": f"{mixer}-{intra}", "points": dict(points), "best_lr": best, "val_nll": float(points.min()),
+                     "at_edge": len(points) >= 2 and best in (points.index.min(), points.index.max())})
     return pd.DataFrame(rows).set_index("arm")
 
 
@@ -48,4 +53,9 @@ def overrides(best: pd.DataFrame) -> str:
 
 
 if __name__ == "__main__":
-    print(overrides(best_learning_rates(load_records(sys.argv[1]))))
+    best = best_learning_rates(load_records(sys.argv[1]))
+    for arm, row in best[best["at_edge"]].iterrows():
+        print(f"best_lr: {arm}'s best base_lr {row['best_lr']:.1e} is at the sweep's edge "
+              f"({', '.join(f'{lr:.1e}: {v:.4f}' for lr, v in sorted(row['points'].items()))}): extend the sweep",
+              file=sys.stderr)
+    print(overrides(best))
