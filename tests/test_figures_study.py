@@ -5,7 +5,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from varbench.analysis import figures
+from varbench.analysis import figures, sample_sheet
 from varbench.analysis.load import load_records
 
 GRID_PNG = next((Path(__file__).parent / "fixtures/records/grids").glob("*.png"))
@@ -28,11 +28,11 @@ def _sheet_records(tmp_path, models: int, missing: int):
 
 def test_sample_sheet_shows_every_configuration_even_without_its_png(tmp_path, monkeypatch, caplog):
     drawn = []
-    real_save = figures._save
-    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or real_save(fig, path))
+    real_save = sample_sheet._save
+    monkeypatch.setattr(sample_sheet, "_save", lambda fig, path: drawn.append(fig) or real_save(fig, path))
     df = _sheet_records(tmp_path, models=26, missing=2)  # more models than the old 24-panel cap
     with caplog.at_level(logging.WARNING):
-        path = figures.sample_grids(df, tmp_path / "out" / "sheet.png")
+        path = sample_sheet.sample_grids(df, tmp_path / "out" / "sheet.png")
     assert path.is_file() and path.with_suffix(".pdf").is_file()
     (fig,) = drawn
     titles = [ax.get_title() for ax in fig.axes]

@@ -14,7 +14,6 @@ from varbench.analysis.figures import (
     crossover_atlas,
     generalisation_gap,
     quality_vs_flops,
-    sample_grids,
     speed_memory_vs_resolution,
     training_curves,
 )
@@ -22,6 +21,7 @@ from varbench.analysis.format import as_text, write_table
 from varbench.analysis.guidance import guidance_table
 from varbench.analysis.load import latest, load_records, model_label
 from varbench.analysis.quality import quality_label
+from varbench.analysis.sample_sheet import sample_grids
 from varbench.analysis.study import bench_goals, costs_table, parallel_scaling, study_ranking
 from varbench.analysis.tables import main_table, mixer_ablation, resolution_scaling
 from varbench.analysis.versus import tokenizer_variance, versus_var

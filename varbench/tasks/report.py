@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from varbench.analysis import checks, crossover, figures, guidance, stats, study, tables, versus
+from varbench.analysis import checks, crossover, figures, guidance, sample_sheet, stats, study, tables, versus
 from varbench.analysis.format import write_table
 from varbench.analysis.load import POLICY, load_records
 
@@ -66,7 +66,7 @@ FIGURES = {
                            "val_nll and train_nll (task=evaluate) of 2 or more seeds per configuration"),
     "training_curves": (lambda df, path, device: figures.training_curves(df, path), "training loss curves",
                         "train_loss (task=train)"),
-    "sample_grids": (lambda df, path, device: figures.sample_grids(df, path), "sample grids",
+    "sample_grids": (lambda df, path, device: sample_sheet.sample_grids(df, path), "sample grids",
                      "sample_grid with its PNG on disk (task=sample)"),
 }
 

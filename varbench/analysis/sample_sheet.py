@@ -1,0 +1,71 @@
+"""The sample sheet: every configuration's recorded sample grid on one page (report figure `sample_grids`), drawn
+from the records and the PNGs they name, like the other figures (varbench/analysis/figures.py)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from varbench.analysis.figures import _save
+from varbench.analysis.load import latest
+
+log = logging.getLogger(__name__)
+
+
+def _grid_path(value: str, source: str) -> Path:
+    """A recorded PNG path. A relative one is tried against the folder of the record file (grids copied beside
+    their records, fixtures), then against the working directory (task=sample writes the path under its run_dir,
+    which is relative to where run.py started, e.g. a grid cell's `runs/cells/...`); the first that exists, else
+    the first tried (named as missing)."""
+    p = Path(value)
+    if p.is_absolute():
+        return p
+    tried = [Path(source).parent / p, Path.cwd() / p]
+    return next((c for c in tried if c.is_file()), tried[0])
+
+
+def sample_grids(df: pd.DataFrame, path, columns: int = 6) -> Path | None:
+    """A contact sheet with every configuration: per model, the recorded sample_grid PNG of its first seed (the
+    newest record of that run), titled by model, seed count and cell. A configuration whose PNG is not on disk
+    (not copied back from the machine that sampled it) keeps its panel, saying so, so no model silently drops out."""
+    from matplotlib.image import imread
+
+    grids = latest(df, "sample_grid")
+    if grids.empty:
+        log.warning("sample_grids not drawn: no sample_grid records (task=sample writes them)")
+        return None
+    grids = grids.assign(png=[_grid_path(v, s) for v, s in zip(grids["value"], grids["source"])],
+                         model=grids["model"].fillna("?"))
+    grids = grids.assign(on_disk=grids["png"].map(Path.is_file))
+    seeds = grids.groupby("model")["seed"].nunique()
+    # per model the first seed whose PNG exists, else its first seed (a panel that names the missing file)
+    grids = grids.sort_values(["model", "on_disk", "seed", "cell_id"], ascending=[True, False, True, True])
+    grids = grids.drop_duplicates("model")
+    missing = grids[~grids["on_disk"]]
+    if len(missing):
+        log.warning("sample_grids: %d of %d models have no PNG on disk: %s", len(missing), len(grids),
+                    list(map(str, missing["png"])))
+    if not grids["on_disk"].any():
+        log.warning("sample_grids not drawn: none of the recorded PNGs exists")
+        return None
+    cols = min(columns, len(grids))
+    rows = math.ceil(len(grids) / cols)
+    fig = Figure(figsize=(2.6 * cols, 2.9 * rows))
+    for k, (_, g) in enumerate(grids.iterrows()):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        if g["on_disk"]:
+            ax.imshow(imread(g["png"]))
+        else:
+            ax.text(0.5, 0.5, f"PNG not on disk:\n{Path(g['png']).name}", ha="center", va="center", fontsize=7,
+                    wrap=True, transform=ax.transAxes)
+        where = f"cell {g['cell_id']}" if pd.notna(g["cell_id"]) else Path(str(g["source"])).parent.name
+        n = seeds.get(g["model"], 0)
+        ax.set_title(f"{g['model']} (seed {g['seed']} of {n})\n{where}", fontsize=7)
+        ax.axis("off")
+    fig.suptitle(f"Samples of every configuration ({len(grids)} models; {len(missing)} without a PNG on disk)",
+                 fontsize=9)
+    return _save(fig, path)
