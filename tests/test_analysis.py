@@ -473,6 +473,18 @@ def test_a_missing_seed_is_never_filled_from_another_study(tmp_path):
     assert sorted(long["value"]) == [1.0, 2.0]  # the newer study's two seeds, not its two plus the old study's third
 
 
+def test_a_learning_rate_sweeps_cells_never_stand_for_their_configuration(tmp_path):
+    """Three cells of one configuration and seed at three rates (grid=study_lr): keeping the newest would show one
+    rate's result as the configuration's. Quality tables leave them out; a configuration at one rate stays."""
+    from varbench.analysis.quality import quality_long
+    base = raw(metric="embedded_fd")[0]
+    swept = [{**base, "mixer": "gla", "cell_id": f"lr{i}", "value": 1.0 + i, "config": {"train": {"base_lr": lr}},
+              "date": f"2099-01-01T00:0{i}:00+00:00"} for i, lr in enumerate((2e-3, 4e-3, 8e-3))]
+    kept = {**base, "mixer": "attention", "cell_id": "var", "value": 5.0, "config": {"train": {"base_lr": 4e-3}}}
+    long = quality_long(_records(tmp_path, [*swept, kept]))
+    assert list(long["value"]) == [5.0] and list(long["mixer"]) == ["attention"]
+
+
 def test_a_grid_cells_sample_path_relative_to_where_run_py_ran_is_found(tmp_path, monkeypatch):
     rec = raw(metric="sample_grid")[0]
     png = tmp_path / "runs" / "cells" / "ns" / "c1" / "samples.png"  # a cell's run_dir, relative to run.py's folder

@@ -32,7 +32,7 @@ KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "pea
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "superseded", "latency_wo_decode_ms",
                 "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine",
-                "autotune", "tokenizer_id", "cfg", "decode_mode")
+                "autotune", "tokenizer_id", "cfg", "decode_mode", "base_lr")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}
@@ -143,6 +143,7 @@ def flatten(rec: dict, source: str = "") -> dict:
     row["cell_id"] = rec.get("cell_id", cfg.get("cell_id"))
     row["tokenizer_id"] = tokenizer_id(rec)
     row["autotune"] = (rec.get("versions") or {}).get("triton_autotune")  # how Triton kernels were tuned, if any
+    row["base_lr"] = (cfg.get("train") or {}).get("base_lr")  # tells a learning-rate sweep's cells apart
     if rec["metric"] == "train_images_per_s":  # bench records before task.compile / param_dtype: eager, fp32
         row["compiled"] = bool(rec.get("compiled", False))
         row["param_dtype"] = rec.get("param_dtype", "fp32")

@@ -62,9 +62,22 @@ def quality_long(df: pd.DataFrame, every_tokenizer: bool = False, every_guidance
     q = q if every_tokenizer else main_tokenizer(q)
     q = q if every_guidance else fixed_guidance(q)
     unique = [*KEY, "label", "seed"] + (["tokenizer_id"] if every_tokenizer else [])
+    q = without_lr_sweeps(q, unique)
     q = q.sort_values("date", kind="stable").drop_duplicates(unique, keep="last")
     return q[[*KEY, "seed", "cell_id", "tokenizer_id", "source", "metric", "label", "family", "cfg", "value",
               "date"]]
+
+
+def without_lr_sweeps(q: pd.DataFrame, unique: list[str]) -> pd.DataFrame:
+    """`q` without the cells of a learning-rate sweep (grid=study_lr): one configuration and seed at several
+    `train.base_lr` measure the rate, not the configuration, and keeping the newest would silently show one rate's
+    result as the configuration's. `varbench.analysis.best_lr` reads them; the left-out configurations are logged."""
+    rates = q.groupby(unique, dropna=False)["base_lr"].transform("nunique")
+    swept = q[rates > 1]
+    if len(swept):
+        log.warning("quality tables leave out %d records of learning-rate sweeps (%s): best_lr reads them",
+                    len(swept), sorted(set(swept["model"].dropna())))
+    return q[rates <= 1]
 
 
 def study_of(records: pd.DataFrame) -> pd.Series:
