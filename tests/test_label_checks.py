@@ -1,5 +1,5 @@
 """The class labels are checked where reading them is free: the training step checks the loader's host tensor before
-the move, and the forward it calls (`labels_checked=True`) reads no label value, so no step waits on the device for
+the move, and the forward it calls (`inputs_checked=True`) reads no label value, so no step waits on the device for
 the check (two host syncs per step, min and max, when the forward read them there). Bad labels still get the same
 clear error, from the training step and from a plain forward, on both backbones.
 
@@ -65,12 +65,25 @@ def test_the_training_step_reads_the_labels_on_the_host_before_the_move_and_neve
     assert "read" not in EVENTS[EVENTS.index("move"):], EVENTS  # no read of the moved (device) labels
 
 
+def test_an_aim_training_step_checks_cached_ids_on_the_host_and_never_reads_them_after_the_move(vae):
+    model = models(vae)["raster"]
+    labels = torch.tensor([3, 9])
+    ids = spied([[0] * vae.layout.L] * 2)
+    assert micro_batch_loss(model, model, vae, ids, labels, torch.device("cpu"), True, None, 0.0).isfinite()
+    assert "read" in EVENTS and "move" in EVENTS
+    assert "read" not in EVENTS[EVENTS.index("move"):], EVENTS
+    bad = ids.clone()
+    bad[1, -1] = vae.vocab_size
+    with pytest.raises(ValueError, match=rf"token ids must lie in \[0, {vae.vocab_size - 1}\]"):
+        micro_batch_loss(model, model, vae, bad, labels, torch.device("cpu"), True, None, 0.0)
+
+
 @pytest.mark.parametrize("backbone", ["scale", "raster"])
 def test_a_forward_told_the_labels_are_checked_reads_none_of_their_values(vae, backbone):
     model = models(vae)[backbone]
     x = torch.randint(0, vae.vocab_size, (2, vae.layout.L)) if backbone == "raster" else \
         torch.randn(2, vae.layout.L - 1, vae.Cvae)
-    model(spied([3, 10]), x, labels_checked=True)
+    model(spied([3, 10]), x, inputs_checked=True)
     assert EVENTS == []
     model(spied([3, 10]), x)  # by default the forward checks them itself: the spy sees it
     assert "read" in EVENTS

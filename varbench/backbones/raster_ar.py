@@ -135,23 +135,26 @@ class RasterAR(nn.Module):
             raise ValueError(f"labels must be integers (B,) in [0, {self.num_classes}] ({self.num_classes} = null "
                              f"class), got shape {tuple(label_B.shape)} {label_B.dtype}")
 
-    def check_ids(self, ids_BN: torch.Tensor, batch: int) -> None:
+    def check_ids(self, ids_BN: torch.Tensor, batch: int, values: bool = True) -> None:
+        """A ValueError unless the ids are integers (batch, num_tokens) and, with `values`, in [0, vocab_size) (reads
+        them: on a device tensor, two host syncs)."""
         if ids_BN.dim() != 2 or ids_BN.shape != (batch, self.num_tokens) or ids_BN.dtype not in (torch.int32,
                                                                                                   torch.int64):
             raise ValueError(f"token ids must be integer ({batch}, num_tokens={self.num_tokens}), got "
                              f"{tuple(ids_BN.shape)} {ids_BN.dtype}")
-        if ids_BN.numel() and not (0 <= int(ids_BN.min()) and int(ids_BN.max()) < self.vocab_size):
+        if values and ids_BN.numel() and not (0 <= int(ids_BN.min()) and int(ids_BN.max()) < self.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size - 1}] (vocab_size {self.vocab_size}), got "
                              f"range [{int(ids_BN.min())}, {int(ids_BN.max())}]")
 
     # ----- teacher forcing -------------------------------------------------------------------------------------
-    def forward(self, label_B: torch.Tensor, ids_BN: torch.Tensor, *, labels_checked: bool = False) -> torch.Tensor:
+    def forward(self, label_B: torch.Tensor, ids_BN: torch.Tensor, *, inputs_checked: bool = False) -> torch.Tensor:
         """Logits (B, N, V) of every token given the class and the ground-truth tokens (the loss target is ids_BN):
         input = [class embedding, tokens 0..N-2 + positions 0..N-2] (AiM's training forward).
-        `labels_checked`: the caller ran `check_labels` (see `ScaleAR.forward`); the forward does not read them."""
-        if not labels_checked:
+        `inputs_checked`: the caller ran `check_labels`, and `check_ids` on host ids or took the ids from the
+        tokenizer (valid by construction), as the training loop does; the forward then reads no value of either."""
+        if not inputs_checked:
             self.check_labels(label_B)
-        self.check_ids(ids_BN, label_B.shape[0])
+        self.check_ids(ids_BN, label_B.shape[0], values=not inputs_checked)
         if self.training and self.cond_drop_rate > 0:
             dropped = torch.rand(label_B.shape, device=label_B.device) < self.cond_drop_rate
             label_B = torch.where(dropped, self.num_classes, label_B)

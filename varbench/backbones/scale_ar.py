@@ -101,12 +101,12 @@ class ScaleAR(nn.Module):
 
     # ----- teacher forcing -----------------------------------------------------------------------------------
     def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor, *,
-                labels_checked: bool = False) -> torch.Tensor:
+                inputs_checked: bool = False) -> torch.Tensor:
         """Logits (B, L, V) of every scale given the ground-truth inputs of scales 1..K-1
         (the tokenizer's teacher-forcing input, (B, L - 1, Cv)) and the class labels (num_classes = null).
-        `labels_checked`: the caller ran `check_labels` where the labels are cheap to read (the training loop, on
+        `inputs_checked`: the caller ran `check_labels` where the labels are cheap to read (the training loop, on
         the host before the move), so the forward does not read them back from the device (2 host syncs)."""
-        self.check_inputs(label_B, x_BLCv_wo_first_l, labels_checked)
+        self.check_inputs(label_B, x_BLCv_wo_first_l, inputs_checked)
         if self.cond_drop_rate > 0 and (self.training or self.cond_drop_in_eval):
             dropped = torch.rand(label_B.shape, device=label_B.device) < self.cond_drop_rate
             label_B = torch.where(dropped, self.num_classes, label_B)
@@ -130,14 +130,14 @@ class ScaleAR(nn.Module):
         wide = torch.float64 if x_BLC.dtype == torch.float64 else torch.float32  # promote_types would be an op
         return self.head(self.head_nm(x_BLC.to(wide), cond_BD).to(wide)).to(wide)
 
-    def check_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor, labels_checked: bool = False) -> None:
+    def check_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor, inputs_checked: bool = False) -> None:
         expected = (self.layout.L - 1, self.latent_dim)
         if x_BLCv.dim() != 3 or tuple(x_BLCv.shape[1:]) != expected:
             raise ValueError(f"teacher-forcing input must be (B, {expected[0]}, {expected[1]}), "
                              f"got {tuple(x_BLCv.shape)}")
         if label_B.shape != (x_BLCv.shape[0],):
             raise ValueError(f"labels must be ({x_BLCv.shape[0]},), got {tuple(label_B.shape)}")
-        if not labels_checked:
+        if not inputs_checked:
             self.check_labels(label_B)
 
     def check_labels(self, label_B: torch.Tensor) -> None:

@@ -121,7 +121,7 @@ def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: to
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(net(labels, x, labels_checked=True).flatten(0, 1), gt.flatten())
+            loss = torch.nn.functional.cross_entropy(net(labels, x, inputs_checked=True).flatten(0, 1), gt.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

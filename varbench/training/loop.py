@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from varbench.backbones.raster_ar import is_raster
 from varbench.data.batches import GlobalBatches, batch_loader
 from varbench.data.loading import loader_options
 from varbench.data.teacher_forcing import teacher_forcing_inputs
@@ -105,12 +106,15 @@ def compile_for_training(net: torch.nn.Module, depth: int, **options) -> torch.n
 
 def micro_batch_loss(net, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, device: torch.device,
                      from_ids: bool, amp: torch.dtype | None, label_smoothing: float) -> torch.Tensor:
-    """The loss of one micro-batch (x, labels) as the loader gives it, on the host. The labels are checked there,
-    before the move: the forward would read them back from the device, two host syncs every step."""
+    """The loss of one micro-batch (x, labels) as the loader gives it, on the host. The labels, and a raster model's
+    cached ids, are checked there, before the move: the forward would read them back from the device, two host syncs
+    each, every step (ids the tokenizer encodes are valid by construction)."""
     model.check_labels(labels)
+    if from_ids and is_raster(model):
+        model.check_ids(x, len(labels))
     gt_BL, inputs = teacher_forcing_inputs(model, tokenizer, x.to(device), from_ids)
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        logits_BLV = net(labels.to(device), inputs, labels_checked=True)
+        logits_BLV = net(labels.to(device), inputs, inputs_checked=True)
         return F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten(), label_smoothing=label_smoothing)
 
 
