@@ -3,9 +3,11 @@
 # runs until its deadline, then brings back the records and logs through $OUT, so a machine given back between calls
 # loses only the cells in flight. A later call on the same warm machine resumes: each stage is skipped once done, a
 # grid skips its finished cells. Stages, in order:
-#   tests     GPU tests that did not run (or were fixed) in session 9, each group under its own timeout (beside the rest);
 #   tokenize  token caches of the frozen tokenizers `proc` and `proc_b` (session 9's, staged in /tmp/stage/study19);
-#   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped), then `best_lr` picks each arm's learning rate (runs/s10/results/best_lr.txt);
+#   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped), then
+#             `best_lr` picks each arm's learning rate (runs/s10/results/best_lr.txt). The sweep spans sessions: once
+#             it is complete in results/, run `python -m varbench.analysis.best_lr results/gpu/h200/study19/lr` here
+#             and start the command with LR="<its output>";
 #   main      grid=study_main at those rates, 12 cells at a time in seed-major order (every arm's seed 0 first), with
 #             Inception FID-10k (weights staged in /tmp/stage/inception), then grid=study_tokenizer on `proc_b`.
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10).
@@ -41,28 +43,20 @@ grid_until_deadline() {  # name, overrides...: one grid, stopped 25 s before the
   fi
   wait $pid; log "$1 ended rc=$?"; touch $R/$1.done   # failed cells are recorded; rerunning retries only those
 }
-lane_tests() {
-  [ -f $R/gpu_tests.done ] && return 0
-  local q=(-q --no-header -p no:cacheprovider) j=$R/gpu_tests.jsonl
-  timeout 150 python benchmarks/gpu_tests.py $j --autotune first -- "${q[@]}" tests/ops/test_selective_scan_custom_op.py
-  timeout 150 python benchmarks/gpu_tests.py $j --autotune first -- "${q[@]}" tests/ops/test_ssd*.py
-  timeout 150 python benchmarks/gpu_tests.py $j --autotune first -- "${q[@]}" tests/ops/test_mamba2_fused_custom_op.py \
-    tests/test_label_checks.py tests/test_fast_decode.py \
-    "tests/test_compile.py::test_on_cuda_the_training_step_on_the_gpu_kernels_is_one_graph"
-  touch $R/gpu_tests.done
-}
 lane_study() {
   stage_tokenizers || { log "tokenize failed"; return 1; }
   # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
   for g in lr main_proc; do d=results/gpu/h200/study19/$g/cells; [ -d $d ] && mkdir -p $R/$g && cp -rn $d $R/$g/; done
   grid_until_deadline lr grid=study_lr cluster=local_parallel cluster.jobs=12 $(frozen proc) results_dir=$R/lr || return 1
-  [ -s $R/best_lr.txt ] || python -m varbench.analysis.best_lr $R/lr > $R/best_lr.txt || return 1
-  log "best lr: $(cat $R/best_lr.txt)"
-  local M=(grid=study_main cluster=local_parallel cluster.jobs=12 $(frozen proc) $(cat $R/best_lr.txt)
-           "${FID[@]}" results_dir=$R/main_proc)
+  if [ -z "${LR:-}" ]; then  # the sweep ran whole on this machine; else LR comes from the command line
+    [ -s $R/best_lr.txt ] || python -m varbench.analysis.best_lr $R/lr > $R/best_lr.txt || return 1
+    LR=$(cat $R/best_lr.txt)
+  fi
+  log "learning rates: $LR"
+  local M=(grid=study_main cluster=local_parallel cluster.jobs=12 $(frozen proc) $LR "${FID[@]}" results_dir=$R/main_proc)
   grid_until_deadline main "${M[@]}" || return 1
-  grid_until_deadline tokenizer_b grid=study_tokenizer cluster=local_parallel cluster.jobs=6 $(frozen proc_b) \
-    $(cat $R/best_lr.txt) "${FID[@]}" results_dir=$R/main_proc
+  grid_until_deadline tokenizer_b grid=study_tokenizer cluster=local_parallel cluster.jobs=6 $(frozen proc_b) $LR \
+    "${FID[@]}" results_dir=$R/main_proc
 }
 collect() {
   for d in $R/*/; do n=$(basename "$d")  # each cell's sample grid beside its records (the report's sheet)
@@ -73,10 +67,7 @@ collect() {
 }
 
 log "start, $(left) s"
-lane_tests > $L/tests.log 2>&1 & T1=$!
-lane_study > $L/study.log 2>&1 & T2=$!
-for p in $T1 $T2; do
-  while kill -0 $p 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 3; done
-  kill -0 $p 2>/dev/null && { log "lane $p cut"; pkill -TERM -P $p; }
-done
-wait; log "lanes ended"; tail -n 5 $L/tests.log; collect
+lane_study > $L/study.log 2>&1 & T=$!
+while kill -0 $T 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 3; done
+kill -0 $T 2>/dev/null && { log "study cut"; pkill -TERM -P $T; }
+wait; log "study ended"; collect
