@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # Issue 19's procedural study on one H200, in foreground device calls that each return what they made: every call
 # runs until its deadline, then brings back the records and logs through $OUT, so a machine given back between calls
-# loses only the cells in flight. A later call on the same warm machine resumes: each stage is skipped once done, a
-# grid skips its finished cells. Stages, in order:
-#   tokenize  token caches of the frozen tokenizers `proc` and `proc_b` (session 9's, staged in /tmp/stage/study19);
+# loses only the cells in flight (a cell cut at the deadline resumes from its last checkpoint if the next call finds
+# the machine warm). A later call on the same warm machine resumes: each stage is skipped once done, a grid skips its
+# finished cells. Stages, in order:
+#   tokenizers  the frozen tokenizers `proc` (tokenizer_seed 0) and `proc_b` (seed 1): taken from runs/study19 (a warm
+#             machine) or /tmp/stage/study19 (a staging call), else trained side by side when TRAIN_TOKENIZERS=1 is
+#             set (and then also copied to $OUT: bring them back, they are the study's definition), else the call
+#             stops: a study tokenizer is never retrained silently; then their token caches;
 #   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped), then
-#             `best_lr` picks each arm's learning rate (runs/s10/results/best_lr.txt). The sweep spans sessions: once
+#             `best_lr` picks each arm's learning rate (runs/s12/results/best_lr.txt). The sweep spans calls: once
 #             it is complete in results/, run `python -m varbench.analysis.best_lr results/gpu/h200/study19/lr` here
 #             and start the command with LR="<its output>";
 #   main      grid=study_main at those rates, 12 cells at a time in seed-major order (every arm's seed 0 first), with
 #             Inception FID-10k (weights staged in /tmp/stage/inception), then grid=study_tokenizer on `proc_b`.
-# 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10).
-# Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_study19.sh SECONDS      (OUT set by the device tool)
-# Staging: the tokenizers and Inception weights do not fit in one call with the wheels, and a machine is warm for 30 s
-# after a call: make the two staging calls of benchmarks/gpu_study_plan.md back to back right before each work call.
+# 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
+# the machine has it (several processes' kernels then run at once instead of taking turns); the driver log says
+# whether it ran, and samples the GPU's utilisation every 30 s.
+# Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS=1] [LR=...] bash benchmarks/gpu_study19.sh SECONDS
+# Staging (see benchmarks/gpu_study_plan.md): a machine is warm for 30 s after a call; on a fresh machine the
+# tokenizers and the Inception weights travel in staging calls made back to back right before the work call.
 set -u -o pipefail
 END=$((SECONDS + ${1:?seconds}))
-S=runs/study19; R=runs/s10/results; L=runs/s10/logs; mkdir -p $S $R $L
+S=runs/study19; R=runs/s12/results; L=runs/s12/logs; mkdir -p $S $R $L
 PROC="data.size_per_class=640"
 INC=/tmp/stage/inception/inception.part1of2.safetensors
 FID=(+task.overrides.evaluate.inception_fid=true +task.overrides.evaluate.inception_weights=$INC)
@@ -24,13 +30,43 @@ log() { echo "$(date +%T) $*" | tee -a $L/driver.log; }
 left() { echo $((END - SECONDS)); }
 frozen() { echo "tokenizer.checkpoint=$S/$1/tokenizer/tokenizer.safetensors train.token_cache=$S/$1/token_cache/train $PROC"; }
 
-stage_tokenizers() {  # session 9's tokenizers, carried in the staging calls
+train_tokenizer() {  # name, tokenizer seed: the recipe of session 9's study tokenizers (2,000 steps at 64 px)
+  python run.py task=train_tokenizer run_dir=$S/$1 task.steps=2000 task.batch_size=32 task.amp=bf16 \
+    task.progress=false tokenizer_seed=$2 tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] $PROC \
+    results_dir=$R/tok_$1 autotune=first >> $L/tok_$1.log 2>&1 && touch $S/$1/trained_here
+}
+stage_tokenizers() {
+  local n seed=0 pids=()
   for n in proc proc_b; do
-    [ -f $S/$n/tokenizer/tokenizer.safetensors ] || { mkdir -p $S/$n && cp -r /tmp/stage/study19/$n/tokenizer $S/$n/; }
+    if [ ! -f $S/$n/tokenizer/tokenizer.safetensors ]; then
+      if [ -f /tmp/stage/study19/$n/tokenizer/tokenizer.safetensors ]; then
+        mkdir -p $S/$n && cp -r /tmp/stage/study19/$n/tokenizer $S/$n/
+      elif [ "${TRAIN_TOKENIZERS:-0}" = 1 ]; then
+        log "training tokenizer $n"; train_tokenizer $n $seed & pids+=($!)
+      else
+        log "tokenizer $n is neither here nor staged, and TRAIN_TOKENIZERS is not set"; return 1
+      fi
+    fi
+    seed=$((seed + 1))
+  done
+  for p in "${pids[@]}"; do wait $p || return 1; done
+  for n in proc proc_b; do
     [ -f $S/$n/tokenized ] || { python run.py task=tokenize run_dir=$S/$n \
       tokenizer.checkpoint=$S/$n/tokenizer/tokenizer.safetensors tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] $PROC \
       results_dir=$R/tok_$n autotune=first && touch $S/$n/tokenized; } || return 1
   done
+}
+start_mps() {  # CUDA MPS, when the machine has it and a CUDA context opens through it; else the cells take turns
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  if command -v nvidia-cuda-mps-control > /dev/null; then
+    nvidia-cuda-mps-control -d 2>/dev/null  # a warm machine's daemon is still running: then this fails, harmlessly
+    if timeout 60 python -c "import torch; assert torch.ones(2, device='cuda').sum().item() == 2"; then
+      log "mps: on"; return
+    fi
+    echo quit | nvidia-cuda-mps-control
+  fi
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; log "mps: off (not available here)"
 }
 grid_until_deadline() {  # name, overrides...: one grid, stopped 25 s before the deadline; done marker if it ended
   [ -f $R/$1.done ] && return 0
@@ -62,12 +98,18 @@ collect() {
   for d in $R/*/; do n=$(basename "$d")  # each cell's sample grid beside its records (the report's sheet)
     for f in runs/cells/$n-*/*/samples.png; do [ -f "$f" ] || continue; mkdir -p "$d/$(dirname "$f")" && cp "$f" "$d/$f"; done
   done
-  tar czf "$OUT/records.tar.gz" -C runs/s10 results && tar czf "$OUT/logs.tar.gz" -C runs/s10 logs
+  tar czf "$OUT/records.tar.gz" -C runs/s12 results && tar czf "$OUT/logs.tar.gz" -C runs/s12 logs
+  for n in proc proc_b; do  # a tokenizer trained on this machine goes back (16 MiB per file at most)
+    [ -f $S/$n/trained_here ] && cp $S/$n/tokenizer/tokenizer.safetensors "$OUT/tokenizer_$n.safetensors" && rm $S/$n/trained_here
+  done
   ls -la "$OUT"
 }
 
 log "start, $(left) s"
+start_mps
+while sleep 30; do log "gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"; done &
+U=$!
 lane_study > $L/study.log 2>&1 & T=$!
 while kill -0 $T 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 3; done
 kill -0 $T 2>/dev/null && { log "study cut"; pkill -TERM -P $T; }
-wait; log "study ended"; collect
+kill $U; wait; log "study ended"; collect

@@ -41,6 +41,16 @@ def test_editing_a_yaml_default_changes_the_cell_id():
     assert grid.cell_id(cfg) != before
 
 
+def test_a_tokenizer_retrained_into_the_same_path_gives_its_cells_new_ids(tmp_path):
+    checkpoint = tmp_path / "tokenizer.safetensors"
+    checkpoint.write_bytes(b"weights of the first tokenizer")
+    cfg = _composed("mixer=gla", "seed=0", f"tokenizer.checkpoint={checkpoint}")
+    first = grid.cell_id(cfg)
+    assert first == grid.cell_id(cfg)
+    checkpoint.write_bytes(b"weights of a retrained tokenizer")  # same path, other content: another tokenizer
+    assert grid.cell_id(cfg) != first
+
+
 def test_each_results_dir_has_its_own_cell_folders(tmp_path):
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
         a, b = (compose(config_name="config", overrides=["grid=mixers_tiny", f"results_dir={tmp_path / r}"],

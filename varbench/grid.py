@@ -2,7 +2,8 @@
 
 A cell is one job of a sweep. Its id is a short hash of its composed config (every default and override, before
 interpolations are resolved; `hydra`, the cluster it ran on, `results_dir`, `run_dir`, `cell_id` and `dry_run` left
-out: they do not change what it computes), so a re-run of the grid, a requeued Slurm job and a dry run all name the
+out: they do not change what it computes; a given `tokenizer.checkpoint` enters by its content, `tokenizer_id`, as well
+as its path), so a re-run of the grid, a requeued Slurm job and a dry run all name the
 same cell the same way, and editing a YAML default gives the affected cells new ids. A cell's folder (its Hydra
 output dir and its run_dir: checkpoints, samples, logs) is `runs/cells/<results namespace>/<cell_id>` (set by the grid
 files), so a re-run resumes, and a grid recording into another results_dir never reuses these checkpoints. Markers
@@ -29,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from varbench.utils.log import get_logger, is_rank_zero, job_logging
+from varbench.utils.run_spec import file_id
 
 log = get_logger(__name__)
 
@@ -56,6 +58,11 @@ def cell_id(cfg: DictConfig) -> str:
     hashed as written: the values they read are hashed too, and `run_dir` reads the id itself."""
     container = OmegaConf.to_container(cfg, resolve=False)
     identity = {k: v for k, v in container.items() if k not in NOT_IDENTITY}
+    checkpoint = (container.get("tokenizer") or {}).get("checkpoint")
+    if isinstance(checkpoint, str) and Path(checkpoint).is_file():
+        # a tokenizer retrained into the same path is another tokenizer: its cells must not find the old cells' done
+        # markers (issue 19: the study tokenizers retrained in session 12 have the lost ones' paths and other weights)
+        identity["tokenizer_id"] = file_id(checkpoint)
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
