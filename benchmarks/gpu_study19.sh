@@ -4,10 +4,11 @@
 # loses only the cells in flight (a cell cut at the deadline resumes from its last checkpoint if the next call finds
 # the machine warm). A later call on the same warm machine resumes: each stage is skipped once done, a grid skips its
 # finished cells. Stages, in order:
-#   tokenizers  the frozen tokenizers `proc` (tokenizer_seed 0) and `proc_b` (seed 1): taken from runs/study19 (a warm
-#             machine) or /tmp/stage/study19 (a staging call), else trained side by side when TRAIN_TOKENIZERS=1 is
-#             set (and then also copied to $OUT: bring them back, they are the study's definition), else the call
-#             stops: a study tokenizer is never retrained silently; then their token caches;
+#   tokenizers  the frozen tokenizers `proc` (tokenizer_seed 0) and `proc_b` (seed 1), committed under
+#             results/gpu/h200/study19/tokenizers (checked against its SHA256SUMS): taken from runs/study19 (a warm
+#             machine), /tmp/stage/study19 (a staging call) or the tree, else trained side by side when
+#             TRAIN_TOKENIZERS=1 is set (and then copied to $OUT: commit them, they define the study), else the
+#             call stops: a study tokenizer is never retrained silently; then their token caches;
 #   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped), then
 #             `best_lr` picks each arm's learning rate (runs/s12/results/best_lr.txt). The sweep spans calls: once
 #             it is complete in results/, run `python -m varbench.analysis.best_lr results/gpu/h200/study19/lr` here
@@ -24,6 +25,7 @@ set -u -o pipefail
 END=$((SECONDS + ${1:?seconds}))
 S=runs/study19; R=runs/s12/results; L=runs/s12/logs; mkdir -p $S $R $L
 PROC="data.size_per_class=640"
+TOKENIZERS=results/gpu/h200/study19/tokenizers; SUMS=$TOKENIZERS/SHA256SUMS  # session 12's, committed
 INC=/tmp/stage/inception/inception.part1of2.safetensors
 FID=(+task.overrides.evaluate.inception_fid=true +task.overrides.evaluate.inception_weights=$INC)
 log() { echo "$(date +%T) $*" | tee -a $L/driver.log; }
@@ -39,8 +41,13 @@ stage_tokenizers() {
   local n seed=0 pids=()
   for n in proc proc_b; do
     if [ ! -f $S/$n/tokenizer/tokenizer.safetensors ]; then
-      if [ -f /tmp/stage/study19/$n/tokenizer/tokenizer.safetensors ]; then
-        mkdir -p $S/$n && cp -r /tmp/stage/study19/$n/tokenizer $S/$n/
+      local staged=/tmp/stage/study19/$n/tokenizer/tokenizer.safetensors
+      [ -f $staged ] || staged=$TOKENIZERS/$n.safetensors  # a tree that travelled with results/ in it
+      if [ -f $staged ]; then
+        mkdir -p $S/$n/tokenizer && cp $staged $S/$n/tokenizer/tokenizer.safetensors
+        # the committed sums name the study's tokenizers: another file under their name stops the call
+        (cd $S/$n/tokenizer && grep " $n.safetensors\$" "$OLDPWD/$SUMS" | sed "s/$n.safetensors/tokenizer.safetensors/" \
+          | sha256sum -c --quiet) || { log "tokenizer $n is not the committed one ($SUMS)"; rm -r $S/$n; return 1; }
       elif [ "${TRAIN_TOKENIZERS:-0}" = 1 ]; then
         log "training tokenizer $n"; train_tokenizer $n $seed & pids+=($!)
       else

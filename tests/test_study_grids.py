@@ -57,11 +57,11 @@ def test_main_grid_has_every_arm_with_five_or_three_seeds_and_its_own_learning_r
     assert cfg.train.base_lr == 8.0e-3
 
 
-def test_lr_grid_sweeps_three_learning_rates_on_one_seed_for_every_arm():
+def test_lr_grid_sweeps_four_learning_rates_on_one_seed_for_every_arm():
     cells = _cells("study_lr")
     per_arm = Counter((c["mixer"], c["intra"]) for c in cells if c.get("mixer.backend") is None)
-    assert set(per_arm) == ARMS and set(per_arm.values()) == {3}
-    assert {c["seed"] for c in cells} == {"0"} and len({c["train.base_lr"] for c in cells}) == 3
+    assert set(per_arm) == ARMS and set(per_arm.values()) == {4}
+    assert {c["seed"] for c in cells} == {"0"} and len({c["train.base_lr"] for c in cells}) == 4
 
 
 def test_flops_grid_arms_train_within_three_percent_of_var_s_budget():

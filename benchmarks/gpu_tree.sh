@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The tree a GPU work call carries must stay under 64 MiB with the 63 MB of wheels in .whl/: results/ (21 MB, and
+# the study's two tokenizers, 24 MB) waits in /tmp/hold during the call. Kept in the tree: what the study script
+# reads, the done markers of imported cells (benchmarks/gpu_study19.sh skips them) and the tokenizers' SHA256SUMS.
+#   bash benchmarks/gpu_tree.sh out      before the work call (also writes .commit: records name the commit)
+#   bash benchmarks/gpu_tree.sh back     after it, before importing its records (never `git add -A` in between)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HOLD=/tmp/hold; STUDY=gpu/h200/study19
+case "${1:?out or back}" in
+  out)
+    [ -e $HOLD ] && { echo "$HOLD exists: results/ may already be out" >&2; exit 1; }
+    git rev-parse HEAD > .commit
+    mv results $HOLD
+    mkdir -p results/$STUDY/tokenizers
+    cp $HOLD/$STUDY/tokenizers/SHA256SUMS results/$STUDY/tokenizers/
+    for g in $HOLD/$STUDY/*/cells; do mkdir -p "results/$STUDY/$(basename "$(dirname "$g")")" && cp -r "$g" "$_"; done
+    ;;
+  back)
+    [ -d $HOLD ] || { echo "no $HOLD to bring back" >&2; exit 1; }
+    rm -rf results && mv $HOLD results
+    ;;
+esac
