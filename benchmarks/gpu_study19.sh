@@ -18,13 +18,18 @@
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
 # the machine has it (several processes' kernels then run at once instead of taking turns); the driver log says
 # whether it ran, and samples the GPU's utilisation every 30 s.
-# Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS=1] [LR=...] bash benchmarks/gpu_study19.sh SECONDS
+#   cifar     with CIFAR_TOKENIZER=1, beside the rest: the CIFAR-10 tokenizer `cifar` (tokenizer_seed 0; the archive of
+#             ../shared/data staged as /tmp/stage/cifar10_jpg.tar.gz or carried as .stage/) and its token cache; the
+#             tokenizer comes back in $OUT (commit it beside the others, with its sum).
+# Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS=1] [CIFAR_TOKENIZER=1] [LR=...] bash benchmarks/gpu_study19.sh SECONDS
 # Staging (see benchmarks/gpu_study_plan.md): a machine is warm for 30 s after a call; on a fresh machine the
 # tokenizers and the Inception weights travel in staging calls made back to back right before the work call.
 set -u -o pipefail
 END=$((SECONDS + ${1:?seconds}))
 S=runs/study19; R=runs/s12/results; L=runs/s12/logs; mkdir -p $S $R $L
 PROC="data.size_per_class=640"
+# CIFAR-10's JPEG re-encodes (../shared/data/README.md), test/ as val/, at the study's 64 px without a random crop
+CIFAR="data=folder data.root=$S/cifar10_jpg data.num_classes=10 data.crop=center"
 TOKENIZERS=results/gpu/h200/study19/tokenizers; SUMS=$TOKENIZERS/SHA256SUMS  # session 12's, committed
 INC=/tmp/stage/inception/inception.part1of2.safetensors
 FID=(+task.overrides.evaluate.inception_fid=true +task.overrides.evaluate.inception_weights=$INC)
@@ -32,9 +37,9 @@ log() { echo "$(date +%T) $*" | tee -a $L/driver.log; }
 left() { echo $((END - SECONDS)); }
 frozen() { echo "tokenizer.checkpoint=$S/$1/tokenizer/tokenizer.safetensors train.token_cache=$S/$1/token_cache/train $PROC"; }
 
-train_tokenizer() {  # name, tokenizer seed: the recipe of session 9's study tokenizers (2,000 steps at 64 px)
+train_tokenizer() {  # name, tokenizer seed, data overrides: the study tokenizers' recipe (2,000 steps at 64 px)
   python run.py task=train_tokenizer run_dir=$S/$1 task.steps=2000 task.batch_size=32 task.amp=bf16 \
-    task.progress=false tokenizer_seed=$2 tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] $PROC \
+    task.progress=false tokenizer_seed=$2 tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] ${3:-$PROC} \
     results_dir=$R/tok_$1 autotune=first >> $L/tok_$1.log 2>&1 && touch $S/$1/trained_here
 }
 stage_tokenizers() {
@@ -62,6 +67,17 @@ stage_tokenizers() {
       tokenizer.checkpoint=$S/$n/tokenizer/tokenizer.safetensors tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] $PROC \
       results_dir=$R/tok_$n autotune=first && touch $S/$n/tokenized; } || return 1
   done
+}
+lane_cifar() {  # CIFAR_TOKENIZER=1: the real-data tokenizer `cifar` and its token cache, beside the study
+  local archive=/tmp/stage/cifar10_jpg.tar.gz
+  [ -f $S/cifar/tokenized ] && return 0
+  [ -d $S/cifar10_jpg ] || { [ -f $archive ] || archive=.stage/cifar10_jpg.tar.gz
+    tar xzf $archive -C $S && mv $S/cifar10_jpg/test $S/cifar10_jpg/val; } || { log "no CIFAR archive staged"; return 1; }
+  [ -f $S/cifar/tokenizer/tokenizer.safetensors ] || { log "training tokenizer cifar"; train_tokenizer cifar 0 "$CIFAR"; } \
+    || return 1
+  python run.py task=tokenize run_dir=$S/cifar tokenizer.checkpoint=$S/cifar/tokenizer/tokenizer.safetensors \
+    tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] $CIFAR results_dir=$R/tok_cifar autotune=first \
+    && touch $S/cifar/tokenized && log "tokenizer cifar and its cache done"
 }
 start_mps() {  # CUDA MPS, when the machine has it and a CUDA context opens through it; else the cells take turns
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
@@ -106,7 +122,7 @@ collect() {
     for f in runs/cells/$n-*/*/samples.png; do [ -f "$f" ] || continue; mkdir -p "$d/$(dirname "$f")" && cp "$f" "$d/$f"; done
   done
   tar czf "$OUT/records.tar.gz" -C runs/s12 results && tar czf "$OUT/logs.tar.gz" -C runs/s12 logs
-  for n in proc proc_b; do  # a tokenizer trained on this machine goes back (16 MiB per file at most)
+  for n in proc proc_b cifar; do  # a tokenizer trained on this machine goes back (16 MiB per file at most)
     [ -f $S/$n/trained_here ] && cp $S/$n/tokenizer/tokenizer.safetensors "$OUT/tokenizer_$n.safetensors" && rm $S/$n/trained_here
   done
   ls -la "$OUT"
@@ -116,7 +132,10 @@ log "start, $(left) s"
 start_mps
 while sleep 30; do log "gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"; done &
 U=$!
+[ "${CIFAR_TOKENIZER:-0}" = 1 ] && { lane_cifar > $L/cifar.log 2>&1 & C=$!; }
 lane_study > $L/study.log 2>&1 & T=$!
-while kill -0 $T 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 3; done
-kill -0 $T 2>/dev/null && { log "study cut"; pkill -TERM -P $T; }
+for p in $T ${C:-}; do
+  while kill -0 $p 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 3; done
+  kill -0 $p 2>/dev/null && { log "lane $p cut"; pkill -TERM -P $p; }
+done
 kill $U; wait; log "study ended"; collect

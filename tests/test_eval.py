@@ -270,7 +270,13 @@ def test_evaluate_task_records_every_metric(tmp_path):
                and r["tokenizer_sha256"] == file_sha256(tokenizer_file) for r in records.values())
     assert set(records) == {"embedded_fd", "class_accuracy", "classifier_val_accuracy", "classifier_score",
                             "embedded_kd", "embedded_precision", "embedded_recall", "val_nll", "train_nll",
-                            "embedded_fd_floor", "embedded_fd_recon", "nn_distance_ratio"}
+                            "embedded_fd_floor", "embedded_fd_recon", "nn_distance_ratio", "evaluate_seconds"}
+    # where the evaluation's time went, part by part, within its total
+    timing = records.pop("evaluate_seconds")
+    assert set(timing["parts_s"]) == {"sample", "classifier", "kd_precision_recall", "memorisation", "floor_recon",
+                                      "val_nll", "train_nll"}  # no Inception FID asked for
+    assert timing["unit"] == "s" and 0 < sum(timing["parts_s"].values()) <= timing["value"] + 0.01
+    assert out["parts_s"] == timing["parts_s"]
     # train images vs val: the floor; an untrained tokenizer's reconstructions of them are far worse
     assert records["embedded_fd_recon"]["value"] > records["embedded_fd_floor"]["value"]
     assert records["embedded_fd_floor"]["floor_split"].startswith("EmbeddedShapes(split=train")

@@ -43,6 +43,7 @@ tokenizer_checkpoint with their sha256.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,19 @@ class UInt8Images(Dataset):
         return self.dataset[i][0].add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+class PartSeconds(dict):
+    """Wall seconds per part of an evaluation, recorded as `evaluate_seconds` (session 12 saw the GPU stand idle
+    for most of a study cell's evaluation: these say which part holds it)."""
+
+    @contextmanager
+    def __call__(self, part: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[part] = self.get(part, 0.0) + time.perf_counter() - start
+
+
 def resolve_suite(cfg: DictConfig) -> str:
     """"adm" or "project"; auto picks adm when a reference batch is configured and refuses to guess for 1000 classes."""
     suite = cfg.task.suite
@@ -106,12 +120,14 @@ def project_classifier(cfg: DictConfig, device) -> tuple[clf.Classifier, dict, P
                                  width=t.classifier_width, seed=t.classifier_seed)
 
 
-def project_metrics(cfg: DictConfig, npz, device, tokenizer) -> list[tuple[str, float, str, dict]]:
+def project_metrics(cfg: DictConfig, npz, device, tokenizer,
+                    seconds: PartSeconds) -> list[tuple[str, float, str, dict]]:
     """(metric, value, unit, fields) of the project suite, its floor / tokenizer rows (train images vs val), and
-    Inception's rows when task.inception_fid."""
-    model, meta, path = project_classifier(cfg, device)
-    val = build_dataset(cfg, "val")
-    f_val, logits_val, labels_val = clf.classify_dataset(model, val)
+    Inception's rows when task.inception_fid; each part's time into `seconds`."""
+    with seconds("classifier"):
+        model, meta, path = project_classifier(cfg, device)
+        val = build_dataset(cfg, "val")
+        f_val, logits_val, labels_val = clf.classify_dataset(model, val)
     val_accuracy = clf.accuracy(logits_val, labels_val)
     if val_accuracy < cfg.task.classifier_min_val_accuracy:  # its class accuracy / features would mean little
         raise ValueError(f"the project classifier {path} reaches only {val_accuracy:.3f} val accuracy (< task."
@@ -119,21 +135,29 @@ def project_metrics(cfg: DictConfig, npz, device, tokenizer) -> list[tuple[str, 
                          f"(task.classifier_steps) or lower the threshold knowingly")
     images_NHW3, labels_N = load_adm_npz(npz)
     x_N3HW = torch.from_numpy(np.array(images_NHW3)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    f_sample, logits_sample = clf.classify(model, x_N3HW)
+    with seconds("classifier"):
+        f_sample, logits_sample = clf.classify(model, x_N3HW)
     extractor = f"{clf.FIDELITY_NAME}/{path.stem}"
     fields = {"feature_extractor": extractor, "reference": val.describe(), "classifier": str(path)}
-    tf = fidelity_metrics(npz, UInt8Images(val), feature_extractor=clf.register_with_fidelity(), weights_path=path,
-                          device=device, isc=True, kid=True, prc=True, isc_splits=1, save_cpu_ram=True)
+    with seconds("kd_precision_recall"):
+        tf = fidelity_metrics(npz, UInt8Images(val), feature_extractor=clf.register_with_fidelity(), weights_path=path,
+                              device=device, isc=True, kid=True, prc=True, isc_splits=1, save_cpu_ram=True)
     t, train = cfg.task, build_dataset(cfg, "train")
     floor_images, train_images = t.floor_images, t.memorisation_train_images
-    rows = inception_rows(npz, UInt8Images(val), train, tokenizer, weights=t.inception_weights, device=device,
-                          batch_size=t.fidelity_batch_size, floor_images=floor_images, train_set=train,
-                          train_images=train_images, train_cache=t.memorisation_cache) if t.inception_fid else []
-    rows += memorisation_rows(f_sample, f_val, train, lambda x: clf.classify(model, x)[0], train_images,
-                              t.fidelity_batch_size, device, fields)
+    rows = []
+    if t.inception_fid:
+        with seconds("inception"):
+            rows = inception_rows(npz, UInt8Images(val), train, tokenizer, weights=t.inception_weights, device=device,
+                                  batch_size=t.fidelity_batch_size, floor_images=floor_images, train_set=train,
+                                  train_images=train_images, train_cache=t.memorisation_cache)
+    with seconds("memorisation"):
+        rows += memorisation_rows(f_sample, f_val, train, lambda x: clf.classify(model, x)[0], train_images,
+                                  t.fidelity_batch_size, device, fields)
     if floor_images != 0:
-        real, recon = real_and_reconstructed_features(train, tokenizer, lambda x: clf.classify(model, x)[0],
-                                                      floor_images or len(images_NHW3), cfg.task.batch_size, device)
+        with seconds("floor_recon"):
+            real, recon = real_and_reconstructed_features(train, tokenizer, lambda x: clf.classify(model, x)[0],
+                                                          floor_images or len(images_NHW3), cfg.task.batch_size,
+                                                          device)
         rows += floor_and_recon_rows("embedded_fd", real, recon, *feature_statistics(f_val),
                                      {**fields, "floor_split": train.describe()})
     return rows + [
@@ -148,15 +172,16 @@ def project_metrics(cfg: DictConfig, npz, device, tokenizer) -> list[tuple[str, 
     ]
 
 
-def adm_metrics(cfg: DictConfig, npz, device, tokenizer) -> list[tuple[str, float, str, dict]]:
+def adm_metrics(cfg: DictConfig, npz, device, tokenizer, seconds: PartSeconds) -> list[tuple[str, float, str, dict]]:
     """(metric, value, unit, fields) of the ADM / ImageNet suite: Inception FID against the reference batch's
     mu / sigma, precision / recall against its images, and the floor / tokenizer rows of val images."""
     t = cfg.task
     if not t.get("adm_reference"):
         raise ValueError("the adm suite needs task.adm_reference (a local file; nothing is downloaded)")
     floor_set = build_dataset(cfg, "val") if t.floor_images != 0 else None
-    return inception_rows(npz, str(t.adm_reference), floor_set, tokenizer, weights=t.inception_weights,
-                          device=device, batch_size=t.fidelity_batch_size, floor_images=t.floor_images)
+    with seconds("inception"):
+        return inception_rows(npz, str(t.adm_reference), floor_set, tokenizer, weights=t.inception_weights,
+                              device=device, batch_size=t.fidelity_batch_size, floor_images=t.floor_images)
 
 
 def main(cfg: DictConfig) -> dict:
@@ -176,11 +201,13 @@ def main(cfg: DictConfig) -> dict:
                                   tag={"checkpoint_sha256": run.checkpoint_sha256,
                                        "tokenizer_sha256": run.tokenizer_sha256, "precision": t.precision})
     sample_seconds = time.perf_counter() - start
-    metrics = (adm_metrics if suite == "adm" else project_metrics)(cfg, samples["npz"], device, tokenizer)
+    seconds = PartSeconds(sample=sample_seconds)
+    metrics = (adm_metrics if suite == "adm" else project_metrics)(cfg, samples["npz"], device, tokenizer, seconds)
     for split in ("val", "train"):
         if max_images := t[f"{split}_nll_images"]:
             data = build_dataset(cfg, split)
-            nll, n = teacher_forced_nll(model, tokenizer, data, device, t.batch_size, max_images, t.precision)
+            with seconds(f"{split}_nll"):
+                nll, n = teacher_forced_nll(model, tokenizer, data, device, t.batch_size, max_images, t.precision)
             metrics.append((f"{split}_nll", nll, "nats/token", {
                 "num_samples": n, "reference": data.describe(),
                 "items": f"{n} of {len(data)}, drawn with seed 0 (varbench.eval.likelihood.scored_items)"}))
@@ -190,5 +217,8 @@ def main(cfg: DictConfig) -> dict:
     out = Path(cfg.results_dir) / "evaluate.jsonl"
     for name, value, unit, fields in metrics:
         record(out, name, value, unit, config=cfg, device=device, **{**common, **fields})  # fields win
+    parts_s = {part: round(s, 3) for part, s in seconds.items()}
+    record(out, "evaluate_seconds", time.perf_counter() - start, "s", config=cfg, device=device, parts_s=parts_s,
+           **common)
     return {"suite": suite, "samples": samples, "sample_seconds": sample_seconds, "cfg": preset.cfg,
-            **{name: value for name, value, _, _ in metrics}}
+            "parts_s": parts_s, **{name: value for name, value, _, _ in metrics}}
