@@ -9,10 +9,10 @@
 #             machine), /tmp/stage/study19 (a staging call) or the tree, else trained side by side when
 #             TRAIN_TOKENIZERS=1 is set (and then copied to $OUT: commit them, they define the study), else the
 #             call stops: a study tokenizer is never retrained silently; then their token caches;
-#   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped), then
-#             `best_lr` picks each arm's learning rate (runs/s12/results/best_lr.txt). The sweep spans calls: once
-#             it is complete in results/, run `python -m varbench.analysis.best_lr results/gpu/h200/study19/lr` here
-#             and start the command with LR="<its output>";
+#   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped). The sweep
+#             spans calls: once it is complete and imported, run `python -m varbench.analysis.best_lr
+#             results/gpu/h200/study19/lr` here and start the work command with LR="<its output>" (without LR the
+#             call ends after the sweep);
 #   main      grid=study_main at those rates, 12 cells at a time in seed-major order (every arm's seed 0 first), with
 #             Inception FID-10k (weights staged in /tmp/stage/inception), then grid=study_tokenizer on `proc_b`.
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
@@ -107,10 +107,11 @@ lane_study() {
   # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
   for g in lr main_proc; do d=results/gpu/h200/study19/$g/cells; [ -d $d ] && mkdir -p $R/$g && cp -rn $d $R/$g/; done
   grid_until_deadline lr grid=study_lr cluster=local_parallel cluster.jobs=12 $(frozen proc) results_dir=$R/lr || return 1
-  if [ -z "${LR:-}" ]; then  # the sweep ran whole on this machine; else LR comes from the command line
-    [ -s $R/best_lr.txt ] || python -m varbench.analysis.best_lr $R/lr > $R/best_lr.txt || return 1
-    LR=$(cat $R/best_lr.txt)
-  fi
+  # the rates come from the whole sweep's records, which only the tree here holds once imported: never from the
+  # cells this machine ran (a part of the sweep would pick a wrong best rate without a word)
+  [ -n "${LR:-}" ] || { log "lr done; main waits for LR=\"\$(python -m varbench.analysis.best_lr" \
+    "results/gpu/h200/study19/lr)\" after the import"; return 0; }
+  [ -f $INC ] || { log "main not started: no Inception weights staged at $INC"; return 1; }
   log "learning rates: $LR"
   local M=(grid=study_main cluster=local_parallel cluster.jobs=12 $(frozen proc) $LR "${FID[@]}" results_dir=$R/main_proc)
   grid_until_deadline main "${M[@]}" || return 1
