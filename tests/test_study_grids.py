@@ -57,11 +57,17 @@ def test_main_grid_has_every_arm_with_five_or_three_seeds_and_its_own_learning_r
     assert cfg.train.base_lr == 8.0e-3
 
 
-def test_lr_grid_sweeps_four_learning_rates_on_one_seed_for_every_arm():
+def test_lr_grid_sweeps_four_learning_rates_on_one_seed_for_every_arm_and_a_fifth_beyond_an_edge():
     cells = _cells("study_lr")
-    per_arm = Counter((c["mixer"], c["intra"]) for c in cells if c.get("mixer.backend") is None)
-    assert set(per_arm) == ARMS and set(per_arm.values()) == {4}
-    assert {c["seed"] for c in cells} == {"0"} and len({c["train.base_lr"] for c in cells}) == 4
+    four = {"4.0e-3", "8.0e-3", "1.6e-2", "3.2e-2"}
+    points = {}
+    for c in cells:
+        points.setdefault((c["mixer"], c["intra"], c.get("mixer.backend")), []).append(c["train.base_lr"])
+    assert {(m, i) for m, i, backend in points if backend is None} == ARMS
+    assert all(four <= set(lrs) for lrs in points.values())
+    beyond = [lrs for lrs in points.values() if len(lrs) > 4]  # the extension: one point above the edge, no repeat
+    assert beyond and all(sorted(set(lrs) - four) == ["6.4e-2"] and len(lrs) == 5 for lrs in beyond)
+    assert {c["seed"] for c in cells} == {"0"}
 
 
 def test_flops_grid_arms_train_within_three_percent_of_var_s_budget():
