@@ -9,10 +9,9 @@
 #             machine), /tmp/stage/study19 (a staging call) or the tree, else trained side by side when
 #             TRAIN_TOKENIZERS=1 is set (and then copied to $OUT: commit them, they define the study), else the
 #             call stops: a study tokenizer is never retrained silently; then their token caches;
-#   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped). The sweep
-#             spans calls: once it is complete and imported, run `python -m varbench.analysis.best_lr
-#             results/gpu/h200/study19/lr` here and start the work command with LR="<its output>" (without LR the
-#             call ends after the sweep);
+#   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped); then
+#             `best_lr --located` over the imported records and this machine's picks each arm's rate (LR=... on the
+#             command line instead sets them); an arm still at the sweep's edge stops the call before main;
 #   main      grid=study_main at those rates, 12 cells at a time in seed-major order (every arm's seed 0 first), with
 #             Inception FID-10k (weights staged in /tmp/stage/inception), then grid=study_tokenizer on `proc_b`.
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
@@ -107,10 +106,12 @@ lane_study() {
   # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
   for g in lr main_proc; do d=results/gpu/h200/study19/$g/cells; [ -d $d ] && mkdir -p $R/$g && cp -rn $d $R/$g/; done
   grid_until_deadline lr grid=study_lr cluster=local_parallel cluster.jobs=12 $(frozen proc) results_dir=$R/lr || return 1
-  # the rates come from the whole sweep's records, which only the tree here holds once imported: never from the
-  # cells this machine ran (a part of the sweep would pick a wrong best rate without a word)
-  [ -n "${LR:-}" ] || { log "lr done; main waits for LR=\"\$(python -m varbench.analysis.best_lr" \
-    "results/gpu/h200/study19/lr)\" after the import"; return 0; }
+  # the rates come from the whole sweep: the records imported into the tree (gpu_tree.sh keeps their val_nll lines)
+  # read together with the cells this machine ran; an arm whose best rate is still at an edge stops the study here
+  if [ -z "${LR:-}" ]; then
+    LR=$(python -m varbench.analysis.best_lr results/gpu/h200/study19/lr $R/lr --located 2>> $L/driver.log) \
+      || { log "main not started: the lr sweep has an arm at its edge (above) or could not be read"; return 1; }
+  fi
   [ -f $INC ] || { log "main not started: no Inception weights staged at $INC"; return 1; }
   log "learning rates: $LR"
   local M=(grid=study_main cluster=local_parallel cluster.jobs=12 $(frozen proc) $LR "${FID[@]}" results_dir=$R/main_proc)
@@ -122,7 +123,8 @@ collect() {
   for d in $R/*/; do n=$(basename "$d")  # each cell's sample grid beside its records (the report's sheet)
     for f in runs/cells/$n-*/*/samples.png; do [ -f "$f" ] || continue; mkdir -p "$d/$(dirname "$f")" && cp "$f" "$d/$f"; done
   done
-  tar czf "$OUT/records.tar.gz" -C runs/s12 results && tar czf "$OUT/logs.tar.gz" -C runs/s12 logs
+  # in parts of 15 MiB: a file over 16 MiB does not come back (here: `cat records.tgz.part* | tar xz`)
+  tar czf - -C runs/s12 results | split -b 15M - "$OUT/records.tgz.part" && tar czf "$OUT/logs.tar.gz" -C runs/s12 logs
   for n in proc proc_b cifar; do  # a tokenizer trained on this machine goes back (16 MiB per file at most)
     [ -f $S/$n/trained_here ] && cp $S/$n/tokenizer/tokenizer.safetensors "$OUT/tokenizer_$n.safetensors" && rm $S/$n/trained_here
   done

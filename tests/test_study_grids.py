@@ -100,3 +100,20 @@ def test_best_lr_picks_the_lowest_held_out_nll_per_arm_and_prints_the_grid_overr
     assert overrides(best) == "study.lr.gla-none=8.0e-03 study.lr.mamba2-full=4.0e-03"
     cfg = _compose("study_main", "mixer=gla", "study.arm=gla-none", *overrides(best).split())
     assert cfg.train.base_lr == 8e-3  # the printed overrides are valid for the grid
+
+
+def test_best_lr_reads_a_sweep_split_over_folders_and_refuses_an_edge_when_asked(tmp_path, capsys):
+    import json
+
+    from varbench.analysis.best_lr import main
+    nll = {2e-3: 3.1, 4e-3: 3.0, 8e-3: 2.9, 1.6e-2: 3.2}  # the earlier session had the first three points
+    for folder, points in (("imported", (2e-3, 4e-3, 8e-3)), ("this_call", (1.6e-2,))):
+        (tmp_path / folder).mkdir()
+        lines = [{"metric": "val_nll", "value": nll[lr], "unit": "nats/token", "mixer": "gla", "intra": "none",
+                  "depth": 6, "resolution": 64, "seed": 0, "cell_id": f"gla{lr}", "date": "2099-01-01T00:00:00+00:00",
+                  "config": {"train": {"base_lr": lr}}} for lr in points]
+        (tmp_path / folder / "evaluate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main([str(tmp_path / "imported"), "--located"]) == 2  # 8e-3 is the edge of the first three
+    assert capsys.readouterr().out == ""
+    assert main([str(tmp_path / "imported"), str(tmp_path / "this_call"), "--located"]) == 0
+    assert capsys.readouterr().out.strip() == "study.lr.gla-none=8.0e-03"

@@ -2,14 +2,19 @@
 (`val_nll`, the criterion fixed before the sweep ran; one seed per point), as the `study.lr.<arm>` overrides that
 the study grids read (varbench/configs/grid/study_base.yaml).
 
-    python -m varbench.analysis.best_lr RESULTS/lr       # prints: study.lr.gla-none=8.0e-03 study.lr....
+    python -m varbench.analysis.best_lr RESULTS/lr [MORE/lr ...] [--located]
+    # prints: study.lr.gla-none=8.0e-03 study.lr....
 
-An arm whose best point is the largest or smallest one swept has no located optimum (`at_edge`): its loss may fall
-further beyond the sweep. It is named on stderr, so that the sweep is extended before the rate is used as "its best".
+Several folders are one sweep read together (the records imported from earlier sessions and the cells a GPU call
+has just run). An arm whose best point is the largest or smallest one swept has no located optimum (`at_edge`): its
+loss may fall further beyond the sweep. It is named on stderr, so that the sweep is extended before the rate is used
+as "its best"; with `--located` such an arm is an error (exit status 2, nothing printed), which a script that goes
+on to the main grid relies on.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -52,10 +57,21 @@ def overrides(best: pd.DataFrame) -> str:
     return " ".join(f"study.lr.{arm}={lr:.1e}" for arm, lr in best["best_lr"].items())
 
 
-if __name__ == "__main__":
-    best = best_learning_rates(load_records(sys.argv[1]))
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="each arm's best base_lr from grid=study_lr's records")
+    parser.add_argument("records", nargs="+", help="folders (or .jsonl files) of the sweep's records, read together")
+    parser.add_argument("--located", action="store_true", help="fail when an arm's best rate is at the sweep's edge")
+    args = parser.parse_args(argv)
+    best = best_learning_rates(pd.concat([load_records(p) for p in args.records], ignore_index=True))
     for arm, row in best[best["at_edge"]].iterrows():
         print(f"best_lr: {arm}'s best base_lr {row['best_lr']:.1e} is at the sweep's edge "
               f"({', '.join(f'{lr:.1e}: {v:.4f}' for lr, v in sorted(row['points'].items()))}): extend the sweep",
               file=sys.stderr)
+    if args.located and best["at_edge"].any():
+        return 2
     print(overrides(best))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
