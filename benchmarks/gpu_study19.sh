@@ -124,8 +124,9 @@ collect() {
     for f in runs/cells/$n-*/*/samples.png; do [ -f "$f" ] || continue; mkdir -p "$d/$(dirname "$f")" && cp "$f" "$d/$f"; done
   done
   # in parts of 15 MiB: a file over 16 MiB does not come back (here: `cat records.tgz.part* | tar xz`); without the
-  # feature caches (Inception features of the training images: 52 MB per data set, remade from the data in seconds)
-  tar czf - --exclude=train_features -C runs/s12 results | split -b 15M - "$OUT/records.tgz.part" \
+  # feature caches (task.feature_cache: Inception features of the training images alone are 52 MB per data set;
+  # remade from the data in seconds)
+  tar czf - --exclude=feature_cache -C runs/s12 results | split -b 15M - "$OUT/records.tgz.part" \
     && tar czf "$OUT/logs.tar.gz" -C runs/s12 logs
   for n in proc proc_b cifar; do  # a tokenizer trained on this machine goes back (16 MiB per file at most)
     [ -f $S/$n/trained_here ] && cp $S/$n/tokenizer/tokenizer.safetensors "$OUT/tokenizer_$n.safetensors" && rm $S/$n/trained_here

@@ -240,7 +240,7 @@ def test_inception_rows_check_memorisation_against_the_training_images(cheap_inc
                                        metrics.to_uint8(Images(sample_seed, 40).x).permute(0, 2, 3, 1).numpy())
         return [r for r in inception_rows(samples, UInt8Images(Images(1, 40)), Images(2), Tokenizer(True),
                                           device="cpu", floor_images=0, train_set=Images(0, 40),
-                                          train_images=train_images, train_cache=cache) if r[0] == "nn_distance_ratio"]
+                                          train_images=train_images, cache_dir=cache) if r[0] == "nn_distance_ratio"]
     ((_, copied, unit, fields),), ((_, fresh, _, _),) = nn_row(0, 40, tmp_path / "cache"), nn_row(3, 40)
     assert unit == "ratio" and fields["feature_extractor"].startswith(inception.EXTRACTOR)
     assert fields["feature_extractor_sha256"] == "abc123" and fields["num_train"] == 40

@@ -15,17 +15,13 @@ shows a copy_fraction near f, not near 1. Use the whole training set where the f
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file
 
+from varbench.eval.feature_cache import cached_tensors
 from varbench.eval.likelihood import scored_items
-from varbench.utils.checkpoint import save_atomic
 
 # a sample counts as a copy when it is nearer to a training image than this fraction of the fresh images' median
 COPY_THRESHOLD = 0.1
@@ -100,22 +96,18 @@ def dataset_features(dataset, features: Callable[[torch.Tensor], torch.Tensor], 
 def cached_dataset_features(dataset, features: Callable[[torch.Tensor], torch.Tensor], num_images: int,
                             batch_size: int, device, cache_dir,
                             extractor_id: str) -> tuple[torch.Tensor, list[int], Path]:
-    """`dataset_features`, computed once per (extractor, data set, count) and kept at `cache_dir/<key>.safetensors`
-    (key: a hash of `extractor_id`, which must pin the weights, the data set's describe() and the count): every cell
-    of a grid measures against the same training images, so the first computes them (under a file lock: cells
-    running at once wait for it) and the others load them. Returns (features, indices, the cache file)."""
+    """`dataset_features`, computed once per (extractor, data set, count) and kept in `cache_dir`
+    (varbench.eval.feature_cache; `extractor_id` must pin the weights): every cell of a grid measures against the
+    same training images. Returns (features, indices, the cache file)."""
     if not hasattr(dataset, "describe") or not extractor_id:
         raise ValueError("cached_dataset_features: the cache key needs the data set's describe() and an extractor id")
     key = {"extractor": extractor_id, "data": dataset.describe(), "length": len(dataset), "images": num_images}
-    path = Path(cache_dir) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not path.is_file():
-            train_MD, items = dataset_features(dataset, features, num_images, batch_size, device)
-            save_atomic(path, tensors={"features": train_MD.contiguous(), "items": torch.tensor(items)},
-                        metadata={k: str(v) for k, v in key.items()})
-    tensors = load_file(path)
+
+    def compute():
+        train_MD, items = dataset_features(dataset, features, num_images, batch_size, device)
+        return {"features": train_MD, "items": torch.tensor(items)}
+
+    tensors, path = cached_tensors(cache_dir, key, compute)
     return tensors["features"], tensors["items"].tolist(), path
 
 

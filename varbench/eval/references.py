@@ -20,9 +20,11 @@ import torch
 
 from varbench.data.batches import collate
 from varbench.eval import metrics as m
+from varbench.eval.feature_cache import cached_tensors
 from varbench.eval.likelihood import scored_items
 from varbench.eval.memorisation import memorisation_rows
 from varbench.eval.metrics import feature_statistics, frechet_distance
+from varbench.eval.sampling import weights_sha256
 from varbench.utils.log import progress_bar
 
 
@@ -54,6 +56,26 @@ def real_and_reconstructed_features(dataset, tokenizer, features: Callable[[torc
     return torch.cat(real), torch.cat(recon)
 
 
+def floor_features(dataset, tokenizer, features: Callable[[torch.Tensor], torch.Tensor], num_images: int,
+                   batch_size: int, device, cache_dir=None, extractor_id: str | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`real_and_reconstructed_features`; with `cache_dir`, computed once per (extractor, data set, count,
+    tokenizer weights, decode mode) and shared by every cell that asks alike (varbench.eval.feature_cache): the
+    floor rows of a grid's cells are the same numbers, and at FID-10k they cost 20k feature passes per cell."""
+    def compute():
+        real, recon = real_and_reconstructed_features(dataset, tokenizer, features, num_images, batch_size, device)
+        return {"real": real, "recon": recon}
+
+    if cache_dir is None:
+        tensors = compute()
+    else:
+        key = {"rows": "floor_recon", "extractor": extractor_id, "data": describe(dataset), "length": len(dataset),
+               "images": num_images, "tokenizer": weights_sha256(tokenizer),
+               "decode_mode": tokenizer.latent_decoder.mode}
+        tensors, _ = cached_tensors(cache_dir, key, compute)
+    return tensors["real"], tensors["recon"]
+
+
 def floor_and_recon_rows(metric: str, real_ND, recon_ND, mu_ref: np.ndarray, sigma_ref: np.ndarray,
                          fields: dict) -> list[tuple[str, float, str, dict]]:
     """(metric, value, unit, fields) rows `<metric>_floor` and `<metric>_recon`: the Frechet distance of the real
@@ -68,16 +90,17 @@ def floor_and_recon_rows(metric: str, real_ND, recon_ND, mu_ref: np.ndarray, sig
 
 def inception_rows(samples_npz, reference, floor_set, tokenizer, *, weights=None, device, batch_size: int = 64,
                    floor_images: int | None = None, train_set=None, train_images: int = 0,
-                   train_cache=None) -> list[tuple[str, float, str, dict]]:
+                   cache_dir=None) -> list[tuple[str, float, str, dict]]:
     """Inception rows of an evaluation, every one naming the extractor and its weights' sha256.
 
     Against an ADM reference batch (`reference` an .npz path): fid (its stored mu / sigma), precision / recall (its
     10k images). Against real images (`reference` a Dataset of uint8 (3, H, W), e.g. the val split): fid, kid,
     precision / recall, and with `train_images` > 0 the memorisation row nn_distance_ratio (samples and reference
     images against that many images of `train_set`: varbench.eval.memorisation; ADM's reference batch is drawn from
-    ImageNet's training images, so it is not held out and gets no such row; the training images' features are kept
-    in `train_cache` for the next evaluation of the data set, when given). Then fid_floor / fid_recon of
+    ImageNet's training images, so it is not held out and gets no such row). Then fid_floor / fid_recon of
     `floor_images` images of `floor_set` (default: as many as the samples; 0: none) against the same statistics.
+    With `cache_dir`, the training images' and the floor's features are computed once per data set and weights
+    (varbench.eval.feature_cache) and shared by the evaluations that follow.
     """
     extractor, sha256 = m.inception_extractor(weights, device)
     fields = m.inception_record_fields(sha256)
@@ -96,13 +119,13 @@ def inception_rows(samples_npz, reference, floor_set, tokenizer, *, weights=None
         pr = m.distribution_metrics(gen_ND, real_ND, device=device)
         rows = [("fid", pr["fd"], "fd", fields), ("kid", pr["kd"], "kd", {**fields, "std": pr["kd_std"]})]
         rows += memorisation_rows(gen_ND, real_ND, train_set, lambda x: m.inception_batch_features(extractor, x),
-                                  train_images, batch_size, torch.device(device), fields, train_cache)
+                                  train_images, batch_size, torch.device(device), fields, cache_dir)
     rows += [(k, pr[k], "fraction", {**fields, "neighborhood": 3}) for k in ("precision", "recall")]
     num_floor = len(gen_ND) if floor_images is None else floor_images
     if num_floor:
-        real, recon = real_and_reconstructed_features(floor_set, tokenizer,
-                                                      lambda x: m.inception_batch_features(extractor, x),
-                                                      num_floor, batch_size, torch.device(device))
+        real, recon = floor_features(floor_set, tokenizer, lambda x: m.inception_batch_features(extractor, x),
+                                     num_floor, batch_size, torch.device(device), cache_dir,
+                                     f"{fields['feature_extractor']} {sha256}")
         rows += floor_and_recon_rows("fid", real, recon, mu_ref, sigma_ref,
                                      {**fields, "floor_split": describe(floor_set)})
     return rows

@@ -12,7 +12,9 @@ Suites (task.suite, see varbench/configs/task/evaluate.yaml):
 `task.inception_fid=true` adds Inception fid / kid / precision / recall against the val split to the project suite
 (natural images such as CIFAR-10). Every suite also records its floor and tokenizer rows (varbench/eval/
 references.py): `<fd metric>_floor` (real images of another split) and `<fd metric>_recon` (the tokenizer's
-reconstructions of them), `task.floor_images` of them (null: as many as the samples; 0: none).
+reconstructions of them), `task.floor_images` of them (null: as many as the samples; 0: none). Those features and
+the memorisation check's training-image features are the same for every run of a data set and tokenizer: they are
+computed once into `task.feature_cache` (varbench/eval/feature_cache.py) and shared by a grid's cells.
 
 The classifier: `task.classifier` when set, else trained on the run's train split and cached at
 `task.classifier_cache/<fingerprint>.safetensors` (default `${results_dir}/classifiers/`); the fingerprint covers
@@ -56,13 +58,14 @@ from varbench.eval import classifier as clf
 from varbench.eval.likelihood import teacher_forced_nll
 from varbench.eval.memorisation import memorisation_rows
 from varbench.eval.metrics import feature_statistics, fidelity_metrics, frechet_distance, load_adm_npz
-from varbench.eval.references import floor_and_recon_rows, inception_rows, real_and_reconstructed_features
+from varbench.eval.references import floor_and_recon_rows, floor_features, inception_rows
 from varbench.eval.sampling import is_raster, resolve_preset, sample_for_eval, with_guidance
 from varbench.runs import load_for_task
 from varbench.tokenizers.fast_decode import resolve_decode_mode
 from varbench.training.loop import autocast
 from varbench.utils.auto import resolve_auto
 from varbench.utils.records import record
+from varbench.utils.run_spec import file_sha256
 
 DEFAULT_PER_CLASS = {"adm": 50, "project": 20}
 
@@ -138,7 +141,8 @@ def project_metrics(cfg: DictConfig, npz, device, tokenizer,
     with seconds("classifier"):
         f_sample, logits_sample = clf.classify(model, x_N3HW)
     extractor = f"{clf.FIDELITY_NAME}/{path.stem}"
-    fields = {"feature_extractor": extractor, "reference": val.describe(), "classifier": str(path)}
+    fields = {"feature_extractor": extractor, "feature_extractor_sha256": file_sha256(path),
+              "reference": val.describe(), "classifier": str(path)}
     with seconds("kd_precision_recall"):
         tf = fidelity_metrics(npz, UInt8Images(val), feature_extractor=clf.register_with_fidelity(), weights_path=path,
                               device=device, isc=True, kid=True, prc=True, isc_splits=1, save_cpu_ram=True)
@@ -149,15 +153,15 @@ def project_metrics(cfg: DictConfig, npz, device, tokenizer,
         with seconds("inception"):
             rows = inception_rows(npz, UInt8Images(val), train, tokenizer, weights=t.inception_weights, device=device,
                                   batch_size=t.fidelity_batch_size, floor_images=floor_images, train_set=train,
-                                  train_images=train_images, train_cache=t.memorisation_cache)
+                                  train_images=train_images, cache_dir=t.feature_cache)
     with seconds("memorisation"):
         rows += memorisation_rows(f_sample, f_val, train, lambda x: clf.classify(model, x)[0], train_images,
-                                  t.fidelity_batch_size, device, fields)
+                                  t.fidelity_batch_size, device, fields, t.feature_cache)
     if floor_images != 0:
         with seconds("floor_recon"):
-            real, recon = real_and_reconstructed_features(train, tokenizer, lambda x: clf.classify(model, x)[0],
-                                                          floor_images or len(images_NHW3), cfg.task.batch_size,
-                                                          device)
+            real, recon = floor_features(train, tokenizer, lambda x: clf.classify(model, x)[0],
+                                         floor_images or len(images_NHW3), cfg.task.batch_size, device,
+                                         t.feature_cache, f"{extractor} {fields['feature_extractor_sha256']}")
         rows += floor_and_recon_rows("embedded_fd", real, recon, *feature_statistics(f_val),
                                      {**fields, "floor_split": train.describe()})
     return rows + [
@@ -181,7 +185,8 @@ def adm_metrics(cfg: DictConfig, npz, device, tokenizer, seconds: PartSeconds) -
     floor_set = build_dataset(cfg, "val") if t.floor_images != 0 else None
     with seconds("inception"):
         return inception_rows(npz, str(t.adm_reference), floor_set, tokenizer, weights=t.inception_weights,
-                              device=device, batch_size=t.fidelity_batch_size, floor_images=t.floor_images)
+                              device=device, batch_size=t.fidelity_batch_size, floor_images=t.floor_images,
+                              cache_dir=t.feature_cache)
 
 
 def main(cfg: DictConfig) -> dict:
