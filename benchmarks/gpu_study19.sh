@@ -17,6 +17,7 @@
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
 # the machine has it (several processes' kernels then run at once instead of taking turns); the driver log says
 # whether it ran, and samples the GPU's utilisation every 30 s.
+#   guidance  beside main: each arm's seed-0 cell evaluated at task.cfg 1.0 and 3.0 once it is done (lane_guidance);
 #   cifar     with CIFAR_TOKENIZER=1, beside the rest: the CIFAR-10 tokenizer `cifar` (tokenizer_seed 0; the archive of
 #             ../shared/data staged as /tmp/stage/cifar10_jpg.tar.gz or carried as .stage/) and its token cache; the
 #             tokenizer comes back in $OUT (commit it beside the others, with its sum).
@@ -119,6 +120,40 @@ lane_study() {
   grid_until_deadline tokenizer_b grid=study_tokenizer cluster=local_parallel cluster.jobs=6 $(frozen proc_b) $LR \
     "${FID[@]}" results_dir=$R/main_proc
 }
+seed0_cells() {  # "cell_id run_dir" of every seed-0 cell of main_proc done on this machine (its checkpoint is here)
+  python - "$R/main_proc/cells" <<'PY'
+import glob, json, os, sys
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "*", "done.json"))):
+    done = json.load(open(f))
+    run_dir = os.path.dirname(done["summary"]["train"]["checkpoint"])
+    if "seed=0" in done["overrides"] and os.path.isdir(run_dir):
+        print(done["cell_id"], run_dir)
+PY
+}
+lane_guidance() {  # issue 19 item 2: every arm's seed-0 cell at guidance 1.0 and 3.0 besides the grid's 1.5 (the eval
+  # preset's), as soon as the cell is done: its checkpoint lives only on this machine. Same protocol as the grid's
+  # evaluation (FID-10k), into the same records folder (one study: its tables keep 1.5, the guidance table all three);
+  # no NLL rows (they do not depend on guidance); two evaluations at a time beside the grid.
+  local G=$R/guidance; mkdir -p $G
+  while [ "$(left)" -gt 60 ]; do
+    local todo=0
+    while read -r cell run_dir; do
+      for c in 1.0 3.0; do
+        [ -f $G/$cell-cfg$c.done ] && continue
+        todo=1
+        while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 3; done
+        [ "$(left)" -gt 180 ] || break 2  # an evaluation cut at the deadline records nothing
+        ( python run.py task=evaluate run_dir=$run_dir task.cfg=$c task.per_class=1000 task.batch_size=250 \
+            task.val_nll_images=0 task.train_nll_images=0 "${FID[@]/+task.overrides.evaluate./task.}" \
+            task.feature_cache=$R/main_proc/feature_cache results_dir=$R/main_proc autotune=first \
+            >> $L/guidance.log 2>&1 && touch $G/$cell-cfg$c.done && log "guidance $c on $cell done" ) &
+      done
+    done < <(seed0_cells)
+    wait
+    [ $todo = 0 ] && [ -f $R/main.done ] && break  # every seed-0 cell of the finished grid is evaluated
+    sleep 20
+  done
+}
 collect() {
   for d in $R/*/; do n=$(basename "$d")  # each cell's sample grid beside its records (the report's sheet)
     for f in runs/cells/$n-*/*/samples.png; do [ -f "$f" ] || continue; mkdir -p "$d/$(dirname "$f")" && cp "$f" "$d/$f"; done
@@ -140,7 +175,8 @@ while sleep 30; do log "gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used
 U=$!
 [ "${CIFAR_TOKENIZER:-0}" = 1 ] && { lane_cifar > $L/cifar.log 2>&1 & C=$!; }
 lane_study > $L/study.log 2>&1 & T=$!
-for p in $T ${C:-}; do
+[ -f $INC ] && { lane_guidance > $L/guidance_lane.log 2>&1 & G=$!; }
+for p in $T ${C:-} ${G:-}; do
   while kill -0 $p 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 3; done
   kill -0 $p 2>/dev/null && { log "lane $p cut"; pkill -TERM -P $p; }
 done
