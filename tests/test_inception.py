@@ -274,3 +274,31 @@ def test_against_an_adm_batch_fid_uses_its_statistics_and_precision_its_images(c
     np.savez(tmp_path / "ref.npz", arr_0=np.zeros((4, 16, 16, 3), np.uint8), mu=mu, sigma=sigma)
     with pytest.raises(ValueError, match="px"):  # samples at another resolution than the reference
         inception_rows(samples, str(tmp_path / "ref.npz"), None, None, device="cpu", floor_images=0)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_with_a_cache_the_reference_features_are_computed_once_and_give_the_same_rows(cheap_inception, tmp_path,
+                                                                                      monkeypatch):
+    from safetensors import safe_open
+    passes, real_features = [], metrics.inception_features
+    monkeypatch.setattr(metrics, "inception_features", lambda source, *a, **k: passes.append(source) or
+                        real_features(source, *a, **k))
+
+    from varbench.eval.references import inception_rows
+    from varbench.tasks.evaluate import UInt8Images
+    samples = metrics.save_adm_npz(tmp_path / "s.npz",
+                                   metrics.to_uint8(Images(3, 12).x).permute(0, 2, 3, 1).numpy())
+
+    def rows(cache):
+        return dict((r[0], r[1]) for r in inception_rows(samples, UInt8Images(Images(1)), Images(2), Tokenizer(True),
+                                                         device="cpu", floor_images=0, cache_dir=cache))
+    fresh, first = rows(None), rows(tmp_path / "cache")
+    assert len(passes) == 4  # samples and reference, twice
+    second = rows(tmp_path / "cache")
+    assert len(passes) == 5 and passes[-1] == samples  # the reference's features came from the cache
+    assert fresh == first == second
+    kinds = []
+    for f in sorted((tmp_path / "cache").glob("*.safetensors")):
+        with safe_open(f, "pt") as cached:
+            kinds.append(cached.metadata()["rows"])
+    assert kinds == ["reference"]  # one file, made by the first cached call (the floor's: tests/test_feature_cache.py)

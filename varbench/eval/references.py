@@ -76,6 +76,19 @@ def floor_features(dataset, tokenizer, features: Callable[[torch.Tensor], torch.
     return tensors["real"], tensors["recon"]
 
 
+def reference_features(reference, extractor, device, batch_size: int, cache_dir, key: dict) -> torch.Tensor:
+    """Inception features (N, 2048) of the reference images (a Dataset of uint8 images: the val split), with
+    `cache_dir` computed once per `key` (extractor weights, data set, length): every cell compares with the same
+    images (10k for CIFAR-10's test split)."""
+    def compute():
+        return {"features": torch.as_tensor(m.inception_features(reference, extractor, device, batch_size,
+                                                                 save_cpu_ram=True))}
+
+    if cache_dir is None:
+        return compute()["features"]
+    return cached_tensors(cache_dir, {"rows": "reference", **key}, compute)[0]["features"]
+
+
 def floor_and_recon_rows(metric: str, real_ND, recon_ND, mu_ref: np.ndarray, sigma_ref: np.ndarray,
                          fields: dict) -> list[tuple[str, float, str, dict]]:
     """(metric, value, unit, fields) rows `<metric>_floor` and `<metric>_recon`: the Frechet distance of the real
@@ -113,9 +126,11 @@ def inception_rows(samples_npz, reference, floor_set, tokenizer, *, weights=None
                                 device=device)
         rows = [("fid", frechet_distance(*feature_statistics(gen_ND), mu_ref, sigma_ref), "fd", fields)]
     else:
-        real_ND = m.inception_features(reference, extractor, device, batch_size, save_cpu_ram=True)
-        mu_ref, sigma_ref = feature_statistics(real_ND)
         fields["reference"] = describe(getattr(reference, "dataset", reference))
+        real_ND = reference_features(reference, extractor, device, batch_size, cache_dir,
+                                     {"extractor": f"{fields['feature_extractor']} {sha256}",
+                                      "data": fields["reference"], "length": len(reference)})
+        mu_ref, sigma_ref = feature_statistics(real_ND)
         pr = m.distribution_metrics(gen_ND, real_ND, device=device)
         rows = [("fid", pr["fd"], "fd", fields), ("kid", pr["kd"], "kd", {**fields, "std": pr["kd_std"]})]
         rows += memorisation_rows(gen_ND, real_ND, train_set, lambda x: m.inception_batch_features(extractor, x),
