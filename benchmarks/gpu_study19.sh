@@ -150,7 +150,7 @@ lane_guidance() {  # issue 19 item 2: every arm's seed-0 cell at guidance 1.0 an
       done
     done < <(seed0_cells)
     wait
-    [ $todo = 0 ] && [ -f $R/main.done ] && break  # every seed-0 cell of the finished grid is evaluated
+    [ $todo = 0 ] && ! kill -0 $T 2>/dev/null && break  # the study lane ended and its seed-0 cells are evaluated
     sleep 20
   done
 }
