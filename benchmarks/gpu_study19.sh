@@ -31,7 +31,7 @@ PROC="data.size_per_class=640"
 # CIFAR-10's JPEG re-encodes (../shared/data/README.md), test/ as val/, at the study's 64 px without a random crop
 CIFAR="data=folder data.root=$S/cifar10_jpg data.num_classes=10 data.crop=center"
 TOKENIZERS=results/gpu/h200/study19/tokenizers; SUMS=$TOKENIZERS/SHA256SUMS  # session 12's, committed
-INC=/tmp/stage/inception/inception.part1of2.safetensors
+INC=${INC:-/tmp/stage/inception/inception.part1of2.safetensors}  # the staged Inception weights (shard 1 of 2)
 FID=(+task.overrides.evaluate.inception_fid=true +task.overrides.evaluate.inception_weights=$INC)
 log() { echo "$(date +%T) $*" | tee -a $L/driver.log; }
 left() { echo $((END - SECONDS)); }
@@ -171,8 +171,8 @@ collect() {
 
 log "start, $(left) s"
 start_mps
-while sleep 30; do log "gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"; done &
-U=$!
+while sleep 30 > /dev/null 2>&1; do log "gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"; done &
+U=$!  # (its sleep holds no output pipe: a caller reading ours is not kept waiting after we end)
 [ "${CIFAR_TOKENIZER:-0}" = 1 ] && { lane_cifar > $L/cifar.log 2>&1 & C=$!; }
 lane_study > $L/study.log 2>&1 & T=$!
 [ -f $INC ] && { lane_guidance > $L/guidance_lane.log 2>&1 & G=$!; }

@@ -1,0 +1,96 @@
+"""benchmarks/gpu_study19.sh's control flow on a CPU, with a stand-in for every `python run.py` (the grids, tokenize
+and evaluate themselves are tested elsewhere): the committed tokenizers are checked and staged, the lr sweep runs,
+each arm's rate comes from the imported records read with the machine's own (`best_lr --located`); an arm at the
+sweep's edge stops the call before study_main, a located optimum starts it at that rate, and each seed-0 cell is then
+evaluated at guidance 1.0 and 3.0 on the machine that trained it; the records come back in parts."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZERS = REPO / "results/gpu/h200/study19/tokenizers"
+STAND_IN = """#!/bin/bash
+[ "$1" = run.py ] || exec {python} "$@"
+echo "$*" >> calls.txt
+for a in "$@"; do case $a in results_dir=*) rd=${{a#results_dir=}};; esac; done
+case " $* " in
+  *" grid=study_lr "*) mkdir -p $rd && cat fifth_point.jsonl >> $rd/evaluate.jsonl ;;
+  *" grid=study_main "*) mkdir -p $rd/cells/c0 runs/cells/main/c0/checkpoints
+    echo '{{"cell_id": "c0", "overrides": ["mixer=gla", "seed=0"],
+            "summary": {{"train": {{"checkpoint": "runs/cells/main/c0/checkpoints"}}}}}}' > $rd/cells/c0/done.json ;;
+esac
+"""
+
+
+def val_nll(base_lr: float, value: float) -> str:
+    return json.dumps({"metric": "val_nll", "value": value, "unit": "nats/token", "mixer": "gla", "intra": "none",
+                       "depth": 6, "resolution": 64, "seed": 0, "cell_id": f"gla{base_lr}",
+                       "date": "2099-01-01T00:00:00+00:00", "config": {"train": {"base_lr": base_lr}}}) + "\n"
+
+
+def run_study(tmp_path, fifth_point: str, staged_inception: bool) -> subprocess.CompletedProcess:
+    """The script (400 s: guidance starts an evaluation only with 180 s left) in a tree as `gpu_tree.sh out` leaves
+    it: the sweep's imported val_nll lines (best at 3.2e-2, the edge) and the committed tokenizers with their sums
+    (a tree with results/ in it carries them). `fifth_point`: the val_nll lines the machine's lr cells write."""
+    tree, bin_dir = tmp_path / "tree", tmp_path / "bin"
+    (tree / "benchmarks").mkdir(parents=True)
+    shutil.copy(REPO / "benchmarks/gpu_study19.sh", tree / "benchmarks")
+    shutil.copytree(TOKENIZERS, tree / "results/gpu/h200/study19/tokenizers")
+    lr = tree / "results/gpu/h200/study19/lr"
+    lr.mkdir()
+    (lr / "val_nll.jsonl").write_text("".join(val_nll(b, v) for b, v in ((4e-3, 3.9), (8e-3, 3.8), (1.6e-2, 3.7),
+                                                                          (3.2e-2, 3.6))))
+    (tree / "fifth_point.jsonl").write_text(fifth_point)
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(STAND_IN.format(python=sys.executable))
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho '0 %, 1 MiB'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    inception = tmp_path / ("inception.safetensors" if staged_inception else "absent")
+    if staged_inception:
+        inception.write_text("")  # the script only checks that the weights are staged; evaluate is a stand-in
+    (tmp_path / "out").mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+           "OUT": str(tmp_path / "out"), "INC": str(inception)}
+    return subprocess.run(["bash", "benchmarks/gpu_study19.sh", "400"], cwd=tree, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.mark.slow  # the guidance lane looks again after 20 s before it sees the study lane ended
+def test_an_arm_still_at_the_sweep_s_edge_stops_the_call_before_study_main(tmp_path):
+    run = run_study(tmp_path, fifth_point="", staged_inception=True)  # the machine ran no fifth point
+    assert run.returncode == 0, run.stderr[-2000:]
+    driver = (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
+    assert "gla-none's best base_lr 3.2e-02 is at the sweep's edge" in driver
+    assert "main not started: the lr sweep has an arm at its edge" in driver
+    calls = (tmp_path / "tree/calls.txt").read_text()
+    assert "grid=study_lr" in calls and "grid=study_main" not in calls and "task=evaluate" not in calls
+    assert (tmp_path / "out/records.tgz.partaa").is_file() and (tmp_path / "out/logs.tar.gz").is_file()
+
+
+@pytest.mark.slow  # the guidance lane polls every 20 s
+def test_a_located_optimum_starts_study_main_at_it_and_evaluates_seed_0_at_two_more_guidance_scales(tmp_path):
+    run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True)  # this machine's cell
+    assert run.returncode == 0, run.stderr[-2000:]
+    driver = (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
+    assert "learning rates: study.lr.gla-none=3.2e-02" in driver
+    calls = (tmp_path / "tree/calls.txt").read_text().splitlines()
+    (main,) = [c for c in calls if "grid=study_main" in c]
+    assert "study.lr.gla-none=3.2e-02" in main and f"inception_weights={tmp_path}/inception.safetensors" in main
+    guidance = sorted(c for c in calls if c.startswith("run.py task=evaluate run_dir=runs/cells/main/c0 "))
+    assert [c.split("task.cfg=")[1].split()[0] for c in guidance] == ["1.0", "3.0"]
+    assert all("results_dir=runs/s12/results/main_proc" in c and "task.per_class=1000" in c for c in guidance)
+    assert "guidance 3.0 on c0 done" in driver
+
+
+def test_without_staged_inception_weights_study_main_does_not_start(tmp_path):
+    run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "main not started: no Inception weights staged" in (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
+    assert "grid=study_main" not in (tmp_path / "tree/calls.txt").read_text()
