@@ -1,4 +1,4 @@
-"""Builders shared by the backbone tests: a tiny tokenizer and tiny ScaleAR models of any registered mixer."""
+"""Builders shared by the tests: a tiny tokenizer, tiny ScaleAR models of any registered mixer, random images."""
 
 from __future__ import annotations
 
@@ -61,3 +61,19 @@ def write_run(cfg, step: int = 1):
     folder = checkpoints.save(Path(cfg.run_dir) / "checkpoints", step, build_model(cfg).state_dict(), {},
                               meta=describe_run(cfg, tokenizer_file))
     return folder, tokenizer_file
+
+
+class Images(torch.utils.data.Dataset):
+    """`n` random 8x8 (image in [-1, 1], label 0) items from `seed`, as the project's data sets give them."""
+
+    def __init__(self, seed: int, n: int = 12):
+        self.x = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], 0
+
+    def describe(self):
+        return f"Images(n={len(self.x)})"

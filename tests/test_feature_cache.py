@@ -6,24 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import Images
 from torch import nn
 
 from varbench.eval.feature_cache import cached_tensors
 from varbench.eval.references import floor_features
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, n: int = 6):
-        self.x = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], 0
-
-    def describe(self):
-        return f"Images(n={len(self.x)})"
 
 
 class Tokenizer(nn.Module):
@@ -49,7 +36,7 @@ def test_the_floor_s_features_are_computed_once_per_tokenizer_and_decode_mode(tm
         return x_B3HW.mean(dim=(2, 3))
 
     def floor(tokenizer):
-        return floor_features(Images(), tokenizer, features, 6, 4, torch.device("cpu"), tmp_path, "mean-colour v1")
+        return floor_features(Images(0, 6), tokenizer, features, 6, 4, torch.device("cpu"), tmp_path, "mean-colour v1")
 
     real, recon = floor(Tokenizer(0.5))
     assert calls and torch.allclose(recon, 0.5 * real)

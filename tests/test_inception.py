@@ -8,6 +8,7 @@ import importlib.util
 
 import pytest
 import torch
+from helpers import Images
 
 from varbench.eval import inception, metrics
 
@@ -162,22 +163,6 @@ def test_inception_is_never_handed_to_torch_fidelity_as_a_path(tmp_path):
 
 
 # ----- the rows an evaluation records --------------------------------------------------------------------------------
-class Images(torch.utils.data.Dataset):
-    """(image in [-1, 1], label) items, as the project's data sets give them."""
-
-    def __init__(self, seed: int, n: int = 12):
-        self.x = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], 0
-
-    def describe(self):
-        return f"Images(n={len(self.x)})"
-
-
 class Tokenizer:
     """Reconstructs perfectly (lossless) or returns grey images (lossy)."""
 
