@@ -112,8 +112,8 @@ def inception_rows(samples_npz, reference, floor_set, tokenizer, *, weights=None
     images against that many images of `train_set`: varbench.eval.memorisation; ADM's reference batch is drawn from
     ImageNet's training images, so it is not held out and gets no such row). Then fid_floor / fid_recon of
     `floor_images` images of `floor_set` (default: as many as the samples; 0: none) against the same statistics.
-    With `cache_dir`, the training images' and the floor's features are computed once per data set and weights
-    (varbench.eval.feature_cache) and shared by the evaluations that follow.
+    With `cache_dir`, the reference images', the training images' and the floor's features are computed once per
+    data set and weights (varbench.eval.feature_cache) and shared by the evaluations that follow.
     """
     extractor, sha256 = m.inception_extractor(weights, device)
     fields = m.inception_record_fields(sha256)
