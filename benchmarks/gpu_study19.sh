@@ -130,11 +130,15 @@ for f in sorted(glob.glob(os.path.join(sys.argv[1], "*", "done.json"))):
         print(done["cell_id"], run_dir)
 PY
 }
+grid_evaluation() {  # the study grids' own evaluation settings (study_base.yaml's task.overrides.evaluate) as overrides
+  python -c "import varbench.grid; from varbench import registry
+print(' '.join(f'task.{k}={v}' for k, v in registry.compose(['grid=study_base']).task.overrides.evaluate.items()))"
+}
 lane_guidance() {  # issue 19 item 2: every arm's seed-0 cell at guidance 1.0 and 3.0 besides the grid's 1.5 (the eval
   # preset's), as soon as the cell is done: its checkpoint lives only on this machine. Same protocol as the grid's
   # evaluation (FID-10k), into the same records folder (one study: its tables keep 1.5, the guidance table all three);
   # no NLL rows (they do not depend on guidance); two evaluations at a time beside the grid.
-  local G=$R/guidance; mkdir -p $G
+  local G=$R/guidance E; mkdir -p $G; E=$(grid_evaluation) || return 1
   while [ "$(left)" -gt 60 ]; do
     local todo=0
     while read -r cell run_dir; do
@@ -143,7 +147,7 @@ lane_guidance() {  # issue 19 item 2: every arm's seed-0 cell at guidance 1.0 an
         todo=1
         while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 3; done
         [ "$(left)" -gt 180 ] || break 2  # an evaluation cut at the deadline records nothing
-        ( python run.py task=evaluate run_dir=$run_dir task.cfg=$c task.per_class=1000 task.batch_size=250 \
+        ( python run.py task=evaluate run_dir=$run_dir task.cfg=$c $E \
             task.val_nll_images=0 task.train_nll_images=0 "${FID[@]/+task.overrides.evaluate./task.}" \
             task.feature_cache=$R/main_proc/feature_cache results_dir=$R/main_proc autotune=first \
             >> $L/guidance.log 2>&1 && touch $G/$cell-cfg$c.done && log "guidance $c on $cell done" ) &

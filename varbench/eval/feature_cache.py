@@ -1,7 +1,7 @@
 """Features that every evaluation of a grid computes alike, computed once: the reference images' Inception features,
 the training images' features of the memorisation check, and the real images and tokenizer reconstructions of the
-floor / recon rows. Cells of a grid run
-at once, so the first to ask for a key computes it under a file lock while the others wait, then load it.
+floor / recon rows. Cells of a grid run at once, so the first to ask for a key computes it under a file lock while
+the others wait, then load it.
 
 The key must name everything the tensors depend on (the feature extractor's weights, the data set, the count and,
 for reconstructions, the tokenizer's weights and decode mode): a key that leaves one out would hand one cell's
