@@ -24,6 +24,7 @@ for g in "$T"/results/*/; do
       [ -f "$g/train_tokenizer.jsonl" ] && into $D/tokenizers.jsonl "$g/train_tokenizer.jsonl"
       [ -f "$g/tokenize.jsonl" ] && into $D/tokenize.jsonl "$g/tokenize.jsonl" ;;
     *)
+      ls "$g"/*.jsonl > /dev/null 2>&1 || continue  # a lane that made no records yet (guidance before main)
       for f in "$g"/*.jsonl; do into "$D/$n/$(basename "$f")" "$f"; done
       mkdir -p "$D/$n/cells" && cp -rn "$g/cells/." "$D/$n/cells/"
       for done in "$g"/cells/*/done.json; do  # seed 0's sample grid, where the report's sheet looks for it

@@ -57,7 +57,7 @@ def test_main_grid_has_every_arm_with_five_or_three_seeds_and_its_own_learning_r
     assert cfg.train.base_lr == 8.0e-3
 
 
-def test_lr_grid_sweeps_four_learning_rates_on_one_seed_for_every_arm_and_a_fifth_beyond_an_edge():
+def test_lr_grid_sweeps_four_learning_rates_on_one_seed_for_every_arm_and_doubles_beyond_an_edge():
     cells = _cells("study_lr")
     four = {"4.0e-3", "8.0e-3", "1.6e-2", "3.2e-2"}
     points = {}
@@ -65,8 +65,12 @@ def test_lr_grid_sweeps_four_learning_rates_on_one_seed_for_every_arm_and_a_fift
         points.setdefault((c["mixer"], c["intra"], c.get("mixer.backend")), []).append(c["train.base_lr"])
     assert {(m, i) for m, i, backend in points if backend is None} == ARMS
     assert all(four <= set(lrs) for lrs in points.values())
-    beyond = [lrs for lrs in points.values() if len(lrs) > 4]  # the extension: one point above the edge, no repeat
-    assert beyond and all(sorted(set(lrs) - four) == ["6.4e-2"] and len(lrs) == 5 for lrs in beyond)
+    # the extensions: doublings above the edge, in order, none repeated
+    beyond = [lrs for lrs in points.values() if len(lrs) > 4]
+    doublings = ["6.4e-2", "1.28e-1", "2.56e-1"]
+    assert beyond and all(len(set(lrs)) == len(lrs) for lrs in beyond)
+    assert all(sorted(set(lrs) - four, key=float) == doublings[:len(lrs) - 4] for lrs in beyond)
+    assert any(len(lrs) == 7 for lrs in beyond)
     assert {c["seed"] for c in cells} == {"0"}
 
 
