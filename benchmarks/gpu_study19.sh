@@ -17,7 +17,7 @@
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
 # the machine has it (several processes' kernels then run at once instead of taking turns); the driver log says
 # whether it ran, and samples the GPU's utilisation every 30 s.
-#   guidance  beside main: each arm's seed-0 cell evaluated at task.cfg 1.0 and 3.0 once it is done (lane_guidance);
+#   guidance  beside main: each arm's first cell done here evaluated at task.cfg 1.0 and 3.0 (lane_guidance);
 #   cifar     with CIFAR_TOKENIZER=1, beside the rest: the CIFAR-10 tokenizer `cifar` (tokenizer_seed 0; the archive of
 #             ../shared/data staged as /tmp/stage/cifar10_jpg.tar.gz or carried as .stage/) and its token cache; the
 #             tokenizer comes back in $OUT (commit it beside the others, with its sum).
@@ -120,43 +120,60 @@ lane_study() {
   grid_until_deadline tokenizer_b grid=study_tokenizer cluster=local_parallel cluster.jobs=6 $(frozen proc_b) $LR \
     "${FID[@]}" results_dir=$R/main_proc
 }
-seed0_cells() {  # "cell_id run_dir" of every seed-0 cell of main_proc done on this machine (its checkpoint is here)
-  python - "$R/main_proc/cells" <<'PY'
-import glob, json, os, sys
-for f in sorted(glob.glob(os.path.join(sys.argv[1], "*", "done.json"))):
-    done = json.load(open(f))
-    run_dir = os.path.dirname(done["summary"]["train"]["checkpoint"])
-    if "seed=0" in done["overrides"] and os.path.isdir(run_dir):
-        print(done["cell_id"], run_dir)
-PY
-}
 grid_evaluation() {  # the study grids' own evaluation settings (study_base.yaml's task.overrides.evaluate) as overrides
   python -c "import varbench.grid; from varbench import registry
 print(' '.join(f'task.{k}={v}' for k, v in registry.compose(['grid=study_base']).task.overrides.evaluate.items()))"
 }
-lane_guidance() {  # issue 19 item 2: every arm's seed-0 cell at guidance 1.0 and 3.0 besides the grid's 1.5 (the eval
-  # preset's), as soon as the cell is done: its checkpoint lives only on this machine. Same protocol as the grid's
-  # evaluation (FID-10k), into the same records folder (one study: its tables keep 1.5, the guidance table all three);
-  # no NLL rows (they do not depend on guidance); two evaluations at a time beside the grid.
+lane_guidance() {  # issue 19 item 2: each arm at guidance 1.0 and 3.0 besides the grid's 1.5 (the eval preset's), on
+  # its first cell done on this machine (its checkpoint lives only here; an arm evaluated in an earlier session has
+  # its markers in the tree). Same protocol as the grid's evaluation (FID-10k), into the same records folder (one
+  # study: its tables keep 1.5, the guidance table all three); no NLL rows (they do not depend on guidance). Two
+  # cells at a time beside the grid, each cell's two scales one after the other (an evaluation holds its run_dir).
   local G=$R/guidance E; mkdir -p $G; E=$(grid_evaluation) || return 1
+  cp -n results/gpu/h200/study19/guidance/*.done $G/ 2>/dev/null; rm -f $G/*.running  # (a job cut in an earlier call)
   while [ "$(left)" -gt 60 ]; do
-    local todo=0
-    while read -r cell run_dir; do
-      for c in 1.0 3.0; do
-        [ -f $G/$cell-cfg$c.done ] && continue
-        todo=1
-        while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 3; done
-        [ "$(left)" -gt 180 ] || break 2  # an evaluation cut at the deadline records nothing
-        ( python run.py task=evaluate run_dir=$run_dir task.cfg=$c $E \
-            task.val_nll_images=0 task.train_nll_images=0 "${FID[@]/+task.overrides.evaluate./task.}" \
-            task.feature_cache=$R/main_proc/feature_cache results_dir=$R/main_proc autotune=first \
-            >> $L/guidance.log 2>&1 && touch $G/$cell-cfg$c.done && log "guidance $c on $cell done" ) &
-      done
-    done < <(seed0_cells)
-    wait
-    [ $todo = 0 ] && ! kill -0 $T 2>/dev/null && break  # the study lane ended and its seed-0 cells are evaluated
+    local todo=0 arm cell run_dir
+    while read -r arm cell run_dir; do
+      grep -qx "$cell" $G/$arm.running 2>/dev/null && continue  # its job is still on it
+      [ "$(grep -cx "$cell" $G/$arm.failed 2>/dev/null)" -ge 2 ] && continue  # failed twice (guidance.log says why)
+      todo=1
+      while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 3; done
+      [ "$(left)" -gt 180 ] || break 2  # an evaluation cut at the deadline records nothing
+      echo "$cell" > $G/$arm.running
+      ( for c in 1.0 3.0; do
+          [ -f $G/$arm-cfg$c.done ] && continue
+          python run.py task=evaluate run_dir=$run_dir task.cfg=$c $E task.val_nll_images=0 task.train_nll_images=0 \
+            "${FID[@]/+task.overrides.evaluate./task.}" task.feature_cache=$R/main_proc/feature_cache \
+            results_dir=$R/main_proc autotune=first < /dev/null >> $L/guidance.log 2>&1 || { echo "$cell" >> $G/$arm.failed; break; }
+          echo "$cell" > $G/$arm-cfg$c.done && log "guidance $c on $arm ($cell) done"
+        done; rm $G/$arm.running ) &
+    done < <(guidance_cells $G)
+    [ $todo = 0 ] && ! kill -0 $T 2>/dev/null && break  # the study lane ended and its arms are evaluated
     sleep 20
   done
+  wait
+}
+guidance_cells() {  # "arm cell_id run_dir" for each arm still without both guidance markers in $1: its lowest-seed
+  # study_main cell done on this machine; the arms with most seeds in study_main.yaml first (the five-seed arms)
+  python - "$R/main_proc/cells" "$1" <<'PY'
+import glob, json, os, sys
+import yaml
+import varbench
+grid = os.path.join(os.path.dirname(varbench.__file__), "configs/grid/study_main.yaml")
+sweeper = yaml.safe_load(open(grid))["hydra"]["sweeper"]
+seeds = {v["study.arm"]: len(str(v["seed"]).split(",")) for v in [sweeper["params"]]
+         + [{**sweeper["params"], **cell} for cell in sweeper["cells"]]}
+first = {}
+for f in glob.glob(os.path.join(sys.argv[1], "*", "done.json")):
+    done = json.load(open(f))
+    o = dict(x.split("=", 1) for x in done["overrides"] if "=" in x)
+    arm, seed, run_dir = o.get("study.arm"), int(o.get("seed", 0)), os.path.dirname(done["summary"]["train"]["checkpoint"])
+    evaluated = all(os.path.exists(os.path.join(sys.argv[2], f"{arm}-cfg{c}.done")) for c in ("1.0", "3.0"))
+    if o.get("grid") == "study_main" and not evaluated and os.path.isdir(run_dir) and seed < first.get(arm, (99,))[0]:
+        first[arm] = (seed, done["cell_id"], run_dir)
+for arm in sorted(first, key=lambda a: (-seeds[a], a)):
+    print(arm, *first[arm][1:])
+PY
 }
 collect() {
   for d in $R/*/; do n=$(basename "$d")  # each cell's sample grid beside its records (the report's sheet)

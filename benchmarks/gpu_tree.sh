@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The tree a GPU work call carries must stay under 64 MiB with the 63 MB of wheels in .whl/: results/ (21 MB, and
 # the study's two tokenizers, 24 MB) waits in /tmp/hold during the call. Kept in the tree: what the study script
-# reads: the done markers of imported cells (benchmarks/gpu_study19.sh skips them), the lr sweep's val_nll records
-# and the tokenizers' SHA256SUMS.
+# reads: the done markers of imported cells (benchmarks/gpu_study19.sh skips them), the lr sweep's val_nll records,
+# the guidance lane's markers and the tokenizers' SHA256SUMS.
 #   bash benchmarks/gpu_tree.sh out      before the work call (also writes .commit: records name the commit)
 #   bash benchmarks/gpu_tree.sh back     after it, before importing its records (never `git add -A` in between)
 set -euo pipefail
@@ -18,6 +18,8 @@ case "${1:?out or back}" in
     for g in $HOLD/$STUDY/*/cells; do mkdir -p "results/$STUDY/$(basename "$(dirname "$g")")" && cp -r "$g" "$_"; done
     # the sweep's held-out NLLs, from which the study script picks each arm's rate (best_lr reads them with its own)
     grep '"metric": "val_nll"' $HOLD/$STUDY/lr/evaluate.jsonl > results/$STUDY/lr/val_nll.jsonl
+    # the arms whose guidance an earlier machine evaluated (the guidance lane skips them)
+    [ -d $HOLD/$STUDY/guidance ] && cp -r $HOLD/$STUDY/guidance results/$STUDY/
     ;;
   back)
     [ -d $HOLD ] || { echo "no $HOLD to bring back" >&2; exit 1; }

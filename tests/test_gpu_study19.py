@@ -1,8 +1,8 @@
 """benchmarks/gpu_study19.sh's control flow on a CPU, with a stand-in for every `python run.py` (the grids, tokenize
 and evaluate themselves are tested elsewhere): the committed tokenizers are checked and staged, the lr sweep runs,
 each arm's rate comes from the imported records read with the machine's own (`best_lr --located`); an arm at the
-sweep's edge stops the call before study_main, a located optimum starts it at that rate, and each seed-0 cell is then
-evaluated at guidance 1.0 and 3.0 on the machine that trained it; the records come back in parts."""
+sweep's edge stops the call before study_main, a located optimum starts it at that rate, and each arm's first cell is
+then evaluated at guidance 1.0 and 3.0 on the machine that trained it; the records come back in parts."""
 
 import json
 import os
@@ -21,9 +21,15 @@ echo "$*" >> calls.txt
 for a in "$@"; do case $a in results_dir=*) rd=${{a#results_dir=}};; esac; done
 case " $* " in
   *" grid=study_lr "*) mkdir -p $rd && cat fifth_point.jsonl >> $rd/evaluate.jsonl ;;
-  *" grid=study_main "*) mkdir -p $rd/cells/c0 runs/cells/main/c0/checkpoints
-    echo '{{"cell_id": "c0", "overrides": ["mixer=gla", "seed=0"],
-            "summary": {{"train": {{"checkpoint": "runs/cells/main/c0/checkpoints"}}}}}}' > $rd/cells/c0/done.json ;;
+  *" grid=study_main "*)  # two seeds of gla-none and one of VAR, whose guidance an earlier session recorded
+    for c in "c1 gla-none 1" "c0 gla-none 0" "c2 attention-none 0"; do set -- $c
+      mkdir -p $rd/cells/$1 runs/cells/main/$1/checkpoints
+      printf '{{"cell_id": "%s", "overrides": ["grid=study_main", "study.arm=%s", "seed=%s"], "summary":
+        {{"train": {{"checkpoint": "runs/cells/main/%s/checkpoints"}}}}}}' $1 $2 $3 $1 > $rd/cells/$1/done.json
+    done ;;
+  *" task=evaluate "*)  # an evaluation holds its run_dir: a second one at once would fail
+    for a in "$@"; do case $a in run_dir=*) run=${{a#run_dir=}};; esac; done
+    mkdir $run/held 2>/dev/null || echo "$run" >> overlapping.txt; sleep 1; rmdir $run/held ;;
 esac
 """
 
@@ -47,6 +53,10 @@ def run_study(tmp_path, fifth_point: str, staged_inception: bool) -> subprocess.
     (lr / "val_nll.jsonl").write_text("".join(val_nll(b, v) for b, v in ((4e-3, 3.9), (8e-3, 3.8), (1.6e-2, 3.7),
                                                                           (3.2e-2, 3.6))))
     (tree / "fifth_point.jsonl").write_text(fifth_point)
+    guidance = tree / "results/gpu/h200/study19/guidance"  # VAR's, from an earlier session (import_study19.sh)
+    guidance.mkdir()
+    for scale in ("1.0", "3.0"):
+        (guidance / f"attention-none-cfg{scale}.done").write_text("a0\n")
     bin_dir.mkdir()
     (bin_dir / "python").write_text(STAND_IN.format(python=sys.executable))
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho '0 %, 1 MiB'\n")
@@ -75,7 +85,7 @@ def test_an_arm_still_at_the_sweep_s_edge_stops_the_call_before_study_main(tmp_p
 
 
 @pytest.mark.slow  # the guidance lane polls every 20 s
-def test_a_located_optimum_starts_study_main_at_it_and_evaluates_seed_0_at_two_more_guidance_scales(tmp_path):
+def test_a_located_optimum_starts_study_main_at_it_and_evaluates_each_arm_s_first_seed_at_two_more_scales(tmp_path):
     run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True)  # this machine's cell
     assert run.returncode == 0, run.stderr[-2000:]
     driver = (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
@@ -83,10 +93,13 @@ def test_a_located_optimum_starts_study_main_at_it_and_evaluates_seed_0_at_two_m
     calls = (tmp_path / "tree/calls.txt").read_text().splitlines()
     (main,) = [c for c in calls if "grid=study_main" in c]
     assert "study.lr.gla-none=3.2e-02" in main and f"inception_weights={tmp_path}/inception.safetensors" in main
-    guidance = sorted(c for c in calls if c.startswith("run.py task=evaluate run_dir=runs/cells/main/c0 "))
-    assert [c.split("task.cfg=")[1].split()[0] for c in guidance] == ["1.0", "3.0"]
+    guidance = [c for c in calls if c.startswith("run.py task=evaluate ")]
+    # gla-none's lowest seed (c0, not c1) at both scales, one after the other; VAR's were recorded before
+    assert [(c.split("run_dir=")[1].split()[0], c.split("task.cfg=")[1].split()[0]) for c in guidance] == [
+        ("runs/cells/main/c0", "1.0"), ("runs/cells/main/c0", "3.0")]
     assert all("results_dir=runs/s12/results/main_proc" in c and "task.per_class=1000" in c for c in guidance)
-    assert "guidance 3.0 on c0 done" in driver
+    assert "guidance 3.0 on gla-none (c0) done" in driver
+    assert not (tmp_path / "tree/overlapping.txt").exists()
 
 
 def test_without_staged_inception_weights_study_main_does_not_start(tmp_path):
