@@ -13,15 +13,16 @@
 #             `best_lr --located` over the imported records and this machine's picks each arm's rate (LR=... on the
 #             command line instead sets them); an arm still at the sweep's edge stops the call before main;
 #   main      grid=study_main at those rates, 12 cells at a time in seed-major order (every arm's seed 0 first), with
-#             Inception FID-10k (weights staged in /tmp/stage/inception), then grid=study_tokenizer on `proc_b`.
+#             Inception FID-10k (weights staged in /tmp/stage/inception), then grid=study_tokenizer on `proc_b`;
+#   flops     grid=study_flops (matched training FLOPs) on `proc` at the same rates, into its own records folder;
+#   cifar     grid=study_cifar on CIFAR-10 with its committed tokenizer `cifar` (staged with the archive of
+#             ../shared/data as /tmp/stage/study19/cifar/tokenizer/tokenizer.safetensors and
+#             /tmp/stage/cifar10_jpg.tar.gz; without them the call ends here), at the procedural rates.
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
 # the machine has it (several processes' kernels then run at once instead of taking turns); the driver log says
 # whether it ran, and samples the GPU's utilisation every 30 s.
 #   guidance  beside main: each arm's first cell done here evaluated at task.cfg 1.0 and 3.0 (lane_guidance);
-#   cifar     with CIFAR_TOKENIZER=1, beside the rest: the CIFAR-10 tokenizer `cifar` (tokenizer_seed 0; the archive of
-#             ../shared/data staged as /tmp/stage/cifar10_jpg.tar.gz or carried as .stage/) and its token cache; the
-#             tokenizer comes back in $OUT (commit it beside the others, with its sum).
-# Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS=1] [CIFAR_TOKENIZER=1] [LR=...] bash benchmarks/gpu_study19.sh SECONDS
+# Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS=1] [LR=...] bash benchmarks/gpu_study19.sh SECONDS
 # Staging (see benchmarks/gpu_study_plan.md): a machine is warm for 30 s after a call; on a fresh machine the
 # tokenizers and the Inception weights travel in staging calls made back to back right before the work call.
 set -u -o pipefail
@@ -32,6 +33,7 @@ PROC="data.size_per_class=640"
 CIFAR="data=folder data.root=$S/cifar10_jpg data.num_classes=10 data.crop=center"
 TOKENIZERS=results/gpu/h200/study19/tokenizers; SUMS=$TOKENIZERS/SHA256SUMS  # session 12's, committed
 INC=${INC:-/tmp/stage/inception/inception.part1of2.safetensors}  # the staged Inception weights (shard 1 of 2)
+ARCHIVE=${ARCHIVE:-/tmp/stage/cifar10_jpg.tar.gz}  # the staged ../shared/data/cifar10_jpg.tar.gz
 FID=(+task.overrides.evaluate.inception_fid=true +task.overrides.evaluate.inception_weights=$INC)
 log() { echo "$(date +%T) $*" | tee -a $L/driver.log; }
 left() { echo $((END - SECONDS)); }
@@ -42,42 +44,42 @@ train_tokenizer() {  # name, tokenizer seed, data overrides: the study tokenizer
     task.progress=false tokenizer_seed=$2 tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] ${3:-$PROC} \
     results_dir=$R/tok_$1 autotune=first >> $L/tok_$1.log 2>&1 && touch $S/$1/trained_here
 }
+copy_committed() {  # name: the committed tokenizer, from a staging call or a tree that travelled with results/ in it,
+  # checked against the committed sums (another file under their name stops the call); status 2 when neither has it
+  local n=$1 staged=/tmp/stage/study19/$1/tokenizer/tokenizer.safetensors
+  [ -f $staged ] || staged=$TOKENIZERS/$n.safetensors
+  [ -f $staged ] || return 2
+  mkdir -p $S/$n/tokenizer && cp $staged $S/$n/tokenizer/tokenizer.safetensors
+  (cd $S/$n/tokenizer && grep " $n.safetensors\$" "$OLDPWD/$SUMS" | sed "s/$n.safetensors/tokenizer.safetensors/" \
+    | sha256sum -c --quiet) || { log "tokenizer $n is not the committed one ($SUMS)"; rm -r $S/$n; return 1; }
+}
+tokenize() {  # name, data overrides: the token cache of a frozen tokenizer, once
+  [ -f $S/$1/tokenized ] || { python run.py task=tokenize run_dir=$S/$1 \
+    tokenizer.checkpoint=$S/$1/tokenizer/tokenizer.safetensors tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] $2 \
+    results_dir=$R/tok_$1 autotune=first && touch $S/$1/tokenized; }
+}
 stage_tokenizers() {
-  local n seed=0 pids=()
+  local n seed=0 pids=() rc
   for n in proc proc_b; do
     if [ ! -f $S/$n/tokenizer/tokenizer.safetensors ]; then
-      local staged=/tmp/stage/study19/$n/tokenizer/tokenizer.safetensors
-      [ -f $staged ] || staged=$TOKENIZERS/$n.safetensors  # a tree that travelled with results/ in it
-      if [ -f $staged ]; then
-        mkdir -p $S/$n/tokenizer && cp $staged $S/$n/tokenizer/tokenizer.safetensors
-        # the committed sums name the study's tokenizers: another file under their name stops the call
-        (cd $S/$n/tokenizer && grep " $n.safetensors\$" "$OLDPWD/$SUMS" | sed "s/$n.safetensors/tokenizer.safetensors/" \
-          | sha256sum -c --quiet) || { log "tokenizer $n is not the committed one ($SUMS)"; rm -r $S/$n; return 1; }
-      elif [ "${TRAIN_TOKENIZERS:-0}" = 1 ]; then
+      copy_committed $n; rc=$?
+      if [ $rc = 1 ]; then return 1
+      elif [ $rc = 2 ] && [ "${TRAIN_TOKENIZERS:-0}" = 1 ]; then
         log "training tokenizer $n"; train_tokenizer $n $seed & pids+=($!)
-      else
+      elif [ $rc = 2 ]; then
         log "tokenizer $n is neither here nor staged, and TRAIN_TOKENIZERS is not set"; return 1
       fi
     fi
     seed=$((seed + 1))
   done
   for p in "${pids[@]}"; do wait $p || return 1; done
-  for n in proc proc_b; do
-    [ -f $S/$n/tokenized ] || { python run.py task=tokenize run_dir=$S/$n \
-      tokenizer.checkpoint=$S/$n/tokenizer/tokenizer.safetensors tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] $PROC \
-      results_dir=$R/tok_$n autotune=first && touch $S/$n/tokenized; } || return 1
-  done
+  tokenize proc "$PROC" && tokenize proc_b "$PROC"
 }
-lane_cifar() {  # CIFAR_TOKENIZER=1: the real-data tokenizer `cifar` and its token cache, beside the study
-  local archive=/tmp/stage/cifar10_jpg.tar.gz
-  [ -f $S/cifar/tokenized ] && return 0
-  [ -d $S/cifar10_jpg ] || { [ -f $archive ] || archive=.stage/cifar10_jpg.tar.gz
-    tar xzf $archive -C $S && mv $S/cifar10_jpg/test $S/cifar10_jpg/val; } || { log "no CIFAR archive staged"; return 1; }
-  [ -f $S/cifar/tokenizer/tokenizer.safetensors ] || { log "training tokenizer cifar"; train_tokenizer cifar 0 "$CIFAR"; } \
+stage_cifar() {  # the committed CIFAR-10 tokenizer, the extracted archive (test/ as val/) and the token cache
+  [ -f $S/cifar/tokenizer/tokenizer.safetensors ] || copy_committed cifar || return 1
+  [ -d $S/cifar10_jpg ] || { [ -f $ARCHIVE ] && tar xzf $ARCHIVE -C $S && mv $S/cifar10_jpg/test $S/cifar10_jpg/val; } \
     || return 1
-  python run.py task=tokenize run_dir=$S/cifar tokenizer.checkpoint=$S/cifar/tokenizer/tokenizer.safetensors \
-    tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] $CIFAR results_dir=$R/tok_cifar autotune=first \
-    && touch $S/cifar/tokenized && log "tokenizer cifar and its cache done"
+  tokenize cifar "$CIFAR"
 }
 start_mps() {  # CUDA MPS, when the machine has it and a CUDA context opens through it; else the cells take turns
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
@@ -105,7 +107,7 @@ grid_until_deadline() {  # name, overrides...: one grid, stopped 25 s before the
 lane_study() {
   stage_tokenizers || { log "tokenize failed"; return 1; }
   # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
-  for g in lr main_proc; do d=results/gpu/h200/study19/$g/cells; [ -d $d ] && mkdir -p $R/$g && cp -rn $d $R/$g/; done
+  for d in results/gpu/h200/study19/*/cells; do g=$(basename "$(dirname $d)"); mkdir -p $R/$g && cp -rn $d $R/$g/; done
   grid_until_deadline lr grid=study_lr cluster=local_parallel cluster.jobs=12 $(frozen proc) results_dir=$R/lr || return 1
   # the rates come from the whole sweep: the records imported into the tree (gpu_tree.sh keeps their val_nll lines)
   # read together with the cells this machine ran; an arm whose best rate is still at an edge stops the study here
@@ -118,7 +120,13 @@ lane_study() {
   local M=(grid=study_main cluster=local_parallel cluster.jobs=12 $(frozen proc) $LR "${FID[@]}" results_dir=$R/main_proc)
   grid_until_deadline main "${M[@]}" || return 1
   grid_until_deadline tokenizer_b grid=study_tokenizer cluster=local_parallel cluster.jobs=6 $(frozen proc_b) $LR \
-    "${FID[@]}" results_dir=$R/main_proc
+    "${FID[@]}" results_dir=$R/main_proc || return 1
+  grid_until_deadline flops grid=study_flops cluster=local_parallel cluster.jobs=12 $(frozen proc) $LR "${FID[@]}" \
+    results_dir=$R/flops || return 1
+  stage_cifar || { log "cifar not started: its tokenizer or archive is not staged (or tokenize failed)"; return 1; }
+  grid_until_deadline cifar grid=study_cifar cluster=local_parallel cluster.jobs=12 $CIFAR \
+    tokenizer.checkpoint=$S/cifar/tokenizer/tokenizer.safetensors train.token_cache=$S/cifar/token_cache/train $LR \
+    "${FID[@]}" results_dir=$R/main_cifar
 }
 grid_evaluation() {  # the study grids' own evaluation settings (study_base.yaml's task.overrides.evaluate) as overrides
   python -c "import varbench.grid; from varbench import registry
@@ -184,7 +192,7 @@ collect() {
   # remade from the data in seconds)
   tar czf - --exclude=feature_cache -C runs/s12 results | split -b 15M - "$OUT/records.tgz.part" \
     && tar czf "$OUT/logs.tar.gz" -C runs/s12 logs
-  for n in proc proc_b cifar; do  # a tokenizer trained on this machine goes back (16 MiB per file at most)
+  for n in proc proc_b; do  # a tokenizer trained on this machine goes back (16 MiB per file at most)
     [ -f $S/$n/trained_here ] && cp $S/$n/tokenizer/tokenizer.safetensors "$OUT/tokenizer_$n.safetensors" && rm $S/$n/trained_here
   done
   ls -la "$OUT"
@@ -194,10 +202,9 @@ log "start, $(left) s"
 start_mps
 while sleep 30 > /dev/null 2>&1; do log "gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"; done &
 U=$!  # (its sleep holds no output pipe: a caller reading ours is not kept waiting after we end)
-[ "${CIFAR_TOKENIZER:-0}" = 1 ] && { lane_cifar > $L/cifar.log 2>&1 & C=$!; }
 lane_study > $L/study.log 2>&1 & T=$!
 [ -f $INC ] && { lane_guidance > $L/guidance_lane.log 2>&1 & G=$!; }
-for p in $T ${C:-} ${G:-}; do
+for p in $T ${G:-}; do
   while kill -0 $p 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 3; done
   kill -0 $p 2>/dev/null && { log "lane $p cut"; pkill -TERM -P $p; }
 done

@@ -2,7 +2,8 @@
 and evaluate themselves are tested elsewhere): the committed tokenizers are checked and staged, the lr sweep runs,
 each arm's rate comes from the imported records read with the machine's own (`best_lr --located`); an arm at the
 sweep's edge stops the call before study_main, a located optimum starts it at that rate, and each arm's first cell is
-then evaluated at guidance 1.0 and 3.0 on the machine that trained it; the records come back in parts."""
+then evaluated at guidance 1.0 and 3.0 on the machine that trained it, and the second tokenizer's, matched-FLOPs and
+CIFAR-10 grids follow at the same rates; the records come back in parts."""
 
 import json
 import os
@@ -40,7 +41,7 @@ def val_nll(base_lr: float, value: float) -> str:
                        "date": "2099-01-01T00:00:00+00:00", "config": {"train": {"base_lr": base_lr}}}) + "\n"
 
 
-def run_study(tmp_path, fifth_point: str, staged_inception: bool) -> subprocess.CompletedProcess:
+def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: bool = False):
     """The script (400 s: guidance starts an evaluation only with 180 s left) in a tree as `gpu_tree.sh out` leaves
     it: the sweep's imported val_nll lines (best at 3.2e-2, the edge) and the committed tokenizers with their sums
     (a tree with results/ in it carries them). `fifth_point`: the val_nll lines the machine's lr cells write."""
@@ -65,9 +66,14 @@ def run_study(tmp_path, fifth_point: str, staged_inception: bool) -> subprocess.
     inception = tmp_path / ("inception.safetensors" if staged_inception else "absent")
     if staged_inception:
         inception.write_text("")  # the script only checks that the weights are staged; evaluate is a stand-in
+    archive = tmp_path / ("cifar10_jpg.tar.gz" if staged_cifar else "absent.tar.gz")
+    if staged_cifar:  # the archive's layout (../shared/data/README.md): train/ and test/ class folders
+        for split in ("train", "test"):
+            (tmp_path / "cifar10_jpg" / split / "airplane").mkdir(parents=True)
+        subprocess.run(["tar", "czf", archive, "-C", tmp_path, "cifar10_jpg"], check=True)
     (tmp_path / "out").mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
-           "OUT": str(tmp_path / "out"), "INC": str(inception)}
+           "OUT": str(tmp_path / "out"), "INC": str(inception), "ARCHIVE": str(archive)}
     return subprocess.run(["bash", "benchmarks/gpu_study19.sh", "400"], cwd=tree, capture_output=True, text=True,
                           env=env, timeout=300)
 
@@ -86,7 +92,8 @@ def test_an_arm_still_at_the_sweep_s_edge_stops_the_call_before_study_main(tmp_p
 
 @pytest.mark.slow  # the guidance lane polls every 20 s
 def test_a_located_optimum_starts_study_main_at_it_and_evaluates_each_arm_s_first_seed_at_two_more_scales(tmp_path):
-    run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True)  # this machine's cell
+    run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True,  # this machine's cell
+                    staged_cifar=True)
     assert run.returncode == 0, run.stderr[-2000:]
     driver = (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
     assert "learning rates: study.lr.gla-none=3.2e-02" in driver
@@ -100,6 +107,16 @@ def test_a_located_optimum_starts_study_main_at_it_and_evaluates_each_arm_s_firs
     assert all("results_dir=runs/s12/results/main_proc" in c and "task.per_class=1000" in c for c in guidance)
     assert "guidance 3.0 on gla-none (c0) done" in driver
     assert not (tmp_path / "tree/overlapping.txt").exists()
+    # then the second tokenizer, matched FLOPs and CIFAR-10, each at the same rates into its own records
+    (tokenizer_b,) = [c for c in calls if "grid=study_tokenizer" in c]
+    (flops,) = [c for c in calls if "grid=study_flops" in c]
+    (cifar,) = [c for c in calls if "grid=study_cifar" in c]
+    assert "runs/study19/proc_b/tokenizer" in tokenizer_b and "results_dir=runs/s12/results/main_proc" in tokenizer_b
+    assert "results_dir=runs/s12/results/flops" in flops and "runs/study19/proc/tokenizer" in flops
+    assert "data=folder data.root=runs/study19/cifar10_jpg" in cifar and "runs/study19/cifar/tokenizer" in cifar
+    assert "results_dir=runs/s12/results/main_cifar" in cifar
+    assert all("study.lr.gla-none=3.2e-02" in c for c in (tokenizer_b, flops, cifar))
+    assert (tmp_path / "tree/runs/study19/cifar10_jpg/val/airplane").is_dir()  # test/ serves as val/
 
 
 def test_without_staged_inception_weights_study_main_does_not_start(tmp_path):

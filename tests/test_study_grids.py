@@ -36,7 +36,7 @@ def _cells(grid) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("grid", ["study_lr", "study_main", "study_flops", "study_tokenizer"])
+@pytest.mark.parametrize("grid", ["study_lr", "study_main", "study_flops", "study_tokenizer", "study_cifar"])
 def test_every_study_grid_has_var_s_ten_scale_schedule(grid):
     cfg = _compose(grid)
     assert list(cfg.tokenizer.patch_nums) == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
@@ -72,6 +72,20 @@ def test_lr_grid_sweeps_four_learning_rates_on_one_seed_for_every_arm_and_double
     assert all(sorted(set(lrs) - four, key=float) == doublings[:len(lrs) - 4] for lrs in beyond)
     assert any(len(lrs) == 7 for lrs in beyond)
     assert {c["seed"] for c in cells} == {"0"}
+
+
+def test_cifar_grid_has_the_five_seed_arms_and_none_full_on_three_seeds_at_their_procedural_rates():
+    main = Counter(c["study.arm"] for c in _cells("study_main"))
+    cells = _cells("study_cifar")
+    seeds = Counter(c["study.arm"] for c in cells)
+    assert set(seeds) == {arm for arm, n in main.items() if n == 5} | {"none-full"}
+    assert set(seeds.values()) == {3} and len(cells) == 18
+    assert all(c["study.arm"] == f"{c['mixer']}-{c['intra']}" for c in cells)
+    # the five-seed linear mixers train on the plain-PyTorch path, as in study_main (fla #640)
+    backend = {c["study.arm"]: c.get("mixer.backend") for c in _cells("study_main")}
+    assert all(c.get("mixer.backend") == backend[c["study.arm"]] for c in cells)
+    cfg = _compose("study_cifar", "mixer=retnet", "study.arm=retnet-none", "study.lr.retnet-none=3.2e-2")
+    assert cfg.train.base_lr == 3.2e-2
 
 
 def test_flops_grid_arms_train_within_three_percent_of_var_s_budget():
