@@ -1,0 +1,38 @@
+"""benchmarks/sample_profile.py (issue 18 goal 2: where an eager generation's time goes): the parts it labels cover
+the whole generation once (no range counted twice, none missed), and the GPU's busy time is the union of kernel
+intervals. Its GPU-only half (host syncs by call site) runs on the device machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("sample_profile", REPO / "benchmarks/sample_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_busy_time_is_the_union_of_kernel_intervals():
+    busy_ms = load_script().busy_ms
+    assert busy_ms([(0, 1000), (500, 1500), (3000, 4000), (3100, 3200)]) == pytest.approx(2.5)  # overlaps once
+    assert busy_ms([]) == 0.0
+
+
+def test_the_labelled_parts_add_up_to_the_whole_generation(tmp_path):
+    out = tmp_path / "profile.jsonl"
+    load_script().main([str(out), "--width", "64", "--ch", "32", "--warmup", "1", "--repeats", "1"])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    whole = next(r["value"] for r in records if r["metric"] == "profiled_generation_ms")
+    parts = {r["part"]: r["value"] for r in records if r["metric"] == "part_time_ms"}
+    assert set(parts) >= {"block.attention", "block.ffn", "block.other", "head", "sample", "next_input", "decode"}
+    assert all(v >= 0 for v in parts.values()) and parts["block.attention"] > 0 and parts["decode"] > 0
+    # every moment of the generation belongs to exactly one part: nested ranges are counted in the innermost only
+    assert sum(parts.values()) == pytest.approx(whole, rel=0.05)
