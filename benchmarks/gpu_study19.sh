@@ -107,7 +107,9 @@ grid_until_deadline() {  # name, overrides...: one grid, stopped 25 s before the
 lane_study() {
   stage_tokenizers || { log "tokenize failed"; return 1; }
   # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
-  for d in results/gpu/h200/study19/*/cells; do g=$(basename "$(dirname $d)"); mkdir -p $R/$g && cp -rn $d $R/$g/; done
+  for d in results/gpu/h200/study19/*/cells; do
+    g=$(basename "$(dirname $d)"); mkdir -p $R/$g && cp -rn $d $R/$g/
+  done
   grid_until_deadline lr grid=study_lr cluster=local_parallel cluster.jobs=12 $(frozen proc) results_dir=$R/lr || return 1
   # the rates come from the whole sweep: the records imported into the tree (gpu_tree.sh keeps their val_nll lines)
   # read together with the cells this machine ran; an arm whose best rate is still at an edge stops the study here
@@ -152,7 +154,8 @@ lane_guidance() {  # issue 19 item 2: each arm at guidance 1.0 and 3.0 besides t
           [ -f $G/$arm-cfg$c.done ] && continue
           python run.py task=evaluate run_dir=$run_dir task.cfg=$c $E task.val_nll_images=0 task.train_nll_images=0 \
             "${FID[@]/+task.overrides.evaluate./task.}" task.feature_cache=$R/main_proc/feature_cache \
-            results_dir=$R/main_proc autotune=first < /dev/null >> $L/guidance.log 2>&1 || { echo "$cell" >> $G/$arm.failed; break; }
+            results_dir=$R/main_proc autotune=first < /dev/null >> $L/guidance.log 2>&1 \
+            || { echo "$cell" >> $G/$arm.failed; break; }
           echo "$cell" > $G/$arm-cfg$c.done && log "guidance $c on $arm ($cell) done"
         done; rm $G/$arm.running ) &
     done < <(guidance_cells $G)
@@ -175,7 +178,8 @@ first = {}
 for f in glob.glob(os.path.join(sys.argv[1], "*", "done.json")):
     done = json.load(open(f))
     o = dict(x.split("=", 1) for x in done["overrides"] if "=" in x)
-    arm, seed, run_dir = o.get("study.arm"), int(o.get("seed", 0)), os.path.dirname(done["summary"]["train"]["checkpoint"])
+    arm, seed = o.get("study.arm"), int(o.get("seed", 0))
+    run_dir = os.path.dirname(done["summary"]["train"]["checkpoint"])
     evaluated = all(os.path.exists(os.path.join(sys.argv[2], f"{arm}-cfg{c}.done")) for c in ("1.0", "3.0"))
     if o.get("grid") == "study_main" and not evaluated and os.path.isdir(run_dir) and seed < first.get(arm, (99,))[0]:
         first[arm] = (seed, done["cell_id"], run_dir)
