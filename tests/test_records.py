@@ -28,6 +28,15 @@ def test_a_record_carries_its_provenance_and_reads_back(tmp_path, monkeypatch):
     assert back["host"]["cpus"] == os.cpu_count() and 0 <= back["host"]["loadavg_1m"] < 10 * os.cpu_count()
 
 
+def test_a_record_names_the_cuda_allocator_settings_its_memory_peaks_depend_on(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert not set(records.ALLOCATOR_SETTINGS) & set(records.record(tmp_path / "a.jsonl", "m", 1, "u")["versions"])
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    line = records.record(tmp_path / "b.jsonl", "peak_mem", 1, "bytes")
+    assert line["versions"]["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+
+
 def test_non_finite_values_are_written_as_null_in_strict_json(tmp_path):
     path = tmp_path / "m.jsonl"
     records.record(path, "train_summary", float("nan"), "nats", device="cpu", speeds=[1.0, float("inf")])

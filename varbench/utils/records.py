@@ -62,7 +62,13 @@ def versions() -> dict[str, str]:
     if "triton" in out:  # how its kernels were tuned (varbench/utils/autotune.py)
         from varbench.utils.autotune import autotune_mode
         out["triton_autotune"] = autotune_mode()
+    for name in ALLOCATOR_SETTINGS:  # a memory peak (reserved bytes above all) depends on the caching allocator's
+        if os.environ.get(name):      # settings, e.g. expandable_segments:True
+            out[name] = os.environ[name]
     return out
+
+
+ALLOCATOR_SETTINGS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # the old and the new name of one setting
 
 
 def host_load() -> dict:
