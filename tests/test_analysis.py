@@ -156,6 +156,27 @@ def test_sampling_goals_per_sampler_mode_with_and_without_the_decode(tmp_path):
     assert goals[vs_var.format(", decode excluded")] == pytest.approx(480 / 300)
 
 
+def test_issue_18_goals_set_each_measurement_against_the_official_code_s(tmp_path):
+    """The goals of issue 18 (targets from the official code's numbers on the same GPU kind) read the bench's own
+    columns: graphed and eager latencies per sampler configuration and batch, the eager sampling peak in GiB."""
+    var = {**real_one(metric="sample_latency_ms", mixer="attention", batch=64), "peak_mem_bytes": 13 * 2 ** 30}
+    mvar = {**var, "mixer": "mamba2", "intra": "full", "value": 800.0}
+    lines = [var, mvar, {**var, "cuda_graphs": True, "value": 290.0}, {**mvar, "cuda_graphs": True, "value": 420.0},
+             {**var, "batch": 1, "value": 130.0}, {**var, "batch": 1, "cuda_graphs": True, "value": 38.0}]
+    goals = bench_goals(_records(tmp_path, lines))
+    graphs = goals.loc["VAR-d16 sampling latency, CUDA graphs (b64, 256 px, ms; 1.5x the official)"]
+    assert (graphs["Measured"], graphs["Met"]) == (290.0, "yes")
+    mvar_graphs = goals.loc["M-VAR-d16 sampling latency, CUDA graphs (b64, 256 px, ms; 2x the official)"]
+    assert mvar_graphs["Met"] == "no" and mvar_graphs["Missed by"] == pytest.approx(420 / 410 - 1)
+    eager = goals.loc["VAR-d16 eager sampling latency (b1, 256 px, ms; the official's)"]
+    assert eager["Measured"] == 130.0 and eager["Met"] == "no"
+    assert goals.loc["VAR-d16 sampling latency, CUDA graphs (b1, 256 px, ms)", "Met"] == "yes"
+    assert goals.loc["M-VAR-d16 eager sampling latency (b64, 256 px, ms; the official's)", "Met"] == "yes"
+    memory = goals.loc["VAR-d16 eager sampling peak memory allocated (b64, 256 px, GiB; the official's)"]
+    assert memory["Measured"] == pytest.approx(13.0) and memory["Met"] == "no"
+    assert goals.loc["M-VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)", "Met"] == "—"
+
+
 def test_a_faster_decode_mode_gets_its_own_columns(tmp_path):
     """Sampling with the tokenizer decoding channels_last (task.decode_mode) is another measurement than the eager
     decode's: its own columns, never the newest of one cell; records before task.decode_mode decoded eagerly."""

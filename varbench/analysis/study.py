@@ -203,11 +203,34 @@ GOALS = (("VAR-d16 training MFU (b32, 256 px)", 0.55, True),
          *((goal.format(graphs_name + decode_name), target, higher) for goal, target, higher in SAMPLING_GOALS
            for _, graphs_name in SAMPLING_MODES for _, decode_name in DECODE_MODES),
          ("inference state / VAR's KV cache at 1024 px (worst linear mixer)", 0.25, False))
+# issue 18's goals against the official code, measured on the same H200 kind with one harness
+# (../shared/reference/peer_speed.md: official VAR-d16 trains 199 img/s and M-VAR-d16 98 at b32; they sample b64 in
+# 453 / 820 ms and b1 in 123 / 424 ms eager; VAR's sampling peaks at 12.0 GiB allocated at b64): (goal, target,
+# higher is better, configuration, bench column, scale of the column)
+VAR, MVAR = ("attention", "none", 256), ("mamba2", "full", 256)
+OFFICIAL_GOALS = (
+    ("VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)", 500, True, VAR,
+     "Train img/s (b32, compiled)", 1),
+    ("M-VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)", 250, True, MVAR,
+     "Train img/s (b32, compiled)", 1),
+    ("VAR-d16 sampling latency, CUDA graphs (b64, 256 px, ms; 1.5x the official)", 300, False, VAR,
+     "Latency b64, graphs (ms)", 1),
+    ("M-VAR-d16 sampling latency, CUDA graphs (b64, 256 px, ms; 2x the official)", 410, False, MVAR,
+     "Latency b64, graphs (ms)", 1),
+    ("VAR-d16 sampling latency, CUDA graphs (b1, 256 px, ms)", 40, False, VAR, "Latency b1, graphs (ms)", 1),
+    ("M-VAR-d16 sampling latency, CUDA graphs (b1, 256 px, ms)", 40, False, MVAR, "Latency b1, graphs (ms)", 1),
+    ("VAR-d16 eager sampling latency (b1, 256 px, ms; the official's)", 123.4, False, VAR, "Latency b1 (ms)", 1),
+    ("VAR-d16 eager sampling latency (b64, 256 px, ms; the official's)", 452.8, False, VAR, "Latency b64 (ms)", 1),
+    ("M-VAR-d16 eager sampling latency (b1, 256 px, ms; the official's)", 424.4, False, MVAR, "Latency b1 (ms)", 1),
+    ("M-VAR-d16 eager sampling latency (b64, 256 px, ms; the official's)", 819.9, False, MVAR, "Latency b64 (ms)", 1),
+    ("VAR-d16 eager sampling peak memory allocated (b64, 256 px, GiB; the official's)", 12.0, False, VAR,
+     "Peak mem b64 (bytes)", 2 ** -30))
 
 
 def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """Each goal of GOALS with the measured value (from the bench records of one GPU), whether it is met, and by how
-    much it is missed, as a fraction of the target (1 - measured / target, or measured / target - 1)."""
+    """Each goal of GOALS and OFFICIAL_GOALS with the measured value (from the bench records of one GPU), whether it
+    is met, and by how much it is missed, as a fraction of the target (1 - measured / target, or measured / target -
+    1)."""
     frame = config_frame(df, device, samplers=("carry", "prefix_rerun"))
     if frame.empty:
         log.warning("bench_goals: no bench records")
@@ -225,20 +248,21 @@ def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:
                       & (state.index.get_level_values("depth") == 16)]
         kv = state[state.index.get_level_values("mixer") == "attention"]
         state = state[state.index.get_level_values("mixer") != "attention"]
-    var, mvar = ("attention", "none", 256), ("mamba2", "full", 256)
-    measured = [cell(*var, "MFU (b32)"), cell(*var, "MFU (b32, compiled)"),
-                cell(*var, f"{TOKEN_MFU} (b32, compiled)"), cell(*var, "Train img/s (b32, compiled)"),
-                cell(*mvar, "Train img/s (b32)") / cell(*var, "Train img/s (b32)"),
-                cell(*mvar, "Train img/s (b32, compiled)") / cell(*var, "Train img/s (b32, compiled)")]
+    measured = [cell(*VAR, "MFU (b32)"), cell(*VAR, "MFU (b32, compiled)"),
+                cell(*VAR, f"{TOKEN_MFU} (b32, compiled)"), cell(*VAR, "Train img/s (b32, compiled)"),
+                cell(*MVAR, "Train img/s (b32)") / cell(*VAR, "Train img/s (b32)"),
+                cell(*MVAR, "Train img/s (b32, compiled)") / cell(*VAR, "Train img/s (b32, compiled)")]
     for ratio in ("rerun", "vs VAR"):  # in SAMPLING_GOALS' order, then its modes' order
         for graphs_tag, _ in SAMPLING_MODES:
             for column, _ in DECODE_MODES:
-                carry = cell(*mvar, f"{column} b64{graphs_tag} (ms)")
-                measured.append(cell(*mvar, f"{column} b64 prefix_rerun{graphs_tag} (ms)") / carry if ratio == "rerun"
-                                else carry / cell(*var, f"{column} b64{graphs_tag} (ms)"))
+                carry = cell(*MVAR, f"{column} b64{graphs_tag} (ms)")
+                measured.append(cell(*MVAR, f"{column} b64 prefix_rerun{graphs_tag} (ms)") / carry if ratio == "rerun"
+                                else carry / cell(*VAR, f"{column} b64{graphs_tag} (ms)"))
     measured.append((state.max() / kv.iloc[0]) if len(state) and len(kv) else float("nan"))
+    measured += [cell(*key, column) * scale for *_, key, column, scale in OFFICIAL_GOALS]
     rows = []
-    for (goal, target, higher), value in zip(GOALS, measured, strict=True):
+    goals = GOALS + tuple(goal[:3] for goal in OFFICIAL_GOALS)
+    for (goal, target, higher), value in zip(goals, measured, strict=True):
         met = value >= target if higher else value <= target
         # the shortfall as a fraction of the target
         missed = float("nan")
