@@ -41,6 +41,24 @@ def test_sample_sheet_shows_every_configuration_even_without_its_png(tmp_path, m
     assert sum("PNG not on disk" in t.get_text() for ax in fig.axes for t in ax.texts) == 2
 
 
+def test_sample_sheet_has_a_panel_per_study_and_model_and_leaves_a_learning_rate_sweep_out(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(sample_sheet, "_save", lambda fig, path: drawn.append(fig) or path)
+    shutil.copy(GRID_PNG, tmp_path / "grid.png")
+    line = {"metric": "sample_grid", "value": "../grid.png", "unit": "png", "mixer": "attention", "intra": "none",
+            "depth": 6, "resolution": 64, "seed": 0, "sampler": "carry", "date": "2099-01-01T00:00:00+00:00"}
+    studies = {"study_a": [{**line, "cell_id": "a"}], "study_b": [{**line, "cell_id": "b", "resolution": 32}],
+               "sweep": [{**line, "cell_id": f"lr{k}", "config": {"train": {"base_lr": lr}}}
+                         for k, lr in enumerate((4e-3, 8e-3))]}
+    for study, lines in studies.items():
+        (tmp_path / study).mkdir()
+        (tmp_path / study / "sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    sample_sheet.sample_grids(load_records(tmp_path), tmp_path / "sheet.png")
+    (fig,) = drawn
+    titles = sorted(ax.get_title() for ax in fig.axes)  # VAR-d6 twice: one panel per study, none for the sweep
+    assert len(titles) == 2 and "study_a, cell a" in titles[0] and "study_b, cell b" in titles[1]
+
+
 def test_colours_are_okabe_ito_and_colour_marker_pairs_tell_models_apart():
     models = [f"model{k}" for k in range(12)]
     colour, marker = figures.model_colours(models), figures.model_markers(models)

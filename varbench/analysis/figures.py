@@ -31,7 +31,8 @@ def _save(fig: Figure, path) -> Path:
     """The PNG at `path` and a vector PDF beside it (for a paper)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure made with its own layout keeps it
+        fig.tight_layout()
     fig.savefig(path, dpi=150, bbox_inches="tight")  # legends placed outside the axes stay in
     fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
     return path

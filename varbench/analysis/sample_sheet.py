@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from varbench.analysis.figures import _save
 from varbench.analysis.load import latest
+from varbench.analysis.quality import study_of
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,12 @@ def _grid_path(value: str, source: str) -> Path:
 
 
 def sample_grids(df: pd.DataFrame, path, columns: int = 6) -> Path | None:
-    """A contact sheet with every configuration: per model, the recorded sample_grid PNG of its first seed (the
-    newest record of that run), titled by model, seed count and cell. A configuration whose PNG is not on disk
-    (not copied back from the machine that sampled it) keeps its panel, saying so, so no model silently drops out."""
+    """A contact sheet with every configuration of every study (records folder): per study and model, the recorded
+    sample_grid PNG of its first seed (the newest record of that run), titled by model, seed count, study and cell.
+    A configuration whose PNG is not on disk (not copied back from the machine that sampled it) keeps its panel,
+    saying so, so no model silently drops out; a study with no PNG on disk at all is left out, and logged. A
+    learning-rate sweep's grids (one model and seed at several `train.base_lr`) are left out: they show rates, not
+    configurations, as in the quality tables."""
     from matplotlib.image import imread
 
     grids = latest(df, "sample_grid")
@@ -39,22 +43,30 @@ def sample_grids(df: pd.DataFrame, path, columns: int = 6) -> Path | None:
         log.warning("sample_grids not drawn: no sample_grid records (task=sample writes them)")
         return None
     grids = grids.assign(png=[_grid_path(v, s) for v, s in zip(grids["value"], grids["source"])],
-                         model=grids["model"].fillna("?"))
+                         model=grids["model"].fillna("?"), study=study_of(grids))
+    grids = grids[grids.groupby(["study", "model", "seed"], dropna=False)["base_lr"].transform("nunique") <= 1]
     grids = grids.assign(on_disk=grids["png"].map(Path.is_file))
-    seeds = grids.groupby("model")["seed"].nunique()
-    # per model the first seed whose PNG exists, else its first seed (a panel that names the missing file)
-    grids = grids.sort_values(["model", "on_disk", "seed", "cell_id"], ascending=[True, False, True, True])
-    grids = grids.drop_duplicates("model")
+    # a study none of whose PNGs came back (older ones kept records only) would fill the sheet with empty panels
+    shown = grids.groupby("study")["on_disk"].transform("any")
+    if not shown.all():
+        log.warning("sample_grids leaves out studies with no PNG on disk: %s",
+                    sorted(set(grids.loc[~shown, "study"])))
+    grids = grids[shown]
+    seeds = grids.groupby(["study", "model"])["seed"].nunique()
+    # per study and model the first seed whose PNG exists, else its first seed (a panel naming the missing file)
+    grids = grids.sort_values(["study", "model", "on_disk", "seed", "cell_id"],
+                              ascending=[True, True, False, True, True])
+    grids = grids.drop_duplicates(["study", "model"])
     missing = grids[~grids["on_disk"]]
     if len(missing):
         log.warning("sample_grids: %d of %d models have no PNG on disk: %s", len(missing), len(grids),
                     list(map(str, missing["png"])))
-    if not grids["on_disk"].any():
+    if grids.empty:
         log.warning("sample_grids not drawn: none of the recorded PNGs exists")
         return None
     cols = min(columns, len(grids))
     rows = math.ceil(len(grids) / cols)
-    fig = Figure(figsize=(2.6 * cols, 2.9 * rows))
+    fig = Figure(figsize=(2.6 * cols, 2.9 * rows), layout="constrained")  # (the suptitle clear of the titles)
     for k, (_, g) in enumerate(grids.iterrows()):
         ax = fig.add_subplot(rows, cols, k + 1)
         if g["on_disk"]:
@@ -62,10 +74,12 @@ def sample_grids(df: pd.DataFrame, path, columns: int = 6) -> Path | None:
         else:
             ax.text(0.5, 0.5, f"PNG not on disk:\n{Path(g['png']).name}", ha="center", va="center", fontsize=7,
                     wrap=True, transform=ax.transAxes)
-        where = f"cell {g['cell_id']}" if pd.notna(g["cell_id"]) else Path(str(g["source"])).parent.name
-        n = seeds.get(g["model"], 0)
+        study = "/".join(Path(g["study"]).parts[-2:])
+        where = f"{study}, cell {g['cell_id']}" if pd.notna(g["cell_id"]) else study
+        n = seeds.get((g["study"], g["model"]), 0)
         ax.set_title(f"{g['model']} (seed {g['seed']} of {n})\n{where}", fontsize=7)
         ax.axis("off")
-    fig.suptitle(f"Samples of every configuration ({len(grids)} models; {len(missing)} without a PNG on disk)",
+    fig.suptitle(f"Samples of every configuration ({len(grids)} models of {grids['study'].nunique()} studies; "
+                 f"{len(missing)} without a PNG on disk)",
                  fontsize=9)
     return _save(fig, path)
