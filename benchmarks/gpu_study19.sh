@@ -177,6 +177,8 @@ seeds = {v["study.arm"]: len(str(v["seed"]).split(",")) for v in [sweeper["param
 first = {}
 for f in glob.glob(os.path.join(sys.argv[1], "*", "done.json")):
     done = json.load(open(f))
+    if "overrides" not in done:  # the stub of a cell done on an earlier machine (gpu_tree.sh out)
+        continue
     o = dict(x.split("=", 1) for x in done["overrides"] if "=" in x)
     arm, seed = o.get("study.arm"), int(o.get("seed", 0))
     run_dir = os.path.dirname(done["summary"]["train"]["checkpoint"])

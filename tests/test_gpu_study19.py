@@ -124,3 +124,42 @@ def test_without_staged_inception_weights_study_main_does_not_start(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "main not started: no Inception weights staged" in (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
     assert "grid=study_main" not in (tmp_path / "tree/calls.txt").read_text()
+
+
+@pytest.mark.parametrize("guidance_done", [False, True])
+def test_gpu_tree_out_keeps_what_the_study_script_reads_and_back_restores_results(tmp_path, guidance_done):
+    """`gpu_tree.sh out` leaves in results/ only what the call needs, small (done markers as stubs: the tree
+    travels beside 63 MB of wheels under 64 MiB), and `back` brings the whole folder back as it was."""
+    tree, hold = tmp_path / "tree", tmp_path / "hold"
+    (tree / "benchmarks").mkdir(parents=True)
+    shutil.copy(REPO / "benchmarks/gpu_tree.sh", tree / "benchmarks")
+    study = tree / "results/gpu/h200/study19"
+    (study / "tokenizers").mkdir(parents=True)
+    (study / "tokenizers/SHA256SUMS").write_text("abc  proc.safetensors\n")
+    (study / "tokenizers/proc.safetensors").write_bytes(b"weights" * 1000)
+    (study / "lr/cells/c1").mkdir(parents=True)
+    (study / "lr/cells/c1/done.json").write_text(json.dumps({"cell_id": "c1", "summary": "x" * 6000}))
+    (study / "lr/cells/c2").mkdir()
+    (study / "lr/cells/c2/failed.json").write_text("{}")
+    (study / "lr/evaluate.jsonl").write_text(val_nll(4e-3, 3.9) + json.dumps({"metric": "fid", "value": 1}) + "\n")
+    if guidance_done:
+        (study / "guidance").mkdir()
+        (study / "guidance/attention-none-cfg1.0.done").write_text("c1\n")
+    subprocess.run(["git", "init", "-q"], cwd=tree, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "t"],
+                   cwd=tree, check=True)
+    before = {p.relative_to(tree): p.read_bytes() for p in (tree / "results").rglob("*") if p.is_file()}
+    env = {**os.environ, "HOLD": str(hold)}
+    out = subprocess.run(["bash", "benchmarks/gpu_tree.sh", "out"], cwd=tree, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    kept = {str(p.relative_to(study)) for p in study.rglob("*") if p.is_file()}
+    assert kept == {"tokenizers/SHA256SUMS", "lr/cells/c1/done.json", "lr/val_nll.jsonl"} | (
+        {"guidance/attention-none-cfg1.0.done"} if guidance_done else set())
+    assert json.loads((study / "lr/cells/c1/done.json").read_text()) == {"cell_id": "c1", "stub": "gpu_tree.sh out"}
+    assert [json.loads(line)["metric"] for line in (study / "lr/val_nll.jsonl").read_text().splitlines()] == [
+        "val_nll"]
+    assert (tree / ".commit").read_text().strip()
+    back = subprocess.run(["bash", "benchmarks/gpu_tree.sh", "back"], cwd=tree, env=env, capture_output=True,
+                          text=True)
+    assert back.returncode == 0, back.stderr
+    assert {p.relative_to(tree): p.read_bytes() for p in (tree / "results").rglob("*") if p.is_file()} == before
