@@ -86,12 +86,24 @@ def test_a_sampler_decodes_in_the_tokenizers_mode():
 def test_auto_is_eager_until_a_gpu_measurement_picks_a_faster_mode():
     assert resolve_decode_mode("auto", "task.decode_mode", "cpu") == "eager"
     assert resolve_decode_mode("auto", "task.decode_mode", "cuda") == "eager"
-    assert [resolve_decode_mode(m, "task.decode_mode", "cpu") for m in DECODE_MODES] == list(DECODE_MODES)
+    assert [resolve_decode_mode(m, "task.decode_mode", "cuda") for m in DECODE_MODES] == list(DECODE_MODES)
+    on_cpu = [m for m in DECODE_MODES if m != "graphs"]
+    assert [resolve_decode_mode(m, "task.decode_mode", "cpu") for m in on_cpu] == on_cpu
+
+
+def test_graphs_is_refused_off_cuda_naming_the_modes_that_run_there():
+    with pytest.raises(ValueError, match=r"task.decode_mode=graphs replays CUDA graphs: it needs a CUDA device, not "
+                                         r"cpu; on this device use one of \['eager', 'channels_last', 'compiled'\]"):
+        resolve_decode_mode("graphs", "task.decode_mode", "cpu")
+    tokenizer = small_vqvae()
+    tokenizer.set_decode_mode("graphs")  # the tokenizer itself says so at its first decode
+    with pytest.raises(ValueError, match="decode mode 'graphs' needs a CUDA latent"):
+        decode(tokenizer, "graphs")
 
 
 def test_a_bad_decode_mode_is_an_error_naming_key_value_and_the_valid_values():
     with pytest.raises(ValueError, match=r"task.decode_mode must be one of \['eager', 'channels_last', 'compiled', "
-                                         r"'auto'\], got 'nhwc'"):
+                                         r"'graphs', 'auto'\], got 'nhwc'"):
         resolve_decode_mode("nhwc", "task.decode_mode", "cpu")
     with pytest.raises(ValueError, match=r"decode mode must be one of .*got True"):
         small_vqvae().set_decode_mode(True)
@@ -121,6 +133,26 @@ def test_fast_decodes_under_bf16_autocast_are_as_accurate_as_eager(name, device,
     assert err_eager.max() < 0.1  # bf16 round-off, not a broken decode: images are in [-1, 1]
 
 
+@CUDA
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_graphs_decodes_eager_s_images_exactly_and_captures_once_per_shape(name):
+    """The replayed graph runs eager's kernels: under bf16 autocast too, its images equal eager's bit for bit. A new
+    latent of the captured shape replays (no new capture); another batch captures its own graph."""
+    tokenizer = TOKENIZERS[name]().cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = [decode(tokenizer, "eager", seed) for seed in (1, 2)]
+        graphed = [decode(tokenizer, "graphs", seed) for seed in (1, 2)]
+    assert all(torch.equal(g, e) for g, e in zip(graphed, eager))
+    assert len(tokenizer.latent_decoder.graphs) == 1
+    side = tokenizer.patch_nums[-1] if isinstance(tokenizer, MultiScaleVQVAE) else None
+    if side is not None:
+        with torch.no_grad():
+            tokenizer.fhat_to_img(torch.randn(3, tokenizer.Cvae, side, side, device="cuda"))
+        assert len(tokenizer.latent_decoder.graphs) == 2
+    tokenizer.set_decode_mode("eager")
+    assert tokenizer.latent_decoder.graphs == {}
+
+
 @pytest.mark.parametrize("task", ["bench", "sample", "evaluate"])
 def test_a_bad_task_decode_mode_is_a_config_error_naming_key_value_and_the_valid_values(task):
     from hydra import compose, initialize_config_dir
@@ -130,7 +162,7 @@ def test_a_bad_task_decode_mode_is_a_config_error_naming_key_value_and_the_valid
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"task={task}", "task.decode_mode=nhwc"])
     with pytest.raises(ConfigError, match=r"task.decode_mode = 'nhwc': expected one of \['eager', 'channels_last', "
-                                          r"'compiled', 'auto'\]"):
+                                          r"'compiled', 'graphs', 'auto'\]"):
         validate(cfg)
     cfg.task.decode_mode = "auto"
     validate(cfg)  # the shipped default passes

@@ -15,21 +15,13 @@ Every mixer's `step` must be capturable: no host syncs, no CPU -> GPU copies.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 
 import torch
 from torch import nn
 
 from varbench.mixers.base import State
-
-
-def caller_autocast() -> contextlib.AbstractContextManager:
-    """The caller's CUDA autocast, re-entered with its weight-cast cache off (nothing when autocast is off): a cast
-    cached during one capture would be memory of that graph, read by later graphs and freed at the caller's exit."""
-    if not torch.is_autocast_enabled("cuda"):
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+from varbench.utils.precision import caller_autocast
 
 
 def graph_key(model: nn.Module, cond_2BD: torch.Tensor) -> tuple:

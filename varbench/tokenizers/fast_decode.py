@@ -10,6 +10,11 @@
 - "compiled": channels_last plus `torch.compile` of the decoder at fixed shapes (one compile per latent shape,
   dtype and autocast, cached on the tokenizer): Inductor lowers GroupNorm itself (no layout copies) and fuses it with
   SiLU and the casts around it.
+- "graphs" (CUDA only): eager's own kernels, captured once per latent shape, dtype, autocast dtype and weights in a
+  CUDA graph and replayed with one launch, so the images are eager's. At small batches the decode is bound by
+  kernel launches (VAR's VQ-VAE at batch 1: about 13 ms eager on an H200 for well under 1 ms of arithmetic); each
+  capture keeps its activations in its own memory pool for as long as the tokenizer keeps the mode, so it suits
+  small batches, not a 64-image decode.
 
 `auto` (the tasks' default, `resolve_decode_mode`) is eager, as measured (benchmarks/decode_modes.py on an H200,
 results/gpu/h200/bench_s9.jsonl, VAR's VQ-VAE at 256 px, bf16): channels_last is slower at batch 1 and 64;
@@ -26,8 +31,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from varbench.utils.precision import caller_autocast
+
 AUTO = "auto"
-DECODE_MODES = ("eager", "channels_last", "compiled")
+DECODE_MODES = ("eager", "channels_last", "compiled", "graphs")
 
 
 def resolve_decode_mode(value, key: str, device: torch.device | str) -> str:
@@ -35,6 +42,9 @@ def resolve_decode_mode(value, key: str, device: torch.device | str) -> str:
     device: on an H200 channels_last lost and compiled paid off only past a few hundred batches (module docstring)."""
     if value == AUTO:
         return "eager"
+    if value == "graphs" and torch.device(device).type != "cuda":
+        raise ValueError(f"{key}=graphs replays CUDA graphs: it needs a CUDA device, not {device}; on this device use "
+                         f"one of {[m for m in DECODE_MODES if m != 'graphs']} or {AUTO}")
     if value in DECODE_MODES:
         return value
     raise ValueError(f"{key} must be one of {[*DECODE_MODES, AUTO]}, got {value!r}")
@@ -53,6 +63,7 @@ class LatentDecoder:
         self.stages = modules
         self.mode = "eager"
         self.compiled = None  # torch.compile of `forward`, built on the first compiled call
+        self.graphs: dict[tuple, tuple] = {}  # graphs mode: key -> (graph, static input, static output)
 
     def set_mode(self, mode: str) -> None:
         """Switch to `mode` (one of DECODE_MODES): lays the stages' weights out as that mode runs them (channels_last,
@@ -62,10 +73,10 @@ class LatentDecoder:
             raise ValueError(f"decode mode must be one of {list(DECODE_MODES)}, got {mode!r}")
         if mode == self.mode:
             return
-        layout = torch.contiguous_format if mode == "eager" else torch.channels_last
+        layout = torch.contiguous_format if mode in ("eager", "graphs") else torch.channels_last
         for stage in self.stages:
             stage.to(memory_format=layout)
-        self.mode, self.compiled = mode, None
+        self.mode, self.compiled, self.graphs = mode, None, {}
 
     def forward(self, z_BChw: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
@@ -76,6 +87,8 @@ class LatentDecoder:
         """The image (B, 3, H, W) of a latent, contiguous (NCHW) in every mode."""
         if self.mode == "eager":
             return self.forward(z_BChw)
+        if self.mode == "graphs":
+            return self.replay(z_BChw)
         z_BChw = z_BChw.contiguous(memory_format=torch.channels_last)
         if self.mode == "compiled":
             if self.compiled is None:  # one graph (a break is an error), specialised per shape: a new batch recompiles
@@ -83,8 +96,33 @@ class LatentDecoder:
             return self.compiled(z_BChw).contiguous()
         return self.forward(z_BChw).contiguous()
 
+    def replay(self, z_BChw: torch.Tensor) -> torch.Tensor:
+        """`forward` as a CUDA graph captured for this latent's shape and dtype, the caller's autocast and the
+        stages' weights (by address: a graph reads them where they were at capture), then replayed."""
+        if not z_BChw.is_cuda:
+            raise ValueError(f"decode mode 'graphs' needs a CUDA latent, got one on {z_BChw.device}")
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        weights = tuple(t.data_ptr() for stage in self.stages for t in stage.parameters())
+        key = (tuple(z_BChw.shape), z_BChw.dtype, z_BChw.device, autocast, weights)
+        if key not in self.graphs:
+            static_BChw = z_BChw.clone()
+            side, main = torch.cuda.Stream(z_BChw.device), torch.cuda.current_stream(z_BChw.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side), caller_autocast():  # warm-up: cuDNN's algorithm choice happens here
+                self.forward(static_BChw)
+            main.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), caller_autocast():
+                static_out = self.forward(static_BChw)
+            self.graphs[key] = (graph, static_BChw, static_out)
+        graph, static_BChw, static_out = self.graphs[key]
+        static_BChw.copy_(z_BChw)
+        graph.replay()
+        return static_out.clone()  # the static output is overwritten by the next replay
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "compiled": None}  # a copy compiles its own (a compiled function is not copyable)
+        # a copy compiles and captures its own (neither a compiled function nor a CUDA graph is copyable)
+        return {**self.__dict__, "compiled": None, "graphs": {}}
 
 
 class DecodeModes:
@@ -99,6 +137,6 @@ class DecodeModes:
         return self.latent_decoder.mode
 
     def set_decode_mode(self, mode: str) -> None:
-        """Run the inference decodes (`fhat_to_img`, `decode`, `ids_to_img`) in `mode`: "eager", "channels_last" or
-        "compiled" (see `varbench.tokenizers.fast_decode`). Training's forward always runs eager."""
+        """Run the inference decodes (`fhat_to_img`, `decode`, `ids_to_img`) in `mode`: "eager", "channels_last",
+        "compiled" or "graphs" (see `varbench.tokenizers.fast_decode`). Training's forward always runs eager."""
         self.latent_decoder.set_mode(mode)

@@ -4,6 +4,7 @@ autocast context of a run's `precision` setting (fp32 | bf16 | fp16).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -45,3 +46,12 @@ def autocast(device: torch.device, precision: str):
     """The autocast context of `precision` (fp32: a disabled one) on `device`."""
     dtype = autocast_dtype(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def caller_autocast() -> contextlib.AbstractContextManager:
+    """The caller's CUDA autocast, re-entered with its weight-cast cache off (nothing when autocast is off), for CUDA
+    graph captures: a cast cached during one capture would be memory of that graph, read by later graphs and freed
+    at the caller's exit."""
+    if not torch.is_autocast_enabled("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
