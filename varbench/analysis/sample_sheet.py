@@ -29,6 +29,26 @@ def _grid_path(value: str, source: str) -> Path:
     return next((c for c in tried if c.is_file()), tried[0])
 
 
+def panels(grids: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """The sheet's panels from the sample_grid records: per study and model the first seed whose PNG exists, else
+    its first seed (a panel naming the missing file), without learning-rate sweeps or studies with no PNG on disk;
+    and the seed count per (study, model)."""
+    grids = grids.assign(png=[_grid_path(v, s) for v, s in zip(grids["value"], grids["source"])],
+                         model=grids["model"].fillna("?"), study=study_of(grids))
+    grids = grids[grids.groupby(["study", "model", "seed"], dropna=False)["base_lr"].transform("nunique") <= 1]
+    grids = grids.assign(on_disk=grids["png"].map(Path.is_file))
+    # a study none of whose PNGs came back (older ones kept records only) would fill the sheet with empty panels
+    shown = grids.groupby("study")["on_disk"].transform("any")
+    if not shown.all():
+        log.warning("sample_grids leaves out studies with no PNG on disk: %s",
+                    sorted(set(grids.loc[~shown, "study"])))
+    grids = grids[shown]
+    seeds = grids.groupby(["study", "model"])["seed"].nunique()
+    grids = grids.sort_values(["study", "model", "on_disk", "seed", "cell_id"],
+                              ascending=[True, True, False, True, True])
+    return grids.drop_duplicates(["study", "model"]), seeds
+
+
 def sample_grids(df: pd.DataFrame, path, columns: int = 6) -> Path | None:
     """A contact sheet with every configuration of every study (records folder): per study and model, the recorded
     sample_grid PNG of its first seed (the newest record of that run), titled by model, seed count, study and cell.
@@ -42,28 +62,14 @@ def sample_grids(df: pd.DataFrame, path, columns: int = 6) -> Path | None:
     if grids.empty:
         log.warning("sample_grids not drawn: no sample_grid records (task=sample writes them)")
         return None
-    grids = grids.assign(png=[_grid_path(v, s) for v, s in zip(grids["value"], grids["source"])],
-                         model=grids["model"].fillna("?"), study=study_of(grids))
-    grids = grids[grids.groupby(["study", "model", "seed"], dropna=False)["base_lr"].transform("nunique") <= 1]
-    grids = grids.assign(on_disk=grids["png"].map(Path.is_file))
-    # a study none of whose PNGs came back (older ones kept records only) would fill the sheet with empty panels
-    shown = grids.groupby("study")["on_disk"].transform("any")
-    if not shown.all():
-        log.warning("sample_grids leaves out studies with no PNG on disk: %s",
-                    sorted(set(grids.loc[~shown, "study"])))
-    grids = grids[shown]
-    seeds = grids.groupby(["study", "model"])["seed"].nunique()
-    # per study and model the first seed whose PNG exists, else its first seed (a panel naming the missing file)
-    grids = grids.sort_values(["study", "model", "on_disk", "seed", "cell_id"],
-                              ascending=[True, True, False, True, True])
-    grids = grids.drop_duplicates(["study", "model"])
+    grids, seeds = panels(grids)
+    if grids.empty:
+        log.warning("sample_grids not drawn: none of the recorded PNGs exists")
+        return None
     missing = grids[~grids["on_disk"]]
     if len(missing):
         log.warning("sample_grids: %d of %d models have no PNG on disk: %s", len(missing), len(grids),
                     list(map(str, missing["png"])))
-    if grids.empty:
-        log.warning("sample_grids not drawn: none of the recorded PNGs exists")
-        return None
     cols = min(columns, len(grids))
     rows = math.ceil(len(grids) / cols)
     fig = Figure(figsize=(2.6 * cols, 2.9 * rows), layout="constrained")  # (the suptitle clear of the titles)

@@ -48,6 +48,9 @@ def device_name(device=None) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+ALLOCATOR_SETTINGS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # the old and the new name of one setting
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages a number can depend on (absent ones are left out)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -66,9 +69,6 @@ def versions() -> dict[str, str]:
         if os.environ.get(name):      # settings, e.g. expandable_segments:True
             out[name] = os.environ[name]
     return out
-
-
-ALLOCATOR_SETTINGS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # the old and the new name of one setting
 
 
 def host_load() -> dict:
