@@ -64,3 +64,14 @@ def test_colours_are_okabe_ito_and_colour_marker_pairs_tell_models_apart():
     colour, marker = figures.model_colours(models), figures.model_markers(models)
     assert set(colour.values()) <= set(figures.OKABE_ITO)
     assert len({(colour[m], marker[m]) for m in models}) == len(models)
+
+
+def test_a_figure_saved_twice_gives_the_same_pdf_bytes(tmp_path):
+    """No creation date in the PDF: regenerating the report changes a committed PDF only when its figure changes."""
+    from matplotlib.figure import Figure
+    pdfs = []
+    for k in range(2):
+        fig = Figure()
+        fig.add_subplot().plot([0, 1], [1, 0])
+        pdfs.append(figures._save(fig, tmp_path / str(k) / "f.png").with_suffix(".pdf").read_bytes())
+    assert pdfs[0] == pdfs[1]

@@ -34,7 +34,8 @@ def _save(fig: Figure, path) -> Path:
     if fig.get_layout_engine() is None:  # a figure made with its own layout keeps it
         fig.tight_layout()
     fig.savefig(path, dpi=150, bbox_inches="tight")  # legends placed outside the axes stay in
-    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+    # no creation date: a regenerated report changes a PDF only when its figure changes
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight", metadata={"CreationDate": None})
     return path
 
 
