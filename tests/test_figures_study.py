@@ -68,9 +68,12 @@ def test_colours_are_okabe_ito_and_colour_marker_pairs_tell_models_apart():
 
 def test_a_figure_saved_twice_gives_the_same_pdf_bytes(tmp_path):
     """No creation date in the PDF: regenerating the report changes a committed PDF only when its figure changes."""
+    import time
+
     from matplotlib.figure import Figure
     pdfs = []
     for k in range(2):
+        time.sleep(1.1 * k)  # a creation date (to the second) would differ
         fig = Figure()
         fig.add_subplot().plot([0, 1], [1, 0])
         pdfs.append(figures._save(fig, tmp_path / str(k) / "f.png").with_suffix(".pdf").read_bytes())
