@@ -17,6 +17,7 @@ from varbench.analysis.figures import (
     speed_memory_vs_resolution,
     training_curves,
 )
+from varbench.analysis.floors import floors_table
 from varbench.analysis.format import as_text, write_table
 from varbench.analysis.guidance import guidance_table
 from varbench.analysis.load import latest, load_records, model_label
@@ -27,7 +28,7 @@ from varbench.analysis.tables import main_table, mixer_ablation, resolution_scal
 from varbench.analysis.versus import tokenizer_variance, versus_var
 
 __all__ = ["as_text", "bench_goals", "costs_table", "crossover_atlas", "crossover_table", "generalisation_gap",
-           "gpu_test_table", "guidance_table", "latest", "load_records", "main_table", "mixer_ablation",
+           "floors_table", "gpu_test_table", "guidance_table", "latest", "load_records", "main_table", "mixer_ablation",
            "model_label", "parallel_scaling", "parity_table", "quality_label", "quality_vs_flops",
            "resolution_scaling", "sample_grids", "speed_memory_vs_resolution", "study_ranking", "tokenizer_variance",
            "training_curves", "versus_var", "write_table"]

@@ -42,6 +42,10 @@ RULES = (
     (lambda c: "rel RMS" in c, lambda v: f"{v:.2e}"),
     (lambda c: "KV cache" in c, lambda v: f"{v:.3f}"),
     (is_quality, lambda v: f"{v:.4g}"),
+    # quality values under other names (the floors table): the same significant digits; counts as integers
+    (lambda c: c.startswith(("Real vs real", "Tokenizer reconstructions")) or c.endswith("(mean over seeds)"),
+     lambda v: f"{v:.4g}"),
+    (lambda c: c.endswith("(n)"), lambda v: f"{int(v)}"),
     (lambda c: c.startswith(("Train loss", "Val NLL", "Train NLL", "NLL gap")), lambda v: f"{v:.3f}"),
     (lambda c: c.startswith("Gap to best") or c in ("Speed-up", "Efficiency"), lambda v: f"{v:.2f}"),
     (lambda c: c.startswith(("p vs", "p (")), lambda v: f"{v:.2g}"),

@@ -15,7 +15,18 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from varbench.analysis import checks, crossover, figures, guidance, sample_sheet, stats, study, tables, versus
+from varbench.analysis import (
+    checks,
+    crossover,
+    figures,
+    floors,
+    guidance,
+    sample_sheet,
+    stats,
+    study,
+    tables,
+    versus,
+)
 from varbench.analysis.format import write_table
 from varbench.analysis.load import POLICY, load_records
 
@@ -44,6 +55,10 @@ TABLES = {
                    f"{stats.ALPHA})", f"{QUALITY} or val_nll of 2 or more seeds"),
     "tokenizer_variance": (versus.tokenizer_variance, "Tokenizer and seed variance components (one-way "
                            "random-effects ANOVA per configuration)", f"{QUALITY} or val_nll on 2 or more tokenizers"),
+    "floors": (floors.floors_table, "Floors of each study's quality metrics: real images of another split and the "
+               "tokenizer's reconstructions of them against the reference, beside the best configuration and VAR "
+               "(means over seeds; the floors count their own real images, n)",
+               f"<metric>_floor and <metric>_recon (task=evaluate), and {QUALITY}"),
     "guidance": (guidance.guidance_table, "Quality against the guidance scale: the ranking quality column, mean over "
                  "the seeds evaluated at every scale; each model's best scale (picked after the fact) beside the "
                  "study's fixed one", f"{QUALITY} at 2 or more guidance scales (task=evaluate task.cfg=<scale>)"),
