@@ -11,7 +11,7 @@ import logging
 
 import pandas as pd
 
-from varbench.analysis.format import QUALITY_NAMES, SECTION
+from varbench.analysis.format import HIGHER_BETTER, QUALITY_NAMES, SECTION
 from varbench.analysis.load import model_label
 from varbench.analysis.quality import main_tokenizer, quality_label, quality_long, study_of
 from varbench.analysis.tables import finish
@@ -19,7 +19,6 @@ from varbench.analysis.tables import finish
 log = logging.getLogger(__name__)
 
 KINDS = {"_floor": "Real vs real (floor)", "_recon": "Tokenizer reconstructions"}
-HIGHER_BETTER = ("class_accuracy", "precision", "recall", "embedded_precision", "embedded_recall", "inception_score")
 
 
 def floor_records(df: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +47,8 @@ def floors_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         ours = means[(means["study"] == study) & (means["metric"] == base)]
         if ours.empty:
             continue
-        best = ours.loc[ours["value"].idxmax() if base in HIGHER_BETTER else ours["value"].idxmin()]
+        higher_better = QUALITY_NAMES[base] in HIGHER_BETTER
+        best = ours.loc[ours["value"].idxmax() if higher_better else ours["value"].idxmin()]
         var = ours[(ours["mixer"] == "attention") & (ours["intra"] == "none")]
         table.loc[(study, base, label), ["Best configuration", "Best (mean over seeds)", "VAR (mean over seeds)"]] = [
             best["model"], best["value"], var["value"].iloc[0] if len(var) else float("nan")]

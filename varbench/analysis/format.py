@@ -16,6 +16,7 @@ import pandas as pd
 QUALITY_NAMES = {"fid": "FID", "embedded_fd": "FD", "inception_score": "IS", "precision": "Precision",
                  "recall": "Recall", "embedded_precision": "Precision", "embedded_recall": "Recall",
                  "kid": "KID", "embedded_kd": "KD", "class_accuracy": "Class acc.", "nn_distance_ratio": "NN ratio"}
+HIGHER_BETTER = ("Class acc.", "IS", "Precision", "Recall")  # names of QUALITY_NAMES; the others: lower is better
 MISSING = "—"
 SECTION = "Study"  # a table whose first index level has this name is written one section per value
 STD = " std"

@@ -9,13 +9,12 @@ import logging
 
 import pandas as pd
 
-from varbench.analysis.format import QUALITY_NAMES, SECTION
+from varbench.analysis.format import HIGHER_BETTER, QUALITY_NAMES, SECTION
 from varbench.analysis.quality import KEY, fixed_guidance, guidance_key, quality_long, study_of
 from varbench.analysis.tables import by_model, finish
 
 log = logging.getLogger(__name__)
 
-HIGHER_BETTER = ("Class acc.", "IS", "Precision", "Recall")  # the other quality columns: lower is better
 BEST, FIXED, SEEDS = "Best cfg", "Fixed cfg", "Seeds (at every cfg)"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from varbench.analysis import stats
-from varbench.analysis.format import QUALITY_NAMES, SECTION, STD
+from varbench.analysis.format import HIGHER_BETTER, QUALITY_NAMES, SECTION, STD
 from varbench.analysis.load import latest, numeric
 from varbench.analysis.quality import KEY, main_tokenizer, quality_long
 from varbench.analysis.tables import (
@@ -112,7 +112,7 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
     params = df[(df["metric"] == "train_summary") & df["params"].notna()].drop_duplicates(KEY, keep="last")
     table[PARAMS] = params.set_index(KEY)["params"].reindex(table.index)
     table["Seeds"] = per_seed.groupby(level=KEY, dropna=False).size()
-    higher_better = label.startswith(("Class acc.", "IS", "Precision", "Recall"))
+    higher_better = label.startswith(HIGHER_BETTER)
     table = table.sort_values(label, ascending=not higher_better)
     best = table.iloc[0]
     pooled = ((table[f"{label}{STD}"] ** 2 + best[f"{label}{STD}"] ** 2) / 2) ** 0.5
