@@ -23,12 +23,14 @@ from varbench.analysis.guidance import guidance_table
 from varbench.analysis.load import latest, load_records, model_label
 from varbench.analysis.quality import quality_label
 from varbench.analysis.sample_sheet import sample_grids
+from varbench.analysis.scale_up import scale_up_table
 from varbench.analysis.study import bench_goals, costs_table, parallel_scaling, study_ranking
 from varbench.analysis.tables import main_table, mixer_ablation, resolution_scaling
 from varbench.analysis.versus import tokenizer_variance, versus_var
 
-__all__ = ["as_text", "bench_goals", "costs_table", "crossover_atlas", "crossover_table", "generalisation_gap",
-           "floors_table", "gpu_test_table", "guidance_table", "latest", "load_records", "main_table", "mixer_ablation",
-           "model_label", "parallel_scaling", "parity_table", "quality_label", "quality_vs_flops",
-           "resolution_scaling", "sample_grids", "speed_memory_vs_resolution", "study_ranking", "tokenizer_variance",
-           "training_curves", "versus_var", "write_table"]
+__all__ = ["as_text", "bench_goals", "costs_table", "crossover_atlas", "crossover_table", "floors_table",
+           "generalisation_gap", "gpu_test_table", "guidance_table", "latest", "load_records", "main_table",
+           "mixer_ablation", "model_label", "parallel_scaling", "parity_table", "quality_label",
+           "quality_vs_flops", "resolution_scaling", "sample_grids", "scale_up_table",
+           "speed_memory_vs_resolution", "study_ranking", "tokenizer_variance", "training_curves",
+           "versus_var", "write_table"]

@@ -22,6 +22,7 @@ from varbench.analysis import (
     floors,
     guidance,
     sample_sheet,
+    scale_up,
     stats,
     study,
     tables,
@@ -67,6 +68,10 @@ TABLES = {
     "crossover_atlas": (crossover.crossover_table, "Crossover atlas: where each configuration overtakes attention "
                         "in training throughput, sampling latency and memory", f"{BENCH} of attention and another "
                         "configuration at one depth"),
+    "scale_up": (scale_up.scale_up_table, "What each configuration would cost at ImageNet scale: VAR's d16 recipe "
+                 "(333,800 iterations at batch 768) in analytic training FLOPs (task=costs, depth 16, 256 px), in "
+                 "H200-hours at the FLOP rate VAR-d16 trains at compiled on one H200 (an estimate: it assumes every "
+                 "mixer trains at VAR's rate)", "analytic_cost (task=costs) and VAR-d16's compiled train_images_per_s"),
     "bench_goals": (study.bench_goals, "Speed and memory goals of the bench protocol (targets vs measured)", BENCH),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
