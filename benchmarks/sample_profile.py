@@ -107,9 +107,9 @@ def sync_sites(generate) -> Counter:
         torch.cuda.set_sync_debug_mode("warn")
         try:
             generate()
-            torch.cuda.synchronize()
         finally:
-            torch.cuda.set_sync_debug_mode("default")
+            torch.cuda.set_sync_debug_mode("default")  # (before our own synchronize, which is not the generation's)
+    torch.cuda.synchronize()
     return sites
 
 
