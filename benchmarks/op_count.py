@@ -147,15 +147,22 @@ def autocast_context(precision: str) -> contextlib.AbstractContextManager:
     return torch.autocast(PRECISIONS[precision], dtype=torch.bfloat16)
 
 
+def var_d16(width: int, ch: int, device) -> tuple[ScaleAR, MultiScaleVQVAE]:
+    """A depth-16 VAR of width `width` and a VQ-VAE of base channels `ch` (VAR-d16: 1024, 160), random weights from
+    seed 0, in eval mode on `device`."""
+    torch.manual_seed(0)
+    tokenizer = MultiScaleVQVAE(ch=ch).eval().to(device)
+    model = ScaleAR(mixer=functools.partial(BlockCausalAttention, l2_norm=True), depth=16, width=width,
+                    num_heads=width // 64, drop_path_rate=0.0).eval().to(device)
+    return model, tokenizer
+
+
 def count_varbench(width: int, ch: int, precision: str) -> list[dict]:
     """Count one batch-1 generation of a depth-16 VAR (width `width`, tokenizer base channels `ch`) with VAR's
     sampling settings (CFG 1.5, top-k 900, top-p 0.96), on the device `precision` names (CUDA autocast casts other
     ops than the CPU's: bf16-autocast-cuda is the GPU benchmark's setting)."""
     device = torch.device(PRECISIONS[precision])
-    torch.manual_seed(0)
-    tokenizer = MultiScaleVQVAE(ch=ch).eval().to(device)
-    model = ScaleAR(mixer=functools.partial(BlockCausalAttention, l2_norm=True), depth=16, width=width,
-                    num_heads=width // 64, drop_path_rate=0.0).eval().to(device)
+    model, tokenizer = var_d16(width, ch, device)
     counter = OpCounter()
     sampler = sampling.ScaleSampler(model, tokenizer, **SETTINGS)
     with instrument(counter, model, tokenizer), torch.no_grad(), autocast_context(precision), counter:

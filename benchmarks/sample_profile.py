@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import sys
 import traceback
 import warnings
@@ -34,13 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from op_count import BLOCK_PARTS, ONCE_PARTS, SCALE_PARTS, SETTINGS, OpCounter, instrument  # noqa: E402
+from op_count import BLOCK_PARTS, ONCE_PARTS, SCALE_PARTS, SETTINGS, OpCounter, instrument, var_d16  # noqa: E402
 
 from varbench.backbones import sampling  # noqa: E402
-from varbench.backbones.scale_ar import ScaleAR  # noqa: E402
 from varbench.eval.timing import time_ms  # noqa: E402
-from varbench.mixers.attention import BlockCausalAttention  # noqa: E402
-from varbench.tokenizers import MultiScaleVQVAE  # noqa: E402
 from varbench.utils.records import append_records, make_record  # noqa: E402
 
 PARTS = BLOCK_PARTS + SCALE_PARTS + ONCE_PARTS
@@ -171,10 +167,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    torch.manual_seed(0)
-    tokenizer = MultiScaleVQVAE(ch=args.ch).eval().to(device)
-    model = ScaleAR(mixer=functools.partial(BlockCausalAttention, l2_norm=True), depth=16, width=args.width,
-                    num_heads=args.width // 64, drop_path_rate=0.0).eval().to(device)
+    model, tokenizer = var_d16(args.width, args.ch, device)
     sampler = sampling.ScaleSampler(model, tokenizer, **SETTINGS)
     labels = torch.randint(0, 1000, (args.batch,), device=device)
     precision = torch.autocast(device.type, dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
