@@ -9,11 +9,13 @@
 #             machine), /tmp/stage/study19 (a staging call) or the tree, else trained side by side when
 #             TRAIN_TOKENIZERS=1 is set (and then copied to $OUT: commit them, they define the study), else the
 #             call stops: a study tokenizer is never retrained silently; then their token caches;
-#   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped); then
-#             `best_lr --located` over the imported records and this machine's picks each arm's rate (LR=... on the
-#             command line instead sets them); an arm still at the sweep's edge stops the call before main;
+#   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped; the whole
+#             grid is once the imported records locate every arm's optimum); then `best_lr --located` over the
+#             imported records and this machine's picks each arm's rate (LR=... on the command line instead sets
+#             them); an arm still at the sweep's edge stops the call before main;
 #   main      grid=study_main at those rates, 12 cells at a time in seed-major order (every arm's seed 0 first), with
-#             Inception FID-10k (weights staged in /tmp/stage/inception), then grid=study_tokenizer on `proc_b`;
+#             Inception FID-10k (weights staged in /tmp/stage/inception), and beside it grid=study_tokenizer on
+#             `proc_b` (6 cells at a time: the two share the GPU once main's last wave is small);
 #   flops     grid=study_flops (matched training FLOPs) on `proc` at the same rates, into its own records folder;
 #   cifar     grid=study_cifar on CIFAR-10 with its committed tokenizer `cifar` (staged with the archive of
 #             ../shared/data as /tmp/stage/study19/cifar/tokenizer/tokenizer.safetensors and
@@ -21,7 +23,8 @@
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
 # the machine has it (several processes' kernels then run at once instead of taking turns); the driver log says
 # whether it ran, and samples the GPU's utilisation every 30 s.
-#   guidance  beside main: each arm's first cell done here evaluated at task.cfg 1.0 and 3.0 (lane_guidance);
+#   guidance  beside the grids: each arm's first study_flops cell done here evaluated at task.cfg 1.0 and 3.0
+#             (lane_guidance);
 # Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS=1] [LR=...] bash benchmarks/gpu_study19.sh SECONDS
 # Staging (see benchmarks/gpu_study_plan.md): a machine is warm for 30 s after a call; on a fresh machine the
 # tokenizers and the Inception weights travel in staging calls made back to back right before the work call.
@@ -35,6 +38,7 @@ TOKENIZERS=results/gpu/h200/study19/tokenizers; SUMS=$TOKENIZERS/SHA256SUMS  # s
 INC=${INC:-/tmp/stage/inception/inception.part1of2.safetensors}  # the staged Inception weights (shard 1 of 2)
 ARCHIVE=${ARCHIVE:-/tmp/stage/cifar10_jpg.tar.gz}  # the staged ../shared/data/cifar10_jpg.tar.gz
 FID=(+task.overrides.evaluate.inception_fid=true +task.overrides.evaluate.inception_weights=$INC)
+GUIDED=flops  # the study whose cells the guidance lane evaluates at two more scales (grid=study_$GUIDED, $R/$GUIDED)
 log() { echo "$(date +%T) $*" | tee -a $L/driver.log; }
 left() { echo $((END - SECONDS)); }
 frozen() { echo "tokenizer.checkpoint=$S/$1/tokenizer/tokenizer.safetensors train.token_cache=$S/$1/token_cache/train $PROC"; }
@@ -84,13 +88,15 @@ stage_cifar() {  # the committed CIFAR-10 tokenizer, the extracted archive (test
 start_mps() {  # CUDA MPS, when the machine has it and a CUDA context opens through it; else the cells take turns
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
   mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-  if command -v nvidia-cuda-mps-control > /dev/null; then
+  local try
+  for try in 1 2; do  # twice: a daemon left by an earlier call cut at its deadline refused new clients (session 15)
+    command -v nvidia-cuda-mps-control > /dev/null || break
     nvidia-cuda-mps-control -d 2>/dev/null  # a warm machine's daemon is still running: then this fails, harmlessly
     if timeout 60 python -c "import torch; assert torch.ones(2, device='cuda').sum().item() == 2"; then
       log "mps: on"; return
     fi
-    echo quit | nvidia-cuda-mps-control
-  fi
+    echo quit | nvidia-cuda-mps-control; sleep 3
+  done
   unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; log "mps: off (not available here)"
 }
 grid_until_deadline() {  # name, overrides...: one grid, stopped 25 s before the deadline; done marker if it ended
@@ -110,9 +116,16 @@ lane_study() {
   for d in results/gpu/h200/study19/*/cells; do
     g=$(basename "$(dirname $d)"); mkdir -p $R/$g && cp -rn $d $R/$g/
   done
-  grid_until_deadline lr grid=study_lr cluster=local_parallel cluster.jobs=12 $(frozen proc) results_dir=$R/lr || return 1
   # the rates come from the whole sweep: the records imported into the tree (gpu_tree.sh keeps their val_nll lines)
-  # read together with the cells this machine ran; an arm whose best rate is still at an edge stops the study here
+  # read together with the cells this machine ran; an arm whose best rate is still at an edge stops the study here.
+  # Once the imported records alone locate every arm's optimum, the sweep is not started again (its only cells left
+  # are the ones refused for good, Gated DeltaNet's on fla #640: a grid start-up per machine for nothing)
+  if [ -z "${LR:-}" ] && LR=$(swept_out); then
+    log "lr: every arm's optimum is located in the imported records; the sweep is not run again"
+  else
+    grid_until_deadline lr grid=study_lr cluster=local_parallel cluster.jobs=12 $(frozen proc) results_dir=$R/lr \
+      || return 1
+  fi
   if [ -z "${LR:-}" ]; then
     LR=$(python -m varbench.analysis.best_lr results/gpu/h200/study19/lr $R/lr --located 2>> $L/driver.log) \
       || { log "main not started: the lr sweep has an arm at its edge (above) or could not be read"; return 1; }
@@ -120,9 +133,11 @@ lane_study() {
   [ -f $INC ] || { log "main not started: no Inception weights staged at $INC"; return 1; }
   log "learning rates: $LR"
   local M=(grid=study_main cluster=local_parallel cluster.jobs=12 $(frozen proc) $LR "${FID[@]}" results_dir=$R/main_proc)
-  grid_until_deadline main "${M[@]}" || return 1
+  local main tokenizer_b ok  # (two grids into one records folder: each cell holds its own marker's lock)
+  grid_until_deadline main "${M[@]}" & main=$!
   grid_until_deadline tokenizer_b grid=study_tokenizer cluster=local_parallel cluster.jobs=6 $(frozen proc_b) $LR \
-    "${FID[@]}" results_dir=$R/main_proc || return 1
+    "${FID[@]}" results_dir=$R/main_proc & tokenizer_b=$!
+  wait $main; ok=$?; wait $tokenizer_b; [ "$ok$?" = 00 ] || return 1
   grid_until_deadline flops grid=study_flops cluster=local_parallel cluster.jobs=12 $(frozen proc) $LR "${FID[@]}" \
     results_dir=$R/flops || return 1
   stage_cifar || { log "cifar not started: its tokenizer or archive is not staged (or tokenize failed)"; return 1; }
@@ -130,22 +145,31 @@ lane_study() {
     tokenizer.checkpoint=$S/cifar/tokenizer/tokenizer.safetensors train.token_cache=$S/cifar/token_cache/train $LR \
     "${FID[@]}" results_dir=$R/main_cifar
 }
-grid_evaluation() {  # the study grids' own evaluation settings (study_base.yaml's task.overrides.evaluate) as overrides
+swept_out() {  # each arm's located rate from the imported records alone, when they cover every arm of the study
+  local rates arms
+  rates=$(python -m varbench.analysis.best_lr results/gpu/h200/study19/lr --located 2> /dev/null) || return 1
+  arms=$(python -c "import varbench.grid; from varbench import registry
+print(len(registry.compose(['grid=study_base']).study.lr))") || return 1
+  [ "$(wc -w <<< "$rates")" = "$arms" ] && echo "$rates"
+}
+grid_evaluation() {  # grid $1's own evaluation settings (its task.overrides.evaluate) as overrides
   python -c "import varbench.grid; from varbench import registry
-print(' '.join(f'task.{k}={v}' for k, v in registry.compose(['grid=study_base']).task.overrides.evaluate.items()))"
+print(' '.join(f'task.{k}={v}' for k, v in registry.compose(['grid=$1']).task.overrides.evaluate.items()))"
 }
 lane_guidance() {  # issue 19 item 2: each arm at guidance 1.0 and 3.0 besides the grid's 1.5 (the eval preset's), on
-  # its first cell done on this machine (its checkpoint lives only here; an arm evaluated in an earlier session has
-  # its markers in the tree). Same protocol as the grid's evaluation (FID-10k), into the same records folder (one
-  # study: its tables keep 1.5, the guidance table all three); no NLL rows (they do not depend on guidance). Two
-  # cells at a time beside the grid, each cell's two scales one after the other (an evaluation holds its run_dir).
-  local G=$R/guidance E; mkdir -p $G; E=$(grid_evaluation) || return 1
-  cp -n results/gpu/h200/study19/guidance/*.done $G/ 2>/dev/null; rm -f $G/*.running  # (a job cut in an earlier call)
+  # its first study_flops cell done on this machine (its checkpoint lives only here; an arm evaluated in an earlier
+  # session has its markers in the tree). study_flops, since every arm trains there once study_main is done (session
+  # 15 ended study_main with guidance 1.0 on four arms: their checkpoints left with that machine). Same protocol as
+  # the grid's evaluation, into the same records folder (one study: its tables keep 1.5, the guidance table all
+  # three); no NLL rows (they do not depend on guidance). Two cells at a time beside the grids, each cell's two scales
+  # one after the other (an evaluation holds its run_dir).
+  local G=$R/guidance/$GUIDED E; mkdir -p $G; E=$(grid_evaluation study_$GUIDED) || return 1
+  cp -n results/gpu/h200/study19/guidance/$GUIDED/*.done $G/ 2>/dev/null; rm -f $G/*.running  # (cut in an earlier call)
   while [ "$(left)" -gt 60 ]; do
     local todo=0 arm cell run_dir
     while read -r arm cell run_dir; do
       grep -qx "$cell" $G/$arm.running 2>/dev/null && continue  # its job is still on it
-      [ "$(grep -cx "$cell" $G/$arm.failed 2>/dev/null)" -ge 2 ] && continue  # failed twice (guidance.log says why)
+      [ "$(cat $G/$arm.failed 2>/dev/null | grep -cx "$cell")" -ge 2 ] && continue  # failed twice (guidance.log: why)
       todo=1
       while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 3; done
       [ "$(left)" -gt 180 ] || break 2  # an evaluation cut at the deadline records nothing
@@ -153,8 +177,8 @@ lane_guidance() {  # issue 19 item 2: each arm at guidance 1.0 and 3.0 besides t
       ( for c in 1.0 3.0; do
           [ -f $G/$arm-cfg$c.done ] && continue
           python run.py task=evaluate run_dir=$run_dir task.cfg=$c $E task.val_nll_images=0 task.train_nll_images=0 \
-            "${FID[@]/+task.overrides.evaluate./task.}" task.feature_cache=$R/main_proc/feature_cache \
-            results_dir=$R/main_proc autotune=first < /dev/null >> $L/guidance.log 2>&1 \
+            "${FID[@]/+task.overrides.evaluate./task.}" task.feature_cache=$R/$GUIDED/feature_cache \
+            results_dir=$R/$GUIDED autotune=first < /dev/null >> $L/guidance.log 2>&1 \
             || { echo "$cell" >> $G/$arm.failed; break; }
           echo "$cell" > $G/$arm-cfg$c.done && log "guidance $c on $arm ($cell) done"
         done; rm $G/$arm.running ) &
@@ -165,8 +189,8 @@ lane_guidance() {  # issue 19 item 2: each arm at guidance 1.0 and 3.0 besides t
   wait
 }
 guidance_cells() {  # "arm cell_id run_dir" for each arm still without both guidance markers in $1: its lowest-seed
-  # study_main cell done on this machine; the arms with most seeds in study_main.yaml first (the five-seed arms)
-  python - "$R/main_proc/cells" "$1" <<'PY'
+  # study_$GUIDED cell done on this machine; the arms with most seeds in study_main.yaml first (the five-seed arms)
+  python - "$R/$GUIDED/cells" "$1" "study_$GUIDED" <<'PY'
 import glob, json, os, sys
 import yaml
 import varbench
@@ -183,7 +207,7 @@ for f in glob.glob(os.path.join(sys.argv[1], "*", "done.json")):
     arm, seed = o.get("study.arm"), int(o.get("seed", 0))
     run_dir = os.path.dirname(done["summary"]["train"]["checkpoint"])
     evaluated = all(os.path.exists(os.path.join(sys.argv[2], f"{arm}-cfg{c}.done")) for c in ("1.0", "3.0"))
-    if o.get("grid") == "study_main" and not evaluated and os.path.isdir(run_dir) and seed < first.get(arm, (99,))[0]:
+    if o.get("grid") == sys.argv[3] and not evaluated and os.path.isdir(run_dir) and seed < first.get(arm, (99,))[0]:
         first[arm] = (seed, done["cell_id"], run_dir)
 for arm in sorted(first, key=lambda a: (-seeds[a], a)):
     print(arm, *first[arm][1:])
@@ -214,4 +238,7 @@ for p in $T ${G:-}; do
   while kill -0 $p 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 3; done
   kill -0 $p 2>/dev/null && { log "lane $p cut"; pkill -TERM -P $p; }
 done
-kill $U; wait; log "study ended"; collect
+kill $U; wait; log "study ended"
+# the next call starts its own daemon: one outliving its clients, killed at a deadline, can refuse the next ones
+[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
+collect

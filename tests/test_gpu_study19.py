@@ -1,9 +1,10 @@
 """benchmarks/gpu_study19.sh's control flow on a CPU, with a stand-in for every `python run.py` (the grids, tokenize
 and evaluate themselves are tested elsewhere): the committed tokenizers are checked and staged, the lr sweep runs,
-each arm's rate comes from the imported records read with the machine's own (`best_lr --located`); an arm at the
-sweep's edge stops the call before study_main, a located optimum starts it at that rate, and each arm's first cell is
-then evaluated at guidance 1.0 and 3.0 on the machine that trained it, and the second tokenizer's, matched-FLOPs and
-CIFAR-10 grids follow at the same rates; the records come back in parts."""
+each arm's rate comes from the imported records read with the machine's own (`best_lr --located`), and a sweep
+whose imported records already locate every arm is not started again; an arm at the sweep's edge stops the call
+before study_main, a located optimum starts it at that rate beside the second tokenizer's grid, then the
+matched-FLOPs and CIFAR-10 grids follow at the same rates, each arm's first matched-FLOPs cell evaluated at guidance
+1.0 and 3.0 on the machine that trained it; the records come back in parts (and import_study19.sh takes them in)."""
 
 import json
 import os
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZERS = REPO / "results/gpu/h200/study19/tokenizers"
@@ -22,11 +24,14 @@ echo "$*" >> calls.txt
 for a in "$@"; do case $a in results_dir=*) rd=${{a#results_dir=}};; esac; done
 case " $* " in
   *" grid=study_lr "*) mkdir -p $rd && cat fifth_point.jsonl >> $rd/evaluate.jsonl ;;
-  *" grid=study_main "*)  # two seeds of gla-none and one of VAR, whose guidance an earlier session recorded
+  *" grid=study_main "*|*" grid=study_tokenizer "*)  # each grid's start and end, a second apart
+    g=$(for a in "$@"; do case $a in grid=*) echo ${{a#grid=}};; esac; done)
+    echo "start $g" >> timeline.txt; sleep 1; echo "end $g" >> timeline.txt ;;
+  *" grid=study_flops "*)  # two seeds of gla-none and one of VAR, whose guidance an earlier session recorded
     for c in "c1 gla-none 1" "c0 gla-none 0" "c2 attention-none 0"; do set -- $c
-      mkdir -p $rd/cells/$1 runs/cells/main/$1/checkpoints
-      printf '{{"cell_id": "%s", "overrides": ["grid=study_main", "study.arm=%s", "seed=%s"], "summary":
-        {{"train": {{"checkpoint": "runs/cells/main/%s/checkpoints"}}}}}}' $1 $2 $3 $1 > $rd/cells/$1/done.json
+      mkdir -p $rd/cells/$1 runs/cells/flops/$1/checkpoints
+      printf '{{"cell_id": "%s", "overrides": ["grid=study_flops", "study.arm=%s", "seed=%s"], "summary":
+        {{"train": {{"checkpoint": "runs/cells/flops/%s/checkpoints"}}}}}}' $1 $2 $3 $1 > $rd/cells/$1/done.json
     done ;;
   *" task=evaluate "*)  # an evaluation holds its run_dir: a second one at once would fail
     for a in "$@"; do case $a in run_dir=*) run=${{a#run_dir=}};; esac; done
@@ -35,16 +40,17 @@ esac
 """
 
 
-def val_nll(base_lr: float, value: float) -> str:
-    return json.dumps({"metric": "val_nll", "value": value, "unit": "nats/token", "mixer": "gla", "intra": "none",
-                       "depth": 6, "resolution": 64, "seed": 0, "cell_id": f"gla{base_lr}",
+def val_nll(base_lr: float, value: float, mixer: str = "gla", intra: str = "none") -> str:
+    return json.dumps({"metric": "val_nll", "value": value, "unit": "nats/token", "mixer": mixer, "intra": intra,
+                       "depth": 6, "resolution": 64, "seed": 0, "cell_id": f"{mixer}-{intra}{base_lr}",
                        "date": "2099-01-01T00:00:00+00:00", "config": {"train": {"base_lr": base_lr}}}) + "\n"
 
 
-def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: bool = False):
+def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: bool = False, imported: str = ""):
     """The script (400 s: guidance starts an evaluation only with 180 s left) in a tree as `gpu_tree.sh out` leaves
-    it: the sweep's imported val_nll lines (best at 3.2e-2, the edge) and the committed tokenizers with their sums
-    (a tree with results/ in it carries them). `fifth_point`: the val_nll lines the machine's lr cells write."""
+    it: the sweep's imported val_nll lines (gla-none's best at 3.2e-2, the edge; `imported`: more of them) and the
+    committed tokenizers with their sums (a tree with results/ in it carries them). `fifth_point`: the val_nll lines
+    the machine's lr cells write."""
     tree, bin_dir = tmp_path / "tree", tmp_path / "bin"
     (tree / "benchmarks").mkdir(parents=True)
     shutil.copy(REPO / "benchmarks/gpu_study19.sh", tree / "benchmarks")
@@ -52,10 +58,10 @@ def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: 
     lr = tree / "results/gpu/h200/study19/lr"
     lr.mkdir()
     (lr / "val_nll.jsonl").write_text("".join(val_nll(b, v) for b, v in ((4e-3, 3.9), (8e-3, 3.8), (1.6e-2, 3.7),
-                                                                          (3.2e-2, 3.6))))
+                                                                          (3.2e-2, 3.6))) + imported)
     (tree / "fifth_point.jsonl").write_text(fifth_point)
-    guidance = tree / "results/gpu/h200/study19/guidance"  # VAR's, from an earlier session (import_study19.sh)
-    guidance.mkdir()
+    guidance = tree / "results/gpu/h200/study19/guidance/flops"  # VAR's, from an earlier session (import_study19.sh)
+    guidance.mkdir(parents=True)
     for scale in ("1.0", "3.0"):
         (guidance / f"attention-none-cfg{scale}.done").write_text("a0\n")
     bin_dir.mkdir()
@@ -100,11 +106,15 @@ def test_a_located_optimum_starts_study_main_at_it_and_evaluates_each_arm_s_firs
     calls = (tmp_path / "tree/calls.txt").read_text().splitlines()
     (main,) = [c for c in calls if "grid=study_main" in c]
     assert "study.lr.gla-none=3.2e-02" in main and f"inception_weights={tmp_path}/inception.safetensors" in main
+    # the second tokenizer's grid runs beside study_main's (both start before either ends)
+    timeline = (tmp_path / "tree/timeline.txt").read_text().splitlines()
+    assert sorted(timeline[:2]) == ["start study_main", "start study_tokenizer"], timeline
     guidance = [c for c in calls if c.startswith("run.py task=evaluate ")]
-    # gla-none's lowest seed (c0, not c1) at both scales, one after the other; VAR's were recorded before
+    # gla-none's lowest-seed matched-FLOPs cell (c0, not c1) at both scales, one after the other, at study_flops'
+    # own FID-5k; VAR's were recorded before
     assert [(c.split("run_dir=")[1].split()[0], c.split("task.cfg=")[1].split()[0]) for c in guidance] == [
-        ("runs/cells/main/c0", "1.0"), ("runs/cells/main/c0", "3.0")]
-    assert all("results_dir=runs/s12/results/main_proc" in c and "task.per_class=1000" in c for c in guidance)
+        ("runs/cells/flops/c0", "1.0"), ("runs/cells/flops/c0", "3.0")]
+    assert all("results_dir=runs/s12/results/flops" in c and "task.per_class=500" in c for c in guidance)
     assert "guidance 3.0 on gla-none (c0) done" in driver
     assert not (tmp_path / "tree/overlapping.txt").exists()
     # then the second tokenizer, matched FLOPs and CIFAR-10, each at the same rates into its own records
@@ -117,6 +127,54 @@ def test_a_located_optimum_starts_study_main_at_it_and_evaluates_each_arm_s_firs
     assert "results_dir=runs/s12/results/main_cifar" in cifar
     assert all("study.lr.gla-none=3.2e-02" in c for c in (tokenizer_b, flops, cifar))
     assert (tmp_path / "tree/runs/study19/cifar10_jpg/val/airplane").is_dir()  # test/ serves as val/
+
+
+@pytest.mark.slow  # the guidance lane polls every 20 s
+def test_a_sweep_whose_imported_records_locate_every_arm_s_optimum_is_not_run_again(tmp_path):
+    arms = yaml.safe_load((REPO / "varbench/configs/grid/study_base.yaml").read_text())["study"]["lr"]
+    imported = val_nll(6.4e-2, 3.65) + "".join(  # gla-none past its edge, every other arm best in the middle
+        val_nll(b, v, *arm.split("-")) for arm in arms if arm != "gla-none"
+        for b, v in ((4e-3, 3.9), (8e-3, 3.7), (1.6e-2, 3.8)))
+    run = run_study(tmp_path, fifth_point="", staged_inception=True, imported=imported)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "the sweep is not run again" in (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
+    calls = (tmp_path / "tree/calls.txt").read_text().splitlines()
+    assert not [c for c in calls if "grid=study_lr" in c]
+    (main,) = [c for c in calls if "grid=study_main" in c]
+    assert "study.lr.gla-none=3.2e-02" in main and "study.lr.attention-local=8.0e-03" in main
+
+
+def test_import_takes_each_study_s_records_and_guidance_markers_and_passes_over_a_folder_of_stubs(tmp_path):
+    """import_study19.sh on a machine's records as `collect` packs them: a study's records are stamped and appended,
+    its cells' markers copied; a folder holding only carried stubs (an earlier study's, session 15) is passed over;
+    token caches' records go to tokenize.jsonl, guidance markers (not the running ones) to guidance/<study>."""
+    machine, tree = tmp_path / "machine", tmp_path / "tree"
+    for path, text in {"results/flops/evaluate.jsonl": '{"metric": "fid", "value": 1.0}\n',
+                       "results/flops/cells/c0/done.json": '{"cell_id": "c0"}',
+                       "results/pilot_lr/cells/p0/done.json": '{"cell_id": "p0", "stub": "gpu_tree.sh out"}',
+                       "results/tok_proc/tokenize.jsonl": '{"metric": "tokenize_seconds", "value": 2.0}\n',
+                       "results/guidance/flops/gla-none-cfg1.0.done": "c0\n",
+                       "results/guidance/flops/gla-none.running": "c0\n"}.items():
+        (machine / path).parent.mkdir(parents=True, exist_ok=True)
+        (machine / path).write_text(text)
+    (tmp_path / "call").mkdir()
+    subprocess.run(f"tar czf - -C {machine} results | split -b 15M - {tmp_path}/call/records.tgz.part",
+                   shell=True, check=True)
+    (tree / "benchmarks").mkdir(parents=True)
+    for script in ("import_study19.sh", "import_records.py"):
+        shutil.copy(REPO / "benchmarks" / script, tree / "benchmarks")
+    study = tree / "results/gpu/h200/study19"
+    (study / "flops").mkdir(parents=True)
+    (study / "flops/evaluate.jsonl").write_text('{"metric": "fid", "value": 2.0}\n')  # an earlier machine's
+    run = subprocess.run(["bash", "benchmarks/import_study19.sh", str(tmp_path / "call"), "nothing"], cwd=tree,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    fids = [json.loads(line) for line in (study / "flops/evaluate.jsonl").read_text().splitlines()]
+    assert [(r["value"], r.get("machine"), r.get("beside")) for r in fids] == [
+        (2.0, None, None), (1.0, "nvidia-h200", "nothing")]
+    assert (study / "flops/cells/c0/done.json").is_file() and not (study / "pilot_lr").exists()
+    assert json.loads((study / "tokenize.jsonl").read_text())["metric"] == "tokenize_seconds"
+    assert sorted(p.name for p in (study / "guidance/flops").iterdir()) == ["gla-none-cfg1.0.done"]
 
 
 def test_without_staged_inception_weights_study_main_does_not_start(tmp_path):

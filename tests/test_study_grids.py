@@ -135,3 +135,11 @@ def test_best_lr_reads_a_sweep_split_over_folders_and_refuses_an_edge_when_asked
     assert capsys.readouterr().out == ""
     assert main([str(tmp_path / "imported"), str(tmp_path / "this_call"), "--located"]) == 0
     assert capsys.readouterr().out.strip() == "study.lr.gla-none=8.0e-03"
+
+
+def test_grids_writing_one_records_folder_share_its_sample_count_and_the_cut_ones_are_fid_5k():
+    """A study is one records folder: study_tokenizer's cells go into study_main's (benchmarks/gpu_study19.sh), so
+    both evaluate FID-10k; study_flops and study_cifar, cut for the budget, evaluate FID-5k in folders of their own."""
+    per_class = {g: _compose(g).task.overrides.evaluate.per_class
+                 for g in ("study_main", "study_tokenizer", "study_flops", "study_cifar")}
+    assert per_class == {"study_main": 1000, "study_tokenizer": 1000, "study_flops": 500, "study_cifar": 500}
