@@ -275,3 +275,35 @@ def test_import_records_stamps_every_record_and_marks_only_eager_batch1_latencie
     assert again.returncode != 0 and "--append" in again.stderr and len(
         (tmp_path / "dest.jsonl").read_text().splitlines()) == 4
     assert run("--append").returncode == 0 and len((tmp_path / "dest.jsonl").read_text().splitlines()) == 8
+
+
+def test_gpu_check_s16_plans_sampling_commands_that_compose_and_tests_that_exist(tmp_path):
+    """benchmarks/gpu_check_s16.sh with DRY=1: its limits sum to <= 540 s; VAR-d16's and M-VAR-d16's sampling at
+    batch 1 and 64 with CUDA graphs and the graphs decode, then VAR's eager batch 64, compose with no training stage,
+    each cell killed by the bench before its step's timeout; the profile and decode-mode scripts get their batches;
+    the test selection collects the graphs decode's CUDA test."""
+    out = bash("benchmarks/gpu_check_s16.sh", str(tmp_path), env={"DRY": "1"})
+    assert out.returncode == 0, out.stderr
+    commands = [shlex.split(line) for line in out.stdout.splitlines()]
+    assert all(argv[0] == "timeout" for argv in commands) and sum(int(argv[1]) for argv in commands) <= 540
+    benches = [argv for argv in commands if argv[2:5] == ["python", "run.py", "task=bench"]]
+    expected = [("attention", "graphs", "- 1\n    - 64"), ("mamba2", "graphs", "- 1\n    - 64"),
+                ("attention", "eager", "- 64")]
+    assert len(benches) == len(expected)
+    for argv, (mixer, decode, batches) in zip(benches, expected):
+        assert int(next(a.split("=")[1] for a in argv if a.startswith("task.cell_timeout_s="))) < int(argv[1])
+        check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
+                               env=ENV, timeout=300)
+        assert check.returncode == 0, (argv, check.stderr[-2000:])
+        assert f"configs:\n  - - {mixer}" in check.stdout and "train_batch: null" in check.stdout
+        assert f"sample_batches:\n    256:\n    {batches}\n" in check.stdout
+        assert f"decode_mode: {decode}" in check.stdout
+    scripts = [argv[2:4] for argv in commands if argv[3].startswith("benchmarks/")]
+    assert ["python", "benchmarks/decode_modes.py"] in scripts
+    assert [argv[argv.index("--batch") + 1] for argv in commands if "benchmarks/sample_profile.py" in argv] == [
+        "1", "64"]
+    (tests,) = [argv[2:] for argv in commands if argv[2:4] == ["python", "benchmarks/gpu_tests.py"]]
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                             *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
+                            timeout=300).stdout
+    assert "test_graphs_decodes_eager_s_images_exactly_and_captures_once_per_shape" in listed
