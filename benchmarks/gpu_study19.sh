@@ -17,14 +17,13 @@
 #             Inception FID-10k (weights staged in /tmp/stage/inception), and beside it grid=study_tokenizer on
 #             `proc_b` (6 cells at a time: the two share the GPU once main's last wave is small);
 #   flops     grid=study_flops (matched training FLOPs) on `proc` at the same rates, into its own records folder;
+#             its seed-0 cells also evaluate at guidance 1.0 and 3.0 (issue 19 item 2: task.guidance_scales);
 #   cifar     grid=study_cifar on CIFAR-10 with its committed tokenizer `cifar` (staged with the archive of
 #             ../shared/data as /tmp/stage/study19/cifar/tokenizer/tokenizer.safetensors and
 #             /tmp/stage/cifar10_jpg.tar.gz; without them the call ends here), at the procedural rates.
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
 # the machine has it (several processes' kernels then run at once instead of taking turns); the driver log says
 # whether it ran, and samples the GPU's utilisation every 30 s.
-#   guidance  beside the grids: each arm's first study_flops cell done here evaluated at task.cfg 1.0 and 3.0
-#             (lane_guidance);
 # Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS=1] [LR=...] bash benchmarks/gpu_study19.sh SECONDS
 # Staging (see benchmarks/gpu_study_plan.md): a machine is warm for 30 s after a call; on a fresh machine the
 # tokenizers and the Inception weights travel in staging calls made back to back right before the work call.
@@ -38,7 +37,6 @@ TOKENIZERS=results/gpu/h200/study19/tokenizers; SUMS=$TOKENIZERS/SHA256SUMS  # s
 INC=${INC:-/tmp/stage/inception/inception.part1of2.safetensors}  # the staged Inception weights (shard 1 of 2)
 ARCHIVE=${ARCHIVE:-/tmp/stage/cifar10_jpg.tar.gz}  # the staged ../shared/data/cifar10_jpg.tar.gz
 FID=(+task.overrides.evaluate.inception_fid=true +task.overrides.evaluate.inception_weights=$INC)
-GUIDED=flops  # the study whose cells the guidance lane evaluates at two more scales (grid=study_$GUIDED, $R/$GUIDED)
 log() { echo "$(date +%T) $*" | tee -a $L/driver.log; }
 left() { echo $((END - SECONDS)); }
 frozen() { echo "tokenizer.checkpoint=$S/$1/tokenizer/tokenizer.safetensors train.token_cache=$S/$1/token_cache/train $PROC"; }
@@ -110,7 +108,7 @@ grid_until_deadline() {  # name, overrides...: one grid, stopped 25 s before the
   fi
   wait $pid; log "$1 ended rc=$?"; touch $R/$1.done   # failed cells are recorded; rerunning retries only those
 }
-lane_study() {
+run_study() {
   stage_tokenizers || { log "tokenize failed"; return 1; }
   # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
   for d in results/gpu/h200/study19/*/cells; do
@@ -152,67 +150,6 @@ swept_out() {  # each arm's located rate from the imported records alone, when t
 print(len(registry.compose(['grid=study_base']).study.lr))") || return 1
   [ "$(wc -w <<< "$rates")" = "$arms" ] && echo "$rates"
 }
-grid_evaluation() {  # grid $1's own evaluation settings (its task.overrides.evaluate) as overrides
-  python -c "import varbench.grid; from varbench import registry
-print(' '.join(f'task.{k}={v}' for k, v in registry.compose(['grid=$1']).task.overrides.evaluate.items()))"
-}
-lane_guidance() {  # issue 19 item 2: each arm at guidance 1.0 and 3.0 besides the grid's 1.5 (the eval preset's), on
-  # its first study_flops cell done on this machine (its checkpoint lives only here; an arm evaluated in an earlier
-  # session has its markers in the tree). study_flops, since every arm trains there once study_main is done (session
-  # 15 ended study_main with guidance 1.0 on four arms: their checkpoints left with that machine). Same protocol as
-  # the grid's evaluation, into the same records folder (one study: its tables keep 1.5, the guidance table all
-  # three); no NLL rows (they do not depend on guidance). Two cells at a time beside the grids, each cell's two scales
-  # one after the other (an evaluation holds its run_dir).
-  local G=$R/guidance/$GUIDED E; mkdir -p $G; E=$(grid_evaluation study_$GUIDED) || return 1
-  cp -n results/gpu/h200/study19/guidance/$GUIDED/*.done $G/ 2>/dev/null; rm -f $G/*.running  # (cut in an earlier call)
-  while [ "$(left)" -gt 60 ]; do
-    local todo=0 arm cell run_dir
-    while read -r arm cell run_dir; do
-      grep -qx "$cell" $G/$arm.running 2>/dev/null && continue  # its job is still on it
-      [ "$(cat $G/$arm.failed 2>/dev/null | grep -cx "$cell")" -ge 2 ] && continue  # failed twice (guidance.log: why)
-      todo=1
-      while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 3; done
-      [ "$(left)" -gt 180 ] || break 2  # an evaluation cut at the deadline records nothing
-      echo "$cell" > $G/$arm.running
-      ( for c in 1.0 3.0; do
-          [ -f $G/$arm-cfg$c.done ] && continue
-          python run.py task=evaluate run_dir=$run_dir task.cfg=$c $E task.val_nll_images=0 task.train_nll_images=0 \
-            "${FID[@]/+task.overrides.evaluate./task.}" task.feature_cache=$R/$GUIDED/feature_cache \
-            results_dir=$R/$GUIDED autotune=first < /dev/null >> $L/guidance.log 2>&1 \
-            || { echo "$cell" >> $G/$arm.failed; break; }
-          echo "$cell" > $G/$arm-cfg$c.done && log "guidance $c on $arm ($cell) done"
-        done; rm $G/$arm.running ) &
-    done < <(guidance_cells $G)
-    [ $todo = 0 ] && ! kill -0 $T 2>/dev/null && break  # the study lane ended and its arms are evaluated
-    sleep 20
-  done
-  wait
-}
-guidance_cells() {  # "arm cell_id run_dir" for each arm still without both guidance markers in $1: its lowest-seed
-  # study_$GUIDED cell done on this machine; the arms with most seeds in study_main.yaml first (the five-seed arms)
-  python - "$R/$GUIDED/cells" "$1" "study_$GUIDED" <<'PY'
-import glob, json, os, sys
-import yaml
-import varbench
-grid = os.path.join(os.path.dirname(varbench.__file__), "configs/grid/study_main.yaml")
-sweeper = yaml.safe_load(open(grid))["hydra"]["sweeper"]
-seeds = {v["study.arm"]: len(str(v["seed"]).split(",")) for v in [sweeper["params"]]
-         + [{**sweeper["params"], **cell} for cell in sweeper["cells"]]}
-first = {}
-for f in glob.glob(os.path.join(sys.argv[1], "*", "done.json")):
-    done = json.load(open(f))
-    if "overrides" not in done:  # the stub of a cell done on an earlier machine (gpu_tree.sh out)
-        continue
-    o = dict(x.split("=", 1) for x in done["overrides"] if "=" in x)
-    arm, seed = o.get("study.arm"), int(o.get("seed", 0))
-    run_dir = os.path.dirname(done["summary"]["train"]["checkpoint"])
-    evaluated = all(os.path.exists(os.path.join(sys.argv[2], f"{arm}-cfg{c}.done")) for c in ("1.0", "3.0"))
-    if o.get("grid") == sys.argv[3] and not evaluated and os.path.isdir(run_dir) and seed < first.get(arm, (99,))[0]:
-        first[arm] = (seed, done["cell_id"], run_dir)
-for arm in sorted(first, key=lambda a: (-seeds[a], a)):
-    print(arm, *first[arm][1:])
-PY
-}
 collect() {
   for d in $R/*/; do n=$(basename "$d")  # each cell's sample grid beside its records (the report's sheet)
     for f in runs/cells/$n-*/*/samples.png; do [ -f "$f" ] || continue; mkdir -p "$d/$(dirname "$f")" && cp "$f" "$d/$f"; done
@@ -232,12 +169,9 @@ log "start, $(left) s"
 start_mps
 while sleep 30 > /dev/null 2>&1; do log "gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"; done &
 U=$!  # (its sleep holds no output pipe: a caller reading ours is not kept waiting after we end)
-lane_study > $L/study.log 2>&1 & T=$!
-[ -f $INC ] && { lane_guidance > $L/guidance_lane.log 2>&1 & G=$!; }
-for p in $T ${G:-}; do
-  while kill -0 $p 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 3; done
-  kill -0 $p 2>/dev/null && { log "lane $p cut"; pkill -TERM -P $p; }
-done
+run_study > $L/study.log 2>&1 & T=$!
+while kill -0 $T 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 3; done
+kill -0 $T 2>/dev/null && { log "study cut"; pkill -TERM -P $T; }
 kill $U; wait; log "study ended"
 # the next call starts its own daemon: one outliving its clients, killed at a deadline, can refuse the next ones
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control

@@ -2,7 +2,7 @@
 # The tree a GPU work call carries must stay under 64 MiB with the 63 MB of wheels in .whl/: results/ (21 MB, and
 # the study's tokenizers, 35 MB) waits in /tmp/hold during the call. Kept in the tree: what the study script
 # reads: the done markers of imported cells, as stubs (benchmarks/gpu_study19.sh skips those cells), the lr sweep's
-# val_nll records, the guidance lane's markers and the tokenizers' SHA256SUMS.
+# val_nll records and the tokenizers' SHA256SUMS.
 #   bash benchmarks/gpu_tree.sh out      before the work call (also writes .commit: records name the commit)
 #   bash benchmarks/gpu_tree.sh back     after it, before importing its records (never `git add -A` in between)
 set -euo pipefail
@@ -23,8 +23,6 @@ case "${1:?out or back}" in
     done
     # the sweep's held-out NLLs, from which the study script picks each arm's rate (best_lr reads them with its own)
     grep '"metric": "val_nll"' $HOLD/$STUDY/lr/evaluate.jsonl > results/$STUDY/lr/val_nll.jsonl
-    # the arms whose guidance an earlier machine evaluated (the guidance lane skips them)
-    if [ -d $HOLD/$STUDY/guidance ]; then cp -r $HOLD/$STUDY/guidance results/$STUDY/; fi
     ;;
   back)
     [ -d $HOLD ] || { echo "no $HOLD to bring back" >&2; exit 1; }

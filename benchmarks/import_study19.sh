@@ -2,8 +2,7 @@
 # Brings one machine's study records (benchmarks/gpu_study19.sh) into results/gpu/h200/study19/, stamped by
 # benchmarks/import_records.py: each grid's records into study19/<grid>/ with their cells' done / failed markers;
 # the sample grid of every seed-0 cell but the lr sweep's (the report's sample sheet: one per configuration); the
-# tokenizers' records into study19/tokenizers.jsonl (training) and tokenize.jsonl (token caches); the guidance lane's
-# markers into study19/guidance/<study> (one per arm and scale, naming the cell evaluated). Tokenizers trained
+# tokenizers' records into study19/tokenizers.jsonl (training) and tokenize.jsonl (token caches). Tokenizers trained
 # on the machine (tokenizer_<name>.safetensors) are left to commit by hand, with their line in SHA256SUMS.
 # A machine's records accumulate over its calls: import the LAST call of each machine, once (an earlier call's
 # records are in it too; importing two calls of one machine would count their cells twice).
@@ -24,12 +23,6 @@ for g in "$T"/results/*/; do
     tok_*)
       [ -f "$g/train_tokenizer.jsonl" ] && into $D/tokenizers.jsonl "$g/train_tokenizer.jsonl"
       [ -f "$g/tokenize.jsonl" ] && into $D/tokenize.jsonl "$g/tokenize.jsonl" ;;
-    guidance)  # which arm's guidance is recorded, per study (guidance/<study>/<arm>-cfg<scale>.done; the records
-      # are that study's): the next machine skips those arms
-      for f in "$g"/*/*.done; do
-        [ -f "$f" ] || continue; mkdir -p "$D/guidance/$(basename "$(dirname "$f")")"
-        cp -n "$f" "$D/guidance/$(basename "$(dirname "$f")")/"
-      done ;;
     *)  # (a folder of carried stubs alone, such as an earlier study's, has no records: nothing to import)
       compgen -G "$g/*.jsonl" > /dev/null || continue
       for f in "$g"/*.jsonl; do into "$D/$n/$(basename "$f")" "$f"; done

@@ -3,8 +3,8 @@ and evaluate themselves are tested elsewhere): the committed tokenizers are chec
 each arm's rate comes from the imported records read with the machine's own (`best_lr --located`), and a sweep
 whose imported records already locate every arm is not started again; an arm at the sweep's edge stops the call
 before study_main, a located optimum starts it at that rate beside the second tokenizer's grid, then the
-matched-FLOPs and CIFAR-10 grids follow at the same rates, each arm's first matched-FLOPs cell evaluated at guidance
-1.0 and 3.0 on the machine that trained it; the records come back in parts (and import_study19.sh takes them in)."""
+matched-FLOPs and CIFAR-10 grids follow at the same rates; the records come back in parts (and import_study19.sh
+takes them in)."""
 
 import json
 import os
@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,15 +26,6 @@ case " $* " in
   *" grid=study_main "*|*" grid=study_tokenizer "*)  # each grid's start and end, a second apart
     g=$(for a in "$@"; do case $a in grid=*) echo ${{a#grid=}};; esac; done)
     echo "start $g" >> timeline.txt; sleep 1; echo "end $g" >> timeline.txt ;;
-  *" grid=study_flops "*)  # two seeds of gla-none and one of VAR, whose guidance an earlier session recorded
-    for c in "c1 gla-none 1" "c0 gla-none 0" "c2 attention-none 0"; do set -- $c
-      mkdir -p $rd/cells/$1 runs/cells/flops/$1/checkpoints
-      printf '{{"cell_id": "%s", "overrides": ["grid=study_flops", "study.arm=%s", "seed=%s"], "summary":
-        {{"train": {{"checkpoint": "runs/cells/flops/%s/checkpoints"}}}}}}' $1 $2 $3 $1 > $rd/cells/$1/done.json
-    done ;;
-  *" task=evaluate "*)  # an evaluation holds its run_dir: a second one at once would fail
-    for a in "$@"; do case $a in run_dir=*) run=${{a#run_dir=}};; esac; done
-    mkdir $run/held 2>/dev/null || echo "$run" >> overlapping.txt; sleep 1; rmdir $run/held ;;
 esac
 """
 
@@ -47,10 +37,9 @@ def val_nll(base_lr: float, value: float, mixer: str = "gla", intra: str = "none
 
 
 def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: bool = False, imported: str = ""):
-    """The script (400 s: guidance starts an evaluation only with 180 s left) in a tree as `gpu_tree.sh out` leaves
-    it: the sweep's imported val_nll lines (gla-none's best at 3.2e-2, the edge; `imported`: more of them) and the
-    committed tokenizers with their sums (a tree with results/ in it carries them). `fifth_point`: the val_nll lines
-    the machine's lr cells write."""
+    """The script (400 s) in a tree as `gpu_tree.sh out` leaves it: the sweep's imported val_nll lines (gla-none's
+    best at 3.2e-2, the edge; `imported`: more of them) and the committed tokenizers with their sums (a tree with
+    results/ in it carries them). `fifth_point`: the val_nll lines the machine's lr cells write."""
     tree, bin_dir = tmp_path / "tree", tmp_path / "bin"
     (tree / "benchmarks").mkdir(parents=True)
     shutil.copy(REPO / "benchmarks/gpu_study19.sh", tree / "benchmarks")
@@ -60,10 +49,6 @@ def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: 
     (lr / "val_nll.jsonl").write_text("".join(val_nll(b, v) for b, v in ((4e-3, 3.9), (8e-3, 3.8), (1.6e-2, 3.7),
                                                                           (3.2e-2, 3.6))) + imported)
     (tree / "fifth_point.jsonl").write_text(fifth_point)
-    guidance = tree / "results/gpu/h200/study19/guidance/flops"  # VAR's, from an earlier session (import_study19.sh)
-    guidance.mkdir(parents=True)
-    for scale in ("1.0", "3.0"):
-        (guidance / f"attention-none-cfg{scale}.done").write_text("a0\n")
     bin_dir.mkdir()
     (bin_dir / "python").write_text(STAND_IN.format(python=sys.executable))
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho '0 %, 1 MiB'\n")
@@ -84,7 +69,6 @@ def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: 
                           env=env, timeout=300)
 
 
-@pytest.mark.slow  # the guidance lane looks again after 20 s before it sees the study lane ended
 def test_an_arm_still_at_the_sweep_s_edge_stops_the_call_before_study_main(tmp_path):
     run = run_study(tmp_path, fifth_point="", staged_inception=True)  # the machine ran no fifth point
     assert run.returncode == 0, run.stderr[-2000:]
@@ -96,8 +80,7 @@ def test_an_arm_still_at_the_sweep_s_edge_stops_the_call_before_study_main(tmp_p
     assert (tmp_path / "out/records.tgz.partaa").is_file() and (tmp_path / "out/logs.tar.gz").is_file()
 
 
-@pytest.mark.slow  # the guidance lane polls every 20 s
-def test_a_located_optimum_starts_study_main_at_it_and_evaluates_each_arm_s_first_seed_at_two_more_scales(tmp_path):
+def test_a_located_optimum_starts_study_main_at_it_beside_the_second_tokenizer_then_flops_and_cifar(tmp_path):
     run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True,  # this machine's cell
                     staged_cifar=True)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -109,14 +92,6 @@ def test_a_located_optimum_starts_study_main_at_it_and_evaluates_each_arm_s_firs
     # the second tokenizer's grid runs beside study_main's (both start before either ends)
     timeline = (tmp_path / "tree/timeline.txt").read_text().splitlines()
     assert sorted(timeline[:2]) == ["start study_main", "start study_tokenizer"], timeline
-    guidance = [c for c in calls if c.startswith("run.py task=evaluate ")]
-    # gla-none's lowest-seed matched-FLOPs cell (c0, not c1) at both scales, one after the other, at study_flops'
-    # own FID-5k; VAR's were recorded before
-    assert [(c.split("run_dir=")[1].split()[0], c.split("task.cfg=")[1].split()[0]) for c in guidance] == [
-        ("runs/cells/flops/c0", "1.0"), ("runs/cells/flops/c0", "3.0")]
-    assert all("results_dir=runs/s12/results/flops" in c and "task.per_class=500" in c for c in guidance)
-    assert "guidance 3.0 on gla-none (c0) done" in driver
-    assert not (tmp_path / "tree/overlapping.txt").exists()
     # then the second tokenizer, matched FLOPs and CIFAR-10, each at the same rates into its own records
     (tokenizer_b,) = [c for c in calls if "grid=study_tokenizer" in c]
     (flops,) = [c for c in calls if "grid=study_flops" in c]
@@ -129,7 +104,6 @@ def test_a_located_optimum_starts_study_main_at_it_and_evaluates_each_arm_s_firs
     assert (tmp_path / "tree/runs/study19/cifar10_jpg/val/airplane").is_dir()  # test/ serves as val/
 
 
-@pytest.mark.slow  # the guidance lane polls every 20 s
 def test_a_sweep_whose_imported_records_locate_every_arm_s_optimum_is_not_run_again(tmp_path):
     arms = yaml.safe_load((REPO / "varbench/configs/grid/study_base.yaml").read_text())["study"]["lr"]
     imported = val_nll(6.4e-2, 3.65) + "".join(  # gla-none past its edge, every other arm best in the middle
@@ -144,17 +118,15 @@ def test_a_sweep_whose_imported_records_locate_every_arm_s_optimum_is_not_run_ag
     assert "study.lr.gla-none=3.2e-02" in main and "study.lr.attention-local=8.0e-03" in main
 
 
-def test_import_takes_each_study_s_records_and_guidance_markers_and_passes_over_a_folder_of_stubs(tmp_path):
+def test_import_takes_each_study_s_records_and_passes_over_a_folder_of_stubs(tmp_path):
     """import_study19.sh on a machine's records as `collect` packs them: a study's records are stamped and appended,
     its cells' markers copied; a folder holding only carried stubs (an earlier study's, session 15) is passed over;
-    token caches' records go to tokenize.jsonl, guidance markers (not the running ones) to guidance/<study>."""
+    token caches' records go to tokenize.jsonl."""
     machine, tree = tmp_path / "machine", tmp_path / "tree"
     for path, text in {"results/flops/evaluate.jsonl": '{"metric": "fid", "value": 1.0}\n',
                        "results/flops/cells/c0/done.json": '{"cell_id": "c0"}',
                        "results/pilot_lr/cells/p0/done.json": '{"cell_id": "p0", "stub": "gpu_tree.sh out"}',
-                       "results/tok_proc/tokenize.jsonl": '{"metric": "tokenize_seconds", "value": 2.0}\n',
-                       "results/guidance/flops/gla-none-cfg1.0.done": "c0\n",
-                       "results/guidance/flops/gla-none.running": "c0\n"}.items():
+                       "results/tok_proc/tokenize.jsonl": '{"metric": "tokenize_seconds", "value": 2.0}\n'}.items():
         (machine / path).parent.mkdir(parents=True, exist_ok=True)
         (machine / path).write_text(text)
     (tmp_path / "call").mkdir()
@@ -174,7 +146,6 @@ def test_import_takes_each_study_s_records_and_guidance_markers_and_passes_over_
         (2.0, None, None), (1.0, "nvidia-h200", "nothing")]
     assert (study / "flops/cells/c0/done.json").is_file() and not (study / "pilot_lr").exists()
     assert json.loads((study / "tokenize.jsonl").read_text())["metric"] == "tokenize_seconds"
-    assert sorted(p.name for p in (study / "guidance/flops").iterdir()) == ["gla-none-cfg1.0.done"]
 
 
 def test_without_staged_inception_weights_study_main_does_not_start(tmp_path):
@@ -184,8 +155,7 @@ def test_without_staged_inception_weights_study_main_does_not_start(tmp_path):
     assert "grid=study_main" not in (tmp_path / "tree/calls.txt").read_text()
 
 
-@pytest.mark.parametrize("guidance_done", [False, True])
-def test_gpu_tree_out_keeps_what_the_study_script_reads_and_back_restores_results(tmp_path, guidance_done):
+def test_gpu_tree_out_keeps_what_the_study_script_reads_and_back_restores_results(tmp_path):
     """`gpu_tree.sh out` leaves in results/ only what the call needs, small (done markers as stubs: the tree
     travels beside 63 MB of wheels under 64 MiB), and `back` brings the whole folder back as it was."""
     tree, hold = tmp_path / "tree", tmp_path / "hold"
@@ -200,9 +170,6 @@ def test_gpu_tree_out_keeps_what_the_study_script_reads_and_back_restores_result
     (study / "lr/cells/c2").mkdir()
     (study / "lr/cells/c2/failed.json").write_text("{}")
     (study / "lr/evaluate.jsonl").write_text(val_nll(4e-3, 3.9) + json.dumps({"metric": "fid", "value": 1}) + "\n")
-    if guidance_done:
-        (study / "guidance").mkdir()
-        (study / "guidance/attention-none-cfg1.0.done").write_text("c1\n")
     subprocess.run(["git", "init", "-q"], cwd=tree, check=True)
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "t"],
                    cwd=tree, check=True)
@@ -211,8 +178,7 @@ def test_gpu_tree_out_keeps_what_the_study_script_reads_and_back_restores_result
     out = subprocess.run(["bash", "benchmarks/gpu_tree.sh", "out"], cwd=tree, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     kept = {str(p.relative_to(study)) for p in study.rglob("*") if p.is_file()}
-    assert kept == {"tokenizers/SHA256SUMS", "lr/cells/c1/done.json", "lr/val_nll.jsonl"} | (
-        {"guidance/attention-none-cfg1.0.done"} if guidance_done else set())
+    assert kept == {"tokenizers/SHA256SUMS", "lr/cells/c1/done.json", "lr/val_nll.jsonl"}
     assert json.loads((study / "lr/cells/c1/done.json").read_text()) == {"cell_id": "c1", "stub": "gpu_tree.sh out"}
     assert [json.loads(line)["metric"] for line in (study / "lr/val_nll.jsonl").read_text().splitlines()] == [
         "val_nll"]

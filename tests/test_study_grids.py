@@ -143,3 +143,13 @@ def test_grids_writing_one_records_folder_share_its_sample_count_and_the_cut_one
     per_class = {g: _compose(g).task.overrides.evaluate.per_class
                  for g in ("study_main", "study_tokenizer", "study_flops", "study_cifar")}
     assert per_class == {"study_main": 1000, "study_tokenizer": 1000, "study_flops": 500, "study_cifar": 500}
+
+
+def test_study_flops_sweeps_guidance_on_seed_0_and_no_other_study_grid_does():
+    """Issue 19 item 2: guidance 1.0 and 3.0 beside the preset's 1.5, on one seed of every arm, in the matched-FLOPs
+    cells' own processes (varbench/tasks/main.py guidance_sweep)."""
+    scales = {g: _compose(g).task.get("guidance_scales")
+              for g in ("study_lr", "study_main", "study_tokenizer", "study_flops", "study_cifar")}
+    assert scales == {"study_lr": None, "study_main": None, "study_tokenizer": None, "study_flops": [1.0, 3.0],
+                      "study_cifar": None}
+    assert _compose("study_flops").task.get("guidance_seeds", [0]) == [0]

@@ -202,6 +202,8 @@ TASKS = {
               "cell_timeout_s": positive(null="no time limit"), "rerun_resolutions": Items(count()),
               "allow_failed_cells": FLAG},
     "costs": {"depths": Items(count()), "resolutions": Items(count())},
+    "main": {"guidance_scales": Items(non_negative(), increasing=True, null="the evaluate step's own scale only"),
+             "guidance_seeds": Items(count(0))},
     "scaling": {"parallel": Choice(("ddp", "fsdp")), "batch_per_gpu": count(), "repeats": count()},
 }
 LOGGER = {"name": Choice(("tensorboard", "wandb", "none")), "sample_every": count(0),

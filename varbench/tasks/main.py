@@ -38,15 +38,32 @@ def main(cfg: DictConfig) -> dict:
                 summaries |= frozen_tokenizer.prepare(cfg, shared, run_step)
         else:
             summaries[step] = run_step(cfg, step)
+        if step == "evaluate":
+            summaries |= guidance_sweep(cfg)
     return summaries
 
 
-def run_step(cfg: DictConfig, step: str) -> dict:
-    """Run one step on `cfg` (its task config from `step_config`); pass the tokenizer steps' outputs on to the next
-    steps (`tokenizer.checkpoint`, `train.token_cache`); return the step's summary."""
+def guidance_sweep(cfg: DictConfig) -> dict:
+    """The evaluate step again at each of `task.guidance_scales`, in a run whose seed is in `task.guidance_seeds`
+    ([0] when absent; both keys are optional: varbench/configs/task/main.yaml):
+    in the run's own process, while its checkpoint exists (a grid cell's is gone with the machine that trained it),
+    and a cell is done only when every scale is recorded. No NLL rows: they do not depend on guidance."""
+    scales = cfg.task.get("guidance_scales")
+    if not scales or cfg.seed not in cfg.task.get("guidance_seeds", [0]):
+        return {}
+    no_nll = {"val_nll_images": 0, "train_nll_images": 0}
+    return {f"evaluate_cfg{scale}": run_step(cfg, "evaluate", {"cfg": scale, **no_nll}) for scale in scales}
+
+
+def run_step(cfg: DictConfig, step: str, task_values: dict | None = None) -> dict:
+    """Run one step on `cfg` (its task config from `step_config`, with `task_values` set in it); pass the tokenizer
+    steps' outputs on to the next steps (`tokenizer.checkpoint`, `train.token_cache`); return the step's summary."""
     from varbench.tasks import run_task
     start = time.perf_counter()
-    out = run_task(step_config(cfg, step))
+    step_cfg = step_config(cfg, step)
+    with open_dict(step_cfg):
+        step_cfg.task.update(task_values or {})
+    out = run_task(step_cfg)
     release_cached_gpu_memory()
     with open_dict(cfg):
         if step == "train_tokenizer":

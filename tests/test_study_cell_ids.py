@@ -1,0 +1,42 @@
+"""The committed study cells keep their ids: a cell's id hashes its composed config, every YAML default included
+(varbench/grid.py), so a new default key or value anywhere in the configs would give study_main's done cells new ids,
+and the next GPU call would train all of them again. Each done marker's recorded overrides, composed as the grid
+composes them, must give back the id it was recorded under."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from varbench import grid
+from varbench.registry import CONFIG_ROOT
+from varbench.resolvers import register_resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "results/gpu/h200/study19"
+DONE = sorted((STUDY / "main_proc/cells").glob("*/done.json"))
+ADDED = ("task.overrides.evaluate.inception_",)  # keys the study script adds with '+' (not in the grid's config)
+
+
+def test_every_done_study_main_cell_composes_back_to_its_recorded_id(tmp_path, monkeypatch):
+    assert len(DONE) >= 48  # session 15's import
+    # the tokenizer enters a cell's id by its path and content: the committed file at the path the cells used
+    tokenizer = tmp_path / "runs/study19/proc/tokenizer/tokenizer.safetensors"
+    tokenizer.parent.mkdir(parents=True)
+    os.symlink(STUDY / "tokenizers/proc.safetensors", tokenizer)
+    monkeypatch.chdir(tmp_path)
+    register_resolvers()
+    changed = []
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        for marker in DONE:
+            done = json.loads(marker.read_text())
+            overrides = [f"+{o}" if o.startswith(ADDED) else o for o in done["overrides"]]
+            recomposed = grid.cell_id(compose(config_name="config", overrides=overrides))
+            if recomposed != done["cell_id"]:
+                changed.append(f"{done['cell_id']} -> {recomposed}")
+    assert not changed, ("a config default changed the ids of done study cells (make the new key optional, or its "
+                         "default the old behaviour's absence):\n" + "\n".join(changed))
+
