@@ -50,13 +50,16 @@ KERNELS = [("mixer", "attention", "flex", varbench.mixers.attention),
            ("mixer", "gla", "fla", varbench.mixers.linear_rnn),
            ("intra", "local", "flex", varbench.intra.local),
            ("intra", "full", "flex", varbench.intra.full)]
+# kernels only a named backend runs ("auto" prefers the ones above)
+NAMED_ONLY = [("mixer", "attention", "sdpa_scales", varbench.mixers.attention),
+              ("intra", "full", "sdpa_scales", varbench.intra.full)]
 
 
 def _pretend_installed(monkeypatch, module):
     monkeypatch.setattr(module, "cuda_and", lambda *packages: (lambda: True))  # as on a CUDA machine with the library
 
 
-@pytest.mark.parametrize("group, name, kernel, module", KERNELS)
+@pytest.mark.parametrize("group, name, kernel, module", KERNELS + NAMED_ONLY)
 def test_a_module_built_for_a_kernel_refuses_cpu_tensors(monkeypatch, group, name, kernel, module):
     _pretend_installed(monkeypatch, module)
     m = build(group, name, dim=DIM, num_heads=HEADS, backend=kernel)

@@ -307,3 +307,30 @@ def test_gpu_check_s16_plans_sampling_commands_that_compose_and_tests_that_exist
                              *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
                             timeout=300).stdout
     assert "test_graphs_decodes_eager_s_images_exactly_and_captures_once_per_shape" in listed
+
+
+def test_gpu_check_s16_train_times_var_on_flex_then_on_sdpa_scales_in_one_call(tmp_path):
+    """benchmarks/gpu_check_s16_train.sh with DRY=1: its limits sum to <= 540 s; VAR-d16's compiled training at batch
+    32, no sampling stage, first on the default attention backend, then with attention's backend sdpa_scales (a
+    mixer option: the records get their own configuration label), each composing, each cell killed by the bench
+    before its step's timeout; the test selection collects sdpa_scales' CUDA test."""
+    out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path), env={"DRY": "1"})
+    assert out.returncode == 0, out.stderr
+    commands = [shlex.split(line) for line in out.stdout.splitlines()]
+    assert all(argv[0] == "timeout" for argv in commands) and sum(int(argv[1]) for argv in commands) <= 540
+    benches = [argv for argv in commands if argv[2:5] == ["python", "run.py", "task=bench"]]
+    assert len(benches) == 2
+    for argv, backend in zip(benches, ["auto", "sdpa_scales"]):
+        assert int(next(a.split("=")[1] for a in argv if a.startswith("task.cell_timeout_s="))) < int(argv[1])
+        check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
+                               env=ENV, timeout=300)
+        assert check.returncode == 0, (argv, check.stderr[-2000:])
+        assert "configs:\n  - - attention\n    - none" in check.stdout and "    256: 32\n" in check.stdout
+        assert "sample_batches:\n    256: []" in check.stdout and "compile: true" in check.stdout
+        options = OmegaConf.create(check.stdout).task.get("mixer_options") or {}
+        assert (options.get("attention") or {}).get("backend", "auto") == backend
+    (tests,) = [argv[2:] for argv in commands if argv[2:4] == ["python", "benchmarks/gpu_tests.py"]]
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                             *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
+                            timeout=300).stdout
+    assert "test_on_cuda_a_module_on_sdpa_scales_matches_its_reference_under_bf16_autocast" in listed

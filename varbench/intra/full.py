@@ -22,16 +22,16 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
         num_heads (int): attention heads.
         layer_idx (int, Optional): block index (unused). Default: 0.
         l2_norm (bool, Optional): see `ScaleAttention` (the released M-VAR d16/d20 use False). Default: False.
-        backend (str, Optional): "flex" (flex_attention BlockMask), "varlen" (flash-attn, as M-VAR), "xformers"
-            (BlockDiagonalMask), "reference" (SDPA, dense block-diagonal mask), or "auto" (flex on CUDA, else
-            reference). Default: "auto".
+        backend (str, Optional): "flex" (flex_attention BlockMask), "sdpa_scales" (one unmasked SDPA call per
+            scale), "varlen" (flash-attn, as M-VAR), "xformers" (BlockDiagonalMask), "reference" (SDPA, dense
+            block-diagonal mask), or "auto" (flex on CUDA, else reference). Default: "auto".
     """
 
     rescale_out_proj = True  # VAR's init divides attn.proj by sqrt(2*depth), M-VAR keeps it for this branch
 
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = False, backend: str = "auto"):
         super().__init__(dim, num_heads, l2_norm)
-        self.choose_backend(backend, {"flex": cuda_and(), "varlen": cuda_and("flash_attn"),
+        self.choose_backend(backend, {"flex": cuda_and(), "sdpa_scales": cuda_and(), "varlen": cuda_and("flash_attn"),
                                       "xformers": cuda_and("xformers")}, "intra=full")
 
     def flex_mask(self) -> tuple[str, int] | None:
@@ -47,6 +47,8 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
             from varbench.ops.attention import kernel
             if backend == "flex":
                 o = kernel.flex_masked_attention(q, k, v, layout, "block_diag", self.scale)
+            elif backend == "sdpa_scales":
+                o = kernel.sdpa_scales_attention(q, k, v, layout, "block_diag", self.scale)
             elif backend == "varlen":
                 o = kernel.varlen_block_diag_attention(q, k, v, layout, self.scale)
             else:

@@ -33,8 +33,9 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         num_heads (int): attention heads.
         layer_idx (int, Optional): block index (unused). Default: 0.
         l2_norm (bool, Optional): see `ScaleAttention`. Default: True (all VAR checkpoints).
-        backend (str, Optional): "flex" (flex_attention BlockMask, CUDA), "reference" (SDPA, dense mask), or "auto"
-            (flex on CUDA, else reference). The KV-cached `step` needs no mask and always runs SDPA. Default: "auto".
+        backend (str, Optional): "flex" (flex_attention BlockMask, CUDA), "sdpa_scales" (one unmasked SDPA call
+            per scale, so SDPA's flash kernel can run; CUDA), "reference" (SDPA, dense mask), or "auto" (flex on
+            CUDA, else reference). The KV-cached `step` needs no mask and always runs SDPA. Default: "auto".
     """
 
     within_scale = "bidirectional"
@@ -42,7 +43,7 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
 
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = True, backend: str = "auto"):
         super().__init__(dim, num_heads, l2_norm)
-        self.choose_backend(backend, {"flex": cuda_and()}, "attention")
+        self.choose_backend(backend, {"flex": cuda_and(), "sdpa_scales": cuda_and()}, "attention")
 
     def flex_mask(self) -> tuple[str, int] | None:
         """The flex BlockMask (kind, window) this module attends with, built before compiling; None without flex."""
@@ -50,9 +51,13 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
-        if self.run_backend(q) == "flex":
+        backend = self.run_backend(q)
+        if backend == "flex":
             from varbench.ops.attention.kernel import flex_masked_attention
             o = flex_masked_attention(q, k, v, layout, "block_causal", self.scale)
+        elif backend == "sdpa_scales":
+            from varbench.ops.attention.kernel import sdpa_scales_attention
+            o = sdpa_scales_attention(q, k, v, layout, "block_causal", self.scale)
         else:
             o = masked_attention_ref(q, k, v, layout.block_causal_mask(q.device), self.scale)
         return self.out(o)

@@ -1,4 +1,5 @@
-"""GPU attention backends for scale-structured masks: flex_attention block masks, flash-attn varlen, xformers.
+"""GPU attention backends for scale-structured masks: flex_attention block masks, SDPA per scale, flash-attn
+varlen, xformers.
 
 Shape legend: B batch, H heads, L tokens, d head dim, T = B*L packed tokens.
 Each backend computes exactly `masked_attention_ref` with the mask of its `kind`; the GPU parity script checks it.
@@ -7,6 +8,7 @@ Each backend computes exactly `masked_attention_ref` with the mask of its `kind`
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from varbench.layout import ScaleLayout
 
@@ -108,3 +110,37 @@ def xformers_block_diag_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, s
     bias = fmha.BlockDiagonalMask.from_seqlens(list(layout.lengths) * B)
     o = fmha.memory_efficient_attention(pack(q_BHLd), pack(k_BHLd), pack(v_BHLd), attn_bias=bias, scale=scale)
     return o.view(B, L, H, d).transpose(1, 2)
+
+
+# (patch_nums, kind, tokens, device) -> the dense mask of the first scales that attend together (sdpa_scales)
+_FIRST_MASKS: dict = {}
+
+
+def sdpa_scales_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, kind: str, scale: float,
+                          together_below: int = 64):
+    """Block-causal or block-diagonal attention as one unmasked SDPA call per scale, so that SDPA can pick its
+    flash kernel (a mask rules it out): a scale's queries against the keys it sees, which are a contiguous prefix
+    (block_causal: every scale up to its own) or its own scale (block_diag). The first scales with fewer than
+    `together_below` tokens each (VAR's 1..36: 91 tokens) attend in one call with their small dense mask instead: a
+    kernel launch per scale would cost more than their math. The scales' outputs are concatenated in order."""
+    if kind not in ("block_causal", "block_diag"):
+        raise ValueError(f"sdpa_scales_attention: unknown mask kind {kind!r}; valid: block_causal, block_diag")
+    first = next((i for i, n in enumerate(layout.lengths) if n >= together_below), layout.num_scales)
+    outs = []
+    if first:
+        P = layout.slice(first - 1).stop
+        key = (tuple(layout.patch_nums), kind, P, _device_key(q_BHLd.device))
+        mask_PP = _FIRST_MASKS.get(key)
+        if mask_PP is None:
+            full = layout.block_causal_mask if kind == "block_causal" else layout.block_diag_mask
+            mask_PP = full(q_BHLd.device)[:P, :P].contiguous()
+            if not torch.compiler.is_compiling():  # a mask traced into a graph is the graph's own, never stored
+                _FIRST_MASKS[key] = mask_PP
+        outs.append(F.scaled_dot_product_attention(q_BHLd[:, :, :P], k_BHLd[:, :, :P], v_BHLd[:, :, :P],
+                                                   attn_mask=mask_PP, scale=scale))
+    for s in range(first, layout.num_scales):
+        queries = layout.slice(s)
+        keys = slice(0, queries.stop) if kind == "block_causal" else queries
+        outs.append(F.scaled_dot_product_attention(q_BHLd[:, :, queries], k_BHLd[:, :, keys], v_BHLd[:, :, keys],
+                                                   scale=scale))
+    return torch.cat(outs, dim=2)

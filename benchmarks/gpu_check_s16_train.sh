@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 18 goal 1 (training), the block-causal attention: VAR-d16's compiled training step at batch 32 spends about
+# 23 of its 92 ms in flex attention's forward and backward (bench_s7's top operators: ~70 TFLOP/s forward), the next
+# largest part after the matmuls. The `sdpa_scales` backend attends one scale at a time without a mask, so SDPA can
+# run its flash kernel. One device call of at most 9 minutes on one H200 alone:
+#   tests         the CUDA test of tests/ops/test_sdpa_scales.py (VAR's attention and M-VAR's intra attention on
+#                 sdpa_scales match their dense-mask reference under bf16 autocast), gpu_test records;
+#   train_flex    VAR-d16 compiled training at batch 32 on flex attention (the default), fully autotuned: img/s,
+#                 MFU, top operators (the baseline, in the same call);
+#   train_sdpa_scales  the same with task.mixer_options={attention: {backend: sdpa_scales}}.
+# Graph breaks and recompiles go to the steps' logs (TORCH_LOGS). Each step runs under its own `timeout` (a bench
+# cell is killed by the bench 20 s before), tee'd to OUT/<step>.log, its status a line of OUT/steps.jsonl
+# (benchmarks/gpu_step.sh); the script goes on after a failed step and exits with the number of failed steps.
+# Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16_train.sh OUT     DRY=1 prints the commands.
+# Limits (seconds, 540 in all) can be moved: TESTS_S=80 TRAIN_S=230.
+set -u -o pipefail
+OUT=${1:?records dir}
+TESTS_S=${TESTS_S:-80} TRAIN_S=${TRAIN_S:-230}
+FAILED=0
+BENCH=(python run.py task=bench model=var_d16 "task.configs=[[attention,none]]" autotune=full "results_dir=$OUT"
+       "task.train_batch={256:32}" "task.sample_batches={256:[]}" "task.rerun_baseline=[]" task.allow_failed_cells=true
+       task.compile=true "task.cell_timeout_s=$((TRAIN_S - 20))")
+
+. "$(dirname "$0")/gpu_step.sh"  # step NAME SECONDS COMMAND...
+
+[ -n "${DRY:-}" ] || mkdir -p "$OUT"
+step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
+  tests/ops/test_sdpa_scales.py
+TORCH_LOGS=graph_breaks,recompiles step train_flex "$TRAIN_S" "${BENCH[@]}"
+TORCH_LOGS=graph_breaks,recompiles step train_sdpa_scales "$TRAIN_S" "${BENCH[@]}" \
+  "task.mixer_options={attention:{backend:sdpa_scales}}"
+exit "$FAILED"

@@ -1,0 +1,54 @@
+"""The `sdpa_scales` attention backend (varbench/ops/attention/kernel.py): block-causal and block-diagonal attention
+as one unmasked SDPA call per scale (the first small scales together, with their dense mask) computes exactly the
+dense-mask reference, in values and gradients, whichever scales fall below the grouping threshold."""
+
+import pytest
+import torch
+
+from varbench.layout import ScaleLayout
+from varbench.ops.attention.kernel import sdpa_scales_attention
+from varbench.ops.attention.reference import masked_attention_ref
+from varbench.registry import build
+
+VAR = ScaleLayout((1, 2, 3, 4, 5, 6, 8, 10, 13, 16))  # 680 tokens; the first six scales (91 tokens) grouped
+SMALL = ScaleLayout((1, 2, 3, 4))
+
+
+def _qkv(layout, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, layout.L, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+
+
+@pytest.mark.parametrize("kind", ["block_causal", "block_diag"])
+@pytest.mark.parametrize("layout, together_below", [(VAR, 64), (SMALL, 1), (SMALL, 9), (SMALL, 100)],
+                         ids=["var-first-six-grouped", "none-grouped", "two-grouped", "all-grouped"])
+def test_equals_the_dense_mask_reference_in_values_and_gradients(kind, layout, together_below):
+    mask = layout.block_causal_mask() if kind == "block_causal" else layout.block_diag_mask()
+    q, k, v = _qkv(layout)
+    ref = masked_attention_ref(q, k, v, mask, 0.3)
+    out = sdpa_scales_attention(q, k, v, layout, kind, 0.3, together_below=together_below)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(ref)
+    expected = torch.autograd.grad(ref, (q, k, v), grad)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), grad), expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_an_unknown_mask_kind_is_an_error_naming_the_valid_ones():
+    q, k, v = _qkv(SMALL)
+    with pytest.raises(ValueError, match="unknown mask kind 'window'; valid: block_causal, block_diag"):
+        sdpa_scales_attention(q, k, v, SMALL, "window", 0.3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("group, name, kind", [("mixer", "attention", "block_causal"), ("intra", "full", "block_diag")])
+def test_on_cuda_a_module_on_sdpa_scales_matches_its_reference_under_bf16_autocast(group, name, kind):
+    torch.manual_seed(0)
+    fast = build(group, name, dim=128, num_heads=2, backend="sdpa_scales").cuda()
+    reference = build(group, name, dim=128, num_heads=2, backend="reference").cuda()
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(4, VAR.L, 128, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out, want = fast(x, VAR), reference(x, VAR)
+    assert fast.backend_ran == "sdpa_scales"
+    torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
