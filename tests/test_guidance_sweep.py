@@ -30,3 +30,10 @@ def test_a_bad_guidance_scale_is_an_error_naming_the_key_and_the_valid_range():
     cfg = compose(["+task.guidance_scales=[3.0,1.0]"])
     with pytest.raises(ConfigError, match=r"task.guidance_scales = \[3.0, 1.0\]: expected .*strictly increasing"):
         validate(cfg)
+
+
+def test_guidance_scales_without_an_evaluate_step_is_an_error_naming_the_steps():
+    cfg = compose(["+task.guidance_scales=[1.0]", "task.steps=[train,sample]"])
+    with pytest.raises(ConfigError, match=r"task.guidance_scales = \[1.0\]: task.steps \['train', 'sample'\] has no "
+                                          r"evaluate step"):
+        validate(cfg)

@@ -239,6 +239,9 @@ def validate(cfg: DictConfig) -> None:
                             f"{sorted(set(list_options('task')) - {'main'})}")
         for step in steps:
             problems += [f"{p} (step {step})" for p in _problems(step_config(cfg, step)) if p.startswith("task.")]
+        if cfg.task.get("guidance_scales") and "evaluate" not in cfg.task.steps:
+            problems.append(f"task.guidance_scales = {list(cfg.task.guidance_scales)}: task.steps "
+                            f"{list(cfg.task.steps)} has no evaluate step to run again at those scales")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(problems)))
 

@@ -45,9 +45,9 @@ def main(cfg: DictConfig) -> dict:
 
 def guidance_sweep(cfg: DictConfig) -> dict:
     """The evaluate step again at each of `task.guidance_scales`, in a run whose seed is in `task.guidance_seeds`
-    ([0] when absent; both keys are optional: varbench/configs/task/main.yaml):
-    in the run's own process, while its checkpoint exists (a grid cell's is gone with the machine that trained it),
-    and a cell is done only when every scale is recorded. No NLL rows: they do not depend on guidance."""
+    ([0] when absent; both keys are optional: varbench/configs/task/main.yaml). It runs in the run's own process,
+    while its checkpoint exists (a grid cell's is gone with the machine that trained it), and a cell is done only
+    when every scale is recorded. No NLL rows: they do not depend on guidance."""
     scales = cfg.task.get("guidance_scales")
     if not scales or cfg.seed not in cfg.task.get("guidance_seeds", [0]):
         return {}
