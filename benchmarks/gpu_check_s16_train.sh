@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 18 goal 1 (training), the block-causal attention: VAR-d16's compiled training step at batch 32 spends about
-# 23 of its 92 ms in flex attention's forward and backward (bench_s7's top operators: ~70 TFLOP/s forward), the next
-# largest part after the matmuls. The `sdpa_scales` backend attends one scale at a time without a mask, so SDPA can
+# 23 of its 92 ms in flex attention's forward and backward (bench_s7's top operators), the largest part after the
+# matmuls. The `sdpa_scales` backend attends one scale at a time without a mask, so SDPA can
 # run its flash kernel. One device call of at most 9 minutes on one H200 alone:
 #   tests         the CUDA test of tests/ops/test_sdpa_scales.py (VAR's attention and M-VAR's intra attention on
 #                 sdpa_scales match their dense-mask reference under bf16 autocast), gpu_test records;

@@ -82,12 +82,19 @@ def flex_masked_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, kind: str
     """Attention with a flex BlockMask built from the layout's scale ids (cached per layout, kind and device;
     build it with `prepare_block_masks` before compiling, or a compiled graph traces its construction)."""
     key = (tuple(layout.patch_nums), kind, int(window), _device_key(q_BHLd.device))
-    block_mask = _BLOCK_MASKS.get(key)
-    if block_mask is None:
-        block_mask = _build_block_mask(*key)
-        if not torch.compiler.is_compiling():  # a mask traced into a graph is the graph's own, never stored
-            _BLOCK_MASKS[key] = block_mask
+    block_mask = _cached(_BLOCK_MASKS, key, lambda: _build_block_mask(*key))
     return _flex()(q_BHLd, k_BHLd, v_BHLd, block_mask=block_mask, scale=scale)
+
+
+def _cached(store: dict, key, build):
+    """store[key], built by `build()` when absent; one built while torch.compile traces is the graph's own (a traced
+    value), never stored."""
+    value = store.get(key)
+    if value is None:
+        value = build()
+        if not torch.compiler.is_compiling():
+            store[key] = value
+    return value
 
 
 def varlen_block_diag_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, scale: float):
@@ -129,13 +136,9 @@ def sdpa_scales_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, kind: str
     outs = []
     if first:
         P = layout.slice(first - 1).stop
+        full = layout.block_causal_mask if kind == "block_causal" else layout.block_diag_mask
         key = (tuple(layout.patch_nums), kind, P, _device_key(q_BHLd.device))
-        mask_PP = _FIRST_MASKS.get(key)
-        if mask_PP is None:
-            full = layout.block_causal_mask if kind == "block_causal" else layout.block_diag_mask
-            mask_PP = full(q_BHLd.device)[:P, :P].contiguous()
-            if not torch.compiler.is_compiling():  # a mask traced into a graph is the graph's own, never stored
-                _FIRST_MASKS[key] = mask_PP
+        mask_PP = _cached(_FIRST_MASKS, key, lambda: full(q_BHLd.device)[:P, :P].contiguous())
         outs.append(F.scaled_dot_product_attention(q_BHLd[:, :, :P], k_BHLd[:, :, :P], v_BHLd[:, :, :P],
                                                    attn_mask=mask_PP, scale=scale))
     for s in range(first, layout.num_scales):
