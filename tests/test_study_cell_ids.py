@@ -1,7 +1,8 @@
 """The committed study cells keep their ids: a cell's id hashes its composed config, every YAML default included
 (varbench/grid.py), so a new default key or value anywhere in the configs would give study_main's done cells new ids,
-and the next GPU call would train all of them again. Each done marker's recorded overrides, composed as the grid
-composes them, must give back the id it was recorded under."""
+and the next GPU call would train all of them again. Each done marker's recorded overrides (study_main's and
+study_tokenizer's cells in main_proc, study_flops' in flops), composed as the grid composes them, must give back the id
+it was recorded under."""
 
 from __future__ import annotations
 
@@ -17,16 +18,17 @@ from varbench.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "results/gpu/h200/study19"
-DONE = sorted((STUDY / "main_proc/cells").glob("*/done.json"))
+DONE = sorted((STUDY / "main_proc/cells").glob("*/done.json")) + sorted((STUDY / "flops/cells").glob("*/done.json"))
 ADDED = ("task.overrides.evaluate.inception_",)  # keys the study script adds with '+' (not in the grid's config)
 
 
 def test_every_done_study_main_cell_composes_back_to_its_recorded_id(tmp_path, monkeypatch):
-    assert len(DONE) >= 48  # session 15's import
-    # the tokenizer enters a cell's id by its path and content: the committed file at the path the cells used
-    tokenizer = tmp_path / "runs/study19/proc/tokenizer/tokenizer.safetensors"
-    tokenizer.parent.mkdir(parents=True)
-    os.symlink(STUDY / "tokenizers/proc.safetensors", tokenizer)
+    assert len(DONE) >= 49 + 6 + 26  # session 16's import
+    # a tokenizer enters a cell's id by its path and content: the committed files at the paths the cells used
+    for name in ("proc", "proc_b"):
+        tokenizer = tmp_path / f"runs/study19/{name}/tokenizer/tokenizer.safetensors"
+        tokenizer.parent.mkdir(parents=True)
+        os.symlink(STUDY / f"tokenizers/{name}.safetensors", tokenizer)
     monkeypatch.chdir(tmp_path)
     register_resolvers()
     changed = []

@@ -3,16 +3,20 @@ issue asks for, a learning-rate sweep (4 points), and arms at matched training F
 
 from collections import Counter
 from itertools import product
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from PIL import Image
 
 import varbench.grid  # noqa: F401  (registers the resolvers the grids use)
 from varbench.analysis.budget import TOLERANCE, budget_flops, spread, train_flops_per_image
+from varbench.build import build_dataset
 from varbench.registry import CONFIG_ROOT, list_options
 
 ARMS = {(m, "none") for m in list_options("mixer")} | {("mamba2", "full"), ("none", "full"), ("attention", "local")}
+STUDY_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks/gpu_study19.sh"
 FIVE_SEEDS = {("attention", "none"), ("mamba2", "full"), ("mamba2", "none")}  # + two linear mixers
 
 
@@ -86,6 +90,21 @@ def test_cifar_grid_has_the_five_seed_arms_and_none_full_on_three_seeds_at_their
     assert all(c.get("mixer.backend") == backend[c["study.arm"]] for c in cells)
     cfg = _compose("study_cifar", "mixer=retnet", "study.arm=retnet-none", "study.lr.retnet-none=3.2e-2")
     assert cfg.train.base_lr == 3.2e-2
+
+
+def test_cifar_cells_build_their_image_folder_data_with_the_study_script_s_overrides(tmp_path):
+    """The CIFAR grid, given the data overrides gpu_study19.sh passes, builds CIFAR's image folders with no key of the
+    procedural data left behind (session 16: study_base's size_per_class reached ImageFolderData, and all 18 cells
+    failed)."""
+    line = next(x for x in STUDY_SCRIPT.read_text().splitlines() if x.startswith("CIFAR="))
+    overrides = line.split('"')[1].replace("$S", str(tmp_path)).split()
+    for split in ("train", "val"):
+        for c in range(10):
+            (tmp_path / f"cifar10_jpg/{split}/class{c}").mkdir(parents=True)
+            Image.new("RGB", (32, 32)).save(tmp_path / f"cifar10_jpg/{split}/class{c}/0.jpg")
+    cfg = _compose("study_cifar", "mixer=retnet", "study.arm=retnet-none", *overrides)
+    train = build_dataset(cfg, "train")
+    assert len(train) == 10 and train[0][0].shape == (3, 64, 64)  # the study's 64 px, from CIFAR's 32
 
 
 def test_flops_grid_arms_train_within_three_percent_of_var_s_budget():
