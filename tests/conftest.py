@@ -49,3 +49,25 @@ def read_tsv(name: str) -> dict[str, tuple[tuple[int, ...], str]]:
         shape = tuple(int(s) for s in cols["shape"].split("x")) if cols["shape"] else ()
         out[cols["key"]] = (shape, cols["kind"])
     return out
+
+
+@pytest.fixture
+def cheap_inception(monkeypatch):
+    """Inception replaced by a 4-d projection of each image's mean colour (torch-fidelity's extractor contract): for
+    tests of which rows are written; the real network's features are tested in tests/test_inception.py."""
+    from torch_fidelity import FeatureExtractorBase
+
+    from varbench.eval import metrics
+
+    class Cheap(FeatureExtractorBase):
+        def __init__(self):
+            super().__init__("cheap", ["2048"])
+            self.proj = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("2048",)
+
+        def forward(self, x_B3HW):
+            return (x_B3HW.float().mean(dim=(2, 3)) @ self.proj,)
+    monkeypatch.setattr(metrics, "inception_extractor", lambda weights=None, device="cpu": (Cheap(), "abc123"))

@@ -310,6 +310,26 @@ def test_evaluate_task_records_every_metric(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_without_the_classifier_s_metrics_inception_s_rows_alone_are_recorded(tmp_path, cheap_inception):
+    """task.classifier_metrics=false (grid=study_cifar: a real data set the small project classifier cannot learn):
+    no classifier is trained or asked for its accuracy, and Inception's rows (with their floor, reconstruction and
+    memorisation rows) are the quality records; without inception_fid nothing would be measured: an error."""
+    from varbench.tasks.evaluate import main
+    from varbench.utils.records import read_records
+    cfg, _, _ = evaluate_config(tmp_path, "task.classifier_metrics=false", "task.classifier_min_val_accuracy=1",
+                                "task.inception_fid=true", "task.val_nll_images=0", "task.train_nll_images=0")
+    out = main(cfg)
+    records = {r["metric"]: r for r in read_records(tmp_path / "res" / "evaluate.jsonl")}
+    assert set(records) == {"fid", "kid", "precision", "recall", "fid_floor", "fid_recon", "nn_distance_ratio",
+                            "evaluate_seconds"}
+    assert set(records["evaluate_seconds"]["parts_s"]) == {"sample", "inception"}
+    assert not (tmp_path / "res" / "classifiers").exists() and out["fid"] == records["fid"]["value"]
+    cfg.task.inception_fid = False
+    with pytest.raises(ValueError, match="classifier_metrics=false needs task.inception_fid=true"):
+        main(cfg)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
 def test_evaluate_names_match_the_quality_table_columns(tmp_path):
     """What task=evaluate records is what the quality tables show: precision / recall / KD of the classifier and the
     NN ratio each get their column (issue 19: they were recorded under names no column matched)."""

@@ -176,25 +176,6 @@ class Tokenizer:
         return ids if self.lossless else torch.zeros_like(ids)
 
 
-@pytest.fixture
-def cheap_inception(monkeypatch):
-    """Inception replaced by a 4-d projection of each image's mean colour (torch-fidelity's extractor contract)."""
-    from torch_fidelity import FeatureExtractorBase
-
-    class Cheap(FeatureExtractorBase):
-        def __init__(self):
-            super().__init__("cheap", ["2048"])
-            self.proj = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
-
-        @staticmethod
-        def get_provided_features_list():
-            return ("2048",)
-
-        def forward(self, x_B3HW):
-            return (x_B3HW.float().mean(dim=(2, 3)) @ self.proj,)
-    monkeypatch.setattr(metrics, "inception_extractor", lambda weights=None, device="cpu": (Cheap(), "abc123"))
-
-
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # grey reconstructions: a singular covariance
 @pytest.mark.parametrize("lossless", [True, False])
 def test_inception_rows_carry_the_floor_the_reconstruction_and_the_weights_hash(cheap_inception, tmp_path, lossless):

@@ -194,7 +194,7 @@ TASKS = {
         "cfg": non_negative(null="the preset's guidance"), "memorisation_train_images": count(0),
         "val_nll_images": count(0), "train_nll_images": count(0), "fidelity_batch_size": count(),
         "classifier_steps": count(), "classifier_batch_size": count(), "classifier_width": count(),
-        "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(),
+        "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(), "classifier_metrics": FLAG,
     },
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
               "decode_mode": DECODE_MODE,

@@ -125,17 +125,37 @@ def project_classifier(cfg: DictConfig, device) -> tuple[clf.Classifier, dict, P
 
 def project_metrics(cfg: DictConfig, npz, device, tokenizer,
                     seconds: PartSeconds) -> list[tuple[str, float, str, dict]]:
-    """(metric, value, unit, fields) of the project suite, its floor / tokenizer rows (train images vs val), and
-    Inception's rows when task.inception_fid; each part's time into `seconds`."""
+    """(metric, value, unit, fields) of the project suite: the project classifier's rows (`classifier_rows`) unless
+    task.classifier_metrics is false, and Inception's rows (against the val split, with their floor, tokenizer and
+    memorisation rows) when task.inception_fid; each part's time into `seconds`."""
+    t = cfg.task
+    if not (t.classifier_metrics or t.inception_fid):
+        raise ValueError("task.classifier_metrics=false needs task.inception_fid=true: the project suite would "
+                         "measure nothing")
+    val, train = build_dataset(cfg, "val"), build_dataset(cfg, "train")
+    # the classifier first: a classifier below its accuracy threshold stops the task before Inception's long pass
+    rows = classifier_rows(cfg, npz, device, tokenizer, seconds, val, train) if t.classifier_metrics else []
+    if t.inception_fid:
+        with seconds("inception"):
+            rows = inception_rows(npz, UInt8Images(val), train, tokenizer, weights=t.inception_weights, device=device,
+                                  batch_size=t.fidelity_batch_size, floor_images=t.floor_images, train_set=train,
+                                  train_images=t.memorisation_train_images, cache_dir=t.feature_cache) + rows
+    return rows
+
+
+def classifier_rows(cfg: DictConfig, npz, device, tokenizer, seconds: PartSeconds, val,
+                    train) -> list[tuple[str, float, str, dict]]:
+    """The project classifier's rows: FD, class accuracy, score, KD / precision / recall of the samples against the
+    val split, its memorisation row and its floor / tokenizer rows (train images vs val)."""
     with seconds("classifier"):
         model, meta, path = project_classifier(cfg, device)
-        val = build_dataset(cfg, "val")
         f_val, logits_val, labels_val = clf.classify_dataset(model, val)
     val_accuracy = clf.accuracy(logits_val, labels_val)
     if val_accuracy < cfg.task.classifier_min_val_accuracy:  # its class accuracy / features would mean little
         raise ValueError(f"the project classifier {path} reaches only {val_accuracy:.3f} val accuracy (< task."
                          f"classifier_min_val_accuracy={cfg.task.classifier_min_val_accuracy}): train it longer "
-                         f"(task.classifier_steps) or lower the threshold knowingly")
+                         f"(task.classifier_steps), lower the threshold knowingly, or measure with Inception alone "
+                         f"(task.classifier_metrics=false task.inception_fid=true)")
     images_NHW3, labels_N = load_adm_npz(npz)
     x_N3HW = torch.from_numpy(np.array(images_NHW3)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     with seconds("classifier"):
@@ -146,21 +166,14 @@ def project_metrics(cfg: DictConfig, npz, device, tokenizer,
     with seconds("kd_precision_recall"):
         tf = fidelity_metrics(npz, UInt8Images(val), feature_extractor=clf.register_with_fidelity(), weights_path=path,
                               device=device, isc=True, kid=True, prc=True, isc_splits=1, save_cpu_ram=True)
-    t, train = cfg.task, build_dataset(cfg, "train")
-    floor_images, train_images = t.floor_images, t.memorisation_train_images
-    rows = []
-    if t.inception_fid:
-        with seconds("inception"):
-            rows = inception_rows(npz, UInt8Images(val), train, tokenizer, weights=t.inception_weights, device=device,
-                                  batch_size=t.fidelity_batch_size, floor_images=floor_images, train_set=train,
-                                  train_images=train_images, cache_dir=t.feature_cache)
+    t = cfg.task
     with seconds("memorisation"):
-        rows += memorisation_rows(f_sample, f_val, train, lambda x: clf.classify(model, x)[0], train_images,
-                                  t.fidelity_batch_size, device, fields, t.feature_cache)
-    if floor_images != 0:
+        rows = memorisation_rows(f_sample, f_val, train, lambda x: clf.classify(model, x)[0],
+                                 t.memorisation_train_images, t.fidelity_batch_size, device, fields, t.feature_cache)
+    if t.floor_images != 0:
         with seconds("floor_recon"):
             real, recon = floor_features(train, tokenizer, lambda x: clf.classify(model, x)[0],
-                                         floor_images or len(images_NHW3), cfg.task.batch_size, device,
+                                         t.floor_images or len(images_NHW3), t.batch_size, device,
                                          t.feature_cache, f"{extractor} {fields['feature_extractor_sha256']}")
         rows += floor_and_recon_rows("embedded_fd", real, recon, *feature_statistics(f_val),
                                      {**fields, "floor_split": train.describe()})
