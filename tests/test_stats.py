@@ -90,6 +90,7 @@ def test_variance_components_match_a_hand_computed_anova():
     assert out.loc["a", "Seed variance"] == pytest.approx(1.0)
     assert out.loc["a", "Tokenizer share"] == pytest.approx((12.5 / 3) / (12.5 / 3 + 1))
     assert out.loc["b", "Tokenizer variance"] == 0.0 and out.loc["b", "Seed variance"] == pytest.approx(2.0)
+    assert list(out[stats.LEVEL_MEANS][["a", "b"]]) == ["t1 2 (3); t2 5 (3)", "t1 1 (2); t2 2 (2)"]  # level: mean (n)
     # pooled: SS_b 14.5 / df 2, SS_w 8 / df 6, n0 = (3 * 1 + 2 * 1) / 2 = 2.5
     assert out.loc["pooled", "Seed variance"] == pytest.approx(8 / 6)
     assert out.loc["pooled", "Tokenizer variance"] == pytest.approx((14.5 / 2 - 8 / 6) / 2.5)

@@ -108,6 +108,9 @@ def against_reference(per_seed: pd.DataFrame, metrics: list[str], reference) -> 
     return out
 
 
+LEVEL_MEANS = "Mean per tokenizer (values)"
+
+
 def variance_components(values: pd.DataFrame, group: str = "config", factor: str = "tokenizer",
                         value: str = "value") -> pd.DataFrame:
     """The tokenizer's share of the variance: a one-way random-effects ANOVA of `value` on `factor` within each
@@ -119,8 +122,9 @@ def variance_components(values: pd.DataFrame, group: str = "config", factor: str
     degrees of freedom of the groups (configuration means differ; only within-configuration variation counts) and
     uses the (k - 1)-weighted mean n0. Groups with fewer than 2 levels or no within-level replicate are left out.
 
-    Returns: one row per group and a "pooled" row: levels, values, both components, the factor's share, and the
-    F-test p-value of "no factor effect".
+    Returns: one row per group and a "pooled" row: levels, values, both components, the factor's share, the
+    F-test p-value of "no factor effect", and (groups only) each level's mean with its number of values, so that a
+    reader sees which way each level moves the configuration.
     """
     from scipy.stats import f as f_dist
 
@@ -134,7 +138,9 @@ def variance_components(values: pd.DataFrame, group: str = "config", factor: str
         ss_b = float(((means - g[value].mean()) ** 2).sum())
         ss_w = float(((g[value] - means) ** 2).sum())
         n0 = (n - float((sizes ** 2).sum()) / n) / (k - 1)
-        rows.append(_components(name, k, n, ss_b, k - 1, ss_w, n - k, n0, f_dist))
+        level_means = g.groupby(factor)[value].mean()
+        rows.append({**_components(name, k, n, ss_b, k - 1, ss_w, n - k, n0, f_dist),
+                     LEVEL_MEANS: "; ".join(f"{lvl} {m:.4g} ({sizes[lvl]})" for lvl, m in level_means.items())})
         for key, v in (("ss_b", ss_b), ("df_b", k - 1), ("ss_w", ss_w), ("df_w", n - k), ("n0_w", n0 * (k - 1)),
                        ("levels", k), ("n", n)):
             total[key] += v
