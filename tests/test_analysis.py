@@ -79,6 +79,15 @@ def test_short_names_come_from_the_registry():
     assert (chosen["mixer"], chosen["intra"], chosen["model_field"]) == ("gla", "none", "var_d16")  # Hydra's choice
 
 
+def test_a_raster_model_is_never_labelled_as_the_scale_wise_model_of_its_mixer():
+    """A raster cell (model=raster_tiny: mixer=attention, intra's default none) is not VAR: its records say so through
+    model.backbone, and it is labelled as task=bench labels its raster cells."""
+    raster = {"metric": "m", "config": {"model": {"backbone": "raster_ar", "depth": 4}},
+              "choices": {"mixer": "attention", "intra": "none"}}
+    assert (flatten(raster)["intra"], flatten(raster)["model"]) == ("raster", "attention+raster-d4")
+    assert flatten({**raster, "config": {"model": {"depth": 4}}})["model"] == "VAR-d4"  # the scale-wise one
+
+
 def test_latest_keeps_the_newest_measurement(df):
     train = latest(df, "train_images_per_s")
     var = train[(train["model"] == "VAR-d16") & (train["resolution"] == 256) & (train["compiled"] != True)]  # noqa: E712

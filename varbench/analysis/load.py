@@ -22,6 +22,8 @@ from varbench.utils.records import jsonl_files, read_jsonl
 
 log = logging.getLogger(__name__)
 
+RASTER = "raster"  # the `intra` of a raster next-token model's records (task=bench's [mixer, raster] configurations)
+
 RESERVED = ("metric", "value", "unit", "config", "commit", "device", "versions", "date")
 CONFIG_COLUMNS = ("mixer", "intra", "depth", "resolution", "seed", "cell_id")
 LEADING = ("metric", "value", "unit", "model", *CONFIG_COLUMNS, "commit", "device", "date", "source")
@@ -116,7 +118,8 @@ def tokenizer_id(rec: dict):
 
 
 def model_label(mixer, intra, depth) -> str | None:
-    """Short configuration name: VAR-d16 (attention, no intra), M-VAR-d16 (mamba2 + full), else mixer[+intra]-dN."""
+    """Short configuration name: VAR-d16 (attention, no intra), M-VAR-d16 (mamba2 + full), else mixer[+intra]-dN
+    (a raster next-token model: mixer+raster-dN)."""
     if mixer is None or pd.isna(mixer):
         return None
     suffix = f"-d{int(depth)}" if depth is not None and not pd.isna(depth) else ""
@@ -135,6 +138,8 @@ def flatten(rec: dict, source: str = "") -> dict:
                versions=rec.get("versions"), commit=rec.get("commit"), device=rec.get("device"),
                date=rec.get("date"), source=source)
     row["mixer"], row["intra"] = _component(rec, "mixer"), _component(rec, "intra")
+    if (cfg.get("model") or {}).get("backbone") == "raster_ar":  # AiM's backbone: one scale, no intra-scale mixing;
+        row["intra"] = RASTER  # named as task=bench names it, never as the scale-wise model of the same mixer (VAR)
     if rec.get("mixer_options"):  # a mixer with overridden fields is its own configuration: mamba2[fused=True]
         row["mixer"] += "[" + ",".join(f"{k}={v}" for k, v in sorted(rec["mixer_options"].items())) + "]"
     row["depth"] = rec.get("depth", (cfg.get("model") or {}).get("depth"))
