@@ -7,7 +7,7 @@
 #   tokenizers  the frozen tokenizers `proc` (tokenizer_seed 0) and `proc_b` (seed 1), committed under
 #             results/gpu/h200/study19/tokenizers (checked against its SHA256SUMS): taken from runs/study19 (a warm
 #             machine), /tmp/stage/study19 (a staging call) or the tree, else trained side by side when
-#             TRAIN_TOKENIZERS=1 is set (and then copied to $OUT: commit them, they define the study), else the
+#             TRAIN_TOKENIZERS names it (and then copied to $OUT: commit them, they define the study), else the
 #             call stops: a study tokenizer is never retrained silently; then their token caches;
 #   lr        grid=study_lr (cells with a done marker in results/gpu/h200/study19/lr/cells are skipped; the whole
 #             grid is once the imported records locate every arm's optimum); then `best_lr --located` over the
@@ -20,11 +20,15 @@
 #             its seed-0 cells also evaluate at guidance 1.0 and 3.0 (issue 19 item 2: task.guidance_scales);
 #   cifar     grid=study_cifar on CIFAR-10 with its committed tokenizer `cifar` (staged with the archive of
 #             ../shared/data as /tmp/stage/study19/cifar/tokenizer/tokenizer.safetensors and
-#             /tmp/stage/cifar10_jpg.tar.gz; without them the call ends here), at the procedural rates.
+#             /tmp/stage/cifar10_jpg.tar.gz; without them the call ends here), at the procedural rates;
+#   raster    the raster arms (AiM's backbone with Mamba2 and with attention) on their single-scale tokenizer
+#             `proc_single` (committed, or trained here with TRAIN_TOKENIZERS=proc_single): grid=study_raster_lr into
+#             lr_raster (skipped once the imported records locate both arms), then grid=study_raster at the located
+#             rates into main_proc, beside study_main's cells (FID-10k).
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
 # the machine has it (several processes' kernels then run at once instead of taking turns); the driver log says
 # whether it ran, and samples the GPU's utilisation every 30 s.
-# Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS=1] [LR=...] bash benchmarks/gpu_study19.sh SECONDS
+# Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS="NAME ..."] [LR=...] bash benchmarks/gpu_study19.sh SECS
 # Staging (see benchmarks/gpu_study_plan.md): a machine is warm for 30 s after a call; on a fresh machine the
 # tokenizers and the Inception weights travel in staging calls made back to back right before the work call.
 set -u -o pipefail
@@ -40,10 +44,11 @@ FID=(+task.overrides.evaluate.inception_fid=true +task.overrides.evaluate.incept
 log() { echo "$(date +%T) $*" | tee -a $L/driver.log; }
 left() { echo $((END - SECONDS)); }
 frozen() { echo "tokenizer.checkpoint=$S/$1/tokenizer/tokenizer.safetensors train.token_cache=$S/$1/token_cache/train $PROC"; }
+schedule() { [ $1 = proc_single ] && echo tokenizer=tiny_single_study || echo tokenizer=tiny_study; }  # name's
 
 train_tokenizer() {  # name, tokenizer seed, data overrides: the study tokenizers' recipe (2,000 steps at 64 px)
   python run.py task=train_tokenizer run_dir=$S/$1 task.steps=2000 task.batch_size=32 task.amp=bf16 \
-    task.progress=false tokenizer_seed=$2 tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] ${3:-$PROC} \
+    task.progress=false tokenizer_seed=$2 $(schedule $1) ${3:-$PROC} \
     results_dir=$R/tok_$1 autotune=first >> $L/tok_$1.log 2>&1 && touch $S/$1/trained_here
 }
 copy_committed() {  # name: the committed tokenizer, from a staging call or a tree that travelled with results/ in it,
@@ -57,25 +62,22 @@ copy_committed() {  # name: the committed tokenizer, from a staging call or a tr
 }
 tokenize() {  # name, data overrides: the token cache of a frozen tokenizer, once
   [ -f $S/$1/tokenized ] || { python run.py task=tokenize run_dir=$S/$1 \
-    tokenizer.checkpoint=$S/$1/tokenizer/tokenizer.safetensors tokenizer.patch_nums=[1,2,3,4,5,6,8,10,13,16] $2 \
+    tokenizer.checkpoint=$S/$1/tokenizer/tokenizer.safetensors $(schedule $1) $2 \
     results_dir=$R/tok_$1 autotune=first && touch $S/$1/tokenized; }
 }
-stage_tokenizers() {
-  local n seed=0 pids=() rc
-  for n in proc proc_b; do
-    if [ ! -f $S/$n/tokenizer/tokenizer.safetensors ]; then
-      copy_committed $n; rc=$?
-      if [ $rc = 1 ]; then return 1
-      elif [ $rc = 2 ] && [ "${TRAIN_TOKENIZERS:-0}" = 1 ]; then
-        log "training tokenizer $n"; train_tokenizer $n $seed & pids+=($!)
-      elif [ $rc = 2 ]; then
-        log "tokenizer $n is neither here nor staged, and TRAIN_TOKENIZERS is not set"; return 1
-      fi
-    fi
-    seed=$((seed + 1))
-  done
-  for p in "${pids[@]}"; do wait $p || return 1; done
-  tokenize proc "$PROC" && tokenize proc_b "$PROC"
+stage_tokenizer() {  # name, tokenizer seed: the committed tokenizer, else one trained here if TRAIN_TOKENIZERS names it
+  # (by name: a study tokenizer that failed to stage is never replaced by a new one, whose cells would all run again)
+  [ -f $S/$1/tokenizer/tokenizer.safetensors ] && return 0
+  copy_committed $1; local rc=$?
+  if [ $rc = 2 ] && [[ " ${TRAIN_TOKENIZERS:-} " == *" $1 "* ]]; then
+    log "training tokenizer $1"; train_tokenizer $1 $2; return
+  fi
+  [ $rc = 2 ] && log "tokenizer $1 is neither here nor staged, and TRAIN_TOKENIZERS does not name it"
+  return $rc
+}
+stage_tokenizers() {  # (side by side when both train)
+  local a b; stage_tokenizer proc 0 & a=$!; stage_tokenizer proc_b 1 & b=$!
+  wait $a && wait $b && tokenize proc "$PROC" && tokenize proc_b "$PROC"
 }
 stage_cifar() {  # the committed CIFAR-10 tokenizer, the extracted archive (test/ as val/) and the token cache
   [ -f $S/cifar/tokenizer/tokenizer.safetensors ] || copy_committed cifar || return 1
@@ -109,6 +111,7 @@ grid_until_deadline() {  # name, overrides...: one grid, stopped 25 s before the
   wait $pid; log "$1 ended rc=$?"; touch $R/$1.done   # failed cells are recorded; rerunning retries only those
 }
 run_study() {
+  stage_tokenizer proc_single 0 & RASTER_TOKENIZER=$!  # (trained beside the earlier stages when it must be)
   stage_tokenizers || { log "tokenize failed"; return 1; }
   # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
   for d in results/gpu/h200/study19/*/cells; do
@@ -141,7 +144,24 @@ run_study() {
   stage_cifar || { log "cifar not started: its tokenizer or archive is not staged (or tokenize failed)"; return 1; }
   grid_until_deadline cifar grid=study_cifar cluster=local_parallel cluster.jobs=12 $CIFAR \
     tokenizer.checkpoint=$S/cifar/tokenizer/tokenizer.safetensors train.token_cache=$S/cifar/token_cache/train $LR \
-    "${FID[@]}" results_dir=$R/main_cifar
+    "${FID[@]}" results_dir=$R/main_cifar || return 1
+  run_raster
+}
+run_raster() {  # the raster arms: their tokenizer `proc_single`, their own lr sweep, then study_main's records folder
+  wait $RASTER_TOKENIZER && tokenize proc_single "$PROC" \
+    || { log "raster not started: no tokenizer proc_single (or tokenize failed)"; return 1; }
+  local rates imported=results/gpu/h200/study19/lr_raster
+  if ! rates=$(python -m varbench.analysis.best_lr $imported --located 2> /dev/null) || [ "$(wc -w <<< "$rates")" != 2 ]
+  then
+    grid_until_deadline raster_lr grid=study_raster_lr cluster=local_parallel cluster.jobs=12 $(frozen proc_single) \
+      results_dir=$R/lr_raster || return 1
+    rates=$(python -m varbench.analysis.best_lr $(ls -d $imported 2> /dev/null) $R/lr_raster --located \
+      2>> $L/driver.log) \
+      || { log "raster not started: the raster lr sweep has an arm at its edge (above)"; return 1; }
+  fi
+  log "raster learning rates: $rates"
+  grid_until_deadline raster grid=study_raster cluster=local_parallel cluster.jobs=12 $(frozen proc_single) $rates \
+    "${FID[@]}" results_dir=$R/main_proc
 }
 swept_out() {  # each arm's located rate from the imported records alone, when they cover every arm of the study
   local rates arms
@@ -159,7 +179,7 @@ collect() {
   # remade from the data in seconds)
   tar czf - --exclude=feature_cache -C runs/s12 results | split -b 15M - "$OUT/records.tgz.part" \
     && tar czf "$OUT/logs.tar.gz" -C runs/s12 logs
-  for n in proc proc_b; do  # a tokenizer trained on this machine goes back (16 MiB per file at most)
+  for n in proc proc_b proc_single; do  # a tokenizer trained on this machine goes back (16 MiB per file at most)
     [ -f $S/$n/trained_here ] && cp $S/$n/tokenizer/tokenizer.safetensors "$OUT/tokenizer_$n.safetensors" && rm $S/$n/trained_here
   done
   ls -la "$OUT"

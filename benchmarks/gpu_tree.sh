@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tree a GPU work call carries must stay under 64 MiB with the 63 MB of wheels in .whl/: results/ (21 MB, and
 # the study's tokenizers, 35 MB) waits in /tmp/hold during the call. Kept in the tree: what the study script
-# reads: the done markers of imported cells, as stubs (benchmarks/gpu_study19.sh skips those cells), the lr sweep's
+# reads: the done markers of imported cells, as stubs (benchmarks/gpu_study19.sh skips those cells), the lr sweeps'
 # val_nll records and the tokenizers' SHA256SUMS.
 #   bash benchmarks/gpu_tree.sh out      before the work call (also writes .commit: records name the commit)
 #   bash benchmarks/gpu_tree.sh back     after it, before importing its records (never `git add -A` in between)
@@ -21,8 +21,12 @@ case "${1:?out or back}" in
       cell=${done#$HOLD/}; mkdir -p "results/$(dirname "$cell")"
       echo "{\"cell_id\": \"$(basename "$(dirname "$cell")")\", \"stub\": \"gpu_tree.sh out\"}" > "results/$cell"
     done
-    # the sweep's held-out NLLs, from which the study script picks each arm's rate (best_lr reads them with its own)
-    grep '"metric": "val_nll"' $HOLD/$STUDY/lr/evaluate.jsonl > results/$STUDY/lr/val_nll.jsonl
+    # the sweeps' held-out NLLs, from which the study script picks each arm's rate (best_lr reads them with its own)
+    for sweep in lr lr_raster; do
+      [ -f $HOLD/$STUDY/$sweep/evaluate.jsonl ] || continue
+      mkdir -p results/$STUDY/$sweep
+      grep '"metric": "val_nll"' $HOLD/$STUDY/$sweep/evaluate.jsonl > results/$STUDY/$sweep/val_nll.jsonl
+    done
     ;;
   back)
     [ -d $HOLD ] || { echo "no $HOLD to bring back" >&2; exit 1; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings one machine's study records (benchmarks/gpu_study19.sh) into results/gpu/h200/study19/, stamped by
 # benchmarks/import_records.py: each grid's records into study19/<grid>/ with their cells' done / failed markers;
-# the sample grid of every seed-0 cell but the lr sweep's (the report's sample sheet: one per configuration); the
+# the sample grid of every seed-0 cell but the lr sweeps' (the report's sample sheet: one per configuration); the
 # tokenizers' records into study19/tokenizers.jsonl (training) and tokenize.jsonl (token caches). Tokenizers trained
 # on the machine (tokenizer_<name>.safetensors) are left to commit by hand, with their line in SHA256SUMS.
 # A machine's records accumulate over its calls: import the LAST call of each machine, once (an earlier call's
@@ -29,7 +29,7 @@ for g in "$T"/results/*/; do
       mkdir -p "$D/$n/cells" && cp -rn "$g/cells/." "$D/$n/cells/"
       find "$D/$n/cells" -name .varbench.lock -delete  # (a cell's lock file, left where a cell ran or was cut)
       for done in "$g"/cells/*/done.json; do  # seed 0's sample grid, where the report's sheet looks for it
-        [ "$n" != lr ] && [ -f "$done" ] && grep -q '"seed=0"' "$done" || continue  # (the sweep's are not arms)
+        [[ $n != lr* ]] && [ -f "$done" ] && grep -q '"seed=0"' "$done" || continue  # (the sweeps' are not arms)
         png=$(cd "$g" && ls runs/cells/*/"$(basename "$(dirname "$done")")"/samples.png 2>/dev/null) || continue
         mkdir -p "$D/$n/$(dirname "$png")" && cp "$g/$png" "$D/$n/$png"
       done ;;

@@ -20,9 +20,11 @@ TOKENIZERS = REPO / "results/gpu/h200/study19/tokenizers"
 STAND_IN = """#!/bin/bash
 [ "$1" = run.py ] || exec {python} "$@"
 echo "$*" >> calls.txt
-for a in "$@"; do case $a in results_dir=*) rd=${{a#results_dir=}};; esac; done
+for a in "$@"; do case $a in results_dir=*) rd=${{a#results_dir=}};; run_dir=*) run=${{a#run_dir=}};; esac; done
 case " $* " in
+  *" task=train_tokenizer "*) mkdir -p $run/tokenizer && echo w > $run/tokenizer/tokenizer.safetensors ;;
   *" grid=study_lr "*) mkdir -p $rd && cat fifth_point.jsonl >> $rd/evaluate.jsonl ;;
+  *" grid=study_raster_lr "*) mkdir -p $rd && cat raster_sweep.jsonl >> $rd/evaluate.jsonl ;;
   *" grid=study_main "*|*" grid=study_tokenizer "*)  # each grid's start and end, a second apart
     g=$(for a in "$@"; do case $a in grid=*) echo ${{a#grid=}};; esac; done)
     echo "start $g" >> timeline.txt; sleep 1; echo "end $g" >> timeline.txt ;;
@@ -36,10 +38,12 @@ def val_nll(base_lr: float, value: float, mixer: str = "gla", intra: str = "none
                        "date": "2099-01-01T00:00:00+00:00", "config": {"train": {"base_lr": base_lr}}}) + "\n"
 
 
-def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: bool = False, imported: str = ""):
+def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: bool = False, imported: str = "",
+              raster_sweep: str | None = None):
     """The script (400 s) in a tree as `gpu_tree.sh out` leaves it: the sweep's imported val_nll lines (gla-none's
     best at 3.2e-2, the edge; `imported`: more of them) and the committed tokenizers with their sums (a tree with
-    results/ in it carries them). `fifth_point`: the val_nll lines the machine's lr cells write."""
+    results/ in it carries them). `fifth_point`: the val_nll lines the machine's lr cells write; `raster_sweep`: the
+    raster arms' cells' (and TRAIN_TOKENIZERS=proc_single: it is not committed yet)."""
     tree, bin_dir = tmp_path / "tree", tmp_path / "bin"
     (tree / "benchmarks").mkdir(parents=True)
     shutil.copy(REPO / "benchmarks/gpu_study19.sh", tree / "benchmarks")
@@ -49,6 +53,7 @@ def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: 
     (lr / "val_nll.jsonl").write_text("".join(val_nll(b, v) for b, v in ((4e-3, 3.9), (8e-3, 3.8), (1.6e-2, 3.7),
                                                                           (3.2e-2, 3.6))) + imported)
     (tree / "fifth_point.jsonl").write_text(fifth_point)
+    (tree / "raster_sweep.jsonl").write_text(raster_sweep or "")
     bin_dir.mkdir()
     (bin_dir / "python").write_text(STAND_IN.format(python=sys.executable))
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho '0 %, 1 MiB'\n")
@@ -64,7 +69,8 @@ def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: 
         subprocess.run(["tar", "czf", archive, "-C", tmp_path, "cifar10_jpg"], check=True)
     (tmp_path / "out").mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
-           "OUT": str(tmp_path / "out"), "INC": str(inception), "ARCHIVE": str(archive)}
+           "OUT": str(tmp_path / "out"), "INC": str(inception), "ARCHIVE": str(archive),
+           "TRAIN_TOKENIZERS": "proc_single" if raster_sweep is not None else ""}
     return subprocess.run(["bash", "benchmarks/gpu_study19.sh", "400"], cwd=tree, capture_output=True, text=True,
                           env=env, timeout=300)
 
@@ -102,6 +108,26 @@ def test_a_located_optimum_starts_study_main_at_it_beside_the_second_tokenizer_t
     assert "results_dir=runs/s12/results/main_cifar" in cifar
     assert all("study.lr.gla-none=3.2e-02" in c for c in (tokenizer_b, flops, cifar))
     assert (tmp_path / "tree/runs/study19/cifar10_jpg/val/airplane").is_dir()  # test/ serves as val/
+    # the raster arms' tokenizer is not committed yet, and no study tokenizer is ever trained unasked
+    assert "raster not started: no tokenizer proc_single" in driver and "grid=study_raster" not in " ".join(calls)
+
+
+def test_the_raster_arms_train_their_tokenizer_sweep_their_rates_then_join_study_main_s_records(tmp_path):
+    sweep = "".join(val_nll(lr, v, mixer, "raster") for mixer, best in (("mamba2", 8e-3), ("attention", 1.6e-2))
+                    for lr, v in ((4e-3, 3.9), (8e-3, 3.8), (1.6e-2, 3.85), (3.2e-2, 3.95))
+                    for v in [v - 0.2 if lr == best else v])
+    run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True, staged_cifar=True,
+                    raster_sweep=sweep)
+    assert run.returncode == 0, run.stderr[-2000:]
+    calls = (tmp_path / "tree/calls.txt").read_text().splitlines()
+    (tokenizer,) = [c for c in calls if "task=train_tokenizer" in c]
+    assert "run_dir=runs/study19/proc_single" in tokenizer and "tokenizer=tiny_single_study" in tokenizer
+    (sweep_call,) = [c for c in calls if "grid=study_raster_lr" in c]
+    assert "results_dir=runs/s12/results/lr_raster" in sweep_call and "runs/study19/proc_single/token" in sweep_call
+    (raster,) = [c for c in calls if "grid=study_raster " in c + " "]
+    assert "study.lr.attention-raster=1.6e-02 study.lr.mamba2-raster=8.0e-03" in raster
+    assert "results_dir=runs/s12/results/main_proc" in raster and "inception_weights=" in raster
+    assert (tmp_path / "out/tokenizer_proc_single.safetensors").is_file()  # to commit: it defines the raster arms
 
 
 def test_a_sweep_whose_imported_records_locate_every_arm_s_optimum_is_not_run_again(tmp_path):
@@ -172,6 +198,8 @@ def test_gpu_tree_out_keeps_what_the_study_script_reads_and_back_restores_result
     (study / "lr/cells/c2").mkdir()
     (study / "lr/cells/c2/failed.json").write_text("{}")
     (study / "lr/evaluate.jsonl").write_text(val_nll(4e-3, 3.9) + json.dumps({"metric": "fid", "value": 1}) + "\n")
+    (study / "lr_raster").mkdir()  # the raster arms' sweep
+    (study / "lr_raster/evaluate.jsonl").write_text(val_nll(4e-3, 3.8, "mamba2", "raster"))
     subprocess.run(["git", "init", "-q"], cwd=tree, check=True)
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "t"],
                    cwd=tree, check=True)
@@ -180,7 +208,7 @@ def test_gpu_tree_out_keeps_what_the_study_script_reads_and_back_restores_result
     out = subprocess.run(["bash", "benchmarks/gpu_tree.sh", "out"], cwd=tree, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     kept = {str(p.relative_to(study)) for p in study.rglob("*") if p.is_file()}
-    assert kept == {"tokenizers/SHA256SUMS", "lr/cells/c1/done.json", "lr/val_nll.jsonl"}
+    assert kept == {"tokenizers/SHA256SUMS", "lr/cells/c1/done.json", "lr/val_nll.jsonl", "lr_raster/val_nll.jsonl"}
     assert json.loads((study / "lr/cells/c1/done.json").read_text()) == {"cell_id": "c1", "stub": "gpu_tree.sh out"}
     assert [json.loads(line)["metric"] for line in (study / "lr/val_nll.jsonl").read_text().splitlines()] == [
         "val_nll"]

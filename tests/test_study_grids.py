@@ -107,6 +107,37 @@ def test_cifar_cells_build_their_image_folder_data_with_the_study_script_s_overr
     assert len(train) == 10 and train[0][0].shape == (3, 64, 64)  # the study's 64 px, from CIFAR's 32
 
 
+def test_raster_grids_train_aim_s_backbone_with_mamba2_and_attention_at_m_var_s_parameter_count():
+    """Issue 19's raster arms (grid=study_raster, 3 seeds; grid=study_raster_lr, 4 rates on seed 0): AiM's backbone
+    with Mamba2 (AiM) and attention (LlamaGen-style) reading 256 tokens of the single-scale twin of the study
+    tokenizer, each at the study M-VAR's parameter count, evaluated with AiM-B's sampler at the study's fixed scale."""
+    import torch
+
+    from varbench.build import build_model
+    cells = _cells("study_raster")
+    assert Counter(c["study.arm"] for c in cells) == {"mamba2-raster": 3, "attention-raster": 3}
+    assert all(c["model"] == "raster_study" and c["tokenizer"] == "tiny_single_study" for c in cells)
+    assert all(c["study.arm"] == f"{c['mixer']}-raster" for c in cells)  # the arm best_lr names (analysis.load)
+
+    def params(*overrides):
+        with torch.device("meta"):
+            return build_model(_compose("study_raster", *overrides), num_classes=10).num_params()
+    m_var = params("model=tiny_study", "tokenizer=tiny_study", "mixer=mamba2", "intra=full")
+    for mixer in ("mamba2", "attention"):
+        cfg = _compose("study_raster", "model=raster_study", "tokenizer=tiny_single_study", f"mixer={mixer}",
+                       f"study.arm={mixer}-raster")
+        assert list(cfg.tokenizer.patch_nums) == [16] and cfg.train.base_lr == 4.0e-3
+        raster = params("model=raster_study", "tokenizer=tiny_single_study", f"mixer={mixer}")
+        assert abs(raster - m_var) / m_var < 1e-3, (mixer, raster, m_var)
+    cfg = _compose("study_raster")
+    assert (cfg.task.overrides.evaluate.preset, cfg.task.overrides.evaluate.cfg) == ("aim_b", 1.5)
+    assert list(cfg.task.guidance_scales) == [2.0, 3.0]
+    sweep = _cells("study_raster_lr")
+    assert {(c["study.arm"], c["train.base_lr"]) for c in sweep} == {
+        (arm, lr) for arm in ("mamba2-raster", "attention-raster") for lr in ("4.0e-3", "8.0e-3", "1.6e-2", "3.2e-2")}
+    assert {c["seed"] for c in sweep} == {"0"} and _compose("study_raster_lr").task.guidance_scales is None
+
+
 def test_flops_grid_arms_train_within_three_percent_of_var_s_budget():
     cells = [c for c in _cells("study_flops") if c["seed"] == "0"]
     assert {(c["mixer"], c["intra"]) for c in cells} == ARMS
