@@ -102,7 +102,8 @@ def test_cifar_cells_build_their_image_folder_data_with_the_study_script_s_overr
         for c in range(10):
             (tmp_path / f"cifar10_jpg/{split}/class{c}").mkdir(parents=True)
             Image.new("RGB", (32, 32)).save(tmp_path / f"cifar10_jpg/{split}/class{c}/0.jpg")
-    cfg = _compose("study_cifar", "mixer=retnet", "study.arm=retnet-none", *overrides)
+    cfg = _compose("study_cifar", "mixer=retnet", "study.arm=retnet-none", *overrides,
+                   f"data.index_dir={tmp_path}")  # (not the run dir: no Hydra run here, whatever an earlier test left)
     train = build_dataset(cfg, "train")
     assert len(train) == 10 and train[0][0].shape == (3, 64, 64)  # the study's 64 px, from CIFAR's 32
 
