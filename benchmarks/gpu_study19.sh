@@ -44,7 +44,7 @@ FID=(+task.overrides.evaluate.inception_fid=true +task.overrides.evaluate.incept
 log() { echo "$(date +%T) $*" | tee -a $L/driver.log; }
 left() { echo $((END - SECONDS)); }
 frozen() { echo "tokenizer.checkpoint=$S/$1/tokenizer/tokenizer.safetensors train.token_cache=$S/$1/token_cache/train $PROC"; }
-schedule() { [ $1 = proc_single ] && echo tokenizer=tiny_single_study || echo tokenizer=tiny_study; }  # name's
+schedule() { [ $1 = proc_single ] && echo tokenizer=tiny_single_study || echo tokenizer=tiny_study; }  # its config
 
 train_tokenizer() {  # name, tokenizer seed, data overrides: the study tokenizers' recipe (2,000 steps at 64 px)
   python run.py task=train_tokenizer run_dir=$S/$1 task.steps=2000 task.batch_size=32 task.amp=bf16 \

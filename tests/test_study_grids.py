@@ -109,7 +109,7 @@ def test_cifar_cells_build_their_image_folder_data_with_the_study_script_s_overr
 
 
 def test_raster_grids_train_aim_s_backbone_with_mamba2_and_attention_at_m_var_s_parameter_count():
-    """Issue 19's raster arms (grid=study_raster, 3 seeds; grid=study_raster_lr, 4 rates on seed 0): AiM's backbone
+    """Issue 19's raster arms (grid=study_raster, 3 seeds; grid=study_raster_lr, 6 rates on seed 0): AiM's backbone
     with Mamba2 (AiM) and attention (LlamaGen-style) reading 256 tokens of the single-scale twin of the study
     tokenizer, each at the study M-VAR's parameter count, evaluated with AiM-B's sampler at the study's fixed scale."""
     import torch
@@ -134,8 +134,9 @@ def test_raster_grids_train_aim_s_backbone_with_mamba2_and_attention_at_m_var_s_
     assert (cfg.task.overrides.evaluate.preset, cfg.task.overrides.evaluate.cfg) == ("aim_b", 1.5)
     assert list(cfg.task.guidance_scales) == [2.0, 3.0]
     sweep = _cells("study_raster_lr")
+    rates = ("4.0e-3", "8.0e-3", "1.6e-2", "3.2e-2", "6.4e-2", "1.28e-1")  # study_lr's 4 and its 2 doublings
     assert {(c["study.arm"], c["train.base_lr"]) for c in sweep} == {
-        (arm, lr) for arm in ("mamba2-raster", "attention-raster") for lr in ("4.0e-3", "8.0e-3", "1.6e-2", "3.2e-2")}
+        (arm, lr) for arm in ("mamba2-raster", "attention-raster") for lr in rates}
     assert {c["seed"] for c in sweep} == {"0"} and _compose("study_raster_lr").task.guidance_scales is None
 
 
