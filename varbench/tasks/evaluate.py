@@ -111,16 +111,15 @@ def resolve_suite(cfg: DictConfig) -> str:
     return "project"
 
 
-def project_classifier(cfg: DictConfig, device) -> tuple[clf.Classifier, dict, Path]:
-    """The configured classifier, or the cached / freshly trained one of the run's data set."""
+def project_classifier(cfg: DictConfig, device, train, val) -> tuple[clf.Classifier, dict, Path]:
+    """The configured classifier, or the cached / freshly trained one of the run's data set (`train`, `val`)."""
     t = cfg.task
     if t.get("classifier"):
         model, meta = clf.load_classifier(t.classifier, device)
         return model, meta, Path(t.classifier)
-    return clf.cached_classifier(build_dataset(cfg, "train"), build_dataset(cfg, "val"), t.classifier_cache, device,
-                                 num_classes=cfg.data.num_classes, image_size=image_size(cfg),
-                                 steps=t.classifier_steps, batch_size=t.classifier_batch_size,
-                                 width=t.classifier_width, seed=t.classifier_seed)
+    return clf.cached_classifier(train, val, t.classifier_cache, device, num_classes=cfg.data.num_classes,
+                                 image_size=image_size(cfg), steps=t.classifier_steps,
+                                 batch_size=t.classifier_batch_size, width=t.classifier_width, seed=t.classifier_seed)
 
 
 def project_metrics(cfg: DictConfig, npz, device, tokenizer,
@@ -148,7 +147,7 @@ def classifier_rows(cfg: DictConfig, npz, device, tokenizer, seconds: PartSecond
     """The project classifier's rows: FD, class accuracy, score, KD / precision / recall of the samples against the
     val split, its memorisation row and its floor / tokenizer rows (train images vs val)."""
     with seconds("classifier"):
-        model, meta, path = project_classifier(cfg, device)
+        model, meta, path = project_classifier(cfg, device, train, val)
         f_val, logits_val, labels_val = clf.classify_dataset(model, val)
     val_accuracy = clf.accuracy(logits_val, labels_val)
     if val_accuracy < cfg.task.classifier_min_val_accuracy:  # its class accuracy / features would mean little
