@@ -121,7 +121,7 @@ run_study() {
   # read together with the cells this machine ran; an arm whose best rate is still at an edge stops the study here.
   # Once the imported records alone locate every arm's optimum, the sweep is not started again (its only cells left
   # are the ones refused for good, Gated DeltaNet's on fla #640: a grid start-up per machine for nothing)
-  if [ -z "${LR:-}" ] && LR=$(swept_out); then
+  if [ -z "${LR:-}" ] && LR=$(swept_out lr "$(study_arms)"); then
     log "lr: every arm's optimum is located in the imported records; the sweep is not run again"
   else
     grid_until_deadline lr grid=study_lr cluster=local_parallel cluster.jobs=12 $(frozen proc) results_dir=$R/lr \
@@ -151,8 +151,7 @@ run_raster() {  # the raster arms: their tokenizer `proc_single`, their own lr s
   wait $RASTER_TOKENIZER && tokenize proc_single "$PROC" \
     || { log "raster not started: no tokenizer proc_single (or tokenize failed)"; return 1; }
   local rates imported=results/gpu/h200/study19/lr_raster
-  if ! rates=$(python -m varbench.analysis.best_lr $imported --located 2> /dev/null) || [ "$(wc -w <<< "$rates")" != 2 ]
-  then
+  if ! rates=$(swept_out lr_raster 2); then
     grid_until_deadline raster_lr grid=study_raster_lr cluster=local_parallel cluster.jobs=12 $(frozen proc_single) \
       results_dir=$R/lr_raster || return 1
     rates=$(python -m varbench.analysis.best_lr $(ls -d $imported 2> /dev/null) $R/lr_raster --located \
@@ -163,12 +162,14 @@ run_raster() {  # the raster arms: their tokenizer `proc_single`, their own lr s
   grid_until_deadline raster grid=study_raster cluster=local_parallel cluster.jobs=12 $(frozen proc_single) $rates \
     "${FID[@]}" results_dir=$R/main_proc
 }
-swept_out() {  # each arm's located rate from the imported records alone, when they cover every arm of the study
-  local rates arms
-  rates=$(python -m varbench.analysis.best_lr results/gpu/h200/study19/lr --located 2> /dev/null) || return 1
-  arms=$(python -c "import varbench.grid; from varbench import registry
-print(len(registry.compose(['grid=study_base']).study.lr))") || return 1
-  [ "$(wc -w <<< "$rates")" = "$arms" ] && echo "$rates"
+swept_out() {  # sweep, arms: each arm's located rate from the imported records alone, when they cover all `arms`
+  local rates
+  rates=$(python -m varbench.analysis.best_lr results/gpu/h200/study19/$1 --located 2> /dev/null) || return 1
+  [ "$(wc -w <<< "$rates")" = "$2" ] && echo "$rates"
+}
+study_arms() {  # the scale-wise arms of the study (their rates' keys)
+  python -c "import varbench.grid; from varbench import registry
+print(len(registry.compose(['grid=study_base']).study.lr))"
 }
 collect() {
   for d in $R/*/; do n=$(basename "$d")  # each cell's sample grid beside its records (the report's sheet)
