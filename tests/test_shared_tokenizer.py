@@ -117,6 +117,15 @@ def test_given_tokenizer_and_token_cache_run_only_the_remaining_steps(tmp_path, 
     assert not (tmp_path / "tokenizers").exists()
 
 
+def test_a_run_evaluated_without_a_tokenizer_step_or_checkpoint_is_refused(tmp_path, fake):
+    """A study grid's steps (train, sample, evaluate) with no tokenizer.checkpoint would train on a random tokenizer
+    and evaluate as if it had a real one: an error naming the key, before any step runs."""
+    steps = r"\['train', 'sample', 'evaluate'\]"
+    with pytest.raises(ValueError, match=rf"tokenizer.checkpoint = None with task.steps {steps}"):
+        main_task.main(_cfg(tmp_path, "task.steps=[train,sample,evaluate]"))
+    assert fake.steps() == []
+
+
 def _run_cell(tmp_path, seed, calls):
     import varbench.tasks as tasks
     tasks.run_task = FakeSteps(calls, train_s=1.0)

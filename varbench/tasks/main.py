@@ -26,6 +26,11 @@ log = get_logger(__name__)
 def main(cfg: DictConfig) -> dict:
     """Run `task.steps` in order, the tokenizer steps through their shared folder; return {step: summary}."""
     summaries, steps = {}, list(cfg.task.steps)
+    if {"train", "evaluate"} <= set(steps) and "train_tokenizer" not in steps and not cfg.tokenizer.get("checkpoint"):
+        # (task=train alone may train on a seeded random tokenizer, for timing; a measured run may not)
+        raise ValueError(f"tokenizer.checkpoint = None with task.steps {steps}: the model would train on a random "
+                         "tokenizer's codes and then be evaluated; give tokenizer.checkpoint=<file> (a study grid's "
+                         "frozen tokenizer) or add train_tokenizer to task.steps")
     shared = frozen_tokenizer.steps_to_share(cfg)
     for i, step in enumerate(steps, 1):
         log.info("step %d/%d: %s", i, len(steps), step)
