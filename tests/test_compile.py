@@ -76,9 +76,9 @@ def spy_on_mask_building(monkeypatch) -> list:
     flex_attention by a function of it, so that the mask's lifetime is visible on the CPU."""
     built = []
 
-    def build(patch_nums, kind, window, device):
-        built.append((patch_nums, kind, window, device))
-        return torch.full((1,), float(len(patch_nums)))
+    def build(layout, kind, window, device):
+        built.append((layout, kind, window, device))
+        return torch.full((1,), float(layout.num_scales))
     monkeypatch.setattr(attention_kernel, "_build_block_mask", build)
     monkeypatch.setattr(attention_kernel, "_BLOCK_MASKS", {})
     monkeypatch.setattr(attention_kernel, "_flex", lambda: lambda q, k, v, block_mask, scale: q * scale + block_mask)
@@ -109,7 +109,7 @@ def test_an_unprepared_mask_traced_into_a_graph_is_not_stored_as_if_built_outsid
     assert len(built) == 1 and attention_kernel._BLOCK_MASKS == {}
     attention_kernel.flex_masked_attention(q, q, q, layout, "block_diag", 0.5)  # eager: built once, kept
     attention_kernel.flex_masked_attention(q, q, q, layout, "block_diag", 0.5)
-    assert len(built) == 2 and list(attention_kernel._BLOCK_MASKS) == [((1, 2), "block_diag", 0, "cpu")]
+    assert len(built) == 2 and list(attention_kernel._BLOCK_MASKS) == [(layout, "block_diag", 0, "cpu")]
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (flex attention, fla, mamba_ssm)")

@@ -146,9 +146,9 @@ class RasterLayout:
 
     @property
     def patch_nums(self) -> tuple[int, ...]:
-        # kernels that rebuild a ScaleLayout from patch_nums (flex block masks, prefix re-run) have no raster form
-        raise ValueError("a RasterLayout has no patch_nums: this path (flex attention, prefix re-run) supports "
-                         "scale layouts only; use backend=reference for raster order")
+        # what needs scale sides (the prefix re-run sampler, a multi-scale tokenizer) has no raster form
+        raise ValueError("a RasterLayout has no patch_nums: this path (the prefix re-run sampler, a multi-scale "
+                         "tokenizer) supports scale layouts only")
 
     @property
     def num_scales(self) -> int:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from varbench.layout import ScaleLayout
+from varbench.layout import RasterLayout, ScaleLayout
 
+Layout = ScaleLayout | RasterLayout  # in raster order every token is its own scale: block-causal is causal
 _compiled_flex = None
 
 
@@ -24,13 +25,12 @@ def _flex():
     return _compiled_flex
 
 
-# (patch_nums, kind, window, device) -> BlockMask, built eagerly by `prepare_block_masks` / the first eager call
+# (layout, kind, window, device) -> BlockMask, built eagerly by `prepare_block_masks` / the first eager call
 _BLOCK_MASKS: dict = {}
 
 
-def _build_block_mask(patch_nums: tuple[int, ...], kind: str, window: int, device: str):
+def _build_block_mask(layout: Layout, kind: str, window: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
-    layout = ScaleLayout(patch_nums)
     ids = layout.scale_ids(device)
     if kind == "block_causal":
         def mask_mod(b, h, q, kv):
@@ -57,31 +57,31 @@ def _device_key(device) -> str:
     return str(device)
 
 
-def prepare_block_masks(layout: ScaleLayout, device, masks) -> None:
+def prepare_block_masks(layout: Layout, device, masks) -> None:
     """Build the BlockMasks `masks` ((kind, window) pairs) of `layout` on `device` now, outside any compiled region.
 
     A compiled forward then finds each in a plain dict (a guarded constant) instead of tracing `create_block_mask`
     into its graph at every step. `compile_for_training` calls this for every module that names its `flex_mask`."""
     for kind, window in masks:
-        key = (tuple(layout.patch_nums), kind, int(window), _device_key(device))
+        key = (layout, kind, int(window), _device_key(device))
         if key not in _BLOCK_MASKS:
             _BLOCK_MASKS[key] = _build_block_mask(*key)
 
 
 def prepare_model_masks(model: torch.nn.Module) -> None:
     """`prepare_block_masks` for every module of `model` whose `flex_mask()` names a (kind, window) (None: it runs no
-    flex attention), on the model's scale layout and device. A model without a scale layout needs none."""
-    layout = next((m.layout for m in model.modules() if isinstance(getattr(m, "layout", None), ScaleLayout)), None)
+    flex attention), on the model's layout (scale-wise or raster) and device. A model without a layout needs none."""
+    layout = next((m.layout for m in model.modules() if isinstance(getattr(m, "layout", None), Layout)), None)
     masks = {m.flex_mask() for m in model.modules() if hasattr(m, "flex_mask")} - {None}
     device = next(model.parameters()).device
     if layout is not None and masks and device.type == "cuda":  # the modules attend with flex on CUDA tensors only
         prepare_block_masks(layout, device, sorted(masks))
 
 
-def flex_masked_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, kind: str, scale: float, window: int = 0):
+def flex_masked_attention(q_BHLd, k_BHLd, v_BHLd, layout: Layout, kind: str, scale: float, window: int = 0):
     """Attention with a flex BlockMask built from the layout's scale ids (cached per layout, kind and device;
     build it with `prepare_block_masks` before compiling, or a compiled graph traces its construction)."""
-    key = (tuple(layout.patch_nums), kind, int(window), _device_key(q_BHLd.device))
+    key = (layout, kind, int(window), _device_key(q_BHLd.device))
     block_mask = _cached(_BLOCK_MASKS, key, lambda: _build_block_mask(*key))
     return _flex()(q_BHLd, k_BHLd, v_BHLd, block_mask=block_mask, scale=scale)
 
@@ -119,25 +119,28 @@ def xformers_block_diag_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, s
     return o.view(B, L, H, d).transpose(1, 2)
 
 
-# (patch_nums, kind, tokens, device) -> the dense mask of the first scales that attend together (sdpa_scales)
+# (layout, kind, tokens, device) -> the dense mask of the first scales that attend together (sdpa_scales)
 _FIRST_MASKS: dict = {}
 
 
-def sdpa_scales_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, kind: str, scale: float,
+def sdpa_scales_attention(q_BHLd, k_BHLd, v_BHLd, layout: Layout, kind: str, scale: float,
                           together_below: int = 64):
     """Block-causal or block-diagonal attention as one unmasked SDPA call per scale, so that SDPA can pick its
     flash kernel (a mask rules it out): a scale's queries against the keys it sees, which are a contiguous prefix
     (block_causal: every scale up to its own) or its own scale (block_diag). The first scales with fewer than
     `together_below` tokens each (VAR's 1..36: 91 tokens) attend in one call with their small dense mask instead: a
-    kernel launch per scale would cost more than their math. The scales' outputs are concatenated in order."""
+    kernel launch per scale would cost more than their math. The scales' outputs are concatenated in order.
+    Block-causal attention in raster order (every scale one token) is causal attention: one causal SDPA call."""
     if kind not in ("block_causal", "block_diag"):
         raise ValueError(f"sdpa_scales_attention: unknown mask kind {kind!r}; valid: block_causal, block_diag")
+    if kind == "block_causal" and isinstance(layout, RasterLayout):
+        return F.scaled_dot_product_attention(q_BHLd, k_BHLd, v_BHLd, is_causal=True, scale=scale)
     first = next((i for i, n in enumerate(layout.lengths) if n >= together_below), layout.num_scales)
     outs = []
     if first:
         P = layout.slice(first - 1).stop
         full = layout.block_causal_mask if kind == "block_causal" else layout.block_diag_mask
-        key = (tuple(layout.patch_nums), kind, P, _device_key(q_BHLd.device))
+        key = (layout, kind, P, _device_key(q_BHLd.device))
         mask_PP = _cached(_FIRST_MASKS, key, lambda: full(q_BHLd.device)[:P, :P].contiguous())
         outs.append(F.scaled_dot_product_attention(q_BHLd[:, :, :P], k_BHLd[:, :, :P], v_BHLd[:, :, :P],
                                                    attn_mask=mask_PP, scale=scale))
