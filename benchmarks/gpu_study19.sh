@@ -128,8 +128,10 @@ run_study() {
       || return 1
   fi
   if [ -z "${LR:-}" ]; then
-    LR=$(python -m varbench.analysis.best_lr results/gpu/h200/study19/lr $R/lr --located 2>> $L/driver.log) \
-      || { log "main not started: the lr sweep has an arm at its edge (above) or could not be read"; return 1; }
+    LR=$(python -m varbench.analysis.best_lr results/gpu/h200/study19/lr $R/lr --located --arms "$(study_arms)" \
+      2>> $L/driver.log) \
+      || { log "main not started: the lr sweep misses an arm or has one at its edge (above), or could not be read"
+           return 1; }
   fi
   [ -f $INC ] || { log "main not started: no Inception weights staged at $INC"; return 1; }
   log "learning rates: $LR"
@@ -154,18 +156,16 @@ run_raster() {  # the raster arms: their tokenizer `proc_single`, their own lr s
   if ! rates=$(swept_out lr_raster 2); then
     grid_until_deadline raster_lr grid=study_raster_lr cluster=local_parallel cluster.jobs=12 $(frozen proc_single) \
       results_dir=$R/lr_raster || return 1
-    rates=$(python -m varbench.analysis.best_lr $(ls -d $imported 2> /dev/null) $R/lr_raster --located \
+    rates=$(python -m varbench.analysis.best_lr $(ls -d $imported 2> /dev/null) $R/lr_raster --located --arms 2 \
       2>> $L/driver.log) \
-      || { log "raster not started: the raster lr sweep has an arm at its edge (above)"; return 1; }
+      || { log "raster not started: the raster lr sweep misses an arm or has one at its edge (above)"; return 1; }
   fi
   log "raster learning rates: $rates"
   grid_until_deadline raster grid=study_raster cluster=local_parallel cluster.jobs=12 $(frozen proc_single) $rates \
     "${FID[@]}" results_dir=$R/main_proc
 }
 swept_out() {  # sweep, arms: each arm's located rate from the imported records alone, when they cover all `arms`
-  local rates
-  rates=$(python -m varbench.analysis.best_lr results/gpu/h200/study19/$1 --located 2> /dev/null) || return 1
-  [ "$(wc -w <<< "$rates")" = "$2" ] && echo "$rates"
+  python -m varbench.analysis.best_lr results/gpu/h200/study19/$1 --located --arms "$2" 2> /dev/null
 }
 study_arms() {  # the scale-wise arms of the study (their rates' keys)
   python -c "import varbench.grid; from varbench import registry

@@ -38,6 +38,14 @@ def val_nll(base_lr: float, value: float, mixer: str = "gla", intra: str = "none
                        "date": "2099-01-01T00:00:00+00:00", "config": {"train": {"base_lr": base_lr}}}) + "\n"
 
 
+def other_arms_located() -> str:
+    """Imported sweep lines that locate every study arm but gla-none (best in the middle of three points): the
+    scale-wise sweep is then complete once the machine locates gla-none."""
+    arms = yaml.safe_load((REPO / "varbench/configs/grid/study_base.yaml").read_text())["study"]["lr"]
+    return "".join(val_nll(b, v, *arm.split("-")) for arm in arms if arm != "gla-none"
+                   for b, v in ((4e-3, 3.9), (8e-3, 3.7), (1.6e-2, 3.8)))
+
+
 def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: bool = False, imported: str = "",
               raster_sweep: str | None = None):
     """The script (400 s) in a tree as `gpu_tree.sh out` leaves it: the sweep's imported val_nll lines (gla-none's
@@ -76,11 +84,12 @@ def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: 
 
 
 def test_an_arm_still_at_the_sweep_s_edge_stops_the_call_before_study_main(tmp_path):
-    run = run_study(tmp_path, fifth_point="", staged_inception=True)  # the machine ran no fifth point
+    run = run_study(tmp_path, fifth_point="", staged_inception=True,  # the machine ran no fifth point
+                    imported=other_arms_located())
     assert run.returncode == 0, run.stderr[-2000:]
     driver = (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
     assert "gla-none's best base_lr 3.2e-02 is at the sweep's edge" in driver
-    assert "main not started: the lr sweep has an arm at its edge" in driver
+    assert "main not started: the lr sweep misses an arm or has one at its edge" in driver
     calls = (tmp_path / "tree/calls.txt").read_text()
     assert "grid=study_lr" in calls and "grid=study_main" not in calls and "task=evaluate" not in calls
     assert (tmp_path / "out/records.tgz.partaa").is_file() and (tmp_path / "out/logs.tar.gz").is_file()
@@ -88,10 +97,11 @@ def test_an_arm_still_at_the_sweep_s_edge_stops_the_call_before_study_main(tmp_p
 
 def test_a_located_optimum_starts_study_main_at_it_beside_the_second_tokenizer_then_flops_and_cifar(tmp_path):
     run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True,  # this machine's cell
-                    staged_cifar=True)
+                    staged_cifar=True, imported=other_arms_located())
     assert run.returncode == 0, run.stderr[-2000:]
     driver = (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
-    assert "learning rates: study.lr.gla-none=3.2e-02" in driver
+    (rates,) = [line for line in driver.splitlines() if " learning rates: " in line]
+    assert "study.lr.gla-none=3.2e-02" in rates and "study.lr.attention-local=8.0e-03" in rates
     calls = (tmp_path / "tree/calls.txt").read_text().splitlines()
     (main,) = [c for c in calls if "grid=study_main" in c]
     assert "study.lr.gla-none=3.2e-02" in main and f"inception_weights={tmp_path}/inception.safetensors" in main
@@ -117,7 +127,7 @@ def test_the_raster_arms_train_their_tokenizer_sweep_their_rates_then_join_study
                     for lr, v in ((4e-3, 3.9), (8e-3, 3.8), (1.6e-2, 3.85), (3.2e-2, 3.95))
                     for v in [v - 0.2 if lr == best else v])
     run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True, staged_cifar=True,
-                    raster_sweep=sweep)
+                    raster_sweep=sweep, imported=other_arms_located())
     assert run.returncode == 0, run.stderr[-2000:]
     calls = (tmp_path / "tree/calls.txt").read_text().splitlines()
     (tokenizer,) = [c for c in calls if "task=train_tokenizer" in c]
@@ -130,11 +140,28 @@ def test_the_raster_arms_train_their_tokenizer_sweep_their_rates_then_join_study
     assert (tmp_path / "out/tokenizer_proc_single.safetensors").is_file()  # to commit: it defines the raster arms
 
 
+def test_a_raster_arm_whose_sweep_cells_all_failed_keeps_the_main_raster_grid_from_starting(tmp_path):
+    """Session 17: attention's raster sweep cells all failed, best_lr located Mamba2's rate alone, and the main grid
+    started with it, so the attention arm would have trained at study_base's placeholder rate as if at its best."""
+    sweep = "".join(val_nll(lr, v, "mamba2", "raster") for lr, v in ((4e-3, 3.9), (8e-3, 3.7), (1.6e-2, 3.8)))
+    run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True, staged_cifar=True,
+                    raster_sweep=sweep, imported=other_arms_located())
+    assert run.returncode == 0, run.stderr[-2000:]
+    driver = (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
+    assert "raster not started: the raster lr sweep misses an arm" in driver
+    assert "the records hold 1 of the 2 arms (mamba2-raster)" in driver
+    assert "grid=study_raster " not in (tmp_path / "tree/calls.txt").read_text() + " "
+
+
+def test_a_scale_wise_sweep_missing_an_arm_keeps_study_main_from_starting(tmp_path):
+    run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True)  # gla-none alone is swept
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "main not started: the lr sweep misses an arm" in (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
+    assert "grid=study_main" not in (tmp_path / "tree/calls.txt").read_text()
+
+
 def test_a_sweep_whose_imported_records_locate_every_arm_s_optimum_is_not_run_again(tmp_path):
-    arms = yaml.safe_load((REPO / "varbench/configs/grid/study_base.yaml").read_text())["study"]["lr"]
-    imported = val_nll(6.4e-2, 3.65) + "".join(  # gla-none past its edge, every other arm best in the middle
-        val_nll(b, v, *arm.split("-")) for arm in arms if arm != "gla-none"
-        for b, v in ((4e-3, 3.9), (8e-3, 3.7), (1.6e-2, 3.8)))
+    imported = val_nll(6.4e-2, 3.65) + other_arms_located()  # gla-none past its edge, every other arm located
     run = run_study(tmp_path, fifth_point="", staged_inception=True, imported=imported)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "the sweep is not run again" in (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
@@ -177,7 +204,7 @@ def test_import_takes_each_study_s_records_and_passes_over_a_folder_of_stubs(tmp
 
 
 def test_without_staged_inception_weights_study_main_does_not_start(tmp_path):
-    run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=False)
+    run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=False, imported=other_arms_located())
     assert run.returncode == 0, run.stderr[-2000:]
     assert "main not started: no Inception weights staged" in (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
     assert "grid=study_main" not in (tmp_path / "tree/calls.txt").read_text()

@@ -42,3 +42,16 @@ def test_every_done_study_main_cell_composes_back_to_its_recorded_id(tmp_path, m
     assert not changed, ("a config default changed the ids of done study cells (make the new key optional, or its "
                          "default the old behaviour's absence):\n" + "\n".join(changed))
 
+
+
+def test_every_done_study_cell_trained_at_its_arm_s_swept_rate():
+    """A study cell's overrides name its own arm's rate (`study.lr.<arm>=`, from best_lr): without it the cell trained
+    at study_base's placeholder rate, which the write-up would call the arm's best (session 17's raster grid started
+    with one arm's rate missing; benchmarks/gpu_study19.sh now asks best_lr for every arm)."""
+    unswept = []
+    for marker in DONE:
+        overrides = json.loads(marker.read_text())["overrides"]
+        (arm,) = [o.split("=", 1)[1] for o in overrides if o.startswith("study.arm=")]
+        if not any(o.startswith(f"study.lr.{arm}=") for o in overrides):
+            unswept.append(f"{marker.parent.name} ({arm})")
+    assert not unswept, f"study cells trained without their arm's swept rate: {unswept}"

@@ -187,6 +187,10 @@ def test_best_lr_reads_a_sweep_split_over_folders_and_refuses_an_edge_when_asked
     assert capsys.readouterr().out == ""
     assert main([str(tmp_path / "imported"), str(tmp_path / "this_call"), "--located"]) == 0
     assert capsys.readouterr().out.strip() == "study.lr.gla-none=8.0e-03"
+    # a second arm whose cells all failed has no line: asked for both arms, the sweep is incomplete
+    assert main([str(tmp_path / "imported"), str(tmp_path / "this_call"), "--located", "--arms", "2"]) == 3
+    out = capsys.readouterr()
+    assert out.out == "" and "the records hold 1 of the 2 arms (gla-none)" in out.err
 
 
 def test_grids_writing_one_records_folder_share_its_sample_count_and_the_cut_ones_are_fid_5k():

@@ -2,14 +2,16 @@
 (`val_nll`, the criterion fixed before the sweep ran; one seed per point), as the `study.lr.<arm>` overrides that
 the study grids read (varbench/configs/grid/study_base.yaml).
 
-    python -m varbench.analysis.best_lr RESULTS/lr [MORE/lr ...] [--located]
+    python -m varbench.analysis.best_lr RESULTS/lr [MORE/lr ...] [--located] [--arms N]
     # prints: study.lr.gla-none=8.0e-03 study.lr....
 
 Several folders are one sweep read together (the records imported from earlier sessions and the cells a GPU call
 has just run). An arm whose best point is the largest or smallest one swept has no located optimum (`at_edge`): its
 loss may fall further beyond the sweep. It is named on stderr, so that the sweep is extended before the rate is used
 as "its best"; with `--located` such an arm is an error (exit status 2, nothing printed), which a script that goes
-on to the main grid relies on.
+on to the main grid relies on. With `--arms N` records that hold fewer than N arms are an error too (exit status 3):
+an arm whose sweep cells all failed has no line here, and a grid given the others' rates alone would train it at
+study_base's placeholder rate, as if that were its best.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="each arm's best base_lr from grid=study_lr's records")
     parser.add_argument("records", nargs="+", help="folders (or .jsonl files) of the sweep's records, read together")
     parser.add_argument("--located", action="store_true", help="fail when an arm's best rate is at the sweep's edge")
+    parser.add_argument("--arms", type=int, help="fail unless the records hold this many arms (every arm swept)")
     args = parser.parse_args(argv)
     best = best_learning_rates(pd.concat([load_records(p) for p in args.records], ignore_index=True))
     for arm, row in best[best["at_edge"]].iterrows():
@@ -71,6 +74,10 @@ def main(argv=None) -> int:
               file=sys.stderr)
     if args.located and best["at_edge"].any():
         return 2
+    if args.arms is not None and len(best) != args.arms:
+        print(f"best_lr: the records hold {len(best)} of the {args.arms} arms ({', '.join(best.index)}): the sweep "
+              "is incomplete (a missing arm's cells failed or never ran)", file=sys.stderr)
+        return 3
     print(overrides(best))
     return 0
 
