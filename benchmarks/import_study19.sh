@@ -28,6 +28,9 @@ for g in "$T"/results/*/; do
       for f in "$g"/*.jsonl; do into "$D/$n/$(basename "$f")" "$f"; done
       mkdir -p "$D/$n/cells" && cp -rn "$g/cells/." "$D/$n/cells/"
       find "$D/$n/cells" -name .varbench.lock -delete  # (a cell's lock file, left where a cell ran or was cut)
+      for failed in "$D/$n"/cells/*/failed.json; do  # an earlier attempt's marker, as the grid drops it on success
+        if [ -f "$(dirname "$failed")/done.json" ]; then rm "$failed"; fi
+      done
       for done in "$g"/cells/*/done.json; do  # seed 0's sample grid, where the report's sheet looks for it
         [[ $n != lr* ]] && [ -f "$done" ] && grep -q '"seed=0"' "$done" || continue  # (the sweeps' are not arms)
         png=$(cd "$g" && ls runs/cells/*/"$(basename "$(dirname "$done")")"/samples.png 2>/dev/null) || continue

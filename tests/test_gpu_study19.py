@@ -173,12 +173,13 @@ def test_a_sweep_whose_imported_records_locate_every_arm_s_optimum_is_not_run_ag
 
 def test_import_takes_each_study_s_records_and_passes_over_a_folder_of_stubs(tmp_path):
     """import_study19.sh on a machine's records as `collect` packs them: a study's records are stamped and appended,
-    its cells' markers copied (not their lock files); a folder holding only carried stubs (an earlier study's,
+    its cells' markers copied (not their lock files; a done cell loses an earlier attempt's failed marker); a folder holding only carried stubs (an earlier study's,
     session 15) is passed over; token caches' records go to tokenize.jsonl."""
     machine, tree = tmp_path / "machine", tmp_path / "tree"
     for path, text in {"results/flops/evaluate.jsonl": '{"metric": "fid", "value": 1.0}\n',
                        "results/flops/cells/c0/done.json": '{"cell_id": "c0"}',
                        "results/flops/cells/c1/.varbench.lock": "pid 7",  # a cell cut in flight
+                       "results/flops/cells/c2/done.json": '{"cell_id": "c2"}',  # failed in an earlier session
                        "results/pilot_lr/cells/p0/done.json": '{"cell_id": "p0", "stub": "gpu_tree.sh out"}',
                        "results/tok_proc/tokenize.jsonl": '{"metric": "tokenize_seconds", "value": 2.0}\n'}.items():
         (machine / path).parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +193,8 @@ def test_import_takes_each_study_s_records_and_passes_over_a_folder_of_stubs(tmp
     study = tree / "results/gpu/h200/study19"
     (study / "flops").mkdir(parents=True)
     (study / "flops/evaluate.jsonl").write_text('{"metric": "fid", "value": 2.0}\n')  # an earlier machine's
+    (study / "flops/cells/c2").mkdir(parents=True)
+    (study / "flops/cells/c2/failed.json").write_text('{"cell_id": "c2"}')
     run = subprocess.run(["bash", "benchmarks/import_study19.sh", str(tmp_path / "call"), "nothing"], cwd=tree,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr
@@ -200,6 +203,7 @@ def test_import_takes_each_study_s_records_and_passes_over_a_folder_of_stubs(tmp
         (2.0, None, None), (1.0, "nvidia-h200", "nothing")]
     assert (study / "flops/cells/c0/done.json").is_file() and not (study / "pilot_lr").exists()
     assert not list(study.rglob(".varbench.lock"))
+    assert (study / "flops/cells/c2/done.json").is_file() and not (study / "flops/cells/c2/failed.json").exists()
     assert json.loads((study / "tokenize.jsonl").read_text())["metric"] == "tokenize_seconds"
 
 
