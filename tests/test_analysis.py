@@ -563,6 +563,19 @@ def test_the_quality_tables_never_average_two_guidance_scales(tmp_path):
     assert list(quality_wide(_records(tmp_path, old)).columns[:1]) == ["FD (embedded classifier, 1k)"]  # label
 
 
+def test_guidance_table_keeps_a_study_s_scales_when_a_newer_study_evaluates_the_configuration_too(tmp_path):
+    """Session 17: study_cifar (newer) evaluated VAR at cfg 1.5, in the same column as study_flops' guidance sweep, and
+    the guidance table of study_flops lost its cfg 1.5 values ("—")."""
+    from varbench.analysis.guidance import guidance_table
+    swept = [_fd_line("attention", 0, cfg, value, i) for i, (cfg, value) in enumerate(((1.0, 0.9), (1.5, 0.8)))]
+    for study, lines in (("flops", swept), ("cifar", [_fd_line("attention", 0, 1.5, 0.2, 30)])):
+        (tmp_path / study).mkdir()
+        (tmp_path / study / "evaluate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    table = guidance_table(load_records(tmp_path))
+    row = table.loc[("VAR-d2", 32)]
+    assert row["FD (embedded classifier, 1k) at cfg 1.5"] == 0.8 and row["FD (embedded classifier, 1k) at cfg 1"] == 0.9
+
+
 def test_guidance_table_shows_each_models_best_scale_beside_the_fixed_one(df):
     from varbench.analysis.guidance import BEST, FIXED, SEEDS, guidance_table
     table = guidance_table(df)

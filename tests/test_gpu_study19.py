@@ -173,8 +173,9 @@ def test_a_sweep_whose_imported_records_locate_every_arm_s_optimum_is_not_run_ag
 
 def test_import_takes_each_study_s_records_and_passes_over_a_folder_of_stubs(tmp_path):
     """import_study19.sh on a machine's records as `collect` packs them: a study's records are stamped and appended,
-    its cells' markers copied (not their lock files; a done cell loses an earlier attempt's failed marker); a folder holding only carried stubs (an earlier study's,
-    session 15) is passed over; token caches' records go to tokenize.jsonl."""
+    its cells' markers copied (not their lock files; a done cell loses an earlier attempt's failed marker); a folder
+    holding only carried stubs (an earlier study's, session 15) is passed over; token caches' records go to
+    tokenize.jsonl."""
     machine, tree = tmp_path / "machine", tmp_path / "tree"
     for path, text in {"results/flops/evaluate.jsonl": '{"metric": "fid", "value": 1.0}\n',
                        "results/flops/cells/c0/done.json": '{"cell_id": "c0"}',

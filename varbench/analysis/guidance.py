@@ -23,7 +23,9 @@ def guidance_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     one most such configurations have, first of QUALITY_NAMES) as the mean over the seeds evaluated at every one of
     its scales, one column per scale; the best scale and its value ("best guidance per model", chosen after the
     fact); the study's fixed scale (the one its other tables show) and its value on the same seeds."""
-    long = quality_long(df, every_guidance=True)
+    # each study's rows on their own: across studies, quality_long keeps one study per configuration and column
+    long = quality_long(df, every_guidance=True) if df.empty else pd.concat(
+        [quality_long(records, every_guidance=True) for _, records in df.groupby(study_of(df))])
     long = long[long["cfg"].notna()]
     if long.empty:
         log.warning("guidance_table: no quality record states its guidance scale (task=evaluate's cfg field)")
