@@ -28,7 +28,10 @@
 # 12 cells at a time: 15 ran out of the H200's memory (M-VAR, session 10). The cells share the GPU through MPS when
 # the machine has it (several processes' kernels then run at once instead of taking turns); the driver log says
 # whether it ran, and samples the GPU's utilisation every 30 s.
-# Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS="NAME ..."] [LR=...] bash benchmarks/gpu_study19.sh SECS
+# Usage (after `. benchmarks/gpu_setup.sh`): [TRAIN_TOKENIZERS="NAME ..."] [LR=...] [STAGES=raster] \
+#   bash benchmarks/gpu_study19.sh SECS
+# STAGES=raster runs the raster stage alone (once the earlier stages' grids are complete, as after session 17): then
+# only `proc_single` and the Inception weights need staging.
 # Staging (see benchmarks/gpu_study_plan.md): a machine is warm for 30 s after a call; on a fresh machine the
 # tokenizers and the Inception weights travel in staging calls made back to back right before the work call.
 set -u -o pipefail
@@ -112,6 +115,10 @@ grid_until_deadline() {  # name, overrides...: one grid, stopped 25 s before the
 }
 run_study() {
   stage_tokenizer proc_single 0 & RASTER_TOKENIZER=$!  # (trained beside the earlier stages when it must be)
+  if [ "${STAGES:-all}" = raster ]; then log "stages: raster alone"; else run_scale_wise || return 1; fi
+  run_raster
+}
+run_scale_wise() {  # the stages before raster: tokenizers, lr, main beside tokenizer_b, flops, cifar
   stage_tokenizers || { log "tokenize failed"; return 1; }
   # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
   for d in results/gpu/h200/study19/*/cells; do
@@ -146,8 +153,7 @@ run_study() {
   stage_cifar || { log "cifar not started: its tokenizer or archive is not staged (or tokenize failed)"; return 1; }
   grid_until_deadline cifar grid=study_cifar cluster=local_parallel cluster.jobs=12 $CIFAR \
     tokenizer.checkpoint=$S/cifar/tokenizer/tokenizer.safetensors train.token_cache=$S/cifar/token_cache/train $LR \
-    "${FID[@]}" results_dir=$R/main_cifar || return 1
-  run_raster
+    "${FID[@]}" results_dir=$R/main_cifar
 }
 run_raster() {  # the raster arms: their tokenizer `proc_single`, their own lr sweep, then study_main's records folder
   wait $RASTER_TOKENIZER && tokenize proc_single "$PROC" \
@@ -161,6 +167,7 @@ run_raster() {  # the raster arms: their tokenizer `proc_single`, their own lr s
       || { log "raster not started: the raster lr sweep misses an arm or has one at its edge (above)"; return 1; }
   fi
   log "raster learning rates: $rates"
+  [ -f $INC ] || { log "raster not started: no Inception weights staged at $INC"; return 1; }
   grid_until_deadline raster grid=study_raster cluster=local_parallel cluster.jobs=12 $(frozen proc_single) $rates \
     "${FID[@]}" results_dir=$R/main_proc
 }

@@ -47,15 +47,18 @@ def other_arms_located() -> str:
 
 
 def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: bool = False, imported: str = "",
-              raster_sweep: str | None = None):
+              raster_sweep: str | None = None, uncommitted: tuple[str, ...] = (), stages: str = "all"):
     """The script (400 s) in a tree as `gpu_tree.sh out` leaves it: the sweep's imported val_nll lines (gla-none's
     best at 3.2e-2, the edge; `imported`: more of them) and the committed tokenizers with their sums (a tree with
     results/ in it carries them). `fifth_point`: the val_nll lines the machine's lr cells write; `raster_sweep`: the
-    raster arms' cells' (and TRAIN_TOKENIZERS=proc_single: it is not committed yet)."""
+    raster arms' cells' (and TRAIN_TOKENIZERS=proc_single); `uncommitted`: tokenizers whose files the tree lacks
+    (their sums stay); `stages`: the script's STAGES."""
     tree, bin_dir = tmp_path / "tree", tmp_path / "bin"
     (tree / "benchmarks").mkdir(parents=True)
     shutil.copy(REPO / "benchmarks/gpu_study19.sh", tree / "benchmarks")
     shutil.copytree(TOKENIZERS, tree / "results/gpu/h200/study19/tokenizers")
+    for name in uncommitted:
+        (tree / f"results/gpu/h200/study19/tokenizers/{name}.safetensors").unlink()
     lr = tree / "results/gpu/h200/study19/lr"
     lr.mkdir()
     (lr / "val_nll.jsonl").write_text("".join(val_nll(b, v) for b, v in ((4e-3, 3.9), (8e-3, 3.8), (1.6e-2, 3.7),
@@ -78,7 +81,7 @@ def run_study(tmp_path, fifth_point: str, staged_inception: bool, staged_cifar: 
     (tmp_path / "out").mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
            "OUT": str(tmp_path / "out"), "INC": str(inception), "ARCHIVE": str(archive),
-           "TRAIN_TOKENIZERS": "proc_single" if raster_sweep is not None else ""}
+           "TRAIN_TOKENIZERS": "proc_single" if raster_sweep is not None else "", "STAGES": stages}
     return subprocess.run(["bash", "benchmarks/gpu_study19.sh", "400"], cwd=tree, capture_output=True, text=True,
                           env=env, timeout=300)
 
@@ -118,8 +121,9 @@ def test_a_located_optimum_starts_study_main_at_it_beside_the_second_tokenizer_t
     assert "results_dir=runs/s12/results/main_cifar" in cifar
     assert all("study.lr.gla-none=3.2e-02" in c for c in (tokenizer_b, flops, cifar))
     assert (tmp_path / "tree/runs/study19/cifar10_jpg/val/airplane").is_dir()  # test/ serves as val/
-    # the raster arms' tokenizer is not committed yet, and no study tokenizer is ever trained unasked
-    assert "raster not started: no tokenizer proc_single" in driver and "grid=study_raster" not in " ".join(calls)
+    # the raster arms then sweep (here their cells write no records: no located rate, so no main raster grid)
+    assert "raster not started: the raster lr sweep misses an arm" in driver
+    assert "grid=study_raster " not in " ".join(calls) + " " and "task=train_tokenizer" not in " ".join(calls)
 
 
 def test_the_raster_arms_train_their_tokenizer_sweep_their_rates_then_join_study_main_s_records(tmp_path):
@@ -127,7 +131,7 @@ def test_the_raster_arms_train_their_tokenizer_sweep_their_rates_then_join_study
                     for lr, v in ((4e-3, 3.9), (8e-3, 3.8), (1.6e-2, 3.85), (3.2e-2, 3.95))
                     for v in [v - 0.2 if lr == best else v])
     run = run_study(tmp_path, fifth_point=val_nll(6.4e-2, 3.65), staged_inception=True, staged_cifar=True,
-                    raster_sweep=sweep, imported=other_arms_located())
+                    raster_sweep=sweep, imported=other_arms_located(), uncommitted=("proc_single",))
     assert run.returncode == 0, run.stderr[-2000:]
     calls = (tmp_path / "tree/calls.txt").read_text().splitlines()
     (tokenizer,) = [c for c in calls if "task=train_tokenizer" in c]
@@ -138,6 +142,23 @@ def test_the_raster_arms_train_their_tokenizer_sweep_their_rates_then_join_study
     assert "study.lr.attention-raster=1.6e-02 study.lr.mamba2-raster=8.0e-03" in raster
     assert "results_dir=runs/s12/results/main_proc" in raster and "inception_weights=" in raster
     assert (tmp_path / "out/tokenizer_proc_single.safetensors").is_file()  # to commit: it defines the raster arms
+
+
+def test_stages_raster_runs_the_raster_arms_alone_on_their_committed_tokenizer(tmp_path):
+    """STAGES=raster (session 18 on: every scale-wise grid is complete): no scale-wise tokenizer, sweep or grid, so
+    only proc_single and the Inception weights need staging; the committed proc_single is checked and used."""
+    sweep = "".join(val_nll(lr, v, mixer, "raster") for mixer in ("mamba2", "attention")
+                    for lr, v in ((4e-3, 3.9), (8e-3, 3.7), (1.6e-2, 3.8)))
+    run = run_study(tmp_path, fifth_point="", staged_inception=True, raster_sweep=sweep, stages="raster",
+                    uncommitted=("proc", "proc_b", "cifar"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    calls = (tmp_path / "tree/calls.txt").read_text()
+    assert "stages: raster alone" in (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
+    assert not any(f"grid={g} " in calls for g in ("study_lr", "study_main", "study_tokenizer", "study_flops",
+                                                    "study_cifar"))
+    assert "task=train_tokenizer" not in calls and "run_dir=runs/study19/proc " not in calls
+    assert "study.lr.attention-raster=8.0e-03 study.lr.mamba2-raster=8.0e-03" in calls
+    assert not (tmp_path / "out/tokenizer_proc_single.safetensors").exists()  # committed: nothing to bring back
 
 
 def test_a_raster_arm_whose_sweep_cells_all_failed_keeps_the_main_raster_grid_from_starting(tmp_path):

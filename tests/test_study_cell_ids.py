@@ -1,8 +1,8 @@
 """The committed study cells keep their ids: a cell's id hashes its composed config, every YAML default included
 (varbench/grid.py), so a new default key or value anywhere in the configs would give study_main's done cells new ids,
 and the next GPU call would train all of them again. Each done marker's recorded overrides (study_main's and
-study_tokenizer's cells in main_proc, study_flops' in flops), composed as the grid composes them, must give back the id
-it was recorded under."""
+study_tokenizer's cells in main_proc, study_flops' in flops, study_cifar's in main_cifar, the raster sweep's in
+lr_raster), composed as the grid composes them, must give back the id it was recorded under."""
 
 from __future__ import annotations
 
@@ -18,14 +18,16 @@ from varbench.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "results/gpu/h200/study19"
-DONE = sorted((STUDY / "main_proc/cells").glob("*/done.json")) + sorted((STUDY / "flops/cells").glob("*/done.json"))
+DONE = [marker for grid_records in ("main_proc", "flops", "main_cifar")  # the study's cells, each at its arm's rate
+        for marker in sorted((STUDY / grid_records / "cells").glob("*/done.json"))]
+SWEEP = sorted((STUDY / "lr_raster/cells").glob("*/done.json"))  # the raster arms' lr sweep (stubbed, not run again)
 ADDED = ("task.overrides.evaluate.inception_",)  # keys the study script adds with '+' (not in the grid's config)
 
 
 def test_every_done_study_main_cell_composes_back_to_its_recorded_id(tmp_path, monkeypatch):
-    assert len(DONE) >= 49 + 6 + 26  # session 16's import
+    assert len(DONE) >= 49 + 6 + 26 + 18 and len(SWEEP) >= 6  # sessions 16 and 17's imports
     # a tokenizer enters a cell's id by its path and content: the committed files at the paths the cells used
-    for name in ("proc", "proc_b"):
+    for name in ("proc", "proc_b", "cifar", "proc_single"):
         tokenizer = tmp_path / f"runs/study19/{name}/tokenizer/tokenizer.safetensors"
         tokenizer.parent.mkdir(parents=True)
         os.symlink(STUDY / f"tokenizers/{name}.safetensors", tokenizer)
@@ -33,7 +35,7 @@ def test_every_done_study_main_cell_composes_back_to_its_recorded_id(tmp_path, m
     register_resolvers()
     changed = []
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
-        for marker in DONE:
+        for marker in DONE + SWEEP:
             done = json.loads(marker.read_text())
             overrides = [f"+{o}" if o.startswith(ADDED) else o for o in done["overrides"]]
             recomposed = grid.cell_id(compose(config_name="config", overrides=overrides))
