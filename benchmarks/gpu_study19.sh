@@ -115,15 +115,15 @@ grid_until_deadline() {  # name, overrides...: one grid, stopped 25 s before the
 }
 run_study() {
   stage_tokenizer proc_single 0 & RASTER_TOKENIZER=$!  # (trained beside the earlier stages when it must be)
+  # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
+  for d in results/gpu/h200/study19/*/cells; do
+    g=$(basename "$(dirname $d)"); mkdir -p $R/$g && cp -rn $d $R/$g/
+  done
   if [ "${STAGES:-all}" = raster ]; then log "stages: raster alone"; else run_scale_wise || return 1; fi
   run_raster
 }
 run_scale_wise() {  # the stages before raster: tokenizers, lr, main beside tokenizer_b, flops, cifar
   stage_tokenizers || { log "tokenize failed"; return 1; }
-  # the done markers of earlier sessions' cells (imported with their records): those cells are not run again
-  for d in results/gpu/h200/study19/*/cells; do
-    g=$(basename "$(dirname $d)"); mkdir -p $R/$g && cp -rn $d $R/$g/
-  done
   # the rates come from the whole sweep: the records imported into the tree (gpu_tree.sh keeps their val_nll lines)
   # read together with the cells this machine ran; an arm whose best rate is still at an edge stops the study here.
   # Once the imported records alone locate every arm's optimum, the sweep is not started again (its only cells left

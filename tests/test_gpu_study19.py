@@ -149,9 +149,13 @@ def test_stages_raster_runs_the_raster_arms_alone_on_their_committed_tokenizer(t
     only proc_single and the Inception weights need staging; the committed proc_single is checked and used."""
     sweep = "".join(val_nll(lr, v, mixer, "raster") for mixer in ("mamba2", "attention")
                     for lr, v in ((4e-3, 3.9), (8e-3, 3.7), (1.6e-2, 3.8)))
+    stub = tmp_path / "tree/results/gpu/h200/study19/lr_raster/cells/m0/done.json"  # an imported cell, as a stub
+    stub.parent.mkdir(parents=True)
+    stub.write_text('{"cell_id": "m0", "stub": "gpu_tree.sh out"}')
     run = run_study(tmp_path, fifth_point="", staged_inception=True, raster_sweep=sweep, stages="raster",
                     uncommitted=("proc", "proc_b", "cifar"))
     assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "tree/runs/s12/results/lr_raster/cells/m0/done.json").is_file()  # so the grid skips it
     calls = (tmp_path / "tree/calls.txt").read_text()
     assert "stages: raster alone" in (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
     assert not any(f"grid={g} " in calls for g in ("study_lr", "study_main", "study_tokenizer", "study_flops",
