@@ -14,16 +14,24 @@
 #   mvar_graphs    the same for M-VAR-d16 (goals: b1 <= 40 ms, b64 <= 410 ms);
 #   var_expandable VAR-d16 eager sampling at batch 64 with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (the
 #                  records name the setting): peak memory against the official code's 12.0 GiB (12.18 allocated
-#                  in session 9, 23.5 reserved by the caching allocator).
+#                  in session 9, 23.5 reserved by the caching allocator);
+#   var_eager_b1   VAR-d16 eager sampling at batch 1 under task=bench's protocol (goal: the official code's
+#                  123.4 ms; only in STEPS when asked: it is bound by the host's CPU, so it is timed on the machine
+#                  of the call).
+# STEPS (default: every step but var_eager_b1) names the steps to run, in the order above; GRAPHS_DECODE (default
+# graphs) is the decode mode of var_graphs and mvar_graphs (session 17: graphs saves nothing at batch 64, while
+# session 9's compiled decode took two thirds of eager's time; a compiled decode compiles in the untimed warm-up).
 # Each step runs under its own `timeout` (a bench cell is killed by the bench 15 s before), tee'd to OUT/<step>.log,
 # its status a JSON line of OUT/steps.jsonl (benchmarks/gpu_step.sh); the script goes on after a failed step and
 # exits with the number of failed steps. Measurement records (JSON lines) go under OUT.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16.sh OUT     DRY=1 prints the commands.
-# Limits (seconds, 540 in all) can be moved: TESTS_S=80 DECODE_S=80 PROFILE_S=60 GRAPHS_S=90 EXPANDABLE_S=80.
+# Limits (seconds, 540 in all by default) can be moved: TESTS_S=80 DECODE_S=80 PROFILE_S=60 GRAPHS_S=90
+# EXPANDABLE_S=80 EAGER_B1_S=90.
 set -u -o pipefail
 OUT=${1:?records dir}
 TESTS_S=${TESTS_S:-80} DECODE_S=${DECODE_S:-80} PROFILE_S=${PROFILE_S:-60} GRAPHS_S=${GRAPHS_S:-90}
-EXPANDABLE_S=${EXPANDABLE_S:-80}
+EXPANDABLE_S=${EXPANDABLE_S:-80} EAGER_B1_S=${EAGER_B1_S:-90}
+STEPS=${STEPS:-tests decode_modes profile var_graphs mvar_graphs var_expandable} GRAPHS_DECODE=${GRAPHS_DECODE:-graphs}
 FAILED=0
 sampling() {  # limit, configuration, batches, more overrides: task=bench's sampling stage alone, fully autotuned
   echo python run.py task=bench model=var_d16 "task.configs=[$2]" autotune=full "results_dir=$OUT" \
@@ -33,19 +41,26 @@ sampling() {  # limit, configuration, batches, more overrides: task=bench's samp
 
 . "$(dirname "$0")/gpu_step.sh"  # step NAME SECONDS COMMAND...
 
+asked() { [[ " $STEPS " == *" $1 "* ]]; }
+
 [ -n "${DRY:-}" ] || mkdir -p "$OUT"
-step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
-  tests/test_fast_decode.py
-step decode_modes "$DECODE_S" python benchmarks/decode_modes.py "$OUT/decode_modes.jsonl" --modes eager graphs \
-  --batches 1 64
-for b in 1 64; do step profile_b$b "$PROFILE_S" python benchmarks/sample_profile.py "$OUT/sample_profile.jsonl" \
-  --batch $b; done
+asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
+  tests/test_fast_decode.py tests/ops/test_raster_attention.py
+asked decode_modes && step decode_modes "$DECODE_S" python benchmarks/decode_modes.py "$OUT/decode_modes.jsonl" \
+  --modes eager graphs --batches 1 64
+if asked profile; then for b in 1 64; do
+  step profile_b$b "$PROFILE_S" python benchmarks/sample_profile.py "$OUT/sample_profile.jsonl" --batch $b
+done; fi
 # shellcheck disable=SC2046  # (word splitting of sampling's command is meant: its arguments hold no spaces)
-step var_graphs "$GRAPHS_S" $(sampling "$GRAPHS_S" "[attention,none]" 1,64 task.cuda_graphs=true \
-  task.decode_mode=graphs)
+asked var_graphs && step var_graphs "$GRAPHS_S" $(sampling "$GRAPHS_S" "[attention,none]" 1,64 \
+  task.cuda_graphs=true task.decode_mode=$GRAPHS_DECODE)
 # shellcheck disable=SC2046
-step mvar_graphs "$GRAPHS_S" $(sampling "$GRAPHS_S" "[mamba2,full]" 1,64 task.cuda_graphs=true task.decode_mode=graphs)
+asked mvar_graphs && step mvar_graphs "$GRAPHS_S" $(sampling "$GRAPHS_S" "[mamba2,full]" 1,64 task.cuda_graphs=true \
+  task.decode_mode=$GRAPHS_DECODE)
 # shellcheck disable=SC2046
-PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step var_expandable "$EXPANDABLE_S" \
+asked var_expandable && PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step var_expandable "$EXPANDABLE_S" \
   $(sampling "$EXPANDABLE_S" "[attention,none]" 64 task.cuda_graphs=false task.decode_mode=eager)
-exit "$FAILED"
+# shellcheck disable=SC2046
+asked var_eager_b1 && step var_eager_b1 "$EAGER_B1_S" $(sampling "$EAGER_B1_S" "[attention,none]" 1 \
+  task.cuda_graphs=false task.decode_mode=eager)
+finish_steps

@@ -29,4 +29,4 @@ step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --au
 TORCH_LOGS=graph_breaks,recompiles step train_flex "$TRAIN_S" "${BENCH[@]}"
 TORCH_LOGS=graph_breaks,recompiles step train_sdpa_scales "$TRAIN_S" "${BENCH[@]}" \
   "task.mixer_options={attention:{backend:sdpa_scales}}"
-exit "$FAILED"
+finish_steps

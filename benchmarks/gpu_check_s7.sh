@@ -29,4 +29,4 @@ FAILED=0
 step tests "${TESTS_S:-250}" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- "${TESTS[@]}"
 TORCH_LOGS=graph_breaks,recompiles step bench_compiled "${COMPILED_S:-230}" "${BENCH[@]}" task.compile=true
 step bench_eager_sampling "${EAGER_S:-50}" "${BENCH[@]}" task.train_batch=null task.cuda_graphs=false
-exit "$FAILED"
+finish_steps

@@ -52,4 +52,4 @@ if [ -z "${DRY:-}" ]; then
   printf '{"metric": "graph_breaks", "value": %d, "unit": "count", "log": "bench_compiled.log"}\n' \
     "$(grep -c '\[__graph_breaks\] Graph break' "$OUT/bench_compiled.log")" >> "$OUT/graph_breaks.jsonl"
 fi
-exit "$FAILED"
+finish_steps

@@ -66,4 +66,4 @@ case "$PLAN" in
      bench markov "${MARKOV_S:-130}" "[[none,none],[none,full]]" ;;
   *) echo "PLAN must be 1, 2 or 3, got $PLAN" >&2; exit 2 ;;
 esac
-exit "$FAILED"
+finish_steps

@@ -1,6 +1,7 @@
 # Sourced by the gpu_check_s*.sh scripts: `step NAME SECONDS COMMAND...` runs COMMAND under a timeout, tee'd to
 # OUT/NAME.log, and appends its exit status, limit and duration as a JSON line to OUT/steps.jsonl; a failed step adds
-# one to FAILED. With DRY set it prints the command instead. Needs OUT and FAILED set by the caller.
+# one to FAILED. With DRY set it prints the command instead. Needs OUT and FAILED set by the caller. The script ends
+# with `finish_steps`, which exits with the number of failed steps.
 step() {
   local name=$1 limit=$2; shift 2
   if [ -n "${DRY:-}" ]; then printf '%q ' timeout "$limit" "$@"; echo; return 0; fi
@@ -9,4 +10,11 @@ step() {
   printf '{"metric": "gpu_check_step", "step": "%s", "rc": %d, "timed_out": %s, "limit_s": %d, "seconds": %d}\n' \
     "$name" "$rc" "$([ "$rc" = 124 ] && echo true || echo false)" "$limit" "$((SECONDS - start))" >> "$OUT/steps.jsonl"
   [ "$rc" = 0 ] || FAILED=$((FAILED + 1))
+}
+finish_steps() {  # the step logs and steps.jsonl into OUT/logs.tar.gz: a device call brings back 8 files at most
+  # (session 17's gpu_check_s16.sh left steps.jsonl and three logs behind), and each script's records are fewer
+  if [ -z "${DRY:-}" ]; then
+    (cd "$OUT" && tar czf logs.tar.gz steps.jsonl ./*.log && rm steps.jsonl ./*.log)
+  fi
+  exit "$FAILED"
 }

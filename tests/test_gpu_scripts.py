@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -150,14 +151,25 @@ def run_with_stub_python(tmp_path, script: str, cases: str):
     return bash(script, str(tmp_path / "out"), env={"PATH": f"{tmp_path / 'bin'}:{ENV['PATH']}"})
 
 
+def step_logs(out: Path) -> Path:
+    """The step logs and steps.jsonl that `finish_steps` packed into OUT/logs.tar.gz, unpacked beside it. Only the
+    archive and the scripts' own records are left in OUT: a device call brings back 8 files at most."""
+    assert not list(out.glob("*.log")) and not (out / "steps.jsonl").exists()
+    assert len(list(out.iterdir())) <= 8
+    with tarfile.open(out / "logs.tar.gz") as archive:
+        archive.extractall(out / "logs", filter="data")
+    return out / "logs"
+
+
 def test_gpu_check_s7_records_each_step_and_goes_on_after_a_failure(tmp_path):
     # a stand-in `python`: the compiled bench fails, everything else passes
     out = run_with_stub_python(tmp_path, "benchmarks/gpu_check_s7.sh", "*task.compile=true*) exit 3;;")
     assert out.returncode == 1, out.stderr  # one failed step
-    steps = [json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
+    logs = step_logs(tmp_path / "out")
+    steps = [json.loads(line) for line in (logs / "steps.jsonl").read_text().splitlines()]
     assert [(s["step"], s["rc"], s["timed_out"]) for s in steps] == [
         ("tests", 0, False), ("bench_compiled", 3, False), ("bench_eager_sampling", 0, False)]
-    assert "task.cuda_graphs=false" in (tmp_path / "out" / "bench_eager_sampling.log").read_text()
+    assert "task.cuda_graphs=false" in (logs / "bench_eager_sampling.log").read_text()
 
 
 def test_gpu_check_s8_plans_commands_that_compose_and_tests_that_exist(tmp_path):
@@ -206,7 +218,7 @@ def test_gpu_check_s8_records_each_step_counts_graph_breaks_and_goes_on_after_a_
         '*task.compile=true*) echo "V1203 [0/0] [__graph_breaks] Graph break in user code"; '
         'echo "V1203 [3/0] [__graph_breaks] Graph break (user stack suppressed)";; *mamba2,full*) exit 3;;'))
     assert out.returncode == 1, out.stderr  # one failed step
-    steps = [json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (step_logs(tmp_path / "out") / "steps.jsonl").read_text().splitlines()]
     assert [(s["step"], s["rc"], s["timed_out"]) for s in steps] == [
         ("tests", 0, False), ("bench_eager", 3, False), ("bench_compiled", 0, False), ("sample_var", 0, False)]
     (breaks,) = [json.loads(line) for line in (tmp_path / "out" / "graph_breaks.jsonl").read_text().splitlines()]
@@ -307,6 +319,23 @@ def test_gpu_check_s16_plans_sampling_commands_that_compose_and_tests_that_exist
                              *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
                             timeout=300).stdout
     assert "test_graphs_decodes_eager_s_images_exactly_and_captures_once_per_shape" in listed
+    assert "test_on_cuda_raster_attention_on_each_backend_matches_its_reference_under_bf16_autocast" in listed
+
+
+def test_gpu_check_s16_runs_the_steps_asked_with_the_decode_mode_asked(tmp_path):
+    """STEPS picks gpu_check_s16.sh's steps (in the script's order) and GRAPHS_DECODE the graphed steps' decode; the
+    eager batch-1 step (the official code's goal, host-bound) runs only when asked."""
+    out = bash("benchmarks/gpu_check_s16.sh", str(tmp_path),
+               env={"DRY": "1", "STEPS": "var_eager_b1 var_graphs", "GRAPHS_DECODE": "compiled", "GRAPHS_S": "150"})
+    assert out.returncode == 0, out.stderr
+    commands = [shlex.split(line) for line in out.stdout.splitlines()]
+    assert [(argv[1], next(a for a in argv if a.startswith("task.decode_mode="))) for argv in commands] == [
+        ("150", "task.decode_mode=compiled"), ("90", "task.decode_mode=eager")]
+    assert "task.sample_batches={256:[1]}" in commands[1] and "task.cuda_graphs=false" in commands[1]
+    default = [shlex.split(line) for line in bash("benchmarks/gpu_check_s16.sh", str(tmp_path),
+                                                  env={"DRY": "1"}).stdout.splitlines()]
+    assert not [argv for argv in default if "task.sample_batches={256:[1]}" in argv]
+    assert not [argv for argv in default if "task.decode_mode=compiled" in argv]
 
 
 def test_gpu_check_s16_train_times_var_on_flex_then_on_sdpa_scales_in_one_call(tmp_path):
