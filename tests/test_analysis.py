@@ -307,6 +307,29 @@ def test_bench_goals_compare_the_recorded_numbers_with_the_targets(df):
         assert mfu["Missed by"] == pytest.approx(1 - rec["mfu"] / 0.55)
 
 
+def test_a_chunked_decode_is_its_own_measurement_with_its_own_memory_goal(tmp_path):
+    """task.decode_batch: VAR's batch-64 sampling decoding 16 images per call is tabled beside the whole-batch decode,
+    never in its place (goal rows and columns of their own); the crossover atlas reads the whole-batch decode."""
+    from varbench.analysis.crossover import FAMILIES, family_records
+    from varbench.analysis.tables import config_frame
+    base = {"metric": "sample_latency_ms", "unit": "ms", "mixer": "attention", "intra": "none", "depth": 16,
+            "resolution": 256, "batch": 64, "sampler": "carry", "cuda_graphs": False, "decode_mode": "eager",
+            "device": "NVIDIA H200", "machine": "nvidia-h200", "versions": {"triton_autotune": "full"}}
+    lines = [{**base, "value": 417.0, "peak_mem_bytes": 13 * 2 ** 30, "date": "2099-01-01T00:00:00+00:00"},
+             {**base, "value": 420.0, "peak_mem_bytes": 7 * 2 ** 30, "decode_batch": 16,
+              "date": "2099-01-01T00:01:00+00:00"}]
+    df = _records(tmp_path, lines)
+    frame = config_frame(df).loc[("attention", "none", 16, 256)]
+    assert frame["Latency b64 (ms)"] == 417.0 and frame["Latency b64, decode by 16 (ms)"] == 420.0
+    goals = bench_goals(df)
+    assert goals.loc["VAR-d16 eager sampling peak memory allocated (b64, 256 px, GiB; the official's)",
+                     "Measured"] == pytest.approx(13)
+    assert goals.loc["VAR-d16 eager sampling peak memory allocated, 16 images per decode call (b64, 256 px, GiB; "
+                     "the official's)", "Measured"] == pytest.approx(7)
+    latency = next(f for f in FAMILIES if f.column == "Latency, large batch")
+    assert list(family_records(df, latency)["v"]) == [417.0]
+
+
 def test_study_ranking_orders_by_the_quality_mean_and_measures_the_gap_in_seed_stds(df):
     table = study_ranking(df)
     fd = table.columns[0]  # the ranking metric comes first (FID here: the fixture has Inception FID over 2+ seeds)

@@ -90,6 +90,34 @@ def test_the_sampling_record_names_the_decode_mode_that_ran(cell, tmp_path, deco
     assert rec["decode_mode"] == decode_mode == vae.decode_mode
 
 
+def test_the_sampling_record_names_its_decode_batch_and_the_decode_ran_in_chunks_of_it(cell, tmp_path, monkeypatch):
+    model, vae, fields = cell
+    calls = []
+    decoder = vae.decoder.forward
+    monkeypatch.setattr(vae.decoder, "forward", lambda z: calls.append(len(z)) or decoder(z))
+    measure(tmp_path / "bench.jsonl", model, vae, "sample", 3, "carry", 1, fields, decode_batch=2)
+    assert calls and set(calls) == {2, 1}  # every decode (the generations' and the decode's own timing) in chunks
+    calls.clear()
+    measure(tmp_path / "bench.jsonl", model, vae, "sample", 3, "carry", 1, fields)
+    assert calls and set(calls) == {3}
+    chunked, whole = read_records(tmp_path / "bench.jsonl")
+    assert chunked["decode_batch"] == 2 and whole["decode_batch"] is None
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "1.5", "true"])
+def test_a_bad_task_decode_batch_is_a_config_error_naming_key_and_value(bad):
+    from hydra import compose, initialize_config_dir
+
+    from varbench.config_schema import ConfigError, validate
+    from varbench.registry import CONFIG_ROOT
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["task=bench", f"task.decode_batch={bad}"])
+    with pytest.raises(ConfigError, match="task.decode_batch = "):
+        validate(cfg)
+    cfg.task.decode_batch = 16
+    validate(cfg)
+
+
 def test_mixer_options_override_a_mixers_yaml_and_name_their_own_configuration():
     from hydra import compose, initialize_config_dir
 

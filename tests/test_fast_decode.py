@@ -166,3 +166,34 @@ def test_a_bad_task_decode_mode_is_a_config_error_naming_key_value_and_the_valid
         validate(cfg)
     cfg.task.decode_mode = "auto"
     validate(cfg)  # the shipped default passes
+
+
+def decode_five(tokenizer, max_batch) -> torch.Tensor:
+    """The images of 5 random latents decoded eagerly, at most `max_batch` per decode call."""
+    tokenizer.set_decode_batch(max_batch)
+    side = tokenizer.patch_nums[-1]
+    latent = torch.randn(5, tokenizer.Cvae, side, side, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return tokenizer.fhat_to_img(latent)
+
+
+def test_a_decode_in_chunks_gives_the_whole_batch_s_images_and_calls_the_decoder_per_chunk(monkeypatch):
+    """Every image is decoded alone (GroupNorm, convolutions and attention are per image), so chunks of 2 give the
+    whole batch's images (to round-off: another batch size may pick other kernels), in order, from 3 decoder calls."""
+    tokenizer = small_vqvae()
+    whole = decode_five(tokenizer, None)
+    batches = []
+    decoder = tokenizer.decoder.forward
+    monkeypatch.setattr(tokenizer.decoder, "forward", lambda z: batches.append(len(z)) or decoder(z))
+    chunked = decode_five(tokenizer, 2)
+    assert batches == [2, 2, 1] and tokenizer.decode_batch == 2
+    torch.testing.assert_close(chunked, whole)
+    batches.clear()
+    decode_five(tokenizer, 8)  # a chunk larger than the batch: one call
+    assert batches == [5]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4"])
+def test_a_bad_decode_batch_is_an_error_naming_the_value(bad):
+    with pytest.raises(ValueError, match=f"decode batch must be a positive integer or None .*got {bad!r}"):
+        small_vqvae().set_decode_batch(bad)

@@ -197,7 +197,7 @@ TASKS = {
         "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(), "classifier_metrics": FLAG,
     },
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
-              "decode_mode": DECODE_MODE,
+              "decode_mode": DECODE_MODE, "decode_batch": count(null="the whole batch in one decode call"),
               "param_dtype": Choice(("fp32", "bf16")), "profile_steps": count(0), "isolate_cells": FLAG,
               "cell_timeout_s": positive(null="no time limit"), "rerun_resolutions": Items(count()),
               "allow_failed_cells": FLAG},

@@ -224,7 +224,10 @@ OFFICIAL_GOALS = (
     ("M-VAR-d16 eager sampling latency (b1, 256 px, ms; the official's)", 424.4, False, MVAR, "Latency b1 (ms)", 1),
     ("M-VAR-d16 eager sampling latency (b64, 256 px, ms; the official's)", 819.9, False, MVAR, "Latency b64 (ms)", 1),
     ("VAR-d16 eager sampling peak memory allocated (b64, 256 px, GiB; the official's)", 12.0, False, VAR,
-     "Peak mem b64 (bytes)", 2 ** -30))
+     "Peak mem b64 (bytes)", 2 ** -30),
+    # the decode's activations hold most of that peak: the same, decoding 16 images per call (task.decode_batch=16)
+    ("VAR-d16 eager sampling peak memory allocated, 16 images per decode call (b64, 256 px, GiB; the official's)",
+     12.0, False, VAR, "Peak mem b64, decode by 16 (bytes)", 2 ** -30))
 
 
 def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:

@@ -16,6 +16,12 @@
   capture keeps its activations in its own memory pool for as long as the tokenizer keeps the mode, so it suits
   small batches, not a 64-image decode.
 
+Orthogonal to the mode, `max_batch` (`tokenizer.set_decode_batch(n)`) decodes at most n latents per call of the mode
+and concatenates the images: the decode's activations, not the model, set the peak memory of a large sampling batch
+(VAR's VQ-VAE at 256 px: most of batch 64's 12.2 GiB), and each image is decoded alone (GroupNorm, convolutions and
+attention are per image), so a chunk changes only which kernels cuDNN picks for the smaller batch. None (the
+default) decodes the whole batch at once, as the official code does.
+
 `auto` (the tasks' default, `resolve_decode_mode`) is eager, as measured (benchmarks/decode_modes.py on an H200,
 results/gpu/h200/bench_s9.jsonl, VAR's VQ-VAE at 256 px, bf16): channels_last is slower at batch 1 and 64;
 compiled is faster but compiles for 19-37 s per batch shape, more than it saves in a 10k-sample evaluation. The
@@ -62,6 +68,7 @@ class LatentDecoder:
     def __init__(self, *modules: nn.Module):
         self.stages = modules
         self.mode = "eager"
+        self.max_batch: int | None = None  # latents per decode call (None: the whole batch)
         self.compiled = None  # torch.compile of `forward`, built on the first compiled call
         self.graphs: dict[tuple, tuple] = {}  # graphs mode: key -> (graph, static input, static output)
 
@@ -78,13 +85,25 @@ class LatentDecoder:
             stage.to(memory_format=layout)
         self.mode, self.compiled, self.graphs = mode, None, {}
 
+    def set_max_batch(self, max_batch: int | None) -> None:
+        """Decode at most `max_batch` latents per call (None: the whole batch at once)."""
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+            raise ValueError(f"decode batch must be a positive integer or None (the whole batch), got {max_batch!r}")
+        self.max_batch = max_batch
+
     def forward(self, z_BChw: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
             z_BChw = stage(z_BChw)
         return z_BChw
 
     def __call__(self, z_BChw: torch.Tensor) -> torch.Tensor:
-        """The image (B, 3, H, W) of a latent, contiguous (NCHW) in every mode."""
+        """The image (B, 3, H, W) of a latent, contiguous (NCHW) in every mode; `max_batch` latents at a time."""
+        if self.max_batch is None or len(z_BChw) <= self.max_batch:
+            return self.decode_in_mode(z_BChw)
+        return torch.cat([self.decode_in_mode(chunk) for chunk in z_BChw.split(self.max_batch)])
+
+    def decode_in_mode(self, z_BChw: torch.Tensor) -> torch.Tensor:
+        """One decode call in the current mode."""
         if self.mode == "eager":
             return self.forward(z_BChw)
         if self.mode == "graphs":
@@ -140,3 +159,12 @@ class DecodeModes:
         """Run the inference decodes (`fhat_to_img`, `decode`, `ids_to_img`) in `mode`: "eager", "channels_last",
         "compiled" or "graphs" (see `varbench.tokenizers.fast_decode`). Training's forward always runs eager."""
         self.latent_decoder.set_mode(mode)
+
+    @property
+    def decode_batch(self) -> int | None:
+        """Latents per inference decode call (None: the whole batch at once, the default)."""
+        return self.latent_decoder.max_batch
+
+    def set_decode_batch(self, max_batch: int | None) -> None:
+        """Decode at most `max_batch` latents per call, in the current mode, and concatenate the images."""
+        self.latent_decoder.set_max_batch(max_batch)
