@@ -12,7 +12,7 @@ from test_training import run
 from torch._dynamo.utils import counters
 
 from varbench.backbones import blocks
-from varbench.layout import ScaleLayout
+from varbench.layout import RasterLayout, ScaleLayout
 from varbench.ops.attention import kernel as attention_kernel
 from varbench.registry import list_options
 from varbench.training.loop import compile_for_training
@@ -85,16 +85,17 @@ def spy_on_mask_building(monkeypatch) -> list:
     return built
 
 
-def test_a_prepared_block_mask_is_not_built_inside_the_compiled_graph(monkeypatch):
+@pytest.mark.parametrize("layout", [ScaleLayout((1, 2, 3)), RasterLayout(14)], ids=["scales", "raster"])
+def test_a_prepared_block_mask_is_not_built_inside_the_compiled_graph(monkeypatch, layout):
     built = spy_on_mask_building(monkeypatch)
-    layout, q = ScaleLayout((1, 2, 3)), torch.randn(1, 2, 14, 4)
+    q = torch.randn(1, 2, 14, 4)
     attention_kernel.prepare_block_masks(layout, "cpu", [("block_causal", 0)])
     assert len(built) == 1
     torch._dynamo.reset()
     counters.clear()
     attend = torch.compile(lambda q: attention_kernel.flex_masked_attention(q, q, q, layout, "block_causal", 0.5),
                            backend="eager", fullgraph=True)
-    torch.testing.assert_close(attend(q), q * 0.5 + 3)
+    torch.testing.assert_close(attend(q), q * 0.5 + layout.num_scales)
     attend(q)
     assert len(built) == 1 and counters["stats"]["unique_graphs"] == 1  # no build in the graph, no recompile
 

@@ -54,3 +54,30 @@ def test_on_cuda_raster_attention_on_each_backend_matches_its_reference_under_bf
         out, want = fast(x, layout), reference(x, layout)
     assert fast.backend_ran == ran
     torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_a_compiled_raster_attention_step_builds_its_causal_mask_first_and_is_one_graph(monkeypatch):
+    """The study's attention raster arm trains compiled: compile_for_training builds the raster layout's BlockMask
+    before compiling (none is built inside the graph) and the training step is one graph without breaks."""
+    from torch._dynamo.utils import counters
+
+    from varbench.backbones.raster_ar import RasterAR
+    from varbench.registry import factory, load_option
+    from varbench.training.loop import compile_for_training
+    cfg = load_option("mixer", "attention")
+    cfg.backend = "flex"
+    model = RasterAR(mixer=factory(cfg), depth=2, width=128, num_heads=2, vocab_size=32, num_classes=5,
+                     num_tokens=16).cuda().train()
+    monkeypatch.setattr(attention_kernel, "_BLOCK_MASKS", {})
+    build, built = attention_kernel._build_block_mask, []
+    monkeypatch.setattr(attention_kernel, "_build_block_mask", lambda *key: built.append(key) or build(*key))
+    torch._dynamo.reset()
+    counters.clear()
+    net = compile_for_training(model, len(model.blocks), backend="eager")
+    assert [key[0] for key in built] == [model.layout]  # built by compile_for_training, for the raster layout
+    labels, ids = torch.tensor([1, 2], device="cuda"), torch.randint(0, 32, (2, 16), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        net(labels, ids, inputs_checked=True).float().pow(2).mean().backward()
+    assert len(built) == 1 and counters["frames"]["total"] == 1
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
