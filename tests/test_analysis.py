@@ -88,6 +88,29 @@ def test_a_raster_model_is_never_labelled_as_the_scale_wise_model_of_its_mixer()
     assert flatten({**raster, "config": {"model": {"depth": 4}}})["model"] == "VAR-d4"  # the scale-wise one
 
 
+def test_a_raster_arm_is_ranked_on_fid_beside_var_but_its_nll_is_never_tested_against_var_s(tmp_path):
+    """A raster model's FID (AiM's metric sampler, `aim_b`) shares the scale-wise models' FID column (VAR's metric
+    sampler, `eval`) at one guidance scale; its held-out NLL is in nats per token of another token sequence (one
+    16x16 scale, not VAR's 10 scales), so the study tests it against VAR on FID only, and Holm's family has no NLL row
+    for it."""
+    from varbench.analysis.versus import versus_var
+    lines = []
+    for mixer, backbone, preset, fids, nlls in (("attention", None, "eval", (235, 236), (4.0, 4.01)),
+                                                 ("mamba2", None, "eval", (220, 222), (3.8, 3.82)),
+                                                 ("mamba2", "raster_ar", "aim_b", (200, 203), (1.2, 1.21))):
+        for seed, (fid, nll) in enumerate(zip(fids, nlls)):
+            common = {"mixer": mixer, "intra": "none", "depth": 6, "resolution": 64, "seed": seed,
+                      "cell_id": f"{mixer}-{backbone}-{seed}", "date": "2099-01-01T00:00:00+00:00",
+                      "config": {"model": {"backbone": backbone} if backbone else {}}}
+            lines += [{**common, "metric": "fid", "value": fid, "unit": "fid", "num_samples": 10000, "cfg": 1.5,
+                       "feature_extractor": "inception-v3 (torch-fidelity)", "preset": preset},
+                      {**common, "metric": "val_nll", "value": nll, "unit": "nats/token"}]
+    table = versus_var(_records(tmp_path, lines)).reset_index()
+    rows = set(zip(table["Metric"], table["Model"]))
+    assert rows == {("FID (Inception, 10k, cfg 1.5)", "mamba2-d6"), ("FID (Inception, 10k, cfg 1.5)",
+                    "mamba2+raster-d6"), ("Val NLL (nats/token)", "mamba2-d6")}
+
+
 def test_latest_keeps_the_newest_measurement(df):
     train = latest(df, "train_images_per_s")
     var = train[(train["model"] == "VAR-d16") & (train["resolution"] == 256) & (train["compiled"] != True)]  # noqa: E712

@@ -30,9 +30,16 @@ def extractor_label(extractor) -> str:
     return str(extractor)
 
 
+# each model family's own metric sampler (varbench.eval.sampling): VAR's "eval" for scale-wise models, AiM's for raster
+# ones. One column holds both, each family sampled its own way at the guidance scale the column names (the question
+# "are scales needed" compares the two families as their papers evaluate them); any other preset ("vis") is named.
+METRIC_PRESETS = ("eval", "aim_b", "aim")
+
+
 def quality_label(metric: str, extractor, num_samples=None, preset=None, cfg=None) -> str:
     """Column name of a quality metric, e.g. "FID (Inception, 50k)", "FD (embedded classifier, 1k, cfg 1.5)": the
-    guidance scale where the record states it (task=evaluate's `cfg` field; older records do not)."""
+    guidance scale where the record states it (task=evaluate's `cfg` field; older records do not), and the sampling
+    preset unless it is a family's metric preset (METRIC_PRESETS)."""
     ext = extractor_label(extractor)
     name = QUALITY_NAMES[metric]
     if name in ("FID", "KID") and ext != "Inception":
@@ -42,7 +49,7 @@ def quality_label(metric: str, extractor, num_samples=None, preset=None, cfg=Non
     if num_samples is not None and not pd.isna(num_samples):
         n = int(num_samples)
         parts.append(f"{n // 1000}k" if n % 1000 == 0 else str(n))
-    if preset is not None and not pd.isna(preset) and preset != "eval":
+    if preset is not None and not pd.isna(preset) and preset not in METRIC_PRESETS:
         parts.append(str(preset))
     if cfg is not None and not pd.isna(cfg):
         parts.append(f"cfg {float(cfg):g}")
