@@ -21,8 +21,8 @@
 #   var_decode_by_16  VAR-d16 eager sampling at batch 64 decoding 16 images per call (task.decode_batch=16): the
 #                  peak memory without most of the decode's activations, and what the chunks cost in latency
 #                  (only when asked).
-# STEPS (default: every step but var_eager_b1 and var_decode_by_16) names the steps to run, in the order above; GRAPHS_DECODE (default
-# graphs) is the decode mode of var_graphs and mvar_graphs (session 17: graphs saves nothing at batch 64, while
+# STEPS (default: every step but var_eager_b1 and var_decode_by_16) names the steps to run, in the order above;
+# GRAPHS_DECODE (default graphs) is the decode mode of var_graphs and mvar_graphs (session 17: graphs saves nothing at batch 64, while
 # session 9's compiled decode took two thirds of eager's time; a compiled decode compiles in the untimed warm-up).
 # Each step runs under its own `timeout` (a bench cell is killed by the bench 15 s before), tee'd to OUT/<step>.log,
 # its status a JSON line of OUT/steps.jsonl (benchmarks/gpu_step.sh); the script goes on after a failed step and
