@@ -6,7 +6,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from varbench.backbones.raster_ar import RasterAR, build_raster_ar, raster_mixers
+from varbench.backbones.raster_ar import RasterAR, raster_mixers
+from varbench.build import build_raster
 from varbench.mixers.base import TokenMixer
 from varbench.registry import CONFIG_ROOT, factory, list_options, load_option
 
@@ -49,7 +50,7 @@ def test_recipes_have_the_official_parameter_counts(name, C, depth, groups, publ
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"model={name}", "data=imagenet"])
     with torch.device("meta"):
-        model = build_raster_ar(cfg)
+        model = build_raster(cfg)
     assert model.num_params() == official_aim_params(C, depth, groups)
     assert round(model.num_params() / 1e6) == published_m
     if name == "aim_b":  # the facts' count: 147.6M

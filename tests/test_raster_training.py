@@ -14,8 +14,8 @@ from grid_helpers import cells, records, run_grid, tail
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from varbench.backbones.raster_ar import RasterAR, build_raster_ar, raster_tokens
-from varbench.build import build_model, build_tokenizer
+from varbench.backbones.raster_ar import RasterAR
+from varbench.build import build_model, build_raster, build_tokenizer, raster_tokens
 from varbench.data.teacher_forcing import teacher_forcing_inputs
 from varbench.data.token_cache import TokenCache, write_token_cache
 from varbench.eval.flops import model_flops
@@ -218,7 +218,7 @@ def test_raster_models_have_mvar_tinys_parameters(mixer):
 
 def test_a_raster_model_refuses_a_scale_wise_tokenizer():
     with pytest.raises(ValueError, match="single-scale tokenizer"):
-        build_raster_ar(compose(["model=raster_tiny", "tokenizer=tiny", "model.match_params_of=null"]))
+        build_raster(compose(["model=raster_tiny", "tokenizer=tiny", "model.match_params_of=null"]))
 
 
 def test_scale_vs_token_grid_lists_the_four_arms(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from varbench import registry
+from varbench.backbones.raster_ar import RasterAR
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.registry import factory, load_option
 from varbench.tokenizers import MultiScaleVQVAE, load_official_vqvae
@@ -70,7 +71,7 @@ def class_count(cfg: DictConfig) -> int:
 def build_model(cfg: DictConfig, mixer: DictConfig | None = None, intra: DictConfig | None = None,
                 patch_nums: tuple[int, ...] | None = None, num_classes: int | None = None):
     """The AR model of `cfg`: a scale-wise ScaleAR, or a raster-order RasterAR for `model.backbone: raster_ar`
-    (model=aim_b|aim_l|aim_xl; `varbench.backbones.raster_ar.build_raster_ar`).
+    (model=aim_b|aim_l|aim_xl; `build_raster`).
 
     A ScaleAR gets the `model` group's arguments, the chosen mixer and intra variant (or the given registry
     entries), the tokenizer's vocabulary, code width and scale schedule (or `patch_nums`) and the classes of
@@ -108,15 +109,52 @@ def matched_mlp_ratio(mixer, intra, match, kwargs: dict) -> float:
     return hidden / dim
 
 
-def build_raster(cfg: DictConfig, mixer: DictConfig | None = None, num_classes: int | None = None):
-    """The raster next-token model (varbench.backbones.raster_ar) of `cfg`, with the given mixer entry and classes.
-    With `model.match_params_of` the gated MLP's width is set so that it has the parameters of that reference model
-    (`reference_params`), for a comparison at matched parameters (grid=scale_vs_token)."""
-    from varbench.backbones.raster_ar import build_raster_ar
-    classes = num_classes or cfg.data.num_classes
-    match = cfg.model.get("match_params_of")
-    target = reference_params(cfg, match, classes) if match else None
-    return build_raster_ar(cfg, classes, mixer, num_params=target)
+def build_raster(cfg: DictConfig, mixer: DictConfig | None = None, num_classes: int | None = None) -> RasterAR:
+    """The RasterAR of `cfg` (`model.backbone: raster_ar`; model=aim_b|aim_l|aim_xl|raster_tiny): the `model`
+    group's arguments, the chosen mixer (or the registry entry `mixer`), the tokenizer's vocabulary and token count
+    (`raster_tokens`) and the classes of `class_count` (or `num_classes`). With `model.match_params_of` the gated
+    MLP's width is set so that it has the parameters of that reference model (`reference_params`,
+    `matched_mlp_hidden`), for a comparison at matched parameters (grid=scale_vs_token)."""
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    match = kwargs.pop("match_params_of", None)
+    kwargs.pop("num_classes", None)  # resolved by class_count
+    if kwargs.pop("backbone", None) != "raster_ar":
+        raise ValueError(f"model.backbone must be 'raster_ar' for a RasterAR, got {cfg.model.get('backbone')!r}")
+    classes = num_classes or class_count(cfg)
+    kwargs.update(mixer=factory(cfg.mixer if mixer is None else mixer), vocab_size=cfg.tokenizer.vocab_size,
+                  num_tokens=raster_tokens(cfg.tokenizer), num_classes=classes)
+    if match:
+        kwargs["mlp_hidden"] = matched_mlp_hidden(kwargs, reference_params(cfg, match, classes))
+    return RasterAR(**kwargs)
+
+
+def raster_tokens(tokenizer_cfg) -> int:
+    """N, the tokens a raster model reads from the single-scale tokenizer of `tokenizer_cfg`: VQ-f16's latent side
+    squared, or the one scale of a scale-wise VQ-VAE config with `patch_nums: [h]` (tokenizer=tiny_single|var_single,
+    the same VQ-VAE as the scale-wise arm quantizing its latent as one scale)."""
+    if tokenizer_cfg.get("kind") == "vq_f16":
+        return tokenizer_cfg.latent_side ** 2
+    patch_nums = list(tokenizer_cfg.get("patch_nums") or [])
+    if len(patch_nums) != 1:
+        raise ValueError(f"a raster model needs a single-scale tokenizer (tokenizer=vq_f16, tiny_single or "
+                         f"var_single), got tokenizer.patch_nums={patch_nums}: give it one scale, e.g. "
+                         f"[{patch_nums[-1] if patch_nums else 16}]")
+    return patch_nums[0] ** 2
+
+
+def matched_mlp_hidden(kwargs: dict, num_params: int) -> int:
+    """The gated-MLP width H that gives RasterAR(**kwargs) `num_params` parameters (to within half an MLP unit per
+    block, depth * 3C / 2): the knob a matched-parameter comparison turns, as the scale-wise `matched_mlp_ratio`.
+    An MLP adds 3 C H per block (fc1 C -> 2H, fc2 H -> C, no bias) on top of its fixed cost (a second norm, three
+    more adaLN rows)."""
+    with torch.device("meta"):  # counting only
+        one = RasterAR(**{**kwargs, "mlp_hidden": 1}).num_params()
+    depth, width = kwargs.get("depth", 24), kwargs.get("width", 768)
+    hidden = 1 + round((num_params - one) / (depth * 3 * width))
+    if hidden < 1:
+        raise ValueError(f"cannot match {num_params} parameters with a raster model of depth {depth}, width {width}: "
+                         f"with the smallest MLP it already has {one}; lower its depth or width")
+    return hidden
 
 
 SHARED_WITH_REFERENCE = ("model.depth", "model.width", "model.num_heads", "tokenizer.vocab_size",

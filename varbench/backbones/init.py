@@ -1,4 +1,5 @@
-"""VAR's weight initialisation (`init_weights`), applied to every configuration of the backbone.
+"""VAR's weight initialisation (`init_weights`), applied to every configuration of the scale-wise backbone, and
+AiM's (`aim_init_`) for the raster backbone.
 
 One rule for every mixer, as M-VAR applied VAR's rule to Mamba2: Linear and Embedding weights are
 truncated-normal with std init_std (the bounds are the absolute values +-2, as torch's default), biases 0;
@@ -88,3 +89,26 @@ def _module_init_(m: nn.Module, std: float, conv_std: float, kept: set[str]) -> 
             weight.fill_(1.0)
         if bias is not None:
             bias.zero_()
+
+
+def aim_init_(model: nn.Module, std: float = 0.02) -> None:
+    """Initialise a RasterAR in place with AiM's GPT-2 style init (`_init_weights`): embedding tables N(0, std);
+    every Linear bias zero; each block's output projection (`out_proj`, `fc2`, or the mixer's
+    `output_projection()`) kaiming-uniform / sqrt(depth); the adaLN Linears of the blocks and of the final layer
+    zero. The mixers keep the rest of their own init
+    (Mamba2: A_log, dt_bias, D, conv), and `scale_shift_table` its randn / sqrt(C)."""
+    for table in (model.class_emb, model.word_embed, model.pos_embed):
+        nn.init.normal_(table.weight, std=std)
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    for block in model.blocks:
+        outputs = [m for name, m in block.named_modules() if name.split(".")[-1] in ("out_proj", "fc2")]
+        outputs += [m for m in [block.mixer.output_projection()] if m is not None and m not in outputs]
+        for linear in outputs:
+            nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+            with torch.no_grad():
+                linear.weight.div_(math.sqrt(model.depth))
+        if hasattr(block, "ada_lin"):
+            nn.init.zeros_(block.ada_lin[1].weight)
+    nn.init.zeros_(model.head_nm.ada_lin[1].weight)

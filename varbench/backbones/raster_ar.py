@@ -18,7 +18,6 @@ Position ids in generation (`sample_positions`):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from varbench.backbones.graphs import GraphCache
+from varbench.backbones.init import aim_init_
 from varbench.backbones.raster_blocks import AiMBlock, FinalLayer
 from varbench.backbones.sampling import top_k_top_p_filter
 from varbench.layout import RasterLayout
@@ -279,75 +279,3 @@ def is_raster(model: nn.Module) -> bool:
     """Whether `model` (not a parallel or compile wrapper) is a RasterAR: it predicts and generates token by token in
     raster order, rather than scale by scale as a ScaleAR."""
     return isinstance(model, RasterAR)
-
-
-def aim_init_(model: RasterAR, std: float = 0.02) -> None:
-    """AiM's GPT-2 style init (`_init_weights`): embedding tables N(0, std); every Linear bias zero; each block's
-    output projection (`out_proj`, `fc2`, or the mixer's `output_projection()`) kaiming-uniform / sqrt(depth);
-    the adaLN Linears of the blocks and of the final layer zero. The mixers keep the rest of their own init
-    (Mamba2: A_log, dt_bias, D, conv), and `scale_shift_table` its randn / sqrt(C)."""
-    for table in (model.class_emb, model.word_embed, model.pos_embed):
-        nn.init.normal_(table.weight, std=std)
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-    for block in model.blocks:
-        outputs = [m for name, m in block.named_modules() if name.split(".")[-1] in ("out_proj", "fc2")]
-        outputs += [m for m in [block.mixer.output_projection()] if m is not None and m not in outputs]
-        for linear in outputs:
-            nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
-            with torch.no_grad():
-                linear.weight.div_(math.sqrt(model.depth))
-        if hasattr(block, "ada_lin"):
-            nn.init.zeros_(block.ada_lin[1].weight)
-    nn.init.zeros_(model.head_nm.ada_lin[1].weight)
-
-
-def raster_tokens(tokenizer_cfg) -> int:
-    """N, the tokens a raster model reads from the single-scale tokenizer of `tokenizer_cfg`: VQ-f16's latent side
-    squared, or the one scale of a scale-wise VQ-VAE config with `patch_nums: [h]` (tokenizer=tiny_single|var_single,
-    the same VQ-VAE as the scale-wise arm quantizing its latent as one scale)."""
-    if tokenizer_cfg.get("kind") == "vq_f16":
-        return tokenizer_cfg.latent_side ** 2
-    patch_nums = list(tokenizer_cfg.get("patch_nums") or [])
-    if len(patch_nums) != 1:
-        raise ValueError(f"a raster model needs a single-scale tokenizer (tokenizer=vq_f16, tiny_single or "
-                         f"var_single), got tokenizer.patch_nums={patch_nums}: give it one scale, e.g. "
-                         f"[{patch_nums[-1] if patch_nums else 16}]")
-    return patch_nums[0] ** 2
-
-
-def build_raster_ar(cfg, num_classes: int | None = None, mixer=None, num_params: int | None = None) -> RasterAR:
-    """The RasterAR of a composed run config with `model.backbone: raster_ar` (model=aim_b|aim_l|aim_xl|raster_tiny):
-    the `model` group's arguments, the chosen mixer (or the registry entry `mixer`), the tokenizer's vocabulary and
-    token count (`raster_tokens`) and the data set's classes (or `num_classes`). With `num_params` the gated MLP's
-    width is set so that the model has that many parameters (`matched_mlp_hidden`; `model.match_params_of`)."""
-    from omegaconf import OmegaConf
-
-    from varbench.registry import factory
-    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    kwargs.pop("match_params_of", None)  # resolved by the caller into num_params (varbench.build)
-    recipe_classes = kwargs.pop("num_classes", None)  # varbench.build.class_count checks it against the data's
-    if kwargs.pop("backbone", None) != "raster_ar":
-        raise ValueError(f"model.backbone must be 'raster_ar' for a RasterAR, got {cfg.model.get('backbone')!r}")
-    kwargs.update(mixer=factory(cfg.mixer if mixer is None else mixer), vocab_size=cfg.tokenizer.vocab_size,
-                  num_tokens=raster_tokens(cfg.tokenizer),
-                  num_classes=num_classes or recipe_classes or cfg.data.num_classes)
-    if num_params is not None:
-        kwargs["mlp_hidden"] = matched_mlp_hidden(kwargs, num_params)
-    return RasterAR(**kwargs)
-
-
-def matched_mlp_hidden(kwargs: dict, num_params: int) -> int:
-    """The gated-MLP width H that gives RasterAR(**kwargs) `num_params` parameters (to within half an MLP unit per
-    block, depth * 3C / 2): the knob a matched-parameter comparison turns, as the scale-wise `matched_mlp_ratio`.
-    An MLP adds 3 C H per block (fc1 C -> 2H, fc2 H -> C, no bias) on top of its fixed cost (a second norm, three
-    more adaLN rows)."""
-    with torch.device("meta"):  # counting only
-        one = RasterAR(**{**kwargs, "mlp_hidden": 1}).num_params()
-    depth, width = kwargs.get("depth", 24), kwargs.get("width", 768)
-    hidden = 1 + round((num_params - one) / (depth * 3 * width))
-    if hidden < 1:
-        raise ValueError(f"cannot match {num_params} parameters with a raster model of depth {depth}, width {width}: "
-                         f"with the smallest MLP it already has {one}; lower its depth or width")
-    return hidden

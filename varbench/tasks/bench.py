@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from varbench.backbones.raster_ar import RasterAR, is_raster, matched_mlp_hidden, raster_mixers
+from varbench.backbones.raster_ar import RasterAR, is_raster, raster_mixers
 from varbench.backbones.scale_ar import ScaleAR
-from varbench.build import build_model
+from varbench.build import build_model, matched_mlp_hidden
 from varbench.eval.flops import decoder_flops, model_flops
 from varbench.eval.samplers import make_sampler
 from varbench.eval.timing import matmul_peak_tflops, speed_mode, time_ms, train_step_cell
