@@ -3,7 +3,8 @@
 # one H200 alone:
 #   tests          the CUDA tests of tests/test_fast_decode.py: decode mode `graphs` gives eager's images bit for bit
 #                  and captures once per shape; channels_last and compiled stay as accurate as eager under bf16
-#                  autocast (gpu_test records, first-config autotuning);
+#                  autocast; of the raster attention and of the fused element-wise chains under CUDA graphs
+#                  (gpu_test records, first-config autotuning);
 #   decode_modes   VAR's VQ-VAE decode alone at batch 1 and 64, eager against graphs (benchmarks/decode_modes.py):
 #                  latency, capture time, largest difference from eager;
 #   profile_b1, profile_b64  where one eager VAR-d16 generation's time goes (benchmarks/sample_profile.py): host
@@ -12,6 +13,8 @@
 #   var_graphs     VAR-d16 sampling at batch 1 and 64 with CUDA graphs and the graphs decode (goals: b1 <= 40 ms,
 #                  b64 <= 300 ms), no training stage;
 #   mvar_graphs    the same for M-VAR-d16 (goals: b1 <= 40 ms, b64 <= 410 ms);
+#   var_fused, mvar_fused  var_graphs and mvar_graphs with the blocks' element-wise chains fused
+#                  (task.fused_elementwise=true, varbench/modules/fused.py; only when asked);
 #   var_expandable VAR-d16 eager sampling at batch 64 with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (the
 #                  records name the setting): peak memory against the official code's 12.0 GiB (12.18 allocated
 #                  in session 9, 23.5 reserved by the caching allocator);
@@ -21,7 +24,8 @@
 #   var_decode_by_16  VAR-d16 eager sampling at batch 64 decoding 16 images per call (task.decode_batch=16): the
 #                  peak memory without most of the decode's activations, and what the chunks cost in latency
 #                  (only when asked).
-# STEPS (default: every step but var_eager_b1 and var_decode_by_16) names the steps to run, in the order above;
+# STEPS (default: every step but the fused ones, var_eager_b1 and var_decode_by_16) names the steps to run, in the
+# order above;
 # GRAPHS_DECODE (default graphs) is the decode mode of var_graphs and mvar_graphs (session 17: graphs saves nothing at batch 64, while
 # session 9's compiled decode took two thirds of eager's time; a compiled decode compiles in the untimed warm-up).
 # Each step runs under its own `timeout` (a bench cell is killed by the bench 15 s before), tee'd to OUT/<step>.log,
@@ -29,11 +33,11 @@
 # exits with the number of failed steps. Measurement records (JSON lines) go under OUT.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16.sh OUT     DRY=1 prints the commands.
 # Limits (seconds, 540 in all by default) can be moved: TESTS_S=80 DECODE_S=80 PROFILE_S=60 GRAPHS_S=90
-# EXPANDABLE_S=80 EAGER_B1_S=90 DECODE_BY_S=80.
+# EXPANDABLE_S=80 EAGER_B1_S=90 DECODE_BY_S=80 FUSED_S=130.
 set -u -o pipefail
 OUT=${1:?records dir}
 TESTS_S=${TESTS_S:-80} DECODE_S=${DECODE_S:-80} PROFILE_S=${PROFILE_S:-60} GRAPHS_S=${GRAPHS_S:-90}
-EXPANDABLE_S=${EXPANDABLE_S:-80} EAGER_B1_S=${EAGER_B1_S:-90} DECODE_BY_S=${DECODE_BY_S:-80}
+EXPANDABLE_S=${EXPANDABLE_S:-80} EAGER_B1_S=${EAGER_B1_S:-90} DECODE_BY_S=${DECODE_BY_S:-80} FUSED_S=${FUSED_S:-130}
 STEPS=${STEPS:-tests decode_modes profile var_graphs mvar_graphs var_expandable} GRAPHS_DECODE=${GRAPHS_DECODE:-graphs}
 FAILED=0
 sampling() {  # limit, configuration, batches, more overrides: task=bench's sampling stage alone, fully autotuned
@@ -48,7 +52,7 @@ asked() { [[ " $STEPS " == *" $1 "* ]]; }
 
 [ -n "${DRY:-}" ] || mkdir -p "$OUT"
 asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
-  tests/test_fast_decode.py tests/ops/test_raster_attention.py
+  tests/test_fast_decode.py tests/ops/test_raster_attention.py tests/test_fused_elementwise.py
 asked decode_modes && step decode_modes "$DECODE_S" python benchmarks/decode_modes.py "$OUT/decode_modes.jsonl" \
   --modes eager graphs --batches 1 64
 if asked profile; then for b in 1 64; do
@@ -60,6 +64,12 @@ asked var_graphs && step var_graphs "$GRAPHS_S" $(sampling "$GRAPHS_S" "[attenti
 # shellcheck disable=SC2046
 asked mvar_graphs && step mvar_graphs "$GRAPHS_S" $(sampling "$GRAPHS_S" "[mamba2,full]" 1,64 task.cuda_graphs=true \
   task.decode_mode=$GRAPHS_DECODE)
+# shellcheck disable=SC2046
+asked var_fused && step var_fused "$FUSED_S" $(sampling "$FUSED_S" "[attention,none]" 1,64 task.cuda_graphs=true \
+  task.decode_mode=$GRAPHS_DECODE task.fused_elementwise=true)
+# shellcheck disable=SC2046
+asked mvar_fused && step mvar_fused "$FUSED_S" $(sampling "$FUSED_S" "[mamba2,full]" 1,64 task.cuda_graphs=true \
+  task.decode_mode=$GRAPHS_DECODE task.fused_elementwise=true)
 # shellcheck disable=SC2046
 asked var_expandable && PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step var_expandable "$EXPANDABLE_S" \
   $(sampling "$EXPANDABLE_S" "[attention,none]" 64 task.cuda_graphs=false task.decode_mode=eager)

@@ -32,7 +32,7 @@ from varbench.analysis import (
 )
 from varbench.analysis.load import LEADING, flatten, short_name
 from varbench.analysis.study import bench_goals, costs_table, study_ranking
-from varbench.analysis.tables import quality_wide
+from varbench.analysis.tables import config_frame, quality_wide
 from varbench.registry import CONFIG_ROOT
 from varbench.tasks import run_task
 from varbench.tasks.report import FIGURES, TABLES, build_report
@@ -330,17 +330,39 @@ def test_bench_goals_compare_the_recorded_numbers_with_the_targets(df):
         assert mfu["Missed by"] == pytest.approx(1 - rec["mfu"] / 0.55)
 
 
+def test_the_graphed_latency_goals_read_the_fastest_graphed_mode_and_name_it(tmp_path):
+    """task.fused_elementwise and the decode modes are varbench settings of their own columns: the graphed latency
+    goals read the fastest of them and say which ("Read from"); the eager goals keep the plain eager column."""
+    var = {**real_one(metric="sample_latency_ms", mixer="attention", batch=64), "value": 417.0}
+    graphs = {**var, "cuda_graphs": True, "value": 390.0}
+    lines = [var, graphs, {**graphs, "fused_elementwise": True, "decode_mode": "compiled", "value": 296.0},
+             {**graphs, "decode_mode": "compiled", "value": 330.0}, {**var, "fused_elementwise": True, "value": 300.0}]
+    df = _records(tmp_path, lines)
+    frame = config_frame(df).loc[("attention", "none", 16, 256)]
+    assert frame["Latency b64, graphs, fused, compiled decode (ms)"] == 296.0
+    assert frame["Latency b64, fused (ms)"] == 300.0
+    goals = bench_goals(df)
+    fastest = goals.loc["VAR-d16 sampling latency, CUDA graphs (b64, 256 px, ms; 1.5x the official)"]
+    assert (fastest["Measured"], fastest["Met"]) == (296.0, "yes")
+    assert fastest["Read from"] == "Latency b64, graphs, fused, compiled decode (ms)"
+    eager = goals.loc["VAR-d16 eager sampling latency (b64, 256 px, ms; the official's)"]
+    assert (eager["Measured"], eager["Read from"]) == (417.0, "Latency b64 (ms)")
+    missing = goals.loc["M-VAR-d16 sampling latency, CUDA graphs (b64, 256 px, ms; 2x the official)"]
+    assert missing["Measured"] != missing["Measured"] and missing["Read from"] == ""  # NaN: no M-VAR record
+
+
 def test_a_chunked_decode_is_its_own_measurement_with_its_own_memory_goal(tmp_path):
     """task.decode_batch: VAR's batch-64 sampling decoding 16 images per call is tabled beside the whole-batch decode,
-    never in its place (goal rows and columns of their own); the crossover atlas reads the whole-batch decode."""
+    never in its place (goal rows and columns of their own); the crossover atlas reads the whole-batch decode, unfused
+    (task.fused_elementwise is timed for VAR and M-VAR only)."""
     from varbench.analysis.crossover import FAMILIES, family_records
-    from varbench.analysis.tables import config_frame
     base = {"metric": "sample_latency_ms", "unit": "ms", "mixer": "attention", "intra": "none", "depth": 16,
             "resolution": 256, "batch": 64, "sampler": "carry", "cuda_graphs": False, "decode_mode": "eager",
             "device": "NVIDIA H200", "machine": "nvidia-h200", "versions": {"triton_autotune": "full"}}
     lines = [{**base, "value": 417.0, "peak_mem_bytes": 13 * 2 ** 30, "date": "2099-01-01T00:00:00+00:00"},
              {**base, "value": 420.0, "peak_mem_bytes": 7 * 2 ** 30, "decode_batch": 16,
-              "date": "2099-01-01T00:01:00+00:00"}]
+              "date": "2099-01-01T00:01:00+00:00"},
+             {**base, "value": 380.0, "fused_elementwise": True, "date": "2099-01-01T00:02:00+00:00"}]
     df = _records(tmp_path, lines)
     frame = config_frame(df).loc[("attention", "none", 16, 256)]
     assert frame["Latency b64 (ms)"] == 417.0 and frame["Latency b64, decode by 16 (ms)"] == 420.0

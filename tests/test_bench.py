@@ -104,6 +104,22 @@ def test_the_sampling_record_names_its_decode_batch_and_the_decode_ran_in_chunks
     assert chunked["decode_batch"] == 2 and whole["decode_batch"] is None
 
 
+def test_the_sampling_record_names_fused_elementwise_and_only_its_timing_ran_fused(cell, tmp_path, monkeypatch):
+    """task.fused_elementwise: the timed generations run the blocks' fused chains, the model is left unfused after
+    (the next stage, the next cell), and each record says which it timed."""
+    from varbench.backbones import blocks
+    model, vae, fields = cell
+    ran, fused = [], blocks.fused
+    monkeypatch.setattr(blocks, "fused", lambda fn: ran.append(fn.__name__) or fused(fn))
+    measure(tmp_path / "bench.jsonl", model, vae, "sample", 2, "carry", 1, fields, fused_elementwise=True)
+    assert "ln_modulate" in ran and not any(m.fused_elementwise for m in model.modules()
+                                            if hasattr(m, "fused_elementwise"))
+    ran.clear()
+    measure(tmp_path / "bench.jsonl", model, vae, "sample", 2, "carry", 1, fields)
+    assert ran == []
+    assert [r["fused_elementwise"] for r in read_records(tmp_path / "bench.jsonl")] == [True, False]
+
+
 @pytest.mark.parametrize("bad", ["0", "-2", "1.5", "true"])
 def test_a_bad_task_decode_batch_is_a_config_error_naming_key_and_value(bad):
     from hydra import compose, initialize_config_dir

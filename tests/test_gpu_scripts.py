@@ -343,6 +343,31 @@ def test_gpu_check_s16_runs_the_steps_asked_with_the_decode_mode_asked(tmp_path)
     assert not [argv for argv in default if "task.decode_mode=compiled" in argv]
 
 
+def test_gpu_check_s16_fused_steps_sample_var_and_mvar_with_the_fused_chains_and_graphs(tmp_path):
+    """var_fused / mvar_fused (only when asked): VAR-d16's and M-VAR-d16's sampling at batch 1 and 64 with CUDA graphs,
+    the decode GRAPHS_DECODE names and task.fused_elementwise=true, composing; the tests step collects the fused
+    chains' CUDA test."""
+    out = bash("benchmarks/gpu_check_s16.sh", str(tmp_path),
+               env={"DRY": "1", "STEPS": "tests var_fused mvar_fused", "GRAPHS_DECODE": "compiled"})
+    assert out.returncode == 0, out.stderr
+    commands = [shlex.split(line) for line in out.stdout.splitlines()]
+    for argv, mixer in zip(commands[1:], ["attention", "mamba2"], strict=True):
+        assert argv[1] == "130" and "task.fused_elementwise=true" in argv and "task.cuda_graphs=true" in argv
+        check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
+                               env=ENV, timeout=300)
+        assert check.returncode == 0, (argv, check.stderr[-2000:])
+        assert f"configs:\n  - - {mixer}" in check.stdout and "fused_elementwise: true" in check.stdout
+        assert "decode_mode: compiled" in check.stdout
+        assert "sample_batches:\n    256:\n    - 1\n    - 64\n" in check.stdout
+    tests = commands[0][2:]
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                             *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
+                            timeout=300).stdout
+    assert "test_cuda_graphs_capture_the_fused_kernels" in listed
+    default = bash("benchmarks/gpu_check_s16.sh", str(tmp_path), env={"DRY": "1"}).stdout
+    assert "task.fused_elementwise=true" not in default
+
+
 def test_gpu_check_s16_train_times_var_on_flex_then_on_sdpa_scales_in_one_call(tmp_path):
     """benchmarks/gpu_check_s16_train.sh with DRY=1: its limits sum to <= 540 s; VAR-d16's compiled training at batch
     32, no sampling stage, first on the default attention backend, then with attention's backend sdpa_scales (a

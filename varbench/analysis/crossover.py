@@ -137,8 +137,9 @@ def family_records(df: pd.DataFrame, family: Family) -> pd.DataFrame:
     metrics = STATE_SOURCES if family.metric == STATE_METRIC else (family.metric,)
     r = df[df["metric"].isin(metrics) & df["disturbed"].isna() & df["superseded"].isna()]
     r = r[r["depth"].notna() & r["resolution"].isin(RESOLUTIONS)]
-    if family.metric == "sample_latency_ms":  # attention has no other sampler; the atlas decodes whole batches
-        r = r[(r["sampler"] == "carry") & (r["decode_batch"] == 0)]
+    if family.metric == "sample_latency_ms":  # attention has no other sampler; the atlas decodes whole batches,
+        # with the blocks' chains unfused (the fused option is timed for VAR and M-VAR only)
+        r = r[(r["sampler"] == "carry") & (r["decode_batch"] == 0) & ~r["fused_elementwise"].eq(True)]
     if family.batch is None:  # analytic: one number per configuration, whatever measured it
         value = r["value"].where(r["metric"] == STATE_METRIC, r.get("state_bytes_per_image"))
         r = r.assign(protocol=[(ANALYTIC,)] * len(r), admissible=True, batch=None, v=value.astype(float))

@@ -34,14 +34,14 @@ KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "pea
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "superseded", "latency_wo_decode_ms",
                 "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine",
-                "autotune", "tokenizer_id", "cfg", "decode_mode", "decode_batch", "base_lr")
+                "autotune", "tokenizer_id", "cfg", "decode_mode", "decode_batch", "fused_elementwise", "base_lr")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}
 # fields besides the configuration that tell two measurements of one metric apart
 IDENTITY = {
     "train_images_per_s": ("batch", "compiled", "param_dtype"),
-    "sample_latency_ms": ("batch", "sampler", "cuda_graphs", "decode_mode", "decode_batch"),
+    "sample_latency_ms": ("batch", "sampler", "cuda_graphs", "decode_mode", "decode_batch", "fused_elementwise"),
     "bench_error": ("stage", "batch", "sampler"),
     "parity_rel_rms": ("group", "name", "backend", "dtype", "compared"),
     "parity_error": ("group", "name", "backend", "dtype"),
@@ -156,6 +156,7 @@ def flatten(rec: dict, source: str = "") -> dict:
         row["cuda_graphs"] = bool(rec.get("cuda_graphs", False))
         row["decode_mode"] = rec.get("decode_mode", "eager")  # ... and decoded eagerly before task.decode_mode
         row["decode_batch"] = rec.get("decode_batch") or 0  # ... the whole batch at once (0) before task.decode_batch
+        row["fused_elementwise"] = bool(rec.get("fused_elementwise"))  # ... and unfused before task.fused_elementwise
     if "model" in row:  # the label below owns the name; a producer's own `model` field is kept beside it
         row["model_field"] = row.pop("model")
     row["model"] = model_label(row["mixer"], row["intra"], row["depth"])

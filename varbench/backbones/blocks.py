@@ -18,6 +18,7 @@ from torch import nn
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State, TokenMixer
+from varbench.modules.fused import fused, gated_residual, ln_modulate, runs_fused
 
 
 class DropPath(nn.Module):
@@ -90,6 +91,7 @@ class AdaLNBlock(nn.Module):
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-6, shared_aln: bool = False):
         super().__init__()
         self.dim = dim
+        self.fused_elementwise = False  # fused modulate and residual (ScaleAR.set_fused_elementwise)
         self.intra = intra
         self.mixer = mixer
         self.ffn = FFN(dim, round(dim * mlp_ratio))
@@ -125,11 +127,15 @@ class AdaLNBlock(nn.Module):
 
     def modulate(self, x_BLC: torch.Tensor, scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor) -> torch.Tensor:
         """LN(x) * (1 + scale) + shift: the input of a branch (`scale1p_B1C` is 1 + scale, as `modulation` gives it)."""
+        if runs_fused(self):
+            return fused(ln_modulate)(x_BLC, scale1p_B1C, shift_B1C, self.ln_wo_grad.eps)
         return self.ln_wo_grad(x_BLC).mul(scale1p_B1C).add_(shift_B1C)
 
     def residual(self, x_BLC: torch.Tensor, y_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
         """x + DropPath(y * gamma): the gated residual update of a branch (DropPath acts on the gate)."""
-        return x_BLC + y_BLC.mul(self.drop_path(gamma_B1C))
+        if runs_fused(self):
+            return fused(gated_residual)(x_BLC, y_BLC, gamma_B1C)
+        return gated_residual(x_BLC, y_BLC, self.drop_path(gamma_B1C))
 
     def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         """The block over the whole sequence; `cond` as in `modulation`."""

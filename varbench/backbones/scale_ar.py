@@ -190,6 +190,14 @@ class ScaleAR(nn.Module):
             x_2BlC, mixer_states[i] = block.step(x_2BlC, mixer_states[i], adaln[f"block{i}"], self.layout, k)
         return self.logits(x_2BlC, cond_2BD), [*mixer_states, adaln]
 
+    def set_fused_elementwise(self, on: bool) -> None:
+        """Run the blocks' element-wise chains (AdaLN modulation, gated residuals, attention's q/k normalisation) as
+        fused compiled kernels in eval mode (`varbench.modules.fused`), or as eager ops again. A speed option of
+        sampling (task.fused_elementwise): the same arithmetic, rounded as Inductor's kernels round it."""
+        for module in self.modules():
+            if hasattr(module, "fused_elementwise"):
+                module.fused_elementwise = bool(on)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from varbench.modules.fused import fused, l2_qk, runs_fused
+
 MAX_SCALE_MUL = math.log(100.0)  # VAR clamps the learned log-temperature at ln 100
 
 
@@ -32,6 +34,7 @@ class ScaleAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim, self.l2_norm = num_heads, dim // num_heads, l2_norm
+        self.fused_elementwise = False  # fused q/k normalisation (ScaleAR.set_fused_elementwise)
         self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))
@@ -49,10 +52,9 @@ class ScaleAttention(nn.Module):
         q_BHLd, k_BHLd, v_BHLd = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.l2_norm:
             temperature_1H11 = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
-            q_BHLd = nn.functional.normalize(q_BHLd, dim=-1).mul(temperature_1H11)
-            k_BHLd = nn.functional.normalize(k_BHLd, dim=-1)
-            # normalisation runs in fp32 under autocast; bring q, k back to v's dtype for the kernels
-            q_BHLd, k_BHLd = q_BHLd.to(v_BHLd.dtype), k_BHLd.to(v_BHLd.dtype)
+            # normalisation runs in fp32 under autocast; q, k go back to v's dtype for the kernels
+            l2 = fused(l2_qk) if runs_fused(self) else l2_qk
+            q_BHLd, k_BHLd = l2(q_BHLd, k_BHLd, temperature_1H11, v_BHLd.dtype)
         return q_BHLd, k_BHLd, v_BHLd
 
     def out(self, o_BHLd: torch.Tensor) -> torch.Tensor:

@@ -106,12 +106,14 @@ def mixer_options(cfg: DictConfig, mixer: str) -> dict:
 
 
 def sample_cell(model: ScaleAR | RasterAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int,
-                cuda_graphs: bool = False, decode_mode: str = "eager", decode_batch: int | None = None) -> dict:
+                cuda_graphs: bool = False, decode_mode: str = "eager", decode_batch: int | None = None,
+                fused_elementwise: bool = False) -> dict:
     """Sampling latency (with the decode) and the decode alone; with `cuda_graphs`, the warm-up call captures the
     graphs (not timed) and they are dropped afterwards, so that the next cell's memory is its own. `sampler` names
     the sampler (`varbench.eval.samplers`: "carry", or "prefix_rerun", the released M-VAR baseline); the tokenizer
     decodes in `decode_mode` (`varbench.tokenizers.fast_decode`; "compiled" compiles in the untimed warm-up), at
-    most `decode_batch` images per call (None: the whole batch)."""
+    most `decode_batch` images per call (None: the whole batch); with `fused_elementwise` a ScaleAR's blocks run
+    their element-wise chains as fused kernels (`ScaleAR.set_fused_elementwise`; they compile in the warm-up)."""
     device = next(model.parameters()).device
     vae.set_decode_mode(decode_mode)
     vae.set_decode_batch(decode_batch)
@@ -129,7 +131,11 @@ def sample_cell(model: ScaleAR | RasterAR, vae: MultiScaleVQVAE, batch: int, sam
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return draw(labels)
 
+    if fused_elementwise:
+        model.set_fused_elementwise(True)
     total = time_ms(sample, warmup=1, repeats=repeats)
+    if fused_elementwise:
+        model.set_fused_elementwise(False)
     release()
     side = vae.patch_nums[-1]
     f_hat = torch.randn(batch, vae.Cvae, side, side, device=device)
@@ -259,7 +265,8 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
         try:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
                     cuda_graphs=resolve_auto(t.cuda_graphs, "task.cuda_graphs", "cuda"),  # bench runs on CUDA only
-                    param_dtype=t.param_dtype, decode_mode=decode_mode, decode_batch=t.decode_batch)
+                    param_dtype=t.param_dtype, decode_mode=decode_mode, decode_batch=t.decode_batch,
+                    fused_elementwise=t.fused_elementwise and not is_raster(model))  # RasterAR has no fused chains
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             errors += 1
@@ -271,12 +278,13 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
 
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False,
-            param_dtype="fp32", decode_mode="eager", decode_batch=None) -> None:
+            param_dtype="fp32", decode_mode="eager", decode_batch=None, fused_elementwise=False) -> None:
     """Time one stage of a cell ("train" or "sample") and append its record to `out`."""
     if stage == "train":
         measure_train(out, model, batch, repeats, cell, compiled, param_dtype)
     else:
-        measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode, decode_batch)
+        measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode, decode_batch,
+                       fused_elementwise)
 
 
 def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> None:
@@ -296,11 +304,13 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype) -> No
           f"top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
 
 
-def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode, decode_batch) -> None:
-    r = sample_cell(model, vae, batch, sampler, repeats, cuda_graphs, decode_mode, decode_batch)
+def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode, decode_batch,
+                   fused_elementwise=False) -> None:
+    r = sample_cell(model, vae, batch, sampler, repeats, cuda_graphs, decode_mode, decode_batch, fused_elementwise)
     total, decode = r["total"]["median_ms"], r["decode"]["median_ms"]
     record(out, "sample_latency_ms", total, "ms", batch=batch, sampler=sampler, **speed_mode(False, cuda_graphs),
-           decode_mode=decode_mode, decode_batch=decode_batch, decode_ms=decode, latency_wo_decode_ms=total - decode,
+           decode_mode=decode_mode, decode_batch=decode_batch, fused_elementwise=fused_elementwise,
+           decode_ms=decode, latency_wo_decode_ms=total - decode,
            images_per_s=batch / (total * 1e-3), images_per_s_wo_decode=batch / ((total - decode) * 1e-3),
            peak_mem_bytes=r["total"]["peak_mem_bytes"], peak_reserved_bytes=r["total"]["peak_reserved_bytes"],
            timing=r, **cell)

@@ -1,0 +1,123 @@
+"""The fused element-wise kernels of sampling (`varbench.modules.fused`, `ScaleAR.set_fused_elementwise`): each
+compiled chain computes its eager reference, for every shape a generation passes (one token, a whole scale, another
+batch) and under autocast; a model sampling with them gives the eager logits, runs them only in eval mode, and runs
+the eager ops again when they are switched off. On a GPU: the same beside CUDA graphs, which capture the fused
+kernels (the bench's `task.fused_elementwise` runs them so)."""
+
+import copy
+
+import pytest
+import torch
+from helpers import tiny_model, tiny_tokenizer
+
+from varbench.backbones import blocks
+from varbench.eval.samplers import make_sampler
+from varbench.modules.fused import fused, gated_residual, l2_qk, ln_modulate
+
+SHAPES = [(2, 1, 64), (2, 9, 64), (6, 25, 64)]  # (batch, tokens, width): scale 0, later scales, another batch
+
+
+def modulate_args(shape):
+    B, _, C = shape
+    return torch.randn(shape), 1 + torch.randn(B, 1, C), torch.randn(B, 1, C)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return tiny_tokenizer()
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_each_fused_chain_computes_its_reference_at_every_shape(autocast):
+    torch.manual_seed(0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        for shape in SHAPES:
+            x, scale1p, shift = modulate_args(shape)
+            want = ln_modulate(x, scale1p, shift, 1e-6)
+            torch.testing.assert_close(fused(ln_modulate)(x, scale1p, shift, 1e-6), want)
+            y = torch.randn(shape, dtype=torch.bfloat16 if autocast else torch.float32)
+            torch.testing.assert_close(fused(gated_residual)(x, y, scale1p), gated_residual(x, y, scale1p))
+            B, L, C = shape
+            q, k = torch.randn(2, B, 2, L, C // 2).unbind(0)
+            temperature = torch.rand(1, 2, 1, 1) * 4
+            dtype = torch.bfloat16 if autocast else torch.float32
+            for got, want in zip(fused(l2_qk)(q, k, temperature, dtype), l2_qk(q, k, temperature, dtype)):
+                assert got.dtype == want.dtype == dtype
+                torch.testing.assert_close(got, want)
+
+
+def counting_fused(monkeypatch) -> list:
+    """Record every chain the blocks and the attention run fused (the real compiled ones run)."""
+    ran = []
+
+    def spy(fn):
+        ran.append(fn.__name__)
+        return fused(fn)
+    monkeypatch.setattr(blocks, "fused", spy)
+    monkeypatch.setattr("varbench.modules.attention.fused", spy)
+    return ran
+
+
+def forced_generation(model, vae, labels=(3, 7)):
+    """One CFG-2 generation teacher-forced on fixed ids, logits returned."""
+    torch.manual_seed(1)
+    ids = [torch.randint(0, vae.vocab_size, (2, p * p)) for p in vae.patch_nums]
+    return make_sampler("carry", model, vae, cfg=2.0)(torch.tensor(labels), forced_ids=ids, return_logits=True)
+
+
+@pytest.mark.parametrize("mixer,intra,chains", [
+    ("attention", "none", {"ln_modulate", "gated_residual", "l2_qk"}),
+    ("mamba2", "full", {"ln_modulate", "gated_residual"}),  # M-VAR's intra attention has no L2 norm
+], ids=["VAR", "M-VAR"])
+def test_fused_sampling_gives_the_eager_logits(mixer, intra, chains, vae, monkeypatch):
+    model = tiny_model(mixer, intra, vae=vae, backend="reference")
+    eager = forced_generation(model, vae)
+    ran = counting_fused(monkeypatch)
+    model.set_fused_elementwise(True)
+    fused_run = forced_generation(model, vae)
+    assert set(ran) == chains
+    torch.testing.assert_close(torch.cat(fused_run.logits, 1), torch.cat(eager.logits, 1))
+    # the first generation compiled every variant: the next compiles nothing (CUDA graphs capture after one warm-up)
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    forced_generation(model, vae, labels=(0, 9))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled
+    ran.clear()
+    model.set_fused_elementwise(False)
+    forced_generation(model, vae)
+    assert ran == []
+
+
+def test_the_fused_chains_never_run_in_training_mode(vae, monkeypatch):
+    """Training keeps the eager ops (stochastic depth acts on the gate there; the fused residual has none)."""
+    model = tiny_model("attention", "full", vae=vae, backend="reference", drop_path_rate=0.1)
+    model.set_fused_elementwise(True)
+    ran = counting_fused(monkeypatch)
+    labels, (x_BLCv,) = torch.tensor([1, 2]), [torch.randn(2, model.layout.L - 1, vae.Cvae)]
+    model.train()(labels, x_BLCv).sum().backward()
+    assert ran == []
+    assert all(m.fused_elementwise for m in model.modules() if hasattr(m, "fused_elementwise"))
+
+
+def test_the_fused_functions_are_compiled_once_each():
+    assert fused(ln_modulate) is fused(ln_modulate) and fused(ln_modulate) is not fused(gated_residual)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mixer,intra", [("attention", "none"), ("mamba2", "full")], ids=["VAR", "M-VAR"])
+def test_cuda_graphs_capture_the_fused_kernels(mixer, intra, vae):
+    """With CUDA graphs (the bench's fused mode), the fused kernels compile in the warm-up and are captured: the
+    replayed generation gives the eager logits and images, in fp32 and under bf16 autocast."""
+    model = tiny_model(mixer, intra, vae=vae).cuda()
+    gpu_vae, labels = copy.deepcopy(vae).cuda(), torch.tensor([3, 7], device="cuda")
+    torch.manual_seed(1)
+    ids = [torch.randint(0, vae.vocab_size, (2, p * p), device="cuda") for p in vae.patch_nums]
+    for autocast in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            model.set_fused_elementwise(False)
+            eager = make_sampler("carry", model, gpu_vae, cfg=2.0)(labels, forced_ids=ids, return_logits=True)
+            model.set_fused_elementwise(True)
+            graphed = make_sampler("carry", model, gpu_vae, cfg=2.0, cuda_graphs=True)
+            got = graphed(labels, forced_ids=ids, return_logits=True)
+        tolerance = {"rtol": 1.6e-2, "atol": 1e-2} if autocast else {}  # bf16's own rounding, one ulp
+        torch.testing.assert_close(torch.cat(got.logits, 1), torch.cat(eager.logits, 1), **tolerance)
+        torch.testing.assert_close(got.images, eager.images, **tolerance)

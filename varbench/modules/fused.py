@@ -1,0 +1,64 @@
+"""The element-wise parts of a ScaleAR block, each one fused kernel under `torch.compile` (issue 18: sampling speed).
+
+Shape legend: B batch, L tokens, C width, H heads, d head dim.
+Between its matmuls, a block runs chains of element-wise ops, each a kernel that reads and writes the whole
+activation: the AdaLN pre-norm (LayerNorm, times 1 + scale, plus shift: 3 kernels), the gated residual (2) and VAR's
+L2-normalised q and k (norm, clamp, divide, temperature, cast: about 10). Where the GPU is busy (sampling at batch
+64) they are memory traffic, not arithmetic. Each function below is the eager reference (the oracle, what the blocks
+run by default) and `fused(fn)` its compiled form: Inductor generates one kernel per chain, for every shape
+(`dynamic=True`: one compile serves all scales and batches). The blocks use them only when asked
+(`ScaleAR.set_fused_elementwise`), in eval mode without autograd (`runs_fused`). The first call of each compiles
+(seconds on a GPU), so sampling with CUDA graphs compiles in its untimed warm-up. The arithmetic is the same in the
+same dtypes; Inductor's reductions may round differently in the last bits.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def ln_modulate(x_BLC: torch.Tensor, scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor, eps: float) -> torch.Tensor:
+    """LN(x) * (1 + scale) + shift, with a non-affine LayerNorm (`scale1p_B1C` is 1 + scale)."""
+    return F.layer_norm(x_BLC, x_BLC.shape[-1:], eps=eps).mul(scale1p_B1C).add(shift_B1C)
+
+
+def gated_residual(x_BLC: torch.Tensor, y_BLC: torch.Tensor, gate_B1C: torch.Tensor) -> torch.Tensor:
+    """x + y * gate: a branch's gated update of the residual stream."""
+    return x_BLC + y_BLC.mul(gate_B1C)
+
+
+def l2_qk(q_BHLd: torch.Tensor, k_BHLd: torch.Tensor, temperature_1H11: torch.Tensor,
+          dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAR's attn_l2_norm: q and k normalised over d, q times the per-head temperature, both cast to `dtype` (v's)."""
+    q_BHLd = F.normalize(q_BHLd, dim=-1).mul(temperature_1H11)
+    return q_BHLd.to(dtype), F.normalize(k_BHLd, dim=-1).to(dtype)
+
+
+def runs_fused(module: torch.nn.Module) -> bool:
+    """Whether `module` runs its chains fused now: asked for (its `fused_elementwise`), in eval mode (training's
+    stochastic depth acts on the gates) and without autograd (inference kernels: each grad mode would compile
+    anew)."""
+    return module.fused_elementwise and not module.training and not torch.is_grad_enabled()
+
+
+# compiles one function may keep: autocast on / off, a one-token scale, input dtypes, gate layouts and devices each
+# make a variant of their own, and a process (a test session) may meet many; dynamo's default stops at 8
+RECOMPILE_LIMIT = 64
+
+
+@functools.cache
+def fused(fn: Callable) -> Callable:
+    """`fn` compiled into fused kernels for any shape (one graph, no break), built once per function. Each call
+    evaluates dynamo's guards on the host: with CUDA graphs, which replay the kernels without the Python, that costs
+    nothing; in eager sampling at small batch it costs more than the fusion saves."""
+    compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+
+    @functools.wraps(fn)
+    def run(*args):
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return compiled(*args)
+    return run
