@@ -393,3 +393,28 @@ def test_gpu_check_s16_train_times_var_on_flex_then_on_sdpa_scales_in_one_call(t
                              *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
                             timeout=300).stdout
     assert "test_on_cuda_a_module_on_sdpa_scales_matches_its_reference_under_bf16_autocast" in listed
+
+
+def test_gpu_prep_makes_what_the_calls_carry_with_the_committed_tokenizer_and_sums(tmp_path):
+    """benchmarks/gpu_prep.sh (a new checkout holds none of the git-ignored carry): every wheel of ../shared/wheels
+    (py/ included) in .whl/; staging A holds Inception shard 1 and the committed raster tokenizer (its committed
+    sum), B shard 2; .stage/SHA256SUMS verifies them; a second run keeps what exists."""
+    out = bash("benchmarks/gpu_prep.sh", env={"DEST": str(tmp_path), "PY": sys.executable})
+    assert out.returncode == 0, out.stderr
+    wheels = REPO.parent / "shared" / "wheels"
+    assert sorted(p.name for p in (tmp_path / ".whl").iterdir()) == sorted(
+        p.name for p in [*wheels.glob("*.whl"), *wheels.glob("py/*.whl")])
+    assert sorted(p.name for p in (tmp_path / ".stage" / "a").iterdir()) == [
+        "inception.part1of2.safetensors", "proc_single.safetensors"]
+    assert [p.name for p in (tmp_path / ".stage" / "b").iterdir()] == ["inception.part2of2.safetensors"]
+    committed = (REPO / "results/gpu/h200/study19/tokenizers/SHA256SUMS").read_text()
+    sums = (tmp_path / ".stage" / "SHA256SUMS").read_text()
+    (tokenizer,) = [line.split()[0] for line in sums.splitlines() if line.endswith("a/proc_single.safetensors")]
+    assert f"{tokenizer}  proc_single.safetensors" in committed
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path / ".stage", capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    shard = tmp_path / ".stage" / "b" / "inception.part2of2.safetensors"
+    made = shard.stat().st_mtime_ns
+    again = bash("benchmarks/gpu_prep.sh", env={"DEST": str(tmp_path), "PY": sys.executable})
+    assert again.returncode == 0 and shard.stat().st_mtime_ns == made
+    assert (tmp_path / ".stage" / "SHA256SUMS").read_text() == sums
