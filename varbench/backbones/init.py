@@ -95,8 +95,8 @@ def aim_init_(model: nn.Module, std: float = 0.02) -> None:
     """Initialise a RasterAR in place with AiM's GPT-2 style init (`_init_weights`): embedding tables N(0, std);
     every Linear bias zero; each block's output projection (`out_proj`, `fc2`, or the mixer's
     `output_projection()`) kaiming-uniform / sqrt(depth); the adaLN Linears of the blocks and of the final layer
-    zero. The mixers keep the rest of their own init
-    (Mamba2: A_log, dt_bias, D, conv), and `scale_shift_table` its randn / sqrt(C)."""
+    zero. The mixers keep the rest of their own init (Mamba2: A_log, dt_bias, D, conv), and `scale_shift_table` its
+    randn / sqrt(C)."""
     for table in (model.class_emb, model.word_embed, model.pos_embed):
         nn.init.normal_(table.weight, std=std)
     for module in model.modules():

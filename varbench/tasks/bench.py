@@ -133,10 +133,12 @@ def sample_cell(model: ScaleAR | RasterAR, vae: MultiScaleVQVAE, batch: int, sam
 
     if fused_elementwise:
         model.set_fused_elementwise(True)
-    total = time_ms(sample, warmup=1, repeats=repeats)
-    if fused_elementwise:
-        model.set_fused_elementwise(False)
-    release()
+    try:
+        total = time_ms(sample, warmup=1, repeats=repeats)
+    finally:  # the next stage (and an error's record) sees the model unfused and the graphs' memory freed
+        if fused_elementwise:
+            model.set_fused_elementwise(False)
+        release()
     side = vae.patch_nums[-1]
     f_hat = torch.randn(batch, vae.Cvae, side, side, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -266,7 +268,7 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
                     cuda_graphs=resolve_auto(t.cuda_graphs, "task.cuda_graphs", "cuda"),  # bench runs on CUDA only
                     param_dtype=t.param_dtype, decode_mode=decode_mode, decode_batch=t.decode_batch,
-                    fused_elementwise=t.fused_elementwise and not is_raster(model))  # RasterAR has no fused chains
+                    fused_elementwise=fused_for(t, model))
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             errors += 1
@@ -275,6 +277,13 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
     gc.collect()
     torch.cuda.empty_cache()
     return errors
+
+
+def fused_for(t: DictConfig, model) -> bool:
+    """task.fused_elementwise for this model: a RasterAR has no fused chains, so its records say false (logged)."""
+    if t.fused_elementwise and is_raster(model):
+        log.warning("task.fused_elementwise: a raster model has no fused chains; it samples unfused")
+    return bool(t.fused_elementwise) and not is_raster(model)
 
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False,
