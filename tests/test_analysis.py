@@ -30,8 +30,9 @@ from varbench.analysis import (
     training_curves,
     write_table,
 )
+from varbench.analysis.goals import bench_goals
 from varbench.analysis.load import LEADING, flatten, short_name
-from varbench.analysis.study import bench_goals, costs_table, study_ranking
+from varbench.analysis.study import costs_table, study_ranking
 from varbench.analysis.tables import config_frame, quality_wide
 from varbench.registry import CONFIG_ROOT
 from varbench.tasks import run_task

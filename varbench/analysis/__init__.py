@@ -19,12 +19,13 @@ from varbench.analysis.figures import (
 )
 from varbench.analysis.floors import floors_table
 from varbench.analysis.format import as_text, write_table
+from varbench.analysis.goals import bench_goals
 from varbench.analysis.guidance import guidance_table
 from varbench.analysis.load import latest, load_records, model_label
 from varbench.analysis.quality import quality_label
 from varbench.analysis.sample_sheet import sample_grids
 from varbench.analysis.scale_up import scale_up_table
-from varbench.analysis.study import bench_goals, costs_table, parallel_scaling, study_ranking
+from varbench.analysis.study import costs_table, parallel_scaling, study_ranking
 from varbench.analysis.tables import main_table, mixer_ablation, resolution_scaling
 from varbench.analysis.versus import tokenizer_variance, versus_var
 

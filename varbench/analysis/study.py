@@ -1,7 +1,7 @@
 """Tables that answer the suite's questions from the records: which configuration ranks first and by how much
-(`study_ranking`), whether the bench protocol's goals are met (`bench_goals`), what each configuration costs
-(`costs_table`, analytic), and how training scales over the GPUs of a host (`parallel_scaling`). The per-configuration
-frames they build on are in varbench.analysis.tables."""
+(`study_ranking`), what each configuration costs (`costs_table`, analytic), and how training scales over the GPUs of
+a host (`parallel_scaling`); whether the bench protocol's goals are met is varbench.analysis.goals. The
+per-configuration frames they build on are in varbench.analysis.tables."""
 
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from varbench.analysis.quality import KEY, main_tokenizer, quality_long
 from varbench.analysis.tables import (
     GFLOPS,
     PARAMS,
-    SPEED,
     STATE,
-    TOKEN_MFU,
     autotune_modes,
     by_model,
     config_frame,
@@ -182,114 +180,6 @@ def bench_costs(df: pd.DataFrame, configs: pd.Index, device=None) -> pd.DataFram
         values = frame[column].reindex(at_bench) if column in frame.columns else [float("nan")] * len(keys)
         out[name] = list(values)
     return out
-
-
-# The speed / memory goals of the bench protocol: (goal, target, higher is better). Targets, not measurements.
-# The two sampling goals are reported for each sampler mode (eager, CUDA graphs) with the tokenizer decode in the
-# latency and without it (the decode is the same call for both sides of each ratio).
-SAMPLING_MODES = (("", ""), (", graphs", ", CUDA graphs"))
-DECODE_MODES = (("Latency", ""), ("W/o decode", ", decode excluded"))
-SAMPLING_GOALS = (("M-VAR-d16 sampling: prefix re-run / carried state latency (b64, 256 px{})", 1.3, True),
-                  ("M-VAR-d16 / VAR-d16 sampling latency, carried state vs KV cache (b64, 256 px{})", 1.2, False))
-GOALS = (("VAR-d16 training MFU (b32, 256 px)", 0.55, True),
-         ("VAR-d16 training MFU under torch.compile (b32, 256 px)", 0.55, True),
-         # the same step with AdaLN's FLOPs counted per token, as the issue's 47% reference counts them
-         ("VAR-d16 training MFU under torch.compile, AdaLN FLOPs per token (b32, 256 px)", 0.55, True),
-         # the issue's reference: a plain PyTorch stack on an H200 (its 47% MFU counts AdaLN FLOPs per token, ours
-         # per image, so its images/s is the comparable number)
-         ("VAR-d16 training img/s under torch.compile (b32, 256 px; plain-stack reference on an H200)", 284, True),
-         ("M-VAR-d16 / VAR-d16 training throughput (b32, 256 px)", 0.7, True),
-         ("M-VAR-d16 / VAR-d16 training throughput under torch.compile (b32, 256 px)", 0.7, True),
-         *((goal.format(graphs_name + decode_name), target, higher) for goal, target, higher in SAMPLING_GOALS
-           for _, graphs_name in SAMPLING_MODES for _, decode_name in DECODE_MODES),
-         ("inference state / VAR's KV cache at 1024 px (worst linear mixer)", 0.25, False))
-# issue 18's goals against the official code, measured on the same H200 kind with one harness
-# (../shared/reference/peer_speed.md: official VAR-d16 trains 199 img/s and M-VAR-d16 98 at b32; they sample b64 in
-# 453 / 820 ms and b1 in 123 / 424 ms eager; VAR's sampling peaks at 12.0 GiB allocated at b64): (goal, target,
-# higher is better, configuration, bench column, scale of the column). A column ending in FASTEST reads the fastest
-# of the columns it begins: the graphed latencies in every decode mode, fused or not (each a varbench setting the
-# table names in "Read from")
-VAR, MVAR = ("attention", "none", 256), ("mamba2", "full", 256)
-FASTEST = " (fastest mode)"
-OFFICIAL_GOALS = (
-    ("VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)", 500, True, VAR,
-     "Train img/s (b32, compiled)", 1),
-    ("M-VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)", 250, True, MVAR,
-     "Train img/s (b32, compiled)", 1),
-    ("VAR-d16 sampling latency, CUDA graphs (b64, 256 px, ms; 1.5x the official)", 300, False, VAR,
-     "Latency b64, graphs" + FASTEST, 1),
-    ("M-VAR-d16 sampling latency, CUDA graphs (b64, 256 px, ms; 2x the official)", 410, False, MVAR,
-     "Latency b64, graphs" + FASTEST, 1),
-    ("VAR-d16 sampling latency, CUDA graphs (b1, 256 px, ms)", 40, False, VAR, "Latency b1, graphs" + FASTEST, 1),
-    ("M-VAR-d16 sampling latency, CUDA graphs (b1, 256 px, ms)", 40, False, MVAR, "Latency b1, graphs" + FASTEST, 1),
-    ("VAR-d16 eager sampling latency (b1, 256 px, ms; the official's)", 123.4, False, VAR, "Latency b1 (ms)", 1),
-    ("VAR-d16 eager sampling latency (b64, 256 px, ms; the official's)", 452.8, False, VAR, "Latency b64 (ms)", 1),
-    ("M-VAR-d16 eager sampling latency (b1, 256 px, ms; the official's)", 424.4, False, MVAR, "Latency b1 (ms)", 1),
-    ("M-VAR-d16 eager sampling latency (b64, 256 px, ms; the official's)", 819.9, False, MVAR, "Latency b64 (ms)", 1),
-    ("VAR-d16 eager sampling peak memory allocated (b64, 256 px, GiB; the official's)", 12.0, False, VAR,
-     "Peak mem b64 (bytes)", 2 ** -30),
-    # the decode's activations hold most of that peak: the same, decoding 16 images per call (task.decode_batch=16)
-    ("VAR-d16 eager sampling peak memory allocated, 16 images per decode call (b64, 256 px, GiB; the official's)",
-     12.0, False, VAR, "Peak mem b64, decode by 16 (bytes)", 2 ** -30))
-
-
-def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """Each goal of GOALS and OFFICIAL_GOALS with the measured value (from the bench records of one GPU), whether it
-    is met, by how much it is missed, as a fraction of the target (1 - measured / target, or measured / target - 1),
-    and for OFFICIAL_GOALS the bench column it was read from (for the graphed latencies, the fastest mode's)."""
-    frame = config_frame(df, device, samplers=("carry", "prefix_rerun"))
-    if frame.empty:
-        log.warning("bench_goals: no bench records")
-        return frame
-
-    def cell(mixer, intra, res, column):
-        key = (mixer, intra, 16, res)
-        return frame.at[key, column] if key in frame.index and column in frame.columns else float("nan")
-
-    def official(mixer, intra, res, column):  # (value, the column it was read from)
-        if not column.endswith(FASTEST):
-            return cell(mixer, intra, res, column), column
-        prefix = column.removesuffix(FASTEST)
-        values = {c: cell(mixer, intra, res, c) for c in frame.columns
-                  if c.endswith(" (ms)") and (c == prefix + " (ms)" or c.startswith(prefix + ", "))}
-        values = {c: v for c, v in values.items() if not pd.isna(v)}
-        return (min(values.values()), min(values, key=values.get)) if values else (float("nan"), "")
-
-    costs = latest(df, "analytic_cost")  # analytic state bytes of every mixer (task=costs), else the bench's own
-    state = per_key(costs, "state_bytes_per_image", STATE) if len(costs) else frame.get(STATE, pd.Series(dtype=float))
-    kv = state.iloc[:0]
-    if len(state):  # without state records there is no index to select from
-        state = state[(state.index.get_level_values("resolution") == 1024)
-                      & (state.index.get_level_values("depth") == 16)]
-        kv = state[state.index.get_level_values("mixer") == "attention"]
-        state = state[state.index.get_level_values("mixer") != "attention"]
-    measured = [cell(*VAR, "MFU (b32)"), cell(*VAR, "MFU (b32, compiled)"),
-                cell(*VAR, f"{TOKEN_MFU} (b32, compiled)"), cell(*VAR, "Train img/s (b32, compiled)"),
-                cell(*MVAR, "Train img/s (b32)") / cell(*VAR, "Train img/s (b32)"),
-                cell(*MVAR, "Train img/s (b32, compiled)") / cell(*VAR, "Train img/s (b32, compiled)")]
-    for ratio in ("rerun", "vs VAR"):  # in SAMPLING_GOALS' order, then its modes' order
-        for graphs_tag, _ in SAMPLING_MODES:
-            for column, _ in DECODE_MODES:
-                carry = cell(*MVAR, f"{column} b64{graphs_tag} (ms)")
-                measured.append(cell(*MVAR, f"{column} b64 prefix_rerun{graphs_tag} (ms)") / carry if ratio == "rerun"
-                                else carry / cell(*VAR, f"{column} b64{graphs_tag} (ms)"))
-    measured.append((state.max() / kv.iloc[0]) if len(state) and len(kv) else float("nan"))
-    read = [official(*key, column) for *_, key, column, _ in OFFICIAL_GOALS]
-    measured += [value * scale for (value, _), (*_, scale) in zip(read, OFFICIAL_GOALS)]
-    sources = [""] * len(GOALS) + [column for _, column in read]
-    rows = []
-    goals = GOALS + tuple(goal[:3] for goal in OFFICIAL_GOALS)
-    for (goal, target, higher), value, source in zip(goals, measured, sources, strict=True):
-        met = value >= target if higher else value <= target
-        # the shortfall as a fraction of the target
-        missed = float("nan")
-        if not pd.isna(value) and not met:
-            missed = 1 - value / target if higher else value / target - 1
-        rows.append({"Goal": goal, "Target": f"{'≥' if higher else '≤'} {target:g}", "Measured": value,
-                     "Met": "—" if pd.isna(value) else ("yes" if met else "no"), "Missed by": missed,
-                     "Read from": source if not pd.isna(value) else ""})
-    table = pd.DataFrame(rows).set_index("Goal")
-    return finish(table, df, SPEED, frame.attrs["device"])
 
 
 def costs_table(df: pd.DataFrame, device=None) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from varbench.analysis import (
     crossover,
     figures,
     floors,
+    goals,
     guidance,
     sample_sheet,
     scale_up,
@@ -72,7 +73,7 @@ TABLES = {
                  "(333,800 iterations at batch 768) in analytic training FLOPs (task=costs, depth 16, 256 px), in "
                  "H200-hours at the FLOP rate VAR-d16 trains at compiled on one H200 (an estimate: it assumes every "
                  "mixer trains at VAR's rate)", "analytic_cost (task=costs) and VAR-d16's compiled train_images_per_s"),
-    "bench_goals": (study.bench_goals, "Speed and memory goals of the bench protocol (targets vs measured)", BENCH),
+    "bench_goals": (goals.bench_goals, "Speed and memory goals of the bench protocol (targets vs measured)", BENCH),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
 }
