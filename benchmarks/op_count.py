@@ -10,18 +10,24 @@ counts the non-view ops, roughly what launches a kernel on a GPU) under a label 
   embedding, phi, f_hat, area downsampling, word embedding, CFG doubling);
 - once: `setup` (before the first block), `decode` (the tokenizer decode).
 The counts do not depend on the width, so a narrow depth-16 model counts what VAR-d16 (width 1024) dispatches.
+Beside them, the host's interpreter work: the Python function calls of one generation, tokenizer decode excluded
+(`python_call_record`, cProfile's count; deterministic, unlike a CPU timing, which at any width here is mostly the
+top-k / top-p sort and the draw).
 
     python benchmarks/op_count.py results/cpu_opcount/varbench.jsonl [--precision bf16-autocast-cpu]
 
-Writes one JSON line per part (replacing this system's and precision's earlier lines in OUT). `instrument` and
-`part_records` are what a harness for another system's sampler reuses (the official VAR's counts were taken so).
+Writes one JSON line per part and one of Python calls (replacing this system's and precision's earlier lines in
+OUT). `instrument`, `part_records` and `python_call_record` are what a harness for another system's sampler reuses
+(the official VAR's counts were taken so).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import functools
+import pstats
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -171,6 +177,27 @@ def count_varbench(width: int, ch: int, precision: str) -> list[dict]:
                         tokenizer_ch=ch, device=device)
 
 
+def python_call_record(generate, system: str, precision: str, **fields) -> dict:
+    """The Python function calls (cProfile: every call, recursive ones included) of one `generate()`, a batch-1
+    generation without the tokenizer decode, after one untimed call (lazy imports, caches), under `precision`."""
+    with torch.no_grad(), autocast_context(precision):
+        generate()
+        profiler = cProfile.Profile()
+        profiler.runcall(generate)
+    calls = sum(stat[1] for stat in pstats.Stats(profiler).stats.values())
+    return make_record("python_calls", calls, "calls per generation", system=system, precision=precision, batch=1,
+                       depth=16, decode="excluded", **SETTINGS, **fields)
+
+
+def varbench_python_calls(width: int, ch: int, precision: str) -> dict:
+    """`python_call_record` of varbench's scale loop (`ScaleSampler.scales`: the generation without its decode)."""
+    device = torch.device(PRECISIONS[precision])
+    model, tokenizer = var_d16(width, ch, device)
+    sampler, label = sampling.ScaleSampler(model, tokenizer, **SETTINGS), torch.tensor([207], device=device)
+    return python_call_record(lambda: sampler.scales(label, torch.Generator(device).manual_seed(0), None, False, None),
+                              "varbench", precision, width=width, tokenizer_ch=ch, device=device)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="JSON-lines file to write the records into")
@@ -180,11 +207,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     records = count_varbench(args.width, args.ch, args.precision)
+    records.append(varbench_python_calls(args.width, args.ch, args.precision))
     replace_records(args.out, records, lambda r: r.get("system") == "varbench" and
                     r.get("precision") == args.precision)
-    for r in records:
+    for r in records[:-1]:
         print(f"{r['part']:16s} {r['per_unit']:8.1f} ops/unit {r['kernels_per_unit']:8.1f} kernels/unit "
               f"{r['value']:6d} ops/generation")
+    print(f"python calls per generation (decode excluded): {records[-1]['value']}")
 
 
 if __name__ == "__main__":
