@@ -82,10 +82,7 @@ def test_top_k_top_p_filter_masks_out_of_place_without_a_copy():
 def test_op_count_script_attributes_every_op_to_one_part():
     """benchmarks/op_count.py's labelled count of a generation adds up to every op the generation dispatches, with
     each per-block part counted at every scale, so its per-part records are a partition of the total."""
-    spec = importlib.util.spec_from_file_location("op_count", REPO / "benchmarks" / "op_count.py")
-    op_count = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(op_count)
-    vae = tiny_tokenizer()
+    op_count, vae = op_count_module(), tiny_tokenizer()
     model = tiny_model("attention", depth=2, vae=vae)
     counter, everything = op_count.OpCounter(), CountOps()
     sampler = ScaleSampler(model, vae, cfg=1.5, top_k=10, top_p=0.9)
@@ -96,6 +93,48 @@ def test_op_count_script_attributes_every_op_to_one_part():
     for part in op_count.BLOCK_PARTS[1:] + op_count.SCALE_PARTS:  # block.ada_lin runs at scale 0 only
         assert len(records[part]["per_scale"]) == model.layout.num_scales and records[part]["value"] > 0, part
     assert records["decode"]["value"] > 0 and records["block.ada_lin"]["per_scale"] == [2 * 3]  # SiLU, t, addmm
+
+
+def op_count_module():
+    spec = importlib.util.spec_from_file_location("op_count", REPO / "benchmarks" / "op_count.py")
+    op_count = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(op_count)
+    return op_count
+
+
+def test_python_calls_are_counted_per_generation_the_same_every_time_and_grow_with_the_blocks():
+    """op_count's `python_call_record`: the Python calls of one generation (the scale loop, decode excluded) are a
+    count, not a timing: the same for two generations of other draws, and larger with more blocks to step."""
+    op_count, vae = op_count_module(), tiny_tokenizer()
+    calls = {}
+    for depth in (2, 3):
+        sampler = ScaleSampler(tiny_model("attention", depth=depth, vae=vae), vae, cfg=1.5, top_k=10, top_p=0.9)
+        calls[depth] = [op_count.python_call_record(
+            lambda: sampler.scales(torch.tensor([3]), torch.Generator().manual_seed(seed), None, False, None),
+            "varbench", "fp32")["value"] for seed in (0, 1)]
+    assert calls[2][0] == calls[2][1] and calls[3][0] == calls[3][1]
+    assert calls[3][0] > calls[2][0] > 0
+
+
+def test_host_dispatch_table_sums_a_generation_s_parts_without_the_decode(tmp_path):
+    """The host table (report/host_dispatch.md): per system and precision the ops of every part but the decode,
+    their non-view ones, and the Python calls of the same system and precision."""
+    import json
+
+    from varbench.analysis import load_records
+    from varbench.analysis.host import host_dispatch_table
+    lines = [{"metric": "aten_ops", "value": v, "kernels": k, "unit": "ops per generation", "system": system,
+              "part": part, "precision": "fp32", "date": "2099-01-01T00:00:00+00:00"}
+             for system, parts in (("varbench", {"block.attention": (50, 20), "head": (7, 3), "decode": (900, 800)}),
+                                   ("official_var", {"block.attention": (60, 30), "head": (9, 4), "decode": (1, 1)}))
+             for part, (v, k) in parts.items()]
+    lines += [{"metric": "python_calls", "value": n, "unit": "calls per generation", "system": system,
+               "precision": "fp32", "date": "2099-01-01T00:00:00+00:00"}
+              for system, n in (("varbench", 100), ("official_var", 140))]
+    (tmp_path / "ops.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    table = host_dispatch_table(load_records(tmp_path))
+    assert table.loc[("varbench", "fp32")].tolist() == [57, 23, 100]
+    assert table.loc[("official VAR", "fp32")].tolist() == [69, 34, 140]
 
 
 def test_scale_logits_names_states_that_are_not_its_own():

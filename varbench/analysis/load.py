@@ -34,7 +34,8 @@ KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "pea
                 "num_samples", "preset", "step", "run_dir", "group", "name", "backend", "dtype", "compared", "error",
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "superseded", "latency_wo_decode_ms",
                 "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine",
-                "autotune", "tokenizer_id", "cfg", "decode_mode", "decode_batch", "fused_elementwise", "base_lr")
+                "autotune", "tokenizer_id", "cfg", "decode_mode", "decode_batch", "fused_elementwise", "base_lr",
+                "system", "precision", "part", "kernels")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}
@@ -50,6 +51,8 @@ IDENTITY = {
     "nll_during_training": ("run_dir", "step", "split"),
     "train_summary": ("run_dir",),
     "sample_grid": ("run_dir", "sampler"),
+    "aten_ops": ("system", "precision", "part"),  # benchmarks/op_count.py: one record per part of a generation
+    "python_calls": ("system", "precision"),
 }
 QUALITY_METRICS = ("fid", "embedded_fd", "inception_score", "precision", "recall", "class_accuracy",
                    "embedded_precision", "embedded_recall", "embedded_kd", "kid", "nn_distance_ratio")

@@ -22,6 +22,7 @@ from varbench.analysis import (
     floors,
     goals,
     guidance,
+    host,
     sample_sheet,
     scale_up,
     stats,
@@ -74,6 +75,11 @@ TABLES = {
                  "H200-hours at the FLOP rate VAR-d16 trains at compiled on one H200 (an estimate: it assumes every "
                  "mixer trains at VAR's rate)", "analytic_cost (task=costs) and VAR-d16's compiled train_images_per_s"),
     "bench_goals": (goals.bench_goals, "Speed and memory goals of the bench protocol (targets vs measured)", BENCH),
+    "host_dispatch": (host.host_dispatch_table, "What one eager batch-1 VAR-d16 generation (CFG 1.5, top-k 900, "
+                      "top-p 0.96) asks of the host, tokenizer decode excluded: aten ops dispatched, the non-view "
+                      "ones among them (about the kernels a GPU launches) and Python function calls; varbench and the "
+                      "official VAR counted by one counter on a CPU (the counts do not depend on the width)",
+                      "aten_ops and python_calls (benchmarks/op_count.py)"),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
 }
