@@ -11,22 +11,27 @@
 # Graph breaks and recompiles go to the steps' logs (TORCH_LOGS). Each step runs under its own `timeout` (a bench
 # cell is killed by the bench 20 s before), tee'd to OUT/<step>.log, its status a line of OUT/steps.jsonl
 # (benchmarks/gpu_step.sh); the script goes on after a failed step and exits with the number of failed steps.
+# STEPS (default: all three) names the steps to run; COMPILE_MODE (default: default) is Inductor's mode of both
+# training steps (task.compile_mode: max-autotune-no-cudagraphs benchmarks flex attention's and the GEMMs' kernel
+# configs while compiling; the records say which).
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16_train.sh OUT     DRY=1 prints the commands.
 # Limits (seconds, 540 in all) can be moved: TESTS_S=80 TRAIN_S=230.
 set -u -o pipefail
 OUT=${1:?records dir}
-TESTS_S=${TESTS_S:-80} TRAIN_S=${TRAIN_S:-230}
+TESTS_S=${TESTS_S:-80} TRAIN_S=${TRAIN_S:-230} STEPS=${STEPS:-tests train_flex train_sdpa_scales}
 FAILED=0
 BENCH=(python run.py task=bench model=var_d16 "task.configs=[[attention,none]]" autotune=full "results_dir=$OUT"
        "task.train_batch={256:32}" "task.sample_batches={256:[]}" "task.rerun_baseline=[]" task.allow_failed_cells=true
-       task.compile=true "task.cell_timeout_s=$((TRAIN_S - 20))")
+       task.compile=true "task.compile_mode=${COMPILE_MODE:-default}" "task.cell_timeout_s=$((TRAIN_S - 20))")
 
 . "$(dirname "$0")/gpu_step.sh"  # step NAME SECONDS COMMAND...
 
+asked() { [[ " $STEPS " == *" $1 "* ]]; }
+
 [ -n "${DRY:-}" ] || mkdir -p "$OUT"
-step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
+asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
   tests/ops/test_sdpa_scales.py
-TORCH_LOGS=graph_breaks,recompiles step train_flex "$TRAIN_S" "${BENCH[@]}"
-TORCH_LOGS=graph_breaks,recompiles step train_sdpa_scales "$TRAIN_S" "${BENCH[@]}" \
+asked train_flex && TORCH_LOGS=graph_breaks,recompiles step train_flex "$TRAIN_S" "${BENCH[@]}"
+asked train_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_sdpa_scales "$TRAIN_S" "${BENCH[@]}" \
   "task.mixer_options={attention:{backend:sdpa_scales}}"
 finish_steps

@@ -64,6 +64,20 @@ def test_measure_records_training_throughput_and_mfu(cell, tmp_path):
     assert rec["tokens_per_s"] == pytest.approx(rec["value"] * model.layout.L)
     # MFU: training = 3 x the analytic forward FLOPs, against the matmul peak of the same run
     assert rec["mfu"] == pytest.approx(3 * fields["fwd_flops_per_image"] * rec["value"] / 1e9)
+    assert rec["compile_mode"] is None  # eager: no Inductor mode
+
+
+def test_the_training_record_names_the_compile_mode_it_compiled_in(cell, tmp_path, monkeypatch):
+    """task.compile_mode reaches torch.compile (Inductor's mode) and the record; the default passes no mode."""
+    import varbench.tasks.bench as bench
+    model, vae, fields = cell
+    modes = []
+    monkeypatch.setattr(bench, "compile_for_training", lambda net, depth, **options: modes.append(options) or net)
+    for mode in ("max-autotune-no-cudagraphs", "default"):
+        measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields, compiled=True, compile_mode=mode)
+    assert modes == [{"mode": "max-autotune-no-cudagraphs"}, {}]
+    assert [r["compile_mode"] for r in read_records(tmp_path / "bench.jsonl")] == ["max-autotune-no-cudagraphs",
+                                                                                    "default"]
 
 
 @pytest.mark.parametrize("sampler", ["carry", "prefix_rerun"])

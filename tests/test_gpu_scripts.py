@@ -393,6 +393,19 @@ def test_gpu_check_s16_train_times_var_on_flex_then_on_sdpa_scales_in_one_call(t
                              *tests[tests.index("--") + 1:]], cwd=REPO, capture_output=True, text=True, env=ENV,
                             timeout=300).stdout
     assert "test_on_cuda_a_module_on_sdpa_scales_matches_its_reference_under_bf16_autocast" in listed
+    assert all("task.compile_mode=default" in argv for argv in benches)
+
+
+def test_gpu_check_s16_train_runs_the_steps_asked_in_the_compile_mode_asked(tmp_path):
+    """STEPS picks gpu_check_s16_train.sh's steps and COMPILE_MODE reaches task.compile_mode, which composes."""
+    out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path),
+               env={"DRY": "1", "STEPS": "train_flex", "COMPILE_MODE": "max-autotune-no-cudagraphs"})
+    assert out.returncode == 0, out.stderr
+    (argv,) = [shlex.split(line) for line in out.stdout.splitlines()]
+    assert argv[2:5] == ["python", "run.py", "task=bench"] and "task.mixer_options" not in " ".join(argv)
+    check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
+                           env=ENV, timeout=300)
+    assert check.returncode == 0 and "compile_mode: max-autotune-no-cudagraphs" in check.stdout, check.stderr[-2000:]
 
 
 def test_gpu_prep_makes_what_the_calls_carry_with_the_committed_tokenizer_and_sums(tmp_path):

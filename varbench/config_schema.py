@@ -197,6 +197,7 @@ TASKS = {
         "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(), "classifier_metrics": FLAG,
     },
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
+              "compile_mode": Choice(("default", "max-autotune-no-cudagraphs")),
               "decode_mode": DECODE_MODE, "decode_batch": count(null="the whole batch in one decode call"),
               "fused_elementwise": FLAG,
               "param_dtype": Choice(("fp32", "bf16")), "profile_steps": count(0), "isolate_cells": FLAG,
