@@ -3,8 +3,9 @@
 # 23 of its 92 ms in flex attention's forward and backward (bench_s7's top operators), the largest part after the
 # matmuls. The `sdpa_scales` backend attends one scale at a time without a mask, so SDPA can
 # run its flash kernel. One device call of at most 9 minutes on one H200 alone:
-#   tests         the CUDA test of tests/ops/test_sdpa_scales.py (VAR's attention and M-VAR's intra attention on
-#                 sdpa_scales match their dense-mask reference under bf16 autocast), gpu_test records;
+#   tests         the CUDA tests of tests/ops/test_sdpa_scales.py (VAR's attention and M-VAR's intra attention on
+#                 sdpa_scales match their dense-mask reference under bf16 autocast) and of tests/test_fp8.py (the
+#                 compiled FP8 step within FP8's rounding of bf16's; skipped without torchao), gpu_test records;
 #   train_flex    VAR-d16 compiled training at batch 32 on flex attention (the default), fully autotuned: img/s,
 #                 MFU, top operators (the baseline, in the same call);
 #   train_sdpa_scales  the same with task.mixer_options={attention: {backend: sdpa_scales}}.
@@ -13,7 +14,8 @@
 # (benchmarks/gpu_step.sh); the script goes on after a failed step and exits with the number of failed steps.
 # STEPS (default: all three) names the steps to run; COMPILE_MODE (default: default) is Inductor's mode of both
 # training steps (task.compile_mode: max-autotune-no-cudagraphs benchmarks flex attention's and the GEMMs' kernel
-# configs while compiling; the records say which).
+# configs while compiling); FP8=true times them with FP8 matmuls (task.fp8; torchao: carry the wheels
+# benchmarks/gpu_prep.sh puts in .whl_fp8/ and source gpu_setup.sh with WHEELS=.whl_fp8). The records say which.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16_train.sh OUT     DRY=1 prints the commands.
 # Limits (seconds, 540 in all) can be moved: TESTS_S=80 TRAIN_S=230.
 set -u -o pipefail
@@ -22,7 +24,8 @@ TESTS_S=${TESTS_S:-80} TRAIN_S=${TRAIN_S:-230} STEPS=${STEPS:-tests train_flex t
 FAILED=0
 BENCH=(python run.py task=bench model=var_d16 "task.configs=[[attention,none]]" autotune=full "results_dir=$OUT"
        "task.train_batch={256:32}" "task.sample_batches={256:[]}" "task.rerun_baseline=[]" task.allow_failed_cells=true
-       task.compile=true "task.compile_mode=${COMPILE_MODE:-default}" "task.cell_timeout_s=$((TRAIN_S - 20))")
+       task.compile=true "task.compile_mode=${COMPILE_MODE:-default}" "task.fp8=${FP8:-false}"
+       "task.cell_timeout_s=$((TRAIN_S - 20))")
 
 . "$(dirname "$0")/gpu_step.sh"  # step NAME SECONDS COMMAND...
 
@@ -30,7 +33,7 @@ asked() { [[ " $STEPS " == *" $1 "* ]]; }
 
 [ -n "${DRY:-}" ] || mkdir -p "$OUT"
 asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
-  tests/ops/test_sdpa_scales.py
+  tests/ops/test_sdpa_scales.py tests/test_fp8.py
 asked train_flex && TORCH_LOGS=graph_breaks,recompiles step train_flex "$TRAIN_S" "${BENCH[@]}"
 asked train_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_sdpa_scales "$TRAIN_S" "${BENCH[@]}" \
   "task.mixer_options={attention:{backend:sdpa_scales}}"

@@ -67,6 +67,19 @@ def test_measure_records_training_throughput_and_mfu(cell, tmp_path):
     assert rec["compile_mode"] is None  # eager: no Inductor mode
 
 
+def test_task_fp8_times_a_copy_with_fp8_matmuls_and_the_record_says_so(cell, tmp_path):
+    """task.fp8: the training stage times a copy whose blocks' linears run FP8 matmuls (the model the sampling stages
+    time is left as built); the record says fp8 and how many linears."""
+    pytest.importorskip("torchao")
+    from torchao.float8.float8_linear import Float8Linear
+    model, vae, fields = cell
+    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields, fp8=True)
+    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields)
+    fp8, plain = read_records(tmp_path / "bench.jsonl")
+    assert (fp8["fp8"], plain["fp8"], plain["fp8_linears"]) == (True, False, 0) and fp8["fp8_linears"] > 0
+    assert not any(isinstance(m, Float8Linear) for m in model.modules())
+
+
 def test_the_training_record_names_the_compile_mode_it_compiled_in(cell, tmp_path, monkeypatch):
     """task.compile_mode reaches torch.compile (Inductor's mode) and the record; the default passes no mode."""
     import varbench.tasks.bench as bench

@@ -50,7 +50,7 @@ def test_every_grid_passes_the_checks(name):
     ("train.label_smoothing=1.0", "train.label_smoothing = 1.0: expected a number in [0, 1)"),
     ("model.cond_drop_rate=1.5", "model.cond_drop_rate = 1.5: expected a number in [0, 1]"),
     ("train.betas=[0.9]", "train.betas = [0.9]: expected 2 items"),
-    ("train.precision=fp8", "train.precision = 'fp8': expected one of ['fp32', 'bf16', 'fp16']"),
+    ("train.precision=int8", "train.precision = 'int8': expected one of ['fp32', 'bf16', 'fp16', 'fp8']"),
     ("train.keep_last=-1", "train.keep_last = -1: expected an integer >= 1"),
     ("train.compile=1", "train.compile = 1: expected one of [True, False, 'auto']"),
     ("tokenizer.vocab_size=1", "tokenizer.vocab_size = 1: expected an integer >= 2"),

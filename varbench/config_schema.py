@@ -135,7 +135,9 @@ def fraction(open_high: bool = False, null: str | None = None) -> Number:
 
 FLAG = Choice((True, False))
 AUTO_FLAG = Choice((True, False, "auto"))  # auto: on where the device is CUDA (varbench.utils.auto)
-PRECISION = Choice(("fp32", "bf16", "fp16"))
+# fp8: training with FP8 matmuls in the blocks (varbench/training/fp8.py); sampling or scoring under it (the tasks'
+# precision defaults to the training's) runs bf16 autocast: no FP8 matmul outside training
+PRECISION = Choice(("fp32", "bf16", "fp16", "fp8"))
 SAMPLER = Choice(("carry", "prefix_rerun"))
 DECODE_MODE = Choice((*DECODE_MODES, AUTO))  # the tokenizer decode (varbench/tokenizers/fast_decode.py)
 BETAS = Items(fraction(open_high=True), length=2)
@@ -197,7 +199,7 @@ TASKS = {
         "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(), "classifier_metrics": FLAG,
     },
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
-              "compile_mode": Choice(("default", "max-autotune-no-cudagraphs")),
+              "compile_mode": Choice(("default", "max-autotune-no-cudagraphs")), "fp8": FLAG,
               "decode_mode": DECODE_MODE, "decode_batch": count(null="the whole batch in one decode call"),
               "fused_elementwise": FLAG,
               "param_dtype": Choice(("fp32", "bf16")), "profile_steps": count(0), "isolate_cells": FLAG,

@@ -40,6 +40,7 @@ GOALS = (("VAR-d16 training MFU (b32, 256 px)", 0.55, True),
 # step in every compile mode (each a varbench setting the table names in "Read from")
 VAR, MVAR = ("attention", "none", 256), ("mamba2", "full", 256)
 FASTEST = " (fastest mode)"
+NUMERICS_DEVIATIONS = (" weights", "fp8 matmuls")  # column tags of options that leave VAR's numerics
 OFFICIAL_GOALS = (
     ("VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)", 500, True, VAR,
      "Train img/s (b32, compiled" + FASTEST, 1),
@@ -70,11 +71,12 @@ def goal_cell(frame: pd.DataFrame, key: tuple, column: str) -> float:
 def read_goal(frame: pd.DataFrame, key: tuple, column: str, higher: bool) -> tuple[float, str]:
     """A goal's value for configuration `key` and the column it was read from. A column ending in FASTEST: the best
     of the columns its stem begins (every decode mode, fused or not; every compile mode), never one with bf16 weights
-    (a deviation from VAR's numerics); NaN and "" where none is measured."""
+    or FP8 matmuls (deviations from VAR's numerics, tabled on their own); NaN and "" where none is measured."""
     if not column.endswith(FASTEST):
         return goal_cell(frame, key, column), column
     stem = column.removesuffix(FASTEST)
-    values = {c: goal_cell(frame, key, c) for c in frame.columns if c.startswith(stem) and "weights" not in c}
+    values = {c: goal_cell(frame, key, c) for c in frame.columns
+              if c.startswith(stem) and not any(deviation in c for deviation in NUMERICS_DEVIATIONS)}
     values = {c: v for c, v in values.items() if not pd.isna(v)}
     if not values:
         return float("nan"), ""

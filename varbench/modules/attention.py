@@ -48,7 +48,11 @@ class ScaleAttention(nn.Module):
         """Project to q, k, v of shape (B, H, L, d), normalised when `l2_norm`."""
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = nn.functional.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        if type(self.mat_qkv) is nn.Linear:  # VAR's call: the bias joins the matmul
+            qkv = nn.functional.linear(x_BLC, self.mat_qkv.weight, bias)
+        else:  # a linear with a forward of its own (FP8 training, varbench/training/fp8.py) runs it
+            qkv = self.mat_qkv(x_BLC) + bias
+        qkv = qkv.view(B, L, 3, self.num_heads, self.head_dim)
         q_BHLd, k_BHLd, v_BHLd = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.l2_norm:
             temperature_1H11 = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()

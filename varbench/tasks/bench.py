@@ -43,6 +43,7 @@ from varbench.layout import PATCH_NUMS
 from varbench.registry import default_configs, list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.tokenizers.fast_decode import resolve_decode_mode
+from varbench.training.fp8 import to_fp8_training
 from varbench.training.loop import compile_for_training
 from varbench.utils.auto import resolve_auto
 from varbench.utils.log import get_logger
@@ -268,7 +269,7 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
             measure(out, model, vae, stage, batch, sampler, t.repeats, cell, compiled=bool(t.compile),
                     cuda_graphs=resolve_auto(t.cuda_graphs, "task.cuda_graphs", "cuda"),  # bench runs on CUDA only
                     param_dtype=t.param_dtype, decode_mode=decode_mode, decode_batch=t.decode_batch,
-                    fused_elementwise=fused_for(t, model), compile_mode=t.compile_mode)
+                    fused_elementwise=fused_for(t, model), compile_mode=t.compile_mode, fp8=t.fp8)
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             errors += 1
@@ -288,20 +289,22 @@ def fused_for(t: DictConfig, model) -> bool:
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False,
             param_dtype="fp32", decode_mode="eager", decode_batch=None, fused_elementwise=False,
-            compile_mode="default") -> None:
+            compile_mode="default", fp8=False) -> None:
     """Time one stage of a cell ("train" or "sample") and append its record to `out`."""
     if stage == "train":
-        measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode)
+        measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode, fp8)
     else:
         measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode, decode_batch,
                        fused_elementwise)
 
 
-def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode="default") -> None:
+def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode="default",
+                  fp8=False) -> None:
     if param_dtype not in PARAM_DTYPES:
         raise ValueError(f"task.param_dtype must be one of {list(PARAM_DTYPES)}, got {param_dtype!r}")
-    # bf16 weights train a copy, so that the sampling stages time the model as it was built
-    model = model if param_dtype == "fp32" else copy.deepcopy(model).to(PARAM_DTYPES[param_dtype])
+    # bf16 weights and FP8 matmuls train a copy, so that the sampling stages time the model as it was built
+    model = model if param_dtype == "fp32" and not fp8 else copy.deepcopy(model).to(PARAM_DTYPES[param_dtype])
+    fp8_linears = len(to_fp8_training(model)) if fp8 else 0
     # Inductor's mode: "max-autotune-no-cudagraphs" benchmarks kernel configs (flex attention's, the GEMMs') while
     # compiling, so the first step takes longer (its record's first_step_s)
     options = {} if compile_mode == "default" else {"mode": compile_mode}
@@ -310,7 +313,8 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
     ips = batch / (r["median_ms"] * 1e-3)
     mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
     record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
-           param_dtype=param_dtype, compile_mode=compile_mode if compiled else None, timing=r,
+           param_dtype=param_dtype, compile_mode=compile_mode if compiled else None, fp8=fp8, fp8_linears=fp8_linears,
+           timing=r,
            **speed_mode(compiled, cuda_graphs=False), **cell)
     log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
           f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "

@@ -24,6 +24,7 @@ from varbench.data.loading import loader_options
 from varbench.data.teacher_forcing import teacher_forcing_inputs
 from varbench.eval.likelihood import teacher_forced_nll
 from varbench.training import checkpoints, recipe
+from varbench.training.fp8 import to_fp8_training
 from varbench.training.previews import log_sample_grid
 from varbench.utils.auto import resolve_auto
 from varbench.utils.checkpoint import load_strict, remove_stale_temps
@@ -128,6 +129,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     tcfg, ckpt_dir = cfg.train, Path(cfg.run_dir) / "checkpoints"
     plan = make_plan(tcfg, len(dataset))
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
+    if tcfg.precision == "fp8":  # before the wrappers and the checkpoint: Float8Linear keeps the weights' names
+        log.info("FP8 matmuls in %d linear layers of the blocks", len(to_fp8_training(model)))
     net = wrap_parallel(model, tcfg.parallel, info, device)
     compiled = resolve_auto(tcfg.compile, "train.compile", device)
     if compiled:

@@ -9,7 +9,8 @@ import functools
 
 import torch
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# fp8 (training only): bf16 autocast around the blocks' FP8 matmuls (varbench/training/fp8.py); bf16 elsewhere
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 
 
 def at_least_fp32(dtype: torch.dtype) -> torch.dtype:

@@ -1,0 +1,43 @@
+"""FP8 matmuls in training (`train.precision: fp8`, task=bench's `task.fp8`): a named deviation from VAR's numerics
+(issue 18: bf16 autocast with fp32 master weights is the recipe; anything else is an option its records name).
+
+The blocks' linear layers (attention's projections, the FFN, a mixer's projections) become torchao's `Float8Linear`
+(`torchao.float8.convert_to_float8_training`, tensorwise dynamic scaling: each matmul's inputs cast to e4m3, its
+output gradient to e5m2, one scale per tensor from its absolute maximum), the recipe torchtitan trains with. The
+rest stays as it was, under bf16 autocast: the embeddings, the AdaLN projections (their rows are the batch, too few
+for an FP8 matmul to pay), the head (kept in bf16 for accuracy, as torchtitan keeps its output layer) and every
+non-linear op. Weights stay fp32 and their names do not change: a checkpoint loads into the plain model. Needs
+`pip install ".[fp8]"` (torchao); FP8 matmuls run fast on GPUs with FP8 tensor cores (H100, H200), and on a CPU
+torch's `_scaled_mm` computes the same numerics slowly (the tests' oracle is the bf16 model).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+FP8_MULTIPLE = 16  # torch._scaled_mm needs both matrix dims of the weight divisible by 16
+
+
+# linear layers whose weight a mixer multiplies itself (Mamba-1 adds dt_proj's bias inside its scan): converting them
+# would change nothing but their name; and the AdaLN projections (rows: the batch)
+NOT_FP8 = ("ada_lin", "dt_proj")
+
+
+def fp8_linear(module: nn.Module, name: str) -> bool:
+    """Whether the linear layer `name` (a path below the model's blocks) trains with FP8 matmuls."""
+    return (isinstance(module, nn.Linear) and not set(NOT_FP8) & set(name.split("."))
+            and module.in_features % FP8_MULTIPLE == 0 and module.out_features % FP8_MULTIPLE == 0)
+
+
+def to_fp8_training(model: nn.Module) -> list[str]:
+    """Swap the linear layers of `model.blocks` that `fp8_linear` selects for torchao's Float8Linear, in place;
+    returns their names (below `blocks`). An ImportError says how to install torchao."""
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError as err:
+        raise ImportError("train.precision=fp8 (task.fp8) needs torchao: pip install '.[fp8]'") from err
+    chosen = [name for name, module in model.blocks.named_modules() if fp8_linear(module, name)]
+    if not chosen:
+        raise ValueError("train.precision=fp8: no linear layer of the blocks has dims divisible by 16")
+    convert_to_float8_training(model.blocks, module_filter_fn=fp8_linear)
+    return chosen
