@@ -16,8 +16,6 @@ from __future__ import annotations
 from torch import nn
 
 FP8_MULTIPLE = 16  # torch._scaled_mm needs both matrix dims of the weight divisible by 16
-
-
 # linear layers whose weight a mixer multiplies itself (Mamba-1 adds dt_proj's bias inside its scan): converting them
 # would change nothing but their name; and the AdaLN projections (rows: the batch)
 NOT_FP8 = ("ada_lin", "dt_proj")
