@@ -263,8 +263,8 @@ def test_bench_raster_cell_matches_var_parameters_at_256_tokens():
 
 
 def test_bench_checks_raster_configs_and_times_a_raster_cell_on_cpu():
-    from varbench.eval.timing import train_step_cell
-    from varbench.tasks.bench import check_config, plan_stages, sample_cell
+    from varbench.eval.timing import sample_cell, train_step_cell
+    from varbench.tasks.bench import check_config, plan_stages
     cfg = compose(["model=var_d16", "task=bench", "task.configs=[[mamba2,raster],[attention,none]]"])
     check_config(cfg)
     for bad, match in (("[[none,raster]]", "cannot run in raster order"), ("[[mamba2,rastr]]", "is not")):
@@ -285,8 +285,8 @@ def test_bench_checks_raster_configs_and_times_a_raster_cell_on_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("mixer", ["attention", "mamba2"])
 def test_bench_raster_cell_trains_and_samples_with_cuda_graphs_on_gpu(mixer):
-    from varbench.eval.timing import train_step_cell
-    from varbench.tasks.bench import build, cell_tokenizer, sample_cell
+    from varbench.eval.timing import sample_cell, train_step_cell
+    from varbench.tasks.bench import build, cell_tokenizer
     cfg = compose(["model=var_d16", "model.depth=2", "task=bench"])
     model, vae = build(cfg, mixer, "raster", 256), cell_tokenizer("raster", 256).cuda()
     assert model.num_tokens == 256 and train_step_cell(model, 2, repeats=1)["median_ms"] > 0

@@ -1,6 +1,7 @@
 """The fixed speed / memory protocol: warm-up, CUDA-event timing, median of repeats, peak memory, a matmul peak
-measured in the same run (the denominator of MFU), the fields that say how and where a speed was measured, and the
-timed training step (forward + backward + AdamW on synthetic inputs) that task=bench and task=scaling share."""
+measured in the same run (the denominator of MFU), the fields that say how and where a speed was measured, the
+timed training step (forward + backward + AdamW on synthetic inputs) that task=bench and task=scaling share, and the
+timed sampling stage of task=bench."""
 
 from __future__ import annotations
 
@@ -130,3 +131,47 @@ def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: to
     first_step_s = first_call_s(step)  # a compiled step compiles here: the record's compile time (plus one step)
     timing = {"first_step_s": first_step_s} | time_ms(step, warmup=2, repeats=repeats)
     return timing | ({"top_ops": top_ops(step, profile_steps)} if profile_steps else {})
+
+
+def sample_cell(model: ScaleAR | RasterAR, vae, batch: int, sampler: str, repeats: int,
+                cuda_graphs: bool = False, decode_mode: str = "eager", decode_batch: int | None = None,
+                fused_elementwise: bool = False) -> dict:
+    """Sampling latency (with the decode) and the decode alone; with `cuda_graphs`, the warm-up call captures the
+    graphs (not timed) and they are dropped afterwards, so that the next cell's memory is its own. `sampler` names
+    the sampler (`varbench.eval.samplers`: "carry", or "prefix_rerun", the released M-VAR baseline); the tokenizer
+    decodes in `decode_mode` (`varbench.tokenizers.fast_decode`; "compiled" compiles in the untimed warm-up), at
+    most `decode_batch` images per call (None: the whole batch); with `fused_elementwise` a ScaleAR's blocks run
+    their element-wise chains as fused kernels (`ScaleAR.set_fused_elementwise`; they compile in the warm-up).
+    The sampling stage of task=bench, beside its training stage (`train_step_cell`)."""
+    from varbench.backbones.raster_ar import is_raster  # here: importing timing stays free of model code
+    from varbench.eval.samplers import make_sampler
+    device = next(model.parameters()).device
+    vae.set_decode_mode(decode_mode)
+    vae.set_decode_batch(decode_batch)
+    labels = torch.randint(0, model.num_classes, (batch,), device=device)
+    model.eval()
+    if is_raster(model):  # one token at a time: its generate keeps its own CUDA graphs
+        def draw(labels_B):
+            return model.generate(labels_B, cfg=1.5, top_k=900, top_p=0.96, tokenizer=vae, cuda_graphs=cuda_graphs)
+        release = model.drop_cuda_graphs
+    else:
+        draw = make_sampler(sampler, model, vae, cfg=1.5, top_k=900, top_p=0.96, cuda_graphs=cuda_graphs)
+        release = draw.drop_cuda_graphs
+
+    def sample():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return draw(labels)
+
+    if fused_elementwise:
+        model.set_fused_elementwise(True)
+    try:
+        total = time_ms(sample, warmup=1, repeats=repeats)
+    finally:  # the next stage (and an error's record) sees the model unfused and the graphs' memory freed
+        if fused_elementwise:
+            model.set_fused_elementwise(False)
+        release()
+    side = vae.patch_nums[-1]
+    f_hat = torch.randn(batch, vae.Cvae, side, side, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        decode = time_ms(lambda: vae.fhat_to_img(f_hat), warmup=1, repeats=repeats)
+    return {"total": total, "decode": decode}

@@ -37,8 +37,7 @@ from varbench.backbones.raster_ar import RasterAR, is_raster, raster_mixers
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.build import build_model, matched_mlp_hidden
 from varbench.eval.flops import decoder_flops, model_flops
-from varbench.eval.samplers import make_sampler
-from varbench.eval.timing import matmul_peak_tflops, speed_mode, time_ms, train_step_cell
+from varbench.eval.timing import matmul_peak_tflops, sample_cell, speed_mode, train_step_cell
 from varbench.layout import PATCH_NUMS
 from varbench.registry import default_configs, list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
@@ -104,47 +103,6 @@ def mixer_options(cfg: DictConfig, mixer: str) -> dict:
         raise ValueError(f"task.mixer_options.{mixer}: unknown fields {unknown}; "
                          f"valid: {sorted(k for k in load_option('mixer', mixer) if not k.startswith('_'))}")
     return options
-
-
-def sample_cell(model: ScaleAR | RasterAR, vae: MultiScaleVQVAE, batch: int, sampler: str, repeats: int,
-                cuda_graphs: bool = False, decode_mode: str = "eager", decode_batch: int | None = None,
-                fused_elementwise: bool = False) -> dict:
-    """Sampling latency (with the decode) and the decode alone; with `cuda_graphs`, the warm-up call captures the
-    graphs (not timed) and they are dropped afterwards, so that the next cell's memory is its own. `sampler` names
-    the sampler (`varbench.eval.samplers`: "carry", or "prefix_rerun", the released M-VAR baseline); the tokenizer
-    decodes in `decode_mode` (`varbench.tokenizers.fast_decode`; "compiled" compiles in the untimed warm-up), at
-    most `decode_batch` images per call (None: the whole batch); with `fused_elementwise` a ScaleAR's blocks run
-    their element-wise chains as fused kernels (`ScaleAR.set_fused_elementwise`; they compile in the warm-up)."""
-    device = next(model.parameters()).device
-    vae.set_decode_mode(decode_mode)
-    vae.set_decode_batch(decode_batch)
-    labels = torch.randint(0, model.num_classes, (batch,), device=device)
-    model.eval()
-    if is_raster(model):  # one token at a time: its generate keeps its own CUDA graphs
-        def draw(labels_B):
-            return model.generate(labels_B, cfg=1.5, top_k=900, top_p=0.96, tokenizer=vae, cuda_graphs=cuda_graphs)
-        release = model.drop_cuda_graphs
-    else:
-        draw = make_sampler(sampler, model, vae, cfg=1.5, top_k=900, top_p=0.96, cuda_graphs=cuda_graphs)
-        release = draw.drop_cuda_graphs
-
-    def sample():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            return draw(labels)
-
-    if fused_elementwise:
-        model.set_fused_elementwise(True)
-    try:
-        total = time_ms(sample, warmup=1, repeats=repeats)
-    finally:  # the next stage (and an error's record) sees the model unfused and the graphs' memory freed
-        if fused_elementwise:
-            model.set_fused_elementwise(False)
-        release()
-    side = vae.patch_nums[-1]
-    f_hat = torch.randn(batch, vae.Cvae, side, side, device=device)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        decode = time_ms(lambda: vae.fhat_to_img(f_hat), warmup=1, repeats=repeats)
-    return {"total": total, "decode": decode}
 
 
 def at_resolution(value, res: int):
