@@ -18,7 +18,7 @@ mkdir -p "$DEST/.whl" "$DEST/.whl_fp8" "$DEST/.stage/a" "$DEST/.stage/b"
 cp -n "$SHARED"/wheels/*.whl "$SHARED"/wheels/py/*.whl "$DEST/.whl/"
 cp -n "$SHARED"/wheels/py/*.whl "$DEST/.whl_fp8/"
 ls "$DEST"/.whl_fp8/torchao-*.whl > /dev/null 2>&1 || $PY -m pip download -q --no-deps --only-binary=:all: \
-  -d "$DEST/.whl_fp8" "torchao$(grep -o '"torchao[^"]*"' pyproject.toml | head -1 | tr -d '"' | sed 's/^torchao//')"
+  -d "$DEST/.whl_fp8" "$(grep -o '"torchao[^"]*"' pyproject.toml | head -1 | tr -d '"')"
 cp -n $TOKENIZERS/proc_single.safetensors "$DEST/.stage/a/"
 (cd $TOKENIZERS && grep ' proc_single.safetensors$' SHA256SUMS) | (cd "$DEST/.stage/a" && sha256sum --quiet -c)
 if [ ! -f "$DEST/.stage/b/inception.part2of2.safetensors" ]; then
