@@ -127,9 +127,8 @@ class AdaLNBlock(nn.Module):
 
     def modulate(self, x_BLC: torch.Tensor, scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor) -> torch.Tensor:
         """LN(x) * (1 + scale) + shift: the input of a branch (`scale1p_B1C` is 1 + scale, as `modulation` gives it)."""
-        if runs_fused(self):
-            return fused(ln_modulate)(x_BLC, scale1p_B1C, shift_B1C, self.ln_wo_grad.eps)
-        return self.ln_wo_grad(x_BLC).mul(scale1p_B1C).add_(shift_B1C)
+        modulate = fused(ln_modulate) if runs_fused(self) else ln_modulate
+        return modulate(x_BLC, scale1p_B1C, shift_B1C, self.ln_wo_grad.eps)
 
     def residual(self, x_BLC: torch.Tensor, y_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
         """x + DropPath(y * gamma): the gated residual update of a branch (DropPath acts on the gate)."""

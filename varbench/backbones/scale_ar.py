@@ -20,6 +20,7 @@ from varbench.backbones.init import var_init_
 from varbench.backbones.sampling import Generation, ScaleSampler
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State
+from varbench.modules.fused import ln_modulate
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -33,7 +34,7 @@ class AdaLNBeforeHead(nn.Module):
 
     def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         scale_B1C, shift_B1C = self.ada_lin(cond_BD).view(-1, 1, 2, self.dim).unbind(2)
-        return self.ln_wo_grad(x_BLC).mul(scale_B1C.add(1)).add_(shift_B1C)
+        return ln_modulate(x_BLC, scale_B1C.add(1), shift_B1C, self.ln_wo_grad.eps)
 
 
 class ScaleAR(nn.Module):

@@ -52,14 +52,14 @@ class ScaleAttention(nn.Module):
             qkv = nn.functional.linear(x_BLC, self.mat_qkv.weight, bias)
         else:  # a linear with a forward of its own (FP8 training, varbench/training/fp8.py) runs it
             qkv = self.mat_qkv(x_BLC) + bias
-        qkv = qkv.view(B, L, 3, self.num_heads, self.head_dim)
-        q_BHLd, k_BHLd, v_BHLd = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.l2_norm:
-            temperature_1H11 = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
-            # normalisation runs in fp32 under autocast; q, k go back to v's dtype for the kernels
-            l2 = fused(l2_qk) if runs_fused(self) else l2_qk
-            q_BHLd, k_BHLd = l2(q_BHLd, k_BHLd, temperature_1H11, v_BHLd.dtype)
-        return q_BHLd, k_BHLd, v_BHLd
+        qkv_3BHLd = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if not self.l2_norm:
+            return qkv_3BHLd.unbind(0)
+        temperature_1H11 = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
+        # normalisation runs in fp32 under autocast; q, k go back to v's dtype for the kernels
+        l2 = fused(l2_qk) if runs_fused(self) else l2_qk
+        q_BHLd, k_BHLd = l2(qkv_3BHLd[:2], temperature_1H11, qkv.dtype)
+        return q_BHLd, k_BHLd, qkv_3BHLd[2]
 
     def out(self, o_BHLd: torch.Tensor) -> torch.Tensor:
         """Concatenate heads and project: (B, H, L, d) -> (B, L, C)."""

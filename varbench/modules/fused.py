@@ -22,8 +22,10 @@ import torch.nn.functional as F
 
 
 def ln_modulate(x_BLC: torch.Tensor, scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor, eps: float) -> torch.Tensor:
-    """LN(x) * (1 + scale) + shift, with a non-affine LayerNorm (`scale1p_B1C` is 1 + scale)."""
-    return F.layer_norm(x_BLC, x_BLC.shape[-1:], eps=eps).mul(scale1p_B1C).add(shift_B1C)
+    """LN(x) * (1 + scale) + shift, with a non-affine LayerNorm (`scale1p_B1C` is 1 + scale). The product and the sum
+    are one `addcmul` (one kernel, not VAR's mul then add): the same fp32 arithmetic, the sum possibly fused into
+    the multiply's rounding (one ulp)."""
+    return torch.addcmul(shift_B1C, F.layer_norm(x_BLC, x_BLC.shape[-1:], eps=eps), scale1p_B1C)
 
 
 def gated_residual(x_BLC: torch.Tensor, y_BLC: torch.Tensor, gate_B1C: torch.Tensor) -> torch.Tensor:
@@ -31,11 +33,13 @@ def gated_residual(x_BLC: torch.Tensor, y_BLC: torch.Tensor, gate_B1C: torch.Ten
     return x_BLC + y_BLC.mul(gate_B1C)
 
 
-def l2_qk(q_BHLd: torch.Tensor, k_BHLd: torch.Tensor, temperature_1H11: torch.Tensor,
+def l2_qk(qk_2BHLd: torch.Tensor, temperature_1H11: torch.Tensor,
           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAR's attn_l2_norm: q and k normalised over d, q times the per-head temperature, both cast to `dtype` (v's)."""
-    q_BHLd = F.normalize(q_BHLd, dim=-1).mul(temperature_1H11)
-    return q_BHLd.to(dtype), F.normalize(k_BHLd, dim=-1).to(dtype)
+    """VAR's attn_l2_norm: q and k (stacked, as the qkv projection lays them out) normalised over d, q times the
+    per-head temperature, both cast to `dtype` (v's). One normalisation serves both (each row's is its own, so the
+    values are VAR's): three kernels fewer than normalising q and k apart."""
+    q_BHLd, k_BHLd = F.normalize(qk_2BHLd, dim=-1).unbind(0)
+    return q_BHLd.mul(temperature_1H11).to(dtype), k_BHLd.to(dtype)
 
 
 def runs_fused(module: torch.nn.Module) -> bool:
