@@ -188,6 +188,25 @@ def test_cuda_graph_sampling_equals_eager(mixer, intra, vae):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mixer", ["attention", "mamba2"])
+def test_cuda_graphs_read_weights_changed_after_capture(mixer, vae):
+    """Weights changed in place after capture (an optimizer step, load_state_dict) reach the graphed generation,
+    the weight terms the mixers carry from scale 0 (attention's joined qkv bias and temperature, Mamba2's A)
+    included: scale 0's graph recomputes them at every replay."""
+    model = tiny_model(mixer, vae=vae).cuda()
+    ids, labels = [t.cuda() for t in teacher_forcing(vae)[0]], torch.tensor([3, 7], device="cuda")
+    samplers = graphed_and_eager("carry", model, copy.deepcopy(vae).cuda())
+    before = generations(samplers, labels, ids)[1]  # the graphed sampler captures here
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 1)[-1] in ("q_bias", "v_bias", "scale_mul_1H11", "A_log"):
+                p.add_(0.3)
+    graphed, eager = generations(samplers, labels, ids)
+    assert not torch.allclose(torch.cat(before.logits, 1), torch.cat(eager.logits, 1))  # the change shows
+    torch.testing.assert_close(torch.cat(graphed.logits, 1), torch.cat(eager.logits, 1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("mixer,intra", [("attention", "local"), ("mamba2", "full"), ("deltanet", "none")])
 def test_cuda_graphs_under_autocast(mixer, intra, vae):
     """Graphs captured under bf16 and fp16 autocast match eager sampling under the same autocast and are kept apart

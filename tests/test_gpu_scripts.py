@@ -320,6 +320,8 @@ def test_gpu_check_s16_plans_sampling_commands_that_compose_and_tests_that_exist
                             timeout=300).stdout
     assert "test_graphs_decodes_eager_s_images_exactly_and_captures_once_per_shape" in listed
     assert "test_on_cuda_raster_attention_on_each_backend_matches_its_reference_under_bf16_autocast" in listed
+    assert "test_cuda_graphs_read_weights_changed_after_capture[mamba2]" in listed
+    assert "test_cuda_graph_sampling_equals_eager[mamba2-full]" in listed
 
 
 def test_gpu_check_s16_runs_the_steps_asked_with_the_decode_mode_asked(tmp_path):

@@ -54,19 +54,28 @@ def test_sampling_computes_the_adaln_rows_once_per_generation():
     assert ops["aten.addmm"] == 3 * 4 + 2, ops  # per block qkv, proj, fc1, fc2; the head's AdaLN and its linear
 
 
-def test_one_sampling_scale_of_a_var_block_dispatches_at_most_48_ops_and_23_kernels():
-    """Per block and scale, 48 ops = one unbind of the precomputed AdaLN rows + 2 x (LayerNorm, addcmul: x (1 +
-    scale) + shift in one) + 2 x gated residual (mul, add) + attention step 30 (qkv projection, one L2
-    normalisation of q and k together, two KV-cache slice writes, SDPA on the cached prefix, output projection) +
-    FFN 9; 23 of them launch kernels (the rest are views). The head adds 12 ops, 6 kernels per scale. Before: 52
-    ops and 28 kernels per block, 13 and 7 for the head (q and k normalised apart, modulation as mul then add);
-    before that the AdaLN projection (3) ran at every scale and the (B, 3, n, 1, C) modulation was indexed per
-    branch (view, unbind, 6 selects, 2 adds): 64 per block and scale (VAR's own block: 58)."""
+def test_one_sampling_scale_of_a_var_block_dispatches_at_most_45_ops_and_20_kernels():
+    """Per block and scale, 45 ops = one unbind of the precomputed AdaLN rows + 2 x (LayerNorm, addcmul: x (1 +
+    scale) + shift in one) + 2 x gated residual (mul, add) + attention step 27 (qkv projection with the bias carried
+    from scale 0, one L2 normalisation of q and k together times the carried temperature, two KV-cache slice writes,
+    SDPA on the cached prefix, output projection) + FFN 9; 20 of them launch kernels (the rest are views). The head
+    adds 12 ops, 6 kernels per scale. Session 18's code: 52 ops and 28 kernels per block, 13 and 7 for the head (q
+    and k normalised apart, modulation as mul then add, the qkv bias joined and the temperature computed at every
+    scale); before that the AdaLN projection (3) ran at every scale and the (B, 3, n, 1, C) modulation was indexed
+    per branch (view, unbind, 6 selects, 2 adds): 64 per block and scale (VAR's own block: 58)."""
     two, three = scale_ops(k=2, depth=2), scale_ops(k=2, depth=3)
     per_block_ops = sum(three.ops.values()) - sum(two.ops.values())
-    assert per_block_ops <= 48 and three.kernels - two.kernels <= 23, three.ops
-    assert sum(two.ops.values()) <= 2 * 48 + 12 and two.kernels <= 2 * 23 + 6, two.ops
+    assert per_block_ops <= 45 and three.kernels - two.kernels <= 20, three.ops
+    assert sum(two.ops.values()) <= 2 * 45 + 12 and two.kernels <= 2 * 20 + 6, two.ops
     assert two.ops["aten.linalg_vector_norm"] == 2 and two.ops["aten.addcmul"] == 2 * 2 + 1, two.ops
+
+
+def test_attention_derives_its_weight_terms_at_scale_0_only():
+    """The joined qkv bias (cat) and the temperature (clamp_max, exp) are computed at scale 0 and carried in the
+    state (mixers/base.py's weight terms); no later scale computes them again."""
+    first, later = scale_ops(k=0, depth=2).ops, scale_ops(k=2, depth=2).ops
+    assert first["aten.exp"] == first["aten.clamp_max"] == 2 and first["aten.cat"] >= 2, first
+    assert later["aten.exp"] == later["aten.clamp_max"] == later["aten.cat"] == 0, later
 
 
 def test_top_k_top_p_filter_masks_out_of_place_without_a_copy():

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import run_steps
+from varbench.mixers.base import run_steps, state_nbytes
 from varbench.mixers.mamba import MambaMixer
 from varbench.ops.selective_scan import kernel as scan_kernel
 from varbench.ops.selective_scan.kernel import add_initial_state
@@ -181,7 +181,7 @@ def test_mamba_mixer_matches_sequential_fp64():
     torch.testing.assert_close(m(u, layout), expected, rtol=0, atol=1e-10)
     y_steps, state = run_steps(m, u, layout)
     torch.testing.assert_close(y_steps, expected, rtol=0, atol=1e-10)
-    assert m.state_bytes(layout, 2, F64) == sum(t.nbytes for t in state.values())
+    assert m.state_bytes(layout, 2, F64) == state_nbytes(state)
 
 
 def test_mamba_parameters_match_mamba_ssm():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import run_steps
+from varbench.mixers.base import run_steps, state_nbytes
 from varbench.mixers.mamba2 import Mamba2Mixer
 from varbench.ops.ssd.reference import gated_rmsnorm_ref, ssd_recurrent_ref, ssd_scan_ref
 
@@ -119,7 +119,7 @@ def test_mamba2_mixer_matches_sequential_fp64():
     torch.testing.assert_close(m(u, layout), expected, rtol=0, atol=1e-10)
     y_steps, state = run_steps(m, u, layout)
     torch.testing.assert_close(y_steps, expected, rtol=0, atol=1e-10)
-    assert m.state_bytes(layout, 2, F64) == sum(t.nbytes for t in state.values())
+    assert m.state_bytes(layout, 2, F64) == state_nbytes(state)
 
 
 def test_mamba2_parameters_match_mvar_d16():

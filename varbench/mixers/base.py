@@ -8,6 +8,11 @@ A mixer computes one function two ways:
 - `step(x_BlC, state, layout, k)` over one whole scale k, continuing from the state the earlier scales left.
 States are plain dicts of tensors that pass through the call and come back; nothing is stored on the module,
 so a CFG-doubled batch or two interleaved generations can never share state by accident.
+A state may also carry weight terms (entries named `weights.<name>`): what a step derives from the weights alone
+(attention's joined qkv bias, Mamba2's A = -exp(A_log)), computed by the first step of a generation and read by the
+later ones instead of launching their kernels again at every scale. They have no batch dimension and are not state
+memory (`state_nbytes`, `take_rows`). With CUDA graphs scale 0's graph computes them, so every replay reads the
+weights it runs with.
 """
 
 from __future__ import annotations
@@ -25,14 +30,28 @@ State = dict[str, torch.Tensor]
 NO_REINIT, NO_WEIGHT_DECAY = "_no_reinit", "_no_weight_decay"
 
 
+WEIGHT_TERMS = "weights."  # the name prefix of a state's weight terms
+
+
+def carried_terms(state: State) -> State:
+    """The weight terms `state` carries, by their names without the prefix ({} before a generation's first step)."""
+    return {name[len(WEIGHT_TERMS):]: t for name, t in state.items() if name.startswith(WEIGHT_TERMS)}
+
+
+def carry_terms(state: State, terms: State) -> State:
+    """`state` with the weight terms `terms` added, for the next step."""
+    return {**state, **{WEIGHT_TERMS + name: t for name, t in terms.items()}}
+
+
 def state_nbytes(state: State) -> int:
-    """Bytes held by an inference state."""
-    return sum(t.numel() * t.element_size() for t in state.values())
+    """Bytes held by an inference state (its weight terms are not state)."""
+    return sum(t.numel() * t.element_size() for name, t in state.items() if not name.startswith(WEIGHT_TERMS))
 
 
 def take_rows(state: State, index: torch.Tensor) -> State:
-    """Select batch rows of every state tensor (batch is dim 0 of every state tensor)."""
-    return {name: t.index_select(0, index) for name, t in state.items()}
+    """Select batch rows of every state tensor (batch is dim 0 of every state tensor; weight terms pass as they
+    are)."""
+    return {name: t if name.startswith(WEIGHT_TERMS) else t.index_select(0, index) for name, t in state.items()}
 
 
 def run_steps(mixer: "TokenMixer", x_BLC: torch.Tensor, layout: ScaleLayout,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer
+from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer, carried_terms, carry_terms
 from varbench.modules import GatedRMSNorm
 from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
@@ -96,14 +96,22 @@ class Mamba2Mixer(TokenMixer):
             "conv": torch.zeros(batch, self.d_conv - 1, self.conv_dim, device=device, dtype=dtype),
         }
 
-    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
-        y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"])
-        # the state keeps the dtypes init_state gave it, whatever autocast produced on the way
-        return y_BlC, {"ssm": ssm.to(state["ssm"].dtype), "conv": tail.to(state["conv"].dtype)}
+    def weight_terms(self) -> State:
+        """A = -exp(A_log) (H,), derived from the weights alone: `step` computes it at a generation's first scale
+        and carries it (mixers/base.py), two kernels fewer per later scale."""
+        return {"A": -torch.exp(upcast(self.A_log))}
 
-    def _mix(self, x_BLC, conv_tail, ssm_state):
-        """in_proj, conv, SSD scan, gated norm, out_proj from the given states (None: sequence start)."""
+    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
+        terms = (carried_terms(state) if k else None) or self.weight_terms()
+        y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"], terms["A"])
+        # the state keeps the dtypes init_state gave it, whatever autocast produced on the way
+        return y_BlC, carry_terms({"ssm": ssm.to(state["ssm"].dtype), "conv": tail.to(state["conv"].dtype)}, terms)
+
+    def _mix(self, x_BLC, conv_tail, ssm_state, A_H=None):
+        """in_proj, conv, SSD scan, gated norm, out_proj from the given states (None: sequence start); `A_H` is
+        `weight_terms()`'s A (computed now when None)."""
         kernel = self.run_backend(x_BLC) == "mamba_ssm"
+        A_H = self.weight_terms()["A"] if A_H is None else A_H
         Bsz, L, _ = x_BLC.shape
         z_BLE, xBC_BLF, dt_BLH = self.in_proj(x_BLC).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
@@ -112,7 +120,7 @@ class Mamba2Mixer(TokenMixer):
         x_BLE, B_BLGN, C_BLGN = xBC_BLF.split([self.d_inner, GN, GN], dim=-1)
         scan = ssd_kernel.ssd_scan if kernel else ssd_scan_ref
         y_BLHP, ssm = scan(
-            x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, -torch.exp(upcast(self.A_log)),
+            x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, A_H,
             B_BLGN.reshape(Bsz, L, self.ngroups, self.d_state), C_BLGN.reshape(Bsz, L, self.ngroups, self.d_state),
             D=self.D, initial_state=ssm_state, chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
         )
@@ -122,7 +130,7 @@ class Mamba2Mixer(TokenMixer):
     def _fused_forward(self, x_BLC):
         return fused_op.mamba2_fused_forward(
             self.in_proj(x_BLC), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
-            -torch.exp(upcast(self.A_log)), self.D, self.chunk_size, self.norm.weight, self.norm.eps,
+            self.weight_terms()["A"], self.D, self.chunk_size, self.norm.weight, self.norm.eps,
             self.out_proj.weight, self.headdim, self.ngroups,
         )
 

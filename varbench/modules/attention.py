@@ -44,10 +44,22 @@ class ScaleAttention(nn.Module):
         self.scale = 1.0 if l2_norm else 0.25 / math.sqrt(self.head_dim)
         self.proj = nn.Linear(dim, dim)
 
-    def qkv(self, x_BLC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project to q, k, v of shape (B, H, L, d), normalised when `l2_norm`."""
+    def weight_terms(self) -> dict[str, torch.Tensor]:
+        """What `qkv` derives from the weights alone: the joined bias [q_bias, 0, v_bias] (VAR concatenates it at
+        every call) and, with `l2_norm`, the temperature exp(min(scale_mul, ln 100)) (1, H, 1, 1). Sampling computes
+        them once per generation (three kernels fewer per block and scale)."""
+        terms = {"qkv_bias": torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))}
+        if self.l2_norm:
+            terms["temperature_1H11"] = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
+        return terms
+
+    def qkv(self, x_BLC: torch.Tensor, terms: dict[str, torch.Tensor] | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project to q, k, v of shape (B, H, L, d), normalised when `l2_norm`; `terms` are `weight_terms()` (computed
+        now when None)."""
         B, L, C = x_BLC.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        terms = self.weight_terms() if terms is None else terms
+        bias = terms["qkv_bias"]
         if type(self.mat_qkv) is nn.Linear:  # VAR's call: the bias joins the matmul
             qkv = nn.functional.linear(x_BLC, self.mat_qkv.weight, bias)
         else:  # a linear with a forward of its own (FP8 training, varbench/training/fp8.py) runs it
@@ -55,10 +67,9 @@ class ScaleAttention(nn.Module):
         qkv_3BHLd = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if not self.l2_norm:
             return qkv_3BHLd.unbind(0)
-        temperature_1H11 = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
         # normalisation runs in fp32 under autocast; q, k go back to v's dtype for the kernels
         l2 = fused(l2_qk) if runs_fused(self) else l2_qk
-        q_BHLd, k_BHLd = l2(qkv_3BHLd[:2], temperature_1H11, qkv.dtype)
+        q_BHLd, k_BHLd = l2(qkv_3BHLd[:2], terms["temperature_1H11"], qkv.dtype)
         return q_BHLd, k_BHLd, qkv_3BHLd[2]
 
     def out(self, o_BHLd: torch.Tensor) -> torch.Tensor:
