@@ -188,10 +188,10 @@ def test_cuda_graph_sampling_equals_eager(mixer, intra, vae):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("mixer", ["attention", "mamba2"])
+@pytest.mark.parametrize("mixer", ["attention", "mamba2", "mamba"])
 def test_cuda_graphs_read_weights_changed_after_capture(mixer, vae):
     """Weights changed in place after capture (an optimizer step, load_state_dict) reach the graphed generation,
-    the weight terms the mixers carry from scale 0 (attention's joined qkv bias and temperature, Mamba2's A)
+    the weight terms the mixers carry from scale 0 (attention's joined qkv bias and temperature, Mamba's A)
     included: scale 0's graph recomputes them at every replay."""
     model = tiny_model(mixer, vae=vae).cuda()
     ids, labels = [t.cuda() for t in teacher_forcing(vae)[0]], torch.tensor([3, 7], device="cuda")

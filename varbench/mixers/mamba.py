@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer
+from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer, carried_terms, carry_terms
 from varbench.mixers.mamba2 import inverse_softplus_dt, itemsize
 from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
@@ -92,13 +92,21 @@ class MambaMixer(TokenMixer):
             "conv": torch.zeros(batch, self.d_conv - 1, self.d_inner, device=device, dtype=dtype),
         }
 
-    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
-        y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"])
-        return y_BlC, {"ssm": ssm.to(state["ssm"].dtype), "conv": tail.to(state["conv"].dtype)}
+    def weight_terms(self) -> State:
+        """A = -exp(A_log) (E, N), derived from the weights alone: `step` computes it at a generation's first scale
+        and carries it (mixers/base.py), two kernels fewer per later scale."""
+        return {"A": -torch.exp(upcast(self.A_log))}
 
-    def _mix(self, x_BLC, conv_tail, ssm_state):
-        """in_proj, conv, x_proj/dt_proj, selective scan, out_proj from the given states (None: sequence start)."""
+    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
+        terms = (carried_terms(state) if k else None) or self.weight_terms()
+        y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"], terms["A"])
+        return y_BlC, carry_terms({"ssm": ssm.to(state["ssm"].dtype), "conv": tail.to(state["conv"].dtype)}, terms)
+
+    def _mix(self, x_BLC, conv_tail, ssm_state, A_EN=None):
+        """in_proj, conv, x_proj/dt_proj, selective scan, out_proj from the given states (None: sequence start);
+        `A_EN` is `weight_terms()`'s A (computed now when None)."""
         backend = self.run_backend(x_BLC)
+        A_EN = self.weight_terms()["A"] if A_EN is None else A_EN
         kernel = backend == "mamba_ssm"
         x_BLE, z_BLE = self.in_proj(x_BLC).chunk(2, dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
@@ -109,7 +117,7 @@ class MambaMixer(TokenMixer):
         scan = selective_scan_cpu if backend == "cpu_scan" else scan
         # the scan takes channels before tokens (mamba_ssm's layout)
         y_BEL, ssm = scan(
-            x_BLE.transpose(1, 2), delta_BLE.transpose(1, 2), -torch.exp(upcast(self.A_log)),
+            x_BLE.transpose(1, 2), delta_BLE.transpose(1, 2), A_EN,
             B_BLN.transpose(1, 2), C_BLN.transpose(1, 2), upcast(self.D), z=z_BLE.transpose(1, 2),
             delta_bias=upcast(self.dt_proj.bias), delta_softplus=True, initial_state=ssm_state,
         )
