@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import run_steps, state_nbytes, take_rows
+from varbench.mixers.base import carried_terms, run_steps, state_nbytes, take_rows
 from varbench.registry import build, list_options
 
 MIXERS = [name for name in list_options("mixer") if name != "none"]
@@ -101,6 +101,27 @@ def test_state_bytes_is_the_real_state_size(name, tiny_layout):
     x_BLC = torch.randn(3, tiny_layout.L, DIM)
     _, state = run_steps(mixer, x_BLC, tiny_layout)
     assert mixer.state_bytes(tiny_layout, 3, torch.float32) == state_nbytes(state)
+
+
+WITH_WEIGHT_TERMS = [name for name in MIXERS if hasattr(make(name), "weight_terms")]
+
+
+@pytest.mark.parametrize("name", WITH_WEIGHT_TERMS)
+def test_a_generation_derives_the_weight_terms_at_its_first_scale_only(name, tiny_layout, monkeypatch):
+    """A mixer that carries weight terms (mixers/base.py) derives them once per generation, at scale 0; the state
+    then carries exactly them, and a generation after a weight change derives the new ones."""
+    mixer = make(name)
+    calls, derive = [], mixer.weight_terms
+    monkeypatch.setattr(mixer, "weight_terms", lambda: calls.append(1) or derive())
+    x_BLC = torch.randn(2, tiny_layout.L, DIM, dtype=torch.float64)
+    _, state = run_steps(mixer, x_BLC, tiny_layout)
+    assert len(calls) == 1
+    carried = carried_terms(state)
+    assert carried.keys() == derive().keys() and all(torch.equal(carried[n], t) for n, t in derive().items())
+    with torch.no_grad():
+        next(p for n, p in mixer.named_parameters() if n in ("q_bias", "A_log")).add_(0.5)
+    _, state = run_steps(mixer, x_BLC, tiny_layout)
+    assert len(calls) == 2 and not all(torch.equal(carried[n], t) for n, t in carried_terms(state).items())
 
 
 @pytest.mark.parametrize("name", MIXERS)
