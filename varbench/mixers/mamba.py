@@ -106,8 +106,8 @@ class MambaMixer(TokenMixer):
         """in_proj, conv, x_proj/dt_proj, selective scan, out_proj from the given states (None: sequence start);
         `A_EN` is `weight_terms()`'s A (computed now when None)."""
         backend = self.run_backend(x_BLC)
-        A_EN = self.weight_terms()["A"] if A_EN is None else A_EN
         kernel = backend == "mamba_ssm"
+        A_EN = self.weight_terms()["A"] if A_EN is None else A_EN
         x_BLE, z_BLE = self.in_proj(x_BLC).chunk(2, dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
         x_BLE, tail = conv(x_BLE, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_tail, activation="silu")

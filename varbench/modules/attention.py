@@ -46,8 +46,8 @@ class ScaleAttention(nn.Module):
 
     def weight_terms(self) -> dict[str, torch.Tensor]:
         """What `qkv` derives from the weights alone: the joined bias [q_bias, 0, v_bias] (VAR concatenates it at
-        every call) and, with `l2_norm`, the temperature exp(min(scale_mul, ln 100)) (1, H, 1, 1). Sampling computes
-        them once per generation (three kernels fewer per block and scale)."""
+        every call) and, with `l2_norm`, the temperature exp(min(scale_mul, ln 100)) (1, H, 1, 1). The inter-scale
+        mixer's `step` computes them once per generation and carries them (three kernels fewer per later scale)."""
         terms = {"qkv_bias": torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))}
         if self.l2_norm:
             terms["temperature_1H11"] = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()

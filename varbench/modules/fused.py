@@ -2,11 +2,11 @@
 
 Shape legend: B batch, L tokens, C width, H heads, d head dim.
 Between its matmuls, a block runs chains of element-wise ops, each a kernel that reads and writes the whole
-activation: the AdaLN pre-norm (LayerNorm, times 1 + scale, plus shift: 3 kernels), the gated residual (2) and VAR's
-L2-normalised q and k (norm, clamp, divide, temperature, cast: about 10). Where the GPU is busy (sampling at batch
-64) they are memory traffic, not arithmetic. Each function below is the eager reference (the oracle, what the blocks
-run by default) and `fused(fn)` its compiled form: Inductor generates one kernel per chain, for every shape
-(`dynamic=True`: one compile serves all scales and batches). The blocks use them only when asked
+activation: the AdaLN pre-norm (LayerNorm, then times 1 + scale plus shift in one addcmul: 2 kernels), the gated
+residual (2) and VAR's L2-normalised q and k (norm, clamp, divide, temperature, casts: up to 6). Where the GPU is busy
+(sampling at batch 64) they are memory traffic, not arithmetic. Each function below is the eager reference (the
+oracle, what the blocks run by default) and `fused(fn)` its compiled form: Inductor generates one kernel per chain,
+for every shape (`dynamic=True`: one compile serves all scales and batches). The blocks use them only when asked
 (`ScaleAR.set_fused_elementwise`), in eval mode without autograd (`runs_fused`). The first call of each compiles
 (seconds on a GPU), so sampling with CUDA graphs compiles in its untimed warm-up. The arithmetic is the same in the
 same dtypes; Inductor's reductions may round differently in the last bits.
