@@ -23,7 +23,8 @@ from torch.utils.data import TensorDataset
 
 from varbench.tokenizers import MultiScaleVQVAE, load_official_vqvae
 from varbench.tokenizers.losses import PerceptualLoss, gaussian_window, psnr, ssim
-from varbench.tokenizers.trainer import STATE, WEIGHTS, StepBatches, restart_dead_codes, train_tokenizer
+from varbench.tokenizers.trainer import STATE, WEIGHTS, StepBatches, train_tokenizer
+from varbench.tokenizers.update import restart_dead_codes
 from varbench.utils.checkpoint import TEMP_MARK, load_object, save_atomic
 from varbench.utils.records import read_records
 

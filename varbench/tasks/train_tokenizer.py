@@ -17,7 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from varbench.build import build_dataset, build_tokenizer, resolve_device
-from varbench.tokenizers.trainer import TrainOptions, train_tokenizer
+from varbench.tokenizers.trainer import train_tokenizer
+from varbench.tokenizers.update import TrainOptions
 from varbench.utils.loggers import open_logger
 
 
