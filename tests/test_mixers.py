@@ -103,13 +103,13 @@ def test_state_bytes_is_the_real_state_size(name, tiny_layout):
     assert mixer.state_bytes(tiny_layout, 3, torch.float32) == state_nbytes(state)
 
 
-WITH_WEIGHT_TERMS = [name for name in MIXERS if hasattr(make(name), "weight_terms")]
+WITH_WEIGHT_TERMS = [name for name in MIXERS if getattr(make(name), "weight_terms", dict)()]
 
 
 @pytest.mark.parametrize("name", WITH_WEIGHT_TERMS)
 def test_a_generation_derives_the_weight_terms_at_its_first_scale_only(name, tiny_layout, monkeypatch):
-    """A mixer that carries weight terms (mixers/base.py) derives them once per generation, at scale 0; the state
-    then carries exactly them, and a generation after a weight change derives the new ones."""
+    """A mixer that carries weight terms (mixers/base.py) derives them once per generation, at scale 0, and the
+    state then carries exactly them; the next generation derives them anew."""
     mixer = make(name)
     calls, derive = [], mixer.weight_terms
     monkeypatch.setattr(mixer, "weight_terms", lambda: calls.append(1) or derive())
@@ -118,10 +118,21 @@ def test_a_generation_derives_the_weight_terms_at_its_first_scale_only(name, tin
     assert len(calls) == 1
     carried = carried_terms(state)
     assert carried.keys() == derive().keys() and all(torch.equal(carried[n], t) for n, t in derive().items())
+    run_steps(mixer, x_BLC, tiny_layout)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("name,weight", [("attention", "q_bias"), ("mamba", "A_log"), ("mamba2", "A_log"),
+                                         ("gated_deltanet", "A_log")])
+def test_a_generation_after_a_weight_change_carries_the_new_terms(name, weight, tiny_layout):
+    mixer = make(name)
+    x_BLC = torch.randn(2, tiny_layout.L, DIM, dtype=torch.float64)
+    before = carried_terms(run_steps(mixer, x_BLC, tiny_layout)[1])
     with torch.no_grad():
-        next(p for n, p in mixer.named_parameters() if n in ("q_bias", "A_log")).add_(0.5)
-    _, state = run_steps(mixer, x_BLC, tiny_layout)
-    assert len(calls) == 2 and not all(torch.equal(carried[n], t) for n, t in carried_terms(state).items())
+        getattr(mixer, weight).add_(0.5)
+    after = carried_terms(run_steps(mixer, x_BLC, tiny_layout)[1])
+    assert any(not torch.equal(after[n], before[n]) for n in after)
+    assert all(torch.equal(after[n], t) for n, t in mixer.weight_terms().items())
 
 
 @pytest.mark.parametrize("name", MIXERS)

@@ -99,7 +99,7 @@ class DeltaNetMixer(LinearRNNMixer):
             self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(value_dim, dim, bias=False)
 
-    def _recurrence(self, x_BlC, h, S0, offset, output_final_state):
+    def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
         q, k, v = h["q"], h["k"], h["v"]
         if not self.use_short_conv:

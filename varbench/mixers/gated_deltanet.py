@@ -23,7 +23,7 @@ from varbench.mixers.base import NO_WEIGHT_DECAY
 from varbench.mixers.linear_rnn import LinearRNNMixer, divide, expand, pick_heads
 from varbench.modules import FusedRMSNormGated, RMSNorm
 from varbench.ops.linear_rnn import delta_rule
-from varbench.utils.precision import at_least_fp32
+from varbench.utils.precision import at_least_fp32, upcast
 
 
 class GatedDeltaNetMixer(LinearRNNMixer):
@@ -101,7 +101,11 @@ class GatedDeltaNetMixer(LinearRNNMixer):
             self.o_norm = RMSNorm(head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(value_dim, dim, bias=False)
 
-    def _recurrence(self, x_BlC, h, S0, offset, output_final_state):
+    def weight_terms(self):
+        """-exp(A_log) (H,), at least fp32: computed once per generation when sampling."""
+        return {"neg_A_H": -upcast(self.A_log).exp()}
+
+    def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
         q, k, v = h["q"], h["k"], h["v"]
         if not self.use_short_conv:
@@ -110,7 +114,7 @@ class GatedDeltaNetMixer(LinearRNNMixer):
         v = v.view(B, l, self.heads, self.head_v_dim)
         # log-decay in fp32 (fla's layer computed it so before moving it into the kernel)
         dtype = at_least_fp32(x_BlC.dtype)
-        g = -self.A_log.to(dtype).exp() * F.softplus(self.a_proj(x_BlC).to(dtype) + self.dt_bias.to(dtype))
+        g = terms["neg_A_H"].to(dtype) * F.softplus(self.a_proj(x_BlC).to(dtype) + self.dt_bias.to(dtype))
         beta = self.b_proj(x_BlC).sigmoid()
         if self.allow_neg_eigval:
             beta = beta * 2.0

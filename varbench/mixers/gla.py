@@ -84,7 +84,7 @@ class GLAMixer(LinearRNNMixer):
         else:
             self.g_norm = RMSNorm(self.head_v_dim, elementwise_affine, norm_eps)
 
-    def _recurrence(self, x_BlC, h, S0, offset, output_final_state):
+    def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
         q, k = (h[n].view(B, l, self.heads, self.head_k_dim) for n in "qk")
         v = h["v"].view(B, l, self.heads, self.head_v_dim)

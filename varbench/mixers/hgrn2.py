@@ -75,7 +75,7 @@ class HGRN2Mixer(LinearRNNMixer):
         self.g_norm = RMSNorm(dim, elementwise_affine, norm_eps)
         self.o_proj = nn.Linear(dim, dim, bias=False)
 
-    def _recurrence(self, x_BlC, h, S0, offset, output_final_state):
+    def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
         q = F.silu(h["q"]).view(B, l, self.heads, self.head_k_dim)
         # log forget gate in fp32: it is summed over a chunk of tokens before exp

@@ -103,7 +103,7 @@ class LinearAttentionMixer(LinearRNNMixer):
             self.norm = nn.Identity()
         self.o_proj = nn.Linear(value_dim, dim, bias=False)
 
-    def _recurrence(self, x_BlC, h, S0, offset, output_final_state):
+    def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
         q = self.feature_map_q(h["q"].view(B, l, self.heads, self.head_k_dim))
         k = self.feature_map_k(h["k"].view(B, l, self.heads, self.head_k_dim))

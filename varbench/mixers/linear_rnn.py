@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import State, TokenMixer
+from varbench.mixers.base import State, TokenMixer, carried_terms, carry_terms
 from varbench.modules import ShortConvolution
 from varbench.ops.backend import cuda_and
 from varbench.utils.precision import at_least_fp32
@@ -84,16 +84,23 @@ class LinearRNNMixer(TokenMixer):
                 setattr(self, f"{name}_conv1d", ShortConvolution(size, conv_size, conv_bias, activations[name]))
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
-        y_BLC, _ = self._mix(x_BLC, None, offset=0, output_final_state=False)
+        y_BLC, _ = self._mix(x_BLC, None, offset=0, output_final_state=False, terms=self.weight_terms())
         return y_BLC
 
-    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
-        return self._mix(x_BlC, state, offset=layout.offsets[k], output_final_state=True)
+    def weight_terms(self) -> State:
+        """What `_recurrence` derives from the weights or the configuration alone (RetNet's decays, Gated
+        DeltaNet's A): `step` computes them at a generation's first scale and carries them (mixers/base.py)."""
+        return {}
 
-    def _mix(self, x_BlC, state: State | None, offset: int, output_final_state: bool):
+    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
+        terms = (carried_terms(state) if k else None) or self.weight_terms()
+        y_BlC, state = self._mix(x_BlC, state, offset=layout.offsets[k], output_final_state=True, terms=terms)
+        return y_BlC, carry_terms(state, terms)
+
+    def _mix(self, x_BlC, state: State | None, offset: int, output_final_state: bool, terms: State):
         h, conv_state = self._project(x_BlC, state)
         S0 = None if state is None else state["recurrent"]
-        o_BlHV, S = self._recurrence(x_BlC, h, S0, offset, output_final_state)
+        o_BlHV, S = self._recurrence(x_BlC, h, S0, offset, output_final_state, terms)
         y_BlC = self._readout(o_BlHV, x_BlC)
         return y_BlC, ({"recurrent": S, **conv_state} if output_final_state else None)
 
@@ -106,8 +113,9 @@ class LinearRNNMixer(TokenMixer):
                 h[name], conv_state[f"conv_{name}"] = getattr(self, f"{name}_conv1d")(h[name], tail)
         return h, conv_state
 
-    def _recurrence(self, x_BlC, h: dict, S0, offset: int, output_final_state: bool):
-        """Gates and the op call; returns o `[B, l, H, V]` and the final state `[B, H, K, V]` (or `None`)."""
+    def _recurrence(self, x_BlC, h: dict, S0, offset: int, output_final_state: bool, terms: State):
+        """Gates and the op call (`terms`: `weight_terms()`); returns o `[B, l, H, V]` and the final state
+        `[B, H, K, V]` (or `None`)."""
         raise NotImplementedError
 
     def _readout(self, o_BlHV: torch.Tensor, x_BlC: torch.Tensor) -> torch.Tensor:

@@ -85,12 +85,16 @@ class RetNetMixer(LinearRNNMixer):
         else:
             self.g_norm = RMSNorm(self.head_v_dim, elementwise_affine, norm_eps)
 
-    def _recurrence(self, x_BlC, h, S0, offset, output_final_state):
+    def weight_terms(self):
+        """The per-head log decays (fixed by the head count): computed once per generation when sampling."""
+        return {"log_decay_H": retention_log_decay(self.heads, self.q_proj.weight.device)}
+
+    def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
         # positions continue across scales: token i of scale k sits at offsets[k] + i in the flattened sequence
         q, k = (rotary(h[n].view(B, l, self.heads, self.head_k_dim), offset, self.rotary_base) for n in "qk")
         v = h["v"].view(B, l, self.heads, self.head_v_dim)
-        return gla(q, k, v, g_gamma=retention_log_decay(self.heads, x_BlC.device), initial_state=S0,
+        return gla(q, k, v, g_gamma=terms["log_decay_H"], initial_state=S0,
                    output_final_state=output_final_state, backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):
