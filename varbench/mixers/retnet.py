@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from varbench.mixers.linear_rnn import LinearRNNMixer, divide, expand, pick_heads
-from varbench.modules import FusedRMSNormGated, RMSNorm, rotary
+from varbench.modules import FusedRMSNormGated, RMSNorm
+from varbench.modules.rotary import apply_rotary, cos_sin, inv_freq
 from varbench.ops.linear_rnn import gla
+from varbench.utils.precision import at_least_fp32
 
 
 def retention_log_decay(heads: int, device=None) -> torch.Tensor:
@@ -86,13 +88,18 @@ class RetNetMixer(LinearRNNMixer):
             self.g_norm = RMSNorm(self.head_v_dim, elementwise_affine, norm_eps)
 
     def weight_terms(self):
-        """The per-head log decays (fixed by the head count): computed once per generation when sampling."""
-        return {"log_decay_H": retention_log_decay(self.heads, self.q_proj.weight.device)}
+        """The per-head log decays and the rotary frequencies (fixed by the configuration): computed once per
+        generation when sampling."""
+        device = self.q_proj.weight.device
+        return {"log_decay_H": retention_log_decay(self.heads, device),
+                "inv_freq_K": inv_freq(self.head_k_dim, self.rotary_base, device)}
 
     def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
+        q, k = (h[n].view(B, l, self.heads, self.head_k_dim) for n in "qk")
         # positions continue across scales: token i of scale k sits at offsets[k] + i in the flattened sequence
-        q, k = (rotary(h[n].view(B, l, self.heads, self.head_k_dim), offset, self.rotary_base) for n in "qk")
+        cos, sin = cos_sin(terms["inv_freq_K"], offset, l, at_least_fp32(q.dtype))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         v = h["v"].view(B, l, self.heads, self.head_v_dim)
         return gla(q, k, v, g_gamma=terms["log_decay_H"], initial_state=S0,
                    output_final_state=output_final_state, backend=self.run_backend(x_BlC))

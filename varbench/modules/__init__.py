@@ -3,7 +3,6 @@ convolution, rotary embeddings."""
 
 from varbench.modules.attention import ScaleAttention
 from varbench.modules.norms import FusedRMSNormGated, GatedRMSNorm, RMSNorm
-from varbench.modules.rotary import rotary
 from varbench.modules.short_conv import ShortConvolution
 
-__all__ = ["FusedRMSNormGated", "GatedRMSNorm", "RMSNorm", "ScaleAttention", "ShortConvolution", "rotary"]
+__all__ = ["FusedRMSNormGated", "GatedRMSNorm", "RMSNorm", "ScaleAttention", "ShortConvolution"]
