@@ -135,6 +135,28 @@ def test_a_generation_after_a_weight_change_carries_the_new_terms(name, weight, 
     assert all(torch.equal(after[n], t) for n, t in mixer.weight_terms().items())
 
 
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_under_autocast_the_conv_tail_stays_in_its_inputs_dtype_and_nothing_changes(name, tiny_layout):
+    """Under bf16 autocast the Mamba conv tails carry in_proj's bf16 outputs as they are (no cast to init_state's
+    fp32 and back at every scale); the outputs are those of carrying them in fp32, bit for bit (the cast round trip
+    is exact), and the SSM state stays fp32."""
+    mixer = make(name, torch.float32)
+    x_BLC = torch.randn(2, tiny_layout.L, DIM)
+    outs = {}
+    for widen in (False, True):
+        state, ys = mixer.init_state(2, tiny_layout), []
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for k, x_BlC in enumerate(tiny_layout.split(x_BLC)):
+                y_BlC, state = mixer.step(x_BlC, state, tiny_layout, k)
+                ys.append(y_BlC)
+                if widen:  # the code before: the tail went back to init_state's dtype
+                    state = {**state, "conv": state["conv"].float()}
+        outs[widen] = torch.cat(ys, 1)
+        if not widen:
+            assert state["conv"].dtype == torch.bfloat16 and state["ssm"].dtype == torch.float32
+    assert torch.equal(outs[False], outs[True])
+
+
 @pytest.mark.parametrize("name", MIXERS)
 def test_every_parameter_gets_a_gradient(name, tiny_layout):
     mixer = make(name).train()

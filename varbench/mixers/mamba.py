@@ -100,7 +100,10 @@ class MambaMixer(TokenMixer):
     def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
         terms = (carried_terms(state) if k else None) or self.weight_terms()
         y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"], terms["A"])
-        return y_BlC, carry_terms({"ssm": ssm.to(state["ssm"].dtype), "conv": tail.to(state["conv"].dtype)}, terms)
+        # the SSM state keeps init_state's dtype (at least fp32); the conv tail keeps its inputs' (in_proj's output:
+        # under autocast bf16, which a cast to init_state's dtype would only undo at the next scale), as the fla
+        # mixers' short-conv tails do
+        return y_BlC, carry_terms({"ssm": ssm.to(state["ssm"].dtype), "conv": tail}, terms)
 
     def _mix(self, x_BLC, conv_tail, ssm_state, A_EN=None):
         """in_proj, conv, x_proj/dt_proj, selective scan, out_proj from the given states (None: sequence start);
