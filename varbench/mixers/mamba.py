@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer, carried_terms, carry_terms
-from varbench.mixers.mamba2 import inverse_softplus_dt, itemsize
+from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer
+from varbench.mixers.mamba2 import CarriedScan, inverse_softplus_dt, itemsize
 from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
@@ -35,7 +35,7 @@ KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d"), "cpu_scan": lamb
 CPU_KERNELS = ("cpu_scan",)
 
 
-class MambaMixer(TokenMixer):
+class MambaMixer(CarriedScan, TokenMixer):
     """Mamba-1 with an explicit, carried state (SSM state and conv tail).
 
     Args:
@@ -91,19 +91,6 @@ class MambaMixer(TokenMixer):
             "ssm": torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=at_least_fp32(dtype)),
             "conv": torch.zeros(batch, self.d_conv - 1, self.d_inner, device=device, dtype=dtype),
         }
-
-    def weight_terms(self) -> State:
-        """A = -exp(A_log) (E, N), derived from the weights alone: `step` computes it at a generation's first scale
-        and carries it (mixers/base.py), two kernels fewer per later scale."""
-        return {"A": -torch.exp(upcast(self.A_log))}
-
-    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
-        terms = (carried_terms(state) if k else None) or self.weight_terms()
-        y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"], terms["A"])
-        # the SSM state keeps init_state's dtype (at least fp32); the conv tail keeps its inputs' (in_proj's output:
-        # under autocast bf16, which a cast to init_state's dtype would only undo at the next scale), as the fla
-        # mixers' short-conv tails do
-        return y_BlC, carry_terms({"ssm": ssm.to(state["ssm"].dtype), "conv": tail}, terms)
 
     def _mix(self, x_BLC, conv_tail, ssm_state, A_EN=None):
         """in_proj, conv, x_proj/dt_proj, selective scan, out_proj from the given states (None: sequence start);

@@ -32,7 +32,24 @@ from varbench.utils.precision import at_least_fp32, upcast
 KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
 
 
-class Mamba2Mixer(TokenMixer):
+class CarriedScan:
+    """The scale step both Mamba mixers share: A = -exp(A_log) derived once per generation (their weight term,
+    mixers/base.py: two kernels fewer per later scale), then the subclass's `_mix(x, conv_tail, ssm_state, A)`."""
+
+    def weight_terms(self) -> State:
+        """A = -exp(A_log) ((H,) for Mamba2, (E, N) for Mamba), at least fp32."""
+        return {"A": -torch.exp(upcast(self.A_log))}
+
+    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
+        terms = (carried_terms(state) if k else None) or self.weight_terms()
+        y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"], terms["A"])
+        # the SSM state keeps init_state's dtype (at least fp32); the conv tail keeps its inputs' (in_proj's output:
+        # under autocast bf16, which a cast to init_state's dtype would only undo at the next scale), as the fla
+        # mixers' short-conv tails do
+        return y_BlC, carry_terms({"ssm": ssm.to(state["ssm"].dtype), "conv": tail}, terms)
+
+
+class Mamba2Mixer(CarriedScan, TokenMixer):
     """M-VAR's Mamba2 branch with an explicit, carried state.
 
     Args:
@@ -95,19 +112,6 @@ class Mamba2Mixer(TokenMixer):
                                dtype=at_least_fp32(dtype)),
             "conv": torch.zeros(batch, self.d_conv - 1, self.conv_dim, device=device, dtype=dtype),
         }
-
-    def weight_terms(self) -> State:
-        """A = -exp(A_log) (H,), derived from the weights alone: `step` computes it at a generation's first scale
-        and carries it (mixers/base.py), two kernels fewer per later scale."""
-        return {"A": -torch.exp(upcast(self.A_log))}
-
-    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
-        terms = (carried_terms(state) if k else None) or self.weight_terms()
-        y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"], terms["A"])
-        # the SSM state keeps init_state's dtype (at least fp32); the conv tail keeps its inputs' (in_proj's output:
-        # under autocast bf16, which a cast to init_state's dtype would only undo at the next scale), as the fla
-        # mixers' short-conv tails do
-        return y_BlC, carry_terms({"ssm": ssm.to(state["ssm"].dtype), "conv": tail}, terms)
 
     def _mix(self, x_BLC, conv_tail, ssm_state, A_H=None):
         """in_proj, conv, SSD scan, gated norm, out_proj from the given states (None: sequence start); `A_H` is
