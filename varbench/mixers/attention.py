@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import State, TokenMixer, carried_terms, carry_terms
+from varbench.mixers.base import State, TokenMixer, carry_terms
 from varbench.modules.attention import ScaleAttention
 from varbench.ops.attention.reference import masked_attention_ref
 from varbench.ops.backend import cuda_and
@@ -74,7 +74,7 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         """Write scale k's keys and values into their slice of the preallocated cache (in place) and attend over the
         filled prefix, a view: nothing of the cache's size is copied or allocated after scale 0. The projection's
         `weight_terms` are computed at scale 0 and carried (mixers/base.py)."""
-        terms = (carried_terms(state) if k else None) or self.weight_terms()
+        terms = self.step_terms(state, k)
         q, k_new, v_new = self.qkv(x_BlC, terms)
         if k == 0:
             state = carry_terms(empty_kv_cache(k_new, layout.L), terms)

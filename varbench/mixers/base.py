@@ -114,6 +114,16 @@ class TokenMixer(KernelChoice, nn.Module):
         caller that needs a state again after stepping from it keeps a copy."""
         raise NotImplementedError
 
+    def weight_terms(self) -> State:
+        """What `step` derives from the weights (or the configuration) alone, carried from scale 0 as the state's
+        weight terms (the module docstring); none by default."""
+        return {}
+
+    def step_terms(self, state: State, k: int) -> State:
+        """The weight terms of scale k's step: `weight_terms()` at scale 0 (or when `state` carries none), else the
+        ones `state` carries."""
+        return (carried_terms(state) if k else None) or self.weight_terms()
+
     def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
         """Analytic forward FLOPs over the whole sequence (a multiply-add counts 2)."""
         raise NotImplementedError

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import State, TokenMixer, carried_terms, carry_terms
+from varbench.mixers.base import State, TokenMixer, carry_terms
 from varbench.modules import ShortConvolution
 from varbench.ops.backend import cuda_and
 from varbench.utils.precision import at_least_fp32
@@ -87,13 +87,8 @@ class LinearRNNMixer(TokenMixer):
         y_BLC, _ = self._mix(x_BLC, None, offset=0, output_final_state=False, terms=self.weight_terms())
         return y_BLC
 
-    def weight_terms(self) -> State:
-        """What `_recurrence` derives from the weights or the configuration alone (RetNet's decays, Gated
-        DeltaNet's A): `step` computes them at a generation's first scale and carries them (mixers/base.py)."""
-        return {}
-
     def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
-        terms = (carried_terms(state) if k else None) or self.weight_terms()
+        terms = self.step_terms(state, k)
         y_BlC, state = self._mix(x_BlC, state, offset=layout.offsets[k], output_final_state=True, terms=terms)
         return y_BlC, carry_terms(state, terms)
 

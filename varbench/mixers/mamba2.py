@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer, carried_terms, carry_terms
+from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer, carry_terms
 from varbench.modules import GatedRMSNorm
 from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
@@ -41,7 +41,7 @@ class CarriedScan:
         return {"A": -torch.exp(upcast(self.A_log))}
 
     def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
-        terms = (carried_terms(state) if k else None) or self.weight_terms()
+        terms = self.step_terms(state, k)
         y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"], terms["A"])
         # the SSM state keeps init_state's dtype (at least fp32); the conv tail keeps its inputs' (in_proj's output:
         # under autocast bf16, which a cast to init_state's dtype would only undo at the next scale), as the fla

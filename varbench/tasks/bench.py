@@ -272,8 +272,7 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
     mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
     record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
            param_dtype=param_dtype, compile_mode=compile_mode if compiled else None, fp8=fp8, fp8_linears=fp8_linears,
-           timing=r,
-           **speed_mode(compiled, cuda_graphs=False), **cell)
+           timing=r, **speed_mode(compiled, cuda_graphs=False), **cell)
     log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
           f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
           f"MFU {mfu:.1%}, first step {r['first_step_s']:.1f} s; "
