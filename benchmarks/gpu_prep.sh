@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # What the GPU calls carry that git does not hold, made here on the CPU (git-ignored: a new checkout has none of it):
-#   .whl/              the wheels of ../shared/wheels, py/ included, checked against its SHA256SUMS
+#   .whl/              the wheels of ../shared/wheels, py/ included, checked against its SHA256SUMS, and the
+#                      joblib launcher's (from PyPI, the versions the dev install has: cluster=local_parallel, which
+#                      the study grids use, needs them and the machine lacks them)
 #                      (benchmarks/gpu_setup.sh installs them on the machine; carry [".whl", ".commit"])
 #   .whl_fp8/          py/'s wheels and torchao's (from PyPI, the version pyproject's fp8 extra pins; FP8 training
 #                      of VAR needs no kernel wheel: carry [".whl_fp8", ".commit"], WHEELS=.whl_fp8 gpu_setup.sh)
@@ -17,6 +19,10 @@ TOKENIZERS=results/gpu/h200/study19/tokenizers
 mkdir -p "$DEST/.whl" "$DEST/.whl_fp8" "$DEST/.stage/a" "$DEST/.stage/b"
 cp -n "$SHARED"/wheels/*.whl "$SHARED"/wheels/py/*.whl "$DEST/.whl/"
 cp -n "$SHARED"/wheels/py/*.whl "$DEST/.whl_fp8/"
+for pkg in hydra-joblib-launcher joblib; do
+  ls "$DEST"/.whl/"${pkg//-/_}"-*.whl > /dev/null 2>&1 || $PY -m pip download -q --no-deps --only-binary=:all: \
+    -d "$DEST/.whl" "$pkg==$($PY -m pip show "$pkg" | sed -n 's/^Version: //p')"
+done
 ls "$DEST"/.whl_fp8/torchao-*.whl > /dev/null 2>&1 || $PY -m pip download -q --no-deps --only-binary=:all: \
   -d "$DEST/.whl_fp8" "$(grep -o '"torchao[^"]*"' pyproject.toml | head -1 | tr -d '"')"
 cp -n $TOKENIZERS/proc_single.safetensors "$DEST/.stage/a/"
