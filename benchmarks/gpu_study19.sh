@@ -111,7 +111,12 @@ grid_until_deadline() {  # name, overrides...: one grid, stopped 25 s before the
   if kill -0 $pid 2>/dev/null; then
     log "$1 cut at the deadline"; kill -TERM -- -$pid; sleep 5; kill -KILL -- -$pid 2>/dev/null; wait $pid; return 1
   fi
-  wait $pid; log "$1 ended rc=$?"; touch $R/$1.done   # failed cells are recorded; rerunning retries only those
+  wait $pid; local rc=$? dir; log "$1 ended rc=$rc"
+  dir=$(printf '%s\n' "$@" | sed -n 's/^results_dir=//p')
+  # failed cells are recorded, and rerunning retries only those; a grid that failed before any cell (session 20: no
+  # joblib launcher on the machine) is not done: the next call runs it again
+  if [ $rc = 0 ] || compgen -G "$dir/cells/*/*.json" > /dev/null; then touch $R/$1.done
+  else log "$1 recorded no cell: not marked done"; return 1; fi
 }
 run_study() {
   stage_tokenizer proc_single 0 & RASTER_TOKENIZER=$!  # (trained beside the earlier stages when it must be)

@@ -20,6 +20,7 @@ TOKENIZERS = REPO / "results/gpu/h200/study19/tokenizers"
 STAND_IN = """#!/bin/bash
 [ "$1" = run.py ] || exec {python} "$@"
 echo "$*" >> calls.txt
+case " $* " in *" grid="*) [ -f fail_at_start ] && {{ echo "no hydra/launcher/joblib" >&2; exit 1; }};; esac
 for a in "$@"; do case $a in results_dir=*) rd=${{a#results_dir=}};; run_dir=*) run=${{a#run_dir=}};; esac; done
 case " $* " in
   *" task=train_tokenizer "*) mkdir -p $run/tokenizer && echo w > $run/tokenizer/tokenizer.safetensors ;;
@@ -175,6 +176,19 @@ def test_a_raster_arm_whose_sweep_cells_all_failed_keeps_the_main_raster_grid_fr
     driver = (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
     assert "raster not started: the raster lr sweep misses an arm" in driver
     assert "the records hold 1 of the 2 arms (mamba2-raster)" in driver
+    assert "grid=study_raster " not in (tmp_path / "tree/calls.txt").read_text() + " "
+
+
+def test_a_grid_that_failed_before_any_cell_is_not_marked_done_so_the_next_call_runs_it(tmp_path):
+    """Session 20: the raster sweep failed at start-up (no joblib launcher on the machine), was marked done all the
+    same, and the next call on that machine skipped it."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree/fail_at_start").write_text("")
+    run = run_study(tmp_path, fifth_point="", staged_inception=True, raster_sweep="", stages="raster")
+    assert run.returncode == 0, run.stderr[-2000:]
+    driver = (tmp_path / "tree/runs/s12/logs/driver.log").read_text()
+    assert "raster_lr ended rc=1" in driver and "raster_lr recorded no cell: not marked done" in driver
+    assert not (tmp_path / "tree/runs/s12/results/raster_lr.done").exists()
     assert "grid=study_raster " not in (tmp_path / "tree/calls.txt").read_text() + " "
 
 
