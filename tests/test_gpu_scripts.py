@@ -413,9 +413,9 @@ def test_gpu_check_s16_train_runs_the_steps_asked_in_the_compile_mode_asked(tmp_
 def test_gpu_prep_makes_what_the_calls_carry_with_the_committed_tokenizer_and_sums(tmp_path):
     """benchmarks/gpu_prep.sh (a new checkout holds none of the git-ignored carry): every wheel of ../shared/wheels
     (py/ included) in .whl/ with Hydra's joblib launcher and joblib (PyPI; cluster=local_parallel, the study's grids,
-    failed at start-up without them in session 20), py/'s and torchao's (PyPI) in .whl_fp8/; staging A holds Inception shard 1 and the
-    committed raster tokenizer (its committed sum), B shard 2; .stage/SHA256SUMS verifies them; a second run keeps
-    what exists."""
+    failed at start-up without them in session 20), py/'s and torchao's (PyPI) in .whl_fp8/; staging A holds
+    Inception shard 1 and the committed raster tokenizer (its committed sum), B shard 2; .stage/SHA256SUMS verifies
+    them; a second run keeps what exists."""
     out = bash("benchmarks/gpu_prep.sh", env={"DEST": str(tmp_path), "PY": sys.executable})
     assert out.returncode == 0, out.stderr
     wheels = REPO.parent / "shared" / "wheels"
