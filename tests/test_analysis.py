@@ -106,10 +106,19 @@ def test_a_raster_arm_is_ranked_on_fid_beside_var_but_its_nll_is_never_tested_ag
             lines += [{**common, "metric": "fid", "value": fid, "unit": "fid", "num_samples": 10000, "cfg": 1.5,
                        "feature_extractor": "inception-v3 (torch-fidelity)", "preset": preset},
                       {**common, "metric": "val_nll", "value": nll, "unit": "nats/token"}]
-    table = versus_var(_records(tmp_path, lines)).reset_index()
+    records = _records(tmp_path, lines)
+    table = versus_var(records).reset_index()
     rows = set(zip(table["Metric"], table["Model"]))
     assert rows == {("FID (Inception, 10k, cfg 1.5)", "mamba2-d6"), ("FID (Inception, 10k, cfg 1.5)",
                     "mamba2+raster-d6"), ("Val NLL (nats/token)", "mamba2-d6")}
+    # the ranking's p columns are the same tests (session 20: it tested the raster arms' NLL against VAR's)
+    ranking = study_ranking(records).reset_index().set_index("Model")
+    fid_p, nll_p = "p vs VAR (FID, Welch t, Holm)", "p vs VAR (val NLL, Welch t, Holm)"
+    assert ranking[nll_p].isna().tolist() == [m != "mamba2-d6" for m in ranking.index]
+    nll = table[table["Metric"] == "Val NLL (nats/token)"].set_index("Model")["p (Holm)"]
+    assert ranking.loc["mamba2-d6", nll_p] == nll["mamba2-d6"]
+    fid = table[table["Metric"] == "FID (Inception, 10k, cfg 1.5)"].set_index("Model")["p (Holm)"]
+    assert ranking[fid_p].dropna().sort_index().tolist() == fid.sort_index().tolist()
 
 
 def test_latest_keeps_the_newest_measurement(df):

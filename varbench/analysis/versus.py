@@ -10,9 +10,9 @@ import pandas as pd
 
 from varbench.analysis import stats
 from varbench.analysis.format import QUALITY_NAMES, SECTION
-from varbench.analysis.load import RASTER, latest, model_label, numeric
+from varbench.analysis.load import latest, model_label, numeric
 from varbench.analysis.quality import KEY, quality_long, shared_tokenizer
-from varbench.analysis.study import VAL_NLL, study_per_seed, var_key
+from varbench.analysis.study import VAL_NLL, against_var, study_per_seed
 from varbench.analysis.tables import finish
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,7 @@ def _versus_var_one(records: pd.DataFrame) -> pd.DataFrame:
     per_seed, label = study_per_seed(records)
     if per_seed.empty:
         return pd.DataFrame()
-    metrics = [label] + ([VAL_NLL] if VAL_NLL in per_seed and per_seed[VAL_NLL].notna().any() else [])
-    if VAL_NLL in metrics:  # nats per token of another token sequence (a raster model's) is not VAR's: no test
-        raster = per_seed.index.get_level_values("intra") == RASTER
-        per_seed = per_seed.assign(**{VAL_NLL: per_seed[VAL_NLL].mask(raster)})
-    out = stats.against_reference(per_seed, metrics, var_key)
-    out = out[out["Seeds"] > 0] if len(out) else out  # (the masked rows: no comparison, outside Holm's family)
+    out, _ = against_var(per_seed, label)
     if out.empty:
         return out
     out.insert(0, "Model", [model_label(m, i, d) for m, i, d in zip(out["mixer"], out["intra"], out["depth"])])
