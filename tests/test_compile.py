@@ -117,8 +117,12 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (fle
 
 
 @CUDA
+@pytest.mark.parametrize("autocast", [False, True])
 @pytest.mark.parametrize("mixer,intra", [("attention", "none"), ("none", "full"), ("none", "local")])
-def test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph(mixer, intra, vae, monkeypatch):
+def test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph(mixer, intra, autocast, vae,
+                                                                                 monkeypatch):
+    # (under bf16 autocast too: the raster attention's compiled step, which trains under it, ran as 2 frames in
+    # session 20, and this tells whether autocast is what splits it)
     model = tiny_model(mixer, intra, vae=vae, depth=2, backend="flex").cuda()
     monkeypatch.setattr(attention_kernel, "_BLOCK_MASKS", {})
     build = attention_kernel._build_block_mask
@@ -130,8 +134,11 @@ def test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph
     assert built and all(key[3].startswith("cuda") for key in built)  # built by compile_for_training
     before = len(built)
     x_BLCv = torch.randn(2, model.layout.L - 1, model.latent_dim, device="cuda")
-    net(torch.tensor([1, 2], device="cuda"), x_BLCv).float().pow(2).mean().backward()
-    assert len(built) == before and counters["frames"]["total"] == 1
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        loss = net(torch.tensor([1, 2], device="cuda"), x_BLCv).float().pow(2).mean()
+    loss.backward()
+    assert len(built) == before and counters["frames"]["total"] == 1, (dict(counters["frames"]),
+                                                                       dict(counters["graph_break"]))
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 
 

@@ -79,5 +79,7 @@ def test_on_cuda_a_compiled_raster_attention_step_builds_its_causal_mask_first_a
     labels, ids = torch.tensor([1, 2], device="cuda"), torch.randint(0, 32, (2, 16), device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         net(labels, ids, inputs_checked=True).float().pow(2).mean().backward()
-    assert len(built) == 1 and counters["frames"]["total"] == 1
+    # (session 20 on an H200: 2 frames; the breaks' reasons, if any, say why)
+    assert len(built) == 1 and counters["frames"]["total"] == 1, (dict(counters["frames"]),
+                                                                  dict(counters["graph_break"]))
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
