@@ -441,3 +441,40 @@ def test_gpu_prep_makes_what_the_calls_carry_with_the_committed_tokenizer_and_su
     again = bash("benchmarks/gpu_prep.sh", env={"DEST": str(tmp_path), "PY": sys.executable})
     assert again.returncode == 0 and shard.stat().st_mtime_ns == made
     assert (tmp_path / ".stage" / "SHA256SUMS").read_text() == sums
+
+
+def test_gpu_setup_installs_a_carried_wheel_set_whole_once_and_keeps_it_when_none_is_carried(tmp_path):
+    """benchmarks/gpu_setup.sh (sourced on the machine; here with stand-ins for python3 and nvidia-smi): a carried set
+    is installed in one pip call, not again while it is the installed one, and replaces an installed set that
+    differs (session 20: pip's --target left the joblib launcher out when added to an installed set); a call that
+    carries no wheels keeps the installed set."""
+    bin_dir, site, wheels = tmp_path / "bin", tmp_path / "site", tmp_path / "tree" / ".whl"
+    bin_dir.mkdir()
+    wheels.mkdir(parents=True)
+    (bin_dir / "python3").write_text('#!/bin/bash\necho "$*" >> "$CALLS"\n'  # pip's --target folder, as pip makes it
+                                     'for a; do [ "$prev" = --target ] && mkdir -p "$a"; prev=$a; done\n')
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+
+    def setup() -> list[str]:
+        calls.write_text("")
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SITE": str(site), "CALLS": str(calls)}
+        out = subprocess.run(["bash", "-c", f". {REPO}/benchmarks/gpu_setup.sh && echo $PYTHONPATH"],
+                             cwd=tmp_path / "tree", capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0 and out.stdout.startswith(f"{site}:"), out.stderr
+        return [c for c in calls.read_text().splitlines() if "pip install" in c]
+
+    (wheels / "a-1-py3-none-any.whl").write_text("")
+    (installs,) = setup()
+    assert installs.endswith(".whl/a-1-py3-none-any.whl") and f"--target {site}" in installs
+    (site / "a").mkdir()  # what that install put there
+    assert setup() == []  # the same set: installed already
+    (wheels / "b-1-py3-none-any.whl").write_text("")
+    (installs,) = setup()  # another set: the whole set, into a fresh folder
+    assert "a-1-py3-none-any.whl" in installs and "b-1-py3-none-any.whl" in installs and not (site / "a").exists()
+    for wheel in wheels.iterdir():
+        wheel.unlink()
+    wheels.rmdir()
+    assert setup() == [] and site.is_dir()  # nothing carried: the installed set stays
