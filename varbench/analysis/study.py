@@ -129,8 +129,8 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
 
 def against_var(per_seed: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list[str]]:
     """The study's fixed tests (varbench.analysis.stats.against_reference): every configuration against VAR on the
-    ranking metric `label` and, where recorded, the held-out NLL, one Holm family per metric. A raster model's NLL
-    is per token of another token sequence than VAR's: it is not tested, nor counted in the NLL family. Returns the
+    ranking metric `label` and, where recorded, the held-out NLL, all in one Holm family. A raster model's NLL is
+    per token of another token sequence than VAR's: it is not tested, nor counted in the family. Returns the
     comparisons made and the metrics tested."""
     metrics = [label] + ([VAL_NLL] if VAL_NLL in per_seed and per_seed[VAL_NLL].notna().any() else [])
     if VAL_NLL in metrics:
