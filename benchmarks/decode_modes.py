@@ -8,7 +8,11 @@ Issue 18 goal 2: VAR-d16 sampling at batch 64 in <= 300 ms with the decode; the 
 of session 7's 408-434 ms. The latency of sampling in a mode is the bench's `latency_wo_decode_ms` plus this.
 
     python benchmarks/decode_modes.py OUT.jsonl [--modes eager channels_last compiled] [--batches 1 64]
-`--tiny` times a small VQ-VAE instead (a CPU check of the script, not a measurement).
+        [--cudnn-benchmark]
+`--cudnn-benchmark` times each mode also with `torch.backends.cudnn.benchmark` on (cuDNN times its convolution
+algorithms at each new shape and keeps the fastest, instead of its heuristic's pick; records say `cudnn_benchmark`):
+a measurement before any decode mode turns it on. `--tiny` times a small VQ-VAE instead (a CPU check of the script,
+not a measurement).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from varbench.utils.records import record  # noqa: E402
 TINY = dict(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, patch_nums=(1, 2, 4))
 
 
-def decode_records(out, vae: MultiScaleVQVAE, modes, batches, repeats: int, device: torch.device) -> list[dict]:
-    """Time `vae.fhat_to_img` in each mode at each batch (bf16 autocast on CUDA, fp32 elsewhere); one record each."""
+def decode_records(out, vae: MultiScaleVQVAE, modes, batches, repeats: int, device: torch.device,
+                   cudnn_benchmarks=(False,)) -> list[dict]:
+    """Time `vae.fhat_to_img` in each mode at each batch (bf16 autocast on CUDA, fp32 elsewhere), with
+    `torch.backends.cudnn.benchmark` at each of `cudnn_benchmarks`; one record each."""
     side, flops, rows = vae.patch_nums[-1], decoder_flops(vae), []
     dtype = torch.bfloat16 if device.type == "cuda" else None
     for batch in batches:
@@ -43,16 +49,21 @@ def decode_records(out, vae: MultiScaleVQVAE, modes, batches, repeats: int, devi
         vae.set_decode_mode("eager")
         eager = decode().float()
         for mode in modes:
-            vae.set_decode_mode(mode)
-            first = first_call_s(decode)
-            timing = time_ms(decode, warmup=0, repeats=repeats)
-            diff = (decode().float() - eager).abs().max().item()
-            ms = timing["median_ms"]
-            rows.append(record(out, "decode_latency_ms", ms, "ms", decode_mode=mode, batch=batch, first_call_s=first,
-                               tflops=flops * batch / (ms * 1e-3) / 1e12, decode_flops_per_image=flops,
-                               max_abs_diff_vs_eager=diff, autocast="bf16" if dtype else "none",
-                               image_size=vae.image_size, random_weights=True, timing=timing))
-            print(f"decode b{batch} {mode}: {ms:.1f} ms, first call {first:.1f} s, max |diff| vs eager {diff:.2e}")
+            for benchmark in cudnn_benchmarks:
+                vae.set_decode_mode("eager")  # a fresh mode: graphs recapture (a capture fixes the algorithms)
+                vae.set_decode_mode(mode)
+                with torch.backends.cudnn.flags(enabled=True, benchmark=benchmark, deterministic=False):
+                    first = first_call_s(decode)
+                    timing = time_ms(decode, warmup=0, repeats=repeats)
+                    diff = (decode().float() - eager).abs().max().item()
+                ms = timing["median_ms"]
+                rows.append(record(out, "decode_latency_ms", ms, "ms", decode_mode=mode, batch=batch,
+                                   cudnn_benchmark=benchmark, first_call_s=first,
+                                   tflops=flops * batch / (ms * 1e-3) / 1e12, decode_flops_per_image=flops,
+                                   max_abs_diff_vs_eager=diff, autocast="bf16" if dtype else "none",
+                                   image_size=vae.image_size, random_weights=True, timing=timing))
+                print(f"decode b{batch} {mode}{' cudnn.benchmark' if benchmark else ''}: {ms:.1f} ms, first call "
+                      f"{first:.1f} s, max |diff| vs eager {diff:.2e}")
     return rows
 
 
@@ -62,12 +73,14 @@ def main(argv=None) -> None:
     parser.add_argument("--modes", nargs="+", default=list(DECODE_MODES), choices=DECODE_MODES)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="each mode also with cudnn.benchmark on")
     parser.add_argument("--tiny", action="store_true", help="a small VQ-VAE: a CPU check of the script")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     vae = MultiScaleVQVAE(**(TINY if args.tiny else {})).eval().to(device)
-    decode_records(args.out, vae, args.modes, args.batches, args.repeats, device)
+    decode_records(args.out, vae, args.modes, args.batches, args.repeats, device,
+                   (False, True) if args.cudnn_benchmark else (False,))
 
 
 if __name__ == "__main__":

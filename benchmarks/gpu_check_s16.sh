@@ -9,8 +9,10 @@
 #                  in session 20); tests/test_fast_decode.py (decode mode `graphs` gives eager's images bit for bit
 #                  and captures once per shape; channels_last and compiled stay as accurate as eager under bf16
 #                  autocast; passed in session 17) (gpu_test records, first-config autotuning);
-#   decode_modes   VAR's VQ-VAE decode alone at batch 1 and 64, eager against graphs (benchmarks/decode_modes.py):
-#                  latency, capture time, largest difference from eager;
+#   decode_modes   VAR's VQ-VAE decode alone at batch 64, eager and compiled, each with cuDNN's heuristic and with
+#                  cudnn.benchmark (benchmarks/decode_modes.py; the compiled decode is over a third of VAR's graphed
+#                  batch 64, 311.5 ms against the 300 goal, in session 20): latency, first call, largest difference
+#                  from eager;
 #   profile_b1, profile_b64  where one eager VAR-d16 generation's time goes (benchmarks/sample_profile.py): host
 #                  syncs by call site, host and GPU time per part, GPU busy against wall (eager b1 is 0.88x the
 #                  official code's: find out why);
@@ -64,7 +66,7 @@ asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_te
   "tests/test_backbone.py::test_cuda_graph_sampling_equals_eager[mamba2-full]" \
   tests/test_backbone.py::test_cuda_graphs_under_autocast tests/test_fast_decode.py
 asked decode_modes && step decode_modes "$DECODE_S" python benchmarks/decode_modes.py "$OUT/decode_modes.jsonl" \
-  --modes eager graphs --batches 1 64
+  --modes eager compiled --batches 64 --cudnn-benchmark
 if asked profile; then for b in 1 64; do
   step profile_b$b "$PROFILE_S" python benchmarks/sample_profile.py "$OUT/sample_profile.jsonl" --batch $b
 done; fi

@@ -263,6 +263,13 @@ def test_decode_modes_records_each_mode_and_batch(tmp_path):
     assert all(r["metric"] == "decode_latency_ms" and r["value"] == r["timing"]["median_ms"] > 0 for r in records)
     assert [r["max_abs_diff_vs_eager"] == 0 for r in records] == [True, False, True, False]
     assert all(r["max_abs_diff_vs_eager"] < 1e-5 for r in records)
+    assert not any(r["cudnn_benchmark"] for r in records)
+    both = subprocess.run([sys.executable, "benchmarks/decode_modes.py", str(tmp_path / "b.jsonl"), "--tiny",
+                           "--modes", "eager", "--batches", "1", "--repeats", "1", "--cudnn-benchmark"],
+                          cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300)
+    assert both.returncode == 0, both.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert [(r["decode_mode"], r["cudnn_benchmark"]) for r in records] == [("eager", False), ("eager", True)]
 
 
 def test_import_records_stamps_every_record_and_marks_only_eager_batch1_latencies(tmp_path):
