@@ -137,8 +137,8 @@ def test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         loss = net(torch.tensor([1, 2], device="cuda"), x_BLCv).float().pow(2).mean()
     loss.backward()
-    assert len(built) == before and counters["frames"]["total"] == 1, (dict(counters["frames"]),
-                                                                       dict(counters["graph_break"]))
+    assert len(built) == before and counters["frames"]["total"] == 1, (
+        dict(counters["frames"]), dict(counters["stats"]), dict(counters["graph_break"]))
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 
 

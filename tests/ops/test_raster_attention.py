@@ -80,6 +80,6 @@ def test_on_cuda_a_compiled_raster_attention_step_builds_its_causal_mask_first_a
     with torch.autocast("cuda", dtype=torch.bfloat16):
         net(labels, ids, inputs_checked=True).float().pow(2).mean().backward()
     # (session 20 on an H200: 2 frames; the breaks' reasons, if any, say why)
-    assert len(built) == 1 and counters["frames"]["total"] == 1, (dict(counters["frames"]),
+    assert len(built) == 1 and counters["frames"]["total"] == 1, (dict(counters["frames"]), dict(counters["stats"]),
                                                                   dict(counters["graph_break"]))
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
