@@ -682,3 +682,30 @@ def test_guidance_table_shows_each_models_best_scale_beside_the_fixed_one(df):
         assert row[FIXED] == 1.5 and row[f"{family} at fixed cfg"] == seed0[1.5]  # on the same seeds, not all three
     assert ("gla-d2", 32) not in table.index  # evaluated at one scale only
     assert table.loc[("M-VAR-d2", 32), BEST] != table.loc[("VAR-d2", 32), BEST]  # the fixture's two differ
+
+
+def test_the_official_sampler_sits_beside_varbench_s_eager_one_of_the_same_call_and_in_no_varbench_row(tmp_path):
+    """report/beside_official.md pairs an official_var latency (the uncommitted harness) with task=bench's eager
+    VAR-d16 sampling of the same commit, GPU and batch: never another call's, nor a graphed, fused or chunked-decode
+    timing of the same call. The official records never become a varbench row of the other tables."""
+    from varbench.analysis.official import beside_official_table
+    var = {"metric": "sample_latency_ms", "unit": "ms", "mixer": "attention", "intra": "none", "depth": 16,
+           "resolution": 256, "sampler": "carry", "device": "NVIDIA H200", "date": "2099-01-01T00:00:00+00:00"}
+    lines = [{**var, "value": 120.0, "batch": 1, "commit": "a+copy", "peak_mem_bytes": 2 * 2 ** 30},
+             {**var, "value": 400.0, "batch": 64, "commit": "a+copy", "peak_mem_bytes": 12 * 2 ** 30},
+             {**var, "value": 30.0, "batch": 1, "commit": "a+copy", "cuda_graphs": True},  # not the official's path
+             {**var, "value": 110.0, "batch": 1, "commit": "a+copy", "fused_elementwise": True},
+             {**var, "value": 99.0, "batch": 1, "commit": "b+copy"}]  # another call
+    official = {"metric": "sample_latency_ms", "unit": "ms", "system": "official_var", "model": "VAR-d16",
+                "device": "NVIDIA H200", "date": "2099-01-01T00:00:00+00:00"}
+    lines += [{**official, "value": 132.0, "batch": 1, "commit": "a+copy", "peak_mem_bytes": 3 * 2 ** 30},
+              {**official, "value": 450.0, "batch": 64, "commit": "a+copy", "peak_mem_bytes": 12 * 2 ** 30},
+              {**official, "value": 125.0, "batch": 1, "commit": "c+copy", "peak_mem_bytes": 3 * 2 ** 30}]
+    records = _records(tmp_path, lines)
+    table = beside_official_table(records)
+    assert table.loc[("a+copy", "NVIDIA H200", 1)].tolist() == pytest.approx([132.0, 120.0, 1.1, 3.0, 2.0])
+    assert table.loc[("a+copy", "NVIDIA H200", 64)].tolist() == pytest.approx([450.0, 400.0, 1.125, 12.0, 12.0])
+    row = table.loc[("c+copy", "NVIDIA H200", 1)]  # no varbench timing in that call: nothing paired
+    assert row["Official VAR (ms)"] == 125.0 and row.drop(["Official VAR (ms)", "Official peak (GiB)"]).isna().all()
+    from varbench.analysis.tables import main_table
+    assert set(main_table(records).index.get_level_values("Model")) == {"VAR-d16"}  # no row for the official one

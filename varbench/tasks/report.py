@@ -23,6 +23,7 @@ from varbench.analysis import (
     goals,
     guidance,
     host,
+    official,
     sample_sheet,
     scale_up,
     stats,
@@ -80,6 +81,10 @@ TABLES = {
                       "ones among them (about the kernels a GPU launches) and Python function calls; varbench and the "
                       "official VAR counted by one counter on a CPU (the counts do not depend on the width)",
                       "aten_ops and python_calls (benchmarks/op_count.py)"),
+    "beside_official": (official.beside_official_table, "The official VAR-d16 sampler beside varbench's eager one, "
+                        "timed on one machine in one device call (CFG 1.5, top-k 900, top-p 0.96, decode included; "
+                        "the same timer)", "sample_latency_ms of system official_var (the uncommitted harness) and "
+                        "task=bench's eager VAR-d16 of the same commit"),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
 }
