@@ -709,3 +709,11 @@ def test_the_official_sampler_sits_beside_varbench_s_eager_one_of_the_same_call_
     assert row["Official VAR (ms)"] == 125.0 and row.drop(["Official VAR (ms)", "Official peak (GiB)"]).isna().all()
     from varbench.analysis.tables import main_table
     assert set(main_table(records).index.get_level_values("Model")) == {"VAR-d16"}  # no row for the official one
+    # the eager goals against the official sampler of the newest call that timed both (beside peer_speed.md's)
+    goals = bench_goals(records)
+    same_call = goals.loc["VAR-d16 eager sampling latency (b1, 256 px, ms; the official's, timed in the same call)"]
+    assert same_call[["Target", "Measured", "Met", "Read from"]].tolist() == [
+        "≤ 132", 120.0, "yes", "report/beside_official.md"]
+    assert goals.loc["VAR-d16 eager sampling latency (b64, 256 px, ms; the official's, timed in the same call)",
+                     "Measured"] == 400.0
+    assert goals.loc["VAR-d16 eager sampling latency (b1, 256 px, ms; the official's)", "Target"] == "≤ 123.4"
