@@ -84,7 +84,7 @@ class MambaMixer(CarriedScan, TokenMixer):
         self.out_proj = nn.Linear(E, dim, bias=False)
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
-        return self._mix(x_BLC, None, None)[0]
+        return self._mix(x_BLC, None, None, self.weight_terms()["A"])[0]
 
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
         return {
@@ -92,12 +92,11 @@ class MambaMixer(CarriedScan, TokenMixer):
             "conv": torch.zeros(batch, self.d_conv - 1, self.d_inner, device=device, dtype=dtype),
         }
 
-    def _mix(self, x_BLC, conv_tail, ssm_state, A_EN=None):
+    def _mix(self, x_BLC, conv_tail, ssm_state, A_EN):
         """in_proj, conv, x_proj/dt_proj, selective scan, out_proj from the given states (None: sequence start);
-        `A_EN` is `weight_terms()`'s A (computed now when None)."""
+        `A_EN` is `weight_terms()`'s A."""
         backend = self.run_backend(x_BLC)
         kernel = backend == "mamba_ssm"
-        A_EN = self.weight_terms()["A"] if A_EN is None else A_EN
         x_BLE, z_BLE = self.in_proj(x_BLC).chunk(2, dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
         x_BLE, tail = conv(x_BLE, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_tail, activation="silu")

@@ -104,7 +104,7 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
             if self.run_backend(x_BLC) != "mamba_ssm":  # auto on CPU tensors: the fused kernel cannot run, say so
                 raise ValueError(f"mamba2: fused=True runs mamba_ssm's fused kernel, on CUDA only; got {x_BLC.device}")
             return self._fused_forward(x_BLC)
-        return self._mix(x_BLC, None, None)[0]
+        return self._mix(x_BLC, None, None, self.weight_terms()["A"])[0]
 
     def init_state(self, batch: int, layout: ScaleLayout, device=None, dtype=torch.float32) -> State:
         return {
@@ -113,11 +113,10 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
             "conv": torch.zeros(batch, self.d_conv - 1, self.conv_dim, device=device, dtype=dtype),
         }
 
-    def _mix(self, x_BLC, conv_tail, ssm_state, A_H=None):
+    def _mix(self, x_BLC, conv_tail, ssm_state, A_H):
         """in_proj, conv, SSD scan, gated norm, out_proj from the given states (None: sequence start); `A_H` is
-        `weight_terms()`'s A (computed now when None)."""
+        `weight_terms()`'s A."""
         kernel = self.run_backend(x_BLC) == "mamba_ssm"
-        A_H = self.weight_terms()["A"] if A_H is None else A_H
         Bsz, L, _ = x_BLC.shape
         z_BLE, xBC_BLF, dt_BLH = self.in_proj(x_BLC).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref

@@ -29,4 +29,3 @@ def apply_rotary(x_BlHK: torch.Tensor, cos_l1K: torch.Tensor, sin_l1K: torch.Ten
     """Rotate non-interleaved halves over the whole head dim (fla's defaults), in the angles' dtype, back to x's."""
     x1, x2 = x_BlHK.to(cos_l1K.dtype).chunk(2, dim=-1)
     return torch.cat([x1 * cos_l1K - x2 * sin_l1K, x2 * cos_l1K + x1 * sin_l1K], dim=-1).to(x_BlHK.dtype)
-
