@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "varbench"
@@ -140,6 +141,20 @@ def test_no_import_cycle_between_modules():
 def test_no_import_cycle_between_packages():
     pairs = {(package(a), package(b)) for a, b in edges(module_level_only=False) if package(a) != package(b)}
     assert cycles(as_graph(pairs)) == []
+
+
+def architecture_drawing() -> list[tuple[str, ...]]:
+    """The layers as ARCHITECTURE.md draws them (its first code block, top layer first; a line indented as deep as
+    the descriptions continues the one above), lowest first, as LAYERS lists them."""
+    block = (ROOT.parent / "ARCHITECTURE.md").read_text().split("```")[1]
+    heads = [re.split(r"\s{2,}", line.strip())[0] for line in block.splitlines()
+             if line.strip() and not line.startswith(" " * 20)]
+    names = [head.replace("varbench/__init__ (the Python API)", "varbench") for head in reversed(heads)]
+    return [tuple(name.strip() for name in head.split(",")) for head in names]
+
+
+def test_architecture_md_draws_the_layers_this_test_checks():
+    assert architecture_drawing() == LAYERS
 
 
 def test_every_package_is_in_a_layer():

@@ -75,11 +75,15 @@ def build(group: str, name: str, **kwargs):
     return make(**{k: v for k, v in kwargs.items() if k not in cfg})
 
 
+VAR = ("attention", "none")  # (mixer, intra) of VAR: attention between the scales, nothing more inside a scale
+MVAR = ("mamba2", "full")  # M-VAR's: Mamba2 between the scales, attention inside each
+
+
 def default_configs() -> list[tuple[str, str]]:
     """The (mixer, intra) configurations a bench or a cost table covers by default: every registered mixer as a
     pure-mixer model (VAR is attention's; none's is a model with no token mixing at all), plus M-VAR (intra full +
     mamba2) and its Markov counterpart without an inter-scale mixer (intra full + none, HMAR-like)."""
-    return [(m, "none") for m in list_options("mixer")] + [("mamba2", "full"), ("none", "full")]
+    return [(m, "none") for m in list_options("mixer")] + [MVAR, ("none", "full")]
 
 
 def dataset_config(data_cfg: DictConfig) -> DictConfig:

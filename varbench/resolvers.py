@@ -1,5 +1,5 @@
-"""The OmegaConf resolvers the configs use, registered by one explicit call (`register_resolvers()`), never by the side
-effect of an import. The `varbench` command calls it before Hydra composes (varbench/cli.py).
+"""The OmegaConf resolvers the configs use, registered by one explicit call (`register_resolvers()`): importing this
+module registers nothing. The `varbench` command's module makes that call when it loads (varbench/cli.py says why).
 
 - `${varbench.mixers:}`: every registered mixer, comma-separated for a sweep;
 - `${varbench.bench_configs:}`: one `task.configs` value per bench cell;

@@ -16,19 +16,19 @@ import torch
 from omegaconf import DictConfig
 
 from varbench.build import build_model
-from varbench.eval.flops import model_flops
-from varbench.registry import load_option
+from varbench.eval.flops import model_flops, train_flops
+from varbench.registry import VAR, load_option
 
-REFERENCE = ("attention", "none")  # VAR
+REFERENCE = VAR
 TOLERANCE = 0.03  # matched arms' budgets agree to this fraction (one step of rounding is far below it)
 
 
 def train_flops_per_image(cfg: DictConfig, mixer: str, intra: str) -> int:
-    """3 x the analytic forward FLOPs per image of the arm's model as `cfg` builds it (model group, tokenizer
-    schedule, data classes, `model.match_params_of`), built on the meta device (no memory, no init)."""
+    """The training FLOPs per image (`eval.flops.train_flops`) of the arm's model as `cfg` builds it (model group,
+    tokenizer schedule, data classes, `model.match_params_of`), built on the meta device (no memory, no init)."""
     with torch.device("meta"):
         model = build_model(cfg, load_option("mixer", mixer), load_option("intra", intra))
-    return 3 * model_flops(model)["total"]
+    return train_flops(model_flops(model)["total"])
 
 
 def budget_flops(cfg: DictConfig, steps: int, arm=REFERENCE) -> int:

@@ -35,11 +35,12 @@ import pandas as pd
 from varbench.analysis.load import model_label, preference_order
 from varbench.analysis.quality import KEY
 from varbench.analysis.tables import autotune_modes, timing_machines
+from varbench.registry import VAR
 
 log = logging.getLogger(__name__)
 
 RESOLUTIONS = (256, 512, 1024)  # the atlas: grid=resolution's
-BASELINE = ("attention", "none")  # VAR
+BASELINE = VAR
 FULL = "full"  # the only autotune mode whose timings count
 WIN, LOSS, MISSING, NOT_COMPARABLE = "win", "loss", "missing", "n/c"
 STATE_METRIC = "state_bytes_per_image"

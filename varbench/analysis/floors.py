@@ -17,6 +17,7 @@ from varbench.analysis.format import HIGHER_BETTER, QUALITY_NAMES, SECTION
 from varbench.analysis.load import model_label
 from varbench.analysis.quality import main_tokenizer, quality_label, quality_long, shared_tokenizer, study_of
 from varbench.analysis.tables import finish
+from varbench.registry import VAR
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def floors_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
             continue
         higher_better = QUALITY_NAMES[base] in HIGHER_BETTER
         best = ours.loc[ours["value"].idxmax() if higher_better else ours["value"].idxmin()]
-        var = ours[(ours["mixer"] == "attention") & (ours["intra"] == "none")]
+        var = ours[(ours["mixer"] == VAR[0]) & (ours["intra"] == VAR[1])]
         table.loc[(study, base, label, tok), BESIDE] = [best["model"], best["value"],
                                                         var["value"].iloc[0] if len(var) else float("nan")]
     first = [k for k in KINDS.values() if k in table]

@@ -10,6 +10,7 @@ import logging
 
 import pandas as pd
 
+from varbench import registry
 from varbench.analysis import official
 from varbench.analysis.load import latest
 from varbench.analysis.tables import SPEED, STATE, TOKEN_MFU, config_frame, finish, per_key
@@ -41,7 +42,7 @@ GOALS = (("VAR-d16 training MFU (b32, 256 px)", 0.55, True),
 # higher is better, configuration, bench column, scale of the column). A column ending in FASTEST reads the best
 # of the columns its stem begins (`read_goal`): the graphed latencies in every decode mode, fused or not, the compiled
 # step in every compile mode (each a varbench setting the table names in "Read from")
-VAR, MVAR = ("attention", "none", 256), ("mamba2", "full", 256)
+VAR, MVAR = (*registry.VAR, 256), (*registry.MVAR, 256)
 FASTEST = " (fastest mode)"
 NUMERICS_DEVIATIONS = (" weights", "fp8 matmuls")  # column tags of options that leave VAR's numerics
 OFFICIAL_GOALS = (

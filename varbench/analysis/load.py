@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from varbench.registry import list_options, load_option
+from varbench.registry import MVAR, VAR, list_options, load_option
 from varbench.utils.records import jsonl_files, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,9 @@ def model_label(mixer, intra, depth) -> str | None:
     if mixer is None or pd.isna(mixer):
         return None
     suffix = f"-d{int(depth)}" if depth is not None and not pd.isna(depth) else ""
-    if (mixer, intra) == ("attention", "none"):
+    if (mixer, intra) == VAR:
         return f"VAR{suffix}"
-    if (mixer, intra) == ("mamba2", "full"):
+    if (mixer, intra) == MVAR:
         return f"M-VAR{suffix}"
     return f"{mixer}{'' if intra in (None, 'none') else '+' + str(intra)}{suffix}"
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from varbench.analysis.load import latest
 from varbench.analysis.tables import by_model, config_frame, finish, per_key
+from varbench.registry import VAR
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def scale_up_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     flops = flops[(flops.index.get_level_values("depth") == DEPTH)
                   & (flops.index.get_level_values("resolution") == RESOLUTION)]
     frame = config_frame(df, device)
-    var = ("attention", "none", DEPTH, RESOLUTION)
+    var = (*VAR, DEPTH, RESOLUTION)
     rate = frame.at[var, THROUGHPUT] if THROUGHPUT in frame and var in frame.index else float("nan")
     if var not in flops.index or pd.isna(rate):
         log.warning("scale_up_table: needs VAR-d16's training FLOPs (task=costs) and its compiled bench throughput")

@@ -25,6 +25,7 @@ from varbench.analysis.tables import (
     kv_ratio,
     per_key,
 )
+from varbench.registry import VAR
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def study_per_seed(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
 
 def var_key(key) -> tuple:
     """VAR's configuration key (attention, no intra) at the depth and resolution of `key`: the study's reference."""
-    return ("attention", "none", *key[2:])
+    return (*VAR, *key[2:])
 
 # the bench columns the study's ranking shows as each configuration's cost: (bench column, name in the ranking)
 COST_COLUMNS = (("Train img/s (b32)", "d16 train img/s (b32, 256 px)"),

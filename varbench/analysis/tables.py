@@ -18,6 +18,7 @@ import pandas as pd
 from varbench.analysis.format import QUALITY_NAMES, STD, is_quality
 from varbench.analysis.load import latest, model_label, numeric, preference_order
 from varbench.analysis.quality import KEY, quality_long
+from varbench.registry import VAR
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def mixer_ablation(df: pd.DataFrame, device=None) -> pd.DataFrame:
 def kv_ratio(state: pd.Series) -> pd.Series:
     """State bytes over attention's (no intra) KV cache bytes at the same depth and resolution."""
     keys = state.index.to_frame(index=False).assign(s=state.to_numpy())
-    kv = keys[(keys["mixer"] == "attention") & (keys["intra"] == "none")].set_index(["depth", "resolution"])["s"]
+    kv = keys[(keys["mixer"] == VAR[0]) & (keys["intra"] == VAR[1])].set_index(["depth", "resolution"])["s"]
     ref = keys.join(kv.rename("kv"), on=["depth", "resolution"])["kv"]
     missing = ref.isna() & keys["s"].notna()  # a state with no KV cache to compare it with
     if missing.any():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from varbench.data.loading import LoaderOptions
 from varbench.data.transforms import is_deterministic
 from varbench.utils.checkpoint import save_atomic
 from varbench.utils.log import get_logger, progress_bar
-from varbench.utils.run_spec import file_sha256
+from varbench.utils.run_spec import file_sha256, write_json_atomic
 
 log = get_logger(__name__)
 
@@ -60,12 +59,6 @@ def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
 def ids_dtype(vocab_size: int) -> torch.dtype:
     """int16 halves the cache when every id fits (vocab <= 32767, e.g. VAR's 4096), else int32."""
     return torch.int16 if vocab_size <= 32767 else torch.int32
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _shard_rows(path: Path) -> int | None:
@@ -148,7 +141,7 @@ def write_token_cache(tokenizer, dataset: Dataset, out_dir, batch_size: int = 64
     meta = build_meta(tokenizer, dataset, shard_size, split, description, checkpoint)
     if (out_dir / META).is_file():
         _check_same_cache(out_dir, meta)
-    _write_json_atomic(out_dir / META, meta)
+    write_json_atomic(out_dir / META, meta)
     tokenizer.to(device)
     dtype, n = ids_dtype(tokenizer.vocab_size), len(dataset)
     shards = [(i, range(i * shard_size, min((i + 1) * shard_size, n))) for i in range(math.ceil(n / shard_size))]

@@ -53,8 +53,13 @@ def raster_flops(model) -> dict[str, int]:
     return out
 
 
-def train_flops_per_image(model: ScaleAR) -> int:
-    return 3 * model_flops(model)["total"]
+TRAIN_PER_FORWARD = 3  # the backward pass costs about twice the forward: the gradients of the inputs and weights
+
+
+def train_flops(forward_flops: int | float) -> int | float:
+    """Training FLOPs (forward and backward) from the analytic forward FLOPs, per image or per step: the one rule
+    behind every MFU, every training budget and the costs table."""
+    return TRAIN_PER_FORWARD * forward_flops
 
 
 def decoder_flops(tokenizer, batch: int = 1) -> int:

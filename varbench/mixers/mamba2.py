@@ -13,13 +13,12 @@ carried state and the conv from the carried tail of the last W - 1 inputs.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from varbench.layout import ScaleLayout
-from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer, carry_terms
+from varbench.mixers.base import NO_WEIGHT_DECAY, State, TokenMixer
+from varbench.mixers.ssm import CarriedScan, inverse_softplus_dt
 from varbench.modules import GatedRMSNorm
 from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
@@ -27,26 +26,9 @@ from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.ssd import fused_op
 from varbench.ops.ssd import kernel as ssd_kernel
 from varbench.ops.ssd.reference import ssd_scan_ref
-from varbench.utils.precision import at_least_fp32, upcast
+from varbench.utils.precision import at_least_fp32
 
 KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
-
-
-class CarriedScan:
-    """The scale step both Mamba mixers share: A = -exp(A_log) derived once per generation (their weight term,
-    mixers/base.py: two kernels fewer per later scale), then the subclass's `_mix(x, conv_tail, ssm_state, A)`."""
-
-    def weight_terms(self) -> State:
-        """A = -exp(A_log) ((H,) for Mamba2, (E, N) for Mamba), at least fp32."""
-        return {"A": -torch.exp(upcast(self.A_log))}
-
-    def step(self, x_BlC: torch.Tensor, state: State, layout: ScaleLayout, k: int) -> tuple[torch.Tensor, State]:
-        terms = self.step_terms(state, k)
-        y_BlC, tail, ssm = self._mix(x_BlC, state["conv"], state["ssm"], terms["A"])
-        # the SSM state keeps init_state's dtype (at least fp32); the conv tail keeps its inputs' (in_proj's output:
-        # under autocast bf16, which a cast to init_state's dtype would only undo at the next scale), as the fla
-        # mixers' short-conv tails do
-        return y_BlC, carry_terms({"ssm": ssm.to(state["ssm"].dtype), "conv": tail}, terms)
 
 
 class Mamba2Mixer(CarriedScan, TokenMixer):
@@ -157,16 +139,5 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
 
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
         """SSM state (B, H, P, N) in fp32 plus the conv tail (B, W - 1, F) in `dtype`; constant over scales."""
-        ssm = self.nheads * self.headdim * self.d_state * itemsize(at_least_fp32(dtype))
-        return batch * (ssm + (self.d_conv - 1) * self.conv_dim * itemsize(dtype))
-
-
-def inverse_softplus_dt(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4) -> torch.Tensor:
-    """mamba_ssm's dt bias init: dt ~ exp(U[ln dt_min, ln dt_max]) floored, then inverse softplus (so that
-    softplus(dt_bias) = dt)."""
-    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
-    return dt + torch.log(-torch.expm1(-dt))
-
-
-def itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+        ssm = self.nheads * self.headdim * self.d_state * at_least_fp32(dtype).itemsize
+        return batch * (ssm + (self.d_conv - 1) * self.conv_dim * dtype.itemsize)

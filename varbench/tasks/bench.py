@@ -36,10 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 from varbench.backbones.raster_ar import RasterAR, is_raster, raster_mixers
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.build import build_model, matched_mlp_hidden
-from varbench.eval.flops import decoder_flops, model_flops
+from varbench.eval.flops import decoder_flops, model_flops, train_flops
 from varbench.eval.timing import matmul_peak_tflops, sample_cell, speed_mode, train_step_cell
 from varbench.layout import PATCH_NUMS
-from varbench.registry import default_configs, list_options, load_option
+from varbench.registry import VAR, default_configs, list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.tokenizers.fast_decode import resolve_decode_mode
 from varbench.training.fp8 import to_fp8_training
@@ -77,7 +77,7 @@ def raster_cell_model(cfg: DictConfig, mixer_cfg: DictConfig, res: int) -> Raste
     makes up the difference (`matched_mlp_hidden`), so the cells differ in order and mixer, not in size."""
     from varbench.registry import factory
     with torch.device("meta"):  # counting only
-        var = build_model(cfg, load_option("mixer", "attention"), load_option("intra", "none"), PATCH_NUMS[res],
+        var = build_model(cfg, load_option("mixer", VAR[0]), load_option("intra", VAR[1]), PATCH_NUMS[res],
                           num_classes=1000)
     kwargs = dict(mixer=factory(mixer_cfg), depth=var.depth, width=var.width, num_heads=var.num_heads,
                   vocab_size=var.vocab_size, num_classes=1000, num_tokens=PATCH_NUMS[res][-1] ** 2)
@@ -269,7 +269,7 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
     net = compile_for_training(model, len(model.blocks), **options) if compiled else None
     r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"])
     ips = batch / (r["median_ms"] * 1e-3)
-    mfu = 3 * cell["fwd_flops_per_image"] * ips / (cell["matmul_peak_tflops"] * 1e12)
+    mfu = train_flops(cell["fwd_flops_per_image"]) * ips / (cell["matmul_peak_tflops"] * 1e12)
     record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
            param_dtype=param_dtype, compile_mode=compile_mode if compiled else None, fp8=fp8, fp8_linears=fp8_linears,
            timing=r, **speed_mode(compiled, cuda_graphs=False), **cell)

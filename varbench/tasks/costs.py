@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from varbench.build import build_model
-from varbench.eval.flops import decoder_flops, model_flops
+from varbench.eval.flops import decoder_flops, model_flops, train_flops
 from varbench.layout import PATCH_NUMS
 from varbench.registry import default_configs, load_option
 from varbench.tokenizers import MultiScaleVQVAE
@@ -40,8 +40,9 @@ def main(cfg: DictConfig) -> dict:
                 lines.append(make_record(
                     "analytic_cost", flops["total"], "FLOP/img (forward)", config=None, device="cpu", mixer=mixer,
                     intra=intra, depth=depth, resolution=res, L=model.layout.L, params=model.num_params(),
-                    flops_by_component=flops, train_flops_per_image=3 * flops["total"], decode_flops_per_image=decode,
-                    dtype="bf16 (recurrent states fp32)", state_bytes_per_image=model.state_bytes(1)))
+                    flops_by_component=flops, train_flops_per_image=train_flops(flops["total"]),
+                    decode_flops_per_image=decode, dtype="bf16 (recurrent states fp32)",
+                    state_bytes_per_image=model.state_bytes(1)))
     cells = {tuple(line[k] for k in CELL) for line in lines}
     replaced = replace_records(out, lines, lambda old: old.get("metric") == "analytic_cost"
                                and tuple(old.get(k) for k in CELL) in cells)

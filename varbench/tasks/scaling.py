@@ -17,7 +17,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 
 from varbench.build import build_model, image_size, resolve_device
-from varbench.eval.flops import model_flops
+from varbench.eval.flops import model_flops, train_flops
 from varbench.eval.timing import matmul_peak_tflops, speed_mode, train_step_cell
 from varbench.training.loop import wrap_parallel
 from varbench.utils.dist import init_distributed, shutdown
@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> dict:
     parallel = t.parallel if info.world_size > 1 else "none"
     summary = {"images_per_s": ips, "world_size": info.world_size, "parallel": parallel}
     if info.is_main:
-        mfu = 3 * flops * ips / (info.world_size * peak * 1e12)
+        mfu = train_flops(flops) * ips / (info.world_size * peak * 1e12)
         record(f"{cfg.results_dir}/scaling.jsonl", "parallel_train_images_per_s", ips, "img/s", config=cfg,
                device=device, world_size=info.world_size, parallel=parallel, batch_per_gpu=t.batch_per_gpu,
                tokens_per_s=ips * model.layout.L, mfu=mfu, matmul_peak_tflops=peak, params=model.num_params(),
