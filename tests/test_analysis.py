@@ -119,6 +119,8 @@ def test_a_raster_arm_is_ranked_on_fid_beside_var_but_its_nll_is_never_tested_ag
     assert ranking.loc["mamba2-d6", nll_p] == nll["mamba2-d6"]
     fid = table[table["Metric"] == "FID (Inception, 10k, cfg 1.5)"].set_index("Model")["p (Holm)"]
     assert ranking[fid_p].dropna().sort_index().tolist() == fid.sort_index().tolist()
+    # nor does its NLL share the scale-wise models' column (session 21: 1.2 nats/token beside VAR's 4.0)
+    assert ranking["Val NLL (nats/token)"].isna().tolist() == [m == "mamba2+raster-d6" for m in ranking.index]
 
 
 def test_latest_keeps_the_newest_measurement(df):
@@ -197,6 +199,19 @@ def test_sampling_goals_per_sampler_mode_with_and_without_the_decode(tmp_path):
     assert goals[rerun.format(", CUDA graphs, decode excluded")] == pytest.approx(444 / 324)
     assert goals[vs_var.format(", CUDA graphs")] == pytest.approx(504 / 420)
     assert goals[vs_var.format(", decode excluded")] == pytest.approx(480 / 300)
+
+
+def test_a_goal_ratio_divides_two_timings_of_one_call(tmp_path):
+    """Session 21: M-VAR / VAR eager b64 read 1.58, M-VAR's time of one call over VAR's of a call 30 hours later
+    (each side its own newest timing); that call's own pair gave 1.51. A newer call that timed one side only leaves
+    the ratio to the newest call that timed both, and the table names it."""
+    var = {**real_one(metric="sample_latency_ms", mixer="attention", batch=64), "commit": "a" * 40,
+           "machine": "nvidia-h200", "date": "2099-01-01T00:00:00+00:00"}
+    mvar = {**var, "mixer": "mamba2", "intra": "full", "value": var["value"] * 1.5}
+    lines = [var, mvar, {**var, "commit": "b" * 40, "value": var["value"] * 0.5, "date": "2099-01-02T00:00:00+00:00"}]
+    goals = bench_goals(_records(tmp_path, lines))
+    row = goals.loc["M-VAR-d16 / VAR-d16 sampling latency, carried state vs KV cache (b64, 256 px)"]
+    assert row["Measured"] == pytest.approx(1.5) and row["Read from"] == "one call: aaaaaaa on nvidia-h200"
 
 
 def test_issue_18_goals_set_each_measurement_against_the_official_code_s(tmp_path):
@@ -653,6 +668,40 @@ def test_the_quality_tables_never_average_two_guidance_scales(tmp_path):
     assert row["Seeds"] == 3
     old = [_fd_line("attention", s, None, 0.3 + s, s) for s in range(2)]  # records that state no scale keep their
     assert list(quality_wide(_records(tmp_path, old)).columns[:1]) == ["FD (embedded classifier, 1k)"]  # label
+
+
+def test_a_quality_column_never_mixes_studies(tmp_path):
+    """Session 21: main_table's FID-5k column held 7 rows of the matched-FLOPs study (procedural data) and 6 of the
+    CIFAR-10 study, VAR's among them from CIFAR-10, the other data set's VAR nowhere. A column that two studies fill
+    is one column per study, named by it."""
+    for study, offset in (("flops", 0.0), ("cifar", 10.0)):
+        (tmp_path / study).mkdir()
+        lines = [_fd_line(mixer, s, 1.5, offset + i + 0.1 * s, s) for i, mixer in enumerate(("attention", "gla"))
+                 for s in range(2)]
+        (tmp_path / study / "evaluate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    table = quality_wide(load_records(tmp_path))
+    column = "FD (embedded classifier, 1k, cfg 1.5)"
+    assert table.loc[("attention", "none", 2, 32), f"{column} [flops]"] == pytest.approx(0.05)
+    assert table.loc[("attention", "none", 2, 32), f"{column} [cifar]"] == pytest.approx(10.05)
+    assert column not in table
+
+
+def test_the_training_loss_of_a_cell_trained_twice_is_its_newest_runs(tmp_path):
+    """Session 21: 12 cells of the study were trained twice into one run folder (a later commit); the ranking's
+    training loss averaged the last logs of both runs interleaved by step."""
+    from varbench.analysis.study import TRAIN_LOSS, study_per_seed
+    lines = []
+    for seed in (0, 1):
+        common = {"mixer": "attention", "intra": "none", "depth": 2, "resolution": 32, "seed": seed,
+                  "cell_id": f"c{seed}", "run_dir": f"runs/c{seed}"}
+        lines += [{**_fd_line("attention", seed, 1.5, 0.4, seed), "cell_id": f"c{seed}"}]
+        for commit, loss, hour in (("old", 5.0, 1), ("new", 3.0, 2)):
+            lines += [{**common, "metric": "train_loss", "value": loss + step / 1000, "unit": "nats/token",
+                       "step": step, "commit": commit, "date": f"2099-01-01T0{hour}:{step:02d}:00+00:00"}
+                      for step in (10, 20, 30, 40, 50)]
+        lines[-1]["step"] = 55  # the runs' logs need not fall on the same steps
+    per_seed, _ = study_per_seed(_records(tmp_path, lines))
+    assert per_seed[TRAIN_LOSS].tolist() == pytest.approx([3.0 + (10 + 20 + 30 + 40 + 50) / 5000] * 2)
 
 
 def test_guidance_table_keeps_a_study_s_scales_when_a_newer_study_evaluates_the_configuration_too(tmp_path):

@@ -24,7 +24,9 @@ from varbench.analysis.load import latest, model_label, numeric
 from varbench.analysis.tables import GFLOPS, STATE, config_frame, speed_wide
 
 log = logging.getLogger(__name__)
-HEADLINE = ("FID", "FD", "Class acc.")  # quality_vs_flops panels; IS / precision / recall stay in the tables
+# quality_vs_flops's metric: the first of these any record has (one panel per column of it: sample count, study);
+# the others, IS, precision and recall stay in the tables
+HEADLINE = ("FID", "FD", "Class acc.")
 
 
 def _save(fig: Figure, path) -> Path:
@@ -39,10 +41,12 @@ def _save(fig: Figure, path) -> Path:
     return path
 
 
-def _axes(n: int, width: float = 4.2, height: float = 3.4):
-    """A Figure with n panels in one row."""
-    fig = Figure(figsize=(width * n, height))
-    return fig, [fig.add_subplot(1, n, k + 1) for k in range(n)]
+def _axes(n: int, width: float = 4.2, height: float = 3.4, columns: int = 3):
+    """A Figure with n panels, at most `columns` in a row (wider is unreadable on a page)."""
+    cols = min(n, columns)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width * cols, height * rows))
+    return fig, [fig.add_subplot(rows, cols, k + 1) for k in range(n)]
 
 
 def _labels(index: pd.MultiIndex) -> list[str]:
@@ -52,10 +56,12 @@ def _labels(index: pd.MultiIndex) -> list[str]:
 
 
 def quality_vs_flops(df: pd.DataFrame, path, device=None) -> Path | None:
-    """One panel per headline quality column (FID, FD, class accuracy; one per feature extractor / sample count):
-    mean +- std over seeds against forward GFLOPs per image."""
+    """One panel per column of the headline quality metric (Inception FID where recorded, else the classifier's FD,
+    else class accuracy; a column per sample count, guidance scale and study): mean +- std over seeds against forward
+    GFLOPs per image."""
     frame = config_frame(df, device)
     labels = [c for c in frame.columns if is_quality(c) and not c.endswith(STD) and c.split(" (")[0] in HEADLINE]
+    labels = [c for c in labels if c.split(" (")[0] == min((c.split(" (")[0] for c in labels), key=HEADLINE.index)]
     if GFLOPS not in frame or not labels:
         log.warning("quality_vs_flops not drawn: needs quality records (%s) and records with fwd_flops_per_image "
                     "(task=bench); found quality columns %s, flops %s", ", ".join(QUALITY_NAMES), labels,
@@ -76,16 +82,20 @@ def quality_vs_flops(df: pd.DataFrame, path, device=None) -> Path | None:
         std = pts[c + STD].fillna(0.0) if c + STD in pts else pd.Series(0.0, index=pts.index)
         for (x, y, err), name in zip(zip(pts[GFLOPS], pts[c], std), _labels(pts.index)):
             ax.errorbar(x, y, yerr=err, fmt=marker[name], color=colour[name], capsize=3, label=name)
-        ax.set(xlabel="forward GFLOPs / image", ylabel=c, title=c)
+        ax.set(xlabel="forward GFLOPs / image", ylabel=c.split(" (")[0])
+        ax.set_title(c, fontsize=8)
         ax.grid(alpha=0.3)
-    _legend_outside(axes[-1])  # a legend, not point labels: labels of nearby points overlap
+    _legend_outside(axes[-1], axes)  # a legend, not point labels: labels of nearby points overlap
     return _save(fig, path)
 
 
-def _legend_outside(ax) -> None:
-    """The axes' legend (one entry per label) to the right of it, where it cannot cover data."""
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
+def _legend_outside(ax, of=None) -> None:
+    """The legend of the axes `of` (default: `ax` alone; one entry per label) to the right of `ax`, where it cannot
+    cover data."""
+    unique = {}
+    for source in of if of is not None else [ax]:
+        handles, labels = source.get_legend_handles_labels()
+        unique |= {label: handle for label, handle in zip(labels, handles) if label not in unique}
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
               frameon=False, ncol=1 + len(unique) // 25)
 

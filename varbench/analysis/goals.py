@@ -13,7 +13,7 @@ import pandas as pd
 from varbench import registry
 from varbench.analysis import official
 from varbench.analysis.load import latest
-from varbench.analysis.tables import SPEED, STATE, TOKEN_MFU, config_frame, finish, per_key
+from varbench.analysis.tables import SPEED, STATE, TIMED, TOKEN_MFU, config_frame, finish, per_key, speed_wide
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,27 @@ def read_goal(frame: pd.DataFrame, key: tuple, column: str, higher: bool) -> tup
     return values[best], best
 
 
+def call_frames(df: pd.DataFrame, device, samplers) -> list[tuple[pd.DataFrame, str]]:
+    """The bench frame of each device call (one commit on one machine) that timed on `device`, newest call first,
+    each with its name ("one call: <commit> on <machine>")."""
+    call = df["commit"].astype(str) + " on " + df["machine"].fillna("an unnamed machine").astype(str)
+    timed = df["metric"].isin(TIMED) & (df["device"] == device)
+    newest_first = df[timed].groupby(call[timed])["date"].max().sort_values(ascending=False).index
+    return [(speed_wide(df[call == name], device, samplers), f"one call: {name[:7]}{name[name.index(' on '):]}")
+            for name in newest_first]
+
+
+def same_call_ratio(calls, num: tuple, den: tuple) -> tuple[float, str]:
+    """`num`'s value over `den`'s ((configuration key, column) each) in the newest of `calls` that measured both, and
+    that call's name; (NaN, "") where none did. Each side's own newest timing could come from another call: other
+    code, another host (session 21: M-VAR's eager b64 of one commit over VAR's of a commit 30 hours later)."""
+    for frame, name in calls:
+        value = goal_cell(frame, *num) / goal_cell(frame, *den)
+        if not pd.isna(value):
+            return value, name
+    return float("nan"), ""
+
+
 def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:
     """Each goal of GOALS and OFFICIAL_GOALS with the measured value (from the bench records of one GPU), whether it
     is met, by how much it is missed, as a fraction of the target (1 - measured / target, or measured / target - 1),
@@ -100,6 +121,12 @@ def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:
     def cell(mixer, intra, res, column):
         return goal_cell(frame, (mixer, intra, 16, res), column)
 
+    calls = call_frames(df, frame.attrs["device"], samplers=("carry", "prefix_rerun"))
+
+    def ratio(num_arm, den_arm, num_column, den_column=None):  # both timings from one call
+        return same_call_ratio(calls, ((*num_arm[:2], 16, num_arm[2]), num_column),
+                               ((*den_arm[:2], 16, den_arm[2]), den_column or num_column))
+
     costs = latest(df, "analytic_cost")  # analytic state bytes of every mixer (task=costs), else the bench's own
     state = per_key(costs, "state_bytes_per_image", STATE) if len(costs) else frame.get(STATE, pd.Series(dtype=float))
     kv = state.iloc[:0]
@@ -108,20 +135,20 @@ def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:
                       & (state.index.get_level_values("depth") == 16)]
         kv = state[state.index.get_level_values("mixer") == "attention"]
         state = state[state.index.get_level_values("mixer") != "attention"]
-    measured = [cell(*VAR, "MFU (b32)"), cell(*VAR, "MFU (b32, compiled)"),
-                cell(*VAR, f"{TOKEN_MFU} (b32, compiled)"), cell(*VAR, "Train img/s (b32, compiled)"),
-                cell(*MVAR, "Train img/s (b32)") / cell(*VAR, "Train img/s (b32)"),
-                cell(*MVAR, "Train img/s (b32, compiled)") / cell(*VAR, "Train img/s (b32, compiled)")]
-    for ratio in ("rerun", "vs VAR"):  # in SAMPLING_GOALS' order, then its modes' order
+    single = ("MFU (b32)", "MFU (b32, compiled)", f"{TOKEN_MFU} (b32, compiled)", "Train img/s (b32, compiled)")
+    measured = [(cell(*VAR, column), "") for column in single]
+    measured += [ratio(MVAR, VAR, "Train img/s (b32)"), ratio(MVAR, VAR, "Train img/s (b32, compiled)")]
+    for rerun in (True, False):  # in SAMPLING_GOALS' order, then its modes' order
         for graphs_tag, _ in SAMPLING_MODES:
             for column, _ in DECODE_MODES:
-                carry = cell(*MVAR, f"{column} b64{graphs_tag} (ms)")
-                measured.append(cell(*MVAR, f"{column} b64 prefix_rerun{graphs_tag} (ms)") / carry if ratio == "rerun"
-                                else carry / cell(*VAR, f"{column} b64{graphs_tag} (ms)"))
-    measured.append((state.max() / kv.iloc[0]) if len(state) and len(kv) else float("nan"))
+                carry = f"{column} b64{graphs_tag} (ms)"
+                measured.append(ratio(MVAR, MVAR, f"{column} b64 prefix_rerun{graphs_tag} (ms)", carry) if rerun
+                                else ratio(MVAR, VAR, carry))
+    measured.append(((state.max() / kv.iloc[0]) if len(state) and len(kv) else float("nan"), ""))
     read = [read_goal(frame, (*key[:2], 16, key[2]), column, higher) for _, _, higher, key, column, _ in OFFICIAL_GOALS]
+    measured, sources = [value for value, _ in measured], [source for _, source in measured]
     measured += [value * scale for (value, _), (*_, scale) in zip(read, OFFICIAL_GOALS)]
-    sources = [""] * len(GOALS) + [column for _, column in read]
+    sources += [column for _, column in read]
     goals = GOALS + tuple(goal[:3] for goal in OFFICIAL_GOALS)
     # the same goals against the official sampler timed beside varbench's in one call, where a call did
     same_call = official.same_call_goals(df, frame.attrs["device"])

@@ -130,13 +130,10 @@ def rank_study(df: pd.DataFrame, everything: pd.DataFrame, device=None) -> pd.Da
 
 def against_var(per_seed: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list[str]]:
     """The study's fixed tests (varbench.analysis.stats.against_reference): every configuration against VAR on the
-    ranking metric `label` and, where recorded, the held-out NLL, all in one Holm family. A raster model's NLL is
-    per token of another token sequence than VAR's: it is not tested, nor counted in the family. Returns the
-    comparisons made and the metrics tested."""
+    ranking metric `label` and, where recorded, the held-out NLL, all in one Holm family (a raster model has no NLL
+    in `study_per_seed`'s frame: it is not tested on it, nor counted in the family). Returns the comparisons made
+    and the metrics tested."""
     metrics = [label] + ([VAL_NLL] if VAL_NLL in per_seed and per_seed[VAL_NLL].notna().any() else [])
-    if VAL_NLL in metrics:
-        raster = per_seed.index.get_level_values("intra") == RASTER
-        per_seed = per_seed.assign(**{VAL_NLL: per_seed[VAL_NLL].mask(raster)})
     versus = stats.against_reference(per_seed, metrics, var_key)
     return (versus[versus["Seeds"] > 0] if len(versus) else versus), metrics  # (masked rows: no comparison)
 
@@ -145,7 +142,8 @@ def study_per_seed(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """One study's per-seed values (index: configuration + seed) on its main tokenizer: every quality column of
     the configurations with the ranking metric over >= 2 seeds (the quality column most of them share, first of
     QUALITY_NAMES: FID before FD), the mean of the last LOSS_TAIL training losses, and held-out / training NLL with
-    their difference where recorded. Returns the frame and the ranking metric's column name."""
+    their difference where recorded (none of these four for a raster model). Returns the frame and the ranking
+    metric's column name."""
     long = quality_long(df)
     seeds = long.groupby([*KEY, "label"], dropna=False)["seed"].nunique()
     multi = seeds[seeds >= 2]
@@ -159,7 +157,10 @@ def study_per_seed(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     long = long[pd.MultiIndex.from_frame(long[KEY]).isin(configs)]
     per_seed = long.pivot_table(index=[*KEY, "seed"], columns="label", values="value")
     per_seed = per_seed[[label, *(c for c in per_seed.columns if c != label)]]  # the ranking metric first
-    loss = main_tokenizer(df[df["metric"] == "train_loss"]).sort_values("step", kind="stable")
+    loss = main_tokenizer(latest(df, "train_loss")).sort_values(["date", "step"], kind="stable")
+    # a cell trained twice (its run folder again, by later code) keeps both runs' logs: the tail is the newest run's
+    newest_run = loss.groupby([*KEY, "seed"], dropna=False)["commit"].transform("last")
+    loss = loss[loss["commit"] == newest_run].sort_values("step", kind="stable")
     loss = loss.assign(value=numeric(loss)).groupby([*KEY, "seed"], dropna=False)["value"]
     loss = loss.apply(lambda v: v.tail(LOSS_TAIL).mean())
     per_seed[TRAIN_LOSS] = loss.reindex(per_seed.index)
@@ -169,6 +170,10 @@ def study_per_seed(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
             per_seed[column] = nll.assign(value=numeric(nll)).groupby([*KEY, "seed"], dropna=False)["value"].last()
     if {VAL_NLL, TRAIN_NLL} <= set(per_seed):
         per_seed[NLL_GAP] = per_seed[VAL_NLL] - per_seed[TRAIN_NLL]
+    # a raster model's loss and NLL are per token of another token sequence (another tokenizer's single scale): not
+    # in a column beside the scale-wise models', nor in a test against VAR's
+    per_token = [c for c in (TRAIN_LOSS, VAL_NLL, TRAIN_NLL, NLL_GAP) if c in per_seed]
+    per_seed.loc[per_seed.index.get_level_values("intra") == RASTER, per_token] = float("nan")
     return per_seed, label
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 
 from varbench.analysis.format import QUALITY_NAMES, STD, is_quality
 from varbench.analysis.load import latest, model_label, numeric, preference_order
-from varbench.analysis.quality import KEY, quality_long
+from varbench.analysis.quality import KEY, quality_long, study_of
 from varbench.registry import VAR
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,15 @@ PARAMS, GFLOPS = "Params", "Fwd GFLOPs/img"
 
 def quality_wide(df: pd.DataFrame) -> pd.DataFrame:
     """Per configuration: mean and std over seeds of every quality column, and the number of seeds."""
-    long = quality_long(df)
+    # one study at a time (quality_long keeps a configuration run by several studies in the newest one only), and a
+    # column whose rows come from several studies (other data, tokenizer or budget: FID-5k of CIFAR-10 beside the
+    # procedural matched-FLOPs study's) split into one per study, named by it: a column never mixes studies
+    long = pd.concat([quality_long(records).assign(_study=Path(study).name)
+                      for study, records in df.groupby(study_of(df))]) if len(df) else quality_long(df)
     if long.empty:
         return pd.DataFrame()
+    several = long.groupby("label")["_study"].transform("nunique") > 1
+    long = long.assign(label=long["label"].where(~several, long["label"] + " [" + long["_study"] + "]"))
     agg = long.groupby([*KEY, "label"], dropna=False)["value"].agg(["mean", "std", "count"])
     order = long.drop_duplicates("label").assign(rank=lambda d: d["metric"].map(list(QUALITY_NAMES).index))
     labels = list(order.sort_values(["rank", "label"])["label"])
