@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from varbench.build import build_model
 from varbench.eval.flops import model_flops
@@ -87,6 +87,34 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
         assert one["value"] == pytest.approx(two["value"], rel=1e-5, abs=1e-6)
         assert one["grad_norm"] == pytest.approx(two["grad_norm"], rel=1e-4)
     assert len(logs[0]) == 3
+
+
+def test_ddp_resume_is_exact_on_every_rank(tmp_path):
+    """Session 21: a checkpoint kept rank 0's RNG only, and a resumed 2-process run gave every rank rank 0's stream
+    (class dropout on): its weights after 4 steps differed from an uninterrupted run's by 4e-5."""
+    common = ["train.ckpt_every=2", "train.deterministic=true", "train.batch_size=8", "model.cond_drop_rate=0.5"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535"]
+    for name, steps in (("whole", (4,)), ("resumed", (2, 4))):
+        for n in steps:
+            out = run(tmp_path, name, *common, f"train.steps={n}", launcher=torchrun, env={"OMP_NUM_THREADS": "1"})
+            assert out.returncode == 0, out.stderr[-3000:]
+    whole, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "resumed")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_resumed_run_refuses_tokenizer_weights_replaced_at_its_path(tmp_path):
+    """Session 21: `tokenizer.checkpoint` is a path; a file replaced there between two calls went on training the
+    model on other codes, and the later checkpoints' specs named the new weights only."""
+    first = run(tmp_path, "own", "train.steps=1", "train.ckpt_every=100")
+    assert first.returncode == 0, first.stderr[-3000:]
+    tokenizer = tmp_path / "tokenizer.safetensors"
+    weights = load_file(str(tmp_path / "own" / "checkpoints" / "tokenizer.safetensors"))
+    save_file(weights, str(tokenizer))
+    common = [f"tokenizer.checkpoint={tokenizer}", "train.ckpt_every=2"]
+    assert run(tmp_path, "run", *common, "train.steps=2").returncode == 0
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, str(tokenizer))
+    again = run(tmp_path, "run", *common, "train.steps=4")
+    assert again.returncode != 0 and "now holds" in again.stderr and str(tokenizer) in again.stderr
 
 
 @pytest.mark.slow

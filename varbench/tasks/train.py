@@ -59,6 +59,7 @@ def main(cfg: DictConfig) -> dict:
     tokenizer = build_tokenizer(cfg).to(device)
     model = build_model(cfg).to(device)
     tokenizer_file = training_tokenizer_file(cfg, tokenizer, write=info.is_main)
+    checkpoints.check_same_tokenizer(Path(cfg.run_dir) / "checkpoints", tokenizer_file)
     started_from = start_from(cfg, model, tokenizer_file, device, info.is_main)
     spec = describe_run(cfg, tokenizer_file) if info.is_main else None  # written into every checkpoint
     if spec is not None and started_from is not None:

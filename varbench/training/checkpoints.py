@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varbench.utils.checkpoint import load_object, read_state_dict, save_atomic
 from varbench.utils.resume import refuse_changed_config
-from varbench.utils.run_spec import write_spec
+from varbench.utils.run_spec import file_sha256, read_spec, write_spec
 
 FILES = ("model.safetensors", "state.pt")  # written in this order; all present = complete
 # the config groups that decide what training computes; compared on resume, except the keys of RESUMABLE
@@ -132,6 +132,18 @@ def check_resumable(state: dict, cfg: DictConfig, folder: Path) -> None:
         raise ValueError(f"cannot resume {folder}: its state records no config (written by an older varbench), so "
                          f"a changed setting could not be detected; start a new run_dir")
     refuse_changed_config(state["config"], run_config(cfg), RESUMABLE, folder)
+
+
+def check_same_tokenizer(ckpt_dir: Path, tokenizer_file) -> None:
+    """Refuse to resume when the tokenizer weights at `tokenizer_file` are not those the latest checkpoint's run spec
+    names: `tokenizer.checkpoint` is a path, and the file there may have been replaced since (the model would go on
+    training on other codes, and its records would name the new weights only)."""
+    folder = latest(ckpt_dir)
+    saved = ((read_spec(folder) or {}).get("tokenizer") or {}).get("sha256") if folder is not None else None
+    if saved is not None and saved != (now := file_sha256(tokenizer_file)):
+        raise ValueError(f"cannot resume {folder}: it trained with tokenizer weights of sha256 {saved}, but "
+                         f"tokenizer.checkpoint={tokenizer_file} now holds {now}; restore that file, or start a new "
+                         f"run_dir")
 
 
 def read(folder: Path) -> tuple[dict, dict]:

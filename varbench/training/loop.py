@@ -246,8 +246,13 @@ def _save(ckpt_dir, step, model, optimizer, scaler, cfg: DictConfig, info: DistI
                                                                                    cpu_offload=True))
     else:
         tensors, optim = model.state_dict(), optimizer.state_dict()
+    # each rank draws its own dropout and class dropout (tasks/train.py seeds seed * W + rank): keep every rank's RNG
+    rngs = [checkpoints.rng_state()]
+    if info.world_size > 1:
+        rngs = [None] * info.world_size
+        torch.distributed.all_gather_object(rngs, checkpoints.rng_state())
     if info.is_main:
-        state = {"step": step, "optimizer": optim, "scaler": scaler.state_dict(), "rng": checkpoints.rng_state(),
+        state = {"step": step, "optimizer": optim, "scaler": scaler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
                  "config": checkpoints.run_config(cfg)}
         checkpoints.save(ckpt_dir, step, tensors, state, cfg.train.keep_last, meta=spec)
     if info.world_size > 1:
@@ -265,7 +270,12 @@ def _resume(ckpt_dir: Path, model, optimizer, scaler, cfg: DictConfig, info: Dis
         return 0
     state = _restore(folder, model, optimizer, cfg)
     scaler.load_state_dict(state["scaler"])
-    checkpoints.set_rng_state(state["rng"])
+    per_rank = state.get("rng_per_rank") or [state["rng"]]  # (checkpoints before session 21: rank 0's only)
+    if len(per_rank) != info.world_size:
+        log.warning("resuming %s with %d processes, written by %d: the ranks' random streams (dropout, class "
+                    "dropout) are not those of an uninterrupted run; every rank takes rank 0's", folder,
+                    info.world_size, len(per_rank))
+    checkpoints.set_rng_state(per_rank[info.rank] if len(per_rank) == info.world_size else per_rank[0])
     return state["step"]
 
 
