@@ -171,6 +171,21 @@ def test_a_run_without_a_tokenizer_file_keeps_its_tokenizer_in_the_run(tmp_path)
     shutil.move(tmp_path / "run", tmp_path / "moved")
     run = load_run(tmp_path / "moved")
     assert run.tokenizer_sha256 == spec["tokenizer"]["sha256"]
+    # a measurement of it runs only when asked by name (session 21: task=evaluate measured such a run silently)
+    assert run.random_tokenizer and run.identity()["random_tokenizer"] is True
+    with pytest.raises(ValueError, match="random tokenizer's codes.*tokenizer.checkpoint=.*tokenizer.safetensors"):
+        run.refuse_random_tokenizer(config(*TINY), None)
+    named = config(*TINY, f"tokenizer.checkpoint={run.tokenizer_file}")
+    run.refuse_random_tokenizer(named, ["tokenizer.checkpoint"])
+    with pytest.raises(ValueError, match="random tokenizer"):
+        run.refuse_random_tokenizer(named, ["mixer"])  # set by a config, not by the user
+
+
+def test_a_run_with_a_tokenizer_file_is_no_random_tokenizer_run(trained_run):
+    tmp_path, _, _ = trained_run
+    run = load_run(tmp_path / "run")
+    assert not run.random_tokenizer
+    run.refuse_random_tokenizer(config(*TINY), None)
 
 
 def test_the_command_line_is_checked_against_the_run(fake_run, tmp_path):

@@ -180,14 +180,26 @@ class TrainedRun:
     tokenizer_sha256: str
     run_spec: bool                # False: a checkpoint without a spec, built from the command line
     official: str | None = None   # 'var' | 'mvar' | 'aim': an official checkpoint, loaded through its converter
+    random_tokenizer: bool = False  # the run's own seeded random tokenizer (trained without tokenizer.checkpoint)
 
     def identity(self) -> dict:
         """Record fields naming the weights: paths and sha256 of the checkpoint and of the tokenizer, and the
         checkpoint's format (varbench, or official_<kind>)."""
         return {"checkpoint": str(self.checkpoint), "checkpoint_sha256": self.checkpoint_sha256,
                 "tokenizer_checkpoint": str(self.tokenizer_file), "tokenizer_sha256": self.tokenizer_sha256,
-                "run_spec": self.run_spec,
+                "run_spec": self.run_spec, "random_tokenizer": self.random_tokenizer,
                 "checkpoint_format": f"official_{self.official}" if self.official else "varbench"}
+
+    def refuse_random_tokenizer(self, cfg: DictConfig, user_keys: list[str] | None) -> None:
+        """For a measurement: refuse a run whose tokenizer is its own seeded random one (task=train without
+        tokenizer.checkpoint) unless the command line names that file as tokenizer.checkpoint."""
+        named = cfg.tokenizer.get("checkpoint") and (user_keys is None or "tokenizer.checkpoint" in user_keys)
+        if self.random_tokenizer and not named:
+            raise ValueError(f"{self.checkpoint} was trained on a random tokenizer's codes ({self.tokenizer_file}: "
+                             f"the run had no tokenizer.checkpoint), so its quality would measure that; train with "
+                             f"tokenizer.checkpoint=<a trained tokenizer>, or measure it anyway by naming the file: "
+                             f"tokenizer.checkpoint={self.tokenizer_file}")
+
 
 
 def load_run(source, cfg: DictConfig | None = None, user_keys: list[str] | None = None, device="cpu",
@@ -210,10 +222,12 @@ def load_run(source, cfg: DictConfig | None = None, user_keys: list[str] | None 
         config = run_config(spec, cfg, user_keys)
         tokenizer_file, tokenizer_sha256 = checked_tokenizer_file(spec, weights.parent,
                                                                   config.tokenizer.get("checkpoint"))
+        random_tokenizer = tokenizer_path(weights.parent, spec).resolve() == (weights.parent.parent /
+                                                                              RUN_TOKENIZER).resolve()
     else:
         config, tokenizer_file = (official_config(weights, kind, cfg) if kind else
                                   without_spec(weights, cfg, architecture_from_command_line))
-        tokenizer_sha256 = file_sha256(tokenizer_file)
+        tokenizer_sha256, random_tokenizer = file_sha256(tokenizer_file), False
     with open_dict(config):
         config.tokenizer.checkpoint = str(tokenizer_file)
     model, tokenizer = build_model(config), build_tokenizer(config)
@@ -226,7 +240,7 @@ def load_run(source, cfg: DictConfig | None = None, user_keys: list[str] | None 
     return TrainedRun(model=model.to(device).eval(), tokenizer=tokenizer.to(device).eval(),
                       config=config, checkpoint=weights, checkpoint_sha256=file_sha256(weights),
                       tokenizer_file=tokenizer_file, tokenizer_sha256=tokenizer_sha256,
-                      run_spec=spec is not None, official=kind)
+                      run_spec=spec is not None, official=kind, random_tokenizer=random_tokenizer)
 
 
 def load_for_task(cfg: DictConfig, device) -> TrainedRun:

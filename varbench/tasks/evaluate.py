@@ -60,7 +60,7 @@ from varbench.eval.memorisation import memorisation_rows
 from varbench.eval.metrics import feature_statistics, fidelity_metrics, frechet_distance, load_adm_npz
 from varbench.eval.references import floor_and_recon_rows, floor_features, inception_rows
 from varbench.eval.sampling import is_raster, resolve_preset, sample_for_eval, with_guidance
-from varbench.runs import load_for_task
+from varbench.runs import command_line_keys, load_for_task
 from varbench.tokenizers.fast_decode import resolve_decode_mode
 from varbench.training.loop import autocast
 from varbench.utils.auto import resolve_auto
@@ -204,6 +204,7 @@ def adm_metrics(cfg: DictConfig, npz, device, tokenizer, seconds: PartSeconds) -
 def main(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
     run = load_for_task(cfg, device)  # the run's model, tokenizer and config (its data set, its precision)
+    run.refuse_random_tokenizer(cfg, command_line_keys())
     cfg, tokenizer, model = run.config, run.tokenizer, run.model
     t, suite = cfg.task, resolve_suite(cfg)
     num_classes = t.num_classes or model.num_classes

@@ -59,6 +59,10 @@ def main(cfg: DictConfig) -> dict:
     tokenizer = build_tokenizer(cfg).to(device)
     model = build_model(cfg).to(device)
     tokenizer_file = training_tokenizer_file(cfg, tokenizer, write=info.is_main)
+    if not cfg.tokenizer.get("checkpoint") and info.is_main:
+        log.warning("no tokenizer.checkpoint: training on the codes of a random tokenizer (seeded, kept as %s); "
+                    "fine for timing, but task=evaluate measures such a run only when the file is named",
+                    tokenizer_file)
     checkpoints.check_same_tokenizer(Path(cfg.run_dir) / "checkpoints", tokenizer_file)
     started_from = start_from(cfg, model, tokenizer_file, device, info.is_main)
     spec = describe_run(cfg, tokenizer_file) if info.is_main else None  # written into every checkpoint
