@@ -438,3 +438,25 @@ def test_the_scored_items_cover_the_classes_whatever_the_order_of_the_data_set()
     cyclic = {i % 10 for i in items}      # 10 classes in turn (the embedded data set)
     assert len(by_class) > 400 and cyclic == set(range(10))  # the first 1,000 of the folder: 10 classes only
     assert scored_items(7, 1000) == list(range(7))  # a smaller data set: every item
+
+
+@pytest.mark.parametrize("override,message", [
+    ("task.adm_reference=/nonexistent/VIRTUAL.npz", "task.adm_reference=/nonexistent/VIRTUAL.npz: no such file"),
+    ("task.inception_weights=/x/weights-inception-2015-12-05-6726825d.pth", "must be the .safetensors file"),
+    ("task.inception_weights=/nonexistent/inception.safetensors", "task.inception_weights=.*: no such file"),
+    ("data.root=/nonexistent/imagenet", "data.root=/nonexistent/imagenet: no such folder")])
+def test_evaluate_checks_the_files_it_reads_after_sampling_before_it_samples(override, message):
+    """Session 21: a wrong reference batch, Inception weights file or data root surfaced only after every sample
+    was drawn (50,000 for ImageNet), and the run recorded nothing."""
+    from hydra import compose, initialize_config_dir
+
+    from varbench.registry import CONFIG_ROOT
+    from varbench.tasks import check_config
+    extra = ["task.inception_fid=true"] if "inception_weights" in override else []
+    extra += ["data=folder"] if override.startswith("data.root") else []
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["task=evaluate", *extra, override])
+    with pytest.raises((FileNotFoundError, ValueError), match=message):
+        check_config(cfg)
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        check_config(compose(config_name="config", overrides=["task=evaluate"]))  # the defaults pass

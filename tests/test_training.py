@@ -93,7 +93,7 @@ def test_ddp_resume_is_exact_on_every_rank(tmp_path):
     """Session 21: a checkpoint kept rank 0's RNG only, and a resumed 2-process run gave every rank rank 0's stream
     (class dropout on): its weights after 4 steps differed from an uninterrupted run's by 4e-5."""
     common = ["train.ckpt_every=2", "train.deterministic=true", "train.batch_size=8", "model.cond_drop_rate=0.5"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29536"]
     for name, steps in (("whole", (4,)), ("resumed", (2, 4))):
         for n in steps:
             out = run(tmp_path, name, *common, f"train.steps={n}", launcher=torchrun, env={"OMP_NUM_THREADS": "1"})
@@ -170,3 +170,15 @@ def test_nll_during_training_is_recorded_for_both_splits_and_leaves_training_unc
     losses = {name: [r["value"] for r in read_records(tmp_path / name / "results" / "train.jsonl")
                      if r["metric"] == "train_loss"] for name in ("plain", "traced")}
     assert losses["plain"] == losses["traced"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_scaling_on_a_cpu_runs_only_when_asked_by_name():
+    from hydra import compose, initialize_config_dir
+
+    from varbench.registry import CONFIG_ROOT
+    from varbench.tasks.scaling import main as scaling
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["task=scaling", "model=mvar_d30"])  # device: auto
+    with pytest.raises(SystemExit, match="found no GPU.*device=cpu"):
+        scaling(cfg)

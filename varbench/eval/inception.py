@@ -205,6 +205,20 @@ def shard_paths(path: Path) -> list[Path]:
 
 
 # ----- loading -------------------------------------------------------------------------------------------------------
+def check_weights_path(path) -> None:
+    """A clear error, before any sampling, when `task.inception_weights` cannot be loaded: missing, or not a
+    `.safetensors` file made by `python -m varbench.eval.inception setup` (e.g. torch-fidelity's `.pth`)."""
+    if path is None:
+        return
+    if Path(path).suffix != ".safetensors":
+        raise ValueError(f"task.inception_weights={path}: must be the .safetensors file `python -m "
+                         f"varbench.eval.inception setup --out FILE` writes (or null: the default under {cache_dir()})")
+    missing = [str(p) for p in [Path(path)] if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"task.inception_weights={path}: no such file")
+    shard_paths(Path(path))  # a part 1 names its missing parts
+
+
 def load_extractor(path=None, device="cpu", features=("2048",)):
     """(torch-fidelity's Inception module in float32 on `device`, the weights file's sha256; of a sharded file,
     its parts' sha256 joined by "+"). path None: the default float32 file, set up from the installed package on

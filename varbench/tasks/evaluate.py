@@ -50,11 +50,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from varbench.build import build_dataset, image_size, resolve_device
 from varbench.eval import classifier as clf
+from varbench.eval.inception import check_weights_path
 from varbench.eval.likelihood import teacher_forced_nll
 from varbench.eval.memorisation import memorisation_rows
 from varbench.eval.metrics import feature_statistics, fidelity_metrics, frechet_distance, load_adm_npz
@@ -94,6 +95,21 @@ class PartSeconds(dict):
             yield
         finally:
             self[part] = self.get(part, 0.0) + time.perf_counter() - start
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The files an evaluation reads only after drawing every sample, checked before the first one is drawn: the
+    reference batch (`task.adm_reference`), the Inception weights (`task.inception_weights`) and the data's root
+    (`data.root`, of an image-folder data set: the NLL, floor and classifier rows read it)."""
+    t = cfg.task
+    if t.get("adm_reference") and not Path(t.adm_reference).is_file():
+        raise FileNotFoundError(f"task.adm_reference={t.adm_reference}: no such file (ADM's reference batch, e.g. "
+                                f"VIRTUAL_imagenet256_labeled.npz; nothing is downloaded)")
+    if t.get("adm_reference") or t.get("inception_fid") or t.get("suite") == "adm":
+        check_weights_path(t.get("inception_weights"))
+    root = None if OmegaConf.is_missing(cfg.data, "root") else cfg.data.get("root")
+    if root and not cfg.data.get("download") and not Path(root).is_dir():
+        raise FileNotFoundError(f"data.root={root}: no such folder")
 
 
 def resolve_suite(cfg: DictConfig) -> str:

@@ -32,6 +32,9 @@ PROTOCOL = "weak scaling: fixed per-GPU batch; bf16 autocast; fused AdamW; CUDA 
 def main(cfg: DictConfig) -> dict:
     t = cfg.task
     device = resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.device != "cpu":  # (session 21: mvar_d30 on a CPU host ran until killed for memory)
+        raise SystemExit("task=scaling measures multi-GPU scaling and found no GPU; on a CPU it runs only when asked "
+                         "by name, device=cpu, to check the wiring with a tiny model")
     info = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
