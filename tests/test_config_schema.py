@@ -74,6 +74,15 @@ def test_a_value_out_of_range_names_key_value_and_range(override, message):
      "task.batch_size = 0: expected an integer >= 1 (step train_tokenizer)"),
     (["++task.overrides.sampel.per_class=2"], "task.overrides has steps ['sampel']"),
     (["task.steps=[train,sampel]"], "task.steps = ['train', 'sampel']: expected tasks other than main"),
+    # session 21: these ran, recording a negative guidance or failing only after every sample was drawn
+    (["task=edit", "task.top_k=-5"], "task.top_k = -5: expected an integer >= 0"),
+    (["task=edit", "task.top_p=5.0"], "task.top_p = 5.0: expected a number in (0, 1]"),
+    (["task=edit", "task.cfg=-2.0"], "task.cfg = -2.0: expected a number >= 0"),
+    (["task=edit", "task.mode=outpant"], "task.mode = 'outpant'"),
+    (["task=evaluate", "task.floor_images=1"], "task.floor_images = 1"),
+    (["task=evaluate", "task.floor_images=abc"], "task.floor_images = 'abc'"),
+    (["device=gpu"], "device = 'gpu': expected auto, cpu, cuda or cuda:<index>"),
+    (["cluster=local_parallel", "cluster.jobs=0"], "cluster.jobs = 0: expected an integer >= 1"),
 ])
 def test_task_values_are_checked_by_task_and_by_main_step(overrides, message):
     with pytest.raises(ConfigError) as err:

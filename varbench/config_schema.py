@@ -6,14 +6,16 @@ is a `ConfigError` naming the key, the value and the valid range, raised before 
 that compose configs themselves). Keys not listed here are not checked (a mixer's own fields are checked by its
 constructor); a mandatory value left `???` is reported by the task that reads it.
 
-The rules are per config group (`train`, `model`, `tokenizer`, `data`, `logger`) and per task (`task.<field>` by
-`task.name`); for the main job (`task=main`) every step's own task config is checked as it will run (`step_config`).
+The rules are per config group (`train`, `model`, `tokenizer`, `data`, `logger`, `cluster`) and per task
+(`task.<field>` by `task.name`); for the main job (`task=main`) every step's own task config is checked as it will
+run (`step_config`).
 A key at the top of the config that is neither config.yaml's own, nor a config group's, nor one of EXTRA_TOP (the
 study grids' `study` node, checked by STUDY) is a misspelling: an error.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -197,7 +199,11 @@ TASKS = {
         "val_nll_images": count(0), "train_nll_images": count(0), "fidelity_batch_size": count(),
         "classifier_steps": count(), "classifier_batch_size": count(), "classifier_width": count(),
         "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(), "classifier_metrics": FLAG,
+        "floor_images": Either((Number(integer=True, low=0, high=0), count(2, null="as many as samples"))),
     },
+    "edit": {"samples": count(), "mode": Choice(("inpaint", "outpaint")), "label": count(0, null="unconditional"),
+             "cfg": non_negative(), "top_k": count(0), "top_p": Number(low=0, high=1, open_low=True),
+             "more_smooth": FLAG, "sampler": SAMPLER, "precision": PRECISION},
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
               "compile_mode": Choice(("default", "max-autotune-no-cudagraphs")), "fp8": FLAG,
               "decode_mode": DECODE_MODE, "decode_batch": count(null="the whole batch in one decode call"),
@@ -212,12 +218,14 @@ TASKS = {
 }
 LOGGER = {"name": Choice(("tensorboard", "wandb", "none")), "sample_every": count(0),
           "mode": Choice(("offline", "online", "disabled"))}
+CLUSTER = {"jobs": count()}  # cluster=local_parallel's processes
 # top-level keys that neither config.yaml nor a config group defines
 EXTRA_TOP = {"study": "the study grids' arm and learning rates (varbench/configs/grid/study_base.yaml)",
              "dry_run": "+dry_run=true: a grid prints its cells and runs none", "hydra": "Hydra's own settings"}
 STUDY = {"arm": "the cell's arm, the key of its learning rate (`train.base_lr: ${study.lr.${study.arm}}`)",
          "lr": "a learning rate per arm name, each a number > 0"}
-GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA, "logger": LOGGER}
+GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA, "logger": LOGGER,
+          "cluster": CLUSTER}
 
 
 def step_config(cfg: DictConfig, step: str) -> DictConfig:
@@ -301,6 +309,9 @@ def _relations(cfg: DictConfig) -> list[str]:
     width, heads = OmegaConf.select(cfg, "model.width"), OmegaConf.select(cfg, "model.num_heads")
     if isinstance(width, int) and isinstance(heads, int) and heads > 0 and width % heads:
         out.append(f"model.width = {width} is not a multiple of model.num_heads = {heads}")
+    device = OmegaConf.select(cfg, "device")
+    if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(device)):
+        out.append(f"device = {device!r}: expected auto, cpu, cuda or cuda:<index>")
     ks = OmegaConf.select(cfg, "tokenizer.quant_conv_ks")
     if isinstance(ks, int) and ks % 2 == 0:
         out.append(f"tokenizer.quant_conv_ks = {ks}: expected an odd integer (the convolution keeps the size)")
