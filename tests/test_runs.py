@@ -168,6 +168,10 @@ def test_a_run_without_a_tokenizer_file_keeps_its_tokenizer_in_the_run(tmp_path)
     train(config("task=train", *common))
     spec = read_spec(tmp_path / "run" / "checkpoints" / "step_00000001")
     assert spec["tokenizer"]["path"] == "../tokenizer.safetensors"  # inside the run: moves with it
+    # every training record names those weights (session 21: tokenizer_id None, no tokenizer.checkpoint to hash)
+    records = read_records(tmp_path / "res" / "train.jsonl")
+    assert {(r["tokenizer_sha256"], r["tokenizer_id"]) for r in records} == {
+        (spec["tokenizer"]["sha256"], spec["tokenizer"]["sha256"][:12])}
     shutil.move(tmp_path / "run", tmp_path / "moved")
     run = load_run(tmp_path / "moved")
     assert run.tokenizer_sha256 == spec["tokenizer"]["sha256"]

@@ -18,7 +18,7 @@ from varbench.eval.flops import model_flops
 from varbench.init_from import check_tokenizer, init_from
 from varbench.runs import describe_run, training_tokenizer_file
 from varbench.training import checkpoints
-from varbench.training.loop import train_ar
+from varbench.training.loop import train_ar, weights_identity
 from varbench.utils.dist import init_distributed
 from varbench.utils.log import get_logger
 from varbench.utils.records import record
@@ -80,7 +80,7 @@ def main(cfg: DictConfig) -> dict:
                        spec=spec)
     summary.update(params=model.num_params(), fwd_flops_per_image=model_flops(model)["total"],
                    peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-                   checkpoint=str(Path(cfg.run_dir) / "checkpoints"),
+                   checkpoint=str(Path(cfg.run_dir) / "checkpoints"), **weights_identity(spec),
                    backends={"mixer": model.mixer_backend,
                              "intra": getattr(getattr(model.blocks[0], "intra", None), "backend", None)})
     if summary["interrupted"]:

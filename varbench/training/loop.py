@@ -187,13 +187,14 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                 log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f %.1f img/s", step, plan.max_iters, loss_value,
                          lr, float(grad_norm), rate)
                 record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
-                       grad_norm=float(grad_norm), images_per_s=rate, compiled=compiled, run_dir=str(cfg.run_dir))
+                       grad_norm=float(grad_norm), images_per_s=rate, compiled=compiled, run_dir=str(cfg.run_dir),
+                       **weights_identity(spec))
             if logger.sample_every and step % logger.sample_every == 0:
                 with autocast(device, tcfg.precision):
                     t0 += log_sample_grid(logger, model, tokenizer, step, device)  # not training time: off the rate
                 model.train()
             if tcfg.nll_every and (step % tcfg.nll_every == 0 or step == plan.max_iters):
-                _record_nll(model, tokenizer, nll_sets or {}, cfg, device, info, step)
+                _record_nll(model, tokenizer, nll_sets or {}, cfg, device, info, step, weights_identity(spec))
                 model.train()
             if step % tcfg.ckpt_every == 0 or step == plan.max_iters or stop.signal:
                 _save(ckpt_dir, step, model, optimizer, scaler, cfg, info, spec)
@@ -214,7 +215,14 @@ def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> FloatingPoi
                               f"in a new run_dir")
 
 
-def _record_nll(model, tokenizer, nll_sets: dict, cfg: DictConfig, device, info: DistInfo, step: int) -> None:
+def weights_identity(spec: dict | None) -> dict:
+    """The fields naming the tokenizer weights a training record's numbers came from, as its run spec names them (the
+    file at `tokenizer.checkpoint` may be replaced later; a run's own random tokenizer has no such path)."""
+    return {"tokenizer_sha256": spec["tokenizer"]["sha256"]} if spec else {}
+
+
+def _record_nll(model, tokenizer, nll_sets: dict, cfg: DictConfig, device, info: DistInfo, step: int,
+                identity: dict) -> None:
     """The teacher-forced NLL of each split now, in eval mode (records `nll_during_training`). Every rank runs it: a
     sharded model's forward needs them all; the global RNG is not touched, so a resumed run stays exact."""
     per_rank = max(1, cfg.train.batch_size // info.world_size)
@@ -224,7 +232,7 @@ def _record_nll(model, tokenizer, nll_sets: dict, cfg: DictConfig, device, info:
         if info.is_main:
             record(Path(cfg.results_dir) / "train.jsonl", "nll_during_training", nll, "nats/token", config=cfg,
                    device=device, step=step, split=split, num_samples=n, reference=data.describe(),
-                   run_dir=str(cfg.run_dir))
+                   run_dir=str(cfg.run_dir), **identity)
 
 
 def _mean_over_ranks(value: float, device: torch.device) -> float:

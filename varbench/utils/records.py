@@ -78,14 +78,14 @@ def host_load() -> dict:
 
 
 def tokenizer_id(config: dict | None, fields: dict) -> str | None:
-    """Which tokenizer weights a record's numbers came from: the first 12 hex digits of the sha256 of the file
-    `config.tokenizer.checkpoint` names (varbench.utils.run_spec.file_id), else of a `tokenizer_sha256` field; None
-    when neither names an existing file (a run on a random tokenizer, or a config without one)."""
-    checkpoint = ((config or {}).get("tokenizer") or {}).get("checkpoint")
-    if isinstance(checkpoint, str) and Path(checkpoint).is_file():
-        return file_id(checkpoint)
+    """Which tokenizer weights a record's numbers came from: the first 12 hex digits of its `tokenizer_sha256` field
+    (the weights the run loaded, as its spec names them), else of the sha256 of the file `config.tokenizer.checkpoint`
+    names now (varbench.utils.run_spec.file_id); None when neither names weights (a config without a tokenizer)."""
     sha = fields.get("tokenizer_sha256")
-    return sha[:ID_HEX] if isinstance(sha, str) else None
+    if isinstance(sha, str):
+        return sha[:ID_HEX]
+    checkpoint = ((config or {}).get("tokenizer") or {}).get("checkpoint")
+    return file_id(checkpoint) if isinstance(checkpoint, str) and Path(checkpoint).is_file() else None
 
 
 def make_record(metric: str, value, unit: str, config=None, device=None, **fields) -> dict:
