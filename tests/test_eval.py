@@ -268,6 +268,10 @@ def test_evaluate_task_records_every_metric(tmp_path):
     records = {r["metric"]: r for r in read_records(tmp_path / "res" / "evaluate.jsonl")}
     assert all(r["checkpoint_sha256"] == file_sha256(folder / "model.safetensors")
                and r["tokenizer_sha256"] == file_sha256(tokenizer_file) for r in records.values())
+    # the kernels that ran (session 21: the records said only `mixer.backend: auto`); the samples' folder is theirs
+    assert all(r["backends"] == {"mixer": "reference", "intra": "none"} for r in records.values())
+    manifest = json.loads((Path(out["samples"]["npz"]).parent / "manifest.json").read_text())
+    assert '"backends"' in json.dumps(manifest) and '"device": "cpu"' in json.dumps(manifest)
     assert set(records) == {"embedded_fd", "class_accuracy", "classifier_val_accuracy", "classifier_score",
                             "embedded_kd", "embedded_precision", "embedded_recall", "val_nll", "train_nll",
                             "embedded_fd_floor", "embedded_fd_recon", "nn_distance_ratio", "evaluate_seconds"}

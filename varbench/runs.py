@@ -184,8 +184,9 @@ class TrainedRun:
 
     def identity(self) -> dict:
         """Record fields naming the weights: paths and sha256 of the checkpoint and of the tokenizer, and the
-        checkpoint's format (varbench, or official_<kind>)."""
+        checkpoint's format (varbench, or official_<kind>); and the kernels the model's branches ran (`backends`)."""
         return {"checkpoint": str(self.checkpoint), "checkpoint_sha256": self.checkpoint_sha256,
+                "backends": self.model.backends,
                 "tokenizer_checkpoint": str(self.tokenizer_file), "tokenizer_sha256": self.tokenizer_sha256,
                 "run_spec": self.run_spec, "random_tokenizer": self.random_tokenizer,
                 "checkpoint_format": f"official_{self.official}" if self.official else "varbench"}

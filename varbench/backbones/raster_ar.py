@@ -31,6 +31,7 @@ from varbench.backbones.sampling import top_k_top_p_filter
 from varbench.layout import RasterLayout
 from varbench.mixers.base import State, TokenMixer
 from varbench.modules import RMSNorm
+from varbench.ops.backend import backend_of
 
 SAMPLE_POSITIONS = ("training", "official")
 
@@ -263,8 +264,13 @@ class RasterAR(nn.Module):
 
     @property
     def mixer_backend(self) -> str:
-        """The kernel the token mixers run (as ScaleAR's)."""
-        return self.blocks[0].mixer.backend
+        """The kernel the token mixers run (as ScaleAR's: never "auto")."""
+        return self.backends["mixer"]
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """{"mixer": the kernel the token mixers run} (as ScaleAR's; a raster model has no intra branch)."""
+        return {"mixer": backend_of(self.blocks[0].mixer, next(self.parameters()).device)}
 
     def state_bytes(self, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> int:
         """Inference state of every block's mixer after the last token: a KV cache, a recurrent state."""

@@ -21,6 +21,7 @@ from varbench.backbones.sampling import Generation, ScaleSampler
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State
 from varbench.modules.fused import ln_modulate
+from varbench.ops.backend import backend_of
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -206,10 +207,13 @@ class ScaleAR(nn.Module):
     def mixer_backend(self) -> str:
         """The kernel the inter-scale mixers run ("none" without an inter-scale branch): the one the latest call ran,
         else the one a call on the model's device would run (never "auto")."""
-        mixer = self.blocks[0].mixer
-        if mixer is None:
-            return "none"
-        return mixer.backend_ran or mixer.backend_on(next(self.parameters()).device)
+        return self.backends["mixer"]
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """The kernel each branch runs, as `mixer_backend` says it: {"mixer": ..., "intra": ...} (records name them)."""
+        device = next(self.parameters()).device
+        return {"mixer": backend_of(self.blocks[0].mixer, device), "intra": backend_of(self.blocks[0].intra, device)}
 
     def state_bytes(self, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> int:
         """Inference state of every block's inter-scale mixer after the last scale (0 without one): VAR's KV cache,

@@ -108,3 +108,13 @@ class KernelChoice:
         if not torch.compiler.is_compiling():  # a traced attribute write would be a side effect of the graph
             self.backend_ran = name
         return name
+
+
+def backend_of(module, device) -> str:
+    """The kernel a module with kernels runs: the one its latest call ran, else the one a call on `device` would run
+    (never "auto"); "none" for an absent branch (None), "reference" for a module without kernels."""
+    if module is None:
+        return "none"
+    if not isinstance(module, KernelChoice):
+        return REFERENCE
+    return module.backend_ran or module.backend_on(device)

@@ -233,7 +233,9 @@ def main(cfg: DictConfig) -> dict:
         samples = sample_for_eval(model, tokenizer, t.out_dir, num_classes, per_class, t.batch_size, preset, t.seed,
                                   device, sampler=t.sampler, cuda_graphs=graphs, decode_mode=decode_mode,
                                   tag={"checkpoint_sha256": run.checkpoint_sha256,
-                                       "tokenizer_sha256": run.tokenizer_sha256, "precision": t.precision})
+                                       "tokenizer_sha256": run.tokenizer_sha256, "precision": t.precision,
+                                       # other devices draw other random streams, other kernels round otherwise
+                                       "device": device.type, "backends": model.backends})
     sample_seconds = time.perf_counter() - start
     seconds = PartSeconds(sample=sample_seconds)
     metrics = (adm_metrics if suite == "adm" else project_metrics)(cfg, samples["npz"], device, tokenizer, seconds)

@@ -81,8 +81,7 @@ def main(cfg: DictConfig) -> dict:
     summary.update(params=model.num_params(), fwd_flops_per_image=model_flops(model)["total"],
                    peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                    checkpoint=str(Path(cfg.run_dir) / "checkpoints"), **weights_identity(spec),
-                   backends={"mixer": model.mixer_backend,
-                             "intra": getattr(getattr(model.blocks[0], "intra", None), "backend", None)})
+                   backends=model.backends)
     if summary["interrupted"]:
         raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
                          f"saved: run the same command (same run_dir) to resume exactly")
