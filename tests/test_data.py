@@ -153,6 +153,9 @@ def test_image_folder_layout_errors(tmp_path):
         ImageFolderData(tmp_path / "data", "train", num_classes=1000)
     flat = ImageFolderData(tmp_path / "data" / "train", "val", image_size=16)  # class folders directly under root
     assert flat.num_classes == 2 and len(flat) == 6
+    # every record against it says its "val" is the training images (session 21: a held-out NLL of train images)
+    assert "split=val (the train images: no train/ or val/)" in flat.describe()
+    assert "split=train," in ImageFolderData(tmp_path / "data", "train", image_size=16).describe()
 
 
 # ----- TorchvisionData -----------------------------------------------------------------------------------------------

@@ -188,8 +188,10 @@ class ImageFolderData(Dataset):
         return len(self.samples)
 
     def describe(self) -> str:
-        """One line that identifies the data (stored in token-cache metadata)."""
-        return (f"ImageFolderData(folder={self.folder}, split={self.split}, image_size={self.image_size}, "
+        """One line that identifies the data (stored in token-cache metadata, and as the `reference` of every
+        evaluation record against it: a folder without train/ and val/ says its split is the training images)."""
+        split = self.split if self.folder != self.root else f"{self.split} (the train images: no train/ or val/)"
+        return (f"ImageFolderData(folder={self.folder}, split={split}, image_size={self.image_size}, "
                 f"num_items={len(self)}, num_classes={self.num_classes})")
 
     def set_deterministic(self) -> "ImageFolderData":
