@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from varbench.data.loading import LoaderOptions
+from varbench.utils.seeding import item_seed, seeded_item
 
 
 class GlobalBatches:
@@ -60,8 +60,7 @@ class GlobalBatches:
         """The transform seed of each of this rank's items of the batch (see the module docstring); numpy's
         SeedSequence, whose output is fixed by its specification, mixes (seed, epoch, position)."""
         start = self.first_position(batch)
-        return [int(np.random.SeedSequence([self.seed, epoch, p]).generate_state(1, np.uint64)[0] >> 1)
-                for p in range(start, start + self.global_batch // self.world_size)]
+        return [item_seed(self.seed, epoch, p) for p in range(start, start + self.global_batch // self.world_size)]
 
     def locate(self, index: int) -> tuple[int, int]:
         """(epoch, batch) of the `index`-th micro-batch of the run."""
@@ -102,11 +101,6 @@ def collate(dataset, indices: list[int], seeds: list[int] | None = None) -> tupl
         with torch.random.fork_rng(devices=[]):
             items = [seeded_item(dataset, i, seed) for i, seed in zip(indices, seeds, strict=True)]
     return torch.stack([torch.as_tensor(x) for x, _ in items]), torch.tensor([int(y) for _, y in items])
-
-
-def seeded_item(dataset, index: int, seed: int):
-    torch.manual_seed(seed)
-    return dataset[index]
 
 
 @torch.no_grad()

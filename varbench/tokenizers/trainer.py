@@ -38,6 +38,7 @@ from varbench.utils.log import get_logger, progress_bar
 from varbench.utils.loggers import ExperimentLogger
 from varbench.utils.records import record
 from varbench.utils.run_spec import file_id
+from varbench.utils.seeding import SeededItems, item_seed
 
 log = get_logger(__name__)
 
@@ -45,9 +46,11 @@ WEIGHTS, STATE = "tokenizer.safetensors", "train_state.pt"
 
 
 class StepBatches:
-    """Dataset indices of updates start..steps-1, one list per update: one stream of per-epoch permutations (epoch e
-    drawn from seed and e) cut into batches (a batch may straddle two epochs). Update s always reads the same items,
-    so a resumed run reads exactly the batches the uninterrupted run would have read."""
+    """The (transform seed, dataset index) keys of updates start..steps-1 (`SeededItems` reads them), one list per
+    update: one stream of per-epoch permutations (epoch e drawn from seed and e) cut into batches (a batch may
+    straddle two epochs), each item's transform seeded by (seed, update, position). Update s always reads the same
+    items, cropped and flipped alike, so a resumed run reads exactly the batches the uninterrupted run would have
+    read, with DataLoader workers too."""
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, steps: int):
         self.n, self.batch_size, self.seed, self.start, self.steps = n, batch_size, seed, start, steps
@@ -60,7 +63,7 @@ class StepBatches:
 
     def __iter__(self):
         pos, epoch, perm = self.start * self.batch_size, -1, []
-        for _ in range(len(self)):
+        for update in range(self.start, self.steps):
             out = []
             while len(out) < self.batch_size:
                 e, i = divmod(pos, self.n)
@@ -69,7 +72,7 @@ class StepBatches:
                 take = min(self.batch_size - len(out), self.n - i)
                 out += perm[i:i + take]
                 pos += take
-            yield out
+            yield [(item_seed(self.seed, update, p), index) for p, index in enumerate(out)]
 
 
 def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_path=None, config=None,
@@ -115,7 +118,7 @@ def _updates(p: TrainingParts, train_set, device, out_dir: Path, start: int, wri
     last_ckpt = f"{out_dir / STATE} (update {start})" if start else "none written yet"
     sampler = StepBatches(len(train_set), opt.batch_size, opt.seed, start, opt.steps)
     # its own generator: a loader draws a worker base seed when iterated, which must not consume the global RNG
-    loader = iter(DataLoader(train_set, batch_sampler=sampler, num_workers=opt.num_workers,
+    loader = iter(DataLoader(SeededItems(train_set), batch_sampler=sampler, num_workers=opt.num_workers,
                              generator=torch.Generator().manual_seed(opt.seed)))
     terms = {}
     with progress_bar(desc="tokenizer", total=opt.steps, initial=start, enabled=opt.progress) as bar:
