@@ -4,7 +4,8 @@ A config value outside its range (`train.grad_accum=0`, `model.depth=0`, `train.
 is a `ConfigError` naming the key, the value and the valid range, raised before any file is written (the
 `varbench` command checks while Hydra resolves the run folder; `varbench.tasks.run_task` checks again for callers
 that compose configs themselves). Keys not listed here are not checked (a mixer's own fields are checked by its
-constructor); a mandatory value left `???` is reported by the task that reads it.
+constructor); a mandatory value left `???` that the task's steps read (the data set's root and classes, the
+tokenizer's file) is an error too (`_unset`).
 
 The rules are per config group (`train`, `model`, `tokenizer`, `data`, `logger`, `cluster`) and per task
 (`task.<field>` by `task.name`); for the main job (`task=main`) every step's own task config is checked as it will
@@ -240,7 +241,7 @@ def step_config(cfg: DictConfig, step: str) -> DictConfig:
 def validate(cfg: DictConfig) -> None:
     """Raise `ConfigError` listing every value of `cfg` outside its valid range (for the main job, of every step
     too); return None when all are valid."""
-    problems = _unknown_keys(cfg) + _problems(cfg)
+    problems = _unknown_keys(cfg) + _problems(cfg) + _unset(cfg)
     if cfg.task.name == "main":
         unknown = sorted(set(cfg.task.get("overrides") or {}) - set(cfg.task.steps))
         if unknown:
@@ -294,6 +295,25 @@ def _problems(cfg: DictConfig) -> list[str]:
         if _is_set(cfg, key) and not rule.accepts(value := OmegaConf.select(cfg, key)):
             problems.append(f"{key} = {value!r}: expected {rule.describe()}")
     return problems + _relations(cfg)
+
+
+def _unset(cfg: DictConfig) -> list[str]:
+    """The mandatory values (`???`) the task's steps read, left unset: named before anything runs (a Slurm array would
+    otherwise fail every cell at its first read, after queueing). The data set's for a step that reads images; the
+    tokenizer's file for one that reads codes without training the tokenizer first."""
+    steps = set(cfg.task.steps) if cfg.task.name == "main" else {cfg.task.name}
+    needed = ["data.root", "data.num_classes"] if steps & {"train", "train_tokenizer", "tokenize"} else []
+    if steps & {"train", "tokenize"} and "train_tokenizer" not in steps:
+        needed.append("tokenizer.checkpoint")
+    return [f"{key} = ???: a mandatory value task={cfg.task.name} reads; set {key}=..." for key in needed
+            if _is_missing(cfg, key)]
+
+
+def _is_missing(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent)
+    return isinstance(node, DictConfig) and leaf in node.keys() and OmegaConf.is_missing(node, leaf)  # (not `in node`:
+    # a `???` value is not `in` its node)
 
 
 def _is_set(cfg: DictConfig, key: str) -> bool:
