@@ -252,3 +252,13 @@ def test_an_isolated_cell_counts_as_failed_when_it_recorded_errors_or_died(monke
     plain = OmegaConf.create({"task": {"cell_timeout_s": 5}})
     assert bench.isolated_cell(plain, "out.jsonl", "gla", "none", 256, {"mixer": "gla"}) == errors
     assert recorded == ["process"] * process_records
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+train.stepz=5", "train.stepz: unknown key .*; did you mean train.steps?"),
+    ("+data.image_size=64", "data.image_size: unknown key"),  # the tokenizer decides the image size
+    ("+task.per_clas=2", "task.per_clas: unknown key")])
+def test_a_key_no_config_sets_is_an_error_not_ignored(override, message):
+    """Session 21: following Hydra's "use +key" hint for a misspelt key ran with the key ignored."""
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_with(override))

@@ -16,6 +16,7 @@ study grids' `study` node, checked by STUDY) is a misspelling: an error.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -268,10 +269,35 @@ def top_level_keys() -> tuple[str, ...]:
     return tuple(sorted({*root.keys(), *groups, *EXTRA_TOP} - {"defaults"}))
 
 
+CHECKED_GROUPS = ("train", "model", "tokenizer", "data", "task", "logger")  # (mixer, intra: their constructors check)
+
+
+@lru_cache(maxsize=None)
+def group_keys(group: str) -> frozenset[str]:
+    """Every key a shipped config file sets in `group`: its options' own keys, and those a recipe, preset or grid (a
+    `@package _global_` file) sets under it."""
+    keys = set()
+    for path in CONFIG_ROOT.rglob("*.yaml"):
+        node = OmegaConf.load(path)
+        if path.parent.name == group and path.parent.parent == CONFIG_ROOT:
+            keys |= set(node.keys())
+        if "@package _global_" in path.read_text()[:200] and isinstance(node.get(group), DictConfig):
+            keys |= set(node[group].keys())
+    return frozenset(keys - {"defaults"})
+
+
 def _unknown_keys(cfg: DictConfig) -> list[str]:
-    """Misspelt top-level keys, and what is wrong in the `study` node."""
+    """Misspelt top-level keys, keys of a config group that no shipped file sets (a `+train.stepz=5` would be ignored
+    silently), and what is wrong in the `study` node."""
     known = top_level_keys()
     out = [f"{key}: unknown top-level key; valid: {list(known)}" for key in cfg if key not in known]
+    for group in CHECKED_GROUPS:
+        node = cfg.get(group)
+        for key in node.keys() if isinstance(node, DictConfig) else ():
+            if key not in group_keys(group):
+                near = difflib.get_close_matches(key, sorted(group_keys(group)), n=3)
+                out.append(f"{group}.{key}: unknown key (no shipped config sets it, so nothing reads it)"
+                           + (f"; did you mean {', '.join(f'{group}.{k}' for k in near)}?" if near else ""))
     study = cfg.get("study")
     if study is None:
         return out
