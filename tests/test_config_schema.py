@@ -110,6 +110,7 @@ def test_a_value_out_of_range_names_key_value_and_range(override, message):
     (["task=evaluate", "task.floor_images=abc"], "task.floor_images = 'abc'"),
     (["device=gpu"], "device = 'gpu': expected auto, cpu, cuda or cuda:<index>"),
     (["cluster=local_parallel", "cluster.jobs=0"], "cluster.jobs = 0: expected an integer >= 1"),
+    (["data=cifar10", "debug=smoke"], "data.size_per_class = 16: sizes the embedded data set only"),
 ])
 def test_task_values_are_checked_by_task_and_by_main_step(overrides, message):
     with pytest.raises(ConfigError) as err:

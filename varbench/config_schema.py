@@ -355,6 +355,10 @@ def _relations(cfg: DictConfig) -> list[str]:
     width, heads = OmegaConf.select(cfg, "model.width"), OmegaConf.select(cfg, "model.num_heads")
     if isinstance(width, int) and isinstance(heads, int) and heads > 0 and width % heads:
         out.append(f"model.width = {width} is not a multiple of model.num_heads = {heads}")
+    target, size = OmegaConf.select(cfg, "data._target_"), OmegaConf.select(cfg, "data.size_per_class")
+    if size is not None and target is not None and not str(target).endswith("EmbeddedShapes"):
+        out.append(f"data.size_per_class = {size}: sizes the embedded data set only, not {target} (debug=true sets "
+                   f"it: its smoke run is a run on data=embedded)")
     device = OmegaConf.select(cfg, "device")
     if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(device)):
         out.append(f"device = {device!r}: expected auto, cpu, cuda or cuda:<index>")

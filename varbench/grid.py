@@ -139,7 +139,10 @@ def _run_job(cfg: DictConfig) -> Any:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.runtime.choices.get("grid") is None:
         with _lock(cfg.run_dir, "run dir"):
-            return run_task(cfg)
+            summary = run_task(cfg)
+        if is_rank_zero():  # a task that prints nothing of its own still says where its records went
+            log.info("task=%s done: run folder %s, records under %s", cfg.task.name, cfg.run_dir, cfg.results_dir)
+        return summary
     cid, results, overrides = cfg.cell_id, cfg.results_dir, list(hydra_cfg.overrides.task)
     if is_complete(results, cid):  # a cell finished by another sweep while this one was queued, or a requeue
         log.info("cell %s is complete: skipped", cid)

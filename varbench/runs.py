@@ -77,8 +77,9 @@ def find_checkpoint(source) -> Path:
     for ckpt_dir in (path, path / "checkpoints"):
         if (folder := checkpoints.latest(ckpt_dir)) is not None:
             return folder / "model.safetensors"
-    raise ValueError(f"no checkpoint at {path}: give a run directory, a checkpoint folder or a model.safetensors "
-                     f"file (train first with task=train)")
+    raise ValueError(f"no checkpoint at {path}: expected a run directory (the run_dir of task=train or task=main, "
+                     f"e.g. runs/main/<id>), a checkpoint folder, varbench's model.safetensors, or an official VAR / "
+                     f"M-VAR / AiM weights file (.pth, .safetensors)")
 
 
 def command_line_keys() -> list[str] | None:
@@ -268,9 +269,10 @@ def checked_tokenizer_file(spec: dict, folder: Path, given) -> tuple[Path, str]:
 def without_spec(weights: Path, cfg: DictConfig | None, from_command_line: bool) -> tuple[DictConfig, Path]:
     """The config and tokenizer of a checkpoint that has no spec: the caller's, when asked for by name."""
     if cfg is None or not from_command_line:
-        raise ValueError(f"{weights.parent} has no run spec (run_spec.json; checkpoints written before specs "
-                         f"existed), so its architecture and tokenizer are unknown: retrain, or state them on the "
-                         f"command line and set task.architecture_from_command_line=true")
+        raise ValueError(f"{weights} is not a recognised official VAR / M-VAR / AiM checkpoint (its keys match "
+                         f"none of their layouts) and has no run spec beside it (run_spec.json; varbench checkpoints "
+                         f"written before specs existed), so its architecture and tokenizer are unknown: retrain, or "
+                         f"state them on the command line and set task.architecture_from_command_line=true")
     if not cfg.tokenizer.get("checkpoint"):
         raise ValueError(f"{weights.parent} has no run spec: with task.architecture_from_command_line=true set "
                          f"tokenizer.checkpoint to the tokenizer the model was trained with (never a random one)")

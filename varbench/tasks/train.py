@@ -40,6 +40,11 @@ def start_from(cfg: DictConfig, model, tokenizer_file, device, is_main: bool) ->
     report = init_from(model, source)
     check_tokenizer(report, tokenizer_file)
     log.info("[train] " + report.summary())
+    model_tensors = len(report.loaded) + len(report.initialised) + len(report.skipped)
+    if report.skipped or len(report.loaded) < model_tensors / 2:  # (session 21: 3 of 58 loaded, said at INFO)
+        log.warning("[train] train.init_from=%s: only %d of the model's %d tensors loaded (%d skipped for their "
+                    "shape): most of the model starts from the recipe's initialisation", source, len(report.loaded),
+                    model_tensors, len(report.skipped))
     if is_main:
         record(Path(cfg.results_dir) / "init_from.jsonl", "init_from_loaded_tensors", len(report.loaded), "tensors",
                config=cfg, device=device, **report.as_dict())
