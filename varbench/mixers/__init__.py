@@ -5,6 +5,5 @@ Build one without Hydra through `varbench.registry.build("mixer", name, dim=...,
 """
 
 from varbench.mixers.base import State, TokenMixer, state_nbytes
-from varbench.ops.backend import resolve_backend
 
-__all__ = ["State", "TokenMixer", "resolve_backend", "state_nbytes"]
+__all__ = ["State", "TokenMixer", "state_nbytes"]
