@@ -91,11 +91,12 @@ def read_goal(frame: pd.DataFrame, key: tuple, column: str, higher: bool) -> tup
 def call_frames(df: pd.DataFrame, device, samplers) -> list[tuple[pd.DataFrame, str]]:
     """The bench frame of each device call (one commit on one machine) that timed on `device`, newest call first,
     each with its name ("one call: <commit> on <machine>")."""
-    call = df["commit"].astype(str) + " on " + df["machine"].fillna("an unnamed machine").astype(str)
-    timed = df["metric"].isin(TIMED) & (df["device"] == device)
-    newest_first = df[timed].groupby(call[timed])["date"].max().sort_values(ascending=False).index
-    return [(speed_wide(df[call == name], device, samplers), f"one call: {name[:7]}{name[name.index(' on '):]}")
-            for name in newest_first]
+    frame = df.assign(commit=df["commit"].fillna("unknown"), machine=df["machine"].fillna("an unnamed machine"))
+    timed = frame[frame["metric"].isin(TIMED) & (frame["device"] == device)]
+    newest_first = timed.groupby(["commit", "machine"])["date"].max().sort_values(ascending=False).index
+    calls = frame.groupby(["commit", "machine"])
+    return [(speed_wide(calls.get_group(call), device, samplers), f"one call: {call[0][:7]} on {call[1]}")
+            for call in newest_first]
 
 
 def same_call_ratio(calls, num: tuple, den: tuple) -> tuple[float, str]:
