@@ -42,6 +42,8 @@ def test_each_study_s_floors_sit_beside_its_best_configuration_and_var(tmp_path)
     assert a["Real vs real (floor)"] == 0.01 and a["Tokenizer reconstructions"] == 0.05
     assert a["Real images (n)"] == 800 and a["Best configuration"] == "gla-d2"
     assert a["Best (mean over seeds)"] == pytest.approx(0.2) and a["VAR (mean over seeds)"] == pytest.approx(0.6)
+    # the configurations' own sample count beside the floor's 800 (session 21: FID-10k read against n = 6400)
+    assert a["Configurations measured as"] == "FD (embedded classifier, 1k, cfg 1.5)"
     a3 = table.loc[(str(tmp_path / "a"), "FD (embedded classifier)", "t3")]
     assert a3["Tokenizer reconstructions"] == 0.2 and a3["Best configuration"] == "mamba2+raster-d2"
     assert a3["Best (mean over seeds)"] == pytest.approx(0.9) and pd.isna(a3["VAR (mean over seeds)"])

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 KINDS = {"_floor": "Real vs real (floor)", "_recon": "Tokenizer reconstructions"}
 OWN = "own per cell"  # a grid that trains a tokenizer per cell
-BESIDE = ["Best configuration", "Best (mean over seeds)", "VAR (mean over seeds)"]
+# the configurations' side says its own sample count (FID's bias depends on it: a floor of n real images and a
+# model's FID-10k are not the same measurement)
+BESIDE = ["Best configuration", "Best (mean over seeds)", "VAR (mean over seeds)", "Configurations measured as"]
 
 
 def floor_records(df: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +65,8 @@ def floors_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         best = ours.loc[ours["value"].idxmax() if higher_better else ours["value"].idxmin()]
         var = ours[(ours["mixer"] == VAR[0]) & (ours["intra"] == VAR[1])]
         table.loc[(study, base, label, tok), BESIDE] = [best["model"], best["value"],
-                                                        var["value"].iloc[0] if len(var) else float("nan")]
+                                                        var["value"].iloc[0] if len(var) else float("nan"),
+                                                        best["label"]]
     first = [k for k in KINDS.values() if k in table]
     table = table[first + [c for c in table if c not in first]]
     table = table.droplevel("base").rename_axis([SECTION, "Metric", "Tokenizer"]).rename_axis(columns=None)
@@ -72,13 +75,14 @@ def floors_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
 
 def configuration_means(df: pd.DataFrame) -> pd.DataFrame:
     """The mean over seeds of each configuration's quality metrics, per study (one row per study, configuration and
-    metric; `model` its label, `tok` the tokenizer it reads, as `floor_records` names it)."""
+    quality column; `model` its label, `label` the column's (sample count, guidance), `tok` the tokenizer it reads,
+    as `floor_records` names it)."""
     # one study at a time: quality_long keeps a configuration run by several studies in the newest one only
     long = pd.concat([quality_long(records).assign(study=study) for study, records in df.groupby(study_of(df))])
     if long.empty:
-        return pd.DataFrame(columns=["study", "metric", "mixer", "intra", "model", "tok", "value"])
+        return pd.DataFrame(columns=["study", "metric", "label", "mixer", "intra", "model", "tok", "value"])
     long = long.assign(tok=tokenizer_names(df, long))
-    means = long.groupby(["study", "metric", "mixer", "intra", "depth", "tok"], dropna=False)["value"].mean()
+    means = long.groupby(["study", "metric", "label", "mixer", "intra", "depth", "tok"], dropna=False)["value"].mean()
     means = means.reset_index()
     return means.assign(model=[model_label(m, i, d) for m, i, d in zip(means["mixer"], means["intra"],
                                                                        means["depth"])])
