@@ -142,6 +142,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def main(cfg: DictConfig) -> dict:
+    """Time every configuration under the protocol (module docstring) and append the records to
+    results_dir/bench.jsonl; return where, the matmul peak and the failed cells."""
     t = cfg.task
     if t.get("random_weights") is not True:
         raise ValueError(f"task.random_weights={t.get('random_weights')!r}: task=bench times models with random "

@@ -11,6 +11,7 @@ from varbench.utils.records import record
 
 
 def main(cfg: DictConfig) -> dict:
+    """Compare varbench with the official tensors of `task.directory`; record each part; exit non-zero if one fails."""
     rows = check_golden(cfg.task.directory, list(cfg.task.parts))
     for r in rows:
         record(Path(cfg.results_dir) / "golden.jsonl", "golden_max_abs_error", r.error, "abs", config=cfg,

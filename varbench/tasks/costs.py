@@ -23,6 +23,8 @@ CELL = ("mixer", "intra", "depth", "resolution")  # what one analytic_cost recor
 
 
 def main(cfg: DictConfig) -> dict:
+    """Record the analytic costs of every (depth, resolution, configuration) in results_dir/costs.jsonl, replacing
+    earlier ones; return where, and how many cells."""
     t, out = cfg.task, Path(cfg.results_dir) / "costs.jsonl"
     lines = []
     for res in t.resolutions:

@@ -80,6 +80,8 @@ def image_edit(t: DictConfig, tokenizer, device: torch.device) -> tuple[torch.Te
 
 
 def main(cfg: DictConfig) -> dict:
+    """Edit `task.image` inside or outside `task.box` with the run's model; write edit.png and its record; return its
+    path and time."""
     t = cfg.task
     check_task(t)
     device = resolve_device(cfg.device)

@@ -218,6 +218,8 @@ def adm_metrics(cfg: DictConfig, npz, device, tokenizer, seconds: PartSeconds) -
 
 
 def main(cfg: DictConfig) -> dict:
+    """Sample the run's evaluation set, compute its suite's metrics and append them to results_dir/evaluate.jsonl;
+    return them."""
     device = resolve_device(cfg.device)
     run = load_for_task(cfg, device)  # the run's model, tokenizer and config (its data set, its precision)
     run.refuse_random_tokenizer(cfg, command_line_keys())

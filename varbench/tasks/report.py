@@ -191,5 +191,6 @@ def build_report(records, out_dir, device=None) -> dict[str, str]:
 
 
 def main(cfg: DictConfig) -> dict[str, str]:
+    """Write every table and figure of the records under `task.records` into `task.out_dir`; return {name: path}."""
     t = cfg.task
     return build_report(t.records, t.out_dir, device=t.get("device"))

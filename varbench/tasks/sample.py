@@ -30,6 +30,7 @@ log = get_logger(__name__)
 
 
 def main(cfg: DictConfig) -> dict:
+    """Draw a class-conditional grid with the run's model, save samples.png and its record; return its path and time."""
     device = resolve_device(cfg.device)
     run = load_for_task(cfg, device)
     cfg, tokenizer, model = run.config, run.tokenizer, run.model  # the run's config: task.precision follows it

@@ -30,6 +30,8 @@ PROTOCOL = "weak scaling: fixed per-GPU batch; bf16 autocast; fused AdamW; CUDA 
 
 
 def main(cfg: DictConfig) -> dict:
+    """Time the training step of one configuration on this host's processes (DDP or FSDP2); rank 0 records it.
+    Returns the summary."""
     t = cfg.task
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.device != "cpu":  # (session 21: mvar_d30 on a CPU host ran until killed for memory)

@@ -54,6 +54,7 @@ log = get_logger(__name__)
 
 
 def main(cfg: DictConfig) -> dict:
+    """Train the AR model of `cfg` (resuming a run_dir), record its losses and summary; return the summary."""
     device = resolve_device(cfg.device)
     info = init_distributed(device)
     if device.type == "cuda":
