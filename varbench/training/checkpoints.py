@@ -25,6 +25,7 @@ RESUMABLE = ("train.steps", "train.log_every", "train.nll_every", "train.nll_ima
 
 
 def rng_state() -> dict:
+    """This process's random state: torch's CPU generator and, where CUDA is, every device's."""
     out = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
@@ -32,6 +33,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore a `rng_state()` (its CUDA part only where CUDA is)."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -57,12 +59,14 @@ def save(ckpt_dir: Path, step: int, tensors: dict, state: dict, keep: int = 3, m
 
 
 def check_keep_last(keep) -> None:
+    """A clear error for a `train.keep_last` that is not an integer >= 1."""
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise ValueError(f"train.keep_last must be an integer >= 1 (the checkpoints kept, the newest included), "
                          f"got {keep!r}")
 
 
 def step_of(folder: Path) -> int:
+    """The step of a `step_<N>` checkpoint folder."""
     return int(folder.name.removeprefix("step_"))
 
 
@@ -79,6 +83,7 @@ def step_folders(ckpt_dir: Path) -> list[Path]:
 
 
 def is_complete(folder: Path) -> bool:
+    """Whether a checkpoint folder holds every file of FILES (a killed save leaves it without some)."""
     return all((folder / name).is_file() for name in FILES)
 
 

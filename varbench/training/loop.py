@@ -71,6 +71,8 @@ class Plan:
 
 
 def make_plan(tcfg: DictConfig, num_items: int) -> Plan:
+    """The iterations, warm-up and peak learning rate of training `num_items` items as `tcfg` (train.*) says: its
+    steps, else its epochs; its warm-up iterations, else warmup_epochs (default epochs / 50)."""
     per_epoch = math.ceil(num_items / tcfg.batch_size)
     max_iters = tcfg.steps or math.ceil(tcfg.epochs * per_epoch)
     warmup_epochs = tcfg.warmup_epochs if tcfg.warmup_epochs is not None else tcfg.epochs / 50

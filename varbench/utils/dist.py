@@ -12,12 +12,15 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a multi-process run (one process per GPU): rank, process count, rank on this host."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that writes records and checkpoints."""
         return self.rank == 0
 
 
