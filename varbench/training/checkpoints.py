@@ -3,7 +3,8 @@ a weights_only-loadable torch file; each written atomically, a `latest` pointer 
 
 A checkpoint folder `step_<N>` is complete when all of FILES are in it (each is renamed into place whole, the state
 last). Retention never removes the checkpoint `latest` points to, nor a complete checkpoint while keeping an
-incomplete one (a folder a killed run left half-written)."""
+incomplete one (a folder a killed run left half-written). `save_training` / `resume_training` write and restore a
+training run's whole state (the AR loop's, varbench/training/loop.py), FSDP2 shards and every rank's RNG included."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from varbench.utils.checkpoint import load_object, read_state_dict, save_atomic
+from varbench.utils.checkpoint import load_object, load_strict, read_state_dict, remove_stale_temps, save_atomic
+from varbench.utils.dist import DistInfo
+from varbench.utils.log import get_logger
 from varbench.utils.resume import refuse_changed_config
 from varbench.utils.run_spec import file_sha256, read_spec, write_spec
+
+log = get_logger(__name__)
 
 FILES = ("model.safetensors", "state.pt")  # written in this order; all present = complete
 # the config groups that decide what training computes; compared on resume, except the keys of RESUMABLE
@@ -154,3 +159,69 @@ def check_same_tokenizer(ckpt_dir: Path, tokenizer_file) -> None:
 def read(folder: Path) -> tuple[dict, dict]:
     """The model tensors and the training state of checkpoint `folder`."""
     return read_state_dict(folder / "model.safetensors"), load_object(folder / "state.pt")
+
+
+def _is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 holds the parameters as shards (DTensors)."""
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def save_training(ckpt_dir, step, model, optimizer, scaler, cfg: DictConfig, info: DistInfo,
+                  spec: dict | None = None) -> None:
+    """Checkpoint `step` of a training run: the whole weights (gathered from FSDP2 shards), the optimizer, the loss
+    scaler, every rank's RNG and the run config (`save`), written by rank 0; every rank returns after it."""
+    if _is_sharded(model):  # gather whole tensors: a collective (every rank calls it), rank 0 receives them
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        tensors, optim = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                   cpu_offload=True))
+    else:
+        tensors, optim = model.state_dict(), optimizer.state_dict()
+    # each rank draws its own dropout and class dropout (tasks/train.py seeds seed * W + rank): keep every rank's RNG
+    rngs = [rng_state()]
+    if info.world_size > 1:
+        rngs = [None] * info.world_size
+        torch.distributed.all_gather_object(rngs, rng_state())
+    if info.is_main:
+        state = {"step": step, "optimizer": optim, "scaler": scaler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
+                 "config": run_config(cfg)}
+        save(ckpt_dir, step, tensors, state, cfg.train.keep_last, meta=spec)
+    if info.world_size > 1:
+        torch.distributed.barrier()
+
+
+def resume_training(ckpt_dir: Path, model, optimizer, scaler, cfg: DictConfig, info: DistInfo) -> int:
+    """The step to start from: 0 in a fresh run dir, else that of the checkpoint `latest` names, restored into the
+    model, optimizer, scaler and RNG. First checks keep_last (before training, not at the first save) and removes
+    the temporary files a killed run left (as large as the model)."""
+    check_keep_last(cfg.train.keep_last)
+    if info.is_main:
+        remove_stale_temps(ckpt_dir)
+    if (folder := latest(ckpt_dir)) is None:
+        return 0
+    state = _restore(folder, model, optimizer, cfg)
+    scaler.load_state_dict(state["scaler"])
+    per_rank = state.get("rng_per_rank") or [state["rng"]]  # (checkpoints before session 21: rank 0's only)
+    if len(per_rank) != info.world_size:
+        log.warning("resuming %s with %d processes, written by %d: the ranks' random streams (dropout, class "
+                    "dropout) are not those of an uninterrupted run; every rank takes rank 0's", folder,
+                    info.world_size, len(per_rank))
+    set_rng_state(per_rank[info.rank] if len(per_rank) == info.world_size else per_rank[0])
+    return state["step"]
+
+
+def _restore(folder, model, optimizer, cfg: DictConfig) -> dict:
+    """Load checkpoint `folder` into the model and optimizer (whole tensors; FSDP2 re-shards them on every rank),
+    after checking that it was trained under the settings of `cfg` (RESUMABLE may differ)."""
+    tensors, state = read(folder)
+    check_resumable(state, cfg, folder)
+    if _is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        set_state_dict(model, optimizer, model_state_dict=tensors, optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True))
+    else:
+        load_strict(model, tensors, f"checkpoint {folder}")
+        optimizer.load_state_dict(state["optimizer"])
+    return state
+
+

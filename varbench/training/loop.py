@@ -27,7 +27,6 @@ from varbench.training import checkpoints, recipe
 from varbench.training.fp8 import to_fp8_training
 from varbench.training.previews import log_sample_grid
 from varbench.utils.auto import resolve_auto
-from varbench.utils.checkpoint import load_strict, remove_stale_temps
 from varbench.utils.dist import DistInfo
 from varbench.utils.log import get_logger, progress_bar
 from varbench.utils.loggers import open_logger
@@ -141,7 +140,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                                   weight_decay=0.0, fused=device.type == "cuda")
     amp = autocast_dtype(tcfg.precision)
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, growth_interval=1000, enabled=amp == torch.float16)
-    step = _resume(ckpt_dir, model, optimizer, scaler, cfg, info)
+    step = checkpoints.resume_training(ckpt_dir, model, optimizer, scaler, cfg, info)
     loader = iter(batch_loader(dataset, batches, step * tcfg.grad_accum, plan.max_iters * tcfg.grad_accum,
                                loader_options(cfg.data, device)))
     results = Path(cfg.results_dir) / "train.jsonl"
@@ -169,16 +168,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                 loss_value = _mean_over_ranks(loss_value, device)
             if not math.isfinite(loss_value):
                 raise _diverged("training loss", loss_value, step, ckpt_dir)
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                       tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
-            if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):  # fp16's scaler skips such a step
-                raise _diverged("gradient norm", float(grad_norm), step, ckpt_dir)  # before it writes NaN weights
-            scaler.step(optimizer)
-            scaler.update()
-            if scaler.is_enabled() and scaler.get_scale() > 32768.0:
-                scaler.update(32768.0)  # VAR caps the fp16 loss scale
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = _update(model, optimizer, scaler, tcfg.grad_clip, step, ckpt_dir)
             step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
@@ -199,12 +189,27 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                 _record_nll(model, tokenizer, nll_sets or {}, cfg, device, info, step, weights_identity(spec))
                 model.train()
             if step % tcfg.ckpt_every == 0 or step == plan.max_iters or stop.signal:
-                _save(ckpt_dir, step, model, optimizer, scaler, cfg, info, spec)
+                checkpoints.save_training(ckpt_dir, step, model, optimizer, scaler, cfg, info, spec)
             if stop.signal:
                 break
     progress.close()
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
             "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "compiled": compiled}
+
+
+def _update(model, optimizer, scaler, grad_clip: float, step: int, ckpt_dir: Path) -> float:
+    """The optimizer step on the accumulated gradients (clipped to `grad_clip`, none at 0; VAR's fp16 loss-scale
+    cap); returns the gradient norm. A non-finite norm stops training before it reaches the weights."""
+    scaler.unscale_(optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf))
+    if not scaler.is_enabled() and not math.isfinite(grad_norm):  # fp16's scaler skips such a step itself
+        raise _diverged("gradient norm", grad_norm, step, ckpt_dir)
+    scaler.step(optimizer)
+    scaler.update()
+    if scaler.is_enabled() and scaler.get_scale() > 32768.0:
+        scaler.update(32768.0)  # VAR caps the fp16 loss scale
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def _diverged(what: str, value: float, step: int, ckpt_dir: Path) -> FloatingPointError:
@@ -241,66 +246,3 @@ def _mean_over_ranks(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return t.item() / torch.distributed.get_world_size()
-
-
-def _is_sharded(model: torch.nn.Module) -> bool:
-    """Whether FSDP2 holds the parameters as shards (DTensors)."""
-    from torch.distributed.tensor import DTensor
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def _save(ckpt_dir, step, model, optimizer, scaler, cfg: DictConfig, info: DistInfo, spec: dict | None = None) -> None:
-    if _is_sharded(model):  # gather whole tensors: a collective (every rank calls it), rank 0 receives them
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-        tensors, optim = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
-                                                                                   cpu_offload=True))
-    else:
-        tensors, optim = model.state_dict(), optimizer.state_dict()
-    # each rank draws its own dropout and class dropout (tasks/train.py seeds seed * W + rank): keep every rank's RNG
-    rngs = [checkpoints.rng_state()]
-    if info.world_size > 1:
-        rngs = [None] * info.world_size
-        torch.distributed.all_gather_object(rngs, checkpoints.rng_state())
-    if info.is_main:
-        state = {"step": step, "optimizer": optim, "scaler": scaler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
-                 "config": checkpoints.run_config(cfg)}
-        checkpoints.save(ckpt_dir, step, tensors, state, cfg.train.keep_last, meta=spec)
-    if info.world_size > 1:
-        torch.distributed.barrier()
-
-
-def _resume(ckpt_dir: Path, model, optimizer, scaler, cfg: DictConfig, info: DistInfo) -> int:
-    """The step to start from: 0 in a fresh run dir, else that of the checkpoint `latest` names, restored into the
-    model, optimizer, scaler and RNG. First checks keep_last (before training, not at the first save) and removes
-    the temporary files a killed run left (as large as the model)."""
-    checkpoints.check_keep_last(cfg.train.keep_last)
-    if info.is_main:
-        remove_stale_temps(ckpt_dir)
-    if (folder := checkpoints.latest(ckpt_dir)) is None:
-        return 0
-    state = _restore(folder, model, optimizer, cfg)
-    scaler.load_state_dict(state["scaler"])
-    per_rank = state.get("rng_per_rank") or [state["rng"]]  # (checkpoints before session 21: rank 0's only)
-    if len(per_rank) != info.world_size:
-        log.warning("resuming %s with %d processes, written by %d: the ranks' random streams (dropout, class "
-                    "dropout) are not those of an uninterrupted run; every rank takes rank 0's", folder,
-                    info.world_size, len(per_rank))
-    checkpoints.set_rng_state(per_rank[info.rank] if len(per_rank) == info.world_size else per_rank[0])
-    return state["step"]
-
-
-def _restore(folder, model, optimizer, cfg: DictConfig) -> dict:
-    """Load checkpoint `folder` into the model and optimizer (whole tensors; FSDP2 re-shards them on every rank),
-    after checking that it was trained under the settings of `cfg` (checkpoints.RESUMABLE may differ)."""
-    tensors, state = checkpoints.read(folder)
-    checkpoints.check_resumable(state, cfg, folder)
-    if _is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-        set_state_dict(model, optimizer, model_state_dict=tensors, optim_state_dict=state["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
-    else:
-        load_strict(model, tensors, f"checkpoint {folder}")
-        optimizer.load_state_dict(state["optimizer"])
-    return state
-
-
