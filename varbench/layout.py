@@ -190,3 +190,6 @@ class RasterLayout:
     def split(self, x_BLC: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(x_BLC, 1, dim=1))
 
+
+# what a module with a scale structure reads: in raster order every token is its own scale (block-causal is causal)
+Layout = ScaleLayout | RasterLayout

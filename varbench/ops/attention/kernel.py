@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from varbench.layout import RasterLayout, ScaleLayout
+from varbench.layout import Layout, RasterLayout, ScaleLayout
 
-Layout = ScaleLayout | RasterLayout  # in raster order every token is its own scale: block-causal is causal
 _compiled_flex = None
 
 
