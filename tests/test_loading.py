@@ -146,7 +146,8 @@ def test_a_negative_seed_is_refused():
 def test_the_config_checks_know_the_loader_keys(override, message):
     from varbench.config_schema import ConfigError, validate
     from varbench.registry import compose
-    validate(compose(["data=folder", "data.num_workers=3", "data.prefetch_factor=4"]))
+    validate(compose(["data=folder", "data.root=/data", "data.num_classes=10", "data.num_workers=3",
+                      "data.prefetch_factor=4"]))
     with pytest.raises(ConfigError) as err:
         validate(compose([override]))
     assert message in str(err.value)

@@ -246,7 +246,7 @@ def test_a_raster_cell_of_the_grid_runs_end_to_end(tmp_path):
     (row,) = cells(out.stdout)
     assert row["overrides"]["model"] == "raster_tiny" and row["overrides"]["mixer"] == "mamba2"
     (summary,) = records(tmp_path, "train.jsonl", "train_summary")
-    assert summary["steps"] == 2 and summary["backends"]["intra"] is None
+    assert summary["steps"] == 2 and summary["backends"]["intra"] == "none"
     assert records(tmp_path, "sample.jsonl", "sample_grid") and records(tmp_path, "evaluate.jsonl")
     assert (tmp_path / "sweep" / row["cid"] / "samples.png").is_file()
 

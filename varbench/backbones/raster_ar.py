@@ -269,8 +269,9 @@ class RasterAR(nn.Module):
 
     @property
     def backends(self) -> dict[str, str]:
-        """{"mixer": the kernel the token mixers run} (as ScaleAR's; a raster model has no intra branch)."""
-        return {"mixer": backend_of(self.blocks[0].mixer, next(self.parameters()).device)}
+        """{"mixer": the kernel the token mixers run, "intra": "none"} (as ScaleAR's: a raster model has no intra
+        branch)."""
+        return {"mixer": backend_of(self.blocks[0].mixer, next(self.parameters()).device), "intra": "none"}
 
     def state_bytes(self, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> int:
         """Inference state of every block's mixer after the last token: a KV cache, a recurrent state."""
