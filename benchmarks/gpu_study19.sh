@@ -185,7 +185,7 @@ print(len(registry.compose(['grid=study_base']).study.lr))"
 }
 collect() {
   for d in $R/*/; do n=$(basename "$d")  # each cell's sample grid beside its records (the report's sheet)
-    for f in runs/cells/$n-*/*/samples.png; do [ -f "$f" ] || continue; mkdir -p "$d/$(dirname "$f")" && cp "$f" "$d/$f"; done
+    for f in runs/cells/$n-*/*/samples*.png; do [ -f "$f" ] || continue; mkdir -p "$d/$(dirname "$f")" && cp "$f" "$d/$f"; done
   done
   # in parts of 15 MiB: a file over 16 MiB does not come back (here: `cat records.tgz.part* | tar xz`); without the
   # feature caches (task.feature_cache: Inception features of the training images alone are 52 MB per data set;

@@ -33,7 +33,7 @@ for g in "$T"/results/*/; do
       done
       for done in "$g"/cells/*/done.json; do  # seed 0's sample grid, where the report's sheet looks for it
         [[ $n != lr* ]] && [ -f "$done" ] && grep -q '"seed=0"' "$done" || continue  # (the sweeps' are not arms)
-        png=$(cd "$g" && ls runs/cells/*/"$(basename "$(dirname "$done")")"/samples.png 2>/dev/null) || continue
+        png=$(cd "$g" && ls runs/cells/*/"$(basename "$(dirname "$done")")"/samples*.png 2>/dev/null) || continue
         mkdir -p "$D/$n/$(dirname "$png")" && cp "$g/$png" "$D/$n/$png"
       done ;;
   esac

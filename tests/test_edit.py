@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,9 +237,10 @@ def test_cli_edit_writes_the_grid_and_a_record_naming_its_inputs(tiny_run):
     assert run.returncode == 0, run.stderr[-3000:]
     cfg = compose_edit(tiny_run, [])
     size = cfg.tokenizer.patch_nums[-1] * 2 ** (len(cfg.tokenizer.ch_mult) - 1)
-    with Image.open(out / "edit.png") as grid:  # one row: input, reconstruction, kept region, 2 edits
-        assert grid.size == (5 * (size + 2) + 2, size + 4)
     (rec,) = read_records(out / "results" / "edit.jsonl")
+    assert Path(rec["value"]).parent == out and Path(rec["value"]).name.startswith("edit_")
+    with Image.open(rec["value"]) as grid:  # one row: input, reconstruction, kept region, 2 edits
+        assert grid.size == (5 * (size + 2) + 2, size + 4)
     assert rec["image_sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
     assert rec["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert rec["checkpoint"] == str(ckpt.resolve()) and rec["image"] == str(image.resolve())

@@ -59,10 +59,10 @@ def test_sample_with_the_run_dir_only_uses_the_runs_tokenizer(trained_run):
     """Issue 15 Found-1: without tokenizer.checkpoint repeated, sampling used a random tokenizer."""
     from varbench.tasks.sample import main as sample
     tmp_path, common, tokenizer_file = trained_run
-    sample(config("task=sample", *common, f"tokenizer.checkpoint={tokenizer_file}", "task.per_class=1"))
-    expected = read_png(tmp_path / "run" / "samples.png")
-    sample(config("task=sample", *common, "task.per_class=1"))  # the run folder only
-    assert np.array_equal(read_png(tmp_path / "run" / "samples.png"), expected)
+    first = sample(config("task=sample", *common, f"tokenizer.checkpoint={tokenizer_file}", "task.per_class=1"))
+    expected = read_png(first["grid"])
+    again = sample(config("task=sample", *common, "task.per_class=1"))  # the run folder only
+    assert again["grid"] == first["grid"] and np.array_equal(read_png(again["grid"]), expected)
     (record,) = read_records(tmp_path / "res" / "sample.jsonl")[-1:]
     assert record["tokenizer_sha256"] == file_sha256(tokenizer_file) and record["run_spec"] is True
     assert record["checkpoint_sha256"] == file_sha256(record["checkpoint"])
@@ -99,6 +99,19 @@ def fake_run(tmp_path):
     cfg = config("task=evaluate", *TINY, f"run_dir={tmp_path / 'run'}")
     folder, tokenizer_file = write_run(cfg)
     return cfg, folder, tokenizer_file
+
+def test_sample_with_other_settings_keeps_the_grid_an_earlier_record_points_at(trained_run):
+    """A second task=sample in the same run folder (another guidance scale) wrote over samples.png, so the first
+    record named an image it had not drawn; each grid is now named by what drew it."""
+    from varbench.tasks.sample import main as sample
+    tmp_path, common, tokenizer_file = trained_run
+    first = sample(config("task=sample", *common, "task.per_class=1", "task.cfg=1.5"))
+    expected = read_png(first["grid"])
+    second = sample(config("task=sample", *common, "task.per_class=1", "task.cfg=3.0"))
+    assert second["grid"] != first["grid"] and Path(first["grid"]).parent == Path(second["grid"]).parent
+    assert np.array_equal(read_png(first["grid"]), expected)
+    old, new = read_records(tmp_path / "res" / "sample.jsonl")[-2:]
+    assert (old["value"], new["value"]) == (first["grid"], second["grid"])
 
 
 def test_a_value_that_contradicts_the_run_is_an_error_naming_both(fake_run):

@@ -161,6 +161,12 @@ def content_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def keyed_file(folder: Path, stem: str, drawn_by: dict, suffix: str = ".png") -> Path:
+    """folder/<stem>_<content_key(drawn_by)><suffix>: an output named by everything that made it, so a second run
+    with other settings writes beside the first file instead of over the one an earlier record points at."""
+    return Path(folder) / f"{stem}_{content_key(drawn_by)}{suffix}"
+
+
 def check_manifest(out_dir: Path, settings: dict) -> None:
     """Write the manifest on a fresh run; on a resume, refuse settings that differ from the stored ones (a folder
     named by its settings' key holds other settings only if it was tampered with)."""

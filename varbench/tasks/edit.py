@@ -2,9 +2,10 @@
 (VAR's `demo_zero_shot_edit.ipynb`; the blending rule is in varbench/backbones/editing.py).
 
 `python run.py task=edit task.image=PATH task.box=[y0,x0,y1,x1] task.mode=inpaint|outpaint [task.label=N]` writes
-`edit.png` in the run folder (one row: the input, its reconstruction by the tokenizer, the input with the generated
-region greyed out, then `task.samples` edits drawn from `seed`) and one record in results/edit.jsonl naming the
-inputs (image path and sha256, box, mode, label, model checkpoint path and sha256, tokenizer checkpoint sha256).
+`edit_<key>.png` in the run folder, named by what drew it (`keyed_file`): one row, the input, its reconstruction
+by the tokenizer, the input with the generated region greyed out, then `task.samples` edits drawn from `seed`; and
+one record in results/edit.jsonl naming the inputs (image path and sha256, box, mode, label, model checkpoint path
+and sha256, tokenizer checkpoint sha256).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from varbench.backbones.editing import MODES, Edit, box_keep_mask, check_box
 from varbench.build import resolve_device
 from varbench.data.token_cache import file_sha256
 from varbench.eval.samplers import make_sampler
+from varbench.eval.sampling import keyed_file
 from varbench.runs import load_for_task
 from varbench.training.loop import autocast
 from varbench.utils.images import save_grid
@@ -80,8 +82,8 @@ def image_edit(t: DictConfig, tokenizer, device: torch.device) -> tuple[torch.Te
 
 
 def main(cfg: DictConfig) -> dict:
-    """Edit `task.image` inside or outside `task.box` with the run's model; write edit.png and its record; return its
-    path and time."""
+    """Edit `task.image` inside or outside `task.box` with the run's model; write edit_<key>.png and its record;
+    return its path and time."""
     t = cfg.task
     check_task(t)
     device = resolve_device(cfg.device)
@@ -98,9 +100,14 @@ def main(cfg: DictConfig) -> dict:
     seconds = time.perf_counter() - start
     recon_13HW = tokenizer.ids_to_img(edit.ids).add(1).mul(0.5)
     row = torch.cat([image_13HW.add(1).mul(0.5), recon_13HW, preview(image_13HW, edit.keep_HH), out.images.float()])
-    path = save_grid(row, 1, Path(cfg.run_dir) / "edit.png")
+    identity, image_sha256 = run.identity(), file_sha256(t.image)
+    drawn_by = {k: identity[k] for k in ("checkpoint_sha256", "tokenizer_sha256", "backends")} | {
+        "image_sha256": image_sha256, "box": list(t.box), "mode": t.mode, "label": label, "samples": t.samples,
+        "seed": cfg.seed, "sampler": t.sampler, "cfg": t.cfg, "top_k": t.top_k, "top_p": t.top_p,
+        "more_smooth": t.more_smooth, "precision": t.precision, "device": str(device)}
+    path = save_grid(row, 1, keyed_file(cfg.run_dir, "edit", drawn_by))
     record(Path(cfg.results_dir) / "edit.jsonl", "edit_grid", str(path), "png", config=run.config, device=device,
-           seconds=seconds, image=str(Path(t.image).resolve()), image_sha256=file_sha256(t.image), box=list(t.box),
-           mode=t.mode, label=label, null_class=model.num_classes, samples=t.samples, **run.identity(),
+           seconds=seconds, image=str(Path(t.image).resolve()), image_sha256=image_sha256, box=list(t.box),
+           mode=t.mode, label=label, null_class=model.num_classes, samples=t.samples, **identity,
            grid_columns=["input", "reconstruction", "kept region"] + [f"edit {i}" for i in range(t.samples)])
     return {"grid": str(path), "seconds": seconds, "samples": t.samples}

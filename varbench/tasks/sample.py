@@ -1,4 +1,5 @@
-"""task=sample: load a trained model and its tokenizer, draw a class-conditional grid and save it as a PNG.
+"""task=sample: load a trained model and its tokenizer, draw a class-conditional grid and save it as a PNG
+(`samples_<key>.png` in the run folder, named by what drew it).
 
 `python run.py task=sample run_dir=<the training run>`: model and tokenizer come from the run (varbench/runs.py);
 the record names the checkpoint and the tokenizer with their sha256. An official checkpoint is built from the named
@@ -9,13 +10,14 @@ A raster model (AiM) guides with a constant `task.cfg` (VAR's ramps it over scal
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from varbench.build import resolve_device
-from varbench.eval.sampling import SamplingPreset, generate_images
+from varbench.eval.sampling import SamplingPreset, generate_images, keyed_file
 from varbench.runs import load_for_task
 from varbench.tokenizers.fast_decode import resolve_decode_mode
 from varbench.training.checkpoints import step_of_weights
@@ -30,7 +32,8 @@ log = get_logger(__name__)
 
 
 def main(cfg: DictConfig) -> dict:
-    """Draw a class-conditional grid with the run's model, save samples.png and its record; return its path and time."""
+    """Draw a class-conditional grid with the run's model, save it as samples_<key>.png (named by what drew it:
+    `keyed_file`) with its record; return its path and time."""
     device = resolve_device(cfg.device)
     run = load_for_task(cfg, device)
     cfg, tokenizer, model = run.config, run.tokenizer, run.model  # the run's config: task.precision follows it
@@ -53,11 +56,16 @@ def main(cfg: DictConfig) -> dict:
     peak = torch.cuda.max_memory_allocated(device) if cuda else None
     # one row per class: transpose the (class, sample) order of the batch
     grid = images.view(len(classes), t.per_class, *images.shape[1:])
-    path = save_grid(grid.flatten(0, 1), len(classes), Path(cfg.run_dir) / "samples.png")
+    identity = run.identity()
+    drawn_by = {k: identity[k] for k in ("checkpoint_sha256", "tokenizer_sha256", "backends")} | asdict(setting) | {
+        "seed": cfg.seed, "classes": classes, "per_class": t.per_class, "sampler": t.sampler, "device": str(device),
+        "precision": t.precision, "cuda_graphs": graphs, "decode_mode": decode_mode}
+    path = save_grid(grid.flatten(0, 1), len(classes), keyed_file(cfg.run_dir, "samples", drawn_by))
     log.info("sample grid %s: %d classes x %d in %.1f s", path, len(classes), t.per_class, seconds)
     with open_logger(cfg, "sample") as logger:  # at the checkpoint's training step (0: a file outside a run)
         logger.log_images("samples", grid.flatten(0, 1), step_of_weights(run.checkpoint) or 0, nrow=t.per_class)
     record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
            seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=graphs, decode_mode=decode_mode,
-           peak_mem_bytes=peak, **run.identity())
+           peak_mem_bytes=peak, **identity)
     return {"grid": str(path), "seconds": seconds, "images": len(labels)}
+
