@@ -228,6 +228,8 @@ def test_the_command_refuses_a_bad_value_before_writing_anything(tmp_path):
                   "debug=true", f"run_dir={tmp_path / 'run'}")
     assert out.returncode != 0 and "train.grad_accum = 0: expected an integer >= 1" in out.stderr
     assert not any(tmp_path.iterdir())  # no run folder, no .hydra, no records, no runs/
+    # the message names the bad key alone, not the Hydra key whose resolution ran the check (hydra.run.dir)
+    assert "full_key" not in out.stderr and "hydra.run.dir" not in out.stderr
 
 
 def test_a_run_lives_in_its_run_dir_only(tmp_path):

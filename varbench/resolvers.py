@@ -27,6 +27,10 @@ PROFILES = CONFIG_ROOT / "slurm_profiles"  # not a config group: read by ${varbe
 class ConfigCheckFailed(InterpolationResolutionError, CompactHydraException):
     """A failed check while Hydra resolves the run folder: Hydra prints its message alone (no traceback)."""
 
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self._initialized = True  # OmegaConf re-raises it as it is, without naming the key it was resolving
+
 
 def _checked(path: str, *, _root_: DictConfig) -> str:
     try:
