@@ -101,24 +101,24 @@ class DeltaNetMixer(LinearRNNMixer):
 
     def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
-        q, k, v = h["q"], h["k"], h["v"]
-        if not self.use_short_conv:
-            v = F.silu(v)
+        q_BlHK, k_BlHK = (h[n].view(B, l, self.heads, self.head_k_dim) for n in "qk")
+        v_BlHV = h["v"].view(B, l, self.heads, self.head_v_dim)
+        if not self.use_short_conv:  # (the short convs end in their own SiLU)
+            v_BlHV = F.silu(v_BlHV)
             if self.qk_activation == "silu":
-                q, k = F.silu(q), F.silu(k)
-        q, k = (t.view(B, l, self.heads, self.head_k_dim) for t in (q, k))
-        v = v.view(B, l, self.heads, self.head_v_dim)
+                q_BlHK, k_BlHK = F.silu(q_BlHK), F.silu(k_BlHK)
         if self.qk_activation != "silu":
-            q, k = QK_ACTIVATIONS[self.qk_activation](q), QK_ACTIVATIONS[self.qk_activation](k)
+            activation = QK_ACTIVATIONS[self.qk_activation]
+            q_BlHK, k_BlHK = activation(q_BlHK), activation(k_BlHK)
         if self.qk_norm == "sum":
-            q, k = (F.normalize(t, p=1, dim=-1, eps=1e-6) for t in (q, k))
+            q_BlHK, k_BlHK = (F.normalize(t, p=1, dim=-1, eps=1e-6) for t in (q_BlHK, k_BlHK))
         if self.use_beta:
-            beta = self.b_proj(x_BlC).sigmoid()
+            beta_BlH = self.b_proj(x_BlC).sigmoid()
         else:
-            beta = q.new_ones(B, l, self.heads)
+            beta_BlH = q_BlHK.new_ones(B, l, self.heads)
         if self.allow_neg_eigval:
-            beta = beta * 2.0
-        return delta_rule(q, k, v, beta, initial_state=S0, output_final_state=output_final_state,
+            beta_BlH = beta_BlH * 2.0
+        return delta_rule(q_BlHK, k_BlHK, v_BlHV, beta_BlH, initial_state=S0, output_final_state=output_final_state,
                           use_qk_l2norm=self.qk_norm == "l2", backend=self.run_backend(x_BlC), mode=self.mode)
 
     def _readout(self, o_BlHV, x_BlC):

@@ -107,19 +107,19 @@ class GatedDeltaNetMixer(LinearRNNMixer):
 
     def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
-        q, k, v = h["q"], h["k"], h["v"]
-        if not self.use_short_conv:
-            q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        q, k = (t.view(B, l, self.heads, self.head_k_dim) for t in (q, k))
-        v = v.view(B, l, self.heads, self.head_v_dim)
+        q_BlHK, k_BlHK = (h[n].view(B, l, self.heads, self.head_k_dim) for n in "qk")
+        v_BlHV = h["v"].view(B, l, self.heads, self.head_v_dim)
+        if not self.use_short_conv:  # (the short convs end in their own SiLU)
+            q_BlHK, k_BlHK, v_BlHV = F.silu(q_BlHK), F.silu(k_BlHK), F.silu(v_BlHV)
         # log-decay in fp32 (fla's layer computed it so before moving it into the kernel)
         dtype = at_least_fp32(x_BlC.dtype)
-        g = terms["neg_A_H"].to(dtype) * F.softplus(self.a_proj(x_BlC).to(dtype) + self.dt_bias.to(dtype))
-        beta = self.b_proj(x_BlC).sigmoid()
+        g_BlH = terms["neg_A_H"].to(dtype) * F.softplus(self.a_proj(x_BlC).to(dtype) + self.dt_bias.to(dtype))
+        beta_BlH = self.b_proj(x_BlC).sigmoid()
         if self.allow_neg_eigval:
-            beta = beta * 2.0
-        return delta_rule(q, k, v, beta, g, initial_state=S0, output_final_state=output_final_state,
-                          use_qk_l2norm=True, backend=self.run_backend(x_BlC), mode=self.mode)
+            beta_BlH = beta_BlH * 2.0
+        return delta_rule(q_BlHK, k_BlHK, v_BlHV, beta_BlH, g_BlH, initial_state=S0,
+                          output_final_state=output_final_state, use_qk_l2norm=True, backend=self.run_backend(x_BlC),
+                          mode=self.mode)
 
     def _readout(self, o_BlHV, x_BlC):
         if self.use_gate:

@@ -86,15 +86,14 @@ class GLAMixer(LinearRNNMixer):
 
     def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
-        q, k = (h[n].view(B, l, self.heads, self.head_k_dim) for n in "qk")
-        v = h["v"].view(B, l, self.heads, self.head_v_dim)
+        q_BlHK, k_BlHK = (h[n].view(B, l, self.heads, self.head_k_dim) for n in "qk")
+        v_BlHV = h["v"].view(B, l, self.heads, self.head_v_dim)
         # log-decay in fp32: it is summed over up to a chunk of tokens before exp
-        gk = F.logsigmoid(upcast(self.gk_proj(x_BlC)))
-        gk = gk / self.gate_logit_normalizer
+        gk_BlK = F.logsigmoid(upcast(self.gk_proj(x_BlC))) / self.gate_logit_normalizer
         if self.clamp_min is not None:
-            gk = gk.clamp_min(self.clamp_min)
-        gk = gk.view(B, l, self.heads, self.head_k_dim)
-        return gla(q, k, v, g=gk, initial_state=S0, output_final_state=output_final_state,
+            gk_BlK = gk_BlK.clamp_min(self.clamp_min)
+        gk_BlHK = gk_BlK.view(B, l, self.heads, self.head_k_dim)
+        return gla(q_BlHK, k_BlHK, v_BlHV, g=gk_BlHK, initial_state=S0, output_final_state=output_final_state,
                    backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):

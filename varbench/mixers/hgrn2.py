@@ -77,12 +77,12 @@ class HGRN2Mixer(LinearRNNMixer):
 
     def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
-        q = F.silu(h["q"]).view(B, l, self.heads, self.head_k_dim)
+        q_BlHK = F.silu(h["q"]).view(B, l, self.heads, self.head_k_dim)
         # log forget gate in fp32: it is summed over a chunk of tokens before exp
-        g = F.logsigmoid(upcast(h["f"]))
-        k = (1 - g.exp()).to(h["i"].dtype).view(B, l, self.heads, self.head_k_dim)
-        v = h["i"].view(B, l, self.heads, self.head_v_dim)
-        return gla(q, k, v, g=g.view(B, l, self.heads, self.head_k_dim), initial_state=S0,
+        g_BlK = F.logsigmoid(upcast(h["f"]))
+        k_BlHK = (1 - g_BlK.exp()).to(h["i"].dtype).view(B, l, self.heads, self.head_k_dim)
+        v_BlHV = h["i"].view(B, l, self.heads, self.head_v_dim)
+        return gla(q_BlHK, k_BlHK, v_BlHV, g=g_BlK.view(B, l, self.heads, self.head_k_dim), initial_state=S0,
                    output_final_state=output_final_state, backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):

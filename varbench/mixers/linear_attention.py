@@ -105,14 +105,15 @@ class LinearAttentionMixer(LinearRNNMixer):
 
     def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
-        q = self.feature_map_q(h["q"].view(B, l, self.heads, self.head_k_dim))
-        k = self.feature_map_k(h["k"].view(B, l, self.heads, self.head_k_dim))
+        q_BlHK = self.feature_map_q(h["q"].view(B, l, self.heads, self.head_k_dim))
+        k_BlHK = self.feature_map_k(h["k"].view(B, l, self.heads, self.head_k_dim))
         if self.norm_q:
-            q = q / (q.sum(-1, keepdim=True) + 1e-4)
+            q_BlHK = q_BlHK / (q_BlHK.sum(-1, keepdim=True) + 1e-4)
         if self.norm_k:
-            k = k / (k.sum(-1, keepdim=True) + 1e-4)
-        v = h["v"].view(B, l, self.heads, self.head_v_dim)
-        return gla(q, k, v, initial_state=S0, output_final_state=output_final_state, backend=self.run_backend(x_BlC))
+            k_BlHK = k_BlHK / (k_BlHK.sum(-1, keepdim=True) + 1e-4)
+        v_BlHV = h["v"].view(B, l, self.heads, self.head_v_dim)
+        return gla(q_BlHK, k_BlHK, v_BlHV, initial_state=S0, output_final_state=output_final_state,
+                   backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):
         return self.o_proj(self.norm(o_BlHV).flatten(2))

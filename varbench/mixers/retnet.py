@@ -96,12 +96,12 @@ class RetNetMixer(LinearRNNMixer):
 
     def _recurrence(self, x_BlC, h, S0, offset, output_final_state, terms):
         B, l, _ = x_BlC.shape
-        q, k = (h[n].view(B, l, self.heads, self.head_k_dim) for n in "qk")
+        q_BlHK, k_BlHK = (h[n].view(B, l, self.heads, self.head_k_dim) for n in "qk")
         # positions continue across scales: token i of scale k sits at offsets[k] + i in the flattened sequence
-        cos, sin = cos_sin(terms["inv_freq_K"], offset, l, at_least_fp32(q.dtype))
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        v = h["v"].view(B, l, self.heads, self.head_v_dim)
-        return gla(q, k, v, g_gamma=terms["log_decay_H"], initial_state=S0,
+        cos, sin = cos_sin(terms["inv_freq_K"], offset, l, at_least_fp32(q_BlHK.dtype))
+        q_BlHK, k_BlHK = apply_rotary(q_BlHK, cos, sin), apply_rotary(k_BlHK, cos, sin)
+        v_BlHV = h["v"].view(B, l, self.heads, self.head_v_dim)
+        return gla(q_BlHK, k_BlHK, v_BlHV, g_gamma=terms["log_decay_H"], initial_state=S0,
                    output_final_state=output_final_state, backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):
