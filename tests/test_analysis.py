@@ -491,6 +491,20 @@ def test_report_regenerates_every_table_and_figure(tmp_path):
     assert all(name in readme for name in expected - {"README.md"})
 
 
+def test_report_says_a_caveat_of_the_records_once(tmp_path, caplog):
+    """Timings from two GPUs: every speed table picks one and said so, the same line once per table."""
+    lines = (FIXTURE / "bench_h100_real.jsonl").read_text().splitlines()
+    elsewhere = [json.dumps({**json.loads(line), "device": "NVIDIA H200", "depth": 20}) for line in lines]
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "bench.jsonl").write_text("\n".join(lines + elsewhere) + "\n")
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["task=report", f"results_dir={tmp_path / 'records'}",
+                                                       f"task.out_dir={tmp_path / 'out'}"])
+    with caplog.at_level(logging.WARNING):
+        run_task(cfg)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("timings from several devices" in m for m in warned) == 1 and len(warned) == len(set(warned))
+
 def test_missing_records_skip_a_figure_and_say_why(tmp_path, caplog):
     only_parity = load_records(FIXTURE / "parity_h100_real.jsonl")
     with caplog.at_level(logging.WARNING):

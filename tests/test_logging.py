@@ -99,6 +99,20 @@ def test_job_logging_logs_warnings_and_quiets_other_ranks(monkeypatch, caplog):
     assert "said by rank 2" not in caplog.text and "warned by rank 2" in caplog.text
 
 
+
+def test_said_once_drops_a_message_said_again_and_only_within_its_block(caplog):
+    say = logging.getLogger("varbench.x")
+    with caplog.at_level(logging.INFO), vlog.said_once():
+        for _ in range(3):
+            say.warning("a caveat about the records")
+        say.info("a caveat about the records")  # another level: said
+        say.warning("another caveat")
+    assert [r.getMessage() for r in caplog.records] == ["a caveat about the records"] * 2 + ["another caveat"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        say.warning("another caveat")
+    assert len(caplog.records) == 1
+
 # ----- experiment loggers ------------------------------------------------------------------------------------------
 
 def grid_images(n: int = 6, side: int = 8) -> torch.Tensor:

@@ -9,7 +9,6 @@ the folder never shows a stale number.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pandas as pd
@@ -33,8 +32,9 @@ from varbench.analysis import (
 )
 from varbench.analysis.format import write_table
 from varbench.analysis.load import POLICY, load_records
+from varbench.utils.log import get_logger, said_once
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 BENCH = "train_images_per_s / sample_latency_ms / state_bytes_per_image (task=bench)"
 QUALITY = "fid / embedded_fd / class_accuracy / ... (the evaluation task)"
@@ -193,4 +193,5 @@ def build_report(records, out_dir, device=None) -> dict[str, str]:
 def main(cfg: DictConfig) -> dict[str, str]:
     """Write every table and figure of the records under `task.records` into `task.out_dir`; return {name: path}."""
     t = cfg.task
-    return build_report(t.records, t.out_dir, device=t.get("device"))
+    with said_once():  # each table reads the same records: a caveat about them is said once, not once per table
+        return build_report(t.records, t.out_dir, device=t.get("device"))

@@ -74,3 +74,30 @@ def job_logging(progress="auto"):
         logging.captureWarnings(False)
         root.setLevel(level)
         _progress["mode"] = before
+
+
+class _FirstTimeOnly(logging.Filter):
+    """Passes only the first record of each logger, level and message, to every handler it filters."""
+
+    def __init__(self):
+        super().__init__()
+        self.first: dict[tuple, logging.LogRecord] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # each handler asks in turn about the same record object: the first one said passes them all
+        return self.first.setdefault((record.name, record.levelno, record.getMessage()), record) is record
+
+
+@contextlib.contextmanager
+def said_once():
+    """Within the block, a message said again (same logger, level and text) is dropped: for a job whose parts each
+    read the same records and would each repeat the same caveat (task=report's tables)."""
+    once, handlers = _FirstTimeOnly(), list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(once)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(once)
+
