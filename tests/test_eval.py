@@ -449,18 +449,34 @@ def test_the_scored_items_cover_the_classes_whatever_the_order_of_the_data_set()
     ("task.inception_weights=/x/weights-inception-2015-12-05-6726825d.pth", "must be the .safetensors file"),
     ("task.inception_weights=/nonexistent/inception.safetensors", "task.inception_weights=.*: no such file"),
     ("data.root=/nonexistent/imagenet", "data.root=/nonexistent/imagenet: no such folder")])
-def test_evaluate_checks_the_files_it_reads_after_sampling_before_it_samples(override, message):
+def test_evaluate_checks_the_files_it_reads_after_sampling_before_it_samples(override, message, tmp_path):
     """Session 21: a wrong reference batch, Inception weights file or data root surfaced only after every sample
     was drawn (50,000 for ImageNet), and the run recorded nothing."""
     from hydra import compose, initialize_config_dir
 
     from varbench.registry import CONFIG_ROOT
     from varbench.tasks import check_config
+    weights = tmp_path / "model.safetensors"  # (only its existence is checked before the task runs)
+    weights.touch()
     extra = ["task.inception_fid=true"] if "inception_weights" in override else []
     extra += ["data=folder"] if override.startswith("data.root") else []
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["task=evaluate", *extra, override])
+        cfg = compose(config_name="config", overrides=["task=evaluate", f"task.checkpoint={weights}", *extra, override])
     with pytest.raises((FileNotFoundError, ValueError), match=message):
         check_config(cfg)
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
-        check_config(compose(config_name="config", overrides=["task=evaluate"]))  # the defaults pass
+        check_config(compose(config_name="config", overrides=["task=evaluate", f"task.checkpoint={weights}"]))
+
+
+@pytest.mark.parametrize("task", ["sample", "evaluate", "edit"])
+def test_a_task_on_a_trained_model_needs_its_weights_before_it_runs(task, tmp_path):
+    """`varbench task=sample` with no run_dir and no task.checkpoint printed a traceback from inside the task, after
+    Hydra had made a run folder for it; the check now refuses it first, naming what it expected."""
+    from hydra import compose, initialize_config_dir
+
+    from varbench.registry import CONFIG_ROOT
+    from varbench.tasks import check_config
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"task={task}", f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match=f"no checkpoint at {tmp_path / 'run'}: expected a run directory"):
+        check_config(cfg)

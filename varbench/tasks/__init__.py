@@ -13,7 +13,10 @@ from omegaconf import DictConfig
 
 from varbench.config_schema import step_config, validate
 from varbench.registry import list_options
+from varbench.runs import find_checkpoint
 from varbench.utils.autotune import apply_autotune_mode
+
+READS_TRAINED_MODEL = ("sample", "evaluate", "edit")  # run alone, the weights must exist before anything runs
 
 
 def task_module(name: str):
@@ -25,8 +28,11 @@ def task_module(name: str):
 
 def check_config(cfg: DictConfig) -> None:
     """Raise a ConfigError (or a ValueError of the task's own check) for an invalid config; for the main job, check
-    every step's config as it will run."""
+    every step's config as it will run. A task that reads a trained model, run alone, needs its weights
+    (`task.checkpoint`, or a checkpoint under `run_dir`); as a step of the main job its train step makes them."""
     validate(cfg)
+    if cfg.task.name in READS_TRAINED_MODEL:
+        find_checkpoint(cfg.task.get("checkpoint") or cfg.run_dir)
     steps = list(cfg.task.steps) if cfg.task.name == "main" else [cfg.task.name]
     for step in steps:
         own_check = getattr(task_module(step), "check_config", None)
