@@ -89,10 +89,10 @@ class GLAMixer(LinearRNNMixer):
         q_BlHK, k_BlHK = (h[n].view(B, l, self.heads, self.head_k_dim) for n in "qk")
         v_BlHV = h["v"].view(B, l, self.heads, self.head_v_dim)
         # log-decay in fp32: it is summed over up to a chunk of tokens before exp
-        gk_BlK = F.logsigmoid(upcast(self.gk_proj(x_BlC))) / self.gate_logit_normalizer
+        gk_BlHK = F.logsigmoid(upcast(self.gk_proj(x_BlC))).view(B, l, self.heads, self.head_k_dim)
+        gk_BlHK = gk_BlHK / self.gate_logit_normalizer
         if self.clamp_min is not None:
-            gk_BlK = gk_BlK.clamp_min(self.clamp_min)
-        gk_BlHK = gk_BlK.view(B, l, self.heads, self.head_k_dim)
+            gk_BlHK = gk_BlHK.clamp_min(self.clamp_min)
         return gla(q_BlHK, k_BlHK, v_BlHV, g=gk_BlHK, initial_state=S0, output_final_state=output_final_state,
                    backend=self.run_backend(x_BlC))
 

@@ -79,11 +79,11 @@ class HGRN2Mixer(LinearRNNMixer):
         B, l, _ = x_BlC.shape
         q_BlHK = F.silu(h["q"]).view(B, l, self.heads, self.head_k_dim)
         # log forget gate in fp32: it is summed over a chunk of tokens before exp
-        g_BlK = F.logsigmoid(upcast(h["f"]))
-        k_BlHK = (1 - g_BlK.exp()).to(h["i"].dtype).view(B, l, self.heads, self.head_k_dim)
+        g_BlHK = F.logsigmoid(upcast(h["f"])).view(B, l, self.heads, self.head_k_dim)
+        k_BlHK = (1 - g_BlHK.exp()).to(h["i"].dtype)
         v_BlHV = h["i"].view(B, l, self.heads, self.head_v_dim)
-        return gla(q_BlHK, k_BlHK, v_BlHV, g=g_BlK.view(B, l, self.heads, self.head_k_dim), initial_state=S0,
-                   output_final_state=output_final_state, backend=self.run_backend(x_BlC))
+        return gla(q_BlHK, k_BlHK, v_BlHV, g=g_BlHK, initial_state=S0, output_final_state=output_final_state,
+                   backend=self.run_backend(x_BlC))
 
     def _readout(self, o_BlHV, x_BlC):
         return self.o_proj(self.g_norm(o_BlHV.flatten(2)))
