@@ -138,3 +138,27 @@ def test_ssm_parameters_keep_their_ranges_in_the_backbone():
         dt = F.softplus(mixer.dt_bias.detach())
         assert dt.min() >= 1e-3 - 1e-7 and dt.max() <= 0.1 + 1e-6, name
     assert torch.equal(tiny_model("mamba2").blocks[0].mixer.D, torch.ones_like(tiny_model("mamba2").blocks[0].mixer.D))
+
+
+@pytest.mark.parametrize("mixer,intra", [("attention", "none"), ("mamba2", "full"), ("gla", "local"), ("none", "full")])
+def test_var_init_divides_the_attention_and_fc2_projections_only(mixer, intra):
+    """VAR's init_weights (var_mvar_facts.md 2.7, 4.6): attn.proj and ffn.fc2 are divided by sqrt(2 depth), as is
+    M-VAR's intra-scale attn.proj; a linear mixer's projections (M-VAR's Mamba2 out_proj) keep init_std."""
+    from torch import nn
+
+    from varbench.modules.attention import ScaleAttention
+    depth, std = 4, 0.02
+    torch.manual_seed(0)
+    model = tiny_model(mixer, intra, depth=depth, width=256, heads=4)
+    var_init_(model, init_std=std)
+    rescaled = pytest.approx(std / math.sqrt(2 * depth), rel=0.05)
+    for block in model.blocks:
+        assert block.ffn.fc2.weight.std().item() == rescaled
+        branches = [b for b in (block.mixer, block.intra) if b is not None]
+        for branch in branches:
+            if isinstance(branch, ScaleAttention):
+                assert branch.proj.weight.std().item() == rescaled
+            else:
+                linears = [m for m in branch.modules() if isinstance(m, nn.Linear) and m.weight.numel() >= 4096]
+                assert linears and all(m.weight.std().item() == pytest.approx(std, rel=0.05) for m in linears)
+        assert len(branches) == (mixer != "none") + (intra != "none")

@@ -27,8 +27,6 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
             block-diagonal mask), or "auto" (flex on CUDA, else reference). Default: "auto".
     """
 
-    rescale_out_proj = True  # VAR's init divides attn.proj by sqrt(2*depth), M-VAR keeps it for this branch
-
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = False, backend: str = "auto"):
         super().__init__(dim, num_heads, l2_norm)
         self.choose_backend(backend, {"flex": cuda_and(), "sdpa_scales": cuda_and(), "varlen": cuda_and("flash_attn"),
@@ -62,6 +60,3 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
     def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
         pairs = sum(n * n for n in layout.lengths)
         return batch * (self.qkv_flops(layout.L) + self.score_flops(pairs, self.head_dim, self.num_heads))
-
-    def output_projection(self):
-        return self.proj

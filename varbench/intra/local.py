@@ -26,8 +26,6 @@ class LocalScaleAttention(ScaleAttention, KernelChoice):
         backend (str, Optional): "flex" (CUDA), "reference" (SDPA, dense mask) or "auto". Default: "auto".
     """
 
-    rescale_out_proj = True
-
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, window: int = 2, l2_norm: bool = False,
                  backend: str = "auto"):
         super().__init__(dim, num_heads, l2_norm)
@@ -57,6 +55,3 @@ class LocalScaleAttention(ScaleAttention, KernelChoice):
     def flops(self, layout: ScaleLayout, batch: int = 1) -> int:
         pairs = int(layout.window_mask(self.window).sum())
         return batch * (self.qkv_flops(layout.L) + self.score_flops(pairs, self.head_dim, self.num_heads))
-
-    def output_projection(self):
-        return self.proj

@@ -9,7 +9,6 @@ checkpoints load by renaming the module only (see `varbench.backbones.convert`).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State, TokenMixer, carry_terms
@@ -39,7 +38,6 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
     """
 
     within_scale = "bidirectional"
-    rescale_out_proj = True
 
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = True, backend: str = "auto"):
         super().__init__(dim, num_heads, l2_norm)
@@ -95,6 +93,3 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
 
     def state_bytes(self, layout: ScaleLayout, batch: int = 1, dtype=torch.bfloat16) -> int:
         return 2 * batch * layout.L * self.num_heads * self.head_dim * dtype.itemsize
-
-    def output_projection(self) -> nn.Linear:
-        return self.proj

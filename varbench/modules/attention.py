@@ -29,6 +29,8 @@ class ScaleAttention(nn.Module):
             softmax scale 1. Without it the softmax scale is 0.25 / sqrt(d) (a quarter of the usual). Default: True.
     """
 
+    rescale_out_proj = True  # VAR's init divides `proj` by sqrt(2*depth); M-VAR keeps it for its intra-scale branch
+
     def __init__(self, dim: int, num_heads: int, l2_norm: bool = True):
         super().__init__()
         if dim % num_heads:
@@ -43,6 +45,10 @@ class ScaleAttention(nn.Module):
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
         self.scale = 1.0 if l2_norm else 0.25 / math.sqrt(self.head_dim)
         self.proj = nn.Linear(dim, dim)
+
+    def output_projection(self) -> nn.Linear:
+        """The output projection that VAR's init rescales (`rescale_out_proj`)."""
+        return self.proj
 
     def weight_terms(self) -> dict[str, torch.Tensor]:
         """What `qkv` derives from the weights alone: the joined bias [q_bias, 0, v_bias] (VAR concatenates it at
