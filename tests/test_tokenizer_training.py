@@ -197,6 +197,25 @@ def test_resume_is_bitwise_exact(tmp_path):
         train_tokenizer(tiny_vae(), data, device="cpu", out_dir=tmp_path / "b", steps=8, **{**opts, "lr": 2e-3})
 
 
+@pytest.mark.parametrize("weights_left", ["older", "none"])
+def test_a_kill_between_the_state_and_the_weights_resumes_on_the_states_weights(tmp_path, weights_left):
+    """Session 22's audit: killed after train_state.pt of the last update but before tokenizer.safetensors, the rerun
+    had no update left to make, so the older weights file stayed (every cell then trained on it; with none written
+    yet, the rerun failed forever). The resume now rewrites the weights from the state."""
+    opts = dict(batch_size=4, lr=1e-3, ckpt_every=2, **FAST)
+    data = image_set(10)
+    train_tokenizer(tiny_vae(), data, device="cpu", out_dir=tmp_path / "a", steps=4, **opts)
+    train_tokenizer(tiny_vae(), data, device="cpu", out_dir=tmp_path / "b", steps=2, **opts)
+    older = load_file(tmp_path / "b" / WEIGHTS)
+    train_tokenizer(tiny_vae(), data, device="cpu", out_dir=tmp_path / "b", steps=4, **opts)
+    if weights_left == "older":
+        save_atomic(tmp_path / "b" / WEIGHTS, tensors=older)  # update 4's state, update 2's weights
+    else:
+        (tmp_path / "b" / WEIGHTS).unlink()
+    summary = train_tokenizer(tiny_vae(seed=5), data, device="cpu", out_dir=tmp_path / "b", steps=4, **opts)
+    a, b = load_file(tmp_path / "a" / WEIGHTS), load_file(tmp_path / "b" / WEIGHTS)
+    assert summary["resumed_from"] == 4 and all(torch.equal(a[k], b[k]) for k in a)
+
 def test_a_killed_runs_temporary_files_are_removed_at_start(tmp_path):
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".{STATE}{TEMP_MARK}{int(child.stdout)}"  # its writer is gone

@@ -93,6 +93,8 @@ def train_tokenizer(vae, train_set, *, device, out_dir, val_set=None, results_pa
     start = p.load(load_object(out_dir / STATE), out_dir / STATE) if (out_dir / STATE).exists() else 0
     if start == 0:
         torch.manual_seed(opt.seed)
+    else:  # the state is the truth: a kill between writing it and the weights left older weights (or none) beside it
+        save_atomic(out_dir / WEIGHTS, tensors=p.vae.state_dict())
     writer = open_logger(start) if open_logger is not None else ExperimentLogger()
     log.info("training the tokenizer (%s parameters) from update %d to %d",
              f"{sum(t.numel() for t in vae.parameters()):,}", start, opt.steps)
@@ -129,7 +131,8 @@ def _updates(p: TrainingParts, train_set, device, out_dir: Path, start: int, wri
             if step % opt.log_every == 0 or step == opt.steps:
                 _log(writer, bar, p, terms, step, img.shape[0])
             if step % opt.ckpt_every == 0 or step == opt.steps:
-                save_atomic(out_dir / STATE, obj=p.state(step))  # the resume file first: it alone must be consistent
+                save_atomic(out_dir / STATE, obj=p.state(step))  # the resume file first (a resume rewrites the
+                # weights from it): it alone must be consistent
                 save_atomic(out_dir / WEIGHTS, tensors=p.vae.state_dict())
                 last_ckpt = f"{out_dir / STATE} (update {step})"
             if val_set is not None and opt.eval_every and step % opt.eval_every == 0 and step != opt.steps:
