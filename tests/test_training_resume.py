@@ -78,6 +78,27 @@ def test_resume_with_more_steps_continues(tmp_path):
     assert logged == [2, 3]  # resumed at step 2, not restarted
 
 
+
+def test_a_run_stopped_before_its_summary_record_gets_it_on_the_rerun(tmp_path):
+    """Session 22's audit: stopped after its last checkpoint but before its summary record, the rerun found nothing
+    to train and recorded nothing, so the run dropped out of every table (and its grid cell's final loss was NaN)."""
+    import json
+
+    from varbench.tasks.train import main as train_task
+    cfg = config(tmp_path, "task=train", "train.steps=2")
+    first = train_task(cfg)
+    path = tmp_path / "results" / "train.jsonl"
+    again = train_task(cfg)  # a finished run: its summary, nothing recorded again
+    assert again["final_loss"] == first["final_loss"] and len(read_records(path)) == 3
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["metric"] != "train_summary"]
+    path.write_text("\n".join(kept) + "\n")  # as a kill after the last checkpoint leaves the records
+    recovered = train_task(cfg)
+    (summary,) = [r for r in read_records(path) if r["metric"] == "train_summary"]
+    last_loss = [r for r in read_records(path) if r["metric"] == "train_loss"][-1]
+    assert summary["value"] == recovered["final_loss"] == last_loss["value"] == first["final_loss"]
+    assert summary["steps"] == 2 and summary["summary_from"].startswith("train_loss record of step 2")
+    assert summary["params"] == first["params"] and summary["images_per_s"] == last_loss["images_per_s"]
+
 def test_keep_last_is_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"train\.keep_last must be an integer >= 1.*got 0"):
         train(config(tmp_path, "train.steps=2", "train.keep_last=0"))

@@ -7,7 +7,6 @@ what loaded and what the recipe initialised is logged, recorded (results_dir/ini
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -21,10 +20,10 @@ from varbench.training import checkpoints
 from varbench.training.loop import train_ar, weights_identity
 from varbench.utils.dist import init_distributed
 from varbench.utils.log import get_logger
-from varbench.utils.records import record
+from varbench.utils.records import read_records, record
 from varbench.utils.run_spec import read_spec
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def start_from(cfg: DictConfig, model, tokenizer_file, device, is_main: bool) -> dict | None:
@@ -49,8 +48,6 @@ def start_from(cfg: DictConfig, model, tokenizer_file, device, is_main: bool) ->
         record(Path(cfg.results_dir) / "init_from.jsonl", "init_from_loaded_tensors", len(report.loaded), "tensors",
                config=cfg, device=device, **report.as_dict())
     return report.as_dict()
-
-log = get_logger(__name__)
 
 
 def main(cfg: DictConfig) -> dict:
@@ -92,9 +89,35 @@ def main(cfg: DictConfig) -> dict:
         raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
                          f"saved: run the same command (same run_dir) to resume exactly")
     if summary["images_per_s"] == 0:  # resumed at its last step: this call trained nothing, so it measures nothing
-        log.info("%s is already trained to step %d: nothing recorded", cfg.run_dir, summary["steps"])
-        return summary
+        return summary_of_trained_run(cfg, device, summary) if info.is_main else summary
     if info.is_main:
         record(Path(cfg.results_dir) / "train.jsonl", "train_summary", summary["final_loss"], "nats/token", config=cfg,
                device=device, **summary)
     return summary
+
+
+def summary_of_trained_run(cfg: DictConfig, device, summary: dict) -> dict:
+    """A run already trained to its last step: its recorded summary (nothing recorded again). A run stopped after
+    its last checkpoint but before its summary record has none: record it now from the last step's `train_loss`
+    record (its loss, and the images/s of the process that trained last), saying so (`summary_from`)."""
+    path = Path(cfg.results_dir) / "train.jsonl"
+    mine = [r for r in (read_records(path) if path.is_file() else [])  # this run's records of its last step
+            if (r.get("config") or {}).get("run_dir") == str(cfg.run_dir)
+            and r.get("steps", r.get("step")) == summary["steps"]]
+    done = [r for r in mine if r["metric"] == "train_summary"]
+    if done:
+        log.info("%s is already trained to step %d: nothing recorded", cfg.run_dir, summary["steps"])
+        return {**summary, "final_loss": done[-1]["value"], "images_per_s": done[-1]["images_per_s"]}
+    last = [r for r in mine if r["metric"] == "train_loss"]
+    if not last:
+        log.warning("%s is trained to step %d, but %s holds neither its summary nor its last loss: nothing recorded",
+                    cfg.run_dir, summary["steps"], path)
+        return summary
+    recovered = {**summary, "final_loss": last[-1]["value"], "images_per_s": last[-1]["images_per_s"],
+                 "compiled": last[-1].get("compiled"), "summary_from": f"train_loss record of step {summary['steps']} "
+                 "(the run stopped after its last checkpoint, before its summary)"}
+    log.warning("%s: trained to step %d without a summary record; recording it from its last train_loss record",
+                cfg.run_dir, summary["steps"])
+    record(path, "train_summary", recovered["final_loss"], "nats/token", config=cfg, device=device, **recovered)
+    return recovered
+
