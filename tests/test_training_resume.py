@@ -99,6 +99,23 @@ def test_a_run_stopped_before_its_summary_record_gets_it_on_the_rerun(tmp_path):
     assert summary["steps"] == 2 and summary["summary_from"].startswith("train_loss record of step 2")
     assert summary["params"] == first["params"] and summary["images_per_s"] == last_loss["images_per_s"]
 
+
+def test_a_resume_under_more_steps_says_its_schedule_changed(tmp_path, caplog):
+    """Session 22's audit: train.steps may grow on resume, but the lr / wd schedules span it, so such a run matches
+    no uninterrupted run; it resumed silently and its summary read like a run of the new length."""
+    from varbench.tasks.train import main as train_task
+    from varbench.utils.run_spec import read_spec
+    assert train_task(config(tmp_path, "task=train", "train.steps=2"))["steps_changes"] == []
+    with caplog.at_level("WARNING"):
+        train_task(config(tmp_path, "task=train", "train.steps=3"))
+    assert "resuming" in caplog.text and "schedules change" in caplog.text
+    summary = train_task(config(tmp_path, "task=train", "train.steps=4"))
+    changes = [{"at_step": 2, "steps_before": 2, "steps_after": 3}, {"at_step": 3, "steps_before": 3, "steps_after": 4}]
+    assert summary["steps_changes"] == changes
+    assert read_spec(checkpoints.latest(tmp_path / "run" / "checkpoints"))["steps_changes"] == changes
+    assert [r["steps_changes"] for r in read_records(tmp_path / "results" / "train.jsonl")
+            if r["metric"] == "train_summary"] == [[], changes[:1], changes]
+
 def test_keep_last_is_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"train\.keep_last must be an integer >= 1.*got 0"):
         train(config(tmp_path, "train.steps=2", "train.keep_last=0"))

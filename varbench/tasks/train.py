@@ -50,6 +50,30 @@ def start_from(cfg: DictConfig, model, tokenizer_file, device, is_main: bool) ->
     return report.as_dict()
 
 
+def steps_changes(cfg: DictConfig) -> list[dict]:
+    """Each resume of this run under another `train.steps` (allowed: RESUMABLE), as {at_step, steps_before,
+    steps_after}, the latest checkpoint's list plus this start's. The learning-rate and weight-decay schedules span
+    `train.steps`, so from `at_step` on the run follows another schedule than an uninterrupted run of either length:
+    the spec and the summary record say so."""
+    folder = checkpoints.latest(Path(cfg.run_dir) / "checkpoints")
+    if folder is None:
+        return []
+    saved = read_spec(folder) or {}
+    changes = list(saved.get("steps_changes", []))
+    before = ((saved.get("config") or {}).get("train") or {}).get("steps")
+    at = checkpoints.step_of(folder)
+    if before == cfg.train.steps:
+        return changes
+    if cfg.train.steps is not None and at >= cfg.train.steps:
+        log.warning("[train] %s is trained to step %d, past train.steps=%s: nothing trains, and what reads this run "
+                    "reads its step-%d weights", cfg.run_dir, at, cfg.train.steps, at)
+        return changes
+    log.warning("[train] resuming %s at step %d with train.steps=%s (saved: %s): the learning-rate and weight-decay "
+                "schedules change from here on; the summary record says so (steps_changes)", folder, at,
+                cfg.train.steps, before)
+    return [*changes, {"at_step": at, "steps_before": before, "steps_after": cfg.train.steps}]
+
+
 def main(cfg: DictConfig) -> dict:
     """Train the AR model of `cfg` (resuming a run_dir), record its losses and summary; return the summary."""
     device = resolve_device(cfg.device)
@@ -71,6 +95,8 @@ def main(cfg: DictConfig) -> dict:
     spec = describe_run(cfg, tokenizer_file) if info.is_main else None  # written into every checkpoint
     if spec is not None and started_from is not None:
         spec["init_from"] = started_from
+    if spec is not None and (changes := steps_changes(cfg)):
+        spec["steps_changes"] = changes
     torch.manual_seed(cfg.seed * info.world_size + info.rank)  # then each draws its own dropout / crops (VAR)
     cache = cfg.train.get("token_cache")
     if cache:
@@ -84,7 +110,7 @@ def main(cfg: DictConfig) -> dict:
     summary.update(params=model.num_params(), fwd_flops_per_image=model_flops(model)["total"],
                    peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                    checkpoint=str(Path(cfg.run_dir) / "checkpoints"), **weights_identity(spec),
-                   backends=model.backends)
+                   backends=model.backends, steps_changes=(spec or {}).get("steps_changes", []))
     if summary["interrupted"]:
         raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
                          f"saved: run the same command (same run_dir) to resume exactly")
