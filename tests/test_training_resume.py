@@ -74,6 +74,7 @@ def test_resume_with_more_steps_continues(tmp_path):
     train(config(tmp_path, "train.steps=2", "train.log_every=2"))
     summary = train(config(tmp_path, "train.steps=3", "train.log_every=1"))  # log intervals may change too
     assert summary["steps"] == 3 and checkpoints.latest(tmp_path / "run" / "checkpoints").name == "step_00000003"
+    assert summary["resumed_from"] == 2  # (its images/s: of step 3 alone)
     logged = [r["step"] for r in read_records(tmp_path / "results" / "train.jsonl") if r["metric"] == "train_loss"]
     assert logged == [2, 3]  # resumed at step 2, not restarted
 

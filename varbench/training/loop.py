@@ -126,7 +126,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     Writes checkpoints under `cfg.run_dir/checkpoints` and records under `cfg.results_dir`; resumes when a
     checkpoint exists; every `train.nll_every` steps records the NLL of each image data set of `nll_sets`
     ({split: dataset}); writes `spec` (varbench.runs.describe_run) into every checkpoint. Returns a summary dict
-    (final loss, steps, images/s, whether it was interrupted)."""
+    (final loss, steps, images/s of this call's steps, the step it resumed from, whether it was interrupted)."""
     tcfg, ckpt_dir = cfg.train, Path(cfg.run_dir) / "checkpoints"
     plan = make_plan(tcfg, len(dataset))
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
@@ -140,7 +140,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                                   weight_decay=0.0, fused=device.type == "cuda")
     amp = autocast_dtype(tcfg.precision)
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, growth_interval=1000, enabled=amp == torch.float16)
-    step = checkpoints.resume_training(ckpt_dir, model, optimizer, scaler, cfg, info)
+    step = resumed_from = checkpoints.resume_training(ckpt_dir, model, optimizer, scaler, cfg, info)
     loader = iter(batch_loader(dataset, batches, step * tcfg.grad_accum, plan.max_iters * tcfg.grad_accum,
                                loader_options(cfg.data, device)))
     results = Path(cfg.results_dir) / "train.jsonl"
@@ -194,7 +194,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                 break
     progress.close()
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
-            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "compiled": compiled}
+            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "compiled": compiled,
+            "resumed_from": resumed_from}  # (images/s: of this call's steps, resumed_from + 1 on)
 
 
 def _update(model, optimizer, scaler, grad_clip: float, step: int, ckpt_dir: Path) -> float:
