@@ -91,3 +91,20 @@ def test_a_model_recipe_trains_as_its_published_run(recipe_name):
         == (0.05, 2.0, 0.0, "lin0", 0.005, None)
     assert (list(t.betas), t.precision, t.grad_accum) == ([0.9, 0.95], "fp16", 1)
     assert (init.init_adaln, init.init_head, init.init_std) == (0.5, 0.02, -1.0)
+
+
+@pytest.mark.parametrize("recipe_name,iters,warmup_epochs,peak", [("var_d16", 333_800, 4, 3e-4),
+                                                                  ("var_d20", 417_250, 5, 3e-4),
+                                                                  ("var_d30", 438_200, 7, 3.2e-4)])
+def test_a_recipe_plans_the_published_iterations_warm_up_and_peak_lr(recipe_name, iters, warmup_epochs, peak):
+    """var_mvar_facts.md 3.3 / 3.6 on ImageNet-1k's 1,281,167 training images: total iterations, warm-up ep/50 epochs
+    and the peak lr tblr * bs / 256 of the published runs."""
+    from hydra import compose, initialize_config_dir
+
+    from varbench.registry import CONFIG_ROOT
+    from varbench.training.loop import make_plan
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        train = compose(config_name="config", overrides=[f"model={recipe_name}"]).train
+    plan = make_plan(train, 1_281_167)
+    assert (plan.max_iters, plan.warmup_iters) == (iters, warmup_epochs * plan.iters_per_epoch)
+    assert plan.peak_lr == pytest.approx(peak)
