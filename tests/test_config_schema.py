@@ -85,6 +85,10 @@ def test_a_mandatory_value_the_task_reads_is_named_before_it_runs(overrides, mis
     ("data.size_per_class=0", "data.size_per_class = 0: expected an integer >= 1"),
     ("seed=-1", "seed = -1: expected an integer >= 0"),
     ("model.num_heads=3", "model.width = 128 is not a multiple of model.num_heads = 3"),
+    # session 22's audit: nan and inf passed every range (nan compares False both ways), then failed mid-run
+    ("train.base_lr=nan", "train.base_lr = nan: expected a number > 0"),
+    ("train.grad_clip=inf", "train.grad_clip = inf: expected a number >= 0"),
+    ("model.mlp_ratio=nan", "model.mlp_ratio = nan: expected a number > 0"),
 ])
 def test_a_value_out_of_range_names_key_value_and_range(override, message):
     with pytest.raises(ConfigError) as err:
@@ -99,7 +103,8 @@ def test_a_value_out_of_range_names_key_value_and_range(override, message):
     (["task=tokenize", "task.batch_size=0"], "task.batch_size = 0: expected an integer >= 1"),
     (["++task.overrides.train_tokenizer.batch_size=0"],  # the main job checks each step as it will run
      "task.batch_size = 0: expected an integer >= 1 (step train_tokenizer)"),
-    (["++task.overrides.sampel.per_class=2"], "task.overrides has steps ['sampel']"),
+    (["++task.overrides.sampel.per_class=2"], "task.overrides has ['sampel'], which are not tasks"),
+    (["task.steps=[]"], "task.steps = []: expected a non-empty list of tasks"),
     (["task.steps=[train,sampel]"], "task.steps = ['train', 'sampel']: expected tasks other than main"),
     # session 21: these ran, recording a negative guidance or failing only after every sample was drawn
     (["task=edit", "task.top_k=-5"], "task.top_k = -5: expected an integer >= 0"),
@@ -265,3 +270,29 @@ def test_a_key_no_config_sets_is_an_error_not_ignored(override, message):
     """Session 21: following Hydra's "use +key" hint for a misspelt key ran with the key ignored."""
     with pytest.raises(ConfigError, match=message):
         validate(compose_with(override))
+
+
+def test_debug_false_runs_as_if_the_flag_were_absent(tmp_path):
+    """Session 22's audit: the documented flag's off form crashed in Hydra (the command rewrote it to debug=null)."""
+    out = run_cli(tmp_path, "debug=false", "task=costs", "model=var_d16", "task.depths=[16]", "task.resolutions=[256]",
+                  "task.configs=[[attention,none]]", f"run_dir={tmp_path / 'run'}", f"results_dir={tmp_path / 'res'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "res").is_dir()
+
+
+@pytest.mark.parametrize("overrides", [["debug=smoke", "task.steps=[train_tokenizer,tokenize]"],
+                                       ["debug=smoke", "task=tokenize", "tokenizer.checkpoint=/x.safetensors"],
+                                       ["debug=smoke", "task=train_tokenizer"]])
+def test_the_debug_preset_runs_a_subset_of_steps_or_one_task(overrides):
+    """Session 22's audit: under debug=true no subset of the main job's steps passed the check (the preset's
+    overrides of the other steps were an error), and task=tokenize / train_tokenizer refused the preset's
+    `task.overrides`; a task run alone now takes its own overrides from it."""
+    from varbench.tasks import alone
+    cfg = compose_with(*overrides)
+    validate(alone(cfg))
+    if cfg.task.name == "train_tokenizer":
+        from varbench.tasks.train_tokenizer import task_options
+        assert task_options(alone(cfg))["steps"] == 30  # debug's overrides.train_tokenizer
+    if cfg.task.name == "tokenize":
+        task = alone(cfg).task
+        assert task.batch_size == 32 and "overrides" not in task  # debug's overrides.tokenize

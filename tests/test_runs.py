@@ -214,3 +214,15 @@ def test_the_command_line_is_checked_against_the_run(fake_run, tmp_path):
                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert out.returncode != 0 and "model.width: the run has 64, the command line 32" in out.stderr
     assert json.loads((folder / SPEC_FILE).read_text())["config"]["model"]["width"] == 64
+
+
+def test_every_form_of_a_runs_checkpoint_names_the_same_weights(trained_run):
+    """A run folder, its checkpoints folder, the `latest` pointer file (session 22's audit: read as weights, it
+    failed with "expected a flat mapping of str -> Tensor"), a step folder and its model.safetensors."""
+    from varbench.runs import find_checkpoint
+    from varbench.training import checkpoints
+    tmp_path, _, _ = trained_run
+    ckpts = tmp_path / "run" / "checkpoints"
+    weights = checkpoints.latest(ckpts) / "model.safetensors"
+    for source in (tmp_path / "run", ckpts, ckpts / "latest", weights.parent, weights):
+        assert find_checkpoint(source) == weights, source

@@ -21,7 +21,8 @@ from varbench.resolvers import register_resolvers
 register_resolvers()
 
 # Hydra takes `debug=true` as a boolean, and a boolean cannot name a config group's option: the flag names the preset
-FLAGS = {"debug=true": "debug=smoke", "debug=false": "debug=null"}
+# (`debug=false`: no preset, as if the flag were absent)
+FLAGS = {"debug=true": "debug=smoke", "debug=false": None}
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
@@ -30,7 +31,7 @@ def _main(cfg: DictConfig):
 
 
 def main():
-    sys.argv = [FLAGS.get(arg.lower(), arg) for arg in sys.argv]
+    sys.argv = [FLAGS.get(arg.lower(), arg) for arg in sys.argv if FLAGS.get(arg.lower(), arg) is not None]
     _main()
 
 

@@ -149,9 +149,12 @@ def validate(cfg: DictConfig) -> None:
     too); return None when all are valid."""
     problems = _unknown_keys(cfg) + _problems(cfg) + _unset(cfg)
     if cfg.task.name == "main":
-        unknown = sorted(set(cfg.task.get("overrides") or {}) - set(cfg.task.steps))
-        if unknown:
-            problems.append(f"task.overrides has steps {unknown} that task.steps {list(cfg.task.steps)} does not run")
+        tasks = set(list_options("task")) - {"main"}
+        unknown = sorted(set(cfg.task.get("overrides") or {}) - tasks)  # (a step not run may keep its overrides: a
+        if unknown:                                                      # preset's, such as debug=true's)
+            problems.append(f"task.overrides has {unknown}, which are not tasks; valid: {sorted(tasks)}")
+        if not cfg.task.steps:
+            problems.append(f"task.steps = []: expected a non-empty list of tasks; valid: {sorted(tasks)}")
         steps = [s for s in cfg.task.steps if s in set(list_options("task")) - {"main"}]
         if len(steps) < len(cfg.task.steps):
             problems.append(f"task.steps = {list(cfg.task.steps)}: expected tasks other than main; valid: "

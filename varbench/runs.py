@@ -68,8 +68,10 @@ def training_tokenizer_file(cfg: DictConfig, tokenizer, write: bool = True) -> P
 
 def find_checkpoint(source) -> Path:
     """The model weights of `source`: a model.safetensors file, a checkpoint folder, a `checkpoints` folder (its
-    `latest`) or a run directory (the latest of its `checkpoints`)."""
+    `latest`, or that pointer file itself) or a run directory (the latest of its `checkpoints`)."""
     path = Path(source)
+    if path.name == "latest" and path.is_file() and (folder := checkpoints.latest(path.parent)) is not None:
+        return folder / "model.safetensors"  # the pointer file, not weights
     if path.is_file():
         return path
     if (path / "model.safetensors").is_file():

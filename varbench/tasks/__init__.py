@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from varbench.config_schema import step_config, validate
 from varbench.registry import list_options
@@ -26,10 +26,23 @@ def task_module(name: str):
     return importlib.import_module(f"varbench.tasks.{name}")
 
 
+def alone(cfg: DictConfig) -> DictConfig:
+    """`cfg` for a task run alone: under a preset written for the main job (debug=true), its `task.overrides.<task>`
+    apply and the other steps' are dropped; the main job's config as it is."""
+    if cfg.task.name == "main" or "overrides" not in cfg.task:
+        return cfg
+    out = cfg.copy()
+    with open_dict(out):
+        own = out.task.pop("overrides").get(cfg.task.name) or {}
+        out.task = OmegaConf.merge(out.task, own)
+    return out
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise a ConfigError (or a ValueError of the task's own check) for an invalid config; for the main job, check
     every step's config as it will run. A task that reads a trained model, run alone, needs its weights
     (`task.checkpoint`, or a checkpoint under `run_dir`); as a step of the main job its train step makes them."""
+    cfg = alone(cfg)
     validate(cfg)
     if cfg.task.name in READS_TRAINED_MODEL:
         find_checkpoint(cfg.task.get("checkpoint") or cfg.run_dir)
@@ -44,4 +57,4 @@ def run_task(cfg: DictConfig):
     """Check the config, then dispatch to the task module named by `cfg.task.name`."""
     check_config(cfg)
     apply_autotune_mode(cfg.get("autotune"))
-    return task_module(cfg.task.name).main(cfg)
+    return task_module(cfg.task.name).main(alone(cfg))

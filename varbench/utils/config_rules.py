@@ -5,6 +5,7 @@ Each rule has `accepts(value) -> bool` and `describe() -> str` (the valid range,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +28,8 @@ class Number:
         if value is None:
             return self.null is not None
         kinds = int if self.integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            return False
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            return False  # (nan and inf pass every comparison below the wrong way)
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):
             return False
         return self.high is None or (value < self.high if self.open_high else value <= self.high)
