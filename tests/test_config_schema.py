@@ -116,6 +116,10 @@ def test_a_value_out_of_range_names_key_value_and_range(override, message):
     (["device=gpu"], "device = 'gpu': expected auto, cpu, cuda or cuda:<index>"),
     (["cluster=local_parallel", "cluster.jobs=0"], "cluster.jobs = 0: expected an integer >= 1"),
     (["data=cifar10", "debug=smoke"], "data.size_per_class = 16: sizes the embedded data set only"),
+    # session 22's audit: a switch no rule named took any string, which counted as true (the model changed)
+    (["model.shared_aln=maybe"], "model.shared_aln = 'maybe': expected one of [True, False]"),
+    (["task=evaluate", "task.inception_fid=maybe"], "task.inception_fid = 'maybe': expected one of [True, False]"),
+    (["tokenizer.using_sa=1"], "tokenizer.using_sa = 1: expected one of [True, False]"),
 ])
 def test_task_values_are_checked_by_task_and_by_main_step(overrides, message):
     with pytest.raises(ConfigError) as err:

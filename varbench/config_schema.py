@@ -194,6 +194,21 @@ def group_keys(group: str) -> frozenset[str]:
     return frozenset(keys - {"defaults"})
 
 
+@lru_cache(maxsize=None)
+def flag_keys(group: str) -> frozenset[str]:
+    """The keys of `group` that every shipped config file setting them sets to true or false: switches, whose value
+    must be a boolean (a string such as `maybe` would count as true)."""
+    seen: dict[str, bool] = {}
+    for path in CONFIG_ROOT.rglob("*.yaml"):
+        node = OmegaConf.load(path)
+        if path.parent.name != group or path.parent.parent != CONFIG_ROOT:
+            node = node.get(group) if "@package _global_" in path.read_text()[:200] else None
+        raw = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else {}
+        for key, value in raw.items():  # (an interpolation or ??? reads as its string: not a flag)
+            seen[key] = seen.get(key, True) and isinstance(value, bool)
+    return frozenset(key for key, only_flags in seen.items() if only_flags)
+
+
 def _unknown_keys(cfg: DictConfig) -> list[str]:
     """Misspelt top-level keys, keys of a config group that no shipped file sets (a `+train.stepz=5` would be ignored
     silently), and what is wrong in the `study` node."""
@@ -222,7 +237,9 @@ def _unknown_keys(cfg: DictConfig) -> list[str]:
 
 
 def _problems(cfg: DictConfig) -> list[str]:
-    rules = {f"{group}.{key}" if group else key: rule for group, table in GROUPS.items() for key, rule in table.items()}
+    rules = {f"{group}.{key}": FLAG for group in CHECKED_GROUPS for key in flag_keys(group)}
+    rules |= {f"{group}.{key}" if group else key: rule for group, table in GROUPS.items()
+              for key, rule in table.items()}
     rules |= {f"task.{key}": rule for key, rule in TASKS.get(cfg.task.name, {}).items()}
     problems = []
     for key, rule in rules.items():
