@@ -120,6 +120,12 @@ def test_a_value_out_of_range_names_key_value_and_range(override, message):
     (["model.shared_aln=maybe"], "model.shared_aln = 'maybe': expected one of [True, False]"),
     (["task=evaluate", "task.inception_fid=maybe"], "task.inception_fid = 'maybe': expected one of [True, False]"),
     (["tokenizer.using_sa=1"], "tokenizer.using_sa = 1: expected one of [True, False]"),
+    # ... and these were ignored: a key of another task, of a step's overrides, of mixer=none
+    (["+task.per_class=3"], "task.per_class: unknown key (task=main has no such key"),
+    (["+task.overrides.sample.per_clas=3"], "task.overrides.sample.per_clas: unknown key (task=sample has no such key, "
+                                            "so nothing reads it); did you mean task.overrides.sample.per_class?"),
+    (["intra=none", "+intra.window=3"], "intra.window: intra=none takes no options"),
+    (["mixer=none", "+mixer.heads=4"], "mixer.heads: mixer=none takes no options"),
 ])
 def test_task_values_are_checked_by_task_and_by_main_step(overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -71,6 +71,13 @@ def test_mixers_tiny_expands_every_mixer_and_seed_and_dry_run_runs_nothing(tmp_p
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
 
+
+def test_a_dry_run_checks_every_cell(tmp_path):
+    """Session 22's audit: a dry run listed cells with train.batch_size=0 as pending, exit 0."""
+    out = run_grid(tmp_path, "+dry_run=true", "train.batch_size=0")
+    assert out.returncode != 0 and "12 of 12 cells have an invalid config" in out.stderr
+    assert "train.batch_size = 0: expected an integer >= 1" in out.stderr and "Traceback" not in out.stderr
+
 def test_cells_run_seed_major_so_a_grid_cut_short_holds_whole_replicates(tmp_path):
     out = run_grid(tmp_path, "+dry_run=true", "seed=2,0,1")
     assert out.returncode == 0, tail(out)

@@ -226,3 +226,14 @@ def test_every_form_of_a_runs_checkpoint_names_the_same_weights(trained_run):
     weights = checkpoints.latest(ckpts) / "model.safetensors"
     for source in (tmp_path / "run", ckpts, ckpts / "latest", weights.parent, weights):
         assert find_checkpoint(source) == weights, source
+
+
+
+@pytest.mark.parametrize("classes", ["[10]", "[-1]"])
+def test_sample_refuses_a_class_the_model_does_not_have(trained_run, classes):
+    """Session 22's audit: task.classes=[<num_classes>] drew unconditional samples (the null class of guidance)
+    and recorded them as that class."""
+    from varbench.tasks.sample import main as sample
+    tmp_path, common, _ = trained_run
+    with pytest.raises(ValueError, match=r"task\.classes = \[-?1?\d?\]: expected classes in \[0, 9\]"):
+        sample(config("task=sample", *common, f"task.classes={classes}"))

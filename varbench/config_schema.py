@@ -160,6 +160,9 @@ def validate(cfg: DictConfig) -> None:
             problems.append(f"task.steps = {list(cfg.task.steps)}: expected tasks other than main; valid: "
                             f"{sorted(set(list_options('task')) - {'main'})}")
         for step in steps:
+            step_task = step_config(cfg, step).task
+            problems += [_unknown(f"task.overrides.{step}.{key}", key, task_keys(step), f"task={step} has no such key")
+                         for key in step_task if key not in task_keys(step)]
             problems += [f"{p} (step {step})" for p in _problems(step_config(cfg, step)) if p.startswith("task.")]
         if cfg.task.get("guidance_scales") and "evaluate" not in cfg.task.steps:
             problems.append(f"task.guidance_scales = {list(cfg.task.guidance_scales)}: task.steps "
@@ -194,6 +197,27 @@ def group_keys(group: str) -> frozenset[str]:
     return frozenset(keys - {"defaults"})
 
 
+OPTIONAL_TASK_KEYS = {"main": {"guidance_scales", "guidance_seeds"}}  # read with .get (task/main.yaml names them)
+
+
+@lru_cache(maxsize=None)
+def task_keys(name: str) -> frozenset[str]:
+    """The keys of task `name`: those of varbench/configs/task/<name>.yaml and its optional ones (a key of another
+    task, such as `+task.per_class=3` on the main job, would be ignored silently)."""
+    path = CONFIG_ROOT / "task" / f"{name}.yaml"
+    if not path.is_file():  # (task.name=<not a task>: its own error says so)
+        return group_keys("task")
+    return frozenset({*OmegaConf.load(path).keys(), *OPTIONAL_TASK_KEYS.get(name, ())})
+
+
+def _unknown(full_key: str, key: str, known, why: str) -> str:
+    """The message for an unknown key, with the nearest known ones."""
+    near = difflib.get_close_matches(key, sorted(known), n=3)
+    prefix = full_key[: -len(key)]
+    return (f"{full_key}: unknown key ({why}, so nothing reads it)"
+            + (f"; did you mean {', '.join(prefix + k for k in near)}?" if near else ""))
+
+
 @lru_cache(maxsize=None)
 def flag_keys(group: str) -> frozenset[str]:
     """The keys of `group` that every shipped config file setting them sets to true or false: switches, whose value
@@ -216,11 +240,13 @@ def _unknown_keys(cfg: DictConfig) -> list[str]:
     out = [f"{key}: unknown top-level key; valid: {list(known)}" for key in cfg if key not in known]
     for group in CHECKED_GROUPS:
         node = cfg.get(group)
-        for key in node.keys() if isinstance(node, DictConfig) else ():
-            if key not in group_keys(group):
-                near = difflib.get_close_matches(key, sorted(group_keys(group)), n=3)
-                out.append(f"{group}.{key}: unknown key (no shipped config sets it, so nothing reads it)"
-                           + (f"; did you mean {', '.join(f'{group}.{k}' for k in near)}?" if near else ""))
+        known = task_keys(cfg.task.name) if group == "task" else group_keys(group)
+        why = f"task={cfg.task.name} has no such key" if group == "task" else "no shipped config sets it"
+        out += [_unknown(f"{group}.{key}", key, known, why) for key in (node or {}) if key not in known]
+    for group in ("mixer", "intra"):  # (an option with a class: its constructor refuses what it does not take)
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and node.get("_target_") is None:
+            out += [f"{group}.{key}: {group}=none takes no options" for key in node if key != "_target_"]
     study = cfg.get("study")
     if study is None:
         return out

@@ -21,6 +21,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
+from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
 from varbench import grid
@@ -69,7 +70,11 @@ class GridSweeper(BasicSweeper):
         for i, (job, cid) in enumerate(plan):
             print(f"[grid] #{i:<3} {cid}  {states[cid]:<8}  {' '.join(grid.identity_overrides(job))}")
         if self.config.get("dry_run", False):
+            invalid = self.invalid_cells(plan)
             print("[grid] dry run: nothing launched")
+            if invalid:  # (a run checks each cell as it starts; a dry run would otherwise call them all pending)
+                raise InvalidCells(f"{len(invalid)} of {len(plan)} cells have an invalid config:\n"
+                                   + "\n".join(invalid))
             return []
         todo = [job for job, cid in plan if states[cid] != "complete"]
         print(f"[grid] launching {len(todo)} cells ({len(plan) - len(todo)} complete, skipped)")
@@ -89,6 +94,17 @@ class GridSweeper(BasicSweeper):
         self._summarise(plan, [r for batch in returns for r in batch])
         return returns
 
+    def invalid_cells(self, plan: Sequence) -> list[str]:
+        """Each cell whose config the tasks' check refuses, with the check's message."""
+        from varbench.tasks import check_config
+        out = []
+        for i, (job, cid) in enumerate(plan):
+            try:
+                check_config(self.hydra_context.config_loader.load_sweep_config(self.config, list(job)))
+            except ValueError as err:
+                out.append(f"#{i} {cid}: {err}")
+        return out
+
     def _summarise(self, plan: Sequence, results: Sequence) -> None:
         results_dir = self.config.results_dir
         crashed = [r for r in results if r.status == JobStatus.FAILED]  # raised outside run_cell's recording
@@ -100,6 +116,10 @@ class GridSweeper(BasicSweeper):
             lines += [f"job {' '.join(r.overrides)}: {r._return_value!r}" for r in crashed]
             raise RuntimeError(f"{len(failed) + len(crashed)} of {len(plan)} grid cells failed (the others ran):\n"
                                + "\n".join(lines))
+
+
+class InvalidCells(CompactHydraException):
+    """Cells whose config the check refuses: Hydra prints the message alone (no traceback)."""
 
 
 def _seed(job: Sequence[str]) -> int:

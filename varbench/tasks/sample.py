@@ -39,6 +39,9 @@ def main(cfg: DictConfig) -> dict:
     cfg, tokenizer, model = run.config, run.tokenizer, run.model  # the run's config: task.precision follows it
     t = cfg.task
     classes = list(t.classes) if t.get("classes") else list(range(min(model.num_classes, 10)))
+    if not all(isinstance(c, int) and 0 <= c < model.num_classes for c in classes):  # (num_classes: the null class)
+        raise ValueError(f"task.classes = {classes}: expected classes in [0, {model.num_classes - 1}], the model's "
+                         f"(index {model.num_classes} is the unconditional class of guidance, not a class to draw)")
     labels = torch.tensor(classes, device=device).repeat_interleave(t.per_class)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     cuda = device.type == "cuda"
