@@ -448,7 +448,10 @@ def test_the_scored_items_cover_the_classes_whatever_the_order_of_the_data_set()
     ("task.adm_reference=/nonexistent/VIRTUAL.npz", "task.adm_reference=/nonexistent/VIRTUAL.npz: no such file"),
     ("task.inception_weights=/x/weights-inception-2015-12-05-6726825d.pth", "must be the .safetensors file"),
     ("task.inception_weights=/nonexistent/inception.safetensors", "task.inception_weights=.*: no such file"),
-    ("data.root=/nonexistent/imagenet", "data.root=/nonexistent/imagenet: no such folder")])
+    ("data.root=/nonexistent/imagenet", "data.root=/nonexistent/imagenet: no such folder"),
+    # session 22's audit: these failed after 500 and 200 images were sampled
+    ("task.suite=adm", "task.suite=adm needs task.adm_reference"),
+    ("task.classifier=/nonexistent.safetensors", "task.classifier=/nonexistent.safetensors: no such file")])
 def test_evaluate_checks_the_files_it_reads_after_sampling_before_it_samples(override, message, tmp_path):
     """Session 21: a wrong reference batch, Inception weights file or data root surfaced only after every sample
     was drawn (50,000 for ImageNet), and the run recorded nothing."""

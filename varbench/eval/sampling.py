@@ -220,7 +220,8 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
     if not 1 <= per_class <= 1000:
         raise ValueError(f"per_class must be in [1, 1000] (3-digit file index), got {per_class}")
     if not 1 <= num_classes <= model.num_classes:
-        raise ValueError(f"num_classes must be in [1, {model.num_classes}] for this model, got {num_classes}")
+        raise ValueError(f"task.num_classes = {num_classes}: expected an integer in [1, {model.num_classes}] (this "
+                         f"model's classes)")
     device, p = torch.device(device), resolve_preset(preset, raster=is_raster(model))
     settings = {"num_classes": num_classes, "per_class": per_class, "batch_size": batch_size, "seed": seed,
                 "sampler": sampler, **asdict(p), "weights_sha256": weights_sha256(model, tokenizer), **(tag or {})}

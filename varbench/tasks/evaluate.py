@@ -99,12 +99,19 @@ class PartSeconds(dict):
 
 def check_config(cfg: DictConfig) -> None:
     """The files an evaluation reads only after drawing every sample, checked before the first one is drawn: the
-    reference batch (`task.adm_reference`), the Inception weights (`task.inception_weights`) and the data's root
-    (`data.root`, of an image-folder data set: the NLL, floor and classifier rows read it)."""
+    reference batch (`task.adm_reference`, which task.suite=adm needs), the project classifier (`task.classifier`),
+    the Inception weights (`task.inception_weights`) and the data's root (`data.root`, of an image-folder data set:
+    the NLL, floor and classifier rows read it)."""
     t = cfg.task
     if t.get("adm_reference") and not Path(t.adm_reference).is_file():
         raise FileNotFoundError(f"task.adm_reference={t.adm_reference}: no such file (ADM's reference batch, e.g. "
                                 f"VIRTUAL_imagenet256_labeled.npz; nothing is downloaded)")
+    if t.get("suite") == "adm" and not t.get("adm_reference"):
+        raise ValueError("task.suite=adm needs task.adm_reference=<VIRTUAL_imagenet256_labeled.npz> (ADM's reference "
+                         "batch, the statistics the suite compares against)")
+    if t.get("classifier") and not Path(t.classifier).is_file():
+        raise FileNotFoundError(f"task.classifier={t.classifier}: no such file (a project classifier; null trains "
+                                f"one)")
     if t.get("adm_reference") or t.get("inception_fid") or t.get("suite") == "adm":
         check_weights_path(t.get("inception_weights"))
     root = None if OmegaConf.is_missing(cfg.data, "root") else cfg.data.get("root")

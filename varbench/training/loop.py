@@ -132,6 +132,9 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
     if tcfg.precision == "fp8":  # before the wrappers and the checkpoint: Float8Linear keeps the weights' names
         log.info("FP8 matmuls in %d linear layers of the blocks", len(to_fp8_training(model)))
+        if device.type == "cpu":
+            log.warning("train.precision=fp8 on a CPU: torch emulates the FP8 matmuls, many times slower than fp32 "
+                        "(a check of the numerics, not a way to train)")
     net = wrap_parallel(model, tcfg.parallel, info, device)
     compiled = resolve_auto(tcfg.compile, "train.compile", device)
     if compiled:
