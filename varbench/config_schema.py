@@ -24,7 +24,7 @@ from functools import lru_cache
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from varbench.data.loading import MAX_PREFETCH, MAX_WORKERS
-from varbench.registry import CONFIG_ROOT, list_options, load_option
+from varbench.registry import CONFIG_ROOT, flag_keys, group_keys, list_options, load_option, task_keys
 from varbench.tokenizers.fast_decode import AUTO, DECODE_MODES
 from varbench.utils.config_rules import (
     AUTO_FLAG,
@@ -183,54 +183,12 @@ def top_level_keys() -> tuple[str, ...]:
 CHECKED_GROUPS = ("train", "model", "tokenizer", "data", "task", "logger")  # (mixer, intra: their constructors check)
 
 
-@lru_cache(maxsize=None)
-def group_keys(group: str) -> frozenset[str]:
-    """Every key a shipped config file sets in `group`: its options' own keys, and those a recipe, preset or grid (a
-    `@package _global_` file) sets under it."""
-    keys = set()
-    for path in CONFIG_ROOT.rglob("*.yaml"):
-        node = OmegaConf.load(path)
-        if path.parent.name == group and path.parent.parent == CONFIG_ROOT:
-            keys |= set(node.keys())
-        if "@package _global_" in path.read_text()[:200] and isinstance(node.get(group), DictConfig):
-            keys |= set(node[group].keys())
-    return frozenset(keys - {"defaults"})
-
-
-OPTIONAL_TASK_KEYS = {"main": {"guidance_scales", "guidance_seeds"}}  # read with .get (task/main.yaml names them)
-
-
-@lru_cache(maxsize=None)
-def task_keys(name: str) -> frozenset[str]:
-    """The keys of task `name`: those of varbench/configs/task/<name>.yaml and its optional ones (a key of another
-    task, such as `+task.per_class=3` on the main job, would be ignored silently)."""
-    path = CONFIG_ROOT / "task" / f"{name}.yaml"
-    if not path.is_file():  # (task.name=<not a task>: its own error says so)
-        return group_keys("task")
-    return frozenset({*OmegaConf.load(path).keys(), *OPTIONAL_TASK_KEYS.get(name, ())})
-
-
 def _unknown(full_key: str, key: str, known, why: str) -> str:
     """The message for an unknown key, with the nearest known ones."""
     near = difflib.get_close_matches(key, sorted(known), n=3)
     prefix = full_key[: -len(key)]
     return (f"{full_key}: unknown key ({why}, so nothing reads it)"
             + (f"; did you mean {', '.join(prefix + k for k in near)}?" if near else ""))
-
-
-@lru_cache(maxsize=None)
-def flag_keys(group: str) -> frozenset[str]:
-    """The keys of `group` that every shipped config file setting them sets to true or false: switches, whose value
-    must be a boolean (a string such as `maybe` would count as true)."""
-    seen: dict[str, bool] = {}
-    for path in CONFIG_ROOT.rglob("*.yaml"):
-        node = OmegaConf.load(path)
-        if path.parent.name != group or path.parent.parent != CONFIG_ROOT:
-            node = node.get(group) if "@package _global_" in path.read_text()[:200] else None
-        raw = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else {}
-        for key, value in raw.items():  # (an interpolation or ??? reads as its string: not a flag)
-            seen[key] = seen.get(key, True) and isinstance(value, bool)
-    return frozenset(key for key, only_flags in seen.items() if only_flags)
 
 
 def _unknown_keys(cfg: DictConfig) -> list[str]:

@@ -8,6 +8,7 @@ No decorator registry (it fails silently when a module was never imported): a YA
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -94,3 +95,49 @@ def dataset_config(data_cfg: DictConfig) -> DictConfig:
         for key in LOADER_KEYS:
             data_cfg.pop(key, None)
     return data_cfg
+
+# ----- what the shipped config files set (read by the config check, varbench/config_schema.py) ---------------------
+
+def group_settings(group: str) -> list[dict]:
+    """What each shipped config file sets in `group`, unresolved (an interpolation or `???` as its string): an
+    option of the group, or a recipe, preset or grid (a `@package _global_` file) under its `group` key."""
+    out = []
+    for path in sorted(CONFIG_ROOT.rglob("*.yaml")):
+        node = OmegaConf.load(path)
+        if "@package _global_" in path.read_text()[:200]:
+            node = node.get(group)
+        elif path.parent != CONFIG_ROOT / group:
+            continue
+        if isinstance(node, DictConfig):
+            out.append(OmegaConf.to_container(node, resolve=False))
+    return out
+
+
+@lru_cache(maxsize=None)
+def group_keys(group: str) -> frozenset[str]:
+    """Every key a shipped config file sets in `group`."""
+    return frozenset({key for setting in group_settings(group) for key in setting} - {"defaults"})
+
+
+@lru_cache(maxsize=None)
+def flag_keys(group: str) -> frozenset[str]:
+    """The keys of `group` that every shipped file setting them sets to true or false: switches, whose value must be
+    a boolean (a string such as `maybe` would count as true)."""
+    values: dict[str, list] = {}
+    for setting in group_settings(group):
+        for key, value in setting.items():
+            values.setdefault(key, []).append(value)
+    return frozenset(key for key, seen in values.items() if all(isinstance(v, bool) for v in seen))
+
+
+OPTIONAL_TASK_KEYS = {"main": {"guidance_scales", "guidance_seeds"}}  # read with .get (task/main.yaml names them)
+
+
+@lru_cache(maxsize=None)
+def task_keys(name: str) -> frozenset[str]:
+    """The keys of task `name`: those of varbench/configs/task/<name>.yaml and its optional ones (a key of another
+    task, such as `+task.per_class=3` on the main job, would be ignored silently)."""
+    path = CONFIG_ROOT / "task" / f"{name}.yaml"
+    if not path.is_file():  # (task.name=<not a task>: its own error says so)
+        return group_keys("task")
+    return frozenset({*OmegaConf.load(path).keys(), *OPTIONAL_TASK_KEYS.get(name, ())})
