@@ -194,6 +194,11 @@ class TrainedRun:
                 "run_spec": self.run_spec, "random_tokenizer": self.random_tokenizer,
                 "checkpoint_format": f"official_{self.official}" if self.official else "varbench"}
 
+    def weights_key(self) -> dict:
+        """What a drawn image depends on of the weights: both sha256 and the kernels that ran (see `keyed_file`)."""
+        return {"checkpoint_sha256": self.checkpoint_sha256, "tokenizer_sha256": self.tokenizer_sha256,
+                "backends": self.model.backends}
+
     def refuse_random_tokenizer(self, cfg: DictConfig, user_keys: list[str] | None) -> None:
         """For a measurement: refuse a run whose tokenizer is its own seeded random one (task=train without
         tokenizer.checkpoint) unless the command line names that file as tokenizer.checkpoint."""

@@ -100,14 +100,14 @@ def main(cfg: DictConfig) -> dict:
     seconds = time.perf_counter() - start
     recon_13HW = tokenizer.ids_to_img(edit.ids).add(1).mul(0.5)
     row = torch.cat([image_13HW.add(1).mul(0.5), recon_13HW, preview(image_13HW, edit.keep_HH), out.images.float()])
-    identity, image_sha256 = run.identity(), file_sha256(t.image)
-    drawn_by = {k: identity[k] for k in ("checkpoint_sha256", "tokenizer_sha256", "backends")} | {
+    image_sha256 = file_sha256(t.image)
+    drawn_by = run.weights_key() | {
         "image_sha256": image_sha256, "box": list(t.box), "mode": t.mode, "label": label, "samples": t.samples,
         "seed": cfg.seed, "sampler": t.sampler, "cfg": t.cfg, "top_k": t.top_k, "top_p": t.top_p,
         "more_smooth": t.more_smooth, "precision": t.precision, "device": str(device)}
     path = save_grid(row, 1, keyed_file(cfg.run_dir, "edit", drawn_by))
     record(Path(cfg.results_dir) / "edit.jsonl", "edit_grid", str(path), "png", config=run.config, device=device,
            seconds=seconds, image=str(Path(t.image).resolve()), image_sha256=image_sha256, box=list(t.box),
-           mode=t.mode, label=label, null_class=model.num_classes, samples=t.samples, **identity,
+           mode=t.mode, label=label, null_class=model.num_classes, samples=t.samples, **run.identity(),
            grid_columns=["input", "reconstruction", "kept region"] + [f"edit {i}" for i in range(t.samples)])
     return {"grid": str(path), "seconds": seconds, "samples": t.samples}

@@ -59,8 +59,7 @@ def main(cfg: DictConfig) -> dict:
     peak = torch.cuda.max_memory_allocated(device) if cuda else None
     # one row per class: transpose the (class, sample) order of the batch
     grid = images.view(len(classes), t.per_class, *images.shape[1:])
-    identity = run.identity()
-    drawn_by = {k: identity[k] for k in ("checkpoint_sha256", "tokenizer_sha256", "backends")} | asdict(setting) | {
+    drawn_by = run.weights_key() | asdict(setting) | {
         "seed": cfg.seed, "classes": classes, "per_class": t.per_class, "sampler": t.sampler, "device": str(device),
         "precision": t.precision, "cuda_graphs": graphs, "decode_mode": decode_mode}
     path = save_grid(grid.flatten(0, 1), len(classes), keyed_file(cfg.run_dir, "samples", drawn_by))
@@ -69,6 +68,5 @@ def main(cfg: DictConfig) -> dict:
         logger.log_images("samples", grid.flatten(0, 1), step_of_weights(run.checkpoint) or 0, nrow=t.per_class)
     record(Path(cfg.results_dir) / "sample.jsonl", "sample_grid", str(path), "png", config=cfg, device=device,
            seconds=seconds, images=len(labels), sampler=t.sampler, cuda_graphs=graphs, decode_mode=decode_mode,
-           peak_mem_bytes=peak, **identity)
+           peak_mem_bytes=peak, **run.identity())
     return {"grid": str(path), "seconds": seconds, "images": len(labels)}
-
