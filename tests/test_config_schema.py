@@ -160,6 +160,19 @@ def test_steps_null_means_epochs():
 
 
 @pytest.mark.parametrize("override,message", [
+    ("task.resolutions=[100]", "task.resolutions: 100 px has no scale schedule"),
+    ("task.configs=[attention,none]", "task.configs: 'attention' is not [mixer, intra]; mixers:"),
+    ("task.configs=[[foo,none]]", "task.configs: ['foo', 'none'] is not [mixer, intra]; mixers:"),
+])
+def test_costs_config_errors_raise_before_anything_runs(tmp_path, override, message):
+    """Session 22's audit: task=costs failed inside the task (KeyError: 100; too many values to unpack)."""
+    cfg = compose_with("task=costs", override, f"results_dir={tmp_path / 'res'}", f"run_dir={tmp_path / 'run'}")
+    with pytest.raises(ValueError) as err:
+        run_task(cfg)
+    assert message in str(err.value) and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("override,message", [
     ("task.configs=[[mamba3,none]]", "task.configs: ['mamba3', 'none'] is not [mixer, intra]"),
     ("task.resolutions=[300]", "task.resolutions: 300 px has no scale schedule"),
     ("task.mixer_options={mamba2:{fusd:true}}", "task.mixer_options.mamba2: unknown fields ['fusd']"),

@@ -114,16 +114,30 @@ def at_resolution(value, res: int):
     return value
 
 
+def check_pairs(configs, raster: bool = False) -> None:
+    """Each entry of `task.configs` is [mixer, intra] of registered ones (or [mixer, raster] where `raster`)."""
+    mixers, intras = list_options("mixer"), list_options("intra") + ([RASTER] if raster else [])
+    for entry in configs or []:
+        if isinstance(entry, str) or len(entry) != 2 or entry[0] not in mixers or entry[1] not in intras:
+            raise ValueError(f"task.configs: {entry!r} is not [mixer, intra]"
+                             + (f" or [mixer, {RASTER}]" if raster else "") + f"; mixers: {mixers}, intra: {intras}")
+
+
+def check_resolutions(resolutions) -> None:
+    """Each of `task.resolutions` has VAR's scale schedule."""
+    for res in resolutions:
+        if res not in PATCH_NUMS:
+            raise ValueError(f"task.resolutions: {res} px has no scale schedule; valid: {sorted(PATCH_NUMS)}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ValueError for a bench config that cannot run as asked: an unregistered mixer or intra variant in
     `task.configs` (or a raster entry whose mixer cannot step one token) or `task.rerun_baseline`, an unknown field
     in `task.mixer_options`, a resolution without VAR's scales or without a batch size."""
     t = cfg.task
-    mixers, intras = list_options("mixer"), list_options("intra")
+    mixers = list_options("mixer")
+    check_pairs(t.configs, raster=True)
     for entry in t.configs or []:
-        if len(entry) != 2 or entry[0] not in mixers or entry[1] not in intras + [RASTER]:
-            raise ValueError(f"task.configs: {list(entry)} is not [mixer, intra] or [mixer, {RASTER}]; mixers: "
-                             f"{mixers}, intra: {intras}")
         if entry[1] == RASTER and entry[0] not in raster_mixers():
             raise ValueError(f"task.configs: {list(entry)}: mixer {entry[0]!r} cannot run in raster order; mixers "
                              f"that can: {raster_mixers()}")
@@ -132,9 +146,8 @@ def check_config(cfg: DictConfig) -> None:
             raise ValueError(f"task.mixer_options / task.rerun_baseline: unknown mixer {mixer!r}; mixers: {mixers}")
         mixer_options(cfg, mixer)
     resolve_decode_mode(t.get("decode_mode"), "task.decode_mode", "cuda")
+    check_resolutions(t.resolutions)
     for res in t.resolutions:
-        if res not in PATCH_NUMS:
-            raise ValueError(f"task.resolutions: {res} px has no scale schedule; valid: {sorted(PATCH_NUMS)}")
         for batch in [at_resolution(t.train_batch, res)] + list(at_resolution(t.sample_batches, res)):
             if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
                 raise ValueError(f"task.train_batch / task.sample_batches at {res} px: {batch!r} is not an integer "

@@ -16,10 +16,17 @@ from varbench.build import build_model
 from varbench.eval.flops import decoder_flops, model_flops, train_flops
 from varbench.layout import PATCH_NUMS
 from varbench.registry import default_configs, load_option
+from varbench.tasks.bench import check_pairs, check_resolutions
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.utils.records import make_record, replace_records
 
 CELL = ("mixer", "intra", "depth", "resolution")  # what one analytic_cost record is of
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse a configuration or resolution whose costs cannot be computed, before anything runs (as task=bench)."""
+    check_pairs(cfg.task.configs)
+    check_resolutions(cfg.task.resolutions)
 
 
 def main(cfg: DictConfig) -> dict:
