@@ -319,3 +319,19 @@ def test_the_debug_preset_runs_a_subset_of_steps_or_one_task(overrides):
     if cfg.task.name == "tokenize":
         task = alone(cfg).task
         assert task.batch_size == 32 and "overrides" not in task  # debug's overrides.tokenize
+
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["mixer=gla", "+mixer.foo=1"], "cannot be built: GLAMixer.__init__() got an unexpected keyword argument 'foo'"),
+    (["mixer=gla", "mixer.heads=0"], "GLA: set `heads`"),
+    (["model.num_classes=5"], "model.num_classes=5 (the recipe's) contradicts data.num_classes=10"),
+])
+def test_the_model_is_built_on_the_meta_device_before_anything_runs(overrides, message):
+    """Session 22's audit: what the mixer or the backbone refuses surfaced at the train step, after the main job's
+    tokenizer had trained, under a traceback."""
+    from varbench.tasks import check_config
+    for task in (["task=train"], []):  # alone, and as the main job's train step
+        with pytest.raises(ValueError) as err:
+            check_config(compose_with(*task, *overrides))
+        assert message in str(err.value)

@@ -50,6 +50,17 @@ def start_from(cfg: DictConfig, model, tokenizer_file, device, is_main: bool) ->
     return report.as_dict()
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Build the model on the meta device (no memory, no weights, milliseconds): an option the mixer, intra variant
+    or backbone refuses (`mixer.heads=0`, `+mixer.foo=1`, model.num_classes against data's) is an error before
+    anything runs, not at the train step of a main job whose tokenizer has trained by then."""
+    try:
+        with torch.device("meta"):
+            build_model(cfg)
+    except TypeError as err:  # an option the constructor does not take
+        raise ValueError(f"the model of this config cannot be built: {err}") from None
+
+
 def steps_changes(cfg: DictConfig) -> list[dict]:
     """Each resume of this run under another `train.steps` (allowed: RESUMABLE), as {at_step, steps_before,
     steps_after}, the latest checkpoint's list plus this start's. The learning-rate and weight-decay schedules span
