@@ -24,6 +24,7 @@ from functools import lru_cache
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from varbench.data.loading import MAX_PREFETCH, MAX_WORKERS
+from varbench.layout import PATCH_NUMS
 from varbench.registry import CONFIG_ROOT, flag_keys, group_keys, list_options, load_option, task_keys
 from varbench.tokenizers.fast_decode import AUTO, DECODE_MODES
 from varbench.utils.config_rules import (
@@ -133,6 +134,24 @@ STUDY = {"arm": "the cell's arm, the key of its learning rate (`train.base_lr: $
          "lr": "a learning rate per arm name, each a number > 0"}
 GROUPS = {"": TOP, "train": TRAIN, "model": MODEL, "tokenizer": TOKENIZER, "data": DATA, "logger": LOGGER,
           "cluster": CLUSTER}
+
+
+def check_pairs(configs, also: tuple[str, ...] = ()) -> None:
+    """Each entry of a `task.configs` (task=bench, task=costs) is [mixer, intra] of registered ones, or [mixer, x]
+    for x in `also` (bench's raster entries)."""
+    mixers, intras = list_options("mixer"), list_options("intra") + list(also)
+    for entry in configs or []:
+        if isinstance(entry, str) or len(entry) != 2 or entry[0] not in mixers or entry[1] not in intras:
+            alternatives = "".join(f" or [mixer, {x}]" for x in also)
+            raise ValueError(f"task.configs: {entry!r} is not [mixer, intra]{alternatives}; mixers: {mixers}, "
+                             f"intra: {intras}")
+
+
+def check_resolutions(resolutions) -> None:
+    """Each of a `task.resolutions` (task=bench, task=costs) has VAR's scale schedule."""
+    for res in resolutions:
+        if res not in PATCH_NUMS:
+            raise ValueError(f"task.resolutions: {res} px has no scale schedule; valid: {sorted(PATCH_NUMS)}")
 
 
 def step_config(cfg: DictConfig, step: str) -> DictConfig:

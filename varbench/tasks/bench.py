@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from varbench.backbones.raster_ar import RasterAR, is_raster, raster_mixers
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.build import build_model, matched_mlp_hidden
+from varbench.config_schema import check_pairs, check_resolutions
 from varbench.eval.flops import decoder_flops, model_flops, train_flops
 from varbench.eval.timing import matmul_peak_tflops, sample_cell, speed_mode, train_step_cell
 from varbench.layout import PATCH_NUMS
@@ -114,29 +115,13 @@ def at_resolution(value, res: int):
     return value
 
 
-def check_pairs(configs, raster: bool = False) -> None:
-    """Each entry of `task.configs` is [mixer, intra] of registered ones (or [mixer, raster] where `raster`)."""
-    mixers, intras = list_options("mixer"), list_options("intra") + ([RASTER] if raster else [])
-    for entry in configs or []:
-        if isinstance(entry, str) or len(entry) != 2 or entry[0] not in mixers or entry[1] not in intras:
-            raise ValueError(f"task.configs: {entry!r} is not [mixer, intra]"
-                             + (f" or [mixer, {RASTER}]" if raster else "") + f"; mixers: {mixers}, intra: {intras}")
-
-
-def check_resolutions(resolutions) -> None:
-    """Each of `task.resolutions` has VAR's scale schedule."""
-    for res in resolutions:
-        if res not in PATCH_NUMS:
-            raise ValueError(f"task.resolutions: {res} px has no scale schedule; valid: {sorted(PATCH_NUMS)}")
-
-
 def check_config(cfg: DictConfig) -> None:
     """Raise ValueError for a bench config that cannot run as asked: an unregistered mixer or intra variant in
     `task.configs` (or a raster entry whose mixer cannot step one token) or `task.rerun_baseline`, an unknown field
     in `task.mixer_options`, a resolution without VAR's scales or without a batch size."""
     t = cfg.task
     mixers = list_options("mixer")
-    check_pairs(t.configs, raster=True)
+    check_pairs(t.configs, also=(RASTER,))
     for entry in t.configs or []:
         if entry[1] == RASTER and entry[0] not in raster_mixers():
             raise ValueError(f"task.configs: {list(entry)}: mixer {entry[0]!r} cannot run in raster order; mixers "

@@ -13,10 +13,10 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from varbench.build import build_model
+from varbench.config_schema import check_pairs, check_resolutions
 from varbench.eval.flops import decoder_flops, model_flops, train_flops
 from varbench.layout import PATCH_NUMS
 from varbench.registry import default_configs, load_option
-from varbench.tasks.bench import check_pairs, check_resolutions
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.utils.records import make_record, replace_records
 
