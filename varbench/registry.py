@@ -98,18 +98,22 @@ def dataset_config(data_cfg: DictConfig) -> DictConfig:
 
 # ----- what the shipped config files set (read by the config check, varbench/config_schema.py) ---------------------
 
+@lru_cache(maxsize=1)
+def _shipped_files() -> tuple[tuple[Path, bool, dict], ...]:
+    """Every shipped config file, read once: (path, whether it is `@package _global_`, its content unresolved)."""
+    return tuple((path, "@package _global_" in path.read_text()[:200],
+                  OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+                 for path in sorted(CONFIG_ROOT.rglob("*.yaml")))
+
+
 def group_settings(group: str) -> list[dict]:
     """What each shipped config file sets in `group`, unresolved (an interpolation or `???` as its string): an
     option of the group, or a recipe, preset or grid (a `@package _global_` file) under its `group` key."""
     out = []
-    for path in sorted(CONFIG_ROOT.rglob("*.yaml")):
-        node = OmegaConf.load(path)
-        if "@package _global_" in path.read_text()[:200]:
-            node = node.get(group)
-        elif path.parent != CONFIG_ROOT / group:
-            continue
-        if isinstance(node, DictConfig):
-            out.append(OmegaConf.to_container(node, resolve=False))
+    for path, is_global, content in _shipped_files():
+        node = content.get(group) if is_global else content if path.parent == CONFIG_ROOT / group else None
+        if isinstance(node, dict):
+            out.append(node)
     return out
 
 
