@@ -32,7 +32,7 @@ class GridSweeper(BasicSweeper):
                  cells: list[dict[str, Any]] | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.cells = [] if cells is None else [dict(c) for c in cells]
-        self._ids: dict[tuple, str] = {}  # job overrides -> cell id (composing a config takes a moment)
+        self._configs: dict[tuple, Any] = {}  # job overrides -> its composed config (composing takes a moment)
 
     def expand(self, arguments: list[str]) -> list[list[str]]:
         """Every cell's override list: the product of params (+ arguments), then each extra cell, deduplicated, in
@@ -51,13 +51,16 @@ class GridSweeper(BasicSweeper):
                         jobs.append(job)
         return sorted(jobs, key=_seed)
 
-    def cell_id(self, job: Sequence[str]) -> str:
-        """The id of a job's cell: a hash of the config the job will compose (as the launcher composes it)."""
+    def composed(self, job: Sequence[str]):
+        """The config a job will compose (as the launcher composes it), composed once."""
         key = tuple(job)
-        if key not in self._ids:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
-            self._ids[key] = grid.cell_id(cfg)
-        return self._ids[key]
+        if key not in self._configs:
+            self._configs[key] = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+        return self._configs[key]
+
+    def cell_id(self, job: Sequence[str]) -> str:
+        """The id of a job's cell: a hash of the config the job will compose."""
+        return grid.cell_id(self.composed(job))
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
@@ -100,7 +103,7 @@ class GridSweeper(BasicSweeper):
         out = []
         for i, (job, cid) in enumerate(plan):
             try:
-                check_config(self.hydra_context.config_loader.load_sweep_config(self.config, list(job)))
+                check_config(self.composed(job))
             except ValueError as err:
                 out.append(f"#{i} {cid}: {err}")
         return out
