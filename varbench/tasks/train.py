@@ -139,19 +139,18 @@ def summary_of_trained_run(cfg: DictConfig, device, summary: dict) -> dict:
     record (its loss, and the images/s of the process that trained last), saying so (`summary_from`)."""
     path = Path(cfg.results_dir) / "train.jsonl"
     mine = [r for r in (read_records(path) if path.is_file() else [])  # this run's records of its last step
-            if (r.get("config") or {}).get("run_dir") == str(cfg.run_dir)
-            and r.get("steps", r.get("step")) == summary["steps"]]
-    done = [r for r in mine if r["metric"] == "train_summary"]
-    if done:
+            if (r.get("config") or {}).get("run_dir") == str(cfg.run_dir) and r["metric"] in ("train_loss",
+            "train_summary") and r.get("steps", r.get("step")) == summary["steps"]]
+    newest = mine[-1] if mine else None  # (records append in time order: one retrained in this run_dir comes last)
+    if newest is not None and newest["metric"] == "train_summary":
         log.info("%s is already trained to step %d: nothing recorded", cfg.run_dir, summary["steps"])
-        return {**summary, "final_loss": done[-1]["value"], "images_per_s": done[-1]["images_per_s"]}
-    last = [r for r in mine if r["metric"] == "train_loss"]
-    if not last:
+        return {**summary, "final_loss": newest["value"], "images_per_s": newest["images_per_s"]}
+    if newest is None:
         log.warning("%s is trained to step %d, but %s holds neither its summary nor its last loss: nothing recorded",
                     cfg.run_dir, summary["steps"], path)
         return summary
-    recovered = {**summary, "final_loss": last[-1]["value"], "images_per_s": last[-1]["images_per_s"],
-                 "compiled": last[-1].get("compiled"), "summary_from": f"train_loss record of step {summary['steps']} "
+    recovered = {**summary, "final_loss": newest["value"], "images_per_s": newest["images_per_s"],
+                 "compiled": newest.get("compiled"), "summary_from": f"train_loss record of step {summary['steps']} "
                  "(the run stopped after its last checkpoint, before its summary)"}
     log.warning("%s: trained to step %d without a summary record; recording it from its last train_loss record",
                 cfg.run_dir, summary["steps"])
