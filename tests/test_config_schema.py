@@ -335,3 +335,33 @@ def test_the_model_is_built_on_the_meta_device_before_anything_runs(overrides, m
         with pytest.raises(ValueError) as err:
             check_config(compose_with(*task, *overrides))
         assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["task=train", "tokenizer.checkpoint=/nowhere/tok.safetensors"], "tokenizer.checkpoint"),
+    (["task.steps=[train,evaluate]", "tokenizer.checkpoint=/nowhere/tok.safetensors"], "tokenizer.checkpoint"),
+    (["task=train", "train.token_cache=/nowhere/cache"], "train.token_cache"),
+    (["task=train", "train.init_from=/nowhere/var_d16.pth"], "train.init_from"),
+    (["task=report", "results_dir=/nowhere/results"], "task.records"),
+])
+def test_a_missing_input_file_is_named_before_anything_runs(tmp_path, overrides, key):
+    """Session 22's audit: a misspelt tokenizer / token cache / init_from path failed at the train step (after the
+    main job's earlier steps ran), task=report's at its first read. A grid's dry run only prints them: an earlier
+    cell or stage may make them."""
+    from varbench.tasks import check_config
+    cfg = compose_with(*overrides, f"run_dir={tmp_path / 'run'}")
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    assert f"{key} = /nowhere/" in str(err.value) and "no such file or folder" in str(err.value)
+    check_config(cfg, inputs=False)
+
+
+def test_a_resumed_run_does_not_need_its_init_from_file(tmp_path):
+    """A run with a checkpoint resumes from it and ignores `train.init_from` (varbench/tasks/train.py)."""
+    import torch
+
+    from varbench.tasks import check_config
+    from varbench.training import checkpoints
+    checkpoints.save(tmp_path / "run" / "checkpoints", 2, {"w": torch.zeros(3)}, {"step": 2})
+    cfg = compose_with("task=train", "train.init_from=/nowhere/var_d16.pth", f"run_dir={tmp_path / 'run'}")
+    check_config(cfg)

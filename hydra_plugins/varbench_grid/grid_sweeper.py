@@ -98,14 +98,18 @@ class GridSweeper(BasicSweeper):
         return returns
 
     def invalid_cells(self, plan: Sequence) -> list[str]:
-        """Each cell whose config the tasks' check refuses, with the check's message."""
-        from varbench.tasks import check_config
+        """Each cell whose config the tasks' check refuses, with the check's message. Input files a cell names and
+        that do not exist yet are printed, not refused: an earlier cell or stage may make them (each cell's own
+        start checks them)."""
+        from varbench.tasks import alone, check_config, missing_inputs
         out = []
         for i, (job, cid) in enumerate(plan):
             try:
-                check_config(self.composed(job))
+                check_config(self.composed(job), inputs=False)
             except ValueError as err:
                 out.append(f"#{i} {cid}: {err}")
+            for missing in missing_inputs(alone(self.composed(job))):
+                print(f"[grid] #{i} {cid}: not there yet (an earlier cell or stage must make it): {missing}")
         return out
 
     def _summarise(self, plan: Sequence, results: Sequence) -> None:

@@ -8,15 +8,21 @@ raised before the task writes anything, and for the main job before its first st
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from varbench.config_schema import step_config, validate
+from varbench.config_schema import ConfigError, step_config, validate
 from varbench.registry import list_options
 from varbench.runs import find_checkpoint
+from varbench.training import checkpoints
 from varbench.utils.autotune import apply_autotune_mode
 
 READS_TRAINED_MODEL = ("sample", "evaluate", "edit")  # run alone, the weights must exist before anything runs
+# the files a step reads that no earlier step of the same job makes (the main job skips train_tokenizer / tokenize
+# when their output is given): {key: the steps that read it}
+INPUT_FILES = {"tokenizer.checkpoint": ("train", "tokenize", "sample", "evaluate", "edit"),
+               "train.token_cache": ("train",), "train.init_from": ("train",), "task.records": ("report",)}
 
 
 def task_module(name: str):
@@ -38,13 +44,32 @@ def alone(cfg: DictConfig) -> DictConfig:
     return out
 
 
-def check_config(cfg: DictConfig) -> None:
+def missing_inputs(cfg: DictConfig) -> list[str]:
+    """The input files the config names (INPUT_FILES) that a step of this job reads and that do not exist, one
+    message each. A run that resumes ignores `train.init_from`, so its file may be gone."""
+    steps = set(cfg.task.steps) if cfg.task.name == "main" else {cfg.task.name}
+    out = []
+    for key, readers in INPUT_FILES.items():
+        path, readers = OmegaConf.select(cfg, key, default=None, throw_on_missing=False), steps & set(readers)
+        if not path or not readers or Path(path).exists():
+            continue
+        if key == "train.init_from" and checkpoints.latest(Path(cfg.run_dir) / "checkpoints") is not None:
+            continue
+        out.append(f"{key} = {path}: no such file or folder (read by task {', '.join(sorted(readers))})")
+    return out
+
+
+def check_config(cfg: DictConfig, inputs: bool = True) -> None:
     """Raise a ConfigError (or a ValueError of the task's own check) for an invalid config; for the main job, check
     every step's config as it will run. A task that reads a trained model, run alone, needs its weights
-    (`task.checkpoint`, or a checkpoint under `run_dir`); as a step of the main job its train step makes them."""
+    (`task.checkpoint`, or a checkpoint under `run_dir`); as a step of the main job its train step makes them. With
+    `inputs`, the input files it names must exist (`missing_inputs`); a grid's dry run checks without them, since an
+    earlier cell or stage may make them."""
     cfg = alone(cfg)
     validate(cfg)
-    if cfg.task.name in READS_TRAINED_MODEL:
+    if inputs and (missing := missing_inputs(cfg)):
+        raise ConfigError("missing input:\n  " + "\n  ".join(missing))
+    if inputs and cfg.task.name in READS_TRAINED_MODEL:
         find_checkpoint(cfg.task.get("checkpoint") or cfg.run_dir)
     steps = list(cfg.task.steps) if cfg.task.name == "main" else [cfg.task.name]
     for step in steps:
