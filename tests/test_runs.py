@@ -237,3 +237,15 @@ def test_sample_refuses_a_class_the_model_does_not_have(trained_run, classes):
     tmp_path, common, _ = trained_run
     with pytest.raises(ValueError, match=r"task\.classes = \[-?1?\d?\]: expected classes in \[0, 9\]"):
         sample(config("task=sample", *common, f"task.classes={classes}"))
+
+
+def test_a_trained_run_dir_refuses_a_changed_setting_before_anything_runs(trained_run):
+    """Session 22's resume audit: a main job whose data set changed trained a new shared tokenizer for minutes, then
+    its train step refused to resume and blamed the tokenizer. The config check (task=train's, also the main job's
+    train step's) now compares the run spec of the run_dir's checkpoint first; the resumable keys may change."""
+    from varbench.tasks import check_config
+    tmp_path, common, tokenizer_file = trained_run
+    for task in (["task=train"], ["task.steps=[train_tokenizer,train]"]):
+        with pytest.raises(ValueError, match=r"cannot resume .*data.size_per_class: saved 4, now 5"):
+            check_config(config(*task, *common, f"tokenizer.checkpoint={tokenizer_file}", "data.size_per_class=5"))
+    check_config(config("task=train", *common, f"tokenizer.checkpoint={tokenizer_file}", "train.steps=3"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from varbench.build import build_dataset, build_model, build_tokenizer, resolve_device
 from varbench.eval.flops import model_flops
@@ -53,12 +53,16 @@ def start_from(cfg: DictConfig, model, tokenizer_file, device, is_main: bool) ->
 def check_config(cfg: DictConfig) -> None:
     """Build the model on the meta device (no memory, no weights, milliseconds): an option the mixer, intra variant
     or backbone refuses (`mixer.heads=0`, `+mixer.foo=1`, model.num_classes against data's) is an error before
-    anything runs, not at the train step of a main job whose tokenizer has trained by then."""
+    anything runs, not at the train step of a main job whose tokenizer has trained by then. A run_dir with a
+    checkpoint resumes it: a changed setting that forbids it is refused now too."""
     try:
         with torch.device("meta"):
             build_model(cfg)
     except TypeError as err:  # an option the constructor does not take
         raise ValueError(f"the model of this config cannot be built: {err}") from None
+    run_dir = OmegaConf.select(cfg, "run_dir", throw_on_resolution_failure=False)  # (None outside a Hydra job)
+    if run_dir:
+        checkpoints.check_resumable_from_spec(Path(run_dir) / "checkpoints", cfg)
 
 
 def steps_changes(cfg: DictConfig) -> list[dict]:

@@ -144,6 +144,19 @@ def check_resumable(state: dict, cfg: DictConfig, folder: Path) -> None:
     refuse_changed_config(state["config"], run_config(cfg), RESUMABLE, folder)
 
 
+def check_resumable_from_spec(ckpt_dir: Path, cfg: DictConfig) -> None:
+    """`check_resumable` against the latest checkpoint's run spec (a small JSON file, not the optimizer state), for
+    a config check before anything runs: a main job whose data set changed trained a new shared tokenizer for
+    minutes, then its train step refused to resume and blamed the tokenizer. Not compared here: the seed (the spec
+    has none) and what an earlier step of the main job sets (the tokenizer's file, the token cache); the resume
+    compares them all."""
+    folder = latest(ckpt_dir)
+    saved = (read_spec(folder) or {}).get("config") if folder is not None else None
+    if saved is not None:
+        now = {group: values for group, values in run_config(cfg).items() if group in saved}
+        refuse_changed_config(saved, now, (*RESUMABLE, "tokenizer.checkpoint", "train.token_cache"), folder)
+
+
 def check_same_tokenizer(ckpt_dir: Path, tokenizer_file) -> None:
     """Refuse to resume when the tokenizer weights at `tokenizer_file` are not those the latest checkpoint's run spec
     names: `tokenizer.checkpoint` is a path, and the file there may have been replaced since (the model would go on
