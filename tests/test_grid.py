@@ -78,6 +78,14 @@ def test_a_dry_run_checks_every_cell(tmp_path):
     assert out.returncode != 0 and "12 of 12 cells have an invalid config" in out.stderr
     assert "train.batch_size = 0: expected an integer >= 1" in out.stderr and "Traceback" not in out.stderr
 
+def test_a_dry_run_lists_input_files_not_there_yet_without_refusing_them(tmp_path):
+    """An earlier cell or stage may make a file a cell reads: the dry run names it, each cell's start refuses it."""
+    out = run_grid(tmp_path, "+dry_run=true", f"train.init_from={tmp_path / 'var_d16.pth'}")
+    assert out.returncode == 0, tail(out)
+    assert out.stdout.count(f"not there yet (an earlier cell or stage must make it): train.init_from = "
+                            f"{tmp_path / 'var_d16.pth'}: no such file or folder") == len(cells(out.stdout)) == 12
+
+
 def test_cells_run_seed_major_so_a_grid_cut_short_holds_whole_replicates(tmp_path):
     out = run_grid(tmp_path, "+dry_run=true", "seed=2,0,1")
     assert out.returncode == 0, tail(out)
