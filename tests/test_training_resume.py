@@ -220,3 +220,22 @@ def test_every_file_a_training_run_writes_follows_the_umask(tmp_path):
     assert any(p.suffix == ".safetensors" for p in written) and any(p.name == "state.pt" for p in written)
     assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written} \
         == {str(p.relative_to(tmp_path)): oct(0o664) for p in written}
+
+
+def test_a_resume_under_another_commit_says_where_each_part_trained(tmp_path, caplog, monkeypatch):
+    """Session 22's resume audit: a run resumed under another commit (or GPU) said nothing; each record names its own
+    call's commit only, so the summary read as if one commit had trained the whole run."""
+    from varbench.tasks import train as train_module
+    from varbench.utils.run_spec import read_spec
+    monkeypatch.setattr(train_module, "git_commit", lambda: "aaa")
+    first = train_module.main(config(tmp_path, "task=train", "train.steps=2"))
+    assert [(t["from_step"], t["commit"]) for t in first["trained_by"]] == [(0, "aaa")]
+    assert train_module.main(config(tmp_path, "task=train", "train.steps=3"))["trained_by"] == first["trained_by"]
+    monkeypatch.setattr(train_module, "git_commit", lambda: "bbb")
+    with caplog.at_level("WARNING"):
+        summary = train_module.main(config(tmp_path, "task=train", "train.steps=4"))
+    assert "under commit bbb" in caplog.text and "it trained to here under aaa" in caplog.text
+    assert [(t["from_step"], t["commit"]) for t in summary["trained_by"]] == [(0, "aaa"), (3, "bbb")]
+    assert read_spec(checkpoints.latest(tmp_path / "run" / "checkpoints"))["trained_by"] == summary["trained_by"]
+    assert [len(r["trained_by"]) for r in read_records(tmp_path / "results" / "train.jsonl")
+            if r["metric"] == "train_summary"] == [1, 1, 2]

@@ -20,7 +20,7 @@ from varbench.training import checkpoints
 from varbench.training.loop import train_ar, weights_identity
 from varbench.utils.dist import init_distributed
 from varbench.utils.log import get_logger
-from varbench.utils.records import read_records, record
+from varbench.utils.records import device_name, git_commit, read_records, record
 from varbench.utils.run_spec import read_spec
 
 log = get_logger(__name__)
@@ -89,6 +89,24 @@ def steps_changes(cfg: DictConfig) -> list[dict]:
     return [*changes, {"at_step": at, "steps_before": before, "steps_after": cfg.train.steps}]
 
 
+def trained_by(cfg: DictConfig, device) -> list[dict]:
+    """Where this run trained: {from_step, commit, device} of its first start and of each resume under another commit
+    or GPU than the one before (allowed: a fix elsewhere, a requeued job on another node). Records name the commit
+    and device of their own call only, so a run's later steps may come from other code than its first: it warns, and
+    the spec and the summary record carry the list."""
+    folder = checkpoints.latest(Path(cfg.run_dir) / "checkpoints")
+    saved = list((read_spec(folder) or {}).get("trained_by", [])) if folder is not None else []
+    now = {"from_step": checkpoints.step_of(folder) if folder is not None else 0, "commit": git_commit(),
+           "device": device_name(device)}
+    if saved and (saved[-1]["commit"], saved[-1]["device"]) == (now["commit"], now["device"]):
+        return saved
+    if saved:
+        log.warning("[train] resuming %s at step %d under commit %s on %s; it trained to here under %s on %s: the "
+                    "summary record names both (trained_by)", cfg.run_dir, now["from_step"], now["commit"],
+                    now["device"], saved[-1]["commit"], saved[-1]["device"])
+    return [*saved, now]
+
+
 def main(cfg: DictConfig) -> dict:
     """Train the AR model of `cfg` (resuming a run_dir), record its losses and summary; return the summary."""
     device = resolve_device(cfg.device)
@@ -112,6 +130,8 @@ def main(cfg: DictConfig) -> dict:
         spec["init_from"] = started_from
     if spec is not None and (changes := steps_changes(cfg)):
         spec["steps_changes"] = changes
+    if spec is not None:
+        spec["trained_by"] = trained_by(cfg, device)
     torch.manual_seed(cfg.seed * info.world_size + info.rank)  # then each draws its own dropout / crops (VAR)
     cache = cfg.train.get("token_cache")
     if cache:
@@ -125,7 +145,8 @@ def main(cfg: DictConfig) -> dict:
     summary.update(params=model.num_params(), fwd_flops_per_image=model_flops(model)["total"],
                    peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                    checkpoint=str(Path(cfg.run_dir) / "checkpoints"), **weights_identity(spec),
-                   backends=model.backends, steps_changes=(spec or {}).get("steps_changes", []))
+                   backends=model.backends, steps_changes=(spec or {}).get("steps_changes", []),
+                   trained_by=(spec or {}).get("trained_by", []))
     if summary["interrupted"]:
         raise SystemExit(f"interrupted by {summary['interrupted']} at step {summary['steps']}; the checkpoint is "
                          f"saved: run the same command (same run_dir) to resume exactly")
