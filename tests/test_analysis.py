@@ -517,6 +517,14 @@ def test_missing_records_skip_a_figure_and_say_why(tmp_path, caplog):
     assert "Not generated" in (tmp_path / "r" / "README.md").read_text()
 
 
+def test_a_report_for_a_device_no_record_names_is_refused_and_the_old_report_kept(tmp_path):
+    """Session 22's audit: `task.device=<typo>` only warned, and wrote a report of empty speed tables over the last."""
+    build_report(FIXTURE / "parity_h100_real.jsonl", tmp_path / "r")
+    with pytest.raises(ValueError, match=r"task.device = 'NVIDIA H2OO': no record .* the records' devices: \['NVIDIA"):
+        build_report(FIXTURE / "parity_h100_real.jsonl", tmp_path / "r", device="NVIDIA H2OO")
+    assert (tmp_path / "r" / "parity_table.md").is_file()
+
+
 def test_empty_records_folder_gives_an_empty_report(tmp_path):
     (tmp_path / "records").mkdir()
     assert set(build_report(tmp_path / "records", tmp_path / "out")) == {"README.md"}

@@ -164,6 +164,9 @@ def build_report(records, out_dir, device=None) -> dict[str, str]:
         dict: file name -> path of every file written (tables .md/.tex, figures .png, README.md).
     """
     df = load_records(records)
+    if device is not None and device not in set(df["device"].dropna()):  # (before the old report is cleared)
+        raise ValueError(f"task.device = {device!r}: no record under {records} names it; the records' devices: "
+                         f"{sorted(df['device'].dropna().unique())}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(out_dir)
