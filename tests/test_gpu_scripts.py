@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -415,6 +416,25 @@ def test_gpu_check_s16_train_runs_the_steps_asked_in_the_compile_mode_asked(tmp_
     check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
                            env=ENV, timeout=300)
     assert check.returncode == 0 and "compile_mode: max-autotune-no-cudagraphs" in check.stdout, check.stderr[-2000:]
+
+
+def test_steps_share_the_calls_end_cut_their_limits_and_skip_what_cannot_start(tmp_path):
+    """CALL_END: scripts chained in one device call share its limit (session 23 chained gpu_check_s16_train.sh with
+    an M-VAR bench by hand). A step's limit is cut to the time left; a step with too little left is not started,
+    and it is recorded and counted as failed."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text('#!/bin/sh\ncase "$*" in *sdpa_scales*) ;; *) sleep 3;; esac\n')
+    (tmp_path / "bin" / "python").chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:{ENV['PATH']}", "MIN_STEP_S": "5", "STEPS": "train_flex train_sdpa_scales"}
+    dry = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path / "dry"),
+               env={**env, "DRY": "1", "CALL_END": str(int(time.time()) + 100)})
+    assert [int(line.split()[1]) for line in dry.stdout.splitlines()] in ([100, 100], [99, 99])  # (a second may tick)
+    out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path / "out"),
+               env={**env, "CALL_END": str(int(time.time()) + 7)})  # train_flex sleeps 3 s: under 5 s are left
+    assert out.returncode == 1 and "step train_sdpa_scales not started" in out.stderr, out.stderr
+    steps = [json.loads(line) for line in (step_logs(tmp_path / "out") / "steps.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["rc"]) for s in steps] == [("train_flex", 0), ("train_sdpa_scales", None)]
+    assert steps[0]["limit_s"] <= 7 and steps[1]["skipped"].endswith("s left before CALL_END")
 
 
 def test_gpu_prep_makes_what_the_calls_carry_with_the_committed_tokenizer_and_sums(tmp_path):
