@@ -53,17 +53,10 @@ def missing_inputs(cfg: DictConfig) -> list[str]:
         path, readers = OmegaConf.select(cfg, key, default=None, throw_on_missing=False), steps & set(readers)
         if not path or not readers or Path(path).exists():
             continue
-        if key == "train.init_from" and resumes(cfg):
-            continue
+        if key == "train.init_from" and (ckpt_dir := checkpoints.of_run(cfg)) and checkpoints.latest(ckpt_dir):
+            continue  # (a resumed run ignores it)
         out.append(f"{key} = {path}: no such file or folder (read by task {', '.join(sorted(readers))})")
     return out
-
-
-def resumes(cfg: DictConfig) -> bool:
-    """Whether training `cfg` resumes a checkpoint of its run_dir (False where run_dir is not known yet: a grid
-    cell's config composed outside its Hydra job)."""
-    run_dir = OmegaConf.select(cfg, "run_dir", throw_on_resolution_failure=False)
-    return bool(run_dir) and checkpoints.latest(Path(run_dir) / "checkpoints") is not None
 
 
 def check_config(cfg: DictConfig, inputs: bool = True) -> None:

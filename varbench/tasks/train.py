@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from varbench.build import build_dataset, build_model, build_tokenizer, resolve_device
 from varbench.eval.flops import model_flops
@@ -60,9 +60,8 @@ def check_config(cfg: DictConfig) -> None:
             build_model(cfg)
     except TypeError as err:  # an option the constructor does not take
         raise ValueError(f"the model of this config cannot be built: {err}") from None
-    run_dir = OmegaConf.select(cfg, "run_dir", throw_on_resolution_failure=False)  # (None outside a Hydra job)
-    if run_dir:
-        checkpoints.check_resumable_from_spec(Path(run_dir) / "checkpoints", cfg)
+    if (ckpt_dir := checkpoints.of_run(cfg)) is not None:
+        checkpoints.check_resumable_from_spec(ckpt_dir, cfg)
 
 
 def steps_changes(cfg: DictConfig) -> list[dict]:

@@ -144,6 +144,13 @@ def check_resumable(state: dict, cfg: DictConfig, folder: Path) -> None:
     refuse_changed_config(state["config"], run_config(cfg), RESUMABLE, folder)
 
 
+def of_run(cfg: DictConfig) -> Path | None:
+    """The checkpoints folder of `cfg`'s run_dir; None where run_dir is not known yet (a config composed outside its
+    Hydra job, such as a grid cell's in a dry run)."""
+    run_dir = OmegaConf.select(cfg, "run_dir", throw_on_resolution_failure=False)
+    return Path(run_dir) / "checkpoints" if run_dir else None
+
+
 def check_resumable_from_spec(ckpt_dir: Path, cfg: DictConfig) -> None:
     """`check_resumable` against the latest checkpoint's run spec (a small JSON file, not the optimizer state), for
     a config check before anything runs: a main job whose data set changed trained a new shared tokenizer for
