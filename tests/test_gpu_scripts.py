@@ -143,13 +143,13 @@ def test_gpu_check_s7_plans_commands_that_compose_and_tests_that_exist(tmp_path)
         assert name in listed, name
 
 
-def run_with_stub_python(tmp_path, script: str, cases: str):
+def run_with_stub_python(tmp_path, script: str, cases: str, env: dict | None = None):
     """`bash script tmp_path/out` with a stand-in `python` first on PATH: it echoes its arguments and then runs the
     shell `case "$*" in <cases> esac` (exit codes, printed logs) instead of any real command."""
-    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin").mkdir(parents=True)
     (tmp_path / "bin" / "python").write_text(f'#!/bin/sh\necho "ran $*"\ncase "$*" in {cases} esac\n')
     (tmp_path / "bin" / "python").chmod(0o755)
-    return bash(script, str(tmp_path / "out"), env={"PATH": f"{tmp_path / 'bin'}:{ENV['PATH']}"})
+    return bash(script, str(tmp_path / "out"), env={"PATH": f"{tmp_path / 'bin'}:{ENV['PATH']}", **(env or {})})
 
 
 def step_logs(out: Path) -> Path:
@@ -416,6 +416,26 @@ def test_gpu_check_s16_train_runs_the_steps_asked_in_the_compile_mode_asked(tmp_
     check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
                            env=ENV, timeout=300)
     assert check.returncode == 0 and "compile_mode: max-autotune-no-cudagraphs" in check.stdout, check.stderr[-2000:]
+
+
+def test_gpu_check_s16_train_times_m_var_compiled_when_asked_and_counts_its_graph_breaks(tmp_path):
+    """train_mvar: M-VAR-d16 ([mamba2, full]) compiled training at batch 32, composing; its graph breaks are counted
+    from its log, and nothing is counted for a step that did not run (CALL_END left no time for it)."""
+    out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path), env={"DRY": "1", "STEPS": "train_mvar"})
+    (argv,) = [shlex.split(line) for line in out.stdout.splitlines()]
+    check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
+                           env=ENV, timeout=300)
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert "configs:\n  - - mamba2\n    - full" in check.stdout and "compile: true" in check.stdout
+    assert "    256: 32\n" in check.stdout and "sample_batches:\n    256: []" in check.stdout
+    two_breaks = "*mamba2*) echo '[__graph_breaks] Graph break in user code'; echo '[__graph_breaks] Graph break';;"
+    ran = run_with_stub_python(tmp_path / "ran", "benchmarks/gpu_check_s16_train.sh", two_breaks,
+                               {"STEPS": "train_mvar"})
+    assert ran.returncode == 0 and json.loads((tmp_path / "ran" / "out" / "graph_breaks.jsonl").read_text()) == {
+        "metric": "graph_breaks", "value": 2, "unit": "count", "log": "train_mvar.log"}
+    cut = run_with_stub_python(tmp_path / "cut", "benchmarks/gpu_check_s16_train.sh", two_breaks,
+                               {"STEPS": "train_mvar", "CALL_END": str(int(time.time()))})
+    assert cut.returncode == 1 and not (tmp_path / "cut" / "out" / "graph_breaks.jsonl").exists()
 
 
 def test_steps_share_the_calls_end_cut_their_limits_and_skip_what_cannot_start(tmp_path):
