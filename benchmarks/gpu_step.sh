@@ -2,9 +2,10 @@
 # OUT/NAME.log, and appends its exit status, limit and duration as a JSON line to OUT/steps.jsonl; a failed step adds
 # one to FAILED. With DRY set it prints the command instead. Needs OUT and FAILED set by the caller. The script ends
 # with `finish_steps`, which exits with the number of failed steps.
-# CALL_END (epoch seconds; unset: no cap) is when the device call must be done: a step's limit is cut to the time left,
-# and a step with under MIN_STEP_S (default 30) left is not started (recorded as skipped, and counted as failed), so
-# scripts chained in one call share its limit: CALL_END=$(($(date +%s) + 570)) before the first.
+# CALL_END (epoch seconds; unset: no cap) is when the device call must be done: a step's limit is cut to the time left
+# (and a bench cell's task.cell_timeout_s to 15 s under it), and a step with under MIN_STEP_S (default 30) left is not
+# started (recorded as skipped, and counted as failed), so scripts chained in one call share its limit:
+# CALL_END=$(($(date +%s) + 570)) before the first.
 step() {
   local name=$1 limit=$2; shift 2
   if [ -n "${CALL_END:-}" ]; then
@@ -15,7 +16,15 @@ step() {
         "$name" "$left s left before CALL_END" "\"limit_s\": $limit, \"seconds\": 0" >> "$OUT/steps.jsonl"
       FAILED=$((FAILED + 1)); return 0
     fi
-    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$left" -lt "$limit" ]; then  # a bench cell kills itself 15 s before (its error is then a record)
+      limit=$left
+      local arg args=() cell=$((limit - 15))
+      for arg in "$@"; do
+        [[ $arg == task.cell_timeout_s=* && ${arg#*=} -gt $cell ]] && arg=task.cell_timeout_s=$cell
+        args+=("$arg")
+      done
+      set -- "${args[@]}"
+    fi
   fi
   if [ -n "${DRY:-}" ]; then printf '%q ' timeout "$limit" "$@"; echo; return 0; fi
   local start=$SECONDS rc=0

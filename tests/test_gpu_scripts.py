@@ -440,15 +440,18 @@ def test_gpu_check_s16_train_times_m_var_compiled_when_asked_and_counts_its_grap
 
 def test_steps_share_the_calls_end_cut_their_limits_and_skip_what_cannot_start(tmp_path):
     """CALL_END: scripts chained in one device call share its limit (session 23 chained gpu_check_s16_train.sh with
-    an M-VAR bench by hand). A step's limit is cut to the time left; a step with too little left is not started,
-    and it is recorded and counted as failed."""
+    an M-VAR bench by hand). A step's limit is cut to the time left, and its bench cell's timeout to 15 s under it
+    (the bench then records the cell's error before the step's `timeout` kills it); a step with too little left is
+    not started, and it is recorded and counted as failed."""
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "python").write_text('#!/bin/sh\ncase "$*" in *sdpa_scales*) ;; *) sleep 3;; esac\n')
     (tmp_path / "bin" / "python").chmod(0o755)
     env = {"PATH": f"{tmp_path / 'bin'}:{ENV['PATH']}", "MIN_STEP_S": "5", "STEPS": "train_flex train_sdpa_scales"}
     dry = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path / "dry"),
                env={**env, "DRY": "1", "CALL_END": str(int(time.time()) + 100)})
-    assert [int(line.split()[1]) for line in dry.stdout.splitlines()] in ([100, 100], [99, 99])  # (a second may tick)
+    limits = [int(line.split()[1]) for line in dry.stdout.splitlines()]
+    assert limits in ([100, 100], [99, 99])  # (a second may tick)
+    assert all(f"task.cell_timeout_s={limits[0] - 15}" in line.split() for line in dry.stdout.splitlines())  # < 140
     out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path / "out"),
                env={**env, "CALL_END": str(int(time.time()) + 7)})  # train_flex sleeps 3 s: under 5 s are left
     assert out.returncode == 1 and "step train_sdpa_scales not started" in out.stderr, out.stderr
