@@ -43,7 +43,9 @@ asked train_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_sdpa_sc
   "task.mixer_options={attention:{backend:sdpa_scales}}"
 if asked train_mvar; then
   TORCH_LOGS=graph_breaks,recompiles step train_mvar "$TRAIN_S" "${BENCH[@]}" "$MVAR"
-  [ -n "${DRY:-}" ] || [ ! -f "$OUT/train_mvar.log" ] || printf '{"metric": "graph_breaks", "value": %d, "unit": "count", "log": "train_mvar.log"}\n' \
-    "$(grep -c '\[__graph_breaks\] Graph break' "$OUT/train_mvar.log")" >> "$OUT/graph_breaks.jsonl"
+  if [ -z "${DRY:-}" ] && [ -f "$OUT/train_mvar.log" ]; then  # (none for a step CALL_END left no time to start)
+    printf '{"metric": "graph_breaks", "value": %d, "unit": "count", "log": "train_mvar.log"}\n' \
+      "$(grep -c '\[__graph_breaks\] Graph break' "$OUT/train_mvar.log")" >> "$OUT/graph_breaks.jsonl"
+  fi
 fi
 finish_steps
