@@ -788,3 +788,39 @@ def test_the_official_sampler_sits_beside_varbench_s_eager_one_of_the_same_call_
     assert goals.loc["VAR-d16 eager sampling latency (b64, 256 px, ms; the official's, timed in the same call)",
                      "Measured"] == 400.0
     assert goals.loc["VAR-d16 eager sampling latency (b1, 256 px, ms; the official's)", "Target"] == "≤ 123.4"
+
+
+def test_the_official_training_step_sits_beside_varbench_s_fastest_of_the_same_call_with_var_s_numerics(tmp_path):
+    """report/beside_official_training.md pairs an official_var training timing with task=bench's VAR-d16 steps of
+    the same commit, GPU and batch: the fastest eager and the fastest compiled (any attention backend or Inductor
+    mode, named), never one with bf16 weights or FP8 matmuls, another model's or another call's. The official record
+    is no varbench configuration of the speed tables; the same-call goal is 2.5x the official img/s."""
+    from varbench.analysis.official import beside_official_training_table
+    from varbench.analysis.tables import speed_wide
+    var = {"metric": "train_images_per_s", "unit": "img/s", "mixer": "attention", "intra": "none", "depth": 16,
+           "resolution": 256, "batch": 32, "device": "NVIDIA H200", "commit": "a+copy",
+           "date": "2099-01-01T00:00:00+00:00"}
+    compiled = {**var, "compiled": True, "param_dtype": "fp32", "fp8": False}
+    lines = [{**var, "value": 195.0},
+             {**compiled, "value": 350.0, "compile_mode": "default"},
+             {**compiled, "value": 420.0, "compile_mode": "default", "mixer_options": {"backend": "sdpa_scales"}},
+             {**compiled, "value": 380.0, "compile_mode": "max-autotune-no-cudagraphs"},
+             {**compiled, "value": 600.0, "compile_mode": "default", "fp8": True},  # not VAR's numerics
+             {**compiled, "value": 610.0, "compile_mode": "default", "param_dtype": "bf16"},
+             {**compiled, "value": 700.0, "compile_mode": "default", "mixer": "gla"},  # another model
+             {**compiled, "value": 900.0, "compile_mode": "default", "commit": "b+copy"}]  # another call
+    official = {"metric": "train_images_per_s", "unit": "img/s", "system": "official_var", "model": "VAR-d16",
+                "resolution": 256, "batch": 32, "device": "NVIDIA H200", "date": "2099-01-01T00:00:00+00:00"}
+    lines += [{**official, "value": 200.0, "commit": "a+copy"}, {**official, "value": 190.0, "commit": "c+copy"}]
+    records = _records(tmp_path, lines)
+    table = beside_official_training_table(records)
+    row = table.loc[("a+copy", "NVIDIA H200", 32)]
+    assert row.tolist() == pytest.approx([200.0, 195.0, "attention", 0.975, 420.0,
+                                          "attention[backend=sdpa_scales], default mode", 2.1])
+    alone = table.loc[("c+copy", "NVIDIA H200", 32)]  # no varbench timing in that call: nothing paired
+    assert alone["Official VAR (img/s)"] == 190.0 and alone[["varbench eager (img/s)", "Eager ran"]].isna().all()
+    assert speed_wide(records).index.get_level_values("mixer").notna().all()  # no row for the official step
+    goal = bench_goals(records).loc["VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official's, "
+                                    "timed in the same call)"]
+    assert goal[["Target", "Measured", "Met", "Read from"]].tolist() == [
+        "≥ 500", 420.0, "no", "report/beside_official_training.md"]

@@ -1,8 +1,8 @@
 """The speed and memory goals of the bench protocol against the records (`bench_goals`): the protocol's own targets
 (MFU, M-VAR against VAR, the prefix re-run against the carried state, inference state against the KV cache) and
 issue 18's targets against the official VAR and M-VAR code measured on the same GPU kind (peer_speed.md's numbers),
-and, where a device call timed the official sampler beside varbench's, the eager ones against that call's
-(`varbench.analysis.official`)."""
+and, where a device call timed the official sampler or training step beside varbench's, the eager sampling and
+compiled training goals against that call's (`varbench.analysis.official`)."""
 
 from __future__ import annotations
 
@@ -151,11 +151,11 @@ def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:
     measured += [value * scale for (value, _), (*_, scale) in zip(read, OFFICIAL_GOALS)]
     sources += [column for _, column in read]
     goals = GOALS + tuple(goal[:3] for goal in OFFICIAL_GOALS)
-    # the same goals against the official sampler timed beside varbench's in one call, where a call did
+    # goals against the official code timed beside varbench in one call, where a call did
     same_call = official.same_call_goals(df, frame.attrs["device"])
-    goals += tuple((goal, target, False) for goal, target, _ in same_call)
-    measured += [value for *_, value in same_call]
-    sources += ["report/beside_official.md"] * len(same_call)
+    goals += tuple((goal, target, higher) for goal, target, higher, *_ in same_call)
+    measured += [value for *_, value, _ in same_call]
+    sources += [table for *_, table in same_call]
     rows = []
     for (goal, target, higher), value, source in zip(goals, measured, sources, strict=True):
         met = value >= target if higher else value <= target

@@ -94,7 +94,7 @@ def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFra
     batch and sampler (timings of one device), state bytes per image."""
     device = timing_device(df, device)
     timed = latest(df, TIMED)
-    timed = timed[timed["device"] == device]
+    timed = timed[(timed["device"] == device) & timed["system"].isna()]  # the official code's: no configuration here
     parts = []
     sized = latest(df, [*SPEED, "train_summary"])  # the models that were timed or trained (not task=costs' grid)
     sized = sized[sized["params"].notna()]

@@ -85,6 +85,11 @@ TABLES = {
                         "timed on one machine in one device call (CFG 1.5, top-k 900, top-p 0.96, decode included; "
                         "the same timer)", "sample_latency_ms of system official_var (the uncommitted harness) and "
                         "task=bench's eager VAR-d16 of the same commit"),
+    "beside_official_training": (official.beside_official_training_table, "The official VAR-d16 training step beside "
+                                 "varbench's fastest eager and compiled ones, timed on one machine in one device call "
+                                 "(batch 32, forward + cross-entropy + backward + fused AdamW, bf16 autocast, the "
+                                 "same timer)", "train_images_per_s of system official_var (the uncommitted harness) "
+                                 "and task=bench's VAR-d16 training of the same commit"),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
 }
