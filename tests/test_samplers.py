@@ -3,17 +3,20 @@
 
 import copy
 import inspect
+import weakref
 
 import pytest
 import torch
 from helpers import tiny_model, tiny_tokenizer
 
 from varbench.backbones.blocks import AdaLNBlock
+from varbench.backbones.raster_ar import RasterAR
 from varbench.backbones.sampling import ScaleSampler, cfg_ramp
 from varbench.backbones.scale_ar import ScaleAR
 from varbench.eval.samplers import PrefixRerun, PrefixRerunSampler, make_sampler, prefix_rerun_installed
 from varbench.mixers.base import TokenMixer, run_steps
-from varbench.registry import build, list_options
+from varbench.registry import build, factory, list_options, load_option
+from varbench.tokenizers import MultiScaleVQVAE
 
 MIXERS = [name for name in list_options("mixer") if name != "none"]
 
@@ -133,3 +136,48 @@ def test_the_mixer_states_are_freed_before_the_tokenizer_decodes(mixer, vae, mon
     monkeypatch.setattr(vae, "fhat_to_img", checking_decode)
     ScaleSampler(model, vae, cfg=1.5)(torch.tensor([1, 2]))
     assert refs and alive_at_decode == []
+
+
+class _WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Weak references to every low-precision copy made of one of `weights` (autocast's casts) while active."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.addresses, self.copies = {w.data_ptr() for w in weights}, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in self.addresses:
+            self.copies.append(weakref.ref(out))
+        return out
+
+
+def _raster_pair():
+    vae = MultiScaleVQVAE(vocab_size=16, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, patch_nums=(4,))
+    model = RasterAR(mixer=factory(load_option("mixer", "attention")), depth=1, width=32, num_heads=1,
+                     vocab_size=16, num_classes=4, num_tokens=vae.layout.L, mlp_hidden=16)
+    return model.eval(), vae.eval(), lambda labels: model.generate(labels, cfg=1.5, tokenizer=vae)
+
+
+@pytest.mark.parametrize("family", ["scale-wise", "raster"])
+def test_the_tokenizer_decodes_beside_none_of_the_weight_casts_autocast_cached_for_the_scales(family, vae):
+    """Session 24: under bf16 autocast (the bench's and evaluation's sampling), autocast caches a bf16 copy of each
+    fp32 weight the scales' matmuls read (0.57 GiB for VAR-d16) until its region exits, so the copies sat beside the
+    decoder's activations, at the batch-64 sampling peak (12.17 GiB against the official sampler's 12.0, which runs
+    under inference_mode, where autocast caches nothing). The sampler drops them before the decode."""
+    if family == "raster":
+        model, tokenizer, draw = _raster_pair()
+    else:
+        model, tokenizer = tiny_model("attention", vae=vae), vae
+        draw = ScaleSampler(model, tokenizer, cfg=1.5)
+    casts = _WeightCasts([p for p in model.parameters() if p.dim() == 2])
+    alive_at_decode = []
+    hook = tokenizer.decoder.register_forward_pre_hook(
+        lambda *_: alive_at_decode.append(sum(ref() is not None for ref in casts.copies)))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16), casts:
+            draw(torch.tensor([1, 2]))
+    finally:
+        hook.remove()
+    assert casts.copies, "the scales cast no weight: the test no longer looks at autocast's casts"
+    assert alive_at_decode == [0]

@@ -32,6 +32,7 @@ from varbench.layout import RasterLayout
 from varbench.mixers.base import State, TokenMixer
 from varbench.modules import RMSNorm
 from varbench.ops.backend import backend_of
+from varbench.utils.precision import drop_cached_weight_casts
 
 SAMPLE_POSITIONS = ("training", "official")
 
@@ -239,7 +240,8 @@ class RasterAR(nn.Module):
             if t + 1 < self.num_tokens:
                 x_2B1C = self.step_input(ids_B1, t + 1, positions).repeat(2, 1, 1)
         ids_BN = torch.cat(ids, dim=1)
-        states = logits_2B1V = None  # freed before the decode: its activations do not stack on the KV cache
+        states = logits_2B1V = None  # freed before the decode: its activations do not stack on the KV cache,
+        drop_cached_weight_casts()  # nor on the weight casts autocast cached for the tokens
         images = tokenizer.decode(ids_BN).add(1).mul(0.5) if tokenizer is not None else None
         return RasterGeneration(ids_BN, images, torch.cat(all_logits, 1) if return_logits else None)
 

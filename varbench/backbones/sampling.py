@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from varbench.backbones.graphs import GraphCache
+from varbench.utils.precision import drop_cached_weight_casts
 
 
 def cfg_ramp(cfg: float, k: int, num_scales: int) -> float:
@@ -114,8 +115,10 @@ class ScaleSampler:
         self.check_device(label_B)
         self.model.check_labels(label_B)
         ids, f_hat, all_logits = self.scales(label_B, generator, forced_ids, return_logits, edit)
-        # decoded after `scales` returned: its mixer states (VAR's KV cache) and last logits are freed by then, so
-        # the decoder's activations do not stack on them (the official sampler, too, drops its cache first)
+        # decoded after `scales` returned: its mixer states (VAR's KV cache) and last logits are freed by then, and
+        # the weight casts autocast cached for the scales are dropped, so the decoder's activations stack on none
+        # of them (the official sampler, too, drops its cache first)
+        drop_cached_weight_casts()
         images = self.tokenizer.fhat_to_img(f_hat).add(1).mul(0.5)
         return Generation(ids=ids, images=images, logits=all_logits if return_logits else None)
 

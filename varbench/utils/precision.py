@@ -56,3 +56,13 @@ def caller_autocast() -> contextlib.AbstractContextManager:
     if not torch.is_autocast_enabled("cuda"):
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+
+
+def drop_cached_weight_casts() -> None:
+    """Free the weight casts that autocast has cached in the caller's region: a low-precision copy of every fp32
+    weight a matmul has read there (0.57 GiB for VAR-d16), kept until the outermost region exits. A sampler calls
+    it between the scales and the tokenizer decode, which reads none of those weights: otherwise the copies sit
+    beside the decoder's activations, at the sampling peak. (The official sampler runs under inference_mode, where
+    autocast caches nothing.) Only copies go: a later matmul casts its weight again. The CUDA graphs capture with
+    the cache off (`caller_autocast`), so none of them reads a dropped copy."""
+    torch.clear_autocast_cache()
