@@ -24,13 +24,14 @@
 #   var_expandable VAR-d16 eager sampling at batch 64 with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (the
 #                  records name the setting): peak memory against the official code's 12.0 GiB (12.18 allocated
 #                  in session 9, 23.5 reserved by the caching allocator);
-#   var_eager_b1   VAR-d16 eager sampling at batch 1 under task=bench's protocol (goal: the official code's
-#                  123.4 ms; only in STEPS when asked: it is bound by the host's CPU, so it is timed on the machine
-#                  of the call);
+#   var_eager      VAR-d16 eager sampling at batch 1 and 64 under task=bench's protocol, the official sampler's
+#                  path (goal: no slower than the official code, whose sampler `.official/time_sampling.py` times in
+#                  the same call; only in STEPS when asked: batch 1 is bound by the host's CPU, so it is timed on the
+#                  machine of the call);
 #   var_decode_by_16  VAR-d16 eager sampling at batch 64 decoding 16 images per call (task.decode_batch=16): the
 #                  peak memory without most of the decode's activations, and what the chunks cost in latency
 #                  (only when asked).
-# STEPS (default: every step but the fused ones, var_eager_b1 and var_decode_by_16) names the steps to run, in the
+# STEPS (default: every step but the fused ones, var_eager and var_decode_by_16) names the steps to run, in the
 # order above;
 # GRAPHS_DECODE (default graphs) is the decode mode of var_graphs and mvar_graphs (session 17: graphs saves nothing at batch 64, while
 # session 9's compiled decode took two thirds of eager's time; a compiled decode compiles in the untimed warm-up).
@@ -39,11 +40,11 @@
 # exits with the number of failed steps. Measurement records (JSON lines) go under OUT.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16.sh OUT     DRY=1 prints the commands.
 # Limits (seconds, 540 in all by default) can be moved: TESTS_S=80 DECODE_S=80 PROFILE_S=60 GRAPHS_S=90
-# EXPANDABLE_S=80 EAGER_B1_S=90 DECODE_BY_S=80 FUSED_S=130.
+# EXPANDABLE_S=80 EAGER_S=100 DECODE_BY_S=80 FUSED_S=130.
 set -u -o pipefail
 OUT=${1:?records dir}
 TESTS_S=${TESTS_S:-80} DECODE_S=${DECODE_S:-80} PROFILE_S=${PROFILE_S:-60} GRAPHS_S=${GRAPHS_S:-90}
-EXPANDABLE_S=${EXPANDABLE_S:-80} EAGER_B1_S=${EAGER_B1_S:-90} DECODE_BY_S=${DECODE_BY_S:-80} FUSED_S=${FUSED_S:-130}
+EXPANDABLE_S=${EXPANDABLE_S:-80} EAGER_S=${EAGER_S:-100} DECODE_BY_S=${DECODE_BY_S:-80} FUSED_S=${FUSED_S:-130}
 STEPS=${STEPS:-tests decode_modes profile var_graphs mvar_graphs var_expandable} GRAPHS_DECODE=${GRAPHS_DECODE:-graphs}
 FAILED=0
 sampling() {  # limit, configuration, batches, more overrides: task=bench's sampling stage alone, fully autotuned
@@ -86,7 +87,7 @@ asked mvar_fused && step mvar_fused "$FUSED_S" $(sampling "$FUSED_S" "[mamba2,fu
 asked var_expandable && PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step var_expandable "$EXPANDABLE_S" \
   $(sampling "$EXPANDABLE_S" "[attention,none]" 64 task.cuda_graphs=false task.decode_mode=eager)
 # shellcheck disable=SC2046
-asked var_eager_b1 && step var_eager_b1 "$EAGER_B1_S" $(sampling "$EAGER_B1_S" "[attention,none]" 1 \
+asked var_eager && step var_eager "$EAGER_S" $(sampling "$EAGER_S" "[attention,none]" 1,64 \
   task.cuda_graphs=false task.decode_mode=eager)
 # shellcheck disable=SC2046
 asked var_decode_by_16 && step var_decode_by_16 "$DECODE_BY_S" $(sampling "$DECODE_BY_S" "[attention,none]" 64 \
