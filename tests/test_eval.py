@@ -261,8 +261,8 @@ def evaluate_config(tmp_path, *overrides):
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 20 samples, 32-d features: a singular covariance
 def test_evaluate_task_records_every_metric(tmp_path):
     from varbench.tasks.evaluate import main
+    from varbench.utils.hashing import file_sha256
     from varbench.utils.records import read_records
-    from varbench.utils.run_spec import file_sha256
     cfg, folder, tokenizer_file = evaluate_config(tmp_path)
     out = main(cfg)  # the run decides the model and the tokenizer (tests/test_runs.py)
     records = {r["metric"]: r for r in read_records(tmp_path / "res" / "evaluate.jsonl")}

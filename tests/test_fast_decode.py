@@ -12,10 +12,10 @@ import torch
 from helpers import tiny_model
 
 from varbench.backbones.sampling import ScaleSampler
-from varbench.eval.sampling import weights_sha256
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.tokenizers.fast_decode import DECODE_MODES, resolve_decode_mode
 from varbench.tokenizers.vq_f16 import VQF16
+from varbench.utils.hashing import weights_sha256
 
 
 def small_vqvae() -> MultiScaleVQVAE:

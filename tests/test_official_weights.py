@@ -19,8 +19,8 @@ from varbench.build import build_model
 from varbench.official import official_kind
 from varbench.registry import CONFIG_ROOT
 from varbench.runs import load_run
+from varbench.utils.hashing import file_sha256
 from varbench.utils.records import read_records
-from varbench.utils.run_spec import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SET_A, SET_C = REPO.parent / "shared" / "golden" / "setA", REPO.parent / "shared" / "golden" / "aim_setC"

@@ -24,8 +24,9 @@ from varbench.build import build_tokenizer
 from varbench.registry import CONFIG_ROOT
 from varbench.runs import keys_set_by, load_run, run_config
 from varbench.utils.checkpoint import save_atomic
+from varbench.utils.hashing import file_sha256
 from varbench.utils.records import read_records
-from varbench.utils.run_spec import SPEC_FILE, file_sha256, read_spec
+from varbench.utils.run_spec import SPEC_FILE, read_spec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["device=cpu", "cell_id=test", "model.depth=1", "model.width=64", "model.num_heads=1",

@@ -146,12 +146,12 @@ def test_cells_side_by_side_train_the_tokenizer_once(tmp_path):
 
 
 def test_a_record_names_its_tokenizer_by_the_sha256_of_its_file(tmp_path, monkeypatch):
-    from varbench.utils import run_spec
+    from varbench.utils import hashing
     weights = tmp_path / "tok.safetensors"
     weights.write_bytes(b"weights")
     hashed = []
-    real = run_spec.file_sha256
-    monkeypatch.setattr(run_spec, "file_sha256", lambda path: hashed.append(path) or real(path))
+    real = hashing.file_sha256
+    monkeypatch.setattr(hashing, "file_sha256", lambda path: hashed.append(path) or real(path))
     config = {"tokenizer": {"checkpoint": str(weights)}}
     lines = [record(tmp_path / "r.jsonl", "m", i, "1", config=config) for i in range(3)]
     assert {r["tokenizer_id"] for r in lines} == {hashlib.sha256(b"weights").hexdigest()[:12]}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -35,9 +34,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from varbench.config_schema import step_config
+from varbench.utils.hashing import file_id, file_sha256, settings_digest
 from varbench.utils.lock import FolderLock
 from varbench.utils.log import get_logger
-from varbench.utils.run_spec import file_id, file_sha256, write_json_atomic
+from varbench.utils.run_spec import write_json_atomic
 
 log = get_logger(__name__)
 
@@ -82,8 +82,7 @@ def identity(cfg: DictConfig, steps: list[str]) -> dict:
 def shared_folder(cfg: DictConfig, steps: list[str]) -> tuple[Path, dict]:
     """The folder of `steps` for `cfg` and the identity its name hashes."""
     ident = identity(cfg, steps)
-    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(cfg.tokenizer_dir) / key, ident
+    return Path(cfg.tokenizer_dir) / settings_digest(ident), ident
 
 
 def read_marker(folder) -> dict | None:

@@ -29,8 +29,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from varbench.utils.hashing import file_id
 from varbench.utils.log import get_logger, is_rank_zero, job_logging
-from varbench.utils.run_spec import file_id
 
 log = get_logger(__name__)
 

@@ -23,7 +23,8 @@ from torch import nn
 from varbench import official
 from varbench.runs import find_checkpoint
 from varbench.utils.checkpoint import read_state_dict
-from varbench.utils.run_spec import file_sha256, read_spec
+from varbench.utils.hashing import file_sha256
+from varbench.utils.run_spec import read_spec
 
 
 @dataclass

@@ -32,7 +32,8 @@ from varbench.registry import CONFIG_ROOT
 from varbench.tokenizers import load_official_vqvae
 from varbench.training import checkpoints
 from varbench.utils.checkpoint import load_strict, read_state_dict, save_atomic
-from varbench.utils.run_spec import FORMAT, file_sha256, read_spec, relative_if_inside, tokenizer_path
+from varbench.utils.hashing import file_sha256
+from varbench.utils.run_spec import FORMAT, read_spec, relative_if_inside, tokenizer_path
 
 SPEC_GROUPS = ("model", "mixer", "intra", "tokenizer", "data", "train")
 KERNEL_KEYS = frozenset({"backend", "mode", "fused", "chunk_size"})

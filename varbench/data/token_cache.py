@@ -18,7 +18,6 @@ Shape legend: N items, L tokens of all scales (sum of p_k^2), B batch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -30,8 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 from varbench.data.loading import LoaderOptions
 from varbench.data.transforms import is_deterministic
 from varbench.utils.checkpoint import save_atomic
+from varbench.utils.hashing import file_sha256, weights_sha256
 from varbench.utils.log import get_logger, progress_bar
-from varbench.utils.run_spec import file_sha256, write_json_atomic
+from varbench.utils.run_spec import write_json_atomic
 
 log = get_logger(__name__)
 
@@ -47,13 +47,8 @@ def shard_path(out_dir: Path, i: int) -> Path:
 
 
 def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
-    """First 16 hex digits of the sha256 over the state dict (names, shapes, dtypes and bytes, in key order)."""
-    h = hashlib.sha256()
-    for name, t in sorted(tokenizer.state_dict().items()):
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    """First 16 hex digits of the sha256 over the state dict (`weights_sha256`)."""
+    return weights_sha256(tokenizer)[:16]
 
 
 def ids_dtype(vocab_size: int) -> torch.dtype:

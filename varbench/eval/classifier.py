@@ -13,7 +13,6 @@ Shape legend: B batch, H W image side, D feature width (4 x width), K classes.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import math
 import time
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from varbench.utils.hashing import settings_digest
 from varbench.utils.log import get_logger, progress_bar
 
 log = get_logger(__name__)
@@ -70,8 +70,7 @@ class Classifier(nn.Module):
 # ----- training ----------------------------------------------------------------------------------------------------
 def fingerprint(dataset, **hparams) -> str:
     """12 hex digits that name a classifier: the training data (`describe()`) and the training settings."""
-    text = json.dumps({"data": dataset.describe(), **hparams}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return settings_digest({"data": dataset.describe(), **hparams}, digits=12)
 
 
 def batches_forever(dataset, batch_size: int, seed: int):

@@ -11,8 +11,6 @@ features to another silently.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -20,12 +18,12 @@ import torch
 from safetensors.torch import load_file
 
 from varbench.utils.checkpoint import save_atomic
+from varbench.utils.hashing import settings_digest
 
 
 def cache_path(cache_dir, key: dict) -> Path:
     """`cache_dir/<16 hex digits of the sha256 of key as sorted JSON>.safetensors`."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"{digest}.safetensors"
+    return Path(cache_dir) / f"{settings_digest(key)}.safetensors"
 
 
 def cached_tensors(cache_dir, key: dict, compute: Callable[[], dict[str, torch.Tensor]]

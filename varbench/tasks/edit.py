@@ -19,11 +19,11 @@ from omegaconf import DictConfig
 
 from varbench.backbones.editing import MODES, Edit, box_keep_mask, check_box
 from varbench.build import resolve_device
-from varbench.data.token_cache import file_sha256
 from varbench.eval.samplers import make_sampler
 from varbench.eval.sampling import keyed_file
 from varbench.runs import load_for_task
 from varbench.training.loop import autocast
+from varbench.utils.hashing import file_sha256
 from varbench.utils.images import save_grid
 from varbench.utils.records import record
 

@@ -65,8 +65,8 @@ from varbench.runs import command_line_keys, load_for_task
 from varbench.tokenizers.fast_decode import resolve_decode_mode
 from varbench.training.loop import autocast
 from varbench.utils.auto import resolve_auto
+from varbench.utils.hashing import file_sha256
 from varbench.utils.records import record
-from varbench.utils.run_spec import file_sha256
 
 DEFAULT_PER_CLASS = {"adm": 50, "project": 20}
 

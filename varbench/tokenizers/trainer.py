@@ -34,10 +34,10 @@ from torch.utils.data import DataLoader
 from varbench.tokenizers.losses import evaluate_tokenizer
 from varbench.tokenizers.update import TrainingParts, TrainOptions, train_step
 from varbench.utils.checkpoint import load_object, remove_stale_temps, save_atomic
+from varbench.utils.hashing import file_id
 from varbench.utils.log import get_logger, progress_bar
 from varbench.utils.loggers import ExperimentLogger
 from varbench.utils.records import record
-from varbench.utils.run_spec import file_id
 from varbench.utils.seeding import SeededItems, item_seed
 
 log = get_logger(__name__)

@@ -16,9 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from varbench.utils.checkpoint import load_object, load_strict, read_state_dict, remove_stale_temps, save_atomic
 from varbench.utils.dist import DistInfo
+from varbench.utils.hashing import file_sha256
 from varbench.utils.log import get_logger
 from varbench.utils.resume import refuse_changed_config
-from varbench.utils.run_spec import file_sha256, read_spec, write_spec
+from varbench.utils.run_spec import read_spec, write_spec
 
 log = get_logger(__name__)
 

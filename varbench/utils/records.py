@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from varbench.utils.hashing import ID_HEX, file_id
 from varbench.utils.paths import REPO
-from varbench.utils.run_spec import ID_HEX, file_id
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def host_load() -> dict:
 def tokenizer_id(config: dict | None, fields: dict) -> str | None:
     """Which tokenizer weights a record's numbers came from: the first 12 hex digits of its `tokenizer_sha256` field
     (the weights the run loaded, as its spec names them), else of the sha256 of the file `config.tokenizer.checkpoint`
-    names now (varbench.utils.run_spec.file_id); None when neither names weights (a config without a tokenizer)."""
+    names now (varbench.utils.hashing.file_id); None when neither names weights (a config without a tokenizer)."""
     sha = fields.get("tokenizer_sha256")
     if isinstance(sha, str):
         return sha[:ID_HEX]

@@ -16,37 +16,12 @@ This module only reads and writes the file; `varbench.runs` builds models from i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from functools import lru_cache
 from pathlib import Path
 
 SPEC_FILE = "run_spec.json"
 FORMAT = 1
-ID_HEX = 12  # hex digits of a file's sha256 that name it in records (`file_id`)
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file's bytes, read in 16 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_id(path) -> str:
-    """The first ID_HEX hex digits of a file's sha256: how records name a tokenizer (`tokenizer_id`). Hashed once per
-    file and version (path, size, modification time): a file rewritten in place is hashed again."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    return _file_id(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=256)
-def _file_id(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha256(path)[:ID_HEX]
 
 
 def write_json_atomic(path, obj: dict) -> Path:
