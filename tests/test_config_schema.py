@@ -270,6 +270,21 @@ def test_a_run_lives_in_its_run_dir_only(tmp_path):
     assert (tmp_path / "run" / ".hydra" / "costs" / "config.yaml").is_file() and (tmp_path / "res").is_dir()
 
 
+def test_hydra_run_dir_is_the_run_dir_checked_first_and_holding_the_run(tmp_path):
+    """Session 23's left-alone item: `hydra.run.dir=X` moved Hydra's folder alone (checkpoints and records follow
+    `run_dir`) and skipped the config check that runs before the folder is made. It now means `run_dir=X`."""
+    (tmp_path / "cwd").mkdir()
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    bad = run_cli(tmp_path / "cwd", "task=train", "train.grad_accum=0", "debug=true", run)
+    assert bad.returncode != 0 and "train.grad_accum = 0: expected an integer >= 1" in bad.stderr
+    assert not any(tmp_path.glob("*/*")) and not (tmp_path / "run").exists()
+    good = run_cli(tmp_path / "cwd", "task=costs", "model=var_d16", "task.depths=[16]", "task.resolutions=[256]",
+                   "task.configs=[[attention,none]]", run, f"results_dir={tmp_path / 'res'}", "--cfg", "job",
+                   "--resolve")
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert f"run_dir: {tmp_path / 'run'}" in good.stdout
+
+
 @pytest.mark.parametrize("code,errors,process_records", [(0, 0, 0), (3, 1, 0), (1, 1, 1), (None, 1, 1)])
 def test_an_isolated_cell_counts_as_failed_when_it_recorded_errors_or_died(monkeypatch, code, errors,
                                                                           process_records):

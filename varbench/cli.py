@@ -30,8 +30,16 @@ def _main(cfg: DictConfig):
     return run_cell(cfg)
 
 
+# Hydra's own run folder is `run_dir` (config.yaml, through the check that runs before the folder is made):
+# `hydra.run.dir=X` alone would move the folder but not the checkpoints and records (which follow `run_dir`), and skip
+# that check; it means `run_dir=X`
+RUN_DIR_ALIAS = "hydra.run.dir="
+
+
 def main():
     sys.argv = [FLAGS.get(arg.lower(), arg) for arg in sys.argv if FLAGS.get(arg.lower(), arg) is not None]
+    sys.argv = [f"run_dir={arg.removeprefix(RUN_DIR_ALIAS)}" if arg.startswith(RUN_DIR_ALIAS) else arg
+                for arg in sys.argv]
     _main()
 
 
