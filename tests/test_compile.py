@@ -113,17 +113,47 @@ def test_an_unprepared_mask_traced_into_a_graph_is_not_stored_as_if_built_outsid
     assert len(built) == 2 and list(attention_kernel._BLOCK_MASKS) == [(layout, "block_diag", 0, "cpu")]
 
 
+FLEX_MODULES = [("attention", "none", ("block_causal", 0)), ("none", "full", ("block_diag", 0)),
+                ("none", "local", ("window", 2))]
+
+
+@pytest.mark.parametrize("mixer,intra,mask", FLEX_MODULES, ids=[f"{m}-{i}" for m, i, _ in FLEX_MODULES])
+def test_a_module_on_auto_names_the_flex_mask_it_attends_with_on_cuda(mixer, intra, mask, vae):
+    """Session 24 (the H100 logs): on `auto`, the default, which attends with flex on CUDA tensors, the modules named
+    no mask (only a named `flex` did), so compiling built none: each step's graph built its BlockMask, and the first
+    trace made the compiled flex_attention, so dynamo traced the whole forward twice."""
+    model = tiny_model(mixer, intra, vae=vae, depth=1)
+    module = next(m for m in model.modules() if hasattr(m, "flex_mask"))
+    assert module.backend == "auto"
+    module.kernels_here = ("flex",)  # as on a GPU machine
+    assert module.flex_mask(torch.device("cuda")) == mask
+    assert module.flex_mask(torch.device("cpu")) is None  # the reference runs on CPU tensors
+
+
+def test_preparing_the_masks_makes_the_compiled_flex_before_any_trace(monkeypatch):
+    """The compiled flex_attention is a module global that the first call makes: made inside a trace, it fails the
+    guard dynamo put on it, and the forward is traced again (session 24: M-VAR-d16's first step compiled twice)."""
+    monkeypatch.setattr(attention_kernel, "_compiled_flex", None)
+    monkeypatch.setattr(attention_kernel, "_BLOCK_MASKS", {})
+    monkeypatch.setattr(attention_kernel, "_build_block_mask", lambda *key: torch.zeros(1))
+    attention_kernel.prepare_block_masks(ScaleLayout((1, 2)), "cpu", [("block_causal", 0)])
+    assert attention_kernel._compiled_flex is not None
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (flex attention, fla, mamba_ssm)")
 
 
 @CUDA
+@pytest.mark.parametrize("backend", ["flex", "auto"])
 @pytest.mark.parametrize("autocast", [False, True])
 @pytest.mark.parametrize("mixer,intra", [("attention", "none"), ("none", "full"), ("none", "local")])
-def test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph(mixer, intra, autocast, vae,
-                                                                                 monkeypatch):
+def test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph(mixer, intra, autocast, backend,
+                                                                                 vae, monkeypatch):
     # (under bf16 autocast too: the raster attention's compiled step, which trains under it, ran as 2 frames in
-    # session 20, and this tells whether autocast is what splits it)
-    model = tiny_model(mixer, intra, vae=vae, depth=2, backend="flex").cuda()
+    # session 20; in a fresh process, as a training run is, before any flex call made the compiled flex_attention;
+    # on auto, the default, too: session 24's logs showed its masks built in the graph and the forward traced twice)
+    model = tiny_model(mixer, intra, vae=vae, depth=2, backend=backend).cuda()
+    monkeypatch.setattr(attention_kernel, "_compiled_flex", None)
     monkeypatch.setattr(attention_kernel, "_BLOCK_MASKS", {})
     build = attention_kernel._build_block_mask
     built = []

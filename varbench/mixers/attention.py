@@ -43,9 +43,10 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         super().__init__(dim, num_heads, l2_norm)
         self.choose_backend(backend, {"flex": cuda_and(), "sdpa_scales": cuda_and()}, "attention")
 
-    def flex_mask(self) -> tuple[str, int] | None:
-        """The flex BlockMask (kind, window) this module attends with, built before compiling; None without flex."""
-        return ("block_causal", 0) if self.backend == "flex" else None
+    def flex_mask(self, device) -> tuple[str, int] | None:
+        """The flex BlockMask (kind, window) this module attends with on `device`'s tensors (named, or picked by
+        `auto`), built before compiling; None where it runs no flex attention there."""
+        return ("block_causal", 0) if self.backend_on(device) == "flex" else None
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)

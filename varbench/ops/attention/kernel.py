@@ -57,10 +57,15 @@ def _device_key(device) -> str:
 
 
 def prepare_block_masks(layout: Layout, device, masks) -> None:
-    """Build the BlockMasks `masks` ((kind, window) pairs) of `layout` on `device` now, outside any compiled region.
+    """Build the BlockMasks `masks` ((kind, window) pairs) of `layout` on `device` now, outside any compiled region,
+    and the compiled flex_attention that runs them.
 
-    A compiled forward then finds each in a plain dict (a guarded constant) instead of tracing `create_block_mask`
-    into its graph at every step. `compile_for_training` calls this for every module that names its `flex_mask`."""
+    A compiled forward then finds each mask in a plain dict (a guarded constant) instead of tracing
+    `create_block_mask` into its graph at every step, and finds the compiled flex_attention made: a trace that made
+    it would change the module global its guard reads, and dynamo would trace the whole forward again (sessions 20
+    and 24: a raster step of 2 frames; M-VAR-d16's first step compiled twice). `compile_for_training` calls this for
+    every module whose `flex_mask` names a mask."""
+    _flex()
     for kind, window in masks:
         key = (layout, kind, int(window), _device_key(device))
         if key not in _BLOCK_MASKS:
@@ -68,12 +73,15 @@ def prepare_block_masks(layout: Layout, device, masks) -> None:
 
 
 def prepare_model_masks(model: torch.nn.Module) -> None:
-    """`prepare_block_masks` for every module of `model` whose `flex_mask()` names a (kind, window) (None: it runs no
-    flex attention), on the model's layout (scale-wise or raster) and device. A model without a layout needs none."""
+    """`prepare_block_masks` for every module of `model` whose `flex_mask(device)` names a (kind, window) (None: it
+    runs no flex attention there), on the model's layout (scale-wise or raster) and device. A model without a layout
+    needs none."""
     layout = next((m.layout for m in model.modules() if isinstance(getattr(m, "layout", None), Layout)), None)
-    masks = {m.flex_mask() for m in model.modules() if hasattr(m, "flex_mask")} - {None}
     device = next(model.parameters()).device
-    if layout is not None and masks and device.type == "cuda":  # the modules attend with flex on CUDA tensors only
+    if layout is None or device.type != "cuda":  # the modules attend with flex on CUDA tensors only
+        return
+    masks = {m.flex_mask(device) for m in model.modules() if hasattr(m, "flex_mask")} - {None}
+    if masks:
         prepare_block_masks(layout, device, sorted(masks))
 
 
