@@ -84,8 +84,10 @@ def matmul_peak_tflops(dtype=torch.bfloat16, n: int = 8192, device="cuda") -> fl
 
 def top_ops(fn: Callable[[], object], steps: int = 3, limit: int = 15) -> list[dict]:
     """The operators holding the most time over `steps` calls of `fn` (torch.profiler, self time: on the GPU its
-    kernels' time, on a CPU the CPU time): name, calls per step, ms per step, share of the total. Where an MFU falls
-    short, this says which kernels hold the time; call it after a warm-up."""
+    kernels' time, on a CPU the CPU time): name, calls per step, ms per step, share of the total, and a last row for
+    all the other operators together (its name says how many), so the rows sum to the step's busy time: against the
+    step's wall time, what the GPU spent idle. Where an MFU falls short, this says which kernels hold the time; call
+    it after a warm-up."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     cuda = torch.cuda.is_available()
@@ -100,8 +102,12 @@ def top_ops(fn: Callable[[], object], steps: int = 3, limit: int = 15) -> list[d
     ops = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]
     events = sorted(ops, key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events) or 1.0
-    return [{"op": e.key, "calls_per_step": e.count / steps, "ms_per_step": getattr(e, key) / steps / 1e3,
-             "share": getattr(e, key) / total} for e in events[:limit]]
+    def row(name: str, group: list) -> dict:
+        busy = sum(getattr(e, key) for e in group)
+        return {"op": name, "calls_per_step": sum(e.count for e in group) / steps, "ms_per_step": busy / steps / 1e3,
+                "share": busy / total}
+    top, rest = [row(e.key, [e]) for e in events[:limit]], events[limit:]
+    return top + ([row(f"(the other {len(rest)} operators)", rest)] if rest else [])
 
 
 def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
