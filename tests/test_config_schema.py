@@ -283,6 +283,10 @@ def test_hydra_run_dir_is_the_run_dir_checked_first_and_holding_the_run(tmp_path
                    "--resolve")
     assert good.returncode == 0, good.stderr[-2000:]
     assert f"run_dir: {tmp_path / 'run'}" in good.stdout
+    # beside run_dir=, Hydra's folder stays apart, still made only once the config passed its check
+    both = run_cli(tmp_path / "cwd", "task=train", "train.grad_accum=0", "debug=true", run, f"run_dir={tmp_path / 'r'}")
+    assert both.returncode != 0 and "train.grad_accum = 0: expected an integer >= 1" in both.stderr
+    assert not any(tmp_path.glob("*/*")) and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("code,errors,process_records", [(0, 0, 0), (3, 1, 0), (1, 1, 1), (None, 1, 1)])

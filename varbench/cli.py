@@ -30,16 +30,27 @@ def _main(cfg: DictConfig):
     return run_cell(cfg)
 
 
-# Hydra's own run folder is `run_dir` (config.yaml, through the check that runs before the folder is made):
-# `hydra.run.dir=X` alone would move the folder but not the checkpoints and records (which follow `run_dir`), and skip
-# that check; it means `run_dir=X`
-RUN_DIR_ALIAS = "hydra.run.dir="
+HYDRA_RUN_DIR = "hydra.run.dir="
+
+
+def run_folder_overrides(argv: list[str]) -> list[str]:
+    """Hydra's own run folder is `run_dir`, resolved through the config check (config.yaml), so that a config that
+    cannot run creates no folder. `hydra.run.dir=X` would replace that resolution, skipping the check. Alone, it
+    means `run_dir=X`: otherwise the checkpoints and records, which follow `run_dir`, would stay elsewhere. Beside
+    `run_dir=`, it keeps Hydra's folder apart, still behind the check."""
+    given_run_dir = any(arg.startswith("run_dir=") for arg in argv)
+
+    def rewritten(arg: str) -> str:
+        if not arg.startswith(HYDRA_RUN_DIR):
+            return arg
+        folder = arg.removeprefix(HYDRA_RUN_DIR)
+        return f"{HYDRA_RUN_DIR}${{varbench.checked:'{folder}'}}" if given_run_dir else f"run_dir={folder}"
+    return [rewritten(arg) for arg in argv]
 
 
 def main():
     sys.argv = [FLAGS.get(arg.lower(), arg) for arg in sys.argv if FLAGS.get(arg.lower(), arg) is not None]
-    sys.argv = [f"run_dir={arg.removeprefix(RUN_DIR_ALIAS)}" if arg.startswith(RUN_DIR_ALIAS) else arg
-                for arg in sys.argv]
+    sys.argv = run_folder_overrides(sys.argv)
     _main()
 
 
