@@ -80,17 +80,21 @@ def test_task_fp8_times_a_copy_with_fp8_matmuls_and_the_record_says_so(cell, tmp
     assert not any(isinstance(m, Float8Linear) for m in model.modules())
 
 
-def test_the_training_record_names_the_compile_mode_it_compiled_in(cell, tmp_path, monkeypatch):
-    """task.compile_mode reaches torch.compile (Inductor's mode) and the record; the default passes no mode."""
+def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cell, tmp_path, monkeypatch):
+    """task.compile_mode reaches torch.compile (Inductor's mode), task.compile_scope what it compiles; both reach
+    the record. The default passes no mode and compiles the blocks."""
     import varbench.tasks.bench as bench
     model, vae, fields = cell
-    modes = []
-    monkeypatch.setattr(bench, "compile_for_training", lambda net, depth, **options: modes.append(options) or net)
-    for mode in ("max-autotune-no-cudagraphs", "default"):
-        measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields, compiled=True, compile_mode=mode)
-    assert modes == [{"mode": "max-autotune-no-cudagraphs"}, {}]
-    assert [r["compile_mode"] for r in read_records(tmp_path / "bench.jsonl")] == ["max-autotune-no-cudagraphs",
-                                                                                    "default"]
+    calls = []
+    monkeypatch.setattr(bench, "compile_for_training",
+                        lambda net, depth, scope, **options: calls.append((scope, options)) or net)
+    for mode, scope in (("max-autotune-no-cudagraphs", "model"), ("default", "blocks")):
+        measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields, compiled=True, compile_mode=mode,
+                compile_scope=scope)
+    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields)  # eager: neither
+    assert calls == [("model", {"mode": "max-autotune-no-cudagraphs"}), ("blocks", {})]
+    assert [(r["compile_mode"], r["compile_scope"]) for r in read_records(tmp_path / "bench.jsonl")] == [
+        ("max-autotune-no-cudagraphs", "model"), ("default", "blocks"), (None, None)]
 
 
 @pytest.mark.parametrize("sampler", ["carry", "prefix_rerun"])

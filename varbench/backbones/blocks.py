@@ -26,6 +26,8 @@ class DropPath(nn.Module):
 
     It is applied to a branch's gate (B, 1, C) rather than to the branch output (B, L, C): y * (gamma * mask / keep)
     equals drop_path(y * gamma) and spares two full-size element-wise passes (and their backward) per branch.
+    The mask compares uniform draws with the keep probability: `bernoulli_(keep)` would make the rate a constant to
+    torch.compile, one graph per block (their rates differ), where this way the blocks share one.
     """
 
     def __init__(self, drop_prob: float = 0.0):
@@ -36,8 +38,8 @@ class DropPath(nn.Module):
         if self.drop_prob == 0.0 or not self.training:
             return gate_B1C
         keep = 1.0 - self.drop_prob
-        mask_B11 = gate_B1C.new_empty(gate_B1C.shape[0], 1, 1, dtype=torch.float32).bernoulli_(keep)
-        return gate_B1C * mask_B11.div_(keep)
+        mask_B11 = torch.rand(gate_B1C.shape[0], 1, 1, device=gate_B1C.device) < keep
+        return gate_B1C * (mask_B11 / keep)
 
 
 class FFN(nn.Module):

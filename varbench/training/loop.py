@@ -94,16 +94,35 @@ def wrap_parallel(model: torch.nn.Module, parallel: str, info: DistInfo, device:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def compile_for_training(net: torch.nn.Module, depth: int, **options) -> torch.nn.Module:
-    """torch.compile(net, **options), with dynamo's recompile limit raised to cover every block. The blocks'
-    stochastic-depth rates differ, and each is a constant to the compiler: where a kernel the compiler cannot trace
-    breaks the graph inside a block, every block recompiles the code that resumes after it, and past the default
-    limit (8) the rest of the blocks would run eagerly, silently."""
+COMPILE_SCOPES = ("blocks", "model")  # the first: how training runs compile (records say compile_scope)
+
+
+def compile_for_training(net: torch.nn.Module, depth: int, scope: str = COMPILE_SCOPES[0],
+                         **options) -> torch.nn.Module:
+    """The training step's network under torch.compile(**options); returns what the step calls.
+
+    `scope` "blocks" (the default) compiles each block in place (`nn.Module.compile`: its parameter names, and so
+    the checkpoints, unchanged) and returns `net`, whose embedding, head and loss run eagerly. The blocks share one
+    code object and their parameters are graph inputs, so dynamo traces one block and every other block of the same
+    structure reuses its graph: the compile costs one block, not `depth` of them (M-VAR-d16's whole-model compile
+    took about 137 s on an H100, session 25). Block 0, with no stochastic depth, has a graph of its own. The blocks
+    stay compiled: a later forward of the model (the NLL evaluation of a training run) runs them compiled too.
+    `scope` "model" returns torch.compile(net): one graph of the whole forward, unrolled over the blocks.
+
+    Dynamo's recompile limit is raised to cover every block: where a kernel the compiler cannot trace breaks the
+    graph inside a block, the code after it may recompile per block, and past the default limit (8) the rest of
+    the blocks would run eagerly, silently."""
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"the compile scope must be one of {list(COMPILE_SCOPES)}, got {scope!r}")
     import torch._dynamo
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * depth)
     from varbench.ops.attention.kernel import prepare_model_masks
     prepare_model_masks(net)  # flex BlockMasks built here, not traced into the graph at every step
-    return torch.compile(net, **options)
+    if scope == "model":
+        return torch.compile(net, **options)
+    for block in getattr(net, "module", net).blocks:  # (DDP holds the model as .module)
+        block.compile(**options)
+    return net
 
 
 def micro_batch_loss(net, model, tokenizer, x: torch.Tensor, labels: torch.Tensor, device: torch.device,
@@ -137,8 +156,9 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                         "(a check of the numerics, not a way to train)")
     net = wrap_parallel(model, tcfg.parallel, info, device)
     compiled = resolve_auto(tcfg.compile, "train.compile", device)
+    compile_scope = COMPILE_SCOPES[0] if compiled else None
     if compiled:
-        net = compile_for_training(net, len(model.blocks))
+        net = compile_for_training(net, len(model.blocks), compile_scope)
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=plan.peak_lr, betas=tuple(tcfg.betas),
                                   weight_decay=0.0, fused=device.type == "cuda")
     amp = autocast_dtype(tcfg.precision)
@@ -182,7 +202,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                 log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f %.1f img/s", step, plan.max_iters, loss_value,
                          lr, float(grad_norm), rate)
                 record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
-                       grad_norm=float(grad_norm), images_per_s=rate, compiled=compiled, run_dir=str(cfg.run_dir),
+                       grad_norm=float(grad_norm), images_per_s=rate, compiled=compiled, compile_scope=compile_scope,
+                       run_dir=str(cfg.run_dir),
                        **weights_identity(spec))
             if logger.sample_every and step % logger.sample_every == 0:
                 with autocast(device, tcfg.precision):
@@ -196,9 +217,10 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             if stop.signal:
                 break
     progress.close()
+    # (images/s: of this call's steps, resumed_from + 1 on)
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
             "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "compiled": compiled,
-            "resumed_from": resumed_from}  # (images/s: of this call's steps, resumed_from + 1 on)
+            "compile_scope": compile_scope, "resumed_from": resumed_from}
 
 
 def _update(model, optimizer, scaler, grad_clip: float, step: int, ckpt_dir: Path) -> float:
