@@ -26,20 +26,21 @@ class DropPath(nn.Module):
 
     It is applied to a branch's gate (B, 1, C) rather than to the branch output (B, L, C): y * (gamma * mask / keep)
     equals drop_path(y * gamma) and spares two full-size element-wise passes (and their backward) per branch.
-    The mask compares uniform draws with the keep probability: `bernoulli_(keep)` would make the rate a constant to
-    torch.compile, one graph per block (their rates differ), where this way the blocks share one.
+    The keep probability is also a tensor (`keep_prob`, not saved): a float would be a constant to torch.compile, one
+    graph per block (their rates differ; torch 2.11 specialised it even where 2.14 does not), where a tensor is an
+    input of one graph the blocks share.
     """
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
-        self.drop_prob = drop_prob
+        self.drop_prob, self.drops = drop_prob, drop_prob > 0  # (the forward reads no float)
+        self.register_buffer("keep_prob", torch.tensor(1.0 - drop_prob), persistent=False)
 
     def forward(self, gate_B1C: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
+        if not (self.drops and self.training):
             return gate_B1C
-        keep = 1.0 - self.drop_prob
-        mask_B11 = torch.rand(gate_B1C.shape[0], 1, 1, device=gate_B1C.device) < keep
-        return gate_B1C * (mask_B11 / keep)
+        mask_B11 = torch.rand(gate_B1C.shape[0], 1, 1, device=gate_B1C.device) < self.keep_prob
+        return gate_B1C * (mask_B11 / self.keep_prob)
 
 
 class FFN(nn.Module):
