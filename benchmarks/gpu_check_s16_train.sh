@@ -17,8 +17,8 @@
 # (benchmarks/gpu_step.sh); the script goes on after a failed step and exits with the number of failed steps.
 # STEPS (default: all three) names the steps to run; COMPILE_MODE (default: default) is Inductor's mode of both
 # training steps (task.compile_mode: max-autotune-no-cudagraphs benchmarks flex attention's and the GEMMs' kernel
-# configs while compiling); COMPILE_SCOPE (default: blocks) what they compile (task.compile_scope: model is one graph
-# of the whole forward); FP8=true times them with FP8 matmuls (task.fp8; torchao: carry the wheels
+# configs while compiling); COMPILE_SCOPE (default: model) what they compile (task.compile_scope: blocks compiles each
+# block, one graph they share); FP8=true times them with FP8 matmuls (task.fp8; torchao: carry the wheels
 # benchmarks/gpu_prep.sh puts in .whl_fp8/ and source gpu_setup.sh with WHEELS=.whl_fp8). The records say which.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16_train.sh OUT     DRY=1 prints the commands.
 # Limits (seconds, 540 in all) can be moved: TESTS_S=80 TRAIN_S=230.
@@ -28,7 +28,7 @@ TESTS_S=${TESTS_S:-80} TRAIN_S=${TRAIN_S:-230} STEPS=${STEPS:-tests train_flex t
 FAILED=0
 BENCH=(python run.py task=bench model=var_d16 autotune=full "results_dir=$OUT"
        "task.train_batch={256:32}" "task.sample_batches={256:[]}" "task.rerun_baseline=[]" task.allow_failed_cells=true
-       task.compile=true "task.compile_mode=${COMPILE_MODE:-default}" "task.compile_scope=${COMPILE_SCOPE:-blocks}"
+       task.compile=true "task.compile_mode=${COMPILE_MODE:-default}" "task.compile_scope=${COMPILE_SCOPE:-model}"
        "task.fp8=${FP8:-false}"
        "task.cell_timeout_s=$((TRAIN_S - 20))")
 

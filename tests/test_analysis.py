@@ -381,11 +381,13 @@ def test_the_compiled_training_goal_reads_the_fastest_compile_mode_never_a_numer
     mode and names it, never bf16 weights or FP8 matmuls (deviations from VAR's numerics, tabled on their own)."""
     train = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "compiled": True, "value": 351.0}
     lines = [train, {**train, "compile_mode": "max-autotune-no-cudagraphs", "value": 420.0},
-             {**train, "param_dtype": "bf16", "value": 460.0}, {**train, "fp8": True, "value": 480.0}]
+             {**train, "param_dtype": "bf16", "value": 460.0}, {**train, "fp8": True, "value": 480.0},
+             {**train, "compile_scope": "blocks", "value": 340.0}]
     df = _records(tmp_path, lines)
     frame = config_frame(df).loc[("attention", "none", 16, 256)]
     assert frame["Train img/s (b32, compiled)"] == 351.0 and frame["Train img/s (b32, compiled, fp8 matmuls)"] == 480
     assert frame["Train img/s (b32, compiled max-autotune-no-cudagraphs)"] == 420.0
+    assert frame["Train img/s (b32, compiled by blocks)"] == 340.0  # task.compile_scope: a column of its own
     goal = bench_goals(df).loc["VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)"]
     assert (goal["Measured"], goal["Read from"]) == (420.0, "Train img/s (b32, compiled max-autotune-no-cudagraphs)")
 

@@ -65,7 +65,7 @@ def test_compiled_by_blocks_every_block_is_one_graph_and_the_blocks_share_it(mix
 
 
 def test_a_compile_scope_other_than_blocks_or_model_is_an_error_naming_it(vae):
-    with pytest.raises(ValueError, match=r"compile scope must be one of \['blocks', 'model'\], got 'layers'"):
+    with pytest.raises(ValueError, match=r"compile scope must be one of \['model', 'blocks'\], got 'layers'"):
         compile_for_training(tiny_model("attention", vae=vae), 2, "layers", backend="eager")
 
 

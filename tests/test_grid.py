@@ -34,6 +34,15 @@ def test_cell_id_hashes_the_composed_config_not_where_it_runs():
     assert a != grid.cell_id(_composed("mixer=gla", "+task.overrides.x=1", "seed=1")) and len(a) == 12
 
 
+def test_a_key_added_later_keeps_the_ids_of_cells_composed_before_it_unless_set_to_something_else():
+    # train.compile_scope came in session 25, at "model": what every compiled cell had run
+    cfg = _composed("mixer=gla", "seed=0")
+    now = grid.cell_id(cfg)
+    del cfg.train.compile_scope  # the config as it was composed before the key existed
+    assert grid.cell_id(cfg) == now
+    assert grid.cell_id(_composed("mixer=gla", "seed=0", "train.compile_scope=blocks")) != now
+
+
 def test_editing_a_yaml_default_changes_the_cell_id():
     cfg = _composed("mixer=gla", "seed=0")
     before = grid.cell_id(cfg)

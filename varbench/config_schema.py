@@ -65,7 +65,8 @@ TRAIN = {
     "schedule": Choice(("lin0", "lin", "lin00", "cos", "exp")), "end_factor": fraction(),
     "weight_decay": non_negative(), "weight_decay_end": non_negative(null="constant"), "betas": BETAS,
     "grad_clip": non_negative(), "label_smoothing": fraction(open_high=True), "precision": PRECISION,
-    "compile": AUTO_FLAG, "parallel": Choice(("ddp", "fsdp")), "deterministic": FLAG,
+    "compile": AUTO_FLAG, "compile_scope": Choice(("model", "blocks")), "parallel": Choice(("ddp", "fsdp")),
+    "deterministic": FLAG,
     "log_every": count(), "nll_every": count(0), "nll_images": count(), "ckpt_every": count(), "keep_last": count(),
 }
 MODEL = {
@@ -114,7 +115,7 @@ TASKS = {
              "more_smooth": FLAG, "sampler": SAMPLER, "precision": PRECISION},
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
               "compile_mode": Choice(("default", "max-autotune-no-cudagraphs")),
-              "compile_scope": Choice(("blocks", "model")), "fp8": FLAG,
+              "compile_scope": Choice(("model", "blocks")), "fp8": FLAG,
               "decode_mode": DECODE_MODE, "decode_batch": count(null="the whole batch in one decode call"),
               "fused_elementwise": FLAG,
               "param_dtype": Choice(("fp32", "bf16")), "profile_steps": count(0), "isolate_cells": FLAG,

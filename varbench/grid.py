@@ -3,8 +3,9 @@
 A cell is one job of a sweep. Its id is a short hash of its composed config (every default and override, before
 interpolations are resolved; `hydra`, the cluster it ran on, `results_dir`, `run_dir`, `cell_id` and `dry_run` left
 out: they do not change what it computes; a given `tokenizer.checkpoint` enters by its content, `tokenizer_id`, as well
-as its path), so a re-run of the grid, a requeued Slurm job and a dry run all name the
-same cell the same way, and editing a YAML default gives the affected cells new ids. A cell's folder (its Hydra
+as its path; a key added later enters only at a value other than the one that computes what cells did before it), so
+a re-run of the grid, a requeued Slurm job and a dry run all name the same cell the same way, and editing a YAML
+default gives the affected cells new ids. A cell's folder (its Hydra
 output dir and its run_dir: checkpoints, samples, logs) is `runs/cells/<results namespace>/<cell_id>` (set by the grid
 files), so a re-run resumes, and a grid recording into another results_dir never reuses these checkpoints. Markers
 under `<results_dir>/cells/<cell_id>/`: `done.json` once every step of the cell ran (a re-run skips it),
@@ -38,6 +39,9 @@ log = get_logger(__name__)
 # what it shows while it runs, where its shared tokenizer lives: that folder's own key says what it holds)
 NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydra", "logger", "progress",
                 "tokenizer_dir")
+# keys added after cells were recorded, each with the value that computes what those cells computed: at that value
+# the key is left out of the id, so a cell composed before the key existed keeps its id (and its done marker)
+ADDED_KEYS_AT_OLD_BEHAVIOUR = {("train", "compile_scope"): "model"}
 ERROR_TAIL = 4000  # characters of traceback kept in failed.json
 
 
@@ -58,6 +62,9 @@ def cell_id(cfg: DictConfig) -> str:
     hashed as written: the values they read are hashed too, and `run_dir` reads the id itself."""
     container = OmegaConf.to_container(cfg, resolve=False)
     identity = {k: v for k, v in container.items() if k not in NOT_IDENTITY}
+    for (group, key), old_behaviour in ADDED_KEYS_AT_OLD_BEHAVIOUR.items():
+        if isinstance(identity.get(group), dict) and identity[group].get(key, old_behaviour) == old_behaviour:
+            identity[group].pop(key, None)
     checkpoint = (container.get("tokenizer") or {}).get("checkpoint")
     if isinstance(checkpoint, str) and Path(checkpoint).is_file():
         # a tokenizer retrained into the same path is another tokenizer: its cells must not find the old cells' done

@@ -68,7 +68,8 @@ def _training_pairs(df: pd.DataFrame) -> pd.DataFrame:
     theirs = train[train["system"] == OFFICIAL].drop_duplicates(keys, keep="last").set_index(keys)
     ours = _varbench_var_training(train).assign(value=lambda t: pd.to_numeric(t["value"]), ran=lambda t: t["mixer"])
     compiled = ours["compiled"].eq(True)
-    ours.loc[compiled, "ran"] += ", " + ours.loc[compiled, "compile_mode"] + " mode"
+    ours.loc[compiled, "ran"] += ", " + ours.loc[compiled, "compile_mode"] + " mode" + ours.loc[
+        compiled, "compile_scope"].map({"blocks": ", by blocks"}).fillna("")
     pairs = {"official": pd.to_numeric(theirs["value"])}
     for name, rows in (("eager", ours[~compiled]), ("compiled", ours[compiled])):
         fastest = rows.sort_values("value", kind="stable").drop_duplicates(keys, keep="last").set_index(keys)

@@ -248,7 +248,7 @@ def fused_for(t: DictConfig, model) -> bool:
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False,
             param_dtype="fp32", decode_mode="eager", decode_batch=None, fused_elementwise=False,
-            compile_mode="default", compile_scope="blocks", fp8=False) -> None:
+            compile_mode="default", compile_scope="model", fp8=False) -> None:
     """Time one stage of a cell ("train" or "sample") and append its record to `out`."""
     if stage == "train":
         measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode, compile_scope, fp8)
@@ -258,7 +258,7 @@ def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=Fals
 
 
 def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode="default",
-                  compile_scope="blocks", fp8=False) -> None:
+                  compile_scope="model", fp8=False) -> None:
     if param_dtype not in PARAM_DTYPES:
         raise ValueError(f"task.param_dtype must be one of {list(PARAM_DTYPES)}, got {param_dtype!r}")
     # bf16 weights and FP8 matmuls train a copy, so that the sampling stages time the model as it was built (blocks
