@@ -826,3 +826,20 @@ def test_the_official_training_step_sits_beside_varbench_s_fastest_of_the_same_c
                                     "timed in the same call)"]
     assert goal[["Target", "Measured", "Met", "Read from"]].tolist() == [
         "≥ 500", 420.0, "no", "report/beside_official_training.md"]
+
+
+def test_the_compile_time_table_pairs_each_compiled_step_with_the_eager_one_of_its_own_call(tmp_path):
+    """report/compile_time.md: the first step of each compiled step (scope and mode apart), its img/s, and the eager
+    img/s of the same configuration timed by the same commit on the same GPU; never FP8 or another call's eager."""
+    from varbench.analysis.compile_time import compile_time_table
+    base = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "commit": "c1"}
+    compiled = {**base, "compiled": True, "value": 340.0, "timing": {"first_step_s": 57.5}}
+    lines = [compiled, {**compiled, "compile_scope": "blocks", "value": 330.0, "timing": {"first_step_s": 26.5}},
+             {**base, "compiled": False, "value": 190.0},
+             {**compiled, "fp8": True, "value": 500.0},  # a numerics deviation: not here
+             {**base, "compiled": False, "value": 150.0, "commit": "c2"}]  # another call's eager step
+    table = compile_time_table(_records(tmp_path, lines)).reset_index()
+    assert list(zip(table["Compiled"], table["First step (s)"], table["Compiled (img/s)"])) == [
+        ("blocks", 26.5, 330.0), ("model", 57.5, 340.0)]
+    assert table["Eager (img/s)"].tolist() == [190.0, 190.0] and table["Compiled / eager"].tolist() == [330 / 190,
+                                                                                                     340 / 190]

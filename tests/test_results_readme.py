@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "results" / "README.md"
 TABLES = sorted(p for p in (REPO / "results" / "report").glob("*.md") if p.name != "README.md")
 NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
-TABLE_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+# (not inside a word: a commit such as 6e74c48 is no number)
+TABLE_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?!\w)")
 # a number not inside a word, a path, a version or an identifier; its unit, if any, right after it
 QUOTED = re.compile(rf"(?<![\w.`/#~+-])({NUMBER})(?![\w.]*\d)(?![A-Za-z])(?:\s?(ms|img/s|%|nats))?")
 UNITS = {"ms", "img/s", "%", "nats"}

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from varbench.analysis import (
     checks,
+    compile_time,
     crossover,
     figures,
     floors,
@@ -90,6 +91,10 @@ TABLES = {
                                  "(batch 32, forward + cross-entropy + backward + fused AdamW, bf16 autocast, the "
                                  "same timer)", "train_images_per_s of system official_var (the uncommitted harness) "
                                  "and task=bench's VAR-d16 training of the same commit"),
+    "compile_time": (compile_time.compile_time_table, "How long the compiled training step takes to compile (its first "
+                     "step: trace, code generation, Triton autotuning, one step) beside the speed it then trains at "
+                     "and the eager step's of the same call",
+                     "task=bench's compiled train_images_per_s (task.compile)"),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
 }

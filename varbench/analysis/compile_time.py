@@ -1,0 +1,48 @@
+"""How long the compiled training step takes to compile, beside the speed it then trains at and the eager step's of
+the same call (`compile_time_table`; issue 18: "compiling M-VAR takes under 90 s and is faster than eager").
+
+From task=bench's compiled `train_images_per_s` records (varbench's own, not another system's): the first step's
+wall time (`timing.first_step_s`: dynamo's trace, Inductor's code generation, the Triton autotuning of every kernel
+the step runs, and the step itself), what was compiled (`compile_scope`: the whole model, or the blocks) and in which
+Inductor mode. The eager step beside it is the same configuration's eager record of the same commit, GPU and batch,
+so a compiled step is compared only with an eager one timed on the same machine. Records from before
+`compile_scope` existed compiled the whole model; from before `timing.first_step_s`, "—"."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+CALL = ["commit", "device", "model", "resolution", "batch"]  # one call's measurements of one configuration
+
+
+def _first_step_s(timing) -> float:
+    return timing.get("first_step_s", float("nan")) if isinstance(timing, dict) else float("nan")
+
+
+def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
+    """Per call (commit and GPU), configuration, batch, compile scope and mode: the compiled step's first step (s)
+    and img/s, the eager img/s of the same call and configuration, and compiled / eager. VAR's numerics only (fp32
+    weights, no FP8 matmuls): the deviations are tabled in the speed tables."""
+    train = df[(df["metric"] == "train_images_per_s") & df["system"].isna() & df["superseded"].isna()
+               & (df["param_dtype"] == "fp32") & ~df["fp8"].eq(True)]
+    train = train.sort_values("date", kind="stable").astype({"batch": int})
+    train = train.assign(value=pd.to_numeric(train["value"]))
+    compiled = train[train["compiled"].eq(True)].drop_duplicates([*CALL, "compile_scope", "compile_mode"], keep="last")
+    if compiled.empty:
+        log.warning("compile_time_table: no compiled train_images_per_s records (task=bench task.compile=true)")
+        return pd.DataFrame()
+    eager = train[~train["compiled"].eq(True)].drop_duplicates(CALL, keep="last").set_index(CALL)["value"]
+    keys = pd.MultiIndex.from_frame(compiled[CALL])
+    table = pd.DataFrame({
+        "Compiled": compiled["compile_scope"].to_numpy(), "Mode": compiled["compile_mode"].to_numpy(),
+        "First step (s)": compiled["timing"].map(_first_step_s).to_numpy(),
+        "Compiled (img/s)": compiled["value"].to_numpy(), "Eager (img/s)": eager.reindex(keys).to_numpy()},
+        index=keys)
+    table["Compiled / eager"] = table["Compiled (img/s)"] / table["Eager (img/s)"]
+    table.index = table.index.set_names(["Commit", "GPU", "Model", "Resolution", "Batch"])
+    table.attrs.update(device=None, records=len(compiled) + int(table["Eager (img/s)"].notna().sum()))
+    return table.set_index(["Compiled", "Mode"], append=True).sort_index()
