@@ -10,7 +10,7 @@ import json
 import pytest
 from grid_helpers import TINY, cells, records, run_grid, tail
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from varbench import grid
 from varbench.registry import CONFIG_ROOT, list_options
@@ -34,13 +34,16 @@ def test_cell_id_hashes_the_composed_config_not_where_it_runs():
     assert a != grid.cell_id(_composed("mixer=gla", "+task.overrides.x=1", "seed=1")) and len(a) == 12
 
 
-def test_a_key_added_later_keeps_the_ids_of_cells_composed_before_it_unless_set_to_something_else():
-    # train.compile_scope came in session 25, at "model": what every compiled cell had run
+@pytest.mark.parametrize("key,other", [("compile_scope", "blocks"), ("tf32", "true")])
+def test_a_key_added_later_keeps_the_ids_of_cells_composed_before_it_unless_set_to_something_else(key, other):
+    # session 25's keys, at the value that does what every cell did before: train.compile_scope=model, train.tf32=false
     cfg = _composed("mixer=gla", "seed=0")
     now = grid.cell_id(cfg)
-    del cfg.train.compile_scope  # the config as it was composed before the key existed
+    with open_dict(cfg):
+        del cfg.train[key]  # the config as it was composed before the key existed
+    assert key not in cfg.train
     assert grid.cell_id(cfg) == now
-    assert grid.cell_id(_composed("mixer=gla", "seed=0", "train.compile_scope=blocks")) != now
+    assert grid.cell_id(_composed("mixer=gla", "seed=0", f"train.{key}={other}")) != now
 
 
 def test_editing_a_yaml_default_changes_the_cell_id():

@@ -182,3 +182,16 @@ def test_scaling_on_a_cpu_runs_only_when_asked_by_name():
         cfg = compose(config_name="config", overrides=["task=scaling", "model=mvar_d30"])  # device: auto
     with pytest.raises(SystemExit, match="found no GPU.*device=cpu"):
         scaling(cfg)
+
+
+def test_train_tf32_sets_the_fp32_matmul_precision_both_ways(tmp_path):
+    # VAR trains with TF32 on (--tf32, train/var.yaml); a grid job may train several cells in one process, so a run
+    # with it off must turn it off again
+    from test_logging import train_tiny
+    try:
+        train_tiny(tmp_path / "on", "train.tf32=true")
+        assert torch.get_float32_matmul_precision() == "high"
+        train_tiny(tmp_path / "off", "train.tf32=false")
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision("highest")

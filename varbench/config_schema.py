@@ -66,7 +66,7 @@ TRAIN = {
     "weight_decay": non_negative(), "weight_decay_end": non_negative(null="constant"), "betas": BETAS,
     "grad_clip": non_negative(), "label_smoothing": fraction(open_high=True), "precision": PRECISION,
     "compile": AUTO_FLAG, "compile_scope": Choice(("model", "blocks")), "parallel": Choice(("ddp", "fsdp")),
-    "deterministic": FLAG,
+    "deterministic": FLAG, "tf32": FLAG,
     "log_every": count(), "nll_every": count(0), "nll_images": count(), "ckpt_every": count(), "keep_last": count(),
 }
 MODEL = {

@@ -30,7 +30,11 @@ from varbench.utils.auto import resolve_auto
 from varbench.utils.dist import DistInfo
 from varbench.utils.log import get_logger, progress_bar
 from varbench.utils.loggers import open_logger
-from varbench.utils.precision import autocast, autocast_dtype  # noqa: F401 (autocast: tasks/sample, evaluate read it here)
+from varbench.utils.precision import (  # noqa: F401 (autocast: tasks/sample, evaluate read it here)
+    autocast,
+    autocast_dtype,
+    set_tf32,
+)
 from varbench.utils.records import record
 
 log = get_logger(__name__)
@@ -154,6 +158,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
         if device.type == "cpu":
             log.warning("train.precision=fp8 on a CPU: torch emulates the FP8 matmuls, many times slower than fp32 "
                         "(a check of the numerics, not a way to train)")
+    set_tf32(tcfg.tf32)  # (every run sets it both ways: a grid job may train several cells in one process)
     net = wrap_parallel(model, tcfg.parallel, info, device)
     compiled = resolve_auto(tcfg.compile, "train.compile", device)
     compile_scope = tcfg.compile_scope if compiled else None

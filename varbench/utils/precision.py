@@ -49,6 +49,14 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def set_tf32(enabled: bool) -> None:
+    """fp32 matmuls in TF32 (`enabled`, VAR's `--tf32`: matmul precision "high", cuDNN's TF32 allowed) or in full fp32
+    (PyTorch's defaults: "highest", cuDNN's TF32 allowed, as PyTorch allows it by default). Under autocast it touches
+    only what runs in fp32 outside autocast's casts; in an fp32 run, every matmul."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def caller_autocast() -> contextlib.AbstractContextManager:
     """The caller's CUDA autocast, re-entered with its weight-cast cache off (nothing when autocast is off), for CUDA
     graph captures: a cast cached during one capture would be memory of that graph, read by later graphs and freed
