@@ -28,11 +28,14 @@
 #                  path (goal: no slower than the official code, whose sampler `.official/time_sampling.py` times in
 #                  the same call; only in STEPS when asked: batch 1 is bound by the host's CPU, so it is timed on the
 #                  machine of the call);
+#   var_eager_bf16_blocks  var_eager with the blocks' Linear weights held in bf16 (task.block_weights=bf16: the same
+#                  values at every matmul, no fp32 copy and no cached cast): the batch-1 peak memory, 2.31 GiB against
+#                  the official sampler's 1.77 in session 25 (only when asked; run var_eager in the same call);
 #   var_decode_by_16  VAR-d16 eager sampling at batch 64 decoding 16 images per call (task.decode_batch=16): the
 #                  peak memory without most of the decode's activations, and what the chunks cost in latency
 #                  (only when asked).
-# STEPS (default: every step but the fused ones, var_eager and var_decode_by_16) names the steps to run, in the
-# order above;
+# STEPS (default: every step but the fused ones, var_eager, var_eager_bf16_blocks and var_decode_by_16) names the
+# steps to run, in the order above;
 # GRAPHS_DECODE (default graphs) is the decode mode of var_graphs and mvar_graphs (session 17: graphs saves nothing at batch 64, while
 # session 9's compiled decode took two thirds of eager's time; a compiled decode compiles in the untimed warm-up).
 # Each step runs under its own `timeout` (a bench cell is killed by the bench 15 s before), tee'd to OUT/<step>.log,
@@ -65,7 +68,8 @@ asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_te
   tests/ops/test_raster_attention.py tests/test_backbone.py::test_cuda_graphs_read_weights_changed_after_capture \
   "tests/test_backbone.py::test_cuda_graph_sampling_equals_eager[attention-none]" \
   "tests/test_backbone.py::test_cuda_graph_sampling_equals_eager[mamba2-full]" \
-  tests/test_backbone.py::test_cuda_graphs_under_autocast tests/test_fast_decode.py
+  tests/test_backbone.py::test_cuda_graphs_under_autocast tests/test_fast_decode.py \
+  tests/test_samplers.py::test_on_cuda_the_blocks_linear_weights_held_in_bf16_change_nothing_on_the_gpu_kernels
 asked decode_modes && step decode_modes "$DECODE_S" python benchmarks/decode_modes.py "$OUT/decode_modes.jsonl" \
   --modes eager compiled --batches 64 --cudnn-benchmark
 if asked profile; then for b in 1 64; do
@@ -89,6 +93,9 @@ asked var_expandable && PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step va
 # shellcheck disable=SC2046
 asked var_eager && step var_eager "$EAGER_S" $(sampling "$EAGER_S" "[attention,none]" 1,64 \
   task.cuda_graphs=false task.decode_mode=eager)
+# shellcheck disable=SC2046
+asked var_eager_bf16_blocks && step var_eager_bf16_blocks "$EAGER_S" $(sampling "$EAGER_S" "[attention,none]" 1,64 \
+  task.cuda_graphs=false task.decode_mode=eager task.block_weights=bf16)
 # shellcheck disable=SC2046
 asked var_decode_by_16 && step var_decode_by_16 "$DECODE_BY_S" $(sampling "$DECODE_BY_S" "[attention,none]" 64 \
   task.cuda_graphs=false task.decode_mode=eager task.decode_batch=16)

@@ -759,8 +759,9 @@ def test_guidance_table_shows_each_models_best_scale_beside_the_fixed_one(df):
 
 def test_the_official_sampler_sits_beside_varbench_s_eager_one_of_the_same_call_and_in_no_varbench_row(tmp_path):
     """report/beside_official.md pairs an official_var latency (the uncommitted harness) with task=bench's eager
-    VAR-d16 sampling of the same commit, GPU and batch: never another call's, nor a graphed, fused or chunked-decode
-    timing of the same call. The official records never become a varbench row of the other tables."""
+    VAR-d16 sampling of the same commit, GPU and batch: never another call's, nor a graphed, fused, chunked-decode
+    or bf16-block-weights timing of the same call. The official records never become a varbench row of the other
+    tables."""
     from varbench.analysis.official import beside_official_table
     var = {"metric": "sample_latency_ms", "unit": "ms", "mixer": "attention", "intra": "none", "depth": 16,
            "resolution": 256, "sampler": "carry", "device": "NVIDIA H200", "date": "2099-01-01T00:00:00+00:00"}
@@ -768,6 +769,7 @@ def test_the_official_sampler_sits_beside_varbench_s_eager_one_of_the_same_call_
              {**var, "value": 400.0, "batch": 64, "commit": "a+copy", "peak_mem_bytes": 12 * 2 ** 30},
              {**var, "value": 30.0, "batch": 1, "commit": "a+copy", "cuda_graphs": True},  # not the official's path
              {**var, "value": 110.0, "batch": 1, "commit": "a+copy", "fused_elementwise": True},
+             {**var, "value": 115.0, "batch": 1, "commit": "a+copy", "block_weights": "bf16"},  # not from fp32
              {**var, "value": 99.0, "batch": 1, "commit": "b+copy"}]  # another call
     official = {"metric": "sample_latency_ms", "unit": "ms", "system": "official_var", "model": "VAR-d16",
                 "device": "NVIDIA H200", "date": "2099-01-01T00:00:00+00:00"}
@@ -782,6 +784,7 @@ def test_the_official_sampler_sits_beside_varbench_s_eager_one_of_the_same_call_
     assert row["Official VAR (ms)"] == 125.0 and row.drop(["Official VAR (ms)", "Official peak (GiB)"]).isna().all()
     from varbench.analysis.tables import main_table
     assert set(main_table(records).index.get_level_values("Model")) == {"VAR-d16"}  # no row for the official one
+    assert config_frame(records).loc[("attention", "none", 16, 256), "Latency b1, bf16 blocks (ms)"] == 115.0
     # the eager goals against the official sampler of the newest call that timed both (beside peer_speed.md's)
     goals = bench_goals(records)
     same_call = goals.loc["VAR-d16 eager sampling latency (b1, 256 px, ms; the official's, timed in the same call)"]

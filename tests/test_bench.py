@@ -97,6 +97,19 @@ def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cel
         ("max-autotune-no-cudagraphs", "model"), ("default", "blocks"), (None, None)]
 
 
+def test_task_block_weights_bf16_samples_from_bf16_block_weights_and_says_so(cell, tmp_path):
+    model, vae, fields = cell
+    measure(tmp_path / "bench.jsonl", model, vae, "sample", 2, "carry", 2, fields)
+    assert {p.dtype for p in model.blocks.parameters()} == {torch.float32}  # the default reads the model as built
+    measure(tmp_path / "bench.jsonl", model, vae, "sample", 2, "carry", 2, fields, block_weights="bf16")
+    linears = [m for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert model.word_embed.weight.dtype == torch.float32  # (outside the blocks: VAR runs it in fp32)
+    assert [r["block_weights"] for r in read_records(tmp_path / "bench.jsonl")] == ["fp32", "bf16"]
+    with pytest.raises(ValueError, match="task.block_weights must be 'fp32' or 'bf16', got 'fp16'"):
+        measure(tmp_path / "bench.jsonl", model, vae, "sample", 2, "carry", 2, fields, block_weights="fp16")
+
+
 @pytest.mark.parametrize("sampler", ["carry", "prefix_rerun"])
 def test_measure_records_sampling_latency_with_and_without_the_decode(cell, tmp_path, sampler):
     model, vae, fields = cell

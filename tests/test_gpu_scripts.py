@@ -336,17 +336,20 @@ def test_gpu_check_s16_runs_the_steps_asked_with_the_decode_mode_asked(tmp_path)
     """STEPS picks gpu_check_s16.sh's steps (in the script's order) and GRAPHS_DECODE the graphed steps' decode; the
     eager step at batch 1 and 64 (the official code's goal, batch 1 host-bound) runs only when asked."""
     out = bash("benchmarks/gpu_check_s16.sh", str(tmp_path),
-               env={"DRY": "1", "STEPS": "var_decode_by_16 var_eager var_graphs", "GRAPHS_DECODE": "compiled",
-                    "GRAPHS_S": "150"})
+               env={"DRY": "1", "STEPS": "var_decode_by_16 var_eager_bf16_blocks var_eager var_graphs",
+                    "GRAPHS_DECODE": "compiled", "GRAPHS_S": "150"})
     assert out.returncode == 0, out.stderr
     commands = [shlex.split(line) for line in out.stdout.splitlines()]
     assert [(argv[1], next(a for a in argv if a.startswith("task.decode_mode="))) for argv in commands] == [
-        ("150", "task.decode_mode=compiled"), ("100", "task.decode_mode=eager"), ("80", "task.decode_mode=eager")]
+        ("150", "task.decode_mode=compiled"), ("100", "task.decode_mode=eager"), ("100", "task.decode_mode=eager"),
+        ("80", "task.decode_mode=eager")]
     assert "task.sample_batches={256:[1,64]}" in commands[1] and "task.cuda_graphs=false" in commands[1]
-    assert "task.sample_batches={256:[64]}" in commands[2] and "task.decode_batch=16" in commands[2]
-    check = subprocess.run([sys.executable, *commands[2][3:], "--cfg", "job"], cwd=REPO, capture_output=True,
-                           text=True, env=ENV, timeout=300)
-    assert check.returncode == 0 and "decode_batch: 16" in check.stdout, check.stderr[-2000:]
+    assert "task.block_weights=bf16" in commands[2] and "task.block_weights=bf16" not in commands[1]
+    assert "task.sample_batches={256:[64]}" in commands[3] and "task.decode_batch=16" in commands[3]
+    for argv, composed in ((commands[3], "decode_batch: 16"), (commands[2], "block_weights: bf16")):
+        check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True,
+                               text=True, env=ENV, timeout=300)
+        assert check.returncode == 0 and composed in check.stdout, check.stderr[-2000:]
     default = [shlex.split(line) for line in bash("benchmarks/gpu_check_s16.sh", str(tmp_path),
                                                   env={"DRY": "1"}).stdout.splitlines()]
     eager = [argv for argv in default if "task.cuda_graphs=false" in argv]
@@ -408,15 +411,18 @@ def test_gpu_check_s16_train_times_var_on_flex_then_on_sdpa_scales_in_one_call(t
 
 
 def test_gpu_check_s16_train_runs_the_steps_asked_in_the_compile_mode_asked(tmp_path):
-    """STEPS picks gpu_check_s16_train.sh's steps and COMPILE_MODE reaches task.compile_mode, which composes."""
+    """STEPS picks gpu_check_s16_train.sh's steps, COMPILE_MODE reaches task.compile_mode and COMPILE_SCOPE
+    task.compile_scope, which compose."""
     out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path),
-               env={"DRY": "1", "STEPS": "train_flex", "COMPILE_MODE": "max-autotune-no-cudagraphs"})
+               env={"DRY": "1", "STEPS": "train_flex", "COMPILE_MODE": "max-autotune-no-cudagraphs",
+                    "COMPILE_SCOPE": "blocks"})
     assert out.returncode == 0, out.stderr
     (argv,) = [shlex.split(line) for line in out.stdout.splitlines()]
     assert argv[2:5] == ["python", "run.py", "task=bench"] and "task.mixer_options" not in " ".join(argv)
     check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
                            env=ENV, timeout=300)
     assert check.returncode == 0 and "compile_mode: max-autotune-no-cudagraphs" in check.stdout, check.stderr[-2000:]
+    assert "compile_scope: blocks" in check.stdout
 
 
 def test_gpu_check_s16_train_times_m_var_compiled_when_asked_and_counts_its_graph_breaks(tmp_path):

@@ -17,6 +17,7 @@ from varbench.eval.samplers import PrefixRerun, PrefixRerunSampler, make_sampler
 from varbench.mixers.base import TokenMixer, run_steps
 from varbench.registry import build, factory, list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
+from varbench.utils.precision import hold_linear_weights_in
 
 MIXERS = [name for name in list_options("mixer") if name != "none"]
 
@@ -181,3 +182,45 @@ def test_the_tokenizer_decodes_beside_none_of_the_weight_casts_autocast_cached_f
         hook.remove()
     assert casts.copies, "the scales cast no weight: the test no longer looks at autocast's casts"
     assert alive_at_decode == [0]
+
+
+HELD_CONFIGS = [(m, "none") for m in list_options("mixer") if m != "none"] + [("mamba2", "full"), ("none", "full"),
+                                                                             ("attention", "local")]
+
+
+def _held_in_bf16(model):
+    held = copy.deepcopy(model)
+    assert hold_linear_weights_in(held.blocks, torch.bfloat16) > 0
+    return held
+
+
+def _sampled_and_forward(model, vae, device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The guided logits of every scale of one seeded generation and the teacher-forced logits, under bf16 autocast."""
+    x_BLCv = torch.randn(2, model.layout.L - 1, model.latent_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        drawn = ScaleSampler(model, vae, cfg=1.5, top_k=10, top_p=0.9)(
+            torch.tensor([1, 2, 3], device=device), generator=torch.Generator(device).manual_seed(0),
+            return_logits=True)
+        return drawn.logits, model(torch.tensor([1, 2], device=device), x_BLCv.to(device))
+
+
+def _assert_holding_the_block_weights_in_bf16_changes_nothing(model, vae, device):
+    ours, held = _sampled_and_forward(model, vae, device), _sampled_and_forward(_held_in_bf16(model), vae, device)
+    for a, b in zip(ours[0], held[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(ours[1], held[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mixer,intra", HELD_CONFIGS, ids=[f"{m}-{i}" for m, i in HELD_CONFIGS])
+def test_the_blocks_linear_weights_held_in_bf16_sample_and_score_bit_equal_under_bf16_autocast(mixer, intra, vae):
+    # hold_linear_weights_in: a sampling-only process's way to drop the fp32 weights and autocast's cached casts of
+    # them (the batch-1 peak memory, session 25); the same bf16 values reach every matmul
+    model = tiny_model(mixer, intra, vae=vae, depth=2, backend="reference")
+    _assert_holding_the_block_weights_in_bf16_changes_nothing(model, vae, torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the mixers' GPU kernels)")
+@pytest.mark.parametrize("mixer,intra", HELD_CONFIGS, ids=[f"{m}-{i}" for m, i in HELD_CONFIGS])
+def test_on_cuda_the_blocks_linear_weights_held_in_bf16_change_nothing_on_the_gpu_kernels(mixer, intra, vae):
+    model = tiny_model(mixer, intra, vae=vae, depth=2).cuda()
+    _assert_holding_the_block_weights_in_bf16_changes_nothing(model, copy.deepcopy(vae).cuda(), torch.device("cuda"))

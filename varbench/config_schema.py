@@ -117,7 +117,7 @@ TASKS = {
               "compile_mode": Choice(("default", "max-autotune-no-cudagraphs")),
               "compile_scope": Choice(("model", "blocks")), "fp8": FLAG,
               "decode_mode": DECODE_MODE, "decode_batch": count(null="the whole batch in one decode call"),
-              "fused_elementwise": FLAG,
+              "fused_elementwise": FLAG, "block_weights": Choice(("fp32", "bf16")),
               "param_dtype": Choice(("fp32", "bf16")), "profile_steps": count(0), "isolate_cells": FLAG,
               "cell_timeout_s": positive(null="no time limit"), "rerun_resolutions": Items(count()),
               "allow_failed_cells": FLAG},

@@ -35,14 +35,15 @@ KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "pea
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "superseded", "latency_wo_decode_ms",
                 "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine",
                 "autotune", "tokenizer_id", "cfg", "decode_mode", "decode_batch", "fused_elementwise", "base_lr",
-                "system", "precision", "part", "kernels", "compile_mode", "compile_scope", "fp8")
+                "system", "precision", "part", "kernels", "compile_mode", "compile_scope", "fp8", "block_weights")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}
 # fields besides the configuration that tell two measurements of one metric apart
 IDENTITY = {
     "train_images_per_s": ("batch", "compiled", "param_dtype", "compile_mode", "compile_scope", "fp8"),
-    "sample_latency_ms": ("batch", "sampler", "cuda_graphs", "decode_mode", "decode_batch", "fused_elementwise"),
+    "sample_latency_ms": ("batch", "sampler", "cuda_graphs", "decode_mode", "decode_batch", "fused_elementwise",
+                          "block_weights"),
     "bench_error": ("stage", "batch", "sampler"),
     "parity_rel_rms": ("group", "name", "backend", "dtype", "compared"),
     "parity_error": ("group", "name", "backend", "dtype"),
@@ -164,6 +165,7 @@ def flatten(rec: dict, source: str = "") -> dict:
         row["decode_mode"] = rec.get("decode_mode", "eager")  # ... and decoded eagerly before task.decode_mode
         row["decode_batch"] = rec.get("decode_batch") or 0  # ... the whole batch at once (0) before task.decode_batch
         row["fused_elementwise"] = bool(rec.get("fused_elementwise"))  # ... and unfused before task.fused_elementwise
+        row["block_weights"] = rec.get("block_weights", "fp32")  # ... and from fp32 weights before task.block_weights
     if "model" in row:  # the label below owns the name; a producer's own `model` field is kept beside it
         row["model_field"] = row.pop("model")
     row["model"] = model_label(row["mixer"], row["intra"], row["depth"])

@@ -6,9 +6,10 @@ The official code's records come from uncommitted harnesses (`benchmarks/gpu_stu
 FoundationVision/VAR code beside the tree, never committed) that time it with task=bench's own timer and protocol and
 write `system: official_var` and the varbench commit of the call (`commit`). varbench's sampling side is task=bench's
 eager VAR-d16 sampling at 256 px of the same commit and device: KV cache, no CUDA graphs, the eager decode of the
-whole batch, unfused; both with the decode, CFG 1.5, top-k 900, top-p 0.96. Its training side is task=bench's VAR-d16
-step at 256 px with VAR's numerics (fp32 weights, bf16 autocast, no FP8 matmuls; any attention backend, tabled as
-its own configuration), eager and the fastest compiled, of the same commit, device and batch."""
+whole batch, unfused, from fp32 weights (as the official sampler); both with the decode, CFG 1.5, top-k 900, top-p
+0.96. Its training side is task=bench's VAR-d16 step at 256 px with VAR's numerics (fp32 weights, bf16 autocast, no
+FP8 matmuls; any attention backend, tabled as its own configuration), eager and the fastest compiled, of the same
+commit, device and batch."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _varbench_eager_var(latency: pd.DataFrame) -> pd.DataFrame:
     return latency[latency["system"].isna() & (latency["model"] == "VAR-d16") & (latency["resolution"] == 256)
                    & (latency["sampler"] == "carry") & ~latency["cuda_graphs"].eq(True)
                    & (latency["decode_mode"] == "eager") & (latency["decode_batch"] == 0)
-                   & ~latency["fused_elementwise"].eq(True)]
+                   & ~latency["fused_elementwise"].eq(True) & latency["block_weights"].eq("fp32")]
 
 
 def _pairs(df: pd.DataFrame) -> pd.DataFrame:

@@ -110,11 +110,11 @@ def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFra
         parts += [per_key(g, "value", f"Train img/s ({tag})", picked=picked), per_key(g, "mfu", f"MFU ({tag})"),
                   per_key(g.assign(token_mfu=adaln_per_token_mfu(g)), "token_mfu", f"{TOKEN_MFU} ({tag})")]
     sample = timed[(timed["metric"] == "sample_latency_ms") & timed["sampler"].isin(samplers)]
-    modes = ["sampler", "batch", "cuda_graphs", "fused_elementwise", "decode_mode", "decode_batch"]
-    for (sampler, batch, graphs, fused, decode, chunk), g in sample.groupby(modes):
+    modes = ["sampler", "batch", "cuda_graphs", "fused_elementwise", "decode_mode", "decode_batch", "block_weights"]
+    for (sampler, batch, graphs, fused, decode, chunk, weights), g in sample.groupby(modes):
         tag = (f"b{batch:g}" + ("" if sampler == "carry" else f" {sampler}") + (", graphs" if graphs else "")
                + (", fused" if fused else "") + ("" if decode == "eager" else f", {decode} decode")
-               + (f", decode by {chunk:g}" if chunk else ""))
+               + (f", decode by {chunk:g}" if chunk else "") + (f", {weights} blocks" if weights != "fp32" else ""))
         # a replayed graph writes into its private pool without allocating: only the reserved peak counts it
         memory = ("peak_reserved_bytes", f"Peak reserved {tag} (bytes)") if graphs else \
             ("peak_mem_bytes", f"Peak mem {tag} (bytes)")

@@ -47,6 +47,7 @@ from varbench.training.fp8 import to_fp8_training
 from varbench.training.loop import compile_for_training
 from varbench.utils.auto import resolve_auto
 from varbench.utils.log import get_logger
+from varbench.utils.precision import hold_linear_weights_in
 from varbench.utils.processes import run_in_fresh_process
 from varbench.utils.records import record
 
@@ -228,7 +229,7 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
                     cuda_graphs=resolve_auto(t.cuda_graphs, "task.cuda_graphs", "cuda"),  # bench runs on CUDA only
                     param_dtype=t.param_dtype, decode_mode=decode_mode, decode_batch=t.decode_batch,
                     fused_elementwise=fused_for(t, model), compile_mode=t.compile_mode,
-                    compile_scope=t.compile_scope, fp8=t.fp8)
+                    compile_scope=t.compile_scope, fp8=t.fp8, block_weights=t.block_weights)
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             errors += 1
@@ -248,13 +249,13 @@ def fused_for(t: DictConfig, model) -> bool:
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False,
             param_dtype="fp32", decode_mode="eager", decode_batch=None, fused_elementwise=False,
-            compile_mode="default", compile_scope="model", fp8=False) -> None:
+            compile_mode="default", compile_scope="model", fp8=False, block_weights="fp32") -> None:
     """Time one stage of a cell ("train" or "sample") and append its record to `out`."""
     if stage == "train":
         measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode, compile_scope, fp8)
     else:
         measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode, decode_batch,
-                       fused_elementwise)
+                       fused_elementwise, block_weights)
 
 
 def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode="default",
@@ -283,12 +284,19 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
 
 
 def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode, decode_batch,
-                   fused_elementwise=False) -> None:
+                   fused_elementwise=False, block_weights="fp32") -> None:
+    if block_weights not in ("fp32", "bf16"):
+        raise ValueError(f"task.block_weights must be 'fp32' or 'bf16', got {block_weights!r}")
+    # bf16: the blocks' Linear weights held in the dtype the bench's autocast casts them to, as a sampling-only process
+    # may hold them (the same values at every matmul; no fp32 copy, no cached cast). The sampling stages come after
+    # the training stage, which never sees them.
+    if block_weights == "bf16":
+        hold_linear_weights_in(model.blocks, torch.bfloat16)
     r = sample_cell(model, vae, batch, sampler, repeats, cuda_graphs, decode_mode, decode_batch, fused_elementwise)
     total, decode = r["total"]["median_ms"], r["decode"]["median_ms"]
     record(out, "sample_latency_ms", total, "ms", batch=batch, sampler=sampler, **speed_mode(False, cuda_graphs),
            decode_mode=decode_mode, decode_batch=decode_batch, fused_elementwise=fused_elementwise,
-           decode_ms=decode, latency_wo_decode_ms=total - decode,
+           block_weights=block_weights, decode_ms=decode, latency_wo_decode_ms=total - decode,
            images_per_s=batch / (total * 1e-3), images_per_s_wo_decode=batch / ((total - decode) * 1e-3),
            peak_mem_bytes=r["total"]["peak_mem_bytes"], peak_reserved_bytes=r["total"]["peak_reserved_bytes"],
            timing=r, **cell)
