@@ -27,6 +27,7 @@ from varbench.analysis import (
     sample_sheet,
     scale_up,
     stats,
+    step_ops,
     study,
     tables,
     versus,
@@ -95,6 +96,10 @@ TABLES = {
                      "step: trace, code generation, Triton autotuning, one step) beside the speed it then trains at "
                      "and the eager step's of the same call",
                      "task=bench's compiled train_images_per_s (task.compile)"),
+    "step_ops": (step_ops.step_ops_table, "Where a training step's GPU time goes: the profile's operators by kind of "
+                 "kernel (ms per step; the last row of the profile, all operators it did not list, as 'not listed'), "
+                 "beside the step's median wall time", "task=bench's train_images_per_s with its full operator list "
+                 "(timing.top_ops, session 24 on)"),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
 }

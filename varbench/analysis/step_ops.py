@@ -1,0 +1,67 @@
+"""Where a training step's GPU time goes, by kind of kernel (`step_ops_table`; issue 18: "say what holds the rest of
+the step (the recorded top operators)").
+
+From task=bench's `train_images_per_s` records whose profile lists the step's top operators and, in a last row, all
+the others together (`timing.top_ops`, since session 24: the rows sum to the step's GPU busy time). Each listed
+operator is put in one kind by its name, the first that matches (`KINDS`); the last row stays "not listed". Beside
+them the step's median wall time: busy close to it means the GPU never waited on the host, so the step shortens only
+by moving fewer bytes or doing fewer FLOPs."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# (kind, name fragments), first match wins: attention before GEMMs (Inductor names its flex templates "triton_tem_")
+KINDS = (("Attention", ("flex_attention", "_cudnn_attention", "_flash_attention", "_efficient_attention")),
+         ("GEMMs", ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_mm", "triton_tem_fused_mm")),
+         ("Mixer kernels", ("varbench::", "_varbench_", "DaoAILab::", "_layer_norm_fwd", "_layer_norm_bwd")),
+         ("Optimizer", ("adamw", "_foreach_")),
+         ("Fused element-wise (Inductor)", ("triton_poi", "triton_red", "triton_per")),
+         ("Element-wise, norms, copies (aten)", ("aten::",)))
+OTHER, NOT_LISTED = "Other listed", "Not listed"
+CALL = ["commit", "device", "model", "batch", "compiled", "compile_scope"]
+
+
+def kind_of(op: str) -> str:
+    """The kind of kernel an operator's name says it is (`KINDS`), else "Other listed"."""
+    return next((kind for kind, fragments in KINDS if any(f in op for f in fragments)), OTHER)
+
+
+def _by_kind(top_ops: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for row in top_ops:
+        kind = NOT_LISTED if row["op"].startswith("(the other ") else kind_of(row["op"])
+        out[kind] = out.get(kind, 0.0) + row["ms_per_step"]
+    return out
+
+
+def _complete(timing) -> bool:
+    ops = timing.get("top_ops") if isinstance(timing, dict) else None
+    return bool(ops) and ops[-1]["op"].startswith("(the other ")
+
+
+def step_ops_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
+    """Per call (commit and GPU), configuration, batch and compilation: the training step's median (ms), its GPU busy
+    time (ms, the profile's operators summed) and that time by kind of kernel (ms per step). VAR's numerics only."""
+    train = df[(df["metric"] == "train_images_per_s") & df["system"].isna() & df["superseded"].isna()
+               & (df["param_dtype"] == "fp32") & ~df["fp8"].eq(True)]
+    train = train[train["timing"].map(_complete)].sort_values("date", kind="stable").drop_duplicates(CALL, keep="last")
+    if train.empty:
+        log.warning("step_ops_table: no training record lists its step's operators in full (timing.top_ops with "
+                    "its last row, since session 24)")
+        return pd.DataFrame()
+    kinds = pd.DataFrame([_by_kind(t["top_ops"]) for t in train["timing"]]).fillna(0.0)
+    columns = [k for k, _ in KINDS if k in kinds] + [c for c in (OTHER, NOT_LISTED) if c in kinds]
+    table = kinds[columns].rename(columns=lambda c: f"{c} (ms)")
+    table.insert(0, "Busy (ms)", kinds.sum(axis=1))
+    table.insert(0, "Step (ms)", [t["median_ms"] for t in train["timing"]])
+    table.index = pd.MultiIndex.from_frame(
+        train[CALL].assign(batch=train["batch"].astype(int), compile_scope=train["compile_scope"].where(
+            train["compiled"].eq(True), "eager")).drop(columns="compiled"),
+        names=["Commit", "GPU", "Model", "Batch", "Compiled"])
+    table.attrs.update(device=None, records=len(train))
+    return table.sort_index()
