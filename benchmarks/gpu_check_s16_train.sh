@@ -11,7 +11,10 @@
 #   train_sdpa_scales  the same with task.mixer_options={attention: {backend: sdpa_scales}};
 #   train_mvar    M-VAR-d16 ([mamba2, full]) compiled training at batch 32 (goal: >= 250 img/s, compiled in under
 #                 90 s: `timing.first_step_s`; no record yet), its graph breaks counted into OUT/graph_breaks.jsonl
-#                 (goal 0); only when asked (the M-VAR kernels' wheels: carry .whl, not .whl_fp8).
+#                 (goal 0); only when asked (the M-VAR kernels' wheels: carry .whl, not .whl_fp8);
+#   train_mvar_sdpa_scales  the same with M-VAR's intra-scale attention on sdpa_scales
+#                 (task.intra_options={full: {backend: sdpa_scales}}: one unmasked SDPA call per scale, where flex
+#                 took 19.2 of the 158.6 ms step in session 25); only when asked.
 # Graph breaks and recompiles go to the steps' logs (TORCH_LOGS). Each step runs under its own `timeout` (a bench
 # cell is killed by the bench 20 s before), tee'd to OUT/<step>.log, its status a line of OUT/steps.jsonl
 # (benchmarks/gpu_step.sh); the script goes on after a failed step and exits with the number of failed steps.
@@ -50,4 +53,6 @@ if asked train_mvar; then
       "$(grep -c '\[__graph_breaks\] Graph break' "$OUT/train_mvar.log")" >> "$OUT/graph_breaks.jsonl"
   fi
 fi
+asked train_mvar_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_mvar_sdpa_scales "$TRAIN_S" \
+  "${BENCH[@]}" "$MVAR" "task.intra_options={full:{backend:sdpa_scales}}"
 finish_steps

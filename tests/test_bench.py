@@ -178,21 +178,31 @@ def test_a_bad_task_decode_batch_is_a_config_error_naming_key_and_value(bad):
     validate(cfg)
 
 
-def test_mixer_options_override_a_mixers_yaml_and_name_their_own_configuration():
+def test_mixer_and_intra_options_override_their_yaml_and_name_their_own_configuration():
     from hydra import compose, initialize_config_dir
 
     from varbench.analysis.load import flatten
     from varbench.registry import CONFIG_ROOT
-    from varbench.tasks.bench import mixer_options
+    from varbench.tasks.bench import check_config, options_of
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["task=bench", "task.mixer_options={mamba2:{fused:true}}"])
-    assert mixer_options(cfg, "mamba2") == {"fused": True} and mixer_options(cfg, "gla") == {}
+        cfg = compose(config_name="config", overrides=["task=bench", "task.mixer_options={mamba2:{fused:true}}",
+                                                       "task.intra_options={full:{backend:sdpa_scales}}"])
+    assert options_of(cfg, "mixer", "mamba2") == {"fused": True} and options_of(cfg, "mixer", "gla") == {}
+    assert options_of(cfg, "intra", "full") == {"backend": "sdpa_scales"} and options_of(cfg, "intra", "local") == {}
+    check_config(cfg)
     cfg.task.mixer_options = {"mamba2": {"fusd": True}}
-    with pytest.raises(ValueError, match=r"unknown fields \['fusd'\]; valid: .*'fused'"):
-        mixer_options(cfg, "mamba2")
+    with pytest.raises(ValueError, match=r"task.mixer_options.mamba2: unknown fields \['fusd'\]; valid: .*'fused'"):
+        options_of(cfg, "mixer", "mamba2")
+    cfg.task.mixer_options, cfg.task.intra_options = None, {"full": {"backnd": "flex"}}
+    with pytest.raises(ValueError, match=r"task.intra_options.full: unknown fields \['backnd'\]; valid: .*'backend'"):
+        check_config(cfg)
+    cfg.task.intra_options = {"fulll": {"backend": "flex"}}
+    with pytest.raises(ValueError, match=r"unknown intra 'fulll'; valid intra names: \["):
+        check_config(cfg)
     row = flatten({"metric": "train_images_per_s", "value": 1.0, "mixer": "mamba2", "intra": "full", "depth": 16,
-                   "mixer_options": {"fused": True}})
-    assert row["mixer"] == "mamba2[fused=True]" and row["model"] == "mamba2[fused=True]+full-d16"
+                   "mixer_options": {"fused": True}, "intra_options": {"backend": "sdpa_scales"}})
+    assert row["mixer"] == "mamba2[fused=True]" and row["intra"] == "full[backend=sdpa_scales]"
+    assert row["model"] == "mamba2[fused=True]+full[backend=sdpa_scales]-d16"
 
 
 def test_bf16_weights_train_a_copy_and_get_their_own_columns(cell, tmp_path):

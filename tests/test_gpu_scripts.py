@@ -425,6 +425,16 @@ def test_gpu_check_s16_train_runs_the_steps_asked_in_the_compile_mode_asked(tmp_
     assert "compile_scope: blocks" in check.stdout
 
 
+def test_gpu_check_s16_train_times_m_var_with_its_intra_attention_on_sdpa_scales_when_asked(tmp_path):
+    out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path), env={"DRY": "1", "STEPS": "train_mvar_sdpa_scales"})
+    assert out.returncode == 0, out.stderr
+    (argv,) = [shlex.split(line) for line in out.stdout.splitlines()]
+    check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
+                           env=ENV, timeout=300)
+    assert check.returncode == 0 and "backend: sdpa_scales" in check.stdout and "- mamba2" in check.stdout, (
+        check.stdout[-2000:], check.stderr[-2000:])
+
+
 def test_gpu_check_s16_train_times_m_var_compiled_when_asked_and_counts_its_graph_breaks(tmp_path):
     """train_mvar: M-VAR-d16 ([mamba2, full]) compiled training at batch 32, composing; its graph breaks are counted
     from its log, and nothing is counted for a step that did not run (CALL_END left no time for it)."""

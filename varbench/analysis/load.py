@@ -144,8 +144,9 @@ def flatten(rec: dict, source: str = "") -> dict:
     row["mixer"], row["intra"] = _component(rec, "mixer"), _component(rec, "intra")
     if (cfg.get("model") or {}).get("backbone") == "raster_ar":  # AiM's backbone: one scale, no intra-scale mixing;
         row["intra"] = RASTER  # named as task=bench names it, never as the scale-wise model of the same mixer (VAR)
-    if rec.get("mixer_options"):  # a mixer with overridden fields is its own configuration: mamba2[fused=True]
-        row["mixer"] += "[" + ",".join(f"{k}={v}" for k, v in sorted(rec["mixer_options"].items())) + "]"
+    for part in ("mixer", "intra"):  # a component with overridden fields is its own configuration: mamba2[fused=True]
+        if rec.get(f"{part}_options"):
+            row[part] += "[" + ",".join(f"{k}={v}" for k, v in sorted(rec[f"{part}_options"].items())) + "]"
     row["depth"] = rec.get("depth", (cfg.get("model") or {}).get("depth"))
     row["resolution"] = rec.get("resolution", _resolution(cfg))
     row["seed"] = rec.get("seed", cfg.get("seed"))

@@ -64,12 +64,14 @@ class BenchCellsFailed(RuntimeError):
 
 
 def build(cfg: DictConfig, mixer: str, intra: str, res: int) -> ScaleAR | RasterAR:
-    """The model of `cfg.model` with this mixer / intra (its YAML merged with `task.mixer_options[mixer]`), VAR's
-    ImageNet shapes at `res` (1000 classes); with intra `raster` the raster model of `raster_cell_model`."""
-    mixer_cfg = OmegaConf.merge(load_option("mixer", mixer), mixer_options(cfg, mixer))
+    """The model of `cfg.model` with this mixer / intra (each YAML merged with `task.mixer_options[mixer]` /
+    `task.intra_options[intra]`), VAR's ImageNet shapes at `res` (1000 classes); with intra `raster` the raster model
+    of `raster_cell_model`."""
+    mixer_cfg = OmegaConf.merge(load_option("mixer", mixer), options_of(cfg, "mixer", mixer))
     if intra == RASTER:
         return raster_cell_model(cfg, mixer_cfg, res).cuda()
-    return build_model(cfg, mixer_cfg, load_option("intra", intra), PATCH_NUMS[res], num_classes=1000).cuda()
+    intra_cfg = OmegaConf.merge(load_option("intra", intra), options_of(cfg, "intra", intra))
+    return build_model(cfg, mixer_cfg, intra_cfg, PATCH_NUMS[res], num_classes=1000).cuda()
 
 
 def raster_cell_model(cfg: DictConfig, mixer_cfg: DictConfig, res: int) -> RasterAR:
@@ -97,13 +99,14 @@ def sequence_length(intra: str, res: int) -> int:
     return PATCH_NUMS[res][-1] ** 2 if intra == RASTER else sum(p * p for p in PATCH_NUMS[res])
 
 
-def mixer_options(cfg: DictConfig, mixer: str) -> dict:
-    """The overrides `task.mixer_options` gives this mixer ({} for none); an unknown field is an error."""
-    options = dict((cfg.task.get("mixer_options") or {}).get(mixer) or {})
-    unknown = sorted(set(options) - set(load_option("mixer", mixer)))
-    if unknown:
-        raise ValueError(f"task.mixer_options.{mixer}: unknown fields {unknown}; "
-                         f"valid: {sorted(k for k in load_option('mixer', mixer) if not k.startswith('_'))}")
+def options_of(cfg: DictConfig, group: str, name: str) -> dict:
+    """The overrides `task.mixer_options` / `task.intra_options` (`group` "mixer" / "intra") give this mixer or intra
+    variant ({} for none); an unknown field is an error."""
+    options = dict((cfg.task.get(f"{group}_options") or {}).get(name) or {})
+    fields = load_option(group, name)
+    if unknown := sorted(set(options) - set(fields)):
+        raise ValueError(f"task.{group}_options.{name}: unknown fields {unknown}; "
+                         f"valid: {sorted(k for k in fields if not k.startswith('_'))}")
     return options
 
 
@@ -119,7 +122,7 @@ def at_resolution(value, res: int):
 def check_config(cfg: DictConfig) -> None:
     """Raise ValueError for a bench config that cannot run as asked: an unregistered mixer or intra variant in
     `task.configs` (or a raster entry whose mixer cannot step one token) or `task.rerun_baseline`, an unknown field
-    in `task.mixer_options`, a resolution without VAR's scales or without a batch size."""
+    in `task.mixer_options` / `task.intra_options`, a resolution without VAR's scales or without a batch size."""
     t = cfg.task
     mixers = list_options("mixer")
     check_pairs(t.configs, also=(RASTER,))
@@ -130,7 +133,9 @@ def check_config(cfg: DictConfig) -> None:
     for mixer in list(t.get("mixer_options") or {}) + list(t.rerun_baseline or []):
         if mixer not in mixers:
             raise ValueError(f"task.mixer_options / task.rerun_baseline: unknown mixer {mixer!r}; mixers: {mixers}")
-        mixer_options(cfg, mixer)
+        options_of(cfg, "mixer", mixer)
+    for intra in t.get("intra_options") or {}:
+        options_of(cfg, "intra", intra)  # (an unknown intra variant: load_option names the valid ones)
     resolve_decode_mode(t.get("decode_mode"), "task.decode_mode", "cuda")
     check_resolutions(t.resolutions)
     for res in t.resolutions:
@@ -160,8 +165,10 @@ def main(cfg: DictConfig) -> dict:
     for res in t.resolutions:
         for mixer, intra in t.configs or default_configs():
             cell = dict(mixer=mixer, intra=intra, resolution=res, L=sequence_length(intra, res), **common)
-            if options := mixer_options(plain, mixer):
+            if options := options_of(plain, "mixer", mixer):
                 cell["mixer_options"] = options
+            if intra != RASTER and (options := options_of(plain, "intra", intra)):
+                cell["intra_options"] = options
             if not t.isolate_cells:
                 errors = run_cell(plain, out, mixer, intra, res, cell)
             else:  # a fresh process per cell: a CUDA error that poisons the context (a device-side assert) ends
