@@ -184,14 +184,15 @@ def test_scaling_on_a_cpu_runs_only_when_asked_by_name():
         scaling(cfg)
 
 
-def test_train_tf32_sets_the_fp32_matmul_precision_both_ways(tmp_path):
+def test_train_tf32_sets_cuda_s_fp32_matmul_precision_both_ways_and_leaves_the_cpu_s_alone(tmp_path):
     # VAR trains with TF32 on (--tf32, train/var.yaml); a grid job may train several cells in one process, so a run
     # with it off must turn it off again
     from test_logging import train_tiny
     try:
         train_tiny(tmp_path / "on", "train.tf32=true")
-        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.mkldnn.matmul.fp32_precision == "none"  # the CPU's matmuls: full fp32
         train_tiny(tmp_path / "off", "train.tf32=false")
-        assert torch.get_float32_matmul_precision() == "highest"
+        assert not torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
     finally:
-        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = False

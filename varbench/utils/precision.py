@@ -50,10 +50,10 @@ def autocast(device: torch.device, precision: str):
 
 
 def set_tf32(enabled: bool) -> None:
-    """fp32 matmuls in TF32 (`enabled`, VAR's `--tf32`: matmul precision "high", cuDNN's TF32 allowed) or in full fp32
-    (PyTorch's defaults: "highest", cuDNN's TF32 allowed, as PyTorch allows it by default). Under autocast it touches
-    only what runs in fp32 outside autocast's casts; in an fp32 run, every matmul."""
-    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    """CUDA's fp32 matmuls in TF32 (`enabled`: VAR's `--tf32`) or in full fp32 (PyTorch's default), cuDNN's
+    convolutions allowed TF32 either way (PyTorch's default, and VAR's with `--tf32`). CUDA's flags only: the CPU's
+    fp32 matmuls stay fp32. Under autocast it touches only what runs in fp32 outside autocast's casts."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = True
 
 
