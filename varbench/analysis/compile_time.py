@@ -29,12 +29,12 @@ def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     weights, no FP8 matmuls): the deviations are tabled in the speed tables."""
     train = df[(df["metric"] == "train_images_per_s") & df["system"].isna() & df["superseded"].isna()
                & (df["param_dtype"] == "fp32") & ~df["fp8"].eq(True)]
+    if not train["compiled"].eq(True).any():
+        log.warning("compile_time_table: no compiled train_images_per_s records (task=bench task.compile=true)")
+        return pd.DataFrame()
     train = train.sort_values("date", kind="stable").astype({"batch": int})
     train = train.assign(value=pd.to_numeric(train["value"]))
     compiled = train[train["compiled"].eq(True)].drop_duplicates([*CALL, "compile_scope", "compile_mode"], keep="last")
-    if compiled.empty:
-        log.warning("compile_time_table: no compiled train_images_per_s records (task=bench task.compile=true)")
-        return pd.DataFrame()
     eager = train[~train["compiled"].eq(True)].drop_duplicates(CALL, keep="last").set_index(CALL)["value"]
     keys = pd.MultiIndex.from_frame(compiled[CALL])
     table = pd.DataFrame({

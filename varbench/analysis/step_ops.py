@@ -49,11 +49,12 @@ def step_ops_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     time (ms, the profile's operators summed) and that time by kind of kernel (ms per step). VAR's numerics only."""
     train = df[(df["metric"] == "train_images_per_s") & df["system"].isna() & df["superseded"].isna()
                & (df["param_dtype"] == "fp32") & ~df["fp8"].eq(True)]
-    train = train[train["timing"].map(_complete)].sort_values("date", kind="stable").drop_duplicates(CALL, keep="last")
+    train = train[train["timing"].map(_complete)]
     if train.empty:
         log.warning("step_ops_table: no training record lists its step's operators in full (timing.top_ops with "
                     "its last row, since session 24)")
         return pd.DataFrame()
+    train = train.sort_values("date", kind="stable").drop_duplicates(CALL, keep="last")
     kinds = pd.DataFrame([_by_kind(t["top_ops"]) for t in train["timing"]]).fillna(0.0)
     columns = [k for k, _ in KINDS if k in kinds] + [c for c in (OTHER, NOT_LISTED) if c in kinds]
     table = kinds[columns].rename(columns=lambda c: f"{c} (ms)")
