@@ -14,6 +14,8 @@ import logging
 
 import pandas as pd
 
+from varbench.analysis.load import var_numerics_training
+
 log = logging.getLogger(__name__)
 
 CALL = ["commit", "device", "model", "resolution", "batch"]  # one call's measurements of one configuration
@@ -27,8 +29,7 @@ def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     """Per call (commit and GPU), configuration, batch, compile scope and mode: the compiled step's first step (s)
     and img/s, the eager img/s of the same call and configuration, and compiled / eager. VAR's numerics only (fp32
     weights, no FP8 matmuls): the deviations are tabled in the speed tables."""
-    train = df[(df["metric"] == "train_images_per_s") & df["system"].isna() & df["superseded"].isna()
-               & (df["param_dtype"] == "fp32") & ~df["fp8"].eq(True)]
+    train = var_numerics_training(df)
     if not train["compiled"].eq(True).any():
         log.warning("compile_time_table: no compiled train_images_per_s records (task=bench task.compile=true)")
         return pd.DataFrame()

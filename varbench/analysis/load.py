@@ -225,6 +225,13 @@ def preference_order(df: pd.DataFrame) -> pd.DataFrame:
                                                    kind="stable").drop(columns="_untuned")
 
 
+def var_numerics_training(df: pd.DataFrame) -> pd.DataFrame:
+    """varbench's own training-step timings (task=bench's `train_images_per_s`; no other system's, none superseded)
+    with VAR's numerics: fp32 weights, no FP8 matmuls."""
+    return df[(df["metric"] == "train_images_per_s") & df["system"].isna() & df["superseded"].isna()
+              & (df["param_dtype"] == "fp32") & ~df["fp8"].eq(True)]
+
+
 def latest(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
     """The measurement per (metric, configuration), picked by `POLICY` (never by recency alone).
 

@@ -13,6 +13,8 @@ import logging
 
 import pandas as pd
 
+from varbench.analysis.load import var_numerics_training
+
 log = logging.getLogger(__name__)
 
 # (kind, name fragments), first match wins: attention before GEMMs (Inductor names its flex templates "triton_tem_")
@@ -47,8 +49,7 @@ def _complete(timing) -> bool:
 def step_ops_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     """Per call (commit and GPU), configuration, batch and compilation: the training step's median (ms), its GPU busy
     time (ms, the profile's operators summed) and that time by kind of kernel (ms per step). VAR's numerics only."""
-    train = df[(df["metric"] == "train_images_per_s") & df["system"].isna() & df["superseded"].isna()
-               & (df["param_dtype"] == "fp32") & ~df["fp8"].eq(True)]
+    train = var_numerics_training(df)
     train = train[train["timing"].map(_complete)]
     if train.empty:
         log.warning("step_ops_table: no training record lists its step's operators in full (timing.top_ops with "
