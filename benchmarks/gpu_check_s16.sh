@@ -62,14 +62,14 @@ asked() { [[ " $STEPS " == *" $1 "* ]]; }
 
 [ -n "${DRY:-}" ] || mkdir -p "$OUT"
 asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
+  tests/test_samplers.py::test_on_cuda_the_blocks_linear_weights_held_in_bf16_change_nothing_on_the_gpu_kernels \
   tests/test_fused_elementwise.py \
   tests/ops/test_raster_attention.py::test_on_cuda_a_compiled_raster_attention_step_builds_its_causal_mask_first_and_is_one_graph \
   tests/test_compile.py::test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph \
   tests/ops/test_raster_attention.py tests/test_backbone.py::test_cuda_graphs_read_weights_changed_after_capture \
   "tests/test_backbone.py::test_cuda_graph_sampling_equals_eager[attention-none]" \
   "tests/test_backbone.py::test_cuda_graph_sampling_equals_eager[mamba2-full]" \
-  tests/test_backbone.py::test_cuda_graphs_under_autocast tests/test_fast_decode.py \
-  tests/test_samplers.py::test_on_cuda_the_blocks_linear_weights_held_in_bf16_change_nothing_on_the_gpu_kernels
+  tests/test_backbone.py::test_cuda_graphs_under_autocast tests/test_fast_decode.py
 asked decode_modes && step decode_modes "$DECODE_S" python benchmarks/decode_modes.py "$OUT/decode_modes.jsonl" \
   --modes eager compiled --batches 64 --cudnn-benchmark
 if asked profile; then for b in 1 64; do

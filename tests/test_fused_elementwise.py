@@ -105,12 +105,16 @@ def test_the_fused_functions_are_compiled_once_each():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("mixer,intra", [("attention", "none"), ("mamba2", "full")], ids=["VAR", "M-VAR"])
 def test_cuda_graphs_capture_the_fused_kernels(mixer, intra, vae):
-    """With CUDA graphs (the bench's fused mode), the fused kernels compile in the warm-up and are captured: the
-    replayed generation gives the eager logits and images, in fp32 and under bf16 autocast."""
+    """With CUDA graphs (the bench's fused mode), the fused kernels compile in the warm-up and are captured: in fp32
+    the replayed generation gives the eager logits. Under bf16 autocast the fused chains round once where eager rounds
+    after every op, so one logit in ~60 moves by a few bf16 ulps (first GPU run, session 26): what must hold there,
+    as for the fast decodes (tests/test_fast_decode.py), is that the fused logits are as close to the fp32 logits as
+    eager's bf16 logits are. The images decode the same forced ids, so they are eager's."""
     model = tiny_model(mixer, intra, vae=vae).cuda()
     gpu_vae, labels = copy.deepcopy(vae).cuda(), torch.tensor([3, 7], device="cuda")
     torch.manual_seed(1)
     ids = [torch.randint(0, vae.vocab_size, (2, p * p), device="cuda") for p in vae.patch_nums]
+    runs = {}
     for autocast in (False, True):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             model.set_fused_elementwise(False)
@@ -118,6 +122,9 @@ def test_cuda_graphs_capture_the_fused_kernels(mixer, intra, vae):
             model.set_fused_elementwise(True)
             graphed = make_sampler("carry", model, gpu_vae, cfg=2.0, cuda_graphs=True)
             got = graphed(labels, forced_ids=ids, return_logits=True)
-        tolerance = {"rtol": 1.6e-2, "atol": 1e-2} if autocast else {}  # bf16's own rounding, one ulp
-        torch.testing.assert_close(torch.cat(got.logits, 1), torch.cat(eager.logits, 1), **tolerance)
-        torch.testing.assert_close(got.images, eager.images, **tolerance)
+        runs[autocast] = [torch.cat(run.logits, 1).float() for run in (eager, got)]
+        torch.testing.assert_close(got.images, eager.images)
+    torch.testing.assert_close(runs[False][1], runs[False][0])
+    reference, (eager_bf16, fused_bf16) = runs[False][0], runs[True]
+    err_eager, err_fused = (eager_bf16 - reference).abs(), (fused_bf16 - reference).abs()
+    assert err_fused.mean() <= 1.1 * err_eager.mean() and err_fused.max() <= 1.5 * err_eager.max()
