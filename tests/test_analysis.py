@@ -759,9 +759,9 @@ def test_guidance_table_shows_each_models_best_scale_beside_the_fixed_one(df):
 
 def test_the_official_sampler_sits_beside_varbench_s_eager_one_of_the_same_call_and_in_no_varbench_row(tmp_path):
     """report/beside_official.md pairs an official_var latency (the uncommitted harness) with task=bench's eager
-    VAR-d16 sampling of the same commit, GPU and batch: never another call's, nor a graphed, fused, chunked-decode
-    or bf16-block-weights timing of the same call. The official records never become a varbench row of the other
-    tables."""
+    VAR-d16 sampling of the same commit, GPU and batch: never another call's, nor a graphed, fused or chunked-decode
+    timing of the same call; the bf16-block-weights timing (the sampling tasks' way) in columns of its own, its peak
+    memory the memory goal's. The official records never become a varbench row of the other tables."""
     from varbench.analysis.official import beside_official_table
     var = {"metric": "sample_latency_ms", "unit": "ms", "mixer": "attention", "intra": "none", "depth": 16,
            "resolution": 256, "sampler": "carry", "device": "NVIDIA H200", "date": "2099-01-01T00:00:00+00:00"}
@@ -769,7 +769,8 @@ def test_the_official_sampler_sits_beside_varbench_s_eager_one_of_the_same_call_
              {**var, "value": 400.0, "batch": 64, "commit": "a+copy", "peak_mem_bytes": 12 * 2 ** 30},
              {**var, "value": 30.0, "batch": 1, "commit": "a+copy", "cuda_graphs": True},  # not the official's path
              {**var, "value": 110.0, "batch": 1, "commit": "a+copy", "fused_elementwise": True},
-             {**var, "value": 115.0, "batch": 1, "commit": "a+copy", "block_weights": "bf16"},  # not from fp32
+             {**var, "value": 115.0, "batch": 1, "commit": "a+copy", "block_weights": "bf16",
+              "peak_mem_bytes": 2 ** 30},  # its own columns
              {**var, "value": 99.0, "batch": 1, "commit": "b+copy"}]  # another call
     official = {"metric": "sample_latency_ms", "unit": "ms", "system": "official_var", "model": "VAR-d16",
                 "device": "NVIDIA H200", "date": "2099-01-01T00:00:00+00:00"}
@@ -778,8 +779,12 @@ def test_the_official_sampler_sits_beside_varbench_s_eager_one_of_the_same_call_
               {**official, "value": 125.0, "batch": 1, "commit": "c+copy", "peak_mem_bytes": 3 * 2 ** 30}]
     records = _records(tmp_path, lines)
     table = beside_official_table(records)
-    assert table.loc[("a+copy", "NVIDIA H200", 1)].tolist() == pytest.approx([132.0, 120.0, 1.1, 3.0, 2.0])
-    assert table.loc[("a+copy", "NVIDIA H200", 64)].tolist() == pytest.approx([450.0, 400.0, 1.125, 12.0, 12.0])
+    assert table.loc[("a+copy", "NVIDIA H200", 1)].tolist() == pytest.approx([132.0, 120.0, 1.1, 115.0, 3.0, 2.0,
+                                                                              1.0])
+    row = table.loc[("a+copy", "NVIDIA H200", 64)]
+    assert row.drop(["varbench, bf16 blocks (ms)", "varbench, bf16 blocks peak (GiB)"]).tolist() == pytest.approx(
+        [450.0, 400.0, 1.125, 12.0, 12.0])
+    assert row[["varbench, bf16 blocks (ms)", "varbench, bf16 blocks peak (GiB)"]].isna().all()
     row = table.loc[("c+copy", "NVIDIA H200", 1)]  # no varbench timing in that call: nothing paired
     assert row["Official VAR (ms)"] == 125.0 and row.drop(["Official VAR (ms)", "Official peak (GiB)"]).isna().all()
     from varbench.analysis.tables import main_table
@@ -793,6 +798,10 @@ def test_the_official_sampler_sits_beside_varbench_s_eager_one_of_the_same_call_
     assert goals.loc["VAR-d16 eager sampling latency (b64, 256 px, ms; the official's, timed in the same call)",
                      "Measured"] == 400.0
     assert goals.loc["VAR-d16 eager sampling latency (b1, 256 px, ms; the official's)", "Target"] == "≤ 123.4"
+    memory = goals.loc["VAR-d16 eager sampling peak memory allocated, bf16 block weights as the sampling tasks hold "
+                       "them (b1, 256 px, GiB; the official's, timed in the same call)"]
+    assert memory[["Target", "Measured", "Met"]].tolist() == ["≤ 3", 1.0, "yes"]
+    assert not any("bf16 block weights" in goal and "(b64" in goal for goal in goals.index)  # not timed at b64
 
 
 def test_the_official_training_step_sits_beside_varbench_s_fastest_of_the_same_call_with_var_s_numerics(tmp_path):

@@ -250,3 +250,33 @@ def test_a_trained_run_dir_refuses_a_changed_setting_before_anything_runs(traine
         with pytest.raises(ValueError, match=r"cannot resume .*data.size_per_class: saved 4, now 5"):
             check_config(config(*task, *common, f"tokenizer.checkpoint={tokenizer_file}", "data.size_per_class=5"))
     check_config(config("task=train", *common, f"tokenizer.checkpoint={tokenizer_file}", "train.steps=3"))
+
+
+def test_sampling_under_bf16_holds_the_block_weights_in_bf16_and_draws_the_same_grid(trained_run):
+    """task.block_weights=auto (the default) holds a scale model's block weights in bf16 under bf16 autocast: the
+    matmuls read the values they read before (the same grid), and the record says which weights ran."""
+    from varbench.tasks.sample import main as sample
+    tmp_path, common, _ = trained_run
+    bf16 = [*common, "task.per_class=1", "task.precision=bf16"]
+    as_trained = read_png(sample(config("task=sample", *bf16, "task.block_weights=fp32"))["grid"])
+    held = read_png(sample(config("task=sample", *bf16))["grid"])
+    assert np.array_equal(held, as_trained)
+    fp32_weights, bf16_weights = read_records(tmp_path / "res" / "sample.jsonl")[-2:]
+    assert (fp32_weights["block_weights"], bf16_weights["block_weights"]) == ("fp32", "bf16")
+    sample(config("task=sample", *common, "task.per_class=1"))  # the run trained in fp32: auto keeps fp32 weights
+    assert read_records(tmp_path / "res" / "sample.jsonl")[-1]["block_weights"] == "fp32"
+
+
+def test_block_weights_in_bf16_are_refused_where_they_would_change_what_runs(trained_run):
+    from varbench.tasks.sample import main as sample
+    tmp_path, common, _ = trained_run
+    with pytest.raises(ValueError, match=r"task.block_weights=bf16 .* task.precision=fp32: use auto or fp32"):
+        sample(config("task=sample", *common, "task.block_weights=bf16", "task.precision=fp32"))
+    assert not (tmp_path / "res" / "sample.jsonl").exists()
+    from test_aim import tiny_raster
+    run = load_run(tmp_path / "run", config("task=sample", *common), [], "cpu")
+    run.model = tiny_raster()
+    assert run.hold_block_weights("auto", "bf16") == "fp32" and run.identity()["block_weights"] == "fp32"
+    assert all(p.dtype == torch.float32 for p in run.model.parameters())
+    with pytest.raises(ValueError, match="AiM's raster model: use auto or fp32"):
+        run.hold_block_weights("bf16", "bf16")

@@ -49,6 +49,7 @@ class ConfigError(ValueError):
 # precision defaults to the training's) runs bf16 autocast: no FP8 matmul outside training
 PRECISION = Choice(("fp32", "bf16", "fp16", "fp8"))
 SAMPLER = Choice(("carry", "prefix_rerun"))
+BLOCK_WEIGHTS = Choice(("auto", "fp32", "bf16"))  # a sampling task's block weights (TrainedRun.hold_block_weights)
 DECODE_MODE = Choice((*DECODE_MODES, AUTO))  # the tokenizer decode (varbench/tokenizers/fast_decode.py)
 BETAS = Items(fraction(open_high=True), length=2)
 
@@ -98,13 +99,15 @@ TASKS = {
                  "speedup_batches": count(0)},
     "sample": {"classes": Items(count(0), null="the first 10 classes"), "per_class": count(), "cfg": non_negative(),
                "top_k": count(0), "top_p": Number(low=0, high=1, open_low=True), "more_smooth": FLAG,
-               "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "decode_mode": DECODE_MODE, "precision": PRECISION},
+               "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "decode_mode": DECODE_MODE, "precision": PRECISION,
+               "block_weights": BLOCK_WEIGHTS},
     "evaluate": {
         "suite": Choice(("auto", "project", "adm")), "num_classes": count(null="every class of the model"),
         "per_class": count(null="50 for adm, 20 for project"), "batch_size": count(),
         "preset": Choice(("eval", "vis", "aim_b", "aim")),  # aim_*: raster models (varbench/eval/sampling.py)
         "sampler": SAMPLER, "cuda_graphs": AUTO_FLAG, "decode_mode": DECODE_MODE, "precision": PRECISION,
-        "cfg": non_negative(null="the preset's guidance"), "memorisation_train_images": count(0),
+        "block_weights": BLOCK_WEIGHTS, "cfg": non_negative(null="the preset's guidance"),
+        "memorisation_train_images": count(0),
         "val_nll_images": count(0), "train_nll_images": count(0), "fidelity_batch_size": count(),
         "classifier_steps": count(), "classifier_batch_size": count(), "classifier_width": count(),
         "classifier_seed": count(0), "classifier_min_val_accuracy": fraction(), "classifier_metrics": FLAG,
@@ -112,7 +115,8 @@ TASKS = {
     },
     "edit": {"samples": count(), "mode": Choice(("inpaint", "outpaint")), "label": count(0, null="unconditional"),
              "cfg": non_negative(), "top_k": count(0), "top_p": Number(low=0, high=1, open_low=True),
-             "more_smooth": FLAG, "sampler": SAMPLER, "precision": PRECISION},
+             "more_smooth": FLAG, "sampler": SAMPLER, "precision": PRECISION,
+             "block_weights": BLOCK_WEIGHTS},
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
               "compile_mode": Choice(("default", "max-autotune-no-cudagraphs")),
               "compile_scope": Choice(("model", "blocks")), "fp8": FLAG,

@@ -23,16 +23,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from varbench import official
+from varbench.backbones.raster_ar import is_raster
 from varbench.build import build_model, build_tokenizer
 from varbench.registry import CONFIG_ROOT
 from varbench.tokenizers import load_official_vqvae
 from varbench.training import checkpoints
 from varbench.utils.checkpoint import load_strict, read_state_dict, save_atomic
 from varbench.utils.hashing import file_sha256
+from varbench.utils.precision import autocast_dtype, hold_linear_weights_in
 from varbench.utils.run_spec import FORMAT, read_spec, relative_if_inside, tokenizer_path
 
 SPEC_GROUPS = ("model", "mixer", "intra", "tokenizer", "data", "train")
@@ -185,6 +188,7 @@ class TrainedRun:
     run_spec: bool                # False: a checkpoint without a spec, built from the command line
     official: str | None = None   # 'var' | 'mvar' | 'aim': an official checkpoint, loaded through its converter
     random_tokenizer: bool = False  # the run's own seeded random tokenizer (trained without tokenizer.checkpoint)
+    block_weights: str = "fp32"   # the dtype the blocks' Linear weights are held in (`hold_block_weights`)
 
     def identity(self) -> dict:
         """Record fields naming the weights: paths and sha256 of the checkpoint and of the tokenizer, and the
@@ -193,7 +197,29 @@ class TrainedRun:
                 "backends": self.model.backends,
                 "tokenizer_checkpoint": str(self.tokenizer_file), "tokenizer_sha256": self.tokenizer_sha256,
                 "run_spec": self.run_spec, "random_tokenizer": self.random_tokenizer,
-                "checkpoint_format": f"official_{self.official}" if self.official else "varbench"}
+                "checkpoint_format": f"official_{self.official}" if self.official else "varbench",
+                "block_weights": self.block_weights}
+
+    def hold_block_weights(self, value: str, precision: str) -> str:
+        """For a sampling task: hold the blocks' Linear weights in bf16 (`value` bf16, or auto where that reads the
+        same values: a scale model under bf16 autocast) or leave them fp32 (fp32; auto otherwise). Returns which.
+
+        Under autocast each fp32 weight is cast to bf16 at its matmul and the copy cached, so the weights and their
+        copies are both alive through the scale loop: VAR-d16's batch-1 peak was 2.31 GiB against the official
+        sampler's 1.77 (session 25), and 1.19 GiB with the weights held in bf16 (session 26). The matmuls read the
+        same values: the guided and teacher-forced logits are bit-equal on the CPU and on every mixer's GPU kernels
+        (tests/test_samplers.py). Not for AiM's raster model (not checked), nor without bf16 autocast (task.precision
+        fp32 or fp16)."""
+        fits = autocast_dtype(precision) == torch.bfloat16 and not is_raster(self.model)
+        held = ("bf16" if fits else "fp32") if value == "auto" else value
+        if held == "bf16" and not fits:
+            what = "AiM's raster model" if is_raster(self.model) else f"task.precision={precision}"
+            raise ValueError(f"task.block_weights=bf16 holds a scale model's block weights for bf16 autocast, but this "
+                             f"is {what}: use auto or fp32")
+        if held == "bf16":
+            hold_linear_weights_in(self.model.blocks, torch.bfloat16)
+        self.block_weights = held
+        return held
 
     def weights_key(self) -> dict:
         """What a drawn image depends on of the weights: both sha256 and the kernels that ran (see `keyed_file`)."""

@@ -90,6 +90,7 @@ def main(cfg: DictConfig) -> dict:
     run = load_for_task(cfg, device)  # model and tokenizer rebuilt from the run's spec, the command line checked
     tokenizer, model = run.tokenizer, run.model
     label = edit_label(t.get("label"), model.num_classes)
+    run.hold_block_weights(t.block_weights, t.precision)
     image_13HW, edit = image_edit(t, tokenizer, device)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     start = time.perf_counter()

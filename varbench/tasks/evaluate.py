@@ -236,6 +236,7 @@ def main(cfg: DictConfig) -> dict:
     per_class = t.per_class or DEFAULT_PER_CLASS[suite]
     graphs = resolve_auto(t.cuda_graphs, "task.cuda_graphs", device)
     decode_mode = resolve_decode_mode(t.decode_mode, "task.decode_mode", device)  # the recon rows decode in it too
+    run.hold_block_weights(t.block_weights, t.precision)  # before the sample key hashes the weights in memory
     preset = with_guidance(resolve_preset(t.preset, raster=is_raster(model)), t.get("cfg"))  # task.cfg: another scale
     start = time.perf_counter()
     with autocast(device, t.precision):

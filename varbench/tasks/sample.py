@@ -43,6 +43,7 @@ def main(cfg: DictConfig) -> dict:
         raise ValueError(f"task.classes = {classes}: expected classes in [0, {model.num_classes - 1}], the model's "
                          f"(index {model.num_classes} is the unconditional class of guidance, not a class to draw)")
     labels = torch.tensor(classes, device=device).repeat_interleave(t.per_class)
+    run.hold_block_weights(t.block_weights, t.precision)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     cuda = device.type == "cuda"
     graphs = resolve_auto(t.cuda_graphs, "task.cuda_graphs", device)
