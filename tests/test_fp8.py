@@ -14,7 +14,7 @@ import torch
 from helpers import tiny_model, tiny_tokenizer
 from torch import nn
 
-from varbench.training.fp8 import to_fp8_training
+from varbench.training.fp8 import check_fp8_batch, to_fp8_training
 
 pytest.importorskip("torchao")  # a dev install has it (pyproject's dev extra)
 from torchao.float8.float8_linear import Float8Linear  # noqa: E402
@@ -109,6 +109,16 @@ def test_an_fp8_training_run_follows_the_bf16_run_and_says_fp8(tmp_path):
     assert losses["fp8"] != losses["bf16"] and losses["fp8"][-1] < losses["fp8"][0]  # FP8 rounds otherwise; it learns
 
 
+def test_a_batch_whose_tokens_fp8_cannot_multiply_is_refused_by_name_before_training(tmp_path):
+    check_fp8_batch(32, 680, "task.train_batch")  # VAR-d16's 680 tokens: any even batch
+    with pytest.raises(ValueError, match=r"task.train_batch = 3: .* 3 x 680 tokens, .* use a multiple of 2 images"):
+        check_fp8_batch(3, 680, "task.train_batch")
+    from test_training import run
+    out = run(tmp_path, "fp8", "train.precision=fp8", "train.batch_size=3", "train.steps=1")
+    assert out.returncode != 0 and "train.batch_size (per process) = 3" in out.stderr
+    assert not (tmp_path / "fp8" / "results" / "train.jsonl").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device with FP8 tensor cores (sm_89+)")
 def test_on_cuda_the_compiled_fp8_step_stays_within_fp8_rounding_of_bf16(vae):
     """On the GPU (torch._scaled_mm's FP8 kernels) and compiled as training compiles (varbench.training.loop):
@@ -118,8 +128,10 @@ def test_on_cuda_the_compiled_fp8_step_stays_within_fp8_rounding_of_bf16(vae):
     model = tiny_model("attention", vae=vae, width=128, heads=2).cuda().train()
     fp8 = copy.deepcopy(model)
     to_fp8_training(fp8)
-    labels = torch.tensor([1, 2], device="cuda")
-    x = torch.randn(2, model.layout.L - 1, vae.Cvae, device="cuda")
+    # 8 images of 30 tokens: the weight gradients' inner dim (the batch's tokens) a multiple of 16, as _scaled_mm
+    # needs (2 images, 60 tokens, failed to compile on an H100: session 26)
+    labels = torch.tensor([1, 2] * 4, device="cuda")
+    x = torch.randn(8, model.layout.L - 1, vae.Cvae, device="cuda")
     outputs = []
     for net in (model, fp8):
         compiled = compile_for_training(net, len(net.blocks))

@@ -43,7 +43,7 @@ from varbench.layout import PATCH_NUMS
 from varbench.registry import VAR, default_configs, list_options, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 from varbench.tokenizers.fast_decode import resolve_decode_mode
-from varbench.training.fp8 import to_fp8_training
+from varbench.training.fp8 import check_fp8_batch, to_fp8_training
 from varbench.training.loop import compile_for_training
 from varbench.utils.auto import resolve_auto
 from varbench.utils.log import get_logger
@@ -272,6 +272,8 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
     # bf16 weights and FP8 matmuls train a copy, so that the sampling stages time the model as it was built (blocks
     # compiled in place are not copied: sampling calls their `step`, which the compile leaves eager)
     model = model if param_dtype == "fp32" and not fp8 else copy.deepcopy(model).to(PARAM_DTYPES[param_dtype])
+    if fp8:
+        check_fp8_batch(batch, model.layout.L, "task.train_batch")
     fp8_linears = len(to_fp8_training(model)) if fp8 else 0
     # Inductor's mode: "max-autotune-no-cudagraphs" benchmarks kernel configs (flex attention's, the GEMMs') while
     # compiling, so the first step takes longer (its record's first_step_s)

@@ -13,6 +13,8 @@ torch's `_scaled_mm` computes the same numerics slowly (the tests' oracle is the
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 FP8_MULTIPLE = 16  # torch._scaled_mm needs both matrix dims of the weight divisible by 16
@@ -39,3 +41,13 @@ def to_fp8_training(model: nn.Module) -> list[str]:
         raise ValueError("train.precision=fp8: no linear layer of the blocks has dims divisible by 16")
     convert_to_float8_training(model.blocks, module_filter_fn=fp8_linear)
     return chosen
+
+
+def check_fp8_batch(batch: int, tokens_per_image: int, key: str) -> None:
+    """Refuse a batch whose tokens are no multiple of 16 before any step runs: a weight gradient multiplies over the
+    batch's tokens, and torch._scaled_mm needs that inner dim divisible by 16 (else a compile-time RuntimeError
+    about `self.size(1)`, first seen on the GPU in session 26)."""
+    if batch * tokens_per_image % FP8_MULTIPLE:
+        multiple = FP8_MULTIPLE // math.gcd(tokens_per_image, FP8_MULTIPLE)
+        raise ValueError(f"{key} = {batch}: FP8 matmuls run over the batch's {batch} x {tokens_per_image} tokens, "
+                         f"which must be divisible by {FP8_MULTIPLE}: use a multiple of {multiple} images")

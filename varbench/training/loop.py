@@ -24,7 +24,7 @@ from varbench.data.loading import loader_options
 from varbench.data.teacher_forcing import teacher_forcing_inputs
 from varbench.eval.likelihood import teacher_forced_nll
 from varbench.training import checkpoints, recipe
-from varbench.training.fp8 import to_fp8_training
+from varbench.training.fp8 import check_fp8_batch, to_fp8_training
 from varbench.training.previews import log_sample_grid
 from varbench.utils.auto import resolve_auto
 from varbench.utils.dist import DistInfo
@@ -154,6 +154,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     plan = make_plan(tcfg, len(dataset))
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
     if tcfg.precision == "fp8":  # before the wrappers and the checkpoint: Float8Linear keeps the weights' names
+        check_fp8_batch(tcfg.batch_size // info.world_size, model.layout.L, "train.batch_size (per process)")
         log.info("FP8 matmuls in %d linear layers of the blocks", len(to_fp8_training(model)))
         if device.type == "cpu":
             log.warning("train.precision=fp8 on a CPU: torch emulates the FP8 matmuls, many times slower than fp32 "
