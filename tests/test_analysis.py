@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 from pathlib import Path
 
@@ -842,11 +843,13 @@ def test_the_official_training_step_sits_beside_varbench_s_fastest_of_the_same_c
 
 def test_the_compile_time_table_pairs_each_compiled_step_with_the_eager_one_of_its_own_call(tmp_path):
     """report/compile_time.md: the first step of each compiled step (scope and mode apart), its img/s, and the eager
-    img/s of the same configuration timed by the same commit on the same GPU; never FP8 or another call's eager."""
+    img/s of the same configuration timed by the same commit on the same GPU; never FP8 or another call's eager. The
+    files Inductor's cache held before compiling (warm or cold) beside the first step, "—" before records said."""
     from varbench.analysis.compile_time import compile_time_table
     base = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "commit": "c1"}
     compiled = {**base, "compiled": True, "value": 340.0, "timing": {"first_step_s": 57.5}}
-    lines = [compiled, {**compiled, "compile_scope": "blocks", "value": 330.0, "timing": {"first_step_s": 26.5}},
+    lines = [compiled, {**compiled, "compile_scope": "blocks", "value": 330.0, "timing": {"first_step_s": 26.5},
+                        "compile_cache": {"dir": "/tmp/torchinductor_me", "files": 812}},
              {**base, "compiled": False, "value": 190.0},
              {**compiled, "fp8": True, "value": 500.0},  # a numerics deviation: not here
              {**base, "compiled": False, "value": 150.0, "commit": "c2"}]  # another call's eager step
@@ -855,6 +858,7 @@ def test_the_compile_time_table_pairs_each_compiled_step_with_the_eager_one_of_i
         ("blocks", 26.5, 330.0), ("model", 57.5, 340.0)]
     assert table["Eager (img/s)"].tolist() == [190.0, 190.0] and table["Compiled / eager"].tolist() == [330 / 190,
                                                                                                      340 / 190]
+    assert table["Cache files"].iloc[0] == 812 and math.isnan(table["Cache files"].iloc[1])
 
 
 def test_the_step_ops_table_sums_a_step_s_operators_by_kind_and_keeps_the_unlisted_ones_apart(tmp_path):

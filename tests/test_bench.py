@@ -82,9 +82,14 @@ def test_task_fp8_times_a_copy_with_fp8_matmuls_and_the_record_says_so(cell, tmp
 
 def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cell, tmp_path, monkeypatch):
     """task.compile_mode reaches torch.compile (Inductor's mode), task.compile_scope what it compiles; both reach
-    the record. The default passes no mode and compiles the blocks."""
+    the record, with what Inductor's cache held before compiling. The default passes no mode."""
     import varbench.tasks.bench as bench
     model, vae, fields = cell
+    cache = tmp_path / "inductor"
+    for name in ("a", "b/c", "b/d"):
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        (cache / name).write_text("")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
     calls = []
     monkeypatch.setattr(bench, "compile_for_training",
                         lambda net, depth, scope, **options: calls.append((scope, options)) or net)
@@ -95,6 +100,8 @@ def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cel
     assert calls == [("model", {"mode": "max-autotune-no-cudagraphs"}), ("blocks", {})]
     assert [(r["compile_mode"], r["compile_scope"]) for r in read_records(tmp_path / "bench.jsonl")] == [
         ("max-autotune-no-cudagraphs", "model"), ("default", "blocks"), (None, None)]
+    assert [r["compile_cache"] for r in read_records(tmp_path / "bench.jsonl")] == [
+        {"dir": str(cache), "files": 3}, {"dir": str(cache), "files": 3}, None]
 
 
 def test_task_block_weights_bf16_samples_from_bf16_block_weights_and_says_so(cell, tmp_path):

@@ -36,9 +36,10 @@ from varbench.utils.log import get_logger, is_rank_zero, job_logging
 log = get_logger(__name__)
 
 # top-level config keys that do not change what a cell computes (where it runs, where it records, whether it runs,
-# what it shows while it runs, where its shared tokenizer lives: that folder's own key says what it holds)
+# what it shows while it runs, where its shared tokenizer lives: that folder's own key says what it holds; where
+# torch.compile caches)
 NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydra", "logger", "progress",
-                "tokenizer_dir")
+                "tokenizer_dir", "compile_cache_dir")
 # keys added after cells were recorded, each with the value that computes what those cells computed: at that value
 # the key is left out of the id, so a cell composed before the key existed keeps its id (and its done marker)
 ADDED_KEYS_AT_OLD_BEHAVIOUR = {("train", "compile_scope"): "model", ("train", "tf32"): False}

@@ -5,8 +5,10 @@ From task=bench's compiled `train_images_per_s` records (varbench's own, not ano
 wall time (`timing.first_step_s`: dynamo's trace, Inductor's code generation, the Triton autotuning of every kernel
 the step runs, and the step itself), what was compiled (`compile_scope`: the whole model, or the blocks) and in which
 Inductor mode. The eager step beside it is the same configuration's eager record of the same commit, GPU and batch,
-so a compiled step is compared only with an eager one timed on the same machine. Records from before
-`compile_scope` existed compiled the whole model; from before `timing.first_step_s`, "—"."""
+so a compiled step is compared only with an eager one timed on the same machine. A first step depends on what
+Inductor's cache held (a machine that compiled before compiles faster): "Cache files" is the number of files in it
+before compiling (`compile_cache`; 0: cold). Records from before `compile_scope` existed compiled the whole model;
+from before `timing.first_step_s` or `compile_cache`, "—"."""
 
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ def _first_step_s(timing) -> float:
     return timing.get("first_step_s", float("nan")) if isinstance(timing, dict) else float("nan")
 
 
+def _cache_files(cache) -> float:
+    return cache.get("files", float("nan")) if isinstance(cache, dict) else float("nan")
+
+
 def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     """Per call (commit and GPU), configuration, batch, compile scope and mode: the compiled step's first step (s)
     and img/s, the eager img/s of the same call and configuration, and compiled / eager. VAR's numerics only (fp32
@@ -41,6 +47,7 @@ def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     table = pd.DataFrame({
         "Compiled": compiled["compile_scope"].to_numpy(), "Mode": compiled["compile_mode"].to_numpy(),
         "First step (s)": compiled["timing"].map(_first_step_s).to_numpy(),
+        "Cache files": compiled["compile_cache"].map(_cache_files).to_numpy(),
         "Compiled (img/s)": compiled["value"].to_numpy(), "Eager (img/s)": eager.reindex(keys).to_numpy()},
         index=keys)
     table["Compiled / eager"] = table["Compiled (img/s)"] / table["Eager (img/s)"]

@@ -17,6 +17,7 @@ from varbench.registry import list_options
 from varbench.runs import find_checkpoint
 from varbench.training import checkpoints
 from varbench.utils.autotune import apply_autotune_mode
+from varbench.utils.compile_cache import use_compile_cache
 
 READS_TRAINED_MODEL = ("sample", "evaluate", "edit")  # run alone, the weights must exist before anything runs
 # the files a step reads that no earlier step of the same job makes (the main job skips train_tokenizer / tokenize
@@ -82,4 +83,5 @@ def run_task(cfg: DictConfig):
     """Check the config, then dispatch to the task module named by `cfg.task.name`."""
     check_config(cfg)
     apply_autotune_mode(cfg.get("autotune"))
+    use_compile_cache(cfg.get("compile_cache_dir"))
     return task_module(cfg.task.name).main(alone(cfg))

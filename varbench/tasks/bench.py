@@ -46,6 +46,7 @@ from varbench.tokenizers.fast_decode import resolve_decode_mode
 from varbench.training.fp8 import check_fp8_batch, to_fp8_training
 from varbench.training.loop import compile_for_training
 from varbench.utils.auto import resolve_auto
+from varbench.utils.compile_cache import compile_cache_state
 from varbench.utils.log import get_logger
 from varbench.utils.precision import hold_linear_weights_in
 from varbench.utils.processes import run_in_fresh_process
@@ -273,18 +274,19 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
     # compiled in place are not copied: sampling calls their `step`, which the compile leaves eager)
     model = model if param_dtype == "fp32" and not fp8 else copy.deepcopy(model).to(PARAM_DTYPES[param_dtype])
     if fp8:
-        check_fp8_batch(batch, model.layout.L, "task.train_batch")
+        check_fp8_batch(batch, model.layout.L, "task.train_batch", next(model.parameters()).device)
     fp8_linears = len(to_fp8_training(model)) if fp8 else 0
     # Inductor's mode: "max-autotune-no-cudagraphs" benchmarks kernel configs (flex attention's, the GEMMs') while
     # compiling, so the first step takes longer (its record's first_step_s)
     options = {} if compile_mode == "default" else {"mode": compile_mode}
     net = compile_for_training(model, len(model.blocks), compile_scope, **options) if compiled else None
+    cache = compile_cache_state() if compiled else None  # before the first step compiles: warm or cold
     r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"])
     ips = batch / (r["median_ms"] * 1e-3)
     mfu = train_flops(cell["fwd_flops_per_image"]) * ips / (cell["matmul_peak_tflops"] * 1e12)
     record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
            param_dtype=param_dtype, compile_mode=compile_mode if compiled else None,
-           compile_scope=compile_scope if compiled else None, fp8=fp8, fp8_linears=fp8_linears,
+           compile_scope=compile_scope if compiled else None, compile_cache=cache, fp8=fp8, fp8_linears=fp8_linears,
            timing=r, **speed_mode(compiled, cuda_graphs=False), **cell)
     log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
           f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "

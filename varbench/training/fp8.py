@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 FP8_MULTIPLE = 16  # torch._scaled_mm needs both matrix dims of the weight divisible by 16
@@ -43,11 +44,11 @@ def to_fp8_training(model: nn.Module) -> list[str]:
     return chosen
 
 
-def check_fp8_batch(batch: int, tokens_per_image: int, key: str) -> None:
-    """Refuse a batch whose tokens are no multiple of 16 before any step runs: a weight gradient multiplies over the
-    batch's tokens, and torch._scaled_mm needs that inner dim divisible by 16 (else a compile-time RuntimeError
-    about `self.size(1)`, first seen on the GPU in session 26)."""
-    if batch * tokens_per_image % FP8_MULTIPLE:
+def check_fp8_batch(batch: int, tokens_per_image: int, key: str, device) -> None:
+    """On CUDA, refuse a batch whose tokens are no multiple of 16 before any step runs: a weight gradient multiplies
+    over the batch's tokens, and torch._scaled_mm's CUDA kernels need that inner dim divisible by 16 (else a
+    RuntimeError about `self.size(1)` while compiling, session 26). The CPU's emulation takes any size."""
+    if torch.device(device).type == "cuda" and batch * tokens_per_image % FP8_MULTIPLE:
         multiple = FP8_MULTIPLE // math.gcd(tokens_per_image, FP8_MULTIPLE)
         raise ValueError(f"{key} = {batch}: FP8 matmuls run over the batch's {batch} x {tokens_per_image} tokens, "
                          f"which must be divisible by {FP8_MULTIPLE}: use a multiple of {multiple} images")

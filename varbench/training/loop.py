@@ -154,7 +154,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     plan = make_plan(tcfg, len(dataset))
     batches = GlobalBatches(len(dataset), tcfg.batch_size, cfg.seed, info.rank, info.world_size)
     if tcfg.precision == "fp8":  # before the wrappers and the checkpoint: Float8Linear keeps the weights' names
-        check_fp8_batch(tcfg.batch_size // info.world_size, model.layout.L, "train.batch_size (per process)")
+        check_fp8_batch(tcfg.batch_size // info.world_size, model.layout.L, "train.batch_size (per process)", device)
         log.info("FP8 matmuls in %d linear layers of the blocks", len(to_fp8_training(model)))
         if device.type == "cpu":
             log.warning("train.precision=fp8 on a CPU: torch emulates the FP8 matmuls, many times slower than fp32 "
