@@ -2,13 +2,14 @@
 # Issue 18 goal 2 (sampling), the measurements sessions 14-15 prepared, in one device call of at most 9 minutes on
 # one H200 alone:
 #   tests          CUDA tests, most needed first (a record per test as it ends, so a cut step keeps the early
-#                  ones): the fused element-wise chains under CUDA graphs (not yet run on a GPU); the compiled
-#                  flex attention's training step as one graph, raster (2 frames in session 20) and scale-wise,
-#                  with and without autocast; the raster attention's values on each backend; VAR / M-VAR / Mamba
-#                  graphed sampling equals eager, also after an in-place weight change and under autocast (passed
-#                  in session 20); tests/test_fast_decode.py (decode mode `graphs` gives eager's images bit for bit
-#                  and captures once per shape; channels_last and compiled stay as accurate as eager under bf16
-#                  autocast; passed in session 17) (gpu_test records, first-config autotuning);
+#                  ones): the compiled flex attention's training step as one graph, raster (2 frames in session
+#                  20; not run since the fix) and scale-wise, with and without autocast; the raster attention's
+#                  values on each backend; VAR / M-VAR / Mamba graphed sampling equals eager, also after an
+#                  in-place weight change and under autocast (passed in session 20); tests/test_fast_decode.py
+#                  (decode mode `graphs` gives eager's images bit for bit and captures once per shape;
+#                  channels_last and compiled stay as accurate as eager under bf16 autocast; passed in session
+#                  17); the bf16 block weights on every mixer's kernels and the fused element-wise chains under
+#                  CUDA graphs (both passed in session 26) (gpu_test records, first-config autotuning);
 #   decode_modes   VAR's VQ-VAE decode alone at batch 64, eager and compiled, each with cuDNN's heuristic and with
 #                  cudnn.benchmark (benchmarks/decode_modes.py; the compiled decode is over a third of VAR's graphed
 #                  batch 64, 311.5 ms against the 300 goal, in session 20): latency, first call, largest difference
@@ -62,14 +63,14 @@ asked() { [[ " $STEPS " == *" $1 "* ]]; }
 
 [ -n "${DRY:-}" ] || mkdir -p "$OUT"
 asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
-  tests/test_samplers.py::test_on_cuda_the_blocks_linear_weights_held_in_bf16_change_nothing_on_the_gpu_kernels \
-  tests/test_fused_elementwise.py \
   tests/ops/test_raster_attention.py::test_on_cuda_a_compiled_raster_attention_step_builds_its_causal_mask_first_and_is_one_graph \
   tests/test_compile.py::test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph \
   tests/ops/test_raster_attention.py tests/test_backbone.py::test_cuda_graphs_read_weights_changed_after_capture \
   "tests/test_backbone.py::test_cuda_graph_sampling_equals_eager[attention-none]" \
   "tests/test_backbone.py::test_cuda_graph_sampling_equals_eager[mamba2-full]" \
-  tests/test_backbone.py::test_cuda_graphs_under_autocast tests/test_fast_decode.py
+  tests/test_backbone.py::test_cuda_graphs_under_autocast tests/test_fast_decode.py \
+  tests/test_samplers.py::test_on_cuda_the_blocks_linear_weights_held_in_bf16_change_nothing_on_the_gpu_kernels \
+  tests/test_fused_elementwise.py
 asked decode_modes && step decode_modes "$DECODE_S" python benchmarks/decode_modes.py "$OUT/decode_modes.jsonl" \
   --modes eager compiled --batches 64 --cudnn-benchmark
 if asked profile; then for b in 1 64; do

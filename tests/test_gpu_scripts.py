@@ -411,18 +411,18 @@ def test_gpu_check_s16_train_times_var_on_flex_then_on_sdpa_scales_in_one_call(t
 
 
 def test_gpu_check_s16_train_runs_the_steps_asked_in_the_compile_mode_asked(tmp_path):
-    """STEPS picks gpu_check_s16_train.sh's steps, COMPILE_MODE reaches task.compile_mode and COMPILE_SCOPE
-    task.compile_scope, which compose."""
+    """STEPS picks gpu_check_s16_train.sh's steps, COMPILE_MODE reaches task.compile_mode, COMPILE_SCOPE
+    task.compile_scope and COMPILE_CACHE_DIR compile_cache_dir, which compose."""
     out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path),
                env={"DRY": "1", "STEPS": "train_flex", "COMPILE_MODE": "max-autotune-no-cudagraphs",
-                    "COMPILE_SCOPE": "blocks"})
+                    "COMPILE_SCOPE": "blocks", "COMPILE_CACHE_DIR": "/tmp/inductor_cold"})
     assert out.returncode == 0, out.stderr
     (argv,) = [shlex.split(line) for line in out.stdout.splitlines()]
     assert argv[2:5] == ["python", "run.py", "task=bench"] and "task.mixer_options" not in " ".join(argv)
     check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
                            env=ENV, timeout=300)
     assert check.returncode == 0 and "compile_mode: max-autotune-no-cudagraphs" in check.stdout, check.stderr[-2000:]
-    assert "compile_scope: blocks" in check.stdout
+    assert "compile_scope: blocks" in check.stdout and "compile_cache_dir: /tmp/inductor_cold" in check.stdout
 
 
 def test_gpu_check_s16_train_times_m_var_with_its_intra_attention_on_sdpa_scales_when_asked(tmp_path):
