@@ -109,9 +109,9 @@ def compile_for_training(net: torch.nn.Module, depth: int, scope: str = "model",
     the checkpoints, unchanged) and returns `net`, whose embedding, head and loss run eagerly. The blocks share one
     code object and their parameters are graph inputs, so dynamo traces one block and every other block of the same
     structure reuses its graph; block 0, with no stochastic depth, has its own. The compile then costs two blocks, not
-    `depth` of them (VAR-d16: first step 26 s against 57-66 s, the step about 1.3% slower against the GEMM peak of the
-    machine that ran it; session 25, H100s). The blocks stay compiled: a later forward of the model (the NLL
-    evaluation of a training run) runs them compiled too.
+    `depth` of them. On one H100 (session 26): VAR-d16's first step 26.1 s against 69.9 s and its step as fast;
+    M-VAR-d16's step 2.6% slower, so "model" stays the default. The blocks stay compiled: a later forward of the
+    model (the NLL evaluation of a training run) runs them compiled too.
 
     Dynamo's recompile limit is raised to cover every block: where a kernel the compiler cannot trace breaks the
     graph inside a block, the code after it may recompile per block, and past the default limit (8) the rest of
