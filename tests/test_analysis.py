@@ -863,21 +863,42 @@ def test_the_compile_time_table_pairs_each_compiled_step_with_the_eager_one_of_i
 
 def test_the_step_ops_table_sums_a_step_s_operators_by_kind_and_keeps_the_unlisted_ones_apart(tmp_path):
     """report/step_ops.md: each listed operator in the first kind its name matches (flex attention's Inductor
-    template is attention, not a fused element-wise kernel; mamba_ssm's ops are mixer kernels), the profile's last
-    row "not listed", their sum the busy time; a record whose profile lacks that last row is not in the table."""
+    template is attention, not a fused element-wise kernel; mamba_ssm's ops are mixer kernels; a fused kernel by
+    the ops Inductor named it after, a LayerNorm before the GELU fused with it), the profile's last row "not listed",
+    their sum the busy time; a record whose profile lacks that last row is not in the table."""
     from varbench.analysis.step_ops import step_ops_table
     ops = [{"op": "aten::mm", "ms_per_step": 20.0}, {"op": "aten::addmm", "ms_per_step": 10.0},
            {"op": "triton_tem_fused_flex_attention_backward_1", "ms_per_step": 8.0},
            {"op": "varbench::ssd_scan_bwd", "ms_per_step": 6.0}, {"op": "aten::_fused_adamw_", "ms_per_step": 3.0},
            {"op": "triton_poi_fused_gelu_view_2", "ms_per_step": 2.0}, {"op": "aten::mul", "ms_per_step": 1.5},
+           {"op": "triton_red_fused__log_softmax_nll_loss_forward_3", "ms_per_step": 0.5},
+           {"op": "triton_per_fused_add_gelu_native_layer_norm_backward_7", "ms_per_step": 0.25},
+           {"op": "triton_poi_fused__to_copy_clamp_min_div_mul_9", "ms_per_step": 0.75},
+           {"op": "triton_poi_fused_cat_view_18", "ms_per_step": 0.125},
            {"op": "Command Buffer Full", "ms_per_step": 1.0}, {"op": "(the other 99 operators)", "ms_per_step": 7.0}]
     train = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "commit": "c1", "compiled": True}
     lines = [{**train, "timing": {"median_ms": 60.0, "top_ops": ops}},
              {**train, "commit": "c0", "timing": {"median_ms": 70.0, "top_ops": ops[:-1]}}]  # before the last row
     table = step_ops_table(_records(tmp_path, lines))
     (row,) = [row for _, row in table.iterrows()]
-    assert row.to_dict() == {"Step (ms)": 60.0, "Busy (ms)": 58.5, "Attention (ms)": 8.0, "GEMMs (ms)": 30.0,
-                             "Mixer kernels (ms)": 6.0, "Optimizer (ms)": 3.0,
-                             "Fused element-wise (Inductor) (ms)": 2.0, "Element-wise, norms, copies (aten) (ms)": 1.5,
-                             "Other listed (ms)": 1.0, "Not listed (ms)": 7.0}
+    assert row.to_dict() == {"Step (ms)": 60.0, "Busy (ms)": 60.125, "Attention (ms)": 8.0, "GEMMs (ms)": 30.0,
+                             "Mixer kernels (ms)": 6.0, "Optimizer (ms)": 3.0, "Loss (log-softmax, NLL) (ms)": 0.5,
+                             "LayerNorm (ms)": 0.25, "GELU (ms)": 2.0, "q/k L2 norm (ms)": 0.75,
+                             "Other fused element-wise (Inductor) (ms)": 0.125,
+                             "Other element-wise, copies (aten) (ms)": 1.5, "Other listed (ms)": 1.0,
+                             "Not listed (ms)": 7.0}
     assert table.index[0][0] == "c1" and table.index[0][-1] == "model"
+
+
+def test_the_step_ops_table_takes_a_profile_that_lists_every_operator(tmp_path):
+    """Since session 27 a bench profile lists every operator (`ops_listed: all`, no last row for the rest): such a
+    record is in the table, with nothing "not listed"; one of the top 15 without that last row still is not."""
+    from varbench.analysis.step_ops import step_ops_table
+    ops = [{"op": "aten::mm", "ms_per_step": 20.0}, {"op": "triton_poi_fused_gelu_view_2", "ms_per_step": 2.0}]
+    train = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "compiled": True}
+    lines = [{**train, "commit": "c1", "timing": {"median_ms": 25.0, "top_ops": ops, "ops_listed": "all"}},
+             {**train, "commit": "c0", "timing": {"median_ms": 25.0, "top_ops": ops}}]
+    table = step_ops_table(_records(tmp_path, lines))
+    (row,) = [row for _, row in table.iterrows()]
+    assert table.index[0][0] == "c1" and "Not listed (ms)" not in table.columns
+    assert row.to_dict() == {"Step (ms)": 25.0, "Busy (ms)": 22.0, "GEMMs (ms)": 20.0, "GELU (ms)": 2.0}

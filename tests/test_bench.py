@@ -43,6 +43,8 @@ def test_the_timed_training_step_trains():
     before = [p.detach().clone() for p in model.parameters()]
     timing = train_step_cell(model, batch=2, repeats=2, profile_steps=1)
     assert timing["median_ms"] > 0 and timing["repeats"] == 2 and timing["top_ops"]
+    # every operator of the step listed (report/step_ops.md leaves nothing "not listed")
+    assert timing["ops_listed"] == "all" and not any(o["op"].startswith("(the other ") for o in timing["top_ops"])
     assert timing["first_step_s"] > 0  # a compiled step's compile time (issue 18: compiling M-VAR under 90 s)
     changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
     assert all(changed)  # forward + backward + AdamW reached every parameter

@@ -436,6 +436,11 @@ def test_top_ops_names_the_operator_that_holds_the_time():
     few = top_ops(lambda: (a @ b, v + 1, v * 2, v.sum()), steps=2, limit=1)
     assert few[0]["op"] == "aten::mm" and few[-1]["op"].startswith("(the other ") and len(few) == 2
     assert sum(o["share"] for o in few) == pytest.approx(1.0)
+    # without a limit every operator has its row, and they still sum to the busy time
+    every = top_ops(lambda: (a @ b, v + 1, v * 2, v.sum()), steps=2, limit=None)
+    assert not any(o["op"].startswith("(the other ") for o in every) and len(every) >= 4
+    assert {"aten::mm", "aten::add", "aten::mul", "aten::sum"} <= {o["op"] for o in every}
+    assert sum(o["share"] for o in every) == pytest.approx(1.0)
 
 
 def test_the_scored_items_cover_the_classes_whatever_the_order_of_the_data_set():

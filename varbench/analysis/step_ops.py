@@ -1,11 +1,14 @@
 """Where a training step's GPU time goes, by kind of kernel (`step_ops_table`; issue 18: "say what holds the rest of
 the step (the recorded top operators)").
 
-From task=bench's `train_images_per_s` records whose profile lists the step's top operators and, in a last row, all
-the others together (`timing.top_ops`, since session 24: the rows sum to the step's GPU busy time). Each listed
-operator is put in one kind by its name, the first that matches (`KINDS`); the last row stays "not listed". Beside
-them the step's median wall time: busy close to it means the GPU never waited on the host, so the step shortens only
-by moving fewer bytes or doing fewer FLOPs."""
+From task=bench's `train_images_per_s` records whose profile accounts for the whole step (`timing.top_ops`): since
+session 27 every operator has its row (`timing.ops_listed: all`); from session 24 the top 15 and, in a last row, all
+the others together, which stay "not listed". Each operator is put in one kind by its name, the first that matches
+(`KINDS`). Inductor names a fused kernel after the aten ops it fuses (`triton_poi_fused_gelu_gelu_backward_view_4`),
+so its kind says what it holds: the loss, a LayerNorm (with the AdaLN modulation Inductor fuses into it), a GELU, the
+q/k L2 normalisation (F.normalize's `clamp_min`), or other element-wise work. Beside them the step's median wall
+time: busy close to it means the GPU never waited on the host, so the step shortens only by moving fewer bytes or
+doing fewer FLOPs."""
 
 from __future__ import annotations
 
@@ -17,13 +20,18 @@ from varbench.analysis.load import var_numerics_training
 
 log = logging.getLogger(__name__)
 
-# (kind, name fragments), first match wins: attention before GEMMs (Inductor names its flex templates "triton_tem_")
+# (kind, name fragments), first match wins: attention before GEMMs (Inductor names its flex templates "triton_tem_"),
+# a LayerNorm before the GELU or the L2 normalisation fused with it (its kernel is a reduction over the width)
 KINDS = (("Attention", ("flex_attention", "_cudnn_attention", "_flash_attention", "_efficient_attention")),
          ("GEMMs", ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_mm", "triton_tem_fused_mm")),
          ("Mixer kernels", ("varbench::", "_varbench_", "DaoAILab::", "_layer_norm_fwd", "_layer_norm_bwd")),
          ("Optimizer", ("adamw", "_foreach_")),
-         ("Fused element-wise (Inductor)", ("triton_poi", "triton_red", "triton_per")),
-         ("Element-wise, norms, copies (aten)", ("aten::",)))
+         ("Loss (log-softmax, NLL)", ("_log_softmax", "nll_loss")),
+         ("LayerNorm", ("native_layer_norm",)),
+         ("GELU", ("gelu",)),
+         ("q/k L2 norm", ("clamp_min", "linalg_vector_norm")),
+         ("Other fused element-wise (Inductor)", ("triton_poi", "triton_red", "triton_per")),
+         ("Other element-wise, copies (aten)", ("aten::",)))
 OTHER, NOT_LISTED = "Other listed", "Not listed"
 CALL = ["commit", "device", "model", "batch", "compiled", "compile_scope"]
 
@@ -42,8 +50,9 @@ def _by_kind(top_ops: list[dict]) -> dict[str, float]:
 
 
 def _complete(timing) -> bool:
+    """Whether a record's profile accounts for the whole step: every operator listed, or the rest in a last row."""
     ops = timing.get("top_ops") if isinstance(timing, dict) else None
-    return bool(ops) and ops[-1]["op"].startswith("(the other ")
+    return bool(ops) and (timing.get("ops_listed") == "all" or ops[-1]["op"].startswith("(the other "))
 
 
 def step_ops_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
@@ -52,8 +61,8 @@ def step_ops_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     train = var_numerics_training(df)
     train = train[train["timing"].map(_complete)]
     if train.empty:
-        log.warning("step_ops_table: no training record lists its step's operators in full (timing.top_ops with "
-                    "its last row, since session 24)")
+        log.warning("step_ops_table: no training record accounts for its step's operators (timing.top_ops, all of "
+                    "them or with a last row for the rest, since session 24)")
         return pd.DataFrame()
     train = train.sort_values("date", kind="stable").drop_duplicates(CALL, keep="last")
     kinds = pd.DataFrame([_by_kind(t["top_ops"]) for t in train["timing"]]).fillna(0.0)

@@ -82,12 +82,12 @@ def matmul_peak_tflops(dtype=torch.bfloat16, n: int = 8192, device="cuda") -> fl
     return 2 * n ** 3 / (ms * 1e-3) / 1e12
 
 
-def top_ops(fn: Callable[[], object], steps: int = 3, limit: int = 15) -> list[dict]:
+def top_ops(fn: Callable[[], object], steps: int = 3, limit: int | None = 15) -> list[dict]:
     """The operators holding the most time over `steps` calls of `fn` (torch.profiler, self time: on the GPU its
-    kernels' time, on a CPU the CPU time): name, calls per step, ms per step, share of the total, and a last row for
-    all the other operators together (its name says how many), so the rows sum to the step's busy time: against the
-    step's wall time, what the GPU spent idle. Where an MFU falls short, this says which kernels hold the time; call
-    it after a warm-up."""
+    kernels' time, on a CPU the CPU time), most first: name, calls per step, ms per step, share of the total. With a
+    `limit`, a last row holds all the other operators together (its name says how many); with None every operator
+    has its row. Either way the rows sum to the step's busy time: against the step's wall time, what the GPU spent
+    idle. Where an MFU falls short, this says which kernels hold the time; call it after a warm-up."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     cuda = torch.cuda.is_available()
@@ -106,7 +106,8 @@ def top_ops(fn: Callable[[], object], steps: int = 3, limit: int = 15) -> list[d
         busy = sum(getattr(e, key) for e in group)
         return {"op": name, "calls_per_step": sum(e.count for e in group) / steps, "ms_per_step": busy / steps / 1e3,
                 "share": busy / total}
-    top, rest = [row(e.key, [e]) for e in events[:limit]], events[limit:]
+    listed = events if limit is None else events[:limit]
+    top, rest = [row(e.key, [e]) for e in listed], events[len(listed):]
     return top + ([row(f"(the other {len(rest)} operators)", rest)] if rest else [])
 
 
@@ -114,7 +115,8 @@ def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: to
                     profile_steps: int = 0) -> dict:
     """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
     The first step's wall time is `first_step_s` (a compiled `net` compiles in it); two more warm up, then `repeats`
-    are timed. With `profile_steps`, also the operators that hold the time over that many more steps (`top_ops`).
+    are timed. With `profile_steps`, also every operator's time over that many more steps (`top_ops`, all of them:
+    `ops_listed` says so), so that a record says what holds each millisecond of the step.
     The training stage of task=bench and the per-GPU step of task=scaling: one protocol for both."""
     from varbench.backbones.raster_ar import is_raster  # here: importing timing stays free of model code
     net = model if net is None else net  # a compiled module has no truth value (it forwards len())
@@ -136,7 +138,8 @@ def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: to
     model.train()
     first_step_s = first_call_s(step)  # a compiled step compiles here: the record's compile time (plus one step)
     timing = {"first_step_s": first_step_s} | time_ms(step, warmup=2, repeats=repeats)
-    return timing | ({"top_ops": top_ops(step, profile_steps)} if profile_steps else {})
+    return timing | ({"top_ops": top_ops(step, profile_steps, limit=None), "ops_listed": "all"}
+                     if profile_steps else {})
 
 
 def sample_cell(model: ScaleAR | RasterAR, vae, batch: int, sampler: str, repeats: int,

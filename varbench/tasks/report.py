@@ -97,9 +97,10 @@ TABLES = {
                      "and the eager step's of the same call",
                      "task=bench's compiled train_images_per_s (task.compile)"),
     "step_ops": (step_ops.step_ops_table, "Where a training step's GPU time goes: the profile's operators by kind of "
-                 "kernel (ms per step; the last row of the profile, all operators it did not list, as 'not listed'), "
-                 "beside the step's median wall time", "task=bench's train_images_per_s with its full operator list "
-                 "(timing.top_ops, session 24 on)"),
+                 "kernel, a fused kernel by the ops it fuses (ms per step; in a profile of the top 15, the rest as "
+                 "'not listed'), beside the step's median wall time", "task=bench's train_images_per_s with its "
+                 "operators accounted for (timing.top_ops: since session 27 all, sessions 24-26 the top 15 and the "
+                 "rest)"),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
 }
