@@ -14,7 +14,12 @@
 #                 (goal 0); only when asked (the M-VAR kernels' wheels: carry .whl, not .whl_fp8);
 #   train_mvar_sdpa_scales  the same with M-VAR's intra-scale attention on sdpa_scales
 #                 (task.intra_options={full: {backend: sdpa_scales}}: one unmasked SDPA call per scale, where flex
-#                 took 19.2 of the 158.6 ms step in session 25); only when asked.
+#                 took 19.2 of the 158.6 ms step in session 25); only when asked;
+#   attention     the scale layout's attention alone at VAR-d16's shapes, forward and forward + backward, each way
+#                 varbench can call the kernels (benchmarks/attention_backends.py: flex, the dense-mask reference,
+#                 sdpa_scales with 1 / 64 / 128 / 256 tokens as the first scales' masked call and SDPA's own,
+#                 cuDNN's, flash's or the memory-efficient kernel first): where cuDNN's backward took 3.3x its
+#                 forward in session 26; only when asked.
 # Graph breaks and recompiles go to the steps' logs (TORCH_LOGS). Each step runs under its own `timeout` (a bench
 # cell is killed by the bench 20 s before), tee'd to OUT/<step>.log, its status a line of OUT/steps.jsonl
 # (benchmarks/gpu_step.sh); the script goes on after a failed step and exits with the number of failed steps.
@@ -26,10 +31,10 @@
 # COMPILE_CACHE_DIR=DIR puts torch.compile's caches there (compile_cache_dir; default: the machine's temp dir, which
 # stays while the machine is warm): a fresh DIR times a cold compile, the same DIR again a warm one.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16_train.sh OUT     DRY=1 prints the commands.
-# Limits (seconds, 540 in all) can be moved: TESTS_S=80 TRAIN_S=230.
+# Limits (seconds, 540 in all) can be moved: TESTS_S=80 TRAIN_S=230 ATTENTION_S=120.
 set -u -o pipefail
 OUT=${1:?records dir}
-TESTS_S=${TESTS_S:-80} TRAIN_S=${TRAIN_S:-230} STEPS=${STEPS:-tests train_flex train_sdpa_scales}
+TESTS_S=${TESTS_S:-80} TRAIN_S=${TRAIN_S:-230} ATTENTION_S=${ATTENTION_S:-120} STEPS=${STEPS:-tests train_flex train_sdpa_scales}
 FAILED=0
 BENCH=(python run.py task=bench model=var_d16 autotune=full "results_dir=$OUT"
        "task.train_batch={256:32}" "task.sample_batches={256:[]}" "task.rerun_baseline=[]" task.allow_failed_cells=true
@@ -57,4 +62,5 @@ if asked train_mvar; then
 fi
 asked train_mvar_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_mvar_sdpa_scales "$TRAIN_S" \
   "${BENCH[@]}" "$MVAR" "task.intra_options={full:{backend:sdpa_scales}}"
+asked attention && step attention "$ATTENTION_S" python benchmarks/attention_backends.py "$OUT/attention.jsonl"
 finish_steps

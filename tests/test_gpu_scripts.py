@@ -273,6 +273,39 @@ def test_decode_modes_records_each_mode_and_batch(tmp_path):
     assert [(r["decode_mode"], r["cudnn_benchmark"]) for r in records] == [("eager", False), ("eager", True)]
 
 
+def test_attention_backends_times_each_variant_against_the_oracle(tmp_path):
+    """benchmarks/attention_backends.py on a CPU (a small layout, fp32): one record per (kind, variant), each the
+    oracle's attention (output and input gradients within fp32 round-off of the float64 oracle), naming the SDPA
+    operators that ran forward and backward, with its forward no longer than forward + backward."""
+    out = subprocess.run([sys.executable, "benchmarks/attention_backends.py", str(tmp_path / "a.jsonl"), "--tiny",
+                          "--together", "1", "4", "64"], cwd=REPO, capture_output=True, text=True, env=ENV,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    variants = ["reference", "sdpa_scales:1:auto", "sdpa_scales:4:auto", "sdpa_scales:64:auto"]
+    assert [(r["kind"], r["variant"]) for r in records] == [(k, v) for k in ("block_causal", "block_diag")
+                                                            for v in variants]
+    for r in records:
+        assert r["metric"] == "attention_ms" and r["value"] == r["timing"]["median_ms"] > 0
+        assert 0 < r["forward_ms"] and r["backward_ms"] == pytest.approx(r["value"] - r["forward_ms"])
+        assert max(r[f"max_abs_diff_{n}"] for n in ("out", "dq", "dk", "dv")) < 1e-5
+        assert any(op.endswith("_backward") for op in r["kernels_ran"]) and len(r["kernels_ran"]) >= 2
+    causal = {r["variant"]: r["pairs"] for r in records if r["kind"] == "block_causal"}
+    assert set(causal.values()) == {1 + 4 * 5 + 9 * 14 + 16 * 30}  # each scale's queries see every coarser token
+
+
+def test_attention_backends_plans_every_kernel_set_on_a_gpu_and_sdpa_s_own_on_a_cpu():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from attention_backends import sdpa_backends, variants
+    from torch.nn.attention import SDPBackend
+    assert variants([1, 64], ["auto", "cudnn"], cuda=True) == [
+        "flex", "reference", "sdpa_scales:1:auto", "sdpa_scales:64:auto", "sdpa_scales:1:cudnn", "sdpa_scales:64:cudnn"]
+    assert variants([64], ["auto", "flash"], cuda=False) == ["reference", "sdpa_scales:64:auto"]
+    # a pinned kernel keeps the memory-efficient one behind it, for the masked call of the first scales
+    assert sdpa_backends("flash") == [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    assert sdpa_backends("efficient") == [SDPBackend.EFFICIENT_ATTENTION] and sdpa_backends("auto") == []
+
+
 def test_import_records_stamps_every_record_and_marks_only_eager_batch1_latencies(tmp_path):
     lines = [{"metric": "sample_latency_ms", "value": 300.0, "batch": 1},
              {"metric": "sample_latency_ms", "value": 40.0, "batch": 1, "cuda_graphs": True},
@@ -433,6 +466,17 @@ def test_gpu_check_s16_train_times_m_var_with_its_intra_attention_on_sdpa_scales
                            env=ENV, timeout=300)
     assert check.returncode == 0 and "backend: sdpa_scales" in check.stdout and "- mamba2" in check.stdout, (
         check.stdout[-2000:], check.stderr[-2000:])
+
+
+def test_gpu_check_s16_train_times_the_attention_variants_alone_when_asked(tmp_path):
+    """attention: benchmarks/attention_backends.py at its defaults (VAR-d16's shapes, every variant), under the
+    step's limit; not in the default steps."""
+    out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path), env={"DRY": "1", "STEPS": "attention"})
+    assert out.returncode == 0, out.stderr
+    (argv,) = [shlex.split(line) for line in out.stdout.splitlines()]
+    assert argv == ["timeout", "120", "python", "benchmarks/attention_backends.py", f"{tmp_path}/attention.jsonl"]
+    default = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path), env={"DRY": "1"})
+    assert "attention_backends" not in default.stdout
 
 
 def test_gpu_check_s16_train_times_m_var_compiled_when_asked_and_counts_its_graph_breaks(tmp_path):
