@@ -3,7 +3,8 @@
 # one H200 alone:
 #   tests          CUDA tests, most needed first (a record per test as it ends, so a cut step keeps the early
 #                  ones): the compiled flex attention's training step as one graph, raster (2 frames in session
-#                  20; not run since the fix) and scale-wise, with and without autocast; the raster attention's
+#                  20; not run since the fix) and scale-wise, with and without autocast; autotune=first leaving
+#                  no autotune timings on disk (fla keeps them there: session 27); the raster attention's
 #                  values on each backend; VAR / M-VAR / Mamba graphed sampling equals eager, also after an
 #                  in-place weight change and under autocast (passed in session 20); tests/test_fast_decode.py
 #                  (decode mode `graphs` gives eager's images bit for bit and captures once per shape;
@@ -65,6 +66,7 @@ asked() { [[ " $STEPS " == *" $1 "* ]]; }
 asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
   tests/ops/test_raster_attention.py::test_on_cuda_a_compiled_raster_attention_step_builds_its_causal_mask_first_and_is_one_graph \
   tests/test_compile.py::test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph \
+  tests/test_autotune.py::test_on_cuda_first_leaves_no_autotune_timings_on_disk_and_full_keeps_them \
   tests/ops/test_raster_attention.py tests/test_backbone.py::test_cuda_graphs_read_weights_changed_after_capture \
   "tests/test_backbone.py::test_cuda_graph_sampling_equals_eager[attention-none]" \
   "tests/test_backbone.py::test_cuda_graph_sampling_equals_eager[mamba2-full]" \

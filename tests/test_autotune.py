@@ -2,6 +2,7 @@
 the wrapper only sees Autotuner._bench's contract, so no GPU or Triton is needed)."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,25 @@ def test_first_working_config_wins_and_the_rest_are_skipped():
     assert ran == ["too_big", "fits", "too_big", "fits"]
 
 
+def test_first_neither_reads_nor_writes_the_timings_triton_keeps_on_disk(tmp_path, monkeypatch):
+    """fla caches every kernel's autotune timings on disk (FLA_CACHE_RESULTS): under `first` those are infinite
+    for all but the first config, so a later `full` run on the same cache would take the first config while
+    recording `full`. Under `first` Autotuner.check_disk_cache tunes now and touches no file; `full` gets Triton's
+    own back."""
+    pytest.importorskip("triton", reason="needs Triton installed (no GPU needed)")
+    from triton.runtime.autotuner import Autotuner
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    original = Autotuner.check_disk_cache
+    tuned = []
+    try:
+        apply_autotune_mode("first")
+        used_cache = Autotuner.check_disk_cache(FakeTuner(), ("T", 64), ["cfg"], lambda: tuned.append(1))
+        assert (used_cache, tuned, list(tmp_path.iterdir())) == (False, [1], [])
+    finally:
+        apply_autotune_mode("full")
+    assert Autotuner.check_disk_cache is original and not hasattr(Autotuner._bench, "__wrapped__")
+
+
 def test_unknown_mode_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"valid modes: \['full', 'first'\]"):
         apply_autotune_mode("fastest")
@@ -54,3 +74,36 @@ def test_a_fresh_process_runs_under_the_parents_mode(monkeypatch):
         assert run_in_fresh_process(_autotuner_patched) == 0
     finally:
         apply_autotune_mode("full")
+
+
+AUTOTUNE_GLA = """
+import sys, torch
+from pathlib import Path
+from varbench.ops.linear_rnn import gla
+from varbench.utils.autotune import apply_autotune_mode
+apply_autotune_mode(sys.argv[1])
+q, k, v = (torch.randn(1, 256, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+g = torch.nn.functional.logsigmoid(torch.randn(1, 256, 2, 64, device="cuda"))
+gla(q, k, v, g, backend="fla")
+torch.cuda.synchronize()
+print(len(list(Path(sys.argv[2]).rglob("*.autotune.json"))))
+"""
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="fla's kernels need CUDA")
+def test_on_cuda_first_leaves_no_autotune_timings_on_disk_and_full_keeps_them(tmp_path):
+    """fla's kernels cache their autotune timings on disk: a `first` run writes none (a `full` run on the same
+    cache would read its untuned choice), a `full` run writes them."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("fla", reason="needs fla")
+    counts = {}
+    for mode in ("first", "full"):
+        cache = tmp_path / mode
+        env = {**os.environ, "TRITON_CACHE_DIR": str(cache)}
+        out = subprocess.run([sys.executable, "-c", AUTOTUNE_GLA, mode, str(cache)], capture_output=True,
+                             text=True, env=env, timeout=600, cwd=Path(__file__).resolve().parents[1])
+        assert out.returncode == 0, out.stderr[-3000:]
+        counts[mode] = int(out.stdout.split()[-1])
+    assert counts["first"] == 0 and counts["full"] > 0, counts

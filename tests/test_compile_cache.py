@@ -37,14 +37,18 @@ def test_inductor_and_triton_compile_into_the_folder_given(tmp_path):
 
 
 def test_the_cache_goes_where_the_config_says_and_null_leaves_the_defaults(tmp_path, monkeypatch):
-    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # (set, then removed: restored after the test)
+    from varbench.utils.compile_cache import compile_cache_state
+    names = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TRITON_CACHE_AUTOTUNING")
+    for name in names:  # (set, then removed: restored after the test)
         monkeypatch.setenv(name, "unset")
         monkeypatch.delenv(name)
     use_compile_cache(None)  # null: the defaults stay
-    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ and "TRITON_CACHE_DIR" not in os.environ
+    assert not set(names) & set(os.environ) and compile_cache_state()["autotune_timings"] is False
     use_compile_cache(tmp_path / "shared")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "shared")
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "shared" / "triton")
+    # the autotuners' timings are kept there too, and the records say so
+    assert os.environ["TRITON_CACHE_AUTOTUNING"] == "1" and compile_cache_state()["autotune_timings"] is True
 
 
 def test_a_folder_that_cannot_be_made_is_an_error_naming_the_key(tmp_path):

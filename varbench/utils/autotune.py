@@ -6,6 +6,12 @@
   more shared memory than the GPU has: Triton's autotuner skips it, so must we), without compiling or timing the
   rest. Numerics are the same kernel's; speed can be lower, so speed records say which mode ran.
 Set by `autotune=first` in a run's config (or VARBENCH_AUTOTUNE=first in the environment of a script).
+
+Triton can keep an autotuner's timings on disk (its cache folder) and read them back in a later process instead of
+tuning: fla asks for this on all its kernels (FLA_CACHE_RESULTS, on by default), and TRITON_CACHE_AUTOTUNING asks
+for it on every kernel. Under `first` the timings of all but the first config are infinite, so a `full` run reading
+them would take the first config while its records said `full` (the same machine's cache, the same tuning key).
+So `first` neither reads nor writes those timings: its autotuners tune in memory only.
 """
 
 from __future__ import annotations
@@ -34,9 +40,22 @@ def apply_autotune_mode(mode: str | None = None) -> str:
     patched = hasattr(Autotuner._bench, "__wrapped__")
     if mode == "first" and not patched:
         Autotuner._bench = _first_working(Autotuner._bench)
+        Autotuner.check_disk_cache = _in_memory_only(Autotuner.check_disk_cache)
     elif mode == "full" and patched:  # a later run of the same process asked for the libraries' own tuning
         Autotuner._bench = Autotuner._bench.__wrapped__
+        Autotuner.check_disk_cache = Autotuner.check_disk_cache.__wrapped__
     return mode
+
+
+def _in_memory_only(check_disk_cache):
+    """Wrap Autotuner.check_disk_cache (called only when the autotuner caches its results on disk): tune now, as
+    an autotuner that does not cache would, without reading timings from disk or writing this mode's there."""
+    def tune_now(self, tuning_key, configs, bench_fn):
+        bench_fn()
+        return False  # (Triton's meaning: no cached result was used)
+
+    tune_now.__wrapped__ = check_disk_cache
+    return tune_now
 
 
 def _first_working(bench):
