@@ -92,6 +92,7 @@ def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cel
         (cache / name).parent.mkdir(parents=True, exist_ok=True)
         (cache / name).write_text("")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    monkeypatch.delenv("TRITON_CACHE_AUTOTUNING", raising=False)
     calls = []
     monkeypatch.setattr(bench, "compile_for_training",
                         lambda net, depth, scope, **options: calls.append((scope, options)) or net)
@@ -103,7 +104,7 @@ def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cel
     assert [(r["compile_mode"], r["compile_scope"]) for r in read_records(tmp_path / "bench.jsonl")] == [
         ("max-autotune-no-cudagraphs", "model"), ("default", "blocks"), (None, None)]
     assert [r["compile_cache"] for r in read_records(tmp_path / "bench.jsonl")] == [
-        {"dir": str(cache), "files": 3}, {"dir": str(cache), "files": 3}, None]
+        {"dir": str(cache), "files": 3, "autotune_timings": False}] * 2 + [None]
 
 
 def test_task_block_weights_bf16_samples_from_bf16_block_weights_and_says_so(cell, tmp_path):
