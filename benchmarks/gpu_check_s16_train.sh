@@ -5,7 +5,9 @@
 # run its flash kernel. One device call of at most 9 minutes on one H200 alone:
 #   tests         the CUDA tests of tests/ops/test_sdpa_scales.py (VAR's attention and M-VAR's intra attention on
 #                 sdpa_scales match their dense-mask reference under bf16 autocast) and of tests/test_fp8.py (the
-#                 compiled FP8 step within FP8's rounding of bf16's; skipped without torchao), gpu_test records;
+#                 compiled FP8 step within FP8's rounding of bf16's; skipped without torchao) and of
+#                 tests/test_bench.py (the reduce-overhead step replays CUDA graphs and trains as the default
+#                 compile), gpu_test records;
 #   train_flex    VAR-d16 compiled training at batch 32 on flex attention (the default), fully autotuned: img/s,
 #                 MFU, top operators (the baseline, in the same call);
 #   train_sdpa_scales  the same with task.mixer_options={attention: {backend: sdpa_scales}};
@@ -48,7 +50,8 @@ asked() { [[ " $STEPS " == *" $1 "* ]]; }
 
 [ -n "${DRY:-}" ] || mkdir -p "$OUT"
 asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
-  tests/ops/test_sdpa_scales.py tests/test_fp8.py
+  tests/ops/test_sdpa_scales.py tests/test_fp8.py \
+  tests/test_bench.py::test_on_cuda_reduce_overhead_replays_cuda_graphs_and_trains_as_the_default_compile
 VAR="task.configs=[[attention,none]]" MVAR="task.configs=[[mamba2,full]]"
 asked train_flex && TORCH_LOGS=graph_breaks,recompiles step train_flex "$TRAIN_S" "${BENCH[@]}" "$VAR"
 asked train_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_sdpa_scales "$TRAIN_S" "${BENCH[@]}" "$VAR" \

@@ -107,6 +107,26 @@ def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cel
         {"dir": str(cache), "files": 3, "autotune_timings": False}] * 2 + [None]
 
 
+def test_reduce_overhead_marks_each_step_and_the_record_says_whether_cuda_graphs_ran(cell, tmp_path, monkeypatch):
+    """task.compile_mode=reduce-overhead: each timed step tells the compiled graphs that a new step begins, and the
+    record counts the graphs Inductor ran without CUDA graphs (on this CPU: all of them, so `cuda_graphs` is
+    false); a step that replays no graphs marks nothing and counts nothing."""
+    import varbench.tasks.bench as bench
+    model, vae, fields = cell
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    monkeypatch.setattr(bench, "compile_for_training", lambda net, depth, scope, **options: torch.compile(
+        net, **options))
+    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields, compiled=True,
+            compile_mode="reduce-overhead")
+    steps = len(marks)
+    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields)
+    graphed, plain = read_records(tmp_path / "bench.jsonl")
+    assert steps == 1 + 2 + 2 and len(marks) == steps  # the first step, 2 warm-up, 2 timed; none eagerly
+    assert (graphed["compile_mode"], graphed["cuda_graphs"]) == ("reduce-overhead", False)
+    assert graphed["cudagraph_skips"] > 0 and plain["cudagraph_skips"] is None and plain["cuda_graphs"] is False
+
+
 def test_task_block_weights_bf16_samples_from_bf16_block_weights_and_says_so(cell, tmp_path):
     model, vae, fields = cell
     measure(tmp_path / "bench.jsonl", model, vae, "sample", 2, "carry", 2, fields)
@@ -238,3 +258,42 @@ def test_the_bench_states_by_name_that_its_weights_are_random():
     with pytest.raises(ValueError, match="task.random_weights=False: task=bench times models with random weights"):
         main(cfg)
     assert compose(["task=bench"]).task.random_weights is True
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
+@pytest.mark.parametrize("mixer,intra", [("attention", "none"), ("mamba2", "full")])
+def test_on_cuda_reduce_overhead_replays_cuda_graphs_and_trains_as_the_default_compile(mixer, intra):
+    """The reduce-overhead training step: Inductor skips no graph (the fused AdamW outside them, the flex masks and
+    the kernels' custom ops inside), and three steps from one start give the default compile's losses (the same
+    kernels; the tolerance is for the kernels' atomic adds, whose order varies from run to run)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from varbench.tasks.bench import cudagraph_skips
+    from varbench.training.loop import compile_for_training
+    torch.manual_seed(0)
+    start = tiny_model(mixer, intra).cuda().train()
+    losses, skips = {}, {}
+    for mode in ("default", "reduce-overhead"):
+        model, before = copy.deepcopy(start), cudagraph_skips()
+        torch._dynamo.reset()
+        net = compile_for_training(model, len(model.blocks), "model", **({"mode": mode} if mode != "default" else {}))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        g = torch.Generator(device="cuda").manual_seed(1)
+        losses[mode] = []
+        for _ in range(3):
+            if mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+            labels = torch.randint(0, 10, (4,), device="cuda", generator=g)
+            gt = torch.randint(0, model.vocab_size, (4, model.layout.L), device="cuda", generator=g)
+            x = torch.randn(4, model.layout.L - 1, model.latent_dim, device="cuda", generator=g)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.cross_entropy(net(labels, x, inputs_checked=True).flatten(0, 1), gt.flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses[mode].append(loss.item())
+        skips[mode] = cudagraph_skips() - before
+    assert skips["reduce-overhead"] == 0
+    torch.testing.assert_close(losses["reduce-overhead"], losses["default"], rtol=1e-4, atol=0)

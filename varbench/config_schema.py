@@ -118,7 +118,7 @@ TASKS = {
              "more_smooth": FLAG, "sampler": SAMPLER, "precision": PRECISION,
              "block_weights": BLOCK_WEIGHTS},
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
-              "compile_mode": Choice(("default", "max-autotune-no-cudagraphs")),
+              "compile_mode": Choice(("default", "max-autotune-no-cudagraphs", "reduce-overhead")),
               "compile_scope": Choice(("model", "blocks")), "fp8": FLAG,
               "decode_mode": DECODE_MODE, "decode_batch": count(null="the whole batch in one decode call"),
               "fused_elementwise": FLAG, "block_weights": Choice(("fp32", "bf16")),

@@ -112,11 +112,13 @@ def top_ops(fn: Callable[[], object], steps: int = 3, limit: int | None = 15) ->
 
 
 def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
-                    profile_steps: int = 0) -> dict:
+                    profile_steps: int = 0, graph_steps: bool = False) -> dict:
     """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
     The first step's wall time is `first_step_s` (a compiled `net` compiles in it); two more warm up, then `repeats`
     are timed. With `profile_steps`, also every operator's time over that many more steps (`top_ops`, all of them:
     `ops_listed` says so), so that a record says what holds each millisecond of the step.
+    `graph_steps`: `net` replays CUDA graphs (torch.compile's reduce-overhead), so each step tells it that a new
+    step begins (the graphs' outputs of the last step are free to overwrite).
     The training stage of task=bench and the per-GPU step of task=scaling: one protocol for both."""
     from varbench.backbones.raster_ar import is_raster  # here: importing timing stays free of model code
     net = model if net is None else net  # a compiled module has no truth value (it forwards len())
@@ -129,6 +131,8 @@ def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: to
     x = gt if is_raster(model) else torch.randn(batch, model.layout.L - 1, model.latent_dim, device=device)
 
     def step():
+        if graph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(net(labels, x, inputs_checked=True).flatten(0, 1), gt.flatten())
         loss.backward()

@@ -277,21 +277,32 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
         check_fp8_batch(batch, model.layout.L, "task.train_batch", next(model.parameters()).device)
     fp8_linears = len(to_fp8_training(model)) if fp8 else 0
     # Inductor's mode: "max-autotune-no-cudagraphs" benchmarks kernel configs (flex attention's, the GEMMs') while
-    # compiling, so the first step takes longer (its record's first_step_s)
+    # compiling, so the first step takes longer (its record's first_step_s); "reduce-overhead" replays the compiled
+    # forward and backward as CUDA graphs, where Inductor does not skip them (counted: cudagraph_skips)
     options = {} if compile_mode == "default" else {"mode": compile_mode}
     net = compile_for_training(model, len(model.blocks), compile_scope, **options) if compiled else None
     cache = compile_cache_state() if compiled else None  # before the first step compiles: warm or cold
-    r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"])
+    graphs = compiled and compile_mode == "reduce-overhead"
+    skips_before = cudagraph_skips()
+    r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"], graph_steps=graphs)
+    skips = cudagraph_skips() - skips_before if graphs else None
     ips = batch / (r["median_ms"] * 1e-3)
     mfu = train_flops(cell["fwd_flops_per_image"]) * ips / (cell["matmul_peak_tflops"] * 1e12)
     record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
            param_dtype=param_dtype, compile_mode=compile_mode if compiled else None,
            compile_scope=compile_scope if compiled else None, compile_cache=cache, fp8=fp8, fp8_linears=fp8_linears,
-           timing=r, **speed_mode(compiled, cuda_graphs=False), **cell)
+           cudagraph_skips=skips, timing=r, **speed_mode(compiled, cuda_graphs=graphs and skips == 0), **cell)
     log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
           f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
           f"MFU {mfu:.1%}, first step {r['first_step_s']:.1f} s; "
           f"top ops: {[(o['op'], round(o['share'], 3)) for o in r.get('top_ops', [])[:3]]}")
+
+
+def cudagraph_skips() -> int:
+    """How many compiled graphs Inductor has so far run without the CUDA graphs their mode asked for (each skip is
+    logged with its reason; on a CPU every graph is such a skip)."""
+    from torch._dynamo.utils import counters
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode, decode_batch,
