@@ -8,7 +8,9 @@ the cluster's shared file system) puts Inductor's and Triton's caches there, so 
 other nodes reuse what the first compiled. The folder also keeps the Triton autotuners' timings
 (TRITON_CACHE_AUTOTUNING: mamba_ssm's kernels, those without a pre-hook; fla keeps its kernels' anyway, Inductor its
 own), so a later run reads each kernel's tuned config instead of timing every config again; under `autotune=first`
-nothing is read or written there (varbench/utils/autotune.py). Where the cache lives changes no number a run
+nothing is read or written there (varbench/utils/autotune.py). Triton keys those timings by the GPU's architecture,
+not its model (an H100 and an H200 are both sm_90): share one folder among GPUs of one kind only, or a kernel runs
+the config another kind timed fastest. Where the cache lives changes no number a run
 computes (a grid cell's id leaves the key out), but it changes how long the first step takes: records of a compiled
 first step carry `compile_cache_state()`, the folder, how many files it held before compiling and whether it keeps
 autotune timings.
