@@ -29,7 +29,8 @@
 # training steps (task.compile_mode: max-autotune-no-cudagraphs benchmarks flex attention's and the GEMMs' kernel
 # configs while compiling); COMPILE_SCOPE (default: model) what they compile (task.compile_scope: blocks compiles each
 # block, one graph they share); FP8=true times them with FP8 matmuls (task.fp8; torchao: carry the wheels
-# benchmarks/gpu_prep.sh puts in .whl_fp8/ and source gpu_setup.sh with WHEELS=.whl_fp8). The records say which.
+# benchmarks/gpu_prep.sh puts in .whl_fp8/ and source gpu_setup.sh with WHEELS=.whl_fp8), FP8_RECIPE=rowwise with
+# one scale per row (task.fp8_recipe; default tensorwise). The records say which.
 # COMPILE_CACHE_DIR=DIR puts torch.compile's caches there (compile_cache_dir; default: the machine's temp dir, which
 # stays while the machine is warm): a fresh DIR times a cold compile, the same DIR again a warm one.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16_train.sh OUT     DRY=1 prints the commands.
@@ -41,7 +42,7 @@ FAILED=0
 BENCH=(python run.py task=bench model=var_d16 autotune=full "results_dir=$OUT"
        "task.train_batch={256:32}" "task.sample_batches={256:[]}" "task.rerun_baseline=[]" task.allow_failed_cells=true
        task.compile=true "task.compile_mode=${COMPILE_MODE:-default}" "task.compile_scope=${COMPILE_SCOPE:-model}"
-       "task.fp8=${FP8:-false}" "compile_cache_dir=${COMPILE_CACHE_DIR:-null}"
+       "task.fp8=${FP8:-false}" "task.fp8_recipe=${FP8_RECIPE:-tensorwise}" "compile_cache_dir=${COMPILE_CACHE_DIR:-null}"
        "task.cell_timeout_s=$((TRAIN_S - 20))")
 
 . "$(dirname "$0")/gpu_step.sh"  # step NAME SECONDS COMMAND...

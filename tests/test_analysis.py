@@ -383,10 +383,14 @@ def test_the_compiled_training_goal_reads_the_fastest_compile_mode_never_a_numer
     train = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "compiled": True, "value": 351.0}
     lines = [train, {**train, "compile_mode": "max-autotune-no-cudagraphs", "value": 420.0},
              {**train, "param_dtype": "bf16", "value": 460.0}, {**train, "fp8": True, "value": 480.0},
+             {**train, "fp8": True, "fp8_recipe": "rowwise", "value": 490.0},
+             {**train, "compile_mode": "reduce-overhead", "value": 360.0},
              {**train, "compile_scope": "blocks", "value": 340.0}]
     df = _records(tmp_path, lines)
     frame = config_frame(df).loc[("attention", "none", 16, 256)]
     assert frame["Train img/s (b32, compiled)"] == 351.0 and frame["Train img/s (b32, compiled, fp8 matmuls)"] == 480
+    assert frame["Train img/s (b32, compiled, fp8 matmuls rowwise)"] == 490.0  # each recipe a column of its own
+    assert frame["Train img/s (b32, compiled reduce-overhead)"] == 360.0
     assert frame["Train img/s (b32, compiled max-autotune-no-cudagraphs)"] == 420.0
     assert frame["Train img/s (b32, compiled by blocks)"] == 340.0  # task.compile_scope: a column of its own
     goal = bench_goals(df).loc["VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)"]

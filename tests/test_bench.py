@@ -71,14 +71,16 @@ def test_measure_records_training_throughput_and_mfu(cell, tmp_path):
 
 def test_task_fp8_times_a_copy_with_fp8_matmuls_and_the_record_says_so(cell, tmp_path):
     """task.fp8: the training stage times a copy whose blocks' linears run FP8 matmuls (the model the sampling stages
-    time is left as built); the record says fp8 and how many linears."""
+    time is left as built), scaled by task.fp8_recipe; the record says fp8, the recipe and how many linears."""
     pytest.importorskip("torchao")
     from torchao.float8.float8_linear import Float8Linear
     model, vae, fields = cell
-    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields, fp8=True)
-    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields)
-    fp8, plain = read_records(tmp_path / "bench.jsonl")
-    assert (fp8["fp8"], plain["fp8"], plain["fp8_linears"]) == (True, False, 0) and fp8["fp8_linears"] > 0
+    for recipe in ("tensorwise", "rowwise", None):
+        measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields, fp8_recipe=recipe)
+    tensorwise, rowwise, plain = read_records(tmp_path / "bench.jsonl")
+    assert (plain["fp8"], plain["fp8_recipe"], plain["fp8_linears"]) == (False, None, 0)
+    assert [(r["fp8"], r["fp8_recipe"]) for r in (tensorwise, rowwise)] == [(True, "tensorwise"), (True, "rowwise")]
+    assert tensorwise["fp8_linears"] == rowwise["fp8_linears"] > 0
     assert not any(isinstance(m, Float8Linear) for m in model.modules())
 
 

@@ -45,11 +45,12 @@ def test_fp8_swaps_the_blocks_linear_layers_only_and_keeps_every_weight_name(mix
     assert set(model.state_dict()) == names
 
 
-def test_fp8_forward_and_gradients_stay_within_fp8_rounding_of_bf16(vae):
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
+def test_fp8_forward_and_gradients_stay_within_fp8_rounding_of_bf16(vae, recipe):
     torch.manual_seed(0)
     model = tiny_model("attention", vae=vae, backend="reference").train()
     fp8 = copy.deepcopy(model)
-    to_fp8_training(fp8)
+    to_fp8_training(fp8, recipe)
     labels, x = torch.tensor([1, 2]), torch.randn(2, model.layout.L - 1, vae.Cvae)
     outputs = []
     for net in (model, fp8):
@@ -62,6 +63,16 @@ def test_fp8_forward_and_gradients_stay_within_fp8_rounding_of_bf16(vae):
     assert 0 < relative_rms(fp8_logits, logits) < E4M3_ROUNDOFF
     for want, got in zip(grads, fp8_grads):
         assert 0 < relative_rms(got, want) < E5M2_ROUNDOFF
+
+
+def test_the_recipe_sets_the_scales_and_an_unknown_one_is_an_error_naming_the_valid_ones(vae):
+    from torchao.float8.config import ScalingGranularity
+    model = tiny_model("attention", vae=vae)
+    to_fp8_training(model, "rowwise")
+    linear = next(m for m in model.blocks.modules() if isinstance(m, Float8Linear))
+    assert linear.config.cast_config_input.scaling_granularity == ScalingGranularity.AXISWISE
+    with pytest.raises(ValueError, match=r"FP8 recipe must be one of \['tensorwise', 'rowwise'\], got 'blockwise'"):
+        to_fp8_training(tiny_model("attention", vae=vae), "blockwise")
 
 
 def test_attention_runs_a_qkv_linear_with_its_own_forward():
@@ -117,14 +128,15 @@ def test_on_cuda_a_batch_whose_tokens_fp8_cannot_multiply_is_refused_by_name():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device with FP8 tensor cores (sm_89+)")
-def test_on_cuda_the_compiled_fp8_step_stays_within_fp8_rounding_of_bf16(vae):
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
+def test_on_cuda_the_compiled_fp8_step_stays_within_fp8_rounding_of_bf16(vae, recipe):
     """On the GPU (torch._scaled_mm's FP8 kernels) and compiled as training compiles (varbench.training.loop):
     the forward and the first block's FFN gradient of an FP8 model stay within one unit roundoff of bf16's."""
     from varbench.training.loop import compile_for_training
     torch.manual_seed(0)
     model = tiny_model("attention", vae=vae, width=128, heads=2).cuda().train()
     fp8 = copy.deepcopy(model)
-    to_fp8_training(fp8)
+    to_fp8_training(fp8, recipe)
     # 8 images of 30 tokens: the weight gradients' inner dim (the batch's tokens) a multiple of 16, as _scaled_mm
     # needs (2 images, 60 tokens, failed to compile on an H100: session 26)
     labels = torch.tensor([1, 2] * 4, device="cuda")

@@ -445,10 +445,12 @@ def test_gpu_check_s16_train_times_var_on_flex_then_on_sdpa_scales_in_one_call(t
 
 def test_gpu_check_s16_train_runs_the_steps_asked_in_the_compile_mode_asked(tmp_path):
     """STEPS picks gpu_check_s16_train.sh's steps, COMPILE_MODE reaches task.compile_mode, COMPILE_SCOPE
-    task.compile_scope and COMPILE_CACHE_DIR compile_cache_dir, which compose."""
+    task.compile_scope, COMPILE_CACHE_DIR compile_cache_dir and FP8 / FP8_RECIPE task.fp8 / task.fp8_recipe,
+    which compose."""
     out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path),
                env={"DRY": "1", "STEPS": "train_flex", "COMPILE_MODE": "max-autotune-no-cudagraphs",
-                    "COMPILE_SCOPE": "blocks", "COMPILE_CACHE_DIR": "/tmp/inductor_cold"})
+                    "COMPILE_SCOPE": "blocks", "COMPILE_CACHE_DIR": "/tmp/inductor_cold", "FP8": "true",
+                    "FP8_RECIPE": "rowwise"})
     assert out.returncode == 0, out.stderr
     (argv,) = [shlex.split(line) for line in out.stdout.splitlines()]
     assert argv[2:5] == ["python", "run.py", "task=bench"] and "task.mixer_options" not in " ".join(argv)
@@ -456,6 +458,7 @@ def test_gpu_check_s16_train_runs_the_steps_asked_in_the_compile_mode_asked(tmp_
                            env=ENV, timeout=300)
     assert check.returncode == 0 and "compile_mode: max-autotune-no-cudagraphs" in check.stdout, check.stderr[-2000:]
     assert "compile_scope: blocks" in check.stdout and "compile_cache_dir: /tmp/inductor_cold" in check.stdout
+    assert "fp8: true" in check.stdout and "fp8_recipe: rowwise" in check.stdout
 
 
 def test_gpu_check_s16_train_times_m_var_with_its_intra_attention_on_sdpa_scales_when_asked(tmp_path):

@@ -27,6 +27,7 @@ from varbench.data.loading import MAX_PREFETCH, MAX_WORKERS
 from varbench.layout import PATCH_NUMS
 from varbench.registry import CONFIG_ROOT, flag_keys, group_keys, list_options, load_option, task_keys
 from varbench.tokenizers.fast_decode import AUTO, DECODE_MODES
+from varbench.training.fp8 import FP8_RECIPES
 from varbench.utils.config_rules import (
     AUTO_FLAG,
     FLAG,
@@ -119,7 +120,7 @@ TASKS = {
              "block_weights": BLOCK_WEIGHTS},
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
               "compile_mode": Choice(("default", "max-autotune-no-cudagraphs", "reduce-overhead")),
-              "compile_scope": Choice(("model", "blocks")), "fp8": FLAG,
+              "compile_scope": Choice(("model", "blocks")), "fp8": FLAG, "fp8_recipe": Choice(FP8_RECIPES),
               "decode_mode": DECODE_MODE, "decode_batch": count(null="the whole batch in one decode call"),
               "fused_elementwise": FLAG, "block_weights": Choice(("fp32", "bf16")),
               "param_dtype": Choice(("fp32", "bf16")), "profile_steps": count(0), "isolate_cells": FLAG,

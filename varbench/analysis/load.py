@@ -35,14 +35,15 @@ KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "pea
                 "stage", "synthetic", "compiled", "cuda_graphs", "disturbed", "superseded", "latency_wo_decode_ms",
                 "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine",
                 "autotune", "tokenizer_id", "cfg", "decode_mode", "decode_batch", "fused_elementwise", "base_lr",
-                "system", "precision", "part", "kernels", "compile_mode", "compile_scope", "fp8", "block_weights",
+                "system", "precision", "part", "kernels", "compile_mode", "compile_scope", "fp8", "fp8_recipe",
+                "block_weights",
                 "timing", "compile_cache")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}
 # fields besides the configuration that tell two measurements of one metric apart
 IDENTITY = {
-    "train_images_per_s": ("batch", "compiled", "param_dtype", "compile_mode", "compile_scope", "fp8"),
+    "train_images_per_s": ("batch", "compiled", "param_dtype", "compile_mode", "compile_scope", "fp8", "fp8_recipe"),
     "sample_latency_ms": ("batch", "sampler", "cuda_graphs", "decode_mode", "decode_batch", "fused_elementwise",
                           "block_weights"),
     "bench_error": ("stage", "batch", "sampler"),
@@ -162,6 +163,7 @@ def flatten(rec: dict, source: str = "") -> dict:
         row["compile_mode"] = rec.get("compile_mode") or ("default" if row["compiled"] else "none")
         row["compile_scope"] = rec.get("compile_scope") or ("model" if row["compiled"] else "none")  # ... whole
         row["fp8"] = bool(rec.get("fp8"))  # ... and with VAR's bf16 matmuls before task.fp8
+        row["fp8_recipe"] = rec.get("fp8_recipe") or ("tensorwise" if row["fp8"] else "none")  # ... tensorwise before
     if rec["metric"] == "sample_latency_ms":  # bench records before task.cuda_graphs existed sampled eagerly
         row["cuda_graphs"] = bool(rec.get("cuda_graphs", False))
         row["decode_mode"] = rec.get("decode_mode", "eager")  # ... and decoded eagerly before task.decode_mode

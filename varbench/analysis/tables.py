@@ -102,10 +102,12 @@ def speed_wide(df: pd.DataFrame, device=None, samplers=("carry",)) -> pd.DataFra
         parts += [per_key(sized, "params", PARAMS, quiet=True),
                   per_key(sized, "fwd_flops_per_image", GFLOPS, 1e-9, quiet=True)]
     train, picked = timed[timed["metric"] == "train_images_per_s"], []
-    for (batch, compiled, mode, scope, fp8, dtype), g in train.groupby(["batch", "compiled", "compile_mode",
-                                                                         "compile_scope", "fp8", "param_dtype"]):
+    for (batch, compiled, mode, scope, recipe, dtype), g in train.groupby(["batch", "compiled", "compile_mode",
+                                                                            "compile_scope", "fp8_recipe",
+                                                                            "param_dtype"]):
         tag = (f"b{batch:g}" + (", compiled" if compiled else "") + (" by blocks" if scope == "blocks" else "")
-               + (f" {mode}" if mode not in ("default", "none") else "") + (", fp8 matmuls" if fp8 else "")
+               + (f" {mode}" if mode not in ("default", "none") else "")
+               + {"none": "", "tensorwise": ", fp8 matmuls"}.get(recipe, f", fp8 matmuls {recipe}")
                + (f", {dtype} weights" if dtype != "fp32" else ""))
         parts += [per_key(g, "value", f"Train img/s ({tag})", picked=picked), per_key(g, "mfu", f"MFU ({tag})"),
                   per_key(g.assign(token_mfu=adaln_per_token_mfu(g)), "token_mfu", f"{TOKEN_MFU} ({tag})")]

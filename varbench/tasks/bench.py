@@ -237,7 +237,8 @@ def run_cell(cfg, out, mixer, intra, res, cell) -> int:
                     cuda_graphs=resolve_auto(t.cuda_graphs, "task.cuda_graphs", "cuda"),  # bench runs on CUDA only
                     param_dtype=t.param_dtype, decode_mode=decode_mode, decode_batch=t.decode_batch,
                     fused_elementwise=fused_for(t, model), compile_mode=t.compile_mode,
-                    compile_scope=t.compile_scope, fp8=t.fp8, block_weights=t.block_weights)
+                    compile_scope=t.compile_scope, fp8_recipe=t.fp8_recipe if t.fp8 else None,
+                    block_weights=t.block_weights)
         except (RuntimeError, ValueError, AssertionError) as err:  # OOM or a kernel refusing a shape: a result
             record(out, "bench_error", 0, "", error=str(err)[:300], stage=stage, batch=batch, sampler=sampler, **cell)
             errors += 1
@@ -257,25 +258,28 @@ def fused_for(t: DictConfig, model) -> bool:
 
 def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=False, cuda_graphs=False,
             param_dtype="fp32", decode_mode="eager", decode_batch=None, fused_elementwise=False,
-            compile_mode="default", compile_scope="model", fp8=False, block_weights="fp32") -> None:
-    """Time one stage of a cell ("train" or "sample") and append its record to `out`."""
+            compile_mode="default", compile_scope="model", fp8_recipe=None, block_weights="fp32") -> None:
+    """Time one stage of a cell ("train" or "sample") and append its record to `out`. `fp8_recipe`: the training
+    stage's FP8 matmuls scaled so (varbench/training/fp8.py), or None for VAR's bf16 ones."""
     if stage == "train":
-        measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode, compile_scope, fp8)
+        measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode, compile_scope,
+                      fp8_recipe)
     else:
         measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode, decode_batch,
                        fused_elementwise, block_weights)
 
 
 def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode="default",
-                  compile_scope="model", fp8=False) -> None:
+                  compile_scope="model", fp8_recipe=None) -> None:
     if param_dtype not in PARAM_DTYPES:
         raise ValueError(f"task.param_dtype must be one of {list(PARAM_DTYPES)}, got {param_dtype!r}")
     # bf16 weights and FP8 matmuls train a copy, so that the sampling stages time the model as it was built (blocks
     # compiled in place are not copied: sampling calls their `step`, which the compile leaves eager)
+    fp8 = fp8_recipe is not None
     model = model if param_dtype == "fp32" and not fp8 else copy.deepcopy(model).to(PARAM_DTYPES[param_dtype])
     if fp8:
         check_fp8_batch(batch, model.layout.L, "task.train_batch", next(model.parameters()).device)
-    fp8_linears = len(to_fp8_training(model)) if fp8 else 0
+    fp8_linears = len(to_fp8_training(model, fp8_recipe)) if fp8 else 0
     # Inductor's mode: "max-autotune-no-cudagraphs" benchmarks kernel configs (flex attention's, the GEMMs') while
     # compiling, so the first step takes longer (its record's first_step_s); "reduce-overhead" replays the compiled
     # forward and backward as CUDA graphs, where Inductor does not skip them (counted: cudagraph_skips)
@@ -290,7 +294,8 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
     mfu = train_flops(cell["fwd_flops_per_image"]) * ips / (cell["matmul_peak_tflops"] * 1e12)
     record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
            param_dtype=param_dtype, compile_mode=compile_mode if compiled else None,
-           compile_scope=compile_scope if compiled else None, compile_cache=cache, fp8=fp8, fp8_linears=fp8_linears,
+           compile_scope=compile_scope if compiled else None, compile_cache=cache, fp8=fp8, fp8_recipe=fp8_recipe,
+           fp8_linears=fp8_linears,
            cudagraph_skips=skips, timing=r, **speed_mode(compiled, cuda_graphs=graphs and skips == 0), **cell)
     log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
           f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
