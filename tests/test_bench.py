@@ -112,21 +112,23 @@ def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cel
 def test_reduce_overhead_marks_each_step_and_the_record_says_whether_cuda_graphs_ran(cell, tmp_path, monkeypatch):
     """task.compile_mode=reduce-overhead: each timed step tells the compiled graphs that a new step begins, and the
     record counts the graphs Inductor ran without CUDA graphs (on this CPU: all of them, so `cuda_graphs` is
-    false); a step that replays no graphs marks nothing and counts nothing."""
+    false), and it profiles no operators (a replayed graph's kernels run under none); a step that replays no graphs
+    marks nothing and counts nothing."""
     import varbench.tasks.bench as bench
     model, vae, fields = cell
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     monkeypatch.setattr(bench, "compile_for_training", lambda net, depth, scope, **options: torch.compile(
         net, **options))
-    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields, compiled=True,
-            compile_mode="reduce-overhead")
+    measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, {**fields, "profile_steps": 1},
+            compiled=True, compile_mode="reduce-overhead")
     steps = len(marks)
     measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields)
     graphed, plain = read_records(tmp_path / "bench.jsonl")
     assert steps == 1 + 2 + 2 and len(marks) == steps  # the first step, 2 warm-up, 2 timed; none eagerly
     assert (graphed["compile_mode"], graphed["cuda_graphs"]) == ("reduce-overhead", False)
     assert graphed["cudagraph_skips"] > 0 and plain["cudagraph_skips"] is None and plain["cuda_graphs"] is False
+    assert "top_ops" not in graphed["timing"]  # replayed kernels run under no operator: no profile to record
 
 
 def test_task_block_weights_bf16_samples_from_bf16_block_weights_and_says_so(cell, tmp_path):

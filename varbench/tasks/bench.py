@@ -288,7 +288,9 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
     cache = compile_cache_state() if compiled else None  # before the first step compiles: warm or cold
     graphs = compiled and compile_mode == "reduce-overhead"
     skips_before = cudagraph_skips()
-    r = train_step_cell(model, batch, repeats, net, profile_steps=cell["profile_steps"], graph_steps=graphs)
+    # no operator profile of replayed graphs: their kernels run under no operator, so it would list almost nothing
+    r = train_step_cell(model, batch, repeats, net, profile_steps=0 if graphs else cell["profile_steps"],
+                        graph_steps=graphs)
     skips = cudagraph_skips() - skips_before if graphs else None
     ips = batch / (r["median_ms"] * 1e-3)
     mfu = train_flops(cell["fwd_flops_per_image"]) * ips / (cell["matmul_peak_tflops"] * 1e12)
