@@ -38,12 +38,15 @@ def apply_autotune_mode(mode: str | None = None) -> str:
     except ImportError:  # no Triton (a CPU machine): nothing autotunes
         return mode
     patched = hasattr(Autotuner._bench, "__wrapped__")
+    disk = getattr(Autotuner, "check_disk_cache", None)  # (a Triton before 3.2 keeps no timings on disk)
     if mode == "first" and not patched:
         Autotuner._bench = _first_working(Autotuner._bench)
-        Autotuner.check_disk_cache = _in_memory_only(Autotuner.check_disk_cache)
+        if disk is not None:
+            Autotuner.check_disk_cache = _in_memory_only(disk)
     elif mode == "full" and patched:  # a later run of the same process asked for the libraries' own tuning
         Autotuner._bench = Autotuner._bench.__wrapped__
-        Autotuner.check_disk_cache = Autotuner.check_disk_cache.__wrapped__
+        if hasattr(disk, "__wrapped__"):
+            Autotuner.check_disk_cache = disk.__wrapped__
     return mode
 
 
