@@ -297,8 +297,8 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
     record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
            param_dtype=param_dtype, compile_mode=compile_mode if compiled else None,
            compile_scope=compile_scope if compiled else None, compile_cache=cache, fp8=fp8, fp8_recipe=fp8_recipe,
-           fp8_linears=fp8_linears,
-           cudagraph_skips=skips, timing=r, **speed_mode(compiled, cuda_graphs=graphs and skips == 0), **cell)
+           fp8_linears=fp8_linears, cudagraph_skips=skips, timing=r,
+           **speed_mode(compiled, cuda_graphs=graphs and skips == 0), **cell)
     log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"
           f"{' compiled' if compiled else ''}{' bf16 weights' if param_dtype == 'bf16' else ''}: {ips:.1f} img/s "
           f"MFU {mfu:.1%}, first step {r['first_step_s']:.1f} s; "

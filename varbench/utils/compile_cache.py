@@ -3,17 +3,16 @@
 Inductor caches its generated graphs and kernels (FX graph cache, AOTAutograd cache, Triton binaries) under
 TORCHINDUCTOR_CACHE_DIR, by default one folder per user in the machine's temp dir: a cell on a fresh node compiles
 from nothing. M-VAR-d16's compiled first step took 164.6 s on a cold machine and 88.3 s on one whose caches an
-earlier call had filled (H100, sessions 25 and 26, results/gpu/h100/README.md). `compile_cache_dir=DIR` (e.g. on
-the cluster's shared file system) puts Inductor's and Triton's caches there, so a grid's later cells and jobs on
-other nodes reuse what the first compiled. The folder also keeps the Triton autotuners' timings
-(TRITON_CACHE_AUTOTUNING: mamba_ssm's kernels, those without a pre-hook; fla keeps its kernels' anyway, Inductor its
-own), so a later run reads each kernel's tuned config instead of timing every config again; under `autotune=first`
-nothing is read or written there (varbench/utils/autotune.py). Triton keys those timings by the GPU's architecture,
-not its model (an H100 and an H200 are both sm_90): share one folder among GPUs of one kind only, or a kernel runs
-the config another kind timed fastest. Where the cache lives changes no number a run
-computes (a grid cell's id leaves the key out), but it changes how long the first step takes: records of a compiled
-first step carry `compile_cache_state()`, the folder, how many files it held before compiling and whether it keeps
-autotune timings.
+earlier call had filled (H100, sessions 25 and 26, results/gpu/h100/README.md). `compile_cache_dir=DIR` (e.g. on the
+cluster's shared file system) puts Inductor's and Triton's caches there, so a grid's later cells and jobs on other
+nodes reuse what the first compiled. The folder also keeps the Triton autotuners' timings (TRITON_CACHE_AUTOTUNING:
+mamba_ssm's kernels, those without a pre-hook; fla keeps its kernels' anyway, Inductor its own), so a later run
+reads each kernel's tuned config instead of timing every config again; under `autotune=first` nothing is read or
+written there (varbench/utils/autotune.py). Triton keys those timings by the GPU's architecture, not its model (an
+H100 and an H200 are both sm_90): share one folder among GPUs of one kind only, or a kernel runs the config another
+kind timed fastest. Where the cache lives changes no number a run computes (a grid cell's id leaves the key out),
+but it changes how long the first step takes: records of a compiled first step carry `compile_cache_state()`, the
+folder, how many files it held before compiling and whether it keeps autotune timings.
 """
 
 from __future__ import annotations
