@@ -8,9 +8,10 @@ says which way of calling the kernels does better before any becomes an option o
 - `flex`: one flex_attention call with the layout's BlockMask (the mixers' `flex` backend);
 - `reference`: one SDPA call with the dense boolean mask (the oracle; SDPA's masked kernels);
 - `sdpa_scales:N:K`: the mixers' `sdpa_scales` backend (`sdpa_scales_attention`), the scales with fewer than N
-  tokens in one masked call (N=64 is the mixers'; 1: every scale its own unmasked call), SDPA restricted to the
-  kernels K, first preferred (`auto`: SDPA's own choice; `cudnn`, `flash` or `efficient`, each with the
-  memory-efficient kernel behind it for a masked call, which flash cannot run).
+  tokens in one masked call (the mixers' `together_below`, 64 by default; 1: every scale its own unmasked call),
+  SDPA restricted to the kernels K, first preferred (the mixers' `sdpa_kernels`; `auto`: SDPA's own choice;
+  `cudnn`, `flash` or `efficient`, each with the memory-efficient kernel behind it for a masked call, which flash
+  cannot run).
 
 Each record names the kernels that ran (the profiler's attention operators of one forward + backward), the forward
 and forward + backward medians (CUDA events), TFLOP/s over the pairs the mask allows, and how far the variant's
@@ -43,14 +44,10 @@ KERNELS = ("auto", "cudnn", "flash", "efficient")
 TEMPERATURE = 4.0  # VAR's initial exp(scale_mul): q's rows have this norm, k's are unit
 
 
-def sdpa_backends(kernels: str) -> list:
-    """The SDPA kernels a variant may run, first preferred; [] for SDPA's own choice."""
-    from torch.nn.attention import SDPBackend
-    first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION}
-    if kernels == "auto":
-        return []
-    return list(dict.fromkeys((first[kernels], SDPBackend.EFFICIENT_ATTENTION)))
+def sdpa_kernels(kernels: str) -> tuple[str, ...]:
+    """The `sdpa_kernels` option a variant runs with (first preferred; the memory-efficient kernel behind it for a
+    masked call, which flash cannot run); () for SDPA's own choice."""
+    return () if kernels == "auto" else tuple(dict.fromkeys((kernels, "efficient")))
 
 
 def attend_fn(variant: str, layout: ScaleLayout, kind: str):
@@ -61,15 +58,8 @@ def attend_fn(variant: str, layout: ScaleLayout, kind: str):
         mask = {"block_causal": layout.block_causal_mask, "block_diag": layout.block_diag_mask}[kind]
         return lambda q, k, v: masked_attention_ref(q, k, v, mask(q.device), 1.0)
     _, together, kernels = variant.split(":")
-    backends = sdpa_backends(kernels)
-
-    def attend(q, k, v):
-        if not backends:
-            return sdpa_scales_attention(q, k, v, layout, kind, 1.0, together_below=int(together))
-        from torch.nn.attention import sdpa_kernel
-        with sdpa_kernel(backends, set_priority=True):
-            return sdpa_scales_attention(q, k, v, layout, kind, 1.0, together_below=int(together))
-    return attend
+    return lambda q, k, v: sdpa_scales_attention(q, k, v, layout, kind, 1.0, together_below=int(together),
+                                                 kernels=sdpa_kernels(kernels))
 
 
 def inputs(batch: int, heads: int, head_dim: int, tokens: int, device, dtype) -> tuple[torch.Tensor, ...]:

@@ -42,7 +42,9 @@ NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydr
                 "tokenizer_dir", "compile_cache_dir")
 # keys added after cells were recorded, each with the value that computes what those cells computed: at that value
 # the key is left out of the id, so a cell composed before the key existed keeps its id (and its done marker)
-ADDED_KEYS_AT_OLD_BEHAVIOUR = {("train", "compile_scope"): "model", ("train", "tf32"): False}
+ADDED_KEYS_AT_OLD_BEHAVIOUR = {("train", "compile_scope"): "model", ("train", "tf32"): False,
+                               ("mixer", "together_below"): 64, ("mixer", "sdpa_kernels"): None,
+                               ("intra", "together_below"): 64, ("intra", "sdpa_kernels"): None}
 ERROR_TAIL = 4000  # characters of traceback kept in failed.json
 
 

@@ -41,10 +41,11 @@ def test_an_unknown_mask_kind_is_an_error_naming_the_valid_ones():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kernels", [None, ["flash", "efficient"], ["cudnn", "efficient"], ["efficient"]])
 @pytest.mark.parametrize("group, name, kind", [("mixer", "attention", "block_causal"), ("intra", "full", "block_diag")])
-def test_on_cuda_a_module_on_sdpa_scales_matches_its_reference_under_bf16_autocast(group, name, kind):
+def test_on_cuda_a_module_on_sdpa_scales_matches_its_reference_under_bf16_autocast(group, name, kind, kernels):
     torch.manual_seed(0)
-    fast = build(group, name, dim=128, num_heads=2, backend="sdpa_scales").cuda()
+    fast = build(group, name, dim=128, num_heads=2, backend="sdpa_scales", sdpa_kernels=kernels).cuda()
     reference = build(group, name, dim=128, num_heads=2, backend="reference").cuda()
     reference.load_state_dict(fast.state_dict())
     x = torch.randn(4, VAR.L, 128, device="cuda")
@@ -52,3 +53,54 @@ def test_on_cuda_a_module_on_sdpa_scales_matches_its_reference_under_bf16_autoca
         out, want = fast(x, VAR), reference(x, VAR)
     assert fast.backend_ran == "sdpa_scales"
     torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("kind", ["block_causal", "block_diag"])
+def test_the_kernels_asked_for_are_the_kernels_that_run_and_the_values_stay_the_reference(kind):
+    """`sdpa_kernels`: SDPA runs the kernels named, in their order (here the math kernel, where SDPA itself picks
+    its CPU flash kernel), forward and backward, and the result is still the dense-mask reference."""
+    from torch.profiler import profile
+    mask = SMALL.block_causal_mask() if kind == "block_causal" else SMALL.block_diag_mask()
+    q, k, v = _qkv(SMALL)
+    ref = masked_attention_ref(q, k, v, mask, 0.3)
+    ran = {}
+    for kernels in ((), ("math",)):
+        with profile() as prof:
+            out = sdpa_scales_attention(q, k, v, SMALL, kind, 0.3, together_below=9, kernels=kernels)
+            out.sum().backward()
+        ran[kernels] = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert any("flash_attention_for_cpu" in op for op in ran[()])
+    assert any("math" in op for op in ran[("math",)]) and not any("flash" in op for op in ran[("math",)])
+
+
+@pytest.mark.parametrize("together_below, kernels, message", [
+    (0, None, r"attention.together_below = 0: give 1 or more"),
+    (64, ["fast"], r"attention.sdpa_kernels: unknown \['fast'\]; valid: \['cudnn', 'flash', 'efficient', 'math'\]"),
+    (64, ["flash"], r"attention.sdpa_kernels = \['flash'\]: the first scales attend in one masked call "
+                    r"\(together_below = 64\), which needs one of \['efficient', 'math'\]")])
+def test_bad_sdpa_scales_options_are_errors_naming_the_key(together_below, kernels, message):
+    with pytest.raises(ValueError, match=message):
+        build("mixer", "attention", dim=32, num_heads=2, together_below=together_below, sdpa_kernels=kernels)
+
+
+def test_flash_alone_is_fine_where_no_scale_attends_masked():
+    module = build("intra", "full", dim=32, num_heads=2, together_below=1, sdpa_kernels=["flash"])
+    assert module.sdpa_kernels == ("flash",)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_kernels_asked_for_compile_into_one_graph():
+    """The `sdpa_kernels` context is traced, not a graph break: a compiled forward and backward is one frame."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    module = build("mixer", "attention", dim=128, num_heads=2, backend="sdpa_scales",
+                   sdpa_kernels=["flash", "efficient"]).cuda()
+    torch._dynamo.reset()
+    counters.clear()
+    x = torch.randn(2, VAR.L, 128, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = torch.compile(module, backend="eager")(x, VAR)
+    out.float().square().mean().backward()
+    assert counters["frames"]["total"] == 1 and not sum(counters["graph_break"].values()), (
+        dict(counters["frames"]), dict(counters["graph_break"]))

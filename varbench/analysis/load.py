@@ -123,6 +123,11 @@ def tokenizer_id(rec: dict):
     return None if checkpoint in (None, "???") else str(checkpoint)  # "???": Hydra's unset value
 
 
+def _option(value) -> str:
+    """An overridden field's value in a configuration's name: a list as its items joined by "+" (flash+efficient)."""
+    return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def model_label(mixer, intra, depth) -> str | None:
     """Short configuration name: VAR-d16 (attention, no intra), M-VAR-d16 (mamba2 + full), else mixer[+intra]-dN
     (a raster next-token model: mixer+raster-dN)."""
@@ -148,7 +153,7 @@ def flatten(rec: dict, source: str = "") -> dict:
         row["intra"] = RASTER  # named as task=bench names it, never as the scale-wise model of the same mixer (VAR)
     for part in ("mixer", "intra"):  # a component with overridden fields is its own configuration: mamba2[fused=True]
         if rec.get(f"{part}_options"):
-            row[part] += "[" + ",".join(f"{k}={v}" for k, v in sorted(rec[f"{part}_options"].items())) + "]"
+            row[part] += "[" + ",".join(f"{k}={_option(v)}" for k, v in sorted(rec[f"{part}_options"].items())) + "]"
     row["depth"] = rec.get("depth", (cfg.get("model") or {}).get("depth"))
     row["resolution"] = rec.get("resolution", _resolution(cfg))
     row["seed"] = rec.get("seed", cfg.get("seed"))

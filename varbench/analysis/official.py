@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 OFFICIAL = "official_var"
 GIB = 2 ** 30
+# VAR's attention, its fields overridden only by kernel choices (the same math on other kernels), as records name it
+KERNEL_CHOICES = r"attention(\[((backend|together_below|sdpa_kernels)=[\w+]+,?)+\])?"
 
 
 def _varbench_eager_var(latency: pd.DataFrame, block_weights: str) -> pd.DataFrame:
@@ -57,8 +59,8 @@ def _pairs(df: pd.DataFrame) -> pd.DataFrame:
 
 def _varbench_var_training(train: pd.DataFrame) -> pd.DataFrame:
     """task=bench's VAR-d16 training steps at 256 px with VAR's numerics: fp32 weights, no FP8 matmuls, any
-    attention backend (`attention[backend=...]`: the same math on another kernel)."""
-    var = train["mixer"].fillna("").str.fullmatch(r"attention(\[backend=\w+\])?") & (train["intra"] == "none")
+    attention kernels (`attention[backend=...,sdpa_kernels=...]`: the same math on other kernels)."""
+    var = train["mixer"].fillna("").str.fullmatch(KERNEL_CHOICES) & (train["intra"] == "none")
     return train[train["system"].isna() & var & (train["depth"] == 16) & (train["resolution"] == 256)
                  & (train["param_dtype"] == "fp32") & ~train["fp8"].eq(True)]
 

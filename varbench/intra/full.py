@@ -10,6 +10,7 @@ import torch
 
 from varbench.layout import ScaleLayout
 from varbench.modules.attention import ScaleAttention
+from varbench.ops.attention.kernel import check_sdpa_scales_options
 from varbench.ops.attention.reference import masked_attention_ref
 from varbench.ops.backend import REFERENCE, KernelChoice, cuda_and
 
@@ -25,12 +26,17 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
         backend (str, Optional): "flex" (flex_attention BlockMask), "sdpa_scales" (one unmasked SDPA call per
             scale), "varlen" (flash-attn, as M-VAR), "xformers" (BlockDiagonalMask), "reference" (SDPA, dense
             block-diagonal mask), or "auto" (flex on CUDA, else reference). Default: "auto".
+        together_below, sdpa_kernels: the sdpa_scales options, as the attention mixer's
+            (`varbench.mixers.attention.BlockCausalAttention`). Defaults: 64, None.
     """
 
-    def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = False, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = False, backend: str = "auto",
+                 together_below: int = 64, sdpa_kernels: list[str] | None = None):
         super().__init__(dim, num_heads, l2_norm)
         self.choose_backend(backend, {"flex": cuda_and(), "sdpa_scales": cuda_and(), "varlen": cuda_and("flash_attn"),
                                       "xformers": cuda_and("xformers")}, "intra=full")
+        self.together_below = together_below
+        self.sdpa_kernels = check_sdpa_scales_options(together_below, sdpa_kernels, "intra=full")
 
     def flex_mask(self, device) -> tuple[str, int] | None:
         """The flex BlockMask (kind, window) this module attends with on `device`'s tensors (named, or picked by
@@ -47,7 +53,8 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
             if backend == "flex":
                 o = kernel.flex_masked_attention(q, k, v, layout, "block_diag", self.scale)
             elif backend == "sdpa_scales":
-                o = kernel.sdpa_scales_attention(q, k, v, layout, "block_diag", self.scale)
+                o = kernel.sdpa_scales_attention(q, k, v, layout, "block_diag", self.scale, self.together_below,
+                                                 self.sdpa_kernels)
             elif backend == "varlen":
                 o = kernel.varlen_block_diag_attention(q, k, v, layout, self.scale)
             else:

@@ -13,6 +13,7 @@ import torch
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State, TokenMixer, carry_terms
 from varbench.modules.attention import ScaleAttention
+from varbench.ops.attention.kernel import check_sdpa_scales_options
 from varbench.ops.attention.reference import masked_attention_ref
 from varbench.ops.backend import cuda_and
 
@@ -35,13 +36,20 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         backend (str, Optional): "flex" (flex_attention BlockMask, CUDA), "sdpa_scales" (one unmasked SDPA call
             per scale, so SDPA's flash kernel can run; CUDA), "reference" (SDPA, dense mask), or "auto" (flex on
             CUDA, else reference). The KV-cached `step` needs no mask and always runs SDPA. Default: "auto".
+        together_below (int, Optional): sdpa_scales: the first scales with fewer tokens each attend in one masked
+            call. Default: 64 (VAR's first six scales, 91 tokens).
+        sdpa_kernels (list[str], Optional): sdpa_scales: the SDPA kernels its calls may run, in order of preference
+            (names of `varbench.ops.attention.kernel.SDPA_KERNELS`). Default: None (SDPA's own choice).
     """
 
     within_scale = "bidirectional"
 
-    def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = True, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = True, backend: str = "auto",
+                 together_below: int = 64, sdpa_kernels: list[str] | None = None):
         super().__init__(dim, num_heads, l2_norm)
         self.choose_backend(backend, {"flex": cuda_and(), "sdpa_scales": cuda_and()}, "attention")
+        self.together_below = together_below
+        self.sdpa_kernels = check_sdpa_scales_options(together_below, sdpa_kernels, "attention")
 
     def flex_mask(self, device) -> tuple[str, int] | None:
         """The flex BlockMask (kind, window) this module attends with on `device`'s tensors (named, or picked by
@@ -56,7 +64,8 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
             o = flex_masked_attention(q, k, v, layout, "block_causal", self.scale)
         elif backend == "sdpa_scales":
             from varbench.ops.attention.kernel import sdpa_scales_attention
-            o = sdpa_scales_attention(q, k, v, layout, "block_causal", self.scale)
+            o = sdpa_scales_attention(q, k, v, layout, "block_causal", self.scale, self.together_below,
+                                      self.sdpa_kernels)
         else:
             o = masked_attention_ref(q, k, v, layout.block_causal_mask(q.device), self.scale)
         return self.out(o)

@@ -7,6 +7,8 @@ Each backend computes exactly `masked_attention_ref` with the mask of its `kind`
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -128,20 +130,56 @@ def xformers_block_diag_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, s
 
 # (layout, kind, tokens, device) -> the dense mask of the first scales that attend together (sdpa_scales)
 _FIRST_MASKS: dict = {}
+# SDPA's kernels by the names the sdpa_scales options give them (torch.nn.attention.SDPBackend)
+SDPA_KERNELS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                "math": "MATH"}
+MASKED_KERNELS = ("efficient", "math")  # the kernels that surely take a dense mask (flash takes none)
+
+
+def check_sdpa_scales_options(together_below: int, sdpa_kernels, owner: str) -> tuple[str, ...]:
+    """Check a module's sdpa_scales options, naming `owner`'s key: `together_below` at least 1, `sdpa_kernels` (None
+    or names of SDPA_KERNELS) able to run the first scales' masked call where there is one; returns the kernels."""
+    if int(together_below) < 1:
+        raise ValueError(f"{owner}.together_below = {together_below}: give 1 or more (1: every scale its own call)")
+    kernels = tuple(sdpa_kernels or ())
+    if unknown := [k for k in kernels if k not in SDPA_KERNELS]:
+        raise ValueError(f"{owner}.sdpa_kernels: unknown {unknown}; valid: {list(SDPA_KERNELS)}")
+    if kernels and together_below > 1 and not set(kernels) & set(MASKED_KERNELS):
+        raise ValueError(f"{owner}.sdpa_kernels = {list(kernels)}: the first scales attend in one masked call "
+                         f"(together_below = {together_below}), which needs one of {list(MASKED_KERNELS)} in the list "
+                         f"(or together_below: 1)")
+    return kernels
+
+
+def _preferring(kernels: tuple[str, ...]):
+    """A context in which SDPA runs only `kernels` (names of SDPA_KERNELS), the first it can, in their order; none
+    given: SDPA's own choice."""
+    if not kernels:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([getattr(SDPBackend, SDPA_KERNELS[k]) for k in kernels], set_priority=True)
 
 
 def sdpa_scales_attention(q_BHLd, k_BHLd, v_BHLd, layout: Layout, kind: str, scale: float,
-                          together_below: int = 64):
+                          together_below: int = 64, kernels: tuple[str, ...] = ()):
     """Block-causal or block-diagonal attention as one unmasked SDPA call per scale, so that SDPA can pick its
     flash kernel (a mask rules it out): a scale's queries against the keys it sees, which are a contiguous prefix
     (block_causal: every scale up to its own) or its own scale (block_diag). The first scales with fewer than
     `together_below` tokens each (VAR's 1..36: 91 tokens) attend in one call with their small dense mask instead: a
     kernel launch per scale would cost more than their math. The scales' outputs are concatenated in order.
-    Block-causal attention in raster order (every scale one token) is causal attention: one causal SDPA call."""
+    `kernels` (names of SDPA_KERNELS, checked by `check_sdpa_scales_options`): the SDPA kernels the calls may run,
+    in order of preference; empty: SDPA's own choice. Block-causal attention in raster order (every scale one
+    token) is causal attention: one causal SDPA call."""
     if kind not in ("block_causal", "block_diag"):
         raise ValueError(f"sdpa_scales_attention: unknown mask kind {kind!r}; valid: block_causal, block_diag")
-    if kind == "block_causal" and isinstance(layout, RasterLayout):
-        return F.scaled_dot_product_attention(q_BHLd, k_BHLd, v_BHLd, is_causal=True, scale=scale)
+    with _preferring(kernels):
+        if kind == "block_causal" and isinstance(layout, RasterLayout):
+            return F.scaled_dot_product_attention(q_BHLd, k_BHLd, v_BHLd, is_causal=True, scale=scale)
+        return _per_scale(q_BHLd, k_BHLd, v_BHLd, layout, kind, scale, together_below)
+
+
+def _per_scale(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, kind: str, scale: float, together_below: int):
+    """`sdpa_scales_attention`'s calls on a scale layout: the first scales together, then one per scale."""
     first = next((i for i, n in enumerate(layout.lengths) if n >= together_below), layout.num_scales)
     outs = []
     if first:
