@@ -31,6 +31,8 @@
 # block, one graph they share); FP8=true times them with FP8 matmuls (task.fp8; torchao: carry the wheels
 # benchmarks/gpu_prep.sh puts in .whl_fp8/ and source gpu_setup.sh with WHEELS=.whl_fp8), FP8_RECIPE=rowwise with
 # one scale per row (task.fp8_recipe; default tensorwise). The records say which.
+# SDPA_OPTIONS (e.g. "sdpa_kernels:[flash,efficient],together_below:128") adds the sdpa_scales options of the attention
+# mixer and intra=full (varbench/ops/attention/kernel.py) to the sdpa_scales steps.
 # COMPILE_CACHE_DIR=DIR puts torch.compile's caches there (compile_cache_dir; default: the machine's temp dir, which
 # stays while the machine is warm): a fresh DIR times a cold compile, the same DIR again a warm one.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16_train.sh OUT     DRY=1 prints the commands.
@@ -55,8 +57,9 @@ asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_te
   tests/test_bench.py::test_on_cuda_reduce_overhead_replays_cuda_graphs_and_trains_as_the_default_compile
 VAR="task.configs=[[attention,none]]" MVAR="task.configs=[[mamba2,full]]"
 asked train_flex && TORCH_LOGS=graph_breaks,recompiles step train_flex "$TRAIN_S" "${BENCH[@]}" "$VAR"
+SDPA="backend:sdpa_scales${SDPA_OPTIONS:+,$SDPA_OPTIONS}"
 asked train_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_sdpa_scales "$TRAIN_S" "${BENCH[@]}" "$VAR" \
-  "task.mixer_options={attention:{backend:sdpa_scales}}"
+  "task.mixer_options={attention:{$SDPA}}"
 if asked train_mvar; then
   TORCH_LOGS=graph_breaks,recompiles step train_mvar "$TRAIN_S" "${BENCH[@]}" "$MVAR"
   if [ -z "${DRY:-}" ] && [ -f "$OUT/train_mvar.log" ]; then  # (none for a step CALL_END left no time to start)
@@ -65,6 +68,6 @@ if asked train_mvar; then
   fi
 fi
 asked train_mvar_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_mvar_sdpa_scales "$TRAIN_S" \
-  "${BENCH[@]}" "$MVAR" "task.intra_options={full:{backend:sdpa_scales}}"
+  "${BENCH[@]}" "$MVAR" "task.intra_options={full:{$SDPA}}"
 asked attention && step attention "$ATTENTION_S" python benchmarks/attention_backends.py "$OUT/attention.jsonl"
 finish_steps

@@ -470,6 +470,22 @@ def test_gpu_check_s16_train_times_m_var_with_its_intra_attention_on_sdpa_scales
         check.stdout[-2000:], check.stderr[-2000:])
 
 
+def test_gpu_check_s16_train_gives_the_sdpa_scales_steps_the_options_asked(tmp_path):
+    """SDPA_OPTIONS reaches the attention mixer's and intra=full's sdpa_scales options, which compose."""
+    out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path),
+               env={"DRY": "1", "STEPS": "train_sdpa_scales train_mvar_sdpa_scales",
+                    "SDPA_OPTIONS": "sdpa_kernels:[flash,efficient],together_below:128"})
+    assert out.returncode == 0, out.stderr
+    for line, group in zip(out.stdout.splitlines(), ("mixer", "intra")):
+        argv = shlex.split(line)
+        check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
+                               env=ENV, timeout=300)
+        assert check.returncode == 0, check.stderr[-2000:]
+        options = "backend: sdpa_scales\n      sdpa_kernels:\n      - flash\n      - efficient\n      together_below: 128"
+        assert f"{group}_options:\n    {'attention' if group == 'mixer' else 'full'}:\n      {options}" in check.stdout, (
+            check.stdout[-3000:])
+
+
 def test_gpu_check_s16_train_times_the_attention_variants_alone_when_asked(tmp_path):
     """attention: benchmarks/attention_backends.py at its defaults (VAR-d16's shapes, every variant), under the
     step's limit; not in the default steps."""
