@@ -79,14 +79,16 @@ def test_a_fresh_process_runs_under_the_parents_mode(monkeypatch):
 AUTOTUNE_GLA = """
 import sys, torch
 from pathlib import Path
-from varbench.ops.linear_rnn import gla
+from varbench.layout import ScaleLayout
+from varbench.registry import build
 from varbench.utils.autotune import apply_autotune_mode
 apply_autotune_mode(sys.argv[1])
-q, k, v = (torch.randn(1, 256, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-g = torch.nn.functional.logsigmoid(torch.randn(1, 256, 2, 64, device="cuda"))
-gla(q, k, v, g, backend="fla")
+layout = ScaleLayout((1, 2, 4, 8, 16))
+mixer = build("mixer", "gla", dim=128, num_heads=2).cuda()
+with torch.autocast("cuda", dtype=torch.bfloat16):
+    mixer(torch.randn(2, layout.L, 128, device="cuda"), layout).float().sum().backward()
 torch.cuda.synchronize()
-print(len(list(Path(sys.argv[2]).rglob("*.autotune.json"))))
+print(mixer.backend_ran, len(list(Path(sys.argv[2]).rglob("*.autotune.json"))))
 """
 
 
@@ -105,5 +107,7 @@ def test_on_cuda_first_leaves_no_autotune_timings_on_disk_and_full_keeps_them(tm
         out = subprocess.run([sys.executable, "-c", AUTOTUNE_GLA, mode, str(cache)], capture_output=True,
                              text=True, env=env, timeout=600, cwd=Path(__file__).resolve().parents[1])
         assert out.returncode == 0, out.stderr[-3000:]
-        counts[mode] = int(out.stdout.split()[-1])
+        backend, count = out.stdout.split()[-2:]
+        assert backend == "fla", backend
+        counts[mode] = int(count)
     assert counts["first"] == 0 and counts["full"] > 0, counts
