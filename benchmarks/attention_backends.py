@@ -3,7 +3,8 @@ and append one JSON line per variant to OUT (`attention_ms`: the forward + backw
 
 Issue 18 goal 1 (VAR-d16 training at 2.5x the official code): in session 26's bf16 step (94.5 ms on an H100) cuDNN's
 attention backward took 11.0 ms against its forward's 3.3 ms, 3.3x where about 2.5x is the arithmetic. This script
-says which way of calling the kernels does better before any becomes an option of the attention mixers:
+says which way of calling the kernels does better, and so which backend and `sdpa_scales` options to time the
+training step with:
 
 - `flex`: one flex_attention call with the layout's BlockMask (the mixers' `flex` backend);
 - `reference`: one SDPA call with the dense boolean mask (the oracle; SDPA's masked kernels);
@@ -15,7 +16,7 @@ says which way of calling the kernels does better before any becomes an option o
 
 Each record names the kernels that ran (the profiler's attention operators of one forward + backward), the forward
 and forward + backward medians (CUDA events), TFLOP/s over the pairs the mask allows, and how far the variant's
-output and input gradients are from the fp32 oracle's (`max_abs_diff_*`; q, k, v as VAR's: unit-norm rows, q
+output and input gradients are from the fp64 oracle's (`max_abs_diff_*`; q, k, v as VAR's: unit-norm rows, q
 times its temperature 4). Shapes: VAR-d16 at 256 px by default (batch 32, 16 heads of 64, 680 tokens).
 
     python benchmarks/attention_backends.py OUT.jsonl [--kinds block_causal block_diag] [--together 1 64 128 256]
@@ -50,13 +51,18 @@ def sdpa_kernels(kernels: str) -> tuple[str, ...]:
     return () if kernels == "auto" else tuple(dict.fromkeys((kernels, "efficient")))
 
 
-def attend_fn(variant: str, layout: ScaleLayout, kind: str):
-    """(q, k, v) -> o for a variant name (module docstring)."""
+def mask_of(layout: ScaleLayout, kind: str, device) -> torch.Tensor:
+    """The dense (L, L) mask of `kind` on `device`."""
+    return {"block_causal": layout.block_causal_mask, "block_diag": layout.block_diag_mask}[kind](device)
+
+
+def attend_fn(variant: str, layout: ScaleLayout, kind: str, device):
+    """(q, k, v) -> o for a variant name (module docstring), its tensors on `device`."""
     if variant == "flex":
         return lambda q, k, v: flex_masked_attention(q, k, v, layout, kind, 1.0)
     if variant == "reference":
-        mask = {"block_causal": layout.block_causal_mask, "block_diag": layout.block_diag_mask}[kind]
-        return lambda q, k, v: masked_attention_ref(q, k, v, mask(q.device), 1.0)
+        mask = mask_of(layout, kind, device)  # built once, as the mixers' reference path is not timed here
+        return lambda q, k, v: masked_attention_ref(q, k, v, mask, 1.0)
     _, together, kernels = variant.split(":")
     return lambda q, k, v: sdpa_scales_attention(q, k, v, layout, kind, 1.0, together_below=int(together),
                                                  kernels=sdpa_kernels(kernels))
@@ -82,10 +88,9 @@ def kernels_ran(fn) -> list[str]:
 
 
 def variant_record(out, variant: str, layout: ScaleLayout, kind: str, qkvg, repeats: int) -> dict:
-    """Time one variant, check it against the fp32 oracle and append its record."""
-    attend = attend_fn(variant, layout, kind)
+    """Time one variant, check it against the fp64 oracle and append its record."""
     q, k, v, grad = (t.detach().requires_grad_(i < 3) for i, t in enumerate(qkvg))
-    mask = {"block_causal": layout.block_causal_mask, "block_diag": layout.block_diag_mask}[kind](q.device)
+    attend, mask = attend_fn(variant, layout, kind, q.device), mask_of(layout, kind, q.device)
     exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
     oracle = masked_attention_ref(*exact, mask, 1.0)
     oracle.backward(grad.double())
