@@ -263,6 +263,40 @@ def test_main_table_shows_the_recorded_numbers(df, tmp_path):
     assert f"| {train['value']:.1f} " in md and f"| {b1['value']:.1f} " in md
 
 
+def test_a_wide_table_is_written_one_section_per_study_or_evaluation_and_one_for_speed(tmp_path):
+    """report/main_table.md and mixer_ablation.md (98 and 105 columns as one table): one section per study's quality
+    columns ("[study]"), per evaluation of the columns one study names, and one of speed and memory; each with the
+    rows that have a value there, beside the size columns (and the seeds, for quality); the values untouched."""
+    import pandas as pd
+
+    from varbench.analysis.format import PART, by_column_group
+    index = pd.MultiIndex.from_tuples([("VAR-d16", 256), ("VAR-d6", 32), ("gla-d6", 32)], names=["Model", "Resolution"])
+    nan = float("nan")
+    table = pd.DataFrame({"Params": [310e6, 11e6, 12e6], "Fwd GFLOPs/img": [300.0, 2.0, 2.1],
+                          "FID (Inception, 10k, cfg 1.5)": [nan, 235.0, 219.8],
+                          "FID (Inception, 10k, cfg 1.5) std": [nan, 1.1, 6.5],
+                          "FD (embedded classifier, 500) [study_a]": [nan, 0.43, nan],
+                          "FD (embedded classifier, 500) [study_b]": [nan, nan, 0.36], "Seeds": [nan, 3, 3],
+                          "Train img/s (b32)": [351.4, nan, nan], "Timed on (autotune)": ["h200, full", nan, nan]},
+                         index=index)
+    table.attrs["records"] = 9
+    parts = by_column_group(table)
+    assert parts.index.names[0] == PART and parts.attrs["records"] == 9
+    assert list(dict.fromkeys(parts.index.get_level_values(PART))) == [
+        "quality, Inception, 10k, cfg 1.5", "quality, study study_a", "quality, study study_b", "speed and memory"]
+    speed = parts.loc["speed and memory"].dropna(axis=1, how="all")
+    assert list(speed.index) == [("VAR-d16", 256)]
+    assert list(speed.columns) == ["Params", "Fwd GFLOPs/img", "Train img/s (b32)", "Timed on (autotune)"]
+    inception = parts.loc["quality, Inception, 10k, cfg 1.5"].dropna(axis=1, how="all")
+    assert list(inception.index) == [("VAR-d6", 32), ("gla-d6", 32)] and inception["Seeds"].tolist() == [3, 3]
+    assert inception["FID (Inception, 10k, cfg 1.5) std"].tolist() == [1.1, 6.5]
+    md = write_table(parts, tmp_path, "main_table", "Main")[0].read_text()
+    assert md.count("## Columns: ") == 4 and "235 ± 1.1" in md and " 351.4 |" in md
+    section = md.split("## Columns: quality, study study_b")[1].split("##")[0]
+    assert "study_a" not in section and "Train img/s" not in section and "| gla-d6 " in section
+    assert by_column_group(table[["Params", "Train img/s (b32)"]]).index.names == ["Model", "Resolution"]  # one group
+
+
 def test_an_embedded_metric_never_lands_in_a_fid_column(df):
     table = main_table(df)
     fid_columns = [c for c in table.columns if c.startswith("FID")]

@@ -19,6 +19,8 @@ QUALITY_NAMES = {"fid": "FID", "embedded_fd": "FD", "inception_score": "IS", "pr
 HIGHER_BETTER = ("Class acc.", "IS", "Precision", "Recall")  # names of QUALITY_NAMES; the others: lower is better
 MISSING = "—"
 SECTION = "Study"  # a table whose first index level has this name is written one section per value
+PART = "Columns"  # ... or this one: a wide table cut into groups of columns (`by_column_group`)
+SHARED = ("Params", "Fwd GFLOPs/img")  # the size columns every group of `by_column_group` keeps
 STD = " std"
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
@@ -133,11 +135,48 @@ def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
 
 
 def sections(df: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
-    """A table split at its SECTION level (one part per study, each with only the columns it fills), or the whole
-    table as one part (None)."""
-    if df.index.nlevels < 2 or df.index.names[0] != SECTION:
+    """A table split at its SECTION (or PART) level (one part per study or group of columns, each with only the
+    columns it fills), or the whole table as one part (None)."""
+    if df.index.nlevels < 2 or df.index.names[0] not in (SECTION, PART):
         return [(None, df)]
-    return [(str(key), part.dropna(axis=1, how="all")) for key, part in df.groupby(level=SECTION, sort=False)]
+    level = df.index.names[0]
+    return [(str(key), part.dropna(axis=1, how="all")) for key, part in df.groupby(level=level, sort=False)]
+
+
+def column_group(column: str) -> str | None:
+    """The group of a wide table's column: a quality column's study (its "[study]" suffix) or, named by one study
+    only, its evaluation ("FID (Inception, 10k, cfg 1.5)": Inception, 10k, cfg 1.5); "Seeds" and the size columns
+    (SHARED) none, as they go with every group; any other column "speed and memory"."""
+    base = column.removesuffix(STD)
+    if column in SHARED or column == "Seeds":
+        return None
+    if not is_quality(base):
+        return "speed and memory"
+    name, _, study = base.partition(" [")
+    return f"quality, study {study.rstrip(']')}" if study else f"quality, {name.split(' (', 1)[1].rstrip(')')}"
+
+
+def by_column_group(df: pd.DataFrame) -> pd.DataFrame:
+    """A wide table (one row per configuration, the quality columns of many studies and evaluations, the speed
+    columns) as one part per group of columns (`column_group`), under a leading PART level: each part the rows
+    with a value in its group, beside the size columns (and the seeds, for quality); written one section each
+    (`sections`), so that no section is mostly empty. The values are the table's, untouched."""
+    groups: dict[str, list[str]] = {}
+    for column in df.columns:
+        if (group := column_group(column)) is not None:
+            groups.setdefault(group, []).append(column)
+    size = [c for c in SHARED if c in df.columns]
+    seeds = ["Seeds"] if "Seeds" in df.columns else []
+    parts = {}
+    for group, columns in groups.items():
+        rows = df[columns].notna().any(axis=1)
+        if rows.any():
+            parts[group] = df.loc[rows, size + columns + (seeds if group.startswith("quality") else [])]
+    if len(parts) < 2:
+        return df
+    out = pd.concat(parts, names=[PART])
+    out.attrs = dict(df.attrs)
+    return out
 
 
 def spread_note(df: pd.DataFrame) -> str:
@@ -156,13 +195,14 @@ def write_table(df: pd.DataFrame, out_dir, name: str, title: str, note: str = ""
     out_dir.mkdir(parents=True, exist_ok=True)
     md, tex = out_dir / f"{name}.md", out_dir / f"{name}.tex"
     blocks, tables = [f"# {title}", note], []
+    level = df.index.names[0]
     for key, part in sections(df):
-        part = part if key is None else part.droplevel(SECTION)
+        part = part if key is None else part.droplevel(level)
         # a | or a line break inside a cell (an error message) would end the markdown cell
         text = as_text(part).apply(lambda col: col.map(lambda c: c.replace("|", r"\|").replace("\n", " ")))
-        blocks += ([] if key is None else [f"## {SECTION}: {key}"]) + [text.to_markdown(index=False)]
+        blocks += ([] if key is None else [f"## {level}: {key}"]) + [text.to_markdown(index=False)]
         on = f"Data: {data}" if data else ""
-        on += (", " if on else "Data: ") + f"study {key}" if key is not None else ""
+        on += (", " if on else "Data: ") + (f"study {key}" if level == SECTION else key) if key is not None else ""
         caption = ". ".join(t.strip(" .") for t in (title, on, spread_note(part), note) if t)
         tables.append(to_latex(part, caption, f"tab:{name}" + ("" if key is None else f":{len(tables)}")))
     md.write_text("\n\n".join(block for block in blocks if block) + "\n")
