@@ -265,8 +265,9 @@ def test_main_table_shows_the_recorded_numbers(df, tmp_path):
 
 def test_a_wide_table_is_written_one_section_per_study_or_evaluation_and_one_for_speed(tmp_path):
     """report/main_table.md and mixer_ablation.md (98 and 105 columns as one table): one section per study's quality
-    columns ("[study]"), per evaluation of the columns one study names, and one of speed and memory; each with the
-    rows that have a value there, beside the size columns (and the seeds, for quality); the values untouched."""
+    columns ("[study]"), per evaluation of the columns one study names, one each of training speed, sampling latency
+    and memory; each with the rows that have a value there, beside the size columns (and the seeds, or where the
+    timings come from); the values untouched."""
     import pandas as pd
 
     from varbench.analysis.format import PART, by_column_group
@@ -277,21 +278,30 @@ def test_a_wide_table_is_written_one_section_per_study_or_evaluation_and_one_for
                           "FID (Inception, 10k, cfg 1.5) std": [nan, 1.1, 6.5],
                           "FD (embedded classifier, 500) [study_a]": [nan, 0.43, nan],
                           "FD (embedded classifier, 500) [study_b]": [nan, nan, 0.36], "Seeds": [nan, 3, 3],
-                          "Train img/s (b32)": [351.4, nan, nan], "Timed on (autotune)": ["h200, full", nan, nan]},
+                          "Train img/s (b32)": [351.4, nan, nan], "MFU (b32)": [0.41, nan, nan],
+                          "Latency b1 (ms)": [nan, 12.5, nan], "Peak mem b1 (bytes)": [nan, 2e9, nan],
+                          "Timed on (autotune)": ["h200, full", "cpu", nan]},
                          index=index)
     table.attrs["records"] = 9
     parts = by_column_group(table)
     assert parts.index.names[0] == PART and parts.attrs["records"] == 9
     assert list(dict.fromkeys(parts.index.get_level_values(PART))) == [
-        "quality, Inception, 10k, cfg 1.5", "quality, study study_a", "quality, study study_b", "speed and memory"]
-    speed = parts.loc["speed and memory"].dropna(axis=1, how="all")
-    assert list(speed.index) == [("VAR-d16", 256)]
-    assert list(speed.columns) == ["Params", "Fwd GFLOPs/img", "Train img/s (b32)", "Timed on (autotune)"]
+        "quality, Inception, 10k, cfg 1.5", "quality, study study_a", "quality, study study_b", "training speed",
+        "sampling latency", "memory"]
+    training = parts.loc["training speed"].dropna(axis=1, how="all")
+    assert list(training.index) == [("VAR-d16", 256)]
+    assert list(training.columns) == ["Params", "Fwd GFLOPs/img", "Train img/s (b32)", "MFU (b32)",
+                                      "Timed on (autotune)"]
+    sampling = parts.loc["sampling latency"].dropna(axis=1, how="all")
+    assert list(sampling.index) == [("VAR-d6", 32)] and list(sampling.columns)[-2:] == [
+        "Latency b1 (ms)", "Timed on (autotune)"]
+    assert list(parts.loc["memory"].dropna(axis=1, how="all").columns)[-2:] == ["Peak mem b1 (bytes)",
+                                                                              "Timed on (autotune)"]
     inception = parts.loc["quality, Inception, 10k, cfg 1.5"].dropna(axis=1, how="all")
     assert list(inception.index) == [("VAR-d6", 32), ("gla-d6", 32)] and inception["Seeds"].tolist() == [3, 3]
     assert inception["FID (Inception, 10k, cfg 1.5) std"].tolist() == [1.1, 6.5]
     md = write_table(parts, tmp_path, "main_table", "Main")[0].read_text()
-    assert md.count("## Columns: ") == 4 and "235 ± 1.1" in md and " 351.4 |" in md
+    assert md.count("## Columns: ") == 6 and "235 ± 1.1" in md and " 351.4 |" in md
     section = md.split("## Columns: quality, study study_b")[1].split("##")[0]
     assert "study_a" not in section and "Train img/s" not in section and "| gla-d6 " in section
     assert by_column_group(table[["Params", "Train img/s (b32)"]]).index.names == ["Model", "Resolution"]  # one group

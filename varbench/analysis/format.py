@@ -21,6 +21,7 @@ MISSING = "—"
 SECTION = "Study"  # a table whose first index level has this name is written one section per value
 PART = "Columns"  # ... or this one: a wide table cut into groups of columns (`by_column_group`)
 SHARED = ("Params", "Fwd GFLOPs/img")  # the size columns every group of `by_column_group` keeps
+TIMED_ON = "Timed on (autotune)"  # ... and the column saying where a row's timings come from, every speed group
 STD = " std"
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
@@ -145,36 +146,42 @@ def sections(df: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
 
 def column_group(column: str) -> str | None:
     """The group of a wide table's column: a quality column's study (its "[study]" suffix) or, named by one study
-    only, its evaluation ("FID (Inception, 10k, cfg 1.5)": Inception, 10k, cfg 1.5); "Seeds" and the size columns
-    (SHARED) none, as they go with every group; any other column "speed and memory"."""
+    only, its evaluation ("FID (Inception, 10k, cfg 1.5)": Inception, 10k, cfg 1.5); training's img/s and MFUs
+    "training speed"; memory in bytes "memory"; any other "sampling latency"; none for the columns that go with
+    several groups (the size columns, "Seeds", TIMED_ON)."""
     base = column.removesuffix(STD)
-    if column in SHARED or column == "Seeds":
+    if column in (*SHARED, "Seeds", TIMED_ON):
         return None
+    if base.startswith("Train img/s") or "MFU" in base:
+        return "training speed"
+    if "bytes" in base:
+        return "memory"
     if not is_quality(base):
-        return "speed and memory"
+        return "sampling latency"
     name, _, study = base.partition(" [")
-    return f"quality, study {study.rstrip(']')}" if study else f"quality, {name.split(' (', 1)[1].rstrip(')')}"
+    return f"quality, study {study.rstrip(']')}" if study else f"quality, {name.partition(' (')[2].rstrip(')')}"
 
 
 def by_column_group(df: pd.DataFrame) -> pd.DataFrame:
     """A wide table (one row per configuration, the quality columns of many studies and evaluations, the speed
     columns) as one part per group of columns (`column_group`), under a leading PART level: each part the rows
-    with a value in its group, beside the size columns (and the seeds, for quality); written one section each
-    (`sections`), so that no section is mostly empty. The values are the table's, untouched."""
+    with a value in its group, beside the size columns (and the seeds, or where the timings come from); written
+    one section each (`sections`), so that no section is mostly empty. The values are the table's, untouched."""
     groups: dict[str, list[str]] = {}
     for column in df.columns:
         if (group := column_group(column)) is not None:
             groups.setdefault(group, []).append(column)
     size = [c for c in SHARED if c in df.columns]
-    seeds = ["Seeds"] if "Seeds" in df.columns else []
+    seeds, timed_on = ([c] if c in df.columns else [] for c in ("Seeds", TIMED_ON))
     parts = {}
     for group, columns in groups.items():
         rows = df[columns].notna().any(axis=1)
         if rows.any():
-            parts[group] = df.loc[rows, size + columns + (seeds if group.startswith("quality") else [])]
+            parts[group] = df.loc[rows, size + columns + (seeds if group.startswith("quality") else timed_on)]
     if len(parts) < 2:
         return df
     out = pd.concat(parts, names=[PART])
+    out = out[[c for c in out.columns if c not in (*seeds, *timed_on)] + seeds + timed_on]  # last in every section
     out.attrs = dict(df.attrs)
     return out
 
