@@ -481,9 +481,10 @@ def test_gpu_check_s16_train_gives_the_sdpa_scales_steps_the_options_asked(tmp_p
         check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
                                env=ENV, timeout=300)
         assert check.returncode == 0, check.stderr[-2000:]
-        options = "backend: sdpa_scales\n      sdpa_kernels:\n      - flash\n      - efficient\n      together_below: 128"
-        assert f"{group}_options:\n    {'attention' if group == 'mixer' else 'full'}:\n      {options}" in check.stdout, (
-            check.stdout[-3000:])
+        name = "attention" if group == "mixer" else "full"
+        options = "\n      ".join(("backend: sdpa_scales", "sdpa_kernels:", "- flash", "- efficient",
+                                    "together_below: 128"))
+        assert f"{group}_options:\n    {name}:\n      {options}" in check.stdout, check.stdout[-3000:]
 
 
 def test_gpu_check_s16_train_times_the_attention_variants_alone_when_asked(tmp_path):
