@@ -36,8 +36,7 @@ KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "pea
                 "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine",
                 "autotune", "tokenizer_id", "cfg", "decode_mode", "decode_batch", "fused_elementwise", "base_lr",
                 "system", "precision", "part", "kernels", "compile_mode", "compile_scope", "fp8", "fp8_recipe",
-                "block_weights",
-                "timing", "compile_cache")
+                "block_weights", "timing", "compile_cache")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}

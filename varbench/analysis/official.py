@@ -98,8 +98,9 @@ def same_call_goals(df: pd.DataFrame, device=None) -> list[tuple[str, float, boo
         if device is not None:
             pairs = pairs[pairs["device"] == device]
         return pairs.drop_duplicates("batch", keep="last").sort_values("batch")
-    sampling, training = newest(_pairs(df), "varbench_ms"), newest(_training_pairs(df), "compiled")
-    memory = newest(_pairs(df), "varbench_bf16_peak")
+    pairs = _pairs(df)
+    sampling, memory = newest(pairs, "varbench_ms"), newest(pairs, "varbench_bf16_peak")
+    training = newest(_training_pairs(df), "compiled")
     return ([(f"VAR-d16 eager sampling latency (b{b}, 256 px, ms; the official's, timed in the same call)", ms, False,
               ours, "report/beside_official.md")
              for b, ms, ours in zip(sampling["batch"], sampling["official_ms"], sampling["varbench_ms"])]
