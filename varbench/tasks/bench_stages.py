@@ -36,8 +36,6 @@ def measure(out, model, vae, stage, batch, sampler, repeats, cell, compiled=Fals
 
 def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compile_mode="default",
                   compile_scope="model", fp8_recipe=None) -> None:
-    """Record the training step's throughput at `batch` (img/s, MFU, the step's timing and, unless replayed as CUDA
-    graphs, its operators): eager, or compiled in `compile_mode` over `compile_scope`."""
     if param_dtype not in PARAM_DTYPES:
         raise ValueError(f"task.param_dtype must be one of {list(PARAM_DTYPES)}, got {param_dtype!r}")
     # bf16 weights and FP8 matmuls train a copy, so that the sampling stages time the model as it was built (blocks
@@ -81,8 +79,6 @@ def cudagraph_skips() -> int:
 
 def measure_sample(out, model, vae, batch, sampler, repeats, cell, cuda_graphs, decode_mode, decode_batch,
                    fused_elementwise=False, block_weights="fp32") -> None:
-    """Record a sampling run's latency at `batch` with `sampler` (with and without the decode) and its peak
-    memory."""
     if block_weights not in ("fp32", "bf16"):
         raise ValueError(f"task.block_weights must be 'fp32' or 'bf16', got {block_weights!r}")
     # bf16: the blocks' Linear weights held in the dtype the bench's autocast casts them to, as a sampling-only process
