@@ -9,7 +9,7 @@ from helpers import tiny_model, tiny_tokenizer
 
 from varbench.eval.flops import model_flops
 from varbench.eval.timing import machine, speed_mode
-from varbench.tasks.bench_stages import measure
+from varbench.tasks.bench import measure
 from varbench.utils.autotune import ENV
 from varbench.utils.records import read_records
 
