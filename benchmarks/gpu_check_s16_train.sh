@@ -11,6 +11,8 @@
 #   train_flex    VAR-d16 compiled training at batch 32 on flex attention (the default), fully autotuned: img/s,
 #                 MFU, top operators (the baseline, in the same call);
 #   train_sdpa_scales  the same with task.mixer_options={attention: {backend: sdpa_scales}};
+#   train_reference  the same with the dense-mask SDPA (backend: reference, as the official code attends), which
+#                 beat flex and sdpa_scales forward + backward in the attention step of session 29; only when asked;
 #   train_mvar    M-VAR-d16 ([mamba2, full]) compiled training at batch 32 (goal: >= 250 img/s, compiled in under
 #                 90 s: `timing.first_step_s`; no record yet), its graph breaks counted into OUT/graph_breaks.jsonl
 #                 (goal 0); only when asked (the M-VAR kernels' wheels: carry .whl, not .whl_fp8);
@@ -60,6 +62,8 @@ asked train_flex && TORCH_LOGS=graph_breaks,recompiles step train_flex "$TRAIN_S
 SDPA="backend:sdpa_scales${SDPA_OPTIONS:+,$SDPA_OPTIONS}"
 asked train_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_sdpa_scales "$TRAIN_S" "${BENCH[@]}" "$VAR" \
   "task.mixer_options={attention:{$SDPA}}"
+asked train_reference && TORCH_LOGS=graph_breaks,recompiles step train_reference "$TRAIN_S" "${BENCH[@]}" "$VAR" \
+  "task.mixer_options={attention:{backend:reference}}"
 if asked train_mvar; then
   TORCH_LOGS=graph_breaks,recompiles step train_mvar "$TRAIN_S" "${BENCH[@]}" "$MVAR"
   if [ -z "${DRY:-}" ] && [ -f "$OUT/train_mvar.log" ]; then  # (none for a step CALL_END left no time to start)
