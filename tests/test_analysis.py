@@ -957,3 +957,22 @@ def test_the_step_ops_table_takes_a_profile_that_lists_every_operator(tmp_path):
     (row,) = [row for _, row in table.iterrows()]
     assert table.index[0][0] == "c1" and "Not listed (ms)" not in table.columns
     assert row.to_dict() == {"Step (ms)": 25.0, "Busy (ms)": 22.0, "GEMMs (ms)": 20.0, "GELU (ms)": 2.0}
+
+
+def test_the_attention_kernels_table_keeps_each_variant_s_latest_timing_and_names_its_forward_kernels(tmp_path):
+    """report/attention_kernels.md: one row per call (commit and GPU), batch, mask kind and variant, the latest
+    timing of it; its forward kernels named short (the backward ones left out), sorted."""
+    from varbench.analysis.attention_kernels import attention_kernels_table
+    base = {"metric": "attention_ms", "unit": "ms", "kind": "block_causal", "batch": 32, "commit": "c1",
+            "device": "NVIDIA H100 80GB HBM3", "config": None, "date": "2099-01-01T00:00:00+00:00"}
+    flex = {**base, "variant": "flex", "value": 1.6, "forward_ms": 0.6, "backward_ms": 1.0, "tflops": 80.0,
+            "max_abs_diff_out": 0.008, "kernels_ran": ["triton_tem_fused_flex_attention_0",
+                                                       "triton_tem_fused_flex_attention_backward_1"]}
+    scales = {**flex, "variant": "sdpa_scales:64:flash", "value": 3.0, "kernels_ran": [
+        "aten::_flash_attention_forward", "aten::_flash_attention_backward", "aten::_efficient_attention_forward"]}
+    lines = [flex, scales, {**flex, "value": 1.5, "date": "2099-01-01T00:01:00+00:00"}]
+    table = attention_kernels_table(_records(tmp_path, lines))
+    assert table.index.get_level_values("Variant").tolist() == ["flex", "sdpa_scales:64:flash"]
+    assert table["Forward + backward (ms)"].tolist() == [1.5, 3.0]
+    assert table["Forward kernels"].tolist() == ["triton_tem_fused_flex_attention_0", "efficient_attention, "
+                                                 "flash_attention"]

@@ -15,6 +15,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from varbench.analysis import (
+    attention_kernels,
     checks,
     compile_time,
     crossover,
@@ -102,6 +103,11 @@ TABLES = {
                  "'not listed'), beside the step's median wall time", "task=bench's train_images_per_s with its "
                  "operators accounted for (timing.top_ops: since session 27 all, sessions 24-26 the top 15 and the "
                  "rest)"),
+    "attention_kernels": (attention_kernels.attention_kernels_table, "The scale layout's attention alone at VAR-d16's "
+                          "shapes, each way varbench can call the kernels: forward and forward + backward (eager "
+                          "calls, so a variant of many calls includes its host launches), the distance of its output "
+                          "from the fp64 oracle and the kernels that ran", "attention_ms "
+                          "(benchmarks/attention_backends.py)"),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
 }
