@@ -32,13 +32,14 @@ def captured_training_step(model, scope="model") -> dict:
     """Dynamo's counters after one compiled forward and backward of `model` in train mode, compiled in `scope` by a
     backend that runs each graph as captured (no Inductor code generation) and counts the operators it runs: `ops`
     is how many of the forward's operators ran inside a compiled graph (a graph reused by several blocks counts at
-    each call)."""
+    each call; a torch.autograd.Function is one node of the graph, its operators in its forward body's graph)."""
     torch._dynamo.reset()
     counters.clear()
     ran = []
 
     def counting_backend(gm: torch.fx.GraphModule, example_inputs):
-        ops = sum(node.op in ("call_function", "call_method", "call_module") for node in gm.graph.nodes)
+        graphs = [gm] + [m for name, m in gm.named_children() if name.startswith("fwd_body")]
+        ops = sum(node.op in ("call_function", "call_method", "call_module") for g in graphs for node in g.graph.nodes)
         return lambda *args: ran.append(ops) or gm.forward(*args)
     model.train()
     net = compile_for_training(model, len(model.blocks), scope, backend=counting_backend)
