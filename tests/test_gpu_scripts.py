@@ -294,6 +294,20 @@ def test_attention_backends_times_each_variant_against_the_oracle(tmp_path):
     assert set(causal.values()) == {1 + 4 * 5 + 9 * 14 + 16 * 30}  # each scale's queries see every coarser token
 
 
+def test_l2qk_backward_times_autograds_backward_and_the_written_one(tmp_path):
+    """benchmarks/l2qk_backward.py on a CPU (small shapes, bf16 autocast): one record per variant, autograd's first,
+    the written backward's input gradient within two bf16 ulps of its scale of autograd's."""
+    out = subprocess.run([sys.executable, "benchmarks/l2qk_backward.py", str(tmp_path / "l.jsonl"), "--tiny",
+                          "--repeats", "2"], cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "l.jsonl").read_text().splitlines()]
+    assert [(r["metric"], r["variant"]) for r in records] == [("l2qk_ms", "autograd"), ("l2qk_ms", "written")]
+    for r in records:
+        assert r["value"] == r["timing"]["median_ms"] > 0 and r["forward_ms"] > 0
+    assert records[0]["max_abs_diff_grad_vs_autograd"] == 0
+    assert 0 <= records[1]["max_abs_diff_grad_vs_autograd"] <= 2 * 2 ** -7 * 4
+
+
 def test_attention_backends_plans_every_kernel_set_on_a_gpu_and_sdpa_s_own_on_a_cpu():
     sys.path.insert(0, str(REPO / "benchmarks"))
     from attention_backends import sdpa_kernels, variants
