@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from varbench.modules.fused import fused, l2_qk, runs_fused
+from varbench.modules.fused import L2QKTraining, fused, l2_qk, runs_fused
 
 MAX_SCALE_MUL = math.log(100.0)  # VAR clamps the learned log-temperature at ln 100
 
@@ -75,7 +75,7 @@ class ScaleAttention(nn.Module):
             return qkv_3BHLd.unbind(0)
         # normalisation runs in fp32 under autocast; q, k go back to v's dtype for the kernels
         # (with autograd: the backward written out, which keeps no fp32 copy of the normalised rows)
-        l2 = fused(l2_qk) if runs_fused(self) else l2_qk  # A/B baseline: autograd's backward
+        l2 = fused(l2_qk) if runs_fused(self) else L2QKTraining.apply if torch.is_grad_enabled() else l2_qk
         q_BHLd, k_BHLd = l2(qkv_3BHLd[:2], terms["temperature_1H11"], qkv.dtype)
         return q_BHLd, k_BHLd, qkv_3BHLd[2]
 
