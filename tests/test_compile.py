@@ -191,7 +191,9 @@ def test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         loss = net(torch.tensor([1, 2], device="cuda"), x_BLCv).float().pow(2).mean()
     loss.backward()
-    assert len(built) == before and counters["frames"]["total"] == 1, (
+    # one graph: dynamo's frame count is no measure of it, as it also counts frames it only looked at (session 29, on
+    # an H200: this test's log showed one trace, of the forward, and 2 frames)
+    assert len(built) == before and counters["stats"]["unique_graphs"] == 1, (
         dict(counters["frames"]), dict(counters["stats"]), dict(counters["graph_break"]))
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 
@@ -213,7 +215,7 @@ def test_on_cuda_the_training_step_on_the_gpu_kernels_is_one_graph(mixer, vae):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = net(torch.tensor([1, 2], device="cuda"), x_BLCv).float().pow(2).mean()
     loss.backward()
-    assert counters["frames"]["total"] == 1, dict(counters["frames"])
+    assert counters["stats"]["unique_graphs"] == 1, (dict(counters["frames"]), dict(counters["stats"]))
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 
 

@@ -79,7 +79,8 @@ def test_on_cuda_a_compiled_raster_attention_step_builds_its_causal_mask_first_a
     labels, ids = torch.tensor([1, 2], device="cuda"), torch.randint(0, 32, (2, 16), device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         net(labels, ids, inputs_checked=True).float().pow(2).mean().backward()
-    # (session 20 on an H200: 2 frames; the breaks' reasons, if any, say why)
-    assert len(built) == 1 and counters["frames"]["total"] == 1, (dict(counters["frames"]), dict(counters["stats"]),
-                                                                  dict(counters["graph_break"]))
+    # one graph, not one frame: dynamo also counts frames it only looked at (session 20 on an H200: 2 frames; session
+    # 29: the flex test of tests/test_compile.py logged one trace, of the forward, and counted 2 frames)
+    assert len(built) == 1 and counters["stats"]["unique_graphs"] == 1, (
+        dict(counters["frames"]), dict(counters["stats"]), dict(counters["graph_break"]))
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])

@@ -91,7 +91,7 @@ def test_flash_alone_is_fine_where_no_scale_attends_masked():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_the_kernels_asked_for_compile_into_one_graph():
-    """The `sdpa_kernels` context is traced, not a graph break: a compiled forward and backward is one frame."""
+    """The `sdpa_kernels` context is traced, not a graph break: a compiled forward and backward is one graph."""
     import torch._dynamo
     from torch._dynamo.utils import counters
     module = build("mixer", "attention", dim=128, num_heads=2, backend="sdpa_scales",
@@ -102,5 +102,7 @@ def test_on_cuda_the_kernels_asked_for_compile_into_one_graph():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = torch.compile(module, backend="eager")(x, VAR)
     out.float().square().mean().backward()
-    assert counters["frames"]["total"] == 1 and not sum(counters["graph_break"].values()), (
-        dict(counters["frames"]), dict(counters["graph_break"]))
+    # one graph, not one frame: dynamo also counts frames it only looked at (session 29: this test counted 2 frames
+    # in a process that had run other tests, on an H100, and 1 alone, on an H200)
+    assert counters["stats"]["unique_graphs"] == 1 and not sum(counters["graph_break"].values()), (
+        dict(counters["frames"]), dict(counters["stats"]), dict(counters["graph_break"]))
