@@ -74,7 +74,7 @@ class ScaleAttention(nn.Module):
         if not self.l2_norm:
             return qkv_3BHLd.unbind(0)
         # normalisation runs in fp32 under autocast; q, k go back to v's dtype for the kernels
-        # (with autograd: the backward written out, which keeps no fp32 copy of the normalised rows)
+        # (with autograd: the backward written out, which keeps no fp32 copy of the normalised rows: less memory)
         l2 = fused(l2_qk) if runs_fused(self) else L2QKTraining.apply if torch.is_grad_enabled() else l2_qk
         q_BHLd, k_BHLd = l2(qkv_3BHLd[:2], terms["temperature_1H11"], qkv.dtype)
         return q_BHLd, k_BHLd, qkv_3BHLd[2]

@@ -47,12 +47,12 @@ NORMALIZE_EPS = 1e-12  # F.normalize's
 
 class L2QKTraining(torch.autograd.Function):
     """`l2_qk` with its backward written out, for training: the same forward, and a backward that recomputes the
-    normalised rows from the saved input instead of keeping them in fp32 (autograd's form of F.normalize, compiled,
-    took 9.4 of VAR-d16's 93.1 ms compiled step on an H100 in session 29, most of it in the backward; this one reads
-    the input and the two gradients and writes the input's gradient, plus one reduction for the temperature's).
-    With y = x / max(|x|, eps) over d and dy the gradient of y: dx = (dy - y (y . dy)) / |x| where |x| >= eps (the
-    clamp passes the gradient there), dy / eps below it (the clamp holds the denominator constant). Arithmetic in
-    fp32, as the autocast forward's."""
+    normalised rows from the saved input, so no fp32 copy of them is kept for it. Session 29 (VAR-d16, batch 32,
+    compiled, one H200, `results/gpu/h200/README.md`): the step's peak memory 21.0 GiB against 22.4 with autograd's
+    backward, at the same speed (84.9 against 85.1 ms); alone (benchmarks/l2qk_backward.py) its compiled backward
+    was the slower one. With y = x / max(|x|, eps) over d and dy the gradient of y: dx = (dy - y (y . dy)) / |x|
+    where |x| >= eps (the clamp passes the gradient there), dy / eps below it (the clamp holds the denominator
+    constant). Arithmetic in fp32, as the autocast forward's."""
 
     @staticmethod
     def forward(ctx, qk_2BHLd: torch.Tensor, temperature_1H11: torch.Tensor, dtype: torch.dtype):
