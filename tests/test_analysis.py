@@ -441,6 +441,21 @@ def test_the_compiled_training_goal_reads_the_fastest_compile_mode_never_a_numer
     assert (goal["Measured"], goal["Read from"]) == (420.0, "Train img/s (b32, compiled max-autotune-no-cudagraphs)")
 
 
+def test_the_official_goals_read_varbench_s_math_on_other_kernels_too_and_name_the_variant(tmp_path):
+    """A configuration with kernel choices alone (attention[backend=sdpa_scales]: VAR's math on other kernels)
+    counts for VAR's goal, and the source names it; one with another option (other math) never does."""
+    train = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "compiled": True, "value": 351.0}
+    lines = [train, {**train, "mixer_options": {"backend": "sdpa_scales"}, "value": 377.0},
+             {**train, "mixer_options": {"backend": "sdpa_scales", "l2_norm": False}, "value": 600.0}]
+    goal = bench_goals(_records(tmp_path, lines)).loc[
+        "VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)"]
+    assert (goal["Measured"], goal["Read from"]) == (
+        377.0, "Train img/s (b32, compiled) of attention[backend=sdpa_scales]+none")
+    alone = bench_goals(_records(tmp_path, lines[:1] + lines[2:])).loc[
+        "VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)"]
+    assert (alone["Measured"], alone["Read from"]) == (351.0, "Train img/s (b32, compiled)")
+
+
 def test_a_chunked_decode_is_its_own_measurement_with_its_own_memory_goal(tmp_path):
     """task.decode_batch: VAR's batch-64 sampling decoding 16 images per call is tabled beside the whole-batch decode,
     never in its place (goal rows and columns of their own); the crossover atlas reads the whole-batch decode, unfused

@@ -72,20 +72,29 @@ def goal_cell(frame: pd.DataFrame, key: tuple, column: str) -> float:
     return frame.at[key, column] if key in frame.index and column in frame.columns else float("nan")
 
 
+def kernel_variants(frame: pd.DataFrame, key: tuple) -> list[tuple]:
+    """`key` and every configuration of `frame` that runs its math on other kernels only (its mixer and intra each
+    the same with kernel choices, `official.same_math`: attention[backend=sdpa_scales] for VAR), `key` first."""
+    mixer, intra, *rest = key
+    return [key] + [k for k in frame.index if k != key and tuple(k[2:]) == tuple(rest)
+                    and official.same_math(k[0], mixer) and official.same_math(k[1], intra)]
+
+
 def read_goal(frame: pd.DataFrame, key: tuple, column: str, higher: bool) -> tuple[float, str]:
     """A goal's value for configuration `key` and the column it was read from. A column ending in FASTEST: the best
-    of the columns its stem begins (every decode mode, fused or not; every compile mode), never one with bf16 weights
-    or FP8 matmuls (deviations from VAR's numerics, tabled on their own); NaN and "" where none is measured."""
+    of the columns its stem begins (every decode mode, fused or not; every compile mode) over `key` and its kernel
+    variants (`kernel_variants`; the source then names the variant), never one with bf16 weights or FP8 matmuls
+    (deviations from VAR's numerics, tabled on their own); NaN and "" where none is measured."""
     if not column.endswith(FASTEST):
         return goal_cell(frame, key, column), column
     stem = column.removesuffix(FASTEST)
-    values = {c: goal_cell(frame, key, c) for c in frame.columns
+    values = {(k, c): goal_cell(frame, k, c) for k in kernel_variants(frame, key) for c in frame.columns
               if c.startswith(stem) and not any(deviation in c for deviation in NUMERICS_DEVIATIONS)}
-    values = {c: v for c, v in values.items() if not pd.isna(v)}
+    values = {kc: v for kc, v in values.items() if not pd.isna(v)}
     if not values:
         return float("nan"), ""
-    best = (max if higher else min)(values, key=values.get)
-    return values[best], best
+    (best_key, best), value = max(values.items(), key=lambda kv: kv[1] if higher else -kv[1])
+    return value, best if best_key == key else f"{best} of {best_key[0]}+{best_key[1]}"
 
 
 def call_frames(df: pd.DataFrame, device, samplers) -> list[tuple[pd.DataFrame, str]]:

@@ -15,6 +15,7 @@ configuration), eager and the fastest compiled, of the same commit, device and b
 from __future__ import annotations
 
 import logging
+import re
 
 import pandas as pd
 
@@ -22,8 +23,14 @@ log = logging.getLogger(__name__)
 
 OFFICIAL = "official_var"
 GIB = 2 ** 30
-# VAR's attention, its fields overridden only by kernel choices (the same math on other kernels), as records name it
-KERNEL_CHOICES = r"attention(\[((backend|together_below|sdpa_kernels)=[\w+]+,?)+\])?"
+# a mixer or intra variant's options that choose kernels only (the same math on other kernels), as records name them
+KERNEL_OPTIONS = r"(\[((backend|together_below|sdpa_kernels)=[\w+]+,?)+\])?"
+KERNEL_CHOICES = "attention" + KERNEL_OPTIONS  # VAR's attention on any kernels
+
+
+def same_math(name: str, base: str) -> bool:
+    """Whether a record's mixer or intra `name` is `base` itself or `base` with kernel choices alone."""
+    return re.fullmatch(re.escape(base) + KERNEL_OPTIONS, name) is not None
 
 
 def _varbench_eager_var(latency: pd.DataFrame, block_weights: str) -> pd.DataFrame:
