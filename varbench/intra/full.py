@@ -28,11 +28,13 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
             block-diagonal mask), or "auto" (flex on CUDA, else reference). Default: "auto".
         together_below, sdpa_kernels: the sdpa_scales options, as the attention mixer's
             (`varbench.mixers.attention.BlockCausalAttention`). Defaults: 64, None.
+        qk_norm (str, Optional): with `l2_norm`, the normalisation's kernels in training (see `ScaleAttention`).
+            Default: "auto".
     """
 
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = False, backend: str = "auto",
-                 together_below: int = 64, sdpa_kernels: list[str] | None = None):
-        super().__init__(dim, num_heads, l2_norm)
+                 together_below: int = 64, sdpa_kernels: list[str] | None = None, qk_norm: str = "auto"):
+        super().__init__(dim, num_heads, l2_norm, qk_norm)
         self.choose_backend(backend, {"flex": cuda_and(), "sdpa_scales": cuda_and(), "varlen": cuda_and("flash_attn"),
                                       "xformers": cuda_and("xformers")}, "intra=full")
         self.together_below = together_below

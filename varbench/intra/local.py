@@ -24,11 +24,13 @@ class LocalScaleAttention(ScaleAttention, KernelChoice):
         window (int, Optional): half-width of the square window in tokens. Default: 2.
         l2_norm (bool, Optional): see `ScaleAttention`. Default: False.
         backend (str, Optional): "flex" (CUDA), "reference" (SDPA, dense mask) or "auto". Default: "auto".
+        qk_norm (str, Optional): with `l2_norm`, the normalisation's kernels in training (see `ScaleAttention`).
+            Default: "auto".
     """
 
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, window: int = 2, l2_norm: bool = False,
-                 backend: str = "auto"):
-        super().__init__(dim, num_heads, l2_norm)
+                 backend: str = "auto", qk_norm: str = "auto"):
+        super().__init__(dim, num_heads, l2_norm, qk_norm)
         if window < 0:
             raise ValueError(f"window must be >= 0, got {window}")
         self.window = window

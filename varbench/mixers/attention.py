@@ -40,13 +40,14 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
             call. Default: 64 (VAR's first six scales, 91 tokens).
         sdpa_kernels (list[str], Optional): sdpa_scales: the SDPA kernels its calls may run, in order of preference
             (names of `varbench.ops.attention.kernel.SDPA_KERNELS`). Default: None (SDPA's own choice).
+        qk_norm (str, Optional): the q/k normalisation's kernels in training (see `ScaleAttention`). Default: "auto".
     """
 
     within_scale = "bidirectional"
 
     def __init__(self, dim: int, num_heads: int, layer_idx: int = 0, l2_norm: bool = True, backend: str = "auto",
-                 together_below: int = 64, sdpa_kernels: list[str] | None = None):
-        super().__init__(dim, num_heads, l2_norm)
+                 together_below: int = 64, sdpa_kernels: list[str] | None = None, qk_norm: str = "auto"):
+        super().__init__(dim, num_heads, l2_norm, qk_norm)
         self.choose_backend(backend, {"flex": cuda_and(), "sdpa_scales": cuda_and()}, "attention")
         self.together_below = together_below
         self.sdpa_kernels = check_sdpa_scales_options(together_below, sdpa_kernels, "attention")

@@ -13,9 +13,10 @@ import math
 import torch
 from torch import nn
 
-from varbench.modules.fused import L2QKTraining, fused, l2_qk, runs_fused
+from varbench.modules.fused import NORMALIZE_EPS, L2QKTraining, fused, l2_qk, runs_fused
 
 MAX_SCALE_MUL = math.log(100.0)  # VAR clamps the learned log-temperature at ln 100
+QK_NORMS = ("auto", "triton", "torch")
 
 
 class ScaleAttention(nn.Module):
@@ -27,14 +28,21 @@ class ScaleAttention(nn.Module):
         num_heads (int): heads H (head dim C / H).
         l2_norm (bool, Optional): VAR's `attn_l2_norm`: normalise q and k, multiply q by exp(min(scale_mul, ln 100)),
             softmax scale 1. Without it the softmax scale is 0.25 / sqrt(d) (a quarter of the usual). Default: True.
+        qk_norm (str, Optional): the kernels of that normalisation under autograd (training): "triton" (one
+            Triton kernel forward and one backward, `varbench.ops.qk_norm.kernel`; CUDA), "torch" (the torch form,
+            `varbench.modules.fused.l2_qk` with its written backward), "auto" (triton on CUDA, else torch). The
+            same arithmetic; without autograd (sampling) the torch form always runs. Default: "auto".
     """
 
     rescale_out_proj = True  # VAR's init divides `proj` by sqrt(2*depth); M-VAR keeps it for its intra-scale branch
 
-    def __init__(self, dim: int, num_heads: int, l2_norm: bool = True):
+    def __init__(self, dim: int, num_heads: int, l2_norm: bool = True, qk_norm: str = "auto"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        if qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm={qk_norm!r}: valid values are {', '.join(QK_NORMS)}")
+        self.qk_norm = qk_norm
         self.num_heads, self.head_dim, self.l2_norm = num_heads, dim // num_heads, l2_norm
         self.fused_elementwise = False  # fused q/k normalisation (ScaleAR.set_fused_elementwise)
         self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
@@ -70,6 +78,9 @@ class ScaleAttention(nn.Module):
             qkv = nn.functional.linear(x_BLC, self.mat_qkv.weight, bias)
         else:  # a linear with a forward of its own (FP8 training, varbench/training/fp8.py) runs it
             qkv = self.mat_qkv(x_BLC) + bias
+        if self.l2_norm and torch.is_grad_enabled() and self._triton_norm(qkv):
+            from varbench.ops.qk_norm.kernel import qkv_l2_norm
+            return qkv_l2_norm(qkv, terms["temperature_1H11"], self.num_heads, NORMALIZE_EPS)
         qkv_3BHLd = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if not self.l2_norm:
             return qkv_3BHLd.unbind(0)
@@ -78,6 +89,12 @@ class ScaleAttention(nn.Module):
         l2 = fused(l2_qk) if runs_fused(self) else L2QKTraining.apply if torch.is_grad_enabled() else l2_qk
         q_BHLd, k_BHLd = l2(qkv_3BHLd[:2], terms["temperature_1H11"], qkv.dtype)
         return q_BHLd, k_BHLd, qkv_3BHLd[2]
+
+    def _triton_norm(self, qkv: torch.Tensor) -> bool:
+        """Whether the normalisation runs the Triton kernels on `qkv` (see `qk_norm`)."""
+        if self.qk_norm == "triton" and not qkv.is_cuda:
+            raise ValueError(f"qk_norm=triton runs on CUDA tensors; got {qkv.device.type} ones (use auto or torch)")
+        return self.qk_norm == "triton" or (self.qk_norm == "auto" and qkv.is_cuda)
 
     def out(self, o_BHLd: torch.Tensor) -> torch.Tensor:
         """Concatenate heads and project: (B, H, L, d) -> (B, L, C)."""

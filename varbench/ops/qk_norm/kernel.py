@@ -1,0 +1,158 @@
+"""VAR's L2-normalised q and k for training, as two Triton kernels wrapped in `torch.library` custom ops.
+
+Shape legend: B batch, L tokens, H heads, d head dim, C = H d width, T token tiles of BLOCK_L.
+Session 29's profile of VAR-d16's compiled training step (one H200, `results/gpu/h200/bench_s29.jsonl`) spent about
+9.5 of its 85 ms in Inductor's kernels for this normalisation, 5.5 ms of it in one element-wise kernel of the backward
+(341 us a layer, about 1 TB/s). Here one program owns a tile of BLOCK_L tokens of one (batch, head): it reads the
+tile's q, k and v rows (d contiguous values each) of the qkv projection's (B, L, 3, H, d) output once and writes
+q, k (normalised, q times the temperature) and v as contiguous (B, H, L, d) tensors, the layout the attention
+kernels read. The backward reads the saved qkv and the three gradients and writes the gradient of the whole qkv
+output in its own layout, so no stack or permute follows it; the temperature's gradient is summed from per-tile
+partial sums (deterministic). The arithmetic is `varbench.modules.fused.l2_qk`'s and `L2QKTraining`'s in fp32:
+y = x / max(|x|, eps), q = y t; dx = (dy - y (y . dy)) / |x| where |x| >= eps, dy / eps below it.
+Triton is imported with this module: import it only where a kernel may run. With TRITON_INTERPRET=1 set before
+that import the kernels run on CPU tensors (how the CPU tests check them against the torch form).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from varbench.ops.custom import as_promised
+
+BLOCK_L = 32  # tokens per program: (32, 64) tiles of q, k and v in registers
+
+
+@triton.jit
+def _normalise(x, eps):
+    """Rows of `x` (fp32) over d: y = x / max(|x|, eps), and |x|."""
+    norm = tl.sqrt(tl.sum(x * x, 1))
+    return x / tl.maximum(norm, eps)[:, None], norm
+
+
+@triton.jit
+def _forward_kernel(qkv_ptr, t_ptr, q_ptr, k_ptr, v_ptr, H, L, eps,
+                    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
+    # qkv: contiguous (B, L, 3, H, D); t: contiguous (H,); q, k, v: contiguous (B, H, L, D)
+    bh, tile = tl.program_id(0), tl.program_id(1)
+    b, h = (bh // H).to(tl.int64), bh % H
+    tok = tile * BLOCK_L + tl.arange(0, BLOCK_L)
+    col = tl.arange(0, D_PAD)
+    inside = (tok < L)[:, None] & (col < D)[None, :]
+    row_C = 3 * H * D
+    src = qkv_ptr + (b * L + tok[:, None]) * row_C + h * D + col[None, :]
+    dst = (b * H + h) * L * D + tok[:, None] * D + col[None, :]
+    y_q, _ = _normalise(tl.load(src, mask=inside, other=0.0).to(tl.float32), eps)
+    y_k, _ = _normalise(tl.load(src + H * D, mask=inside, other=0.0).to(tl.float32), eps)
+    temperature = tl.load(t_ptr + h).to(tl.float32)
+    tl.store(q_ptr + dst, (y_q * temperature).to(q_ptr.dtype.element_ty), mask=inside)
+    tl.store(k_ptr + dst, y_k.to(k_ptr.dtype.element_ty), mask=inside)
+    tl.store(v_ptr + dst, tl.load(src + 2 * H * D, mask=inside, other=0.0), mask=inside)
+
+
+@triton.jit
+def _input_gradient(x, dy, eps):
+    """The gradient of x for rows y = x / max(|x|, eps) given dy (fp32), and y."""
+    y, norm = _normalise(x, eps)
+    along = tl.sum(y * dy, 1)
+    # below eps the clamp held the denominator constant, so the gradient is dy / eps
+    return tl.where((norm >= eps)[:, None], (dy - y * along[:, None]) / norm[:, None], dy / eps), y
+
+
+@triton.jit
+def _backward_kernel(qkv_ptr, t_ptr, dq_ptr, dk_ptr, dv_ptr, dqkv_ptr, dt_ptr, H, L, T, eps,
+                     sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
+                     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
+    # qkv, dqkv: contiguous (B, L, 3, H, D); dq, dk, dv: (B, H, L, D) with unit stride over D; dt: (B, H, T) fp32
+    bh, tile = tl.program_id(0), tl.program_id(1)
+    b, h = (bh // H).to(tl.int64), bh % H
+    tok = tile * BLOCK_L + tl.arange(0, BLOCK_L)
+    col = tl.arange(0, D_PAD)
+    inside = (tok < L)[:, None] & (col < D)[None, :]
+    row_C = 3 * H * D
+    at = (b * L + tok[:, None]) * row_C + h * D + col[None, :]
+    dq = tl.load(dq_ptr + b * sq_b + h * sq_h + tok[:, None] * sq_l + col[None, :], mask=inside, other=0.0)
+    dk = tl.load(dk_ptr + b * sk_b + h * sk_h + tok[:, None] * sk_l + col[None, :], mask=inside, other=0.0)
+    dv = tl.load(dv_ptr + b * sv_b + h * sv_h + tok[:, None] * sv_l + col[None, :], mask=inside, other=0.0)
+    dq = dq.to(tl.float32)
+    temperature = tl.load(t_ptr + h).to(tl.float32)
+    x_q = tl.load(qkv_ptr + at, mask=inside, other=0.0).to(tl.float32)
+    dx_q, y_q = _input_gradient(x_q, dq * temperature, eps)
+    dx_k, _ = _input_gradient(tl.load(qkv_ptr + at + H * D, mask=inside, other=0.0).to(tl.float32),
+                              dk.to(tl.float32), eps)
+    out_type = dqkv_ptr.dtype.element_ty
+    tl.store(dqkv_ptr + at, dx_q.to(out_type), mask=inside)
+    tl.store(dqkv_ptr + at + H * D, dx_k.to(out_type), mask=inside)
+    tl.store(dqkv_ptr + at + 2 * H * D, dv.to(out_type), mask=inside)
+    tl.store(dt_ptr + bh * T + tile, tl.sum(tl.sum(dq * y_q, 1), 0))
+
+
+def _launch_shape(qkv_BLX: torch.Tensor, heads: int) -> tuple[int, int, int, tuple[int, int]]:
+    B, L, X = qkv_BLX.shape
+    if X % (3 * heads):
+        raise ValueError(f"qkv_l2_norm: the qkv width {X} is not 3 * heads ({heads}) * head dim")
+    return B, L, X // (3 * heads), (B * heads, triton.cdiv(L, BLOCK_L))
+
+
+@torch.library.custom_op("varbench::qkv_l2_norm_fwd", mutates_args=())
+def qkv_l2_norm_fwd(qkv_BLX: torch.Tensor, temperature_1H11: torch.Tensor, heads: int, eps: float,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    qkv_BLX = qkv_BLX.contiguous()
+    B, L, d, grid = _launch_shape(qkv_BLX, heads)
+    q, k, v = (qkv_BLX.new_empty((B, heads, L, d)) for _ in range(3))
+    _forward_kernel[grid](qkv_BLX, temperature_1H11.reshape(heads).contiguous(), q, k, v, heads, L, eps,
+                          D=d, D_PAD=triton.next_power_of_2(d), BLOCK_L=BLOCK_L)
+    return q, k, v
+
+
+@qkv_l2_norm_fwd.register_fake
+def _(qkv_BLX, temperature_1H11, heads, eps):
+    B, L, X = qkv_BLX.shape
+    return tuple(qkv_BLX.new_empty((B, heads, L, X // (3 * heads))) for _ in range(3))
+
+
+@torch.library.custom_op("varbench::qkv_l2_norm_bwd", mutates_args=())
+def qkv_l2_norm_bwd(qkv_BLX: torch.Tensor, temperature_1H11: torch.Tensor, dq_BHLd: torch.Tensor,
+                    dk_BHLd: torch.Tensor, dv_BHLd: torch.Tensor, heads: int, eps: float,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    qkv_BLX = qkv_BLX.contiguous()
+    B, L, d, grid = _launch_shape(qkv_BLX, heads)
+    grads = [g if g.stride(-1) == 1 else g.contiguous() for g in (dq_BHLd, dk_BHLd, dv_BHLd)]
+    dqkv = torch.empty_like(qkv_BLX)
+    partial_BHT = qkv_BLX.new_empty((B, heads, grid[1]), dtype=torch.float32)
+    _backward_kernel[grid](qkv_BLX, temperature_1H11.reshape(heads).contiguous(), *grads, dqkv, partial_BHT,
+                           heads, L, grid[1], eps, *(s for g in grads for s in g.stride()[:3]),
+                           D=d, D_PAD=triton.next_power_of_2(d), BLOCK_L=BLOCK_L)
+    return dqkv, as_promised(partial_BHT.sum(dim=(0, 2)).reshape(temperature_1H11.shape), temperature_1H11)
+
+
+@qkv_l2_norm_bwd.register_fake
+def _(qkv_BLX, temperature_1H11, dq_BHLd, dk_BHLd, dv_BHLd, heads, eps):
+    return qkv_BLX.new_empty(qkv_BLX.shape), temperature_1H11.new_empty(temperature_1H11.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    qkv_BLX, temperature_1H11, ctx.heads, ctx.eps = inputs
+    ctx.save_for_backward(qkv_BLX, temperature_1H11)
+
+
+def _backward(ctx, dq_BHLd, dk_BHLd, dv_BHLd):
+    qkv_BLX, temperature_1H11 = ctx.saved_tensors
+    B, L, X = qkv_BLX.shape  # an output the loss did not use has no gradient: zeros of its shape
+    grads = [g if g is not None else qkv_BLX.new_zeros((B, ctx.heads, L, X // (3 * ctx.heads)))
+             for g in (dq_BHLd, dk_BHLd, dv_BHLd)]
+    dqkv, dtemperature = qkv_l2_norm_bwd(qkv_BLX, temperature_1H11, *grads, ctx.heads, ctx.eps)
+    return dqkv, dtemperature, None, None
+
+
+torch.library.register_autograd("varbench::qkv_l2_norm_fwd", _backward, setup_context=_setup_context)
+
+
+def qkv_l2_norm(qkv_BLX: torch.Tensor, temperature_1H11: torch.Tensor, heads: int, eps: float,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (B, H, L, d), contiguous, in qkv's dtype, from the qkv projection's output (B, L, 3 H d): q and k
+    L2-normalised over d (eps: the norm's floor, F.normalize's), q times the per-head temperature (1, H, 1, 1);
+    differentiable in qkv and the temperature. `ScaleAttention.qkv` runs it under autograd on a GPU."""
+    return qkv_l2_norm_fwd(qkv_BLX, temperature_1H11, heads, eps)
