@@ -110,9 +110,8 @@ def test_on_cuda_attention_trains_through_the_kernels_in_one_compiled_graph():
     torch._dynamo.reset()
     counters.clear()
     for module, run in ((kernels, torch.compile(loss, fullgraph=True)), (reference, loss)):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            run(module, x).backward()
+        run(module, x).backward()  # in fp32: bf16's values are the test above's
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
-    for name, p in kernels.named_parameters():  # the same gradients to bf16's rounding of the largest
+    for name, p in kernels.named_parameters():  # the same gradients to fp32 rounding (sums of 200 tokens)
         want = dict(reference.named_parameters())[name].grad
-        assert (p.grad - want).abs().max() <= 2 ** -8 * want.abs().max(), name
+        assert (p.grad - want).abs().max() <= 1e-5 * want.abs().max(), name
