@@ -106,7 +106,8 @@ def test_on_cuda_attention_trains_through_the_kernels_in_one_compiled_graph():
     kernels, reference = (ScaleAttention(128, 2, qk_norm=name).cuda() for name in ("auto", "torch"))
     reference.load_state_dict(kernels.state_dict())
     x = torch.randn(4, 50, 128, device="cuda")
-    loss = lambda m, x: sum(t.float().square().sum() for t in m.qkv(x))  # noqa: E731
+    weights = torch.randn(3, 4, 2, 50, 64, device="cuda")  # a fixed random reduction (no cancelling gradients)
+    loss = lambda m, x: sum((t * w).sum() for t, w in zip(m.qkv(x), weights))  # noqa: E731
     torch._dynamo.reset()
     counters.clear()
     for module, run in ((kernels, torch.compile(loss, fullgraph=True)), (reference, loss)):
