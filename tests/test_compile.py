@@ -201,11 +201,21 @@ def test_on_cuda_compiling_builds_the_flex_masks_first_and_the_step_is_one_graph
 GPU_KERNEL_MIXERS = ["gla", "retnet", "linear_attention", "hgrn2", "deltanet", "gated_deltanet", "mamba2", "mamba"]
 
 
+def fla_refuses_gated_backward() -> bool:
+    """Whether fla refuses the gated chunk backward (`chunk_bwd_dqkwg` with g) here: it raises on Hopper GPUs under
+    Triton >= 3.4 and < 3.7.1, which compute it wrong (fla issue #640; the lent H100 / H200 have Triton 3.6)."""
+    from fla.ops.common import chunk_o
+    return bool(getattr(chunk_o, "IS_NVIDIA_HOPPER", False) and getattr(chunk_o, "TRITON_ABOVE_3_4_0", False)
+                and not getattr(chunk_o, "TRITON_ABOVE_3_7_1", True))
+
+
 @CUDA
 @pytest.mark.parametrize("mixer", GPU_KERNEL_MIXERS)
 def test_on_cuda_the_training_step_on_the_gpu_kernels_is_one_graph(mixer, vae):
     # the kernels run as custom ops (varbench::fla_fwd / ssd_scan_fwd / selective_scan_fwd / causal_conv1d_fwd): dynamo
     # neither breaks nor retraces at them
+    if mixer == "gated_deltanet" and fla_refuses_gated_backward():
+        pytest.skip("fla refuses Gated DeltaNet's backward on Hopper under this Triton (fla #640)")
     model = tiny_model(mixer, vae=vae, depth=2, drop_path_rate=0.1).cuda().train()
     assert model.mixer_backend != "reference", model.mixer_backend
     torch._dynamo.reset()

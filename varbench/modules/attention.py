@@ -79,6 +79,7 @@ class ScaleAttention(nn.Module):
         else:  # a linear with a forward of its own (FP8 training, varbench/training/fp8.py) runs it
             qkv = self.mat_qkv(x_BLC) + bias
         if self.l2_norm and torch.is_grad_enabled() and self._triton_norm(qkv):
+            # training on a GPU: one kernel each way, v copied out beside q and k
             from varbench.ops.qk_norm.kernel import qkv_l2_norm
             return qkv_l2_norm(qkv, terms["temperature_1H11"], self.num_heads, NORMALIZE_EPS)
         qkv_3BHLd = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

@@ -47,12 +47,13 @@ NORMALIZE_EPS = 1e-12  # F.normalize's
 
 class L2QKTraining(torch.autograd.Function):
     """`l2_qk` with its backward written out, for training: the same forward, and a backward that recomputes the
-    normalised rows from the saved input, so no fp32 copy of them is kept for it. Session 29 (VAR-d16, batch 32,
-    compiled, one H200, `results/gpu/h200/README.md`): the step's peak memory 21.0 GiB against 22.4 with autograd's
-    backward, at the same speed (84.9 against 85.1 ms); alone (benchmarks/l2qk_backward.py) its compiled backward
-    was the slower one. With y = x / max(|x|, eps) over d and dy the gradient of y: dx = (dy - y (y . dy)) / |x|
-    where |x| >= eps (the clamp passes the gradient there), dy / eps below it (the clamp holds the denominator
-    constant). Arithmetic in fp32, as the autocast forward's."""
+    normalised rows from the saved input, so no fp32 copy of them is kept for it. Attention runs it under autograd
+    on a CPU and with `qk_norm: torch`; on a GPU the Triton kernels of `varbench.ops.qk_norm.kernel` run by default
+    (session 30, one H100: VAR-d16's compiled step 85.1 ms against 91.4 with this), and this is their oracle.
+    Session 29 (VAR-d16, batch 32, compiled, one H200, `results/gpu/h200/README.md`): the step's peak memory 21.0 GiB
+    against 22.4 with autograd's backward, at the same speed (84.9 against 85.1 ms). With y = x / max(|x|, eps) over
+    d and dy the gradient of y: dx = (dy - y (y . dy)) / |x| where |x| >= eps (the clamp passes the gradient there),
+    dy / eps below it (the clamp holds the denominator constant). Arithmetic in fp32, as the autocast forward's."""
 
     @staticmethod
     def forward(ctx, qk_2BHLd: torch.Tensor, temperature_1H11: torch.Tensor, dtype: torch.dtype):
