@@ -44,7 +44,8 @@ NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydr
 # the key is left out of the id, so a cell composed before the key existed keeps its id (and its done marker)
 ADDED_KEYS_AT_OLD_BEHAVIOUR = {("train", "compile_scope"): "model", ("train", "tf32"): False,
                                ("mixer", "together_below"): 64, ("mixer", "sdpa_kernels"): None,
-                               ("intra", "together_below"): 64, ("intra", "sdpa_kernels"): None}
+                               ("intra", "together_below"): 64, ("intra", "sdpa_kernels"): None,
+                               ("mixer", "qk_norm"): "auto", ("intra", "qk_norm"): "auto"}
 ERROR_TAIL = 4000  # characters of traceback kept in failed.json
 
 
