@@ -236,3 +236,22 @@ def test_a_cpu_training_run_with_compile_auto_runs_eagerly_and_says_so(tmp_path)
     assert {r["metric"] for r in records} == {"train_loss", "train_summary"}
     assert all(r["compiled"] is False for r in records) and records[-1]["config"]["train"]["compile"] == "auto"
     assert all(r["compile_scope"] is None for r in records)
+
+
+def test_train_compile_mode_reaches_torch_compile_marks_each_micro_batch_and_is_recorded(tmp_path, monkeypatch):
+    """train.compile_mode: Inductor's mode of the training step (the default passes none); reduce-overhead replays
+    CUDA graphs, so each micro-batch tells them a new step begins; the records say the mode."""
+    from test_training_resume import config, train
+
+    from varbench.training import loop
+    calls, marks = [], []
+    monkeypatch.setattr(loop, "compile_for_training",
+                        lambda net, depth, scope, **options: calls.append((scope, options)) or net)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    summary = train(config(tmp_path, "train.steps=2", "train.grad_accum=2", "train.log_every=1", "train.compile=true",
+                           "train.compile_mode=reduce-overhead"))
+    assert calls == [("model", {"mode": "reduce-overhead"})] and len(marks) == 2 * 2
+    assert summary["compile_mode"] == "reduce-overhead"
+    assert [r["compile_mode"] for r in read_records(tmp_path / "results" / "train.jsonl")] == ["reduce-overhead"] * 2
+    summary = train(config(tmp_path / "eager", "train.steps=1"))  # train.compile: auto, eager on a CPU
+    assert len(calls) == 1 and len(marks) == 4 and summary["compile_mode"] is None

@@ -60,6 +60,18 @@ def train(cfg, actions=lambda model: {}) -> dict:
 
 
 # ----- resume --------------------------------------------------------------------------------------------------------
+def test_a_key_added_since_the_save_resumes_at_its_old_behaviour_and_at_no_other_value():
+    """A checkpoint written before `mixer.qk_norm` existed ran what `auto` runs: it resumes under auto, not under
+    another value (ADDED_KEYS_AT_OLD_BEHAVIOUR, the table grid cell ids read too)."""
+    from varbench.utils.resume import changed_keys
+    saved = {"mixer": {"backend": "auto"}, "train": {"steps": 2}}
+    assert changed_keys(saved, {"mixer": {"backend": "auto", "qk_norm": "auto"}, "train": {"steps": 2}}) == {}
+    assert changed_keys(saved, {"mixer": {"backend": "auto", "qk_norm": "torch"}, "train": {"steps": 2}}) == {
+        "mixer.qk_norm": ("auto", "torch")}
+    assert changed_keys(saved, {"mixer": {"backend": "auto"}, "train": {"steps": 2, "unknown": 1}}) == {
+        "train.unknown": ("<absent>", 1)}  # a key the table does not name stays a change
+
+
 @pytest.mark.parametrize("override,key", [("train.batch_size=4", "train.batch_size"), ("seed=1", "seed"),
                                           ("train.base_lr=0.1", "train.base_lr"),
                                           ("data.size_per_class=3", "data.size_per_class")])

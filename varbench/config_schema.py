@@ -59,6 +59,7 @@ TOP = {
     "autotune": Choice(("full", "first")),
     "progress": Choice(("auto", True, False)),
 }
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # Inductor's modes varbench runs
 TRAIN = {
     "batch_size": count(), "grad_accum": count(),
     "steps": count(null="train for `train.epochs` instead"), "epochs": positive(),
@@ -67,7 +68,8 @@ TRAIN = {
     "schedule": Choice(("lin0", "lin", "lin00", "cos", "exp")), "end_factor": fraction(),
     "weight_decay": non_negative(), "weight_decay_end": non_negative(null="constant"), "betas": BETAS,
     "grad_clip": non_negative(), "label_smoothing": fraction(open_high=True), "precision": PRECISION,
-    "compile": AUTO_FLAG, "compile_scope": Choice(("model", "blocks")), "parallel": Choice(("ddp", "fsdp")),
+    "compile": AUTO_FLAG, "compile_scope": Choice(("model", "blocks")), "compile_mode": Choice(COMPILE_MODES),
+    "parallel": Choice(("ddp", "fsdp")),
     "deterministic": FLAG, "tf32": FLAG,
     "log_every": count(), "nll_every": count(0), "nll_images": count(), "ckpt_every": count(), "keep_last": count(),
 }
@@ -119,7 +121,7 @@ TASKS = {
              "more_smooth": FLAG, "sampler": SAMPLER, "precision": PRECISION,
              "block_weights": BLOCK_WEIGHTS},
     "bench": {"resolutions": Items(count()), "repeats": count(), "compile": FLAG, "cuda_graphs": AUTO_FLAG,
-              "compile_mode": Choice(("default", "max-autotune-no-cudagraphs", "reduce-overhead")),
+              "compile_mode": Choice(COMPILE_MODES),
               "compile_scope": Choice(("model", "blocks")), "fp8": FLAG, "fp8_recipe": Choice(FP8_RECIPES),
               "decode_mode": DECODE_MODE, "decode_batch": count(null="the whole batch in one decode call"),
               "fused_elementwise": FLAG, "block_weights": Choice(("fp32", "bf16")),

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varbench.utils.hashing import file_id
 from varbench.utils.log import get_logger, is_rank_zero, job_logging
+from varbench.utils.resume import ADDED_KEYS_AT_OLD_BEHAVIOUR
 
 log = get_logger(__name__)
 
@@ -40,12 +41,6 @@ log = get_logger(__name__)
 # torch.compile caches)
 NOT_IDENTITY = ("dry_run", "cluster", "results_dir", "run_dir", "cell_id", "hydra", "logger", "progress",
                 "tokenizer_dir", "compile_cache_dir")
-# keys added after cells were recorded, each with the value that computes what those cells computed: at that value
-# the key is left out of the id, so a cell composed before the key existed keeps its id (and its done marker)
-ADDED_KEYS_AT_OLD_BEHAVIOUR = {("train", "compile_scope"): "model", ("train", "tf32"): False,
-                               ("mixer", "together_below"): 64, ("mixer", "sdpa_kernels"): None,
-                               ("intra", "together_below"): 64, ("intra", "sdpa_kernels"): None,
-                               ("mixer", "qk_norm"): "auto", ("intra", "qk_norm"): "auto"}
 ERROR_TAIL = 4000  # characters of traceback kept in failed.json
 
 
@@ -66,7 +61,8 @@ def cell_id(cfg: DictConfig) -> str:
     hashed as written: the values they read are hashed too, and `run_dir` reads the id itself."""
     container = OmegaConf.to_container(cfg, resolve=False)
     identity = {k: v for k, v in container.items() if k not in NOT_IDENTITY}
-    for (group, key), old_behaviour in ADDED_KEYS_AT_OLD_BEHAVIOUR.items():
+    for dotted, old_behaviour in ADDED_KEYS_AT_OLD_BEHAVIOUR.items():  # a cell composed before a key existed keeps
+        group, key = dotted.split(".")                                 # its id (and its done marker)
         if isinstance(identity.get(group), dict) and identity[group].get(key, old_behaviour) == old_behaviour:
             identity[group].pop(key, None)
     checkpoint = (container.get("tokenizer") or {}).get("checkpoint")

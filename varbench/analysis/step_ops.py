@@ -21,15 +21,18 @@ from varbench.analysis.load import var_numerics_training
 log = logging.getLogger(__name__)
 
 # (kind, name fragments), first match wins: attention before GEMMs (Inductor names its flex templates "triton_tem_"),
-# a LayerNorm before the GELU or the L2 normalisation fused with it (its kernel is a reduction over the width)
+# the q/k normalisation's own kernels (varbench/ops/qk_norm) before the mixers' custom ops, a LayerNorm before the
+# GELU or the L2 normalisation fused with it (its kernel is a reduction over the width)
+QK_NORM = "q/k L2 norm"
 KINDS = (("Attention", ("flex_attention", "_cudnn_attention", "_flash_attention", "_efficient_attention")),
          ("GEMMs", ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_mm", "triton_tem_fused_mm")),
+         (QK_NORM, ("varbench::qkv_l2_norm",)),
          ("Mixer kernels", ("varbench::", "_varbench_", "DaoAILab::", "_layer_norm_fwd", "_layer_norm_bwd")),
          ("Optimizer", ("adamw", "_foreach_")),
          ("Loss (log-softmax, NLL)", ("_log_softmax", "nll_loss")),
          ("LayerNorm", ("native_layer_norm",)),
          ("GELU", ("gelu",)),
-         ("q/k L2 norm", ("clamp_min", "linalg_vector_norm")),
+         (QK_NORM, ("clamp_min", "linalg_vector_norm")),
          ("Other fused element-wise (Inductor)", ("triton_poi", "triton_red", "triton_per")),
          ("Other element-wise, copies (aten)", ("aten::",)))
 OTHER, NOT_LISTED = "Other listed", "Not listed"
@@ -66,7 +69,7 @@ def step_ops_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         return pd.DataFrame()
     train = train.sort_values("date", kind="stable").drop_duplicates(CALL, keep="last")
     kinds = pd.DataFrame([_by_kind(t["top_ops"]) for t in train["timing"]]).fillna(0.0)
-    columns = [k for k, _ in KINDS if k in kinds] + [c for c in (OTHER, NOT_LISTED) if c in kinds]
+    columns = list(dict.fromkeys(k for k, _ in KINDS if k in kinds)) + [c for c in (OTHER, NOT_LISTED) if c in kinds]
     table = kinds[columns].rename(columns=lambda c: f"{c} (ms)")
     table.insert(0, "Busy (ms)", kinds.sum(axis=1))
     table.insert(0, "Step (ms)", [t["median_ms"] for t in train["timing"]])

@@ -162,9 +162,11 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     set_tf32(tcfg.tf32)  # (every run sets it both ways: a grid job may train several cells in one process)
     net = wrap_parallel(model, tcfg.parallel, info, device)
     compiled = resolve_auto(tcfg.compile, "train.compile", device)
-    compile_scope = tcfg.compile_scope if compiled else None
+    compile_scope, compile_mode = (tcfg.compile_scope, tcfg.compile_mode) if compiled else (None, None)
     if compiled:
-        net = compile_for_training(net, len(model.blocks), compile_scope)
+        options = {} if compile_mode == "default" else {"mode": compile_mode}
+        net = compile_for_training(net, len(model.blocks), compile_scope, **options)
+    graphs = compile_mode == "reduce-overhead"  # each micro-batch a new step of the replayed graphs
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=plan.peak_lr, betas=tuple(tcfg.betas),
                                   weight_decay=0.0, fused=device.type == "cuda")
     amp = autocast_dtype(tcfg.precision)
@@ -189,6 +191,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             loss_value = 0.0
             for _ in range(tcfg.grad_accum):
                 x, labels = next(loader)
+                if graphs:  # the last micro-batch's graph outputs are consumed: free to overwrite
+                    torch.compiler.cudagraph_mark_step_begin()
                 loss = micro_batch_loss(net, model, tokenizer, x, labels, device, from_ids, amp, tcfg.label_smoothing)
                 scaler.scale(loss / tcfg.grad_accum).backward()
                 loss_value += loss.item() / tcfg.grad_accum
@@ -209,6 +213,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                          lr, float(grad_norm), rate)
                 record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
                        grad_norm=float(grad_norm), images_per_s=rate, compiled=compiled, compile_scope=compile_scope,
+                       compile_mode=compile_mode,
                        run_dir=str(cfg.run_dir),
                        **weights_identity(spec))
             if logger.sample_every and step % logger.sample_every == 0:
@@ -226,7 +231,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     # (images/s: of this call's steps, resumed_from + 1 on)
     return {"steps": step, "max_iters": plan.max_iters, "final_loss": loss_value, "interrupted": stop.signal,
             "images_per_s": seen / max(time.perf_counter() - t0, 1e-9), "compiled": compiled,
-            "compile_scope": compile_scope, "resumed_from": resumed_from}
+            "compile_scope": compile_scope, "compile_mode": compile_mode, "resumed_from": resumed_from}
 
 
 def _update(model, optimizer, scaler, grad_clip: float, step: int, ckpt_dir: Path) -> float:

@@ -7,6 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 _MISSING = "<absent>"
+# keys added to the configs after runs were recorded, each with the value that computes what those runs computed:
+# a grid cell's id leaves such a key out at that value (varbench.grid.cell_id), and a run saved before the key
+# existed resumes under it at that value
+ADDED_KEYS_AT_OLD_BEHAVIOUR = {"train.compile_scope": "model", "train.tf32": False, "train.compile_mode": "default",
+                               "mixer.together_below": 64, "mixer.sdpa_kernels": None, "mixer.qk_norm": "auto",
+                               "intra.together_below": 64, "intra.sdpa_kernels": None, "intra.qk_norm": "auto"}
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict:
@@ -22,8 +28,10 @@ def flatten(tree: Mapping, prefix: str = "") -> dict:
 
 
 def changed_keys(saved: Mapping, now: Mapping, allowed: Iterable[str] = ()) -> dict[str, tuple]:
-    """{dotted key: (saved value, current value)} of every leaf that differs, except keys in `allowed`."""
+    """{dotted key: (saved value, current value)} of every leaf that differs, except keys in `allowed`; a key
+    `saved` lacks that was added later counts as saved at its old behaviour (ADDED_KEYS_AT_OLD_BEHAVIOUR)."""
     old, new, allowed = flatten(saved), flatten(now), set(allowed)
+    old = {**{k: v for k, v in ADDED_KEYS_AT_OLD_BEHAVIOUR.items() if k in new and k.split(".")[0] in saved}, **old}
     keys = sorted((set(old) | set(new)) - allowed)
     return {k: (old.get(k, _MISSING), new.get(k, _MISSING)) for k in keys
             if old.get(k, _MISSING) != new.get(k, _MISSING)}
