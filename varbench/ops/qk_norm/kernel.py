@@ -33,16 +33,23 @@ def _normalise(x, eps):
 
 
 @triton.jit
+def _tile(H, L, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's batch and head, its tokens and columns, which of them exist, and their offsets in the
+    contiguous (B, L, 3, H, D) qkv (of q; k and v follow at + H D, + 2 H D)."""
+    bh = tl.program_id(0)
+    b, h = (bh // H).to(tl.int64), bh % H
+    tok = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    col = tl.arange(0, D_PAD)
+    inside = (tok < L)[:, None] & (col < D)[None, :]
+    return b, h, tok, col, inside, (b * L + tok[:, None]) * 3 * H * D + h * D + col[None, :]
+
+
+@triton.jit
 def _forward_kernel(qkv_ptr, t_ptr, q_ptr, k_ptr, v_ptr, H, L, eps,
                     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
     # qkv: contiguous (B, L, 3, H, D); t: contiguous (H,); q, k, v: contiguous (B, H, L, D)
-    bh, tile = tl.program_id(0), tl.program_id(1)
-    b, h = (bh // H).to(tl.int64), bh % H
-    tok = tile * BLOCK_L + tl.arange(0, BLOCK_L)
-    col = tl.arange(0, D_PAD)
-    inside = (tok < L)[:, None] & (col < D)[None, :]
-    row_C = 3 * H * D
-    src = qkv_ptr + (b * L + tok[:, None]) * row_C + h * D + col[None, :]
+    b, h, tok, col, inside, at = _tile(H, L, D, D_PAD, BLOCK_L)
+    src = qkv_ptr + at
     dst = (b * H + h) * L * D + tok[:, None] * D + col[None, :]
     y_q, _ = _normalise(tl.load(src, mask=inside, other=0.0).to(tl.float32), eps)
     y_k, _ = _normalise(tl.load(src + H * D, mask=inside, other=0.0).to(tl.float32), eps)
@@ -66,13 +73,7 @@ def _backward_kernel(qkv_ptr, t_ptr, dq_ptr, dk_ptr, dv_ptr, dqkv_ptr, dt_ptr, H
                      sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
                      D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
     # qkv, dqkv: contiguous (B, L, 3, H, D); dq, dk, dv: (B, H, L, D) with unit stride over D; dt: (B, H, T) fp32
-    bh, tile = tl.program_id(0), tl.program_id(1)
-    b, h = (bh // H).to(tl.int64), bh % H
-    tok = tile * BLOCK_L + tl.arange(0, BLOCK_L)
-    col = tl.arange(0, D_PAD)
-    inside = (tok < L)[:, None] & (col < D)[None, :]
-    row_C = 3 * H * D
-    at = (b * L + tok[:, None]) * row_C + h * D + col[None, :]
+    b, h, tok, col, inside, at = _tile(H, L, D, D_PAD, BLOCK_L)
     dq = tl.load(dq_ptr + b * sq_b + h * sq_h + tok[:, None] * sq_l + col[None, :], mask=inside, other=0.0)
     dk = tl.load(dk_ptr + b * sk_b + h * sk_h + tok[:, None] * sk_l + col[None, :], mask=inside, other=0.0)
     dv = tl.load(dv_ptr + b * sv_b + h * sv_h + tok[:, None] * sv_l + col[None, :], mask=inside, other=0.0)
@@ -86,7 +87,7 @@ def _backward_kernel(qkv_ptr, t_ptr, dq_ptr, dk_ptr, dv_ptr, dqkv_ptr, dt_ptr, H
     tl.store(dqkv_ptr + at, dx_q.to(out_type), mask=inside)
     tl.store(dqkv_ptr + at + H * D, dx_k.to(out_type), mask=inside)
     tl.store(dqkv_ptr + at + 2 * H * D, dv.to(out_type), mask=inside)
-    tl.store(dt_ptr + bh * T + tile, tl.sum(tl.sum(dq * y_q, 1), 0))
+    tl.store(dt_ptr + (b * H + h) * T + tl.program_id(1), tl.sum(tl.sum(dq * y_q, 1), 0))
 
 
 def _launch_shape(qkv_BLX: torch.Tensor, heads: int) -> tuple[int, int, int, tuple[int, int]]:
