@@ -25,7 +25,6 @@ OFFICIAL = "official_var"
 GIB = 2 ** 30
 # a mixer or intra variant's options that choose kernels only (the same math on other kernels), as records name them
 KERNEL_OPTIONS = r"(\[((backend|together_below|sdpa_kernels|qk_norm)=[\w+]+,?)+\])?"
-KERNEL_CHOICES = "attention" + KERNEL_OPTIONS  # VAR's attention on any kernels
 
 
 def same_math(name: str, base: str) -> bool:
@@ -67,7 +66,7 @@ def _pairs(df: pd.DataFrame) -> pd.DataFrame:
 def _varbench_var_training(train: pd.DataFrame) -> pd.DataFrame:
     """task=bench's VAR-d16 training steps at 256 px with VAR's numerics: fp32 weights, no FP8 matmuls, any
     attention kernels (`attention[backend=...,sdpa_kernels=...]`: the same math on other kernels)."""
-    var = train["mixer"].fillna("").str.fullmatch(KERNEL_CHOICES) & (train["intra"] == "none")
+    var = train["mixer"].fillna("").map(lambda name: same_math(name, "attention")) & (train["intra"] == "none")
     return train[train["system"].isna() & var & (train["depth"] == 16) & (train["resolution"] == 256)
                  & (train["param_dtype"] == "fp32") & ~train["fp8"].eq(True)]
 
