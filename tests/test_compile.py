@@ -255,3 +255,36 @@ def test_train_compile_mode_reaches_torch_compile_marks_each_micro_batch_and_is_
     assert [r["compile_mode"] for r in read_records(tmp_path / "results" / "train.jsonl")] == ["reduce-overhead"] * 2
     summary = train(config(tmp_path / "eager", "train.steps=1"))  # train.compile: auto, eager on a CPU
     assert len(calls) == 1 and len(marks) == 4 and summary["compile_mode"] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the replayed CUDA graphs)")
+def test_on_cuda_reduce_overhead_trains_as_the_default_compile_and_resumes_exactly(tmp_path):
+    """task=train with train.compile_mode=reduce-overhead runs the default compile's Inductor kernels, replayed as
+    CUDA graphs, so its losses are the default's, also where two micro-batches accumulate into one update (a replay
+    overwrites the previous one's outputs); a run cut by SIGTERM in update 3 resumes to the weights of the run never
+    cut (the graphs recorded anew in the resumed call)."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+    from test_training_resume import config, train
+    common = ("device=cuda", "data.num_workers=0", "train.steps=5", "train.grad_accum=2", "train.ckpt_every=100",
+              "train.compile=true")  # (no loader workers: the SIGTERM below comes from the data set's reads)
+
+    def losses(name: str) -> list[float]:
+        return [r["value"] for r in read_records(tmp_path / name / "results" / "train.jsonl")
+                if r["metric"] == "train_loss"]
+
+    def final_weights(name: str) -> dict:
+        return load_file(tmp_path / name / "run" / "checkpoints" / "step_00000005" / "model.safetensors")
+
+    for mode in ("default", "reduce-overhead"):
+        train(config(tmp_path / mode, *common, f"train.compile_mode={mode}"))
+    assert len(losses("default")) == 5 and losses("reduce-overhead") == losses("default")
+    ro = ("train.compile_mode=reduce-overhead",)
+    cut = train(config(tmp_path / "cut", *common, *ro),
+                lambda model: {4: lambda: os.kill(os.getpid(), signal.SIGTERM)})  # micro-batch 5: update 3
+    assert cut["interrupted"] == "SIGTERM" and cut["steps"] == 3
+    assert train(config(tmp_path / "cut", *common, *ro))["steps"] == 5
+    whole, resumed = final_weights("reduce-overhead"), final_weights("cut")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -29,6 +29,18 @@ def vae():
     return tiny_tokenizer()
 
 
+def cpu_scaled_mm_takes_rowwise_scales() -> bool:
+    """Whether this torch's CPU _scaled_mm (the FP8 matmul torchao calls) takes one scale per row: torch 2.11's takes
+    per-tensor scales only (an internal assert in ATen's mkldnn Linear, seen on the GPU machine in session 31);
+    torch 2.14's takes both."""
+    fp8 = torch.ones(16, 16).to(torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(fp8, fp8.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)
+    except RuntimeError:
+        return False
+    return True
+
+
 def relative_rms(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float() - want.float()).pow(2).mean().sqrt() / want.float().pow(2).mean().sqrt()).item()
 
@@ -47,6 +59,9 @@ def test_fp8_swaps_the_blocks_linear_layers_only_and_keeps_every_weight_name(mix
 
 @pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
 def test_fp8_forward_and_gradients_stay_within_fp8_rounding_of_bf16(vae, recipe):
+    if recipe == "rowwise" and not cpu_scaled_mm_takes_rowwise_scales():
+        pytest.skip(f"torch {torch.__version__}'s CPU _scaled_mm takes per-tensor scales only; the rowwise recipe is "
+                    "checked on CUDA (test_on_cuda_the_compiled_fp8_step_stays_within_fp8_rounding_of_bf16)")
     torch.manual_seed(0)
     model = tiny_model("attention", vae=vae, backend="reference").train()
     fp8 = copy.deepcopy(model)

@@ -56,7 +56,7 @@ def train(cfg, actions=lambda model: {}) -> dict:
     data = Watched(build_dataset(cfg, "train"), cfg.train.batch_size)
     data.actions = actions(model)
     torch.manual_seed(cfg.seed)
-    return train_ar(model, tokenizer, data, cfg, torch.device("cpu"), ONE, from_ids=False)
+    return train_ar(model, tokenizer, data, cfg, torch.device(cfg.device), ONE, from_ids=False)
 
 
 # ----- resume --------------------------------------------------------------------------------------------------------
