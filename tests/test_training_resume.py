@@ -52,11 +52,12 @@ class Watched(torch.utils.data.Dataset):
 def train(cfg, actions=lambda model: {}) -> dict:
     """What task=train does, with a data set that acts at some steps (`actions(model)`: {step: fn}); the summary."""
     torch.manual_seed(cfg.seed)
-    tokenizer, model = build_tokenizer(cfg), build_model(cfg)
+    device = torch.device(cfg.device)
+    tokenizer, model = build_tokenizer(cfg).to(device), build_model(cfg).to(device)
     data = Watched(build_dataset(cfg, "train"), cfg.train.batch_size)
     data.actions = actions(model)
     torch.manual_seed(cfg.seed)
-    return train_ar(model, tokenizer, data, cfg, torch.device(cfg.device), ONE, from_ids=False)
+    return train_ar(model, tokenizer, data, cfg, device, ONE, from_ids=False)
 
 
 # ----- resume --------------------------------------------------------------------------------------------------------
