@@ -8,6 +8,7 @@ import json
 import pytest
 
 from varbench.analysis.crossover import (
+    FAMILIES,
     LOSS,
     MISSING,
     NOT_COMPARABLE,
@@ -17,6 +18,7 @@ from varbench.analysis.crossover import (
     crossover,
     crossover_long,
     crossover_table,
+    describe,
 )
 from varbench.analysis.figures import crossover_atlas as crossover_figure
 from varbench.analysis.load import load_records
@@ -103,12 +105,29 @@ def test_a_lower_latency_is_the_advantage(tmp_path):
 def test_records_of_another_machine_autotune_mode_or_mode_are_not_comparable(tmp_path):
     factors = {256: 0.8, 512: 1.25, 1024: 2.0}
     first = dict(versions={"triton_autotune": "first"})
-    for change in (dict(machine="nvidia-h200-x4"), first, dict(compiled=True), dict(machine=None)):
+    for change in (dict(machine="nvidia-h200-x4"), first, dict(compiled=True), dict(machine=None), dict(fp8=True),
+                   dict(compile_mode="reduce-overhead"), dict(compile_scope="blocks"), dict(param_dtype="bf16")):
         lines = train_pair(factors)
         lines[4] |= change  # GLA at 512 px, measured otherwise
         df = load(tmp_path, lines)
         assert points(crossover_long(df)) == [(256, LOSS), (512, NOT_COMPARABLE), (1024, WIN)], change
         assert crossover_table(df).loc["gla-d16", "Train img/s"].startswith("≤ 1024 px, b2: 2.00x; n/c at 512 [")
+
+
+def test_a_sampling_record_from_bf16_block_weights_is_not_compared_with_fp32_ones_and_a_mode_is_named(tmp_path):
+    lines = [rec("sample_latency_ms", "attention", r, ATTENTION) for r in BATCH]
+    lines += [rec("sample_latency_ms", "gla", r, ATTENTION / f) for r, f in {256: 0.8, 512: 1.25, 1024: 2.0}.items()]
+    lines[4] |= dict(block_weights="bf16")  # GLA at 512 px
+    df = load(tmp_path, lines)
+    assert points(crossover_long(df), "Latency b1") == [(256, LOSS), (512, NOT_COMPARABLE), (1024, WIN)]
+    sampling, training = FAMILIES[1], FAMILIES[0]
+    assert describe(("m", "H200", "full", False, "eager", "bf16"), sampling) == \
+        "m (H200), eager sampling, eager decode, bf16 block weights, autotune full"
+    assert describe(("m", "H200", "full", False, "eager", "fp32"), sampling) == \
+        "m (H200), eager sampling, eager decode, autotune full"  # the defaults go unsaid
+    assert describe(("m", "H200", "full", True, "reduce-overhead", "model", "bf16", "rowwise"), training) == \
+        "m (H200), compiled training step, Inductor mode reduce-overhead, bf16 weights, FP8 matmuls rowwise, " \
+        "autotune full"
 
 
 @pytest.mark.parametrize("untimed", [dict(versions={"triton_autotune": "first"}), dict(machine=None)])

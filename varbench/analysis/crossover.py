@@ -10,9 +10,10 @@ Costs, one table column and one figure panel each (`FAMILIES`):
 - inference state bytes per image (analytic: the same formula on any machine, so no protocol).
 
 Protocol. A timed comparison takes one record of each side measured under one protocol: the same `machine` and
-device, the same mode (training: compiled, weight dtype; sampling: CUDA graphs, decode mode) and Triton fully
-autotuned (`autotune: full`); never a `disturbed` or `superseded` record; of repeats the newest. A timing without a
-machine stamp or under first-config autotuning takes part in no comparison. Per configuration and cost the protocol
+device, the same mode (training: compiled, Inductor mode and scope, weight dtype, FP8 recipe; sampling: CUDA graphs,
+decode mode, block weights) and Triton fully autotuned (`autotune: full`); never a `disturbed` or `superseded`
+record; of repeats the newest. A timing without a machine stamp or under first-config autotuning takes part in no
+comparison. Per configuration and cost the protocol
 with the most comparable resolutions is used (ties: the newest records); cells name it by a letter that the note
 spells out, so numbers of two machines or modes are never mixed in one cell.
 
@@ -60,12 +61,17 @@ class Family:
     peak_memory: bool = False  # the number: the stage's peak memory instead of the record's value
 
 
+# every setting that tells two timings of one metric apart (load.IDENTITY), less the batch the atlas picks and the
+# sampling settings family_records fixes: a compile mode, FP8 matmuls or bf16 block weights are a protocol of their
+# own, never the newest record of a configuration compared with another mode's (session 31: an FP8 timing stood
+# beside attention's bf16 one as sdpa_scales' 0.77x)
+TRAIN_MODE = ("compiled", "compile_mode", "compile_scope", "param_dtype", "fp8_recipe")
+SAMPLE_MODE = ("cuda_graphs", "decode_mode", "block_weights")
 FAMILIES = (
-    Family("Train img/s", "train_images_per_s", ("compiled", "param_dtype"), "largest", higher_is_better=True),
-    Family("Latency b1", "sample_latency_ms", ("cuda_graphs", "decode_mode"), "one"),
-    Family("Latency, large batch", "sample_latency_ms", ("cuda_graphs", "decode_mode"), "largest_above_one"),
-    Family("Peak mem, large batch", "sample_latency_ms", ("cuda_graphs", "decode_mode"), "largest_above_one",
-           peak_memory=True),
+    Family("Train img/s", "train_images_per_s", TRAIN_MODE, "largest", higher_is_better=True),
+    Family("Latency b1", "sample_latency_ms", SAMPLE_MODE, "one"),
+    Family("Latency, large batch", "sample_latency_ms", SAMPLE_MODE, "largest_above_one"),
+    Family("Peak mem, large batch", "sample_latency_ms", SAMPLE_MODE, "largest_above_one", peak_memory=True),
     Family("State bytes/img", STATE_METRIC, (), None),
 )
 PLACE = ("machine", "device", "autotune")
@@ -222,8 +228,12 @@ def crossover_long(df: pd.DataFrame, device=None) -> pd.DataFrame:
 
 
 MODE_WORDS = {"compiled": {True: "compiled training step", False: "eager training step"},
-              "cuda_graphs": {True: "sampling with CUDA graphs", False: "eager sampling"}}
-MODE_SUFFIX = {"param_dtype": " weights", "decode_mode": " decode"}
+              "cuda_graphs": {True: "sampling with CUDA graphs", False: "eager sampling"},
+              # the defaults go unsaid
+              "compile_mode": {"default": "", "none": ""}, "compile_scope": {"model": "", "none": ""},
+              "fp8_recipe": {"none": ""}, "block_weights": {"fp32": ""}}
+MODE_FORMAT = {"param_dtype": "{} weights", "decode_mode": "{} decode", "compile_mode": "Inductor mode {}",
+               "compile_scope": "compiled per {}", "fp8_recipe": "FP8 matmuls {}", "block_weights": "{} block weights"}
 
 
 def describe(protocol: tuple, family: Family) -> str:
@@ -231,9 +241,9 @@ def describe(protocol: tuple, family: Family) -> str:
     if protocol == (ANALYTIC,):
         return "analytic (no timing)"
     machine, device, autotune, *mode = protocol
-    words = [MODE_WORDS[name][value] if name in MODE_WORDS else f"{value}{MODE_SUFFIX[name]}"
+    words = [MODE_WORDS.get(name, {}).get(value, MODE_FORMAT.get(name, "").format(value))
              for name, value in zip(family.mode, mode)]
-    return f"{machine} ({device}), " + ", ".join(words) + f", autotune {autotune}"
+    return f"{machine} ({device}), " + ", ".join(w for w in words if w) + f", autotune {autotune}"
 
 
 def crossover_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
