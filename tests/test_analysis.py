@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from varbench.tasks.report import FIGURES, TABLES, build_report
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "records"
+NUMERICS = REPO / "tests" / "fixtures" / "numerics" / "fp8_h100_real.jsonl"
 NOTEBOOKS = sorted((REPO / "analysis").glob("*.py"))
 
 
@@ -544,16 +546,19 @@ def test_each_records_folder_is_its_own_study(tmp_path):
 
 
 def test_report_regenerates_every_table_and_figure(tmp_path):
+    records = tmp_path / "records"  # the fixture and the numerics table's real FP8 lines
+    shutil.copytree(FIXTURE, records)
+    shutil.copy(NUMERICS, records)
     with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["task=report", f"results_dir={FIXTURE}",
-                                                       f"task.out_dir={tmp_path}"])
+        cfg = compose(config_name="config", overrides=["task=report", f"results_dir={records}",
+                                                       f"task.out_dir={tmp_path / 'out'}"])
     paths = run_task(cfg)
     expected = ({f"{n}.{e}" for n in TABLES for e in ("md", "tex")}
                 | {f"{n}.{e}" for n in FIGURES for e in ("png", "pdf")} | {"README.md"})
     assert set(paths) == expected
     assert all(Path(p).stat().st_size > 0 for p in paths.values())
-    readme = (tmp_path / "README.md").read_text()
-    assert f"from {len(raw())} records" in readme and "synthetic" in readme
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert f"from {len(raw()) + 2} records" in readme and "synthetic" in readme
     assert all(name in readme for name in expected - {"README.md"})
 
 
@@ -929,6 +934,27 @@ def test_the_compile_time_table_pairs_each_compiled_step_with_the_eager_one_of_i
     assert table["Eager (img/s)"].tolist() == [190.0, 190.0] and table["Compiled / eager"].tolist() == [330 / 190,
                                                                                                      340 / 190]
     assert table["Cache files"].iloc[0] == 812 and math.isnan(table["Cache files"].iloc[1])
+
+
+def test_the_numerics_speed_table_pairs_each_option_with_vars_numerics_of_its_own_call_and_mode(tmp_path):
+    """report/numerics_speed.md: a step under FP8 matmuls or bf16 weights beside VAR's-numerics step of the same call
+    (commit, GPU), configuration, batch and way of compiling; never another call's or another mode's; an option
+    without such a pair is listed with its own number alone."""
+    from varbench.analysis.numerics import numerics_speed_table
+    base = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "commit": "c1", "compiled": True}
+    lines = [{**base, "value": 380.0}, {**base, "value": 390.0, "compile_mode": "reduce-overhead"},
+             {**base, "value": 300.0, "compile_mode": "reduce-overhead", "fp8": True},
+             {**base, "value": 260.0, "compile_mode": "reduce-overhead", "fp8": True, "fp8_recipe": "rowwise"},
+             {**base, "value": 200.0, "compiled": False, "param_dtype": "bf16"},  # no eager step of VAR's numerics
+             {**base, "value": 999.0, "commit": "c2"}]  # another call: no pair
+    table = numerics_speed_table(_records(tmp_path, lines)).reset_index()
+    assert list(zip(table["Compiled"], table["Mode"], table["Numerics option"], table["Option (img/s)"])) == [
+        ("eager", "none", "bf16 weights", 200.0), ("model", "reduce-overhead", "FP8 matmuls rowwise", 260.0),
+        ("model", "reduce-overhead", "FP8 matmuls tensorwise", 300.0)]
+    assert math.isnan(table["VAR's numerics (img/s)"].iloc[0])
+    assert table["VAR's numerics (img/s)"].tolist()[1:] == [390.0, 390.0]
+    assert table["Option / VAR's numerics"].tolist()[1:] == [260 / 390, 300 / 390]
+    assert numerics_speed_table(_records(tmp_path, lines[:2])).empty
 
 
 def test_the_step_ops_table_sums_a_step_s_operators_by_kind_and_keeps_the_unlisted_ones_apart(tmp_path):

@@ -24,6 +24,7 @@ from varbench.analysis import (
     goals,
     guidance,
     host,
+    numerics,
     official,
     sample_sheet,
     scale_up,
@@ -98,6 +99,10 @@ TABLES = {
                      "step: trace, code generation, Triton autotuning, one step) beside the speed it then trains at "
                      "and the eager step's of the same call",
                      "task=bench's compiled train_images_per_s (task.compile)"),
+    "numerics_speed": (numerics.numerics_speed_table, "The training step under a numerics option (FP8 matmuls, bf16 "
+                       "weights) beside VAR's numerics (bf16 autocast, fp32 weights), timed in the same call",
+                       "task=bench's train_images_per_s under task.fp8 or task.param_dtype=bf16, and the same call's "
+                       "step under VAR's numerics"),
     "step_ops": (step_ops.step_ops_table, "Where a training step's GPU time goes: the profile's operators by kind of "
                  "kernel, a fused kernel by the ops it fuses (ms per step; in a profile of the top 15, the rest as "
                  "'not listed'), beside the step's median wall time", "task=bench's train_images_per_s with its "
