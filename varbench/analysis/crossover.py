@@ -13,9 +13,9 @@ Protocol. A timed comparison takes one record of each side measured under one pr
 device, the same mode (training: compiled, Inductor mode and scope, weight dtype, FP8 recipe; sampling: CUDA graphs,
 decode mode, block weights) and Triton fully autotuned (`autotune: full`); never a `disturbed` or `superseded`
 record; of repeats the newest. A timing without a machine stamp or under first-config autotuning takes part in no
-comparison. Per configuration and cost the protocol
-with the most comparable resolutions is used (ties: the newest records); cells name it by a letter that the note
-spells out, so numbers of two machines or modes are never mixed in one cell.
+comparison. Per configuration and cost the protocol with the most comparable resolutions is used (ties: the newest
+records); cells name it by a letter that the note spells out, so numbers of two machines or modes are never mixed
+in one cell.
 
 Crossover. At each resolution of the atlas (`RESOLUTIONS`) a configuration wins, loses, is `missing` (one side has
 no record of that cost there) or `n/c` (both were measured, but never under one admissible protocol, or at no common
