@@ -167,7 +167,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
         options = {} if compile_mode == "default" else {"mode": compile_mode}
         net = compile_for_training(net, len(model.blocks), compile_scope, **options)
     graphs = compile_mode == "reduce-overhead"  # each micro-batch a new step of the replayed graphs
-    keep_grads = graphs and tcfg.grad_accum > 1
+    copy_out = graphs and tcfg.grad_accum > 1  # (own_gradients)
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=plan.peak_lr, betas=tuple(tcfg.betas),
                                   weight_decay=0.0, fused=device.type == "cuda")
     amp = autocast_dtype(tcfg.precision)
@@ -182,8 +182,6 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
         log.info("training %s parameters from step %d to %d (peak lr %.2e)", f"{model.num_params():,}", step,
                  plan.max_iters, plan.peak_lr)
     model.train()
-    if keep_grads:
-        allocate_gradients(model)
     loss_value, t0, seen = float("nan"), time.perf_counter(), 0
     with StopRequested() as stop, logger:
         while step < plan.max_iters:
@@ -192,19 +190,21 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             wd = recipe.weight_decay_at(step, plan.max_iters, tcfg.weight_decay, tcfg.weight_decay_end)
             recipe.apply_schedule(optimizer, lr, wd)
             loss_value = 0.0
-            for _ in range(tcfg.grad_accum):
+            for micro in range(tcfg.grad_accum):
                 x, labels = next(loader)
                 if graphs:  # the last micro-batch's graph outputs are consumed: free to overwrite
                     torch.compiler.cudagraph_mark_step_begin()
                 loss = micro_batch_loss(net, model, tokenizer, x, labels, device, from_ids, amp, tcfg.label_smoothing)
                 scaler.scale(loss / tcfg.grad_accum).backward()
+                if copy_out and micro == 0:  # before the next replay overwrites them
+                    own_gradients(model)
                 loss_value += loss.item() / tcfg.grad_accum
                 seen += x.shape[0] * info.world_size
             if info.world_size > 1:  # log the global-batch loss, the same number one process would see
                 loss_value = _mean_over_ranks(loss_value, device)
             if not math.isfinite(loss_value):
                 raise _diverged("training loss", loss_value, step, ckpt_dir)
-            grad_norm = _update(model, optimizer, scaler, tcfg.grad_clip, step, ckpt_dir, keep_grads)
+            grad_norm = _update(model, optimizer, scaler, tcfg.grad_clip, step, ckpt_dir)
             step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
@@ -237,24 +237,23 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
             "compile_scope": compile_scope, "compile_mode": compile_mode, "resumed_from": resumed_from}
 
 
-def allocate_gradients(model: torch.nn.Module) -> None:
-    """Give every trainable parameter a zero gradient, so that backward accumulates into it in place.
+def own_gradients(model: torch.nn.Module) -> None:
+    """Replace every gradient of `model` by a copy of it.
 
     Under replayed CUDA graphs (train.compile_mode=reduce-overhead) a backward's gradients live in the graphs'
     memory pool, which the next replay overwrites. Into a parameter without a gradient autograd puts that tensor
-    itself, uncopied; with two micro-batches per update, the second one's replay would overwrite the first one's
-    gradient before the accumulation reads it (cudagraph trees stop such a run: session 31, one H100, grad_accum=2).
-    An allocated gradient is added to, never replaced, so the graphs' outputs are copied out as they arrive."""
+    itself, uncopied; with two micro-batches per update, the second one's replay overwrote the first one's gradient
+    before the accumulation read it (cudagraph trees stopped the run: session 31, one H100, grad_accum=2). Copied
+    after the first micro-batch, the gradients are the training loop's own, and the later micro-batches add into
+    them in place. (A parameter no micro-batch reaches keeps no gradient, as without graphs.)"""
     for param in model.parameters():
-        if param.requires_grad and param.grad is None:
-            param.grad = torch.zeros_like(param)
+        if param.grad is not None:
+            param.grad = param.grad.clone()
 
 
-def _update(model, optimizer, scaler, grad_clip: float, step: int, ckpt_dir: Path,
-            keep_grads: bool) -> float:
+def _update(model, optimizer, scaler, grad_clip: float, step: int, ckpt_dir: Path) -> float:
     """The optimizer step on the accumulated gradients (clipped to `grad_clip`, none at 0; VAR's fp16 loss-scale
-    cap); returns the gradient norm. A non-finite norm stops training before it reaches the weights. `keep_grads`
-    zeroes the gradients for the next update instead of freeing them (see `allocate_gradients`)."""
+    cap); returns the gradient norm. A non-finite norm stops training before it reaches the weights."""
     scaler.unscale_(optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf))
     if not scaler.is_enabled() and not math.isfinite(grad_norm):  # fp16's scaler skips such a step itself
@@ -263,7 +262,7 @@ def _update(model, optimizer, scaler, grad_clip: float, step: int, ckpt_dir: Pat
     scaler.update()
     if scaler.is_enabled() and scaler.get_scale() > 32768.0:
         scaler.update(32768.0)  # VAR caps the fp16 loss scale
-    optimizer.zero_grad(set_to_none=not keep_grads)
+    optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
 
