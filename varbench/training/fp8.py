@@ -10,8 +10,11 @@ where a tensor's maximum needs a pass of its own; session 26's tensorwise casts 
 rest stays as it was, under bf16 autocast: the embeddings, the AdaLN projections (their rows are the batch, too few
 for an FP8 matmul to pay), the head (kept in bf16 for accuracy, as torchtitan keeps its output layer) and every
 non-linear op. Weights stay fp32 and their names do not change: a checkpoint loads into the plain model. Needs
-`pip install ".[fp8]"` (torchao); FP8 matmuls run fast on GPUs with FP8 tensor cores (H100, H200), and on a CPU
-torch's `_scaled_mm` computes the same numerics slowly (the tests' oracle is the bf16 model).
+`pip install ".[fp8]"` (torchao); FP8 matmuls need FP8 tensor cores (H100, H200), and on a CPU torch's
+`_scaled_mm` computes the same numerics slowly (the tests' oracle is the bf16 model). At VAR-d16's size they do not
+pay: its compiled step with CUDA graphs took 104.8 ms (tensorwise) and 121.3 ms (rowwise) against 82.5-82.9 ms in
+bf16 on one H100 (session 31, `report/numerics_speed.md`): with width 1024 the casts and scales cost more than the
+faster GEMMs save.
 """
 
 from __future__ import annotations
