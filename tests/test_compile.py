@@ -240,9 +240,9 @@ def test_a_cpu_training_run_with_compile_auto_runs_eagerly_and_says_so(tmp_path)
 
 def test_train_compile_mode_reaches_torch_compile_marks_each_micro_batch_and_is_recorded(tmp_path, monkeypatch):
     """train.compile_mode: Inductor's mode of the training step (the default passes none); reduce-overhead replays
-    CUDA graphs, so each micro-batch tells them a new step begins, and with micro-batches to accumulate the first
-    one's gradients are copied out of the graphs' memory (loop.own_gradients), once per update; the records say the
-    mode."""
+    CUDA graphs, so each micro-batch tells them a new step begins, and with micro-batches to accumulate the
+    gradients are copied out of the graphs' memory (loop.own_gradients) after each but an update's last; the records
+    say the mode."""
     from test_training_resume import config, train
 
     from varbench.training import loop
@@ -253,13 +253,13 @@ def test_train_compile_mode_reaches_torch_compile_marks_each_micro_batch_and_is_
     own = loop.own_gradients
     monkeypatch.setattr(loop, "own_gradients", lambda model: copies.append(
         all(p.grad is not None for p in model.parameters())) or own(model))  # after the first backward
-    summary = train(config(tmp_path, "train.steps=2", "train.grad_accum=2", "train.log_every=1", "train.compile=true",
+    summary = train(config(tmp_path, "train.steps=2", "train.grad_accum=3", "train.log_every=1", "train.compile=true",
                            "train.compile_mode=reduce-overhead"))
-    assert calls == [("model", {"mode": "reduce-overhead"})] and len(marks) == 2 * 2 and copies == [True, True]
+    assert calls == [("model", {"mode": "reduce-overhead"})] and len(marks) == 2 * 3 and copies == [True] * 2 * 2
     assert summary["compile_mode"] == "reduce-overhead"
     assert [r["compile_mode"] for r in read_records(tmp_path / "results" / "train.jsonl")] == ["reduce-overhead"] * 2
     summary = train(config(tmp_path / "eager", "train.steps=1", "train.grad_accum=2"))  # compile auto: eager here
-    assert len(calls) == 1 and len(marks) == 4 and len(copies) == 2 and summary["compile_mode"] is None
+    assert len(calls) == 1 and len(marks) == 6 and len(copies) == 4 and summary["compile_mode"] is None
 
 
 def test_own_gradients_copies_each_gradient_into_storage_of_its_own_and_leaves_a_missing_one_missing():
