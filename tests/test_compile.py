@@ -277,14 +277,16 @@ def test_on_cuda_reduce_overhead_trains_as_the_default_compile_and_resumes_exact
     """task=train with train.compile_mode=reduce-overhead runs the default compile's Inductor kernels, replayed as
     CUDA graphs, so its losses are the default's, also where two micro-batches accumulate into one update (a replay
     overwrites the previous one's outputs); a run cut by SIGTERM in update 3 resumes to the weights of the run never
-    cut (the graphs recorded anew in the resumed call)."""
+    cut (the graphs recorded anew in the resumed call). Under train.deterministic: without it the resumed weights
+    differed on an H100 (session 32)."""
     import os
     import signal
 
     from safetensors.torch import load_file
     from test_training_resume import config, train
     common = ("device=cuda", "data.num_workers=0", "train.steps=5", "train.grad_accum=2", "train.ckpt_every=100",
-              "train.compile=true")  # (no loader workers: the SIGTERM below comes from the data set's reads)
+              "train.compile=true", "train.deterministic=true")
+    # (no loader workers: the SIGTERM below comes from the data set's reads)
 
     def losses(name: str) -> list[float]:
         return [r["value"] for r in read_records(tmp_path / name / "results" / "train.jsonl")
@@ -302,4 +304,7 @@ def test_on_cuda_reduce_overhead_trains_as_the_default_compile_and_resumes_exact
     assert cut["interrupted"] == "SIGTERM" and cut["steps"] == 3
     assert train(config(tmp_path / "cut", *common, *ro))["steps"] == 5
     whole, resumed = final_weights("reduce-overhead"), final_weights("cut")
-    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert whole.keys() == resumed.keys()
+    differ = {k: float((whole[k].float() - resumed[k].float()).abs().max()) for k in whole
+              if not torch.equal(whole[k], resumed[k])}
+    assert not differ, f"resumed weights differ (max abs difference): {differ}"

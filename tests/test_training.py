@@ -196,3 +196,18 @@ def test_train_tf32_sets_cuda_s_fp32_matmul_precision_both_ways_and_leaves_the_c
         assert not torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def test_train_deterministic_is_set_both_ways_with_cublas_fixed_workspace(tmp_path, monkeypatch):
+    # a grid job may train several cells in one process: a deterministic cell must not leave the next one
+    # deterministic; on a GPU cuBLAS refuses deterministic mode without a fixed workspace, so the run names one
+    from test_logging import train_tiny
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        train_tiny(tmp_path / "on", "train.deterministic=true")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        train_tiny(tmp_path / "off", "train.deterministic=false")
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

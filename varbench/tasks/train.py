@@ -112,8 +112,6 @@ def main(cfg: DictConfig) -> dict:
     info = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)  # every process builds the same weights
     tokenizer = build_tokenizer(cfg).to(device)
     model = build_model(cfg).to(device)

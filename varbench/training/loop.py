@@ -33,6 +33,7 @@ from varbench.utils.loggers import open_logger
 from varbench.utils.precision import (  # noqa: F401 (autocast: tasks/sample, evaluate read it here)
     autocast,
     autocast_dtype,
+    set_deterministic,
     set_tf32,
 )
 from varbench.utils.records import record
@@ -159,7 +160,8 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
         if device.type == "cpu":
             log.warning("train.precision=fp8 on a CPU: torch emulates the FP8 matmuls, many times slower than fp32 "
                         "(a check of the numerics, not a way to train)")
-    set_tf32(tcfg.tf32)  # (every run sets it both ways: a grid job may train several cells in one process)
+    set_tf32(tcfg.tf32)  # (every run sets both ways: a grid job may train several cells in one process)
+    set_deterministic(tcfg.deterministic)
     net = wrap_parallel(model, tcfg.parallel, info, device)
     compiled = resolve_auto(tcfg.compile, "train.compile", device)
     compile_scope, compile_mode = (tcfg.compile_scope, tcfg.compile_mode) if compiled else (None, None)

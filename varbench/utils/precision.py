@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import torch
 
@@ -55,6 +56,17 @@ def set_tf32(enabled: bool) -> None:
     fp32 matmuls stay fp32. Under autocast it touches only what runs in fp32 outside autocast's casts."""
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = True
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Only deterministic algorithms (`enabled`: `train.deterministic`), or PyTorch's default (the fastest, some
+    summing in an order that changes from run to run: atomic adds). Under torch.compile Inductor follows the flag too
+    (index_put with accumulation falls back to aten's sorted one; no reduction config is picked by timing it), so a
+    GPU run resumes to bitwise-equal weights only with it. cuBLAS needs a fixed workspace for that: set here unless
+    the environment already chose one."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
 
 
 def caller_autocast() -> contextlib.AbstractContextManager:
