@@ -35,6 +35,8 @@
 # one scale per row (task.fp8_recipe; default tensorwise). The records say which.
 # SDPA_OPTIONS (e.g. "sdpa_kernels:[flash,efficient],together_below:128") adds the sdpa_scales options of the attention
 # mixer and intra=full (varbench/ops/attention/kernel.py) to the sdpa_scales steps.
+# AUTOTUNE=first (default full) takes each Triton autotuner's first working config (varbench/utils/autotune.py): how
+# much of a first step the kernel libraries' autotuning takes; the records say which mode ran.
 # COMPILE_CACHE_DIR=DIR puts torch.compile's caches there (compile_cache_dir; default: the machine's temp dir, which
 # stays while the machine is warm): a fresh DIR times a cold compile, the same DIR again a warm one.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16_train.sh OUT     DRY=1 prints the commands.
@@ -43,7 +45,7 @@ set -u -o pipefail
 OUT=${1:?records dir}
 TESTS_S=${TESTS_S:-80} TRAIN_S=${TRAIN_S:-230} ATTENTION_S=${ATTENTION_S:-120} STEPS=${STEPS:-tests train_flex train_sdpa_scales}
 FAILED=0
-BENCH=(python run.py task=bench model=var_d16 autotune=full "results_dir=$OUT"
+BENCH=(python run.py task=bench model=var_d16 "autotune=${AUTOTUNE:-full}" "results_dir=$OUT"
        "task.train_batch={256:32}" "task.sample_batches={256:[]}" "task.rerun_baseline=[]" task.allow_failed_cells=true
        task.compile=true "task.compile_mode=${COMPILE_MODE:-default}" "task.compile_scope=${COMPILE_SCOPE:-model}"
        "task.fp8=${FP8:-false}" "task.fp8_recipe=${FP8_RECIPE:-tensorwise}" "compile_cache_dir=${COMPILE_CACHE_DIR:-null}"
