@@ -33,6 +33,31 @@ def test_first_working_config_wins_and_the_rest_are_skipped():
     assert ran == ["too_big", "fits", "too_big", "fits"]
 
 
+def test_first_keeps_no_argument_of_a_tuning_call_once_it_ends():
+    """The mark of the call being tuned is its `nargs`: kept after the call, it held the kernel's tensors alive
+    (session 32: cudagraph trees refused M-VAR-d16's step, "tensors in the cudagraph pool not tracked as outputs")."""
+    import gc
+    import weakref
+
+    import torch
+
+    from varbench.utils.autotune import _forget_tuning_call
+    bench = _first_working(lambda self, *args, config, **meta: [1.0, 1.0, 1.0])
+
+    def run(self, x):  # Triton's Autotuner.run: nargs for the call, the configs timed, nargs dropped
+        self.nargs = {"x": x}
+        timings = {c: bench(self, x, config=c) for c in ("a", "b")}
+        self.nargs = None
+        return min(timings, key=lambda c: timings[c][0])
+
+    tuner, x = FakeTuner(), torch.empty(4)
+    alive = weakref.ref(x)
+    assert _forget_tuning_call(run)(tuner, x) == "a"
+    del x
+    gc.collect()
+    assert alive() is None
+
+
 def test_first_neither_reads_nor_writes_the_timings_triton_keeps_on_disk(tmp_path, monkeypatch):
     """fla caches every kernel's autotune timings on disk (FLA_CACHE_RESULTS): under `first` those are infinite
     for all but the first config, so a later `full` run on the same cache would take the first config while
@@ -50,6 +75,7 @@ def test_first_neither_reads_nor_writes_the_timings_triton_keeps_on_disk(tmp_pat
     finally:
         apply_autotune_mode("full")
     assert Autotuner.check_disk_cache is original and not hasattr(Autotuner._bench, "__wrapped__")
+    assert not hasattr(Autotuner.run, "__wrapped__")
 
 
 def test_unknown_mode_lists_the_valid_ones():

@@ -41,10 +41,12 @@ def apply_autotune_mode(mode: str | None = None) -> str:
     disk = getattr(Autotuner, "check_disk_cache", None)  # (a Triton before 3.2 keeps no timings on disk)
     if mode == "first" and not patched:
         Autotuner._bench = _first_working(Autotuner._bench)
+        Autotuner.run = _forget_tuning_call(Autotuner.run)
         if disk is not None:
             Autotuner.check_disk_cache = _in_memory_only(disk)
     elif mode == "full" and patched:  # a later run of the same process asked for the libraries' own tuning
         Autotuner._bench = Autotuner._bench.__wrapped__
+        Autotuner.run = Autotuner.run.__wrapped__
         if hasattr(disk, "__wrapped__"):
             Autotuner.check_disk_cache = disk.__wrapped__
     return mode
@@ -59,6 +61,21 @@ def _in_memory_only(check_disk_cache):
 
     tune_now.__wrapped__ = check_disk_cache
     return tune_now
+
+
+def _forget_tuning_call(run):
+    """Wrap Autotuner.run: once a call ends, drop `_first_working`'s mark of it, which is that call's `nargs`, the
+    kernel's arguments. Kept, it held their tensors alive until the autotuner's next tuning: under CUDA graphs
+    (train.compile_mode=reduce-overhead) cudagraph trees refused the step ("tensors in the cudagraph pool not tracked
+    as outputs", M-VAR-d16, session 32), and outside them it held activation memory."""
+    def run_then_forget(self, *args, **kwargs):
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            self.__dict__.pop("_varbench_ran_for", None)
+
+    run_then_forget.__wrapped__ = run
+    return run_then_forget
 
 
 def _first_working(bench):
