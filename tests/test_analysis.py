@@ -987,7 +987,10 @@ def test_the_step_ops_table_sums_a_step_s_operators_by_kind_and_keeps_the_unlist
                              "Other fused element-wise (Inductor) (ms)": 0.1875,
                              "Other element-wise, copies (aten) (ms)": 1.5, "Other listed (ms)": 1.0,
                              "Not listed (ms)": 7.0}
-    assert table.index[0][0] == "c1" and table.index[0][-1] == "model"
+    assert table.index[0][0] == "c1" and table.index[0][-2:] == ("model", "default")
+    graphs = {**lines[0], "compile_mode": "reduce-overhead"}  # one call times both modes: two rows, each named
+    assert [i[-1] for i in step_ops_table(_records(tmp_path, [lines[0], graphs])).index] == ["default",
+                                                                                             "reduce-overhead"]
 
 
 def test_the_step_ops_table_takes_a_profile_that_lists_every_operator(tmp_path):

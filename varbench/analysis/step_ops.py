@@ -36,7 +36,7 @@ KINDS = (("Attention", ("flex_attention", "_cudnn_attention", "_flash_attention"
          ("Other fused element-wise (Inductor)", ("triton_poi", "triton_red", "triton_per")),
          ("Other element-wise, copies (aten)", ("aten::",)))
 OTHER, NOT_LISTED = "Other listed", "Not listed"
-CALL = ["commit", "device", "model", "batch", "compiled", "compile_scope"]
+CALL = ["commit", "device", "model", "batch", "compiled", "compile_scope", "compile_mode"]
 
 
 def kind_of(op: str) -> str:
@@ -59,8 +59,9 @@ def _complete(timing) -> bool:
 
 
 def step_ops_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """Per call (commit and GPU), configuration, batch and compilation: the training step's median (ms), its GPU busy
-    time (ms, the profile's operators summed) and that time by kind of kernel (ms per step). VAR's numerics only."""
+    """Per call (commit and GPU), configuration, batch and compilation (scope, Inductor mode): the training step's
+    median (ms), its GPU busy time (ms, the profile's operators summed) and that time by kind of kernel (ms per
+    step). VAR's numerics only."""
     train = var_numerics_training(df)
     train = train[train["timing"].map(_complete)]
     if train.empty:
@@ -76,6 +77,6 @@ def step_ops_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     table.index = pd.MultiIndex.from_frame(
         train[CALL].assign(batch=train["batch"].astype(int), compile_scope=train["compile_scope"].where(
             train["compiled"].eq(True), "eager")).drop(columns="compiled"),
-        names=["Commit", "GPU", "Model", "Batch", "Compiled"])
+        names=["Commit", "GPU", "Model", "Batch", "Compiled", "Mode"])
     table.attrs.update(device=None, records=len(train))
     return table.sort_index()
