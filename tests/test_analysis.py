@@ -919,11 +919,14 @@ def test_the_official_training_step_sits_beside_varbench_s_fastest_of_the_same_c
 def test_the_compile_time_table_pairs_each_compiled_step_with_the_eager_one_of_its_own_call(tmp_path):
     """report/compile_time.md: the first step of each compiled step (scope and mode apart), its img/s, and the eager
     img/s of the same configuration timed by the same commit on the same GPU; never FP8 or another call's eager. The
-    files Inductor's cache held before compiling (warm or cold) beside the first step, "—" before records said."""
+    files Inductor's cache held before compiling (warm or cold) and torch.compile's phases of the first step beside
+    it, "—" before records said."""
     from varbench.analysis.compile_time import compile_time_table
     base = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "commit": "c1"}
     compiled = {**base, "compiled": True, "value": 340.0, "timing": {"first_step_s": 57.5}}
-    lines = [compiled, {**compiled, "compile_scope": "blocks", "value": 330.0, "timing": {"first_step_s": 26.5},
+    phases = {"_compile.compile_inner": 12.0, "compile_fx.<locals>.bw_compiler": 8.5}
+    lines = [compiled, {**compiled, "compile_scope": "blocks", "value": 330.0,
+                        "timing": {"first_step_s": 26.5, "compile_phases_s": phases},
                         "compile_cache": {"dir": "/tmp/torchinductor_me", "files": 812}},
              {**base, "compiled": False, "value": 190.0},
              {**compiled, "fp8": True, "value": 500.0},  # a numerics deviation: not here
@@ -934,6 +937,8 @@ def test_the_compile_time_table_pairs_each_compiled_step_with_the_eager_one_of_i
     assert table["Eager (img/s)"].tolist() == [190.0, 190.0] and table["Compiled / eager"].tolist() == [330 / 190,
                                                                                                      340 / 190]
     assert table["Cache files"].iloc[0] == 812 and math.isnan(table["Cache files"].iloc[1])
+    own = table["Of which torch.compile (s)"]
+    assert own.iloc[0] == 20.5 and math.isnan(own.iloc[1])
 
 
 def test_the_numerics_speed_table_pairs_each_option_with_vars_numerics_of_its_own_call_and_mode(tmp_path):

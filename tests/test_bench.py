@@ -50,6 +50,20 @@ def test_the_timed_training_step_trains():
     assert all(changed)  # forward + backward + AdamW reached every parameter
 
 
+def test_a_compiled_first_step_says_how_much_of_it_torch_compile_took():
+    """issue 18 (compile M-VAR in under 90 s): a record says what in the first step is torch.compile's own work
+    (the trace with the forward graph, the backward graph), the rest being autotuning and the step; eager: none."""
+    from varbench.eval.timing import COMPILE_PHASES
+    torch.manual_seed(0)
+    model = tiny_model("attention").train()
+    assert "compile_phases_s" not in train_step_cell(model, batch=2, repeats=1)
+    torch._dynamo.reset()
+    timing = train_step_cell(model, batch=2, repeats=1, net=torch.compile(model))
+    phases = timing["compile_phases_s"]
+    assert set(phases) == set(COMPILE_PHASES) and all(s > 0 for s in phases.values())
+    assert sum(phases.values()) < timing["first_step_s"]
+
+
 @pytest.fixture()
 def cell():
     model, vae = tiny_model("attention", "full"), tiny_tokenizer()

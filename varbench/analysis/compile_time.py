@@ -7,8 +7,10 @@ the step runs, and the step itself), what was compiled (`compile_scope`: the who
 Inductor mode. The eager step beside it is the same configuration's eager record of the same commit, GPU and batch,
 so a compiled step is compared only with an eager one timed on the same machine. A first step depends on what
 Inductor's cache held (a machine that compiled before compiles faster): "Cache files" is the number of files in it
-before compiling (`compile_cache`; 0: cold). Records from before `compile_scope` existed compiled the whole model;
-from before `timing.first_step_s` or `compile_cache`, "—"."""
+before compiling (`compile_cache`; 0: cold). "Of which torch.compile" is the part of the first step in dynamo's
+trace and Inductor's compile of the forward and backward graphs (`timing.compile_phases_s`); the rest is autotuning
+(the kernel libraries' Triton autotuners, Inductor's benchmarks) and the step. Records from before `compile_scope`
+existed compiled the whole model; from before `timing.first_step_s`, `compile_phases_s` or `compile_cache`, "—"."""
 
 from __future__ import annotations
 
@@ -27,14 +29,20 @@ def _first_step_s(timing) -> float:
     return timing.get("first_step_s", float("nan")) if isinstance(timing, dict) else float("nan")
 
 
+def _torch_compile_s(timing) -> float:
+    """torch.compile's own share of the first step (`timing.compile_phases_s` summed; they do not nest)."""
+    phases = timing.get("compile_phases_s") if isinstance(timing, dict) else None
+    return sum(phases.values()) if phases else float("nan")
+
+
 def _cache_files(cache) -> float:
     return cache.get("files", float("nan")) if isinstance(cache, dict) else float("nan")
 
 
 def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """Per call (commit and GPU), configuration, batch, compile scope and mode: the compiled step's first step (s)
-    and img/s, the eager img/s of the same call and configuration, and compiled / eager. VAR's numerics only (fp32
-    weights, no FP8 matmuls): the deviations are tabled in the speed tables."""
+    """Per call (commit and GPU), configuration, batch, compile scope and mode: the compiled step's first step (s),
+    torch.compile's part of it (s) and img/s, the eager img/s of the same call and configuration, and compiled /
+    eager. VAR's numerics only (fp32 weights, no FP8 matmuls): the deviations are tabled in the speed tables."""
     train = var_numerics_training(df)
     if not train["compiled"].eq(True).any():
         log.warning("compile_time_table: no compiled train_images_per_s records (task=bench task.compile=true)")
@@ -47,6 +55,7 @@ def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     table = pd.DataFrame({
         "Compiled": compiled["compile_scope"].to_numpy(), "Mode": compiled["compile_mode"].to_numpy(),
         "First step (s)": compiled["timing"].map(_first_step_s).to_numpy(),
+        "Of which torch.compile (s)": compiled["timing"].map(_torch_compile_s).to_numpy(),
         "Cache files": compiled["compile_cache"].map(_cache_files).to_numpy(),
         "Compiled (img/s)": compiled["value"].to_numpy(), "Eager (img/s)": eager.reindex(keys).to_numpy()},
         index=keys)

@@ -46,6 +46,19 @@ def first_call_s(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+# torch.compile's own phases (dynamo's `compile_times` names, which nest): the trace with the forward graph's
+# compile, and the backward graph's compile, which runs at the first backward
+COMPILE_PHASES = ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
+
+
+def compile_seconds() -> dict[str, float]:
+    """Seconds this process has spent so far in each of torch.compile's `COMPILE_PHASES` it has entered."""
+    from torch._dynamo.utils import compile_times
+    names, values = compile_times(repr="csv", aggregate=True)
+    spent = dict(zip(names, values))
+    return {name: float(spent[name]) for name in COMPILE_PHASES if name in spent}
+
+
 def time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> dict:
     """Median / min / max wall time of `fn` in milliseconds (CUDA events on a GPU, perf_counter on a CPU), and the
     peak GPU memory allocated and reserved during the timed calls. Replayed CUDA graphs write into their private
@@ -114,9 +127,10 @@ def top_ops(fn: Callable[[], object], steps: int = 3, limit: int | None = 15) ->
 def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: torch.nn.Module | None = None,
                     profile_steps: int = 0, graph_steps: bool = False) -> dict:
     """Time forward + backward + AdamW at `batch` on synthetic inputs; `net` is the model's parallel wrapper, if any.
-    The first step's wall time is `first_step_s` (a compiled `net` compiles in it); two more warm up, then `repeats`
-    are timed. With `profile_steps`, also every operator's time over that many more steps (`top_ops`, all of them:
-    `ops_listed` says so), so that a record says what holds each millisecond of the step.
+    The first step's wall time is `first_step_s` (a compiled `net` compiles in it; `compile_phases_s`: how much of
+    it torch.compile's own phases took, `COMPILE_PHASES`); two more warm up, then `repeats` are timed. With
+    `profile_steps`, also every operator's time over that many more steps (`top_ops`, all of them: `ops_listed`
+    says so), so that a record says what holds each millisecond of the step.
     `graph_steps`: `net` replays CUDA graphs (torch.compile's reduce-overhead), so each step tells it that a new
     step begins (the graphs' outputs of the last step are free to overwrite).
     The training stage of task=bench and the per-GPU step of task=scaling: one protocol for both."""
@@ -140,8 +154,14 @@ def train_step_cell(model: ScaleAR | RasterAR, batch: int, repeats: int, net: to
         opt.zero_grad(set_to_none=True)
 
     model.train()
+    before = compile_seconds()
     first_step_s = first_call_s(step)  # a compiled step compiles here: the record's compile time (plus one step)
-    timing = {"first_step_s": first_step_s} | time_ms(step, warmup=2, repeats=repeats)
+    # of it, torch.compile's own phases; the rest: the kernel libraries' Triton autotuning, Inductor's kernel
+    # benchmarks, the step itself
+    phases = {name: seconds - before.get(name, 0.0) for name, seconds in compile_seconds().items()
+              if seconds > before.get(name, 0.0)}
+    timing = ({"first_step_s": first_step_s} | ({"compile_phases_s": phases} if phases else {})
+              | time_ms(step, warmup=2, repeats=repeats))
     return timing | ({"top_ops": top_ops(step, profile_steps, limit=None), "ops_listed": "all"}
                      if profile_steps else {})
 
