@@ -46,8 +46,8 @@ def first_call_s(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-# torch.compile's own phases (dynamo's `compile_times` names, which nest): the trace with the forward graph's
-# compile, and the backward graph's compile, which runs at the first backward
+# torch.compile's own phases, by dynamo's `compile_times` names (most nest; these two do not): the trace with the
+# forward graph's compile, and the backward graph's compile, which runs at the first backward
 COMPILE_PHASES = ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
 
 
