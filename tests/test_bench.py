@@ -101,7 +101,7 @@ def test_task_fp8_times_a_copy_with_fp8_matmuls_and_the_record_says_so(cell, tmp
 def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cell, tmp_path, monkeypatch):
     """task.compile_mode reaches torch.compile (Inductor's mode), task.compile_scope what it compiles; both reach
     the record, with what Inductor's cache held before compiling. The default passes no mode."""
-    import varbench.tasks.bench as bench
+    import varbench.training.bench_stage as stage
     model, vae, fields = cell
     cache = tmp_path / "inductor"
     for name in ("a", "b/c", "b/d"):
@@ -110,7 +110,7 @@ def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cel
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
     monkeypatch.delenv("TRITON_CACHE_AUTOTUNING", raising=False)
     calls = []
-    monkeypatch.setattr(bench, "compile_for_training",
+    monkeypatch.setattr(stage, "compile_for_training",
                         lambda net, depth, scope, **options: calls.append((scope, options)) or net)
     for mode, scope in (("max-autotune-no-cudagraphs", "model"), ("default", "blocks")):
         measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields, compiled=True, compile_mode=mode,
@@ -128,11 +128,11 @@ def test_reduce_overhead_marks_each_step_and_the_record_says_whether_cuda_graphs
     record counts the graphs Inductor ran without CUDA graphs (on this CPU: all of them, so `cuda_graphs` is
     false), and it profiles no operators (a replayed graph's kernels run under none); a step that replays no graphs
     marks nothing and counts nothing."""
-    import varbench.tasks.bench as bench
+    import varbench.training.bench_stage as stage
     model, vae, fields = cell
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    monkeypatch.setattr(bench, "compile_for_training", lambda net, depth, scope, **options: torch.compile(
+    monkeypatch.setattr(stage, "compile_for_training", lambda net, depth, scope, **options: torch.compile(
         net, **options))
     measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, {**fields, "profile_steps": 1},
             compiled=True, compile_mode="reduce-overhead")
@@ -288,7 +288,7 @@ def test_on_cuda_reduce_overhead_replays_cuda_graphs_and_trains_as_the_default_c
 
     import torch.nn.functional as F
 
-    from varbench.tasks.bench import cudagraph_skips
+    from varbench.training.bench_stage import cudagraph_skips
     from varbench.training.loop import compile_for_training
     torch.manual_seed(0)
     start = tiny_model(mixer, intra, cond_drop_rate=0.0).cuda().train()  # no random label dropout to tell apart
