@@ -51,7 +51,6 @@ from varbench.utils.records import record
 
 log = get_logger(__name__)
 PROTOCOL = "bf16 autocast; CUDA events; median of repeats after warm-up; CFG doubled batch; analytic FLOPs"
-# the training stage's weights: fp32 is VAR's recipe (fp32 master weights under bf16 autocast); bf16 is a deviation
 CELL_RECORDED_ERRORS = 3  # exit code of an isolated cell that recorded bench_error records itself
 RASTER = "raster"  # in task.configs, [mixer, raster]: the raster next-token model (AiM's backbone) with that mixer
 

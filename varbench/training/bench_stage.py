@@ -19,6 +19,7 @@ from varbench.utils.records import record
 
 log = get_logger(__name__)
 
+# the training stage's weights: fp32 is VAR's recipe (fp32 master weights under bf16 autocast); bf16 is a deviation
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
