@@ -11,7 +11,14 @@ One generation (batch `--batch`, CFG 1.5, top-k 900, top-p 0.96, bf16 autocast o
   the whole generation the GPU's busy time (union of kernel intervals) against the wall time: a launch-bound
   generation has a busy fraction well below 1.
 
-    python benchmarks/sample_profile.py OUT.jsonl [--batch 1] [--width 1024] [--ch 160]
+- the kernels of that profile by total GPU time (`top_kernels`, the `--top` largest, with calls and share of the
+  GPU's busy time): which kernels a part's time is made of.
+
+    python benchmarks/sample_profile.py OUT.jsonl [--batch 1] [--width 1024] [--ch 160] [--fused]
+        [--decode-mode eager] [--block-weights fp32] [--top 30]
+`--fused`, `--decode-mode` and `--block-weights bf16` profile the sampling options of task=bench
+(`fused_elementwise`, `decode_mode`, `block_weights`), so that the kernels are those of a timed configuration; the
+records name them. CUDA graphs are not profiled: a graph replays the same kernels, without their launches.
 
 On a CPU (a smoke test of the script) only the timing and the profile run, with the widths given.
 """
@@ -37,6 +44,8 @@ from op_count import BLOCK_PARTS, ONCE_PARTS, SCALE_PARTS, SETTINGS, OpCounter, 
 
 from varbench.backbones import sampling  # noqa: E402
 from varbench.eval.timing import time_ms  # noqa: E402
+from varbench.tokenizers.fast_decode import DECODE_MODES  # noqa: E402
+from varbench.utils.precision import hold_linear_weights_in  # noqa: E402
 from varbench.utils.records import append_records, make_record  # noqa: E402
 
 PARTS = BLOCK_PARTS + SCALE_PARTS + ONCE_PARTS
@@ -153,7 +162,20 @@ def profile_parts(generate, model, tokenizer, cuda: bool) -> tuple[dict, dict]:
     kernels = [(e.time_range.start, e.time_range.end) for e in events if e.device_type.name == "CUDA"]
     wall = next(e.time_range.elapsed_us() / 1e3 for e in events if e.name == "generation")
     parts = {p: {"cpu_ms": cpu[p], "gpu_ms": gpu[p]} for p in PARTS}
-    return parts, {"wall_ms": wall, "gpu_busy_ms": busy_ms(kernels), "kernels": len(kernels)}
+    return parts, {"wall_ms": wall, "gpu_busy_ms": busy_ms(kernels), "kernels": len(kernels),
+                   "by_kernel": kernel_totals(events)}
+
+
+def kernel_totals(events) -> list[dict]:
+    """The GPU kernels of a profile, summed by name: [{kernel, gpu_ms, calls}], largest total first."""
+    totals: dict[str, list] = {}
+    for e in events:
+        if e.device_type.name == "CUDA":
+            total = totals.setdefault(e.name, [0.0, 0])
+            total[0] += e.time_range.elapsed_us() / 1e3
+            total[1] += 1
+    return [{"kernel": name, "gpu_ms": ms, "calls": calls}
+            for name, (ms, calls) in sorted(totals.items(), key=lambda item: -item[1][0])]
 
 
 def main(argv=None) -> None:
@@ -164,10 +186,18 @@ def main(argv=None) -> None:
     parser.add_argument("--ch", type=int, default=160, help="the tokenizer's base channels (VAR's VQ-VAE: 160)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--fused", action="store_true", help="the blocks' fused element-wise chains")
+    parser.add_argument("--decode-mode", default="eager", choices=DECODE_MODES)
+    parser.add_argument("--block-weights", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--top", type=int, default=30, help="kernels in the top_kernels record")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     model, tokenizer = var_d16(args.width, args.ch, device)
+    model.set_fused_elementwise(args.fused)
+    tokenizer.set_decode_mode(args.decode_mode)
+    if args.block_weights == "bf16":
+        hold_linear_weights_in(model.blocks, torch.bfloat16)
     sampler = sampling.ScaleSampler(model, tokenizer, **SETTINGS)
     labels = torch.randint(0, 1000, (args.batch,), device=device)
     precision = torch.autocast(device.type, dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
@@ -177,7 +207,8 @@ def main(argv=None) -> None:
             return sampler(labels)
 
     fields = dict(batch=args.batch, depth=16, width=args.width, tokenizer_ch=args.ch, cuda_graphs=False,
-                  random_weights=True, precision="bf16 autocast" if cuda else "fp32", **SETTINGS)
+                  random_weights=True, precision="bf16 autocast" if cuda else "fp32", fused_elementwise=args.fused,
+                  decode_mode=args.decode_mode, block_weights=args.block_weights, **SETTINGS)
     timing = time_ms(generate, warmup=args.warmup, repeats=args.repeats)
     records = [make_record("sample_latency_ms", timing.pop("median_ms"), "ms", device=device, **timing, **fields)]
     if cuda:
@@ -185,13 +216,18 @@ def main(argv=None) -> None:
         records.append(make_record("host_syncs", sum(sites.values()), "syncs per generation", device=device,
                                    sites=dict(sites.most_common()), **fields))
     parts, whole = profile_parts(generate, model, tokenizer, cuda)
+    by_kernel = whole.pop("by_kernel")
     records.append(make_record("profiled_generation_ms", whole.pop("wall_ms"), "ms", device=device,
                                note="wall time under the profiler (slower than the timed runs)", **whole, **fields))
+    records.append(make_record("top_kernels", len(by_kernel), "kernel names", device=device,
+                               kernels=by_kernel[:args.top], gpu_busy_ms=whole["gpu_busy_ms"], **fields))
     records += [make_record("part_time_ms", t["cpu_ms"], "ms", device=device, part=p, gpu_ms=t["gpu_ms"], **fields)
                 for p, t in parts.items()]
     append_records(args.out, records)
     for r in records:
         print(r["metric"], r.get("part", ""), round(r["value"], 3), r.get("gpu_ms", r.get("gpu_busy_ms", "")))
+    for k in by_kernel[:args.top]:
+        print(f"{k['gpu_ms']:9.2f} ms {k['calls']:6d}x  {k['kernel'][:150]}")
 
 
 if __name__ == "__main__":

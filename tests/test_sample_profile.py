@@ -36,3 +36,14 @@ def test_the_labelled_parts_add_up_to_the_whole_generation(tmp_path):
     assert all(v >= 0 for v in parts.values()) and parts["block.attention"] > 0 and parts["decode"] > 0
     # every moment of the generation belongs to exactly one part: nested ranges are counted in the innermost only
     assert sum(parts.values()) == pytest.approx(whole, rel=0.05)
+
+
+def test_kernels_are_summed_by_name_largest_first():
+    from types import SimpleNamespace as NS
+
+    def event(name, start, end, device="CUDA"):
+        return NS(name=name, device_type=NS(name=device), time_range=NS(elapsed_us=lambda: end - start))
+    events = [event("gemm", 0, 3000), event("norm", 3000, 4000), event("gemm", 4000, 6000),
+              event("aten::mm", 0, 9000, device="CPU")]  # a host range is not a kernel
+    assert load_script().kernel_totals(events) == [{"kernel": "gemm", "gpu_ms": 5.0, "calls": 2},
+                                                   {"kernel": "norm", "gpu_ms": 1.0, "calls": 1}]
