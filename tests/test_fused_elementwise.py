@@ -12,7 +12,7 @@ from helpers import tiny_model, tiny_tokenizer
 
 from varbench.backbones import blocks
 from varbench.eval.samplers import make_sampler
-from varbench.modules.fused import fused, gated_residual, l2_qk, ln_modulate
+from varbench.modules.fused import fused, gated_residual, l2_qk, ln_modulate, residual_modulate
 
 SHAPES = [(2, 1, 64), (2, 9, 64), (6, 25, 64)]  # (batch, tokens, width): scale 0, later scales, another batch
 
@@ -37,6 +37,16 @@ def test_each_fused_chain_computes_its_reference_at_every_shape(autocast):
             torch.testing.assert_close(fused(ln_modulate)(x, scale1p, shift, 1e-6), want)
             y = torch.randn(shape, dtype=torch.bfloat16 if autocast else torch.float32)
             torch.testing.assert_close(fused(gated_residual)(x, y, scale1p), gated_residual(x, y, scale1p))
+            gate = torch.randn_like(shift)
+            for dtype in (None, torch.bfloat16):  # the next branch's input as it is, or in its Linear's dtype
+                got = fused(ln_modulate)(x, scale1p, shift, 1e-6, dtype)
+                assert got.dtype == (dtype or want.dtype)
+                torch.testing.assert_close(got, want.to(got.dtype))
+                got = fused(residual_modulate)(x, y, gate, scale1p, shift, 1e-6, dtype)
+                stream = gated_residual(x, y, gate)
+                want_next = ln_modulate(stream, scale1p, shift, 1e-6, dtype)
+                assert got[1].dtype == want_next.dtype
+                torch.testing.assert_close(got, (stream, want_next))
             B, L, C = shape
             qk = torch.randn(2, B, 2, L, C // 2)
             temperature = torch.rand(1, 2, 1, 1) * 4
@@ -66,8 +76,8 @@ def forced_generation(model, vae, labels=(3, 7)):
 
 
 @pytest.mark.parametrize("mixer,intra,chains", [
-    ("attention", "none", {"ln_modulate", "gated_residual", "l2_qk"}),
-    ("mamba2", "full", {"ln_modulate", "gated_residual"}),  # M-VAR's intra attention has no L2 norm
+    ("attention", "none", {"ln_modulate", "residual_modulate", "gated_residual", "l2_qk"}),
+    ("mamba2", "full", {"ln_modulate", "residual_modulate", "gated_residual"}),  # M-VAR's intra: no L2 norm
 ], ids=["VAR", "M-VAR"])
 def test_fused_sampling_gives_the_eager_logits(mixer, intra, chains, vae, monkeypatch):
     model = tiny_model(mixer, intra, vae=vae, backend="reference")
@@ -85,6 +95,50 @@ def test_fused_sampling_gives_the_eager_logits(mixer, intra, chains, vae, monkey
     model.set_fused_elementwise(False)
     forced_generation(model, vae)
     assert ran == []
+
+
+def branch_input_dtypes(block) -> dict:
+    """The dtype of the input each branch of `block` reads at its latest step, by branch name."""
+    seen = {}
+    for name in ("intra", "mixer"):
+        module = getattr(block, name)
+        if module is not None:
+            def spy(h, *args, _name=name, _step=module.step):
+                seen[_name] = h.dtype
+                return _step(h, *args)
+            module.step = spy
+    block.ffn.register_forward_pre_hook(lambda module, args: seen.__setitem__("ffn", args[0].dtype))
+    return seen
+
+
+def test_under_autocast_fused_pre_norms_feed_each_linear_first_branch_in_its_dtype(vae):
+    """The fused pre-norm writes a branch's input in autocast's dtype where the branch's first op is a Linear (it
+    would cast it so: one pass fewer), and leaves it fp32 for the others (Mamba2's step); eager never casts it."""
+    model = tiny_model("mamba2", "full", vae=vae, backend="reference")
+    seen = branch_input_dtypes(model.blocks[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        forced_generation(model, vae)
+        assert seen == {"intra": torch.float32, "mixer": torch.float32, "ffn": torch.float32}
+        model.set_fused_elementwise(True)
+        forced_generation(model, vae)
+    assert seen == {"intra": torch.bfloat16, "mixer": torch.float32, "ffn": torch.bfloat16}
+    forced_generation(model, vae)  # outside autocast nothing is cast
+    assert seen == {"intra": torch.float32, "mixer": torch.float32, "ffn": torch.float32}
+
+
+@pytest.mark.parametrize("mixer,intra", [("attention", "none"), ("mamba2", "full")], ids=["VAR", "M-VAR"])
+def test_under_autocast_fused_sampling_is_as_close_to_fp32_as_eager(mixer, intra, vae):
+    """Under bf16 autocast (CPU) the fused chains give logits as close to the fp32 logits as eager's bf16 logits:
+    the pre-norm cast in the fused kernel rounds what the Linear would round."""
+    model = tiny_model(mixer, intra, vae=vae, backend="reference")
+    reference = torch.cat(forced_generation(model, vae).logits, 1)
+    runs = []
+    for on in (False, True):
+        model.set_fused_elementwise(on)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs.append(torch.cat(forced_generation(model, vae).logits, 1).float())
+    err_eager, err_fused = ((run - reference).abs() for run in runs)
+    assert err_fused.mean() <= 1.1 * err_eager.mean() and err_fused.max() <= 1.5 * err_eager.max()
 
 
 def test_the_fused_chains_never_run_in_training_mode(vae, monkeypatch):

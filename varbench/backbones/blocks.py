@@ -18,7 +18,8 @@ from torch import nn
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State, TokenMixer
-from varbench.modules.fused import fused, gated_residual, ln_modulate, runs_fused
+from varbench.modules.fused import fused, gated_residual, ln_modulate, residual_modulate, runs_fused
+from varbench.utils.precision import active_autocast_dtype
 
 
 class DropPath(nn.Module):
@@ -46,6 +47,8 @@ class DropPath(nn.Module):
 class FFN(nn.Module):
     """fc1 -> GELU (tanh approximation, as VAR) -> fc2."""
 
+    linear_first = True  # its input goes to a Linear first (`AdaLNBlock.modulate`)
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -66,6 +69,12 @@ class SharedAdaLin(nn.Sequential):
 
     def forward(self, cond_BD: torch.Tensor) -> torch.Tensor:
         return super().forward(cond_BD).view(-1, 1, self.num_rows, self.dim)
+
+
+def linear_dtype(branch: nn.Module | None, x: torch.Tensor) -> torch.dtype | None:
+    """The dtype that `branch`'s first Linear casts its input `x` to under the caller's autocast, where the branch
+    takes its input to a Linear first (its `linear_first`); None otherwise (the input stays as it is)."""
+    return active_autocast_dtype(x.device.type) if getattr(branch, "linear_first", False) else None
 
 
 def num_branches(mixer: object | None, intra: object | None) -> int:
@@ -128,16 +137,35 @@ class AdaLNBlock(nn.Module):
         rows, n = ada_B3n1C.unbind(1), self.num_branches
         return rows[:n], rows[n:2 * n], rows[2 * n:]
 
-    def modulate(self, x_BLC: torch.Tensor, scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor) -> torch.Tensor:
-        """LN(x) * (1 + scale) + shift: the input of a branch (`scale1p_B1C` is 1 + scale, as `modulation` gives it)."""
-        modulate = fused(ln_modulate) if runs_fused(self) else ln_modulate
-        return modulate(x_BLC, scale1p_B1C, shift_B1C, self.ln_wo_grad.eps)
+    def modulate(self, x_BLC: torch.Tensor, scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor,
+                 branch: nn.Module | None = None) -> torch.Tensor:
+        """LN(x) * (1 + scale) + shift: the input of a branch (`scale1p_B1C` is 1 + scale, as `modulation` gives it).
+        Fused, and where `branch` reads it through a Linear first (its `linear_first`), it comes in that Linear's
+        autocast dtype: the values it would cast it to."""
+        if not runs_fused(self):
+            return ln_modulate(x_BLC, scale1p_B1C, shift_B1C, self.ln_wo_grad.eps)
+        return fused(ln_modulate)(x_BLC, scale1p_B1C, shift_B1C, self.ln_wo_grad.eps, linear_dtype(branch, x_BLC))
 
     def residual(self, x_BLC: torch.Tensor, y_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
         """x + DropPath(y * gamma): the gated residual update of a branch (DropPath acts on the gate)."""
         if runs_fused(self):
             return fused(gated_residual)(x_BLC, y_BLC, gamma_B1C)
         return gated_residual(x_BLC, y_BLC, self.drop_path(gamma_B1C))
+
+    def residual_modulate(self, x_BLC: torch.Tensor, y_BLC: torch.Tensor, gamma_B1C: torch.Tensor,
+                          scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor,
+                          branch: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """`residual`, then `modulate` of the new stream for the next branch `branch`: (new stream, its input);
+        fused, one kernel."""
+        if not runs_fused(self):
+            x_BLC = self.residual(x_BLC, y_BLC, gamma_B1C)
+            return x_BLC, self.modulate(x_BLC, scale1p_B1C, shift_B1C)
+        return fused(residual_modulate)(x_BLC, y_BLC, gamma_B1C, scale1p_B1C, shift_B1C, self.ln_wo_grad.eps,
+                                        linear_dtype(branch, x_BLC))
+
+    def branches(self) -> list[nn.Module]:
+        """The block's branches in the order they run: intra-scale, inter-scale mixer, FFN (the present ones)."""
+        return [branch for branch in (self.intra, self.mixer, self.ffn) if branch is not None]
 
     def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         """The block over the whole sequence; `cond` as in `modulation`."""
@@ -156,15 +184,19 @@ class AdaLNBlock(nn.Module):
     def step(self, x_BlC: torch.Tensor, state: State, cond: torch.Tensor, layout: ScaleLayout,
              k: int) -> tuple[torch.Tensor, State]:
         """The same block over one whole scale k, carrying the mixer's state. `cond` is this block's AdaLN rows,
-        `modulation(condition)`, the same at every scale: the caller computes them once per generation."""
+        `modulation(condition)`, the same at every scale: the caller computes them once per generation. A branch's
+        residual update and the next branch's pre-norm are one step (`residual_modulate`: one kernel, fused)."""
         gammas, scales, shifts = self.rows(cond)
-        i = 0
-        if self.intra is not None:
-            y_BlC = self.intra.step(self.modulate(x_BlC, scales[0], shifts[0]), layout, k)
-            x_BlC = self.residual(x_BlC, y_BlC, gammas[0])
-            i = 1
-        if self.mixer is not None:
-            y_BlC, state = self.mixer.step(self.modulate(x_BlC, scales[i], shifts[i]), state, layout, k)
-            x_BlC = self.residual(x_BlC, y_BlC, gammas[i])
-            i += 1
-        return self.residual(x_BlC, self.ffn(self.modulate(x_BlC, scales[i], shifts[i])), gammas[i]), state
+        branches = self.branches()
+        h_BlC = self.modulate(x_BlC, scales[0], shifts[0], branches[0])
+        for i, branch in enumerate(branches):
+            if branch is self.mixer:
+                y_BlC, state = branch.step(h_BlC, state, layout, k)
+            elif branch is self.intra:
+                y_BlC = branch.step(h_BlC, layout, k)
+            else:
+                y_BlC = branch(h_BlC)
+            if i + 1 == len(branches):
+                return self.residual(x_BlC, y_BlC, gammas[i]), state
+            x_BlC, h_BlC = self.residual_modulate(x_BlC, y_BlC, gammas[i], scales[i + 1], shifts[i + 1],
+                                                  branches[i + 1])

@@ -35,6 +35,7 @@ class ScaleAttention(nn.Module):
     """
 
     rescale_out_proj = True  # VAR's init divides `proj` by sqrt(2*depth); M-VAR keeps it for its intra-scale branch
+    linear_first = True  # forward and step take their input to `mat_qkv` first (`AdaLNBlock.modulate`)
 
     def __init__(self, dim: int, num_heads: int, l2_norm: bool = True, qk_norm: str = "auto"):
         super().__init__()

@@ -2,8 +2,10 @@
 
 Shape legend: B batch, L tokens, C width, H heads, d head dim.
 Between its matmuls, a block runs chains of element-wise ops, each a kernel that reads and writes the whole
-activation: the AdaLN pre-norm (LayerNorm, then times 1 + scale plus shift in one addcmul: 2 kernels), the gated
-residual (2) and VAR's L2-normalised q and k (norm, clamp, divide, temperature, casts: up to 6). Where the GPU is busy
+activation: the AdaLN pre-norm (LayerNorm, then times 1 + scale plus shift in one addcmul: 2 kernels, and under
+autocast the cast of the Linear that reads it: 1), the gated residual (2) and VAR's L2-normalised q and k (norm,
+clamp, divide, temperature, casts: up to 6). Fused, a branch's gated residual and the next branch's pre-norm are one
+kernel, which writes the next branch's input in the autocast dtype of the Linear that reads it. Where the GPU is busy
 (sampling at batch 64) they are memory traffic, not arithmetic. Each function below is the eager reference (the
 oracle, what the blocks run by default) and `fused(fn)` its compiled form: Inductor generates one kernel per chain,
 for every shape (`dynamic=True`: one compile serves all scales and batches). The blocks use them only when asked
@@ -21,16 +23,30 @@ import torch
 import torch.nn.functional as F
 
 
-def ln_modulate(x_BLC: torch.Tensor, scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor, eps: float) -> torch.Tensor:
+def ln_modulate(x_BLC: torch.Tensor, scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor, eps: float,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
     """LN(x) * (1 + scale) + shift, with a non-affine LayerNorm (`scale1p_B1C` is 1 + scale). The product and the sum
     are one `addcmul` (one kernel, not VAR's mul then add): the same fp32 arithmetic, the sum possibly fused into
-    the multiply's rounding (one ulp)."""
-    return torch.addcmul(shift_B1C, F.layer_norm(x_BLC, x_BLC.shape[-1:], eps=eps), scale1p_B1C)
+    the multiply's rounding (one ulp). `dtype`: the result cast to it, in the same kernel when fused: the autocast
+    dtype of the Linear that reads it next, which would cast it so itself (the same values, without a pass that
+    reads the fp32 result back; `AdaLNBlock.modulate`)."""
+    out_BLC = torch.addcmul(shift_B1C, F.layer_norm(x_BLC, x_BLC.shape[-1:], eps=eps), scale1p_B1C)
+    return out_BLC if dtype is None else out_BLC.to(dtype)
 
 
 def gated_residual(x_BLC: torch.Tensor, y_BLC: torch.Tensor, gate_B1C: torch.Tensor) -> torch.Tensor:
     """x + y * gate: a branch's gated update of the residual stream."""
     return x_BLC + y_BLC.mul(gate_B1C)
+
+
+def residual_modulate(x_BLC: torch.Tensor, y_BLC: torch.Tensor, gate_B1C: torch.Tensor, scale1p_B1C: torch.Tensor,
+                      shift_B1C: torch.Tensor, eps: float,
+                      dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gated_residual`, then `ln_modulate` of its result: the new residual stream and the next branch's input. Fused,
+    one kernel reads x and y once and writes both (the LayerNorm reads the new residual where it was computed, not
+    back from memory)."""
+    x_BLC = gated_residual(x_BLC, y_BLC, gate_B1C)
+    return x_BLC, ln_modulate(x_BLC, scale1p_B1C, shift_B1C, eps, dtype)
 
 
 def l2_qk(qk_2BHLd: torch.Tensor, temperature_1H11: torch.Tensor,

@@ -44,6 +44,12 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return AUTOCAST_DTYPES[precision]
 
 
+def active_autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype the caller's autocast casts matmul inputs to on `device_type` ("cuda", "cpu"), or None outside
+    autocast."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of `precision` (fp32: a disabled one) on `device`."""
     dtype = autocast_dtype(precision)
