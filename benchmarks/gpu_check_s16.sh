@@ -16,8 +16,9 @@
 #                  batch 64, 311.5 ms against the 300 goal, in session 20): latency, first call, largest difference
 #                  from eager;
 #   profile_b1, profile_b64  where one eager VAR-d16 generation's time goes (benchmarks/sample_profile.py): host
-#                  syncs by call site, host and GPU time per part, GPU busy against wall (eager b1 is 0.88x the
-#                  official code's: find out why);
+#                  syncs by call site, host and GPU time per part, GPU busy against wall, the largest kernels
+#                  (eager b1 is 0.88x the official code's: find out why); PROFILE_BATCHES (default "1 64") and
+#                  PROFILE_ARGS (e.g. "--fused --decode-mode compiled": a timed configuration's kernels);
 #   var_graphs     VAR-d16 sampling at batch 1 and 64 with CUDA graphs and the graphs decode (goals: b1 <= 40 ms,
 #                  b64 <= 300 ms), no training stage;
 #   mvar_graphs    the same for M-VAR-d16 (goals: b1 <= 40 ms, b64 <= 410 ms);
@@ -75,8 +76,10 @@ asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_te
   tests/test_fused_elementwise.py
 asked decode_modes && step decode_modes "$DECODE_S" python benchmarks/decode_modes.py "$OUT/decode_modes.jsonl" \
   --modes eager compiled --batches 64 --cudnn-benchmark
-if asked profile; then for b in 1 64; do
-  step profile_b$b "$PROFILE_S" python benchmarks/sample_profile.py "$OUT/sample_profile.jsonl" --batch $b
+if asked profile; then for b in ${PROFILE_BATCHES:-1 64}; do
+  # shellcheck disable=SC2086  # (PROFILE_ARGS: words meant)
+  step profile_b$b "$PROFILE_S" python benchmarks/sample_profile.py "$OUT/sample_profile.jsonl" --batch $b \
+    ${PROFILE_ARGS:-}
 done; fi
 # shellcheck disable=SC2046  # (word splitting of sampling's command is meant: its arguments hold no spaces)
 asked var_graphs && step var_graphs "$GRAPHS_S" $(sampling "$GRAPHS_S" "[attention,none]" 1,64 \
