@@ -31,7 +31,8 @@ class ScaleAttention(nn.Module):
         qk_norm (str, Optional): the kernels of that normalisation under autograd (training): "triton" (one
             Triton kernel forward and one backward, `varbench.ops.qk_norm.kernel`; CUDA), "torch" (the torch form,
             `varbench.modules.fused.l2_qk` with its written backward), "auto" (triton on CUDA, else torch). The
-            same arithmetic; without autograd (sampling) the torch form always runs. Default: "auto".
+            same arithmetic; without autograd (sampling) the torch form runs, but for fused sampling
+            (`fused_elementwise`), which runs these kernels' forward where they would run in training. Default: "auto".
     """
 
     rescale_out_proj = True  # VAR's init divides `proj` by sqrt(2*depth); M-VAR keeps it for its intra-scale branch
@@ -79,8 +80,10 @@ class ScaleAttention(nn.Module):
             qkv = nn.functional.linear(x_BLC, self.mat_qkv.weight, bias)
         else:  # a linear with a forward of its own (FP8 training, varbench/training/fp8.py) runs it
             qkv = self.mat_qkv(x_BLC) + bias
-        if self.l2_norm and torch.is_grad_enabled() and self._triton_norm(qkv):
-            # training on a GPU: one kernel each way, v copied out beside q and k
+        if self.l2_norm and (torch.is_grad_enabled() or runs_fused(self)) and self._triton_norm(qkv):
+            # training on a GPU: one kernel each way, v copied out beside q and k; fused sampling on a GPU: the same
+            # forward kernel (one pass over qkv, where Inductor's dynamic-shape kernels of `l2_qk` took three: 32 ms
+            # of GPU time in a batch-64 VAR-d16 generation on an H100, session 33)
             from varbench.ops.qk_norm.kernel import qkv_l2_norm
             return qkv_l2_norm(qkv, terms["temperature_1H11"], self.num_heads, NORMALIZE_EPS)
         qkv_3BHLd = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
