@@ -44,6 +44,7 @@ def test_kernels_are_summed_by_name_largest_first():
     def event(name, start, end, device="CUDA"):
         return NS(name=name, device_type=NS(name=device), time_range=NS(elapsed_us=lambda: end - start))
     events = [event("gemm", 0, 3000), event("norm", 3000, 4000), event("gemm", 4000, 6000),
-              event("aten::mm", 0, 9000, device="CPU")]  # a host range is not a kernel
+              event("aten::mm", 0, 9000, device="CPU"),  # a host range is not a kernel,
+              event("block.ffn", 0, 6000)]  # nor a labelled range's span on the GPU's timeline
     assert load_script().kernel_totals(events) == [{"kernel": "gemm", "gpu_ms": 5.0, "calls": 2},
                                                    {"kernel": "norm", "gpu_ms": 1.0, "calls": 1}]
