@@ -160,19 +160,25 @@ def profile_parts(generate, model, tokenizer, cuda: bool) -> tuple[dict, dict]:
     events = prof.events()
     cpu = exclusive(events, PARTS, lambda e: e.time_range.elapsed_us() / 1e3)
     gpu = exclusive(events, PARTS, lambda e: e.device_time_total / 1e3 if cuda else 0.0)
-    kernels = [(e.time_range.start, e.time_range.end) for e in events if e.device_type.name == "CUDA"]
+    kernels = [(e.time_range.start, e.time_range.end) for e in events if is_kernel(e)]
     wall = next(e.time_range.elapsed_us() / 1e3 for e in events if e.name == "generation")
     parts = {p: {"cpu_ms": cpu[p], "gpu_ms": gpu[p]} for p in PARTS}
     return parts, {"wall_ms": wall, "gpu_busy_ms": busy_ms(kernels), "kernels": len(kernels),
                    "by_kernel": kernel_totals(events)}
 
 
+def is_kernel(event) -> bool:
+    """Whether a profiler event is work on the GPU: the labelled ranges' spans on the GPU's timeline are not (session
+    33's first profile counted them among the kernels and in the busy time)."""
+    return (event.device_type.name == "CUDA" and not getattr(event, "is_user_annotation", False)
+            and event.name not in RANGES)
+
+
 def kernel_totals(events) -> list[dict]:
-    """The GPU kernels of a profile, summed by name: [{kernel, gpu_ms, calls}], largest total first. The labelled
-    ranges' spans on the GPU's timeline are not kernels (session 33's first record listed them among the kernels)."""
+    """The GPU kernels of a profile, summed by name: [{kernel, gpu_ms, calls}], largest total first."""
     totals: dict[str, list] = {}
     for e in events:
-        if e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", False) and e.name not in RANGES:
+        if is_kernel(e):
             total = totals.setdefault(e.name, [0.0, 0])
             total[0] += e.time_range.elapsed_us() / 1e3
             total[1] += 1
