@@ -1,13 +1,12 @@
-"""The decoder's RGB convolution (3 output channels) alone, and the channels_last decode, by how many output channels
-the convolution computes (issue 18 goal 2: session 33's profile of VAR-d16's batch-64 generation on an H100 spent 25
-of the compiled decode's 123 ms in one cuDNN kernel for it, `convolve_common_engine_float_NHWC`, with 3 channels and
-with them padded to 8, `varbench.tokenizers.fast_decode.PaddedOutputConv2d`).
+"""The VQ-VAE decoder's RGB convolution (160 -> 3 channels, 3x3, 256 px) alone, by how many output channels it
+computes and in which memory layout (issue 18 goal 2: session 33's profiles of VAR-d16's batch-64 generation on an
+H100 spent 25 of the compiled decode's 123 ms in one cuDNN kernel, `convolve_common_engine_float_NHWC`, a direct
+convolution without tensor cores, once per decode: the RGB convolution in channels_last. Computing it with its
+filters padded by zero ones to 8, tried in that session, left the kernel and the 25 ms as they were).
 
-Records, appended to OUT:
-- `conv_latency_ms`: F.conv2d of a (batch, 160, 256, 256) bf16 input with `out_channels` 3x3 filters, per memory
-  layout (channels_last, contiguous), with the kernel that took most of its GPU time (torch.profiler);
-- `decode_latency_ms`: VAR's VQ-VAE decode (random weights, bf16 autocast) in the channels_last mode with the RGB
-  convolution padded to each multiple (`padded_to`).
+Records, appended to OUT: `conv_latency_ms`, F.conv2d of a (batch, 160, 256, 256) bf16 input with `out_channels`
+3x3 filters, per memory layout (channels_last, contiguous), with the kernel that took most of its GPU time
+(torch.profiler): which padding or layout a decode mode should give the convolution.
 
     python benchmarks/narrow_conv.py OUT.jsonl [--batch 64] [--channels 3 8 16 32 64] [--tiny]
 `--tiny`: small shapes on the CPU (a check of the script, not a measurement).
@@ -26,7 +25,6 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from varbench.eval.timing import time_ms  # noqa: E402
-from varbench.tokenizers import MultiScaleVQVAE, fast_decode  # noqa: E402
 from varbench.utils.records import record  # noqa: E402
 
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -60,25 +58,6 @@ def conv_records(out, batch: int, side: int, in_channels: int, channels, device,
             print(f"conv {name} Cout {cout}: {timing['median_ms']:.2f} ms  {kernel}")
 
 
-def decode_records(out, vae: MultiScaleVQVAE, batch: int, multiples, device, dtype) -> None:
-    side = vae.patch_nums[-1]
-    f_hat = torch.randn(batch, vae.Cvae, side, side, device=device)
-    for multiple in multiples:
-        fast_decode.OUT_CHANNELS_MULTIPLE = multiple
-        vae.set_decode_mode("eager")
-        vae.set_decode_mode("channels_last")
-
-        def decode():
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                return vae.fhat_to_img(f_hat)
-        timing = time_ms(decode, warmup=1, repeats=3)
-        record(out, "decode_latency_ms", timing["median_ms"], "ms", decode_mode="channels_last", padded_to=multiple,
-               batch=batch, image_size=vae.image_size, random_weights=True, timing=timing,
-               autocast=str(dtype) if dtype != torch.float32 else "none")
-        print(f"decode channels_last padded to {multiple}: {timing['median_ms']:.1f} ms")
-    fast_decode.OUT_CHANNELS_MULTIPLE = 8
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path)
@@ -90,14 +69,9 @@ def main(argv=None) -> None:
     device, dtype = torch.device("cuda" if cuda else "cpu"), torch.bfloat16 if cuda else torch.float32
     torch.manual_seed(0)
     if args.tiny:
-        vae = MultiScaleVQVAE(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1,
-                              patch_nums=(1, 2, 4)).eval()
         conv_records(args.out, 2, 16, 32, args.channels, device, dtype)
     else:
-        vae = MultiScaleVQVAE(ch=160).eval().to(device)
-        conv_records(args.out, args.batch, vae.image_size, 160, args.channels, device, dtype)
-    decode_records(args.out, vae, args.batch if not args.tiny else 2, [c for c in args.channels if c > 3],
-                   device, dtype)
+        conv_records(args.out, args.batch, 256, 160, args.channels, device, dtype)
 
 
 if __name__ == "__main__":
