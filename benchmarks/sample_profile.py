@@ -11,7 +11,7 @@ One generation (batch `--batch`, CFG 1.5, top-k 900, top-p 0.96, bf16 autocast o
   the whole generation the GPU's busy time (union of kernel intervals) against the wall time: a launch-bound
   generation has a busy fraction well below 1.
 
-- the kernels of that profile by total GPU time (`top_kernels`, the `--top` largest, with calls and share of the
+- the kernels of that profile by total GPU time (`top_kernels`: the `--top` largest with their calls, beside the
   GPU's busy time): which kernels a part's time is made of.
 
     python benchmarks/sample_profile.py OUT.jsonl [--batch 1] [--width 1024] [--ch 160] [--fused]
