@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from varbench.mixers.base import State
-from varbench.utils.precision import caller_autocast
+from varbench.utils.precision import active_autocast_dtype, caller_autocast
 
 
 def graph_key(model: nn.Module, cond_2BD: torch.Tensor) -> tuple:
     """What one set of graphs is valid for (see the module docstring)."""
-    autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+    autocast = active_autocast_dtype("cuda")
     weights = tuple(t.data_ptr() for t in itertools.chain(model.parameters(), model.buffers()))
     return cond_2BD.shape, cond_2BD.dtype, autocast, cond_2BD.device, weights
 

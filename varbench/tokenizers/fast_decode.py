@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from varbench.utils.precision import caller_autocast
+from varbench.utils.precision import active_autocast_dtype, caller_autocast
 
 AUTO = "auto"
 DECODE_MODES = ("eager", "channels_last", "compiled", "graphs")
@@ -120,7 +120,7 @@ class LatentDecoder:
         stages' weights (by address: a graph reads them where they were at capture), then replayed."""
         if not z_BChw.is_cuda:
             raise ValueError(f"decode mode 'graphs' needs a CUDA latent, got one on {z_BChw.device}")
-        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        autocast = active_autocast_dtype("cuda")
         weights = tuple(t.data_ptr() for stage in self.stages for t in stage.parameters())
         key = (tuple(z_BChw.shape), z_BChw.dtype, z_BChw.device, autocast, weights)
         if key not in self.graphs:

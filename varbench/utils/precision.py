@@ -79,9 +79,8 @@ def caller_autocast() -> contextlib.AbstractContextManager:
     """The caller's CUDA autocast, re-entered with its weight-cast cache off (nothing when autocast is off), for CUDA
     graph captures: a cast cached during one capture would be memory of that graph, read by later graphs and freed
     at the caller's exit."""
-    if not torch.is_autocast_enabled("cuda"):
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+    dtype = active_autocast_dtype("cuda")
+    return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype, cache_enabled=False)
 
 
 def drop_cached_weight_casts() -> None:
