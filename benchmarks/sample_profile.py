@@ -194,7 +194,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ch", type=int, default=160, help="the tokenizer's base channels (VAR's VQ-VAE: 160)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--fused", action="store_true", help="the blocks' fused element-wise chains")
+    parser.add_argument("--fused", action="store_true",
+                        help="the blocks' fused element-wise chains and the tokenizer's compiled bicubic upsampling")
     parser.add_argument("--decode-mode", default="eager", choices=DECODE_MODES)
     parser.add_argument("--block-weights", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--top", type=int, default=30, help="kernels in the top_kernels record")
@@ -202,7 +203,8 @@ def main(argv=None) -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     model, tokenizer = var_d16(args.width, args.ch, device)
-    model.set_fused_elementwise(args.fused)
+    for module in (model, tokenizer):
+        module.set_fused_elementwise(args.fused)
     tokenizer.set_decode_mode(args.decode_mode)
     if args.block_weights == "bf16":
         hold_linear_weights_in(model.blocks, torch.bfloat16)

@@ -197,15 +197,18 @@ def test_the_sampling_record_names_its_decode_batch_and_the_decode_ran_in_chunks
 
 
 def test_the_sampling_record_names_fused_elementwise_and_only_its_timing_ran_fused(cell, tmp_path, monkeypatch):
-    """task.fused_elementwise: the timed generations run the blocks' fused chains, the model is left unfused after
-    (the next stage, the next cell), and each record says which it timed."""
+    """task.fused_elementwise: the timed generations run the blocks' fused chains and the tokenizer's compiled
+    upsampling, model and tokenizer are left unfused after (the next stage, the next cell), and each record says
+    which it timed."""
     from varbench.backbones import blocks
+    from varbench.tokenizers import quant
     model, vae, fields = cell
     ran, fused = [], blocks.fused
-    monkeypatch.setattr(blocks, "fused", lambda fn: ran.append(fn.__name__) or fused(fn))
+    for module in (blocks, quant):
+        monkeypatch.setattr(module, "fused", lambda fn: ran.append(fn.__name__) or fused(fn))
     measure(tmp_path / "bench.jsonl", model, vae, "sample", 2, "carry", 1, fields, fused_elementwise=True)
-    assert "ln_modulate" in ran and not any(m.fused_elementwise for m in model.modules()
-                                            if hasattr(m, "fused_elementwise"))
+    assert {"ln_modulate", "bicubic_up"} <= set(ran)
+    assert not any(m.fused_elementwise for m in [*model.modules(), *vae.modules()] if hasattr(m, "fused_elementwise"))
     ran.clear()
     measure(tmp_path / "bench.jsonl", model, vae, "sample", 2, "carry", 1, fields)
     assert ran == []

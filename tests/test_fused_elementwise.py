@@ -13,6 +13,7 @@ from helpers import tiny_model, tiny_tokenizer
 from varbench.backbones import blocks
 from varbench.eval.samplers import make_sampler
 from varbench.modules.fused import fused, gated_residual, l2_qk, ln_modulate, residual_modulate
+from varbench.tokenizers.quant import bicubic_up
 
 SHAPES = [(2, 1, 64), (2, 9, 64), (6, 25, 64)]  # (batch, tokens, width): scale 0, later scales, another batch
 
@@ -150,6 +151,41 @@ def test_the_fused_chains_never_run_in_training_mode(vae, monkeypatch):
     model.train()(labels, x_BLCv).sum().backward()
     assert ran == []
     assert all(m.fused_elementwise for m in model.modules() if hasattr(m, "fused_elementwise"))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize("batch", [2, 5])
+def test_the_compiled_bicubic_upsampling_computes_torchs_at_every_scale(batch, device):
+    """VAR-d16's scale sides (256 px) up to the latent side: Inductor's kernel gives torch's values (fp32)."""
+    torch.manual_seed(0)
+    for p in (1, 2, 3, 4, 5, 6, 8, 10, 13):
+        h_BCpp = torch.randn(batch, 32, p, p, device=device)
+        torch.testing.assert_close(fused(bicubic_up)(h_BCpp, 16), bicubic_up(h_BCpp, 16))
+
+
+def test_a_fused_tokenizer_upsamples_with_the_compiled_kernel_in_sampling_only(vae, monkeypatch):
+    """`MultiScaleVQVAE.set_fused_elementwise`: a generation runs the compiled upsampling and decodes eager's images
+    (fp32, forced ids); switched off, or in training mode, torch's kernel runs again."""
+    model = tiny_model("attention", "none", vae=vae, backend="reference")
+    ran = []
+    monkeypatch.setattr("varbench.tokenizers.quant.fused", lambda fn: ran.append(fn.__name__) or fused(fn))
+    eager = forced_generation(model, vae)
+    assert ran == []
+    vae.set_fused_elementwise(True)
+    try:
+        got = forced_generation(model, vae)
+        assert set(ran) == {"bicubic_up"} and len(ran) == len(vae.patch_nums) - 1  # no upsampling at the last scale
+        torch.testing.assert_close(got.images, eager.images)
+        ran.clear()
+        vae.train()
+        with torch.no_grad():
+            vae.quantize.upsample_phi(0, torch.randn(2, vae.Cvae, 1, 1))
+        assert ran == []
+    finally:
+        vae.eval().set_fused_elementwise(False)
+    forced_generation(model, vae)
+    assert ran == []
 
 
 def test_the_fused_functions_are_compiled_once_each():

@@ -174,7 +174,8 @@ def sample_cell(model: ScaleAR | RasterAR, vae, batch: int, sampler: str, repeat
     the sampler (`varbench.eval.samplers`: "carry", or "prefix_rerun", the released M-VAR baseline); the tokenizer
     decodes in `decode_mode` (`varbench.tokenizers.fast_decode`; "compiled" compiles in the untimed warm-up), at
     most `decode_batch` images per call (None: the whole batch); with `fused_elementwise` a ScaleAR's blocks run
-    their element-wise chains as fused kernels (`ScaleAR.set_fused_elementwise`; they compile in the warm-up).
+    their element-wise chains, and the tokenizer its bicubic upsampling, as fused kernels
+    (`ScaleAR.set_fused_elementwise`, `MultiScaleVQVAE.set_fused_elementwise`; they compile in the warm-up).
     The sampling stage of task=bench, beside its training stage (`train_step_cell`)."""
     from varbench.backbones.raster_ar import is_raster  # here: importing timing stays free of model code
     from varbench.eval.samplers import make_sampler
@@ -195,13 +196,14 @@ def sample_cell(model: ScaleAR | RasterAR, vae, batch: int, sampler: str, repeat
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return draw(labels)
 
-    if fused_elementwise:
-        model.set_fused_elementwise(True)
+    fusing = (model, vae) if fused_elementwise else ()
+    for module in fusing:
+        module.set_fused_elementwise(True)
     try:
         total = time_ms(sample, warmup=1, repeats=repeats)
-    finally:  # the next stage (and an error's record) sees the model unfused and the graphs' memory freed
-        if fused_elementwise:
-            model.set_fused_elementwise(False)
+    finally:  # the next stage (and an error's record) sees the models unfused and the graphs' memory freed
+        for module in fusing:
+            module.set_fused_elementwise(False)
         release()
     side = vae.patch_nums[-1]
     f_hat = torch.randn(batch, vae.Cvae, side, side, device=device)

@@ -164,6 +164,13 @@ class MultiScaleVQVAE(DecodeModes, nn.Module):
         """
         return self.quantize.next_scale_input(k, f_hat_BChw, h_BChw_k)
 
+    def set_fused_elementwise(self, on: bool) -> None:
+        """Run `next_scale_input`'s bicubic upsampling as one compiled kernel in eval mode without autograd
+        (`quant.bicubic_up`), or torch's kernel again: the tokenizer's part of fused sampling
+        (task.fused_elementwise, beside `ScaleAR.set_fused_elementwise`), the same arithmetic, rounded as Inductor's
+        kernel rounds it."""
+        self.quantize.fused_elementwise = bool(on)
+
     def empty_fhat(self, batch: int, device=None) -> torch.Tensor:
         """A zero f_hat (batch, C, h, w) float32, the start of sampling."""
         side = self.patch_nums[-1]
