@@ -13,7 +13,7 @@ from helpers import tiny_model
 
 from varbench.backbones.sampling import ScaleSampler
 from varbench.tokenizers import MultiScaleVQVAE
-from varbench.tokenizers.fast_decode import DECODE_MODES, resolve_decode_mode
+from varbench.tokenizers.fast_decode import DECODE_MODES, PaddedOutputConv2d, resolve_decode_mode
 from varbench.tokenizers.vq_f16 import VQF16
 from varbench.utils.hashing import weights_sha256
 
@@ -53,6 +53,26 @@ def test_channels_last_decodes_the_eager_images(name):
     torch.testing.assert_close(fast, eager)
     assert torch.equal(decode(tokenizer, "eager"), eager)  # back to eager: today's bits again
     assert tokenizer.decoder.conv_in.weight.is_contiguous()
+
+
+def test_channels_last_computes_the_rgb_convolution_padded_and_back_in_eager():
+    """In channels_last the decoder's 3-channel convolution computes 32 channels (29 zero filters) and returns the 3:
+    the same values, the Conv2d's own parameters (names and bytes); so does every decode convolution whose output
+    channels are no multiple of 32, and no other; eager runs the plain Conv2d again."""
+    tokenizer = small_vqvae()
+    conv, keys, sha = tokenizer.decoder.conv_out, list(tokenizer.state_dict()), weights_sha256(tokenizer)
+    x = torch.randn(2, conv.in_channels, 8, 8).contiguous(memory_format=torch.channels_last)
+    want = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    tokenizer.set_decode_mode("channels_last")
+    assert type(conv) is PaddedOutputConv2d and conv.out_channels == 3
+    torch.testing.assert_close(conv(x), want)
+    assert list(tokenizer.state_dict()) == keys and weights_sha256(tokenizer) == sha
+    decoder_convs = [m for stage in tokenizer.latent_decoder.stages for m in stage.modules()
+                     if isinstance(m, torch.nn.Conv2d)]
+    assert {m.out_channels % 32 != 0 for m in decoder_convs} == {True, False}  # padded convolutions and plain ones
+    assert all((type(m) is PaddedOutputConv2d) == (m.out_channels % 32 != 0) for m in decoder_convs)
+    tokenizer.set_decode_mode("eager")
+    assert all(type(m) is torch.nn.Conv2d for m in decoder_convs)
 
 
 @pytest.mark.slow  # Inductor on a CPU: about 10 s with its kernel cache warm, over a minute cold

@@ -7,6 +7,10 @@
   CUDA GroupNorm of torch 2.14 has no NHWC kernel (it copies a channels_last input to NCHW, and the next convolution
   copies back), so whether the faster convolutions pay for those copies is measured, not assumed:
   benchmarks/decode_modes.py.
+  In both channels_last modes a narrow convolution (the RGB one: 3 output channels) computes 32, the extra ones zero
+  filters, and returns its own (`PaddedOutputConv2d`): cuDNN's NHWC engine runs a direct kernel without tensor cores
+  for 3, 8 or 16 output channels, and an implicit GEMM from 32 (VAR's 160 -> 3 convolution at 256 px, batch 64, bf16,
+  one H100, session 34, benchmarks/narrow_conv.py: 24.4 ms with 3, 24.6 with 8, 2.2 with 32; 3.8 in NCHW).
 - "compiled": channels_last plus `torch.compile` of the decoder at fixed shapes (one compile per latent shape,
   dtype and autocast, cached on the tokenizer): Inductor lowers GroupNorm itself (no layout copies) and fuses it with
   SiLU and the casts around it.
@@ -35,12 +39,36 @@ Shape legend: B batch, C latent channels, h w latent side, 3 RGB, H W image side
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from varbench.utils.precision import active_autocast_dtype, caller_autocast
 
 AUTO = "auto"
 DECODE_MODES = ("eager", "channels_last", "compiled", "graphs")
+OUT_CHANNELS_MULTIPLE = 32  # the channels_last modes' convolutions compute a multiple of this many output channels
+
+
+class PaddedOutputConv2d(nn.Conv2d):
+    """A Conv2d computing its output channels padded with zero filters to a multiple of OUT_CHANNELS_MULTIPLE, and
+    returning its own: the channels_last modes' form of a decoder's RGB convolution. Each real channel is the same
+    sum (in another cuDNN algorithm's order). No parameter of its own: `LatentDecoder.set_mode` swaps a Conv2d's
+    class to it and back, so the state-dict names and bytes stay the Conv2d's."""
+
+    def forward(self, x_BChw: torch.Tensor) -> torch.Tensor:
+        extra = -self.out_channels % OUT_CHANNELS_MULTIPLE
+        weight = F.pad(self.weight, (0, 0, 0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
+        bias = None if self.bias is None else F.pad(self.bias, (0, extra))
+        return self._conv_forward(x_BChw, weight, bias)[:, :self.out_channels]
+
+
+def lay_out(stage: nn.Module, layout: torch.memory_format) -> None:
+    """`stage`'s weights in `layout`, and in channels_last its narrow convolutions (output channels not a multiple
+    of OUT_CHANNELS_MULTIPLE) as `PaddedOutputConv2d`; back to Conv2d otherwise."""
+    stage.to(memory_format=layout)
+    for conv in stage.modules():
+        if type(conv) in (nn.Conv2d, PaddedOutputConv2d) and conv.out_channels % OUT_CHANNELS_MULTIPLE:
+            conv.__class__ = PaddedOutputConv2d if layout == torch.channels_last else nn.Conv2d
 
 
 def resolve_decode_mode(value, key: str, device: torch.device | str) -> str:
@@ -74,15 +102,16 @@ class LatentDecoder:
 
     def set_mode(self, mode: str) -> None:
         """Switch to `mode` (one of DECODE_MODES): lays the stages' weights out as that mode runs them (channels_last,
-        or back to contiguous for eager, whose NCHW kernels a channels_last weight would change) and forgets any
-        compiled function. The mode it is in already is kept as it is (with its compiled shapes)."""
+        with padded narrow convolutions, or back to contiguous for eager, whose NCHW kernels a channels_last weight
+        would change) and forgets any compiled function. The mode it is in already is kept as it is (with its
+        compiled shapes)."""
         if mode not in DECODE_MODES:
             raise ValueError(f"decode mode must be one of {list(DECODE_MODES)}, got {mode!r}")
         if mode == self.mode:
             return
         layout = torch.contiguous_format if mode in ("eager", "graphs") else torch.channels_last
         for stage in self.stages:
-            stage.to(memory_format=layout)
+            lay_out(stage, layout)
         self.mode, self.compiled, self.graphs = mode, None, {}
 
     def set_max_batch(self, max_batch: int | None) -> None:
