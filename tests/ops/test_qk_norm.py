@@ -82,6 +82,45 @@ def test_the_kernels_equal_the_torch_form_in_tritons_interpreter():
     assert len(errors) == 2 * 5 * len(SHAPES) and max(errors) <= 1.0, run.stdout
 
 
+def written_into_cache(device, dtype) -> bool:
+    """Whether `qkv_l2_norm_into` returns `qkv_l2_norm`'s q and writes its k and v into a slice of a larger cache,
+    for each shape, leaving every other cache entry as it was."""
+    from varbench.ops.qk_norm.kernel import qkv_l2_norm, qkv_l2_norm_into
+    for B, L, H, d in SHAPES:
+        qkv, temperature = (t.to(device, dtype) for t in make_inputs(B, L, H, d))
+        want = qkv_l2_norm(qkv, temperature, H, NORMALIZE_EPS)
+        caches = [torch.full((B, H, L + 7, d), 5.0, device=device, dtype=dtype) for _ in range(2)]
+        q = qkv_l2_norm_into(qkv, temperature, H, NORMALIZE_EPS, caches[0][:, :, 3:3 + L], caches[1][:, :, 3:3 + L])
+        untouched = [torch.cat((c[:, :, :3], c[:, :, 3 + L:]), 2) for c in caches]
+        if not (torch.equal(q, want[0]) and all(torch.equal(c[:, :, 3:3 + L], w) for c, w in zip(caches, want[1:]))
+                and all(bool((u == 5.0).all()) for u in untouched)):
+            return False
+    return True
+
+
+def test_the_kernel_writes_k_and_v_into_a_cache_slice_in_tritons_interpreter():
+    """Sampling's KV-cached step: the forward kernel stores k and v in the cache's slice of the scale."""
+    pytest.importorskip("triton", reason="the kernels are Triton's (no Triton in this torch build)")
+    script = "import torch, test_qk_norm as t\nprint(t.written_into_cache('cpu', torch.float32))\n"
+    here = str(Path(__file__).parent)
+    path = os.pathsep.join([here, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else here
+    run = subprocess.run([sys.executable, "-c", script], cwd=here, capture_output=True, text=True,
+                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["True"], run.stdout
+
+
+def test_the_kernel_refuses_a_cache_slice_of_another_shape_or_dtype():
+    pytest.importorskip("triton", reason="the kernels are Triton's (no Triton in this torch build)")
+    from varbench.ops.qk_norm.kernel import qkv_l2_norm_into
+    qkv, temperature = make_inputs(1, 5, 3, 24)
+    good = torch.empty(1, 3, 5, 24, dtype=torch.float64)
+    for bad in (torch.empty(1, 3, 4, 24, dtype=torch.float64), torch.empty(1, 3, 5, 24),
+                torch.empty(1, 3, 24, 5, dtype=torch.float64).transpose(2, 3)):
+        with pytest.raises(ValueError, match=r"qkv_l2_norm: k must be a torch.float64 \(1, 3, 5, 24\) tensor"):
+            qkv_l2_norm_into(qkv, temperature, 3, NORMALIZE_EPS, bad, good)
+
+
 def test_qk_norm_is_checked():
     with pytest.raises(ValueError, match="qk_norm='cuda'.*auto, triton, torch"):
         ScaleAttention(32, 2, qk_norm="cuda")
@@ -97,6 +136,12 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_on_cuda_the_kernels_equal_the_torch_form(autocast):
     assert max(excess_errors("cuda", torch.bfloat16 if autocast else torch.float32, autocast)) <= 1.0
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_cuda_the_kernel_writes_k_and_v_into_a_cache_slice(dtype):
+    assert written_into_cache("cuda", dtype)
 
 
 @needs_cuda

@@ -83,16 +83,16 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         """Write scale k's keys and values into their slice of the preallocated cache (in place) and attend over the
         filled prefix, a view: nothing of the cache's size is copied or allocated after scale 0. The projection's
         `weight_terms` are computed at scale 0 and carried (mixers/base.py)."""
-        terms = self.step_terms(state, k)
-        q, k_new, v_new = self.qkv(x_BlC, terms)
-        if k == 0:
+        terms, scale_k = self.step_terms(state, k), layout.slice(k)
+        if k == 0:  # the cache takes the dtype the projection gives (autocast's), known once it has run
+            q, k_new, v_new = self.qkv(x_BlC, terms)
             state = carry_terms(empty_kv_cache(k_new, layout.L), terms)
+            state["k"][:, :, scale_k], state["v"][:, :, scale_k] = k_new, v_new
         elif state["k"].shape[2] != layout.L:
             raise ValueError(f"scale {k}: the KV cache holds {state['k'].shape[2]} tokens, not the layout's "
                              f"{layout.L}: pass the state that step returned at scale {k - 1}")
-        scale_k = layout.slice(k)
-        state["k"][:, :, scale_k] = k_new
-        state["v"][:, :, scale_k] = v_new
+        else:
+            q = self.qkv_into(x_BlC, terms, state["k"][:, :, scale_k], state["v"][:, :, scale_k])
         end = scale_k.stop
         # the prefix holds exactly the scales <= k, so no mask is needed (VAR's kv_caching path)
         o = masked_attention_ref(q, state["k"][:, :, :end], state["v"][:, :, :end], None, self.scale)

@@ -75,11 +75,7 @@ class ScaleAttention(nn.Module):
         now when None)."""
         B, L, C = x_BLC.shape
         terms = self.weight_terms() if terms is None else terms
-        bias = terms["qkv_bias"]
-        if type(self.mat_qkv) is nn.Linear:  # VAR's call: the bias joins the matmul
-            qkv = nn.functional.linear(x_BLC, self.mat_qkv.weight, bias)
-        else:  # a linear with a forward of its own (FP8 training, varbench/training/fp8.py) runs it
-            qkv = self.mat_qkv(x_BLC) + bias
+        qkv = self.project(x_BLC, terms["qkv_bias"])
         if self.l2_norm and (torch.is_grad_enabled() or runs_fused(self)) and self._triton_norm(qkv):
             # training on a GPU: one kernel each way, v copied out beside q and k; fused sampling on a GPU: the same
             # forward kernel (one pass over qkv, where Inductor's dynamic-shape kernels of `l2_qk` took three: in a
@@ -94,6 +90,26 @@ class ScaleAttention(nn.Module):
         l2 = fused(l2_qk) if runs_fused(self) else L2QKTraining.apply if torch.is_grad_enabled() else l2_qk
         q_BHLd, k_BHLd = l2(qkv_3BHLd[:2], terms["temperature_1H11"], qkv.dtype)
         return q_BHLd, k_BHLd, qkv_3BHLd[2]
+
+    def project(self, x_BLC: torch.Tensor, qkv_bias: torch.Tensor) -> torch.Tensor:
+        """The qkv projection's output (B, L, 3 C) with the joined bias (`weight_terms`)."""
+        if type(self.mat_qkv) is nn.Linear:  # VAR's call: the bias joins the matmul
+            return nn.functional.linear(x_BLC, self.mat_qkv.weight, qkv_bias)
+        return self.mat_qkv(x_BLC) + qkv_bias  # a linear with a forward of its own (FP8 training, training/fp8.py)
+
+    def qkv_into(self, x_BLC: torch.Tensor, terms: dict[str, torch.Tensor], k_out_BHLd: torch.Tensor,
+                 v_out_BHLd: torch.Tensor) -> torch.Tensor:
+        """`qkv` writing k and v into `k_out_BHLd` and `v_out_BHLd` (views, e.g. a KV cache's slice of one scale), and
+        returning q. Fused sampling on a GPU stores them there from the normalisation kernel
+        (`varbench.ops.qk_norm.kernel.qkv_l2_norm_into`, no copy); otherwise they are copied in."""
+        if self.l2_norm and runs_fused(self) and self._triton_norm(x_BLC):
+            from varbench.ops.qk_norm.kernel import qkv_l2_norm_into
+            return qkv_l2_norm_into(self.project(x_BLC, terms["qkv_bias"]), terms["temperature_1H11"],
+                                    self.num_heads, NORMALIZE_EPS, k_out_BHLd, v_out_BHLd)
+        q_BHLd, k_BHLd, v_BHLd = self.qkv(x_BLC, terms)
+        k_out_BHLd.copy_(k_BHLd)
+        v_out_BHLd.copy_(v_BHLd)
+        return q_BHLd
 
     def _triton_norm(self, qkv: torch.Tensor) -> bool:
         """Whether the normalisation runs the Triton kernels on `qkv` (see `qk_norm`)."""

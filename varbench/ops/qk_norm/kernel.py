@@ -48,17 +48,21 @@ def _tile(H, L, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
 
 @triton.jit
 def _forward_kernel(qkv_ptr, t_ptr, q_ptr, k_ptr, v_ptr, H, L, eps,
+                    sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
                     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
-    # qkv: contiguous (B, L, 3, H, D); t: contiguous (H,); q, k, v: contiguous (B, H, L, D)
+    # qkv: contiguous (B, L, 3, H, D); t: contiguous (H,); q, k, v: (B, H, L, D) with unit stride over D (v may be
+    # a slice of the KV cache)
     b, h, tok, col, inside, at = _tile(H, L, D, D_PAD, BLOCK_L)
     src = qkv_ptr + at
-    dst = (b * H + h) * L * D + tok[:, None] * D + col[None, :]
+    row, col = tok[:, None], col[None, :]
     y_q, _ = _normalise(tl.load(src, mask=inside, other=0.0).to(tl.float32), eps)
     y_k, _ = _normalise(tl.load(src + H * D, mask=inside, other=0.0).to(tl.float32), eps)
     temperature = tl.load(t_ptr + h).to(tl.float32)
-    tl.store(q_ptr + dst, (y_q * temperature).to(q_ptr.dtype.element_ty), mask=inside)
-    tl.store(k_ptr + dst, y_k.to(k_ptr.dtype.element_ty), mask=inside)
-    tl.store(v_ptr + dst, tl.load(src + 2 * H * D, mask=inside, other=0.0), mask=inside)
+    tl.store(q_ptr + b * sq_b + h * sq_h + row * sq_l + col, (y_q * temperature).to(q_ptr.dtype.element_ty),
+             mask=inside)
+    tl.store(k_ptr + b * sk_b + h * sk_h + row * sk_l + col, y_k.to(k_ptr.dtype.element_ty), mask=inside)
+    tl.store(v_ptr + b * sv_b + h * sv_h + row * sv_l + col, tl.load(src + 2 * H * D, mask=inside, other=0.0),
+             mask=inside)
 
 
 @triton.jit
@@ -99,14 +103,26 @@ def _launch_shape(qkv_BLX: torch.Tensor, heads: int) -> tuple[int, int, int, tup
     return B, L, X // (3 * heads), (B * heads, triton.cdiv(L, BLOCK_L))
 
 
+def _forward(qkv_BLX: torch.Tensor, temperature_1H11: torch.Tensor, heads: int, eps: float, q_BHLd: torch.Tensor,
+             k_BHLd: torch.Tensor, v_BHLd: torch.Tensor) -> None:
+    """The forward kernel over a contiguous qkv, writing q, k and v (B, H, L, d) wherever they lie."""
+    B, L, d, grid = _launch_shape(qkv_BLX, heads)
+    for name, out in (("q", q_BHLd), ("k", k_BHLd), ("v", v_BHLd)):
+        if out.shape != (B, heads, L, d) or out.stride(-1) != 1 or out.dtype != qkv_BLX.dtype:
+            raise ValueError(f"qkv_l2_norm: {name} must be a {qkv_BLX.dtype} ({B}, {heads}, {L}, {d}) tensor with "
+                             f"unit stride over d, got {out.dtype} {tuple(out.shape)} strides {out.stride()}")
+    _forward_kernel[grid](qkv_BLX, temperature_1H11.reshape(heads).contiguous(), q_BHLd, k_BHLd, v_BHLd, heads, L,
+                          eps, *(s for out in (q_BHLd, k_BHLd, v_BHLd) for s in out.stride()[:3]),
+                          D=d, D_PAD=triton.next_power_of_2(d), BLOCK_L=BLOCK_L)
+
+
 @torch.library.custom_op("varbench::qkv_l2_norm_fwd", mutates_args=())
 def qkv_l2_norm_fwd(qkv_BLX: torch.Tensor, temperature_1H11: torch.Tensor, heads: int, eps: float,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv_BLX = qkv_BLX.contiguous()
-    B, L, d, grid = _launch_shape(qkv_BLX, heads)
+    B, L, d, _ = _launch_shape(qkv_BLX, heads)
     q, k, v = (qkv_BLX.new_empty((B, heads, L, d)) for _ in range(3))
-    _forward_kernel[grid](qkv_BLX, temperature_1H11.reshape(heads).contiguous(), q, k, v, heads, L, eps,
-                          D=d, D_PAD=triton.next_power_of_2(d), BLOCK_L=BLOCK_L)
+    _forward(qkv_BLX, temperature_1H11, heads, eps, q, k, v)
     return q, k, v
 
 
@@ -134,6 +150,27 @@ def qkv_l2_norm_bwd(qkv_BLX: torch.Tensor, temperature_1H11: torch.Tensor, dq_BH
 @qkv_l2_norm_bwd.register_fake
 def _(qkv_BLX, temperature_1H11, dq_BHLd, dk_BHLd, dv_BHLd, heads, eps):
     return qkv_BLX.new_empty(qkv_BLX.shape), temperature_1H11.new_empty(temperature_1H11.shape)
+
+
+@torch.library.custom_op("varbench::qkv_l2_norm_into", mutates_args=("k_out_BHLd", "v_out_BHLd"))
+def qkv_l2_norm_into(qkv_BLX: torch.Tensor, temperature_1H11: torch.Tensor, heads: int, eps: float,
+                     k_out_BHLd: torch.Tensor, v_out_BHLd: torch.Tensor) -> torch.Tensor:
+    """`qkv_l2_norm`'s forward writing k and v into `k_out_BHLd` and `v_out_BHLd` ((B, H, L, d) in qkv's dtype with
+    unit stride over d: a KV cache's slice of one scale) and returning q, without autograd: sampling's KV-cached
+    step (`ScaleAttention.qkv_into`). The kernel stores k and v where the cache keeps them, so no copy follows it
+    (in a batch-64 VAR-d16 generation on an H100, session 33, the copies of k and v into the cache were two of the
+    three bf16 copies per layer and scale that took 12.1 ms)."""
+    qkv_BLX = qkv_BLX.contiguous()
+    B, L, d, _ = _launch_shape(qkv_BLX, heads)
+    q = qkv_BLX.new_empty((B, heads, L, d))
+    _forward(qkv_BLX, temperature_1H11, heads, eps, q, k_out_BHLd, v_out_BHLd)
+    return q
+
+
+@qkv_l2_norm_into.register_fake
+def _(qkv_BLX, temperature_1H11, heads, eps, k_out_BHLd, v_out_BHLd):
+    B, L, X = qkv_BLX.shape
+    return qkv_BLX.new_empty((B, heads, L, X // (3 * heads)))
 
 
 def _setup_context(ctx, inputs, output):
