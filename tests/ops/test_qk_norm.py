@@ -83,8 +83,8 @@ def test_the_kernels_equal_the_torch_form_in_tritons_interpreter():
 
 
 def written_into_cache(device, dtype) -> bool:
-    """Whether `qkv_l2_norm_into` returns `qkv_l2_norm`'s q and writes its k and v into a slice of a larger cache,
-    for each shape, leaving every other cache entry as it was."""
+    """Whether `qkv_l2_norm_into` returns `qkv_l2_norm`'s q (laid out as (B, L, H, d)) and writes its k and v into a
+    slice of a larger cache, for each shape, leaving every other cache entry as it was."""
     from varbench.ops.qk_norm.kernel import qkv_l2_norm, qkv_l2_norm_into
     for B, L, H, d in SHAPES:
         qkv, temperature = (t.to(device, dtype) for t in make_inputs(B, L, H, d))
@@ -92,7 +92,7 @@ def written_into_cache(device, dtype) -> bool:
         caches = [torch.full((B, H, L + 7, d), 5.0, device=device, dtype=dtype) for _ in range(2)]
         q = qkv_l2_norm_into(qkv, temperature, H, NORMALIZE_EPS, caches[0][:, :, 3:3 + L], caches[1][:, :, 3:3 + L])
         untouched = [torch.cat((c[:, :, :3], c[:, :, 3 + L:]), 2) for c in caches]
-        if not (torch.equal(q, want[0]) and all(torch.equal(c[:, :, 3:3 + L], w) for c, w in zip(caches, want[1:]))
+        if not (torch.equal(q, want[0]) and q.transpose(1, 2).is_contiguous() and all(torch.equal(c[:, :, 3:3 + L], w) for c, w in zip(caches, want[1:]))
                 and all(bool((u == 5.0).all()) for u in untouched)):
             return False
     return True

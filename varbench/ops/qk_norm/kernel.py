@@ -159,18 +159,20 @@ def qkv_l2_norm_into(qkv_BLX: torch.Tensor, temperature_1H11: torch.Tensor, head
     unit stride over d: a KV cache's slice of one scale) and returning q, without autograd: sampling's KV-cached
     step (`ScaleAttention.qkv_into`). The kernel stores k and v where the cache keeps them, so no copy follows it
     (in a batch-64 VAR-d16 generation on an H100, session 33, the copies of k and v into the cache were two of the
-    three bf16 copies per layer and scale that took 12.1 ms)."""
+    three bf16 copies per layer and scale that took 12.1 ms). q lies in memory as (B, L, H, d), a transposed view:
+    SDPA's cuDNN kernel lays its output out as q is, and the output projection reads it as (B, L, H d), which then
+    is a view too (the third copy)."""
     qkv_BLX = qkv_BLX.contiguous()
     B, L, d, _ = _launch_shape(qkv_BLX, heads)
-    q = qkv_BLX.new_empty((B, heads, L, d))
-    _forward(qkv_BLX, temperature_1H11, heads, eps, q, k_out_BHLd, v_out_BHLd)
-    return q
+    q_BHLd = qkv_BLX.new_empty((B, L, heads, d)).transpose(1, 2)
+    _forward(qkv_BLX, temperature_1H11, heads, eps, q_BHLd, k_out_BHLd, v_out_BHLd)
+    return q_BHLd
 
 
 @qkv_l2_norm_into.register_fake
 def _(qkv_BLX, temperature_1H11, heads, eps, k_out_BHLd, v_out_BHLd):
     B, L, X = qkv_BLX.shape
-    return qkv_BLX.new_empty((B, heads, L, X // (3 * heads)))
+    return qkv_BLX.new_empty((B, L, heads, X // (3 * heads))).transpose(1, 2)
 
 
 def _setup_context(ctx, inputs, output):
