@@ -92,7 +92,9 @@ def written_into_cache(device, dtype) -> bool:
         caches = [torch.full((B, H, L + 7, d), 5.0, device=device, dtype=dtype) for _ in range(2)]
         q = qkv_l2_norm_into(qkv, temperature, H, NORMALIZE_EPS, caches[0][:, :, 3:3 + L], caches[1][:, :, 3:3 + L])
         untouched = [torch.cat((c[:, :, :3], c[:, :, 3 + L:]), 2) for c in caches]
-        if not (torch.equal(q, want[0]) and q.transpose(1, 2).is_contiguous() and all(torch.equal(c[:, :, 3:3 + L], w) for c, w in zip(caches, want[1:]))
+        written = [c[:, :, 3:3 + L] for c in caches]
+        if not (torch.equal(q, want[0]) and q.transpose(1, 2).is_contiguous()
+                and all(torch.equal(c, w) for c, w in zip(written, want[1:]))
                 and all(bool((u == 5.0).all()) for u in untouched)):
             return False
     return True
