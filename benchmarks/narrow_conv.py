@@ -2,7 +2,8 @@
 computes and in which memory layout (issue 18 goal 2: session 33's profiles of VAR-d16's batch-64 generation on an
 H100 spent 25 of the compiled decode's 123 ms in one cuDNN kernel, `convolve_common_engine_float_NHWC`, a direct
 convolution without tensor cores, once per decode: the RGB convolution in channels_last. Computing it with its
-filters padded by zero ones to 8, tried in that session, left the kernel and the 25 ms as they were).
+filters padded by zero ones to 8, tried in that session, left the kernel and the 25 ms as they were; session 34's
+run picked 32, an implicit GEMM: `varbench.tokenizers.fast_decode.PaddedOutputConv2d`).
 
 Records, appended to OUT: `conv_latency_ms`, F.conv2d of a (batch, 160, 256, 256) bf16 input with `out_channels`
 3x3 filters, per memory layout (channels_last, contiguous), with the kernel that took most of its GPU time
