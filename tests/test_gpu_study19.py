@@ -288,3 +288,10 @@ def test_gpu_tree_out_keeps_what_the_study_script_reads_and_back_restores_result
                           text=True)
     assert back.returncode == 0, back.stderr
     assert {p.relative_to(tree): p.read_bytes() for p in (tree / "results").rglob("*") if p.is_file()} == before
+    # STUBS=0: a call that runs no study script carries an empty results/
+    out = subprocess.run(["bash", "benchmarks/gpu_tree.sh", "out"], cwd=tree, env={**env, "STUBS": "0"},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert list((tree / "results").iterdir()) == [] and (hold / "gpu/h200/study19/lr/cells/c1/done.json").is_file()
+    subprocess.run(["bash", "benchmarks/gpu_tree.sh", "back"], cwd=tree, env=env, check=True)
+    assert {p.relative_to(tree): p.read_bytes() for p in (tree / "results").rglob("*") if p.is_file()} == before
