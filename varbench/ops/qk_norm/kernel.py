@@ -50,8 +50,8 @@ def _tile(H, L, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
 def _forward_kernel(qkv_ptr, t_ptr, q_ptr, k_ptr, v_ptr, H, L, eps,
                     sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
                     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
-    # qkv: contiguous (B, L, 3, H, D); t: contiguous (H,); q, k, v: (B, H, L, D) with unit stride over D (v may be
-    # a slice of the KV cache)
+    # qkv: contiguous (B, L, 3, H, D); t: contiguous (H,); q, k, v: (B, H, L, D) with unit stride over D (in
+    # sampling k and v are slices of the KV cache, q a transposed (B, L, H, D) tensor)
     b, h, tok, col, inside, at = _tile(H, L, D, D_PAD, BLOCK_L)
     src = qkv_ptr + at
     row, col = tok[:, None], col[None, :]
@@ -161,7 +161,8 @@ def qkv_l2_norm_into(qkv_BLX: torch.Tensor, temperature_1H11: torch.Tensor, head
     (in a batch-64 VAR-d16 generation on an H100, session 33, the copies of k and v into the cache were two of the
     three bf16 copies per layer and scale that took 12.1 ms). q lies in memory as (B, L, H, d), a transposed view:
     SDPA's cuDNN kernel lays its output out as q is, and the output projection reads it as (B, L, H d), which then
-    is a view too (the third copy)."""
+    is a view too (the third copy). Session 34's profile of that generation (one H100) has none of the 484 copies
+    among its 40 largest kernels."""
     qkv_BLX = qkv_BLX.contiguous()
     B, L, d, _ = _launch_shape(qkv_BLX, heads)
     q_BHLd = qkv_BLX.new_empty((B, L, heads, d)).transpose(1, 2)
