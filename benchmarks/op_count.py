@@ -4,7 +4,9 @@ is launch-bound, so the op count per generation decides its speed on a GPU).
 A `TorchDispatchMode` counts every op dispatched (views included: each costs dispatcher time on the host; `kernels`
 counts the non-view ops, roughly what launches a kernel on a GPU) under a label saying where it ran:
 - per block and scale: `block.ada_lin` (the AdaLN projection of the condition), `block.attention` (the inter-scale
-  mixer's step), `block.ffn`, `block.other` (the rest of the block: LayerNorms, modulation, gated residuals);
+  mixer's step), `block.ffn`, `block.other` (the rest of the block: LayerNorms, modulation, gated residuals); for
+  another model, `instrument` labels a mixer that is not VAR's attention `block.mixer` and an intra-scale branch
+  `block.intra` (benchmarks/sample_profile.py --model mvar);
 - per scale outside the blocks: `head`, `guide` (what runs between the head and the draw: guidance), `sample`
   (top-k / top-p and the multinomial draw), `next_input` (from the drawn ids to the next scale's input: code
   embedding, phi, f_hat, area downsampling, word embedding, CFG doubling);
@@ -115,7 +117,11 @@ def instrument(counter: OpCounter, model: ScaleAR, tokenizer):
     for i, block in enumerate(model.blocks):
         wrap(counter, block, "step", "block.other", before=counter.next_scale if i == 0 else None)
         hook(counter, block.ada_lin, "block.ada_lin")
-        wrap(counter, block.mixer, "step", "block.attention")
+        # VAR's mixer is its attention; another mixer (M-VAR's Mamba2) and an intra-scale branch have parts of their own
+        mixer_part = "block.attention" if isinstance(block.mixer, BlockCausalAttention) else "block.mixer"
+        wrap(counter, block.mixer, "step", mixer_part)
+        if block.intra is not None:
+            wrap(counter, block.intra, "step", "block.intra")
         hook(counter, block.ffn, "block.ffn")
     wrap(counter, model, "logits", "head", after="guide")
     wrap(counter, tokenizer, "fhat_to_img", "decode", before=lambda: counter.enter_phase("decode"))

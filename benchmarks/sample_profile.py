@@ -1,5 +1,6 @@
-"""Where one eager VAR-d16 generation spends its time (issue 18 goal 2: eager batch-1 sampling is 0.88x the official
-code's on an H200, and counting ops on a CPU found the two dispatch about the same, results/cpu_opcount/).
+"""Where one eager VAR-d16 (or M-VAR-d16) generation spends its time (issue 18 goal 2: eager batch-1 sampling was
+0.88x the official code's on an H200, and counting ops on a CPU found the two dispatch about the same,
+results/cpu_opcount/).
 
 One generation (batch `--batch`, CFG 1.5, top-k 900, top-p 0.96, bf16 autocast on CUDA, random weights, after
 `--warmup` untimed ones) is run three ways, each written as records:
@@ -14,8 +15,11 @@ One generation (batch `--batch`, CFG 1.5, top-k 900, top-p 0.96, bf16 autocast o
 - the kernels of that profile by total GPU time (`top_kernels`: the `--top` largest with their calls, beside the
   GPU's busy time): which kernels a part's time is made of.
 
-    python benchmarks/sample_profile.py OUT.jsonl [--batch 1] [--width 1024] [--ch 160] [--fused]
+    python benchmarks/sample_profile.py OUT.jsonl [--model var] [--batch 1] [--width 1024] [--ch 160] [--fused]
         [--decode-mode eager] [--block-weights fp32] [--top 30]
+`--model mvar`: M-VAR-d16 (the mamba2 mixer and the full intra-scale attention, their YAMLs' options), its
+Mamba2 steps and intra-scale attention as parts of their own (`block.mixer`, `block.intra`); records name the
+mixer and intra variant.
 `--fused`, `--decode-mode` and `--block-weights bf16` profile the sampling options of task=bench
 (`fused_elementwise`, `decode_mode`, `block_weights`), so that the kernels are those of a timed configuration; the
 records name them. CUDA graphs are not profiled: a graph replays the same kernels, without their launches.
@@ -43,12 +47,16 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from op_count import BLOCK_PARTS, ONCE_PARTS, SCALE_PARTS, SETTINGS, OpCounter, instrument, var_d16  # noqa: E402
 
 from varbench.backbones import sampling  # noqa: E402
+from varbench.backbones.scale_ar import ScaleAR  # noqa: E402
 from varbench.eval.timing import time_ms  # noqa: E402
+from varbench.registry import factory, load_option  # noqa: E402
+from varbench.tokenizers import MultiScaleVQVAE  # noqa: E402
 from varbench.tokenizers.fast_decode import DECODE_MODES  # noqa: E402
 from varbench.utils.precision import hold_linear_weights_in  # noqa: E402
 from varbench.utils.records import append_records, make_record  # noqa: E402
 
-PARTS = BLOCK_PARTS + SCALE_PARTS + ONCE_PARTS
+PARTS = BLOCK_PARTS + ("block.mixer", "block.intra") + SCALE_PARTS + ONCE_PARTS
+MODELS = {"var": ("attention", "none"), "mvar": ("mamba2", "full")}  # --model: (mixer, intra)
 RANGES = {*PARTS, "generation"}  # the profiler ranges this script labels
 
 
@@ -97,6 +105,17 @@ class LabelStack(list):
         if not self:
             self.owner.open_phase()
         return label
+
+
+def build(model: str, width: int, ch: int, device) -> tuple[ScaleAR, MultiScaleVQVAE]:
+    """The depth-16 model `--model` names and a VQ-VAE, random weights from seed 0, in eval mode on `device`: VAR as
+    op_count builds it; M-VAR from the registry's mamba2 mixer and full intra variant."""
+    if model == "var":
+        return var_d16(width, ch, device)
+    torch.manual_seed(0)
+    mixer, intra = (factory(load_option(group, name)) for group, name in zip(("mixer", "intra"), MODELS[model]))
+    model = ScaleAR(mixer=mixer, intra=intra, depth=16, width=width, num_heads=width // 64, drop_path_rate=0.0)
+    return model.eval().to(device), MultiScaleVQVAE(ch=ch).eval().to(device)
 
 
 def sync_sites(generate) -> Counter:
@@ -189,8 +208,9 @@ def kernel_totals(events) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="JSON-lines file the records are appended to")
+    parser.add_argument("--model", default="var", choices=sorted(MODELS), help="VAR-d16 or M-VAR-d16")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--width", type=int, default=1024, help="VAR-d16's width")
+    parser.add_argument("--width", type=int, default=1024, help="the model's width (VAR-d16's and M-VAR-d16's)")
     parser.add_argument("--ch", type=int, default=160, help="the tokenizer's base channels (VAR's VQ-VAE: 160)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
@@ -202,7 +222,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    model, tokenizer = var_d16(args.width, args.ch, device)
+    model, tokenizer = build(args.model, args.width, args.ch, device)
     for module in (model, tokenizer):
         module.set_fused_elementwise(args.fused)
     tokenizer.set_decode_mode(args.decode_mode)
@@ -216,9 +236,11 @@ def main(argv=None) -> None:
         with torch.no_grad(), precision:
             return sampler(labels)
 
-    fields = dict(batch=args.batch, depth=16, width=args.width, tokenizer_ch=args.ch, cuda_graphs=False,
-                  random_weights=True, precision="bf16 autocast" if cuda else "fp32", fused_elementwise=args.fused,
-                  decode_mode=args.decode_mode, block_weights=args.block_weights, **SETTINGS)
+    mixer, intra = MODELS[args.model]
+    fields = dict(mixer=mixer, intra=intra, batch=args.batch, depth=16, width=args.width, tokenizer_ch=args.ch,
+                  cuda_graphs=False, random_weights=True, precision="bf16 autocast" if cuda else "fp32",
+                  fused_elementwise=args.fused, decode_mode=args.decode_mode, block_weights=args.block_weights,
+                  **SETTINGS)
     timing = time_ms(generate, warmup=args.warmup, repeats=args.repeats)
     records = [make_record("sample_latency_ms", timing.pop("median_ms"), "ms", device=device, **timing, **fields)]
     if cuda:

@@ -34,8 +34,22 @@ def test_the_labelled_parts_add_up_to_the_whole_generation(tmp_path):
     parts = {r["part"]: r["value"] for r in records if r["metric"] == "part_time_ms"}
     assert set(parts) >= {"block.attention", "block.ffn", "block.other", "head", "sample", "next_input", "decode"}
     assert all(v >= 0 for v in parts.values()) and parts["block.attention"] > 0 and parts["decode"] > 0
+    assert parts["block.mixer"] == parts["block.intra"] == 0  # VAR's mixer is its attention; it has no intra branch
     # every moment of the generation belongs to exactly one part: nested ranges are counted in the innermost only
     assert sum(parts.values()) == pytest.approx(whole, rel=0.05)
+
+
+def test_an_mvar_profile_gives_its_mixer_and_intra_branch_parts_of_their_own(tmp_path):
+    """--model mvar: M-VAR's Mamba2 steps and intra-scale attention are labelled parts (none called attention), the
+    parts still add up to the whole, and the records name the mixer and intra variant."""
+    out = tmp_path / "profile.jsonl"
+    load_script().main([str(out), "--model", "mvar", "--width", "64", "--ch", "32", "--warmup", "1", "--repeats", "1"])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    whole = next(r["value"] for r in records if r["metric"] == "profiled_generation_ms")
+    parts = {r["part"]: r["value"] for r in records if r["metric"] == "part_time_ms"}
+    assert parts["block.mixer"] > 0 and parts["block.intra"] > 0 and parts["block.attention"] == 0
+    assert sum(parts.values()) == pytest.approx(whole, rel=0.05)
+    assert {(r["mixer"], r["intra"]) for r in records} == {("mamba2", "full")}
 
 
 def test_kernels_are_summed_by_name_largest_first():
