@@ -114,8 +114,8 @@ def build(model: str, width: int, ch: int, device) -> tuple[ScaleAR, MultiScaleV
         return var_d16(width, ch, device)
     torch.manual_seed(0)
     mixer, intra = (factory(load_option(group, name)) for group, name in zip(("mixer", "intra"), MODELS[model]))
-    model = ScaleAR(mixer=mixer, intra=intra, depth=16, width=width, num_heads=width // 64, drop_path_rate=0.0)
-    return model.eval().to(device), MultiScaleVQVAE(ch=ch).eval().to(device)
+    net = ScaleAR(mixer=mixer, intra=intra, depth=16, width=width, num_heads=width // 64, drop_path_rate=0.0)
+    return net.eval().to(device), MultiScaleVQVAE(ch=ch).eval().to(device)
 
 
 def sync_sites(generate) -> Counter:
