@@ -4,13 +4,9 @@ torch form (`l2_qk` with its written backward, itself checked against autograd i
 rounding: no further from the fp64 values than the torch form in the same dtype is. On the CPU the kernels run in
 Triton's interpreter; on a GPU compiled, under bf16 autocast and inside a compiled training step (one graph)."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from triton_interpreter import run_interpreted
 
 from varbench.modules.attention import ScaleAttention
 from varbench.modules.fused import NORMALIZE_EPS, L2QKTraining
@@ -69,14 +65,10 @@ def excess_errors(device, dtype, autocast=False, unused=None):
 
 def test_the_kernels_equal_the_torch_form_in_tritons_interpreter():
     pytest.importorskip("triton", reason="the kernels are Triton's (no Triton in this torch build)")
-    # TRITON_INTERPRET must be set before Triton compiles anything in the process: a fresh one
     script = ("import torch, test_qk_norm as t\n"
               "print(*t.excess_errors('cpu', torch.float32))\n"
               "print(*t.excess_errors('cpu', torch.float32, unused=2))\n")
-    here = str(Path(__file__).parent)
-    path = os.pathsep.join([here, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else here
-    run = subprocess.run([sys.executable, "-c", script], cwd=here, capture_output=True, text=True,
-                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}, timeout=300)
+    run = run_interpreted(script)
     assert run.returncode == 0, run.stderr[-3000:]
     errors = [float(v) for line in run.stdout.split("\n") if line for v in line.split()]
     assert len(errors) == 2 * 5 * len(SHAPES) and max(errors) <= 1.0, run.stdout
@@ -104,10 +96,7 @@ def test_the_kernel_writes_k_and_v_into_a_cache_slice_in_tritons_interpreter():
     """Sampling's KV-cached step: the forward kernel stores k and v in the cache's slice of the scale."""
     pytest.importorskip("triton", reason="the kernels are Triton's (no Triton in this torch build)")
     script = "import torch, test_qk_norm as t\nprint(t.written_into_cache('cpu', torch.float32))\n"
-    here = str(Path(__file__).parent)
-    path = os.pathsep.join([here, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else here
-    run = subprocess.run([sys.executable, "-c", script], cwd=here, capture_output=True, text=True,
-                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}, timeout=300)
+    run = run_interpreted(script)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["True"], run.stdout
 

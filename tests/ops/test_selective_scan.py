@@ -5,14 +5,10 @@ Shape legend: B batch, E channels, L tokens, N state dim, C model width.
 Tolerances: float64 agrees to ~1e-14 (measured), so 1e-10 is tight; see test_ssd.py for the float32 rationale.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from triton_interpreter import run_interpreted
 
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import run_steps, state_nbytes
@@ -102,15 +98,11 @@ def fused_vs_torch(device, gate, shape, dtype):
 
 def test_fused_correction_equals_the_torch_form_in_tritons_interpreter():
     pytest.importorskip("triton", reason="the fused correction is a Triton kernel (no Triton in this torch build)")
-    # TRITON_INTERPRET must be set before Triton compiles anything in the process: a fresh one
     script = ("import torch, test_selective_scan as t\n"
               "for gate in (True, False):\n"
               "    for shape in t.FUSED_SHAPES:\n"
               "        print(*t.fused_vs_torch('cpu', gate, shape, torch.float32))\n")
-    here = str(Path(__file__).parent)  # beside what PYTHONPATH has (the lent GPU's setup puts varbench there)
-    path = os.pathsep.join([here, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else here
-    run = subprocess.run([sys.executable, "-c", script], cwd=here, capture_output=True, text=True,
-                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}, timeout=300)
+    run = run_interpreted(script)
     assert run.returncode == 0, run.stderr[-3000:]
     errors = [float(v) for line in run.stdout.split("\n") if line for v in line.split()]
     assert len(errors) == 2 * 2 * len(FUSED_SHAPES) and max(errors) <= 1e-6, run.stdout  # fp32 rounding only
