@@ -35,6 +35,8 @@
 # one scale per row (task.fp8_recipe; default tensorwise). The records say which.
 # SDPA_OPTIONS (e.g. "sdpa_kernels:[flash,efficient],together_below:128") adds the sdpa_scales options of the attention
 # mixer and intra=full (varbench/ops/attention/kernel.py) to the sdpa_scales steps.
+# MAMBA2_OPTIONS (e.g. "conv_backend:torch") adds options of M-VAR's mamba2 mixer (varbench/mixers/mamba2.py) to the train_mvar
+# steps.
 # AUTOTUNE=first (default full) takes each Triton autotuner's first working config (varbench/utils/autotune.py): how
 # much of a first step the kernel libraries' autotuning takes; the records say which mode ran.
 # COMPILE_CACHE_DIR=DIR puts torch.compile's caches there (compile_cache_dir; default: the machine's temp dir, which
@@ -59,7 +61,8 @@ asked() { [[ " $STEPS " == *" $1 "* ]]; }
 asked tests && step tests "$TESTS_S" python benchmarks/gpu_tests.py "$OUT/gpu_tests.jsonl" --autotune first -- \
   tests/ops/test_sdpa_scales.py tests/test_fp8.py \
   tests/test_bench.py::test_on_cuda_reduce_overhead_replays_cuda_graphs_and_trains_as_the_default_compile
-VAR="task.configs=[[attention,none]]" MVAR="task.configs=[[mamba2,full]]"
+VAR="task.configs=[[attention,none]]" MVAR=("task.configs=[[mamba2,full]]")
+[ -n "${MAMBA2_OPTIONS:-}" ] && MVAR+=("task.mixer_options={mamba2:{$MAMBA2_OPTIONS}}")
 asked train_flex && TORCH_LOGS=graph_breaks,recompiles step train_flex "$TRAIN_S" "${BENCH[@]}" "$VAR"
 SDPA="backend:sdpa_scales${SDPA_OPTIONS:+,$SDPA_OPTIONS}"
 asked train_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_sdpa_scales "$TRAIN_S" "${BENCH[@]}" "$VAR" \
@@ -67,13 +70,13 @@ asked train_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_sdpa_sc
 asked train_reference && TORCH_LOGS=graph_breaks,recompiles step train_reference "$TRAIN_S" "${BENCH[@]}" "$VAR" \
   "task.mixer_options={attention:{backend:reference}}"
 if asked train_mvar; then
-  TORCH_LOGS=graph_breaks,recompiles step train_mvar "$TRAIN_S" "${BENCH[@]}" "$MVAR"
+  TORCH_LOGS=graph_breaks,recompiles step train_mvar "$TRAIN_S" "${BENCH[@]}" "${MVAR[@]}"
   if [ -z "${DRY:-}" ] && [ -f "$OUT/train_mvar.log" ]; then  # (none for a step CALL_END left no time to start)
     printf '{"metric": "graph_breaks", "value": %d, "unit": "count", "log": "train_mvar.log"}\n' \
       "$(grep -c '\[__graph_breaks\] Graph break' "$OUT/train_mvar.log")" >> "$OUT/graph_breaks.jsonl"
   fi
 fi
 asked train_mvar_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_mvar_sdpa_scales "$TRAIN_S" \
-  "${BENCH[@]}" "$MVAR" "task.intra_options={full:{$SDPA}}"
+  "${BENCH[@]}" "${MVAR[@]}" "task.intra_options={full:{$SDPA}}"
 asked attention && step attention "$ATTENTION_S" python benchmarks/attention_backends.py "$OUT/attention.jsonl"
 finish_steps

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 OFFICIAL = "official_var"
 GIB = 2 ** 30
 # a mixer or intra variant's options that choose kernels only (the same math on other kernels), as records name them
-KERNEL_OPTIONS = r"(\[((backend|together_below|sdpa_kernels|qk_norm)=[\w+]+,?)+\])?"
+KERNEL_OPTIONS = r"(\[((backend|together_below|sdpa_kernels|qk_norm|conv_backend)=[\w+]+,?)+\])?"
 
 
 def same_math(name: str, base: str) -> bool:
