@@ -35,7 +35,7 @@
 # one scale per row (task.fp8_recipe; default tensorwise). The records say which.
 # SDPA_OPTIONS (e.g. "sdpa_kernels:[flash,efficient],together_below:128") adds the sdpa_scales options of the attention
 # mixer and intra=full (varbench/ops/attention/kernel.py) to the sdpa_scales steps.
-# MAMBA2_OPTIONS (e.g. "conv_backend:torch") adds options of M-VAR's mamba2 mixer (varbench/mixers/mamba2.py) to the train_mvar
+# MAMBA2_OPTIONS (e.g. "chunk_size:128") adds options of M-VAR's mamba2 mixer (varbench/mixers/mamba2.py) to the train_mvar
 # steps.
 # AUTOTUNE=first (default full) takes each Triton autotuner's first working config (varbench/utils/autotune.py): how
 # much of a first step the kernel libraries' autotuning takes; the records say which mode ran.

@@ -23,14 +23,12 @@ from varbench.modules import GatedRMSNorm
 from varbench.ops.backend import cuda_and
 from varbench.ops.causal_conv import kernel as conv_kernel
 from varbench.ops.causal_conv.reference import causal_conv1d_ref
-from varbench.ops.causal_conv.shifts import causal_conv1d_shifts
 from varbench.ops.ssd import fused_op
 from varbench.ops.ssd import kernel as ssd_kernel
 from varbench.ops.ssd.reference import ssd_scan_ref
 from varbench.utils.precision import at_least_fp32
 
 KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
-CONV_BACKENDS = ("auto", "torch")
 
 
 class Mamba2Mixer(CarriedScan, TokenMixer):
@@ -50,10 +48,6 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
         chunk_size (int, Optional): SSD chunk length (both backends). Default: 256.
         fused (bool, Optional): `forward` through mamba_ssm's fused `mamba_split_conv1d_scan_combined` (Mamba2's
             `use_mem_eff_path`, what M-VAR ran); `step` is always unfused. Needs backend "mamba_ssm". Default: False.
-        conv_backend (str, Optional): the depthwise conv's kernel: "auto" (causal_conv1d's CUDA kernel on backend
-            mamba_ssm, the reference's F.conv1d otherwise) or "torch" (W shifted multiply-adds,
-            `ops/causal_conv/shifts.py`, which torch.compile fuses with the splits and the SiLU around them; the same
-            math; not with fused). Default: "auto".
     """
 
     within_scale = "causal"
@@ -64,12 +58,9 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
 
     def __init__(self, dim: int, num_heads: int | None = None, layer_idx: int = 0, backend: str = "auto",
                  d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
-                 chunk_size: int = 256, fused: bool = False, conv_backend: str = "auto"):
+                 chunk_size: int = 256, fused: bool = False):
         super().__init__()
         self.choose_backend(backend, KERNELS, "mamba2")
-        if conv_backend not in CONV_BACKENDS or (fused and conv_backend != "auto"):
-            raise ValueError(f"mamba2: conv_backend={conv_backend!r}: valid values are {', '.join(CONV_BACKENDS)} "
-                             f"(only auto with fused=True, whose kernel runs the conv itself)")
         if fused and (self.backend == "reference" or not KERNELS["mamba_ssm"]()):
             raise ValueError(f"mamba2: fused=True needs backend 'mamba_ssm' (or auto, with it installed and a GPU), "
                              f"got {self.backend!r}")
@@ -79,7 +70,6 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
                              f"their number divisible by ngroups={ngroups}")
         self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
         self.nheads, self.chunk_size, self.fused = self.d_inner // headdim, chunk_size, fused
-        self.conv_backend = conv_backend
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
         # created in mamba_ssm.Mamba2's order, so a seed gives the same initial values as the library
         # in_proj output order [z, x, B, C, dt]
@@ -111,8 +101,7 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
         kernel = self.run_backend(x_BLC) == "mamba_ssm"
         Bsz, L, _ = x_BLC.shape
         z_BLE, xBC_BLF, dt_BLH = self.in_proj(x_BLC).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        conv = causal_conv1d_shifts if self.conv_backend == "torch" else (conv_kernel.causal_conv1d if kernel
-                                                                   else causal_conv1d_ref)
+        conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
         xBC_BLF, tail = conv(xBC_BLF, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_tail, activation="silu")
         GN = self.ngroups * self.d_state
         x_BLE, B_BLGN, C_BLGN = xBC_BLF.split([self.d_inner, GN, GN], dim=-1)
