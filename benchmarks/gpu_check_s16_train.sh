@@ -19,6 +19,10 @@
 #   train_mvar_sdpa_scales  the same with M-VAR's intra-scale attention on sdpa_scales
 #                 (task.intra_options={full: {backend: sdpa_scales}}: one unmasked SDPA call per scale, where flex
 #                 took 19.2 of the 158.6 ms step in session 25); only when asked;
+#   train_mvar_varlen  the same with M-VAR's intra-scale attention on torch's varlen flash kernel
+#                 (task.intra_options={full: {backend: torch_varlen}}: one call for every scale of every sample, no
+#                 per-scale slices and concatenation, which took about 5 ms of sdpa_scales' step in session 35);
+#                 only when asked;
 #   attention     the scale layout's attention alone at VAR-d16's shapes, forward and forward + backward, each way
 #                 varbench can call the kernels (benchmarks/attention_backends.py: flex, the dense-mask reference,
 #                 sdpa_scales with 1 / 64 / 128 / 256 tokens as the first scales' masked call and SDPA's own,
@@ -78,5 +82,7 @@ if asked train_mvar; then
 fi
 asked train_mvar_sdpa_scales && TORCH_LOGS=graph_breaks,recompiles step train_mvar_sdpa_scales "$TRAIN_S" \
   "${BENCH[@]}" "${MVAR[@]}" "task.intra_options={full:{$SDPA}}"
+asked train_mvar_varlen && TORCH_LOGS=graph_breaks,recompiles step train_mvar_varlen "$TRAIN_S" \
+  "${BENCH[@]}" "${MVAR[@]}" "task.intra_options={full:{backend:torch_varlen}}"
 asked attention && step attention "$ATTENTION_S" python benchmarks/attention_backends.py "$OUT/attention.jsonl"
 finish_steps

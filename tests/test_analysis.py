@@ -466,7 +466,8 @@ def test_m_var_s_goal_counts_another_ssd_chunk_length_as_its_math_on_other_kerne
     lines = [train, {**train, "mixer_options": {"chunk_size": 128}, "value": 241.0}]
     goal = bench_goals(_records(tmp_path, lines)).loc[
         "M-VAR-d16 training img/s under torch.compile (b32, 256 px; 2.5x the official)"]
-    assert (goal["Measured"], goal["Read from"]) == (241.0, "Train img/s (b32, compiled) of mamba2[chunk_size=128]+full")
+    assert (goal["Measured"], goal["Read from"]) == (
+        241.0, "Train img/s (b32, compiled) of mamba2[chunk_size=128]+full")
 
 
 def test_a_chunked_decode_is_its_own_measurement_with_its_own_memory_goal(tmp_path):

@@ -484,6 +484,20 @@ def test_gpu_check_s16_train_times_m_var_with_its_intra_attention_on_sdpa_scales
         check.stdout[-2000:], check.stderr[-2000:])
 
 
+def test_gpu_check_s16_train_times_m_var_on_torch_varlen_with_the_mamba2_options_asked(tmp_path):
+    """train_mvar_varlen: M-VAR's intra attention on torch's varlen kernel; MAMBA2_OPTIONS reaches its mamba2
+    mixer, and the two compose."""
+    out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path),
+               env={"DRY": "1", "STEPS": "train_mvar_varlen", "MAMBA2_OPTIONS": "chunk_size:128"})
+    assert out.returncode == 0, out.stderr
+    (argv,) = [shlex.split(line) for line in out.stdout.splitlines()]
+    check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
+                           env=ENV, timeout=300)
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert "full:\n      backend: torch_varlen" in check.stdout, check.stdout[-2000:]
+    assert "mamba2:\n      chunk_size: 128" in check.stdout, check.stdout[-2000:]
+
+
 def test_gpu_check_s16_train_gives_the_sdpa_scales_steps_the_options_asked(tmp_path):
     """SDPA_OPTIONS reaches the attention mixer's and intra=full's sdpa_scales options, which compose."""
     out = bash("benchmarks/gpu_check_s16_train.sh", str(tmp_path),

@@ -24,8 +24,10 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
         layer_idx (int, Optional): block index (unused). Default: 0.
         l2_norm (bool, Optional): see `ScaleAttention` (the released M-VAR d16/d20 use False). Default: False.
         backend (str, Optional): "flex" (flex_attention BlockMask), "sdpa_scales" (one unmasked SDPA call per
-            scale), "varlen" (flash-attn, as M-VAR), "xformers" (BlockDiagonalMask), "reference" (SDPA, dense
-            block-diagonal mask), or "auto" (flex on CUDA, else reference). Default: "auto".
+            scale), "varlen" (flash-attn's varlen kernel, as M-VAR), "torch_varlen" (torch's own varlen flash
+            kernel, `torch.nn.attention.varlen`; both varlen backends attend in one call with every scale a packed
+            sequence and take bf16 / fp16 q, k, v: autocast), "xformers" (BlockDiagonalMask), "reference" (SDPA,
+            dense block-diagonal mask), or "auto" (flex on CUDA, else reference). Default: "auto".
         together_below, sdpa_kernels: the sdpa_scales options, as the attention mixer's
             (`varbench.mixers.attention.BlockCausalAttention`). Defaults: 64, None.
         qk_norm (str, Optional): with `l2_norm`, the normalisation's kernels in training (see `ScaleAttention`).
@@ -36,6 +38,7 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
                  together_below: int = 64, sdpa_kernels: list[str] | None = None, qk_norm: str = "auto"):
         super().__init__(dim, num_heads, l2_norm, qk_norm)
         self.choose_backend(backend, {"flex": cuda_and(), "sdpa_scales": cuda_and(), "varlen": cuda_and("flash_attn"),
+                                      "torch_varlen": cuda_and("torch.nn.attention.varlen"),
                                       "xformers": cuda_and("xformers")}, "intra=full")
         self.together_below = together_below
         self.sdpa_kernels = check_sdpa_scales_options(together_below, sdpa_kernels, "intra=full")
@@ -57,8 +60,9 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
             elif backend == "sdpa_scales":
                 o = kernel.sdpa_scales_attention(q, k, v, layout, "block_diag", self.scale, self.together_below,
                                                  self.sdpa_kernels)
-            elif backend == "varlen":
-                o = kernel.varlen_block_diag_attention(q, k, v, layout, self.scale)
+            elif backend in ("varlen", "torch_varlen"):
+                impl = "flash_attn" if backend == "varlen" else "torch"
+                o = kernel.varlen_block_diag_attention(q, k, v, layout, self.scale, impl)
             else:
                 o = kernel.xformers_block_diag_attention(q, k, v, layout, self.scale)
         return self.out(o)

@@ -1,5 +1,5 @@
-"""GPU attention backends for scale-structured masks: flex_attention block masks, SDPA per scale, flash-attn
-varlen, xformers.
+"""GPU attention backends for scale-structured masks: flex_attention block masks, SDPA per scale, varlen flash
+attention (flash-attn's or torch's), xformers.
 
 Shape legend: B batch, H heads, L tokens, d head dim, T = B*L packed tokens.
 Each backend computes exactly `masked_attention_ref` with the mask of its `kind`; the GPU parity script checks it.
@@ -106,15 +106,33 @@ def _cached(store: dict, key, build):
     return value
 
 
-def varlen_block_diag_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, scale: float):
-    """Block-diagonal attention through flash-attn's varlen kernel (as M-VAR, but max_seqlen from the layout)."""
-    from flash_attn import flash_attn_varlen_func
+VARLEN_IMPLS = ("flash_attn", "torch")
+
+
+def varlen_block_diag_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, scale: float, impl: str = "flash_attn"):
+    """Block-diagonal attention as one varlen flash-attention call: every scale of every sample a packed sequence of
+    its own (max_seqlen from the layout). No mask and no per-scale slices: the packing is a view of the qkv
+    projection's (B, L, 3, H, d) output, and the (T, H, d) output a view of (B, L, H, d), which the output
+    projection reads as it is, forward and backward.
+    `impl`: "flash_attn" (the flash-attn package's `flash_attn_varlen_func`, as M-VAR calls it) or "torch" (torch's
+    own varlen flash kernel, `torch.nn.attention.varlen.varlen_attn`: no package to install). Both take fp16 / bf16
+    q, k, v only (autocast's dtype)."""
+    if q_BHLd.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"varlen attention runs flash-attention kernels, which take float16 / bfloat16 q, k, v (run "
+                         f"under autocast); got {q_BHLd.dtype}")
     B, H, L, d = q_BHLd.shape
     pack = lambda t: t.transpose(1, 2).reshape(B * L, H, d)  # noqa: E731  (B,H,L,d) -> (T,H,d)
     cu = layout.cu_seqlens(B, q_BHLd.device)
     longest = max(layout.lengths)
-    o_THd = flash_attn_varlen_func(pack(q_BHLd), pack(k_BHLd), pack(v_BHLd), cu, cu, longest, longest,
-                                   softmax_scale=scale)
+    if impl == "flash_attn":
+        from flash_attn import flash_attn_varlen_func
+        o_THd = flash_attn_varlen_func(pack(q_BHLd), pack(k_BHLd), pack(v_BHLd), cu, cu, longest, longest,
+                                       softmax_scale=scale)
+    elif impl == "torch":
+        from torch.nn.attention.varlen import varlen_attn
+        o_THd = varlen_attn(pack(q_BHLd), pack(k_BHLd), pack(v_BHLd), cu, cu, longest, longest, scale=scale)
+    else:
+        raise ValueError(f"varlen_block_diag_attention: impl={impl!r}; valid: {', '.join(VARLEN_IMPLS)}")
     return o_THd.view(B, L, H, d).transpose(1, 2)
 
 
