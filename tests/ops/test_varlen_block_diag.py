@@ -4,9 +4,11 @@ backends `varlen` and `torch_varlen`).
 On CPU, each kernel stood in for by attention over each packed segment (the kernels' contract: (T, H, d) inputs,
 int32 cumulative boundaries, the longest segment): both implementations pack every scale of every sample into a
 segment of its own, hand the kernel views of the qkv projection's output (no copy) and unpack its output to the
-dense block-diagonal reference's values; fp32 q, k, v and an unknown implementation are refused by name.
-On a GPU: intra=full on torch's varlen kernel equals the reference under bf16 autocast, and compiles into one graph
-(fullgraph=True) with eager's gradients.
+dense block-diagonal reference's values; the boundaries are the layout's, made from segment ends cached when built
+eagerly (one built while compiling is the graph's own); fp32 q, k, v and an unknown implementation are refused by
+name.
+On a GPU: intra=full on torch's varlen kernel equals the reference under bf16 autocast, `prepare_model_masks` builds
+its segment ends, and it compiles into one graph (fullgraph=True) with eager's gradients.
 
 Shape legend: B batch, H heads, L tokens of all scales, d head dim, T = B * L packed tokens.
 """
@@ -75,6 +77,16 @@ def test_packs_each_scale_of_each_sample_as_a_view_and_unpacks_the_reference_val
     assert stand_ins["pointers"] == {start, start + H * d * item, start + 2 * H * d * item}  # views: no copy
 
 
+def test_the_boundaries_are_the_layout_s_made_on_the_device_from_ends_built_before_compiling():
+    from varbench.ops.attention.kernel import _SEGMENT_ENDS
+    torch.testing.assert_close(kernel.block_diag_cu_seqlens(LAYOUT, 3, "cpu"), LAYOUT.cu_seqlens(3), rtol=0, atol=0)
+    assert (LAYOUT, "cpu") in _SEGMENT_ENDS  # built eagerly, so cached
+    _SEGMENT_ENDS.clear()
+    traced = torch.compile(lambda: kernel.block_diag_cu_seqlens(LAYOUT, 2, "cpu"), fullgraph=True)()
+    torch.testing.assert_close(traced, LAYOUT.cu_seqlens(2), rtol=0, atol=0)
+    assert (LAYOUT, "cpu") not in _SEGMENT_ENDS  # one built while tracing is the graph's own
+
+
 def test_fp32_inputs_and_an_unknown_implementation_are_refused_by_name(stand_ins):
     (q, k, v), _ = qkv_views(torch.float32)
     with pytest.raises(ValueError, match="float16 / bfloat16.*float32"):
@@ -95,4 +107,8 @@ def test_on_cuda_intra_full_on_torch_varlen_equals_the_reference_and_compiles_in
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert rel_rms(varlen(x, layout).float(), reference(x, layout).float()) <= 3e-2  # bf16's parity tolerance
     assert varlen.backend_ran == "torch_varlen"
+    model = torch.nn.Module()
+    model.layout, model.intra = layout, varlen
+    kernel.prepare_model_masks(model)  # as compile_for_training does: the segment ends built before compiling
+    assert (layout, kernel._device_key("cuda")) in kernel._SEGMENT_ENDS
     assert_training_compiles_into_one_graph(varlen, layout, 64, 3e-2)

@@ -48,6 +48,11 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
         `auto`), built before compiling; None where it runs no flex attention there."""
         return ("block_diag", 0) if self.backend_on(device) == "flex" else None
 
+    def attends_varlen(self, device) -> bool:
+        """Whether this module attends with a varlen kernel on `device`'s tensors (its segment ends are then built
+        before compiling: `prepare_model_masks`)."""
+        return self.backend_on(device) in ("varlen", "torch_varlen")
+
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
         backend = self.run_backend(q)

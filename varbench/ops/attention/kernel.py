@@ -76,8 +76,8 @@ def prepare_block_masks(layout: Layout, device, masks) -> None:
 
 def prepare_model_masks(model: torch.nn.Module) -> None:
     """`prepare_block_masks` for every module of `model` whose `flex_mask(device)` names a (kind, window) (None: it
-    runs no flex attention there), on the model's layout (scale-wise or raster) and device. A model without a layout
-    needs none."""
+    runs no flex attention there), on the model's layout (scale-wise or raster) and device, and the scales' segment
+    ends (`segment_ends`) where a module `attends_varlen(device)`. A model without a layout needs none."""
     layout = next((m.layout for m in model.modules() if isinstance(getattr(m, "layout", None), Layout)), None)
     device = next(model.parameters()).device
     if layout is None or device.type != "cuda":  # the modules attend with flex on CUDA tensors only
@@ -85,6 +85,8 @@ def prepare_model_masks(model: torch.nn.Module) -> None:
     masks = {m.flex_mask(device) for m in model.modules() if hasattr(m, "flex_mask")} - {None}
     if masks:
         prepare_block_masks(layout, device, sorted(masks))
+    if any(m.attends_varlen(device) for m in model.modules() if hasattr(m, "attends_varlen")):
+        segment_ends(layout, device)
 
 
 def flex_masked_attention(q_BHLd, k_BHLd, v_BHLd, layout: Layout, kind: str, scale: float, window: int = 0):
@@ -107,6 +109,25 @@ def _cached(store: dict, key, build):
 
 
 VARLEN_IMPLS = ("flash_attn", "torch")
+# (layout, device) -> int32 (K,) end of each scale in a sample's tokens, built eagerly by `prepare_model_masks`
+_SEGMENT_ENDS: dict = {}
+
+
+def segment_ends(layout: ScaleLayout, device) -> torch.Tensor:
+    """The int32 (K,) end of each scale within a sample, on `device`, cached per layout and device: built outside a
+    compiled region (`prepare_model_masks`), a compiled graph reads it as a constant on the device instead of copying
+    a host constant in at every step (a host-to-device copy would keep Inductor from replaying the step as CUDA
+    graphs)."""
+    key = (layout, _device_key(device))
+    return _cached(_SEGMENT_ENDS, key, lambda: torch.tensor(layout.offsets[1:], dtype=torch.int32,
+                                                            device=device))
+
+
+def block_diag_cu_seqlens(layout: ScaleLayout, batch: int, device) -> torch.Tensor:
+    """Varlen's int32 (batch * K + 1,) boundaries of every scale of every sample (`ScaleLayout.cu_seqlens`), made on
+    the device from `segment_ends` and an arange."""
+    starts_B1 = torch.arange(batch, dtype=torch.int32, device=device)[:, None] * layout.L
+    return F.pad((starts_B1 + segment_ends(layout, device)).flatten(), (1, 0))
 
 
 def varlen_block_diag_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, scale: float, impl: str = "flash_attn"):
@@ -122,7 +143,7 @@ def varlen_block_diag_attention(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, sca
                          f"under autocast); got {q_BHLd.dtype}")
     B, H, L, d = q_BHLd.shape
     pack = lambda t: t.transpose(1, 2).reshape(B * L, H, d)  # noqa: E731  (B,H,L,d) -> (T,H,d)
-    cu = layout.cu_seqlens(B, q_BHLd.device)
+    cu = block_diag_cu_seqlens(layout, B, q_BHLd.device)
     longest = max(layout.lengths)
     if impl == "flash_attn":
         from flash_attn import flash_attn_varlen_func
