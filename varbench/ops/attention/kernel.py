@@ -80,7 +80,7 @@ def prepare_model_masks(model: torch.nn.Module) -> None:
     ends (`segment_ends`) where a module `attends_varlen(device)`. A model without a layout needs none."""
     layout = next((m.layout for m in model.modules() if isinstance(getattr(m, "layout", None), Layout)), None)
     device = next(model.parameters()).device
-    if layout is None or device.type != "cuda":  # the modules attend with flex on CUDA tensors only
+    if layout is None or device.type != "cuda":  # the modules attend with flex or varlen on CUDA tensors only
         return
     masks = {m.flex_mask(device) for m in model.modules() if hasattr(m, "flex_mask")} - {None}
     if masks:
