@@ -304,6 +304,26 @@ def test_an_isolated_cell_counts_as_failed_when_it_recorded_errors_or_died(monke
     assert recorded == ["process"] * process_records
 
 
+def test_an_isolated_cell_cut_by_a_sigterm_around_the_bench_is_recorded_before_the_bench_stops(monkeypatch):
+    """The device call's step limit (timeout's SIGTERM) before task.cell_timeout_s: the cut cell is a bench_error
+    record naming the signal, then the bench stops (Stopped goes on up)."""
+    import varbench.tasks.bench as bench
+    from varbench.utils.processes import Stopped
+    recorded = []
+
+    def stopped(*args, timeout):
+        raise Stopped("SIGTERM")
+
+    monkeypatch.setattr(bench, "run_in_fresh_process", stopped)
+    monkeypatch.setattr(bench, "record", lambda out, metric, *args, **kwargs: recorded.append((metric, kwargs)))
+    plain = OmegaConf.create({"task": {"cell_timeout_s": 170}})
+    with pytest.raises(Stopped):
+        bench.isolated_cell(plain, "out.jsonl", "mamba2", "full", 256, {"mixer": "mamba2"})
+    ((metric, fields),) = recorded
+    assert metric == "bench_error" and fields["stage"] == "process" and fields["mixer"] == "mamba2"
+    assert "SIGTERM" in fields["error"] and "task.cell_timeout_s = 170 s" in fields["error"]
+
+
 @pytest.mark.parametrize("override,message", [
     ("+train.stepz=5", "train.stepz: unknown key .*; did you mean train.steps?"),
     ("+data.image_size=64", "data.image_size: unknown key"),  # the tokenizer decides the image size

@@ -6,6 +6,7 @@ its stack dump (the parent's grace is set far beyond any dump here, so a slow du
 import faulthandler
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -89,3 +90,28 @@ class Unloadable:
 
 def test_a_child_that_dies_before_its_function_runs_returns_its_exit_code(patient):
     assert run_in_fresh_process(hang_here, Unloadable(), timeout=1) == 1
+
+
+def write_pid_and_hang(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(NEVER_S)
+
+
+def test_sigterm_inside_stop_on_sigterm_stops_the_wait_and_ends_the_child(tmp_path):
+    """A limit around the parent (`timeout`'s SIGTERM) raises Stopped where it waits; the child is ended, not left
+    running (on a GPU it would hold the device), and SIGTERM's handler is the previous one afterwards."""
+    pid_file = tmp_path / "pid"
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate_once_the_child_runs():
+        while not pid_file.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with processes.stop_on_sigterm():
+        threading.Thread(target=terminate_once_the_child_runs, daemon=True).start()
+        with pytest.raises(processes.Stopped, match="SIGTERM"):
+            run_in_fresh_process(write_pid_and_hang, str(pid_file), timeout=NEVER_S)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)  # ended and reaped
+    assert signal.getsignal(signal.SIGTERM) is previous

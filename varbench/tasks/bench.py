@@ -17,7 +17,8 @@ Models and tokenizers have random weights (speed and memory do not depend on the
 name (`task.random_weights: true`, the only value accepted) and every record carries `random_weights: true`.
 A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on; each
 cell runs in a fresh process (`task.isolate_cells`), so even a CUDA error that poisons its context ends it alone,
-and a cell that hangs (or compiles for longer than `task.cell_timeout_s`) prints its stacks and is killed. After
+and a cell that hangs (or compiles for longer than `task.cell_timeout_s`) prints its stacks and is killed; a bench
+stopped by SIGTERM (a limit around it) records the cell it cut before it exits. After
 the last cell the task raises (a non-zero exit) if any cell recorded an error, unless `task.allow_failed_cells`.
 A config error (an unknown mixer, a resolution without a batch size) is raised by `check_config` before anything
 runs, never recorded as a result.
@@ -46,7 +47,7 @@ from varbench.training.bench_stage import measure_train
 from varbench.utils.auto import resolve_auto
 from varbench.utils.log import get_logger
 from varbench.utils.precision import hold_linear_weights_in
-from varbench.utils.processes import run_in_fresh_process
+from varbench.utils.processes import Stopped, run_in_fresh_process, stop_on_sigterm
 from varbench.utils.records import record
 
 log = get_logger(__name__)
@@ -158,30 +159,42 @@ def main(cfg: DictConfig) -> dict:
     record(out, "matmul_peak", peak, "TFLOP/s", config=None, **common)
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what a child process can read alone
     failed = []
-    for res in t.resolutions:
-        for mixer, intra in t.configs or default_configs():
-            cell = dict(mixer=mixer, intra=intra, resolution=res, L=sequence_length(intra, res), **common)
-            if options := options_of(plain, "mixer", mixer):
-                cell["mixer_options"] = options
-            if intra != RASTER and (options := options_of(plain, "intra", intra)):
-                cell["intra_options"] = options
-            if not t.isolate_cells:
-                errors = run_cell(plain, out, mixer, intra, res, cell)
-            else:  # a fresh process per cell: a CUDA error that poisons the context (a device-side assert) ends
-                # this cell only, and each cell starts from an empty allocator
-                errors = isolated_cell(plain, out, mixer, intra, res, cell)
-            if errors:
-                failed.append(f"{mixer}+{intra} {res}px")
+    with stop_on_sigterm():
+        for res in t.resolutions:
+            for mixer, intra in t.configs or default_configs():
+                if time_cell(plain, out, mixer, intra, res, common):
+                    failed.append(f"{mixer}+{intra} {res}px")
     if failed and not t.allow_failed_cells:
         raise BenchCellsFailed(f"{len(failed)} bench cells recorded errors ({failed}): see the bench_error records in "
                                f"{out}; task.allow_failed_cells=true exits 0 after failed cells")
     return {"records": str(out), "matmul_peak_tflops": peak, "failed_cells": failed}
 
 
+def time_cell(plain, out, mixer: str, intra: str, res: int, common: dict) -> int:
+    """Measure one (configuration, resolution) cell, in a fresh process unless `task.isolate_cells` is false; the
+    number of errors it recorded."""
+    cell = dict(mixer=mixer, intra=intra, resolution=res, L=sequence_length(intra, res), **common)
+    if options := options_of(plain, "mixer", mixer):
+        cell["mixer_options"] = options
+    if intra != RASTER and (options := options_of(plain, "intra", intra)):
+        cell["intra_options"] = options
+    if not plain.task.isolate_cells:
+        return run_cell(plain, out, mixer, intra, res, cell)
+    # a fresh process per cell: a CUDA error that poisons the context (a device-side assert) ends this cell only,
+    # and each cell starts from an empty allocator
+    return isolated_cell(plain, out, mixer, intra, res, cell)
+
+
 def isolated_cell(plain, out, mixer, intra, res, cell) -> int:
     """run_cell in a fresh process; the number of errors recorded (a process that died is recorded here)."""
     t = plain.task
-    code = run_in_fresh_process(cell_process, plain, out, mixer, intra, res, cell, timeout=t.cell_timeout_s)
+    try:
+        code = run_in_fresh_process(cell_process, plain, out, mixer, intra, res, cell, timeout=t.cell_timeout_s)
+    except Stopped as stop:  # a limit around the bench (the device call's step) came before task.cell_timeout_s
+        record(out, "bench_error", 0, "", error=f"the bench got {stop} while this cell ran (before "
+               f"task.cell_timeout_s = {t.cell_timeout_s} s): the cell was killed and the bench stopped",
+               stage="process", **cell)
+        raise
     if code == 0:
         return 0
     if code != CELL_RECORDED_ERRORS:

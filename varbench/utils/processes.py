@@ -4,11 +4,38 @@ from __future__ import annotations
 
 import faulthandler
 import multiprocessing as mp
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import Callable
 
 DUMP_GRACE_S = 5  # after the child's timeout, how long the parent waits for its stack dump before killing it
+
+
+class Stopped(Exception):
+    """The process got SIGTERM (a limit around it, such as `timeout`'s) inside `stop_on_sigterm`."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Within: SIGTERM raises `Stopped` in the main thread, so the caller can record what the signal cut before it
+    exits (SIGTERM's default ends the process at once). The previous handler is back afterwards. Off the main thread
+    (where no handler can be set) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_in_fresh_process(fn: Callable, *args, timeout: float | None = None) -> int | None:
@@ -23,6 +50,16 @@ def run_in_fresh_process(fn: Callable, *args, timeout: float | None = None) -> i
     child = ctx.Process(target=_watched, args=(writer, fn, timeout, *args))
     child.start()
     writer.close()  # the child holds the only writer: its death reads as EOF
+    try:
+        return _wait_for(child, reader, timeout)
+    except BaseException:  # the parent stopped while waiting (`Stopped`, Ctrl-C): no child left behind on the GPU
+        child.kill()
+        child.join()
+        raise
+
+
+def _wait_for(child, reader, timeout: float | None) -> int | None:
+    """`run_in_fresh_process`'s wait for a started child and its exit code (None: past its timeout)."""
     # the clock starts when fn starts: a spawn that imports torch on a loaded machine can take longer than a timeout
     wait([reader, child.sentinel])
     started = _receive(reader)
