@@ -21,8 +21,8 @@
 #                 took 19.2 of the 158.6 ms step in session 25); only when asked;
 #   train_mvar_varlen  the same with M-VAR's intra-scale attention on torch's varlen flash kernel
 #                 (task.intra_options={full: {backend: torch_varlen}}: one call for every scale of every sample, no
-#                 per-scale slices and concatenation, which took about 5 ms of sdpa_scales' step in session 35);
-#                 only when asked;
+#                 per-scale slices and concatenation, which took about 6.8 ms of sdpa_scales' 151.6 ms step in
+#                 session 35); only when asked;
 #   attention     the scale layout's attention alone at VAR-d16's shapes, forward and forward + backward, each way
 #                 varbench can call the kernels (benchmarks/attention_backends.py: flex, the dense-mask reference,
 #                 sdpa_scales with 1 / 64 / 128 / 256 tokens as the first scales' masked call and SDPA's own,
@@ -39,8 +39,8 @@
 # one scale per row (task.fp8_recipe; default tensorwise). The records say which.
 # SDPA_OPTIONS (e.g. "sdpa_kernels:[flash,efficient],together_below:128") adds the sdpa_scales options of the attention
 # mixer and intra=full (varbench/ops/attention/kernel.py) to the sdpa_scales steps.
-# MAMBA2_OPTIONS (e.g. "chunk_size:128") adds options of M-VAR's mamba2 mixer (varbench/mixers/mamba2.py) to the train_mvar
-# steps.
+# MAMBA2_OPTIONS (e.g. "chunk_size:128") adds options of M-VAR's mamba2 mixer (varbench/mixers/mamba2.py) to the
+# train_mvar steps.
 # AUTOTUNE=first (default full) takes each Triton autotuner's first working config (varbench/utils/autotune.py): how
 # much of a first step the kernel libraries' autotuning takes; the records say which mode ran.
 # COMPILE_CACHE_DIR=DIR puts torch.compile's caches there (compile_cache_dir; default: the machine's temp dir, which
