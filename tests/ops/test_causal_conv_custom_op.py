@@ -3,14 +3,15 @@
 
 On CPU: the fakes promise the shapes, dtypes and strides that the reference conv (the oracle) returns, on fake CUDA
 tensors, with and without a tail, through both ways the tail enters; autograd reaches the backward op with a gradient
-per input; the op bodies hand the package its channel-last layout and return contiguous tensors equal to the
-reference's (the package stood in for by a torch emulation that checks the layout rules of its C++ entry points);
-with those bodies registered for CPU, torch.library.opcheck passes and dynamo and AOT autograd trace the conv on a
-sliced input into one graph (fullgraph=True) whose gradients are the reference's.
-On a GPU: the op equals the package's own `causal_conv1d_fn`, and the reference in float64 in values and gradients
-within the GPU parity tolerance (benchmarks/gpu_parity_mamba.py), also fed one scale at a time; it passes
-torch.library.opcheck; a Mamba2 mixer on its kernels compiles into one graph (fullgraph=True), forward and backward
-and its sampling step.
+per input; the op bodies hand the package its channel-last layout and return contiguous tensors equal to the reference's
+(the package stood in for by a torch emulation that checks the layout rules of its C++ entry points), and a slice the
+kernel can read (in_proj's) reaches the package uncopied; with those bodies registered for CPU, torch.library.opcheck
+passes and dynamo and AOT autograd trace the conv on a sliced input into one graph (fullgraph=True) whose gradients are
+the reference's.
+On a GPU: the op equals the package's own `causal_conv1d_fn`, and itself on a slice's contiguous copy, and the reference
+in float64 in values and gradients within the GPU parity tolerance (benchmarks/gpu_parity_mamba.py), also fed one scale
+at a time; it passes torch.library.opcheck; a Mamba2 mixer on its kernels compiles into one graph (fullgraph=True),
+forward and backward and its sampling step.
 Shape legend: B batch, L tokens, D channels, W kernel width.
 """
 
@@ -109,7 +110,7 @@ def test_what_the_kernel_cannot_take_is_refused_by_name(D_bad, W_bad, activation
 def package(monkeypatch):
     """causal_conv1d stood in for by its emulation (tests/ops/causal_conv_package.py)."""
     cpp = types.ModuleType("causal_conv1d.cpp_functions")
-    cpp.causal_conv1d_fwd_function, cpp.causal_conv1d_bwd_function = package_forward, package_backward
+    cpp._causal_conv1d_fwd_cpp, cpp.causal_conv1d_bwd_function = package_forward, package_backward
     monkeypatch.setitem(sys.modules, "causal_conv1d", types.ModuleType("causal_conv1d"))
     monkeypatch.setitem(sys.modules, "causal_conv1d.cpp_functions", cpp)
 
@@ -139,6 +140,32 @@ def test_the_op_bodies_hand_the_package_its_layout_and_return_the_references_res
         torch.testing.assert_close(dtail, expected[3], rtol=0, atol=1e-12)
     else:
         assert dtail.numel() == 0  # an empty stand-in, None again for autograd
+
+
+@pytest.mark.parametrize("offset,copied", [(0, False), (8, False), (3, True)])
+def test_a_slice_of_in_projs_output_reaches_the_package_uncopied_where_the_kernel_can_read_it(package, monkeypatch,
+                                                                                               offset, copied):
+    # Mamba2's xBC: D channels at `offset` in rows of `wide` (offset 3: a start the kernel's 16-byte loads refuse)
+    _, w, b, _ = make_inputs()
+    seen, x = {}, torch.randn(B, L, 40)[..., offset:offset + D]
+    forward, backward = package_forward, package_backward
+
+    def spy_forward(x_BDL, *args):
+        seen["fwd"] = x_BDL.data_ptr()
+        forward(x_BDL, *args)
+
+    def spy_backward(x_BDL, weight, bias, dout, *args):
+        seen["bwd"] = x_BDL.data_ptr()
+        return backward(x_BDL, weight, bias, dout, *args)
+
+    cpp = sys.modules["causal_conv1d.cpp_functions"]
+    monkeypatch.setattr(cpp, "_causal_conv1d_fwd_cpp", spy_forward)
+    monkeypatch.setattr(cpp, "causal_conv1d_bwd_function", spy_backward)
+    y = kernel.conv_forward(x, w, b, None, True)
+    dx, *_ = kernel.conv_backward(torch.randn(B, L, D), x, w, b, None, True)
+    assert (seen["fwd"] == x.data_ptr(), seen["bwd"] == x.data_ptr()) == (not copied,) * 2
+    assert y.is_contiguous() and dx.is_contiguous()
+    torch.testing.assert_close(y, causal_conv1d_ref(x, w, b, None, activation="silu")[0], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("with_tail", [False, True])
@@ -184,6 +211,23 @@ def test_the_op_equals_the_package_in_values_and_input_gradients(with_tail):
     # chunks with atomic adds (checked against the reference below)
     for i in (0, 1) + ((4,) if with_tail else ()):
         torch.testing.assert_close(ours[i], theirs[i], rtol=0, atol=0)
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_a_slice_of_a_wider_tensor_the_op_equals_itself_on_the_contiguous_copy(dtype):
+    # in_proj's xBC slice, read in place by the kernel's channel-last path: the same y and dx to the bit
+    _, w, b, _ = make_inputs(device="cuda")
+    x_wide = torch.randn(B, 680, 5 * D, device="cuda", dtype=dtype)
+    x_slice = x_wide[..., 2 * D:3 * D]
+    dy = torch.randn(B, 680, D, device="cuda", dtype=dtype)
+    results = []
+    for x in (x_slice, x_slice.contiguous()):
+        x = x.detach().requires_grad_(True)
+        y, _ = kernel.causal_conv1d(x, w, b, None, activation="silu")
+        results.append((y, *torch.autograd.grad(y, x, dy)))
+    assert results[0][0].is_contiguous() and results[0][1].is_contiguous()
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
 
 @CUDA

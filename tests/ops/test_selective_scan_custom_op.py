@@ -125,7 +125,7 @@ def package(monkeypatch):
     scan = types.ModuleType("selective_scan_cuda")
     scan.fwd, scan.bwd = package_fwd, package_bwd
     conv = types.ModuleType("causal_conv1d.cpp_functions")
-    conv.causal_conv1d_fwd_function, conv.causal_conv1d_bwd_function = package_forward, package_backward
+    conv._causal_conv1d_fwd_cpp, conv.causal_conv1d_bwd_function = package_forward, package_backward
     monkeypatch.setitem(sys.modules, "selective_scan_cuda", scan)
     monkeypatch.setitem(sys.modules, "causal_conv1d", types.ModuleType("causal_conv1d"))
     monkeypatch.setitem(sys.modules, "causal_conv1d.cpp_functions", conv)

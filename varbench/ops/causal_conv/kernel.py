@@ -9,7 +9,10 @@ The kernel runs as the custom ops `varbench::causal_conv1d_fwd` / `varbench::cau
 sees one opaque node per conv. Called directly, the package's `causal_conv1d_fn` breaks dynamo's graph in every block:
 its own op writes into `out=` tensors that `empty_like` makes channel-last, hence non-contiguous, which dynamo refuses.
 Inside our op the package runs eagerly, and the op returns fresh (B, L, D) contiguous tensors, whatever the layout of
-the inputs (a slice of in_proj's output is not contiguous): callers never meet the kernel's layout rules.
+the inputs: callers never meet the kernel's layout rules. The channel-last path reads x and dy through their strides
+and writes y and dx through theirs, so a slice of in_proj's output (Mamba2's xBC: channels contiguous, rows 4256
+apart) goes in as it is, and y / dx are written straight into (B, L, D) contiguous buffers: no layout copy either way
+(`kernel_layout`; session 35's profile had 32 such copies per M-VAR-d16 step).
 causal_conv1d is imported inside the functions, so importing this module never needs it (CPU machines).
 """
 
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor
 
 from varbench.ops.causal_conv.reference import empty_tail, next_tail
-from varbench.ops.custom import as_promised, autograd_grads, fake_grads, op_grads
+from varbench.ops.custom import autograd_grads, fake_grads, op_grads
 
 VIA = ("initial_states", "pad")
 WIDTHS = (2, 3, 4)  # the kernel's compiled widths
@@ -71,14 +74,27 @@ def channel_last(t_BLD: Tensor) -> Tensor:
     return t_BLD.contiguous().transpose(1, 2)
 
 
+def kernel_layout(t_BLD: Tensor) -> Tensor:
+    """(B, L, D) -> a (B, D, L) view the channel-last path reads through its strides: `t` itself where its C++ checks
+    and its 16-byte vector loads allow (channels contiguous; row and batch strides multiples of 8 elements; an
+    aligned start), else a contiguous copy."""
+    readable = (t_BLD.stride(2) == 1 and t_BLD.stride(1) > 1 and t_BLD.stride(1) % 8 == 0
+                and t_BLD.stride(0) % 8 == 0 and t_BLD.data_ptr() % 16 == 0)
+    return t_BLD.transpose(1, 2) if readable else channel_last(t_BLD)
+
+
 def conv_forward(x_BLD: Tensor, weight: Tensor, bias: Tensor | None, tail_BwD: Tensor | None, silu: bool) -> Tensor:
-    """The package's forward in our layout: y (B, L, D) contiguous in x's dtype (what the fake promises)."""
-    from causal_conv1d.cpp_functions import causal_conv1d_fwd_function
+    """The package's forward in our layout: y (B, L, D) contiguous in x's dtype (what the fake promises), written by
+    the kernel itself (its own entry point `causal_conv1d_fwd_function` would allocate y like x: strided for a
+    slice)."""
+    from causal_conv1d.cpp_functions import _causal_conv1d_fwd_cpp
 
     init = None if tail_BwD is None else channel_last(tail_BwD)
     bias = None if bias is None else bias.contiguous()
-    y_BDL = causal_conv1d_fwd_function(channel_last(x_BLD), weight.contiguous(), bias, None, init, None, silu)
-    return as_promised(y_BDL.transpose(1, 2), x_BLD)
+    y_BLD = torch.empty(x_BLD.shape, dtype=x_BLD.dtype, device=x_BLD.device)
+    _causal_conv1d_fwd_cpp(kernel_layout(x_BLD), weight.contiguous(), bias, None, init, y_BLD.transpose(1, 2), None,
+                           silu)
+    return y_BLD
 
 
 def conv_backward(dy_BLD: Tensor, x_BLD: Tensor, weight: Tensor, bias: Tensor | None, tail_BwD: Tensor | None,
@@ -89,11 +105,12 @@ def conv_backward(dy_BLD: Tensor, x_BLD: Tensor, weight: Tensor, bias: Tensor | 
 
     init = None if tail_BwD is None else channel_last(tail_BwD)
     bias_c = None if bias is None else bias.contiguous()
-    dx_BDL, dweight, dbias, dtail_BDw = causal_conv1d_bwd_function(
-        channel_last(x_BLD), weight.contiguous(), bias_c, channel_last(dy_BLD.to(x_BLD.dtype)), None, init, None,
-        None, tail_BwD is not None, silu)
+    dx_BLD = torch.empty(x_BLD.shape, dtype=x_BLD.dtype, device=x_BLD.device)
+    _, dweight, dbias, dtail_BDw = causal_conv1d_bwd_function(
+        kernel_layout(x_BLD), weight.contiguous(), bias_c, kernel_layout(dy_BLD.to(x_BLD.dtype)), None, init, None,
+        dx_BLD.transpose(1, 2), tail_BwD is not None, silu)
     dtail = None if dtail_BDw is None else dtail_BDw.transpose(1, 2)
-    return op_grads((dx_BDL.transpose(1, 2), dweight, dbias, dtail), (x_BLD, weight, bias, tail_BwD), dy_BLD)
+    return op_grads((dx_BLD, dweight, dbias, dtail), (x_BLD, weight, bias, tail_BwD), dy_BLD)
 
 
 @torch.library.custom_op("varbench::causal_conv1d_fwd", mutates_args=(), device_types="cuda")
