@@ -10,6 +10,7 @@ from varbench.eval.flops import model_flops
 from varbench.eval.timing import train_step_cell
 from varbench.registry import default_configs, list_options
 from varbench.tasks.bench import at_resolution, measure, plan_stages
+from varbench.training.loop import INDUCTOR_OPTIONS
 from varbench.utils.records import read_records
 
 
@@ -111,14 +112,15 @@ def test_the_training_record_names_the_compile_mode_and_scope_it_compiled_in(cel
     monkeypatch.delenv("TRITON_CACHE_AUTOTUNING", raising=False)
     calls = []
     monkeypatch.setattr(stage, "compile_for_training",
-                        lambda net, depth, scope, **options: calls.append((scope, options)) or net)
+                        lambda net, depth, scope, mode: calls.append((scope, mode)) or net)
     for mode, scope in (("max-autotune-no-cudagraphs", "model"), ("default", "blocks")):
         measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields, compiled=True, compile_mode=mode,
                 compile_scope=scope)
     measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, fields)  # eager: neither
-    assert calls == [("model", {"mode": "max-autotune-no-cudagraphs"}), ("blocks", {})]
+    assert calls == [("model", "max-autotune-no-cudagraphs"), ("blocks", "default")]
     assert [(r["compile_mode"], r["compile_scope"]) for r in read_records(tmp_path / "bench.jsonl")] == [
         ("max-autotune-no-cudagraphs", "model"), ("default", "blocks"), (None, None)]
+    assert [r["inductor_options"] for r in read_records(tmp_path / "bench.jsonl")] == [INDUCTOR_OPTIONS] * 2 + [None]
     assert [r["compile_cache"] for r in read_records(tmp_path / "bench.jsonl")] == [
         {"dir": str(cache), "files": 3, "autotune_timings": False}] * 2 + [None]
 
@@ -132,8 +134,7 @@ def test_reduce_overhead_marks_each_step_and_the_record_says_whether_cuda_graphs
     model, vae, fields = cell
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    monkeypatch.setattr(stage, "compile_for_training", lambda net, depth, scope, **options: torch.compile(
-        net, **options))
+    monkeypatch.setattr(stage, "compile_for_training", lambda net, depth, scope, mode: torch.compile(net, mode=mode))
     measure(tmp_path / "bench.jsonl", model, vae, "train", 2, None, 2, {**fields, "profile_steps": 1},
             compiled=True, compile_mode="reduce-overhead")
     steps = len(marks)
@@ -299,7 +300,7 @@ def test_on_cuda_reduce_overhead_replays_cuda_graphs_and_trains_as_the_default_c
     for mode in ("default", "reduce-overhead"):
         model, before = copy.deepcopy(start), cudagraph_skips()
         torch._dynamo.reset()
-        net = compile_for_training(model, len(model.blocks), "model", **({"mode": mode} if mode != "default" else {}))
+        net = compile_for_training(model, len(model.blocks), "model", mode)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         g = torch.Generator(device="cuda").manual_seed(1)
         losses[mode] = []

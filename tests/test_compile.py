@@ -12,6 +12,7 @@ from test_training import run
 from torch._dynamo.utils import counters
 
 from varbench.backbones import blocks
+from varbench.config_schema import COMPILE_MODES
 from varbench.layout import RasterLayout, ScaleLayout
 from varbench.ops.attention import kernel as attention_kernel
 from varbench.registry import list_options
@@ -248,18 +249,40 @@ def test_train_compile_mode_reaches_torch_compile_marks_each_micro_batch_and_is_
     from varbench.training import loop
     calls, marks, copies = [], [], []
     monkeypatch.setattr(loop, "compile_for_training",
-                        lambda net, depth, scope, **options: calls.append((scope, options)) or net)
+                        lambda net, depth, scope, mode: calls.append((scope, mode)) or net)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     own = loop.own_gradients
     monkeypatch.setattr(loop, "own_gradients", lambda model: copies.append(
         all(p.grad is not None for p in model.parameters())) or own(model))  # after the first backward
     summary = train(config(tmp_path, "train.steps=2", "train.grad_accum=3", "train.log_every=1", "train.compile=true",
                            "train.compile_mode=reduce-overhead"))
-    assert calls == [("model", {"mode": "reduce-overhead"})] and len(marks) == 2 * 3 and copies == [True] * 2 * 2
+    assert calls == [("model", "reduce-overhead")] and len(marks) == 2 * 3 and copies == [True] * 2 * 2
     assert summary["compile_mode"] == "reduce-overhead"
-    assert [r["compile_mode"] for r in read_records(tmp_path / "results" / "train.jsonl")] == ["reduce-overhead"] * 2
+    assert [(r["compile_mode"], r["inductor_options"]) for r in read_records(tmp_path / "results" / "train.jsonl")
+            ] == [("reduce-overhead", loop.INDUCTOR_OPTIONS)] * 2
     summary = train(config(tmp_path / "eager", "train.steps=1", "train.grad_accum=2"))  # compile auto: eager here
     assert len(calls) == 1 and len(marks) == 6 and len(copies) == 4 and summary["compile_mode"] is None
+
+
+@pytest.mark.parametrize("mode", COMPILE_MODES)
+def test_each_compile_mode_reaches_inductor_as_its_options_with_padding_off_and_compiles(mode, monkeypatch):
+    """torch.compile takes a mode or options, not both: the mode is spelled out as Inductor's own options for it,
+    beside comprehensive padding off (loop.INDUCTOR_OPTIONS); Inductor accepts them (an unknown key raises) and the
+    compiled step runs; any other backend gets neither."""
+    import torch._inductor
+
+    from varbench.training import loop
+    options = loop.compile_options(mode)["options"]
+    assert options == torch._inductor.list_mode_options(mode) | {"comprehensive_padding": False}
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kwargs: seen.append(kwargs) or net)
+    model = tiny_model("attention", "none", depth=1, backend="reference")
+    compile_for_training(model, 1, "model", mode)
+    compile_for_training(model, 1, "model", mode, backend="eager")
+    assert seen == [{"options": options}, {"backend": "eager"}]
+    monkeypatch.undo()
+    torch._dynamo.reset()
+    assert torch.compile(torch.sin, options=options)(torch.zeros(3)).eq(0).all()
 
 
 def test_own_gradients_copies_each_gradient_into_storage_of_its_own_and_leaves_a_missing_one_missing():

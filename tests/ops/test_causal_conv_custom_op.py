@@ -281,6 +281,34 @@ def test_a_mamba2_mixer_on_its_kernels_compiles_into_one_graph_forward_and_backw
 
 
 @CUDA
+def test_compiled_as_training_compiles_the_conv_reads_in_projs_output_in_place():
+    # M-VAR-d16's in_proj rows: 4256 channels (8512 bytes). Inductor's comprehensive padding stretches them to 4288,
+    # and then copies the conv's slice back to the strides traced eagerly before the op (session 36); the training
+    # compile turns padding off (varbench.training.loop.INDUCTOR_OPTIONS), so the op reads a view of the GEMM's output
+    from torch._inductor.utils import run_and_get_code
+
+    from varbench.mixers.mamba2 import Mamba2Mixer
+    from varbench.training.loop import compile_options
+
+    mixer, layout = Mamba2Mixer(1024, backend="mamba_ssm").cuda(), ScaleLayout((1, 2, 3, 4))
+    x = torch.randn(2, layout.L, 1024, device="cuda")
+
+    def forward(x):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return mixer(x, layout)
+
+    def conv_input(**options) -> str:
+        torch._dynamo.reset()
+        _, codes = run_and_get_code(torch.compile(forward, **options), x)
+        call = codes[0][codes[0].index("def call("):]
+        return call.split("varbench.causal_conv1d_fwd.default(", 1)[1]
+
+    if conv_input().startswith("reinterpret_tensor("):
+        pytest.skip("this torch's Inductor does not pad in_proj's rows: nothing to keep from copying")
+    assert conv_input(**compile_options()).startswith("reinterpret_tensor(")
+
+
+@CUDA
 def test_a_mamba2_sampling_step_on_its_kernels_compiles_into_one_graph():
     mixer, layout = mamba2_on_its_kernels()
     state = mixer.init_state(2, layout, device="cuda")

@@ -12,7 +12,7 @@ import torch
 from varbench.eval.flops import train_flops
 from varbench.eval.timing import speed_mode, train_step_cell
 from varbench.training.fp8 import check_fp8_batch, to_fp8_training
-from varbench.training.loop import compile_for_training
+from varbench.training.loop import INDUCTOR_OPTIONS, compile_for_training
 from varbench.utils.compile_cache import compile_cache_state
 from varbench.utils.log import get_logger
 from varbench.utils.records import record
@@ -39,8 +39,7 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
     # Inductor's mode: "max-autotune-no-cudagraphs" benchmarks kernel configs (flex attention's, the GEMMs') while
     # compiling, so the first step takes longer (its record's first_step_s); "reduce-overhead" replays the compiled
     # forward and backward as CUDA graphs, where Inductor does not skip them (counted: cudagraph_skips)
-    options = {} if compile_mode == "default" else {"mode": compile_mode}
-    net = compile_for_training(model, len(model.blocks), compile_scope, **options) if compiled else None
+    net = compile_for_training(model, len(model.blocks), compile_scope, compile_mode) if compiled else None
     cache = compile_cache_state() if compiled else None  # before the first step compiles: warm or cold
     graphs = compiled and compile_mode == "reduce-overhead"
     skips_before = cudagraph_skips()
@@ -52,7 +51,8 @@ def measure_train(out, model, batch, repeats, cell, compiled, param_dtype, compi
     mfu = train_flops(cell["fwd_flops_per_image"]) * ips / (cell["matmul_peak_tflops"] * 1e12)
     record(out, "train_images_per_s", ips, "img/s", batch=batch, tokens_per_s=ips * cell["L"], mfu=mfu,
            param_dtype=param_dtype, compile_mode=compile_mode if compiled else None,
-           compile_scope=compile_scope if compiled else None, compile_cache=cache, fp8=fp8, fp8_recipe=fp8_recipe,
+           compile_scope=compile_scope if compiled else None, inductor_options=INDUCTOR_OPTIONS if compiled else None,
+           compile_cache=cache, fp8=fp8, fp8_recipe=fp8_recipe,
            fp8_linears=fp8_linears, cudagraph_skips=skips, timing=r,
            **speed_mode(compiled, cuda_graphs=graphs and skips == 0), **cell)
     log.info(f"{cell['mixer']}+{cell['intra']} {cell['resolution']}px train b{batch}"

@@ -102,8 +102,28 @@ def wrap_parallel(model: torch.nn.Module, parallel: str, info: DistInfo, device:
 COMPILE_SCOPES = ("model", "blocks")
 
 
-def compile_for_training(net: torch.nn.Module, depth: int, scope: str = "model", **options) -> torch.nn.Module:
-    """The training step's network under torch.compile(**options); returns what the step calls.
+# Inductor options of every compiled training step, beside its mode. Inductor's comprehensive padding stretches a
+# buffer's rows to a multiple of 128 bytes; M-VAR's in_proj output (4256 channels, 8512 bytes) then has rows 4288
+# apart, and each kernel that reads a slice of it at the strides traced eagerly (the conv and SSD custom ops,
+# mamba_ssm's gated-norm Triton kernels) is handed a copy first: five copies per block, 3.5 ms of M-VAR-d16's 146 ms
+# step under CUDA graphs on one H100 (session 36: 218.8 against 224.1 img/s). Every other row of varbench's models
+# is a multiple of 128 bytes already, so padding leaves them alone.
+INDUCTOR_OPTIONS = {"comprehensive_padding": False}
+
+
+def compile_options(mode: str = "default", backend: str = "inductor") -> dict:
+    """torch.compile's arguments for the training step: Inductor's `mode` spelled out as its options, with
+    INDUCTOR_OPTIONS (torch.compile takes a mode or options, not both); another backend takes neither."""
+    if backend != "inductor":
+        return {"backend": backend}
+    from torch._inductor import list_mode_options
+    return {"options": list_mode_options(mode) | INDUCTOR_OPTIONS}
+
+
+def compile_for_training(net: torch.nn.Module, depth: int, scope: str = "model", mode: str = "default",
+                         backend: str = "inductor") -> torch.nn.Module:
+    """The training step's network under torch.compile (`compile_options(mode, backend)`); returns what the step
+    calls.
 
     `scope` "model" returns torch.compile(net): one graph of the whole forward, unrolled over the blocks (the fastest
     step measured, session 25). "blocks" compiles each block in place (`nn.Module.compile`: parameter names, and so
@@ -123,6 +143,7 @@ def compile_for_training(net: torch.nn.Module, depth: int, scope: str = "model",
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * depth)
     from varbench.ops.attention.kernel import prepare_model_masks
     prepare_model_masks(net)  # flex BlockMasks built here, not traced into the graph at every step
+    options = compile_options(mode, backend)
     if scope == "model":
         return torch.compile(net, **options)
     for block in getattr(net, "module", net).blocks:  # (DDP holds the model as .module)
@@ -166,8 +187,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
     compiled = resolve_auto(tcfg.compile, "train.compile", device)
     compile_scope, compile_mode = (tcfg.compile_scope, tcfg.compile_mode) if compiled else (None, None)
     if compiled:
-        options = {} if compile_mode == "default" else {"mode": compile_mode}
-        net = compile_for_training(net, len(model.blocks), compile_scope, **options)
+        net = compile_for_training(net, len(model.blocks), compile_scope, compile_mode)
     graphs = compile_mode == "reduce-overhead"  # each micro-batch a new step of the replayed graphs
     copy_out = graphs and tcfg.grad_accum > 1  # (own_gradients)
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=plan.peak_lr, betas=tuple(tcfg.betas),
@@ -218,7 +238,7 @@ def train_ar(model, tokenizer, dataset, cfg: DictConfig, device: torch.device, i
                          lr, float(grad_norm), rate)
                 record(results, "train_loss", loss_value, "nats/token", config=cfg, device=device, step=step, lr=lr,
                        grad_norm=float(grad_norm), images_per_s=rate, compiled=compiled, compile_scope=compile_scope,
-                       compile_mode=compile_mode,
+                       compile_mode=compile_mode, inductor_options=INDUCTOR_OPTIONS if compiled else None,
                        run_dir=str(cfg.run_dir),
                        **weights_identity(spec))
             if logger.sample_every and step % logger.sample_every == 0:
