@@ -951,6 +951,11 @@ def test_the_compile_time_table_pairs_each_compiled_step_with_the_eager_one_of_i
     assert table["Cache files"].iloc[0] == 812 and math.isnan(table["Cache files"].iloc[1])
     own = table["Of which torch.compile (s)"]
     assert own.iloc[0] == 20.5 and math.isnan(own.iloc[1])
+    # Inductor's options beside its mode (since session 36): part of the mode shown, a row apart in one call
+    unpadded = {**compiled, "value": 345.0, "inductor_options": {"comprehensive_padding": False}}
+    table = compile_time_table(_records(tmp_path, [compiled, unpadded])).reset_index()
+    assert list(zip(table["Mode"], table["Compiled (img/s)"])) == [
+        ("default", 340.0), ("default [comprehensive_padding=False]", 345.0)]
 
 
 def test_the_numerics_speed_table_pairs_each_option_with_vars_numerics_of_its_own_call_and_mode(tmp_path):
@@ -1008,6 +1013,9 @@ def test_the_step_ops_table_sums_a_step_s_operators_by_kind_and_keeps_the_unlist
     graphs = {**lines[0], "compile_mode": "reduce-overhead"}  # one call times both modes: two rows, each named
     assert [i[-1] for i in step_ops_table(_records(tmp_path, [lines[0], graphs])).index] == ["default",
                                                                                              "reduce-overhead"]
+    unpadded = {**graphs, "inductor_options": {"comprehensive_padding": False}}  # the options beside the mode
+    assert [i[-1] for i in step_ops_table(_records(tmp_path, [graphs, unpadded])).index] == [
+        "reduce-overhead", "reduce-overhead [comprehensive_padding=False]"]
 
 
 def test_the_step_ops_table_takes_a_profile_that_lists_every_operator(tmp_path):

@@ -18,7 +18,7 @@ import logging
 
 import pandas as pd
 
-from varbench.analysis.load import var_numerics_training
+from varbench.analysis.load import mode_label, var_numerics_training
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,12 @@ def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         return pd.DataFrame()
     train = train.sort_values("date", kind="stable").astype({"batch": int})
     train = train.assign(value=pd.to_numeric(train["value"]))
-    compiled = train[train["compiled"].eq(True)].drop_duplicates([*CALL, "compile_scope", "compile_mode"], keep="last")
+    compiled = train[train["compiled"].eq(True)].drop_duplicates([*CALL, "compile_scope", "compile_mode",
+                                                                 "inductor_options"], keep="last")
     eager = train[~train["compiled"].eq(True)].drop_duplicates(CALL, keep="last").set_index(CALL)["value"]
     keys = pd.MultiIndex.from_frame(compiled[CALL])
     table = pd.DataFrame({
-        "Compiled": compiled["compile_scope"].to_numpy(), "Mode": compiled["compile_mode"].to_numpy(),
+        "Compiled": compiled["compile_scope"].to_numpy(), "Mode": mode_label(compiled).to_numpy(),
         "First step (s)": compiled["timing"].map(_first_step_s).to_numpy(),
         "Of which torch.compile (s)": compiled["timing"].map(_torch_compile_s).to_numpy(),
         "Cache files": compiled["compile_cache"].map(_cache_files).to_numpy(),

@@ -36,7 +36,7 @@ KNOWN_FIELDS = ("batch", "sampler", "mfu", "params", "fwd_flops_per_image", "pea
                 "peak_reserved_bytes", "param_dtype", "L", "flops_by_component", "split", "machine",
                 "autotune", "tokenizer_id", "cfg", "decode_mode", "decode_batch", "fused_elementwise", "base_lr",
                 "system", "precision", "part", "kernels", "compile_mode", "compile_scope", "fp8", "fp8_recipe",
-                "block_weights", "timing", "compile_cache")
+                "block_weights", "timing", "compile_cache", "inductor_options")
 # timings and parity depend on the GPU that ran them: the device is part of their configuration
 DEVICE_BOUND = {"train_images_per_s", "sample_latency_ms", "matmul_peak", "parity_rel_rms", "parity_error",
                 "bench_error", "gpu_test"}
@@ -166,6 +166,8 @@ def flatten(rec: dict, source: str = "") -> dict:
         # ... and compiled in Inductor's default mode before task.compile_mode (eager: none)
         row["compile_mode"] = rec.get("compile_mode") or ("default" if row["compiled"] else "none")
         row["compile_scope"] = rec.get("compile_scope") or ("model" if row["compiled"] else "none")  # ... whole
+        # ... and Inductor's options beside its mode (varbench.training.loop.INDUCTOR_OPTIONS), none before session 36
+        row["inductor_options"] = ",".join(f"{k}={v}" for k, v in sorted((rec.get("inductor_options") or {}).items()))
         row["fp8"] = bool(rec.get("fp8"))  # ... and with VAR's bf16 matmuls before task.fp8
         row["fp8_recipe"] = rec.get("fp8_recipe") or ("tensorwise" if row["fp8"] else "none")  # ... tensorwise before
     if rec["metric"] == "sample_latency_ms":  # bench records before task.cuda_graphs existed sampled eagerly
@@ -214,6 +216,12 @@ def identity_columns(metric: str, df: pd.DataFrame) -> list[str]:
     fields = IDENTITY.get(metric, ())
     cols = [*CONFIG_COLUMNS, *fields] + (["device"] if metric in DEVICE_BOUND else [])
     return [c for c in cols if c in df.columns]
+
+
+def mode_label(train: pd.DataFrame) -> pd.Series:
+    """Inductor's mode of each training timing as the tables show it: with the options passed beside it, if any
+    (e.g. "reduce-overhead [comprehensive_padding=False]")."""
+    return train["compile_mode"] + train["inductor_options"].map(lambda o: f" [{o}]" if o else "")
 
 
 # timings that depend on how Triton's kernels were tuned (varbench/utils/autotune.py)

@@ -16,7 +16,7 @@ import logging
 
 import pandas as pd
 
-from varbench.analysis.load import var_numerics_training
+from varbench.analysis.load import mode_label, var_numerics_training
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def step_ops_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         log.warning("step_ops_table: no training record accounts for its step's operators (timing.top_ops, all of "
                     "them or with a last row for the rest, since session 24)")
         return pd.DataFrame()
-    train = train.sort_values("date", kind="stable").drop_duplicates(CALL, keep="last")
+    train = train.sort_values("date", kind="stable").drop_duplicates([*CALL, "inductor_options"], keep="last")
     kinds = pd.DataFrame([_by_kind(t["top_ops"]) for t in train["timing"]]).fillna(0.0)
     columns = list(dict.fromkeys(k for k, _ in KINDS if k in kinds)) + [c for c in (OTHER, NOT_LISTED) if c in kinds]
     table = kinds[columns].rename(columns=lambda c: f"{c} (ms)")
@@ -76,7 +76,7 @@ def step_ops_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     table.insert(0, "Step (ms)", [t["median_ms"] for t in train["timing"]])
     table.index = pd.MultiIndex.from_frame(
         train[CALL].assign(batch=train["batch"].astype(int), compile_scope=train["compile_scope"].where(
-            train["compiled"].eq(True), "eager")).drop(columns="compiled"),
+            train["compiled"].eq(True), "eager"), compile_mode=mode_label(train)).drop(columns="compiled"),
         names=["Commit", "GPU", "Model", "Batch", "Compiled", "Mode"])
     table.attrs.update(device=None, records=len(train))
     return table.sort_index()

@@ -106,8 +106,8 @@ COMPILE_SCOPES = ("model", "blocks")
 # buffer's rows to a multiple of 128 bytes; M-VAR's in_proj output (4256 channels, 8512 bytes) then has rows 4288
 # apart, and each kernel that reads a slice of it at the strides traced eagerly (the conv and SSD custom ops,
 # mamba_ssm's gated-norm Triton kernels) is handed a copy first: five copies per block, 3.5 ms of M-VAR-d16's 146 ms
-# step under CUDA graphs on one H100 (session 36: 218.8 against 224.1 img/s). Every other row of varbench's models
-# is a multiple of 128 bytes already, so padding leaves them alone.
+# step under CUDA graphs on one H100 (session 36: 218.8 against 224.1 img/s). VAR's wide rows (multiples of 64
+# channels: qkv, AdaLN, FFN, head) are multiples of 128 bytes already, so padding never changed them.
 INDUCTOR_OPTIONS = {"comprehensive_padding": False}
 
 
