@@ -12,7 +12,7 @@ Inside our op the package runs eagerly, and the op returns fresh (B, L, D) conti
 the inputs: callers never meet the kernel's layout rules. The channel-last path reads x and dy through their strides
 and writes y and dx through theirs, so a slice of in_proj's output (Mamba2's xBC: channels contiguous, rows 4256
 apart) goes in as it is, and y / dx are written straight into (B, L, D) contiguous buffers: no layout copy either way
-(`kernel_layout`; session 35's profile had 32 such copies per M-VAR-d16 step).
+(`kernel_layout`; their `aten::copy_` took 4.0 ms of M-VAR-d16's training step, 0.05 ms after: session 36).
 causal_conv1d is imported inside the functions, so importing this module never needs it (CPU machines).
 """
 
