@@ -107,9 +107,8 @@ def time_way(out, way: str, module, layout, x, grad, repeats: int, baseline: dic
     timing = time_ms(step, warmup=3, repeats=repeats)
     ops = [o for o in top_ops(step, steps=3, limit=None) if not o["op"].startswith(("aten::mm", "aten::addmm"))]
     record(out, "intra_step_ms", timing["median_ms"], "ms", way=way, batch=x.shape[0], width=x.shape[-1],
-            heads=module.num_heads, patch_nums=list(layout.patch_nums), autocast="bf16" if x.is_cuda else None,
-           max_abs_diff_grads_vs_slices=diff,
-           inductor_options=INDUCTOR_OPTIONS, timing=timing, top_ops=ops[:10])
+           heads=module.num_heads, patch_nums=list(layout.patch_nums), autocast="bf16" if x.is_cuda else None,
+           max_abs_diff_grads_vs_slices=diff, inductor_options=INDUCTOR_OPTIONS, timing=timing, top_ops=ops[:10])
     print(f"{way:12s} fwd+bwd {timing['median_ms']:7.3f} ms  grads vs slices {diff}  "
           f"{[(o['op'][:60], round(o['ms_per_step'], 3)) for o in ops[:6]]}")
     return grads
