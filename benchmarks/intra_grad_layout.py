@@ -9,12 +9,14 @@ projection after cuDNN's per-scale backward: `add_slice_backward` (dq, dk, dv ea
 pass is about 1.4. Which cut lets Inductor write the gradient in one pass is a question only the GPU answers (on a
 CPU Inductor fuses all of them into one loop either way):
 
-- `slices`: varbench's `sdpa_scales_attention` on q, k, v as `ScaleAttention.qkv` makes them (views of the
-  projection, permuted to (B, H, L, d)), each scale a slice of them (the backward adds zero-padded slices);
-- `split_qkv`: the projection's output (B, L, 3C) split into scales first, each scale's part viewed as its q, k, v
-  (the backward is a concatenation of per-scale gradients already in the projection's layout);
-- `split_heads`: q, k, v as `slices`, each split into scales with `torch.split` (the backward concatenates dq, dk
-  and dv, then stacks them).
+- `slices` (varbench's up to session 36, kept in this script as the baseline): q, k, v as `ScaleAttention.qkv`
+  makes them (views of the projection, permuted to (B, H, L, d)), each call's tokens a slice of them (the backward
+  adds zero-padded slices);
+- `split_qkv` (intra=full's forward on sdpa_scales, `ScaleAttention.qkv_parts`): the projection's output (B, L, 3C)
+  split into the calls' tokens first, each part viewed as its q, k, v (the backward concatenates the parts'
+  gradients, each already in the projection's layout);
+- `split_heads` (`sdpa_scales_attention` on q, k, v): q, k, v as `slices`, each split into the calls' tokens with
+  `torch.split` (the backward concatenates dq, dk and dv, then stacks them).
 
 Each record names the way, the forward + backward median (CUDA events), the largest difference of its input and
 weight gradients from `slices`' (the same kernels on the same numbers: expected 0), and its ten longest non-GEMM
@@ -38,60 +40,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from varbench.eval.timing import time_ms, top_ops  # noqa: E402
 from varbench.intra.full import IntraScaleAttention  # noqa: E402
 from varbench.layout import ScaleLayout  # noqa: E402
-from varbench.ops.attention.kernel import sdpa_scales_attention  # noqa: E402
+from varbench.ops.attention.kernel import sdpa_scales_attention, sdpa_scales_calls  # noqa: E402
 from varbench.training.loop import INDUCTOR_OPTIONS, compile_options  # noqa: E402
 from varbench.utils.records import record  # noqa: E402
 
 TOGETHER_BELOW = 64  # intra=full's default: the scales with fewer tokens attend in one masked call
 
 
-def chunks(layout: ScaleLayout) -> tuple[list[int], torch.Tensor]:
-    """Token counts of the calls (the first scales together, then one per scale) and the first call's mask."""
-    first = next(i for i, n in enumerate(layout.lengths) if n >= TOGETHER_BELOW)
-    P = layout.offsets[first]
-    return [P, *layout.lengths[first:]], layout.block_diag_mask()[:P, :P]
-
-
-def attend_split_qkv(qkv_BL3C, heads: int, sizes: list[int], mask_PP, scale: float):
-    """`split_qkv`: each call's q, k, v are views of its own part of the projection's output."""
-    B, _, C3 = qkv_BL3C.shape
-    outs = []
-    for i, part in enumerate(qkv_BL3C.split(sizes, dim=1)):
-        q, k, v = part.view(B, part.shape[1], 3, heads, C3 // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
-        outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask_PP if i == 0 else None, scale=scale))
+def attend_slices(q, k, v, layout: ScaleLayout, mask_PP, scale: float):
+    """`slices`: varbench's block-diagonal `sdpa_scales` up to session 36, each call's q, k, v slices of q, k, v of
+    the whole sequence (the baseline, kept here to time against)."""
+    sizes = sdpa_scales_calls(layout, TOGETHER_BELOW)
+    outs, end = [], 0
+    for i, n in enumerate(sizes):
+        t = slice(end, end + n)
+        outs.append(F.scaled_dot_product_attention(q[:, :, t], k[:, :, t], v[:, :, t],
+                                                   attn_mask=mask_PP if i == 0 else None, scale=scale))
+        end += n
     return torch.cat(outs, dim=2)
 
 
-def attend_split_heads(q, k, v, sizes: list[int], mask_PP, scale: float):
-    """`split_heads`: q, k, v of (B, H, L, d) each split into the calls' tokens."""
-    outs = []
-    for i, (qi, ki, vi) in enumerate(zip(*(t.split(sizes, dim=2) for t in (q, k, v)))):
-        outs.append(F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask_PP if i == 0 else None, scale=scale))
-    return torch.cat(outs, dim=2)
-
-
-def forward_fn(way: str, module: IntraScaleAttention, layout: ScaleLayout, device):
+def forward_fn(way: str, module: IntraScaleAttention, layout: ScaleLayout):
     """x_BLC -> the module's output, its attention cut into scales the named way (module docstring)."""
-    sizes, mask = chunks(layout)
-    mask = mask.to(device)
-    H, scale = module.num_heads, module.scale
+    P = sdpa_scales_calls(layout, TOGETHER_BELOW)[0]
+    mask_PP = layout.block_diag_mask(next(module.parameters()).device)[:P, :P].contiguous()  # built once, as varbench's
 
     def forward(x_BLC):
+        if way == "split_qkv":  # intra=full's forward on sdpa_scales
+            return module(x_BLC, layout)
+        q, k, v = module.qkv(x_BLC)
         if way == "slices":
-            q, k, v = module.qkv(x_BLC)
-            o = sdpa_scales_attention(q, k, v, layout, "block_diag", scale, TOGETHER_BELOW)
-        elif way == "split_qkv":
-            o = attend_split_qkv(module.project(x_BLC, module.weight_terms()["qkv_bias"]), H, sizes, mask, scale)
-        else:
-            o = attend_split_heads(*module.qkv(x_BLC), sizes, mask, scale)
-        return module.out(o)
+            return module.out(attend_slices(q, k, v, layout, mask_PP, module.scale))
+        return module.out(sdpa_scales_attention(q, k, v, layout, "block_diag", module.scale, TOGETHER_BELOW))
     return forward
 
 
 def time_way(out, way: str, module, layout, x, grad, repeats: int, baseline: dict | None) -> dict:
     """Compile one way's forward + backward, time it, compare its gradients with the baseline's and record it."""
     torch._dynamo.reset()
-    forward = torch.compile(forward_fn(way, module, layout, x.device), **compile_options())  # as training compiles
+    forward = torch.compile(forward_fn(way, module, layout), **compile_options())  # as training compiles
     params = [x, *module.parameters()]
 
     def step():

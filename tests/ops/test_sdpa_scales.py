@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from varbench.layout import ScaleLayout
-from varbench.ops.attention.kernel import sdpa_scales_attention
+from varbench.ops.attention.kernel import sdpa_scales_attention, sdpa_scales_block_diag, sdpa_scales_calls
 from varbench.ops.attention.reference import masked_attention_ref
 from varbench.registry import build
 
@@ -31,6 +31,35 @@ def test_equals_the_dense_mask_reference_in_values_and_gradients(kind, layout, t
     grad = torch.randn_like(ref)
     expected = torch.autograd.grad(ref, (q, k, v), grad)
     for got, want in zip(torch.autograd.grad(out, (q, k, v), grad), expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout, together_below, calls", [(VAR, 64, (91, 64, 100, 169, 256)), (SMALL, 1, (1, 4, 9, 16)),
+                                                           (SMALL, 9, (5, 9, 16)), (SMALL, 100, (30,))])
+def test_the_calls_are_the_first_scales_together_then_one_per_scale(layout, together_below, calls):
+    assert sdpa_scales_calls(layout, together_below) == calls
+
+
+@pytest.mark.parametrize("l2_norm", [False, True], ids=["m-var-intra", "l2-norm"])
+@pytest.mark.parametrize("layout, together_below", [(VAR, 64), (SMALL, 1), (SMALL, 100)],
+                         ids=["var-first-six-grouped", "none-grouped", "all-grouped"])
+def test_intra_full_cut_as_projected_equals_the_dense_mask_reference_in_values_and_gradients(l2_norm, layout,
+                                                                                            together_below):
+    """intra=full's sdpa_scales path: q, k, v cut into the calls' tokens as the projection makes them
+    (`qkv_parts`), then `sdpa_scales_block_diag`: the reference's output and the gradients of every parameter and
+    of the input."""
+    torch.manual_seed(0)
+    module = build("intra", "full", dim=16, num_heads=2, l2_norm=l2_norm, backend="reference").double()
+    for p in module.parameters():  # the biases start at zero: nonzero ones check that they reach the gradient
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, layout.L, 16, dtype=torch.float64, requires_grad=True)
+    inputs = (x, *module.parameters())
+    ref = module(x, layout)
+    parts = module.qkv_parts(x, sdpa_scales_calls(layout, together_below))
+    out = module.out(sdpa_scales_block_diag(parts, layout, module.scale, together_below))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 

@@ -54,17 +54,18 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
         return self.backend_on(device) in ("varlen", "torch_varlen")
 
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
+        backend = self.run_backend(x_BLC)
+        if backend == "sdpa_scales":  # q, k, v cut into the calls' tokens as projected (see `qkv_parts`)
+            from varbench.ops.attention.kernel import sdpa_scales_block_diag, sdpa_scales_calls
+            parts = self.qkv_parts(x_BLC, sdpa_scales_calls(layout, self.together_below))
+            return self.out(sdpa_scales_block_diag(parts, layout, self.scale, self.together_below, self.sdpa_kernels))
         q, k, v = self.qkv(x_BLC)
-        backend = self.run_backend(q)
         if backend == REFERENCE:
             o = masked_attention_ref(q, k, v, layout.block_diag_mask(q.device), self.scale)
         else:
             from varbench.ops.attention import kernel
             if backend == "flex":
                 o = kernel.flex_masked_attention(q, k, v, layout, "block_diag", self.scale)
-            elif backend == "sdpa_scales":
-                o = kernel.sdpa_scales_attention(q, k, v, layout, "block_diag", self.scale, self.together_below,
-                                                 self.sdpa_kernels)
             elif backend in ("varlen", "torch_varlen"):
                 impl = "flash_attn" if backend == "varlen" else "torch"
                 o = kernel.varlen_block_diag_attention(q, k, v, layout, self.scale, impl)

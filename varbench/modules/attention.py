@@ -82,14 +82,29 @@ class ScaleAttention(nn.Module):
             # batch-64 VAR-d16 generation on an H100, 6.1 ms of GPU time against 32.5, session 33)
             from varbench.ops.qk_norm.kernel import qkv_l2_norm
             return qkv_l2_norm(qkv, terms["temperature_1H11"], self.num_heads, NORMALIZE_EPS)
-        qkv_3BHLd = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if not self.l2_norm:
-            return qkv_3BHLd.unbind(0)
+            return self._heads(qkv)
+        qkv_3BHLd = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         # normalisation runs in fp32 under autocast; q, k go back to v's dtype for the kernels
         # (with autograd: the backward written out, which keeps no fp32 copy of the normalised rows: less memory)
         l2 = fused(l2_qk) if runs_fused(self) else L2QKTraining.apply if torch.is_grad_enabled() else l2_qk
         q_BHLd, k_BHLd = l2(qkv_3BHLd[:2], terms["temperature_1H11"], qkv.dtype)
         return q_BHLd, k_BHLd, qkv_3BHLd[2]
+
+    def qkv_parts(self, x_BLC: torch.Tensor, sizes: tuple[int, ...]) -> list[tuple[torch.Tensor, ...]]:
+        """`qkv` cut along the tokens into consecutive parts of `sizes` tokens: one (q, k, v) triple of (B, H, l, d)
+        per part. Without `l2_norm` the projection's output is cut before its heads are split out, so that the
+        backward concatenates the parts' gradients in its own (B, L, 3C) layout (one pass; slices of q, k and v of
+        the whole sequence took three, `sdpa_scales_block_diag`)."""
+        if self.l2_norm:
+            return list(zip(*(t.split(sizes, dim=2) for t in self.qkv(x_BLC))))
+        qkv = self.project(x_BLC, self.weight_terms()["qkv_bias"])
+        return [self._heads(part) for part in qkv.split(sizes, dim=1)]
+
+    def _heads(self, qkv_BL3C: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The projection's output as views q, k, v of (B, H, L, d)."""
+        B, L, _ = qkv_BL3C.shape
+        return qkv_BL3C.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
     def project(self, x_BLC: torch.Tensor, qkv_bias: torch.Tensor) -> torch.Tensor:
         """The qkv projection's output (B, L, 3 C) with the joined bias (`weight_terms`)."""

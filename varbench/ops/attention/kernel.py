@@ -217,20 +217,52 @@ def sdpa_scales_attention(q_BHLd, k_BHLd, v_BHLd, layout: Layout, kind: str, sca
         return _per_scale(q_BHLd, k_BHLd, v_BHLd, layout, kind, scale, together_below)
 
 
+def _first_alone(layout: ScaleLayout, together_below: int) -> int:
+    """The first scale with a call of its own: the first with at least `together_below` tokens."""
+    return next((i for i, n in enumerate(layout.lengths) if n >= together_below), layout.num_scales)
+
+
+def sdpa_scales_calls(layout: ScaleLayout, together_below: int) -> tuple[int, ...]:
+    """Token counts of `sdpa_scales_attention`'s calls on a scale layout, in order: the first scales with fewer than
+    `together_below` tokens each in one masked call (absent where there are none), then one call per scale."""
+    first = _first_alone(layout, together_below)
+    return ((layout.offsets[first],) if first else ()) + layout.lengths[first:]
+
+
+def _first_mask(layout: ScaleLayout, kind: str, P: int, device) -> torch.Tensor:
+    """The dense (P, P) mask of the first P tokens (the first scales' call), cached per layout, kind and device."""
+    full = layout.block_causal_mask if kind == "block_causal" else layout.block_diag_mask
+    key = (layout, kind, P, _device_key(device))
+    return _cached(_FIRST_MASKS, key, lambda: full(device)[:P, :P].contiguous())
+
+
+def sdpa_scales_block_diag(parts, layout: ScaleLayout, scale: float, together_below: int = 64,
+                           kernels: tuple[str, ...] = ()):
+    """`sdpa_scales_attention`'s block-diagonal attention on q, k, v already cut into its calls' tokens: `parts`
+    holds one (q, k, v) triple of (B, H, l, d) per call of `sdpa_scales_calls(layout, together_below)`, in order.
+    Cut the qkv projection's output into parts before its heads are split out (`ScaleAttention.qkv_parts`): the
+    backward then concatenates the parts' gradients in the projection's own layout, one pass over d(qkv), where
+    slicing q, k and v of the whole sequence summed zero-padded slices and stacked them (three passes)."""
+    masked = _first_alone(layout, together_below) > 0
+    outs = []
+    with _preferring(kernels):
+        for i, (q_BHld, k_BHld, v_BHld) in enumerate(parts):
+            mask = _first_mask(layout, "block_diag", q_BHld.shape[2], q_BHld.device) if masked and i == 0 else None
+            outs.append(F.scaled_dot_product_attention(q_BHld, k_BHld, v_BHld, attn_mask=mask, scale=scale))
+    return torch.cat(outs, dim=2)
+
+
 def _per_scale(q_BHLd, k_BHLd, v_BHLd, layout: ScaleLayout, kind: str, scale: float, together_below: int):
     """`sdpa_scales_attention`'s calls on a scale layout: the first scales together, then one per scale."""
-    first = next((i for i, n in enumerate(layout.lengths) if n >= together_below), layout.num_scales)
-    outs = []
-    if first:
-        P = layout.slice(first - 1).stop
-        full = layout.block_causal_mask if kind == "block_causal" else layout.block_diag_mask
-        key = (layout, kind, P, _device_key(q_BHLd.device))
-        mask_PP = _cached(_FIRST_MASKS, key, lambda: full(q_BHLd.device)[:P, :P].contiguous())
-        outs.append(F.scaled_dot_product_attention(q_BHLd[:, :, :P], k_BHLd[:, :, :P], v_BHLd[:, :, :P],
-                                                   attn_mask=mask_PP, scale=scale))
-    for s in range(first, layout.num_scales):
-        queries = layout.slice(s)
-        keys = slice(0, queries.stop) if kind == "block_causal" else queries
+    sizes = sdpa_scales_calls(layout, together_below)
+    if kind == "block_diag":
+        parts = zip(*(t.split(sizes, dim=2) for t in (q_BHLd, k_BHLd, v_BHLd)))
+        return sdpa_scales_block_diag(list(parts), layout, scale, together_below)
+    masked, outs, end = _first_alone(layout, together_below) > 0, [], 0
+    for i, n in enumerate(sizes):
+        queries, keys = slice(end, end + n), slice(0, end + n)  # a scale sees every scale up to its own
+        mask = _first_mask(layout, kind, n, q_BHLd.device) if masked and i == 0 else None
         outs.append(F.scaled_dot_product_attention(q_BHLd[:, :, queries], k_BHLd[:, :, keys], v_BHLd[:, :, keys],
-                                                   scale=scale))
+                                                   attn_mask=mask, scale=scale))
+        end += n
     return torch.cat(outs, dim=2)
