@@ -34,8 +34,8 @@ def test_equals_the_dense_mask_reference_in_values_and_gradients(kind, layout, t
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("layout, together_below, calls", [(VAR, 64, (91, 64, 100, 169, 256)), (SMALL, 1, (1, 4, 9, 16)),
-                                                           (SMALL, 9, (5, 9, 16)), (SMALL, 100, (30,))])
+@pytest.mark.parametrize("layout, together_below, calls", [
+    (VAR, 64, (91, 64, 100, 169, 256)), (SMALL, 1, (1, 4, 9, 16)), (SMALL, 9, (5, 9, 16)), (SMALL, 100, (30,))])
 def test_the_calls_are_the_first_scales_together_then_one_per_scale(layout, together_below, calls):
     assert sdpa_scales_calls(layout, together_below) == calls
 
