@@ -94,8 +94,7 @@ class ScaleAttention(nn.Module):
     def qkv_parts(self, x_BLC: torch.Tensor, sizes: tuple[int, ...]) -> list[tuple[torch.Tensor, ...]]:
         """`qkv` cut along the tokens into consecutive parts of `sizes` tokens: one (q, k, v) triple of (B, H, l, d)
         per part. Without `l2_norm` the projection's output is cut before its heads are split out, so that the
-        backward concatenates the parts' gradients in its own (B, L, 3C) layout (one pass; slices of q, k and v of
-        the whole sequence took three, `sdpa_scales_block_diag`)."""
+        backward concatenates the parts' gradients in its own (B, L, 3C) layout (see `sdpa_scales_block_diag`)."""
         if self.l2_norm:
             return list(zip(*(t.split(sizes, dim=2) for t in self.qkv(x_BLC))))
         qkv = self.project(x_BLC, self.weight_terms()["qkv_bias"])
