@@ -5,9 +5,9 @@ way to OUT (`intra_step_ms`: the forward + backward median).
 Issue 18 goal 1 (M-VAR-d16 training at 2.5x the official code). In session 36's profile of M-VAR-d16's compiled
 step (H100, 138 ms busy) the gradient of q, k, v took three passes over the (B, L, 3C) gradient of the qkv
 projection after cuDNN's per-scale backward: `add_slice_backward` (dq, dk, dv each summed from its scales),
-`add_slice_backward_stack`, `clone_permute_stack` (into the projection's layout), about 4.4 ms per step where one
-pass is about 1.4. Which cut lets Inductor write the gradient in one pass is a question only the GPU answers (on a
-CPU Inductor fuses all of them into one loop either way):
+`add_slice_backward_stack`, `clone_permute_stack` (into the projection's layout): 4.4 ms per step, of which the last
+pass alone took 1.5. Which cut lets Inductor write the gradient in one pass is a question only the GPU answers (on a
+CPU, Inductor fused the old cut's three into one loop):
 
 - `slices` (varbench's up to session 36, kept in this script as the baseline): q, k, v as `ScaleAttention.qkv`
   makes them (views of the projection, permuted to (B, H, L, d)), each call's tokens a slice of them (the backward
