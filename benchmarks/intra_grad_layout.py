@@ -40,7 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from varbench.eval.timing import time_ms, top_ops  # noqa: E402
 from varbench.intra.full import IntraScaleAttention  # noqa: E402
 from varbench.layout import ScaleLayout  # noqa: E402
-from varbench.ops.attention.kernel import sdpa_scales_attention, sdpa_scales_calls  # noqa: E402
+from varbench.ops.attention.kernel import (  # noqa: E402
+    sdpa_scales_attention,
+    sdpa_scales_block_diag,
+    sdpa_scales_calls,
+)
 from varbench.training.loop import INDUCTOR_OPTIONS, compile_options  # noqa: E402
 from varbench.utils.records import record  # noqa: E402
 
@@ -66,8 +70,9 @@ def forward_fn(way: str, module: IntraScaleAttention, layout: ScaleLayout):
     mask_PP = layout.block_diag_mask(next(module.parameters()).device)[:P, :P].contiguous()  # built once, as varbench's
 
     def forward(x_BLC):
-        if way == "split_qkv":  # intra=full's forward on sdpa_scales
-            return module(x_BLC, layout)
+        if way == "split_qkv":  # intra=full's forward on sdpa_scales (called here so that --tiny runs it on a CPU)
+            parts = module.qkv_parts(x_BLC, sdpa_scales_calls(layout, TOGETHER_BELOW))
+            return module.out(sdpa_scales_block_diag(parts, layout, module.scale, TOGETHER_BELOW))
         q, k, v = module.qkv(x_BLC)
         if way == "slices":
             return module.out(attend_slices(q, k, v, layout, mask_PP, module.scale))
@@ -112,7 +117,7 @@ def main(argv=None) -> None:
     layout = ScaleLayout((1, 2, 3, 4, 8, 9)) if args.tiny else ScaleLayout.for_resolution(256)
     batch, width, heads = (2, 32, 2) if args.tiny else (args.batch, 1024, 16)
     torch.manual_seed(0)
-    module = IntraScaleAttention(width, heads, backend="sdpa_scales" if device == "cuda" else "reference").to(device)
+    module = IntraScaleAttention(width, heads).to(device)
     for p in module.parameters():  # VAR's biases start at zero: nonzero ones check that they reach the gradient
         torch.nn.init.normal_(p, std=0.02)
     x = torch.randn(batch, layout.L, width, device=device, requires_grad=True)

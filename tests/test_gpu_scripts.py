@@ -308,6 +308,21 @@ def test_l2qk_backward_times_autograds_backward_and_the_written_one(tmp_path):
     assert 0 <= records[1]["max_abs_diff_grad_vs_autograd"] <= 2 * 2 ** -7 * 4
 
 
+def test_intra_grad_layout_times_each_cut_and_every_cut_has_the_baselines_gradients(tmp_path):
+    """benchmarks/intra_grad_layout.py on a CPU (a small layout): one record per cut of q, k, v, the old `slices`
+    first; the new cuts run the same SDPA calls on the same numbers, so their gradients are the baseline's exactly."""
+    out = subprocess.run([sys.executable, "benchmarks/intra_grad_layout.py", str(tmp_path / "i.jsonl"), "--tiny"],
+                         cwd=REPO, capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "i.jsonl").read_text().splitlines()]
+    assert [(r["metric"], r["way"]) for r in records] == [
+        ("intra_step_ms", "slices"), ("intra_step_ms", "split_qkv"), ("intra_step_ms", "split_heads")]
+    assert [r["max_abs_diff_grads_vs_slices"] for r in records] == [None, 0.0, 0.0]
+    for r in records:
+        assert r["value"] == r["timing"]["median_ms"] > 0 and r["top_ops"]
+        assert r["inductor_options"] == {"comprehensive_padding": False}
+
+
 def test_attention_backends_plans_every_kernel_set_on_a_gpu_and_sdpa_s_own_on_a_cpu():
     sys.path.insert(0, str(REPO / "benchmarks"))
     from attention_backends import sdpa_kernels, variants
