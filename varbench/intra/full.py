@@ -10,7 +10,7 @@ import torch
 
 from varbench.layout import ScaleLayout
 from varbench.modules.attention import ScaleAttention
-from varbench.ops.attention.kernel import check_sdpa_scales_options
+from varbench.ops.attention.kernel import check_sdpa_scales_options, sdpa_scales_block_diag, sdpa_scales_calls
 from varbench.ops.attention.reference import masked_attention_ref
 from varbench.ops.backend import REFERENCE, KernelChoice, cuda_and
 
@@ -56,7 +56,6 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         backend = self.run_backend(x_BLC)
         if backend == "sdpa_scales":  # q, k, v cut into the calls' tokens as projected (see `qkv_parts`)
-            from varbench.ops.attention.kernel import sdpa_scales_block_diag, sdpa_scales_calls
             parts = self.qkv_parts(x_BLC, sdpa_scales_calls(layout, self.together_below))
             return self.out(sdpa_scales_block_diag(parts, layout, self.scale, self.together_below, self.sdpa_kernels))
         q, k, v = self.qkv(x_BLC)
