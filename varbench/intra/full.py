@@ -10,7 +10,7 @@ import torch
 
 from varbench.layout import ScaleLayout
 from varbench.modules.attention import ScaleAttention
-from varbench.ops.attention.kernel import check_sdpa_scales_options, sdpa_scales_block_diag, sdpa_scales_calls
+from varbench.ops.attention import kernel
 from varbench.ops.attention.reference import masked_attention_ref
 from varbench.ops.backend import REFERENCE, KernelChoice, cuda_and
 
@@ -41,7 +41,7 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
                                       "torch_varlen": cuda_and("torch.nn.attention.varlen"),
                                       "xformers": cuda_and("xformers")}, "intra=full")
         self.together_below = together_below
-        self.sdpa_kernels = check_sdpa_scales_options(together_below, sdpa_kernels, "intra=full")
+        self.sdpa_kernels = kernel.check_sdpa_scales_options(together_below, sdpa_kernels, "intra=full")
 
     def flex_mask(self, device) -> tuple[str, int] | None:
         """The flex BlockMask (kind, window) this module attends with on `device`'s tensors (named, or picked by
@@ -56,20 +56,19 @@ class IntraScaleAttention(ScaleAttention, KernelChoice):
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         backend = self.run_backend(x_BLC)
         if backend == "sdpa_scales":  # q, k, v cut into the calls' tokens as projected (see `qkv_parts`)
-            parts = self.qkv_parts(x_BLC, sdpa_scales_calls(layout, self.together_below))
-            return self.out(sdpa_scales_block_diag(parts, layout, self.scale, self.together_below, self.sdpa_kernels))
+            parts = self.qkv_parts(x_BLC, kernel.sdpa_scales_calls(layout, self.together_below))
+            o = kernel.sdpa_scales_block_diag(parts, layout, self.scale, self.together_below, self.sdpa_kernels)
+            return self.out(o)
         q, k, v = self.qkv(x_BLC)
         if backend == REFERENCE:
             o = masked_attention_ref(q, k, v, layout.block_diag_mask(q.device), self.scale)
+        elif backend == "flex":
+            o = kernel.flex_masked_attention(q, k, v, layout, "block_diag", self.scale)
+        elif backend in ("varlen", "torch_varlen"):
+            impl = "flash_attn" if backend == "varlen" else "torch"
+            o = kernel.varlen_block_diag_attention(q, k, v, layout, self.scale, impl)
         else:
-            from varbench.ops.attention import kernel
-            if backend == "flex":
-                o = kernel.flex_masked_attention(q, k, v, layout, "block_diag", self.scale)
-            elif backend in ("varlen", "torch_varlen"):
-                impl = "flash_attn" if backend == "varlen" else "torch"
-                o = kernel.varlen_block_diag_attention(q, k, v, layout, self.scale, impl)
-            else:
-                o = kernel.xformers_block_diag_attention(q, k, v, layout, self.scale)
+            o = kernel.xformers_block_diag_attention(q, k, v, layout, self.scale)
         return self.out(o)
 
     def step(self, x_BlC: torch.Tensor, layout: ScaleLayout, k: int) -> torch.Tensor:

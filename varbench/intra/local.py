@@ -10,6 +10,7 @@ import torch
 
 from varbench.layout import ScaleLayout
 from varbench.modules.attention import ScaleAttention
+from varbench.ops.attention.kernel import flex_masked_attention
 from varbench.ops.attention.reference import masked_attention_ref
 from varbench.ops.backend import KernelChoice, cuda_and
 
@@ -44,7 +45,6 @@ class LocalScaleAttention(ScaleAttention, KernelChoice):
     def forward(self, x_BLC: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
         q, k, v = self.qkv(x_BLC)
         if self.run_backend(q) == "flex":
-            from varbench.ops.attention.kernel import flex_masked_attention
             o = flex_masked_attention(q, k, v, layout, "window", self.scale, self.window)
         else:
             o = masked_attention_ref(q, k, v, layout.window_mask(self.window, q.device), self.scale)

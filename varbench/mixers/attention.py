@@ -13,7 +13,7 @@ import torch
 from varbench.layout import ScaleLayout
 from varbench.mixers.base import State, TokenMixer, carry_terms
 from varbench.modules.attention import ScaleAttention
-from varbench.ops.attention.kernel import check_sdpa_scales_options
+from varbench.ops.attention.kernel import check_sdpa_scales_options, flex_masked_attention, sdpa_scales_attention
 from varbench.ops.attention.reference import masked_attention_ref
 from varbench.ops.backend import cuda_and
 
@@ -61,10 +61,8 @@ class BlockCausalAttention(ScaleAttention, TokenMixer):
         q, k, v = self.qkv(x_BLC)
         backend = self.run_backend(q)
         if backend == "flex":
-            from varbench.ops.attention.kernel import flex_masked_attention
             o = flex_masked_attention(q, k, v, layout, "block_causal", self.scale)
         elif backend == "sdpa_scales":
-            from varbench.ops.attention.kernel import sdpa_scales_attention
             o = sdpa_scales_attention(q, k, v, layout, "block_causal", self.scale, self.together_below,
                                       self.sdpa_kernels)
         else:
