@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from varbench.ops.causal_conv.reference import causal_conv1d_ref
+from varbench.ops.causal_conv.reference import causal_conv1d_ref, next_tail
 
 F64 = torch.float64
 
@@ -59,6 +59,16 @@ def test_tail_shorter_piece_keeps_old_context():
     tail = torch.randn(2, 3, 8, dtype=F64)
     _, new_tail = causal_conv1d_ref(x, w, b, tail)
     torch.testing.assert_close(new_tail, torch.cat([tail[:, 1:], x], dim=1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 30])
+def test_the_next_tail_is_a_copy_of_its_last_rows_alone(L):
+    # a carried state holds W - 1 rows, never a view of x (a slice of in_proj's output) or of a copy of all of x
+    wide = torch.randn(2, L, 24, dtype=F64)
+    x, tail = wide[..., 4:12], torch.randn(2, 3, 8, dtype=F64)
+    new_tail = next_tail(x, tail, 4)
+    torch.testing.assert_close(new_tail, torch.cat([tail, x], dim=1)[:, -3:], rtol=0, atol=0)
+    assert new_tail.is_contiguous() and new_tail.untyped_storage().nbytes() == new_tail.numel() * 8
 
 
 def test_dtype_and_bad_activation():

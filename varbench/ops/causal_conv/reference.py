@@ -20,9 +20,15 @@ def empty_tail(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def next_tail(x: torch.Tensor, tail: torch.Tensor | None, width: int) -> torch.Tensor:
-    """The last W - 1 inputs of cat(tail, x): the context the next piece needs (works when L < W - 1)."""
-    xt = torch.cat([empty_tail(x, width) if tail is None else tail.to(x.dtype), x], dim=1)
-    return xt[:, xt.shape[1] - (width - 1):]
+    """The last W - 1 inputs of cat(tail, x): the context the next piece needs, (B, W - 1, D) contiguous in x's dtype.
+
+    The old tail enters only a piece shorter than W - 1. Concatenating every piece whole copied all of x to keep W - 1
+    rows (M-VAR-d16's carried-state sampling: 15 of its 337 ms of GPU time at batch 64, session 40), and the
+    returned view held that copy alive with the state until the next scale. The tail is a copy, so a state never
+    keeps x's storage (in Mamba2, a slice of in_proj's whole output)."""
+    if x.shape[1] < width - 1:
+        x = torch.cat([empty_tail(x, width) if tail is None else tail.to(x.dtype), x], dim=1)
+    return x[:, x.shape[1] - (width - 1):].clone(memory_format=torch.contiguous_format)
 
 
 @no_autocast
@@ -49,4 +55,4 @@ def causal_conv1d_ref(x, weight, bias=None, tail=None, activation=None):
     y = F.conv1d(xt.to(dtype).transpose(1, 2), w, b, groups=D).transpose(1, 2)  # (B, L, D): no padding needed
     if activation == "silu":
         y = F.silu(y)
-    return y.to(x.dtype), xt[:, xt.shape[1] - (W - 1):]
+    return y.to(x.dtype), next_tail(x, tail, W)
