@@ -41,9 +41,6 @@
 # mixer and intra=full (varbench/ops/attention/kernel.py) to the sdpa_scales steps.
 # MAMBA2_OPTIONS (e.g. "chunk_size:128") adds options of M-VAR's mamba2 mixer (varbench/mixers/mamba2.py) to the
 # train_mvar steps.
-# ADALN_KERNEL=torch|triton|auto (default: the model's, auto) sets model.adaln_kernel: the blocks' gated residuals
-# and modulated LayerNorms as Inductor fuses the torch form, or as varbench/ops/adaln's Triton kernels (the records'
-# `adaln_kernel` says which was asked).
 # AUTOTUNE=first (default full) takes each Triton autotuner's first working config (varbench/utils/autotune.py): how
 # much of a first step the kernel libraries' autotuning takes; the records say which mode ran.
 # COMPILE_CACHE_DIR=DIR puts torch.compile's caches there (compile_cache_dir; default: the machine's temp dir, which
@@ -59,7 +56,6 @@ BENCH=(python run.py task=bench model=var_d16 "autotune=${AUTOTUNE:-full}" "resu
        task.compile=true "task.compile_mode=${COMPILE_MODE:-default}" "task.compile_scope=${COMPILE_SCOPE:-model}"
        "task.fp8=${FP8:-false}" "task.fp8_recipe=${FP8_RECIPE:-tensorwise}" "compile_cache_dir=${COMPILE_CACHE_DIR:-null}"
        "task.cell_timeout_s=$((TRAIN_S - 20))")
-[ -n "${ADALN_KERNEL:-}" ] && BENCH+=("++model.adaln_kernel=$ADALN_KERNEL")
 
 . "$(dirname "$0")/gpu_step.sh"  # step NAME SECONDS COMMAND...
 

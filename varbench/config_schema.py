@@ -78,7 +78,7 @@ MODEL = {
     "num_heads": count(null="depth"), "mlp_ratio": positive(),
     "drop_path_rate": fraction(open_high=True, null="0.1 * depth / 24"), "norm_eps": positive(),
     "cond_drop_rate": fraction(), "init.init_adaln": non_negative(), "init.init_adaln_gamma": non_negative(),
-    "init.init_head": non_negative(), "init.init_std": Number(), "adaln_kernel": Choice(("auto", "triton", "torch")),
+    "init.init_head": non_negative(), "init.init_std": Number(),
 }
 TOKENIZER = {
     "vocab_size": count(2), "z_channels": count(), "ch": count(), "ch_mult": Items(count()),

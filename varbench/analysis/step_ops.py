@@ -21,14 +21,12 @@ from varbench.analysis.load import mode_label, var_numerics_training
 log = logging.getLogger(__name__)
 
 # (kind, name fragments), first match wins: attention before GEMMs (Inductor names its flex templates "triton_tem_"),
-# the q/k normalisation's and the AdaLN LayerNorm's own kernels (varbench/ops/qk_norm, adaln) before the mixers'
-# custom ops, a LayerNorm before the GELU or the L2 normalisation fused with it (its kernel is a reduction over the
-# width)
+# the q/k normalisation's own kernels (varbench/ops/qk_norm) before the mixers' custom ops, a LayerNorm before the
+# GELU or the L2 normalisation fused with it (its kernel is a reduction over the width)
 QK_NORM = "q/k L2 norm"
 KINDS = (("Attention", ("flex_attention", "_cudnn_attention", "_flash_attention", "_efficient_attention")),
          ("GEMMs", ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_mm", "triton_tem_fused_mm")),
          (QK_NORM, ("varbench::qkv_l2_norm",)),
-         ("LayerNorm", ("varbench::adaln_ln",)),
          ("Mixer kernels", ("varbench::", "_varbench_", "DaoAILab::", "_layer_norm_fwd", "_layer_norm_bwd")),
          ("Optimizer", ("adamw", "_foreach_")),
          ("Loss (log-softmax, NLL)", ("_log_softmax", "nll_loss")),

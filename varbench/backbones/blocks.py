@@ -77,9 +77,6 @@ def linear_dtype(branch: nn.Module | None, x: torch.Tensor) -> torch.dtype | Non
     return active_autocast_dtype(x.device.type) if getattr(branch, "linear_first", False) else None
 
 
-ADALN_KERNELS = ("auto", "triton", "torch")
-
-
 def num_branches(mixer: object | None, intra: object | None) -> int:
     """Residual branches of a block: the FFN, plus the intra-scale branch and the inter-scale mixer when present
     (given as modules or as their factories)."""
@@ -100,19 +97,12 @@ class AdaLNBlock(nn.Module):
         shared_aln (bool, Optional): VAR's shared AdaLN: no `ada_lin`; the block reads the model's `SharedAdaLin`
             output (B, 1, 3n, C) instead of the condition and adds its learned `ada_gss` (1, 1, 3n, C) (initialised
             randn / sqrt(C), as VAR). Default: False.
-        adaln_kernel (str, Optional): the kernels of the gated residuals and modulated LayerNorms under autograd
-            (training): "triton" (one Triton kernel forward and one backward per branch,
-            `varbench.ops.adaln.kernel`; CUDA), "torch" (the torch form, `varbench.modules.fused`), "auto" (triton on
-            CUDA tensors, torch elsewhere). Default: "auto".
     """
 
     def __init__(self, dim: int, cond_dim: int, mixer: TokenMixer | None, intra: nn.Module | None = None,
-                 mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-6, shared_aln: bool = False,
-                 adaln_kernel: str = "auto"):
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0, norm_eps: float = 1e-6, shared_aln: bool = False):
         super().__init__()
-        if adaln_kernel not in ADALN_KERNELS:
-            raise ValueError(f"adaln_kernel={adaln_kernel!r}: valid values are {', '.join(ADALN_KERNELS)}")
-        self.dim, self.adaln_kernel = dim, adaln_kernel
+        self.dim = dim
         self.fused_elementwise = False  # fused modulate and residual (ScaleAR.set_fused_elementwise)
         self.intra = intra
         self.mixer = mixer
@@ -152,13 +142,9 @@ class AdaLNBlock(nn.Module):
         """LN(x) * (1 + scale) + shift: the input of a branch (`scale1p_B1C` is 1 + scale, as `modulation` gives it).
         Fused, and where `branch` reads it through a Linear first (its `linear_first`), it comes in that Linear's
         autocast dtype: the values it would cast it to."""
-        eps = self.ln_wo_grad.eps
-        if runs_fused(self):
-            return fused(ln_modulate)(x_BLC, scale1p_B1C, shift_B1C, eps, linear_dtype(branch, x_BLC))
-        if self.trains_kernels(x_BLC):
-            from varbench.ops.adaln.kernel import adaln_modulate
-            return adaln_modulate(x_BLC, scale1p_B1C, shift_B1C, eps, linear_dtype(branch, x_BLC))
-        return ln_modulate(x_BLC, scale1p_B1C, shift_B1C, eps)
+        if not runs_fused(self):
+            return ln_modulate(x_BLC, scale1p_B1C, shift_B1C, self.ln_wo_grad.eps)
+        return fused(ln_modulate)(x_BLC, scale1p_B1C, shift_B1C, self.ln_wo_grad.eps, linear_dtype(branch, x_BLC))
 
     def residual(self, x_BLC: torch.Tensor, y_BLC: torch.Tensor, gamma_B1C: torch.Tensor) -> torch.Tensor:
         """x + DropPath(y * gamma): the gated residual update of a branch (DropPath acts on the gate)."""
@@ -170,43 +156,30 @@ class AdaLNBlock(nn.Module):
                           scale1p_B1C: torch.Tensor, shift_B1C: torch.Tensor,
                           branch: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """`residual`, then `modulate` of the new stream for the next branch `branch`: (new stream, its input);
-        fused, or in training with the kernels (`adaln_kernel`), one kernel."""
-        eps = self.ln_wo_grad.eps
-        if runs_fused(self):
-            return fused(residual_modulate)(x_BLC, y_BLC, gamma_B1C, scale1p_B1C, shift_B1C, eps,
-                                            linear_dtype(branch, x_BLC))
-        if self.trains_kernels(x_BLC):
-            from varbench.ops.adaln.kernel import adaln_residual_modulate
-            return adaln_residual_modulate(x_BLC, y_BLC, self.drop_path(gamma_B1C), scale1p_B1C, shift_B1C, eps,
-                                           linear_dtype(branch, x_BLC))
-        x_BLC = self.residual(x_BLC, y_BLC, gamma_B1C)
-        return x_BLC, self.modulate(x_BLC, scale1p_B1C, shift_B1C)
-
-    def trains_kernels(self, x_BLC: torch.Tensor) -> bool:
-        """Whether the gated residuals and modulated LayerNorms run the Triton kernels on `x_BLC` now: under
-        autograd, as `adaln_kernel` says."""
-        if self.adaln_kernel == "triton" and not x_BLC.is_cuda:
-            raise ValueError(f"adaln_kernel=triton runs on CUDA tensors; got {x_BLC.device.type} ones (use auto or "
-                             f"torch)")
-        triton = self.adaln_kernel == "triton" or (self.adaln_kernel == "auto" and x_BLC.is_cuda)
-        return triton and torch.is_grad_enabled()
+        fused, one kernel."""
+        if not runs_fused(self):
+            x_BLC = self.residual(x_BLC, y_BLC, gamma_B1C)
+            return x_BLC, self.modulate(x_BLC, scale1p_B1C, shift_B1C)
+        return fused(residual_modulate)(x_BLC, y_BLC, gamma_B1C, scale1p_B1C, shift_B1C, self.ln_wo_grad.eps,
+                                        linear_dtype(branch, x_BLC))
 
     def branches(self) -> list[nn.Module]:
         """The block's branches in the order they run: intra-scale, inter-scale mixer, FFN (the present ones)."""
         return [branch for branch in (self.intra, self.mixer, self.ffn) if branch is not None]
 
     def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
-        """The block over the whole sequence; `cond` as in `modulation`. A branch's residual update and the next
-        branch's pre-norm are one step (`residual_modulate`), as in `step`."""
+        """The block over the whole sequence; `cond` as in `modulation`."""
         gammas, scales, shifts = self.rows(self.modulation(cond))
-        branches = self.branches()
-        h_BLC = self.modulate(x_BLC, scales[0], shifts[0], branches[0])
-        for i, branch in enumerate(branches):
-            y_BLC = branch(h_BLC) if branch is self.ffn else branch(h_BLC, layout)
-            if i + 1 == len(branches):
-                return self.residual(x_BLC, y_BLC, gammas[i])
-            x_BLC, h_BLC = self.residual_modulate(x_BLC, y_BLC, gammas[i], scales[i + 1], shifts[i + 1],
-                                                  branches[i + 1])
+        i = 0
+        if self.intra is not None:
+            x_BLC = self.residual(x_BLC, self.intra(self.modulate(x_BLC, scales[0], shifts[0]), layout),
+                                  gammas[0])
+            i = 1
+        if self.mixer is not None:
+            x_BLC = self.residual(x_BLC, self.mixer(self.modulate(x_BLC, scales[i], shifts[i]), layout),
+                                  gammas[i])
+            i += 1
+        return self.residual(x_BLC, self.ffn(self.modulate(x_BLC, scales[i], shifts[i])), gammas[i])
 
     def step(self, x_BlC: torch.Tensor, state: State, cond: torch.Tensor, layout: ScaleLayout,
              k: int) -> tuple[torch.Tensor, State]:

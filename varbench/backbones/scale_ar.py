@@ -63,16 +63,13 @@ class ScaleAR(nn.Module):
         shared_aln (bool, Optional): VAR's shared AdaLN (VAR-d36-s): one `shared_ada_lin` projection of the condition
             for the whole model plus a learned `ada_gss` offset per block, instead of an `ada_lin` per block.
             Default: False.
-        adaln_kernel (str, Optional): the blocks' kernels of their gated residuals and modulated LayerNorms in
-            training: auto (Triton on CUDA) | triton | torch (see `AdaLNBlock`). Default: "auto".
     """
 
     def __init__(self, *, mixer: Callable | None, intra: Callable | None = None, depth: int = 16,
                  width: int | None = None, num_heads: int | None = None, vocab_size: int = 4096, latent_dim: int = 32,
                  num_classes: int = 1000, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), mlp_ratio: float = 4.0,
                  drop_path_rate: float | None = None, norm_eps: float = 1e-6, cond_drop_rate: float = 0.1,
-                 cond_drop_in_eval: bool = False, init: dict | None = None, shared_aln: bool = False,
-                 adaln_kernel: str = "auto"):
+                 cond_drop_in_eval: bool = False, init: dict | None = None, shared_aln: bool = False):
         super().__init__()
         self.layout = ScaleLayout(tuple(patch_nums))
         self.depth, self.width = depth, width or 64 * depth
@@ -97,8 +94,7 @@ class ScaleAR(nn.Module):
         self.blocks = nn.ModuleList([
             AdaLNBlock(C, C, mixer(dim=C, num_heads=self.num_heads, layer_idx=i) if mixer is not None else None,
                        intra(dim=C, num_heads=self.num_heads, layer_idx=i) if intra is not None else None,
-                       mlp_ratio=mlp_ratio, drop_path=drop_rates[i], norm_eps=norm_eps, shared_aln=shared_aln,
-                       adaln_kernel=adaln_kernel)
+                       mlp_ratio=mlp_ratio, drop_path=drop_rates[i], norm_eps=norm_eps, shared_aln=shared_aln)
             for i in range(depth)
         ])
         self.head_nm = AdaLNBeforeHead(C, C, norm_eps)

@@ -155,7 +155,7 @@ def main(cfg: DictConfig) -> dict:
     out = Path(cfg.results_dir) / "bench.jsonl"
     peak = matmul_peak_tflops()
     common = dict(protocol=PROTOCOL, matmul_peak_tflops=peak, depth=cfg.model.depth, profile_steps=t.profile_steps,
-                  random_weights=True, adaln_kernel=cfg.model.get("adaln_kernel", "auto"))  # (AdaLNBlock's)
+                  random_weights=True)
     record(out, "matmul_peak", peak, "TFLOP/s", config=None, **common)
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what a child process can read alone
     failed = []
