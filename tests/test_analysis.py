@@ -932,7 +932,8 @@ def test_the_compile_time_table_pairs_each_compiled_step_with_the_eager_one_of_i
     """report/compile_time.md: the first step of each compiled step (scope and mode apart), its img/s, and the eager
     img/s of the same configuration timed by the same commit on the same GPU; never FP8 or another call's eager. The
     files Inductor's cache held before compiling (warm or cold) and torch.compile's phases of the first step beside
-    it, "—" before records said."""
+    it, "—" before records said; a cold and a warm first step, or one under first-config and one under full
+    autotuning, are rows apart."""
     from varbench.analysis.compile_time import compile_time_table
     base = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "commit": "c1"}
     compiled = {**base, "compiled": True, "value": 340.0, "timing": {"first_step_s": 57.5}}
@@ -956,6 +957,14 @@ def test_the_compile_time_table_pairs_each_compiled_step_with_the_eager_one_of_i
     table = compile_time_table(_records(tmp_path, [compiled, unpadded])).reset_index()
     assert list(zip(table["Mode"], table["Compiled (img/s)"])) == [
         ("default", 340.0), ("default [comprehensive_padding=False]", 345.0)]
+    cold = {**compiled, "compile_cache": {"dir": "/tmp/fresh", "files": 0}, "timing": {"first_step_s": 180.0},
+            "versions": {**compiled["versions"], "triton_autotune": "full"}}
+    first = {**cold, "versions": {**compiled["versions"], "triton_autotune": "first"}, "value": 290.0,
+             "timing": {"first_step_s": 110.0}}
+    warm = {**cold, "compile_cache": {"dir": "/tmp/fresh", "files": 2500}, "timing": {"first_step_s": 44.0}}
+    table = compile_time_table(_records(tmp_path, [cold, first, warm])).reset_index()
+    assert list(zip(table["Cache"], table["Autotune"], table["First step (s)"])) == [
+        ("cold", "first", 110.0), ("cold", "full", 180.0), ("warm", "full", 44.0)]
 
 
 def test_the_numerics_speed_table_pairs_each_option_with_vars_numerics_of_its_own_call_and_mode(tmp_path):
