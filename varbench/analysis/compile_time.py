@@ -9,9 +9,9 @@ so a compiled step is compared only with an eager one timed on the same machine.
 Inductor's cache held (a machine that compiled before compiles faster): "Cache files" is the number of files in it
 before compiling (`compile_cache`; 0: cold), and a cold and a warm first step of one call are rows apart ("Cache"),
 as are first-config and fully tuned Triton autotuning ("Autotune": how long the first step takes depends on it, and
-the speed after it too). "Of which torch.compile" is the part of the first step in dynamo's
-trace and Inductor's compile of the forward and backward graphs (`timing.compile_phases_s`); the rest is autotuning
-(the kernel libraries' Triton autotuners, Inductor's benchmarks) and the step. Records from before `compile_scope`
+the speed after it too). "Of which torch.compile" is the part of the first step in dynamo's trace and Inductor's
+compile of the forward and backward graphs (`timing.compile_phases_s`); the rest is autotuning (the kernel
+libraries' Triton autotuners, Inductor's benchmarks) and the step. Records from before `compile_scope`
 existed compiled the whole model; from before `timing.first_step_s`, `compile_phases_s` or `compile_cache`, "—"."""
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ def _cache_state(cache) -> str:
 
 
 def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """Per call (commit and GPU), configuration, batch, compile scope and mode: the compiled step's first step (s),
-    torch.compile's part of it (s) and img/s, the eager img/s of the same call and configuration, and compiled /
-    eager. VAR's numerics only (fp32 weights, no FP8 matmuls): the deviations are tabled in the speed tables."""
+    """Per call (commit and GPU), configuration, batch, compile scope and mode, cache (cold or warm) and autotune
+    mode: the compiled step's first step (s), torch.compile's part of it (s) and img/s, the eager img/s of the same
+    call and configuration, and compiled / eager. VAR's numerics only (fp32 weights, no FP8 matmuls): the
+    deviations are tabled in the speed tables."""
     train = var_numerics_training(df)
     if not train["compiled"].eq(True).any():
         log.warning("compile_time_table: no compiled train_images_per_s records (task=bench task.compile=true)")
