@@ -4,14 +4,14 @@ M-VAR-d16's shapes, and append one JSON line per variant to OUT (`ssd_ms`: the f
 Issue 18 goal 1: in M-VAR-d16's compiled step (H100, batch 32, session 36) `varbench::ssd_scan_bwd` took 18.4 ms and
 `ssd_scan_fwd` 5.7 ms of about 147: mamba_ssm's backward runs about ten kernels. SSD with one group is a scalar-decay
 gated linear attention: per head h_t = exp(dt_t A) h_(t-1) + (dt_t x_t) B_t^T and y_t = h_t C_t + D x_t is fla's
-simple GLA with q = C, k = B (broadcast over the heads), v = dt x, g = dt A, scale 1 and the state transposed; its
-backward runs four kernels. This script times the two.
+simple GLA with q = C, k = B (broadcast over the heads), v = dt x, g = dt A, scale 1 and the state stored v-first
+(mamba_ssm's (P, N) layout); its backward runs four kernels. This script says whether that route is worth a backend.
 
 Variants (each timed forward, then forward + backward, on the same inputs):
 - `mamba_ssm`: `varbench.ops.ssd.kernel.ssd_scan` (dt softplus, dt bias and D inside the kernels), what M-VAR runs.
-- `simple_gla`: the mapping above in eager torch around fla's `chunk_simple_gla` (`varbench.ops.ssd.simple_gla`,
-  what Mamba2's `backend: fla` runs); `kernel_ms`: fla's call alone, forward + backward, on q, k, v, g made
-  beforehand (training leaves the mapping's element-wise work to Inductor, which fuses it with its neighbours').
+- `simple_gla`: the mapping above in eager torch around `fla.ops.simple_gla.chunk_simple_gla`; `kernel_ms`: fla's
+  call alone, forward + backward, on q, k, v, g made beforehand (training would leave the mapping's element-wise
+  work to Inductor, to fuse with the projections' around it).
 Each gradient (x, dt, B, C) and the output are compared with the fp32 reference (`ssd_scan_ref`) on the same inputs:
 `max_abs_diff_*` fields. `--tiny` runs small shapes on the CPU with the pure-torch forms (`ssd_scan_ref` and fla's
 `naive_chunk_simple_gla`): a check of the mapping and the script, not a measurement.
@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from varbench.eval.timing import time_ms  # noqa: E402
 from varbench.ops.ssd.reference import ssd_scan_ref  # noqa: E402
-from varbench.ops.ssd.simple_gla import ssd_scan_simple_gla  # noqa: E402
 from varbench.utils.records import record  # noqa: E402
 
 
@@ -48,18 +47,21 @@ def mamba_ssm_scan(chunk: int, tiny: bool):
                                                        dt_softplus=True)[0]
 
 
-def simple_gla_scan(chunk: int, tiny: bool):
-    """The same scan as fla's simple GLA (`varbench.ops.ssd.simple_gla`, Mamba2's `backend: fla`): fla's kernels
-    through their custom op, or on a CPU fla's pure-torch naive form."""
-    gla = {}
+def simple_gla_scan(_chunk: int, tiny: bool):
+    """The same scan as fla's simple GLA: q = C, k = B over every head, v = dt x, g = dt A (log decay), scale 1."""
     if tiny:
-        from fla.ops.simple_gla.naive import naive_chunk_simple_gla
+        from fla.ops.simple_gla.naive import naive_chunk_simple_gla as gla
+    else:
+        from fla.ops.simple_gla import chunk_simple_gla as gla
 
-        def naive(q, k, v, g, initial_state):
-            return naive_chunk_simple_gla(q, k, v, g, initial_state=initial_state, output_final_state=True, scale=1.0)
-        gla = {"gla": naive}
-    return lambda x, dt, A, B, C, D, dt_bias: ssd_scan_simple_gla(x, dt, A, B, C, D, chunk_size=chunk, dt_bias=dt_bias,
-                                                                  dt_softplus=True, **gla)[0]
+    def scan(x_BLHP, dt_BLH, A_H, B_BLGN, C_BLGN, D_H, dt_bias_H):
+        heads = x_BLHP.shape[2]
+        dt = F.softplus(dt_BLH.float() + dt_bias_H)
+        q_BLHN, k_BLHN = (t.expand(-1, -1, heads, -1) if t.shape[2] == 1 else t for t in (C_BLGN, B_BLGN))
+        v_BLHP = (x_BLHP * dt.unsqueeze(-1)).to(x_BLHP.dtype)
+        o_BLHP = gla(q_BLHN, k_BLHN, v_BLHP, dt * A_H, scale=1.0)[0]  # fla's own chunk (64)
+        return (o_BLHP + x_BLHP * D_H.view(-1, 1)).to(x_BLHP.dtype)
+    return scan
 
 
 def inputs(batch, L, heads, head_dim, state, device, dtype):
