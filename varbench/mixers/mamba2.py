@@ -26,12 +26,9 @@ from varbench.ops.causal_conv.reference import causal_conv1d_ref
 from varbench.ops.ssd import fused_op
 from varbench.ops.ssd import kernel as ssd_kernel
 from varbench.ops.ssd.reference import ssd_scan_ref
-from varbench.ops.ssd.simple_gla import FLA_CHUNK, ssd_scan_simple_gla
 from varbench.utils.precision import at_least_fp32
 
-# "auto" takes mamba_ssm's kernels (what M-VAR runs); "fla" runs the same SSD scan as fla's simple GLA
-KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d"), "fla": cuda_and("mamba_ssm", "causal_conv1d", "fla")}
-SCANS = {"mamba_ssm": ssd_kernel.ssd_scan, "fla": ssd_scan_simple_gla, "reference": ssd_scan_ref}
+KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
 
 
 class Mamba2Mixer(CarriedScan, TokenMixer):
@@ -41,16 +38,14 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
         dim (int): model width C.
         num_heads (int, Optional): the backbone's attention heads (unused: SSD heads are E / headdim). Default: None.
         layer_idx (int, Optional): block index (unused). Default: 0.
-        backend (str, Optional): "mamba_ssm" (causal_conv1d + Triton SSD + Triton gated RMSNorm), "fla" (the
-            same, but the SSD scan as fla's `chunk_simple_gla`: varbench/ops/ssd/simple_gla.py), "reference"
+        backend (str, Optional): "mamba_ssm" (causal_conv1d + Triton SSD + Triton gated RMSNorm), "reference"
             (pure torch) or "auto" (mamba_ssm on CUDA when installed). Default: "auto".
         d_state (int, Optional): N. Default: 64 (M-VAR).
         d_conv (int, Optional): W. Default: 4.
         expand (int, Optional): E / C. Default: 2.
         headdim (int, Optional): P. Default: 64.
         ngroups (int, Optional): G, heads sharing one B and C. Default: 1.
-        chunk_size (int, Optional): SSD chunk length of mamba_ssm's kernels and the reference (fla's is 64).
-            Default: 256.
+        chunk_size (int, Optional): SSD chunk length (both backends). Default: 256.
         fused (bool, Optional): `forward` through mamba_ssm's fused `mamba_split_conv1d_scan_combined` (Mamba2's
             `use_mem_eff_path`, what M-VAR ran); `step` is always unfused. Needs backend "mamba_ssm". Default: False.
     """
@@ -66,7 +61,7 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
                  chunk_size: int = 256, fused: bool = False):
         super().__init__()
         self.choose_backend(backend, KERNELS, "mamba2")
-        if fused and (self.backend not in ("auto", "mamba_ssm") or not KERNELS["mamba_ssm"]()):
+        if fused and (self.backend == "reference" or not KERNELS["mamba_ssm"]()):
             raise ValueError(f"mamba2: fused=True needs backend 'mamba_ssm' (or auto, with it installed and a GPU), "
                              f"got {self.backend!r}")
         self.d_inner = expand * dim
@@ -103,15 +98,15 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
     def _mix(self, x_BLC, conv_tail, ssm_state, A_H):
         """in_proj, conv, SSD scan, gated norm, out_proj from the given states (None: sequence start); `A_H` is
         `weight_terms()`'s A."""
-        backend = self.run_backend(x_BLC)
-        kernel = backend != "reference"  # conv and gated norm: mamba_ssm's and causal_conv1d's kernels
+        kernel = self.run_backend(x_BLC) == "mamba_ssm"
         Bsz, L, _ = x_BLC.shape
         z_BLE, xBC_BLF, dt_BLH = self.in_proj(x_BLC).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         conv = conv_kernel.causal_conv1d if kernel else causal_conv1d_ref
         xBC_BLF, tail = conv(xBC_BLF, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_tail, activation="silu")
         GN = self.ngroups * self.d_state
         x_BLE, B_BLGN, C_BLGN = xBC_BLF.split([self.d_inner, GN, GN], dim=-1)
-        y_BLHP, ssm = SCANS[backend](
+        scan = ssd_kernel.ssd_scan if kernel else ssd_scan_ref
+        y_BLHP, ssm = scan(
             x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, A_H,
             B_BLGN.reshape(Bsz, L, self.ngroups, self.d_state), C_BLGN.reshape(Bsz, L, self.ngroups, self.d_state),
             D=self.D, initial_state=ssm_state, chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
@@ -137,8 +132,7 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
         P, N, G = self.headdim, self.d_state, self.ngroups
         dense = 2 * L * C * self.in_proj.out_features + 2 * L * E * C
         conv = L * self.conv_dim * (2 * self.d_conv + 4) + 4 * L * H
-        chunk = FLA_CHUNK if self.backend == "fla" else self.chunk_size
-        chunks = [min(chunk, L - s) for s in range(0, L, chunk)]
+        chunks = [min(self.chunk_size, L - s) for s in range(0, L, self.chunk_size)]
         ssd = sum(2 * t * t * N * G + H * (2 * t * t * P + 4 * t * P * N + 2 * P * N) for t in chunks) + 2 * L * E
         norm = 9 * L * E
         return batch * (dense + conv + ssd + norm)
