@@ -189,6 +189,25 @@ def test_the_state_is_compared_without_a_protocol_and_no_state_wins(tmp_path):
     assert "A: analytic (no timing)" in table.attrs["legend"]
 
 
+def test_a_cost_whose_every_timing_failed_says_why_and_a_failure_measured_since_is_forgotten(tmp_path):
+    """A configuration's training failed at every resolution (its bench_error records): the cell says what failed
+    and where instead of "no record of this cost"; a sampling failure that a later run measured after all is not
+    named."""
+    refused = "Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces incorrect results. Please upgrade"
+    lines = [rec("train_images_per_s", "attention", r, ATTENTION) for r in (256, 512)]
+    lines += [rec("sample_latency_ms", m, 256, ATTENTION, minute=5) for m in ("attention", "gated_deltanet")]
+    lines += [rec("bench_error", "gated_deltanet", r, 0, error=refused, stage="train", batch=BATCH[r])
+              for r in (256, 512)]
+    lines += [rec("bench_error", "gated_deltanet", 256, 0, error="CUDA out of memory", stage="sample", batch=1,
+                  sampler="carry")]  # minute 0: the sampling record of minute 5 measured it after all
+    table = crossover_table(load(tmp_path, lines))
+    assert table.loc["gated_deltanet-d16", "Train img/s"] == (
+        "failed: train b32: Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces incorrect results (at 256 px); "
+        "train b8: Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces incorrect results (at 512 px)")
+    for cost in ("Latency b1", "Latency, large batch"):
+        assert not table.loc["gated_deltanet-d16", cost].startswith("failed")
+
+
 def test_the_figure_draws_comparable_points_only_and_never_bridges_an_unknown_resolution(tmp_path, monkeypatch):
     import math
 

@@ -35,7 +35,7 @@ import pandas as pd
 
 from varbench.analysis.load import model_label, preference_order
 from varbench.analysis.quality import KEY
-from varbench.analysis.tables import autotune_modes, timing_machines
+from varbench.analysis.tables import autotune_modes, bench_errors, timing_machines
 from varbench.registry import VAR
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ WIN, LOSS, MISSING, NOT_COMPARABLE = "win", "loss", "missing", "n/c"
 STATE_METRIC = "state_bytes_per_image"
 STATE_SOURCES = (STATE_METRIC, "analytic_cost")  # task=bench's record, task=costs' field: one formula (state_bytes)
 NO_RECORD = "no record of this cost"
+FAILED_STAGES = {"train_images_per_s": "train", "sample_latency_ms": "sample"}  # and a cell that never ran its stages
+CELL_STAGES = ("build", "process")
 
 
 @dataclass(frozen=True)
@@ -264,10 +266,32 @@ def crossover_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         tag = letters[described[(cost, protocol)]] if protocol is not None else ""
         cells.setdefault(model, {})[cost] = cell_text(crossover(points), tag)
     table = pd.DataFrame.from_dict(cells, orient="index")
-    table = table[[f.column for f in FAMILIES if f.column in table]].sort_index().rename_axis("Model")
-    table = table.fillna(NO_RECORD)  # e.g. every training step of it failed (its bench_error records say why)
+    failed = failures(df, device)
+    columns = [f.column for f in FAMILIES if f.column in table or any(cost == f.column for _, cost in failed)]
+    table = table.reindex(columns=columns).astype(object).sort_index().rename_axis("Model")
+    for (model, cost), why in failed.items():
+        if model in table.index and pd.isna(table.at[model, cost]):
+            table.at[model, cost] = why
+    table = table.fillna(NO_RECORD)
     table.attrs.update(legend=legend(letters), **provenance(df, long, device))
     return table
+
+
+def failures(df: pd.DataFrame, device=None) -> dict[tuple[str, str], str]:
+    """(model label, cost column) -> why a timed cost has no record: "failed: " and the standing bench errors of its
+    stage (`varbench.analysis.tables.bench_errors`), each with the resolutions it failed at, e.g. Gated DeltaNet's
+    training, whose fla kernel refuses Hopper GPUs under Triton 3.6."""
+    err = bench_errors(df, device)
+    out = {}
+    for family in FAMILIES:
+        if family.batch is None:
+            continue
+        mine = err[err["stage"].isin((FAILED_STAGES[family.metric], *CELL_STAGES))]
+        for (mixer, intra, depth), g in mine.groupby(["mixer", "intra", "depth"], dropna=False):
+            where = g.groupby("text", sort=False)["resolution"].agg(lambda r: "/".join(map(str, sorted(set(r)))))
+            out[(model_label(mixer, intra, depth), family.column)] = "failed: " + "; ".join(
+                f"{text} (at {px} px)" for text, px in where.items())
+    return out
 
 
 def legend(letters: dict[str, str]) -> str:
@@ -277,7 +301,9 @@ def legend(letters: dict[str, str]) -> str:
             "depth) at every comparable resolution of " + "/".join(map(str, RESOLUTIONS)) + " px (≤: unknown "
             "resolutions below it), the batch and its advantage there (x times better); none: it never overtakes "
             "up to the largest comparable resolution; missing: a side has no record; n/c: both measured, never under "
-            f"one protocol. Only fully autotuned, undisturbed timings of one stamped machine are compared. {key}.")
+            "one protocol; failed: no timing of that cost, and the bench's recorded errors (stage, batch, the "
+            "error's first sentence, where). Only fully autotuned, undisturbed timings of one stamped machine are "
+            f"compared. {key}.")
 
 
 def provenance(df: pd.DataFrame, long: pd.DataFrame, device) -> dict:

@@ -241,15 +241,25 @@ def kv_ratio(state: pd.Series) -> pd.Series:
 ERROR_CHARS = 80
 
 
-def _bench_errors(df: pd.DataFrame, device) -> pd.Series:
-    """Per configuration, the bench stages that failed (out of memory, a kernel refusing a shape) on `device`."""
+def bench_errors(df: pd.DataFrame, device=None) -> pd.DataFrame:
+    """The bench stages that failed (out of memory, a kernel refusing a shape) and that no later run of the same
+    configuration and stage measured after all, on `device` (None: any); `text`: stage, batch and the error's first
+    sentence (the full text stays in the record)."""
     err = latest(df, "bench_error")
-    err = err[(err["device"] == device) & ~_superseded(err, latest(df, TIMED))]
+    if device is not None:
+        err = err[err["device"] == device]
+    err = err[~_superseded(err, latest(df, TIMED))]
+    short = [str(e).split(". ", 1)[0][:ERROR_CHARS] for e in err["error"]]
+    text = [f"{st} b{b:g}: {e}" if pd.notna(b) else f"{st}: {e}" for st, b, e in zip(err["stage"], err["batch"], short)]
+    return err.assign(text=text)
+
+
+def _bench_errors(df: pd.DataFrame, device) -> pd.Series:
+    """Per configuration, its failed bench stages (`bench_errors`) in one cell."""
+    err = bench_errors(df, device)
     if err.empty:
         return pd.Series(dtype=object, name="Bench error")
-    short = [str(e).split(". ", 1)[0][:ERROR_CHARS] for e in err["error"]]  # the full text stays in the record
-    text = [f"{st} b{b:g}: {e}" if pd.notna(b) else f"{st}: {e}" for st, b, e in zip(err["stage"], err["batch"], short)]
-    return err.assign(t=text).groupby(KEY, dropna=False)["t"].agg("; ".join).rename("Bench error")
+    return err.groupby(KEY, dropna=False)["text"].agg("; ".join).rename("Bench error")
 
 
 def _superseded(err: pd.DataFrame, timed: pd.DataFrame) -> pd.Series:
