@@ -202,8 +202,8 @@ def test_a_cost_whose_every_timing_failed_says_why_and_a_failure_measured_since_
                   sampler="carry")]  # minute 0: the sampling record of minute 5 measured it after all
     table = crossover_table(load(tmp_path, lines))
     assert table.loc["gated_deltanet-d16", "Train img/s"] == (
-        "failed: train b32: Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces incorrect results (at 256 px); "
-        "train b8: Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces incorrect results (at 512 px)")
+        "failed: Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces incorrect results (train b32 at 256 px, "
+        "train b8 at 512 px)")
     for cost in ("Latency b1", "Latency, large batch"):
         assert not table.loc["gated_deltanet-d16", cost].startswith("failed")
 

@@ -278,19 +278,21 @@ def crossover_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
 
 
 def failures(df: pd.DataFrame, device=None) -> dict[tuple[str, str], str]:
-    """(model label, cost column) -> why a timed cost has no record: "failed: " and the standing bench errors of its
-    stage (`varbench.analysis.tables.bench_errors`), each with the resolutions it failed at, e.g. Gated DeltaNet's
-    training, whose fla kernel refuses Hopper GPUs under Triton 3.6."""
+    """(model label, cost column) -> why a timed cost has no record: "failed: " and each standing bench error of its
+    stage (`varbench.analysis.tables.bench_errors`) with the batches and resolutions it failed at, e.g. Gated
+    DeltaNet's training, whose fla kernel refuses Hopper GPUs under Triton 3.6."""
     err = bench_errors(df, device)
     out = {}
     for family in FAMILIES:
         if family.batch is None:
             continue
         mine = err[err["stage"].isin((FAILED_STAGES[family.metric], *CELL_STAGES))]
-        for (mixer, intra, depth), g in mine.groupby(["mixer", "intra", "depth"], dropna=False):
-            where = g.groupby("text", sort=False)["resolution"].agg(lambda r: "/".join(map(str, sorted(set(r)))))
+        mine = mine.assign(at=[f"{w} at {r:g} px" for w, r in zip(mine["where"], mine["resolution"])])
+        for (mixer, intra, depth), g in mine.sort_values("resolution").groupby(["mixer", "intra", "depth"],
+                                                                               dropna=False):
+            places = g.groupby("short", sort=False)["at"].agg(", ".join)
             out[(model_label(mixer, intra, depth), family.column)] = "failed: " + "; ".join(
-                f"{text} (at {px} px)" for text, px in where.items())
+                f"{error} ({at})" for error, at in places.items())
     return out
 
 

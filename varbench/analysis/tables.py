@@ -243,15 +243,15 @@ ERROR_CHARS = 80
 
 def bench_errors(df: pd.DataFrame, device=None) -> pd.DataFrame:
     """The bench stages that failed (out of memory, a kernel refusing a shape) and that no later run of the same
-    configuration and stage measured after all, on `device` (None: any); `text`: stage, batch and the error's first
-    sentence (the full text stays in the record)."""
+    configuration and stage measured after all, on `device` (None: any); `short`: the error's first sentence (the
+    full text stays in the record), `where`: stage and batch, `text`: both."""
     err = latest(df, "bench_error")
     if device is not None:
         err = err[err["device"] == device]
     err = err[~_superseded(err, latest(df, TIMED))]
     short = [str(e).split(". ", 1)[0][:ERROR_CHARS] for e in err["error"]]
-    text = [f"{st} b{b:g}: {e}" if pd.notna(b) else f"{st}: {e}" for st, b, e in zip(err["stage"], err["batch"], short)]
-    return err.assign(text=text)
+    where = [f"{st} b{b:g}" if pd.notna(b) else st for st, b in zip(err["stage"], err["batch"])]
+    return err.assign(short=short, where=where, text=[f"{w}: {e}" for w, e in zip(where, short)])
 
 
 def _bench_errors(df: pd.DataFrame, device) -> pd.Series:
