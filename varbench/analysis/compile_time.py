@@ -41,9 +41,8 @@ def _cache_files(cache) -> float:
     return cache.get("files", float("nan")) if isinstance(cache, dict) else float("nan")
 
 
-def _cache_state(cache) -> str:
+def _cache_state(files: float) -> str:
     """cold (Inductor's cache held no file before compiling), warm, or "—" (a record from before `compile_cache`)."""
-    files = _cache_files(cache)
     return "—" if pd.isna(files) else "cold" if files == 0 else "warm"
 
 
@@ -57,7 +56,8 @@ def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         log.warning("compile_time_table: no compiled train_images_per_s records (task=bench task.compile=true)")
         return pd.DataFrame()
     train = train.sort_values("date", kind="stable").astype({"batch": int})
-    train = train.assign(value=pd.to_numeric(train["value"]), cache=train["compile_cache"].map(_cache_state),
+    files = train["compile_cache"].map(_cache_files)
+    train = train.assign(value=pd.to_numeric(train["value"]), cache_files=files, cache=files.map(_cache_state),
                          tuned=train["autotune"].fillna("—"))
     compiled = train[train["compiled"].eq(True)].drop_duplicates([*CALL, "compile_scope", "compile_mode",
                                                                  "inductor_options", "cache", "tuned"], keep="last")
@@ -68,7 +68,7 @@ def compile_time_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         "Cache": compiled["cache"].to_numpy(), "Autotune": compiled["tuned"].to_numpy(),
         "First step (s)": compiled["timing"].map(_first_step_s).to_numpy(),
         "Of which torch.compile (s)": compiled["timing"].map(_torch_compile_s).to_numpy(),
-        "Cache files": compiled["compile_cache"].map(_cache_files).to_numpy(),
+        "Cache files": compiled["cache_files"].to_numpy(),
         "Compiled (img/s)": compiled["value"].to_numpy(), "Eager (img/s)": eager.reindex(keys).to_numpy()},
         index=keys)
     table["Compiled / eager"] = table["Compiled (img/s)"] / table["Eager (img/s)"]
