@@ -119,10 +119,47 @@ def same_call_ratio(calls, num: tuple, den: tuple) -> tuple[float, str]:
     return float("nan"), ""
 
 
+OTHER_GPUS = ("Measured on {} and Met on {}: the same goals read from that GPU's records alone (a row only it "
+              "measured is added, empty on {}). Issue 18's targets from the official code's timings on an H200 "
+              "(peer_speed.md) are that card's: met on another GPU, such a target is a number reached there, not the "
+              "goal; a target timed in the same call is that GPU's own.")
+
+
 def bench_goals(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """Each goal of GOALS and OFFICIAL_GOALS with the measured value (from the bench records of one GPU), whether it
-    is met, by how much it is missed, as a fraction of the target (1 - measured / target, or measured / target - 1),
-    and for OFFICIAL_GOALS the bench column it was read from (for the graphed latencies, the fastest mode's)."""
+    """Each goal of GOALS and OFFICIAL_GOALS with the measured value (from the bench records of one GPU: `device`,
+    or the one that ran most timings), whether it is met, by how much it is missed, as a fraction of the target
+    (1 - measured / target, or measured / target - 1), and for OFFICIAL_GOALS the bench column it was read from
+    (for the graphed latencies, the fastest mode's). Each other GPU with timings adds its own "Measured on" and
+    "Met on" columns (`OTHER_GPUS`): an H100's numbers are the only ones of a session no H200 was lent to."""
+    table = goals_on(df, device)
+    if table.empty:
+        return table
+    main = table.attrs["device"]
+    others = [d for d in latest(df, TIMED)["device"].value_counts().index if d != main]
+    for other in others:
+        table = beside_gpu(table, goals_on(df, other), other)
+    if others:
+        table.attrs["legend"] = " ".join(OTHER_GPUS.format(d, d, main) for d in others)
+    return table
+
+
+def beside_gpu(table: pd.DataFrame, theirs: pd.DataFrame, gpu: str) -> pd.DataFrame:
+    """`table` with `theirs`' Measured and Met as "Measured on GPU" / "Met on GPU", and the goals only `theirs` has
+    (the same-call goals of a GPU the official code was timed on) as rows of their own, "—" in `table`'s cells."""
+    if theirs.empty:
+        return table
+    extra = theirs.index.difference(table.index, sort=False)
+    out = table.reindex(table.index.append(extra))
+    if len(extra):
+        out.loc[extra, ["Target", "Met", "Read from"]] = [[theirs.at[g, "Target"], "—", ""] for g in extra]
+    out[f"Measured on {gpu}"] = theirs["Measured"].reindex(out.index)
+    out[f"Met on {gpu}"] = theirs["Met"].reindex(out.index).fillna("—")
+    out.attrs = dict(table.attrs)
+    return out
+
+
+def goals_on(df: pd.DataFrame, device=None) -> pd.DataFrame:
+    """`bench_goals` of one GPU's records (`device`, or the one that ran most timings)."""
     frame = config_frame(df, device, samplers=("carry", "prefix_rerun"))
     if frame.empty:
         log.warning("bench_goals: no bench records")

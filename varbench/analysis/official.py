@@ -25,7 +25,7 @@ OFFICIAL = "official_var"
 GIB = 2 ** 30
 # a mixer or intra variant's options that choose kernels only (the same math on other kernels), as records name them;
 # mamba2's chunk_size is the SSD kernels' tiling: the chunked scan is exact for every chunk length
-KERNEL_OPTIONS = r"(\[((backend|together_below|sdpa_kernels|qk_norm|chunk_size)=[\w+]+,?)+\])?"
+KERNEL_OPTIONS = r"(\[((backend|together_below|sdpa_kernels|qk_norm|chunk_size|conv_backend|fused)=[\w+]+,?)+\])?"
 
 
 def same_math(name: str, base: str) -> bool:
