@@ -217,6 +217,20 @@ def test_a_goal_ratio_divides_two_timings_of_one_call(tmp_path):
     assert row["Measured"] == pytest.approx(1.5) and row["Read from"] == "one call: aaaaaaa on nvidia-h200"
 
 
+def test_a_call_whose_timings_were_all_superseded_is_no_call_of_the_goal_ratios(tmp_path, caplog):
+    """A device call whose every timing was superseded (a defect fixed since) has no timing to pair: the ratios skip
+    it without a warning that the GPU has no timings (the report logged one per such call)."""
+    var = {**real_one(metric="sample_latency_ms", mixer="attention", batch=64), "commit": "a" * 40,
+           "machine": "nvidia-h200", "date": "2099-01-01T00:00:00+00:00"}
+    lines = [var, {**var, "mixer": "mamba2", "intra": "full", "value": var["value"] * 1.5},
+             {**var, "commit": "b" * 40, "date": "2099-01-02T00:00:00+00:00", "superseded": "a defect fixed since"}]
+    with caplog.at_level(logging.WARNING):
+        row = bench_goals(_records(tmp_path, lines)).loc[
+            "M-VAR-d16 / VAR-d16 sampling latency, carried state vs KV cache (b64, 256 px)"]
+    assert row["Measured"] == pytest.approx(1.5) and row["Read from"] == "one call: aaaaaaa on nvidia-h200"
+    assert "no timings on device" not in caplog.text
+
+
 def test_issue_18_goals_set_each_measurement_against_the_official_code_s(tmp_path):
     """The goals of issue 18 (targets from the official code's numbers on the same GPU kind) read the bench's own
     columns: graphed and eager latencies per sampler configuration and batch, the eager sampling peak in GiB."""

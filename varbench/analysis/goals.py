@@ -98,10 +98,12 @@ def read_goal(frame: pd.DataFrame, key: tuple, column: str, higher: bool) -> tup
 
 
 def call_frames(df: pd.DataFrame, device, samplers) -> list[tuple[pd.DataFrame, str]]:
-    """The bench frame of each device call (one commit on one machine) that timed on `device`, newest call first,
-    each with its name ("one call: <commit> on <machine>")."""
+    """The bench frame of each device call (one commit on one machine) that timed on `device` (a timing neither
+    disturbed nor superseded: a call of such timings only has none to show), newest call first, each with its name
+    ("one call: <commit> on <machine>")."""
     frame = df.assign(commit=df["commit"].fillna("unknown"), machine=df["machine"].fillna("an unnamed machine"))
-    timed = frame[frame["metric"].isin(TIMED) & (frame["device"] == device)]
+    timed = frame[frame["metric"].isin(TIMED) & (frame["device"] == device)
+                  & frame["disturbed"].isna() & frame["superseded"].isna()]
     newest_first = timed.groupby(["commit", "machine"])["date"].max().sort_values(ascending=False).index
     calls = frame.groupby(["commit", "machine"])
     return [(speed_wide(calls.get_group(call), device, samplers), f"one call: {call[0][:7]} on {call[1]}")
