@@ -44,6 +44,8 @@
 # Each step runs under its own `timeout` (a bench cell is killed by the bench 15 s before), tee'd to OUT/<step>.log,
 # its status a JSON line of OUT/steps.jsonl (benchmarks/gpu_step.sh); the script goes on after a failed step and
 # exits with the number of failed steps. Measurement records (JSON lines) go under OUT.
+# MAMBA2_OPTIONS (e.g. "fit_chunk:true") adds options of M-VAR's mamba2 mixer (varbench/mixers/mamba2.py) to the
+# mvar_graphs and mvar_fused steps.
 # Usage (after `. benchmarks/gpu_setup.sh`): bash benchmarks/gpu_check_s16.sh OUT     DRY=1 prints the commands.
 # Limits (seconds, 540 in all by default) can be moved: TESTS_S=80 DECODE_S=80 PROFILE_S=60 GRAPHS_S=90
 # EXPANDABLE_S=80 EAGER_S=100 DECODE_BY_S=80 FUSED_S=130.
@@ -53,6 +55,8 @@ TESTS_S=${TESTS_S:-80} DECODE_S=${DECODE_S:-80} PROFILE_S=${PROFILE_S:-60} GRAPH
 EXPANDABLE_S=${EXPANDABLE_S:-80} EAGER_S=${EAGER_S:-100} DECODE_BY_S=${DECODE_BY_S:-80} FUSED_S=${FUSED_S:-130}
 STEPS=${STEPS:-tests decode_modes profile var_graphs mvar_graphs var_expandable} GRAPHS_DECODE=${GRAPHS_DECODE:-graphs}
 FAILED=0
+MVAR=("[mamba2,full]")  # the M-VAR steps' configuration and overrides
+[ -n "${MAMBA2_OPTIONS:-}" ] && MVAR+=("task.mixer_options={mamba2:{$MAMBA2_OPTIONS}}")
 sampling() {  # limit, configuration, batches, more overrides: task=bench's sampling stage alone, fully autotuned
   echo python run.py task=bench model=var_d16 "task.configs=[$2]" autotune=full "results_dir=$OUT" \
     task.train_batch=null "task.sample_batches={256:[$3]}" "task.rerun_baseline=[]" task.allow_failed_cells=true \
@@ -85,14 +89,14 @@ done; fi
 asked var_graphs && step var_graphs "$GRAPHS_S" $(sampling "$GRAPHS_S" "[attention,none]" 1,64 \
   task.cuda_graphs=true task.decode_mode=$GRAPHS_DECODE)
 # shellcheck disable=SC2046
-asked mvar_graphs && step mvar_graphs "$GRAPHS_S" $(sampling "$GRAPHS_S" "[mamba2,full]" 1,64 task.cuda_graphs=true \
-  task.decode_mode=$GRAPHS_DECODE)
+asked mvar_graphs && step mvar_graphs "$GRAPHS_S" $(sampling "$GRAPHS_S" "${MVAR[0]}" 1,64 task.cuda_graphs=true \
+  task.decode_mode=$GRAPHS_DECODE "${MVAR[@]:1}")
 # shellcheck disable=SC2046
 asked var_fused && step var_fused "$FUSED_S" $(sampling "$FUSED_S" "[attention,none]" 1,64 task.cuda_graphs=true \
   task.decode_mode=$GRAPHS_DECODE task.fused_elementwise=true)
 # shellcheck disable=SC2046
-asked mvar_fused && step mvar_fused "$FUSED_S" $(sampling "$FUSED_S" "[mamba2,full]" 1,64 task.cuda_graphs=true \
-  task.decode_mode=$GRAPHS_DECODE task.fused_elementwise=true)
+asked mvar_fused && step mvar_fused "$FUSED_S" $(sampling "$FUSED_S" "${MVAR[0]}" 1,64 task.cuda_graphs=true \
+  task.decode_mode=$GRAPHS_DECODE task.fused_elementwise=true "${MVAR[@]:1}")
 # shellcheck disable=SC2046
 asked var_expandable && PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step var_expandable "$EXPANDABLE_S" \
   $(sampling "$EXPANDABLE_S" "[attention,none]" 64 task.cuda_graphs=false task.decode_mode=eager)

@@ -5,7 +5,8 @@ scale).
 
 mamba_ssm sizes its kernels' grids by the chunk length, not by the tokens: a scale of l tokens in a chunk of 256
 launches the programs of 256 rows, the rows past l masked but computed. Every VAR scale fits one chunk of 256, so a
-chunk of the next power of two >= l (at least 16) is the same one-chunk scan over fewer padded rows.
+chunk of the next power of two >= l (at least 16) is the same one-chunk scan over fewer padded rows (mamba2's
+`fit_chunk`, whose `fitted_chunk` this uses).
 
 Records, appended to OUT, per scale (l = p * p tokens for VAR's patch numbers) and chunk (`configured`: 256;
 `fitted`): `ssd_step_us`, the scan from a carried fp32 state (batch 128: 64 images and their CFG twins; 32 heads of
@@ -30,16 +31,12 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from varbench.mixers.mamba2 import fitted_chunk  # noqa: E402
 from varbench.ops.ssd.reference import ssd_scan_ref  # noqa: E402
 from varbench.utils.records import record  # noqa: E402
 
 PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR-d16's scales at 256 px
 CALLS = 20  # scans per graph: one replay's time / CALLS is one scan's
-
-
-def fitted_chunk(tokens: int, chunk: int) -> int:
-    """The next power of two >= tokens, at least 16 (the kernels' smallest tile), at most `chunk`."""
-    return min(chunk, max(16, 1 << (tokens - 1).bit_length()))
 
 
 def step_inputs(batch, tokens, heads, head_dim, d_state, device, dtype):

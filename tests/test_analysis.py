@@ -497,11 +497,12 @@ def test_the_official_goals_read_varbench_s_math_on_other_kernels_too_and_name_t
 
 
 @pytest.mark.parametrize("options", [{"chunk_size": 128}, {"chunk_size": 128, "fused": True},
-                                     {"conv_backend": "torch"}])
+                                     {"conv_backend": "torch"}, {"fit_chunk": True}])
 def test_m_var_s_goal_counts_its_math_on_other_kernels(tmp_path, options):
     """mamba2[chunk_size=128] (the SSD kernels' tiling; the chunked scan is exact for every chunk length), the
-    whole-layer kernel (fused=true, M-VAR's own use_mem_eff_path) and the depthwise conv in torch are M-VAR's math:
-    each counts for M-VAR's training goal, and the source names it; another d_state is other math and never does."""
+    whole-layer kernel (fused=true, M-VAR's own use_mem_eff_path), the depthwise conv in torch and chunks fitted to
+    short scans (fit_chunk) are M-VAR's math: each counts for M-VAR's training goal, and the source names it;
+    another d_state is other math and never does."""
     train = {**real_one(metric="train_images_per_s", mixer="attention", batch=32), "mixer": "mamba2", "intra": "full",
              "compiled": True, "value": 238.0}
     lines = [train, {**train, "mixer_options": options, "value": 241.0},

@@ -443,6 +443,22 @@ def test_gpu_check_s16_fused_steps_sample_var_and_mvar_with_the_fused_chains_and
     assert "task.fused_elementwise=true" not in default
 
 
+def test_gpu_check_s16_gives_the_m_var_sampling_steps_the_mamba2_options_asked(tmp_path):
+    """MAMBA2_OPTIONS reaches the mamba2 mixer of mvar_graphs and mvar_fused (composing), never VAR's steps."""
+    out = bash("benchmarks/gpu_check_s16.sh", str(tmp_path),
+               env={"DRY": "1", "STEPS": "var_fused mvar_graphs mvar_fused", "MAMBA2_OPTIONS": "fit_chunk:true"})
+    assert out.returncode == 0, out.stderr
+    commands = [shlex.split(line) for line in out.stdout.splitlines()]
+    (var,) = [argv for argv in commands if "task.configs=[[attention,none]]" in argv]
+    mvar = [argv for argv in commands if "task.configs=[[mamba2,full]]" in argv]
+    assert not any("mixer_options" in word for word in var) and len(mvar) == 2
+    for argv in mvar:
+        check = subprocess.run([sys.executable, *argv[3:], "--cfg", "job"], cwd=REPO, capture_output=True, text=True,
+                               env=ENV, timeout=300)
+        assert check.returncode == 0, check.stderr[-2000:]
+        assert "configs:\n  - - mamba2" in check.stdout and "mamba2:\n      fit_chunk: true" in check.stdout
+
+
 def test_gpu_check_s16_train_times_var_on_flex_then_on_sdpa_scales_in_one_call(tmp_path):
     """benchmarks/gpu_check_s16_train.sh with DRY=1: its limits sum to <= 540 s; VAR-d16's compiled training at batch
     32, no sampling stage, first on the default attention backend, then with attention's backend sdpa_scales (a

@@ -122,6 +122,46 @@ def test_mamba2_mixer_matches_sequential_fp64():
     assert m.state_bytes(layout, 2, F64) == state_nbytes(state)
 
 
+def test_with_fit_chunk_each_step_scans_in_the_chunk_fitted_to_its_scale_and_gives_the_same_outputs(monkeypatch):
+    """fit_chunk: a scale's step scans in the next power of two >= its tokens (at least 16, at most chunk_size), the
+    whole sequence in chunk_size; the same one-chunk math, so the steps' outputs and state are those without it."""
+    import varbench.mixers.mamba2 as mamba2
+    torch.manual_seed(0)
+    plain = Mamba2Mixer(dim=32, backend="reference", d_state=16, headdim=16, chunk_size=64).double()
+    fitted = Mamba2Mixer(dim=32, backend="reference", d_state=16, headdim=16, chunk_size=64, fit_chunk=True).double()
+    fitted.load_state_dict(plain.state_dict())
+    layout = ScaleLayout((1, 2, 3, 4, 6, 8, 10))  # 1, 4, 9, 16, 36, 64 and 100 tokens
+    u = torch.randn(2, layout.L, 32, dtype=F64)
+    chunks = []
+    monkeypatch.setattr(mamba2, "ssd_scan_ref", lambda *a, chunk_size, **kw: chunks.append(chunk_size)
+                        or ssd_scan_ref(*a, chunk_size=chunk_size, **kw))
+    with torch.no_grad():
+        y_plain, state_plain = run_steps(plain, u, layout)
+        del chunks[:]
+        y_fitted, state_fitted = run_steps(fitted, u, layout)
+        assert chunks == [16, 16, 16, 16, 64, 64, 64]
+        fitted(u, layout)
+    assert chunks[-1] == 64  # the whole sequence (294 tokens): chunk_size's chunks
+    assert torch.equal(y_fitted, y_plain) and torch.equal(state_fitted["ssm"], state_plain["ssm"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device and mamba_ssm")
+def test_on_cuda_fit_chunk_steps_give_mamba_ssm_s_outputs_of_the_configured_chunk():
+    """The kernels' grids shrink with the fitted chunk (benchmarks/ssd_scales.py times it); their outputs stay those
+    of the configured chunk, every scale of M-VAR-d16's layout under bf16 autocast."""
+    torch.manual_seed(0)
+    plain = Mamba2Mixer(dim=256, backend="mamba_ssm").cuda()
+    fitted = Mamba2Mixer(dim=256, backend="mamba_ssm", fit_chunk=True).cuda()
+    fitted.load_state_dict(plain.state_dict())
+    layout = ScaleLayout((1, 2, 3, 4, 5, 6, 8, 10, 13, 16))
+    u = torch.randn(4, layout.L, 256, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        y_plain, state_plain = run_steps(plain, u, layout)
+        y_fitted, state_fitted = run_steps(fitted, u, layout)
+    torch.testing.assert_close(y_fitted, y_plain)
+    torch.testing.assert_close(state_fitted["ssm"], state_plain["ssm"])
+
+
 def test_mamba2_parameters_match_mvar_d16():
     # mamba.* rows of shared/compat/mvar_d16_keys.tsv (C = 1024), in state-dict order
     expected = {"dt_bias": (32,), "A_log": (32,), "D": (32,), "in_proj.weight": (4256, 1024),

@@ -24,9 +24,11 @@ log = logging.getLogger(__name__)
 OFFICIAL = "official_var"
 GIB = 2 ** 30
 # a mixer or intra variant's options that choose kernels only (the same math on other kernels), as records name them;
-# mamba2's chunk_size is the SSD kernels' tiling: the chunked scan is exact for every chunk length; its fused
-# (mamba_ssm's whole-layer kernel, M-VAR's own use_mem_eff_path) and conv_backend pick kernels of the same layer
-KERNEL_OPTIONS = r"(\[((backend|together_below|sdpa_kernels|qk_norm|chunk_size|conv_backend|fused)=[\w+]+,?)+\])?"
+# mamba2's chunk_size and fit_chunk are the SSD kernels' tiling: the chunked scan is exact for every chunk length;
+# its fused (mamba_ssm's whole-layer kernel, M-VAR's own use_mem_eff_path) and conv_backend pick kernels of the
+# same layer
+KERNEL_OPTIONS = (r"(\[((backend|together_below|sdpa_kernels|qk_norm|chunk_size|fit_chunk|conv_backend|fused)"
+                  r"=[\w+]+,?)+\])?")
 
 
 def same_math(name: str, base: str) -> bool:

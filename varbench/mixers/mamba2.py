@@ -31,6 +31,12 @@ from varbench.utils.precision import at_least_fp32
 KERNELS = {"mamba_ssm": cuda_and("mamba_ssm", "causal_conv1d")}
 
 
+def fitted_chunk(tokens: int, chunk: int) -> int:
+    """The chunk fitted to a scan of `tokens`: the next power of two >= tokens, at least 16 (the kernels' smallest
+    tile), at most `chunk`."""
+    return min(chunk, max(16, 1 << (tokens - 1).bit_length()))
+
+
 class Mamba2Mixer(CarriedScan, TokenMixer):
     """M-VAR's Mamba2 branch with an explicit, carried state.
 
@@ -48,6 +54,9 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
         chunk_size (int, Optional): SSD chunk length (both backends). Default: 256.
         fused (bool, Optional): `forward` through mamba_ssm's fused `mamba_split_conv1d_scan_combined` (Mamba2's
             `use_mem_eff_path`, what M-VAR ran); `step` is always unfused. Needs backend "mamba_ssm". Default: False.
+        fit_chunk (bool, Optional): a scan over at most `chunk_size` tokens (every scale's step; a short sequence)
+            runs in a chunk fitted to it (`fitted_chunk`): the same one-chunk scan over fewer padded rows, for
+            mamba_ssm sizes its kernels' grids by the chunk, not by the tokens. Default: False.
     """
 
     within_scale = "causal"
@@ -58,7 +67,7 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
 
     def __init__(self, dim: int, num_heads: int | None = None, layer_idx: int = 0, backend: str = "auto",
                  d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
-                 chunk_size: int = 256, fused: bool = False):
+                 chunk_size: int = 256, fused: bool = False, fit_chunk: bool = False):
         super().__init__()
         self.choose_backend(backend, KERNELS, "mamba2")
         if fused and (self.backend == "reference" or not KERNELS["mamba_ssm"]()):
@@ -70,6 +79,7 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
                              f"their number divisible by ngroups={ngroups}")
         self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
         self.nheads, self.chunk_size, self.fused = self.d_inner // headdim, chunk_size, fused
+        self.fit_chunk = fit_chunk
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
         # created in mamba_ssm.Mamba2's order, so a seed gives the same initial values as the library
         # in_proj output order [z, x, B, C, dt]
@@ -109,10 +119,15 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
         y_BLHP, ssm = scan(
             x_BLE.reshape(Bsz, L, self.nheads, self.headdim), dt_BLH, A_H,
             B_BLGN.reshape(Bsz, L, self.ngroups, self.d_state), C_BLGN.reshape(Bsz, L, self.ngroups, self.d_state),
-            D=self.D, initial_state=ssm_state, chunk_size=self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
+            D=self.D, initial_state=ssm_state, chunk_size=self.scan_chunk(L), dt_bias=self.dt_bias, dt_softplus=True,
         )
         y_BLE = self.norm(y_BLHP.reshape(Bsz, L, self.d_inner), z_BLE, kernel=kernel)
         return self.out_proj(y_BLE), tail, ssm
+
+    def scan_chunk(self, tokens: int) -> int:
+        """The SSD chunk of a scan over `tokens`: `chunk_size`, or with `fit_chunk` the chunk fitted to them (which
+        is `chunk_size` for more tokens than one chunk holds)."""
+        return fitted_chunk(tokens, self.chunk_size) if self.fit_chunk else self.chunk_size
 
     def _fused_forward(self, x_BLC):
         return fused_op.mamba2_fused_forward(
