@@ -7,8 +7,9 @@ with. `load_run` rebuilds both from it; task=sample, task=evaluate and `varbench
 The rules (issue 15):
 - The run decides. Config keys the user did not set are taken from the run. A key the user set (on the command
   line) to a value that contradicts the run is an error naming both values. Free to differ: kernel choices
-  (`backend`, `mode`, `fused`, `chunk_size`: how a mixer computes, not what), training-only knobs (drop path, class
-  dropout, init), the `train` group, and the data set's location and sizes (not its kind or its classes).
+  (`backend`, `mode`, `fused`, `chunk_size`, `fit_chunk`: how a mixer computes, not what), training-only knobs
+  (drop path, class dropout, init), the `train` group, and the data set's location and sizes (not its kind or its
+  classes).
 - The tokenizer is the run's: a `tokenizer.checkpoint` the user gives must have the sha256 the run recorded.
 - Nothing is built with random weights. A checkpoint without a spec (written before specs existed) is refused
   unless the caller asks by name for the command line's architecture (`task.architecture_from_command_line=true`),
@@ -39,7 +40,7 @@ from varbench.utils.precision import autocast_dtype, hold_linear_weights_in
 from varbench.utils.run_spec import FORMAT, read_spec, relative_if_inside, tokenizer_path
 
 SPEC_GROUPS = ("model", "mixer", "intra", "tokenizer", "data", "train")
-KERNEL_KEYS = frozenset({"backend", "mode", "fused", "chunk_size"})
+KERNEL_KEYS = frozenset({"backend", "mode", "fused", "chunk_size", "fit_chunk"})
 FREE_KEYS = ("model.drop_path_rate", "model.cond_drop_rate", "model.init", "tokenizer.checkpoint", "train")
 DATA_IDENTITY = ("data._target_", "data.num_classes", "data.name")
 RUN_TOKENIZER = "tokenizer.safetensors"  # under run_dir/checkpoints: the seeded random tokenizer of a run without one
