@@ -146,20 +146,29 @@ def test_with_fit_chunk_each_step_scans_in_the_chunk_fitted_to_its_scale_and_giv
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device and mamba_ssm")
-def test_on_cuda_fit_chunk_steps_give_mamba_ssm_s_outputs_of_the_configured_chunk():
-    """The kernels' grids shrink with the fitted chunk (benchmarks/ssd_scales.py times it); their outputs stay those
-    of the configured chunk, every scale of M-VAR-d16's layout under bf16 autocast."""
+def test_on_cuda_fit_chunk_steps_stay_within_mamba_ssm_s_own_error():
+    """The fitted chunk changes mamba_ssm's tiling and so its summation order (session 45, H100: 3 of 696,320 bf16
+    outputs a rounding apart from the configured chunk's), never the math: at every scale of M-VAR-d16's layout under
+    bf16 autocast, the fitted and configured chunks' steps differ by less than the configured chunk's steps differ
+    from the float64 reference scan (the oracle). A wrong fitted scan (a lost carried state, a token cut off) differs
+    by the outputs' own size."""
     torch.manual_seed(0)
     plain = Mamba2Mixer(dim=256, backend="mamba_ssm").cuda()
     fitted = Mamba2Mixer(dim=256, backend="mamba_ssm", fit_chunk=True).cuda()
+    oracle = Mamba2Mixer(dim=256, backend="reference").cuda().double()
     fitted.load_state_dict(plain.state_dict())
+    oracle.load_state_dict(plain.state_dict())
     layout = ScaleLayout((1, 2, 3, 4, 5, 6, 8, 10, 13, 16))
     u = torch.randn(4, layout.L, 256, device="cuda")
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        y_plain, state_plain = run_steps(plain, u, layout)
-        y_fitted, state_fitted = run_steps(fitted, u, layout)
-    torch.testing.assert_close(y_fitted, y_plain)
-    torch.testing.assert_close(state_fitted["ssm"], state_plain["ssm"])
+    with torch.no_grad():
+        y_oracle, state_oracle = run_steps(oracle, u.double(), layout)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y_plain, state_plain = run_steps(plain, u, layout)
+            y_fitted, state_fitted = run_steps(fitted, u, layout)
+    for fitted_out, plain_out, oracle_out in ((y_fitted, y_plain, y_oracle),
+                                              (state_fitted["ssm"], state_plain["ssm"], state_oracle["ssm"])):
+        kernel_error = (plain_out.double() - oracle_out).abs().max()
+        assert (fitted_out.double() - plain_out.double()).abs().max() < kernel_error
 
 
 def test_mamba2_parameters_match_mvar_d16():

@@ -12,7 +12,8 @@ _MISSING = "<absent>"
 # existed resumes under it at that value
 ADDED_KEYS_AT_OLD_BEHAVIOUR = {"train.compile_scope": "model", "train.tf32": False, "train.compile_mode": "default",
                                "mixer.together_below": 64, "mixer.sdpa_kernels": None, "mixer.qk_norm": "auto",
-                               "intra.together_below": 64, "intra.sdpa_kernels": None, "intra.qk_norm": "auto"}
+                               "intra.together_below": 64, "intra.sdpa_kernels": None, "intra.qk_norm": "auto",
+                               "mixer.fit_chunk": False}
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict:
