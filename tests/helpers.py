@@ -1,6 +1,11 @@
-"""Builders shared by the tests: a tiny tokenizer, tiny ScaleAR models of any registered mixer, random images."""
+"""Builders shared by the tests: a tiny tokenizer, tiny ScaleAR models of any registered mixer, random images, a
+benchmark script as a module."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -9,6 +14,15 @@ from varbench.registry import factory, load_option
 from varbench.tokenizers import MultiScaleVQVAE
 
 TINY_PN = (1, 2, 3, 4)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """benchmarks/<name>.py loaded as a module (benchmarks/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_tokenizer(patch_nums=TINY_PN, vocab_size=64, z_channels=8) -> MultiScaleVQVAE:

@@ -5,18 +5,14 @@ bound by kernel launches and host dispatch, so every op per block and scale is p
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_model, tiny_tokenizer
+from helpers import benchmark_script, tiny_model, tiny_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from varbench.backbones.sampling import ScaleSampler, top_k_top_p_filter
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class CountOps(TorchDispatchMode):
@@ -96,7 +92,7 @@ def test_top_k_top_p_filter_masks_out_of_place_without_a_copy():
 def test_op_count_script_attributes_every_op_to_one_part():
     """benchmarks/op_count.py's labelled count of a generation adds up to every op the generation dispatches, with
     each per-block part counted at every scale, so its per-part records are a partition of the total."""
-    op_count, vae = op_count_module(), tiny_tokenizer()
+    op_count, vae = benchmark_script("op_count"), tiny_tokenizer()
     model = tiny_model("attention", depth=2, vae=vae)
     counter, everything = op_count.OpCounter(), CountOps()
     sampler = ScaleSampler(model, vae, cfg=1.5, top_k=10, top_p=0.9)
@@ -109,17 +105,10 @@ def test_op_count_script_attributes_every_op_to_one_part():
     assert records["decode"]["value"] > 0 and records["block.ada_lin"]["per_scale"] == [2 * 3]  # SiLU, t, addmm
 
 
-def op_count_module():
-    spec = importlib.util.spec_from_file_location("op_count", REPO / "benchmarks" / "op_count.py")
-    op_count = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(op_count)
-    return op_count
-
-
 def test_python_calls_are_counted_per_generation_the_same_every_time_and_grow_with_the_blocks():
     """op_count's `python_call_record`: the Python calls of one generation (the scale loop, decode excluded) are a
     count, not a timing: the same for two generations of other draws, and larger with more blocks to step."""
-    op_count, vae = op_count_module(), tiny_tokenizer()
+    op_count, vae = benchmark_script("op_count"), tiny_tokenizer()
     calls = {}
     for depth in (2, 3):
         sampler = ScaleSampler(tiny_model("attention", depth=depth, vae=vae), vae, cfg=1.5, top_k=10, top_p=0.9)

@@ -4,31 +4,23 @@ intervals. Its GPU-only half (host syncs by call site) runs on the device machin
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from helpers import benchmark_script
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("sample_profile", REPO / "benchmarks/sample_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TINY = ["--width", "64", "--ch", "32", "--warmup", "1", "--repeats", "1"]  # a small model, one timed generation
 
 
 def test_busy_time_is_the_union_of_kernel_intervals():
-    busy_ms = load_script().busy_ms
+    busy_ms = benchmark_script("sample_profile").busy_ms
     assert busy_ms([(0, 1000), (500, 1500), (3000, 4000), (3100, 3200)]) == pytest.approx(2.5)  # overlaps once
     assert busy_ms([]) == 0.0
 
 
 def test_the_labelled_parts_add_up_to_the_whole_generation(tmp_path):
     out = tmp_path / "profile.jsonl"
-    load_script().main([str(out), "--width", "64", "--ch", "32", "--warmup", "1", "--repeats", "1"])
+    benchmark_script("sample_profile").main([str(out), *TINY])
     records = [json.loads(line) for line in out.read_text().splitlines()]
     whole = next(r["value"] for r in records if r["metric"] == "profiled_generation_ms")
     parts = {r["part"]: r["value"] for r in records if r["metric"] == "part_time_ms"}
@@ -43,7 +35,7 @@ def test_an_mvar_profile_gives_its_mixer_and_intra_branch_parts_of_their_own(tmp
     """--model mvar: M-VAR's Mamba2 steps and intra-scale attention are labelled parts (none called attention), the
     parts still add up to the whole, and the records name the mixer and intra variant."""
     out = tmp_path / "profile.jsonl"
-    load_script().main([str(out), "--model", "mvar", "--width", "64", "--ch", "32", "--warmup", "1", "--repeats", "1"])
+    benchmark_script("sample_profile").main([str(out), "--model", "mvar", *TINY])
     records = [json.loads(line) for line in out.read_text().splitlines()]
     whole = next(r["value"] for r in records if r["metric"] == "profiled_generation_ms")
     parts = {r["part"]: r["value"] for r in records if r["metric"] == "part_time_ms"}
@@ -60,5 +52,5 @@ def test_kernels_are_summed_by_name_largest_first():
     events = [event("gemm", 0, 3000), event("norm", 3000, 4000), event("gemm", 4000, 6000),
               event("aten::mm", 0, 9000, device="CPU"),  # a host range is not a kernel,
               event("block.ffn", 0, 6000)]  # nor a labelled range's span on the GPU's timeline
-    assert load_script().kernel_totals(events) == [{"kernel": "gemm", "gpu_ms": 5.0, "calls": 2},
+    assert benchmark_script("sample_profile").kernel_totals(events) == [{"kernel": "gemm", "gpu_ms": 5.0, "calls": 2},
                                                    {"kernel": "norm", "gpu_ms": 1.0, "calls": 1}]

@@ -4,22 +4,13 @@ scan from a carried state gives the same outputs and final state with the config
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("ssd_scales", REPO / "benchmarks/ssd_scales.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import benchmark_script
 
 
 def test_the_fitted_chunk_is_the_next_power_of_two_of_the_scale_within_16_and_the_configured_chunk():
-    fitted = load_script().fitted_chunk
+    fitted = benchmark_script("ssd_scales").fitted_chunk
     assert [fitted(p * p, 256) for p in (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)] == [
         16, 16, 16, 16, 32, 64, 64, 128, 256, 256]
     assert fitted(169, 128) == 128 and fitted(300, 256) == 256  # never above the configured chunk
@@ -27,7 +18,7 @@ def test_the_fitted_chunk_is_the_next_power_of_two_of_the_scale_within_16_and_th
 
 def test_a_one_chunk_scan_from_a_carried_state_is_the_same_with_the_fitted_chunk(tmp_path):
     out = tmp_path / "ssd.jsonl"
-    load_script().main([str(out), "--tiny"])
+    benchmark_script("ssd_scales").main([str(out), "--tiny"])
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert {(r["tokens"], r["chunk_kind"]) for r in records} == {
         (t, kind) for t in (1, 4, 25) for kind in ("configured", "fitted")}
