@@ -46,6 +46,15 @@ def test_a_key_added_later_keeps_the_ids_of_cells_composed_before_it_unless_set_
     assert grid.cell_id(_composed("mixer=gla", "seed=0", f"train.{key}={other}")) != now
 
 
+def test_a_kernel_tiling_of_the_same_sum_is_not_part_of_the_cell_id_and_its_neighbour_options_are():
+    """mamba2's fit_chunk (TILING_KEYS) runs a step's scan in a smaller chunk, the same sum: a cell done at either
+    value is done; chunk_size and d_state, in the same group, still give other ids."""
+    fitted = grid.cell_id(_composed("mixer=mamba2", "seed=0"))
+    assert fitted == grid.cell_id(_composed("mixer=mamba2", "seed=0", "mixer.fit_chunk=false"))
+    assert fitted != grid.cell_id(_composed("mixer=mamba2", "seed=0", "mixer.chunk_size=128"))
+    assert fitted != grid.cell_id(_composed("mixer=mamba2", "seed=0", "mixer.d_state=32"))
+
+
 def test_editing_a_yaml_default_changes_the_cell_id():
     cfg = _composed("mixer=gla", "seed=0")
     before = grid.cell_id(cfg)

@@ -73,6 +73,20 @@ def test_a_key_added_since_the_save_resumes_at_its_old_behaviour_and_at_no_other
         "train.unknown": ("<absent>", 1)}  # a key the table does not name stays a change
 
 
+def test_a_kernel_tiling_of_the_same_sum_may_change_on_resume():
+    """TILING_KEYS (mamba2's fit_chunk) are resumable: a run saved before the key existed, or at the other value,
+    resumes; the mixer's other keys stay changes that refuse it."""
+    from varbench.training.checkpoints import RESUMABLE
+    from varbench.utils.resume import changed_keys
+    saved = {"mixer": {"chunk_size": 256}, "train": {"steps": 2}}
+    for now_fit in (True, False):
+        now = {"mixer": {"chunk_size": 256, "fit_chunk": now_fit}, "train": {"steps": 2}}
+        assert changed_keys(saved, now, RESUMABLE) == {}
+        assert changed_keys({**saved, "mixer": {"chunk_size": 256, "fit_chunk": not now_fit}}, now, RESUMABLE) == {}
+    assert changed_keys(saved, {"mixer": {"chunk_size": 128, "fit_chunk": True}, "train": {"steps": 2}},
+                        RESUMABLE) == {"mixer.chunk_size": (256, 128)}
+
+
 @pytest.mark.parametrize("override,key", [("train.batch_size=4", "train.batch_size"), ("seed=1", "seed"),
                                           ("train.base_lr=0.1", "train.base_lr"),
                                           ("data.size_per_class=3", "data.size_per_class")])

@@ -2,16 +2,17 @@
 
 A cell is one job of a sweep. Its id is a short hash of its composed config (every default and override, before
 interpolations are resolved; `hydra`, the cluster it ran on, `results_dir`, `run_dir`, `cell_id` and `dry_run` left
-out: they do not change what it computes; a given `tokenizer.checkpoint` enters by its content, `tokenizer_id`, as
-well as its path; a key added later enters only at a value other than the one that computes what cells did before it),
-so a re-run of the grid, a requeued Slurm job and a dry run all name the same cell the same way, and editing a YAML
-default gives the affected cells new ids. A cell's folder (its Hydra output dir and its run_dir: checkpoints, samples,
-logs) is `runs/cells/<results namespace>/<cell_id>` (set by the grid files), so a re-run resumes, and a grid recording
-into another results_dir never reuses these checkpoints. Markers under `<results_dir>/cells/<cell_id>/`: `done.json`
-once every step of the cell ran (a re-run skips it), `failed.json` with the error's traceback tail (a re-run tries
-again); both are also appended to `<results_dir>/grid.jsonl` as `cell_complete` / `cell_failed` records. A run holds a
-lock on its run_dir, a cell also one on its marker folder (varbench/utils/lock.py): a second process gets an error
-naming the holder.
+out: they do not change what it computes, nor do the kernels' tilings of the same sum, `TILING_KEYS`; a given
+`tokenizer.checkpoint` enters by its content, `tokenizer_id`, as well as its path; a key added later enters only at a
+value other than the one that computes what cells did before it), so a re-run of the grid, a requeued Slurm job and a
+dry run all name the same cell the same way, and editing a YAML default gives the affected cells new ids. A cell's
+folder (its Hydra output dir and its run_dir: checkpoints, samples, logs) is
+`runs/cells/<results namespace>/<cell_id>` (set by the grid files), so a re-run resumes, and a grid recording into
+another results_dir never reuses these checkpoints. Markers under `<results_dir>/cells/<cell_id>/`: `done.json` once
+every step of the cell ran (a re-run skips it), `failed.json` with the error's traceback tail (a re-run tries again);
+both are also appended to `<results_dir>/grid.jsonl` as `cell_complete` / `cell_failed` records. A run holds a lock on
+its run_dir, a cell also one on its marker folder (varbench/utils/lock.py): a second process gets an error naming the
+holder.
 
 The configs read a cell's id and results folder through resolvers (`${varbench.cell_id:}`,
 `${varbench.results_namespace:<results_dir>}`), registered by varbench.resolvers.register_resolvers. This module imports
@@ -32,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from varbench.utils.hashing import file_id
 from varbench.utils.log import get_logger, is_rank_zero, job_logging
-from varbench.utils.resume import ADDED_KEYS_AT_OLD_BEHAVIOUR
+from varbench.utils.resume import ADDED_KEYS_AT_OLD_BEHAVIOUR, TILING_KEYS
 
 log = get_logger(__name__)
 
@@ -64,6 +65,9 @@ def cell_id(cfg: DictConfig) -> str:
     for dotted, old_behaviour in ADDED_KEYS_AT_OLD_BEHAVIOUR.items():  # a cell composed before a key existed keeps
         group, key = dotted.split(".")                                 # its id (and its done marker)
         if isinstance(identity.get(group), dict) and identity[group].get(key, old_behaviour) == old_behaviour:
+            identity[group].pop(key, None)
+    for group, key in (dotted.split(".") for dotted in TILING_KEYS):
+        if isinstance(identity.get(group), dict):
             identity[group].pop(key, None)
     checkpoint = (container.get("tokenizer") or {}).get("checkpoint")
     if isinstance(checkpoint, str) and Path(checkpoint).is_file():

@@ -56,7 +56,8 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
             `use_mem_eff_path`, what M-VAR ran); `step` is always unfused. Needs backend "mamba_ssm". Default: False.
         fit_chunk (bool, Optional): a scan over at most `chunk_size` tokens (every scale's step; a short sequence)
             runs in a chunk fitted to it (`fitted_chunk`): the same one-chunk scan over fewer padded rows, for
-            mamba_ssm sizes its kernels' grids by the chunk, not by the tokens. Default: False.
+            mamba_ssm sizes its kernels' grids by the chunk, not by the tokens. Default: False (mamba_ssm's tiling;
+            configs/mixer/mamba2.yaml sets true).
     """
 
     within_scale = "causal"

@@ -18,7 +18,7 @@ from varbench.utils.checkpoint import load_object, load_strict, read_state_dict,
 from varbench.utils.dist import DistInfo
 from varbench.utils.hashing import file_sha256
 from varbench.utils.log import get_logger
-from varbench.utils.resume import refuse_changed_config
+from varbench.utils.resume import TILING_KEYS, refuse_changed_config
 from varbench.utils.run_spec import read_spec, write_spec
 
 log = get_logger(__name__)
@@ -27,7 +27,8 @@ FILES = ("model.safetensors", "state.pt")  # written in this order; all present 
 # the config groups that decide what training computes; compared on resume, except the keys of RESUMABLE
 COMPARED = ("seed", "model", "mixer", "intra", "tokenizer", "data", "train")
 RESUMABLE = ("train.steps", "train.log_every", "train.nll_every", "train.nll_images", "train.ckpt_every",
-             "train.keep_last", "data.num_workers", "data.prefetch_factor")  # the loader's: same batches (data/batches)
+             "train.keep_last", "data.num_workers", "data.prefetch_factor",  # the loader's: same batches (data/batches)
+             *TILING_KEYS)
 
 
 def rng_state() -> dict:

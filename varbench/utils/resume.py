@@ -12,8 +12,10 @@ _MISSING = "<absent>"
 # existed resumes under it at that value
 ADDED_KEYS_AT_OLD_BEHAVIOUR = {"train.compile_scope": "model", "train.tf32": False, "train.compile_mode": "default",
                                "mixer.together_below": 64, "mixer.sdpa_kernels": None, "mixer.qk_norm": "auto",
-                               "intra.together_below": 64, "intra.sdpa_kernels": None, "intra.qk_norm": "auto",
-                               "mixer.fit_chunk": False}
+                               "intra.together_below": 64, "intra.sdpa_kernels": None, "intra.qk_norm": "auto"}
+# keys that choose how a kernel tiles the same sum (mamba2's fit_chunk: a step's one-chunk scan over fewer padded rows),
+# never what is computed: a grid cell is the same cell, and a run resumes, at any of their values
+TILING_KEYS = ("mixer.fit_chunk",)
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict:
