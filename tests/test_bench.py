@@ -257,6 +257,32 @@ def test_mixer_and_intra_options_override_their_yaml_and_name_their_own_configur
     assert row["model"] == "mamba2[fused=True]+full[backend=sdpa_scales]-d16"
 
 
+def test_every_record_of_a_cell_carries_the_mixer_and_intra_config_it_built(monkeypatch, tmp_path):
+    """A YAML default (mamba2's fit_chunk) leaves no mark on `mixer_options`: the record's config must name it."""
+    from hydra import compose, initialize_config_dir
+
+    from varbench.analysis.load import flatten
+    from varbench.registry import CONFIG_ROOT, load_option
+    from varbench.tasks import bench
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["task=bench", "task.isolate_cells=false",
+                                                       "task.mixer_options={mamba2:{chunk_size:128}}"])
+    plain = OmegaConf.create({g: OmegaConf.to_container(cfg[g], resolve=True) for g in ("model", "task")})
+    cells = []
+    monkeypatch.setattr(bench, "run_cell", lambda *args: cells.append(args[-1]) or 0)
+    bench.time_cell(plain, tmp_path / "bench.jsonl", "mamba2", "full", 256, {})
+    bench.time_cell(plain, tmp_path / "bench.jsonl", "gla", bench.RASTER, 256, {})
+    mvar, raster = (c["config"] for c in cells)
+    assert mvar["mixer"] == {**load_option("mixer", "mamba2"), "chunk_size": 128}
+    assert mvar["mixer"]["fit_chunk"] == load_option("mixer", "mamba2")["fit_chunk"]  # the YAML's, not set by name
+    assert mvar["intra"] == OmegaConf.to_container(load_option("intra", "full"))
+    assert mvar["model"] == OmegaConf.to_container(cfg.model, resolve=True)
+    assert set(raster) == {"model", "mixer"} and raster["mixer"] == OmegaConf.to_container(load_option("mixer", "gla"))
+    row = flatten({"metric": "sample_latency_ms", "value": 1.0, **cells[0]})
+    # the label stays what the options name
+    assert row["model"] == f"mamba2[chunk_size=128]+full-d{cfg.model.depth}" and row["config"] == mvar
+
+
 def test_bf16_weights_train_a_copy_and_get_their_own_columns(cell, tmp_path):
     from varbench.analysis.load import load_records
     from varbench.analysis.tables import main_table

@@ -64,11 +64,26 @@ def build(cfg: DictConfig, mixer: str, intra: str, res: int) -> ScaleAR | Raster
     """The model of `cfg.model` with this mixer / intra (each YAML merged with `task.mixer_options[mixer]` /
     `task.intra_options[intra]`), VAR's ImageNet shapes at `res` (1000 classes); with intra `raster` the raster model
     of `raster_cell_model`."""
-    mixer_cfg = OmegaConf.merge(load_option("mixer", mixer), options_of(cfg, "mixer", mixer))
+    mixer_cfg = component_config(cfg, "mixer", mixer)
     if intra == RASTER:
         return raster_cell_model(cfg, mixer_cfg, res).cuda()
-    intra_cfg = OmegaConf.merge(load_option("intra", intra), options_of(cfg, "intra", intra))
-    return build_model(cfg, mixer_cfg, intra_cfg, PATCH_NUMS[res], num_classes=1000).cuda()
+    return build_model(cfg, mixer_cfg, component_config(cfg, "intra", intra), PATCH_NUMS[res], num_classes=1000).cuda()
+
+
+def component_config(cfg: DictConfig, group: str, name: str) -> DictConfig:
+    """What a cell builds its mixer or intra variant (`group`) from: the option's YAML merged with its
+    `task.mixer_options` / `task.intra_options` (`options_of`)."""
+    return OmegaConf.merge(load_option(group, name), options_of(cfg, group, name))
+
+
+def cell_config(cfg: DictConfig, mixer: str, intra: str) -> dict:
+    """The config every record of a cell carries: `cfg.model` and the mixer and intra configs it builds (kernel keys
+    included, so a changed YAML default stays visible in records made before and after it); a raster cell has no
+    intra."""
+    parts = {"model": cfg.model, "mixer": component_config(cfg, "mixer", mixer)}
+    if intra != RASTER:
+        parts["intra"] = component_config(cfg, "intra", intra)
+    return {group: OmegaConf.to_container(node, resolve=True) for group, node in parts.items()}
 
 
 def raster_cell_model(cfg: DictConfig, mixer_cfg: DictConfig, res: int) -> RasterAR:
@@ -173,7 +188,8 @@ def main(cfg: DictConfig) -> dict:
 def time_cell(plain, out, mixer: str, intra: str, res: int, common: dict) -> int:
     """Measure one (configuration, resolution) cell, in a fresh process unless `task.isolate_cells` is false; the
     number of errors it recorded."""
-    cell = dict(mixer=mixer, intra=intra, resolution=res, L=sequence_length(intra, res), **common)
+    cell = dict(mixer=mixer, intra=intra, resolution=res, L=sequence_length(intra, res),
+                config=cell_config(plain, mixer, intra), **common)
     if options := options_of(plain, "mixer", mixer):
         cell["mixer_options"] = options
     if intra != RASTER and (options := options_of(plain, "intra", intra)):
