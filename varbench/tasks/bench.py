@@ -15,6 +15,8 @@ A configuration `[mixer, raster]` is the raster next-token model (AiM's backbone
 of VAR-dN (`raster_cell_model`): next-token vs next-scale cost side by side (256 vs 680 tokens at 256 px).
 Models and tokenizers have random weights (speed and memory do not depend on their values): the config says so by
 name (`task.random_weights: true`, the only value accepted) and every record carries `random_weights: true`.
+Every record of a cell carries `config` (`cell_config`): the model recipe and the mixer and intra configs it built,
+YAML defaults included, beside the overrides it names (`mixer_options`, `intra_options`).
 A failing cell (out of memory, a kernel refusing a shape) is recorded with its error and the rest goes on; each
 cell runs in a fresh process (`task.isolate_cells`), so even a CUDA error that poisons its context ends it alone,
 and a cell that hangs (or compiles for longer than `task.cell_timeout_s`) prints its stacks and is killed; a bench
