@@ -127,8 +127,8 @@ def test_with_fit_chunk_each_step_scans_in_the_chunk_fitted_to_its_scale_and_giv
     whole sequence in chunk_size; the same one-chunk math, so the steps' outputs and state are those without it."""
     import varbench.mixers.mamba2 as mamba2
     torch.manual_seed(0)
-    plain = Mamba2Mixer(dim=32, backend="reference", d_state=16, headdim=16, chunk_size=64).double()
-    fitted = Mamba2Mixer(dim=32, backend="reference", d_state=16, headdim=16, chunk_size=64, fit_chunk=True).double()
+    plain = Mamba2Mixer(dim=32, backend="reference", d_state=16, headdim=16, chunk_size=64, fit_chunk=False).double()
+    fitted = Mamba2Mixer(dim=32, backend="reference", d_state=16, headdim=16, chunk_size=64).double()
     fitted.load_state_dict(plain.state_dict())
     layout = ScaleLayout((1, 2, 3, 4, 6, 8, 10))  # 1, 4, 9, 16, 36, 64 and 100 tokens
     u = torch.randn(2, layout.L, 32, dtype=F64)
@@ -145,6 +145,17 @@ def test_with_fit_chunk_each_step_scans_in_the_chunk_fitted_to_its_scale_and_giv
     assert torch.equal(y_fitted, y_plain) and torch.equal(state_fitted["ssm"], state_plain["ssm"])
 
 
+def test_a_run_spec_saved_before_fit_chunk_existed_builds_the_mixer_the_yaml_builds_now():
+    """A run's spec holds its mixer config as trained: one saved before the key was added rebuilds (task=sample,
+    task=evaluate) at the class default, which must be the YAML's, not mamba_ssm's slower tiling."""
+    from omegaconf import OmegaConf
+
+    from varbench.registry import factory, load_option
+    yaml = OmegaConf.to_container(load_option("mixer", "mamba2"))
+    before = {k: v for k, v in yaml.items() if k != "fit_chunk"}
+    assert factory(before)(dim=32, backend="reference").fit_chunk is yaml["fit_chunk"] is True
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device and mamba_ssm")
 def test_on_cuda_fit_chunk_steps_stay_within_mamba_ssm_s_own_error():
     """The fitted chunk changes mamba_ssm's tiling and so its summation order (session 45, H100: 3 of 696,320 bf16
@@ -153,8 +164,8 @@ def test_on_cuda_fit_chunk_steps_stay_within_mamba_ssm_s_own_error():
     from the float64 reference scan (the oracle). A wrong fitted scan (a lost carried state, a token cut off) differs
     by the outputs' own size."""
     torch.manual_seed(0)
-    plain = Mamba2Mixer(dim=256, backend="mamba_ssm").cuda()
-    fitted = Mamba2Mixer(dim=256, backend="mamba_ssm", fit_chunk=True).cuda()
+    plain = Mamba2Mixer(dim=256, backend="mamba_ssm", fit_chunk=False).cuda()
+    fitted = Mamba2Mixer(dim=256, backend="mamba_ssm").cuda()
     oracle = Mamba2Mixer(dim=256, backend="reference").cuda().double()
     fitted.load_state_dict(plain.state_dict())
     oracle.load_state_dict(plain.state_dict())

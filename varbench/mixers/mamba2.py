@@ -56,8 +56,9 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
             `use_mem_eff_path`, what M-VAR ran); `step` is always unfused. Needs backend "mamba_ssm". Default: False.
         fit_chunk (bool, Optional): a scan over at most `chunk_size` tokens (every scale's step; a short sequence)
             runs in a chunk fitted to it (`fitted_chunk`): the same one-chunk scan over fewer padded rows, for
-            mamba_ssm sizes its kernels' grids by the chunk, not by the tokens. Default: False (mamba_ssm's tiling;
-            configs/mixer/mamba2.yaml sets true).
+            mamba_ssm sizes its kernels' grids by the chunk, not by the tokens. Default: True, as
+            configs/mixer/mamba2.yaml (so a run saved before the key existed samples in it too); False is
+            mamba_ssm's tiling.
     """
 
     within_scale = "causal"
@@ -68,7 +69,7 @@ class Mamba2Mixer(CarriedScan, TokenMixer):
 
     def __init__(self, dim: int, num_heads: int | None = None, layer_idx: int = 0, backend: str = "auto",
                  d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
-                 chunk_size: int = 256, fused: bool = False, fit_chunk: bool = False):
+                 chunk_size: int = 256, fused: bool = False, fit_chunk: bool = True):
         super().__init__()
         self.choose_backend(backend, KERNELS, "mamba2")
         if fused and (self.backend == "reference" or not KERNELS["mamba_ssm"]()):
