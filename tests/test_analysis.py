@@ -1084,6 +1084,30 @@ def test_the_step_ops_table_takes_a_profile_that_lists_every_operator(tmp_path):
     assert row.to_dict() == {"Step (ms)": 25.0, "Busy (ms)": 22.0, "GEMMs (ms)": 20.0, "GELU (ms)": 2.0}
 
 
+def test_the_ssd_scales_table_sets_each_scale_s_fitted_scan_beside_the_configured_one_with_its_state_passing_bandwidth(
+        tmp_path):
+    """report/ssd_scales.md: one row per call, batch and scale (the latest timing of each chunk kind); the state
+    passing's bandwidth counts the state (batch x heads x head_dim x d_state) three times in fp32 and once in the
+    inputs' dtype, over the kernel's time."""
+    from varbench.analysis.ssd_scales import ssd_scales_table
+    base = {"metric": "ssd_step_us", "unit": "us", "batch": 2, "heads": 4, "head_dim": 8, "d_state": 16,
+            "dtype": "torch.bfloat16", "commit": "c1", "device": "NVIDIA H100 80GB HBM3", "config": None,
+            "date": "2099-01-01T00:00:00+00:00"}
+    kernels = {"_chunk_scan_fwd_kernel": 3.0, "_chunk_state_fwd_kernel": 2.0, "_state_passing_fwd_kernel": 0.5}
+    lines = [{**base, "tokens": 4, "chunk_kind": "configured", "chunk_size": 256, "value": 20.0},
+             {**base, "tokens": 4, "chunk_kind": "fitted", "chunk_size": 16, "value": 12.0, "kernels": kernels,
+              "max_abs_diff_y": 0.0, "max_abs_diff_state": 1e-4},
+             {**base, "tokens": 4, "chunk_kind": "fitted", "chunk_size": 16, "value": 10.0, "kernels": kernels,
+              "max_abs_diff_y": 0.0, "max_abs_diff_state": 1e-4, "date": "2099-01-01T00:01:00+00:00"}]
+    table = ssd_scales_table(_records(tmp_path, lines))
+    assert table.index.tolist() == [("c1", "NVIDIA H100 80GB HBM3", 2, 4)]
+    row = table.iloc[0]
+    assert (row["Configured (us)"], row["Fitted (us)"], row["Fitted / configured"]) == (20.0, 10.0, 0.5)
+    assert (row["Fitted chunk"], row["Chunk scan (us)"], row["State passing (us)"]) == (16, 3.0, 0.5)
+    state = 2 * 4 * 8 * 16
+    assert row["State passing (GB/s)"] == pytest.approx(state * (3 * 4 + 2) / 0.5e-6 / 1e9)
+
+
 def test_the_attention_kernels_table_keeps_each_variant_s_latest_timing_and_names_its_forward_kernels(tmp_path):
     """report/attention_kernels.md: one row per call (commit and GPU), batch, mask kind and variant, the latest
     timing of it; its forward kernels named short (the backward ones left out), sorted."""

@@ -28,6 +28,7 @@ from varbench.analysis import (
     official,
     sample_sheet,
     scale_up,
+    ssd_scales,
     stats,
     step_ops,
     study,
@@ -113,6 +114,10 @@ TABLES = {
                           "calls, so a variant of many calls includes its host launches), the distance of its output "
                           "from the fp64 oracle and the kernels that ran", "attention_ms "
                           "(benchmarks/attention_backends.py)"),
+    "ssd_scales": (ssd_scales.ssd_scales_table, "One scale's SSD scan as M-VAR-d16's sampler runs it (from a carried "
+                   "state), in the configured chunk and in the chunk fitted to the scale (mamba2's fit_chunk): time "
+                   "per scan, the fitted scan's largest kernels, the bandwidth its state passing reaches and its "
+                   "largest differences from the configured chunk's", "ssd_step_us (benchmarks/ssd_scales.py)"),
     "parallel_scaling": (study.parallel_scaling, "Training throughput on the GPUs of one host (DDP / FSDP2)",
                          "parallel_train_images_per_s (task=scaling under torchrun)"),
 }
