@@ -1102,7 +1102,7 @@ def test_the_ssd_scales_table_sets_each_scale_s_fitted_scan_beside_the_configure
     table = ssd_scales_table(_records(tmp_path, lines))
     assert table.index.tolist() == [("c1", "NVIDIA H100 80GB HBM3", 2, 4)]
     row = table.iloc[0]
-    assert (row["Configured (us)"], row["Fitted (us)"], row["Fitted / configured"]) == (20.0, 10.0, 0.5)
+    assert (row["Configured (us)"], row["Fitted (us)"], row["Speed-up"]) == (20.0, 10.0, 2.0)
     assert (row["Fitted chunk"], row["Chunk scan (us)"], row["State passing (us)"]) == (16, 3.0, 0.5)
     state = 2 * 4 * 8 * 16
     assert row["State passing (GB/s)"] == pytest.approx(state * (3 * 4 + 2) / 0.5e-6 / 1e9)

@@ -53,6 +53,7 @@ RULES = (
     (lambda c: c.startswith(("Train loss", "Val NLL", "Train NLL", "NLL gap")), lambda v: f"{v:.3f}"),
     (lambda c: c.startswith("Gap to best") or c in ("Speed-up", "Efficiency"), lambda v: f"{v:.2f}"),
     (lambda c: c.startswith(("p vs", "p (")), lambda v: f"{v:.2g}"),
+    (lambda c: c.startswith("Max |"), lambda v: f"{v:.2g}"),  # a largest difference: its first digits, not 0.0
     (lambda c: c.startswith(("Difference", "95% CI")), lambda v: f"{v:.3g}"),
     (lambda c: "variance" in c, lambda v: f"{v:.3g}"),
     (lambda c: c.endswith("share"), lambda v: f"{v:.0%}"),

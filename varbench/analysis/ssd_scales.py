@@ -33,9 +33,10 @@ def _kernel_us(kernels: pd.Series, name: str) -> pd.Series:
 
 
 def ssd_scales_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
-    """Per call (commit and GPU), batch and scale: the scan in the configured and in the fitted chunk (us, and their
-    ratio), the fitted scan's three largest kernels (us), the state passing's bandwidth (GB/s) and the fitted scan's
-    largest differences from the configured one's output and final state; the latest timing of each."""
+    """Per call (commit and GPU), batch and scale: the scan in the configured and in the fitted chunk (us, and the
+    speed-up, configured / fitted), the fitted scan's three largest kernels (us), the state passing's bandwidth
+    (GB/s) and the fitted scan's largest differences from the configured one's output and final state; the latest
+    timing of each."""
     rows = df[df["metric"].eq("ssd_step_us")]
     if rows.empty:
         log.warning("ssd_scales_table: no ssd_step_us records (benchmarks/ssd_scales.py)")
@@ -55,7 +56,7 @@ def ssd_scales_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
         "State passing (GB/s)": fitted["passing_bytes"] / passing_us / 1e3,
         "Max |y diff|": fitted["max_abs_diff_y"].astype(float),
         "Max |state diff|": fitted["max_abs_diff_state"].astype(float)})
-    table.insert(4, "Fitted / configured", table["Fitted (us)"] / table["Configured (us)"])
+    table.insert(4, "Speed-up", table["Configured (us)"] / table["Fitted (us)"])
     table.index = table.index.set_names(["Commit", "GPU", "Batch", "Tokens"])
     table.attrs.update(device=None, records=len(rows))
     return table.sort_index()
