@@ -29,14 +29,14 @@ def state_passing_bytes(rows: pd.DataFrame) -> pd.Series:
 
 
 def _kernel_us(kernels: pd.Series, name: str) -> pd.Series:
-    return kernels.map(lambda k: (k or {}).get(name) if isinstance(k, dict) else None).astype(float)
+    return kernels.map(lambda k: k.get(name) if isinstance(k, dict) else None).astype(float)
 
 
 def ssd_scales_table(df: pd.DataFrame, device=None) -> pd.DataFrame:
     """Per call (commit and GPU), batch and scale: the scan in the configured and in the fitted chunk (us, and the
-    speed-up, configured / fitted), the fitted scan's three largest kernels (us), the state passing's bandwidth
-    (GB/s) and the fitted scan's largest differences from the configured one's output and final state; the latest
-    timing of each."""
+    speed-up, configured / fitted), the fitted scan's chunk-scan, chunk-state and state-passing kernels (us), the
+    state passing's bandwidth (GB/s) and the fitted scan's largest differences from the configured one's output and
+    final state; the latest timing of each."""
     rows = df[df["metric"].eq("ssd_step_us")]
     if rows.empty:
         log.warning("ssd_scales_table: no ssd_step_us records (benchmarks/ssd_scales.py)")
